@@ -1,0 +1,137 @@
+//! `squeeze bench`: our numbers and PyTorch's for the same network, measured in one run
+//! (ours first, then the peer script as a subprocess, never concurrently), written as JSON
+//! with the ratio. `train` times training steps of the fixed benchmark CNN at batch 128;
+//! `infer` times batch-1 latency and batch-256 throughput of the same CNN.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use squeeze::data::FashionMnist;
+use squeeze::eval::{median_time, speed};
+use squeeze::train::{prepare, train_step, NoHooks, OptimizerConfig};
+use squeeze::zoo;
+
+use crate::{write_json, DataArg};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+pub enum BenchWhat {
+    /// Training throughput of the benchmark CNN (s per 60k-image epoch) vs PyTorch.
+    Train(Common),
+    /// Inference latency (batch 1) and throughput (batch 256) of the benchmark CNN vs PyTorch.
+    Infer(Common),
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// Where to write the JSON result.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Timed training steps (train) or throughput repetitions (infer).
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Python interpreter with torch installed, for the peer; `none` skips the peer.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// The peer script.
+    #[arg(long, default_value = "bench/peers/cnn_peer.py")]
+    pub peer: PathBuf,
+    #[command(flatten)]
+    pub data: DataArg,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.what {
+        BenchWhat::Train(c) => train_bench(c),
+        BenchWhat::Infer(c) => infer_bench(c),
+    }
+}
+
+const EPOCH: f64 = 60_000.0;
+const BATCH: usize = 128;
+
+fn sgd() -> OptimizerConfig {
+    OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: true }
+}
+
+fn train_bench(c: Common) -> Result<()> {
+    let data = FashionMnist::load(&c.data.data)?;
+    let model = zoo::build("cnn", &Default::default(), 0)?;
+    let (mut params, mut opt) = prepare(&model, &sgd())?;
+    let batches = (0..c.steps.max(1) + 5)
+        .map(|i| data.train.batch(&((i * BATCH)..((i + 1) * BATCH)).map(|j| j % data.train.len()).collect::<Vec<_>>(), None))
+        .collect::<squeeze::Result<Vec<_>>>()?;
+    let mut i = 0;
+    let t = median_time(5, c.steps, || {
+        let (x, y) = &batches[i % batches.len()];
+        i += 1;
+        train_step(&model, &mut params, &mut opt, x, y, 0.05, i as u64, &mut NoHooks).map(|_| ())
+    })?;
+    let ours = t * EPOCH / BATCH as f64;
+    eprintln!("squeeze: {:.1} ms/step → {ours:.1} s/epoch", t * 1e3);
+    let peer = run_peer(&c, "train")?;
+    let theirs = peer.as_ref().and_then(|p| p["s_per_epoch"].as_f64());
+    let out = serde_json::json!({
+        "squeeze_s_per_epoch": ours,
+        "pytorch_s_per_epoch": theirs,
+        "ratio": theirs.map(|p| ours / p),
+        "squeeze_ms_per_step": t * 1e3,
+        "batch": BATCH, "threads": threads(), "peer": peer,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    write_json(&c.out, &out)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn infer_bench(c: Common) -> Result<()> {
+    let model = zoo::build("cnn", &Default::default(), 0)?;
+    let (lat, thr) = speed(&model, c.steps)?;
+    eprintln!("squeeze: {lat:.3} ms at batch 1, {thr:.0} img/s at batch 256");
+    let peer = run_peer(&c, "infer")?;
+    let (pl, pt) = match &peer {
+        Some(p) => (p["latency_ms_b1"].as_f64(), p["throughput_b256"].as_f64()),
+        None => (None, None),
+    };
+    let out = serde_json::json!({
+        "squeeze_latency_ms_b1": lat, "squeeze_throughput_b256": thr,
+        "pytorch_latency_ms_b1": pl, "pytorch_throughput_b256": pt,
+        "latency_ratio": pl.map(|p| lat / p), "throughput_ratio": pt.map(|p| thr / p),
+        "threads": threads(), "peer": peer,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    write_json(&c.out, &out)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs the peer script; its last stdout line is a JSON object.
+fn run_peer(c: &Common, mode: &str) -> Result<Option<serde_json::Value>> {
+    if c.python == "none" {
+        return Ok(None);
+    }
+    let out = Command::new(&c.python)
+        .arg(&c.peer)
+        .args(["--mode", mode, "--steps", &c.steps.to_string(), "--threads", &threads().to_string()])
+        .arg("--data")
+        .arg(&c.data.data)
+        .output()
+        .with_context(|| format!("running peer {} with {}", c.peer.display(), c.python))?;
+    if !out.status.success() {
+        bail!("peer {} failed: {}", c.peer.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    Ok(Some(serde_json::from_str(last).with_context(|| format!("peer printed no JSON: {text}"))?))
+}

@@ -1,0 +1,69 @@
+//! `squeeze demo`: the main job end to end on Fashion-MNIST with defaults — train the
+//! benchmark CNN briefly (or reuse the cached run), apply every recipe that exists, print
+//! the comparison table. It grows as compression techniques land.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::compress::{self, CompressArgs};
+use crate::evaluate::{metrics_of, table};
+use crate::train::{self as train_cmd, TrainArgs};
+use crate::DataArg;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Working directory for the demo's models.
+    #[arg(long, default_value = "runs/demo")]
+    pub dir: PathBuf,
+    /// Training epochs of the base model.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    #[command(flatten)]
+    pub data: DataArg,
+}
+
+/// The recipes the demo applies: (name, file).
+const RECIPES: &[(&str, &str)] = &[("fold-bn", "recipes/fold-bn.toml")];
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    let base = a.dir.join("cnn");
+    if base.join("model.json").exists() {
+        eprintln!("reusing trained model {}", base.display());
+    } else {
+        eprintln!("training the base model into {}", base.display());
+        train_cmd::run(TrainArgs {
+            arch: "cnn".into(),
+            out: base.clone(),
+            epochs: Some(a.epochs),
+            seed: 0,
+            batch_size: 128,
+            lr: None,
+            optimizer: "sgd".into(),
+            weight_decay: 5e-4,
+            schedule: "cosine".into(),
+            augment_pad: Some(0),
+            widths: None,
+            depth: None,
+            limit_train: None,
+            resume: base.join("checkpoint/state.json").exists(),
+            data: a.data.clone(),
+        })?;
+    }
+    let mut rows = vec![("cnn (trained)".to_string(), metrics_of(&base, &a.data.data, false)?)];
+    for (name, recipe) in RECIPES {
+        let out = a.dir.join(format!("cnn-{name}"));
+        compress::run(CompressArgs {
+            dir: base.clone(),
+            recipe: recipe.into(),
+            out: out.clone(),
+            force: true,
+            speed_runs: 10,
+            data: a.data.clone(),
+        })?;
+        rows.push((format!("cnn + {name}"), metrics_of(&out, &a.data.data, false)?));
+    }
+    println!("\n{}", table(&rows));
+    Ok(())
+}

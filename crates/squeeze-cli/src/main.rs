@@ -1,0 +1,72 @@
+//! The `squeeze` command-line program: train zoo models on Fashion-MNIST, evaluate them
+//! (accuracy + cost as JSON), compress them with a recipe, compare them side by side, run
+//! the benchmarks and the end-to-end demo. Errors are reported with `anyhow` context that
+//! names the file or option at fault.
+
+mod bench;
+mod compress;
+mod demo;
+mod evaluate;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// squeeze — make trained networks smaller and faster, and prove it with measurements.
+#[derive(Parser)]
+#[command(name = "squeeze", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a zoo architecture on Fashion-MNIST (checkpoint each epoch; --resume continues).
+    Train(train::TrainArgs),
+    /// Evaluate a model directory: accuracy and cost (params, FLOPs, size, latency, memory).
+    Eval(evaluate::EvalArgs),
+    /// Apply a TOML recipe of passes to a model; writes the new model and report.json.
+    Compress(compress::CompressArgs),
+    /// Print a side-by-side Markdown table of model directories.
+    Report(evaluate::ReportArgs),
+    /// Benchmarks against PyTorch (training speed, inference latency/throughput) → JSON.
+    Bench(bench::BenchArgs),
+    /// The main job: train a small model (or reuse it), apply the recipes, compare.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Train(a) => train::run(a),
+        Cmd::Eval(a) => evaluate::run_eval(a),
+        Cmd::Compress(a) => compress::run(a),
+        Cmd::Report(a) => evaluate::run_report(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `--data` shared by the commands that read Fashion-MNIST.
+#[derive(clap::Args, Clone)]
+pub struct DataArg {
+    /// Directory with the Fashion-MNIST IDX .gz files.
+    #[arg(long, default_value = squeeze::data::DEFAULT_DIR)]
+    pub data: PathBuf,
+}
+
+/// Writes JSON to `path` atomically.
+pub fn write_json(path: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(v)?;
+    squeeze::checkpoint::write_atomic(path, &bytes)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `squeeze train`: builds a zoo architecture, trains it with per-arch defaults that every
+//! flag can override, checkpoints each epoch, and saves the final model with its test
+//! metrics (`metrics.json`) and training log (`train.json`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use squeeze::data::FashionMnist;
+use squeeze::train::{self, NoHooks, OptimizerConfig, Schedule, TrainConfig};
+use squeeze::zoo::{self, ZooOpts};
+
+use crate::{write_json, DataArg};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Architecture: mlp, lenet5, vgg, resnet, densenet, cnn.
+    #[arg(long)]
+    pub arch: String,
+    /// Output directory (model, checkpoints, metrics).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Epochs (default per arch: mlp/lenet5 20, others 30).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Base learning rate (default: 0.05 for sgd, 0.001 for adamw).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimizer: sgd (momentum 0.9, Nesterov) or adamw.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Schedule: cosine, step (×0.1 every third of the run) or constant; 1 warm-up epoch.
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Random-crop padding in pixels, with horizontal flips (0 turns augmentation off;
+    /// default 2, 0 for mlp).
+    #[arg(long)]
+    pub augment_pad: Option<usize>,
+    /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Train on the first N images only (quick runs).
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub data: DataArg,
+}
+
+fn config(a: &TrainArgs) -> Result<TrainConfig> {
+    let epochs = a.epochs.unwrap_or(if matches!(a.arch.as_str(), "mlp" | "lenet5") { 20 } else { 30 });
+    let optimizer = match a.optimizer.as_str() {
+        "sgd" => OptimizerConfig::Sgd { lr: a.lr.unwrap_or(0.05), momentum: 0.9, weight_decay: a.weight_decay, nesterov: true },
+        "adamw" => OptimizerConfig::Adamw {
+            lr: a.lr.unwrap_or(1e-3),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: a.weight_decay,
+        },
+        o => bail!("--optimizer: unknown optimizer `{o}` (expected sgd or adamw)"),
+    };
+    let schedule = match a.schedule.as_str() {
+        "cosine" => Schedule::Cosine { warmup_epochs: 1.0 },
+        "step" => Schedule::Step { warmup_epochs: 1.0, every_epochs: (epochs / 3).max(1), gamma: 0.1 },
+        "constant" => Schedule::Constant { warmup_epochs: 1.0 },
+        s => bail!("--schedule: unknown schedule `{s}` (expected cosine, step or constant)"),
+    };
+    if a.batch_size == 0 || epochs == 0 {
+        bail!("--batch-size and --epochs must be positive");
+    }
+    Ok(TrainConfig {
+        epochs,
+        batch_size: a.batch_size,
+        optimizer,
+        schedule,
+        seed: a.seed,
+        augment_pad: a.augment_pad.unwrap_or(if a.arch == "mlp" { 0 } else { 2 }),
+        limit_train: a.limit_train,
+    })
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = config(&a)?;
+    let data = FashionMnist::load(&a.data.data)?;
+    let opts = ZooOpts { widths: a.widths.clone(), depth: a.depth };
+    let mut model = zoo::build(&a.arch, &opts, a.seed)?;
+    eprintln!(
+        "training {} ({} params) for {} epochs on {} images",
+        a.arch,
+        squeeze::eval::static_cost(&model)?.params,
+        cfg.epochs,
+        cfg.limit_train.unwrap_or(data.train.len()).min(data.train.len())
+    );
+    let history = train::train(&mut model, &data.train, &data.valid, &cfg, &a.out, a.resume, &mut NoHooks)
+        .with_context(|| format!("training into {}", a.out.display()))?;
+    squeeze::checkpoint::save(&model, &a.out)?;
+    let metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    write_json(&a.out.join("train.json"), &serde_json::json!({ "config": cfg, "zoo": opts, "history": history, "command": command }))?;
+    write_json(&a.out.join("metrics.json"), &metrics)?;
+    println!("{}", serde_json::to_string_pretty(&metrics)?);
+    Ok(())
+}

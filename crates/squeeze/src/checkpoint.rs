@@ -1,0 +1,101 @@
+//! Native checkpoints: a directory holding `model.json` (the [`Graph`], typed, versioned,
+//! unknown fields rejected) and `model.safetensors` (the [`ParamStore`]). Loading asserts
+//! every tensor's shape and names the offending file or tensor; saving writes temporary
+//! files and renames them, so an interrupted save never leaves a half-written model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::params::ParamStore;
+
+pub const GRAPH_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A model as it lives on disk and in memory: graph + parameters.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub graph: Graph,
+    pub params: ParamStore,
+}
+
+impl Model {
+    /// Runs the full consistency check (graph structure, shapes, store contents).
+    pub fn check(&self) -> Result<()> {
+        self.graph.validate()?;
+        self.params.check(&self.graph)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary sibling file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(s)
+}
+
+/// Saves tensors as safetensors at `path`, atomically.
+pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let map: std::collections::HashMap<String, Tensor> = tensors.clone().into_iter().collect();
+    candle_core::safetensors::save(&map, &tmp)
+        .map_err(|e| Error::file(&tmp, format!("cannot write safetensors: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads every tensor of a safetensors file, with an error that names the file.
+pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+    })?;
+    Ok(map.into_iter().collect())
+}
+
+/// Saves `model` into directory `dir` (created if needed).
+pub fn save(model: &Model, dir: &Path) -> Result<()> {
+    model.check()?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_tensors(&dir.join(WEIGHTS_FILE), model.params.map())?;
+    let json = serde_json::to_vec_pretty(&model.graph)
+        .map_err(|e| Error::Graph(format!("cannot serialize graph: {e}")))?;
+    write_atomic(&dir.join(GRAPH_FILE), &json)
+}
+
+/// Reads and validates only the graph of a checkpoint directory.
+pub fn load_graph(dir: &Path) -> Result<Graph> {
+    let path = dir.join(GRAPH_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let graph: Graph = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("invalid model description: {e}")))?;
+    graph.validate().map_err(|e| Error::file(&path, e.to_string()))?;
+    Ok(graph)
+}
+
+/// Loads a checkpoint directory, asserting every tensor's shape against the graph.
+pub fn load(dir: &Path) -> Result<Model> {
+    let graph = load_graph(dir)?;
+    let wpath = dir.join(WEIGHTS_FILE);
+    let params = ParamStore::from_map(load_tensors(&wpath)?);
+    params.check(&graph).map_err(|e| Error::file(&wpath, e.to_string()))?;
+    Ok(Model { graph, params })
+}
+
+/// Total bytes of the checkpoint's files on disk.
+pub fn size_on_disk(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for f in [GRAPH_FILE, WEIGHTS_FILE] {
+        let p = dir.join(f);
+        n += std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+    }
+    Ok(n)
+}

@@ -1,0 +1,51 @@
+//! The library's one error type. Every failure names what it was reading or checking
+//! (a file, a tensor, a node, a recipe field) and what was expected, so the CLI can print
+//! it as is.
+
+use std::path::PathBuf;
+
+/// Errors raised by the squeeze library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("tensor engine: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+
+    #[error("graph: {0}")]
+    Graph(String),
+
+    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+
+    #[error("tensor `{0}` is missing from the parameter store")]
+    MissingParam(String),
+
+    #[error("recipe {path}: {msg}")]
+    Recipe { path: PathBuf, msg: String },
+
+    #[error("pass `{pass}`: {msg}")]
+    Pass { pass: String, msg: String },
+
+    #[error("data: {0}")]
+    Data(String),
+
+    #[error("training: {0}")]
+    Train(String),
+}
+
+/// Result alias used across the library.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::File { path: path.into(), msg: msg.into() }
+    }
+}

@@ -1,0 +1,142 @@
+//! Evaluation and cost: top-1 accuracy, parameter and non-zero counts, MACs/FLOPs per node
+//! (from inferred shapes), bytes on disk, batch-1 latency and batch-256 throughput (median
+//! of repeated timed runs after warm-up) and peak resident memory. [`Metrics`] is the one
+//! JSON schema every command prints.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Model};
+use crate::data::ImageSet;
+use crate::error::Result;
+use crate::graph::{infer_shapes, Graph, Op};
+use crate::interp::predict;
+use crate::params::ParamStore;
+
+/// The metrics every command reports (missing values are `null`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    pub accuracy: Option<f64>,
+    pub params: usize,
+    pub nonzero_params: usize,
+    pub macs: u64,
+    pub flops: u64,
+    pub size_bytes: Option<u64>,
+    pub latency_ms_b1: Option<f64>,
+    pub throughput_b256: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Cost of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCost {
+    pub node: String,
+    pub kind: String,
+    pub params: usize,
+    pub macs: u64,
+}
+
+/// Multiply-accumulates per sample of every node (element-wise ops count as 0 MACs).
+pub fn node_costs(g: &Graph, p: &ParamStore) -> Result<Vec<NodeCost>> {
+    let shapes = infer_shapes(g)?;
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        let o = &shapes[&n.name];
+        let macs = match &n.op {
+            Op::Linear { in_features, out_features, .. } => (in_features * out_features) as u64,
+            Op::Conv2d { in_channels, kernel, groups, .. } => {
+                let per_out = (in_channels / groups) * kernel * kernel;
+                (o.iter().product::<usize>() * per_out) as u64
+            }
+            _ => 0,
+        };
+        let params = p.count(|k| k.strip_prefix(&n.name).is_some_and(|r| r.starts_with('.')) && !is_buffer(k));
+        out.push(NodeCost { node: n.name.clone(), kind: n.op.kind().into(), params, macs });
+    }
+    Ok(out)
+}
+
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// Static cost: parameters (buffers excluded), non-zeros, MACs and FLOPs (= 2·MACs).
+pub fn static_cost(model: &Model) -> Result<Metrics> {
+    let macs: u64 = node_costs(&model.graph, &model.params)?.iter().map(|c| c.macs).sum();
+    Ok(Metrics {
+        params: model.params.count(|k| !is_buffer(k)),
+        nonzero_params: model.params.count_nonzero(|k| !is_buffer(k))?,
+        macs,
+        flops: 2 * macs,
+        ..Metrics::default()
+    })
+}
+
+/// Top-1 accuracy (0–1) on `set`, in batches.
+pub fn accuracy(g: &Graph, p: &ParamStore, set: &ImageSet, batch: usize) -> Result<f64> {
+    let mut correct = 0;
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch) {
+        let (x, y) = set.batch(chunk, None)?;
+        let pred: Vec<u32> = predict(g, p, &x)?.argmax(1)?.to_vec1()?;
+        let ys: Vec<u32> = y.to_vec1()?;
+        correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
+    }
+    Ok(correct as f64 / set.len().max(1) as f64)
+}
+
+/// Median wall time in seconds of `runs` calls of `f` after `warmup` calls.
+pub fn median_time(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+/// Batch-1 latency (ms) and batch-256 throughput (images/s), medians.
+pub fn speed(model: &Model, runs: usize) -> Result<(f64, f64)> {
+    let mut shape = vec![1];
+    shape.extend(&model.graph.input_shape);
+    let x1 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    shape[0] = 256;
+    let x256 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    let (g, p) = (&model.graph, &model.params);
+    let t1 = median_time(10, runs * 10, || predict(g, p, &x1).map(|_| ()))?;
+    let t256 = median_time(2, runs, || predict(g, p, &x256).map(|_| ()))?;
+    Ok((t1 * 1e3, 256.0 / t256))
+}
+
+/// Peak resident set size of this process (VmHWM), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Full evaluation of a saved model: accuracy on `test` (if given), static cost, size on
+/// disk, speed and peak memory.
+pub fn evaluate(dir: &Path, model: &Model, test: Option<&ImageSet>, speed_runs: usize) -> Result<Metrics> {
+    let mut m = static_cost(model)?;
+    m.size_bytes = Some(checkpoint::size_on_disk(dir)?);
+    if let Some(t) = test {
+        m.accuracy = Some(accuracy(&model.graph, &model.params, t, 500)?);
+    }
+    if speed_runs > 0 {
+        let (l, t) = speed(model, speed_runs)?;
+        m.latency_ms_b1 = Some(l);
+        m.throughput_b256 = Some(t);
+    }
+    m.peak_rss_bytes = peak_rss_bytes();
+    Ok(m)
+}

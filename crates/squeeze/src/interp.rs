@@ -1,0 +1,228 @@
+//! The interpreter: runs a [`Graph`] on candle tensors, for inference (eval mode) and for
+//! training (train mode: batch statistics in BatchNorm, dropout active, parameters may be
+//! `Var`s so candle's autograd sees them). Taps capture the inputs and output of any
+//! named node during a forward — calibration, OBS/GPTQ Hessians and FitNets hints read
+//! activations this way. Intermediate values are dropped after their last use.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, Op, INPUT};
+use crate::ops::{act, batchnorm, conv, pool};
+use crate::params::ParamStore;
+
+/// Options of one forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOpts {
+    /// Train mode: batch statistics, dropout on.
+    pub train: bool,
+    /// Seed of the dropout masks of this pass.
+    pub seed: u64,
+    /// Nodes whose inputs and output to capture.
+    pub taps: HashSet<String>,
+}
+
+impl ForwardOpts {
+    pub fn eval() -> Self {
+        Self::default()
+    }
+    pub fn train(seed: u64) -> Self {
+        ForwardOpts { train: true, seed, taps: HashSet::new() }
+    }
+}
+
+/// A captured node: its inputs and its output.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub inputs: Vec<Tensor>,
+    pub output: Tensor,
+}
+
+/// Everything a forward produced.
+#[derive(Debug)]
+pub struct ForwardOut {
+    pub output: Tensor,
+    pub taps: HashMap<String, Tap>,
+    /// Batch statistics of each BatchNorm node (train mode only).
+    pub bn_stats: Vec<(String, batchnorm::BatchStats)>,
+}
+
+/// Index of the last node that reads each value (the output counts as read at the end).
+fn last_uses(g: &Graph) -> HashMap<&str, usize> {
+    let mut last = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for inp in &n.inputs {
+            last.insert(inp.as_str(), i);
+        }
+    }
+    last.insert(g.output.as_str(), usize::MAX);
+    last
+}
+
+/// Runs `g` on a batch `x` of shape [N, ...input_shape].
+pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Result<ForwardOut> {
+    if x.dims().len() != g.input_shape.len() + 1 || x.dims()[1..] != g.input_shape[..] {
+        return Err(Error::Graph(format!(
+            "input batch has shape {:?}, the model expects [N, {:?}]",
+            x.dims(),
+            g.input_shape
+        )));
+    }
+    let last = last_uses(g);
+    let mut vals: HashMap<String, Tensor> = HashMap::new();
+    vals.insert(INPUT.to_string(), x.clone());
+    let mut out = ForwardOut { output: x.clone(), taps: HashMap::new(), bn_stats: Vec::new() };
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let fused = if opts.train { fusable_bn_relu(g, opts) } else { HashMap::new() };
+    let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if let Some(&bn) = fused_relu.get(&i) {
+            // this ReLU was computed together with BatchNorm node `bn`
+            let v = vals.remove(&g.nodes[bn].name).ok_or_else(|| Error::Graph("fused value missing".into()))?;
+            vals.insert(node.name.clone(), v);
+            continue;
+        }
+        if let (Some(_), Op::BatchNorm { eps, .. }) = (fused.get(&i), &node.op) {
+            let x = vals.get(&node.inputs[0]).ok_or_else(|| Error::Graph(format!("value `{}` missing", node.inputs[0])))?;
+            let (y, st) = batchnorm::train(x, param(p, node, "weight")?, param(p, node, "bias")?, *eps, true)?;
+            out.bn_stats.push((node.name.clone(), st));
+            if last.get(node.inputs[0].as_str()) == Some(&i) {
+                vals.remove(&node.inputs[0]);
+            }
+            vals.insert(node.name.clone(), y);
+            continue;
+        }
+        let ins = node
+            .inputs
+            .iter()
+            .map(|n| vals.get(n).cloned().ok_or_else(|| Error::Graph(format!("value `{n}` missing"))))
+            .collect::<Result<Vec<_>>>()?;
+        let y = run_node(node, p, &ins, opts, &mut rng, &mut out)?;
+        if opts.taps.contains(&node.name) {
+            out.taps.insert(node.name.clone(), Tap { inputs: ins.clone(), output: y.clone() });
+        }
+        for inp in &node.inputs {
+            if last.get(inp.as_str()) == Some(&i) {
+                vals.remove(inp);
+            }
+        }
+        vals.insert(node.name.clone(), y);
+    }
+    out.output = vals
+        .remove(&g.output)
+        .ok_or_else(|| Error::Graph(format!("output `{}` was not computed", g.output)))?;
+    Ok(out)
+}
+
+/// Train-mode fusion: BatchNorm index → index of the ReLU that is its only reader (and
+/// neither is tapped nor the output).
+fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
+    let mut out = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !matches!(n.op, Op::BatchNorm { .. }) || opts.taps.contains(&n.name) || g.output == n.name {
+            continue;
+        }
+        let readers: Vec<usize> = (0..g.nodes.len()).filter(|&j| g.nodes[j].inputs.contains(&n.name)).collect();
+        if let [j] = readers[..] {
+            if matches!(g.nodes[j].op, Op::Relu) && g.nodes[j].inputs.len() == 1 && !opts.taps.contains(&g.nodes[j].name) {
+                out.insert(i, j);
+            }
+        }
+    }
+    out
+}
+
+/// Eval-mode forward returning only the output.
+pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
+    Ok(forward(g, p, x, &ForwardOpts::eval())?.output)
+}
+
+fn param<'a>(p: &'a ParamStore, node: &Node, name: &str) -> Result<&'a Tensor> {
+    p.get(&format!("{}.{name}", node.name))
+}
+
+fn run_node(
+    node: &Node,
+    p: &ParamStore,
+    ins: &[Tensor],
+    opts: &ForwardOpts,
+    rng: &mut StdRng,
+    out: &mut ForwardOut,
+) -> Result<Tensor> {
+    let x = &ins[0];
+    Ok(match &node.op {
+        Op::Linear { bias, .. } => {
+            let w = param(p, node, "weight")?;
+            let y = x.matmul(&w.t()?)?; // [N,in]·[in,out] → [N,out]
+            if *bias {
+                y.broadcast_add(param(p, node, "bias")?)?
+            } else {
+                y
+            }
+        }
+        Op::Conv2d { stride, padding, groups, bias, out_channels, .. } => {
+            let w = param(p, node, "weight")?;
+            let y = conv::conv2d(x, w, *stride, *padding, *groups)?;
+            if *bias {
+                let b = param(p, node, "bias")?.reshape((1, *out_channels, 1, 1))?;
+                y.broadcast_add(&b)?
+            } else {
+                y
+            }
+        }
+        Op::BatchNorm { eps, .. } => {
+            let (g, b) = (param(p, node, "weight")?, param(p, node, "bias")?);
+            if opts.train {
+                let (y, st) = batchnorm::train(x, g, b, *eps, false)?;
+                out.bn_stats.push((node.name.clone(), st));
+                y
+            } else {
+                let (m, v) = (param(p, node, "running_mean")?, param(p, node, "running_var")?);
+                batchnorm::eval(x, g, b, m, v, *eps)?
+            }
+        }
+        Op::Relu => act::relu(x)?,
+        Op::MaxPool2d { kernel, stride } if kernel == stride => act::max_pool2d(x, *kernel)?,
+        Op::MaxPool2d { kernel, stride } => pool::max_pool2d(x, *kernel, *stride)?,
+        Op::AvgPool2d { kernel, stride } => pool::avg_pool2d(x, *kernel, *stride)?,
+        Op::GlobalAvgPool => pool::global_avg_pool(x)?,
+        Op::Flatten => x.flatten_from(1)?,
+        Op::Add => {
+            let mut acc = x.clone();
+            for t in &ins[1..] {
+                acc = (acc + t)?;
+            }
+            acc
+        }
+        Op::Concat => Tensor::cat(ins, 1)?,
+        Op::Dropout { p: prob } => {
+            if opts.train && *prob > 0.0 {
+                dropout(x, *prob, rng)?
+            } else {
+                x.clone()
+            }
+        }
+    })
+}
+
+/// Inverted dropout with a seeded mask (so a resumed run draws the same masks).
+fn dropout(x: &Tensor, prob: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let keep = 1.0 - prob;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+/// Converts every tensor of a store to `dtype` (f64 for gradient checks).
+pub fn store_to_dtype(p: &ParamStore, dtype: DType) -> Result<ParamStore> {
+    let mut out = ParamStore::new();
+    for (k, t) in p.iter() {
+        out.insert(k.clone(), t.to_dtype(dtype)?);
+    }
+    Ok(out)
+}

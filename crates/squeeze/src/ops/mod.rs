@@ -1,0 +1,31 @@
+//! Kernels the interpreter needs beyond candle's built-ins, each beside the plain
+//! reference it is tested against: a fused training-mode BatchNorm (Ioffe & Szegedy 2015)
+//! with a hand-written backward, and max pooling whose backward is correct (candle 0.11's
+//! `max_pool2d` backward scales gradients by 1/(k·k)).
+
+pub mod act;
+pub mod batchnorm;
+pub mod conv;
+pub mod pool;
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};
+
+use crate::error::{Error, Result};
+
+/// Borrow the contiguous CPU slice of a layout within a storage.
+pub(crate) fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("kernel input must be contiguous".into()))?;
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// Runs `f` on the contiguous CPU data of `t` (made contiguous first if needed).
+pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(slice_of::<T>(cpu, layout)?)),
+        _ => Err(Error::Graph("only CPU tensors are supported".into())),
+    }
+}

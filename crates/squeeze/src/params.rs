@@ -1,0 +1,155 @@
+//! The parameter store: every tensor of a model by name (`<node>.<param>`), trainable
+//! parameters and buffers (BatchNorm running statistics) alike. Graph nodes refer to these
+//! names; [`ParamStore::check`] proves a store matches a graph exactly (no missing, no
+//! dangling, right shapes, finite values).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::graph::{param_shapes, Graph};
+
+/// Named tensors of a model.
+#[derive(Debug, Clone, Default)]
+pub struct ParamStore {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn from_map(tensors: BTreeMap<String, Tensor>) -> Self {
+        ParamStore { tensors }
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingParam(name.to_string()))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.tensors.iter()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The underlying map (for saving).
+    pub fn map(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// A deep copy whose tensors share no storage with `self` (so training the copy leaves
+    /// the original untouched).
+    pub fn deep_clone(&self) -> Result<Self> {
+        let mut out = BTreeMap::new();
+        for (k, t) in &self.tensors {
+            out.insert(k.clone(), t.copy()?.detach());
+        }
+        Ok(ParamStore { tensors: out })
+    }
+
+    /// Checks that the store holds exactly the tensors `g` needs, each f32 with the
+    /// expected shape and only finite values.
+    pub fn check(&self, g: &Graph) -> Result<()> {
+        let expected = param_shapes(g);
+        for (name, shape) in &expected {
+            let t = self.get(name)?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Shape {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            if t.dtype() != DType::F32 {
+                return Err(Error::Graph(format!("tensor `{name}` is {:?}, expected f32", t.dtype())));
+            }
+        }
+        if let Some(extra) = self.tensors.keys().find(|k| !expected.contains_key(*k)) {
+            return Err(Error::Graph(format!("tensor `{extra}` belongs to no node (dangling)")));
+        }
+        self.check_finite()
+    }
+
+    /// Errors naming the first tensor that holds a NaN or an infinity.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, t) in &self.tensors {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Graph(format!(
+                    "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
+                    v[i]
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of scalars in the tensors whose names satisfy `keep`.
+    pub fn count(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.tensors.iter().filter(|(k, _)| keep(k)).map(|(_, t)| t.elem_count()).sum()
+    }
+
+    /// Number of non-zero scalars in the tensors whose names satisfy `keep`.
+    pub fn count_nonzero(&self, keep: impl Fn(&str) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (_, t) in self.tensors.iter().filter(|(k, _)| keep(k)) {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            n += v.iter().filter(|x| **x != 0.0).count();
+        }
+        Ok(n)
+    }
+
+    /// Turns the named tensors into trainable variables. The returned store shares storage
+    /// with the variables, so an optimizer step on a `Var` is seen by the next forward.
+    pub fn with_vars(&self, trainable: &[String]) -> Result<(ParamStore, Vec<(String, Var)>)> {
+        let mut store = self.clone();
+        let mut vars = Vec::new();
+        for name in trainable {
+            let var = Var::from_tensor(self.get(name)?)?;
+            store.insert(name.clone(), var.as_tensor().clone());
+            vars.push((name.clone(), var));
+        }
+        Ok((store, vars))
+    }
+}
+
+/// Full names of the trainable parameters of `g`, in node order.
+pub fn trainable_names(g: &Graph) -> Vec<String> {
+    g.nodes
+        .iter()
+        .flat_map(|n| n.op.trainable().into_iter().map(move |p| format!("{}.{p}", n.name)))
+        .collect()
+}
+
+/// Full names of the buffers (running statistics) of `g`.
+pub fn buffer_names(g: &Graph) -> Vec<String> {
+    g.nodes
+        .iter()
+        .flat_map(|n| n.op.buffers().into_iter().map(move |p| format!("{}.{p}", n.name)))
+        .collect()
+}

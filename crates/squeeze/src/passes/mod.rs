@@ -1,0 +1,86 @@
+//! Passes and recipes. A [`Pass`] rewrites a model (graph + parameters) and says what it
+//! did; a [`Recipe`] is a typed TOML list of passes (unknown passes or fields are errors
+//! that name the recipe file). [`run_recipe`] applies them in order and runs the full
+//! consistency check after every rewrite, keeping each pass's label for the report — the
+//! shape of tract's optimizer passes.
+
+mod bn_fold;
+
+pub use bn_fold::FoldBatchNorm;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Model;
+use crate::error::{Error, Result};
+
+/// What one pass did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PassRecord {
+    pub pass: String,
+    pub label: String,
+    pub details: serde_json::Value,
+}
+
+/// A graph → graph rewrite.
+pub trait Pass {
+    /// Stable identifier (the recipe's `type`).
+    fn name(&self) -> &'static str;
+    /// Applies the pass; returns the rewritten model and a record of what changed.
+    fn apply(&self, model: Model) -> Result<(Model, PassRecord)>;
+}
+
+/// One recipe entry: the pass and its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PassConfig {
+    /// Fold each BatchNorm into the convolution or linear layer that feeds it.
+    FoldBatchNorm {},
+}
+
+impl PassConfig {
+    fn build(&self) -> Box<dyn Pass> {
+        match self {
+            PassConfig::FoldBatchNorm {} => Box::new(FoldBatchNorm),
+        }
+    }
+}
+
+/// An ordered list of passes, read from TOML (`[[passes]]` tables with a `type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub passes: Vec<PassConfig>,
+}
+
+impl Recipe {
+    /// Parses recipe text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let r: Recipe = toml::from_str(text).map_err(|e| Error::Recipe { path: path.into(), msg: e.to_string() })?;
+        if r.passes.is_empty() {
+            return Err(Error::Recipe { path: path.into(), msg: "recipe lists no passes".into() });
+        }
+        Ok(r)
+    }
+
+    /// Reads and parses a recipe file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Recipe { path: path.into(), msg: e.to_string() })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// Applies every pass of `recipe` in order, checking the model after each.
+pub fn run_recipe(mut model: Model, recipe: &Recipe) -> Result<(Model, Vec<PassRecord>)> {
+    model.check()?;
+    let mut log = Vec::new();
+    for cfg in &recipe.passes {
+        let pass = cfg.build();
+        let (m, rec) = pass.apply(model)?;
+        m.check().map_err(|e| Error::Pass { pass: pass.name().into(), msg: format!("left an inconsistent model: {e}") })?;
+        model = m;
+        log.push(rec);
+    }
+    Ok((model, log))
+}

@@ -1,0 +1,289 @@
+//! The one trainer every method uses: cross-entropy on Fashion-MNIST batches, seeded
+//! shuffling and augmentation, an optimizer and a schedule, BatchNorm running statistics,
+//! a per-epoch checkpoint that `resume` continues exactly, and [`Hooks`] through which a
+//! compression method adds a regularizer to the loss (Network Slimming's L1 on γ) or
+//! re-applies masks and projections after every optimizer step.
+
+pub mod optim;
+pub mod schedule;
+
+pub use optim::{Optimizer, OptimizerConfig};
+pub use schedule::Schedule;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Tensor, Var};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Model};
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+use crate::eval::accuracy;
+use crate::graph::Op;
+use crate::interp::{forward, ForwardOpts};
+use crate::ops::batchnorm::BatchStats;
+use crate::params::{trainable_names, ParamStore};
+
+/// Everything that determines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Random-crop padding in pixels (0 = no shift); flips go with it.
+    pub augment_pad: usize,
+    /// Use only the first N training images (quick runs, tests).
+    pub limit_train: Option<usize>,
+}
+
+/// Per-epoch record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    pub train_accuracy: f64,
+    pub valid_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+/// Resumable training state written each epoch beside the checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub config: TrainConfig,
+    pub epochs_done: usize,
+    pub optimizer_step: u64,
+    pub history: Vec<EpochLog>,
+}
+
+/// Hooks of a compression method into training.
+pub trait Hooks {
+    /// An extra term added to the loss (e.g. λ·Σ|γ|).
+    fn regularizer(&self, _params: &ParamStore) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Called after each optimizer step (e.g. to re-apply pruning masks).
+    fn after_step(&mut self, _vars: &[(String, Var)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// No hooks: plain training.
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+const STATE_FILE: &str = "state.json";
+const OPT_FILE: &str = "optimizer.safetensors";
+
+/// The directory where per-epoch checkpoints live inside an output directory.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// Names of weights that take weight decay (conv/linear weights).
+fn decay_names(model: &Model) -> HashSet<String> {
+    model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Linear { .. } | Op::Conv2d { .. }))
+        .map(|n| format!("{}.weight", n.name))
+        .collect()
+}
+
+/// Running-average update of BatchNorm buffers from one batch's statistics.
+fn update_running(params: &mut ParamStore, model: &Model, stats: &[(String, BatchStats)]) -> Result<()> {
+    for (node, st) in stats {
+        let Some(Op::BatchNorm { momentum, .. }) = model.graph.node(node).map(|n| &n.op) else { continue };
+        let m = *momentum;
+        let unb = st.count as f64 / (st.count.max(2) - 1) as f64;
+        for (buf, new) in [("running_mean", &st.mean), ("running_var", &st.var)] {
+            let key = format!("{node}.{buf}");
+            let old: Vec<f32> = params.get(&key)?.to_vec1()?;
+            let k = if buf == "running_var" { unb } else { 1.0 };
+            let upd: Vec<f32> = old.iter().zip(new).map(|(o, n)| ((1.0 - m) * *o as f64 + m * n * k) as f32).collect();
+            params.insert(key, Tensor::from_vec(upd, old.len(), &candle_core::Device::Cpu)?);
+        }
+    }
+    Ok(())
+}
+
+/// A progress reporter: indicatif bar on a terminal, silent otherwise.
+fn progress(len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("=> "));
+    pb.set_prefix(format!("{}/{epochs}", epoch + 1));
+    pb
+}
+
+/// Trains `model` in place on `train`, validating on `valid`, checkpointing into
+/// `out/checkpoint` each epoch. With `resume`, continues from that checkpoint.
+pub fn train(
+    model: &mut Model,
+    train: &ImageSet,
+    valid: &ImageSet,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    hooks: &mut dyn Hooks,
+) -> Result<Vec<EpochLog>> {
+    let ck = checkpoint_dir(out);
+    let mut state = TrainState { config: cfg.clone(), epochs_done: 0, optimizer_step: 0, history: vec![] };
+    let mut opt_state = None;
+    if resume {
+        let (m, s, o) = load_resume(&ck, cfg)?;
+        *model = m;
+        state = s;
+        opt_state = Some(o);
+    }
+    let names = trainable_names(&model.graph);
+    let (mut params, vars) = model.params.with_vars(&names)?;
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), vars, decay_names(model));
+    if let Some(o) = opt_state {
+        opt.load_state(o, state.optimizer_step)?;
+    }
+    let n = cfg.limit_train.unwrap_or(train.len()).min(train.len());
+    let per_epoch = n.div_ceil(cfg.batch_size);
+    for epoch in state.epochs_done..cfg.epochs {
+        let log = run_epoch(model, &mut params, &mut opt, train, n, cfg, epoch, per_epoch, hooks)?;
+        let log = EpochLog { valid_accuracy: accuracy(&model.graph, &detached(&params)?, valid, 500)?, ..log };
+        eprintln!(
+            "epoch {}/{}: loss {:.4}  train acc {:.4}  valid acc {:.4}  {:.1}s  {:.0} img/s",
+            epoch + 1, cfg.epochs, log.loss, log.train_accuracy, log.valid_accuracy, log.seconds, log.images_per_s
+        );
+        state.history.push(log);
+        state.epochs_done = epoch + 1;
+        state.optimizer_step = opt.step;
+        model.params = detached(&params)?;
+        save_resume(&ck, model, &state, &opt)?;
+    }
+    model.params = detached(&params)?;
+    Ok(state.history)
+}
+
+/// A copy of the store with variables turned back into plain tensors.
+fn detached(p: &ParamStore) -> Result<ParamStore> {
+    let mut out = ParamStore::new();
+    for (k, t) in p.iter() {
+        out.insert(k.clone(), t.detach());
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    model: &Model,
+    params: &mut ParamStore,
+    opt: &mut Optimizer,
+    train: &ImageSet,
+    n: usize,
+    cfg: &TrainConfig,
+    epoch: usize,
+    per_epoch: usize,
+    hooks: &mut dyn Hooks,
+) -> Result<EpochLog> {
+    let start = std::time::Instant::now();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+    order.shuffle(&mut rng);
+    let pb = progress(per_epoch, epoch, cfg.epochs);
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    let total = per_epoch * cfg.epochs;
+    for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let aug = (cfg.augment_pad > 0).then_some((&mut rng, cfg.augment_pad));
+        let (x, y) = train.batch(idx, aug)?;
+        let step = epoch * per_epoch + b;
+        let lr = cfg.optimizer.lr() * cfg.schedule.factor(step, total, per_epoch);
+        let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
+        let (lv, logits) = train_step(model, params, opt, &x, &y, lr, seed, hooks)
+            .map_err(|e| Error::Train(format!("epoch {} step {b}: {e}", epoch + 1)))?;
+        let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+        let ys: Vec<u32> = y.to_vec1()?;
+        correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
+        loss_sum += lv * idx.len() as f64;
+        seen += idx.len();
+        pb.inc(1);
+        if b % 10 == 0 {
+            let ips = seen as f64 / start.elapsed().as_secs_f64();
+            pb.set_message(format!("loss {:.4} acc {:.4} {ips:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64));
+        }
+    }
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    Ok(EpochLog {
+        epoch: epoch + 1,
+        loss: loss_sum / seen as f64,
+        train_accuracy: correct as f64 / seen as f64,
+        valid_accuracy: 0.0,
+        seconds: secs,
+        images_per_s: seen as f64 / secs,
+    })
+}
+
+fn save_resume(dir: &Path, model: &Model, state: &TrainState, opt: &Optimizer) -> Result<()> {
+    checkpoint::save(model, dir)?;
+    checkpoint::save_tensors(&dir.join(OPT_FILE), &opt.state())?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
+    checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
+}
+
+type Resumed = (Model, TrainState, std::collections::BTreeMap<String, Tensor>);
+
+fn load_resume(dir: &Path, cfg: &TrainConfig) -> Result<Resumed> {
+    let sp = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, format!("cannot resume: {e}")))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let same = TrainConfig { epochs: cfg.epochs, ..state.config.clone() };
+    if &same != cfg {
+        return Err(Error::file(&sp, "cannot resume: the training options differ from the checkpoint's (only --epochs may change)"));
+    }
+    let model = checkpoint::load(dir)?;
+    let opt = checkpoint::load_tensors(&dir.join(OPT_FILE))?;
+    Ok((model, TrainState { config: cfg.clone(), ..state }, opt))
+}
+
+/// One optimizer step on batch (`x`, `y`): forward in train mode, cross-entropy plus the
+/// hooks' regularizer, backward, update, BatchNorm running statistics, after-step hook.
+/// Returns the cross-entropy and the logits.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &Model,
+    params: &mut ParamStore,
+    opt: &mut Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+    seed: u64,
+    hooks: &mut dyn Hooks,
+) -> Result<(f64, Tensor)> {
+    let out = forward(&model.graph, params, x, &ForwardOpts::train(seed))?;
+    let ce = candle_nn::loss::cross_entropy(&out.output, y)?;
+    let lv = ce.to_scalar::<f32>()? as f64;
+    if !lv.is_finite() {
+        return Err(Error::Train(format!("loss became {lv}; lower the learning rate")));
+    }
+    let loss = match hooks.regularizer(params)? {
+        Some(r) => (&ce + r)?,
+        None => ce,
+    };
+    let grads = loss.backward()?;
+    opt.step(&grads, lr)?;
+    update_running(params, model, &out.bn_stats)?;
+    hooks.after_step(opt.vars())?;
+    Ok((lv, out.output.detach()))
+}
+
+/// Sets up variables and an optimizer for `model` (used by benchmarks and custom loops).
+pub fn prepare(model: &Model, cfg: &OptimizerConfig) -> Result<(ParamStore, Optimizer)> {
+    let names = trainable_names(&model.graph);
+    let (params, vars) = model.params.with_vars(&names)?;
+    Ok((params, Optimizer::new(cfg.clone(), vars, decay_names(model))))
+}
