@@ -72,6 +72,10 @@ pub trait Hooks {
     fn after_step(&mut self, _vars: &[(String, Var)]) -> Result<()> {
         Ok(())
     }
+    /// Asked after each epoch's checkpoint: stop the run here (time budget, early stop).
+    fn should_stop(&self, _epochs_done: usize) -> bool {
+        false
+    }
 }
 
 /// No hooks: plain training.
@@ -164,6 +168,9 @@ pub fn train(
         state.optimizer_step = opt.step;
         model.params = detached(&params)?;
         save_resume(&ck, model, &state, &opt)?;
+        if hooks.should_stop(state.epochs_done) {
+            break;
+        }
     }
     model.params = detached(&params)?;
     Ok(state.history)

@@ -51,8 +51,11 @@ impl Optimizer {
         self.step += 1;
         for (name, var) in &self.vars {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            // gradients can carry autograd history; state built from them must not, or every
+            // step's graph stays alive through the momentum buffers
+            let g = &g.detach();
+            let w = &var.as_tensor().detach();
             let wd = if self.decay.contains(name) { self.weight_decay() } else { 0.0 };
-            let w = var.as_tensor();
             let new = match self.cfg {
                 OptimizerConfig::Sgd { momentum, nesterov, .. } => {
                     let g = if wd > 0.0 { (g + (w * wd)?)? } else { g.clone() };

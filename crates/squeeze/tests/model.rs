@@ -1,0 +1,200 @@
+//! Model view, checkpoints, passes and recipes: round trips, clear errors on bad files,
+//! gradients reaching every parameter, BatchNorm folding preserving logits.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use squeeze::checkpoint::{self, Model};
+use squeeze::interp::{forward, predict, ForwardOpts};
+use squeeze::params::trainable_names;
+use squeeze::passes::{run_recipe, Recipe};
+use squeeze::zoo::{self, ZooOpts, ARCHS};
+
+/// Max abs logit change allowed by BatchNorm folding (f32 reassociation).
+const FOLD_TOL: f32 = 1e-4;
+
+fn batch(n: usize, seed: u64) -> Tensor {
+    let mut s = seed;
+    let v: Vec<f32> = (0..n * 784)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
+}
+
+fn small(arch: &str) -> Model {
+    // narrow variants keep debug-mode tests fast; the structure is the default's
+    let opts = match arch {
+        "vgg" => ZooOpts { widths: Some(vec![4, 4, 0, 8, 0]), depth: None },
+        "resnet" => ZooOpts { widths: Some(vec![4, 8]), depth: Some(1) },
+        "densenet" => ZooOpts { widths: Some(vec![4]), depth: Some(2) },
+        _ => ZooOpts::default(),
+    };
+    zoo::build(arch, &opts, 7).unwrap()
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("squeeze-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn every_zoo_model_runs_and_default_sizes_are_as_documented() {
+    for arch in ARCHS {
+        let m = small(arch);
+        let y = predict(&m.graph, &m.params, &batch(2, 1)).unwrap();
+        assert_eq!(y.dims(), &[2, 10], "{arch}");
+    }
+    let vgg = zoo::build("vgg", &ZooOpts::default(), 0).unwrap();
+    let p = squeeze::eval::static_cost(&vgg).unwrap().params;
+    assert!((250_000..350_000).contains(&p), "vgg default has {p} params, documented ≈0.3M");
+}
+
+#[test]
+fn checkpoint_round_trip_is_bit_exact() {
+    let m = small("resnet");
+    let dir = tmpdir("roundtrip");
+    checkpoint::save(&m, &dir).unwrap();
+    let back = checkpoint::load(&dir).unwrap();
+    assert_eq!(back.graph, m.graph);
+    for (k, t) in m.params.iter() {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = back.params.get(k).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k}");
+    }
+    let x = batch(3, 2);
+    let (y1, y2) = (predict(&m.graph, &m.params, &x).unwrap(), predict(&back.graph, &back.params, &x).unwrap());
+    assert_eq!(max_abs(&y1, &y2), 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn saved(name: &str) -> std::path::PathBuf {
+    let dir = tmpdir(name);
+    checkpoint::save(&small("lenet5"), &dir).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    checkpoint::load(dir).err().expect("load must fail").to_string()
+}
+
+#[test]
+fn truncated_safetensors_is_a_clear_error() {
+    let dir = saved("trunc");
+    let w = dir.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_model_json_errors_name_the_file_and_field() {
+    let dir = saved("badjson");
+    let g = dir.join("model.json");
+    let text = std::fs::read_to_string(&g).unwrap();
+    std::fs::write(&g, &text[..text.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.json") && e.contains("invalid model description"), "{e}");
+    std::fs::write(&g, text.replacen("\"arch\"", "\"colour\": 1, \"arch\"", 1)).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("unknown field `colour`"), "{e}");
+    std::fs::write(&g, text.replacen("\"out_channels\": 20", "\"out_channels\": 21", 1)).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.json") && e.contains("conv2") && e.contains("expected [20, H, W]"), "{e}");
+    std::fs::write(&g, text.replacen("\"out_features\": 10", "\"out_features\": 11", 1)).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("fc2.bias") && e.contains("expected shape [11]"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nan_weights_are_rejected_with_the_tensor_name() {
+    let mut m = small("mlp");
+    let w = m.params.get("fc2.bias").unwrap().clone();
+    let mut v: Vec<f32> = w.to_vec1().unwrap();
+    v[3] = f32::NAN;
+    m.params.insert("fc2.bias", Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap());
+    let e = m.check().unwrap_err().to_string();
+    assert!(e.contains("fc2.bias") && e.contains("non-finite"), "{e}");
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    for arch in ARCHS {
+        let m = small(arch);
+        let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
+        let y = Tensor::new(&[0u32, 3, 5, 9], &Device::Cpu).unwrap();
+        let out = forward(&m.graph, &store, &batch(4, 3), &ForwardOpts::train(1)).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.output, &y).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, v) in &vars {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{arch}: {name} has no gradient"));
+            let s = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(s > 0.0, "{arch}: {name} gradient is zero");
+        }
+    }
+}
+
+/// Gives BatchNorms non-trivial running statistics and affine parameters.
+fn perturb_bn(m: &mut Model) {
+    let names: Vec<String> = m.params.names().into_iter().filter(|n| n.contains("bn") || n.contains(".bn")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let t = m.params.get(n).unwrap();
+        let c = t.dim(0).unwrap();
+        let v: Vec<f32> = (0..c).map(|j| 0.5 + ((i * 7 + j * 3) % 11) as f32 / 10.0).collect();
+        let v = if n.ends_with("bias") || n.ends_with("mean") { v.iter().map(|x| x - 1.0).collect() } else { v };
+        m.params.insert(n.clone(), Tensor::from_vec(v, c, &Device::Cpu).unwrap());
+    }
+}
+
+#[test]
+fn batchnorm_folding_preserves_logits() {
+    let recipe = Recipe::parse("[[passes]]\ntype = \"fold_batch_norm\"\n", Path::new("inline.toml")).unwrap();
+    for arch in ["cnn", "vgg", "resnet", "densenet"] {
+        let mut m = small(arch);
+        perturb_bn(&mut m);
+        let x = batch(3, 4);
+        let before = predict(&m.graph, &m.params, &x).unwrap();
+        let n_before = m.graph.nodes.len();
+        let (folded, log) = run_recipe(m, &recipe).unwrap();
+        let after = predict(&folded.graph, &folded.params, &x).unwrap();
+        let d = max_abs(&before, &after);
+        assert!(d < FOLD_TOL, "{arch}: logits moved by {d}");
+        let kept = log[0].details["kept"].as_u64().unwrap() as usize;
+        let nfold = log[0].details["folded"].as_array().unwrap().len();
+        assert_eq!(folded.graph.nodes.len(), n_before - nfold, "{arch}");
+        if arch == "densenet" {
+            assert!(kept > 0, "pre-activation BNs cannot fold");
+        } else {
+            assert!(nfold > 0 && kept == 0, "{arch}: folded {nfold}, kept {kept}");
+        }
+    }
+}
+
+#[test]
+fn recipe_with_unknown_pass_or_field_is_rejected_naming_the_file() {
+    let p = Path::new("recipes/typo.toml");
+    let e = Recipe::parse("[[passes]]\ntype = \"fold_batchnorm\"\n", p).unwrap_err().to_string();
+    assert!(e.contains("typo.toml") && e.contains("fold_batchnorm"), "{e}");
+    let e = Recipe::parse("[[passes]]\ntype = \"fold_batch_norm\"\nstrength = 2\n", p).unwrap_err().to_string();
+    assert!(e.contains("strength"), "{e}");
+    let e = Recipe::parse("[[pass]]\ntype = \"fold_batch_norm\"\n", p).unwrap_err().to_string();
+    assert!(e.contains("pass"), "{e}");
+}
+
+#[test]
+fn wrong_input_shape_is_an_error_not_a_panic() {
+    let m = small("mlp");
+    let x = Tensor::zeros((2, 1, 27, 28), DType::F32, &Device::Cpu).unwrap();
+    let e = predict(&m.graph, &m.params, &x).unwrap_err().to_string();
+    assert!(e.contains("[2, 1, 27, 28]"), "{e}");
+}
