@@ -102,7 +102,8 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
     // exactly (e.g. 9×8, stride 2: "shape mismatch in add"), so the reference comparison
     // uses even sizes there; the f64 gradient check above covers the odd case.
     for (stride, pad, k, h) in [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (2, 0, 1, 8)] {
-        let x = Var::from_tensor(&f32r(&[3, 4, h, 8], 20)).unwrap();
+        // 16 images: each worker reuses its column buffers across several images
+        let x = Var::from_tensor(&f32r(&[16, 4, h, 8], 20)).unwrap();
         let w = Var::from_tensor(&f32r(&[5, 4, k, k], 21)).unwrap();
         let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, 1).unwrap();
         let refr = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();

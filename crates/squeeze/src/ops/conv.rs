@@ -77,7 +77,8 @@ fn for_each_run(g: &Geo, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-/// im2col of one image [C, H, W] → [C·k·k, Ho·Wo] (`cols` must be zeroed).
+/// im2col of one image [C, H, W] → [C·k·k, Ho·Wo]. Positions that fall in the padding are
+/// not written: `cols` must hold zeros there.
 fn im2col<T: Elem>(g: &Geo, x: &[T], cols: &mut [T]) {
     let s = g.stride;
     for_each_run(g, |dst, src, len| {
@@ -129,47 +130,50 @@ fn gemm<T: Elem>(
     }
 }
 
+// Column buffers are reused across the images a worker handles: im2col writes the same
+// positions for every image, so the padding positions zeroed at allocation stay zero.
+
 fn forward<T: Elem>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
     let mut y = vec![T::default(); g.n * g.co * p];
-    y.par_chunks_mut(g.co * p).enumerate().for_each(|(i, yi)| {
-        let mut cols = vec![T::default(); kk * p];
-        im2col(g, &x[i * img..(i + 1) * img], &mut cols);
-        gemm((g.co, p, kk), yi, (p, 1), false, w, (kk, 1), &cols, (p, 1));
-    });
+    y.par_chunks_mut(g.co * p).enumerate().for_each_init(
+        || vec![T::default(); kk * p],
+        |cols, (i, yi)| {
+            im2col(g, &x[i * img..(i + 1) * img], cols);
+            gemm((g.co, p, kk), yi, (p, 1), false, w, (kk, 1), cols, (p, 1));
+        },
+    );
     y
 }
+
+/// Per-worker state of the backward: dW partial sum, im2col buffer, dcols buffer.
+type BwdAcc<T> = (Vec<T>, Vec<T>, Vec<T>);
 
 fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec<T>, Vec<T>) {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
     let mut dx = vec![T::default(); if need_dx { g.n * img } else { g.n }];
     let per_dx = dx.len() / g.n;
-    let dw = dx
+    let fresh = || -> BwdAcc<T> { (vec![T::default(); g.co * kk], vec![T::default(); kk * p], Vec::new()) };
+    let (dw, _, _) = dx
         .par_chunks_mut(per_dx)
         .enumerate()
-        .fold(
-            || vec![T::default(); g.co * kk],
-            |mut dw, (i, dxi)| {
-                let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
-                let mut cols = vec![T::default(); kk * p];
-                im2col(g, &x[i * img..(i + 1) * img], &mut cols);
-                // dW += dYᵢ[co×p] · colsᵢᵀ[p×kk]
-                gemm((g.co, kk, p), &mut dw, (kk, 1), true, dyi, (p, 1), &cols, (1, p));
-                if need_dx {
-                    // dcolsᵢ[kk×p] = Wᵀ[kk×co] · dYᵢ[co×p]
-                    gemm((kk, p, g.co), &mut cols, (p, 1), false, w, (1, kk), dyi, (p, 1));
-                    col2im(g, &cols, dxi);
-                }
-                dw
-            },
-        )
-        .reduce(
-            || vec![T::default(); g.co * kk],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .fold(fresh, |(mut dw, mut cols, mut dcols), (i, dxi)| {
+            let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
+            im2col(g, &x[i * img..(i + 1) * img], &mut cols);
+            // dW += dYᵢ[co×p] · colsᵢᵀ[p×kk]
+            gemm((g.co, kk, p), &mut dw, (kk, 1), true, dyi, (p, 1), &cols, (1, p));
+            if need_dx {
+                dcols.resize(kk * p, T::default());
+                // dcolsᵢ[kk×p] = Wᵀ[kk×co] · dYᵢ[co×p]
+                gemm((kk, p, g.co), &mut dcols, (p, 1), false, w, (1, kk), dyi, (p, 1));
+                col2im(g, &dcols, dxi);
+            }
+            (dw, cols, dcols)
+        })
+        .reduce(fresh, |(mut a, c, d), (b, _, _)| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            (a, c, d)
+        });
     (dx, dw)
 }
 
