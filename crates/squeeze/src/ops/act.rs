@@ -64,6 +64,9 @@ struct MaxPool {
 /// (first maximum in row-major window order wins ties).
 fn plane_argmax<T: Elem + PartialOrd>(x: &[T], w: usize, k: usize, out: &mut [usize]) {
     let wo = w / k;
+    if k == 2 {
+        return plane_argmax2(x, w, out);
+    }
     for (oh, orow) in out.chunks_mut(wo).enumerate() {
         for (ow, slot) in orow.iter_mut().enumerate() {
             let base = oh * k * w + ow * k;
@@ -81,6 +84,34 @@ fn plane_argmax<T: Elem + PartialOrd>(x: &[T], w: usize, k: usize, out: &mut [us
     }
 }
 
+/// The 2×2 case with select-style comparisons (the common pooling; no inner loops).
+fn plane_argmax2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [usize]) {
+    let wo = w / 2;
+    for (oh, orow) in out.chunks_mut(wo).enumerate() {
+        let r0 = 2 * oh * w;
+        for (ow, slot) in orow.iter_mut().enumerate() {
+            let a = r0 + 2 * ow;
+            let mut best = a;
+            for cand in [a + 1, a + w, a + w + 1] {
+                best = if x[cand] > x[best] { cand } else { best };
+            }
+            *slot = best;
+        }
+    }
+}
+
+/// Max of each 2×2 window of one [H, W] plane (values only; the forward needs no indices).
+fn plane_max2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [T]) {
+    let wo = w / 2;
+    let mx = |a: T, b: T| if a > b { a } else { b };
+    for (oh, orow) in out.chunks_mut(wo).enumerate() {
+        let (r0, r1) = (&x[2 * oh * w..2 * oh * w + 2 * wo], &x[(2 * oh + 1) * w..(2 * oh + 1) * w + 2 * wo]);
+        for ((o, p0), p1) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *o = mx(mx(p0[0], p0[1]), mx(p1[0], p1[1]));
+        }
+    }
+}
+
 fn dims4(s: &Shape, k: usize) -> candle_core::Result<(usize, usize, usize, usize)> {
     let (n, c, h, w) = s.dims4()?;
     if h < k || w < k {
@@ -93,6 +124,9 @@ fn pool_fwd<T: Elem + PartialOrd>(x: &[T], planes: usize, h: usize, w: usize, po
     let mut y = vec![T::default(); planes * po];
     y.par_chunks_mut(po).enumerate().for_each(|(p, yp)| {
         let xp = &x[p * h * w..(p + 1) * h * w];
+        if k == 2 {
+            return plane_max2(xp, w, yp);
+        }
         let mut arg = vec![0; po];
         plane_argmax(xp, w, k, &mut arg);
         yp.iter_mut().zip(&arg).for_each(|(o, &a)| *o = xp[a]);
