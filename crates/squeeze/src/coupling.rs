@@ -94,7 +94,8 @@ impl Spaces {
         let r = self.root(s);
         self.pinned[r].get_or_insert_with(|| why.to_string());
     }
-    fn member(&mut self, s: usize, node: &str, param: &str, axis: usize, offset: usize, per: usize, role: Role) {
+    /// Records that channel space `s` reaches `node.param` at `(axis, offset, per_channel)`.
+    fn member(&mut self, s: usize, node: &str, param: &str, (axis, offset, per): (usize, usize, usize), role: Role) {
         let m = Member { node: node.into(), param: format!("{node}.{param}"), axis, offset, per_channel: per, role };
         self.members[s].push(m);
     }
@@ -104,7 +105,7 @@ impl Spaces {
 fn consume(sp: &mut Spaces, segs: &[Seg], node: &str) {
     let mut off = 0;
     for s in segs {
-        sp.member(s.space, node, "weight", 1, off, s.per, Role::Consumer);
+        sp.member(s.space, node, "weight", (1, off, s.per), Role::Consumer);
         off += sp.channels[s.space] * s.per;
     }
 }
@@ -114,7 +115,7 @@ fn per_channel(sp: &mut Spaces, segs: &[Seg], node: &str, params: &[&str], role:
     let mut off = 0;
     for s in segs {
         for p in params {
-            sp.member(s.space, node, p, 0, off, 1, role);
+            sp.member(s.space, node, p, (0, off, 1), role);
         }
         off += sp.channels[s.space];
     }
@@ -178,9 +179,9 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
 
 fn new_space(sp: &mut Spaces, node: &str, channels: usize, bias: bool) -> Vec<Seg> {
     let s = sp.add(channels, Some(node));
-    sp.member(s, node, "weight", 0, 0, 1, Role::Producer);
+    sp.member(s, node, "weight", (0, 0, 1), Role::Producer);
     if bias {
-        sp.member(s, node, "bias", 0, 0, 1, Role::Producer);
+        sp.member(s, node, "bias", (0, 0, 1), Role::Producer);
     }
     vec![Seg { space: s, per: 1 }]
 }

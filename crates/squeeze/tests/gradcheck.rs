@@ -36,7 +36,7 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
         let g: Vec<f64> = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: input {k} has no gradient")).flatten_all().unwrap().to_vec1().unwrap();
         let base: Vec<f64> = inputs[k].flatten_all().unwrap().to_vec1().unwrap();
         for i in 0..base.len() {
-            let mut eval = |d: f64| {
+            let eval = |d: f64| {
                 let mut b = base.clone();
                 b[i] += d;
                 let mut ts2 = inputs.to_vec();

@@ -82,7 +82,7 @@ fn saved(name: &str) -> std::path::PathBuf {
 }
 
 fn load_err(dir: &Path) -> String {
-    checkpoint::load(dir).err().expect("load must fail").to_string()
+    checkpoint::load(dir).expect_err("load must fail").to_string()
 }
 
 #[test]

@@ -218,9 +218,15 @@ fn run_epoch(
         loss_sum += lv * idx.len() as f64;
         seen += idx.len();
         pb.inc(1);
-        if b % 10 == 0 {
+        // without a terminal the bar is hidden: log a line every tenth of the epoch instead
+        let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
+        if b % 10 == 0 || log_line {
             let ips = seen as f64 / start.elapsed().as_secs_f64();
-            pb.set_message(format!("loss {:.4} acc {:.4} {ips:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64));
+            let msg = format!("loss {:.4} acc {:.4} {ips:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64);
+            if log_line {
+                eprintln!("epoch {}/{} step {b}/{per_epoch}: {msg}", epoch + 1, cfg.epochs);
+            }
+            pb.set_message(msg);
         }
     }
     pb.finish_and_clear();
