@@ -124,6 +124,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resets the kernel's peak-RSS mark of this process (Linux `clear_refs` = 5), so the next
+/// [`peak_rss_bytes`] reflects only what ran after this call (plus what stays resident).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Full evaluation of a saved model: accuracy on `test` (if given), static cost, size on
 /// disk, speed and peak memory.
 pub fn evaluate(dir: &Path, model: &Model, test: Option<&ImageSet>, speed_runs: usize) -> Result<Metrics> {
@@ -131,6 +137,12 @@ pub fn evaluate(dir: &Path, model: &Model, test: Option<&ImageSet>, speed_runs: 
     m.size_bytes = Some(checkpoint::size_on_disk(dir)?);
     if let Some(t) = test {
         m.accuracy = Some(accuracy(&model.graph, &model.params, t, 500)?);
+    }
+    // the peak is taken over this model's inference runs only (the resident data set and
+    // binary are included, earlier models evaluated in this process are not)
+    reset_peak_rss();
+    if let Some(t) = test {
+        accuracy(&model.graph, &model.params, &t.take(500), 500)?;
     }
     if speed_runs > 0 {
         let (l, t) = speed(model, speed_runs)?;
