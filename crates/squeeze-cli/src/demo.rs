@@ -48,6 +48,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             depth: None,
             limit_train: None,
             resume: base.join("checkpoint/state.json").exists(),
+            force: false,
             data: a.data.clone(),
         })?;
     }

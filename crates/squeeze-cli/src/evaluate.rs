@@ -24,6 +24,9 @@ pub struct EvalArgs {
     /// Also write the metrics to DIR/metrics.json.
     #[arg(long)]
     pub save: bool,
+    /// Add the parameters and MACs of every node (JSON key `nodes`, or a second table).
+    #[arg(long)]
+    pub per_node: bool,
     #[command(flatten)]
     pub data: DataArg,
 }
@@ -40,10 +43,26 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     if a.save {
         write_json(&a.dir.join("metrics.json"), &m)?;
     }
+    let nodes = if a.per_node {
+        let model = checkpoint::load(&a.dir)?;
+        Some(squeeze::eval::node_costs(&model.graph, &model.params)?)
+    } else {
+        None
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(n) = &nodes {
+            v["nodes"] = serde_json::to_value(n)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{}", table(&[(a.dir.display().to_string(), m)]));
+        if let Some(n) = &nodes {
+            println!("| node | kind | params | MACs |\n|---|---|---|---|");
+            for c in n {
+                println!("| {} | {} | {} | {} |", c.node, c.kind, c.params, c.macs);
+            }
+        }
     }
     Ok(())
 }

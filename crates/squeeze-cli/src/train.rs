@@ -54,6 +54,9 @@ pub struct TrainArgs {
     /// Continue from OUT/checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Replace a finished model already in OUT.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub data: DataArg,
 }
@@ -93,6 +96,9 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = config(&a)?;
+    if !a.resume && !a.force && a.out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
+        bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
+    }
     let data = FashionMnist::load(&a.data.data)?;
     let opts = ZooOpts { widths: a.widths.clone(), depth: a.depth };
     let mut model = zoo::build(&a.arch, &opts, a.seed)?;

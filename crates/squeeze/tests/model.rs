@@ -198,3 +198,19 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
     let e = predict(&m.graph, &m.params, &x).unwrap_err().to_string();
     assert!(e.contains("[2, 1, 27, 28]"), "{e}");
 }
+
+#[test]
+fn taps_capture_a_nodes_inputs_and_output() {
+    let m = small("cnn");
+    let x = batch(2, 9);
+    let mut opts = ForwardOpts::eval();
+    opts.taps.insert("block2.conv".into());
+    let out = forward(&m.graph, &m.params, &x, &opts).unwrap();
+    let tap = &out.taps["block2.conv"];
+    assert_eq!(tap.inputs[0].dims(), &[2, 32, 14, 14]);
+    assert_eq!(tap.output.dims(), &[2, 64, 14, 14]);
+    let w = m.params.get("block2.conv.weight").unwrap();
+    let again = tap.inputs[0].conv2d(w, 1, 1, 1, 1).unwrap();
+    assert!(max_abs(&again, &tap.output) < 1e-4);
+    assert_eq!(max_abs(&out.output, &predict(&m.graph, &m.params, &x).unwrap()), 0.0);
+}
