@@ -185,8 +185,7 @@ fn run_node(
             }
         }
         Op::Relu => act::relu(x)?,
-        Op::MaxPool2d { kernel, stride } if kernel == stride => act::max_pool2d(x, *kernel)?,
-        Op::MaxPool2d { kernel, stride } => pool::max_pool2d(x, *kernel, *stride)?,
+        Op::MaxPool2d { kernel, stride } => act::max_pool2d(x, *kernel, *stride)?,
         Op::AvgPool2d { kernel, stride } => pool::avg_pool2d(x, *kernel, *stride)?,
         Op::GlobalAvgPool => pool::global_avg_pool(x)?,
         Op::Flatten => x.flatten_from(1)?,

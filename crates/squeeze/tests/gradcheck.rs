@@ -74,7 +74,8 @@ fn grad_batchnorm_fused_and_bn_relu() {
 #[test]
 fn grad_relu_pools_linear_and_loss() {
     check("relu", &[rand(&[2, 3, 4, 4], 9)], |t| act::relu(&t[0]).unwrap());
-    check("max_pool k2", &[rand(&[2, 2, 5, 4], 10)], |t| act::max_pool2d(&t[0], 2).unwrap());
+    check("max_pool k2", &[rand(&[2, 2, 5, 4], 10)], |t| act::max_pool2d(&t[0], 2, 2).unwrap());
+    check("max_pool k3 s2", &[rand(&[2, 2, 7, 6], 19)], |t| act::max_pool2d(&t[0], 3, 2).unwrap());
     check("avg_pool k2", &[rand(&[2, 2, 4, 6], 11)], |t| pool::avg_pool2d(&t[0], 2, 2).unwrap());
     check("global_avg_pool", &[rand(&[2, 3, 3, 3], 12)], |t| pool::global_avg_pool(&t[0]).unwrap());
     check("linear", &[rand(&[3, 5], 13), rand(&[4, 5], 14), rand(&[4], 15)], |t| {
@@ -138,9 +139,14 @@ fn fused_batchnorm_matches_reference_forward_and_backward() {
 #[test]
 fn fast_max_pool_matches_reshape_reference() {
     let x = Var::from_tensor(&f32r(&[2, 3, 7, 6], 40)).unwrap();
-    let fast = act::max_pool2d(x.as_tensor(), 2).unwrap();
+    let fast = act::max_pool2d(x.as_tensor(), 2, 2).unwrap();
     let refr = pool::max_pool2d(x.as_tensor(), 2, 2).unwrap();
     assert_eq!(fast.dims(), &[2, 3, 3, 3]);
+    // overlapping windows: forward against candle's kernel
+    let f3 = act::max_pool2d(x.as_tensor(), 3, 2).unwrap();
+    let r3 = x.as_tensor().max_pool2d_with_stride(3, 2).unwrap();
+    assert_eq!(f3.dims(), r3.dims());
+    assert_eq!(max_abs(&f3, &r3), 0.0);
     assert_eq!(max_abs(&fast, &refr), 0.0);
     let gf = fast.sum_all().unwrap().backward().unwrap();
     let gr = refr.sum_all().unwrap().backward().unwrap();
@@ -152,7 +158,7 @@ fn fast_max_pool_matches_reshape_reference() {
 #[test]
 fn max_pool_gradient_sums_to_output_count_unlike_candle() {
     let x = Var::from_tensor(&f32r(&[1, 2, 4, 4], 50)).unwrap();
-    let ours = act::max_pool2d(x.as_tensor(), 2).unwrap().sum_all().unwrap().backward().unwrap();
+    let ours = act::max_pool2d(x.as_tensor(), 2, 2).unwrap().sum_all().unwrap().backward().unwrap();
     let total = ours.get(x.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(total, 8.0);
     let theirs = x.as_tensor().max_pool2d(2).unwrap().sum_all().unwrap().backward().unwrap();

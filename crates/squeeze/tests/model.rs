@@ -214,3 +214,21 @@ fn taps_capture_a_nodes_inputs_and_output() {
     assert!(max_abs(&again, &tap.output) < 1e-4);
     assert_eq!(max_abs(&out.output, &predict(&m.graph, &m.params, &x).unwrap()), 0.0);
 }
+
+#[test]
+fn dropout_is_seeded_scaled_in_training_and_identity_in_eval() {
+    use squeeze::graph::{Graph, Op, INPUT};
+    let mut g = Graph::new("drop", &[1, 28, 28]);
+    g.push("drop", Op::Dropout { p: 0.25 }, &[INPUT]);
+    let p = squeeze::params::ParamStore::new();
+    let x = Tensor::ones((4, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+    let run = |seed| forward(&g, &p, &x, &ForwardOpts::train(seed)).unwrap().output;
+    let (a, b, c) = (run(1), run(1), run(2));
+    assert_eq!(max_abs(&a, &b), 0.0, "same seed, same mask");
+    assert!(max_abs(&a, &c) > 0.0, "another seed, another mask");
+    let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let kept = v.iter().filter(|&&x| x != 0.0).count() as f64 / v.len() as f64;
+    assert!((kept - 0.75).abs() < 0.03, "kept fraction {kept}");
+    assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
+    assert_eq!(max_abs(&predict(&g, &p, &x).unwrap(), &x), 0.0);
+}

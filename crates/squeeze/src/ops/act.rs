@@ -1,4 +1,4 @@
-//! Single-pass ReLU and window=stride max pooling with hand-written backwards. Candle's
+//! Single-pass ReLU and max pooling with hand-written backwards. Candle's
 //! autograd builds the ReLU gradient from three element-wise ops and the max-pool gradient
 //! from a broadcast comparison and products over the whole activation; these do one pass
 //! each. The references they are tested against are candle's `relu` and the
@@ -55,52 +55,84 @@ pub fn relu(x: &Tensor) -> crate::Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Relu)?)
 }
 
-/// Max pooling, window = stride = k, floor mode.
+/// Max pooling geometry: square window `k`, stride `s`, floor mode, no padding.
+#[derive(Debug, Clone, Copy)]
 struct MaxPool {
     k: usize,
+    s: usize,
 }
 
-/// Flat input index of the maximum of every output position of one [H, W] plane
-/// (first maximum in row-major window order wins ties).
-fn plane_argmax<T: Elem + PartialOrd>(x: &[T], w: usize, k: usize, out: &mut [usize]) {
-    let wo = w / k;
-    if k == 2 {
-        return plane_argmax2(x, w, out);
+/// Plane geometry: (planes N·C, H, W, Ho, Wo).
+type PlaneDims = (usize, usize, usize, usize, usize);
+
+impl MaxPool {
+    fn dims(&self, shape: &Shape) -> candle_core::Result<PlaneDims> {
+        let (n, c, h, w) = shape.dims4()?;
+        if h < self.k || w < self.k || self.k == 0 || self.s == 0 {
+            candle_core::bail!("max_pool2d: input {h}×{w} does not fit window {} stride {}", self.k, self.s)
+        }
+        Ok((n * c, h, w, (h - self.k) / self.s + 1, (w - self.k) / self.s + 1))
     }
-    for (oh, orow) in out.chunks_mut(wo).enumerate() {
-        for (ow, slot) in orow.iter_mut().enumerate() {
-            let base = oh * k * w + ow * k;
-            let (mut best, mut bv) = (base, x[base]);
-            for i in 0..k {
-                let row = &x[base + i * w..base + i * w + k];
-                for (j, v) in row.iter().enumerate() {
-                    if *v > bv {
-                        (best, bv) = (base + i * w + j, *v);
+
+    /// Flat input index of the maximum of every output position of one [H, W] plane
+    /// (first maximum in row-major window order wins ties).
+    fn argmax<T: Elem + PartialOrd>(&self, x: &[T], w: usize, wo: usize, out: &mut [usize]) {
+        let (k, s) = (self.k, self.s);
+        for (oh, orow) in out.chunks_mut(wo).enumerate() {
+            for (ow, slot) in orow.iter_mut().enumerate() {
+                let base = oh * s * w + ow * s;
+                let mut best = base;
+                for i in 0..k {
+                    for j in 0..k {
+                        let idx = base + i * w + j;
+                        best = if x[idx] > x[best] { idx } else { best };
                     }
                 }
+                *slot = best;
             }
-            *slot = best;
         }
+    }
+
+    fn fwd<T: Elem + PartialOrd>(&self, x: &[T], (planes, h, w, ho, wo): PlaneDims) -> Vec<T> {
+        let po = ho * wo;
+        let mut y = vec![T::default(); planes * po];
+        y.par_chunks_mut(po).enumerate().for_each_init(
+            || vec![0; po],
+            |arg, (p, yp)| {
+                let xp = &x[p * h * w..(p + 1) * h * w];
+                if self.k == 2 && self.s == 2 {
+                    return plane_max2(xp, w, yp);
+                }
+                self.argmax(xp, w, wo, arg);
+                yp.iter_mut().zip(arg.iter()).for_each(|(o, &a)| *o = xp[a]);
+            },
+        );
+        y
+    }
+
+    fn bwd<T: Elem + PartialOrd>(&self, x: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
+        let (planes, h, w, ho, wo) = self.dims(x.shape())?;
+        let po = ho * wo;
+        let dx = with_cpu::<T, _>(x, |xs| {
+            with_cpu::<T, _>(dy, |dys| {
+                let mut dx = vec![T::default(); planes * h * w];
+                dx.par_chunks_mut(h * w).enumerate().for_each_init(
+                    || vec![0; po],
+                    |arg, (p, dxp)| {
+                        self.argmax(&xs[p * h * w..(p + 1) * h * w], w, wo, arg);
+                        for (o, &a) in arg.iter().enumerate() {
+                            dxp[a] += dys[p * po + o];
+                        }
+                    },
+                );
+                dx
+            })
+        })??;
+        Ok(Tensor::from_vec(dx, x.shape(), x.device())?)
     }
 }
 
-/// The 2×2 case with select-style comparisons (the common pooling; no inner loops).
-fn plane_argmax2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [usize]) {
-    let wo = w / 2;
-    for (oh, orow) in out.chunks_mut(wo).enumerate() {
-        let r0 = 2 * oh * w;
-        for (ow, slot) in orow.iter_mut().enumerate() {
-            let a = r0 + 2 * ow;
-            let mut best = a;
-            for cand in [a + 1, a + w, a + w + 1] {
-                best = if x[cand] > x[best] { cand } else { best };
-            }
-            *slot = best;
-        }
-    }
-}
-
-/// Max of each 2×2 window of one [H, W] plane (values only; the forward needs no indices).
+/// Max of each 2×2 window (stride 2) of one [H, W] plane; values only.
 fn plane_max2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [T]) {
     let wo = w / 2;
     let mx = |a: T, b: T| if a > b { a } else { b };
@@ -112,70 +144,31 @@ fn plane_max2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [T]) {
     }
 }
 
-fn dims4(s: &Shape, k: usize) -> candle_core::Result<(usize, usize, usize, usize)> {
-    let (n, c, h, w) = s.dims4()?;
-    if h < k || w < k {
-        candle_core::bail!("max_pool2d: input {h}×{w} smaller than window {k}")
-    }
-    Ok((n * c, h, w, (h / k) * (w / k)))
-}
-
-fn pool_fwd<T: Elem + PartialOrd>(x: &[T], planes: usize, h: usize, w: usize, po: usize, k: usize) -> Vec<T> {
-    let mut y = vec![T::default(); planes * po];
-    y.par_chunks_mut(po).enumerate().for_each(|(p, yp)| {
-        let xp = &x[p * h * w..(p + 1) * h * w];
-        if k == 2 {
-            return plane_max2(xp, w, yp);
-        }
-        let mut arg = vec![0; po];
-        plane_argmax(xp, w, k, &mut arg);
-        yp.iter_mut().zip(&arg).for_each(|(o, &a)| *o = xp[a]);
-    });
-    y
-}
-
-fn pool_bwd<T: Elem + PartialOrd>(k: usize, x: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
-    let (planes, h, w, po) = dims4(x.shape(), k)?;
-    let dx = with_cpu::<T, _>(x, |xs| {
-        with_cpu::<T, _>(dy, |dys| {
-            let mut dx = vec![T::default(); planes * h * w];
-            dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dxp)| {
-                let mut arg = vec![0; po];
-                plane_argmax(&xs[p * h * w..(p + 1) * h * w], w, k, &mut arg);
-                for (o, &a) in arg.iter().enumerate() {
-                    dxp[a] += dys[p * po + o];
-                }
-            });
-            dx
-        })
-    })??;
-    Ok(Tensor::from_vec(dx, x.shape(), x.device())?)
-}
-
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
         "squeeze-max-pool2d"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (planes, h, w, po) = dims4(l.shape(), self.k)?;
-        let out = match s.dtype() {
-            DType::F32 => CpuStorage::F32(pool_fwd::<f32>(slice_of(s, l)?, planes, h, w, po, self.k)),
-            DType::F64 => CpuStorage::F64(pool_fwd::<f64>(slice_of(s, l)?, planes, h, w, po, self.k)),
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.dims(l.shape())?;
+        let out = match st.dtype() {
+            DType::F32 => CpuStorage::F32(self.fwd::<f32>(slice_of(st, l)?, d)),
+            DType::F64 => CpuStorage::F64(self.fwd::<f64>(slice_of(st, l)?, d)),
             dt => candle_core::bail!("max_pool2d: unsupported dtype {dt:?}"),
         };
         let (n, c, _, _) = l.shape().dims4()?;
-        Ok((out, Shape::from((n, c, h / self.k, w / self.k))))
+        Ok((out, Shape::from((n, c, d.3, d.4))))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = match arg.dtype() {
-            DType::F32 => pool_bwd::<f32>(self.k, arg, dy),
-            _ => pool_bwd::<f64>(self.k, arg, dy),
+            DType::F32 => self.bwd::<f32>(arg, dy),
+            _ => self.bwd::<f64>(arg, dy),
         };
         Ok(Some(g.map_err(msg)?))
     }
 }
 
-/// Floor-mode max pooling with window = stride = `k` and a one-pass backward.
-pub fn max_pool2d(x: &Tensor, k: usize) -> crate::Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(MaxPool { k })?)
+/// Floor-mode max pooling (window `k`, stride `stride`) with a one-pass backward that
+/// gives each output's gradient to its arg-max.
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> crate::Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(MaxPool { k, s: stride })?)
 }

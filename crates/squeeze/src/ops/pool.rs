@@ -1,13 +1,14 @@
-//! Pooling for the interpreter. Max pooling with window = stride is computed as a reshape
-//! and two `max` reductions, whose autograd is exact (gradient to the arg-max), instead of
-//! candle 0.11's `max_pool2d`, whose backward is scaled wrong. Other window/stride pairs
-//! fall back to candle's kernel (forward only is trusted there).
+//! Pooling built from candle ops. Max pooling with window = stride as a reshape and two
+//! `max` reductions (exact autograd, unlike candle 0.11's `max_pool2d` whose backward is
+//! scaled wrong) is the plain reference of the fast kernel in [`super::act`]; average and
+//! global average pooling are used by the interpreter directly.
 
 use candle_core::{Tensor, D};
 
 use crate::error::Result;
 
-/// Floor-mode max pooling of [N, C, H, W].
+/// Floor-mode max pooling of [N, C, H, W] (reference; window = stride, else candle's
+/// forward-only-trusted kernel).
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if kernel != stride {
