@@ -135,14 +135,11 @@ pub fn reset_peak_rss() -> bool {
 pub fn evaluate(dir: &Path, model: &Model, test: Option<&ImageSet>, speed_runs: usize) -> Result<Metrics> {
     let mut m = static_cost(model)?;
     m.size_bytes = Some(checkpoint::size_on_disk(dir)?);
-    if let Some(t) = test {
-        m.accuracy = Some(accuracy(&model.graph, &model.params, t, 500)?);
-    }
     // the peak is taken over this model's inference runs only (the resident data set and
     // binary are included, earlier models evaluated in this process are not)
     reset_peak_rss();
     if let Some(t) = test {
-        accuracy(&model.graph, &model.params, &t.take(500), 500)?;
+        m.accuracy = Some(accuracy(&model.graph, &model.params, t, 500)?);
     }
     if speed_runs > 0 {
         let (l, t) = speed(model, speed_runs)?;
