@@ -58,7 +58,12 @@ const EPOCH: f64 = 60_000.0;
 const BATCH: usize = 128;
 
 fn sgd() -> OptimizerConfig {
-    OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: true }
+    OptimizerConfig::Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: true,
+    }
 }
 
 fn train_bench(c: Common) -> Result<()> {
@@ -66,13 +71,30 @@ fn train_bench(c: Common) -> Result<()> {
     let model = zoo::build("cnn", &Default::default(), 0)?;
     let (mut params, mut opt) = prepare(&model, &sgd())?;
     let batches = (0..c.steps.max(1) + 5)
-        .map(|i| data.train.batch(&((i * BATCH)..((i + 1) * BATCH)).map(|j| j % data.train.len()).collect::<Vec<_>>(), None))
+        .map(|i| {
+            data.train.batch(
+                &((i * BATCH)..((i + 1) * BATCH))
+                    .map(|j| j % data.train.len())
+                    .collect::<Vec<_>>(),
+                None,
+            )
+        })
         .collect::<squeeze::Result<Vec<_>>>()?;
     let mut i = 0;
     let t = median_time(5, c.steps, || {
         let (x, y) = &batches[i % batches.len()];
         i += 1;
-        train_step(&model, &mut params, &mut opt, x, y, 0.05, i as u64, &mut NoHooks).map(|_| ())
+        train_step(
+            &model,
+            &mut params,
+            &mut opt,
+            x,
+            y,
+            0.05,
+            i as u64,
+            &mut NoHooks,
+        )
+        .map(|_| ())
     })?;
     let ours = t * EPOCH / BATCH as f64;
     eprintln!("squeeze: {:.1} ms/step → {ours:.1} s/epoch", t * 1e3);
@@ -113,7 +135,9 @@ fn infer_bench(c: Common) -> Result<()> {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Runs the peer script; its last stdout line is a JSON object.
@@ -123,15 +147,28 @@ fn run_peer(c: &Common, mode: &str) -> Result<Option<serde_json::Value>> {
     }
     let out = Command::new(&c.python)
         .arg(&c.peer)
-        .args(["--mode", mode, "--steps", &c.steps.to_string(), "--threads", &threads().to_string()])
+        .args([
+            "--mode",
+            mode,
+            "--steps",
+            &c.steps.to_string(),
+            "--threads",
+            &threads().to_string(),
+        ])
         .arg("--data")
         .arg(&c.data.data)
         .output()
         .with_context(|| format!("running peer {} with {}", c.peer.display(), c.python))?;
     if !out.status.success() {
-        bail!("peer {} failed: {}", c.peer.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "peer {} failed: {}",
+            c.peer.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or_default();
-    Ok(Some(serde_json::from_str(last).with_context(|| format!("peer printed no JSON: {text}"))?))
+    Ok(Some(serde_json::from_str(last).with_context(|| {
+        format!("peer printed no JSON: {text}")
+    })?))
 }

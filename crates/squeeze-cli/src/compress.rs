@@ -42,13 +42,20 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 pub fn run(a: CompressArgs) -> Result<()> {
     if same_dir(&a.dir, &a.out) {
-        bail!("--out {} is the input model's directory; squeeze never overwrites its input", a.out.display());
+        bail!(
+            "--out {} is the input model's directory; squeeze never overwrites its input",
+            a.out.display()
+        );
     }
     if a.out.join(checkpoint::GRAPH_FILE).exists() && !a.force {
-        bail!("{} already holds a model; pass --force to replace it", a.out.display());
+        bail!(
+            "{} already holds a model; pass --force to replace it",
+            a.out.display()
+        );
     }
     let recipe = Recipe::load(&a.recipe)?;
-    let model = checkpoint::load(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
+    let model =
+        checkpoint::load(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
     let data = FashionMnist::load(&a.data.data)?;
     let before = evaluate(&a.dir, &model, Some(&data.test), a.speed_runs)?;
     let (compressed, passes) = run_recipe(model, &recipe)?;
@@ -65,16 +72,30 @@ pub fn run(a: CompressArgs) -> Result<()> {
     write_json(&tmp.join("report.json"), &report)?;
     write_json(&tmp.join("metrics.json"), &after)?;
     if a.out.exists() {
-        std::fs::remove_dir_all(&a.out).with_context(|| format!("removing old {}", a.out.display()))?;
+        std::fs::remove_dir_all(&a.out)
+            .with_context(|| format!("removing old {}", a.out.display()))?;
     }
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("moving result into {}", a.out.display()))?;
-    println!("{}", crate::evaluate::table(&[(a.dir.display().to_string(), before), (a.out.display().to_string(), after)]));
+    std::fs::rename(&tmp, &a.out)
+        .with_context(|| format!("moving result into {}", a.out.display()))?;
+    println!(
+        "{}",
+        crate::evaluate::table(&[
+            (a.dir.display().to_string(), before),
+            (a.out.display().to_string(), after)
+        ])
+    );
     Ok(())
 }
 
 fn tmp_sibling(out: &Path) -> Result<PathBuf> {
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {

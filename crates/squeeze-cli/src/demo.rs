@@ -52,7 +52,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             data: a.data.clone(),
         })?;
     }
-    let mut rows = vec![("cnn (trained)".to_string(), metrics_of(&base, &a.data.data, false)?)];
+    let mut rows = vec![(
+        "cnn (trained)".to_string(),
+        metrics_of(&base, &a.data.data, false)?,
+    )];
     for (name, recipe) in RECIPES {
         let out = a.dir.join(format!("cnn-{name}"));
         compress::run(CompressArgs {
@@ -63,7 +66,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             speed_runs: 10,
             data: a.data.clone(),
         })?;
-        rows.push((format!("cnn + {name}"), metrics_of(&out, &a.data.data, false)?));
+        rows.push((
+            format!("cnn + {name}"),
+            metrics_of(&out, &a.data.data, false)?,
+        ));
     }
     println!("\n{}", table(&rows));
     Ok(())

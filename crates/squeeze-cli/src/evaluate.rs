@@ -33,7 +33,8 @@ pub struct EvalArgs {
 
 /// Loads and fully evaluates one model directory on the test set.
 pub fn eval_dir(dir: &Path, data: &Path, speed_runs: usize) -> Result<Metrics> {
-    let model = checkpoint::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let model =
+        checkpoint::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
     let fm = FashionMnist::load(data)?;
     Ok(evaluate(dir, &model, Some(&fm.test), speed_runs)?)
 }
@@ -83,8 +84,10 @@ pub struct ReportArgs {
 pub fn metrics_of(dir: &Path, data: &Path, fresh: bool) -> Result<Metrics> {
     let p = dir.join("metrics.json");
     if !fresh && p.exists() {
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("{}: not a metrics file", p.display()));
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a metrics file", p.display()));
     }
     eval_dir(dir, data, 10)
 }
@@ -93,7 +96,12 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     let rows = a
         .dirs
         .iter()
-        .map(|d| Ok((d.display().to_string(), metrics_of(d, &a.data.data, a.fresh)?)))
+        .map(|d| {
+            Ok((
+                d.display().to_string(),
+                metrics_of(d, &a.data.data, a.fresh)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     println!("{}", table(&rows));
     Ok(())
@@ -115,10 +123,16 @@ pub fn table(rows: &[(String, Metrics)]) -> String {
             m.params,
             m.nonzero_params,
             m.flops as f64 / 1e6,
-            opt(m.size_bytes.map(|b| b as f64), |b| format!("{:.1}", b / 1024.0)),
+            opt(m.size_bytes.map(|b| b as f64), |b| format!(
+                "{:.1}",
+                b / 1024.0
+            )),
             opt(m.latency_ms_b1, |l| format!("{l:.3}")),
             opt(m.throughput_b256, |t| format!("{t:.0}")),
-            opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!("{:.0}", b / 1048576.0)),
+            opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!(
+                "{:.0}",
+                b / 1048576.0
+            )),
         );
     }
     s

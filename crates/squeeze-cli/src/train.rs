@@ -62,9 +62,20 @@ pub struct TrainArgs {
 }
 
 fn config(a: &TrainArgs) -> Result<TrainConfig> {
-    let epochs = a.epochs.unwrap_or(if matches!(a.arch.as_str(), "mlp" | "lenet5") { 20 } else { 30 });
+    let epochs = a
+        .epochs
+        .unwrap_or(if matches!(a.arch.as_str(), "mlp" | "lenet5") {
+            20
+        } else {
+            30
+        });
     let optimizer = match a.optimizer.as_str() {
-        "sgd" => OptimizerConfig::Sgd { lr: a.lr.unwrap_or(0.05), momentum: 0.9, weight_decay: a.weight_decay, nesterov: true },
+        "sgd" => OptimizerConfig::Sgd {
+            lr: a.lr.unwrap_or(0.05),
+            momentum: 0.9,
+            weight_decay: a.weight_decay,
+            nesterov: true,
+        },
         "adamw" => OptimizerConfig::Adamw {
             lr: a.lr.unwrap_or(1e-3),
             beta1: 0.9,
@@ -76,7 +87,11 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
     };
     let schedule = match a.schedule.as_str() {
         "cosine" => Schedule::Cosine { warmup_epochs: 1.0 },
-        "step" => Schedule::Step { warmup_epochs: 1.0, every_epochs: (epochs / 3).max(1), gamma: 0.1 },
+        "step" => Schedule::Step {
+            warmup_epochs: 1.0,
+            every_epochs: (epochs / 3).max(1),
+            gamma: 0.1,
+        },
         "constant" => Schedule::Constant { warmup_epochs: 1.0 },
         s => bail!("--schedule: unknown schedule `{s}` (expected cosine, step or constant)"),
     };
@@ -100,21 +115,37 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
     }
     let data = FashionMnist::load(&a.data.data)?;
-    let opts = ZooOpts { widths: a.widths.clone(), depth: a.depth };
+    let opts = ZooOpts {
+        widths: a.widths.clone(),
+        depth: a.depth,
+    };
     let mut model = zoo::build(&a.arch, &opts, a.seed)?;
     eprintln!(
         "training {} ({} params) for {} epochs on {} images",
         a.arch,
         squeeze::eval::static_cost(&model)?.params,
         cfg.epochs,
-        cfg.limit_train.unwrap_or(data.train.len()).min(data.train.len())
+        cfg.limit_train
+            .unwrap_or(data.train.len())
+            .min(data.train.len())
     );
-    let history = train::train(&mut model, &data.train, &data.valid, &cfg, &a.out, a.resume, &mut NoHooks)
-        .with_context(|| format!("training into {}", a.out.display()))?;
+    let history = train::train(
+        &mut model,
+        &data.train,
+        &data.valid,
+        &cfg,
+        &a.out,
+        a.resume,
+        &mut NoHooks,
+    )
+    .with_context(|| format!("training into {}", a.out.display()))?;
     squeeze::checkpoint::save(&model, &a.out)?;
     let metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    write_json(&a.out.join("train.json"), &serde_json::json!({ "config": cfg, "zoo": opts, "history": history, "command": command }))?;
+    write_json(
+        &a.out.join("train.json"),
+        &serde_json::json!({ "config": cfg, "zoo": opts, "history": history, "command": command }),
+    )?;
     write_json(&a.out.join("metrics.json"), &metrics)?;
     println!("{}", serde_json::to_string_pretty(&metrics)?);
     Ok(())

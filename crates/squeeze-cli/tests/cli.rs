@@ -20,7 +20,11 @@ fn tmp(name: &str) -> PathBuf {
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let o = bin().args(args).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 fn model_dir(d: &Path) -> PathBuf {
@@ -31,7 +35,9 @@ fn model_dir(d: &Path) -> PathBuf {
 }
 
 fn have_data() -> bool {
-    Path::new(squeeze::data::DEFAULT_DIR).join("t10k-images-idx3-ubyte.gz").exists()
+    Path::new(squeeze::data::DEFAULT_DIR)
+        .join("t10k-images-idx3-ubyte.gz")
+        .exists()
 }
 
 #[test]
@@ -41,8 +47,19 @@ fn help_lists_every_command() {
     for c in ["train", "eval", "compress", "report", "bench", "demo"] {
         assert!(out.contains(c), "--help lacks {c}");
     }
-    let (ok, _, err) = run(&["train", "--arch", "mlp", "--out", "/tmp/x", "--optimizer", "lion"]);
-    assert!(!ok && err.contains("--optimizer") && err.contains("lion"), "{err}");
+    let (ok, _, err) = run(&[
+        "train",
+        "--arch",
+        "mlp",
+        "--out",
+        "/tmp/x",
+        "--optimizer",
+        "lion",
+    ]);
+    assert!(
+        !ok && err.contains("--optimizer") && err.contains("lion"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,22 +69,57 @@ fn compress_never_overwrites_its_input_and_reports_recipe_typos() {
     let recipe = d.join("r.toml");
     std::fs::write(&recipe, "[[passes]]\ntype = \"fold_batch_norm\"\n").unwrap();
     let ms = m.to_str().unwrap();
-    let (ok, _, err) = run(&["compress", ms, "--recipe", recipe.to_str().unwrap(), "--out", ms]);
+    let (ok, _, err) = run(&[
+        "compress",
+        ms,
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        ms,
+    ]);
     assert!(!ok && err.contains("never overwrites its input"), "{err}");
     let bad = d.join("typo.toml");
     std::fs::write(&bad, "[[passes]]\ntype = \"fold_batchnorms\"\n").unwrap();
     let out = d.join("out");
-    let (ok, _, err) = run(&["compress", ms, "--recipe", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(!ok && err.contains("typo.toml") && err.contains("fold_batchnorms"), "{err}");
-    assert!(!out.exists(), "a failed compress must not leave output behind");
-    let (ok, _, err) = run(&["compress", ms, "--recipe", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--data", "/nonexistent"]);
-    assert!(!ok && err.contains("/nonexistent") && err.contains("dataset-fashion-mnist"), "{err}");
+    let (ok, _, err) = run(&[
+        "compress",
+        ms,
+        "--recipe",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("typo.toml") && err.contains("fold_batchnorms"),
+        "{err}"
+    );
+    assert!(
+        !out.exists(),
+        "a failed compress must not leave output behind"
+    );
+    let (ok, _, err) = run(&[
+        "compress",
+        ms,
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--data",
+        "/nonexistent",
+    ]);
+    assert!(
+        !ok && err.contains("/nonexistent") && err.contains("dataset-fashion-mnist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn compress_and_report_on_real_data() {
     if !have_data() {
-        assert!(std::env::var("CI").is_err(), "CI must install dataset-fashion-mnist");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install dataset-fashion-mnist"
+        );
         eprintln!("SKIPPED: Fashion-MNIST not installed");
         return;
     }
@@ -77,15 +129,34 @@ fn compress_and_report_on_real_data() {
     std::fs::write(&recipe, "[[passes]]\ntype = \"fold_batch_norm\"\n").unwrap();
     let out = d.join("folded");
     let (ok, _, err) = run(&[
-        "compress", m.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--speed-runs", "1",
+        "compress",
+        m.to_str().unwrap(),
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--speed-runs",
+        "1",
     ]);
     assert!(ok, "{err}");
-    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let (b, a) = (&rep["before"], &rep["after"]);
-    assert_eq!(b["accuracy"], a["accuracy"], "folding must not change predictions");
+    assert_eq!(
+        b["accuracy"], a["accuracy"],
+        "folding must not change predictions"
+    );
     assert!(a["params"].as_u64() < b["params"].as_u64());
     assert_eq!(rep["passes"][0]["label"], "folded 2 of 2 BatchNorm layers");
-    let (ok, table, err) = run(&["report", m.to_str().unwrap(), out.to_str().unwrap(), "--fresh"]);
+    let (ok, table, err) = run(&[
+        "report",
+        m.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--fresh",
+    ]);
     assert!(ok, "{err}");
-    assert!(table.contains("| model |") && table.lines().count() >= 4, "{table}");
+    assert!(
+        table.contains("| model |") && table.lines().count() >= 4,
+        "{table}"
+    );
 }

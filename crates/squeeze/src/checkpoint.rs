@@ -56,7 +56,10 @@ pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(
 pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-        Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+        Error::file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
     })?;
     Ok(map.into_iter().collect())
 }
@@ -77,7 +80,9 @@ pub fn load_graph(dir: &Path) -> Result<Graph> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let graph: Graph = serde_json::from_str(&text)
         .map_err(|e| Error::file(&path, format!("invalid model description: {e}")))?;
-    graph.validate().map_err(|e| Error::file(&path, e.to_string()))?;
+    graph
+        .validate()
+        .map_err(|e| Error::file(&path, e.to_string()))?;
     Ok(graph)
 }
 
@@ -86,7 +91,9 @@ pub fn load(dir: &Path) -> Result<Model> {
     let graph = load_graph(dir)?;
     let wpath = dir.join(WEIGHTS_FILE);
     let params = ParamStore::from_map(load_tensors(&wpath)?);
-    params.check(&graph).map_err(|e| Error::file(&wpath, e.to_string()))?;
+    params
+        .check(&graph)
+        .map_err(|e| Error::file(&wpath, e.to_string()))?;
     Ok(Model { graph, params })
 }
 

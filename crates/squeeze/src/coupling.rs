@@ -73,7 +73,8 @@ impl Spaces {
         self.parent.push(id);
         self.channels.push(channels);
         self.members.push(Vec::new());
-        self.sources.push(source.map(|s| vec![s.to_string()]).unwrap_or_default());
+        self.sources
+            .push(source.map(|s| vec![s.to_string()]).unwrap_or_default());
         self.pinned.push(None);
         id
     }
@@ -95,8 +96,22 @@ impl Spaces {
         self.pinned[r].get_or_insert_with(|| why.to_string());
     }
     /// Records that channel space `s` reaches `node.param` at `(axis, offset, per_channel)`.
-    fn member(&mut self, s: usize, node: &str, param: &str, (axis, offset, per): (usize, usize, usize), role: Role) {
-        let m = Member { node: node.into(), param: format!("{node}.{param}"), axis, offset, per_channel: per, role };
+    fn member(
+        &mut self,
+        s: usize,
+        node: &str,
+        param: &str,
+        (axis, offset, per): (usize, usize, usize),
+        role: Role,
+    ) {
+        let m = Member {
+            node: node.into(),
+            param: format!("{node}.{param}"),
+            axis,
+            offset,
+            per_channel: per,
+            role,
+        };
         self.members[s].push(m);
     }
 }
@@ -133,20 +148,33 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
         let ins: Vec<Vec<Seg>> = n.inputs.iter().map(|i| desc[i].clone()).collect();
         let x = ins[0].clone();
         let out = match &n.op {
-            Op::Linear { out_features, bias, .. } => {
+            Op::Linear {
+                out_features, bias, ..
+            } => {
                 consume(&mut sp, &x, &n.name);
                 new_space(&mut sp, &n.name, *out_features, *bias)
             }
-            Op::Conv2d { in_channels, out_channels, groups, bias, .. } => {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                groups,
+                bias,
+                ..
+            } => {
                 if *groups == 1 {
                     consume(&mut sp, &x, &n.name);
                     new_space(&mut sp, &n.name, *out_channels, *bias)
                 } else if groups == in_channels && groups == out_channels {
-                    let ps: &[&str] = if *bias { &["weight", "bias"] } else { &["weight"] };
+                    let ps: &[&str] = if *bias {
+                        &["weight", "bias"]
+                    } else {
+                        &["weight"]
+                    };
                     per_channel(&mut sp, &x, &n.name, ps, Role::Norm);
                     x
                 } else {
-                    x.iter().for_each(|s| sp.pin(s.space, "grouped convolution input"));
+                    x.iter()
+                        .for_each(|s| sp.pin(s.space, "grouped convolution input"));
                     let o = new_space(&mut sp, &n.name, *out_channels, *bias);
                     sp.pin(o[0].space, "grouped convolution output");
                     o
@@ -157,11 +185,20 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
                 per_channel(&mut sp, &x, &n.name, &ps, Role::Norm);
                 x
             }
-            Op::Relu | Op::Dropout { .. } | Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => x,
+            Op::Relu
+            | Op::Dropout { .. }
+            | Op::MaxPool2d { .. }
+            | Op::AvgPool2d { .. }
+            | Op::GlobalAvgPool => x,
             Op::Flatten => {
                 let s = &shapes[&n.inputs[0]];
                 let hw: usize = s[1..].iter().product();
-                x.iter().map(|seg| Seg { space: seg.space, per: seg.per * hw }).collect()
+                x.iter()
+                    .map(|seg| Seg {
+                        space: seg.space,
+                        per: seg.per * hw,
+                    })
+                    .collect()
             }
             Op::Add => {
                 add_union(&mut sp, &ins);
@@ -191,7 +228,9 @@ fn new_space(sp: &mut Spaces, node: &str, channels: usize, bias: bool) -> Vec<Se
 fn add_union(sp: &mut Spaces, ins: &[Vec<Seg>]) {
     let same = ins.iter().all(|b| {
         b.len() == ins[0].len()
-            && b.iter().zip(&ins[0]).all(|(x, y)| sp.channels[x.space] == sp.channels[y.space] && x.per == y.per)
+            && b.iter()
+                .zip(&ins[0])
+                .all(|(x, y)| sp.channels[x.space] == sp.channels[y.space] && x.per == y.per)
     });
     for b in &ins[1..] {
         for (x, y) in b.iter().zip(&ins[0]) {
@@ -220,7 +259,10 @@ fn collect(mut sp: Spaces) -> Vec<ChannelGroup> {
         g.members.append(&mut sp.members[s]);
         g.sources.append(&mut sp.sources[s]);
     }
-    groups.into_values().filter(|g| !g.members.is_empty()).collect()
+    groups
+        .into_values()
+        .filter(|g| !g.members.is_empty())
+        .collect()
 }
 
 /// Indices kept along a member's axis when the group keeps channels `keep`.
@@ -246,8 +288,14 @@ pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> R
             group.pinned_because.as_deref().unwrap_or("pinned")
         )));
     }
-    if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep.iter().any(|&c| c >= group.channels) {
-        return Err(Error::Graph(format!("keep list must be sorted, unique, non-empty and < {}", group.channels)));
+    if keep.is_empty()
+        || keep.windows(2).any(|w| w[0] >= w[1])
+        || keep.iter().any(|&c| c >= group.channels)
+    {
+        return Err(Error::Graph(format!(
+            "keep list must be sorted, unique, non-empty and < {}",
+            group.channels
+        )));
     }
     for m in &group.members {
         let t = model.params.get(&m.param)?;
@@ -267,11 +315,20 @@ fn refresh_dims(model: &mut Model) -> Result<()> {
             Ok(p.get(&format!("{}.weight", n.name))?.dims().to_vec())
         };
         match &mut n.op {
-            Op::Linear { in_features, out_features, .. } => {
+            Op::Linear {
+                in_features,
+                out_features,
+                ..
+            } => {
                 let d = w(&model.params)?;
                 (*out_features, *in_features) = (d[0], d[1]);
             }
-            Op::Conv2d { in_channels, out_channels, groups, .. } => {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                groups,
+                ..
+            } => {
                 let d = w(&model.params)?;
                 let depthwise = *groups > 1 && *groups == *in_channels && *groups == *out_channels;
                 *out_channels = d[0];

@@ -11,7 +11,10 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
@@ -20,7 +23,11 @@ pub enum Error {
     Graph(String),
 
     #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
-    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     #[error("tensor `{0}` is missing from the parameter store")]
     MissingParam(String),
@@ -43,9 +50,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::File { path: path.into(), msg: msg.into() }
+        Error::File {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

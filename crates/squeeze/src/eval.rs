@@ -46,15 +46,31 @@ pub fn node_costs(g: &Graph, p: &ParamStore) -> Result<Vec<NodeCost>> {
     for n in &g.nodes {
         let o = &shapes[&n.name];
         let macs = match &n.op {
-            Op::Linear { in_features, out_features, .. } => (in_features * out_features) as u64,
-            Op::Conv2d { in_channels, kernel, groups, .. } => {
+            Op::Linear {
+                in_features,
+                out_features,
+                ..
+            } => (in_features * out_features) as u64,
+            Op::Conv2d {
+                in_channels,
+                kernel,
+                groups,
+                ..
+            } => {
                 let per_out = (in_channels / groups) * kernel * kernel;
                 (o.iter().product::<usize>() * per_out) as u64
             }
             _ => 0,
         };
-        let params = p.count(|k| k.strip_prefix(&n.name).is_some_and(|r| r.starts_with('.')) && !is_buffer(k));
-        out.push(NodeCost { node: n.name.clone(), kind: n.op.kind().into(), params, macs });
+        let params = p.count(|k| {
+            k.strip_prefix(&n.name).is_some_and(|r| r.starts_with('.')) && !is_buffer(k)
+        });
+        out.push(NodeCost {
+            node: n.name.clone(),
+            kind: n.op.kind().into(),
+            params,
+            macs,
+        });
     }
     Ok(out)
 }
@@ -65,7 +81,10 @@ fn is_buffer(name: &str) -> bool {
 
 /// Static cost: parameters (buffers excluded), non-zeros, MACs and FLOPs (= 2·MACs).
 pub fn static_cost(model: &Model) -> Result<Metrics> {
-    let macs: u64 = node_costs(&model.graph, &model.params)?.iter().map(|c| c.macs).sum();
+    let macs: u64 = node_costs(&model.graph, &model.params)?
+        .iter()
+        .map(|c| c.macs)
+        .sum();
     Ok(Metrics {
         params: model.params.count(|k| !is_buffer(k)),
         nonzero_params: model.params.count_nonzero(|k| !is_buffer(k))?,
@@ -132,7 +151,12 @@ pub fn reset_peak_rss() -> bool {
 
 /// Full evaluation of a saved model: accuracy on `test` (if given), static cost, size on
 /// disk, speed and peak memory.
-pub fn evaluate(dir: &Path, model: &Model, test: Option<&ImageSet>, speed_runs: usize) -> Result<Metrics> {
+pub fn evaluate(
+    dir: &Path,
+    model: &Model,
+    test: Option<&ImageSet>,
+    speed_runs: usize,
+) -> Result<Metrics> {
     let mut m = static_cost(model)?;
     m.size_bytes = Some(checkpoint::size_on_disk(dir)?);
     // the peak is taken over this model's inference runs only (the resident data set and

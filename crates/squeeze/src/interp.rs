@@ -30,7 +30,11 @@ impl ForwardOpts {
         Self::default()
     }
     pub fn train(seed: u64) -> Self {
-        ForwardOpts { train: true, seed, taps: HashSet::new() }
+        ForwardOpts {
+            train: true,
+            seed,
+            taps: HashSet::new(),
+        }
     }
 }
 
@@ -74,20 +78,38 @@ pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Res
     let last = last_uses(g);
     let mut vals: HashMap<String, Tensor> = HashMap::new();
     vals.insert(INPUT.to_string(), x.clone());
-    let mut out = ForwardOut { output: x.clone(), taps: HashMap::new(), bn_stats: Vec::new() };
+    let mut out = ForwardOut {
+        output: x.clone(),
+        taps: HashMap::new(),
+        bn_stats: Vec::new(),
+    };
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let fused = if opts.train { fusable_bn_relu(g, opts) } else { HashMap::new() };
+    let fused = if opts.train {
+        fusable_bn_relu(g, opts)
+    } else {
+        HashMap::new()
+    };
     let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
     for (i, node) in g.nodes.iter().enumerate() {
         if let Some(&bn) = fused_relu.get(&i) {
             // this ReLU was computed together with BatchNorm node `bn`
-            let v = vals.remove(&g.nodes[bn].name).ok_or_else(|| Error::Graph("fused value missing".into()))?;
+            let v = vals
+                .remove(&g.nodes[bn].name)
+                .ok_or_else(|| Error::Graph("fused value missing".into()))?;
             vals.insert(node.name.clone(), v);
             continue;
         }
         if let (Some(_), Op::BatchNorm { eps, .. }) = (fused.get(&i), &node.op) {
-            let x = vals.get(&node.inputs[0]).ok_or_else(|| Error::Graph(format!("value `{}` missing", node.inputs[0])))?;
-            let (y, st) = batchnorm::train(x, param(p, node, "weight")?, param(p, node, "bias")?, *eps, true)?;
+            let x = vals
+                .get(&node.inputs[0])
+                .ok_or_else(|| Error::Graph(format!("value `{}` missing", node.inputs[0])))?;
+            let (y, st) = batchnorm::train(
+                x,
+                param(p, node, "weight")?,
+                param(p, node, "bias")?,
+                *eps,
+                true,
+            )?;
             out.bn_stats.push((node.name.clone(), st));
             if last.get(node.inputs[0].as_str()) == Some(&i) {
                 vals.remove(&node.inputs[0]);
@@ -98,11 +120,21 @@ pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Res
         let ins = node
             .inputs
             .iter()
-            .map(|n| vals.get(n).cloned().ok_or_else(|| Error::Graph(format!("value `{n}` missing"))))
+            .map(|n| {
+                vals.get(n)
+                    .cloned()
+                    .ok_or_else(|| Error::Graph(format!("value `{n}` missing")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let y = run_node(node, p, &ins, opts, &mut rng, &mut out)?;
         if opts.taps.contains(&node.name) {
-            out.taps.insert(node.name.clone(), Tap { inputs: ins.clone(), output: y.clone() });
+            out.taps.insert(
+                node.name.clone(),
+                Tap {
+                    inputs: ins.clone(),
+                    output: y.clone(),
+                },
+            );
         }
         for inp in &node.inputs {
             if last.get(inp.as_str()) == Some(&i) {
@@ -122,12 +154,20 @@ pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Res
 fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     let mut out = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if !matches!(n.op, Op::BatchNorm { .. }) || opts.taps.contains(&n.name) || g.output == n.name {
+        if !matches!(n.op, Op::BatchNorm { .. })
+            || opts.taps.contains(&n.name)
+            || g.output == n.name
+        {
             continue;
         }
-        let readers: Vec<usize> = (0..g.nodes.len()).filter(|&j| g.nodes[j].inputs.contains(&n.name)).collect();
+        let readers: Vec<usize> = (0..g.nodes.len())
+            .filter(|&j| g.nodes[j].inputs.contains(&n.name))
+            .collect();
         if let [j] = readers[..] {
-            if matches!(g.nodes[j].op, Op::Relu) && g.nodes[j].inputs.len() == 1 && !opts.taps.contains(&g.nodes[j].name) {
+            if matches!(g.nodes[j].op, Op::Relu)
+                && g.nodes[j].inputs.len() == 1
+                && !opts.taps.contains(&g.nodes[j].name)
+            {
                 out.insert(i, j);
             }
         }
@@ -163,7 +203,14 @@ fn run_node(
                 y
             }
         }
-        Op::Conv2d { stride, padding, groups, bias, out_channels, .. } => {
+        Op::Conv2d {
+            stride,
+            padding,
+            groups,
+            bias,
+            out_channels,
+            ..
+        } => {
             let w = param(p, node, "weight")?;
             let y = conv::conv2d(x, w, *stride, *padding, *groups)?;
             if *bias {
@@ -180,7 +227,10 @@ fn run_node(
                 out.bn_stats.push((node.name.clone(), st));
                 y
             } else {
-                let (m, v) = (param(p, node, "running_mean")?, param(p, node, "running_var")?);
+                let (m, v) = (
+                    param(p, node, "running_mean")?,
+                    param(p, node, "running_var")?,
+                );
                 batchnorm::eval(x, g, b, m, v, *eps)?
             }
         }
@@ -211,7 +261,13 @@ fn run_node(
 fn dropout(x: &Tensor, prob: f64, rng: &mut StdRng) -> Result<Tensor> {
     let keep = 1.0 - prob;
     let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)

@@ -26,7 +26,9 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::MissingParam(name.to_string()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingParam(name.to_string()))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -86,11 +88,16 @@ impl ParamStore {
                 });
             }
             if t.dtype() != DType::F32 {
-                return Err(Error::Graph(format!("tensor `{name}` is {:?}, expected f32", t.dtype())));
+                return Err(Error::Graph(format!(
+                    "tensor `{name}` is {:?}, expected f32",
+                    t.dtype()
+                )));
             }
         }
         if let Some(extra) = self.tensors.keys().find(|k| !expected.contains_key(*k)) {
-            return Err(Error::Graph(format!("tensor `{extra}` belongs to no node (dangling)")));
+            return Err(Error::Graph(format!(
+                "tensor `{extra}` belongs to no node (dangling)"
+            )));
         }
         self.check_finite()
     }
@@ -111,7 +118,11 @@ impl ParamStore {
 
     /// Number of scalars in the tensors whose names satisfy `keep`.
     pub fn count(&self, keep: impl Fn(&str) -> bool) -> usize {
-        self.tensors.iter().filter(|(k, _)| keep(k)).map(|(_, t)| t.elem_count()).sum()
+        self.tensors
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(_, t)| t.elem_count())
+            .sum()
     }
 
     /// Number of non-zero scalars in the tensors whose names satisfy `keep`.
@@ -142,7 +153,11 @@ impl ParamStore {
 pub fn trainable_names(g: &Graph) -> Vec<String> {
     g.nodes
         .iter()
-        .flat_map(|n| n.op.trainable().into_iter().map(move |p| format!("{}.{p}", n.name)))
+        .flat_map(|n| {
+            n.op.trainable()
+                .into_iter()
+                .map(move |p| format!("{}.{p}", n.name))
+        })
         .collect()
 }
 
@@ -150,6 +165,10 @@ pub fn trainable_names(g: &Graph) -> Vec<String> {
 pub fn buffer_names(g: &Graph) -> Vec<String> {
     g.nodes
         .iter()
-        .flat_map(|n| n.op.buffers().into_iter().map(move |p| format!("{}.{p}", n.name)))
+        .flat_map(|n| {
+            n.op.buffers()
+                .into_iter()
+                .map(move |p| format!("{}.{p}", n.name))
+        })
         .collect()
 }

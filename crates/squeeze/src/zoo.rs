@@ -42,7 +42,11 @@ struct Builder {
 
 impl Builder {
     fn new(arch: &str, seed: u64) -> Self {
-        Builder { g: Graph::new(arch, &INPUT_SHAPE), p: ParamStore::new(), rng: StdRng::seed_from_u64(seed) }
+        Builder {
+            g: Graph::new(arch, &INPUT_SHAPE),
+            p: ParamStore::new(),
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     fn normal(&mut self, n: usize, std: f64) -> Vec<f32> {
@@ -56,17 +60,37 @@ impl Builder {
     }
 
     fn uniform(&mut self, n: usize, bound: f64) -> Vec<f32> {
-        (0..n).map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect()
+        (0..n)
+            .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+            .collect()
     }
 
     fn put(&mut self, name: String, v: Vec<f32>, shape: &[usize]) -> Result<()> {
-        self.p.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        self.p
+            .insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, name: &str, from: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<String> {
-        let op = Op::Conv2d { in_channels: cin, out_channels: cout, kernel: k, stride, padding: pad, groups: 1, bias: false };
+    fn conv(
+        &mut self,
+        name: &str,
+        from: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<String> {
+        let op = Op::Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: k,
+            stride,
+            padding: pad,
+            groups: 1,
+            bias: false,
+        };
         let w = self.normal(cout * cin * k * k, (2.0 / (cin * k * k) as f64).sqrt());
         self.put(format!("{name}.weight"), w, &[cout, cin, k, k])?;
         Ok(self.g.push(name, op, &[from]))
@@ -77,10 +101,25 @@ impl Builder {
         self.put(format!("{name}.bias"), vec![0.0; c], &[c])?;
         self.put(format!("{name}.running_mean"), vec![0.0; c], &[c])?;
         self.put(format!("{name}.running_var"), vec![1.0; c], &[c])?;
-        Ok(self.g.push(name, Op::BatchNorm { channels: c, eps: 1e-5, momentum: 0.1 }, &[from]))
+        Ok(self.g.push(
+            name,
+            Op::BatchNorm {
+                channels: c,
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            &[from],
+        ))
     }
 
-    fn linear(&mut self, name: &str, from: &str, cin: usize, cout: usize, relu_follows: bool) -> Result<String> {
+    fn linear(
+        &mut self,
+        name: &str,
+        from: &str,
+        cin: usize,
+        cout: usize,
+        relu_follows: bool,
+    ) -> Result<String> {
         let w = if relu_follows {
             self.normal(cout * cin, (2.0 / cin as f64).sqrt())
         } else {
@@ -89,7 +128,15 @@ impl Builder {
         self.put(format!("{name}.weight"), w, &[cout, cin])?;
         let b = self.uniform(cout, 1.0 / (cin as f64).sqrt());
         self.put(format!("{name}.bias"), b, &[cout])?;
-        Ok(self.g.push(name, Op::Linear { in_features: cin, out_features: cout, bias: true }, &[from]))
+        Ok(self.g.push(
+            name,
+            Op::Linear {
+                in_features: cin,
+                out_features: cout,
+                bias: true,
+            },
+            &[from],
+        ))
     }
 
     fn op(&mut self, name: &str, op: Op, from: &[&str]) -> String {
@@ -97,14 +144,25 @@ impl Builder {
     }
 
     /// conv → BN → ReLU; returns the ReLU's name.
-    fn conv_bn_relu(&mut self, name: &str, from: &str, cin: usize, cout: usize, k: usize, stride: usize) -> Result<String> {
+    fn conv_bn_relu(
+        &mut self,
+        name: &str,
+        from: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+    ) -> Result<String> {
         let c = self.conv(&format!("{name}.conv"), from, cin, cout, k, stride, k / 2)?;
         let b = self.bn(&format!("{name}.bn"), &c, cout)?;
         Ok(self.op(&format!("{name}.relu"), Op::Relu, &[&b]))
     }
 
     fn finish(self) -> Result<Model> {
-        let m = Model { graph: self.g, params: self.p };
+        let m = Model {
+            graph: self.g,
+            params: self.p,
+        };
         m.check()?;
         Ok(m)
     }
@@ -113,7 +171,10 @@ impl Builder {
 fn widths(opts: &ZooOpts, default: &[usize], arch: &str, n: Option<usize>) -> Result<Vec<usize>> {
     let w = opts.widths.clone().unwrap_or_else(|| default.to_vec());
     if n.is_some_and(|n| w.len() != n) || w.is_empty() {
-        return Err(Error::Graph(format!("{arch}: expected {} widths, got {w:?}", n.unwrap_or(1))));
+        return Err(Error::Graph(format!(
+            "{arch}: expected {} widths, got {w:?}",
+            n.unwrap_or(1)
+        )));
     }
     Ok(w)
 }
@@ -123,11 +184,25 @@ pub fn build(arch: &str, opts: &ZooOpts, seed: u64) -> Result<Model> {
     match arch {
         "mlp" => mlp(&widths(opts, &[300, 100], arch, None)?, seed),
         "lenet5" => lenet5(&widths(opts, &[20, 50, 500], arch, Some(3))?, seed),
-        "vgg" => vgg(&widths(opts, &[32, 32, 0, 64, 64, 0, 128, 128, 0], arch, None)?, seed),
-        "resnet" => resnet(&widths(opts, &[16, 32, 64], arch, None)?, opts.depth.unwrap_or(3), seed),
-        "densenet" => densenet(widths(opts, &[12], arch, Some(1))?[0], opts.depth.unwrap_or(4), seed),
+        "vgg" => vgg(
+            &widths(opts, &[32, 32, 0, 64, 64, 0, 128, 128, 0], arch, None)?,
+            seed,
+        ),
+        "resnet" => resnet(
+            &widths(opts, &[16, 32, 64], arch, None)?,
+            opts.depth.unwrap_or(3),
+            seed,
+        ),
+        "densenet" => densenet(
+            widths(opts, &[12], arch, Some(1))?[0],
+            opts.depth.unwrap_or(4),
+            seed,
+        ),
         "cnn" => cnn(seed),
-        _ => Err(Error::Graph(format!("unknown architecture `{arch}` (known: {})", ARCHS.join(", ")))),
+        _ => Err(Error::Graph(format!(
+            "unknown architecture `{arch}` (known: {})",
+            ARCHS.join(", ")
+        ))),
     }
 }
 
@@ -148,10 +223,24 @@ fn lenet5(w: &[usize], seed: u64) -> Result<Model> {
     let mut b = Builder::new("lenet5", seed);
     let c1 = b.conv("conv1", INPUT, 1, w[0], 5, 1, 0)?; // 28 → 24
     let r1 = b.op("relu1", Op::Relu, &[&c1]);
-    let p1 = b.op("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }, &[&r1]); // → 12
+    let p1 = b.op(
+        "pool1",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+        &[&r1],
+    ); // → 12
     let c2 = b.conv("conv2", &p1, w[0], w[1], 5, 1, 0)?; // → 8
     let r2 = b.op("relu2", Op::Relu, &[&c2]);
-    let p2 = b.op("pool2", Op::MaxPool2d { kernel: 2, stride: 2 }, &[&r2]); // → 4
+    let p2 = b.op(
+        "pool2",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+        &[&r2],
+    ); // → 4
     let f = b.op("flatten", Op::Flatten, &[&p2]);
     let l1 = b.linear("fc1", &f, w[1] * 16, w[2], true)?;
     let r3 = b.op("relu3", Op::Relu, &[&l1]);
@@ -165,7 +254,14 @@ fn vgg(cfg: &[usize], seed: u64) -> Result<Model> {
     for &w in cfg {
         if w == 0 {
             i += 1;
-            x = b.op(&format!("pool{i}"), Op::MaxPool2d { kernel: 2, stride: 2 }, &[&x]);
+            x = b.op(
+                &format!("pool{i}"),
+                Op::MaxPool2d {
+                    kernel: 2,
+                    stride: 2,
+                },
+                &[&x],
+            );
             hw /= 2;
         } else {
             x = b.conv_bn_relu(&format!("features.{}", b.g.nodes.len()), &x, c, w, 3, 1)?;
@@ -223,7 +319,14 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
             let r = b.op(&format!("{name}.relu"), Op::Relu, &[&n]);
             let cv = b.conv(&format!("{name}.conv"), &r, c, c / 2, 1, 1, 0)?;
             c /= 2;
-            x = b.op(&format!("{name}.pool"), Op::AvgPool2d { kernel: 2, stride: 2 }, &[&cv]);
+            x = b.op(
+                &format!("{name}.pool"),
+                Op::AvgPool2d {
+                    kernel: 2,
+                    stride: 2,
+                },
+                &[&cv],
+            );
         }
     }
     let n = b.bn("final.bn", &x, c)?;
@@ -238,9 +341,23 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
 fn cnn(seed: u64) -> Result<Model> {
     let mut b = Builder::new("cnn", seed);
     let x = b.conv_bn_relu("block1", INPUT, 1, 32, 3, 1)?;
-    let x = b.op("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }, &[&x]);
+    let x = b.op(
+        "pool1",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+        &[&x],
+    );
     let x = b.conv_bn_relu("block2", &x, 32, 64, 3, 1)?;
-    let x = b.op("pool2", Op::MaxPool2d { kernel: 2, stride: 2 }, &[&x]);
+    let x = b.op(
+        "pool2",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+        &[&x],
+    );
     let f = b.op("flatten", Op::Flatten, &[&x]);
     let h = b.linear("fc1", &f, 64 * 7 * 7, 128, true)?;
     let r = b.op("relu3", Op::Relu, &[&h]);

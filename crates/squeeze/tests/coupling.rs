@@ -12,21 +12,34 @@ const PRUNE_TOL: f32 = 1e-5;
 
 fn model(arch: &str) -> Model {
     let opts = match arch {
-        "vgg" => ZooOpts { widths: Some(vec![4, 4, 0, 6, 0]), depth: None },
-        "resnet" => ZooOpts { widths: Some(vec![4, 6]), depth: Some(2) },
-        "densenet" => ZooOpts { widths: Some(vec![3]), depth: Some(2) },
+        "vgg" => ZooOpts {
+            widths: Some(vec![4, 4, 0, 6, 0]),
+            depth: None,
+        },
+        "resnet" => ZooOpts {
+            widths: Some(vec![4, 6]),
+            depth: Some(2),
+        },
+        "densenet" => ZooOpts {
+            widths: Some(vec![3]),
+            depth: Some(2),
+        },
         _ => ZooOpts::default(),
     };
     zoo::build(arch, &opts, 3).unwrap()
 }
 
 fn batch() -> Tensor {
-    let v: Vec<f32> = (0..2 * 784).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let v: Vec<f32> = (0..2 * 784)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     Tensor::from_vec(v, (2, 1, 28, 28), &Device::Cpu).unwrap()
 }
 
 fn group_of<'a>(gs: &'a [ChannelGroup], source: &str) -> &'a ChannelGroup {
-    gs.iter().find(|g| g.sources.iter().any(|s| s == source)).unwrap_or_else(|| panic!("no group for {source}"))
+    gs.iter()
+        .find(|g| g.sources.iter().any(|s| s == source))
+        .unwrap_or_else(|| panic!("no group for {source}"))
 }
 
 /// Zeroes channel `c` in every producer and norm member of the group.
@@ -62,8 +75,21 @@ fn check_prune_invariance(arch: &str) -> usize {
         let keep: Vec<usize> = (0..g.channels).filter(|&i| i != c).collect();
         prune_group(&mut m, g, &keep).unwrap();
         let after = predict(&m.graph, &m.params, &x).unwrap();
-        let d = (before - after).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < PRUNE_TOL, "{arch} group {gi} ({:?}): logits moved by {d}", g.sources);
+        let d = (before - after)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d < PRUNE_TOL,
+            "{arch} group {gi} ({:?}): logits moved by {d}",
+            g.sources
+        );
         let g2 = channel_groups(&m.graph).unwrap();
         assert_eq!(group_of(&g2, &g.sources[0]).channels, g.channels - 1);
         n += 1;
@@ -76,7 +102,10 @@ fn mlp_groups_are_hidden_layers_and_output_is_pinned() {
     let gs = channel_groups(&model("mlp").graph).unwrap();
     let fc1 = group_of(&gs, "fc1");
     assert!(fc1.prunable && fc1.channels == 300);
-    assert!(fc1.members.iter().any(|m| m.param == "fc2.weight" && m.axis == 1 && m.role == Role::Consumer));
+    assert!(fc1
+        .members
+        .iter()
+        .any(|m| m.param == "fc2.weight" && m.axis == 1 && m.role == Role::Consumer));
     assert!(!group_of(&gs, "fc3").prunable);
     assert_eq!(check_prune_invariance("mlp"), 2);
 }
@@ -94,7 +123,12 @@ fn lenet5_flatten_multiplies_channel_indices_by_spatial_size() {
 fn vgg_groups_carry_the_batchnorm() {
     let gs = channel_groups(&model("vgg").graph).unwrap();
     let g = group_of(&gs, "features.0.conv");
-    let bn: Vec<_> = g.members.iter().filter(|m| m.role == Role::Norm).map(|m| m.param.as_str()).collect();
+    let bn: Vec<_> = g
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Norm)
+        .map(|m| m.param.as_str())
+        .collect();
     assert_eq!(bn.len(), 4, "{bn:?}");
     assert_eq!(check_prune_invariance("vgg"), 3);
 }
@@ -105,12 +139,22 @@ fn resnet_residual_adds_unite_every_branch_of_a_stage() {
     let stem = group_of(&gs, "stem.conv");
     // stage 1: stem + both blocks' second convs add into one channel space
     for s in ["layer1.0.b.conv", "layer1.1.b.conv"] {
-        assert!(stem.sources.iter().any(|x| x == s), "{s} not coupled to the stem: {:?}", stem.sources);
+        assert!(
+            stem.sources.iter().any(|x| x == s),
+            "{s} not coupled to the stem: {:?}",
+            stem.sources
+        );
     }
     let st2 = group_of(&gs, "layer2.0.down.conv");
     assert!(st2.sources.iter().any(|x| x == "layer2.1.b.conv"));
     // the last stage reaches the classifier through global pooling: fc's columns are cut too
-    assert!(st2.prunable && st2.members.iter().any(|m| m.param == "fc.weight" && m.per_channel == 1));
+    assert!(
+        st2.prunable
+            && st2
+                .members
+                .iter()
+                .any(|m| m.param == "fc.weight" && m.per_channel == 1)
+    );
     assert!(check_prune_invariance("resnet") >= 4);
 }
 
@@ -119,11 +163,26 @@ fn densenet_concat_offsets_reach_every_later_layer() {
     let gs = channel_groups(&model("densenet").graph).unwrap();
     let stem = group_of(&gs, "stem");
     // stem channels sit at offset 0 of block1.0.bn, block1.1.bn and trans1.conv's input
-    for p in ["block1.0.bn.weight", "block1.1.bn.weight", "trans1.bn.weight"] {
-        assert!(stem.members.iter().any(|m| m.param == p && m.offset == 0), "{p}");
+    for p in [
+        "block1.0.bn.weight",
+        "block1.1.bn.weight",
+        "trans1.bn.weight",
+    ] {
+        assert!(
+            stem.members.iter().any(|m| m.param == p && m.offset == 0),
+            "{p}"
+        );
     }
     let l0 = group_of(&gs, "block1.0.conv");
-    let m = l0.members.iter().find(|m| m.param == "block1.1.conv.weight").unwrap();
-    assert_eq!((m.axis, m.offset), (1, 6), "growth 3 after a 6-channel stem");
+    let m = l0
+        .members
+        .iter()
+        .find(|m| m.param == "block1.1.conv.weight")
+        .unwrap();
+    assert_eq!(
+        (m.axis, m.offset),
+        (1, 6),
+        "growth 3 after a 6-channel stem"
+    );
     assert!(check_prune_invariance("densenet") >= 6);
 }

@@ -14,10 +14,14 @@ const STEP: f64 = 1e-6;
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // deterministic pseudo-random values in [-1, 1]
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let v: Vec<f64> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect();
@@ -26,14 +30,30 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 
 /// Checks d(Σ f(inputs)·r)/d(inputs) against central differences on every element.
 fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
-    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let out = f(&ts);
     let r = rand(out.dims(), 99);
-    let loss = |ts: &[Tensor]| (f(ts) * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let loss = |ts: &[Tensor]| {
+        (f(ts) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
     let grads = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for (k, v) in vars.iter().enumerate() {
-        let g: Vec<f64> = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: input {k} has no gradient")).flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: input {k} has no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f64> = inputs[k].flatten_all().unwrap().to_vec1().unwrap();
         for i in 0..base.len() {
             let eval = |d: f64| {
@@ -45,7 +65,11 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
             };
             let num = (eval(STEP) - eval(-STEP)) / (2.0 * STEP);
             let err = (num - g[i]).abs() / (1.0 + num.abs());
-            assert!(err < GRAD_TOL, "{name}: input {k} elem {i}: autograd {} vs numeric {num} (err {err})", g[i]);
+            assert!(
+                err < GRAD_TOL,
+                "{name}: input {k} elem {i}: autograd {} vs numeric {num} (err {err})",
+                g[i]
+            );
         }
     }
 }
@@ -53,44 +77,86 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
 #[test]
 fn grad_conv2d_fast_kernel() {
     for (stride, pad) in [(1, 1), (2, 1), (1, 0)] {
-        check(&format!("conv s{stride} p{pad}"), &[rand(&[2, 3, 6, 5], 1), rand(&[4, 3, 3, 3], 2)], |t| {
-            conv::conv2d(&t[0], &t[1], stride, pad, 1).unwrap()
-        });
+        check(
+            &format!("conv s{stride} p{pad}"),
+            &[rand(&[2, 3, 6, 5], 1), rand(&[4, 3, 3, 3], 2)],
+            |t| conv::conv2d(&t[0], &t[1], stride, pad, 1).unwrap(),
+        );
     }
 }
 
 #[test]
 fn grad_batchnorm_fused_and_bn_relu() {
     for relu in [false, true] {
-        check("batchnorm", &[rand(&[3, 2, 3, 3], 3), rand(&[2], 4), rand(&[2], 5)], |t| {
-            batchnorm::train(&t[0], &t[1], &t[2], 1e-5, relu).unwrap().0
-        });
+        check(
+            "batchnorm",
+            &[rand(&[3, 2, 3, 3], 3), rand(&[2], 4), rand(&[2], 5)],
+            |t| batchnorm::train(&t[0], &t[1], &t[2], 1e-5, relu).unwrap().0,
+        );
     }
-    check("batchnorm 2d", &[rand(&[5, 3], 6), rand(&[3], 7), rand(&[3], 8)], |t| {
-        batchnorm::train(&t[0], &t[1], &t[2], 1e-5, false).unwrap().0
-    });
+    check(
+        "batchnorm 2d",
+        &[rand(&[5, 3], 6), rand(&[3], 7), rand(&[3], 8)],
+        |t| {
+            batchnorm::train(&t[0], &t[1], &t[2], 1e-5, false)
+                .unwrap()
+                .0
+        },
+    );
 }
 
 #[test]
 fn grad_relu_pools_linear_and_loss() {
-    check("relu", &[rand(&[2, 3, 4, 4], 9)], |t| act::relu(&t[0]).unwrap());
-    check("max_pool k2", &[rand(&[2, 2, 5, 4], 10)], |t| act::max_pool2d(&t[0], 2, 2).unwrap());
-    check("max_pool k3 s2", &[rand(&[2, 2, 7, 6], 19)], |t| act::max_pool2d(&t[0], 3, 2).unwrap());
-    check("avg_pool k2", &[rand(&[2, 2, 4, 6], 11)], |t| pool::avg_pool2d(&t[0], 2, 2).unwrap());
-    check("global_avg_pool", &[rand(&[2, 3, 3, 3], 12)], |t| pool::global_avg_pool(&t[0]).unwrap());
-    check("linear", &[rand(&[3, 5], 13), rand(&[4, 5], 14), rand(&[4], 15)], |t| {
-        t[0].matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap()
+    check("relu", &[rand(&[2, 3, 4, 4], 9)], |t| {
+        act::relu(&t[0]).unwrap()
     });
+    check("max_pool k2", &[rand(&[2, 2, 5, 4], 10)], |t| {
+        act::max_pool2d(&t[0], 2, 2).unwrap()
+    });
+    check("max_pool k3 s2", &[rand(&[2, 2, 7, 6], 19)], |t| {
+        act::max_pool2d(&t[0], 3, 2).unwrap()
+    });
+    check("avg_pool k2", &[rand(&[2, 2, 4, 6], 11)], |t| {
+        pool::avg_pool2d(&t[0], 2, 2).unwrap()
+    });
+    check("global_avg_pool", &[rand(&[2, 3, 3, 3], 12)], |t| {
+        pool::global_avg_pool(&t[0]).unwrap()
+    });
+    check(
+        "linear",
+        &[rand(&[3, 5], 13), rand(&[4, 5], 14), rand(&[4], 15)],
+        |t| {
+            t[0].matmul(&t[1].t().unwrap())
+                .unwrap()
+                .broadcast_add(&t[2])
+                .unwrap()
+        },
+    );
     let y = Tensor::new(&[1u32, 0, 3], &Device::Cpu).unwrap();
-    check("cross_entropy", &[rand(&[3, 4], 16)], |t| candle_nn::loss::cross_entropy(&t[0], &y).unwrap());
-    check("concat+add", &[rand(&[2, 2, 3, 3], 17), rand(&[2, 1, 3, 3], 18)], |t| {
-        let c = Tensor::cat(&[&t[0], &t[1]], 1).unwrap();
-        (&c + &c.sqr().unwrap()).unwrap()
+    check("cross_entropy", &[rand(&[3, 4], 16)], |t| {
+        candle_nn::loss::cross_entropy(&t[0], &y).unwrap()
     });
+    check(
+        "concat+add",
+        &[rand(&[2, 2, 3, 3], 17), rand(&[2, 1, 3, 3], 18)],
+        |t| {
+            let c = Tensor::cat(&[&t[0], &t[1]], 1).unwrap();
+            (&c + &c.sqr().unwrap()).unwrap()
+        },
+    );
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn f32r(shape: &[usize], seed: u64) -> Tensor {
@@ -107,13 +173,22 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
         let x = Var::from_tensor(&f32r(&[16, 4, h, 8], 20)).unwrap();
         let w = Var::from_tensor(&f32r(&[5, 4, k, k], 21)).unwrap();
         let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, 1).unwrap();
-        let refr = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
-        assert!(max_abs(&fast, &refr) < KERNEL_TOL, "forward s{stride} p{pad} k{k}");
+        let refr = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), pad, stride, 1, 1)
+            .unwrap();
+        assert!(
+            max_abs(&fast, &refr) < KERNEL_TOL,
+            "forward s{stride} p{pad} k{k}"
+        );
         let r = f32r(fast.dims(), 22);
         let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w] {
-            let d = max_abs(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            let d = max_abs(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < KERNEL_TOL, "backward s{stride} p{pad} k{k}: {d}");
         }
     }
@@ -124,15 +199,22 @@ fn fused_batchnorm_matches_reference_forward_and_backward() {
     let x = Var::from_tensor(&f32r(&[8, 3, 5, 5], 30)).unwrap();
     let g = Var::from_tensor(&f32r(&[3], 31)).unwrap();
     let b = Var::from_tensor(&f32r(&[3], 32)).unwrap();
-    let (fast, st) = batchnorm::train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, false).unwrap();
-    let refr = batchnorm::reference_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+    let (fast, st) =
+        batchnorm::train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, false).unwrap();
+    let refr =
+        batchnorm::reference_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
     assert!(max_abs(&fast, &refr) < KERNEL_TOL);
     assert_eq!(st.count, 8 * 25);
     let r = f32r(fast.dims(), 33);
     let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for v in [&x, &g, &b] {
-        assert!(max_abs(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap()) < KERNEL_TOL);
+        assert!(
+            max_abs(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap()
+            ) < KERNEL_TOL
+        );
     }
 }
 
@@ -150,7 +232,13 @@ fn fast_max_pool_matches_reshape_reference() {
     assert_eq!(max_abs(&fast, &refr), 0.0);
     let gf = fast.sum_all().unwrap().backward().unwrap();
     let gr = refr.sum_all().unwrap().backward().unwrap();
-    assert_eq!(max_abs(gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap()), 0.0);
+    assert_eq!(
+        max_abs(
+            gf.get(x.as_tensor()).unwrap(),
+            gr.get(x.as_tensor()).unwrap()
+        ),
+        0.0
+    );
 }
 
 /// candle 0.11 pitfall: `max_pool2d`'s backward scales the gradient by 1/(k·k). Our pooling
@@ -158,12 +246,39 @@ fn fast_max_pool_matches_reshape_reference() {
 #[test]
 fn max_pool_gradient_sums_to_output_count_unlike_candle() {
     let x = Var::from_tensor(&f32r(&[1, 2, 4, 4], 50)).unwrap();
-    let ours = act::max_pool2d(x.as_tensor(), 2, 2).unwrap().sum_all().unwrap().backward().unwrap();
-    let total = ours.get(x.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let ours = act::max_pool2d(x.as_tensor(), 2, 2)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let total = ours
+        .get(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(total, 8.0);
-    let theirs = x.as_tensor().max_pool2d(2).unwrap().sum_all().unwrap().backward().unwrap();
-    let t = theirs.get(x.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!((t - 8.0).abs() > 1.0, "candle's max_pool2d backward looks fixed ({t}); the workaround can go");
+    let theirs = x
+        .as_tensor()
+        .max_pool2d(2)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let t = theirs
+        .get(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (t - 8.0).abs() > 1.0,
+        "candle's max_pool2d backward looks fixed ({t}); the workaround can go"
+    );
 }
 
 /// candle 0.11 pitfall: the fast layer_norm and softmax_last_dim have no backward; the slow
@@ -176,11 +291,34 @@ fn candle_fast_norm_and_softmax_have_no_backward() {
     let fast = candle_nn::ops::layer_norm(x.as_tensor(), a.as_tensor(), &b, 1e-5).unwrap();
     let r = f32r(&[2, 6], 61);
     let gf = (fast * &r).unwrap().sum_all().unwrap().backward();
-    let fast_has = gf.as_ref().ok().and_then(|g| g.get(x.as_tensor()).map(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())).unwrap_or(0.0);
+    let fast_has = gf
+        .as_ref()
+        .ok()
+        .and_then(|g| {
+            g.get(x.as_tensor()).map(|t| {
+                t.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+        })
+        .unwrap_or(0.0);
     assert_eq!(fast_has, 0.0, "candle's fast layer_norm now has a backward");
     let slow = candle_nn::ops::layer_norm_slow(x.as_tensor(), a.as_tensor(), &b, 1e-5).unwrap();
     let gs = (slow * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(gs.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    assert!(
+        gs.get(x.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
     let sm = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
     let gs = (sm * &r).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(gs.get(x.as_tensor()).is_some());

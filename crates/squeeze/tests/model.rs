@@ -17,7 +17,9 @@ fn batch(n: usize, seed: u64) -> Tensor {
     let mut s = seed;
     let v: Vec<f32> = (0..n * 784)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
@@ -27,9 +29,18 @@ fn batch(n: usize, seed: u64) -> Tensor {
 fn small(arch: &str) -> Model {
     // narrow variants keep debug-mode tests fast; the structure is the default's
     let opts = match arch {
-        "vgg" => ZooOpts { widths: Some(vec![4, 4, 0, 8, 0]), depth: None },
-        "resnet" => ZooOpts { widths: Some(vec![4, 8]), depth: Some(1) },
-        "densenet" => ZooOpts { widths: Some(vec![4]), depth: Some(2) },
+        "vgg" => ZooOpts {
+            widths: Some(vec![4, 4, 0, 8, 0]),
+            depth: None,
+        },
+        "resnet" => ZooOpts {
+            widths: Some(vec![4, 8]),
+            depth: Some(1),
+        },
+        "densenet" => ZooOpts {
+            widths: Some(vec![4]),
+            depth: Some(2),
+        },
         _ => ZooOpts::default(),
     };
     zoo::build(arch, &opts, 7).unwrap()
@@ -42,7 +53,16 @@ fn tmpdir(name: &str) -> std::path::PathBuf {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -54,7 +74,10 @@ fn every_zoo_model_runs_and_default_sizes_are_as_documented() {
     }
     let vgg = zoo::build("vgg", &ZooOpts::default(), 0).unwrap();
     let p = squeeze::eval::static_cost(&vgg).unwrap().params;
-    assert!((250_000..350_000).contains(&p), "vgg default has {p} params, documented ≈0.3M");
+    assert!(
+        (250_000..350_000).contains(&p),
+        "vgg default has {p} params, documented ≈0.3M"
+    );
 }
 
 #[test]
@@ -66,11 +89,24 @@ fn checkpoint_round_trip_is_bit_exact() {
     assert_eq!(back.graph, m.graph);
     for (k, t) in m.params.iter() {
         let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = back.params.get(k).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k}");
+        let b: Vec<f32> = back
+            .params
+            .get(k)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{k}"
+        );
     }
     let x = batch(3, 2);
-    let (y1, y2) = (predict(&m.graph, &m.params, &x).unwrap(), predict(&back.graph, &back.params, &x).unwrap());
+    let (y1, y2) = (
+        predict(&m.graph, &m.params, &x).unwrap(),
+        predict(&back.graph, &back.params, &x).unwrap(),
+    );
     assert_eq!(max_abs(&y1, &y2), 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -82,7 +118,9 @@ fn saved(name: &str) -> std::path::PathBuf {
 }
 
 fn load_err(dir: &Path) -> String {
-    checkpoint::load(dir).expect_err("load must fail").to_string()
+    checkpoint::load(dir)
+        .expect_err("load must fail")
+        .to_string()
 }
 
 #[test]
@@ -92,7 +130,10 @@ fn truncated_safetensors_is_a_clear_error() {
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -103,16 +144,35 @@ fn bad_model_json_errors_name_the_file_and_field() {
     let text = std::fs::read_to_string(&g).unwrap();
     std::fs::write(&g, &text[..text.len() / 2]).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.json") && e.contains("invalid model description"), "{e}");
+    assert!(
+        e.contains("model.json") && e.contains("invalid model description"),
+        "{e}"
+    );
     std::fs::write(&g, text.replacen("\"arch\"", "\"colour\": 1, \"arch\"", 1)).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("unknown field `colour`"), "{e}");
-    std::fs::write(&g, text.replacen("\"out_channels\": 20", "\"out_channels\": 21", 1)).unwrap();
+    std::fs::write(
+        &g,
+        text.replacen("\"out_channels\": 20", "\"out_channels\": 21", 1),
+    )
+    .unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.json") && e.contains("conv2") && e.contains("expected [20, H, W]"), "{e}");
-    std::fs::write(&g, text.replacen("\"out_features\": 10", "\"out_features\": 11", 1)).unwrap();
+    assert!(
+        e.contains("model.json") && e.contains("conv2") && e.contains("expected [20, H, W]"),
+        "{e}"
+    );
+    std::fs::write(
+        &g,
+        text.replacen("\"out_features\": 10", "\"out_features\": 11", 1),
+    )
+    .unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("fc2.bias") && e.contains("expected shape [11]"), "{e}");
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("fc2.bias")
+            && e.contains("expected shape [11]"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -122,7 +182,10 @@ fn nan_weights_are_rejected_with_the_tensor_name() {
     let w = m.params.get("fc2.bias").unwrap().clone();
     let mut v: Vec<f32> = w.to_vec1().unwrap();
     v[3] = f32::NAN;
-    m.params.insert("fc2.bias", Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap());
+    m.params.insert(
+        "fc2.bias",
+        Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap(),
+    );
     let e = m.check().unwrap_err().to_string();
     assert!(e.contains("fc2.bias") && e.contains("non-finite"), "{e}");
 }
@@ -137,8 +200,16 @@ fn every_parameter_gets_a_nonzero_gradient() {
         let loss = candle_nn::loss::cross_entropy(&out.output, &y).unwrap();
         let grads = loss.backward().unwrap();
         for (name, v) in &vars {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{arch}: {name} has no gradient"));
-            let s = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{arch}: {name} has no gradient"));
+            let s = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(s > 0.0, "{arch}: {name} gradient is zero");
         }
     }
@@ -146,19 +217,35 @@ fn every_parameter_gets_a_nonzero_gradient() {
 
 /// Gives BatchNorms non-trivial running statistics and affine parameters.
 fn perturb_bn(m: &mut Model) {
-    let names: Vec<String> = m.params.names().into_iter().filter(|n| n.contains("bn") || n.contains(".bn")).collect();
+    let names: Vec<String> = m
+        .params
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("bn") || n.contains(".bn"))
+        .collect();
     for (i, n) in names.iter().enumerate() {
         let t = m.params.get(n).unwrap();
         let c = t.dim(0).unwrap();
-        let v: Vec<f32> = (0..c).map(|j| 0.5 + ((i * 7 + j * 3) % 11) as f32 / 10.0).collect();
-        let v = if n.ends_with("bias") || n.ends_with("mean") { v.iter().map(|x| x - 1.0).collect() } else { v };
-        m.params.insert(n.clone(), Tensor::from_vec(v, c, &Device::Cpu).unwrap());
+        let v: Vec<f32> = (0..c)
+            .map(|j| 0.5 + ((i * 7 + j * 3) % 11) as f32 / 10.0)
+            .collect();
+        let v = if n.ends_with("bias") || n.ends_with("mean") {
+            v.iter().map(|x| x - 1.0).collect()
+        } else {
+            v
+        };
+        m.params
+            .insert(n.clone(), Tensor::from_vec(v, c, &Device::Cpu).unwrap());
     }
 }
 
 #[test]
 fn batchnorm_folding_preserves_logits() {
-    let recipe = Recipe::parse("[[passes]]\ntype = \"fold_batch_norm\"\n", Path::new("inline.toml")).unwrap();
+    let recipe = Recipe::parse(
+        "[[passes]]\ntype = \"fold_batch_norm\"\n",
+        Path::new("inline.toml"),
+    )
+    .unwrap();
     for arch in ["cnn", "vgg", "resnet", "densenet"] {
         let mut m = small(arch);
         perturb_bn(&mut m);
@@ -175,7 +262,10 @@ fn batchnorm_folding_preserves_logits() {
         if arch == "densenet" {
             assert!(kept > 0, "pre-activation BNs cannot fold");
         } else {
-            assert!(nfold > 0 && kept == 0, "{arch}: folded {nfold}, kept {kept}");
+            assert!(
+                nfold > 0 && kept == 0,
+                "{arch}: folded {nfold}, kept {kept}"
+            );
         }
     }
 }
@@ -183,11 +273,20 @@ fn batchnorm_folding_preserves_logits() {
 #[test]
 fn recipe_with_unknown_pass_or_field_is_rejected_naming_the_file() {
     let p = Path::new("recipes/typo.toml");
-    let e = Recipe::parse("[[passes]]\ntype = \"fold_batchnorm\"\n", p).unwrap_err().to_string();
-    assert!(e.contains("typo.toml") && e.contains("fold_batchnorm"), "{e}");
-    let e = Recipe::parse("[[passes]]\ntype = \"fold_batch_norm\"\nstrength = 2\n", p).unwrap_err().to_string();
+    let e = Recipe::parse("[[passes]]\ntype = \"fold_batchnorm\"\n", p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("typo.toml") && e.contains("fold_batchnorm"),
+        "{e}"
+    );
+    let e = Recipe::parse("[[passes]]\ntype = \"fold_batch_norm\"\nstrength = 2\n", p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("strength"), "{e}");
-    let e = Recipe::parse("[[pass]]\ntype = \"fold_batch_norm\"\n", p).unwrap_err().to_string();
+    let e = Recipe::parse("[[pass]]\ntype = \"fold_batch_norm\"\n", p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pass"), "{e}");
 }
 
@@ -212,7 +311,10 @@ fn taps_capture_a_nodes_inputs_and_output() {
     let w = m.params.get("block2.conv.weight").unwrap();
     let again = tap.inputs[0].conv2d(w, 1, 1, 1, 1).unwrap();
     assert!(max_abs(&again, &tap.output) < 1e-4);
-    assert_eq!(max_abs(&out.output, &predict(&m.graph, &m.params, &x).unwrap()), 0.0);
+    assert_eq!(
+        max_abs(&out.output, &predict(&m.graph, &m.params, &x).unwrap()),
+        0.0
+    );
 }
 
 #[test]
@@ -222,7 +324,11 @@ fn dropout_is_seeded_scaled_in_training_and_identity_in_eval() {
     g.push("drop", Op::Dropout { p: 0.25 }, &[INPUT]);
     let p = squeeze::params::ParamStore::new();
     let x = Tensor::ones((4, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
-    let run = |seed| forward(&g, &p, &x, &ForwardOpts::train(seed)).unwrap().output;
+    let run = |seed| {
+        forward(&g, &p, &x, &ForwardOpts::train(seed))
+            .unwrap()
+            .output
+    };
     let (a, b, c) = (run(1), run(1), run(2));
     assert_eq!(max_abs(&a, &b), 0.0, "same seed, same mask");
     assert!(max_abs(&a, &c) > 0.0, "another seed, another mask");

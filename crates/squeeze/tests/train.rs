@@ -19,7 +19,10 @@ fn tmp(name: &str) -> PathBuf {
 fn idx_errors_name_the_file_and_the_fix() {
     let d = tmp("idx");
     let e = read_idx(&d.join("missing.gz")).unwrap_err().to_string();
-    assert!(e.contains("missing.gz") && e.contains("apt-get install dataset-fashion-mnist"), "{e}");
+    assert!(
+        e.contains("missing.gz") && e.contains("apt-get install dataset-fashion-mnist"),
+        "{e}"
+    );
     let p = d.join("bad.idx");
     std::fs::write(&p, [1, 2, 3, 4, 5]).unwrap();
     assert!(read_idx(&p).unwrap_err().to_string().contains("bad magic"));
@@ -31,14 +34,23 @@ fn idx_errors_name_the_file_and_the_fix() {
     assert_eq!(read_idx(&p).unwrap().data, vec![7, 9]);
     let gz = d.join("cut.gz");
     std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
-    assert!(read_idx(&gz).unwrap_err().to_string().contains("corrupt gzip"));
+    assert!(read_idx(&gz)
+        .unwrap_err()
+        .to_string()
+        .contains("corrupt gzip"));
 }
 
 fn real_data() -> Option<FashionMnist> {
     let dir = Path::new(squeeze::data::DEFAULT_DIR);
     if !dir.join("train-images-idx3-ubyte.gz").exists() {
-        assert!(std::env::var("CI").is_err(), "CI must install dataset-fashion-mnist (see .ci/run)");
-        eprintln!("SKIPPED real-data test: {} is absent (apt-get install dataset-fashion-mnist)", dir.display());
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install dataset-fashion-mnist (see .ci/run)"
+        );
+        eprintln!(
+            "SKIPPED real-data test: {} is absent (apt-get install dataset-fashion-mnist)",
+            dir.display()
+        );
         return None;
     }
     Some(FashionMnist::load(dir).unwrap())
@@ -47,21 +59,49 @@ fn real_data() -> Option<FashionMnist> {
 #[test]
 fn real_fashion_mnist_loads_and_a_model_learns_above_chance() {
     let Some(fm) = real_data() else { return };
-    assert_eq!((fm.train.len(), fm.valid.len(), fm.test.len()), (55_000, 5_000, 10_000));
+    assert_eq!(
+        (fm.train.len(), fm.valid.len(), fm.test.len()),
+        (55_000, 5_000, 10_000)
+    );
     assert_eq!((fm.train.rows, fm.train.cols), (28, 28));
-    let mut m = zoo::build("mlp", &ZooOpts { widths: Some(vec![64]), depth: None }, 0).unwrap();
+    let mut m = zoo::build(
+        "mlp",
+        &ZooOpts {
+            widths: Some(vec![64]),
+            depth: None,
+        },
+        0,
+    )
+    .unwrap();
     let cfg = config(1, Some(3000), 64);
     let out = tmp("real");
-    train::train(&mut m, &fm.train, &fm.valid.take(500), &cfg, &out, false, &mut NoHooks).unwrap();
+    train::train(
+        &mut m,
+        &fm.train,
+        &fm.valid.take(500),
+        &cfg,
+        &out,
+        false,
+        &mut NoHooks,
+    )
+    .unwrap();
     let acc = accuracy(&m.graph, &m.params, &fm.test.take(1000), 250).unwrap();
-    assert!(acc > 0.6, "accuracy {acc} after one epoch on 3000 images (chance is 0.1)");
+    assert!(
+        acc > 0.6,
+        "accuracy {acc} after one epoch on 3000 images (chance is 0.1)"
+    );
 }
 
 fn config(epochs: usize, limit: Option<usize>, batch: usize) -> TrainConfig {
     TrainConfig {
         epochs,
         batch_size: batch,
-        optimizer: OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        optimizer: OptimizerConfig::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: true,
+        },
         schedule: Schedule::Cosine { warmup_epochs: 0.5 },
         seed: 5,
         augment_pad: 2,
@@ -72,17 +112,34 @@ fn config(epochs: usize, limit: Option<usize>, batch: usize) -> TrainConfig {
 fn synthetic(n: usize, seed: u64) -> ImageSet {
     let mut s = seed;
     let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 56) as u8
     };
     let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
     // class-dependent brightness so the task is learnable
-    let pixels: Vec<u8> = (0..n * 784).map(|i| labels[i / 784] * 20 + next() % 40).collect();
-    ImageSet { pixels, labels, rows: 28, cols: 28 }
+    let pixels: Vec<u8> = (0..n * 784)
+        .map(|i| labels[i / 784] * 20 + next() % 40)
+        .collect();
+    ImageSet {
+        pixels,
+        labels,
+        rows: 28,
+        cols: 28,
+    }
 }
 
 fn tiny() -> squeeze::Model {
-    zoo::build("vgg", &ZooOpts { widths: Some(vec![3, 0, 4, 0]), depth: None }, 1).unwrap()
+    zoo::build(
+        "vgg",
+        &ZooOpts {
+            widths: Some(vec![3, 0, 4, 0]),
+            depth: None,
+        },
+        1,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -101,19 +158,48 @@ fn resume_continues_exactly() {
     }
     let b_dir = tmp("resume-b");
     let mut b = tiny();
-    let h = train::train(&mut b, &data, &valid, &cfg, &b_dir, false, &mut StopAfterOne).unwrap();
+    let h = train::train(
+        &mut b,
+        &data,
+        &valid,
+        &cfg,
+        &b_dir,
+        false,
+        &mut StopAfterOne,
+    )
+    .unwrap();
     assert_eq!(h.len(), 1);
     let mut fresh = tiny();
     let hist = train::train(&mut fresh, &data, &valid, &cfg, &b_dir, true, &mut NoHooks).unwrap();
     assert_eq!(hist.len(), 2);
     for (k, t) in a.params.iter() {
         let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = fresh.params.get(k).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{k} differs after resume");
+        let y: Vec<f32> = fresh
+            .params
+            .get(k)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{k} differs after resume"
+        );
     }
     // a resume with different options is refused
     let other = TrainConfig { seed: 9, ..cfg };
-    let e = train::train(&mut tiny(), &data, &valid, &other, &b_dir, true, &mut NoHooks).unwrap_err().to_string();
+    let e = train::train(
+        &mut tiny(),
+        &data,
+        &valid,
+        &other,
+        &b_dir,
+        true,
+        &mut NoHooks,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("state.json") && e.contains("differ"), "{e}");
 }
 
@@ -124,11 +210,26 @@ fn optimizer_state_holds_no_autograd_graph() {
     let (mut params, mut opt) = train::prepare(&m, &cfg.optimizer).unwrap();
     let data = synthetic(32, 3);
     for step in 0..3 {
-        let (x, y) = data.batch(&(step * 8..step * 8 + 16).collect::<Vec<_>>(), None).unwrap();
-        train::train_step(&m, &mut params, &mut opt, &x, &y, 0.05, step as u64, &mut NoHooks).unwrap();
+        let (x, y) = data
+            .batch(&(step * 8..step * 8 + 16).collect::<Vec<_>>(), None)
+            .unwrap();
+        train::train_step(
+            &m,
+            &mut params,
+            &mut opt,
+            &x,
+            &y,
+            0.05,
+            step as u64,
+            &mut NoHooks,
+        )
+        .unwrap();
     }
     for (k, t) in opt.state() {
-        assert!(!t.track_op(), "optimizer buffer {k} keeps the autograd graph alive (memory leak)");
+        assert!(
+            !t.track_op(),
+            "optimizer buffer {k} keeps the autograd graph alive (memory leak)"
+        );
     }
 }
 
@@ -137,10 +238,25 @@ fn augmentation_is_seeded_and_changes_pixels() {
     use rand::SeedableRng;
     let d = synthetic(4, 4);
     let idx = [0, 1, 2, 3];
-    let a = d.batch(&idx, Some((&mut rand::rngs::StdRng::seed_from_u64(1), 2))).unwrap().0;
-    let b = d.batch(&idx, Some((&mut rand::rngs::StdRng::seed_from_u64(1), 2))).unwrap().0;
+    let a = d
+        .batch(&idx, Some((&mut rand::rngs::StdRng::seed_from_u64(1), 2)))
+        .unwrap()
+        .0;
+    let b = d
+        .batch(&idx, Some((&mut rand::rngs::StdRng::seed_from_u64(1), 2)))
+        .unwrap()
+        .0;
     let plain = d.batch(&idx, None).unwrap().0;
-    let diff = |p: &candle_core::Tensor, q: &candle_core::Tensor| (p - q).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = |p: &candle_core::Tensor, q: &candle_core::Tensor| {
+        (p - q)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     assert_eq!(diff(&a, &b), 0.0);
     assert!(diff(&a, &plain) > 0.0);
 }

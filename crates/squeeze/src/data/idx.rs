@@ -14,11 +14,13 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
-const HINT: &str = "install the data with `apt-get install dataset-fashion-mnist` or pass --data DIR";
+const HINT: &str =
+    "install the data with `apt-get install dataset-fashion-mnist` or pass --data DIR";
 
 /// Reads an IDX file (gzip-compressed if it starts with the gzip magic).
 pub fn read_idx(path: &Path) -> Result<Idx> {
-    let raw = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read ({e}); {HINT}")))?;
+    let raw =
+        std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read ({e}); {HINT}")))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -37,7 +39,10 @@ pub fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
         return Err("not an IDX file (bad magic number)".into());
     }
     if b[2] != 0x08 {
-        return Err(format!("IDX element type 0x{:02x} is not supported (expected 0x08, u8)", b[2]));
+        return Err(format!(
+            "IDX element type 0x{:02x} is not supported (expected 0x08, u8)",
+            b[2]
+        ));
     }
     let rank = b[3] as usize;
     let head = 4 + 4 * rank;
@@ -49,7 +54,13 @@ pub fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
         .collect();
     let n: usize = dims.iter().product();
     if b.len() - head != n {
-        return Err(format!("IDX data has {} bytes, dims {dims:?} need {n} (truncated?)", b.len() - head));
+        return Err(format!(
+            "IDX data has {} bytes, dims {dims:?} need {n} (truncated?)",
+            b.len() - head
+        ));
     }
-    Ok(Idx { dims, data: b[head..].to_vec() })
+    Ok(Idx {
+        dims,
+        data: b[head..].to_vec(),
+    })
 }

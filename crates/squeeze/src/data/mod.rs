@@ -51,9 +51,16 @@ fn load_pair(dir: &Path, prefix: &str) -> Result<ImageSet> {
         )));
     }
     if let Some(bad) = lab.data.iter().find(|&&l| l >= 10) {
-        return Err(Error::Data(format!("{prefix} labels: value {bad} is not a class 0..9")));
+        return Err(Error::Data(format!(
+            "{prefix} labels: value {bad} is not a class 0..9"
+        )));
     }
-    Ok(ImageSet { pixels: img.data, labels: lab.data, rows: img.dims[1], cols: img.dims[2] })
+    Ok(ImageSet {
+        pixels: img.data,
+        labels: lab.data,
+        rows: img.dims[1],
+        cols: img.dims[2],
+    })
 }
 
 impl FashionMnist {
@@ -61,16 +68,25 @@ impl FashionMnist {
     pub fn load(dir: &Path) -> Result<Self> {
         let mut train = load_pair(dir, "train")?;
         let test = load_pair(dir, "t10k")?;
-        let n = train.len().checked_sub(VALIDATION).filter(|n| *n > 0).ok_or_else(|| {
-            Error::Data(format!("{}: training set too small for a validation split", dir.display()))
-        })?;
+        let n = train
+            .len()
+            .checked_sub(VALIDATION)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "{}: training set too small for a validation split",
+                    dir.display()
+                ))
+            })?;
         let valid = train.split_off(n);
         Ok(FashionMnist { train, valid, test })
     }
 
     /// The default directory, or the one given.
     pub fn dir(given: Option<&Path>) -> PathBuf {
-        given.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+        given
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
     }
 }
 
@@ -107,7 +123,11 @@ impl ImageSet {
 
     /// A normalized batch [B, 1, H, W] and its labels [B] (u32). With `augment`, each image
     /// is shifted by up to `pad` pixels (zero fill) and flipped horizontally with p = ½.
-    pub fn batch(&self, idx: &[usize], augment: Option<(&mut StdRng, usize)>) -> Result<(Tensor, Tensor)> {
+    pub fn batch(
+        &self,
+        idx: &[usize],
+        augment: Option<(&mut StdRng, usize)>,
+    ) -> Result<(Tensor, Tensor)> {
         let (h, w) = (self.rows, self.cols);
         let mut x = vec![0f32; idx.len() * h * w];
         let fill = -MEAN / STD;
@@ -118,7 +138,11 @@ impl ImageSet {
             let (dy, dx, flip) = match aug.as_mut() {
                 Some((rng, pad)) => {
                     let p = *pad as i64;
-                    (rng.random_range(-p..=p), rng.random_range(-p..=p), rng.random::<bool>())
+                    (
+                        rng.random_range(-p..=p),
+                        rng.random_range(-p..=p),
+                        rng.random::<bool>(),
+                    )
                 }
                 None => (0, 0, false),
             };

@@ -32,7 +32,11 @@ pub struct Node {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     /// `y = x Wᵀ + b`; params `weight` [out, in], `bias` [out].
-    Linear { in_features: usize, out_features: usize, bias: bool },
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
     /// 2-D convolution; params `weight` [out, in/groups, k, k], `bias` [out].
     Conv2d {
         in_channels: usize,
@@ -45,12 +49,22 @@ pub enum Op {
     },
     /// Batch normalization over axis 1 of a [N, C] or [N, C, H, W] tensor; params `weight`,
     /// `bias` and buffers `running_mean`, `running_var`, all [C].
-    BatchNorm { channels: usize, eps: f64, momentum: f64 },
+    BatchNorm {
+        channels: usize,
+        eps: f64,
+        momentum: f64,
+    },
     Relu,
     /// Max pooling with a square window (floor mode: trailing rows/columns are dropped).
-    MaxPool2d { kernel: usize, stride: usize },
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+    },
     /// Average pooling with a square window (floor mode, no padding).
-    AvgPool2d { kernel: usize, stride: usize },
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+    },
     /// Mean over the spatial axes: [N, C, H, W] → [N, C].
     GlobalAvgPool,
     /// [N, C, H, W] → [N, C·H·W].
@@ -60,7 +74,9 @@ pub enum Op {
     /// Concatenation of all inputs along the channel axis.
     Concat,
     /// Inverted dropout with drop probability `p` (training only).
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
 }
 
 impl Op {
@@ -154,7 +170,10 @@ impl Graph {
 
     /// Names of the nodes that read `name`'s output.
     pub fn consumers(&self, name: &str) -> Vec<&Node> {
-        self.nodes.iter().filter(|n| n.inputs.iter().any(|i| i == name)).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == name))
+            .collect()
     }
 
     /// Structural checks: unique names, inputs defined before use, output exists, format
@@ -178,11 +197,17 @@ impl Graph {
                 }
             }
             if !seen.insert(n.name.clone()) {
-                return Err(Error::Graph(format!("node name `{}` is used twice", n.name)));
+                return Err(Error::Graph(format!(
+                    "node name `{}` is used twice",
+                    n.name
+                )));
             }
         }
         if !seen.contains(&self.output) {
-            return Err(Error::Graph(format!("output `{}` is not a node", self.output)));
+            return Err(Error::Graph(format!(
+                "output `{}` is not a node",
+                self.output
+            )));
         }
         infer_shapes(self).map(|_| ())
     }

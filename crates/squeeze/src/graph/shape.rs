@@ -15,42 +15,77 @@ fn pooled(node: &Node, s: &[usize], kernel: usize, stride: usize) -> Result<Vec<
     if s.len() != 3 || kernel == 0 || stride == 0 || s[1] < kernel || s[2] < kernel {
         return Err(err(node, format!("cannot pool {s:?} with kernel {kernel}")));
     }
-    Ok(vec![s[0], (s[1] - kernel) / stride + 1, (s[2] - kernel) / stride + 1])
+    Ok(vec![
+        s[0],
+        (s[1] - kernel) / stride + 1,
+        (s[2] - kernel) / stride + 1,
+    ])
 }
 
 fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>> {
     let one = |k: usize| -> Result<&Vec<usize>> {
         if ins.len() != k {
-            return Err(err(node, format!("expects {k} input(s), has {}", ins.len())));
+            return Err(err(
+                node,
+                format!("expects {k} input(s), has {}", ins.len()),
+            ));
         }
         Ok(ins[0])
     };
     match &node.op {
-        Op::Linear { in_features, out_features, .. } => {
+        Op::Linear {
+            in_features,
+            out_features,
+            ..
+        } => {
             let s = one(1)?;
             if s.as_slice() != [*in_features] {
                 return Err(err(node, format!("input {s:?}, expected [{in_features}]")));
             }
             Ok(vec![*out_features])
         }
-        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, groups, .. } => {
+        Op::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            groups,
+            ..
+        } => {
             let s = one(1)?;
             if s.len() != 3 || s[0] != *in_channels {
-                return Err(err(node, format!("input {s:?}, expected [{in_channels}, H, W]")));
+                return Err(err(
+                    node,
+                    format!("input {s:?}, expected [{in_channels}, H, W]"),
+                ));
             }
             if *groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 {
-                return Err(err(node, format!("groups {groups} must divide in/out channels")));
+                return Err(err(
+                    node,
+                    format!("groups {groups} must divide in/out channels"),
+                ));
             }
             let (h, w) = (s[1] + 2 * padding, s[2] + 2 * padding);
             if h < *kernel || w < *kernel || *stride == 0 {
-                return Err(err(node, format!("kernel {kernel} larger than padded input")));
+                return Err(err(
+                    node,
+                    format!("kernel {kernel} larger than padded input"),
+                ));
             }
-            Ok(vec![*out_channels, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+            Ok(vec![
+                *out_channels,
+                (h - kernel) / stride + 1,
+                (w - kernel) / stride + 1,
+            ])
         }
         Op::BatchNorm { channels, .. } => {
             let s = one(1)?;
             if s.is_empty() || s[0] != *channels {
-                return Err(err(node, format!("input {s:?}, expected {channels} channels")));
+                return Err(err(
+                    node,
+                    format!("input {s:?}, expected {channels} channels"),
+                ));
             }
             Ok(s.clone())
         }
@@ -68,13 +103,23 @@ fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>> {
         Op::Flatten => Ok(vec![one(1)?.iter().product()]),
         Op::Add => {
             if ins.len() < 2 || ins.iter().any(|s| *s != ins[0]) {
-                return Err(err(node, format!("inputs must be ≥2 of one shape, got {ins:?}")));
+                return Err(err(
+                    node,
+                    format!("inputs must be ≥2 of one shape, got {ins:?}"),
+                ));
             }
             Ok(ins[0].clone())
         }
         Op::Concat => {
-            if ins.len() < 2 || ins.iter().any(|s| s.len() != ins[0].len() || s[1..] != ins[0][1..]) {
-                return Err(err(node, format!("inputs must agree except in channels: {ins:?}")));
+            if ins.len() < 2
+                || ins
+                    .iter()
+                    .any(|s| s.len() != ins[0].len() || s[1..] != ins[0][1..])
+            {
+                return Err(err(
+                    node,
+                    format!("inputs must agree except in channels: {ins:?}"),
+                ));
             }
             let mut out = ins[0].clone();
             out[0] = ins.iter().map(|s| s[0]).sum();
@@ -91,7 +136,11 @@ pub fn infer_shapes(g: &Graph) -> Result<HashMap<String, Vec<usize>>> {
         let ins = node
             .inputs
             .iter()
-            .map(|i| shapes.get(i).ok_or_else(|| err(node, format!("unknown input `{i}`"))))
+            .map(|i| {
+                shapes
+                    .get(i)
+                    .ok_or_else(|| err(node, format!("unknown input `{i}`")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let s = node_shape(node, &ins)?;
         shapes.insert(node.name.clone(), s);
@@ -105,13 +154,24 @@ pub fn param_shapes(g: &Graph) -> BTreeMap<String, Vec<usize>> {
     for n in &g.nodes {
         let p = |s: &str| format!("{}.{s}", n.name);
         match &n.op {
-            Op::Linear { in_features, out_features, bias } => {
+            Op::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
                 out.insert(p("weight"), vec![*out_features, *in_features]);
                 if *bias {
                     out.insert(p("bias"), vec![*out_features]);
                 }
             }
-            Op::Conv2d { in_channels, out_channels, kernel, groups, bias, .. } => {
+            Op::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                groups,
+                bias,
+                ..
+            } => {
                 let w = vec![*out_channels, in_channels / groups, *kernel, *kernel];
                 out.insert(p("weight"), w);
                 if *bias {

@@ -20,7 +20,12 @@ struct Relu;
 fn relu_bwd<T: Elem + PartialOrd>(res: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
     let zero = T::default();
     let v = with_cpu::<T, _>(res, |r| {
-        with_cpu::<T, _>(dy, |d| r.par_iter().zip(d).map(|(r, d)| if *r > zero { *d } else { zero }).collect::<Vec<T>>())
+        with_cpu::<T, _>(dy, |d| {
+            r.par_iter()
+                .zip(d)
+                .map(|(r, d)| if *r > zero { *d } else { zero })
+                .collect::<Vec<T>>()
+        })
     })??;
     Ok(Tensor::from_vec(v, res.shape(), res.device())?)
 }
@@ -31,8 +36,18 @@ impl CustomOp1 for Relu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match s.dtype() {
-            DType::F32 => CpuStorage::F32(slice_of::<f32>(s, l)?.par_iter().map(|v| v.max(0.0)).collect()),
-            DType::F64 => CpuStorage::F64(slice_of::<f64>(s, l)?.par_iter().map(|v| v.max(0.0)).collect()),
+            DType::F32 => CpuStorage::F32(
+                slice_of::<f32>(s, l)?
+                    .par_iter()
+                    .map(|v| v.max(0.0))
+                    .collect(),
+            ),
+            DType::F64 => CpuStorage::F64(
+                slice_of::<f64>(s, l)?
+                    .par_iter()
+                    .map(|v| v.max(0.0))
+                    .collect(),
+            ),
             dt => candle_core::bail!("relu: unsupported dtype {dt:?}"),
         };
         Ok((out, l.shape().clone()))
@@ -69,9 +84,19 @@ impl MaxPool {
     fn dims(&self, shape: &Shape) -> candle_core::Result<PlaneDims> {
         let (n, c, h, w) = shape.dims4()?;
         if h < self.k || w < self.k || self.k == 0 || self.s == 0 {
-            candle_core::bail!("max_pool2d: input {h}×{w} does not fit window {} stride {}", self.k, self.s)
+            candle_core::bail!(
+                "max_pool2d: input {h}×{w} does not fit window {} stride {}",
+                self.k,
+                self.s
+            )
         }
-        Ok((n * c, h, w, (h - self.k) / self.s + 1, (w - self.k) / self.s + 1))
+        Ok((
+            n * c,
+            h,
+            w,
+            (h - self.k) / self.s + 1,
+            (w - self.k) / self.s + 1,
+        ))
     }
 
     /// Flat input index of the maximum of every output position of one [H, W] plane
@@ -137,8 +162,15 @@ fn plane_max2<T: Elem + PartialOrd>(x: &[T], w: usize, out: &mut [T]) {
     let wo = w / 2;
     let mx = |a: T, b: T| if a > b { a } else { b };
     for (oh, orow) in out.chunks_mut(wo).enumerate() {
-        let (r0, r1) = (&x[2 * oh * w..2 * oh * w + 2 * wo], &x[(2 * oh + 1) * w..(2 * oh + 1) * w + 2 * wo]);
-        for ((o, p0), p1) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+        let (r0, r1) = (
+            &x[2 * oh * w..2 * oh * w + 2 * wo],
+            &x[(2 * oh + 1) * w..(2 * oh + 1) * w + 2 * wo],
+        );
+        for ((o, p0), p1) in orow
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
             *o = mx(mx(p0[0], p0[1]), mx(p1[0], p1[1]));
         }
     }

@@ -67,29 +67,51 @@ fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, V
             let rows = (0..n).map(|i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
             let sum: f64 = rows.clone().flat_map(|r| r.iter()).map(|v| v.f()).sum();
             let mean = sum / (n * s) as f64;
-            let ss: f64 = rows.flat_map(|r| r.iter()).map(|v| (v.f() - mean).powi(2)).sum();
+            let ss: f64 = rows
+                .flat_map(|r| r.iter())
+                .map(|v| (v.f() - mean).powi(2))
+                .sum();
             (mean, ss / (n * s) as f64)
         })
         .unzip()
 }
 
-fn fwd<T: Real>(op: &BnTrain, x: &[T], g: &[T], b: &[T], (n, c, s): (usize, usize, usize)) -> Vec<T> {
+fn fwd<T: Real>(
+    op: &BnTrain,
+    x: &[T],
+    g: &[T],
+    b: &[T],
+    (n, c, s): (usize, usize, usize),
+) -> Vec<T> {
     let (mean, var) = channel_stats(x, n, c, s);
-    let scale: Vec<f64> = (0..c).map(|ch| g[ch].f() / (var[ch] + op.eps).sqrt()).collect();
+    let scale: Vec<f64> = (0..c)
+        .map(|ch| g[ch].f() / (var[ch] + op.eps).sqrt())
+        .collect();
     let shift: Vec<f64> = (0..c).map(|ch| b[ch].f() - mean[ch] * scale[ch]).collect();
     let mut y = vec![T::r(0.0); x.len()];
-    y.par_chunks_mut(c * s).zip(x.par_chunks(c * s)).for_each(|(yr, xr)| {
-        for ch in 0..c {
-            let (a, bb) = (scale[ch], shift[ch]);
-            for (o, i) in yr[ch * s..(ch + 1) * s].iter_mut().zip(&xr[ch * s..(ch + 1) * s]) {
-                *o = T::r(i.f() * a + bb);
+    y.par_chunks_mut(c * s)
+        .zip(x.par_chunks(c * s))
+        .for_each(|(yr, xr)| {
+            for ch in 0..c {
+                let (a, bb) = (scale[ch], shift[ch]);
+                for (o, i) in yr[ch * s..(ch + 1) * s]
+                    .iter_mut()
+                    .zip(&xr[ch * s..(ch + 1) * s])
+                {
+                    *o = T::r(i.f() * a + bb);
+                }
+                if op.relu {
+                    yr[ch * s..(ch + 1) * s]
+                        .iter_mut()
+                        .for_each(|v| *v = T::r(v.f().max(0.0)));
+                }
             }
-            if op.relu {
-                yr[ch * s..(ch + 1) * s].iter_mut().for_each(|v| *v = T::r(v.f().max(0.0)));
-            }
-        }
+        });
+    *op.stats.lock().expect("bn stats lock") = Some(BatchStats {
+        mean,
+        var,
+        count: n * s,
     });
-    *op.stats.lock().expect("bn stats lock") = Some(BatchStats { mean, var, count: n * s });
     y
 }
 
@@ -138,13 +160,15 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let masked;
         let dy = if self.relu {
-            masked = super::act::relu_grad(res, dy).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            masked = super::act::relu_grad(res, dy)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             &masked
         } else {
             dy
         };
         let stats = self.stats.lock().expect("bn stats lock").clone();
-        let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch_norm: no forward stats".into()))?;
+        let stats =
+            stats.ok_or_else(|| candle_core::Error::Msg("batch_norm: no forward stats".into()))?;
         let r = match x.dtype() {
             DType::F32 => backward::<f32>(self.eps, x, gamma, dy, &stats),
             _ => backward::<f64>(self.eps, x, gamma, dy, &stats),
@@ -191,7 +215,9 @@ fn backward<T: Real>(
                         let k = g[ch] * invstd[ch];
                         let (mdy, mdyx) = (sdy[ch] / m, sdyx[ch] / m);
                         let r = ch * s..(ch + 1) * s;
-                        for ((o, xv), dv) in dr[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dyr[r]) {
+                        for ((o, xv), dv) in
+                            dr[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dyr[r])
+                        {
                             let xh = (xv.f() - st.mean[ch]) * invstd[ch];
                             *o = T::r(k * (dv.f() - mdy - xh * mdyx));
                         }
@@ -203,18 +229,38 @@ fn backward<T: Real>(
     let (dx, sdy, sdyx) = dx;
     let dev = x.device();
     let to_t = |v: Vec<f64>| -> Result<Tensor> {
-        Ok(Tensor::from_vec(v.into_iter().map(T::r).collect::<Vec<T>>(), c, dev)?)
+        Ok(Tensor::from_vec(
+            v.into_iter().map(T::r).collect::<Vec<T>>(),
+            c,
+            dev,
+        )?)
     };
-    Ok((Tensor::from_vec(dx, x.shape(), dev)?, to_t(sdyx)?, to_t(sdy)?))
+    Ok((
+        Tensor::from_vec(dx, x.shape(), dev)?,
+        to_t(sdyx)?,
+        to_t(sdy)?,
+    ))
 }
 
 /// Training-mode BatchNorm over axis 1 with the fused kernel. Returns the output and the
 /// batch statistics (for the running-average update).
 /// With `relu`, the output is `max(0, BN(x))` in the same pass.
-pub fn train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, BatchStats)> {
+pub fn train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
     let stats = Arc::new(Mutex::new(None));
-    let op = BnTrain { eps, relu, stats: stats.clone() };
-    let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let op = BnTrain {
+        eps,
+        relu,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     let st = stats.lock().expect("bn stats lock").clone();
     let st = st.ok_or_else(|| Error::Graph("batch_norm forward produced no statistics".into()))?;
     Ok((y, st))
@@ -228,12 +274,20 @@ fn chan_shape(c: usize, rank: usize) -> Vec<usize> {
 }
 
 /// Eval-mode BatchNorm: `(x − μ)/√(σ²+ε)·γ + β` with the running statistics.
-pub fn eval(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let c = gamma.dim(0)?;
     let shp = chan_shape(c, x.rank());
     let scale = (gamma / (var + eps)?.sqrt()?)?;
     let shift = (beta - (mean * &scale)?)?;
-    Ok(x.broadcast_mul(&scale.reshape(shp.clone())?)?.broadcast_add(&shift.reshape(shp)?)?)
+    Ok(x.broadcast_mul(&scale.reshape(shp.clone())?)?
+        .broadcast_add(&shift.reshape(shp)?)?)
 }
 
 /// Plain reference for training-mode BatchNorm, composed of candle ops (autograd through
@@ -246,5 +300,7 @@ pub fn reference_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> R
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(axes)?;
     let xh = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(xh.broadcast_mul(&gamma.reshape(shp.clone())?)?.broadcast_add(&beta.reshape(shp)?)?)
+    Ok(xh
+        .broadcast_mul(&gamma.reshape(shp.clone())?)?
+        .broadcast_add(&beta.reshape(shp)?)?)
 }

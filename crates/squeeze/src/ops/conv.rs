@@ -12,7 +12,10 @@ use super::{slice_of, with_cpu};
 use crate::error::Result;
 
 /// Element types the kernel runs on (f32 for training, f64 for gradient checks).
-pub(crate) trait Elem: candle_core::WithDType + Copy + Send + Sync + Default + 'static + std::ops::AddAssign {}
+pub(crate) trait Elem:
+    candle_core::WithDType + Copy + Send + Sync + Default + 'static + std::ops::AddAssign
+{
+}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
@@ -39,8 +42,22 @@ impl Geo {
         if ci != c || k != k2 || h + 2 * pad < k || wd + 2 * pad < k {
             candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?}")
         }
-        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (wd + 2 * pad - k) / stride + 1);
-        Ok(Geo { n, c, h, w: wd, co, k, stride, pad, ho, wo })
+        let (ho, wo) = (
+            (h + 2 * pad - k) / stride + 1,
+            (wd + 2 * pad - k) / stride + 1,
+        );
+        Ok(Geo {
+            n,
+            c,
+            h,
+            w: wd,
+            co,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
     }
     fn kk(&self) -> usize {
         self.c * self.k * self.k
@@ -62,7 +79,9 @@ fn for_each_run(g: &Geo, mut f: impl FnMut(usize, usize, usize)) {
                 let r = (c * g.k + ki) * g.k + kj;
                 // ow valid when 0 <= ow·s + kj − pad < w
                 let lo = ((pad - kj as isize).max(0) as usize).div_ceil(s);
-                let hi = (((g.w as isize + pad - kj as isize - 1) / s as isize + 1).max(0) as usize).min(g.wo);
+                let hi = (((g.w as isize + pad - kj as isize - 1) / s as isize + 1).max(0)
+                    as usize)
+                    .min(g.wo);
                 for oh in 0..g.ho {
                     let ih = (oh * s + ki) as isize - pad;
                     if ih < 0 || ih as usize >= g.h || lo >= hi {
@@ -114,18 +133,37 @@ fn gemm<T: Elem>(
     rhs: &[T],
     rhs_s: (usize, usize),
 ) {
-    let last = |(rs, cs): (usize, usize), r: usize, c: usize| (r.max(1) - 1) * rs + (c.max(1) - 1) * cs;
-    assert!(last(dst_s, m, n) < dst.len().max(1) && last(lhs_s, m, k) < lhs.len().max(1) && last(rhs_s, k, n) < rhs.len().max(1));
+    let last =
+        |(rs, cs): (usize, usize), r: usize, c: usize| (r.max(1) - 1) * rs + (c.max(1) - 1) * cs;
+    assert!(
+        last(dst_s, m, n) < dst.len().max(1)
+            && last(lhs_s, m, k) < lhs.len().max(1)
+            && last(rhs_s, k, n) < rhs.len().max(1)
+    );
     let one = T::from_f64(1.0);
     // SAFETY: the asserts above keep every strided access inside the three slices, and
     // `dst` is exclusively borrowed.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), dst_s.1 as isize, dst_s.0 as isize, acc,
-            lhs.as_ptr(), lhs_s.1 as isize, lhs_s.0 as isize,
-            rhs.as_ptr(), rhs_s.1 as isize, rhs_s.0 as isize,
-            one, one, false, false, false, gemm::Parallelism::None,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_s.1 as isize,
+            dst_s.0 as isize,
+            acc,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         )
     }
 }
@@ -153,7 +191,13 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
     let mut dx = vec![T::default(); if need_dx { g.n * img } else { g.n }];
     let per_dx = dx.len() / g.n;
-    let fresh = || -> BwdAcc<T> { (vec![T::default(); g.co * kk], vec![T::default(); kk * p], Vec::new()) };
+    let fresh = || -> BwdAcc<T> {
+        (
+            vec![T::default(); g.co * kk],
+            vec![T::default(); kk * p],
+            Vec::new(),
+        )
+    };
     let (dw, _, _) = dx
         .par_chunks_mut(per_dx)
         .enumerate()
@@ -161,11 +205,29 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
             let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
             im2col(g, &x[i * img..(i + 1) * img], &mut cols);
             // dW += dYᵢ[co×p] · colsᵢᵀ[p×kk]
-            gemm((g.co, kk, p), &mut dw, (kk, 1), true, dyi, (p, 1), &cols, (1, p));
+            gemm(
+                (g.co, kk, p),
+                &mut dw,
+                (kk, 1),
+                true,
+                dyi,
+                (p, 1),
+                &cols,
+                (1, p),
+            );
             if need_dx {
                 dcols.resize(kk * p, T::default());
                 // dcolsᵢ[kk×p] = Wᵀ[kk×co] · dYᵢ[co×p]
-                gemm((kk, p, g.co), &mut dcols, (p, 1), false, w, (1, kk), dyi, (p, 1));
+                gemm(
+                    (kk, p, g.co),
+                    &mut dcols,
+                    (p, 1),
+                    false,
+                    w,
+                    (1, kk),
+                    dyi,
+                    (p, 1),
+                );
                 col2im(g, &dcols, dxi);
             }
             (dw, cols, dcols)
@@ -187,7 +249,13 @@ impl CustomOp2 for Conv2d {
         "squeeze-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(forward::<f32>(&g, slice_of(s1, l1)?, slice_of(s2, l2)?)),
@@ -197,7 +265,13 @@ impl CustomOp2 for Conv2d {
         Ok((out, Shape::from((g.n, g.co, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geo::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let msg = |e: crate::Error| candle_core::Error::Msg(e.to_string());
         let (dx, dw) = match x.dtype() {
@@ -209,12 +283,23 @@ impl CustomOp2 for Conv2d {
 }
 
 /// Gradients; dx is skipped (None) when the input is not tracked (e.g. the data batch).
-fn bwd_typed<T: Elem>(g: &Geo, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
+fn bwd_typed<T: Elem>(
+    g: &Geo,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<(Option<Tensor>, Tensor)> {
     let need_dx = x.track_op();
     let (dx, dw) = with_cpu::<T, _>(x, |xs| {
-        with_cpu::<T, _>(w, |ws| with_cpu::<T, _>(dy, |dys| backward(g, xs, ws, dys, need_dx)))
+        with_cpu::<T, _>(w, |ws| {
+            with_cpu::<T, _>(dy, |dys| backward(g, xs, ws, dys, need_dx))
+        })
     })???;
-    let dx = if need_dx { Some(Tensor::from_vec(dx, x.shape(), x.device())?) } else { None };
+    let dx = if need_dx {
+        Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+    } else {
+        None
+    };
     Ok((dx, Tensor::from_vec(dw, w.shape(), w.device())?))
 }
 
@@ -223,5 +308,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, groups: usize) 
     if groups != 1 {
         return Ok(x.conv2d(w, pad, stride, 1, groups)?);
     }
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { stride, pad })?)
+    Ok(x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv2d { stride, pad })?)
 }

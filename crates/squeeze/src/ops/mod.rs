@@ -13,7 +13,10 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};
 use crate::error::{Error, Result};
 
 /// Borrow the contiguous CPU slice of a layout within a storage.
-pub(crate) fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+pub(crate) fn slice_of<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("kernel input must be contiguous".into()))?;

@@ -21,7 +21,9 @@ fn foldable(g: &Graph) -> Vec<(usize, usize)> {
         if !matches!(n.op, Op::BatchNorm { .. }) || n.inputs.len() != 1 {
             continue;
         }
-        let Some(j) = g.index_of(&n.inputs[0]) else { continue };
+        let Some(j) = g.index_of(&n.inputs[0]) else {
+            continue;
+        };
         let prod = &g.nodes[j];
         let ok = matches!(prod.op, Op::Conv2d { .. } | Op::Linear { .. });
         if ok && g.consumers(&prod.name).len() == 1 && g.output != prod.name {
@@ -34,9 +36,16 @@ fn foldable(g: &Graph) -> Vec<(usize, usize)> {
 fn fold_one(model: &mut Model, bn_i: usize, prod_i: usize) -> Result<()> {
     let bn = model.graph.nodes[bn_i].clone();
     let prod = model.graph.nodes[prod_i].name.clone();
-    let Op::BatchNorm { eps, channels, .. } = bn.op else { unreachable!("checked by foldable") };
+    let Op::BatchNorm { eps, channels, .. } = bn.op else {
+        unreachable!("checked by foldable")
+    };
     let p = |s: &str| model.params.get(&format!("{}.{s}", bn.name)).cloned();
-    let (gamma, beta, mean, var) = (p("weight")?, p("bias")?, p("running_mean")?, p("running_var")?);
+    let (gamma, beta, mean, var) = (
+        p("weight")?,
+        p("bias")?,
+        p("running_mean")?,
+        p("running_var")?,
+    );
     let scale = (gamma / (var + eps)?.sqrt()?)?; // [C]
     let w = model.params.get(&format!("{prod}.weight"))?;
     let mut bshape = vec![1; w.rank()];
@@ -68,15 +77,30 @@ impl Pass for FoldBatchNorm {
     }
 
     fn apply(&self, mut model: Model) -> Result<(Model, PassRecord)> {
-        let total = model.graph.nodes.iter().filter(|n| matches!(n.op, Op::BatchNorm { .. })).count();
+        let total = model
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .count();
         let mut folded = Vec::new();
         // fold one at a time: indices shift after each removal
         while let Some(&(bn, prod)) = foldable(&model.graph).first() {
-            folded.push(format!("{} → {}", model.graph.nodes[bn].name, model.graph.nodes[prod].name));
+            folded.push(format!(
+                "{} → {}",
+                model.graph.nodes[bn].name, model.graph.nodes[prod].name
+            ));
             fold_one(&mut model, bn, prod)?;
         }
         let label = format!("folded {} of {total} BatchNorm layers", folded.len());
         let details = serde_json::json!({ "folded": folded, "kept": total - folded.len() });
-        Ok((model, PassRecord { pass: self.name().into(), label, details }))
+        Ok((
+            model,
+            PassRecord {
+                pass: self.name().into(),
+                label,
+                details,
+            },
+        ))
     }
 }

@@ -57,16 +57,25 @@ pub struct Recipe {
 impl Recipe {
     /// Parses recipe text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let r: Recipe = toml::from_str(text).map_err(|e| Error::Recipe { path: path.into(), msg: e.to_string() })?;
+        let r: Recipe = toml::from_str(text).map_err(|e| Error::Recipe {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
         if r.passes.is_empty() {
-            return Err(Error::Recipe { path: path.into(), msg: "recipe lists no passes".into() });
+            return Err(Error::Recipe {
+                path: path.into(),
+                msg: "recipe lists no passes".into(),
+            });
         }
         Ok(r)
     }
 
     /// Reads and parses a recipe file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Recipe { path: path.into(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Recipe {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
         Self::parse(&text, path)
     }
 }
@@ -78,7 +87,10 @@ pub fn run_recipe(mut model: Model, recipe: &Recipe) -> Result<(Model, Vec<PassR
     for cfg in &recipe.passes {
         let pass = cfg.build();
         let (m, rec) = pass.apply(model)?;
-        m.check().map_err(|e| Error::Pass { pass: pass.name().into(), msg: format!("left an inconsistent model: {e}") })?;
+        m.check().map_err(|e| Error::Pass {
+            pass: pass.name().into(),
+            msg: format!("left an inconsistent model: {e}"),
+        })?;
         model = m;
         log.push(rec);
     }

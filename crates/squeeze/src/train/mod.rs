@@ -102,17 +102,30 @@ fn decay_names(model: &Model) -> HashSet<String> {
 }
 
 /// Running-average update of BatchNorm buffers from one batch's statistics.
-fn update_running(params: &mut ParamStore, model: &Model, stats: &[(String, BatchStats)]) -> Result<()> {
+fn update_running(
+    params: &mut ParamStore,
+    model: &Model,
+    stats: &[(String, BatchStats)],
+) -> Result<()> {
     for (node, st) in stats {
-        let Some(Op::BatchNorm { momentum, .. }) = model.graph.node(node).map(|n| &n.op) else { continue };
+        let Some(Op::BatchNorm { momentum, .. }) = model.graph.node(node).map(|n| &n.op) else {
+            continue;
+        };
         let m = *momentum;
         let unb = st.count as f64 / (st.count.max(2) - 1) as f64;
         for (buf, new) in [("running_mean", &st.mean), ("running_var", &st.var)] {
             let key = format!("{node}.{buf}");
             let old: Vec<f32> = params.get(&key)?.to_vec1()?;
             let k = if buf == "running_var" { unb } else { 1.0 };
-            let upd: Vec<f32> = old.iter().zip(new).map(|(o, n)| ((1.0 - m) * *o as f64 + m * n * k) as f32).collect();
-            params.insert(key, Tensor::from_vec(upd, old.len(), &candle_core::Device::Cpu)?);
+            let upd: Vec<f32> = old
+                .iter()
+                .zip(new)
+                .map(|(o, n)| ((1.0 - m) * *o as f64 + m * n * k) as f32)
+                .collect();
+            params.insert(
+                key,
+                Tensor::from_vec(upd, old.len(), &candle_core::Device::Cpu)?,
+            );
         }
     }
     Ok(())
@@ -121,8 +134,9 @@ fn update_running(params: &mut ParamStore, model: &Model, stats: &[(String, Batc
 /// A progress reporter: indicatif bar on a terminal, silent otherwise.
 fn progress(len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len as u64);
-    let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     pb.set_style(style.progress_chars("=> "));
     pb.set_prefix(format!("{}/{epochs}", epoch + 1));
     pb
@@ -140,7 +154,12 @@ pub fn train(
     hooks: &mut dyn Hooks,
 ) -> Result<Vec<EpochLog>> {
     let ck = checkpoint_dir(out);
-    let mut state = TrainState { config: cfg.clone(), epochs_done: 0, optimizer_step: 0, history: vec![] };
+    let mut state = TrainState {
+        config: cfg.clone(),
+        epochs_done: 0,
+        optimizer_step: 0,
+        history: vec![],
+    };
     let mut opt_state = None;
     if resume {
         let (m, s, o) = load_resume(&ck, cfg)?;
@@ -157,11 +176,30 @@ pub fn train(
     let n = cfg.limit_train.unwrap_or(train.len()).min(train.len());
     let per_epoch = n.div_ceil(cfg.batch_size);
     for epoch in state.epochs_done..cfg.epochs {
-        let log = run_epoch(model, &mut params, &mut opt, train, n, cfg, epoch, per_epoch, hooks)?;
-        let log = EpochLog { valid_accuracy: accuracy(&model.graph, &detached(&params)?, valid, 500)?, ..log };
+        let log = run_epoch(
+            model,
+            &mut params,
+            &mut opt,
+            train,
+            n,
+            cfg,
+            epoch,
+            per_epoch,
+            hooks,
+        )?;
+        let log = EpochLog {
+            valid_accuracy: accuracy(&model.graph, &detached(&params)?, valid, 500)?,
+            ..log
+        };
         eprintln!(
             "epoch {}/{}: loss {:.4}  train acc {:.4}  valid acc {:.4}  {:.1}s  {:.0} img/s",
-            epoch + 1, cfg.epochs, log.loss, log.train_accuracy, log.valid_accuracy, log.seconds, log.images_per_s
+            epoch + 1,
+            cfg.epochs,
+            log.loss,
+            log.train_accuracy,
+            log.valid_accuracy,
+            log.seconds,
+            log.images_per_s
         );
         state.history.push(log);
         state.epochs_done = epoch + 1;
@@ -199,7 +237,8 @@ fn run_epoch(
 ) -> Result<EpochLog> {
     let start = std::time::Instant::now();
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+    let mut rng =
+        StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
     order.shuffle(&mut rng);
     let pb = progress(per_epoch, epoch, cfg.epochs);
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
@@ -222,9 +261,17 @@ fn run_epoch(
         let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
         if b % 10 == 0 || log_line {
             let ips = seen as f64 / start.elapsed().as_secs_f64();
-            let msg = format!("loss {:.4} acc {:.4} {ips:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64);
+            let msg = format!(
+                "loss {:.4} acc {:.4} {ips:.0} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            );
             if log_line {
-                eprintln!("epoch {}/{} step {b}/{per_epoch}: {msg}", epoch + 1, cfg.epochs);
+                eprintln!(
+                    "epoch {}/{} step {b}/{per_epoch}: {msg}",
+                    epoch + 1,
+                    cfg.epochs
+                );
             }
             pb.set_message(msg);
         }
@@ -248,19 +295,35 @@ fn save_resume(dir: &Path, model: &Model, state: &TrainState, opt: &Optimizer) -
     checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
 }
 
-type Resumed = (Model, TrainState, std::collections::BTreeMap<String, Tensor>);
+type Resumed = (
+    Model,
+    TrainState,
+    std::collections::BTreeMap<String, Tensor>,
+);
 
 fn load_resume(dir: &Path, cfg: &TrainConfig) -> Result<Resumed> {
     let sp = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, format!("cannot resume: {e}")))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
-    let same = TrainConfig { epochs: cfg.epochs, ..state.config.clone() };
+    let text = std::fs::read_to_string(&sp)
+        .map_err(|e| Error::file(&sp, format!("cannot resume: {e}")))?;
+    let state: TrainState =
+        serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let same = TrainConfig {
+        epochs: cfg.epochs,
+        ..state.config.clone()
+    };
     if &same != cfg {
         return Err(Error::file(&sp, "cannot resume: the training options differ from the checkpoint's (only --epochs may change)"));
     }
     let model = checkpoint::load(dir)?;
     let opt = checkpoint::load_tensors(&dir.join(OPT_FILE))?;
-    Ok((model, TrainState { config: cfg.clone(), ..state }, opt))
+    Ok((
+        model,
+        TrainState {
+            config: cfg.clone(),
+            ..state
+        },
+        opt,
+    ))
 }
 
 /// One optimizer step on batch (`x`, `y`): forward in train mode, cross-entropy plus the
@@ -281,7 +344,9 @@ pub fn train_step(
     let ce = candle_nn::loss::cross_entropy(&out.output, y)?;
     let lv = ce.to_scalar::<f32>()? as f64;
     if !lv.is_finite() {
-        return Err(Error::Train(format!("loss became {lv}; lower the learning rate")));
+        return Err(Error::Train(format!(
+            "loss became {lv}; lower the learning rate"
+        )));
     }
     let loss = match hooks.regularizer(params)? {
         Some(r) => (&ce + r)?,
@@ -298,5 +363,8 @@ pub fn train_step(
 pub fn prepare(model: &Model, cfg: &OptimizerConfig) -> Result<(ParamStore, Optimizer)> {
     let names = trainable_names(&model.graph);
     let (params, vars) = model.params.with_vars(&names)?;
-    Ok((params, Optimizer::new(cfg.clone(), vars, decay_names(model))))
+    Ok((
+        params,
+        Optimizer::new(cfg.clone(), vars, decay_names(model)),
+    ))
 }

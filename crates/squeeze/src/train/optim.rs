@@ -13,8 +13,19 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerConfig {
-    Sgd { lr: f64, momentum: f64, weight_decay: f64, nesterov: bool },
-    Adamw { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: bool,
+    },
+    Adamw {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
 }
 
 impl OptimizerConfig {
@@ -39,7 +50,14 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, vars: Vec<(String, Var)>, decay: HashSet<String>) -> Self {
-        Optimizer { cfg, vars, decay, m: BTreeMap::new(), v: BTreeMap::new(), step: 0 }
+        Optimizer {
+            cfg,
+            vars,
+            decay,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+            step: 0,
+        }
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -50,15 +68,27 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         for (name, var) in &self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             // gradients can carry autograd history; state built from them must not, or every
             // step's graph stays alive through the momentum buffers
             let g = &g.detach();
             let w = &var.as_tensor().detach();
-            let wd = if self.decay.contains(name) { self.weight_decay() } else { 0.0 };
+            let wd = if self.decay.contains(name) {
+                self.weight_decay()
+            } else {
+                0.0
+            };
             let new = match self.cfg {
-                OptimizerConfig::Sgd { momentum, nesterov, .. } => {
-                    let g = if wd > 0.0 { (g + (w * wd)?)? } else { g.clone() };
+                OptimizerConfig::Sgd {
+                    momentum, nesterov, ..
+                } => {
+                    let g = if wd > 0.0 {
+                        (g + (w * wd)?)?
+                    } else {
+                        g.clone()
+                    };
                     let d = if momentum > 0.0 {
                         let buf = match self.m.get(name) {
                             Some(b) => ((b * momentum)? + &g)?,
@@ -75,7 +105,9 @@ impl Optimizer {
                     };
                     (w - (d * lr)?)?
                 }
-                OptimizerConfig::Adamw { beta1, beta2, eps, .. } => {
+                OptimizerConfig::Adamw {
+                    beta1, beta2, eps, ..
+                } => {
                     let m = match self.m.get(name) {
                         Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
                         None => (g * (1.0 - beta1))?,
@@ -100,7 +132,8 @@ impl Optimizer {
 
     fn weight_decay(&self) -> f64 {
         match self.cfg {
-            OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::Adamw { weight_decay, .. } => weight_decay,
+            OptimizerConfig::Sgd { weight_decay, .. }
+            | OptimizerConfig::Adamw { weight_decay, .. } => weight_decay,
         }
     }
 
@@ -119,7 +152,9 @@ impl Optimizer {
     /// Restores state saved by [`Optimizer::state`].
     pub fn load_state(&mut self, state: BTreeMap<String, Tensor>, step: u64) -> Result<()> {
         for (k, t) in state {
-            let (kind, name) = k.split_once('.').ok_or_else(|| Error::Train(format!("bad optimizer key `{k}`")))?;
+            let (kind, name) = k
+                .split_once('.')
+                .ok_or_else(|| Error::Train(format!("bad optimizer key `{k}`")))?;
             match kind {
                 "m" => self.m.insert(name.to_string(), t),
                 "v" => self.v.insert(name.to_string(), t),

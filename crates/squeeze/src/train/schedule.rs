@@ -7,9 +7,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
-    Constant { warmup_epochs: f64 },
-    Cosine { warmup_epochs: f64 },
-    Step { warmup_epochs: f64, every_epochs: usize, gamma: f64 },
+    Constant {
+        warmup_epochs: f64,
+    },
+    Cosine {
+        warmup_epochs: f64,
+    },
+    Step {
+        warmup_epochs: f64,
+        every_epochs: usize,
+        gamma: f64,
+    },
 }
 
 impl Schedule {
@@ -30,7 +38,11 @@ impl Schedule {
                 let t = (step - warm) as f64 / span;
                 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
-            Schedule::Step { every_epochs, gamma, .. } => {
+            Schedule::Step {
+                every_epochs,
+                gamma,
+                ..
+            } => {
                 let epoch = step / per_epoch.max(1);
                 gamma.powi((epoch / (*every_epochs).max(1)) as i32)
             }
