@@ -2,20 +2,21 @@
 //! temporary directory renamed into place, never over the input) plus `report.json` with
 //! before/after metrics and each pass's label.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use squeeze::checkpoint;
-use squeeze::data::FashionMnist;
-use squeeze::eval::evaluate;
+use squeeze::formats::load_any;
 use squeeze::passes::{run_recipe, Recipe};
 
-use crate::{write_json, DataArg};
+use crate::evaluate::{eval_model, Task};
+use crate::outdir::{check_out, commit_dir, tmp_sibling};
+use crate::write_json;
 
 #[derive(Args)]
 pub struct CompressArgs {
-    /// Input model directory (never modified).
+    /// Input model directory (never modified): a squeeze checkpoint or a HF BERT directory.
     pub dir: PathBuf,
     /// TOML recipe: `[[passes]]` tables, each with a `type` (e.g. fold_batch_norm).
     #[arg(long)]
@@ -29,54 +30,32 @@ pub struct CompressArgs {
     /// Timed repetitions for the speed metrics (0 skips timing).
     #[arg(long, default_value_t = 10)]
     pub speed_runs: usize,
-    #[command(flatten)]
-    pub data: DataArg,
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
+    /// Evaluation data: the Fashion-MNIST directory for image models, the STS-B file for
+    /// text encoders (defaults as for `squeeze eval`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 pub fn run(a: CompressArgs) -> Result<()> {
-    if same_dir(&a.dir, &a.out) {
-        bail!(
-            "--out {} is the input model's directory; squeeze never overwrites its input",
-            a.out.display()
-        );
-    }
-    if a.out.join(checkpoint::GRAPH_FILE).exists() && !a.force {
-        bail!(
-            "{} already holds a model; pass --force to replace it",
-            a.out.display()
-        );
-    }
+    check_out(&a.dir, &a.out, a.force)?;
     let recipe = Recipe::load(&a.recipe)?;
-    let model =
-        checkpoint::load(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let data = FashionMnist::load(&a.data.data)?;
-    let before = evaluate(&a.dir, &model, Some(&data.test), a.speed_runs)?;
+    let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
+    let data = a.data.as_deref();
+    let before = eval_model(&a.dir, &model, Task::Auto, data, a.speed_runs)?;
     let (compressed, passes) = run_recipe(model, &recipe)?;
     for p in &passes {
         eprintln!("{}: {}", p.pass, p.label);
     }
     let tmp = tmp_sibling(&a.out)?;
     checkpoint::save(&compressed, &tmp)?;
-    let after = evaluate(&tmp, &compressed, Some(&data.test), a.speed_runs)?;
+    let after = eval_model(&tmp, &compressed, Task::Auto, data, a.speed_runs)?;
     let report = serde_json::json!({
         "input": a.dir, "recipe": recipe, "passes": passes, "before": before, "after": after,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     write_json(&tmp.join("report.json"), &report)?;
     write_json(&tmp.join("metrics.json"), &after)?;
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out)
-            .with_context(|| format!("removing old {}", a.out.display()))?;
-    }
-    std::fs::rename(&tmp, &a.out)
-        .with_context(|| format!("moving result into {}", a.out.display()))?;
+    commit_dir(&tmp, &a.out)?;
     println!(
         "{}",
         crate::evaluate::table(&[
@@ -85,21 +64,4 @@ pub fn run(a: CompressArgs) -> Result<()> {
         ])
     );
     Ok(())
-}
-
-fn tmp_sibling(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "out".into());
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    Ok(tmp)
 }

@@ -64,7 +64,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             out: out.clone(),
             force: true,
             speed_runs: 10,
-            data: a.data.clone(),
+            data: Some(a.data.data.clone()),
         })?;
         rows.push((
             format!("cnn + {name}"),

@@ -1,12 +1,16 @@
 //! The `squeeze` command-line program: train zoo models on Fashion-MNIST, evaluate them
-//! (accuracy + cost as JSON), compress them with a recipe, compare them side by side, run
+//! and pretrained text encoders (quality + cost as JSON), embed text, export to Hugging
+//! Face format, compress with a recipe, compare them side by side, run
 //! the benchmarks and the end-to-end demo. Errors are reported with `anyhow` context that
 //! names the file or option at fault.
 
 mod bench;
 mod compress;
 mod demo;
+mod embed;
 mod evaluate;
+mod export;
+mod outdir;
 mod train;
 
 use std::path::PathBuf;
@@ -28,8 +32,13 @@ struct Cli {
 enum Cmd {
     /// Train a zoo architecture on Fashion-MNIST (checkpoint each epoch; --resume continues).
     Train(train::TrainArgs),
-    /// Evaluate a model directory: accuracy and cost (params, FLOPs, size, latency, memory).
+    /// Evaluate a model directory: quality (Fashion-MNIST accuracy or STS-B correlation) and
+    /// cost (params, FLOPs, size, latency, memory).
     Eval(evaluate::EvalArgs),
+    /// Embed a text file (one sentence per line) with a text encoder → .npy or .jsonl.
+    Embed(embed::EmbedArgs),
+    /// Write a model as a Hugging Face / sentence-transformers directory or natively.
+    Export(export::ExportArgs),
     /// Apply a TOML recipe of passes to a model; writes the new model and report.json.
     Compress(compress::CompressArgs),
     /// Print a side-by-side Markdown table of model directories.
@@ -46,6 +55,8 @@ fn main() {
         Cmd::Train(a) => train::run(a),
         Cmd::Eval(a) => evaluate::run_eval(a),
         Cmd::Compress(a) => compress::run(a),
+        Cmd::Embed(a) => embed::run(a),
+        Cmd::Export(a) => export::run(a),
         Cmd::Report(a) => evaluate::run_report(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),

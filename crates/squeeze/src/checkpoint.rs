@@ -1,5 +1,6 @@
 //! Native checkpoints: a directory holding `model.json` (the [`Graph`], typed, versioned,
-//! unknown fields rejected) and `model.safetensors` (the [`ParamStore`]). Loading asserts
+//! unknown fields rejected) and `model.safetensors` (the [`ParamStore`]), plus, for text
+//! encoders, the tokenizer files carried verbatim ([`TEXT_ASSETS`]). Loading asserts
 //! every tensor's shape and names the offending file or tensor; saving writes temporary
 //! files and renames them, so an interrupted save never leaves a half-written model.
 
@@ -15,14 +16,34 @@ use crate::params::ParamStore;
 pub const GRAPH_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// A model as it lives on disk and in memory: graph + parameters.
+/// Files a text encoder carries beside its weights, copied verbatim on save and export.
+pub const TEXT_ASSETS: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentence_bert_config.json",
+];
+
+/// A model as it lives on disk and in memory: graph + parameters (+ verbatim assets such
+/// as the tokenizer of a text encoder, by file name).
 #[derive(Debug, Clone)]
 pub struct Model {
     pub graph: Graph,
     pub params: ParamStore,
+    pub assets: BTreeMap<String, Vec<u8>>,
 }
 
 impl Model {
+    /// A model without assets.
+    pub fn new(graph: Graph, params: ParamStore) -> Self {
+        Model {
+            graph,
+            params,
+            assets: BTreeMap::new(),
+        }
+    }
+
     /// Runs the full consistency check (graph structure, shapes, store contents).
     pub fn check(&self) -> Result<()> {
         self.graph.validate()?;
@@ -69,6 +90,9 @@ pub fn save(model: &Model, dir: &Path) -> Result<()> {
     model.check()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     save_tensors(&dir.join(WEIGHTS_FILE), model.params.map())?;
+    for (name, bytes) in &model.assets {
+        write_atomic(&dir.join(name), bytes)?;
+    }
     let json = serde_json::to_vec_pretty(&model.graph)
         .map_err(|e| Error::Graph(format!("cannot serialize graph: {e}")))?;
     write_atomic(&dir.join(GRAPH_FILE), &json)
@@ -94,13 +118,40 @@ pub fn load(dir: &Path) -> Result<Model> {
     params
         .check(&graph)
         .map_err(|e| Error::file(&wpath, e.to_string()))?;
-    Ok(Model { graph, params })
+    let assets = read_assets(dir)?;
+    Ok(Model {
+        graph,
+        params,
+        assets,
+    })
 }
 
-/// Total bytes of the checkpoint's files on disk.
+/// Reads whichever of [`TEXT_ASSETS`] exist in `dir`.
+pub fn read_assets(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for name in TEXT_ASSETS {
+        let p = dir.join(name);
+        if p.is_file() {
+            out.insert(
+                name.to_string(),
+                std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Total bytes of the model's description and weights on disk (a native checkpoint's
+/// `model.json` + `model.safetensors`, or a HF directory's `config.json` +
+/// `model.safetensors`; tokenizer files are not counted).
 pub fn size_on_disk(dir: &Path) -> Result<u64> {
     let mut n = 0;
-    for f in [GRAPH_FILE, WEIGHTS_FILE] {
+    let desc = if dir.join(GRAPH_FILE).exists() {
+        GRAPH_FILE
+    } else {
+        "config.json"
+    };
+    for f in [desc, WEIGHTS_FILE] {
         let p = dir.join(f);
         n += std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{infer_shapes, Graph, Op, INPUT};
+use crate::graph::{infer_shapes, Graph, Op, INPUT, MASK};
 
 /// What a member tensor does with the group's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,9 +141,13 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     let shapes = infer_shapes(g)?;
     let mut sp = Spaces::default();
     let mut desc: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
-    let inp = sp.add(g.input_shape[0], None);
+    let width = if g.is_text() { 1 } else { g.input_shape[0] };
+    let inp = sp.add(width, None);
     sp.pin(inp, "model input");
     desc.insert(INPUT.into(), vec![Seg { space: inp, per: 1 }]);
+    if g.is_text() {
+        desc.insert(MASK.into(), vec![Seg { space: inp, per: 1 }]);
+    }
     for n in &g.nodes {
         let ins: Vec<Vec<Seg>> = n.inputs.iter().map(|i| desc[i].clone()).collect();
         let x = ins[0].clone();
@@ -205,6 +209,23 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
                 x
             }
             Op::Concat => ins.concat(),
+            Op::Gelu | Op::MeanPool => x,
+            Op::Embedding { dim, .. } => {
+                let o = new_space(&mut sp, &n.name, *dim, false);
+                sp.pin(o[0].space, "embedding table (hidden width)");
+                o
+            }
+            Op::LayerNorm { .. } | Op::L2Normalize => {
+                x.iter()
+                    .for_each(|s| sp.pin(s.space, "normalization across the channel axis"));
+                x
+            }
+            Op::Attention { .. } => {
+                for s in ins[..3].concat() {
+                    sp.pin(s.space, "attention core (prune whole heads instead)");
+                }
+                ins[2].clone()
+            }
         };
         desc.insert(n.name.clone(), out);
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Model};
 use crate::data::ImageSet;
 use crate::error::Result;
-use crate::graph::{infer_shapes, Graph, Op};
+use crate::graph::{infer_shapes_at, Graph, Op};
 use crate::interp::predict;
 use crate::params::ParamStore;
 
@@ -28,7 +28,22 @@ pub struct Metrics {
     pub latency_ms_b1: Option<f64>,
     pub throughput_b256: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// Text encoders: sequence length at which `macs`/`flops` are counted (per sentence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    /// Text encoders: STS-B Spearman ×100 of cosine similarity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
+    /// Text encoders: STS-B Pearson ×100 of cosine similarity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pearson: Option<f64>,
+    /// Text encoders: sentences/s embedding real sentences 32 at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_b32: Option<f64>,
 }
+
+/// Sequence length at which a text encoder's MACs are reported (BERT papers' usual 128).
+pub const TEXT_COST_SEQ: usize = 128;
 
 /// Cost of one node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,18 +54,19 @@ pub struct NodeCost {
     pub macs: u64,
 }
 
-/// Multiply-accumulates per sample of every node (element-wise ops count as 0 MACs).
+/// Multiply-accumulates per sample of every node (element-wise ops count as 0 MACs; text
+/// encoders at [`TEXT_COST_SEQ`] tokens).
 pub fn node_costs(g: &Graph, p: &ParamStore) -> Result<Vec<NodeCost>> {
-    let shapes = infer_shapes(g)?;
+    let shapes = infer_shapes_at(g, TEXT_COST_SEQ)?;
     let mut out = Vec::new();
     for n in &g.nodes {
         let o = &shapes[&n.name];
         let macs = match &n.op {
-            Op::Linear {
-                in_features,
-                out_features,
-                ..
-            } => (in_features * out_features) as u64,
+            Op::Linear { in_features, .. } => (o.iter().product::<usize>() * in_features) as u64,
+            Op::Attention { heads, head_dim } => {
+                // q·kᵀ and probs·v: 2 · L · L · heads · head_dim
+                (2 * o[0] * o[0] * heads * head_dim) as u64
+            }
             Op::Conv2d {
                 in_channels,
                 kernel,
@@ -62,9 +78,12 @@ pub fn node_costs(g: &Graph, p: &ParamStore) -> Result<Vec<NodeCost>> {
             }
             _ => 0,
         };
-        let params = p.count(|k| {
-            k.strip_prefix(&n.name).is_some_and(|r| r.starts_with('.')) && !is_buffer(k)
-        });
+        let params =
+            n.op.trainable()
+                .iter()
+                .filter_map(|t| p.get(&format!("{}.{t}", n.name)).ok())
+                .map(|t| t.elem_count())
+                .sum();
         out.push(NodeCost {
             node: n.name.clone(),
             kind: n.op.kind().into(),
@@ -90,6 +109,7 @@ pub fn static_cost(model: &Model) -> Result<Metrics> {
         nonzero_params: model.params.count_nonzero(|k| !is_buffer(k))?,
         macs,
         flops: 2 * macs,
+        seq_len: model.graph.is_text().then_some(TEXT_COST_SEQ),
         ..Metrics::default()
     })
 }
@@ -169,6 +189,39 @@ pub fn evaluate(
         let (l, t) = speed(model, speed_runs)?;
         m.latency_ms_b1 = Some(l);
         m.throughput_b256 = Some(t);
+    }
+    m.peak_rss_bytes = peak_rss_bytes();
+    Ok(m)
+}
+
+/// Full evaluation of a text encoder: STS-B Spearman/Pearson on `pairs` (if given), static
+/// cost, size on disk, batch-1 latency over the first `speed_sentences` sentences of the
+/// pairs (tokenization included) and batch-32 throughput over all their sentences, and
+/// peak memory.
+pub fn evaluate_text(
+    dir: &Path,
+    model: &Model,
+    pairs: &[crate::text::stsb::Pair],
+    score: bool,
+    speed_sentences: usize,
+) -> Result<Metrics> {
+    let enc = crate::text::Encoder::new(model)?;
+    let mut m = static_cost(model)?;
+    m.size_bytes = Some(checkpoint::size_on_disk(dir)?);
+    reset_peak_rss();
+    if score {
+        let (s, p) = enc.stsb(pairs, 32, true)?;
+        m.spearman = Some(s);
+        m.pearson = Some(p);
+    }
+    if speed_sentences > 0 {
+        let mut texts: Vec<&str> = Vec::new();
+        for p in pairs {
+            texts.push(&p.a);
+            texts.push(&p.b);
+        }
+        m.latency_ms_b1 = Some(enc.latency_b1(&texts[..speed_sentences.min(texts.len())])?);
+        m.throughput_b32 = Some(enc.throughput(&texts, 32)?);
     }
     m.peak_rss_bytes = peak_rss_bytes();
     Ok(m)

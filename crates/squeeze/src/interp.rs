@@ -10,8 +10,8 @@ use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Node, Op, INPUT};
-use crate::ops::{act, batchnorm, conv, pool};
+use crate::graph::{Graph, Lookup, Node, Op, INPUT, MASK};
+use crate::ops::{act, batchnorm, conv, pool, text};
 use crate::params::ParamStore;
 
 /// Options of one forward pass.
@@ -66,8 +66,13 @@ fn last_uses(g: &Graph) -> HashMap<&str, usize> {
     last
 }
 
-/// Runs `g` on a batch `x` of shape [N, ...input_shape].
+/// Runs a dense-input graph `g` on a batch `x` of shape [N, ...input_shape].
 pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Result<ForwardOut> {
+    if g.is_text() {
+        return Err(Error::Graph(
+            "this model reads token ids and a mask; use forward_tokens".into(),
+        ));
+    }
     if x.dims().len() != g.input_shape.len() + 1 || x.dims()[1..] != g.input_shape[..] {
         return Err(Error::Graph(format!(
             "input batch has shape {:?}, the model expects [N, {:?}]",
@@ -75,9 +80,43 @@ pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Res
             g.input_shape
         )));
     }
+    run_graph(g, p, vec![(INPUT, x.clone())], opts)
+}
+
+/// Runs a token graph on token ids `ids` [N, L] (u32) and `mask` [N, L] (1 = token).
+pub fn forward_tokens(
+    g: &Graph,
+    p: &ParamStore,
+    ids: &Tensor,
+    mask: &Tensor,
+    opts: &ForwardOpts,
+) -> Result<ForwardOut> {
+    if !g.is_text() {
+        return Err(Error::Graph("this model does not read token ids".into()));
+    }
+    if ids.rank() != 2 || ids.dims() != mask.dims() || ids.dtype() != DType::U32 {
+        return Err(Error::Graph(format!(
+            "token ids must be u32 [N, L] and the mask the same shape; got {:?} {:?} and {:?}",
+            ids.dtype(),
+            ids.dims(),
+            mask.dims()
+        )));
+    }
+    run_graph(g, p, vec![(INPUT, ids.clone()), (MASK, mask.clone())], opts)
+}
+
+fn run_graph(
+    g: &Graph,
+    p: &ParamStore,
+    inputs: Vec<(&str, Tensor)>,
+    opts: &ForwardOpts,
+) -> Result<ForwardOut> {
     let last = last_uses(g);
+    let x = inputs[0].1.clone();
     let mut vals: HashMap<String, Tensor> = HashMap::new();
-    vals.insert(INPUT.to_string(), x.clone());
+    for (name, t) in inputs {
+        vals.insert(name.to_string(), t);
+    }
     let mut out = ForwardOut {
         output: x.clone(),
         taps: HashMap::new(),
@@ -195,13 +234,12 @@ fn run_node(
     let x = &ins[0];
     Ok(match &node.op {
         Op::Linear { bias, .. } => {
-            let w = param(p, node, "weight")?;
-            let y = x.matmul(&w.t()?)?; // [N,in]·[in,out] → [N,out]
-            if *bias {
-                y.broadcast_add(param(p, node, "bias")?)?
+            let b = if *bias {
+                Some(param(p, node, "bias")?)
             } else {
-                y
-            }
+                None
+            };
+            linear(x, param(p, node, "weight")?, b)?
         }
         Op::Conv2d {
             stride,
@@ -254,7 +292,40 @@ fn run_node(
                 x.clone()
             }
         }
+        Op::Embedding { lookup, .. } => {
+            let table = param(p, node, "weight")?;
+            let (n, l) = x.dims2()?;
+            match lookup {
+                Lookup::Tokens => text::lookup(table, x)?,
+                Lookup::Positions => text::positions(table, n, l)?,
+                Lookup::Segments => text::positions(&table.narrow(0, 0, 1)?, n, 1)?
+                    .broadcast_as((n, l, table.dim(1)?))?,
+            }
+        }
+        Op::LayerNorm { eps, .. } => {
+            text::layer_norm(x, param(p, node, "weight")?, param(p, node, "bias")?, *eps)?
+        }
+        Op::Gelu => text::gelu(x)?,
+        Op::Attention { heads, head_dim } => {
+            text::attention(x, &ins[1], &ins[2], &ins[3], *heads, *head_dim)?
+        }
+        Op::MeanPool => text::mean_pool(x, &ins[1])?,
+        Op::L2Normalize => text::l2_normalize(x)?,
     })
+}
+
+/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("rank ≥ 1") = w.dim(0)?;
+    Ok(y.reshape(out)?)
 }
 
 /// Inverted dropout with a seeded mask (so a resumed run draws the same masks).

@@ -17,11 +17,13 @@ pub mod coupling;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod graph;
 pub mod interp;
 pub mod ops;
 pub mod params;
 pub mod passes;
+pub mod text;
 pub mod train;
 pub mod zoo;
 

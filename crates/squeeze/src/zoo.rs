@@ -33,6 +33,16 @@ pub struct ZooOpts {
     pub depth: Option<usize>,
 }
 
+/// `n` draws from N(0, std²) (Box–Muller), from a seeded generator.
+pub(crate) fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        })
+        .collect()
+}
+
 /// Graph + parameter builder with seeded initialization.
 struct Builder {
     g: Graph,
@@ -50,13 +60,7 @@ impl Builder {
     }
 
     fn normal(&mut self, n: usize, std: f64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                // Box–Muller
-                let (u1, u2): (f64, f64) = (self.rng.random::<f64>().max(1e-12), self.rng.random());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-            })
-            .collect()
+        normal(&mut self.rng, n, std)
     }
 
     fn uniform(&mut self, n: usize, bound: f64) -> Vec<f32> {
@@ -159,10 +163,7 @@ impl Builder {
     }
 
     fn finish(self) -> Result<Model> {
-        let m = Model {
-            graph: self.g,
-            params: self.p,
-        };
+        let m = Model::new(self.g, self.p);
         m.check()?;
         Ok(m)
     }

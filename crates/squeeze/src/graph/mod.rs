@@ -6,7 +6,7 @@
 
 mod shape;
 
-pub use shape::{infer_shapes, param_shapes};
+pub use shape::{infer_shapes, infer_shapes_at, param_shapes, NOMINAL_SEQ};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +15,41 @@ use crate::error::{Error, Result};
 /// Version written into `model.json`; loading refuses other versions.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Name by which nodes refer to the graph's input tensor.
+/// Name by which nodes refer to the graph's input tensor (token ids in a token graph).
 pub const INPUT: &str = "input";
+
+/// Name by which nodes of a token graph refer to the attention mask ([N, L], 1 = token,
+/// 0 = padding).
+pub const MASK: &str = "mask";
+
+/// What a graph reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// A float tensor [N, ...input_shape] (images).
+    #[default]
+    Dense,
+    /// Token ids [N, L] (u32) plus the attention mask [N, L]; L varies per batch.
+    Tokens,
+}
+
+impl InputKind {
+    fn is_dense(&self) -> bool {
+        *self == InputKind::Dense
+    }
+}
+
+/// Which index an [`Op::Embedding`] looks its rows up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lookup {
+    /// The token ids of the input.
+    Tokens,
+    /// The positions 0..L (absolute position embeddings).
+    Positions,
+    /// Segment (token-type) id 0 for every token: single-sentence encoders.
+    Segments,
+}
 
 /// One layer. `inputs` name earlier nodes (or [`INPUT`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +110,30 @@ pub enum Op {
     Dropout {
         p: f64,
     },
+    /// Table lookup [L] → [L, dim]; param `weight` [num, dim].
+    Embedding {
+        num: usize,
+        dim: usize,
+        lookup: Lookup,
+    },
+    /// Layer normalization over the last axis; params `weight`, `bias` [dim].
+    LayerNorm {
+        dim: usize,
+        eps: f64,
+    },
+    /// GELU, erf form (as BERT uses).
+    Gelu,
+    /// Scaled dot-product attention core over `heads` heads of `head_dim`: inputs q, k, v
+    /// ([L, heads·head_dim] each, from ordinary Linear nodes) and the mask;
+    /// softmax(q·kᵀ/√head_dim + mask)·v.
+    Attention {
+        heads: usize,
+        head_dim: usize,
+    },
+    /// Mean of the hidden states over the unmasked tokens: inputs [L, d] and the mask → [d].
+    MeanPool,
+    /// Division by the L2 norm of the last axis.
+    L2Normalize,
 }
 
 impl Op {
@@ -90,7 +147,8 @@ impl Op {
                     vec!["weight"]
                 }
             }
-            Op::BatchNorm { .. } => vec!["weight", "bias"],
+            Op::BatchNorm { .. } | Op::LayerNorm { .. } => vec!["weight", "bias"],
+            Op::Embedding { .. } => vec!["weight"],
             _ => vec![],
         }
     }
@@ -117,6 +175,12 @@ impl Op {
             Op::Add => "add",
             Op::Concat => "concat",
             Op::Dropout { .. } => "dropout",
+            Op::Embedding { .. } => "embedding",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Gelu => "gelu",
+            Op::Attention { .. } => "attention",
+            Op::MeanPool => "mean_pool",
+            Op::L2Normalize => "l2_normalize",
         }
     }
 }
@@ -129,8 +193,11 @@ pub struct Graph {
     pub format_version: u32,
     /// Architecture label, e.g. `vgg`; informational.
     pub arch: String,
-    /// Per-sample input shape, e.g. `[1, 28, 28]`.
+    /// Per-sample input shape, e.g. `[1, 28, 28]`; empty for a token graph.
     pub input_shape: Vec<usize>,
+    /// Dense (default) or token input.
+    #[serde(default, skip_serializing_if = "InputKind::is_dense")]
+    pub input_kind: InputKind,
     pub nodes: Vec<Node>,
     pub output: String,
 }
@@ -142,9 +209,23 @@ impl Graph {
             format_version: FORMAT_VERSION,
             arch: arch.to_string(),
             input_shape: input_shape.to_vec(),
+            input_kind: InputKind::Dense,
             nodes: Vec::new(),
             output: INPUT.to_string(),
         }
+    }
+
+    /// An empty graph that reads token ids and an attention mask.
+    pub fn new_tokens(arch: &str) -> Self {
+        Graph {
+            input_kind: InputKind::Tokens,
+            ..Graph::new(arch, &[])
+        }
+    }
+
+    /// Whether the graph reads token ids (a text encoder).
+    pub fn is_text(&self) -> bool {
+        self.input_kind == InputKind::Tokens
     }
 
     /// Appends a node fed by `inputs` and makes it the output; returns its name.
@@ -187,6 +268,9 @@ impl Graph {
         }
         let mut seen = std::collections::HashSet::new();
         seen.insert(INPUT.to_string());
+        if self.is_text() {
+            seen.insert(MASK.to_string());
+        }
         for n in &self.nodes {
             for i in &n.inputs {
                 if !seen.contains(i) {
@@ -196,6 +280,7 @@ impl Graph {
                     )));
                 }
             }
+            check_reserved_inputs(self, n)?;
             if !seen.insert(n.name.clone()) {
                 return Err(Error::Graph(format!(
                     "node name `{}` is used twice",
@@ -225,4 +310,41 @@ impl Graph {
             self.output = new.to_string();
         }
     }
+}
+
+/// Token ids and the mask are graph inputs with fixed roles: embeddings read the ids, the
+/// attention core and mean pooling read the mask as their last input, and nothing else
+/// reads either.
+fn check_reserved_inputs(g: &Graph, n: &Node) -> Result<()> {
+    let bad = |what: &str| {
+        Err(Error::Graph(format!(
+            "node `{}` ({}): {what}",
+            n.name,
+            n.op.kind()
+        )))
+    };
+    let reads_mask_last = n.inputs.last().map(String::as_str) == Some(MASK);
+    let mask_elsewhere = n.inputs[..n.inputs.len().saturating_sub(1)]
+        .iter()
+        .any(|i| i == MASK);
+    match n.op {
+        Op::Embedding { .. } => {
+            if !g.is_text() || n.inputs != [INPUT] {
+                return bad("an embedding reads exactly the token ids (`input`) of a token graph");
+            }
+        }
+        Op::Attention { .. } | Op::MeanPool => {
+            if !reads_mask_last || mask_elsewhere {
+                return bad("the last input must be the attention `mask`");
+            }
+        }
+        _ => {
+            if g.is_text() && n.inputs.iter().any(|i| i == INPUT || i == MASK) {
+                return bad(
+                    "only embeddings read `input` and only attention/mean pooling read `mask`",
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,10 +1,11 @@
 //! Shape inference over a [`Graph`]: per-sample output shape of every node, and the shape
 //! every parameter must have. Used by the consistency check after each pass, by checkpoint
-//! loading (every tensor's shape is asserted) and by the cost model.
+//! loading (every tensor's shape is asserted) and by the cost model. Token graphs have a
+//! variable sequence length L; their shapes are inferred at a given L.
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Graph, Node, Op, INPUT};
+use super::{Graph, Node, Op, INPUT, MASK};
 use crate::error::{Error, Result};
 
 fn err(node: &Node, msg: String) -> Error {
@@ -39,10 +40,13 @@ fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>> {
             ..
         } => {
             let s = one(1)?;
-            if s.as_slice() != [*in_features] {
-                return Err(err(node, format!("input {s:?}, expected [{in_features}]")));
+            if s.last() != Some(in_features) {
+                return Err(err(
+                    node,
+                    format!("input {s:?}, expected [..., {in_features}]"),
+                ));
             }
-            Ok(vec![*out_features])
+            Ok(with_last(s, *out_features))
         }
         Op::Conv2d {
             in_channels,
@@ -125,13 +129,74 @@ fn node_shape(node: &Node, ins: &[&Vec<usize>]) -> Result<Vec<usize>> {
             out[0] = ins.iter().map(|s| s[0]).sum();
             Ok(out)
         }
+        Op::Embedding { dim, .. } => {
+            let s = one(1)?;
+            if s.len() != 1 {
+                return Err(err(node, format!("input {s:?}, expected token ids [L]")));
+            }
+            Ok(vec![s[0], *dim])
+        }
+        Op::LayerNorm { dim, .. } => {
+            let s = one(1)?;
+            if s.last() != Some(dim) {
+                return Err(err(node, format!("input {s:?}, expected [..., {dim}]")));
+            }
+            Ok(s.clone())
+        }
+        Op::Gelu | Op::L2Normalize => Ok(one(1)?.clone()),
+        Op::Attention { heads, head_dim } => attention_shape(node, ins, heads * head_dim),
+        Op::MeanPool => {
+            if ins.len() != 2 || ins[0].len() != 2 || ins[1].as_slice() != [ins[0][0]] {
+                return Err(err(
+                    node,
+                    format!("expects hidden [L, d] and mask [L], got {ins:?}"),
+                ));
+            }
+            Ok(vec![ins[0][1]])
+        }
     }
 }
 
-/// Per-sample output shape of every node, keyed by node name (plus [`INPUT`]).
+fn with_last(s: &[usize], last: usize) -> Vec<usize> {
+    let mut out = s.to_vec();
+    *out.last_mut().expect("checked non-empty") = last;
+    out
+}
+
+/// Attention reads q, k, v ([L, width] each) and the mask [L].
+fn attention_shape(node: &Node, ins: &[&Vec<usize>], width: usize) -> Result<Vec<usize>> {
+    let ok = ins.len() == 4
+        && ins[..3].iter().all(|s| s.len() == 2 && s[1] == width)
+        && ins[0][0] == ins[1][0]
+        && ins[1][0] == ins[2][0]
+        && ins[3].as_slice() == [ins[1][0]];
+    if !ok {
+        return Err(err(
+            node,
+            format!("expects q, k, v [L, {width}] and mask [L], got {ins:?}"),
+        ));
+    }
+    Ok(ins[0].clone())
+}
+
+/// Sequence length at which token graphs are checked when no length is given.
+pub const NOMINAL_SEQ: usize = 7;
+
+/// Per-sample output shape of every node, keyed by node name (plus [`INPUT`]); token graphs
+/// at [`NOMINAL_SEQ`].
 pub fn infer_shapes(g: &Graph) -> Result<HashMap<String, Vec<usize>>> {
+    infer_shapes_at(g, NOMINAL_SEQ)
+}
+
+/// Per-sample shapes with a token graph's sequence length set to `seq`.
+pub fn infer_shapes_at(g: &Graph, seq: usize) -> Result<HashMap<String, Vec<usize>>> {
     let mut shapes = HashMap::new();
-    shapes.insert(INPUT.to_string(), g.input_shape.clone());
+    if g.is_text() {
+        shapes.insert(INPUT.to_string(), vec![seq]);
+        shapes.insert(MASK.to_string(), vec![seq]);
+    } else {
+        shapes.insert(INPUT.to_string(), g.input_shape.clone());
+    }
     for node in &g.nodes {
         let ins = node
             .inputs
@@ -182,6 +247,13 @@ pub fn param_shapes(g: &Graph) -> BTreeMap<String, Vec<usize>> {
                 for s in ["weight", "bias", "running_mean", "running_var"] {
                     out.insert(p(s), vec![*channels]);
                 }
+            }
+            Op::LayerNorm { dim, .. } => {
+                out.insert(p("weight"), vec![*dim]);
+                out.insert(p("bias"), vec![*dim]);
+            }
+            Op::Embedding { num, dim, .. } => {
+                out.insert(p("weight"), vec![*num, *dim]);
             }
             _ => {}
         }

@@ -1,12 +1,14 @@
 //! Kernels the interpreter needs beyond candle's built-ins, each beside the plain
 //! reference it is tested against: a fused training-mode BatchNorm (Ioffe & Szegedy 2015)
 //! with a hand-written backward, and max pooling whose backward is correct (candle 0.11's
-//! `max_pool2d` backward scales gradients by 1/(k·k)).
+//! `max_pool2d` backward scales gradients by 1/(k·k)); and the transformer-encoder
+//! operations, composed from differentiable candle primitives.
 
 pub mod act;
 pub mod batchnorm;
 pub mod conv;
 pub mod pool;
+pub mod text;
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};
 

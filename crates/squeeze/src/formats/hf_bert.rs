@@ -1,0 +1,306 @@
+//! Hugging Face BERT directories (`config.json` + `model.safetensors`, optionally the
+//! sentence-transformers files `modules.json`, `1_Pooling/config.json`,
+//! `sentence_bert_config.json` and the tokenizer files) in and out of the squeeze graph.
+//! Import reads the config into a [`BertShape`] and takes the tensors by their HF names
+//! (the graph's node names are HF's), dropping `position_ids` and the unused `pooler`.
+//! Export writes the directory back so that the reference Python stack loads it unchanged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::checkpoint::{self, Model, TEXT_ASSETS};
+use crate::error::{Error, Result};
+use crate::graph::Op;
+use crate::params::ParamStore;
+use crate::text::bert::{self, BertShape, LayerShape};
+
+/// The fields of HF's `BertConfig` that fix the computation (others are ignored).
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: String,
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "gelu")]
+    hidden_act: String,
+    #[serde(default = "absolute")]
+    position_embedding_type: String,
+    #[serde(default)]
+    hidden_dropout_prob: f64,
+    #[serde(default)]
+    pruned_heads: BTreeMap<String, Vec<usize>>,
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+/// sentence-transformers' pooling config (`1_Pooling/config.json`).
+#[derive(Debug, Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
+}
+
+/// Whether `dir` looks like a HF model directory.
+pub fn is_hf_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file() && dir.join(checkpoint::WEIGHTS_FILE).is_file()
+}
+
+fn shape_of(dir: &Path) -> Result<BertShape> {
+    let cpath = dir.join("config.json");
+    let c: HfConfig = read_json(&cpath)?;
+    let unsupported = |what: String| Err(Error::file(&cpath, what));
+    if c.model_type != "bert" {
+        return unsupported(format!(
+            "model_type `{}`: only `bert` is supported",
+            c.model_type
+        ));
+    }
+    if c.hidden_act != "gelu" {
+        return unsupported(format!(
+            "hidden_act `{}`: only `gelu` (erf) is supported",
+            c.hidden_act
+        ));
+    }
+    if c.position_embedding_type != "absolute" {
+        return unsupported(format!(
+            "position_embedding_type `{}`: only `absolute` is supported",
+            c.position_embedding_type
+        ));
+    }
+    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        return unsupported("hidden_size must be a multiple of num_attention_heads".into());
+    }
+    let head_dim = c.hidden_size / c.num_attention_heads;
+    let layers = (0..c.num_hidden_layers)
+        .map(|i| {
+            let pruned = c.pruned_heads.get(&i.to_string()).map_or(0, |v| v.len());
+            LayerShape {
+                heads: c.num_attention_heads.saturating_sub(pruned),
+                head_dim,
+                intermediate: c.intermediate_size,
+            }
+        })
+        .collect();
+    Ok(BertShape {
+        vocab: c.vocab_size,
+        max_positions: c.max_position_embeddings,
+        segments: c.type_vocab_size,
+        hidden: c.hidden_size,
+        eps: c.layer_norm_eps,
+        dropout: c.hidden_dropout_prob,
+        layers,
+        normalize: has_normalize(dir)?,
+    })
+}
+
+/// sentence-transformers directories list a `Normalize` module in `modules.json`; mean
+/// pooling is required when a pooling config exists.
+fn has_normalize(dir: &Path) -> Result<bool> {
+    let ppath = dir.join("1_Pooling/config.json");
+    if ppath.is_file() {
+        let p: PoolingConfig = read_json(&ppath)?;
+        let others = p.pooling_mode_cls_token
+            || p.pooling_mode_max_tokens
+            || p.pooling_mode_mean_sqrt_len_tokens;
+        if !p.pooling_mode_mean_tokens || others {
+            return Err(Error::file(
+                &ppath,
+                "only mean pooling (pooling_mode_mean_tokens alone) is supported",
+            ));
+        }
+    }
+    let mpath = dir.join("modules.json");
+    if !mpath.is_file() {
+        return Ok(false);
+    }
+    let modules: Vec<serde_json::Value> = read_json(&mpath)?;
+    Ok(modules.iter().any(|m| {
+        m.get("type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t.ends_with(".Normalize"))
+    }))
+}
+
+/// Imports a HF BERT directory (sentence-transformers layout or plain `BertModel`).
+pub fn import(dir: &Path) -> Result<Model> {
+    let shape = shape_of(dir)?;
+    let graph = bert::build_graph(&shape);
+    let wpath = dir.join(checkpoint::WEIGHTS_FILE);
+    let mut tensors = checkpoint::load_tensors(&wpath)?;
+    let expected = crate::graph::param_shapes(&graph);
+    let mut params = ParamStore::new();
+    for name in expected.keys() {
+        // plain BERT checkpoints saved from BertForX prefix every name with `bert.`
+        let t = tensors
+            .remove(name)
+            .or_else(|| tensors.remove(&format!("bert.{name}")))
+            .ok_or_else(|| Error::file(&wpath, format!("tensor `{name}` is missing")))?;
+        params.insert(name.clone(), t.to_dtype(candle_core::DType::F32)?);
+    }
+    params
+        .check(&graph)
+        .map_err(|e| Error::file(&wpath, e.to_string()))?;
+    let assets = checkpoint::read_assets(dir)?;
+    Ok(Model {
+        graph,
+        params,
+        assets,
+    })
+}
+
+/// Why `model` cannot be written as a HF `BertConfig`, if it cannot: every layer must
+/// have the same FFN width and head size (whole pruned heads can be expressed with
+/// `pruned_heads`, uneven FFN widths cannot).
+pub fn export_blocker(model: &Model) -> Option<String> {
+    let layers = bert::layer_shapes(&model.graph);
+    if model.graph.arch != "bert" || layers.is_empty() {
+        return Some("the model is not a BERT encoder".into());
+    }
+    let l0 = layers[0];
+    if layers.iter().any(|l| l.intermediate != l0.intermediate) {
+        let w: Vec<usize> = layers.iter().map(|l| l.intermediate).collect();
+        return Some(format!(
+            "FFN widths differ per layer ({w:?}); HF's BertConfig has one intermediate_size"
+        ));
+    }
+    if layers.iter().any(|l| l.head_dim != l0.head_dim) {
+        return Some("head sizes differ per layer; HF's BertConfig has one head size".into());
+    }
+    None
+}
+
+/// Writes `model` as a HF / sentence-transformers directory at `out` (which must not
+/// exist yet or be empty of a model): `config.json`, `model.safetensors`, pooling and
+/// module configs, and the tokenizer files the model carries.
+pub fn export(model: &Model, out: &Path) -> Result<()> {
+    if let Some(why) = export_blocker(model) {
+        return Err(Error::Data(format!("cannot export as HF BERT: {why}")));
+    }
+    let layers = bert::layer_shapes(&model.graph);
+    let hidden = hidden_size(model)?;
+    let head_dim = layers[0].head_dim;
+    let full_heads = hidden / head_dim;
+    let mut pruned = serde_json::Map::new();
+    for (i, l) in layers.iter().enumerate() {
+        if l.heads < full_heads {
+            // HF only needs how many heads are gone; which original indices is bookkeeping
+            pruned.insert(
+                i.to_string(),
+                json!((l.heads..full_heads).collect::<Vec<_>>()),
+            );
+        }
+    }
+    let table = |name: &str| -> Result<usize> { Ok(model.params.get(name)?.dim(0)?) };
+    let config = json!({
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": table("embeddings.word_embeddings.weight")?,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers.len(),
+        "num_attention_heads": full_heads,
+        "intermediate_size": layers[0].intermediate,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": table("embeddings.position_embeddings.weight")?,
+        "type_vocab_size": table("embeddings.token_type_embeddings.weight")?,
+        "initializer_range": 0.02,
+        "layer_norm_eps": layer_norm_eps(model),
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "pruned_heads": pruned,
+    });
+    std::fs::create_dir_all(out.join("1_Pooling")).map_err(|e| Error::io(out, e))?;
+    write_json(&out.join("config.json"), &config)?;
+    checkpoint::save_tensors(&out.join(checkpoint::WEIGHTS_FILE), model.params.map())?;
+    write_json(&out.join("1_Pooling/config.json"), &pooling_config(hidden))?;
+    write_json(&out.join("modules.json"), &modules(model))?;
+    for name in TEXT_ASSETS {
+        if let Some(bytes) = model.assets.get(*name) {
+            checkpoint::write_atomic(&out.join(name), bytes)?;
+        }
+    }
+    Ok(())
+}
+
+fn hidden_size(model: &Model) -> Result<usize> {
+    Ok(model
+        .params
+        .get("embeddings.word_embeddings.weight")?
+        .dim(1)?)
+}
+
+fn layer_norm_eps(model: &Model) -> f64 {
+    model
+        .graph
+        .nodes
+        .iter()
+        .find_map(|n| match n.op {
+            Op::LayerNorm { eps, .. } => Some(eps),
+            _ => None,
+        })
+        .unwrap_or(1e-12)
+}
+
+fn pooling_config(hidden: usize) -> serde_json::Value {
+    json!({
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": false,
+        "pooling_mode_mean_tokens": true,
+        "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false
+    })
+}
+
+fn modules(model: &Model) -> serde_json::Value {
+    let mut m = vec![
+        json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+        json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    if model
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::L2Normalize))
+    {
+        m.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+    }
+    serde_json::Value::Array(m)
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::file(path, e.to_string()))?;
+    checkpoint::write_atomic(path, &bytes)
+}

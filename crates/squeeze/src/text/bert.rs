@@ -1,0 +1,197 @@
+//! The BERT encoder (Devlin et al. 2019) as a squeeze graph: embeddings (tokens + absolute
+//! positions + segment 0) → LayerNorm → N × [self-attention block, feed-forward block],
+//! each post-LayerNorm with a residual, → masked mean pooling (→ L2 normalization for
+//! sentence-transformers models). Node names follow HF's parameter names, so a HF
+//! checkpoint's tensors are this graph's parameters as they are. Widths are per layer
+//! ([`LayerShape`]), because head and FFN pruning make them uneven.
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Model;
+use crate::error::Result;
+use crate::graph::{Graph, Lookup, Op, INPUT, MASK};
+use crate::params::ParamStore;
+
+/// Widths of one encoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+}
+
+/// Everything that fixes a BERT graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertShape {
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub segments: usize,
+    pub hidden: usize,
+    pub eps: f64,
+    pub dropout: f64,
+    pub layers: Vec<LayerShape>,
+    /// Append L2 normalization after mean pooling (sentence-transformers `Normalize`).
+    pub normalize: bool,
+}
+
+/// Name prefix of encoder layer `i`.
+pub fn layer_prefix(i: usize) -> String {
+    format!("encoder.layer.{i}")
+}
+
+/// Builds the graph of `s`.
+pub fn build_graph(s: &BertShape) -> Graph {
+    let mut g = Graph::new_tokens("bert");
+    let h = s.hidden;
+    let emb = |num, lookup| Op::Embedding {
+        num,
+        dim: h,
+        lookup,
+    };
+    g.push(
+        "embeddings.word_embeddings",
+        emb(s.vocab, Lookup::Tokens),
+        &[INPUT],
+    );
+    let pos = emb(s.max_positions, Lookup::Positions);
+    g.push("embeddings.position_embeddings", pos, &[INPUT]);
+    let seg = emb(s.segments, Lookup::Segments);
+    g.push("embeddings.token_type_embeddings", seg, &[INPUT]);
+    g.push(
+        "embeddings.sum",
+        Op::Add,
+        &[
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+        ],
+    );
+    let ln = |eps| Op::LayerNorm { dim: h, eps };
+    g.push("embeddings.LayerNorm", ln(s.eps), &["embeddings.sum"]);
+    let mut x = g.push(
+        "embeddings.dropout",
+        Op::Dropout { p: s.dropout },
+        &["embeddings.LayerNorm"],
+    );
+    for (i, l) in s.layers.iter().enumerate() {
+        x = push_layer(&mut g, &layer_prefix(i), &x, h, l, s);
+    }
+    let pooled = g.push("pooling", Op::MeanPool, &[&x, MASK]);
+    if s.normalize {
+        g.push("normalize", Op::L2Normalize, &[&pooled]);
+    }
+    g
+}
+
+fn linear(i: usize, o: usize) -> Op {
+    Op::Linear {
+        in_features: i,
+        out_features: o,
+        bias: true,
+    }
+}
+
+/// One post-LN encoder layer reading `x`; returns its output node.
+fn push_layer(g: &mut Graph, p: &str, x: &str, h: usize, l: &LayerShape, s: &BertShape) -> String {
+    let w = l.heads * l.head_dim;
+    let n = |suffix: &str| format!("{p}.{suffix}");
+    for qkv in ["query", "key", "value"] {
+        g.push(&n(&format!("attention.self.{qkv}")), linear(h, w), &[x]);
+    }
+    let core = Op::Attention {
+        heads: l.heads,
+        head_dim: l.head_dim,
+    };
+    let (q, k, v) = (
+        n("attention.self.query"),
+        n("attention.self.key"),
+        n("attention.self.value"),
+    );
+    g.push(&n("attention.core"), core, &[&q, &k, &v, MASK]);
+    g.push(
+        &n("attention.output.dense"),
+        linear(w, h),
+        &[&n("attention.core")],
+    );
+    let drop = Op::Dropout { p: s.dropout };
+    g.push(
+        &n("attention.output.dropout"),
+        drop.clone(),
+        &[&n("attention.output.dense")],
+    );
+    g.push(
+        &n("attention.residual"),
+        Op::Add,
+        &[&n("attention.output.dropout"), x],
+    );
+    let ln = Op::LayerNorm { dim: h, eps: s.eps };
+    let a = g.push(
+        &n("attention.output.LayerNorm"),
+        ln.clone(),
+        &[&n("attention.residual")],
+    );
+    g.push(&n("intermediate.dense"), linear(h, l.intermediate), &[&a]);
+    g.push(
+        &n("intermediate.gelu"),
+        Op::Gelu,
+        &[&n("intermediate.dense")],
+    );
+    g.push(
+        &n("output.dense"),
+        linear(l.intermediate, h),
+        &[&n("intermediate.gelu")],
+    );
+    g.push(&n("output.dropout"), drop, &[&n("output.dense")]);
+    g.push(&n("output.residual"), Op::Add, &[&n("output.dropout"), &a]);
+    g.push(&n("output.LayerNorm"), ln, &[&n("output.residual")])
+}
+
+/// The widths of every layer, read back from a BERT graph built by [`build_graph`] (and
+/// possibly pruned since).
+pub fn layer_shapes(g: &Graph) -> Vec<LayerShape> {
+    let mut out = Vec::new();
+    loop {
+        let p = layer_prefix(out.len());
+        let core = g.node(&format!("{p}.attention.core")).map(|n| &n.op);
+        let inter = g.node(&format!("{p}.intermediate.dense")).map(|n| &n.op);
+        match (core, inter) {
+            (Some(Op::Attention { heads, head_dim }), Some(Op::Linear { out_features, .. })) => out
+                .push(LayerShape {
+                    heads: *heads,
+                    head_dim: *head_dim,
+                    intermediate: *out_features,
+                }),
+            _ => return out,
+        }
+    }
+}
+
+/// A BERT of shape `s` with small random weights (N(0, 0.02²), LayerNorm at identity),
+/// seeded: the fixture of tests.
+pub fn random(s: &BertShape, seed: u64) -> Result<Model> {
+    let g = build_graph(s);
+    let dev = Device::Cpu;
+    let mut p = ParamStore::new();
+    let shapes = crate::graph::param_shapes(&g);
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let t = if name.ends_with("LayerNorm.weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, &dev)?
+        } else if name.ends_with(".bias") {
+            Tensor::zeros(shape.as_slice(), DType::F32, &dev)?
+        } else {
+            seeded_normal(shape, 0.02, seed.wrapping_mul(1000).wrapping_add(i as u64))?
+        };
+        p.insert(name.clone(), t);
+    }
+    let m = Model::new(g, p);
+    m.check()?;
+    Ok(m)
+}
+
+fn seeded_normal(shape: &[usize], std: f64, seed: u64) -> Result<Tensor> {
+    use rand::{rngs::StdRng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let v = crate::zoo::normal(&mut rng, shape.iter().product(), std);
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}

@@ -1,0 +1,132 @@
+//! Sentence encoders (Sentence-BERT, Reimers & Gurevych 2019): tokenize, run a token graph,
+//! read the pooled embedding; score it on STS-B; time it on real sentences. Batches are
+//! formed after sorting texts by token count, so padding stays small, and results come back
+//! in input order.
+
+pub mod bert;
+pub mod stsb;
+pub mod tokenize;
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::checkpoint::Model;
+use crate::error::{Error, Result};
+use crate::graph::{Lookup, Op};
+use crate::interp::{forward_tokens, ForwardOpts};
+pub use tokenize::{pad_batch, TextTokenizer};
+
+/// A text model ready to embed: graph, parameters and its tokenizer.
+pub struct Encoder<'a> {
+    pub model: &'a Model,
+    pub tokenizer: TextTokenizer,
+}
+
+impl<'a> Encoder<'a> {
+    /// Wraps a token graph; fails if the model reads images or has no tokenizer.
+    pub fn new(model: &'a Model) -> Result<Self> {
+        if !model.graph.is_text() {
+            return Err(Error::Data(format!(
+                "model `{}` reads images, not text",
+                model.graph.arch
+            )));
+        }
+        let tokenizer = TextTokenizer::from_assets(&model.assets, max_positions(model))?;
+        Ok(Encoder { model, tokenizer })
+    }
+
+    /// Embeddings of already tokenized sequences, one batch, in order.
+    pub fn embed_ids(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = pad_batch(seqs)?;
+        let g = &self.model.graph;
+        let out = forward_tokens(g, &self.model.params, &ids, &mask, &ForwardOpts::eval())?;
+        Ok(out.output.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+
+    /// Embeddings of `texts` in input order, `batch` at a time (shortest first), with a
+    /// progress bar when `progress` is set.
+    pub fn embed(&self, texts: &[&str], batch: usize, progress: bool) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenizer.encode(texts)?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let bar = progress.then(|| bar(texts.len() as u64));
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            for (&i, e) in chunk.iter().zip(self.embed_ids(&seqs)?) {
+                out[i] = e;
+            }
+            if let Some(b) = &bar {
+                b.inc(chunk.len() as u64);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(out)
+    }
+
+    /// STS-B Spearman and Pearson (×100) of cosine similarity against the gold scores.
+    pub fn stsb(&self, pairs: &[stsb::Pair], batch: usize, progress: bool) -> Result<(f64, f64)> {
+        let mut texts: Vec<&str> = pairs.iter().map(|p| p.a.as_str()).collect();
+        texts.extend(pairs.iter().map(|p| p.b.as_str()));
+        let e = self.embed(&texts, batch, progress)?;
+        let n = pairs.len();
+        let sims: Vec<f64> = (0..n).map(|i| stsb::cosine(&e[i], &e[n + i])).collect();
+        let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+        Ok((
+            100.0 * stsb::spearman(&sims, &gold),
+            100.0 * stsb::pearson(&sims, &gold),
+        ))
+    }
+
+    /// Median batch-1 latency (ms) over `texts`, each embedded alone (tokenization
+    /// included), after a warm-up on the first few.
+    pub fn latency_b1(&self, texts: &[&str]) -> Result<f64> {
+        for t in texts.iter().take(5) {
+            self.embed(&[t], 1, false)?;
+        }
+        let mut times = Vec::with_capacity(texts.len());
+        for t in texts {
+            let s = Instant::now();
+            self.embed(&[t], 1, false)?;
+            times.push(s.elapsed().as_secs_f64());
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times.get(times.len() / 2).copied().unwrap_or(0.0) * 1e3)
+    }
+
+    /// Sentences per second embedding `texts` `batch` at a time (tokenization included).
+    pub fn throughput(&self, texts: &[&str], batch: usize) -> Result<f64> {
+        let s = Instant::now();
+        self.embed(texts, batch, false)?;
+        Ok(texts.len() as f64 / s.elapsed().as_secs_f64())
+    }
+}
+
+/// Rows of the position-embedding table (the longest sequence the model can read).
+pub fn max_positions(model: &Model) -> usize {
+    model
+        .graph
+        .nodes
+        .iter()
+        .find_map(|n| match n.op {
+            Op::Embedding {
+                num,
+                lookup: Lookup::Positions,
+                ..
+            } => Some(num),
+            _ => None,
+        })
+        .unwrap_or(usize::MAX)
+}
+
+fn bar(len: u64) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} sentences {per_sec} eta {eta}")
+            .expect("static template"),
+    );
+    b
+}

@@ -1,0 +1,82 @@
+//! Tokenization for text encoders: the model's own `tokenizer.json` run by the HF
+//! `tokenizers` crate, with its fixed padding switched off (this model's file pads every
+//! input to 128) and truncation set to the encoder's `max_seq_length`; batches are padded
+//! here to their longest sequence, with the attention mask that says which ids are real.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// Padding id written into batches (BERT's `[PAD]`; masked out, so its value is inert).
+const PAD_ID: u32 = 0;
+
+/// The part of sentence-transformers' `sentence_bert_config.json` that matters here.
+#[derive(Debug, Deserialize)]
+struct SentenceConfig {
+    max_seq_length: usize,
+}
+
+/// A loaded tokenizer with its truncation length.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pub max_len: usize,
+}
+
+impl TextTokenizer {
+    /// From a model's assets (`tokenizer.json`, optional `sentence_bert_config.json`);
+    /// `max_positions` caps the truncation length.
+    pub fn from_assets(assets: &BTreeMap<String, Vec<u8>>, max_positions: usize) -> Result<Self> {
+        let bytes = assets.get("tokenizer.json").ok_or_else(|| {
+            Error::Data("the model has no tokenizer.json (needed to read text)".into())
+        })?;
+        let mut max_len = max_positions;
+        if let Some(cfg) = assets.get("sentence_bert_config.json") {
+            let c: SentenceConfig = serde_json::from_slice(cfg)
+                .map_err(|e| Error::Data(format!("sentence_bert_config.json: {e}")))?;
+            max_len = c.max_seq_length.min(max_positions);
+        }
+        let mut inner = Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Data(format!("tokenizer.json: {e}")))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| Error::Data(format!("tokenizer.json truncation: {e}")))?;
+        Ok(TextTokenizer { inner, max_len })
+    }
+
+    /// Token ids of each text (with the special tokens, truncated).
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .map(|t| {
+                self.inner
+                    .encode_fast(*t, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| Error::Data(format!("cannot tokenize {t:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Pads id sequences to the longest: ids [N, L] (u32) and mask [N, L] (f32, 1 = token).
+pub fn pad_batch(seqs: &[&[u32]]) -> Result<(Tensor, Tensor)> {
+    let l = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![PAD_ID; seqs.len() * l];
+    let mut mask = vec![0f32; seqs.len() * l];
+    for (i, s) in seqs.iter().enumerate() {
+        ids[i * l..i * l + s.len()].copy_from_slice(s);
+        mask[i * l..i * l + s.len()].fill(1.0);
+    }
+    let dev = Device::Cpu;
+    Ok((
+        Tensor::from_vec(ids, (seqs.len(), l), &dev)?,
+        Tensor::from_vec(mask, (seqs.len(), l), &dev)?,
+    ))
+}
