@@ -323,3 +323,109 @@ fn candle_fast_norm_and_softmax_have_no_backward() {
     let gs = (sm * &r).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(gs.get(x.as_tensor()).is_some());
 }
+
+#[test]
+fn grad_transformer_ops() {
+    use squeeze::ops::text;
+    check(
+        "layer_norm",
+        &[rand(&[2, 3, 5], 1), rand(&[5], 2), rand(&[5], 3)],
+        |t| text::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+    );
+    check("gelu", &[rand(&[4, 6], 4)], |t| text::gelu(&t[0]).unwrap());
+    check("softmax", &[rand(&[3, 5], 5)], |t| {
+        text::softmax(&t[0]).unwrap()
+    });
+    // second sample has two padded positions
+    let mask = Tensor::new(&[[1f64, 1., 1., 1.], [1., 1., 0., 0.]], &Device::Cpu).unwrap();
+    let qkv = [
+        rand(&[2, 4, 6], 6),
+        rand(&[2, 4, 6], 7),
+        rand(&[2, 4, 6], 8),
+    ];
+    check("attention", &qkv, |t| {
+        text::attention(&t[0], &t[1], &t[2], &mask, 2, 3).unwrap()
+    });
+    check("mean_pool", &[rand(&[2, 4, 3], 9)], |t| {
+        text::mean_pool(&t[0], &mask).unwrap()
+    });
+    check("l2_normalize", &[rand(&[3, 4], 10)], |t| {
+        text::l2_normalize(&t[0]).unwrap()
+    });
+    let ids = Tensor::new(&[[0u32, 2, 2], [4, 1, 0]], &Device::Cpu).unwrap();
+    check("embedding lookup", &[rand(&[5, 3], 11)], |t| {
+        text::lookup(&t[0], &ids).unwrap()
+    });
+}
+
+/// Plain loops: softmax(q·kᵀ/√d + mask)·v per sample and head.
+fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &[Vec<f64>],
+    h: usize,
+) -> Vec<f64> {
+    let (n, l, w) = q.dims3().unwrap();
+    let d = w / h;
+    let (q, k, v): (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>) = (
+        q.to_vec3().unwrap(),
+        k.to_vec3().unwrap(),
+        v.to_vec3().unwrap(),
+    );
+    let mut out = vec![0.0; n * l * w];
+    for b in 0..n {
+        for hh in 0..h {
+            for i in 0..l {
+                let s: Vec<f64> = (0..l)
+                    .map(|j| {
+                        if mask[b][j] == 0.0 {
+                            return f64::NEG_INFINITY;
+                        }
+                        (0..d)
+                            .map(|c| q[b][i][hh * d + c] * k[b][j][hh * d + c])
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    out[(b * l + i) * w + hh * d + c] =
+                        (0..l).map(|j| e[j] / z * v[b][j][hh * d + c]).sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_plain_loop_reference() {
+    use squeeze::ops::text;
+    let mask = vec![vec![1., 1., 1., 1., 1.], vec![1., 1., 1., 0., 0.]];
+    let m = Tensor::new(
+        mask.iter().map(|r| r.as_slice()).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (q, k, v) = (
+        rand(&[2, 5, 8], 21),
+        rand(&[2, 5, 8], 22),
+        rand(&[2, 5, 8], 23),
+    );
+    let got: Vec<f64> = text::attention(&q, &k, &v, &m, 2, 4)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want = attention_reference(&q, &k, &v, &mask, 2);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-12, "attention differs from the reference by {err}");
+}

@@ -1,0 +1,334 @@
+//! The transformer path: a tiny random BERT for the invariants (gradients reach every
+//! parameter and match central differences; padding does not change an embedding; HF
+//! export → import is exact; bad HF directories give clear errors), STS-B parsing and
+//! correlations, and — when `scripts/fetch-minilm.sh` has fetched it — the real
+//! all-MiniLM-L6-v2 against golden embeddings from sentence-transformers.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use squeeze::formats::{hf_bert, load_any};
+use squeeze::interp::{forward_tokens, store_to_dtype, ForwardOpts};
+use squeeze::params::trainable_names;
+use squeeze::text::bert::{self, BertShape, LayerShape};
+use squeeze::text::{pad_batch, stsb, Encoder};
+use squeeze::Model;
+
+/// Min cosine between our embeddings and sentence-transformers' (issue target).
+const GOLDEN_COSINE: f64 = 0.99999;
+/// Max relative error between autograd and central differences in f64.
+const GRAD_TOL: f64 = 1e-6;
+/// Max abs change of an embedding when the batch adds padding.
+const PAD_TOL: f32 = 1e-5;
+
+fn tiny_shape() -> BertShape {
+    BertShape {
+        vocab: 30,
+        max_positions: 12,
+        segments: 2,
+        hidden: 8,
+        eps: 1e-12,
+        dropout: 0.1,
+        layers: vec![
+            LayerShape {
+                heads: 2,
+                head_dim: 4,
+                intermediate: 16,
+            },
+            // uneven on purpose: pruning makes layers differ
+            LayerShape {
+                heads: 1,
+                head_dim: 4,
+                intermediate: 8,
+            },
+        ],
+        normalize: true,
+    }
+}
+
+fn tiny() -> Model {
+    bert::random(&tiny_shape(), 7).unwrap()
+}
+
+fn ids_mask() -> (Tensor, Tensor) {
+    let a: &[u32] = &[2, 5, 9, 3];
+    let b: &[u32] = &[2, 7, 3];
+    pad_batch(&[a, b]).unwrap()
+}
+
+#[test]
+fn every_bert_parameter_gets_a_nonzero_gradient() {
+    let m = tiny();
+    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
+    let (ids, mask) = ids_mask();
+    let out = forward_tokens(&m.graph, &store, &ids, &mask, &ForwardOpts::train(3)).unwrap();
+    let r = Tensor::randn(0f32, 1.0, out.output.dims(), &Device::Cpu).unwrap();
+    let grads = (out.output * r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(
+        vars.len(),
+        5 + 16 * 2,
+        "trainable tensors of a 2-layer BERT"
+    );
+    for (name, v) in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let s: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(s > 0.0, "{name}: gradient is zero");
+    }
+}
+
+#[test]
+fn bert_gradients_match_central_differences() {
+    let m = tiny();
+    let p64 = store_to_dtype(&m.params, DType::F64).unwrap();
+    let names = trainable_names(&m.graph);
+    let (store, vars) = p64.with_vars(&names).unwrap();
+    let (ids, mask) = ids_mask();
+    let mask = mask.to_dtype(DType::F64).unwrap();
+    let eval = ForwardOpts::eval();
+    let out = forward_tokens(&m.graph, &store, &ids, &mask, &eval)
+        .unwrap()
+        .output;
+    let r = Tensor::randn(0f64, 1.0, out.dims(), &Device::Cpu).unwrap();
+    let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let loss = |p: &squeeze::params::ParamStore| -> f64 {
+        let o = forward_tokens(&m.graph, p, &ids, &mask, &eval)
+            .unwrap()
+            .output;
+        (o * &r).unwrap().sum_all().unwrap().to_scalar().unwrap()
+    };
+    for (name, v) in &vars {
+        let g: Vec<f64> = grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = p64
+            .get(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // a spread of elements per tensor (rows 2, 5, 7, 3 of embedding tables are used)
+        for i in (0..base.len())
+            .step_by((base.len() / 6).max(1))
+            .chain([base.len() - 1])
+        {
+            let at = |d: f64| {
+                let mut b = base.clone();
+                b[i] += d;
+                let mut p = p64.clone();
+                let shape = p64.get(name).unwrap().shape().clone();
+                p.insert(
+                    name.clone(),
+                    Tensor::from_vec(b, shape, &Device::Cpu).unwrap(),
+                );
+                loss(&p)
+            };
+            let h = 1e-6;
+            let num = (at(h) - at(-h)) / (2.0 * h);
+            let err = (num - g[i]).abs() / (1.0 + num.abs());
+            assert!(
+                err < GRAD_TOL,
+                "{name}[{i}]: autograd {} vs numeric {num}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn padding_in_a_batch_leaves_each_embedding_unchanged() {
+    let m = tiny();
+    let run = |seqs: &[&[u32]]| {
+        let (ids, mask) = pad_batch(seqs).unwrap();
+        let o = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap();
+        o.output.to_vec2::<f32>().unwrap()
+    };
+    let short: &[u32] = &[2, 7, 3];
+    let long: &[u32] = &[2, 5, 9, 11, 13, 3];
+    let alone = run(&[short]);
+    let padded = run(&[long, short]);
+    let diff = alone[0]
+        .iter()
+        .zip(&padded[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < PAD_TOL, "padding changed the embedding by {diff}");
+}
+
+#[test]
+fn too_long_inputs_and_bad_ids_are_errors_not_panics() {
+    let m = tiny();
+    let long: Vec<u32> = (0..13).map(|i| i % 30).collect();
+    let (ids, mask) = pad_batch(&[long.as_slice()]).unwrap();
+    let e = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap_err();
+    assert!(e.to_string().contains("12 positions"), "{e}");
+    let bad: &[u32] = &[2, 30];
+    let (ids, mask) = pad_batch(&[bad]).unwrap();
+    let e = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap_err();
+    assert!(e.to_string().contains("token id 30"), "{e}");
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("squeeze-text-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The tiny model with uniform layers (HF's BertConfig needs one FFN width).
+fn tiny_uniform() -> Model {
+    let mut s = tiny_shape();
+    s.layers[1] = s.layers[0];
+    bert::random(&s, 8).unwrap()
+}
+
+#[test]
+fn hf_export_then_import_is_exact() {
+    let m = tiny_uniform();
+    let dir = tmp("export");
+    hf_bert::export(&m, &dir).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let back = load_any(&dir).unwrap();
+    assert_eq!(back.graph.nodes, m.graph.nodes);
+    for (k, t) in m.params.iter() {
+        let d: f32 = (t - back.params.get(k).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k} changed in the round trip");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pruned_heads_export_through_hf_config_but_uneven_ffn_is_refused() {
+    let mut s = tiny_shape();
+    s.layers[1].intermediate = 16; // one FFN width, layer 1 keeps 1 of 2 heads
+    let m = bert::random(&s, 9).unwrap();
+    assert!(hf_bert::export_blocker(&m).is_none());
+    let dir = tmp("pruned");
+    hf_bert::export(&m, &dir).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["pruned_heads"]["1"], serde_json::json!([1]));
+    assert_eq!(load_any(&dir).unwrap().graph.nodes, m.graph.nodes);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let why = hf_bert::export_blocker(&tiny()).unwrap();
+    assert!(why.contains("FFN widths differ"), "{why}");
+}
+
+#[test]
+fn bad_hf_directories_name_the_file_and_problem() {
+    let m = tiny_uniform();
+    let dir = tmp("bad");
+    hf_bert::export(&m, &dir).unwrap();
+    let cfg = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"bert\"", "\"gpt2\"")).unwrap();
+    let e = load_any(&dir).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("gpt2"), "{e}");
+    std::fs::write(&cfg, &text).unwrap();
+    let w = dir.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_any(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = load_any(Path::new("/nonexistent/model"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no such model directory"), "{e}");
+}
+
+#[test]
+fn stsb_parsing_tolerates_extra_columns_and_names_bad_lines() {
+    let ok = "g\tf\t2012\t1\t4.5\tA man.\tA person.\n\
+              g\tf\t2012\t2\t0.0\tCats.\tDogs.\textra\tcols\n";
+    let pairs = stsb::parse(ok).unwrap();
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[1].b, "Dogs.");
+    let e = stsb::parse("a\tb\tc\n").unwrap_err();
+    assert!(e.contains("line 1") && e.contains("at least 7"), "{e}");
+    let e = stsb::parse(&format!("{ok}g\tf\t2012\t3\tfive\tA.\tB.\n")).unwrap_err();
+    assert!(e.contains("line 3") && e.contains("column 5"), "{e}");
+}
+
+#[test]
+fn spearman_averages_ties_like_scipy() {
+    // scipy.stats.spearmanr([1, 2, 2, 3], [1, 3, 2, 4]).statistic = 0.9486832980505138
+    let r = stsb::spearman(&[1., 2., 2., 3.], &[1., 3., 2., 4.]);
+    assert!((r - 0.948_683_298_050_513_8).abs() < 1e-12, "{r}");
+    assert_eq!(stsb::ranks(&[10., 20., 20., 5.]), vec![2., 3.5, 3.5, 1.]);
+}
+
+fn real_model() -> Option<Model> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!(
+            "SKIPPED real all-MiniLM-L6-v2 test: {} is missing (run scripts/fetch-minilm.sh)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(load_any(&dir).unwrap())
+}
+
+#[test]
+fn minilm_matches_sentence_transformers_golden_embeddings() {
+    let Some(m) = real_model() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("../../tools/golden_sentences.txt")).unwrap();
+    let sentences: Vec<&str> = text.lines().collect();
+    let gold =
+        squeeze::checkpoint::load_tensors(&root.join("tests/fixtures/minilm_golden.safetensors"))
+            .unwrap()["embeddings"]
+            .to_vec2::<f32>()
+            .unwrap();
+    assert_eq!(sentences.len(), gold.len());
+    let ours = Encoder::new(&m)
+        .unwrap()
+        .embed(&sentences, 16, false)
+        .unwrap();
+    let mut max_diff = 0f32;
+    for (i, (a, b)) in ours.iter().zip(&gold).enumerate() {
+        let c = stsb::cosine(a, b);
+        assert!(
+            c >= GOLDEN_COSINE,
+            "sentence {i} {:?}: cosine {c}",
+            sentences[i]
+        );
+        max_diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(max_diff, f32::max);
+    }
+    eprintln!(
+        "golden: {} sentences, max abs diff {max_diff:e}",
+        ours.len()
+    );
+}
