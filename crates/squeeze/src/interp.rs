@@ -11,7 +11,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Lookup, Node, Op, INPUT, MASK};
-use crate::ops::{act, batchnorm, conv, pool, text};
+use crate::ops::{act, batchnorm, conv, fast, pool, text};
 use crate::params::ParamStore;
 
 /// Options of one forward pass.
@@ -303,25 +303,47 @@ fn run_node(
             }
         }
         Op::LayerNorm { eps, .. } => {
-            text::layer_norm(x, param(p, node, "weight")?, param(p, node, "bias")?, *eps)?
+            let (w, b) = (param(p, node, "weight")?, param(p, node, "bias")?);
+            if inference(&[x, w, b]) {
+                fast::layer_norm(x, w, b, *eps)?
+            } else {
+                text::layer_norm(x, w, b, *eps)?
+            }
         }
+        Op::Gelu if inference(&[x]) => fast::gelu(x)?,
         Op::Gelu => text::gelu(x)?,
         Op::Attention { heads, head_dim } => {
-            text::attention(x, &ins[1], &ins[2], &ins[3], *heads, *head_dim)?
+            let (k, v, m) = (&ins[1], &ins[2], &ins[3]);
+            if inference(&[x, k, v]) {
+                fast::attention(x, k, v, m, *heads, *head_dim)?
+            } else {
+                text::attention(x, k, v, m, *heads, *head_dim)?
+            }
         }
         Op::MeanPool => text::mean_pool(x, &ins[1])?,
         Op::L2Normalize => text::l2_normalize(x)?,
     })
 }
 
+/// Whether the fast inference kernels may run: f32 tensors none of which tracks gradients.
+fn inference(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
+}
+
 /// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
+    let mut all = vec![&x2, w];
+    all.extend(b);
+    let y = if x2.dim(0)? <= fast::SMALL_M && inference(&all) {
+        fast::linear(&x2, w, b)?
+    } else {
+        let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
+        match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
     };
     let mut out = dims;
     *out.last_mut().expect("rank ≥ 1") = w.dim(0)?;

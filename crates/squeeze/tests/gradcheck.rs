@@ -429,3 +429,64 @@ fn attention_matches_plain_loop_reference() {
         .fold(0.0, f64::max);
     assert!(err < 1e-12, "attention differs from the reference by {err}");
 }
+
+/// Max abs difference between a fast inference kernel and its differentiable reference.
+const FAST_TOL: f32 = 2e-5;
+
+#[test]
+fn fast_inference_kernels_match_their_references() {
+    use squeeze::ops::{fast, text};
+    // odd sizes exercise the masked tails and partial tiles; 64 rows the largest M used
+    for (m, k, n) in [(1, 384, 384), (7, 37, 10), (13, 100, 9), (64, 384, 1536)] {
+        let (x, w, b) = (f32r(&[m, k], 31), f32r(&[n, k], 32), f32r(&[n], 33));
+        let want = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let got = fast::linear(&x, &w, Some(&b)).unwrap();
+        assert!(
+            max_abs(&got, &want) < FAST_TOL * (k as f32).sqrt(),
+            "linear {m}x{k}x{n}"
+        );
+    }
+    let (x, g, b) = (f32r(&[2, 5, 24], 34), f32r(&[24], 35), f32r(&[24], 36));
+    let ln = text::layer_norm(&x, &g, &b, 1e-12).unwrap();
+    assert!(max_abs(&fast::layer_norm(&x, &g, &b, 1e-12).unwrap(), &ln) < FAST_TOL);
+    let x = (f32r(&[3, 700], 37) * 6.0).unwrap();
+    assert!(max_abs(&fast::gelu(&x).unwrap(), &text::gelu(&x).unwrap()) < FAST_TOL);
+    let mask = Tensor::new(
+        &[[1f32, 1., 1., 1., 1.], [1., 1., 0., 0., 0.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (q, k, v) = (
+        f32r(&[2, 5, 12], 38),
+        f32r(&[2, 5, 12], 39),
+        f32r(&[2, 5, 12], 40),
+    );
+    let want = text::attention(&q, &k, &v, &mask, 3, 4).unwrap();
+    let got = fast::attention(&q, &k, &v, &mask, 3, 4).unwrap();
+    assert!(max_abs(&got, &want) < FAST_TOL, "attention");
+}
+
+#[test]
+fn rational_erf_is_within_1e6_of_libm() {
+    let mut worst = 0f64;
+    for i in -6000..=6000 {
+        let x = i as f64 / 1000.0;
+        let want = libm_erf(x);
+        worst = worst.max((squeeze::ops::fast::erf(x as f32) as f64 - want).abs());
+    }
+    assert!(worst < 1e-6, "erf approximation off by {worst}");
+}
+
+/// erf in f64 via candle's reference implementation.
+fn libm_erf(x: f64) -> f64 {
+    Tensor::new(&[x], &Device::Cpu)
+        .unwrap()
+        .erf()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()[0]
+}

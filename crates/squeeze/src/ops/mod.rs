@@ -7,6 +7,7 @@
 pub mod act;
 pub mod batchnorm;
 pub mod conv;
+pub mod fast;
 pub mod pool;
 pub mod text;
 
