@@ -1,7 +1,9 @@
 //! `squeeze bench`: our numbers and PyTorch's for the same network, measured in one run
 //! (ours first, then the peer script as a subprocess, never concurrently), written as JSON
 //! with the ratio. `train` times training steps of the fixed benchmark CNN at batch 128;
-//! `infer` times batch-1 latency and batch-256 throughput of the same CNN.
+//! `infer` times batch-1 latency and batch-256 throughput of the same CNN; `text` scores
+//! and times a sentence encoder on STS-B against sentence-transformers (PyTorch) and ONNX
+//! Runtime (f32 and dynamic int8).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,6 +29,9 @@ pub enum BenchWhat {
     Train(Common),
     /// Inference latency (batch 1) and throughput (batch 256) of the benchmark CNN vs PyTorch.
     Infer(Common),
+    /// A sentence encoder on STS-B: Spearman vs the Python reference, batch-1 latency and
+    /// batch-32 throughput vs PyTorch and ONNX Runtime → one key of a results JSON.
+    Text(crate::bench_text::TextArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +56,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
         BenchWhat::Train(c) => train_bench(c),
         BenchWhat::Infer(c) => infer_bench(c),
+        BenchWhat::Text(t) => crate::bench_text::run(t),
     }
 }
 
@@ -134,7 +140,7 @@ fn infer_bench(c: Common) -> Result<()> {
     Ok(())
 }
 
-fn threads() -> usize {
+pub fn threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

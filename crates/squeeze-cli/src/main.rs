@@ -5,6 +5,7 @@
 //! names the file or option at fault.
 
 mod bench;
+mod bench_text;
 mod compress;
 mod demo;
 mod embed;

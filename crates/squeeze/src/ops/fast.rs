@@ -22,6 +22,9 @@ pub const SMALL_M: usize = 64;
 /// MACs below which a kernel runs on the calling thread only.
 const PAR_MACS: usize = 1 << 18;
 
+/// How many weight blocks ahead the linear kernel prefetches.
+const PREFETCH_BLOCKS: usize = 2;
+
 fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
     if t.dtype() != DType::F32 {
         return Err(Error::Graph("fast kernels take f32 tensors".into()));
@@ -53,7 +56,10 @@ fn linear_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let block = |(jb, out): (usize, &mut [f32])| {
         let j0 = jb * NB;
         let rows = out.len() / m.max(1);
-        dot_block(x, &w[j0 * k..(j0 + rows) * k], m, k, rows, out);
+        // the next block's weights, for the AVX-512 kernel to prefetch meanwhile
+        let ahead = j0 + rows + NB * (PREFETCH_BLOCKS - 1);
+        let next = &w[(ahead * k).min(w.len())..((ahead + NB) * k).min(w.len())];
+        dot_block(x, &w[j0 * k..(j0 + rows) * k], next, m, k, rows, out);
     };
     if m * n * k >= PAR_MACS {
         yt.par_chunks_mut(NB * m).enumerate().for_each(block);
@@ -63,15 +69,17 @@ fn linear_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     yt
 }
 
-/// out[r·m + i] = w[r]·x[i] for `rows` ≤ 4 weight rows and all m tokens.
-fn dot_block(x: &[f32], w: &[f32], m: usize, k: usize, rows: usize, out: &mut [f32]) {
+/// out[r·m + i] = w[r]·x[i] for `rows` ≤ 4 weight rows and all m tokens (`next`: the
+/// weights needed after these, a prefetch hint).
+fn dot_block(x: &[f32], w: &[f32], next: &[f32], m: usize, k: usize, rows: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked above); slices are bounds-checked by
-        // the kernel's own length arithmetic (all loads stay within x and w).
-        unsafe { avx512::dot_block(x, w, m, k, rows, out) };
+        // SAFETY: the CPU supports AVX-512F (checked above); the kernel asserts that every
+        // load stays within x and w, and prefetches (which never fault) stay within next.
+        unsafe { avx512::dot_block(x, w, next, m, k, rows, out) };
         return;
     }
+    let _ = next;
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
         for i in 0..m {
@@ -107,6 +115,7 @@ mod avx512 {
     pub unsafe fn dot_block(
         x: &[f32],
         w: &[f32],
+        next: &[f32],
         m: usize,
         k: usize,
         rows: usize,
@@ -115,11 +124,13 @@ mod avx512 {
         let mut i0 = 0;
         while i0 < m {
             let toks = (m - i0).min(4);
+            // prefetch the next block once, during the first pass over these rows
+            let pf = if i0 == 0 { next } else { &[] };
             match (rows, toks) {
-                (4, 4) => tile::<4, 4>(x, w, m, k, i0, out),
-                (4, 3) => tile::<4, 3>(x, w, m, k, i0, out),
-                (4, 2) => tile::<4, 2>(x, w, m, k, i0, out),
-                (4, 1) => tile::<4, 1>(x, w, m, k, i0, out),
+                (4, 4) => tile::<4, 4>(x, w, pf, m, k, i0, out),
+                (4, 3) => tile::<4, 3>(x, w, pf, m, k, i0, out),
+                (4, 2) => tile::<4, 2>(x, w, pf, m, k, i0, out),
+                (4, 1) => tile::<4, 1>(x, w, pf, m, k, i0, out),
                 (r, t) => {
                     for rr in 0..r {
                         for ii in i0..i0 + t {
@@ -137,6 +148,7 @@ mod avx512 {
     unsafe fn tile<const R: usize, const T: usize>(
         x: &[f32],
         w: &[f32],
+        next: &[f32],
         m: usize,
         k: usize,
         i0: usize,
@@ -154,6 +166,12 @@ mod avx512 {
             } else {
                 (tail, true)
             };
+            for r in 0..R {
+                let at = r * k + c;
+                if at < next.len() {
+                    _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(at) as *const i8);
+                }
+            }
             if mask != 0 {
                 let mut wv = [_mm512_setzero_ps(); R];
                 for (r, v) in wv.iter_mut().enumerate() {
