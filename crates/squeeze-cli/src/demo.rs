@@ -1,6 +1,7 @@
-//! `squeeze demo`: the main job end to end on Fashion-MNIST with defaults — train the
+//! `squeeze demo`: the main job end to end with defaults — on Fashion-MNIST, train the
 //! benchmark CNN briefly (or reuse the cached run), apply every recipe that exists, print
-//! the comparison table. It grows as compression techniques land.
+//! the comparison table; on STS-B, evaluate the pretrained all-MiniLM-L6-v2 (fetched by
+//! `scripts/setup.sh`). It grows as compression techniques land.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::compress::{self, CompressArgs};
-use crate::evaluate::{metrics_of, table};
+use crate::evaluate::{eval_dir, metrics_of, table, Task};
 use crate::train::{self as train_cmd, TrainArgs};
 use crate::DataArg;
 
@@ -22,6 +23,12 @@ pub struct DemoArgs {
     pub epochs: usize,
     #[command(flatten)]
     pub data: DataArg,
+    /// Pretrained sentence encoder evaluated on STS-B (skipped with a note if absent).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub text_model: PathBuf,
+    /// STS-B file for the text part.
+    #[arg(long, default_value = crate::evaluate::STSB_DEV)]
+    pub stsb: PathBuf,
 }
 
 /// The recipes the demo applies: (name, file).
@@ -72,5 +79,24 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ));
     }
     println!("\n{}", table(&rows));
+    text_part(&a)
+}
+
+/// The STS-B part: the pretrained encoder's quality and cost.
+fn text_part(a: &DemoArgs) -> Result<()> {
+    if !a.text_model.join("model.safetensors").is_file() {
+        eprintln!(
+            "skipping the text part: {} is missing (run scripts/fetch-minilm.sh)",
+            a.text_model.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "evaluating {} on {}",
+        a.text_model.display(),
+        a.stsb.display()
+    );
+    let m = eval_dir(&a.text_model, Task::Stsb, Some(&a.stsb), 10)?;
+    println!("{}", table(&[("all-MiniLM-L6-v2 (f32)".to_string(), m)]));
     Ok(())
 }

@@ -44,7 +44,9 @@ fn have_data() -> bool {
 fn help_lists_every_command() {
     let (ok, out, _) = run(&["--help"]);
     assert!(ok);
-    for c in ["train", "eval", "compress", "report", "bench", "demo"] {
+    for c in [
+        "train", "eval", "embed", "export", "compress", "report", "bench", "demo",
+    ] {
         assert!(out.contains(c), "--help lacks {c}");
     }
     let (ok, _, err) = run(&[

@@ -1,0 +1,255 @@
+//! The text-encoder commands end to end on a tiny random BERT with a hand-written WordPiece
+//! tokenizer: `embed` (.npy and .jsonl, in input order), `eval --task stsb`, `export
+//! --format hf` (and its fallback to the native format for uneven FFN widths), and the
+//! errors for an unknown output extension and a malformed STS-B line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+use squeeze::checkpoint;
+use squeeze::text::bert::{self, BertShape, LayerShape};
+
+const WORDS: &[&str] = &[
+    "a", "man", "woman", "is", "playing", "guitar", "dog", "runs", ".", "the",
+];
+
+fn bin(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("squeeze-textcli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A BERT-style tokenizer.json: lower-casing normalizer, WordPiece over WORDS, [CLS] … [SEP].
+fn tokenizer_json() -> Vec<u8> {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        .iter()
+        .chain(WORDS)
+        .enumerate()
+    {
+        vocab.insert(t.to_string(), json!(i));
+    }
+    let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let seq = json!({"Sequence": {"id": "A", "type_id": 0}});
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [special("[CLS]"), seq.clone(), special("[SEP]")],
+            "pair": [special("[CLS]"), seq, special("[SEP]")],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+        "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab}
+    });
+    serde_json::to_vec(&tok).unwrap()
+}
+
+fn tiny_model(d: &Path, uniform: bool) -> PathBuf {
+    let l = LayerShape {
+        heads: 2,
+        head_dim: 4,
+        intermediate: 16,
+    };
+    let l2 = if uniform {
+        l
+    } else {
+        LayerShape {
+            intermediate: 8,
+            ..l
+        }
+    };
+    let shape = BertShape {
+        vocab: 4 + WORDS.len(),
+        max_positions: 16,
+        segments: 2,
+        hidden: 8,
+        eps: 1e-12,
+        dropout: 0.1,
+        layers: vec![l, l2],
+        normalize: true,
+    };
+    let mut m = bert::random(&shape, 3).unwrap();
+    m.assets.insert("tokenizer.json".into(), tokenizer_json());
+    let dir = d.join(if uniform { "bert" } else { "bert-uneven" });
+    checkpoint::save(&m, &dir).unwrap();
+    dir
+}
+
+#[test]
+fn embed_writes_npy_and_jsonl_in_input_order() {
+    let d = tmp("embed");
+    let model = tiny_model(&d, true);
+    let input = d.join("in.txt");
+    std::fs::write(
+        &input,
+        "A man is playing guitar.\nthe dog runs\n\nA man is playing guitar.\n",
+    )
+    .unwrap();
+    let (npy, jsonl) = (d.join("e.npy"), d.join("e.jsonl"));
+    let m = model.to_str().unwrap();
+    for out in [&npy, &jsonl] {
+        let (ok, _, err) = bin(&[
+            "embed",
+            m,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+    }
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + hlen]);
+    assert!(
+        header.contains("'shape': (4, 8)") && (10 + hlen) % 64 == 0,
+        "{header}"
+    );
+    assert_eq!(bytes.len(), 10 + hlen + 4 * 8 * 4);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows[0]["embedding"], rows[3]["embedding"],
+        "same sentence, same embedding"
+    );
+    assert_ne!(rows[0]["embedding"], rows[1]["embedding"]);
+    let (ok, _, err) = bin(&[
+        "embed",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        "/tmp/x.csv",
+    ]);
+    assert!(!ok && err.contains(".npy or .jsonl"), "{err}");
+}
+
+#[test]
+fn eval_stsb_reports_correlations_and_names_bad_lines() {
+    let d = tmp("eval");
+    let model = tiny_model(&d, true);
+    let sts = d.join("sts.csv");
+    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
+    let good = line(5.0, "a man is playing", "a man is playing")
+        + &line(0.5, "the dog runs", "a woman is playing guitar")
+        + &line(2.0, "a dog", "the man runs");
+    std::fs::write(&sts, &good).unwrap();
+    let (ok, out, err) = bin(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        sts.to_str().unwrap(),
+        "--json",
+        "--speed-runs",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in [
+        "spearman",
+        "pearson",
+        "params",
+        "size_bytes",
+        "latency_ms_b1",
+        "throughput_b32",
+        "peak_rss_bytes",
+    ] {
+        assert!(!v[k].is_null(), "eval JSON lacks {k}: {v}");
+    }
+    std::fs::write(&sts, good + "broken line without tabs\n").unwrap();
+    let (ok, _, err) = bin(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        sts.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("sts.csv") && err.contains("line 4"),
+        "{err}"
+    );
+    let (ok, _, err) = bin(&["eval", model.to_str().unwrap(), "--task", "fmnist"]);
+    assert!(!ok && err.contains("--task stsb"), "{err}");
+}
+
+#[test]
+fn export_hf_or_falls_back_to_native_with_a_reason() {
+    let d = tmp("export");
+    let model = tiny_model(&d, true);
+    let out = d.join("hf");
+    let (ok, _, err) = bin(&[
+        "export",
+        model.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+        "tokenizer.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let (ok, _, err) = bin(&[
+        "export",
+        model.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    let uneven = tiny_model(&d, false);
+    let out2 = d.join("fallback");
+    let (ok, _, err) = bin(&[
+        "export",
+        uneven.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && err.contains("FFN widths differ") && err.contains("native"),
+        "{err}"
+    );
+    assert!(out2.join("model.json").is_file() && out2.join("tokenizer.json").is_file());
+    let (ok, _, err) = bin(&[
+        "export",
+        model.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        model.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(!ok && err.contains("never overwrites"), "{err}");
+}
