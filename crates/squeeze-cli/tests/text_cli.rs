@@ -195,19 +195,20 @@ fn eval_stsb_reports_correlations_and_names_bad_lines() {
     assert!(!ok && err.contains("--task stsb"), "{err}");
 }
 
+fn export_hf(model: &str, out: &str, force: bool) -> (bool, String, String) {
+    let mut args = vec!["export", model, "--format", "hf", "--out", out];
+    if force {
+        args.push("--force");
+    }
+    bin(&args)
+}
+
 #[test]
 fn export_hf_or_falls_back_to_native_with_a_reason() {
     let d = tmp("export");
     let model = tiny_model(&d, true);
     let out = d.join("hf");
-    let (ok, _, err) = bin(&[
-        "export",
-        model.to_str().unwrap(),
-        "--format",
-        "hf",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = export_hf(model.to_str().unwrap(), out.to_str().unwrap(), false);
     assert!(ok, "{err}");
     for f in [
         "config.json",
@@ -218,38 +219,16 @@ fn export_hf_or_falls_back_to_native_with_a_reason() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let (ok, _, err) = bin(&[
-        "export",
-        model.to_str().unwrap(),
-        "--format",
-        "hf",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = export_hf(model.to_str().unwrap(), out.to_str().unwrap(), false);
     assert!(!ok && err.contains("--force"), "{err}");
     let uneven = tiny_model(&d, false);
     let out2 = d.join("fallback");
-    let (ok, _, err) = bin(&[
-        "export",
-        uneven.to_str().unwrap(),
-        "--format",
-        "hf",
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = export_hf(uneven.to_str().unwrap(), out2.to_str().unwrap(), false);
     assert!(
         ok && err.contains("FFN widths differ") && err.contains("native"),
         "{err}"
     );
     assert!(out2.join("model.json").is_file() && out2.join("tokenizer.json").is_file());
-    let (ok, _, err) = bin(&[
-        "export",
-        model.to_str().unwrap(),
-        "--format",
-        "hf",
-        "--out",
-        model.to_str().unwrap(),
-        "--force",
-    ]);
+    let (ok, _, err) = export_hf(model.to_str().unwrap(), model.to_str().unwrap(), true);
     assert!(!ok && err.contains("never overwrites"), "{err}");
 }
