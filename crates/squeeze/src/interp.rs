@@ -138,24 +138,6 @@ fn run_graph(
             vals.insert(node.name.clone(), v);
             continue;
         }
-        if let (Some(_), Op::BatchNorm { eps, .. }) = (fused.get(&i), &node.op) {
-            let x = vals
-                .get(&node.inputs[0])
-                .ok_or_else(|| Error::Graph(format!("value `{}` missing", node.inputs[0])))?;
-            let (y, st) = batchnorm::train(
-                x,
-                param(p, node, "weight")?,
-                param(p, node, "bias")?,
-                *eps,
-                true,
-            )?;
-            out.bn_stats.push((node.name.clone(), st));
-            if last.get(node.inputs[0].as_str()) == Some(&i) {
-                vals.remove(&node.inputs[0]);
-            }
-            vals.insert(node.name.clone(), y);
-            continue;
-        }
         let ins = node
             .inputs
             .iter()
@@ -165,7 +147,9 @@ fn run_graph(
                     .ok_or_else(|| Error::Graph(format!("value `{n}` missing")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let y = run_node(node, p, &ins, opts, &mut rng, &mut out)?;
+        // a fused BatchNorm also applies the ReLU that reads it (skipped above)
+        let fuse_relu = fused.contains_key(&i);
+        let y = run_node(node, p, &ins, opts, fuse_relu, &mut rng, &mut out)?;
         if opts.taps.contains(&node.name) {
             out.taps.insert(
                 node.name.clone(),
@@ -228,6 +212,7 @@ fn run_node(
     p: &ParamStore,
     ins: &[Tensor],
     opts: &ForwardOpts,
+    fuse_relu: bool,
     rng: &mut StdRng,
     out: &mut ForwardOut,
 ) -> Result<Tensor> {
@@ -261,7 +246,7 @@ fn run_node(
         Op::BatchNorm { eps, .. } => {
             let (g, b) = (param(p, node, "weight")?, param(p, node, "bias")?);
             if opts.train {
-                let (y, st) = batchnorm::train(x, g, b, *eps, false)?;
+                let (y, st) = batchnorm::train(x, g, b, *eps, fuse_relu)?;
                 out.bn_stats.push((node.name.clone(), st));
                 y
             } else {

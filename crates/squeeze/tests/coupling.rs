@@ -5,36 +5,12 @@ use candle_core::{Device, Tensor};
 use squeeze::checkpoint::Model;
 use squeeze::coupling::{channel_groups, prune_group, ChannelGroup, Role};
 use squeeze::interp::predict;
-use squeeze::zoo::{self, ZooOpts};
+
+mod common;
+use common::small as model;
 
 /// Max abs logit change from removing an all-zero channel (f32 reassociation only).
 const PRUNE_TOL: f32 = 1e-5;
-
-fn model(arch: &str) -> Model {
-    let opts = match arch {
-        "vgg" => ZooOpts {
-            widths: Some(vec![4, 4, 0, 6, 0]),
-            depth: None,
-        },
-        "resnet" => ZooOpts {
-            widths: Some(vec![4, 6]),
-            depth: Some(2),
-        },
-        "densenet" => ZooOpts {
-            widths: Some(vec![3]),
-            depth: Some(2),
-        },
-        _ => ZooOpts::default(),
-    };
-    zoo::build(arch, &opts, 3).unwrap()
-}
-
-fn batch() -> Tensor {
-    let v: Vec<f32> = (0..2 * 784)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-        .collect();
-    Tensor::from_vec(v, (2, 1, 28, 28), &Device::Cpu).unwrap()
-}
 
 fn group_of<'a>(gs: &'a [ChannelGroup], source: &str) -> &'a ChannelGroup {
     gs.iter()
@@ -64,7 +40,7 @@ fn zero_channel(m: &mut Model, g: &ChannelGroup, c: usize) {
 /// For every prunable group: zero one channel, then remove it; logits must not move.
 fn check_prune_invariance(arch: &str) -> usize {
     let base = model(arch);
-    let x = batch();
+    let x = common::batch(2, 5);
     let groups = channel_groups(&base.graph).unwrap();
     let mut n = 0;
     for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.prunable) {
@@ -181,8 +157,8 @@ fn densenet_concat_offsets_reach_every_later_layer() {
         .unwrap();
     assert_eq!(
         (m.axis, m.offset),
-        (1, 6),
-        "growth 3 after a 6-channel stem"
+        (1, 8),
+        "growth 4 after an 8-channel stem"
     );
     assert!(check_prune_invariance("densenet") >= 6);
 }

@@ -5,6 +5,9 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use squeeze::ops::{act, batchnorm, conv, pool};
 
+mod common;
+use common::max_abs;
+
 /// Max relative error allowed between autograd and central differences (f64).
 const GRAD_TOL: f64 = 1e-6;
 /// Max abs difference between a fast f32 kernel and its reference.
@@ -144,19 +147,6 @@ fn grad_relu_pools_linear_and_loss() {
             (&c + &c.sqr().unwrap()).unwrap()
         },
     );
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn f32r(shape: &[usize], seed: u64) -> Tensor {

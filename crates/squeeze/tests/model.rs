@@ -10,60 +10,11 @@ use squeeze::params::trainable_names;
 use squeeze::passes::{run_recipe, Recipe};
 use squeeze::zoo::{self, ZooOpts, ARCHS};
 
+mod common;
+use common::{batch, max_abs, small, tmpdir};
+
 /// Max abs logit change allowed by BatchNorm folding (f32 reassociation).
 const FOLD_TOL: f32 = 1e-4;
-
-fn batch(n: usize, seed: u64) -> Tensor {
-    let mut s = seed;
-    let v: Vec<f32> = (0..n * 784)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
-}
-
-fn small(arch: &str) -> Model {
-    // narrow variants keep debug-mode tests fast; the structure is the default's
-    let opts = match arch {
-        "vgg" => ZooOpts {
-            widths: Some(vec![4, 4, 0, 8, 0]),
-            depth: None,
-        },
-        "resnet" => ZooOpts {
-            widths: Some(vec![4, 8]),
-            depth: Some(1),
-        },
-        "densenet" => ZooOpts {
-            widths: Some(vec![4]),
-            depth: Some(2),
-        },
-        _ => ZooOpts::default(),
-    };
-    zoo::build(arch, &opts, 7).unwrap()
-}
-
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("squeeze-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn every_zoo_model_runs_and_default_sizes_are_as_documented() {

@@ -4,7 +4,7 @@
 //! correlations, and — when `scripts/fetch-minilm.sh` has fetched it — the real
 //! all-MiniLM-L6-v2 against golden embeddings from sentence-transformers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use squeeze::formats::{hf_bert, load_any};
@@ -13,6 +13,9 @@ use squeeze::params::trainable_names;
 use squeeze::text::bert::{self, BertShape, LayerShape};
 use squeeze::text::{pad_batch, stsb, Encoder};
 use squeeze::Model;
+
+mod common;
+use common::tmpdir as tmp;
 
 /// Min cosine between our embeddings and sentence-transformers' (issue target).
 const GOLDEN_COSINE: f64 = 0.99999;
@@ -177,12 +180,6 @@ fn too_long_inputs_and_bad_ids_are_errors_not_panics() {
     let (ids, mask) = pad_batch(&[bad]).unwrap();
     let e = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap_err();
     assert!(e.to_string().contains("token id 30"), "{e}");
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("squeeze-text-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 /// The tiny model with uniform layers (HF's BertConfig needs one FFN width).

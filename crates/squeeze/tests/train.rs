@@ -8,9 +8,10 @@ use squeeze::eval::accuracy;
 use squeeze::train::{self, NoHooks, OptimizerConfig, Schedule, TrainConfig};
 use squeeze::zoo::{self, ZooOpts};
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("squeeze-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::tmpdir(&format!("train-{name}"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

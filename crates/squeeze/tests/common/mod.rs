@@ -1,0 +1,66 @@
+//! Helpers shared by the integration tests: narrow zoo variants (same structure as the
+//! defaults, fast in debug builds), deterministic input batches, tensor comparison and
+//! per-test temporary directories.
+#![allow(dead_code)] // each test file uses a subset
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use squeeze::checkpoint::Model;
+use squeeze::zoo::{self, ZooOpts};
+
+/// A narrow variant of a zoo architecture: two residual blocks per stage and two dense
+/// layers per block, so residual unions and concat offsets are exercised.
+pub fn small(arch: &str) -> Model {
+    let opts = match arch {
+        "vgg" => ZooOpts {
+            widths: Some(vec![4, 4, 0, 8, 0]),
+            depth: None,
+        },
+        "resnet" => ZooOpts {
+            widths: Some(vec![4, 8]),
+            depth: Some(2),
+        },
+        "densenet" => ZooOpts {
+            widths: Some(vec![4]),
+            depth: Some(2),
+        },
+        _ => ZooOpts::default(),
+    };
+    zoo::build(arch, &opts, 7).unwrap()
+}
+
+/// `n` Fashion-MNIST-shaped images with deterministic values in [-1, 1).
+pub fn batch(n: usize, seed: u64) -> Tensor {
+    let mut s = seed;
+    let v: Vec<f32> = (0..n * 784)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
+}
+
+/// Largest absolute element-wise difference of two f32 tensors.
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// A fresh (removed if present) temporary path unique to this test process.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("squeeze-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
