@@ -180,6 +180,18 @@ fn eval_stsb_reports_correlations_and_names_bad_lines() {
     ] {
         assert!(!v[k].is_null(), "eval JSON lacks {k}: {v}");
     }
+    let (ok, table, err) = bin(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        sts.to_str().unwrap(),
+        "--speed-runs",
+        "1",
+    ]);
+    assert!(
+        ok && table.contains("STS-B ρ") && table.contains("(b32)"),
+        "{table}{err}"
+    );
     std::fs::write(&sts, good + "broken line without tabs\n").unwrap();
     let (ok, _, err) = bin(&[
         "eval",
