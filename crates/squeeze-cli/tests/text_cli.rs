@@ -122,7 +122,7 @@ fn embed_writes_npy_and_jsonl_in_input_order() {
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = String::from_utf8_lossy(&bytes[10..10 + hlen]);
     assert!(
-        header.contains("'shape': (4, 8)") && (10 + hlen) % 64 == 0,
+        header.contains("'shape': (4, 8)") && (10 + hlen).is_multiple_of(64),
         "{header}"
     );
     assert_eq!(bytes.len(), 10 + hlen + 4 * 8 * 4);

@@ -358,7 +358,8 @@ fn attention_reference(
 ) -> Vec<f64> {
     let (n, l, w) = q.dims3().unwrap();
     let d = w / h;
-    let (q, k, v): (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>) = (
+    type Rows = Vec<Vec<Vec<f64>>>; // [N][L][H·Dh]
+    let (q, k, v): (Rows, Rows, Rows) = (
         q.to_vec3().unwrap(),
         k.to_vec3().unwrap(),
         v.to_vec3().unwrap(),

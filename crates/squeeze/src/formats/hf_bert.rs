@@ -99,7 +99,7 @@ fn shape_of(dir: &Path) -> Result<BertShape> {
             c.position_embedding_type
         ));
     }
-    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return unsupported("hidden_size must be a multiple of num_attention_heads".into());
     }
     let head_dim = c.hidden_size / c.num_attention_heads;

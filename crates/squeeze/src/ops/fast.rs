@@ -179,8 +179,8 @@ mod avx512 {
                 }
                 for t in 0..T {
                     let xv = _mm512_maskz_loadu_ps(mask, xp.add(t * k + c));
-                    for r in 0..R {
-                        acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                    for (row, wr) in acc.iter_mut().zip(&wv) {
+                        row[t] = _mm512_fmadd_ps(*wr, xv, row[t]);
                     }
                 }
             }
