@@ -232,7 +232,8 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
         "num_attention_heads": full_heads,
         "intermediate_size": layers[0].intermediate,
         "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
+        "hidden_dropout_prob": dropout(model),
+        // squeeze does not model attention-probability dropout; BERT's default
         "attention_probs_dropout_prob": 0.1,
         "max_position_embeddings": table("embeddings.position_embeddings.weight")?,
         "type_vocab_size": table("embeddings.token_type_embeddings.weight")?,
@@ -260,6 +261,19 @@ fn hidden_size(model: &Model) -> Result<usize> {
         .params
         .get("embeddings.word_embeddings.weight")?
         .dim(1)?)
+}
+
+/// The hidden-state dropout of the graph (training only; 0 if it has none).
+fn dropout(model: &Model) -> f64 {
+    model
+        .graph
+        .nodes
+        .iter()
+        .find_map(|n| match n.op {
+            Op::Dropout { p } => Some(p),
+            _ => None,
+        })
+        .unwrap_or(0.0)
 }
 
 fn layer_norm_eps(model: &Model) -> f64 {

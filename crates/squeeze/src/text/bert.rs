@@ -3,7 +3,9 @@
 //! each post-LayerNorm with a residual, → masked mean pooling (→ L2 normalization for
 //! sentence-transformers models). Node names follow HF's parameter names, so a HF
 //! checkpoint's tensors are this graph's parameters as they are. Widths are per layer
-//! ([`LayerShape`]), because head and FFN pruning make them uneven.
+//! ([`LayerShape`]), because head and FFN pruning make them uneven. Hidden-state dropout
+//! is a graph node (active in training only); dropout on the attention probabilities is
+//! not modelled.
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
