@@ -338,7 +338,7 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
 }
 
 /// The fixed network of the training-speed benchmark (mirrored by
-/// `bench/peers/train_speed.py`): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc128, fc10.
+/// `bench/peers/cnn_peer.py`): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc128, fc10.
 fn cnn(seed: u64) -> Result<Model> {
     let mut b = Builder::new("cnn", seed);
     let x = b.conv_bn_relu("block1", INPUT, 1, 32, 3, 1)?;
