@@ -5,12 +5,14 @@
 //! activations this way. Intermediate values are dropped after their last use.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Lookup, Node, Op, INPUT, MASK};
+use crate::ops::packed::PackCache;
 use crate::ops::{act, batchnorm, conv, fast, pool, text};
 use crate::params::ParamStore;
 
@@ -23,6 +25,9 @@ pub struct ForwardOpts {
     pub seed: u64,
     /// Nodes whose inputs and output to capture.
     pub taps: HashSet<String>,
+    /// Packed Linear weights for small-batch inference (kept by a long-lived caller such
+    /// as a text encoder); without it small batches use the unpacked kernel.
+    pub packed: Option<Arc<PackCache>>,
 }
 
 impl ForwardOpts {
@@ -33,7 +38,7 @@ impl ForwardOpts {
         ForwardOpts {
             train: true,
             seed,
-            taps: HashSet::new(),
+            ..Self::default()
         }
     }
 }
@@ -224,7 +229,9 @@ fn run_node(
             } else {
                 None
             };
-            linear(x, param(p, node, "weight")?, b)?
+            let w = param(p, node, "weight")?;
+            let packed = opts.packed.as_deref().map(|c| (c, node.name.as_str()));
+            linear(x, w, b, packed)?
         }
         Op::Conv2d {
             stride,
@@ -315,14 +322,23 @@ fn inference(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
-/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out]; `packed`: a cache of
+/// packed weights and the node's name, for small-batch inference.
+fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    packed: Option<(&PackCache, &str)>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
     let mut all = vec![&x2, w];
     all.extend(b);
     let y = if x2.dim(0)? <= fast::SMALL_M && inference(&all) {
-        fast::linear(&x2, w, b)?
+        match packed {
+            Some((cache, node)) => cache.get(&format!("{node}.weight"), w)?.matmul(&x2, b)?,
+            None => fast::linear(&x2, w, b)?,
+        }
     } else {
         let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
         match b {

@@ -428,7 +428,13 @@ const FAST_TOL: f32 = 2e-5;
 fn fast_inference_kernels_match_their_references() {
     use squeeze::ops::{fast, text};
     // odd sizes exercise the masked tails and partial tiles; 64 rows the largest M used
-    for (m, k, n) in [(1, 384, 384), (7, 37, 10), (13, 100, 9), (64, 384, 1536)] {
+    for (m, k, n) in [
+        (1, 384, 384),
+        (7, 37, 10),
+        (13, 100, 9),
+        (25, 20, 70),
+        (64, 384, 1536),
+    ] {
         let (x, w, b) = (f32r(&[m, k], 31), f32r(&[n, k], 32), f32r(&[n], 33));
         let want = x
             .matmul(&w.t().unwrap())
@@ -480,4 +486,29 @@ fn libm_erf(x: f64) -> f64 {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap()[0]
+}
+
+#[test]
+fn pack_cache_repacks_a_replaced_weight() {
+    use squeeze::ops::packed::PackCache;
+    let cache = PackCache::default();
+    let (x, w1, w2) = (f32r(&[3, 16], 41), f32r(&[5, 16], 42), f32r(&[5, 16], 43));
+    let a = cache
+        .get("fc.weight", &w1)
+        .unwrap()
+        .matmul(&x, None)
+        .unwrap();
+    let again = cache
+        .get("fc.weight", &w1)
+        .unwrap()
+        .matmul(&x, None)
+        .unwrap();
+    assert_eq!(max_abs(&a, &again), 0.0);
+    let b = cache
+        .get("fc.weight", &w2)
+        .unwrap()
+        .matmul(&x, None)
+        .unwrap();
+    let want = x.matmul(&w2.t().unwrap()).unwrap();
+    assert!(max_abs(&b, &want) < FAST_TOL, "stale packed weight used");
 }

@@ -8,6 +8,7 @@ pub mod act;
 pub mod batchnorm;
 pub mod conv;
 pub mod fast;
+pub mod packed;
 pub mod pool;
 pub mod text;
 

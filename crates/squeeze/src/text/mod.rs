@@ -7,6 +7,7 @@ pub mod bert;
 pub mod stsb;
 pub mod tokenize;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,12 +16,15 @@ use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Lookup, Op};
 use crate::interp::{forward_tokens, ForwardOpts};
+use crate::ops::packed::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
 
 /// A text model ready to embed: graph, parameters and its tokenizer.
 pub struct Encoder<'a> {
     pub model: &'a Model,
     pub tokenizer: TextTokenizer,
+    /// Packed Linear weights, made on first use (small batches only).
+    packed: Arc<PackCache>,
 }
 
 impl<'a> Encoder<'a> {
@@ -33,14 +37,22 @@ impl<'a> Encoder<'a> {
             )));
         }
         let tokenizer = TextTokenizer::from_assets(&model.assets, max_positions(model))?;
-        Ok(Encoder { model, tokenizer })
+        Ok(Encoder {
+            model,
+            tokenizer,
+            packed: Arc::default(),
+        })
     }
 
     /// Embeddings of already tokenized sequences, one batch, in order.
     pub fn embed_ids(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let (ids, mask) = pad_batch(seqs)?;
         let g = &self.model.graph;
-        let out = forward_tokens(g, &self.model.params, &ids, &mask, &ForwardOpts::eval())?;
+        let opts = ForwardOpts {
+            packed: Some(self.packed.clone()),
+            ..ForwardOpts::eval()
+        };
+        let out = forward_tokens(g, &self.model.params, &ids, &mask, &opts)?;
         Ok(out.output.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 

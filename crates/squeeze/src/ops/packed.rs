@@ -1,0 +1,197 @@
+//! Linear weights packed once into 32-column panels for small-batch inference (the panel
+//! layout of GEMM micro-kernels, Goto & van de Geijn 2008): panel p holds, for every input
+//! index k, the 32 weights W[32p..32p+32][k] contiguously, so a kernel multiplies a tile of
+//! up to 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no
+//! horizontal sums, every weight loaded once per tile, one sequential stream per panel.
+//! [`PackCache`] keeps the packed copy of each weight for the lifetime of an encoder
+//! (keyed by parameter name and checked against the tensor's identity). The reference is
+//! candle's matmul; `tests/gradcheck.rs` compares them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor, TensorId};
+use rayon::prelude::*;
+
+use super::with_cpu;
+use crate::error::{Error, Result};
+
+/// Output columns per panel.
+const COLS: usize = 32;
+/// Tokens per micro-tile (24 accumulators + 2 weight vectors + 1 broadcast registers).
+const TILE: usize = 12;
+
+/// A weight [N, K] in panel layout, N padded to a multiple of 32 with zero columns.
+#[derive(Debug)]
+pub struct PackedLinear {
+    pub n: usize,
+    pub k: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs a weight [N, K] (out, in) as stored by Linear nodes.
+    pub fn pack(w: &Tensor) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        if w.dtype() != DType::F32 {
+            return Err(Error::Graph("packed weights must be f32".into()));
+        }
+        let np = n.div_ceil(COLS);
+        let mut panels = vec![0f32; np * k * COLS];
+        with_cpu::<f32, _>(w, |ws| {
+            for (j, row) in ws.chunks_exact(k).enumerate() {
+                let (p, c) = (j / COLS, j % COLS);
+                for (kk, v) in row.iter().enumerate() {
+                    panels[(p * k + kk) * COLS + c] = *v;
+                }
+            }
+        })?;
+        Ok(PackedLinear { n, k, panels })
+    }
+
+    /// `x Wᵀ + b` for x [M, K] → [M, N].
+    pub fn matmul(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            return Err(Error::Graph(format!(
+                "packed linear expects {} inputs, got {k}",
+                self.k
+            )));
+        }
+        let xs = with_cpu::<f32, _>(x, |s| s.to_vec())?;
+        let bias = match b {
+            Some(b) => with_cpu::<f32, _>(b, |s| s.to_vec())?,
+            None => vec![0.0; self.n],
+        };
+        let np = self.n.div_ceil(COLS);
+        let panel = |p: usize| -> Vec<f32> {
+            let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
+            let mut out = vec![0f32; m * COLS];
+            panel_product(&xs, w, m, k, &mut out);
+            out
+        };
+        let parts: Vec<Vec<f32>> = if m * self.n * k >= 1 << 18 {
+            (0..np).into_par_iter().map(panel).collect()
+        } else {
+            (0..np).map(panel).collect()
+        };
+        let mut y = vec![0f32; m * self.n];
+        for (p, part) in parts.iter().enumerate() {
+            let cols = COLS.min(self.n - p * COLS);
+            for i in 0..m {
+                let dst = &mut y[i * self.n + p * COLS..][..cols];
+                for ((d, v), bb) in dst.iter_mut().zip(&part[i * COLS..]).zip(&bias[p * COLS..]) {
+                    *d = v + bb;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(y, (m, self.n), &Device::Cpu)?)
+    }
+}
+
+/// out[i·32 + c] = Σ_k x[i][k] · panel[k][c] for all m tokens.
+fn panel_product(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        let mut t0 = 0;
+        while t0 < m {
+            let t = (m - t0).min(TILE);
+            // SAFETY: AVX-512F is present; the kernel asserts its slice bounds.
+            unsafe {
+                avx512::tile_any(
+                    t,
+                    &x[t0 * k..(t0 + t) * k],
+                    w,
+                    k,
+                    &mut out[t0 * COLS..(t0 + t) * COLS],
+                )
+            };
+            t0 += t;
+        }
+        return;
+    }
+    for i in 0..m {
+        let o = &mut out[i * COLS..(i + 1) * COLS];
+        for (kk, xv) in x[i * k..(i + 1) * k].iter().enumerate() {
+            for (oc, wc) in o.iter_mut().zip(&w[kk * COLS..(kk + 1) * COLS]) {
+                *oc += xv * wc;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::COLS;
+    use std::arch::x86_64::*;
+
+    /// Dispatches a tile of `t` ≤ 12 tokens to its monomorphized kernel.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_any(t: usize, x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+        match t {
+            1 => tile::<1>(x, w, k, out),
+            2 => tile::<2>(x, w, k, out),
+            3 => tile::<3>(x, w, k, out),
+            4 => tile::<4>(x, w, k, out),
+            5 => tile::<5>(x, w, k, out),
+            6 => tile::<6>(x, w, k, out),
+            7 => tile::<7>(x, w, k, out),
+            8 => tile::<8>(x, w, k, out),
+            9 => tile::<9>(x, w, k, out),
+            10 => tile::<10>(x, w, k, out),
+            11 => tile::<11>(x, w, k, out),
+            _ => tile::<12>(x, w, k, out),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const T: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+        assert!(x.len() >= T * k && w.len() >= k * COLS && out.len() >= T * COLS);
+        let mut lo = [_mm512_setzero_ps(); T];
+        let mut hi = [_mm512_setzero_ps(); T];
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for kk in 0..k {
+            let row = wp.add(kk * COLS);
+            if kk + 16 < k {
+                _mm_prefetch::<_MM_HINT_T0>(row.add(16 * COLS) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.add(16 * COLS + 16) as *const i8);
+            }
+            let (w0, w1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+            for t in 0..T {
+                let xb = _mm512_set1_ps(*xp.add(t * k + kk));
+                lo[t] = _mm512_fmadd_ps(xb, w0, lo[t]);
+                hi[t] = _mm512_fmadd_ps(xb, w1, hi[t]);
+            }
+        }
+        let op = out.as_mut_ptr();
+        for t in 0..T {
+            _mm512_storeu_ps(op.add(t * COLS), lo[t]);
+            _mm512_storeu_ps(op.add(t * COLS + 16), hi[t]);
+        }
+    }
+}
+
+/// Packed copies of an encoder's Linear weights, made on first use and kept while the
+/// encoder lives; a weight replaced in the store (new tensor identity) is packed anew.
+#[derive(Debug, Default)]
+pub struct PackCache {
+    map: Mutex<HashMap<String, (TensorId, Arc<PackedLinear>)>>,
+}
+
+impl PackCache {
+    /// The packed form of parameter `name`, whose current tensor is `w`.
+    pub fn get(&self, name: &str, w: &Tensor) -> Result<Arc<PackedLinear>> {
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| Error::Graph("pack cache poisoned".into()))?;
+        if let Some((id, p)) = map.get(name) {
+            if *id == w.id() {
+                return Ok(p.clone());
+            }
+        }
+        let p = Arc::new(PackedLinear::pack(w)?);
+        map.insert(name.to_string(), (w.id(), p.clone()));
+        Ok(p)
+    }
+}
