@@ -91,6 +91,7 @@ fn dot_block(x: &[f32], w: &[f32], next: &[f32], m: usize, k: usize, rows: usize
 }
 
 /// Portable dot product in 8 independent lanes (vectorizes without target features).
+#[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -304,11 +305,7 @@ pub fn attention(
         for i in 0..l {
             let qi = &q[off(i)..off(i) + head_dim];
             for (j, pj) in p.iter_mut().enumerate() {
-                let dot: f32 = qi
-                    .iter()
-                    .zip(&k[off(j)..off(j) + head_dim])
-                    .map(|(a, b)| a * b)
-                    .sum();
+                let dot = dot(qi, &k[off(j)..off(j) + head_dim]);
                 let bias = (1.0 - m[s * l + j]) * super::text::MASK_BIAS as f32;
                 *pj = dot * scale + bias;
             }
