@@ -51,16 +51,7 @@ fn check_prune_invariance(arch: &str) -> usize {
         let keep: Vec<usize> = (0..g.channels).filter(|&i| i != c).collect();
         prune_group(&mut m, g, &keep).unwrap();
         let after = predict(&m.graph, &m.params, &x).unwrap();
-        let d = (before - after)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs(&before, &after);
         assert!(
             d < PRUNE_TOL,
             "{arch} group {gi} ({:?}): logits moved by {d}",
