@@ -11,9 +11,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use squeeze::eval::{peak_rss_bytes, reset_peak_rss};
+use squeeze::eval::evaluate_text;
 use squeeze::formats::load_any;
-use squeeze::text::{stsb, Encoder};
+use squeeze::text::stsb;
 
 use crate::write_json;
 
@@ -54,18 +54,17 @@ pub struct TextArgs {
 
 pub fn run(a: TextArgs) -> Result<()> {
     let model = load_any(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let enc = Encoder::new(&model)?;
     let pairs = stsb::read(&a.data)?;
-    let mut texts: Vec<&str> = Vec::new();
-    for p in &pairs {
-        texts.push(&p.a);
-        texts.push(&p.b);
-    }
-    reset_peak_rss();
-    let (spearman, pearson) = enc.stsb(&pairs, 32, true)?;
-    let lat = enc.latency_b1(&texts[..a.latency_sentences.min(texts.len())])?;
-    let thr = enc.throughput(&texts, 32)?;
-    let rss = peak_rss_bytes();
+    let texts = stsb::sentences(&pairs);
+    let m = evaluate_text(&a.model, &model, &pairs, true, a.latency_sentences)?;
+    let (spearman, pearson) = (
+        m.spearman.unwrap_or(f64::NAN),
+        m.pearson.unwrap_or(f64::NAN),
+    );
+    let (lat, thr) = (
+        m.latency_ms_b1.unwrap_or(f64::NAN),
+        m.throughput_b32.unwrap_or(f64::NAN),
+    );
     eprintln!(
         "squeeze: Spearman {spearman:.4}, {lat:.2} ms at batch 1, {thr:.0} sentences/s at batch 32"
     );
@@ -98,9 +97,9 @@ pub fn run(a: TextArgs) -> Result<()> {
         "reference_spearman": get(&reference, "spearman"),
         "latency_ms_b1": lat,
         "throughput_b32": thr,
-        "size_bytes": squeeze::checkpoint::size_on_disk(&a.model)?,
-        "params": squeeze::eval::static_cost(&model)?.params,
-        "peak_rss_bytes": rss,
+        "size_bytes": m.size_bytes,
+        "params": m.params,
+        "peak_rss_bytes": m.peak_rss_bytes,
         "pytorch_latency_ms_b1": pt_lat,
         "pytorch_throughput_b32": get(&peer, "pytorch_throughput_b32"),
         "ort_f32_latency_ms_b1": ort_lat,

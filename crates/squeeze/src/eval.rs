@@ -215,11 +215,7 @@ pub fn evaluate_text(
         m.pearson = Some(p);
     }
     if speed_sentences > 0 {
-        let mut texts: Vec<&str> = Vec::new();
-        for p in pairs {
-            texts.push(&p.a);
-            texts.push(&p.b);
-        }
+        let texts = crate::text::stsb::sentences(pairs);
         m.latency_ms_b1 = Some(enc.latency_b1(&texts[..speed_sentences.min(texts.len())])?);
         m.throughput_b32 = Some(enc.throughput(&texts, 32)?);
     }

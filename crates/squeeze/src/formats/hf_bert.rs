@@ -263,29 +263,26 @@ fn hidden_size(model: &Model) -> Result<usize> {
         .dim(1)?)
 }
 
+/// The first value `pick` finds among the graph's ops.
+fn first_op<T>(model: &Model, pick: impl Fn(&Op) -> Option<T>) -> Option<T> {
+    model.graph.nodes.iter().find_map(|n| pick(&n.op))
+}
+
 /// The hidden-state dropout of the graph (training only; 0 if it has none).
 fn dropout(model: &Model) -> f64 {
-    model
-        .graph
-        .nodes
-        .iter()
-        .find_map(|n| match n.op {
-            Op::Dropout { p } => Some(p),
-            _ => None,
-        })
-        .unwrap_or(0.0)
+    first_op(model, |op| match op {
+        Op::Dropout { p } => Some(*p),
+        _ => None,
+    })
+    .unwrap_or(0.0)
 }
 
 fn layer_norm_eps(model: &Model) -> f64 {
-    model
-        .graph
-        .nodes
-        .iter()
-        .find_map(|n| match n.op {
-            Op::LayerNorm { eps, .. } => Some(eps),
-            _ => None,
-        })
-        .unwrap_or(1e-12)
+    first_op(model, |op| match op {
+        Op::LayerNorm { eps, .. } => Some(*eps),
+        _ => None,
+    })
+    .unwrap_or(1e-12)
 }
 
 fn pooling_config(hidden: usize) -> serde_json::Value {

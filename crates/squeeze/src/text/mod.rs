@@ -81,11 +81,11 @@ impl<'a> Encoder<'a> {
 
     /// STS-B Spearman and Pearson (×100) of cosine similarity against the gold scores.
     pub fn stsb(&self, pairs: &[stsb::Pair], batch: usize, progress: bool) -> Result<(f64, f64)> {
-        let mut texts: Vec<&str> = pairs.iter().map(|p| p.a.as_str()).collect();
-        texts.extend(pairs.iter().map(|p| p.b.as_str()));
-        let e = self.embed(&texts, batch, progress)?;
-        let n = pairs.len();
-        let sims: Vec<f64> = (0..n).map(|i| stsb::cosine(&e[i], &e[n + i])).collect();
+        let e = self.embed(&stsb::sentences(pairs), batch, progress)?;
+        let sims: Vec<f64> = e
+            .chunks_exact(2)
+            .map(|ab| stsb::cosine(&ab[0], &ab[1]))
+            .collect();
         let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
         Ok((
             100.0 * stsb::spearman(&sims, &gold),

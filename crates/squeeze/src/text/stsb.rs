@@ -60,6 +60,14 @@ pub fn parse(text: &str) -> std::result::Result<Vec<Pair>, String> {
     Ok(out)
 }
 
+/// Every sentence of `pairs` in file order: a₀, b₀, a₁, b₁, …
+pub fn sentences(pairs: &[Pair]) -> Vec<&str> {
+    pairs
+        .iter()
+        .flat_map(|p| [p.a.as_str(), p.b.as_str()])
+        .collect()
+}
+
 /// Pearson correlation of two equally long series.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
