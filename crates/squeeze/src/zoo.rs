@@ -147,6 +147,29 @@ impl Builder {
         self.g.push(name, op, from)
     }
 
+    /// 2×2 max pooling with stride 2.
+    fn max_pool2(&mut self, name: &str, from: &str) -> String {
+        let op = Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        };
+        self.op(name, op, &[from])
+    }
+
+    /// conv (`{name}.conv`, "same" padding) → BN (`{name}.bn`); returns the BN's name.
+    fn conv_bn(
+        &mut self,
+        name: &str,
+        from: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+    ) -> Result<String> {
+        let c = self.conv(&format!("{name}.conv"), from, cin, cout, k, stride, k / 2)?;
+        self.bn(&format!("{name}.bn"), &c, cout)
+    }
+
     /// conv → BN → ReLU; returns the ReLU's name.
     fn conv_bn_relu(
         &mut self,
@@ -157,8 +180,7 @@ impl Builder {
         k: usize,
         stride: usize,
     ) -> Result<String> {
-        let c = self.conv(&format!("{name}.conv"), from, cin, cout, k, stride, k / 2)?;
-        let b = self.bn(&format!("{name}.bn"), &c, cout)?;
+        let b = self.conv_bn(name, from, cin, cout, k, stride)?;
         Ok(self.op(&format!("{name}.relu"), Op::Relu, &[&b]))
     }
 
@@ -224,24 +246,10 @@ fn lenet5(w: &[usize], seed: u64) -> Result<Model> {
     let mut b = Builder::new("lenet5", seed);
     let c1 = b.conv("conv1", INPUT, 1, w[0], 5, 1, 0)?; // 28 → 24
     let r1 = b.op("relu1", Op::Relu, &[&c1]);
-    let p1 = b.op(
-        "pool1",
-        Op::MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        },
-        &[&r1],
-    ); // → 12
+    let p1 = b.max_pool2("pool1", &r1); // → 12
     let c2 = b.conv("conv2", &p1, w[0], w[1], 5, 1, 0)?; // → 8
     let r2 = b.op("relu2", Op::Relu, &[&c2]);
-    let p2 = b.op(
-        "pool2",
-        Op::MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        },
-        &[&r2],
-    ); // → 4
+    let p2 = b.max_pool2("pool2", &r2); // → 4
     let f = b.op("flatten", Op::Flatten, &[&p2]);
     let l1 = b.linear("fc1", &f, w[1] * 16, w[2], true)?;
     let r3 = b.op("relu3", Op::Relu, &[&l1]);
@@ -255,14 +263,7 @@ fn vgg(cfg: &[usize], seed: u64) -> Result<Model> {
     for &w in cfg {
         if w == 0 {
             i += 1;
-            x = b.op(
-                &format!("pool{i}"),
-                Op::MaxPool2d {
-                    kernel: 2,
-                    stride: 2,
-                },
-                &[&x],
-            );
+            x = b.max_pool2(&format!("pool{i}"), &x);
             hw /= 2;
         } else {
             x = b.conv_bn_relu(&format!("features.{}", b.g.nodes.len()), &x, c, w, 3, 1)?;
@@ -283,11 +284,9 @@ fn resnet(stages: &[usize], blocks: usize, seed: u64) -> Result<Model> {
             let stride = if s > 0 && k == 0 { 2 } else { 1 };
             let name = format!("layer{}.{k}", s + 1);
             let a = b.conv_bn_relu(&format!("{name}.a"), &x, c, w, 3, stride)?;
-            let cb = b.conv(&format!("{name}.b.conv"), &a, w, w, 3, 1, 1)?;
-            let bb = b.bn(&format!("{name}.b.bn"), &cb, w)?;
+            let bb = b.conv_bn(&format!("{name}.b"), &a, w, w, 3, 1)?;
             let short = if stride != 1 || c != w {
-                let sc = b.conv(&format!("{name}.down.conv"), &x, c, w, 1, stride, 0)?;
-                b.bn(&format!("{name}.down.bn"), &sc, w)?
+                b.conv_bn(&format!("{name}.down"), &x, c, w, 1, stride)?
             } else {
                 x.clone()
             };
@@ -342,23 +341,9 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
 fn cnn(seed: u64) -> Result<Model> {
     let mut b = Builder::new("cnn", seed);
     let x = b.conv_bn_relu("block1", INPUT, 1, 32, 3, 1)?;
-    let x = b.op(
-        "pool1",
-        Op::MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        },
-        &[&x],
-    );
+    let x = b.max_pool2("pool1", &x);
     let x = b.conv_bn_relu("block2", &x, 32, 64, 3, 1)?;
-    let x = b.op(
-        "pool2",
-        Op::MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        },
-        &[&x],
-    );
+    let x = b.max_pool2("pool2", &x);
     let f = b.op("flatten", Op::Flatten, &[&x]);
     let h = b.linear("fc1", &f, 64 * 7 * 7, 128, true)?;
     let r = b.op("relu3", Op::Relu, &[&h]);
