@@ -53,6 +53,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             augment_pad: Some(0),
             widths: None,
             depth: None,
+            init: None,
             limit_train: None,
             resume: base.join("checkpoint/state.json").exists(),
             force: false,

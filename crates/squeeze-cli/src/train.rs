@@ -1,6 +1,7 @@
-//! `squeeze train`: builds a zoo architecture, trains it with per-arch defaults that every
-//! flag can override, checkpoints each epoch, and saves the final model with its test
-//! metrics (`metrics.json`) and training log (`train.json`).
+//! `squeeze train`: builds a zoo architecture (or starts from a saved model with `--init`),
+//! trains it with per-arch defaults that every flag can override, checkpoints each epoch,
+//! and saves the final model with its test metrics (`metrics.json`) and training log
+//! (`train.json`).
 
 use std::path::PathBuf;
 
@@ -48,6 +49,10 @@ pub struct TrainArgs {
     /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
     #[arg(long)]
     pub depth: Option<usize>,
+    /// Start from the model saved in DIR (fine-tuning) instead of fresh weights; its
+    /// architecture must be --arch. DIR itself is never written.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["widths", "depth"])]
+    pub init: Option<PathBuf>,
     /// Train on the first N images only (quick runs).
     #[arg(long)]
     pub limit_train: Option<usize>,
@@ -109,17 +114,42 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
     })
 }
 
+/// Fresh zoo weights, or the model of `--init` after checking it is a model of `--arch` and
+/// that `--out` is not its directory.
+fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::Model> {
+    let Some(dir) = &a.init else {
+        return Ok(zoo::build(&a.arch, opts, a.seed)?);
+    };
+    if a.out.canonicalize().ok().is_some_and(|o| dir.canonicalize().ok() == Some(o)) {
+        bail!(
+            "--out {} is the --init model's directory; squeeze never overwrites its input",
+            a.out.display()
+        );
+    }
+    let model = squeeze::checkpoint::load(dir)
+        .with_context(|| format!("--init: loading {}", dir.display()))?;
+    if model.graph.arch != a.arch || model.graph.is_text() {
+        bail!(
+            "--init {} holds a `{}` model, not --arch {}",
+            dir.display(),
+            model.graph.arch,
+            a.arch
+        );
+    }
+    Ok(model)
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = config(&a)?;
     if !a.resume && !a.force && a.out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
         bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
     }
-    let data = FashionMnist::load(&a.data.data)?;
     let opts = ZooOpts {
         widths: a.widths.clone(),
         depth: a.depth,
     };
-    let mut model = zoo::build(&a.arch, &opts, a.seed)?;
+    let mut model = initial_model(&a, &opts)?;
+    let data = FashionMnist::load(&a.data.data)?;
     eprintln!(
         "training {} ({} params) for {} epochs on {} images",
         a.arch,
@@ -144,7 +174,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_json(
         &a.out.join("train.json"),
-        &serde_json::json!({ "config": cfg, "zoo": opts, "history": history, "command": command }),
+        &serde_json::json!({
+            "config": cfg,
+            "zoo": opts,
+            "init": a.init,
+            "history": history,
+            "command": command
+        }),
     )?;
     write_json(&a.out.join("metrics.json"), &metrics)?;
     println!("{}", serde_json::to_string_pretty(&metrics)?);

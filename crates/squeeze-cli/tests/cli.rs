@@ -116,6 +116,52 @@ fn compress_never_overwrites_its_input_and_reports_recipe_typos() {
 }
 
 #[test]
+fn train_init_checks_the_architecture_and_protects_its_input() {
+    let d = tmp("init");
+    let m = model_dir(&d);
+    let ms = m.to_str().unwrap();
+    let (ok, _, err) = run(&["train", "--arch", "mlp", "--init", ms, "--out", "/tmp/x"]);
+    assert!(
+        !ok && err.contains("holds a `cnn` model") && err.contains("--arch mlp"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["train", "--arch", "cnn", "--init", ms, "--out", ms, "--force"]);
+    assert!(!ok && err.contains("never overwrites its input"), "{err}");
+    let (ok, _, err) = run(&[
+        "train", "--arch", "cnn", "--init", ms, "--depth", "2", "--out", "/tmp/x",
+    ]);
+    assert!(!ok && err.contains("--depth"), "{err}");
+}
+
+/// With a zero learning rate, fine-tuning from --init keeps the loaded weights bit for bit
+/// (a fresh build would have seed 0's weights, not seed 7's).
+#[test]
+fn train_init_starts_from_the_saved_weights() {
+    if !have_data() {
+        eprintln!("SKIPPED: Fashion-MNIST not installed");
+        return;
+    }
+    let d = tmp("init-real");
+    let m = d.join("seed7");
+    checkpoint::save(&zoo::build("cnn", &ZooOpts::default(), 7).unwrap(), &m).unwrap();
+    let out = d.join("tuned");
+    let (ok, _, err) = run(&[
+        "train", "--arch", "cnn", "--init", m.to_str().unwrap(), "--out",
+        out.to_str().unwrap(), "--epochs", "1", "--lr", "0", "--schedule", "constant",
+        "--limit-train", "128",
+    ]);
+    assert!(ok, "{err}");
+    let (a, b) = (checkpoint::load(&m).unwrap(), checkpoint::load(&out).unwrap());
+    for name in ["block1.conv.weight", "fc2.weight"] {
+        let (x, y) = (a.params.get(name).unwrap(), b.params.get(name).unwrap());
+        let diff = x.sub(y).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} changed");
+    }
+    let log = std::fs::read_to_string(out.join("train.json")).unwrap();
+    assert!(log.contains("seed7"), "train.json must record --init");
+}
+
+#[test]
 fn compress_and_report_on_real_data() {
     if !have_data() {
         assert!(
