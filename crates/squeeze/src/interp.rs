@@ -134,6 +134,9 @@ fn run_graph(
         HashMap::new()
     };
     let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
+    let siblings = sibling_groups(g, opts);
+    // outputs of group members computed ahead, together with their group's first node
+    let mut ahead: HashMap<String, Tensor> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         if let Some(&bn) = fused_relu.get(&i) {
             // this ReLU was computed together with BatchNorm node `bn`
@@ -152,9 +155,22 @@ fn run_graph(
                     .ok_or_else(|| Error::Graph(format!("value `{n}` missing")))
             })
             .collect::<Result<Vec<_>>>()?;
-        // a fused BatchNorm also applies the ReLU that reads it (skipped above)
-        let fuse_relu = fused.contains_key(&i);
-        let y = run_node(node, p, &ins, opts, fuse_relu, &mut rng, &mut out)?;
+        let group = match (siblings.get(&i), opts.packed.as_deref()) {
+            (Some(grp), Some(cache)) => run_siblings(g, grp, p, &ins[0], cache)?,
+            _ => None,
+        };
+        let y = if let Some(v) = ahead.remove(&node.name) {
+            v
+        } else if let Some(mut ys) = group {
+            for (&j, v) in siblings[&i][1..].iter().zip(ys.drain(1..)) {
+                ahead.insert(g.nodes[j].name.clone(), v);
+            }
+            ys.remove(0)
+        } else {
+            // a fused BatchNorm also applies the ReLU that reads it (skipped above)
+            let fuse_relu = fused.contains_key(&i);
+            run_node(node, p, &ins, opts, fuse_relu, &mut rng, &mut out)?
+        };
         if opts.taps.contains(&node.name) {
             out.taps.insert(
                 node.name.clone(),
@@ -201,6 +217,63 @@ fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
         }
     }
     out
+}
+
+/// Packed inference: groups of sibling Linear nodes (none tapped), keyed by the index of
+/// each group's first node.
+fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
+    if opts.train || opts.packed.is_none() {
+        return HashMap::new();
+    }
+    g.sibling_linears()
+        .into_iter()
+        .filter(|grp| grp.iter().all(|&j| !opts.taps.contains(&g.nodes[j].name)))
+        .map(|grp| (grp[0], grp))
+        .collect()
+}
+
+/// A group of sibling Linear nodes (same input `x`) as one packed product over their
+/// concatenated weights, split back into each node's output; `None` where the packed path
+/// does not apply (a large batch, or tensors that track gradients).
+fn run_siblings(
+    g: &Graph,
+    group: &[usize],
+    p: &ParamStore,
+    x: &Tensor,
+    cache: &PackCache,
+) -> Result<Option<Vec<Tensor>>> {
+    let dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let (mut names, mut ws, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+    for &j in group {
+        let node = &g.nodes[j];
+        let w = param(p, node, "weight")?;
+        bs.push(match node.op {
+            Op::Linear { bias: true, .. } => param(p, node, "bias")?.clone(),
+            _ => Tensor::zeros(w.dim(0)?, DType::F32, w.device())?,
+        });
+        names.push(format!("{}.weight", node.name));
+        ws.push(w);
+    }
+    let mut all: Vec<&Tensor> = vec![&x2];
+    all.extend(ws.iter().copied().chain(&bs));
+    if x2.dim(0)? > fast::SMALL_M || !inference(&all) {
+        return Ok(None);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let y = cache
+        .get_many(&names, &ws)?
+        .matmul(&x2, Some(&Tensor::cat(&bs, 0)?))?;
+    let mut outs = Vec::with_capacity(ws.len());
+    let mut at = 0;
+    for w in &ws {
+        let n = w.dim(0)?;
+        let mut shape = dims.clone();
+        *shape.last_mut().expect("rank ≥ 1") = n;
+        outs.push(y.narrow(1, at, n)?.contiguous()?.reshape(shape)?);
+        at += n;
+    }
+    Ok(Some(outs))
 }
 
 /// Eval-mode forward returning only the output.

@@ -1,5 +1,6 @@
 //! The transformer path: a tiny random BERT for the invariants (gradients reach every
-//! parameter and match central differences; padding does not change an embedding; HF
+//! parameter and match central differences; padding does not change an embedding; the
+//! packed inference path matches the plain forward; HF
 //! export → import is exact; bad HF directories give clear errors), STS-B parsing and
 //! correlations, and — when `scripts/fetch-minilm.sh` has fetched it — the real
 //! all-MiniLM-L6-v2 against golden embeddings from sentence-transformers.
@@ -15,7 +16,7 @@ use squeeze::text::{pad_batch, stsb, Encoder};
 use squeeze::Model;
 
 mod common;
-use common::tmpdir as tmp;
+use common::{max_abs, tmpdir as tmp};
 
 /// Min cosine between our embeddings and sentence-transformers' (issue target).
 const GOLDEN_COSINE: f64 = 0.99999;
@@ -167,6 +168,28 @@ fn padding_in_a_batch_leaves_each_embedding_unchanged() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(diff < PAD_TOL, "padding changed the embedding by {diff}");
+}
+
+/// Max abs difference between the packed inference path (q/k/v as one product) and the
+/// plain forward.
+const PACKED_TOL: f32 = 1e-5;
+
+#[test]
+fn packed_sibling_projections_match_the_plain_forward() {
+    let m = tiny();
+    assert_eq!(m.graph.sibling_linears().len(), 2, "one q/k/v group per layer");
+    let (ids, mask) = ids_mask();
+    let plain = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap();
+    let packed = ForwardOpts {
+        packed: Some(Default::default()),
+        ..ForwardOpts::eval()
+    };
+    for _ in 0..2 {
+        // the second pass reads the cached panels
+        let o = forward_tokens(&m.graph, &m.params, &ids, &mask, &packed).unwrap();
+        let diff = max_abs(&o.output, &plain.output);
+        assert!(diff < PACKED_TOL, "packed forward differs by {diff}");
+    }
 }
 
 #[test]

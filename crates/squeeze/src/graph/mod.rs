@@ -257,6 +257,27 @@ impl Graph {
             .collect()
     }
 
+    /// Groups of two or more Linear nodes reading the same value, e.g. an attention layer's
+    /// query, key and value projections: node indices in graph order, each node in at most
+    /// one group. Inference may run a group as one matrix product.
+    pub fn sibling_linears(&self) -> Vec<Vec<usize>> {
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !matches!(n.op, Op::Linear { .. }) || n.inputs.len() != 1 {
+                continue;
+            }
+            match groups.iter_mut().find(|(src, _)| *src == n.inputs[0]) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((&n.inputs[0], vec![i])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.len() > 1)
+            .collect()
+    }
+
     /// Structural checks: unique names, inputs defined before use, output exists, format
     /// version, and shape inference succeeds.
     pub fn validate(&self) -> Result<()> {

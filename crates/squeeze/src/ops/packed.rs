@@ -175,23 +175,37 @@ mod avx512 {
 /// encoder lives; a weight replaced in the store (new tensor identity) is packed anew.
 #[derive(Debug, Default)]
 pub struct PackCache {
-    map: Mutex<HashMap<String, (TensorId, Arc<PackedLinear>)>>,
+    map: Mutex<HashMap<String, Packed>>,
 }
+
+/// A cache entry: the identities of the packed weight tensors, and their packed form.
+type Packed = (Vec<TensorId>, Arc<PackedLinear>);
 
 impl PackCache {
     /// The packed form of parameter `name`, whose current tensor is `w`.
     pub fn get(&self, name: &str, w: &Tensor) -> Result<Arc<PackedLinear>> {
+        self.get_many(&[name], &[w])
+    }
+
+    /// The packed row-concatenation of weights `ws` (parameters `names`, all [·, K]): one
+    /// product computes every weight's outputs, side by side in `names`' order.
+    pub fn get_many(&self, names: &[&str], ws: &[&Tensor]) -> Result<Arc<PackedLinear>> {
+        let key = names.join("+");
+        let ids: Vec<TensorId> = ws.iter().map(|w| w.id()).collect();
         let mut map = self
             .map
             .lock()
             .map_err(|_| Error::Graph("pack cache poisoned".into()))?;
-        if let Some((id, p)) = map.get(name) {
-            if *id == w.id() {
+        if let Some((known, p)) = map.get(&key) {
+            if *known == ids {
                 return Ok(p.clone());
             }
         }
-        let p = Arc::new(PackedLinear::pack(w)?);
-        map.insert(name.to_string(), (w.id(), p.clone()));
+        let p = Arc::new(match ws {
+            [w] => PackedLinear::pack(w)?,
+            _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
+        });
+        map.insert(key, (ids, p.clone()));
         Ok(p)
     }
 }
