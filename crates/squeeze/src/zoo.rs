@@ -170,18 +170,9 @@ impl Builder {
         self.bn(&format!("{name}.bn"), &c, cout)
     }
 
-    /// conv → BN → ReLU; returns the ReLU's name.
-    fn conv_bn_relu(
-        &mut self,
-        name: &str,
-        from: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-    ) -> Result<String> {
-        let b = self.conv_bn(name, from, cin, cout, k, stride)?;
-        Ok(self.op(&format!("{name}.relu"), Op::Relu, &[&b]))
+    /// `{block}.relu` reading `from` (closes a conv → BN → ReLU block); returns its name.
+    fn relu(&mut self, block: &str, from: &str) -> String {
+        self.op(&format!("{block}.relu"), Op::Relu, &[from])
     }
 
     fn finish(self) -> Result<Model> {
@@ -266,7 +257,9 @@ fn vgg(cfg: &[usize], seed: u64) -> Result<Model> {
             x = b.max_pool2(&format!("pool{i}"), &x);
             hw /= 2;
         } else {
-            x = b.conv_bn_relu(&format!("features.{}", b.g.nodes.len()), &x, c, w, 3, 1)?;
+            let name = format!("features.{}", b.g.nodes.len());
+            let n = b.conv_bn(&name, &x, c, w, 3, 1)?;
+            x = b.relu(&name, &n);
             c = w;
         }
     }
@@ -277,13 +270,15 @@ fn vgg(cfg: &[usize], seed: u64) -> Result<Model> {
 
 fn resnet(stages: &[usize], blocks: usize, seed: u64) -> Result<Model> {
     let mut b = Builder::new("resnet", seed);
-    let mut x = b.conv_bn_relu("stem", INPUT, 1, stages[0], 3, 1)?;
+    let stem = b.conv_bn("stem", INPUT, 1, stages[0], 3, 1)?;
+    let mut x = b.relu("stem", &stem);
     let mut c = stages[0];
     for (s, &w) in stages.iter().enumerate() {
         for k in 0..blocks {
             let stride = if s > 0 && k == 0 { 2 } else { 1 };
             let name = format!("layer{}.{k}", s + 1);
-            let a = b.conv_bn_relu(&format!("{name}.a"), &x, c, w, 3, stride)?;
+            let an = b.conv_bn(&format!("{name}.a"), &x, c, w, 3, stride)?;
+            let a = b.relu(&format!("{name}.a"), &an);
             let bb = b.conv_bn(&format!("{name}.b"), &a, w, w, 3, 1)?;
             let short = if stride != 1 || c != w {
                 b.conv_bn(&format!("{name}.down"), &x, c, w, 1, stride)?
@@ -308,7 +303,7 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
         for l in 0..layers {
             let name = format!("block{blk}.{l}");
             let n = b.bn(&format!("{name}.bn"), &x, c)?;
-            let r = b.op(&format!("{name}.relu"), Op::Relu, &[&n]);
+            let r = b.relu(&name, &n);
             let cv = b.conv(&format!("{name}.conv"), &r, c, growth, 3, 1, 1)?;
             x = b.op(&format!("{name}.cat"), Op::Concat, &[&x, &cv]);
             c += growth;
@@ -316,7 +311,7 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
         if blk < 3 {
             let name = format!("trans{blk}");
             let n = b.bn(&format!("{name}.bn"), &x, c)?;
-            let r = b.op(&format!("{name}.relu"), Op::Relu, &[&n]);
+            let r = b.relu(&name, &n);
             let cv = b.conv(&format!("{name}.conv"), &r, c, c / 2, 1, 1, 0)?;
             c /= 2;
             x = b.op(
@@ -330,7 +325,7 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
         }
     }
     let n = b.bn("final.bn", &x, c)?;
-    let r = b.op("final.relu", Op::Relu, &[&n]);
+    let r = b.relu("final", &n);
     let gp = b.op("pool", Op::GlobalAvgPool, &[&r]);
     b.linear("fc", &gp, c, CLASSES, false)?;
     b.finish()
@@ -340,9 +335,11 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
 /// `bench/peers/cnn_peer.py`): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc128, fc10.
 fn cnn(seed: u64) -> Result<Model> {
     let mut b = Builder::new("cnn", seed);
-    let x = b.conv_bn_relu("block1", INPUT, 1, 32, 3, 1)?;
+    let x = b.conv_bn("block1", INPUT, 1, 32, 3, 1)?;
+    let x = b.relu("block1", &x);
     let x = b.max_pool2("pool1", &x);
-    let x = b.conv_bn_relu("block2", &x, 32, 64, 3, 1)?;
+    let x = b.conv_bn("block2", &x, 32, 64, 3, 1)?;
+    let x = b.relu("block2", &x);
     let x = b.max_pool2("pool2", &x);
     let f = b.op("flatten", Op::Flatten, &[&x]);
     let h = b.linear("fc1", &f, 64 * 7 * 7, 128, true)?;
