@@ -120,7 +120,11 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::M
     let Some(dir) = &a.init else {
         return Ok(zoo::build(&a.arch, opts, a.seed)?);
     };
-    if a.out.canonicalize().ok().is_some_and(|o| dir.canonicalize().ok() == Some(o)) {
+    if a.out
+        .canonicalize()
+        .ok()
+        .is_some_and(|o| dir.canonicalize().ok() == Some(o))
+    {
         bail!(
             "--out {} is the --init model's directory; squeeze never overwrites its input",
             a.out.display()

@@ -125,7 +125,9 @@ fn train_init_checks_the_architecture_and_protects_its_input() {
         !ok && err.contains("holds a `cnn` model") && err.contains("--arch mlp"),
         "{err}"
     );
-    let (ok, _, err) = run(&["train", "--arch", "cnn", "--init", ms, "--out", ms, "--force"]);
+    let (ok, _, err) = run(&[
+        "train", "--arch", "cnn", "--init", ms, "--out", ms, "--force",
+    ]);
     assert!(!ok && err.contains("never overwrites its input"), "{err}");
     let (ok, _, err) = run(&[
         "train", "--arch", "cnn", "--init", ms, "--depth", "2", "--out", "/tmp/x",
@@ -146,12 +148,27 @@ fn train_init_starts_from_the_saved_weights() {
     checkpoint::save(&zoo::build("cnn", &ZooOpts::default(), 7).unwrap(), &m).unwrap();
     let out = d.join("tuned");
     let (ok, _, err) = run(&[
-        "train", "--arch", "cnn", "--init", m.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--epochs", "1", "--lr", "0", "--schedule", "constant",
-        "--limit-train", "128",
+        "train",
+        "--arch",
+        "cnn",
+        "--init",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+        "--schedule",
+        "constant",
+        "--limit-train",
+        "128",
     ]);
     assert!(ok, "{err}");
-    let (a, b) = (checkpoint::load(&m).unwrap(), checkpoint::load(&out).unwrap());
+    let (a, b) = (
+        checkpoint::load(&m).unwrap(),
+        checkpoint::load(&out).unwrap(),
+    );
     for name in ["block1.conv.weight", "fc2.weight"] {
         let (x, y) = (a.params.get(name).unwrap(), b.params.get(name).unwrap());
         let diff = x.sub(y).unwrap().abs().unwrap().max_all().unwrap();

@@ -243,7 +243,10 @@ fn max_pool_gradient_sums_to_output_count_unlike_candle() {
         let gx = g.get(x.as_tensor()).unwrap();
         gx.sum_all().unwrap().to_scalar::<f32>().unwrap()
     };
-    assert_eq!(grad_total(act::max_pool2d(x.as_tensor(), 2, 2).unwrap()), 8.0);
+    assert_eq!(
+        grad_total(act::max_pool2d(x.as_tensor(), 2, 2).unwrap()),
+        8.0
+    );
     let t = grad_total(x.as_tensor().max_pool2d(2).unwrap());
     assert!(
         (t - 8.0).abs() > 1.0,

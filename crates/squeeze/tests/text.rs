@@ -177,7 +177,11 @@ const PACKED_TOL: f32 = 1e-5;
 #[test]
 fn packed_sibling_projections_match_the_plain_forward() {
     let m = tiny();
-    assert_eq!(m.graph.sibling_linears().len(), 2, "one q/k/v group per layer");
+    assert_eq!(
+        m.graph.sibling_linears().len(),
+        2,
+        "one q/k/v group per layer"
+    );
     let (ids, mask) = ids_mask();
     let plain = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap();
     let packed = ForwardOpts {
