@@ -156,7 +156,10 @@ fn run_graph(
             })
             .collect::<Result<Vec<_>>>()?;
         let group = match (siblings.get(&i), opts.packed.as_deref()) {
-            (Some(grp), Some(cache)) => run_siblings(g, grp, p, &ins[0], cache)?,
+            (Some(grp), Some(cache)) => {
+                let nodes: Vec<&Node> = grp.iter().map(|&j| &g.nodes[j]).collect();
+                packed_linears(&nodes, p, &ins[0], cache)?
+            }
             _ => None,
         };
         let y = if let Some(v) = ahead.remove(&node.name) {
@@ -232,12 +235,12 @@ fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
         .collect()
 }
 
-/// A group of sibling Linear nodes (same input `x`) as one packed product over their
-/// concatenated weights, split back into each node's output; `None` where the packed path
-/// does not apply (a large batch, or tensors that track gradients).
-fn run_siblings(
-    g: &Graph,
-    group: &[usize],
+/// Small-batch inference of Linear nodes that all read `x` — one node, or siblings such as
+/// an attention layer's q/k/v — as one packed product over their concatenated weights,
+/// split back into each node's output; `None` where the packed path does not apply (a
+/// large batch, or tensors that track gradients).
+fn packed_linears(
+    nodes: &[&Node],
     p: &ParamStore,
     x: &Tensor,
     cache: &PackCache,
@@ -245,32 +248,38 @@ fn run_siblings(
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
     let (mut names, mut ws, mut bs) = (Vec::new(), Vec::new(), Vec::new());
-    for &j in group {
-        let node = &g.nodes[j];
+    for node in nodes {
         let w = param(p, node, "weight")?;
-        bs.push(match node.op {
-            Op::Linear { bias: true, .. } => param(p, node, "bias")?.clone(),
-            _ => Tensor::zeros(w.dim(0)?, DType::F32, w.device())?,
-        });
+        if let Op::Linear { bias: true, .. } = node.op {
+            bs.push(param(p, node, "bias")?.clone());
+        } else if nodes.len() > 1 {
+            bs.push(Tensor::zeros(w.dim(0)?, DType::F32, w.device())?);
+        }
         names.push(format!("{}.weight", node.name));
         ws.push(w);
     }
     let mut all: Vec<&Tensor> = vec![&x2];
     all.extend(ws.iter().copied().chain(&bs));
-    if x2.dim(0)? > fast::SMALL_M || !inference(&all) {
+    if !small_inference(&x2, &all)? {
         return Ok(None);
     }
+    let bias = match &bs[..] {
+        [] => None,
+        [b] => Some(b.clone()),
+        _ => Some(Tensor::cat(&bs, 0)?),
+    };
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let y = cache
-        .get_many(&names, &ws)?
-        .matmul(&x2, Some(&Tensor::cat(&bs, 0)?))?;
+    let y = cache.get_many(&names, &ws)?.matmul(&x2, bias.as_ref())?;
     let mut outs = Vec::with_capacity(ws.len());
     let mut at = 0;
     for w in &ws {
         let n = w.dim(0)?;
-        let mut shape = dims.clone();
-        *shape.last_mut().expect("rank ≥ 1") = n;
-        outs.push(y.narrow(1, at, n)?.contiguous()?.reshape(shape)?);
+        let part = if ws.len() == 1 {
+            y.clone()
+        } else {
+            y.narrow(1, at, n)?.contiguous()?
+        };
+        outs.push(part.reshape(with_last(&dims, n))?);
         at += n;
     }
     Ok(Some(outs))
@@ -302,9 +311,14 @@ fn run_node(
             } else {
                 None
             };
-            let w = param(p, node, "weight")?;
-            let packed = opts.packed.as_deref().map(|c| (c, node.name.as_str()));
-            linear(x, w, b, packed)?
+            let packed = match opts.packed.as_deref() {
+                Some(cache) => packed_linears(&[node], p, x, cache)?,
+                None => None,
+            };
+            match packed {
+                Some(mut y) => y.remove(0),
+                None => linear(x, param(p, node, "weight")?, b)?,
+            }
         }
         Op::Conv2d {
             stride,
@@ -395,23 +409,27 @@ fn inference(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
-/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out]; `packed`: a cache of
-/// packed weights and the node's name, for small-batch inference.
-fn linear(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    packed: Option<(&PackCache, &str)>,
-) -> Result<Tensor> {
+/// Whether a product over rows `x2` [M, in] takes the small-batch inference kernels: few
+/// rows, and f32 tensors none of which tracks gradients.
+fn small_inference(x2: &Tensor, ts: &[&Tensor]) -> Result<bool> {
+    Ok(x2.dim(0)? <= fast::SMALL_M && inference(ts))
+}
+
+/// `dims` with its last axis replaced by `n`.
+fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("rank ≥ 1") = n;
+    out
+}
+
+/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
     let mut all = vec![&x2, w];
     all.extend(b);
-    let y = if x2.dim(0)? <= fast::SMALL_M && inference(&all) {
-        match packed {
-            Some((cache, node)) => cache.get(&format!("{node}.weight"), w)?.matmul(&x2, b)?,
-            None => fast::linear(&x2, w, b)?,
-        }
+    let y = if small_inference(&x2, &all)? {
+        fast::linear(&x2, w, b)?
     } else {
         let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
         match b {
@@ -419,9 +437,7 @@ fn linear(
             None => y,
         }
     };
-    let mut out = dims;
-    *out.last_mut().expect("rank ≥ 1") = w.dim(0)?;
-    Ok(y.reshape(out)?)
+    Ok(y.reshape(with_last(&dims, w.dim(0)?))?)
 }
 
 /// Inverted dropout with a seeded mask (so a resumed run draws the same masks).
