@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use squeeze::ops::{act, batchnorm, conv, pool};
 
 mod common;
-use common::max_abs;
+use common::{lcg, max_abs};
 
 /// Max relative error allowed between autograd and central differences (f64).
 const GRAD_TOL: f64 = 1e-6;
@@ -17,16 +17,10 @@ const STEP: f64 = 1e-6;
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // deterministic pseudo-random values in [-1, 1]
     let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
+    let v: Vec<f64> = lcg(seed)
+        .skip(1)
+        .take(n)
+        .map(|s| ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }

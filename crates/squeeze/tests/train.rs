@@ -111,13 +111,8 @@ fn config(epochs: usize, limit: Option<usize>, batch: usize) -> TrainConfig {
 }
 
 fn synthetic(n: usize, seed: u64) -> ImageSet {
-    let mut s = seed;
-    let mut next = || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 56) as u8
-    };
+    let mut bytes = common::lcg(seed).map(|s| (s >> 56) as u8);
+    let mut next = || bytes.next().expect("endless generator");
     let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
     // class-dependent brightness so the task is learnable
     let pixels: Vec<u8> = (0..n * 784)

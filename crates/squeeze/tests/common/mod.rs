@@ -30,16 +30,23 @@ pub fn small(arch: &str) -> Model {
     zoo::build(arch, &opts, 7).unwrap()
 }
 
+/// Successive states of a 64-bit linear congruential generator (Knuth's MMIX constants)
+/// started at `seed`: the deterministic source of every test's pseudo-random values.
+pub fn lcg(seed: u64) -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(seed), |s| {
+        Some(
+            s.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    })
+    .skip(1)
+}
+
 /// `n` Fashion-MNIST-shaped images with deterministic values in [-1, 1).
 pub fn batch(n: usize, seed: u64) -> Tensor {
-    let mut s = seed;
-    let v: Vec<f32> = (0..n * 784)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+    let v: Vec<f32> = lcg(seed)
+        .take(n * 784)
+        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         .collect();
     Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
 }
