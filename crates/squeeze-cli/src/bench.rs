@@ -32,6 +32,9 @@ pub enum BenchWhat {
     /// A sentence encoder on STS-B: Spearman vs the Python reference, batch-1 latency and
     /// batch-32 throughput vs PyTorch and ONNX Runtime → one key of a results JSON.
     Text(crate::bench_text::TextArgs),
+    /// Batch-1 latency of a sentence encoder on each kernel path (AVX-512, AVX2, scalar)
+    /// in one run → results/isa.json.
+    Isa(crate::bench_isa::IsaArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +60,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Train(c) => train_bench(c),
         BenchWhat::Infer(c) => infer_bench(c),
         BenchWhat::Text(t) => crate::bench_text::run(t),
+        BenchWhat::Isa(i) => crate::bench_isa::run(i),
     }
 }
 

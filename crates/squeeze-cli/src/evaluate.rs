@@ -101,7 +101,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     }
     let nodes = if a.per_node {
         let model = load_any(&a.dir)?;
-        Some(squeeze::eval::node_costs(&model.graph, &model.params)?)
+        Some(squeeze::eval::node_costs(&model.graph)?)
     } else {
         None
     };

@@ -5,6 +5,7 @@
 //! names the file or option at fault.
 
 mod bench;
+mod bench_isa;
 mod bench_text;
 mod compress;
 mod demo;
@@ -52,6 +53,11 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // a misspelled or unsupported SQUEEZE_ISA is refused before any work starts
+    if let Err(e) = squeeze::isa::active() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let r = match cli.cmd {
         Cmd::Train(a) => train::run(a),
         Cmd::Eval(a) => evaluate::run_eval(a),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{tensor_specs, Graph, FORMAT_VERSION};
+use crate::kinds::TensorInfo;
 use crate::params::ParamStore;
 
 pub const GRAPH_FILE: &str = "model.json";
@@ -93,7 +94,7 @@ pub fn save(model: &Model, dir: &Path) -> Result<()> {
     for (name, bytes) in &model.assets {
         write_atomic(&dir.join(name), bytes)?;
     }
-    let json = serde_json::to_vec_pretty(&model.graph)
+    let json = serde_json::to_vec_pretty(&with_tensor_table(&model.graph))
         .map_err(|e| Error::Graph(format!("cannot serialize graph: {e}")))?;
     write_atomic(&dir.join(GRAPH_FILE), &json)
 }
@@ -107,7 +108,51 @@ pub fn load_graph(dir: &Path) -> Result<Graph> {
     graph
         .validate()
         .map_err(|e| Error::file(&path, e.to_string()))?;
-    Ok(graph)
+    check_tensor_table(&graph).map_err(|m| Error::file(&path, m))?;
+    Ok(Graph {
+        format_version: FORMAT_VERSION,
+        tensors: BTreeMap::new(),
+        ..graph
+    })
+}
+
+/// The graph as written to disk: current format, with every tensor's dtype, role and
+/// shape recorded.
+fn with_tensor_table(g: &Graph) -> Graph {
+    let tensors = tensor_specs(g)
+        .iter()
+        .map(|(k, s)| (k.clone(), TensorInfo::from(s)))
+        .collect();
+    Graph {
+        format_version: FORMAT_VERSION,
+        tensors,
+        ..g.clone()
+    }
+}
+
+/// A format-2 file's tensor table must be what its nodes and masks imply (it is the
+/// record a reader without squeeze relies on); version-1 files have none, and a
+/// hand-written file may leave it out (the weights are still checked against the graph).
+fn check_tensor_table(g: &Graph) -> std::result::Result<(), String> {
+    if g.format_version < 2 || g.tensors.is_empty() {
+        return Ok(());
+    }
+    let expected = with_tensor_table(g).tensors;
+    for (name, info) in &expected {
+        match g.tensors.get(name) {
+            Some(found) if found == info => {}
+            Some(found) => {
+                return Err(format!(
+                    "tensor table: `{name}` is recorded as {found:?}, the graph needs {info:?}"
+                ))
+            }
+            None => return Err(format!("tensor table: `{name}` is missing")),
+        }
+    }
+    if let Some(extra) = g.tensors.keys().find(|k| !expected.contains_key(*k)) {
+        return Err(format!("tensor table: `{extra}` belongs to no node"));
+    }
+    Ok(())
 }
 
 /// Loads a checkpoint directory, asserting every tensor's shape against the graph.

@@ -13,12 +13,12 @@ use serde::Serialize;
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{infer_shapes, Graph, Op, INPUT, MASK};
+use crate::graph::{infer_shapes, Graph, INPUT, MASK};
 
 /// What a member tensor does with the group's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum MemberRole {
     /// Creates the channels (conv/linear output rows and bias).
     Producer,
     /// Per-channel parameters on the way (BatchNorm, depthwise conv).
@@ -36,7 +36,7 @@ pub struct Member {
     pub axis: usize,
     pub offset: usize,
     pub per_channel: usize,
-    pub role: Role,
+    pub role: MemberRole,
 }
 
 /// Channels that must be cut together.
@@ -52,14 +52,18 @@ pub struct ChannelGroup {
     pub pinned_because: Option<String>,
 }
 
+/// A run of a value's channel axis: the channels of space `space`, each `per` consecutive
+/// indices wide (a Flatten makes one channel H·W features).
 #[derive(Debug, Clone, Copy)]
-struct Seg {
-    space: usize,
-    per: usize,
+pub struct Seg {
+    pub space: usize,
+    pub per: usize,
 }
 
+/// The channel spaces under construction while the kinds' coupling rules run over the
+/// graph (union–find over spaces, with members, sources and pin reasons).
 #[derive(Default)]
-struct Spaces {
+pub struct Coupler {
     parent: Vec<usize>,
     channels: Vec<usize>,
     members: Vec<Vec<Member>>,
@@ -67,7 +71,7 @@ struct Spaces {
     pinned: Vec<Option<String>>,
 }
 
-impl Spaces {
+impl Coupler {
     fn add(&mut self, channels: usize, source: Option<&str>) -> usize {
         let id = self.parent.len();
         self.parent.push(id);
@@ -91,6 +95,12 @@ impl Spaces {
             self.parent[rb] = ra;
         }
     }
+    /// Pins every space of `segs`: their channels cannot be cut, for reason `why`.
+    pub fn pin_all(&mut self, segs: &[Seg], why: &str) {
+        for s in segs {
+            self.pin(s.space, why);
+        }
+    }
     fn pin(&mut self, s: usize, why: &str) {
         let r = self.root(s);
         self.pinned[r].get_or_insert_with(|| why.to_string());
@@ -102,7 +112,7 @@ impl Spaces {
         node: &str,
         param: &str,
         (axis, offset, per): (usize, usize, usize),
-        role: Role,
+        role: MemberRole,
     ) {
         let m = Member {
             node: node.into(),
@@ -116,30 +126,70 @@ impl Spaces {
     }
 }
 
-/// Consumer members for every segment of `segs` along axis 1 of `node.weight`.
-fn consume(sp: &mut Spaces, segs: &[Seg], node: &str) {
-    let mut off = 0;
-    for s in segs {
-        sp.member(s.space, node, "weight", (1, off, s.per), Role::Consumer);
-        off += sp.channels[s.space] * s.per;
-    }
-}
-
-/// Per-channel members (offset by channel position) for every segment.
-fn per_channel(sp: &mut Spaces, segs: &[Seg], node: &str, params: &[&str], role: Role) {
-    let mut off = 0;
-    for s in segs {
-        for p in params {
-            sp.member(s.space, node, p, (0, off, 1), role);
+impl Coupler {
+    /// Consumer members for every segment of `segs` along axis 1 of `node.weight`.
+    pub fn consume(&mut self, segs: &[Seg], node: &str) {
+        let mut off = 0;
+        for s in segs {
+            self.member(
+                s.space,
+                node,
+                "weight",
+                (1, off, s.per),
+                MemberRole::Consumer,
+            );
+            off += self.channels[s.space] * s.per;
         }
-        off += sp.channels[s.space];
+    }
+
+    /// Per-channel members (offset by channel position) of `params` for every segment.
+    pub fn per_channel(&mut self, segs: &[Seg], node: &str, params: &[&str], role: MemberRole) {
+        let mut off = 0;
+        for s in segs {
+            for p in params {
+                self.member(s.space, node, p, (0, off, 1), role);
+            }
+            off += self.channels[s.space];
+        }
+    }
+
+    /// A new space of `channels` created by `node` (weight rows, and bias if any).
+    pub fn new_space(&mut self, node: &str, channels: usize, bias: bool) -> Vec<Seg> {
+        let s = self.add(channels, Some(node));
+        self.member(s, node, "weight", (0, 0, 1), MemberRole::Producer);
+        if bias {
+            self.member(s, node, "bias", (0, 0, 1), MemberRole::Producer);
+        }
+        vec![Seg { space: s, per: 1 }]
+    }
+
+    /// Unites the spaces of the branches of an Add segment by segment; pins them if the
+    /// branches are laid out differently.
+    pub fn add_union(&mut self, ins: &[Vec<Seg>]) {
+        let same = ins.iter().all(|b| {
+            b.len() == ins[0].len()
+                && b.iter().zip(&ins[0]).all(|(x, y)| {
+                    self.channels[x.space] == self.channels[y.space] && x.per == y.per
+                })
+        });
+        let why = "residual branches with different channel layouts";
+        for b in &ins[1..] {
+            for (x, y) in b.iter().zip(&ins[0]) {
+                if same {
+                    self.union(x.space, y.space);
+                } else {
+                    self.pin(x.space, why);
+                    self.pin(y.space, why);
+                }
+            }
+        }
     }
 }
 
 /// Derives the coupled-channel groups of `g`.
 pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     let shapes = infer_shapes(g)?;
-    let mut sp = Spaces::default();
+    let mut sp = Coupler::default();
     let mut desc: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
     let width = if g.is_text() { 1 } else { g.input_shape[0] };
     let inp = sp.add(width, None);
@@ -150,83 +200,8 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     }
     for n in &g.nodes {
         let ins: Vec<Vec<Seg>> = n.inputs.iter().map(|i| desc[i].clone()).collect();
-        let x = ins[0].clone();
-        let out = match &n.op {
-            Op::Linear {
-                out_features, bias, ..
-            } => {
-                consume(&mut sp, &x, &n.name);
-                new_space(&mut sp, &n.name, *out_features, *bias)
-            }
-            Op::Conv2d {
-                in_channels,
-                out_channels,
-                groups,
-                bias,
-                ..
-            } => {
-                if *groups == 1 {
-                    consume(&mut sp, &x, &n.name);
-                    new_space(&mut sp, &n.name, *out_channels, *bias)
-                } else if groups == in_channels && groups == out_channels {
-                    let ps: &[&str] = if *bias {
-                        &["weight", "bias"]
-                    } else {
-                        &["weight"]
-                    };
-                    per_channel(&mut sp, &x, &n.name, ps, Role::Norm);
-                    x
-                } else {
-                    x.iter()
-                        .for_each(|s| sp.pin(s.space, "grouped convolution input"));
-                    let o = new_space(&mut sp, &n.name, *out_channels, *bias);
-                    sp.pin(o[0].space, "grouped convolution output");
-                    o
-                }
-            }
-            Op::BatchNorm { .. } => {
-                let ps = ["weight", "bias", "running_mean", "running_var"];
-                per_channel(&mut sp, &x, &n.name, &ps, Role::Norm);
-                x
-            }
-            Op::Relu
-            | Op::Dropout { .. }
-            | Op::MaxPool2d { .. }
-            | Op::AvgPool2d { .. }
-            | Op::GlobalAvgPool => x,
-            Op::Flatten => {
-                let s = &shapes[&n.inputs[0]];
-                let hw: usize = s[1..].iter().product();
-                x.iter()
-                    .map(|seg| Seg {
-                        space: seg.space,
-                        per: seg.per * hw,
-                    })
-                    .collect()
-            }
-            Op::Add => {
-                add_union(&mut sp, &ins);
-                x
-            }
-            Op::Concat => ins.concat(),
-            Op::Gelu | Op::MeanPool => x,
-            Op::Embedding { dim, .. } => {
-                let o = new_space(&mut sp, &n.name, *dim, false);
-                sp.pin(o[0].space, "embedding table (hidden width)");
-                o
-            }
-            Op::LayerNorm { .. } | Op::L2Normalize => {
-                x.iter()
-                    .for_each(|s| sp.pin(s.space, "normalization across the channel axis"));
-                x
-            }
-            Op::Attention { .. } => {
-                for s in ins[..3].concat() {
-                    sp.pin(s.space, "attention core (prune whole heads instead)");
-                }
-                ins[2].clone()
-            }
-        };
+        let in_shapes: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+        let out = n.op.def().couple(&mut sp, n, &ins, &in_shapes);
         desc.insert(n.name.clone(), out);
     }
     for s in desc[&g.output].clone() {
@@ -235,37 +210,7 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     Ok(collect(sp))
 }
 
-fn new_space(sp: &mut Spaces, node: &str, channels: usize, bias: bool) -> Vec<Seg> {
-    let s = sp.add(channels, Some(node));
-    sp.member(s, node, "weight", (0, 0, 1), Role::Producer);
-    if bias {
-        sp.member(s, node, "bias", (0, 0, 1), Role::Producer);
-    }
-    vec![Seg { space: s, per: 1 }]
-}
-
-/// Unites the spaces of the branches of an Add segment by segment; pins them if the
-/// branches are laid out differently.
-fn add_union(sp: &mut Spaces, ins: &[Vec<Seg>]) {
-    let same = ins.iter().all(|b| {
-        b.len() == ins[0].len()
-            && b.iter()
-                .zip(&ins[0])
-                .all(|(x, y)| sp.channels[x.space] == sp.channels[y.space] && x.per == y.per)
-    });
-    for b in &ins[1..] {
-        for (x, y) in b.iter().zip(&ins[0]) {
-            if same {
-                sp.union(x.space, y.space);
-            } else {
-                sp.pin(x.space, "residual branches with different channel layouts");
-                sp.pin(y.space, "residual branches with different channel layouts");
-            }
-        }
-    }
-}
-
-fn collect(mut sp: Spaces) -> Vec<ChannelGroup> {
+fn collect(mut sp: Coupler) -> Vec<ChannelGroup> {
     let mut groups: BTreeMap<usize, ChannelGroup> = BTreeMap::new();
     for s in 0..sp.parent.len() {
         let r = sp.root(s);
@@ -332,35 +277,15 @@ pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> R
 /// Re-reads layer widths from parameter shapes after tensors were cut.
 fn refresh_dims(model: &mut Model) -> Result<()> {
     for n in &mut model.graph.nodes {
-        let w = |p: &crate::params::ParamStore| -> Result<Vec<usize>> {
-            Ok(p.get(&format!("{}.weight", n.name))?.dims().to_vec())
+        let p = &model.params;
+        let name = n.name.clone();
+        let dims = |s: &str| {
+            p.get(&format!("{name}.{s}"))
+                .ok()
+                .map(|t| t.dims().to_vec())
         };
-        match &mut n.op {
-            Op::Linear {
-                in_features,
-                out_features,
-                ..
-            } => {
-                let d = w(&model.params)?;
-                (*out_features, *in_features) = (d[0], d[1]);
-            }
-            Op::Conv2d {
-                in_channels,
-                out_channels,
-                groups,
-                ..
-            } => {
-                let d = w(&model.params)?;
-                let depthwise = *groups > 1 && *groups == *in_channels && *groups == *out_channels;
-                *out_channels = d[0];
-                if depthwise {
-                    (*groups, *in_channels) = (d[0], d[0]);
-                } else {
-                    *in_channels = d[1] * *groups;
-                }
-            }
-            Op::BatchNorm { channels, .. } => *channels = w(&model.params)?[0],
-            _ => {}
+        if let Some(op) = n.op.def().refreshed(&dims) {
+            n.op = op;
         }
     }
     Ok(())

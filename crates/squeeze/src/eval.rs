@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Model};
 use crate::data::ImageSet;
 use crate::error::Result;
-use crate::graph::{infer_shapes_at, Graph, Op};
+use crate::graph::{infer_shapes_at, tensor_specs, Graph};
 use crate::interp::predict;
 use crate::params::ParamStore;
 
@@ -50,63 +50,56 @@ pub const TEXT_COST_SEQ: usize = 128;
 pub struct NodeCost {
     pub node: String,
     pub kind: String,
+    /// Logical parameters (buffers, masks, scales and indices excluded).
     pub params: usize,
     pub macs: u64,
+    /// Bytes a sample moves through the node: its inputs and output as f32, plus its
+    /// tensors as stored.
+    pub bytes: u64,
 }
 
-/// Multiply-accumulates per sample of every node (element-wise ops count as 0 MACs; text
-/// encoders at [`TEXT_COST_SEQ`] tokens).
-pub fn node_costs(g: &Graph, p: &ParamStore) -> Result<Vec<NodeCost>> {
+/// Cost per sample of every node, from its kind's definition (text encoders at
+/// [`TEXT_COST_SEQ`] tokens).
+pub fn node_costs(g: &Graph) -> Result<Vec<NodeCost>> {
     let shapes = infer_shapes_at(g, TEXT_COST_SEQ)?;
     let mut out = Vec::new();
     for n in &g.nodes {
         let o = &shapes[&n.name];
-        let macs = match &n.op {
-            Op::Linear { in_features, .. } => (o.iter().product::<usize>() * in_features) as u64,
-            Op::Attention { heads, head_dim } => {
-                // q·kᵀ and probs·v: 2 · L · L · heads · head_dim
-                (2 * o[0] * o[0] * heads * head_dim) as u64
-            }
-            Op::Conv2d {
-                in_channels,
-                kernel,
-                groups,
-                ..
-            } => {
-                let per_out = (in_channels / groups) * kernel * kernel;
-                (o.iter().product::<usize>() * per_out) as u64
-            }
-            _ => 0,
-        };
-        let params =
-            n.op.trainable()
-                .iter()
-                .filter_map(|t| p.get(&format!("{}.{t}", n.name)).ok())
-                .map(|t| t.elem_count())
-                .sum();
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+        let def = n.op.def();
+        let specs = def.tensors();
+        let params = specs
+            .iter()
+            .filter(|s| s.role.counts_as_parameter())
+            .map(|s| s.logical_len())
+            .sum();
+        let acts: u64 = ins.iter().map(|s| numel(s)).sum::<u64>() + numel(o);
+        let stored: usize = specs.iter().map(|s| s.stored_bytes()).sum();
         out.push(NodeCost {
             node: n.name.clone(),
-            kind: n.op.kind().into(),
+            kind: def.name().into(),
             params,
-            macs,
+            macs: def.macs(&ins, o),
+            bytes: 4 * acts + stored as u64,
         });
     }
     Ok(out)
 }
 
-fn is_buffer(name: &str) -> bool {
-    name.ends_with(".running_mean") || name.ends_with(".running_var")
+fn numel(s: &[usize]) -> u64 {
+    s.iter().map(|&d| d as u64).product()
 }
 
-/// Static cost: parameters (buffers excluded), non-zeros, MACs and FLOPs (= 2·MACs).
+/// Static cost: logical parameters (buffers, masks, scales excluded), non-zeros among
+/// them, MACs and FLOPs (= 2·MACs).
 pub fn static_cost(model: &Model) -> Result<Metrics> {
-    let macs: u64 = node_costs(&model.graph, &model.params)?
-        .iter()
-        .map(|c| c.macs)
-        .sum();
+    let costs = node_costs(&model.graph)?;
+    let macs: u64 = costs.iter().map(|c| c.macs).sum();
+    let specs = tensor_specs(&model.graph);
+    let counted = |k: &str| specs.get(k).is_some_and(|s| s.role.counts_as_parameter());
     Ok(Metrics {
-        params: model.params.count(|k| !is_buffer(k)),
-        nonzero_params: model.params.count_nonzero(|k| !is_buffer(k))?,
+        params: costs.iter().map(|c| c.params).sum(),
+        nonzero_params: model.params.count_nonzero(counted)?,
         macs,
         flops: 2 * macs,
         seq_len: model.graph.is_text().then_some(TEXT_COST_SEQ),

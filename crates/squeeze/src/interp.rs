@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Lookup, Node, Op, INPUT, MASK};
+use crate::graph::{Graph, Node, Op, INPUT, MASK};
+use crate::kinds::linear::packed_linears;
+use crate::kinds::{node_err, NodeRun};
+use crate::ops::batchnorm;
 use crate::ops::packed::PackCache;
-use crate::ops::{act, batchnorm, conv, fast, pool, text};
 use crate::params::ParamStore;
 
 /// Options of one forward pass.
@@ -201,10 +203,7 @@ fn run_graph(
 fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     let mut out = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if !matches!(n.op, Op::BatchNorm { .. })
-            || opts.taps.contains(&n.name)
-            || g.output == n.name
-        {
+        if !matches!(n.op, Op::BatchNorm(_)) || opts.taps.contains(&n.name) || g.output == n.name {
             continue;
         }
         let readers: Vec<usize> = (0..g.nodes.len())
@@ -235,65 +234,12 @@ fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
         .collect()
 }
 
-/// Small-batch inference of Linear nodes that all read `x` — one node, or siblings such as
-/// an attention layer's q/k/v — as one packed product over their concatenated weights,
-/// split back into each node's output; `None` where the packed path does not apply (a
-/// large batch, or tensors that track gradients).
-fn packed_linears(
-    nodes: &[&Node],
-    p: &ParamStore,
-    x: &Tensor,
-    cache: &PackCache,
-) -> Result<Option<Vec<Tensor>>> {
-    let dims = x.dims().to_vec();
-    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let (mut names, mut ws, mut bs) = (Vec::new(), Vec::new(), Vec::new());
-    for node in nodes {
-        let w = param(p, node, "weight")?;
-        if let Op::Linear { bias: true, .. } = node.op {
-            bs.push(param(p, node, "bias")?.clone());
-        } else if nodes.len() > 1 {
-            bs.push(Tensor::zeros(w.dim(0)?, DType::F32, w.device())?);
-        }
-        names.push(format!("{}.weight", node.name));
-        ws.push(w);
-    }
-    let mut all: Vec<&Tensor> = vec![&x2];
-    all.extend(ws.iter().copied().chain(&bs));
-    if !small_inference(&x2, &all)? {
-        return Ok(None);
-    }
-    let bias = match &bs[..] {
-        [] => None,
-        [b] => Some(b.clone()),
-        _ => Some(Tensor::cat(&bs, 0)?),
-    };
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let y = cache.get_many(&names, &ws)?.matmul(&x2, bias.as_ref())?;
-    let mut outs = Vec::with_capacity(ws.len());
-    let mut at = 0;
-    for w in &ws {
-        let n = w.dim(0)?;
-        let part = if ws.len() == 1 {
-            y.clone()
-        } else {
-            y.narrow(1, at, n)?.contiguous()?
-        };
-        outs.push(part.reshape(with_last(&dims, n))?);
-        at += n;
-    }
-    Ok(Some(outs))
-}
-
 /// Eval-mode forward returning only the output.
 pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
     Ok(forward(g, p, x, &ForwardOpts::eval())?.output)
 }
 
-fn param<'a>(p: &'a ParamStore, node: &Node, name: &str) -> Result<&'a Tensor> {
-    p.get(&format!("{}.{name}", node.name))
-}
-
+/// Runs one node through its kind's definition.
 fn run_node(
     node: &Node,
     p: &ParamStore,
@@ -303,157 +249,19 @@ fn run_node(
     rng: &mut StdRng,
     out: &mut ForwardOut,
 ) -> Result<Tensor> {
-    let x = &ins[0];
-    Ok(match &node.op {
-        Op::Linear { bias, .. } => {
-            let b = if *bias {
-                Some(param(p, node, "bias")?)
-            } else {
-                None
-            };
-            let packed = match opts.packed.as_deref() {
-                Some(cache) => packed_linears(&[node], p, x, cache)?,
-                None => None,
-            };
-            match packed {
-                Some(mut y) => y.remove(0),
-                None => linear(x, param(p, node, "weight")?, b)?,
-            }
-        }
-        Op::Conv2d {
-            stride,
-            padding,
-            groups,
-            bias,
-            out_channels,
-            ..
-        } => {
-            let w = param(p, node, "weight")?;
-            let y = conv::conv2d(x, w, *stride, *padding, *groups)?;
-            if *bias {
-                let b = param(p, node, "bias")?.reshape((1, *out_channels, 1, 1))?;
-                y.broadcast_add(&b)?
-            } else {
-                y
-            }
-        }
-        Op::BatchNorm { eps, .. } => {
-            let (g, b) = (param(p, node, "weight")?, param(p, node, "bias")?);
-            if opts.train {
-                let (y, st) = batchnorm::train(x, g, b, *eps, fuse_relu)?;
-                out.bn_stats.push((node.name.clone(), st));
-                y
-            } else {
-                let (m, v) = (
-                    param(p, node, "running_mean")?,
-                    param(p, node, "running_var")?,
-                );
-                batchnorm::eval(x, g, b, m, v, *eps)?
-            }
-        }
-        Op::Relu => act::relu(x)?,
-        Op::MaxPool2d { kernel, stride } => act::max_pool2d(x, *kernel, *stride)?,
-        Op::AvgPool2d { kernel, stride } => pool::avg_pool2d(x, *kernel, *stride)?,
-        Op::GlobalAvgPool => pool::global_avg_pool(x)?,
-        Op::Flatten => x.flatten_from(1)?,
-        Op::Add => {
-            let mut acc = x.clone();
-            for t in &ins[1..] {
-                acc = (acc + t)?;
-            }
-            acc
-        }
-        Op::Concat => Tensor::cat(ins, 1)?,
-        Op::Dropout { p: prob } => {
-            if opts.train && *prob > 0.0 {
-                dropout(x, *prob, rng)?
-            } else {
-                x.clone()
-            }
-        }
-        Op::Embedding { lookup, .. } => {
-            let table = param(p, node, "weight")?;
-            let (n, l) = x.dims2()?;
-            match lookup {
-                Lookup::Tokens => text::lookup(table, x)?,
-                Lookup::Positions => text::positions(table, n, l)?,
-                Lookup::Segments => text::positions(&table.narrow(0, 0, 1)?, n, 1)?
-                    .broadcast_as((n, l, table.dim(1)?))?,
-            }
-        }
-        Op::LayerNorm { eps, .. } => {
-            let (w, b) = (param(p, node, "weight")?, param(p, node, "bias")?);
-            if inference(&[x, w, b]) {
-                fast::layer_norm(x, w, b, *eps)?
-            } else {
-                text::layer_norm(x, w, b, *eps)?
-            }
-        }
-        Op::Gelu if inference(&[x]) => fast::gelu(x)?,
-        Op::Gelu => text::gelu(x)?,
-        Op::Attention { heads, head_dim } => {
-            let (k, v, m) = (&ins[1], &ins[2], &ins[3]);
-            if inference(&[x, k, v]) {
-                fast::attention(x, k, v, m, *heads, *head_dim)?
-            } else {
-                text::attention(x, k, v, m, *heads, *head_dim)?
-            }
-        }
-        Op::MeanPool => text::mean_pool(x, &ins[1])?,
-        Op::L2Normalize => text::l2_normalize(x)?,
-    })
-}
-
-/// Whether the fast inference kernels may run: f32 tensors none of which tracks gradients.
-fn inference(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
-}
-
-/// Whether a product over rows `x2` [M, in] takes the small-batch inference kernels: few
-/// rows, and f32 tensors none of which tracks gradients.
-fn small_inference(x2: &Tensor, ts: &[&Tensor]) -> Result<bool> {
-    Ok(x2.dim(0)? <= fast::SMALL_M && inference(ts))
-}
-
-/// `dims` with its last axis replaced by `n`.
-fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
-    let mut out = dims.to_vec();
-    *out.last_mut().expect("rank ≥ 1") = n;
-    out
-}
-
-/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let mut all = vec![&x2, w];
-    all.extend(b);
-    let y = if small_inference(&x2, &all)? {
-        fast::linear(&x2, w, b)?
-    } else {
-        let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
-        match b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        }
+    let mut cx = NodeRun {
+        node,
+        params: p,
+        ins,
+        opts,
+        fuse_relu,
+        rng,
+        bn_stats: &mut out.bn_stats,
     };
-    Ok(y.reshape(with_last(&dims, w.dim(0)?))?)
-}
-
-/// Inverted dropout with a seeded mask (so a resumed run draws the same masks).
-fn dropout(x: &Tensor, prob: f64, rng: &mut StdRng) -> Result<Tensor> {
-    let keep = 1.0 - prob;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                (1.0 / keep) as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    node.op.def().forward(&mut cx).map_err(|e| match e {
+        Error::Graph(m) if !m.starts_with("node `") => node_err(node, m),
+        e => e,
+    })
 }
 
 /// Converts every tensor of a store to `dtype` (f64 for gradient checks).

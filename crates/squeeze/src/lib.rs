@@ -20,6 +20,8 @@ pub mod eval;
 pub mod formats;
 pub mod graph;
 pub mod interp;
+pub mod isa;
+pub mod kinds;
 pub mod ops;
 pub mod params;
 pub mod passes;

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::graph::{param_shapes, Graph};
+use crate::graph::{tensor_specs, Graph};
+use crate::kinds::{Dtype, TensorRole, TensorSpec};
 
 /// Named tensors of a model.
 #[derive(Debug, Clone, Default)]
@@ -74,23 +75,24 @@ impl ParamStore {
         Ok(ParamStore { tensors: out })
     }
 
-    /// Checks that the store holds exactly the tensors `g` needs, each f32 with the
-    /// expected shape and only finite values.
+    /// Checks that the store holds exactly the tensors `g` needs, each with its spec's
+    /// stored shape and dtype, and floats only finite values.
     pub fn check(&self, g: &Graph) -> Result<()> {
-        let expected = param_shapes(g);
-        for (name, shape) in &expected {
+        let expected = tensor_specs(g);
+        for (name, spec) in &expected {
             let t = self.get(name)?;
-            if t.dims() != shape.as_slice() {
+            if t.dims() != spec.stored.as_slice() {
                 return Err(Error::Shape {
                     name: name.clone(),
-                    expected: shape.clone(),
+                    expected: spec.stored.clone(),
                     found: t.dims().to_vec(),
                 });
             }
-            if t.dtype() != DType::F32 {
+            if Dtype::of(t.dtype()) != Some(spec.dtype) {
                 return Err(Error::Graph(format!(
-                    "tensor `{name}` is {:?}, expected f32",
-                    t.dtype()
+                    "tensor `{name}` is {:?}, expected {:?}",
+                    t.dtype(),
+                    spec.dtype
                 )));
             }
         }
@@ -102,10 +104,13 @@ impl ParamStore {
         self.check_finite()
     }
 
-    /// Errors naming the first tensor that holds a NaN or an infinity.
+    /// Errors naming the first floating-point tensor that holds a NaN or an infinity.
     pub fn check_finite(&self) -> Result<()> {
         for (name, t) in &self.tensors {
-            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
+                continue;
+            }
+            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::Graph(format!(
                     "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
@@ -116,20 +121,14 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Number of scalars in the tensors whose names satisfy `keep`.
-    pub fn count(&self, keep: impl Fn(&str) -> bool) -> usize {
-        self.tensors
-            .iter()
-            .filter(|(k, _)| keep(k))
-            .map(|(_, t)| t.elem_count())
-            .sum()
-    }
-
-    /// Number of non-zero scalars in the tensors whose names satisfy `keep`.
+    /// Number of non-zero scalars in the floating-point tensors whose names satisfy `keep`.
     pub fn count_nonzero(&self, keep: impl Fn(&str) -> bool) -> Result<usize> {
         let mut n = 0;
         for (_, t) in self.tensors.iter().filter(|(k, _)| keep(k)) {
-            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
+                continue;
+            }
+            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             n += v.iter().filter(|x| **x != 0.0).count();
         }
         Ok(n)
@@ -149,26 +148,32 @@ impl ParamStore {
     }
 }
 
-/// Full names of the trainable parameters of `g`, in node order.
-pub fn trainable_names(g: &Graph) -> Vec<String> {
+/// Full names of the tensors of `g` whose role satisfies `pick`, in node order.
+fn names_where(g: &Graph, pick: impl Fn(&TensorSpec) -> bool) -> Vec<String> {
     g.nodes
         .iter()
         .flat_map(|n| {
-            n.op.trainable()
+            n.op.def()
+                .tensors()
                 .into_iter()
-                .map(move |p| format!("{}.{p}", n.name))
+                .filter(|s| pick(s))
+                .map(move |s| format!("{}.{}", n.name, s.suffix))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
 
+/// Full names of the trainable parameters of `g`, in node order.
+pub fn trainable_names(g: &Graph) -> Vec<String> {
+    names_where(g, |s| s.role.trainable())
+}
+
 /// Full names of the buffers (running statistics) of `g`.
 pub fn buffer_names(g: &Graph) -> Vec<String> {
-    g.nodes
-        .iter()
-        .flat_map(|n| {
-            n.op.buffers()
-                .into_iter()
-                .map(move |p| format!("{}.{p}", n.name))
-        })
-        .collect()
+    names_where(g, |s| s.role == TensorRole::Buffer)
+}
+
+/// Full names of the weights that take weight decay (conv/linear weights).
+pub fn decay_names(g: &Graph) -> Vec<String> {
+    names_where(g, |s| s.decay)
 }

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op, INPUT};
+use crate::kinds::{
+    batch_norm::BatchNorm,
+    conv2d::Conv2d,
+    linear::Linear,
+    pool::{AvgPool2d, MaxPool2d},
+};
 use crate::params::ParamStore;
 
 /// Fashion-MNIST input: one 28×28 channel.
@@ -86,7 +92,7 @@ impl Builder {
         stride: usize,
         pad: usize,
     ) -> Result<String> {
-        let op = Op::Conv2d {
+        let op = Op::Conv2d(Conv2d {
             in_channels: cin,
             out_channels: cout,
             kernel: k,
@@ -94,7 +100,7 @@ impl Builder {
             padding: pad,
             groups: 1,
             bias: false,
-        };
+        });
         let w = self.normal(cout * cin * k * k, (2.0 / (cin * k * k) as f64).sqrt());
         self.put(format!("{name}.weight"), w, &[cout, cin, k, k])?;
         Ok(self.g.push(name, op, &[from]))
@@ -107,11 +113,11 @@ impl Builder {
         self.put(format!("{name}.running_var"), vec![1.0; c], &[c])?;
         Ok(self.g.push(
             name,
-            Op::BatchNorm {
+            Op::BatchNorm(BatchNorm {
                 channels: c,
                 eps: 1e-5,
                 momentum: 0.1,
-            },
+            }),
             &[from],
         ))
     }
@@ -134,11 +140,11 @@ impl Builder {
         self.put(format!("{name}.bias"), b, &[cout])?;
         Ok(self.g.push(
             name,
-            Op::Linear {
+            Op::Linear(Linear {
                 in_features: cin,
                 out_features: cout,
                 bias: true,
-            },
+            }),
             &[from],
         ))
     }
@@ -149,10 +155,10 @@ impl Builder {
 
     /// 2×2 max pooling with stride 2.
     fn max_pool2(&mut self, name: &str, from: &str) -> String {
-        let op = Op::MaxPool2d {
+        let op = Op::MaxPool2d(MaxPool2d {
             kernel: 2,
             stride: 2,
-        };
+        });
         self.op(name, op, &[from])
     }
 
@@ -316,10 +322,10 @@ fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
             c /= 2;
             x = b.op(
                 &format!("{name}.pool"),
-                Op::AvgPool2d {
+                Op::AvgPool2d(AvgPool2d {
                     kernel: 2,
                     stride: 2,
-                },
+                }),
                 &[&cv],
             );
         }

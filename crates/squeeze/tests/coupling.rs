@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use squeeze::checkpoint::Model;
-use squeeze::coupling::{channel_groups, prune_group, ChannelGroup, Role};
+use squeeze::coupling::{channel_groups, prune_group, ChannelGroup, MemberRole};
 use squeeze::interp::predict;
 
 mod common;
@@ -20,7 +20,7 @@ fn group_of<'a>(gs: &'a [ChannelGroup], source: &str) -> &'a ChannelGroup {
 
 /// Zeroes channel `c` in every producer and norm member of the group.
 fn zero_channel(m: &mut Model, g: &ChannelGroup, c: usize) {
-    for mem in g.members.iter().filter(|m| m.role != Role::Consumer) {
+    for mem in g.members.iter().filter(|m| m.role != MemberRole::Consumer) {
         if mem.param.ends_with("running_mean") || mem.param.ends_with("running_var") {
             continue;
         }
@@ -72,7 +72,7 @@ fn mlp_groups_are_hidden_layers_and_output_is_pinned() {
     assert!(fc1
         .members
         .iter()
-        .any(|m| m.param == "fc2.weight" && m.axis == 1 && m.role == Role::Consumer));
+        .any(|m| m.param == "fc2.weight" && m.axis == 1 && m.role == MemberRole::Consumer));
     assert!(!group_of(&gs, "fc3").prunable);
     assert_eq!(check_prune_invariance("mlp"), 2);
 }
@@ -93,7 +93,7 @@ fn vgg_groups_carry_the_batchnorm() {
     let bn: Vec<_> = g
         .members
         .iter()
-        .filter(|m| m.role == Role::Norm)
+        .filter(|m| m.role == MemberRole::Norm)
         .map(|m| m.param.as_str())
         .collect();
     assert_eq!(bn.len(), 4, "{bn:?}");

@@ -119,6 +119,17 @@ fn bad_model_json_errors_name_the_file_and_field() {
     .unwrap();
     let e = load_err(&dir);
     assert!(
+        e.contains("model.json") && e.contains("tensor table: `fc2.bias`"),
+        "{e}"
+    );
+    // without the (optional) tensor table, the weights file is checked against the graph
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text.replacen("\"out_features\": 10", "\"out_features\": 11", 1))
+            .unwrap();
+    v.as_object_mut().unwrap().remove("tensors");
+    std::fs::write(&g, serde_json::to_string(&v).unwrap()).unwrap();
+    let e = load_err(&dir);
+    assert!(
         e.contains("model.safetensors")
             && e.contains("fc2.bias")
             && e.contains("expected shape [11]"),
@@ -272,7 +283,11 @@ fn taps_capture_a_nodes_inputs_and_output() {
 fn dropout_is_seeded_scaled_in_training_and_identity_in_eval() {
     use squeeze::graph::{Graph, Op, INPUT};
     let mut g = Graph::new("drop", &[1, 28, 28]);
-    g.push("drop", Op::Dropout { p: 0.25 }, &[INPUT]);
+    g.push(
+        "drop",
+        Op::Dropout(squeeze::kinds::dropout::Dropout { p: 0.25 }),
+        &[INPUT],
+    );
     let p = squeeze::params::ParamStore::new();
     let x = Tensor::ones((4, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
     let run = |seed| {

@@ -52,7 +52,12 @@ pub fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
     let dims: Vec<usize> = (0..rank)
         .map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    // the header's sizes are bounded by the bytes actually present before anything is
+    // sized from them (a corrupt header must not overflow or allocate)
+    let n = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("IDX dims {dims:?} overflow (corrupt header?)"))?;
     if b.len() - head != n {
         return Err(format!(
             "IDX data has {} bytes, dims {dims:?} need {n} (truncated?)",

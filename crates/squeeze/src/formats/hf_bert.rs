@@ -77,10 +77,42 @@ pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join("config.json").is_file() && dir.join(checkpoint::WEIGHTS_FILE).is_file()
 }
 
-fn shape_of(dir: &Path) -> Result<BertShape> {
+/// Encoder layers whose tensors a weights file holds (`encoder.layer.<i>.`, optionally
+/// under `bert.`): the bound on what a config may claim.
+fn layers_present(tensors: &BTreeMap<String, candle_core::Tensor>) -> usize {
+    tensors
+        .keys()
+        .filter_map(|k| {
+            let k = k.strip_prefix("bert.").unwrap_or(k);
+            let rest = k.strip_prefix("encoder.layer.")?;
+            rest.split('.').next()?.parse::<usize>().ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+fn shape_of(dir: &Path, present: usize) -> Result<BertShape> {
     let cpath = dir.join("config.json");
     let c: HfConfig = read_json(&cpath)?;
     let unsupported = |what: String| Err(Error::file(&cpath, what));
+    if c.num_hidden_layers > present {
+        return unsupported(format!(
+            "num_hidden_layers is {}, but model.safetensors holds {present} encoder layers",
+            c.num_hidden_layers
+        ));
+    }
+    if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
+        return unsupported(format!(
+            "layer_norm_eps {} must be in (0, 1)",
+            c.layer_norm_eps
+        ));
+    }
+    if !(0.0..1.0).contains(&c.hidden_dropout_prob) {
+        return unsupported(format!(
+            "hidden_dropout_prob {} must be in [0, 1)",
+            c.hidden_dropout_prob
+        ));
+    }
     if c.model_type != "bert" {
         return unsupported(format!(
             "model_type `{}`: only `bert` is supported",
@@ -155,10 +187,14 @@ fn has_normalize(dir: &Path) -> Result<bool> {
 
 /// Imports a HF BERT directory (sentence-transformers layout or plain `BertModel`).
 pub fn import(dir: &Path) -> Result<Model> {
-    let shape = shape_of(dir)?;
-    let graph = bert::build_graph(&shape);
     let wpath = dir.join(checkpoint::WEIGHTS_FILE);
     let mut tensors = checkpoint::load_tensors(&wpath)?;
+    let shape = shape_of(dir, layers_present(&tensors))?;
+    let graph = bert::build_graph(&shape);
+    let cpath = dir.join("config.json");
+    graph
+        .validate()
+        .map_err(|e| Error::file(&cpath, e.to_string()))?;
     let expected = crate::graph::param_shapes(&graph);
     let mut params = ParamStore::new();
     for name in expected.keys() {
@@ -271,7 +307,7 @@ fn first_op<T>(model: &Model, pick: impl Fn(&Op) -> Option<T>) -> Option<T> {
 /// The hidden-state dropout of the graph (training only; 0 if it has none).
 fn dropout(model: &Model) -> f64 {
     first_op(model, |op| match op {
-        Op::Dropout { p } => Some(*p),
+        Op::Dropout(d) => Some(d.p),
         _ => None,
     })
     .unwrap_or(0.0)
@@ -279,7 +315,7 @@ fn dropout(model: &Model) -> f64 {
 
 fn layer_norm_eps(model: &Model) -> f64 {
     first_op(model, |op| match op {
-        Op::LayerNorm { eps, .. } => Some(*eps),
+        Op::LayerNorm(l) => Some(l.eps),
         _ => None,
     })
     .unwrap_or(1e-12)

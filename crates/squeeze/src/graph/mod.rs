@@ -4,16 +4,27 @@
 //! rewrite them without knowing which model they came from. The JSON form of this type is
 //! the `model.json` of a native checkpoint.
 
+mod op;
 mod shape;
 
-pub use shape::{infer_shapes, infer_shapes_at, param_shapes, NOMINAL_SEQ};
+pub use crate::kinds::embedding::Lookup;
+pub use op::Op;
+pub use shape::{infer_shapes, infer_shapes_at, param_shapes, tensor_specs, NOMINAL_SEQ};
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kinds::Inputs;
+use crate::kinds::TensorInfo;
 
-/// Version written into `model.json`; loading refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version written into `model.json`. Version 2 adds the per-tensor table (dtype, role,
+/// shape) and pruning masks; version-1 files (no table, no masks) still load.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest `model.json` version that loads.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// Name by which nodes refer to the graph's input tensor (token ids in a token graph).
 pub const INPUT: &str = "input";
@@ -39,18 +50,6 @@ impl InputKind {
     }
 }
 
-/// Which index an [`Op::Embedding`] looks its rows up by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Lookup {
-    /// The token ids of the input.
-    Tokens,
-    /// The positions 0..L (absolute position embeddings).
-    Positions,
-    /// Segment (token-type) id 0 for every token: single-sentence encoders.
-    Segments,
-}
-
 /// One layer. `inputs` name earlier nodes (or [`INPUT`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,131 +57,6 @@ pub struct Node {
     pub name: String,
     pub inputs: Vec<String>,
     pub op: Op,
-}
-
-/// The typed layer kinds. Parameters are named `<node>.<param>` in the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Op {
-    /// `y = x Wᵀ + b`; params `weight` [out, in], `bias` [out].
-    Linear {
-        in_features: usize,
-        out_features: usize,
-        bias: bool,
-    },
-    /// 2-D convolution; params `weight` [out, in/groups, k, k], `bias` [out].
-    Conv2d {
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
-        bias: bool,
-    },
-    /// Batch normalization over axis 1 of a [N, C] or [N, C, H, W] tensor; params `weight`,
-    /// `bias` and buffers `running_mean`, `running_var`, all [C].
-    BatchNorm {
-        channels: usize,
-        eps: f64,
-        momentum: f64,
-    },
-    Relu,
-    /// Max pooling with a square window (floor mode: trailing rows/columns are dropped).
-    MaxPool2d {
-        kernel: usize,
-        stride: usize,
-    },
-    /// Average pooling with a square window (floor mode, no padding).
-    AvgPool2d {
-        kernel: usize,
-        stride: usize,
-    },
-    /// Mean over the spatial axes: [N, C, H, W] → [N, C].
-    GlobalAvgPool,
-    /// [N, C, H, W] → [N, C·H·W].
-    Flatten,
-    /// Element-wise sum of all inputs (residual connection).
-    Add,
-    /// Concatenation of all inputs along the channel axis.
-    Concat,
-    /// Inverted dropout with drop probability `p` (training only).
-    Dropout {
-        p: f64,
-    },
-    /// Table lookup [L] → [L, dim]; param `weight` [num, dim].
-    Embedding {
-        num: usize,
-        dim: usize,
-        lookup: Lookup,
-    },
-    /// Layer normalization over the last axis; params `weight`, `bias` [dim].
-    LayerNorm {
-        dim: usize,
-        eps: f64,
-    },
-    /// GELU, erf form (as BERT uses).
-    Gelu,
-    /// Scaled dot-product attention core over `heads` heads of `head_dim`: inputs q, k, v
-    /// ([L, heads·head_dim] each, from ordinary Linear nodes) and the mask;
-    /// softmax(q·kᵀ/√head_dim + mask)·v.
-    Attention {
-        heads: usize,
-        head_dim: usize,
-    },
-    /// Mean of the hidden states over the unmasked tokens: inputs [L, d] and the mask → [d].
-    MeanPool,
-    /// Division by the L2 norm of the last axis.
-    L2Normalize,
-}
-
-impl Op {
-    /// Names of the trainable parameters of this op (without the node prefix).
-    pub fn trainable(&self) -> Vec<&'static str> {
-        match self {
-            Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => {
-                if *bias {
-                    vec!["weight", "bias"]
-                } else {
-                    vec!["weight"]
-                }
-            }
-            Op::BatchNorm { .. } | Op::LayerNorm { .. } => vec!["weight", "bias"],
-            Op::Embedding { .. } => vec!["weight"],
-            _ => vec![],
-        }
-    }
-
-    /// Names of the non-trainable state tensors (BatchNorm running statistics).
-    pub fn buffers(&self) -> Vec<&'static str> {
-        match self {
-            Op::BatchNorm { .. } => vec!["running_mean", "running_var"],
-            _ => vec![],
-        }
-    }
-
-    /// Short lower-case kind name used in reports.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Linear { .. } => "linear",
-            Op::Conv2d { .. } => "conv2d",
-            Op::BatchNorm { .. } => "batch_norm",
-            Op::Relu => "relu",
-            Op::MaxPool2d { .. } => "max_pool2d",
-            Op::AvgPool2d { .. } => "avg_pool2d",
-            Op::GlobalAvgPool => "global_avg_pool",
-            Op::Flatten => "flatten",
-            Op::Add => "add",
-            Op::Concat => "concat",
-            Op::Dropout { .. } => "dropout",
-            Op::Embedding { .. } => "embedding",
-            Op::LayerNorm { .. } => "layer_norm",
-            Op::Gelu => "gelu",
-            Op::Attention { .. } => "attention",
-            Op::MeanPool => "mean_pool",
-            Op::L2Normalize => "l2_normalize",
-        }
-    }
 }
 
 /// A whole model: input shape (without batch axis), nodes in topological order, and the
@@ -200,6 +74,14 @@ pub struct Graph {
     pub input_kind: InputKind,
     pub nodes: Vec<Node>,
     pub output: String,
+    /// Parameters (full names) that carry a pruning mask `<name>.mask` (u8, 1 = kept):
+    /// a simulated, not yet materialized, sparse model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<String>,
+    /// On disk only: every tensor's dtype, role and shape as the file holds it, written on
+    /// save and checked on load (empty in memory).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tensors: BTreeMap<String, TensorInfo>,
 }
 
 impl Graph {
@@ -212,6 +94,8 @@ impl Graph {
             input_kind: InputKind::Dense,
             nodes: Vec::new(),
             output: INPUT.to_string(),
+            masks: Vec::new(),
+            tensors: BTreeMap::new(),
         }
     }
 
@@ -263,7 +147,7 @@ impl Graph {
     pub fn sibling_linears(&self) -> Vec<Vec<usize>> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Linear { .. }) || n.inputs.len() != 1 {
+            if !matches!(n.op, Op::Linear(_)) || n.inputs.len() != 1 {
                 continue;
             }
             match groups.iter_mut().find(|(src, _)| *src == n.inputs[0]) {
@@ -281,10 +165,16 @@ impl Graph {
     /// Structural checks: unique names, inputs defined before use, output exists, format
     /// version, and shape inference succeeds.
     pub fn validate(&self) -> Result<()> {
-        if self.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(Error::Graph(format!(
-                "format_version {} is not supported (expected {FORMAT_VERSION})",
+                "format_version {} is not supported (expected {OLDEST_FORMAT} to {FORMAT_VERSION})",
                 self.format_version
+            )));
+        }
+        if !self.is_text() && (self.input_shape.is_empty() || self.input_shape.contains(&0)) {
+            return Err(Error::Graph(format!(
+                "input_shape {:?}: a dense model needs a non-empty input shape without zeros",
+                self.input_shape
             )));
         }
         let mut seen = std::collections::HashSet::new();
@@ -315,7 +205,25 @@ impl Graph {
                 self.output
             )));
         }
-        infer_shapes(self).map(|_| ())
+        infer_shapes(self)?;
+        self.check_masks()
+    }
+
+    /// Every mask names a distinct tensor of the graph that is not itself a mask.
+    fn check_masks(&self) -> Result<()> {
+        let specs = tensor_specs(self);
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.masks {
+            let ok = specs
+                .get(m)
+                .is_some_and(|s| s.role == crate::kinds::TensorRole::Param);
+            if !ok || !seen.insert(m) {
+                return Err(Error::Graph(format!(
+                    "mask on `{m}`: masks must name distinct trainable tensors of the graph"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Replace every reference to node `old` (as an input or the output) with `new`.
@@ -348,18 +256,18 @@ fn check_reserved_inputs(g: &Graph, n: &Node) -> Result<()> {
     let mask_elsewhere = n.inputs[..n.inputs.len().saturating_sub(1)]
         .iter()
         .any(|i| i == MASK);
-    match n.op {
-        Op::Embedding { .. } => {
+    match n.op.def().inputs() {
+        Inputs::TokenIds => {
             if !g.is_text() || n.inputs != [INPUT] {
                 return bad("an embedding reads exactly the token ids (`input`) of a token graph");
             }
         }
-        Op::Attention { .. } | Op::MeanPool => {
-            if !reads_mask_last || mask_elsewhere {
-                return bad("the last input must be the attention `mask`");
+        Inputs::MaskLast => {
+            if !g.is_text() || !reads_mask_last || mask_elsewhere {
+                return bad("the last input must be the attention `mask` of a token graph");
             }
         }
-        _ => {
+        Inputs::Values => {
             if g.is_text() && n.inputs.iter().any(|i| i == INPUT || i == MASK) {
                 return bad(
                     "only embeddings read `input` and only attention/mean pooling read `mask`",

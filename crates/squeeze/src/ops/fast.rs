@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::with_cpu;
 use crate::error::{Error, Result};
+use crate::isa::{self, Isa};
 
 /// Token rows up to which [`linear`] beats the general GEMM (measured on the MiniLM shapes).
 pub const SMALL_M: usize = 64;
@@ -34,13 +35,19 @@ fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
     with_cpu::<f32, _>(t, |s| s.to_vec())
 }
 
-/// `x Wᵀ + b` for x [M, K], W [N, K] (as stored), b [N] → [M, N].
+/// `x Wᵀ + b` for x [M, K], W [N, K] (as stored), b [N] → [M, N], on the active path.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(isa::active()?, x, w, b)
+}
+
+/// [`linear`] on path `isa` (refused if the CPU lacks it).
+pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
     let (m, k) = x.dims2()?;
     let n = w.dim(0)?;
     let xs = f32_data(x)?;
     let bias = b.map(f32_data).transpose()?;
-    let yt = with_cpu::<f32, _>(w, |ws| linear_t(&xs, ws, m, k, n))?; // [N, M]
+    let yt = with_cpu::<f32, _>(w, |ws| linear_t(isa, &xs, ws, m, k, n))?; // [N, M]
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m.max(1)).enumerate() {
         let bj = bias.as_ref().map_or(0.0, |b| b[j]);
@@ -52,7 +59,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Transposed product yᵀ [N, M]: row j holds W[j]·x[i] for every token i.
-fn linear_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+fn linear_t(isa: Isa, x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     const NB: usize = 4;
     let mut yt = vec![0f32; n * m];
     let block = |(jb, out): (usize, &mut [f32])| {
@@ -61,7 +68,7 @@ fn linear_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         // the next block's weights, for the AVX-512 kernel to prefetch meanwhile
         let ahead = j0 + rows + NB * (PREFETCH_BLOCKS - 1);
         let next = &w[(ahead * k).min(w.len())..((ahead + NB) * k).min(w.len())];
-        dot_block(x, &w[j0 * k..(j0 + rows) * k], next, m, k, rows, out);
+        dot_block(isa, x, &w[j0 * k..(j0 + rows) * k], next, m, k, rows, out);
     };
     if m * n * k >= PAR_MACS {
         yt.par_chunks_mut(NB * m).enumerate().for_each(block);
@@ -73,15 +80,27 @@ fn linear_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 
 /// out[r·m + i] = w[r]·x[i] for `rows` ≤ 4 weight rows and all m tokens (`next`: the
 /// weights needed after these, a prefetch hint).
-fn dot_block(x: &[f32], w: &[f32], next: &[f32], m: usize, k: usize, rows: usize, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn dot_block(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    next: &[f32],
+    m: usize,
+    k: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    // SAFETY (both arms): `isa` passed isa::require, so the CPU has the features; the
+    // kernels assert that every load stays within x and w, and prefetches (which never
+    // fault) stay within next.
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked above); the kernel asserts that every
-        // load stays within x and w, and prefetches (which never fault) stay within next.
-        unsafe { avx512::dot_block(x, w, next, m, k, rows, out) };
-        return;
+    match isa {
+        Isa::Avx512 => return unsafe { avx512::dot_block(x, w, next, m, k, rows, out) },
+        Isa::Avx2 => return unsafe { avx2::dot_block(x, w, next, m, k, rows, out) },
+        Isa::Scalar => {}
     }
-    let _ = next;
+    let _ = (isa, next);
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
         for i in 0..m {
@@ -91,7 +110,7 @@ fn dot_block(x: &[f32], w: &[f32], next: &[f32], m: usize, k: usize, rows: usize
 }
 
 /// Portable dot product in 8 independent lanes (vectorizes without target features).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -220,29 +239,200 @@ mod avx512 {
     }
 }
 
-/// Layer normalization of every row of x [..., D] in one pass per row.
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let d = x.dim(candle_core::D::Minus1)?;
-    let (w, b) = (f32_data(w)?, f32_data(b)?);
-    let mut y = f32_data(x)?;
-    let norm = |row: &mut [f32]| {
-        let mean = row.iter().sum::<f32>() / d as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + eps as f32).sqrt();
-        for ((v, g), bb) in row.iter_mut().zip(&w).zip(&b) {
-            *v = (*v - mean) * inv * g + bb;
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Up to 4 weight rows × tokens in pairs: 8 accumulators of 8 lanes (AVX2 has 16
+    /// vector registers; 4 weight and 1 token vector live beside them).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_block(
+        x: &[f32],
+        w: &[f32],
+        next: &[f32],
+        m: usize,
+        k: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        let mut i0 = 0;
+        while i0 < m {
+            let toks = (m - i0).min(2);
+            let pf = if i0 == 0 { next } else { &[] };
+            match (rows, toks) {
+                (4, 2) => tile::<4, 2>(x, w, pf, m, k, i0, out),
+                (4, 1) => tile::<4, 1>(x, w, pf, m, k, i0, out),
+                (r, t) => {
+                    for rr in 0..r {
+                        for ii in i0..i0 + t {
+                            out[rr * m + ii] =
+                                super::dot(&x[ii * k..(ii + 1) * k], &w[rr * k..(rr + 1) * k]);
+                        }
+                    }
+                }
+            }
+            i0 += toks;
+        }
+    }
+
+    /// Sum of the 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize, const T: usize>(
+        x: &[f32],
+        w: &[f32],
+        next: &[f32],
+        m: usize,
+        k: usize,
+        i0: usize,
+        out: &mut [f32],
+    ) {
+        assert!(w.len() >= R * k && x.len() >= (i0 + T) * k && out.len() >= R * m);
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let full = k / 8 * 8;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr().add(i0 * k));
+        let mut c = 0;
+        while c < full {
+            if c % 16 == 0 {
+                for r in 0..R {
+                    let at = r * k + c;
+                    if at < next.len() {
+                        _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(at) as *const i8);
+                    }
+                }
+            }
+            let mut wv = [_mm256_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(wp.add(r * k + c));
+            }
+            for t in 0..T {
+                let xv = _mm256_loadu_ps(xp.add(t * k + c));
+                for (row, wr) in acc.iter_mut().zip(&wv) {
+                    row[t] = _mm256_fmadd_ps(*wr, xv, row[t]);
+                }
+            }
+            c += 8;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let mut s = hsum(acc[r][t]);
+                for cc in full..k {
+                    s += *wp.add(r * k + cc) * *xp.add(t * k + cc);
+                }
+                out[r * m + i0 + t] = s;
+            }
+        }
+    }
+}
+
+/// Defines `$name(isa, args…)`: the portable body `$body` compiled three times — for
+/// AVX-512F, for AVX2 + FMA and for baseline x86-64 — and run on path `isa` (which the
+/// caller checked with [`isa::require`]). The compiler vectorizes the same Rust loops with
+/// each path's registers, so the scalar build is the reference of the other two.
+macro_rules! isa_variants {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                // SAFETY: `isa` passed isa::require, so the CPU has these features.
+                match isa {
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
         }
     };
+}
+
+/// Sum in 8 independent lanes (vectorizes; a plain `sum` is a sequential chain).
+#[inline(always)]
+fn lane_sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().map(|v| f(*v)).sum();
+    for x in c {
+        for l in 0..8 {
+            acc[l] += f(x[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One LayerNorm row in place.
+#[inline(always)]
+fn norm_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let d = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / d;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), bb) in row.iter_mut().zip(w).zip(b) {
+        *v = (*v - mean) * inv * g + bb;
+    }
+}
+
+/// LayerNorm of every row of `y` ([rows, d] flattened) in place.
+#[inline(always)]
+fn norm_rows(y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    for row in y.chunks_exact_mut(d) {
+        norm_row(row, w, b, eps);
+    }
+}
+
+isa_variants!(norm_rows_on, norm_rows, (y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
+
+/// Layer normalization of every row of x [..., D] in one pass per row, on the active path.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_with(isa::active()?, x, w, b, eps)
+}
+
+/// [`layer_norm`] on path `isa`.
+pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
+    let d = x.dim(candle_core::D::Minus1)?;
+    if d == 0 || w.dims1()? != d || b.dims1()? != d {
+        return Err(Error::Graph(format!(
+            "layer_norm: rows of {d} need weight and bias of {d} (got {:?}, {:?})",
+            w.dims(),
+            b.dims()
+        )));
+    }
+    let (w, b) = (f32_data(w)?, f32_data(b)?);
+    let mut y = f32_data(x)?;
+    let eps = eps as f32;
+    let rows_per = (PAR_MACS / d).max(1);
     if y.len() >= PAR_MACS {
-        y.par_chunks_exact_mut(d).for_each(norm);
+        y.par_chunks_mut(rows_per * d)
+            .for_each(|c| norm_rows_on(isa, c, d, &w, &b, eps));
     } else {
-        y.chunks_exact_mut(d).for_each(norm);
+        norm_rows_on(isa, &mut y, d, &w, &b, eps);
     }
     Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
 }
 
 /// erf by a rational approximation on [-4, 4] (erf(±4) = ±1 in f32); absolute error
 /// below 1e-6, see the test against libm.
+#[inline(always)]
 pub fn erf(x: f32) -> f32 {
     const A: [f32; 7] = [
         -2.726_142_3e-10,
@@ -267,19 +457,30 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-/// GELU (erf form) of every element.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    let mut y = f32_data(x)?;
+/// GELU of every element of a chunk in place.
+#[inline(always)]
+fn gelu_chunk(c: &mut [f32]) {
     let r = std::f32::consts::FRAC_1_SQRT_2;
-    let f = |c: &mut [f32]| {
-        for v in c.iter_mut() {
-            *v = 0.5 * *v * (1.0 + erf(*v * r));
-        }
-    };
+    for v in c.iter_mut() {
+        *v = 0.5 * *v * (1.0 + erf(*v * r));
+    }
+}
+
+isa_variants!(gelu_on, gelu_chunk, (c: &mut [f32]) -> ());
+
+/// GELU (erf form) of every element, on the active path.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    gelu_with(isa::active()?, x)
+}
+
+/// [`gelu`] on path `isa`.
+pub fn gelu_with(isa: Isa, x: &Tensor) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
+    let mut y = f32_data(x)?;
     if y.len() >= PAR_MACS {
-        y.par_chunks_mut(1 << 14).for_each(f);
+        y.par_chunks_mut(1 << 14).for_each(|c| gelu_on(isa, c));
     } else {
-        f(&mut y);
+        gelu_on(isa, &mut y);
     }
     Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
 }
@@ -294,37 +495,83 @@ pub fn attention(
     heads: usize,
     head_dim: usize,
 ) -> Result<Tensor> {
-    let (n, l, w) = q.dims3()?;
-    let (q, k, v, m) = (f32_data(q)?, f32_data(k)?, f32_data(v)?, f32_data(mask)?);
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let per_head = |nh: usize| -> Vec<f32> {
-        let (s, h) = (nh / heads, nh % heads);
-        let off = |i: usize| (s * l + i) * w + h * head_dim;
-        let mut ctx = vec![0f32; l * head_dim];
-        let mut p = vec![0f32; l];
-        for i in 0..l {
-            let qi = &q[off(i)..off(i) + head_dim];
-            for (j, pj) in p.iter_mut().enumerate() {
-                let dot = dot(qi, &k[off(j)..off(j) + head_dim]);
-                let bias = (1.0 - m[s * l + j]) * super::text::MASK_BIAS as f32;
-                *pj = dot * scale + bias;
-            }
-            let max = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut z = 0.0;
-            for pj in p.iter_mut() {
-                *pj = (*pj - max).exp();
-                z += *pj;
-            }
-            let ci = &mut ctx[i * head_dim..(i + 1) * head_dim];
-            for (j, pj) in p.iter().enumerate() {
-                let a = pj / z;
-                for (c, vv) in ci.iter_mut().zip(&v[off(j)..off(j) + head_dim]) {
-                    *c += a * vv;
-                }
+    attention_with(isa::active()?, q, k, v, mask, heads, head_dim)
+}
+
+/// Geometry of one attention call: L tokens, rows of width `w` = heads·head_dim.
+#[derive(Clone, Copy)]
+struct Geo {
+    l: usize,
+    w: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// The context vectors [L, head_dim] of sample·head `nh`.
+#[inline(always)]
+fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32> {
+    let (l, hd) = (g.l, g.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (s, h) = (nh / g.heads, nh % g.heads);
+    let off = |i: usize| (s * l + i) * g.w + h * hd;
+    let mut ctx = vec![0f32; l * hd];
+    let mut p = vec![0f32; l];
+    for i in 0..l {
+        let qi = &q[off(i)..off(i) + hd];
+        for (j, pj) in p.iter_mut().enumerate() {
+            let dot = dot(qi, &k[off(j)..off(j) + hd]);
+            let bias = (1.0 - m[s * l + j]) * super::text::MASK_BIAS as f32;
+            *pj = dot * scale + bias;
+        }
+        let max = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0.0;
+        for pj in p.iter_mut() {
+            *pj = (*pj - max).exp();
+            z += *pj;
+        }
+        let ci = &mut ctx[i * hd..(i + 1) * hd];
+        for (j, pj) in p.iter().enumerate() {
+            let a = pj / z;
+            for (c, vv) in ci.iter_mut().zip(&v[off(j)..off(j) + hd]) {
+                *c += a * vv;
             }
         }
-        ctx
+    }
+    ctx
+}
+
+isa_variants!(head_ctx_on, head_ctx, (q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32>);
+
+/// [`attention`] on path `isa`.
+pub fn attention_with(
+    isa: Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
+    let (n, l, w) = q.dims3()?;
+    if w != heads * head_dim
+        || k.dims() != q.dims()
+        || v.dims() != q.dims()
+        || mask.dims() != [n, l]
+    {
+        return Err(Error::Graph(format!(
+            "attention: q {:?}, k {:?}, v {:?} must be [N, L, {heads}·{head_dim}] and the mask [N, L] (got {:?})",
+            q.dims(), k.dims(), v.dims(), mask.dims()
+        )));
+    }
+    let (q, k, v, m) = (f32_data(q)?, f32_data(k)?, f32_data(v)?, f32_data(mask)?);
+    let g = Geo {
+        l,
+        w,
+        heads,
+        head_dim,
     };
+    let per_head = |nh: usize| head_ctx_on(isa, &q, &k, &v, &m, g, nh);
     let parts: Vec<Vec<f32>> = if n * heads * l * l * head_dim >= PAR_MACS {
         (0..n * heads).into_par_iter().map(per_head).collect()
     } else {

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::with_cpu;
 use crate::error::{Error, Result};
+use crate::isa::{self, Isa};
 
 /// Output columns per panel.
 const COLS: usize = 32;
@@ -49,8 +50,14 @@ impl PackedLinear {
         Ok(PackedLinear { n, k, panels })
     }
 
-    /// `x Wᵀ + b` for x [M, K] → [M, N].
+    /// `x Wᵀ + b` for x [M, K] → [M, N], on the active path.
     pub fn matmul(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        self.matmul_with(isa::active()?, x, b)
+    }
+
+    /// [`Self::matmul`] on path `isa` (refused if the CPU lacks it).
+    pub fn matmul_with(&self, isa: Isa, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let isa = isa::require(isa)?;
         let (m, k) = x.dims2()?;
         if k != self.k {
             return Err(Error::Graph(format!(
@@ -67,7 +74,7 @@ impl PackedLinear {
         let panel = |p: usize| -> Vec<f32> {
             let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
             let mut out = vec![0f32; m * COLS];
-            panel_product(&xs, w, m, k, &mut out);
+            panel_product(isa, &xs, w, m, k, &mut out);
             out
         };
         let parts: Vec<Vec<f32>> = if m * self.n * k >= 1 << 18 {
@@ -90,23 +97,34 @@ impl PackedLinear {
 }
 
 /// out[i·32 + c] = Σ_k x[i][k] · panel[k][c] for all m tokens.
-fn panel_product(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+fn panel_product(isa: Isa, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        let mut t0 = 0;
-        while t0 < m {
-            let t = (m - t0).min(TILE);
-            // SAFETY: AVX-512F is present; the kernel asserts its slice bounds.
-            unsafe {
-                avx512::tile_any(
-                    t,
+    if isa != Isa::Scalar {
+        // AVX-512 covers the 32 columns in one sweep; AVX2 in two halves of 16 (its 16
+        // registers hold 6 tokens × 2 accumulators + 2 weight vectors + a broadcast)
+        let (tile, halves) = if isa == Isa::Avx512 {
+            (TILE, 1)
+        } else {
+            (6, 2)
+        };
+        for half in 0..halves {
+            let mut t0 = 0;
+            while t0 < m {
+                let t = (m - t0).min(tile);
+                let (xs, os) = (
                     &x[t0 * k..(t0 + t) * k],
-                    w,
-                    k,
                     &mut out[t0 * COLS..(t0 + t) * COLS],
-                )
-            };
-            t0 += t;
+                );
+                // SAFETY: `isa` passed isa::require; the kernels assert their slice bounds.
+                unsafe {
+                    if isa == Isa::Avx512 {
+                        avx512::tile_any(t, xs, w, k, os)
+                    } else {
+                        avx2::tile_any(t, xs, w, k, half, os)
+                    }
+                };
+                t0 += t;
+            }
         }
         return;
     }
@@ -167,6 +185,50 @@ mod avx512 {
         for t in 0..T {
             _mm512_storeu_ps(op.add(t * COLS), lo[t]);
             _mm512_storeu_ps(op.add(t * COLS + 16), hi[t]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::COLS;
+    use std::arch::x86_64::*;
+
+    /// Dispatches a tile of `t` ≤ 6 tokens × columns 16·half..16·half+16 of the panel.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_any(t: usize, x: &[f32], w: &[f32], k: usize, half: usize, out: &mut [f32]) {
+        match t {
+            1 => tile::<1>(x, w, k, half, out),
+            2 => tile::<2>(x, w, k, half, out),
+            3 => tile::<3>(x, w, k, half, out),
+            4 => tile::<4>(x, w, k, half, out),
+            5 => tile::<5>(x, w, k, half, out),
+            _ => tile::<6>(x, w, k, half, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const T: usize>(x: &[f32], w: &[f32], k: usize, half: usize, out: &mut [f32]) {
+        assert!(half < 2 && x.len() >= T * k && w.len() >= k * COLS && out.len() >= T * COLS);
+        let mut lo = [_mm256_setzero_ps(); T];
+        let mut hi = [_mm256_setzero_ps(); T];
+        let (xp, wp) = (x.as_ptr(), w.as_ptr().add(16 * half));
+        for kk in 0..k {
+            let row = wp.add(kk * COLS);
+            if kk + 16 < k {
+                _mm_prefetch::<_MM_HINT_T0>(row.add(16 * COLS) as *const i8);
+            }
+            let (w0, w1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+            for t in 0..T {
+                let xb = _mm256_set1_ps(*xp.add(t * k + kk));
+                lo[t] = _mm256_fmadd_ps(xb, w0, lo[t]);
+                hi[t] = _mm256_fmadd_ps(xb, w1, hi[t]);
+            }
+        }
+        let op = out.as_mut_ptr().add(16 * half);
+        for t in 0..T {
+            _mm256_storeu_ps(op.add(t * COLS), lo[t]);
+            _mm256_storeu_ps(op.add(t * COLS + 8), hi[t]);
         }
     }
 }

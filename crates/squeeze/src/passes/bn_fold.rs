@@ -10,6 +10,7 @@ use super::{Pass, PassRecord};
 use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::graph::{Graph, Op};
+use crate::kinds::{batch_norm::BatchNorm, conv2d::Conv2d, linear::Linear};
 
 /// The pass.
 pub struct FoldBatchNorm;
@@ -18,14 +19,14 @@ pub struct FoldBatchNorm;
 fn foldable(g: &Graph) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if !matches!(n.op, Op::BatchNorm { .. }) || n.inputs.len() != 1 {
+        if !matches!(n.op, Op::BatchNorm(_)) || n.inputs.len() != 1 {
             continue;
         }
         let Some(j) = g.index_of(&n.inputs[0]) else {
             continue;
         };
         let prod = &g.nodes[j];
-        let ok = matches!(prod.op, Op::Conv2d { .. } | Op::Linear { .. });
+        let ok = matches!(prod.op, Op::Conv2d(_) | Op::Linear(_));
         if ok && g.consumers(&prod.name).len() == 1 && g.output != prod.name {
             out.push((i, j));
         }
@@ -36,7 +37,7 @@ fn foldable(g: &Graph) -> Vec<(usize, usize)> {
 fn fold_one(model: &mut Model, bn_i: usize, prod_i: usize) -> Result<()> {
     let bn = model.graph.nodes[bn_i].clone();
     let prod = model.graph.nodes[prod_i].name.clone();
-    let Op::BatchNorm { eps, channels, .. } = bn.op else {
+    let Op::BatchNorm(BatchNorm { eps, channels, .. }) = bn.op else {
         unreachable!("checked by foldable")
     };
     let p = |s: &str| model.params.get(&format!("{}.{s}", bn.name)).cloned();
@@ -63,7 +64,7 @@ fn fold_one(model: &mut Model, bn_i: usize, prod_i: usize) -> Result<()> {
         model.params.remove(&format!("{}.{s}", bn.name));
     }
     match &mut model.graph.nodes[prod_i].op {
-        Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => *bias = true,
+        Op::Conv2d(Conv2d { bias, .. }) | Op::Linear(Linear { bias, .. }) => *bias = true,
         _ => unreachable!("checked by foldable"),
     }
     model.graph.nodes.remove(bn_i);
@@ -81,7 +82,7 @@ impl Pass for FoldBatchNorm {
             .graph
             .nodes
             .iter()
-            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .filter(|n| matches!(n.op, Op::BatchNorm(_)))
             .count();
         let mut folded = Vec::new();
         // fold one at a time: indices shift after each removal

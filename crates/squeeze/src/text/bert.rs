@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::graph::{Graph, Lookup, Op, INPUT, MASK};
+use crate::kinds::{
+    attention::Attention, dropout::Dropout, embedding::Embedding, layer_norm::LayerNorm,
+    linear::Linear,
+};
 use crate::params::ParamStore;
 
 /// Widths of one encoder layer.
@@ -46,10 +50,12 @@ pub fn layer_prefix(i: usize) -> String {
 pub fn build_graph(s: &BertShape) -> Graph {
     let mut g = Graph::new_tokens("bert");
     let h = s.hidden;
-    let emb = |num, lookup| Op::Embedding {
-        num,
-        dim: h,
-        lookup,
+    let emb = |num, lookup| {
+        Op::Embedding(Embedding {
+            num,
+            dim: h,
+            lookup,
+        })
     };
     g.push(
         "embeddings.word_embeddings",
@@ -69,11 +75,11 @@ pub fn build_graph(s: &BertShape) -> Graph {
             "embeddings.token_type_embeddings",
         ],
     );
-    let ln = |eps| Op::LayerNorm { dim: h, eps };
+    let ln = |eps| Op::LayerNorm(LayerNorm { dim: h, eps });
     g.push("embeddings.LayerNorm", ln(s.eps), &["embeddings.sum"]);
     let mut x = g.push(
         "embeddings.dropout",
-        Op::Dropout { p: s.dropout },
+        Op::Dropout(Dropout { p: s.dropout }),
         &["embeddings.LayerNorm"],
     );
     for (i, l) in s.layers.iter().enumerate() {
@@ -87,11 +93,11 @@ pub fn build_graph(s: &BertShape) -> Graph {
 }
 
 fn linear(i: usize, o: usize) -> Op {
-    Op::Linear {
+    Op::Linear(Linear {
         in_features: i,
         out_features: o,
         bias: true,
-    }
+    })
 }
 
 /// One post-LN encoder layer reading `x`; returns its output node.
@@ -101,10 +107,10 @@ fn push_layer(g: &mut Graph, p: &str, x: &str, h: usize, l: &LayerShape, s: &Ber
     for qkv in ["query", "key", "value"] {
         g.push(&n(&format!("attention.self.{qkv}")), linear(h, w), &[x]);
     }
-    let core = Op::Attention {
+    let core = Op::Attention(Attention {
         heads: l.heads,
         head_dim: l.head_dim,
-    };
+    });
     let (q, k, v) = (
         n("attention.self.query"),
         n("attention.self.key"),
@@ -116,7 +122,7 @@ fn push_layer(g: &mut Graph, p: &str, x: &str, h: usize, l: &LayerShape, s: &Ber
         linear(w, h),
         &[&n("attention.core")],
     );
-    let drop = Op::Dropout { p: s.dropout };
+    let drop = Op::Dropout(Dropout { p: s.dropout });
     g.push(
         &n("attention.output.dropout"),
         drop.clone(),
@@ -127,7 +133,7 @@ fn push_layer(g: &mut Graph, p: &str, x: &str, h: usize, l: &LayerShape, s: &Ber
         Op::Add,
         &[&n("attention.output.dropout"), x],
     );
-    let ln = Op::LayerNorm { dim: h, eps: s.eps };
+    let ln = Op::LayerNorm(LayerNorm { dim: h, eps: s.eps });
     let a = g.push(
         &n("attention.output.LayerNorm"),
         ln.clone(),
@@ -158,12 +164,14 @@ pub fn layer_shapes(g: &Graph) -> Vec<LayerShape> {
         let core = g.node(&format!("{p}.attention.core")).map(|n| &n.op);
         let inter = g.node(&format!("{p}.intermediate.dense")).map(|n| &n.op);
         match (core, inter) {
-            (Some(Op::Attention { heads, head_dim }), Some(Op::Linear { out_features, .. })) => out
-                .push(LayerShape {
-                    heads: *heads,
-                    head_dim: *head_dim,
-                    intermediate: *out_features,
-                }),
+            (
+                Some(Op::Attention(Attention { heads, head_dim })),
+                Some(Op::Linear(Linear { out_features, .. })),
+            ) => out.push(LayerShape {
+                heads: *heads,
+                head_dim: *head_dim,
+                intermediate: *out_features,
+            }),
             _ => return out,
         }
     }

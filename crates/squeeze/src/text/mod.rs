@@ -16,6 +16,7 @@ use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Lookup, Op};
 use crate::interp::{forward_tokens, ForwardOpts};
+use crate::kinds::embedding::Embedding;
 use crate::ops::packed::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
 
@@ -124,11 +125,11 @@ pub fn max_positions(model: &Model) -> usize {
         .nodes
         .iter()
         .find_map(|n| match n.op {
-            Op::Embedding {
+            Op::Embedding(Embedding {
                 num,
                 lookup: Lookup::Positions,
                 ..
-            } => Some(num),
+            }) => Some(num),
             _ => None,
         })
         .unwrap_or(usize::MAX)

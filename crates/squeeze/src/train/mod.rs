@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::eval::accuracy;
 use crate::graph::Op;
 use crate::interp::{forward, ForwardOpts};
+use crate::kinds::batch_norm::BatchNorm;
 use crate::ops::batchnorm::BatchStats;
 use crate::params::{trainable_names, ParamStore};
 
@@ -90,14 +91,10 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
-/// Names of weights that take weight decay (conv/linear weights).
+/// Names of weights that take weight decay (their kinds say which).
 fn decay_names(model: &Model) -> HashSet<String> {
-    model
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::Linear { .. } | Op::Conv2d { .. }))
-        .map(|n| format!("{}.weight", n.name))
+    crate::params::decay_names(&model.graph)
+        .into_iter()
         .collect()
 }
 
@@ -108,7 +105,8 @@ fn update_running(
     stats: &[(String, BatchStats)],
 ) -> Result<()> {
     for (node, st) in stats {
-        let Some(Op::BatchNorm { momentum, .. }) = model.graph.node(node).map(|n| &n.op) else {
+        let Some(Op::BatchNorm(BatchNorm { momentum, .. })) = model.graph.node(node).map(|n| &n.op)
+        else {
             continue;
         };
         let m = *momentum;
@@ -173,6 +171,7 @@ pub fn train(
     if let Some(o) = opt_state {
         opt.load_state(o, state.optimizer_step)?;
     }
+    apply_masks(model, &params, opt.vars())?;
     let n = cfg.limit_train.unwrap_or(train.len()).min(train.len());
     let per_epoch = n.div_ceil(cfg.batch_size);
     for epoch in state.epochs_done..cfg.epochs {
@@ -354,9 +353,23 @@ pub fn train_step(
     };
     let grads = loss.backward()?;
     opt.step(&grads, lr)?;
+    apply_masks(model, params, opt.vars())?;
     update_running(params, model, &out.bn_stats)?;
     hooks.after_step(opt.vars())?;
     Ok((lv, out.output.detach()))
+}
+
+/// Zeroes the pruned entries of every masked parameter: a simulated sparse model stays
+/// sparse through training (run after each optimizer step, and once before the first).
+pub fn apply_masks(model: &Model, params: &ParamStore, vars: &[(String, Var)]) -> Result<()> {
+    for name in &model.graph.masks {
+        let Some((_, var)) = vars.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let mask = params.get(&format!("{name}.mask"))?.to_dtype(var.dtype())?;
+        var.set(&(var.as_tensor() * mask)?)?;
+    }
+    Ok(())
 }
 
 /// Sets up variables and an optimizer for `model` (used by benchmarks and custom loops).

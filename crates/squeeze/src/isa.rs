@@ -1,0 +1,165 @@
+//! CPU-feature dispatch in one place. squeeze is compiled for baseline x86-64 (never with
+//! a global `target-cpu`); kernels that have vector paths ask [`active`] which one to run:
+//! AVX-512F, AVX2 + FMA, or the portable scalar reference. The best path the CPU supports
+//! is chosen once at run time; `SQUEEZE_ISA=avx512|avx2|scalar` forces a lower one (and is
+//! refused with an error if the CPU lacks it), and [`force`] does the same from code (the
+//! ISA benchmark). Every path is tested against the reference on machines that have it;
+//! `.ci/run` also runs the kernel tests under `SQUEEZE_ISA=avx2` and `scalar`.
+//!
+//! ```
+//! let isa = squeeze::isa::active().unwrap();
+//! assert!(squeeze::isa::supported().contains(&isa));
+//! ```
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// A kernel path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust loops (the reference every vector path is tested against).
+    Scalar,
+    /// 256-bit AVX2 with fused multiply-add (AMD Zen 3, Intel Haswell and later).
+    Avx2,
+    /// 512-bit AVX-512F (AMD Zen 4, Intel Skylake-SP and later).
+    Avx512,
+}
+
+/// The environment variable that forces a lower path.
+pub const ENV: &str = "SQUEEZE_ISA";
+
+impl Isa {
+    /// Every path, best first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a path name as `SQUEEZE_ISA` and `--isa` spell it.
+    pub fn parse(s: &str) -> Result<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s.trim())
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "unknown instruction set `{s}`: expected avx512, avx2 or scalar"
+                ))
+            })
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 2,
+            Isa::Avx512 => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.code() == c)
+    }
+}
+
+/// The paths this CPU supports, best first.
+pub fn supported() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+}
+
+/// The best path this CPU supports.
+pub fn detected() -> Isa {
+    supported()[0]
+}
+
+/// Set by [`force`]; 0 = not forced.
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// `SQUEEZE_ISA`, read and checked once.
+static FROM_ENV: OnceLock<std::result::Result<Option<Isa>, String>> = OnceLock::new();
+
+/// `isa` if this CPU supports it, else an error (kernels call this before running a path).
+pub fn require(isa: Isa) -> Result<Isa> {
+    checked(isa, "the kernel")
+}
+
+fn checked(isa: Isa, source: &str) -> Result<Isa> {
+    if !isa.is_supported() {
+        return Err(Error::Data(format!(
+            "{source} asks for {} but this CPU lacks it (supported: {})",
+            isa.name(),
+            supported()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(isa)
+}
+
+fn from_env() -> Result<Option<Isa>> {
+    FROM_ENV
+        .get_or_init(|| match std::env::var(ENV) {
+            Ok(v) if !v.is_empty() => Isa::parse(&v)
+                .and_then(|i| checked(i, &format!("{ENV}={v}")))
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        })
+        .clone()
+        .map_err(Error::Data)
+}
+
+/// The path kernels run now: forced by [`force`], else `SQUEEZE_ISA`, else the best the
+/// CPU supports. An unsupported or misspelled `SQUEEZE_ISA` is an error.
+pub fn active() -> Result<Isa> {
+    if let Some(i) = Isa::from_code(FORCED.load(Ordering::Relaxed)) {
+        return Ok(i);
+    }
+    Ok(from_env()?.unwrap_or_else(detected))
+}
+
+/// Makes every kernel of this process run `isa` from now on (`None`: back to the
+/// environment / detection); refused if the CPU lacks it.
+pub fn force(isa: Option<Isa>) -> Result<()> {
+    let code = match isa {
+        Some(i) => checked(i, "--isa")?.code(),
+        None => 0,
+    };
+    FORCED.store(code, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The CPU's model name (from `/proc/cpuinfo`), for benchmark records.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,97 @@
+//! Element-wise activations: ReLU (one-pass forward and backward, [`crate::ops::act`]) and
+//! GELU in BERT's erf form (Hendrycks & Gimpel 2016; inference by a rational erf in one
+//! pass, [`crate::ops::fast`], tested against the differentiable composition of
+//! [`crate::ops::text`]). No tensors; channels pass through unchanged.
+
+use candle_core::Tensor;
+
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::{act, fast, text};
+
+/// `max(0, x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relu;
+
+/// `x·Φ(x)`, erf form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gelu;
+
+/// Shared by the element-wise kinds: one input of any shape, same output shape.
+fn same_shape(ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+    Ok(arity(ins, 1)?.to_vec())
+}
+
+impl LayerKind for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        same_shape(ins)
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        act::relu(cx.x())
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+impl LayerKind for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        same_shape(ins)
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if super::linear::inference(&[cx.x()]) {
+            fast::gelu(cx.x())
+        } else {
+            text::gelu(cx.x())
+        }
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+pub(crate) fn relu_example() -> super::Example {
+    super::Example {
+        op: Op::Relu,
+        inputs: vec![vec![3, 4]],
+    }
+}
+
+pub(crate) fn gelu_example() -> super::Example {
+    super::Example {
+        op: Op::Gelu,
+        inputs: vec![vec![5, 6]],
+    }
+}

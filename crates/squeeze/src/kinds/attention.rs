@@ -1,0 +1,86 @@
+//! The scaled dot-product attention core (Vaswani et al. 2017) over `heads` heads of
+//! `head_dim`: inputs q, k, v ([L, heads·head_dim] each, from ordinary Linear nodes) and
+//! the mask; softmax(q·kᵀ/√head_dim + mask bias)·v. No tensors. Coupling: pins the q/k/v
+//! channels (a cut must remove whole heads). Forward: one fused loop nest per (sample,
+//! head) at inference ([`crate::ops::fast`]), the differentiable composition of
+//! [`crate::ops::text`] otherwise.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{positive, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::{fast, text};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attention {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl LayerKind for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::MaskLast
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        positive("heads", self.heads)?;
+        positive("head_dim", self.head_dim)?;
+        let width = self
+            .heads
+            .checked_mul(self.head_dim)
+            .ok_or("heads · head_dim overflows")?;
+        let ok = ins.len() == 4
+            && ins[..3].iter().all(|s| s.len() == 2 && s[1] == width)
+            && ins[0][0] == ins[1][0]
+            && ins[1][0] == ins[2][0]
+            && ins[3] == [ins[1][0]];
+        if !ok {
+            return Err(format!(
+                "expects q, k, v [L, {width}] and mask [L], got {ins:?}"
+            ));
+        }
+        Ok(ins[0].to_vec())
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], out: &[usize]) -> u64 {
+        // q·kᵀ and probs·v: 2 · L · L · heads · head_dim
+        (2 * out[0] * out[0] * self.heads * self.head_dim) as u64
+    }
+    fn couple(&self, cx: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        cx.pin_all(
+            &ins[..3].concat(),
+            "attention core (prune whole heads instead)",
+        );
+        ins[2].clone()
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let (q, k, v, m) = (&cx.ins[0], &cx.ins[1], &cx.ins[2], &cx.ins[3]);
+        let (h, d) = (self.heads, self.head_dim);
+        if super::linear::inference(&[q, k, v]) {
+            fast::attention(q, k, v, m, h, d)
+        } else {
+            text::attention(q, k, v, m, h, d)
+        }
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+pub(crate) fn example() -> super::Example {
+    super::Example {
+        op: Op::Attention(Attention {
+            heads: 2,
+            head_dim: 3,
+        }),
+        inputs: vec![vec![4, 6], vec![4, 6], vec![4, 6], vec![4]],
+    }
+}

@@ -1,0 +1,145 @@
+//! 2-D convolution over [C, H, W] with a square kernel, stride, zero padding and groups.
+//! Tensors `weight` [out, in/groups, k, k] (weight-decayed) and `bias` [out]. Coupling: a
+//! dense convolution consumes its input channels and creates a new space; a depthwise one
+//! (groups = in = out) carries each channel through as a per-channel member; other grouped
+//! convolutions pin both sides. Forward: im2col + GEMM with a hand-written backward
+//! ([`crate::ops::conv`], gradient-checked), candle's grouped kernel for groups > 1.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, MemberRole, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::conv;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Conv2d {
+    /// One filter per channel (groups = in = out > 1).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
+    }
+}
+
+impl LayerKind for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        for (what, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("kernel", self.kernel),
+            ("stride", self.stride),
+            ("groups", self.groups),
+        ] {
+            positive(what, v)?;
+        }
+        let s = arity(ins, 1)?;
+        if s.len() != 3 || s[0] != self.in_channels {
+            return Err(format!(
+                "input {s:?}, expected [{}, H, W]",
+                self.in_channels
+            ));
+        }
+        let g = self.groups;
+        if !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
+            return Err(format!("groups {g} must divide in/out channels"));
+        }
+        let pad = self.padding.saturating_mul(2);
+        let (h, w) = (s[1].saturating_add(pad), s[2].saturating_add(pad));
+        if h < self.kernel || w < self.kernel {
+            return Err(format!("kernel {} larger than padded input", self.kernel));
+        }
+        let (k, st) = (self.kernel, self.stride);
+        Ok(vec![self.out_channels, (h - k) / st + 1, (w - k) / st + 1])
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        let k = self.kernel;
+        let w = vec![
+            self.out_channels,
+            self.in_channels / self.groups.max(1),
+            k,
+            k,
+        ];
+        let mut t = vec![TensorSpec::weight("weight", w)];
+        if self.bias {
+            t.push(TensorSpec::param("bias", vec![self.out_channels]));
+        }
+        t
+    }
+    fn macs(&self, _ins: &[&[usize]], out: &[usize]) -> u64 {
+        let per_out = (self.in_channels / self.groups.max(1)) * self.kernel * self.kernel;
+        super::numel(out) * per_out as u64
+    }
+    fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        let x = &ins[0];
+        if self.groups == 1 {
+            cx.consume(x, &node.name);
+            return cx.new_space(&node.name, self.out_channels, self.bias);
+        }
+        if self.is_depthwise() {
+            let ps: &[&str] = if self.bias {
+                &["weight", "bias"]
+            } else {
+                &["weight"]
+            };
+            cx.per_channel(x, &node.name, ps, MemberRole::Norm);
+            return x.clone();
+        }
+        cx.pin_all(x, "grouped convolution input");
+        let o = cx.new_space(&node.name, self.out_channels, self.bias);
+        cx.pin_all(&o, "grouped convolution output");
+        o
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let w = cx.param("weight")?;
+        let y = conv::conv2d(cx.x(), w, self.stride, self.padding, self.groups)?;
+        if !self.bias {
+            return Ok(y);
+        }
+        let b = cx.param("bias")?.reshape((1, self.out_channels, 1, 1))?;
+        Ok(y.broadcast_add(&b)?)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        let d = dims("weight")?;
+        let mut c = self.clone();
+        c.out_channels = d[0];
+        if self.is_depthwise() {
+            (c.groups, c.in_channels) = (d[0], d[0]);
+        } else {
+            c.in_channels = d[1] * self.groups;
+        }
+        Some(Op::Conv2d(c))
+    }
+}
+
+pub(crate) fn example() -> super::Example {
+    super::Example {
+        op: Op::Conv2d(Conv2d {
+            in_channels: 2,
+            out_channels: 4,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            groups: 2,
+            bias: true,
+        }),
+        inputs: vec![vec![2, 5, 6]],
+    }
+}

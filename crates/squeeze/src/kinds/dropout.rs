@@ -1,0 +1,75 @@
+//! Inverted dropout (Srivastava et al. 2014) with drop probability `p`, active in train
+//! mode only; masks come from the forward's seeded generator, so a resumed run draws the
+//! same ones. No tensors; channels pass through unchanged.
+
+use candle_core::Tensor;
+use rand::{rngs::StdRng, Rng};
+use serde::{Deserialize, Serialize};
+
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dropout {
+    pub p: f64,
+}
+
+impl LayerKind for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(format!("`p` must be in [0, 1), got {}", self.p));
+        }
+        Ok(arity(ins, 1)?.to_vec())
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if cx.opts.train && self.p > 0.0 {
+            dropout(&cx.ins[0], self.p, cx.rng)
+        } else {
+            Ok(cx.x().clone())
+        }
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+/// Inverted dropout with a seeded mask.
+fn dropout(x: &Tensor, prob: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let keep = 1.0 - prob;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+pub(crate) fn example() -> super::Example {
+    super::Example {
+        op: Op::Dropout(Dropout { p: 0.25 }),
+        inputs: vec![vec![4, 3]],
+    }
+}

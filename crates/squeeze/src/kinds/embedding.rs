@@ -1,0 +1,94 @@
+//! Table lookup for token graphs: rows of `weight` [num, dim] picked by the token ids,
+//! by the positions 0..L (absolute position embeddings) or by segment id 0 (single-sentence
+//! encoders). Reads exactly the token ids. Coupling: creates the hidden-width space, pinned
+//! (the table's width is the width of every residual in the encoder).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::text;
+
+/// Which index an [`Embedding`] looks its rows up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lookup {
+    /// The token ids of the input.
+    Tokens,
+    /// The positions 0..L (absolute position embeddings).
+    Positions,
+    /// Segment (token-type) id 0 for every token: single-sentence encoders.
+    Segments,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedding {
+    pub num: usize,
+    pub dim: usize,
+    pub lookup: Lookup,
+}
+
+impl LayerKind for Embedding {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::TokenIds
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        positive("num", self.num)?;
+        positive("dim", self.dim)?;
+        let s = arity(ins, 1)?;
+        if s.len() != 1 {
+            return Err(format!("input {s:?}, expected token ids [L]"));
+        }
+        Ok(vec![s[0], self.dim])
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![TensorSpec::param("weight", vec![self.num, self.dim])]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, cx: &mut Coupler, node: &Node, _: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        let o = cx.new_space(&node.name, self.dim, false);
+        cx.pin_all(&o, "embedding table (hidden width)");
+        o
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let table = cx.param("weight")?;
+        let (n, l) = cx.x().dims2()?;
+        Ok(match self.lookup {
+            Lookup::Tokens => text::lookup(table, cx.x())?,
+            Lookup::Positions => text::positions(table, n, l)?,
+            Lookup::Segments => text::positions(&table.narrow(0, 0, 1)?, n, 1)?.broadcast_as((
+                n,
+                l,
+                table.dim(1)?,
+            ))?,
+        })
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        let d = dims("weight")?;
+        Some(Op::Embedding(Embedding {
+            num: d[0],
+            dim: d[1],
+            ..self.clone()
+        }))
+    }
+}
+
+pub(crate) fn example() -> super::Example {
+    super::Example {
+        op: Op::Embedding(Embedding {
+            num: 9,
+            dim: 4,
+            lookup: Lookup::Tokens,
+        }),
+        inputs: vec![vec![5]],
+    }
+}

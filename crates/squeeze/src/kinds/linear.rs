@@ -1,0 +1,175 @@
+//! Fully connected layer `y = x Wᵀ + b` over the last axis. Tensors `weight` [out, in]
+//! (weight-decayed) and `bias` [out]. Coupling: consumes its input's channels as weight
+//! columns and creates a new channel space (weight rows, bias). Forward: candle's matmul
+//! (differentiable, large batches); for a few rows at inference the weight-streaming
+//! kernel of [`crate::ops::fast`], or packed panels ([`crate::ops::packed`]) when the
+//! caller keeps a pack cache — both tested against the matmul.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{arity, positive, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::fast;
+use crate::ops::packed::PackCache;
+use crate::params::ParamStore;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Linear {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+}
+
+impl LayerKind for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        positive("in_features", self.in_features)?;
+        positive("out_features", self.out_features)?;
+        let s = arity(ins, 1)?;
+        if s.last() != Some(&self.in_features) {
+            return Err(format!("input {s:?}, expected [..., {}]", self.in_features));
+        }
+        Ok(with_last(s, self.out_features))
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        let mut t = vec![TensorSpec::weight(
+            "weight",
+            vec![self.out_features, self.in_features],
+        )];
+        if self.bias {
+            t.push(TensorSpec::param("bias", vec![self.out_features]));
+        }
+        t
+    }
+    fn macs(&self, _ins: &[&[usize]], out: &[usize]) -> u64 {
+        super::numel(out) * self.in_features as u64
+    }
+    fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        cx.consume(&ins[0], &node.name);
+        cx.new_space(&node.name, self.out_features, self.bias)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if let Some(cache) = cx.opts.packed.as_deref() {
+            if let Some(mut y) = packed_linears(&[cx.node], cx.params, cx.x(), cache)? {
+                return Ok(y.remove(0));
+            }
+        }
+        let b = if self.bias {
+            Some(cx.param("bias")?)
+        } else {
+            None
+        };
+        linear(cx.x(), cx.param("weight")?, b)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        let d = dims("weight")?;
+        Some(Op::Linear(Linear {
+            out_features: d[0],
+            in_features: d[1],
+            ..self.clone()
+        }))
+    }
+}
+
+/// Whether the fast inference kernels may run: f32 tensors none of which tracks gradients.
+pub(crate) fn inference(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
+}
+
+/// Whether a product over rows `x2` [M, in] takes the small-batch inference kernels: few
+/// rows, and f32 tensors none of which tracks gradients.
+fn small_inference(x2: &Tensor, ts: &[&Tensor]) -> Result<bool> {
+    Ok(x2.dim(0)? <= fast::SMALL_M && inference(ts))
+}
+
+/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let mut all = vec![&x2, w];
+    all.extend(b);
+    let y = if small_inference(&x2, &all)? {
+        fast::linear(&x2, w, b)?
+    } else {
+        let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
+        match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
+    };
+    Ok(y.reshape(with_last(&dims, w.dim(0)?))?)
+}
+
+fn param<'a>(p: &'a ParamStore, node: &Node, name: &str) -> Result<&'a Tensor> {
+    p.get(&format!("{}.{name}", node.name))
+}
+
+/// Small-batch inference of Linear nodes that all read `x` — one node, or siblings such as
+/// an attention layer's q/k/v — as one packed product over their concatenated weights,
+/// split back into each node's output; `None` where the packed path does not apply (a
+/// large batch, or tensors that track gradients).
+pub(crate) fn packed_linears(
+    nodes: &[&Node],
+    p: &ParamStore,
+    x: &Tensor,
+    cache: &PackCache,
+) -> Result<Option<Vec<Tensor>>> {
+    let dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let (mut names, mut ws, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+    for node in nodes {
+        let w = param(p, node, "weight")?;
+        if let Op::Linear(Linear { bias: true, .. }) = node.op {
+            bs.push(param(p, node, "bias")?.clone());
+        } else if nodes.len() > 1 {
+            bs.push(Tensor::zeros(w.dim(0)?, DType::F32, w.device())?);
+        }
+        names.push(format!("{}.weight", node.name));
+        ws.push(w);
+    }
+    let mut all: Vec<&Tensor> = vec![&x2];
+    all.extend(ws.iter().copied().chain(&bs));
+    if !small_inference(&x2, &all)? {
+        return Ok(None);
+    }
+    let bias = match &bs[..] {
+        [] => None,
+        [b] => Some(b.clone()),
+        _ => Some(Tensor::cat(&bs, 0)?),
+    };
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let y = cache.get_many(&names, &ws)?.matmul(&x2, bias.as_ref())?;
+    let mut outs = Vec::with_capacity(ws.len());
+    let mut at = 0;
+    for w in &ws {
+        let n = w.dim(0)?;
+        let part = if ws.len() == 1 {
+            y.clone()
+        } else {
+            y.narrow(1, at, n)?.contiguous()?
+        };
+        outs.push(part.reshape(with_last(&dims, n))?);
+        at += n;
+    }
+    Ok(Some(outs))
+}
+
+pub(crate) fn example() -> super::Example {
+    super::Example {
+        op: Op::Linear(Linear {
+            in_features: 6,
+            out_features: 5,
+            bias: true,
+        }),
+        inputs: vec![vec![6]],
+    }
+}

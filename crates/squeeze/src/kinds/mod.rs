@@ -1,0 +1,150 @@
+//! Layer kinds, one file each. A kind is everything the toolkit knows about one sort of
+//! node, in one place (the shape of tract's ops): validation of its attributes and its
+//! output shape, the typed specs of its tensors, its cost, its channel-coupling rule, its
+//! differentiable forward and its inference kernel. The rest of the code dispatches
+//! through [`LayerKind`] via [`crate::graph::Op::def`] and never matches on kinds it does
+//! not rewrite. `README.md` ("Adding a layer kind") walks through one kind as the example.
+
+pub mod act;
+pub mod attention;
+pub mod batch_norm;
+pub mod concat_add;
+pub mod conv2d;
+pub mod dropout;
+pub mod embedding;
+pub mod flatten;
+pub mod layer_norm;
+pub mod linear;
+pub mod pool;
+pub mod sentence;
+
+mod tensor;
+
+pub use tensor::{Dtype, TensorInfo, TensorRole, TensorSpec};
+
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+
+use crate::coupling::{Coupler, Seg};
+use crate::error::{Error, Result};
+use crate::graph::{Node, Op};
+use crate::interp::ForwardOpts;
+use crate::ops::batchnorm::BatchStats;
+use crate::params::ParamStore;
+
+/// Which graph inputs a node of a kind may read (token graphs give `input` and `mask`
+/// fixed roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// Values computed by other nodes (never the token ids or the mask).
+    Values,
+    /// Exactly the token ids (`input`) of a token graph.
+    TokenIds,
+    /// Values, the last of which is the attention `mask`.
+    MaskLast,
+}
+
+/// Everything a kind's forward may use while one node runs.
+pub struct NodeRun<'a> {
+    pub node: &'a Node,
+    pub params: &'a ParamStore,
+    /// The values of the node's inputs, in order.
+    pub ins: &'a [Tensor],
+    pub opts: &'a ForwardOpts,
+    /// Train-mode fusion: a BatchNorm also applies the ReLU that is its only reader.
+    pub fuse_relu: bool,
+    /// The pass's seeded generator (dropout masks).
+    pub rng: &'a mut StdRng,
+    /// Train-mode batch statistics, appended by BatchNorm nodes.
+    pub bn_stats: &'a mut Vec<(String, BatchStats)>,
+}
+
+impl NodeRun<'_> {
+    /// The node's tensor `suffix` (e.g. `weight`).
+    pub fn param(&self, suffix: &str) -> Result<&Tensor> {
+        self.params.get(&format!("{}.{suffix}", self.node.name))
+    }
+    /// The first input.
+    pub fn x(&self) -> &Tensor {
+        &self.ins[0]
+    }
+}
+
+/// A representative node of a kind for the all-kinds test: the op and its per-sample input
+/// shapes (token-id and mask inputs are [L]).
+pub struct Example {
+    pub op: Op,
+    pub inputs: Vec<Vec<usize>>,
+}
+
+/// What a layer kind provides. Every method is required: a new kind cannot silently
+/// report zero cost or no coupling.
+pub trait LayerKind: std::fmt::Debug {
+    /// Lower-case name, the `type` of the node in `model.json`.
+    fn name(&self) -> &'static str;
+    /// Which graph inputs the node may read.
+    fn inputs(&self) -> Inputs;
+    /// Per-sample output shape from the inputs' shapes; errors say what was expected
+    /// (attributes are validated here too: widths, kernels and heads must be positive).
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String>;
+    /// The node's tensors: suffix, logical and stored shape, dtype, role.
+    fn tensors(&self) -> Vec<TensorSpec>;
+    /// Multiply-accumulates per sample (element-wise work counts 0).
+    fn macs(&self, ins: &[&[usize]], out: &[usize]) -> u64;
+    /// How channel indices map through the node: records the node's tensors as members of
+    /// the channel spaces of its inputs (`ins`, one segment list per input) and returns the
+    /// segments of its output.
+    fn couple(
+        &self,
+        cx: &mut Coupler,
+        node: &Node,
+        ins: &[Vec<Seg>],
+        shapes: &[&[usize]],
+    ) -> Vec<Seg>;
+    /// Forward: the differentiable composition when any tensor tracks gradients (or is
+    /// not f32), the inference kernel otherwise.
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor>;
+    /// The op with its widths re-read from the (cut) stored shapes of its tensors, given
+    /// by suffix; `None` when nothing depends on them.
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op>;
+}
+
+/// Exactly `k` inputs, or an error saying so.
+pub(crate) fn arity<'a>(ins: &[&'a [usize]], k: usize) -> std::result::Result<&'a [usize], String> {
+    if ins.len() != k {
+        return Err(format!("expects {k} input(s), has {}", ins.len()));
+    }
+    Ok(ins[0])
+}
+
+/// Zero is not a valid value for attribute `what`.
+pub(crate) fn positive(what: &str, v: usize) -> std::result::Result<(), String> {
+    if v == 0 {
+        return Err(format!("`{what}` must be positive"));
+    }
+    Ok(())
+}
+
+/// The same shape with its last axis replaced by `n` (callers checked rank ≥ 1).
+pub(crate) fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    if let Some(l) = out.last_mut() {
+        *l = n;
+    }
+    out
+}
+
+/// A 1-input kind that passes its input's channels through unchanged.
+pub(crate) fn pass_through(ins: &[Vec<Seg>]) -> Vec<Seg> {
+    ins[0].clone()
+}
+
+/// Elements of a shape.
+pub(crate) fn numel(s: &[usize]) -> u64 {
+    s.iter().map(|&d| d as u64).product()
+}
+
+/// An error from a kind's own checks, attributed to the node.
+pub(crate) fn node_err(node: &Node, msg: impl std::fmt::Display) -> Error {
+    Error::Graph(format!("node `{}` ({}): {msg}", node.name, node.op.kind()))
+}

@@ -1,0 +1,94 @@
+//! Sentence-embedding heads (Reimers & Gurevych 2019): masked mean pooling of the hidden
+//! states [L, d] over the real tokens → [d], and division by the L2 norm of the last axis.
+//! No tensors, no MACs. Mean pooling passes channels through; L2 normalization pins them
+//! (the norm runs across channels).
+
+use candle_core::Tensor;
+
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::ops::text;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeanPool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L2Normalize;
+
+impl LayerKind for MeanPool {
+    fn name(&self) -> &'static str {
+        "mean_pool"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::MaskLast
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        if ins.len() != 2 || ins[0].len() != 2 || ins[1] != [ins[0][0]] {
+            return Err(format!("expects hidden [L, d] and mask [L], got {ins:?}"));
+        }
+        Ok(vec![ins[0][1]])
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        text::mean_pool(cx.x(), &cx.ins[1])
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+impl LayerKind for L2Normalize {
+    fn name(&self) -> &'static str {
+        "l2_normalize"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        let s = arity(ins, 1)?;
+        if s.is_empty() {
+            return Err("input has no axis to normalize".into());
+        }
+        Ok(s.to_vec())
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![]
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, cx: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        cx.pin_all(&ins[0], "normalization across the channel axis");
+        ins[0].clone()
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        text::l2_normalize(cx.x())
+    }
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+        None
+    }
+}
+
+pub(crate) fn mean_pool_example() -> super::Example {
+    super::Example {
+        op: Op::MeanPool,
+        inputs: vec![vec![5, 4], vec![5]],
+    }
+}
+
+pub(crate) fn l2_example() -> super::Example {
+    super::Example {
+        op: Op::L2Normalize,
+        inputs: vec![vec![4]],
+    }
+}
