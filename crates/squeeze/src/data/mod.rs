@@ -5,7 +5,7 @@
 
 pub mod idx;
 
-pub use idx::{read_idx, Idx};
+pub use idx::{parse_idx, read_idx, Idx};
 
 use std::path::{Path, PathBuf};
 
