@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use squeeze::data::FashionMnist;
 use squeeze::eval::{median_time, speed};
-use squeeze::train::{prepare, train_step, NoHooks, OptimizerConfig};
+use squeeze::train::{prepare, train_step, Batch, CrossEntropy, NoHooks, OptimizerConfig};
 use squeeze::zoo;
 
 use crate::{write_json, DataArg};
@@ -92,16 +92,19 @@ fn train_bench(c: Common) -> Result<()> {
         .collect::<squeeze::Result<Vec<_>>>()?;
     let mut i = 0;
     let t = median_time(5, c.steps, || {
-        let (x, y) = &batches[i % batches.len()];
+        let (x, labels) = &batches[i % batches.len()];
+        let batch = Batch::Images {
+            x: x.clone(),
+            labels: labels.clone(),
+        };
         i += 1;
         train_step(
             &model,
             &mut params,
             &mut opt,
-            x,
-            y,
-            0.05,
-            i as u64,
+            &batch,
+            (0.05, i as u64),
+            &CrossEntropy,
             &mut NoHooks,
         )
         .map(|_| ())

@@ -18,7 +18,8 @@ use crate::write_json;
 pub struct CompressArgs {
     /// Input model directory (never modified): a squeeze checkpoint or a HF BERT directory.
     pub dir: PathBuf,
-    /// TOML recipe: `[[passes]]` tables, each with a `type` (e.g. fold_batch_norm).
+    /// TOML recipe: `[[passes]]` tables, each with a `type` (fold_batch_norm,
+    /// recalibrate_batch_norm, finetune), plus optional `[calibration]` and `[finetune]`.
     #[arg(long)]
     pub recipe: PathBuf,
     /// Output directory for the compressed model.
@@ -42,7 +43,17 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
     let data = a.data.as_deref();
     let before = eval_model(&a.dir, &model, Task::Auto, data, a.speed_runs)?;
-    let (compressed, passes) = run_recipe(model, &recipe)?;
+    let images = match data {
+        Some(d) if !model.graph.is_text() => d.to_path_buf(),
+        _ => PathBuf::from(squeeze::data::DEFAULT_DIR),
+    };
+    // fine-tuning checkpoints of the passes go to a scratch directory, removed afterwards
+    let work = std::env::temp_dir().join(format!("squeeze-compress-{}", std::process::id()));
+    let mut ctx = recipe.context(&images, &work);
+    let result = run_recipe(model, &recipe, &mut ctx);
+    let _ = std::fs::remove_dir_all(&work);
+    let (compressed, passes) =
+        result.with_context(|| format!("applying recipe {}", a.recipe.display()))?;
     for p in &passes {
         eprintln!("{}: {}", p.pass, p.label);
     }

@@ -214,7 +214,8 @@ fn batchnorm_folding_preserves_logits() {
         let x = batch(3, 4);
         let before = predict(&m.graph, &m.params, &x).unwrap();
         let n_before = m.graph.nodes.len();
-        let (folded, log) = run_recipe(m, &recipe).unwrap();
+        let mut ctx = recipe.context(Path::new("/no-data-needed"), Path::new("/no-work-dir"));
+        let (folded, log) = run_recipe(m, &recipe, &mut ctx).unwrap();
         let after = predict(&folded.graph, &folded.params, &x).unwrap();
         let d = max_abs(&before, &after);
         assert!(d < FOLD_TOL, "{arch}: logits moved by {d}");

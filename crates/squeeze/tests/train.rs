@@ -206,17 +206,16 @@ fn optimizer_state_holds_no_autograd_graph() {
     let (mut params, mut opt) = train::prepare(&m, &cfg.optimizer).unwrap();
     let data = synthetic(32, 3);
     for step in 0..3 {
-        let (x, y) = data
-            .batch(&(step * 8..step * 8 + 16).collect::<Vec<_>>(), None)
-            .unwrap();
+        let idx: Vec<usize> = (step * 8..step * 8 + 16).collect();
+        let b = train::DataSource::batch(&data, &idx, None).unwrap();
+        let ce = train::CrossEntropy;
         train::train_step(
             &m,
             &mut params,
             &mut opt,
-            &x,
-            &y,
-            0.05,
-            step as u64,
+            &b,
+            (0.05, step as u64),
+            &ce,
             &mut NoHooks,
         )
         .unwrap();
@@ -255,4 +254,99 @@ fn augmentation_is_seeded_and_changes_pixels() {
     };
     assert_eq!(diff(&a, &b), 0.0);
     assert!(diff(&a, &plain) > 0.0);
+}
+
+/// Max fraction of its first-epoch value the embedding loss may keep after training.
+const EMB_LOSS_DROP: f64 = 0.7;
+
+#[test]
+fn a_text_encoder_trains_on_sentences_toward_target_embeddings() {
+    use squeeze::interp::{forward_tokens, ForwardOpts};
+    use squeeze::text::bert::{self, BertShape, LayerShape};
+    use squeeze::text::pad_batch;
+    use squeeze::train::{fit, EmbeddingLoss, EmbeddingTarget, Run, SentenceSet};
+    let layer = LayerShape {
+        heads: 2,
+        head_dim: 4,
+        intermediate: 16,
+    };
+    let shape = BertShape {
+        vocab: 30,
+        max_positions: 12,
+        segments: 2,
+        hidden: 8,
+        eps: 1e-12,
+        dropout: 0.1,
+        layers: vec![layer; 2],
+        normalize: true,
+    };
+    // sentences of 3–8 random tokens; targets: a differently initialised teacher's embeddings
+    let mut r = common::lcg(17).map(|s| (s >> 33) as u32);
+    let ids: Vec<Vec<u32>> = (0..48)
+        .map(|_| {
+            let len = 3 + r.next().unwrap() % 6;
+            (0..len).map(|_| 1 + r.next().unwrap() % 29).collect()
+        })
+        .collect();
+    let teacher = bert::random(&shape, 99).unwrap();
+    let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let (tid, tmask) = pad_batch(&seqs).unwrap();
+    let targets = forward_tokens(
+        &teacher.graph,
+        &teacher.params,
+        &tid,
+        &tmask,
+        &ForwardOpts::eval(),
+    )
+    .unwrap()
+    .output
+    .to_vec2::<f32>()
+    .unwrap();
+    let set = SentenceSet {
+        ids,
+        targets: Some(targets),
+    };
+    let cfg = TrainConfig {
+        epochs: 6,
+        batch_size: 8,
+        optimizer: OptimizerConfig::Adamw {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        schedule: Schedule::Constant { warmup_epochs: 0.0 },
+        seed: 1,
+        augment_pad: 0,
+        limit_train: None,
+    };
+    let out = tmp("text-fit");
+    let mut student = bert::random(&shape, 5).unwrap();
+    let objective = EmbeddingTarget(EmbeddingLoss::Cosine);
+    let run = Run {
+        train: &set,
+        valid: &set,
+        objective: &objective,
+        cfg: &cfg,
+        out: &out,
+        resume: false,
+    };
+    let hist = fit(&mut student, &run, &mut NoHooks).unwrap();
+    let (first, last) = (hist[0].valid_loss.unwrap(), hist[5].valid_loss.unwrap());
+    assert!(hist.iter().all(|h| h.valid_accuracy.is_none()));
+    assert!(
+        last < EMB_LOSS_DROP * first,
+        "cosine loss {first} → {last}: the encoder did not learn"
+    );
+    // images cannot feed an embedding objective, and sentences cannot be augmented
+    let bad = TrainConfig {
+        augment_pad: 2,
+        ..cfg.clone()
+    };
+    let run = Run { cfg: &bad, ..run };
+    let e = fit(&mut student, &run, &mut NoHooks)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("augment"), "{e}");
 }

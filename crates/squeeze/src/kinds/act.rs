@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -34,20 +34,12 @@ impl LayerKind for Relu {
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         same_shape(ins)
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         pass_through(ins)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         act::relu(cx.x())
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 
@@ -61,12 +53,7 @@ impl LayerKind for Gelu {
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         same_shape(ins)
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         pass_through(ins)
     }
@@ -76,9 +63,6 @@ impl LayerKind for Gelu {
         } else {
             text::gelu(cx.x())
         }
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 

@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::{Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -29,12 +29,7 @@ impl LayerKind for Add {
         }
         Ok(ins[0].to_vec())
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, cx: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         cx.add_union(ins);
         ins[0].clone()
@@ -45,9 +40,6 @@ impl LayerKind for Add {
             acc = (acc + t)?;
         }
         Ok(acc)
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 
@@ -71,20 +63,12 @@ impl LayerKind for Concat {
         out[0] = ins.iter().map(|s| s[0]).sum();
         Ok(out)
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         ins.concat()
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         Ok(Tensor::cat(cx.ins, 1)?)
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};
 
-use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -30,12 +30,7 @@ impl LayerKind for Dropout {
         }
         Ok(arity(ins, 1)?.to_vec())
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         pass_through(ins)
     }
@@ -45,9 +40,6 @@ impl LayerKind for Dropout {
         } else {
             Ok(cx.x().clone())
         }
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 

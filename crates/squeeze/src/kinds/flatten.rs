@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{arity, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -28,12 +28,7 @@ impl LayerKind for Flatten {
             format!("input {s:?} is too large to flatten")
         })?])
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], shapes: &[&[usize]]) -> Vec<Seg> {
         let hw: usize = shapes[0][1..].iter().product();
         ins[0]
@@ -46,9 +41,6 @@ impl LayerKind for Flatten {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         Ok(cx.x().flatten_from(1)?)
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 

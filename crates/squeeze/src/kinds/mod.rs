@@ -5,6 +5,22 @@
 //! through [`LayerKind`] via [`crate::graph::Op::def`] and never matches on kinds it does
 //! not rewrite. `README.md` ("Adding a layer kind") walks through one kind as the example.
 
+/// The methods of a kind that owns no tensors, stated by invoking this macro in its impl:
+/// no tensor specs, no multiply-accumulates, nothing to re-read after a cut.
+macro_rules! no_tensors {
+    () => {
+        fn tensors(&self) -> Vec<$crate::kinds::TensorSpec> {
+            vec![]
+        }
+        fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+            0
+        }
+        fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<$crate::graph::Op> {
+            None
+        }
+    };
+}
+
 pub mod act;
 pub mod attention;
 pub mod batch_norm;
@@ -78,7 +94,7 @@ pub struct Example {
 }
 
 /// What a layer kind provides. Every method is required: a new kind cannot silently
-/// report zero cost or no coupling.
+/// report zero cost or no coupling (a kind without tensors says so with `no_tensors!()`).
 pub trait LayerKind: std::fmt::Debug {
     /// Lower-case name, the `type` of the node in `model.json`.
     fn name(&self) -> &'static str;

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{arity, pass_through, positive, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, pass_through, positive, Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -48,23 +48,15 @@ fn pooled(
     ])
 }
 
-/// The trait methods every pooling kind shares (no tensors, no MACs, channels unchanged).
+/// The trait methods every pooling kind shares (no tensors, channels unchanged).
 macro_rules! pooling_common {
     () => {
         fn inputs(&self) -> Inputs {
             Inputs::Values
         }
-        fn tensors(&self) -> Vec<TensorSpec> {
-            vec![]
-        }
-        fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-            0
-        }
+        no_tensors!();
         fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
             pass_through(ins)
-        }
-        fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-            None
         }
     };
 }

@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::{arity, pass_through, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -30,20 +30,12 @@ impl LayerKind for MeanPool {
         }
         Ok(vec![ins[0][1]])
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         pass_through(ins)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         text::mean_pool(cx.x(), &cx.ins[1])
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 
@@ -61,21 +53,13 @@ impl LayerKind for L2Normalize {
         }
         Ok(s.to_vec())
     }
-    fn tensors(&self) -> Vec<TensorSpec> {
-        vec![]
-    }
-    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
-        0
-    }
+    no_tensors!();
     fn couple(&self, cx: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         cx.pin_all(&ins[0], "normalization across the channel axis");
         ins[0].clone()
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         text::l2_normalize(cx.x())
-    }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
     }
 }
 

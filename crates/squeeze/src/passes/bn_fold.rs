@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::{Pass, PassRecord};
+use super::{Pass, PassCtx, PassRecord};
 use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::graph::{Graph, Op};
@@ -77,7 +77,7 @@ impl Pass for FoldBatchNorm {
         "fold_batch_norm"
     }
 
-    fn apply(&self, mut model: Model) -> Result<(Model, PassRecord)> {
+    fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         let total = model
             .graph
             .nodes

@@ -1,12 +1,20 @@
 //! Passes and recipes. A [`Pass`] rewrites a model (graph + parameters) and says what it
 //! did; a [`Recipe`] is a typed TOML list of passes (unknown passes or fields are errors
-//! that name the recipe file). [`run_recipe`] applies them in order and runs the full
-//! consistency check after every rewrite, keeping each pass's label for the report — the
-//! shape of tract's optimizer passes.
+//! that name the recipe file), with optional `[calibration]` and `[finetune]` tables that
+//! the [`PassCtx`] serves to the passes that need data or a training budget.
+//! [`run_recipe`] applies the passes in order and runs the full consistency check after
+//! every rewrite, keeping each pass's label for the report — the shape of tract's
+//! optimizer passes.
 
 mod bn_fold;
+mod bn_recal;
+mod ctx;
+mod finetune;
 
 pub use bn_fold::FoldBatchNorm;
+pub use bn_recal::RecalibrateBatchNorm;
+pub use ctx::{read_sentences, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx};
+pub use finetune::Finetune;
 
 use std::path::Path;
 
@@ -27,8 +35,9 @@ pub struct PassRecord {
 pub trait Pass {
     /// Stable identifier (the recipe's `type`).
     fn name(&self) -> &'static str;
-    /// Applies the pass; returns the rewritten model and a record of what changed.
-    fn apply(&self, model: Model) -> Result<(Model, PassRecord)>;
+    /// Applies the pass (asking `ctx` for calibration data or fine-tuning as it needs);
+    /// returns the rewritten model and a record of what changed.
+    fn apply(&self, model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)>;
 }
 
 /// One recipe entry: the pass and its options.
@@ -37,12 +46,21 @@ pub trait Pass {
 pub enum PassConfig {
     /// Fold each BatchNorm into the convolution or linear layer that feeds it.
     FoldBatchNorm {},
+    /// Re-estimate every BatchNorm's running statistics from calibration batches.
+    RecalibrateBatchNorm {},
+    /// Fine-tune the model with the trainer (`epochs` overrides `[finetune] epochs`).
+    Finetune {
+        #[serde(default)]
+        epochs: Option<usize>,
+    },
 }
 
 impl PassConfig {
     fn build(&self) -> Box<dyn Pass> {
         match self {
             PassConfig::FoldBatchNorm {} => Box::new(FoldBatchNorm),
+            PassConfig::RecalibrateBatchNorm {} => Box::new(RecalibrateBatchNorm),
+            PassConfig::Finetune { epochs } => Box::new(Finetune { epochs: *epochs }),
         }
     }
 }
@@ -51,6 +69,12 @@ impl PassConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// Where calibration batches come from, for passes that need activations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationConfig>,
+    /// The budget of fine-tuning steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
     pub passes: Vec<PassConfig>,
 }
 
@@ -80,13 +104,37 @@ impl Recipe {
     }
 }
 
+impl Recipe {
+    /// A context for this recipe's passes: Fashion-MNIST from `data_dir`, fine-tuning
+    /// checkpoints under `work_dir`.
+    pub fn context(&self, data_dir: &Path, work_dir: &Path) -> PassCtx {
+        PassCtx::new(
+            self.calibration.clone(),
+            self.finetune.clone(),
+            data_dir,
+            work_dir,
+        )
+    }
+}
+
 /// Applies every pass of `recipe` in order, checking the model after each.
-pub fn run_recipe(mut model: Model, recipe: &Recipe) -> Result<(Model, Vec<PassRecord>)> {
+pub fn run_recipe(
+    mut model: Model,
+    recipe: &Recipe,
+    ctx: &mut PassCtx,
+) -> Result<(Model, Vec<PassRecord>)> {
     model.check()?;
+    ctx.set_original(&model);
     let mut log = Vec::new();
     for cfg in &recipe.passes {
         let pass = cfg.build();
-        let (m, rec) = pass.apply(model)?;
+        let (m, rec) = pass.apply(model, ctx).map_err(|e| match e {
+            e @ Error::Pass { .. } => e,
+            e => Error::Pass {
+                pass: pass.name().into(),
+                msg: e.to_string(),
+            },
+        })?;
         m.check().map_err(|e| Error::Pass {
             pass: pass.name().into(),
             msg: format!("left an inconsistent model: {e}"),

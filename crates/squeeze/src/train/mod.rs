@@ -4,9 +4,13 @@
 //! compression method adds a regularizer to the loss (Network Slimming's L1 on γ) or
 //! re-applies masks and projections after every optimizer step.
 
+pub mod data;
+pub mod objective;
 pub mod optim;
 pub mod schedule;
 
+pub use data::{forward_batch, Batch, DataSource, SentenceSet};
+pub use objective::{CrossEntropy, EmbeddingLoss, EmbeddingTarget, Objective, StepLoss};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 
@@ -20,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Model};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::eval::accuracy;
 use crate::graph::Op;
-use crate::interp::{forward, ForwardOpts};
+use crate::interp::ForwardOpts;
 use crate::kinds::batch_norm::BatchNorm;
 use crate::ops::batchnorm::BatchStats;
 use crate::params::{trainable_names, ParamStore};
@@ -42,14 +45,18 @@ pub struct TrainConfig {
     pub limit_train: Option<usize>,
 }
 
-/// Per-epoch record.
+/// Per-epoch record (accuracies for classifiers; `null` for other objectives).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     pub epoch: usize,
     pub loss: f64,
-    pub train_accuracy: f64,
-    pub valid_accuracy: f64,
+    pub train_accuracy: Option<f64>,
+    pub valid_accuracy: Option<f64>,
+    /// Mean objective over the validation set (eval mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_loss: Option<f64>,
     pub seconds: f64,
+    /// Examples (images or sentences) per second.
     pub images_per_s: f64,
 }
 
@@ -140,8 +147,21 @@ fn progress(len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
     pb
 }
 
-/// Trains `model` in place on `train`, validating on `valid`, checkpointing into
-/// `out/checkpoint` each epoch. With `resume`, continues from that checkpoint.
+/// One training run: data, objective, configuration and where checkpoints go.
+pub struct Run<'a> {
+    pub train: &'a dyn DataSource,
+    pub valid: &'a dyn DataSource,
+    pub objective: &'a dyn Objective,
+    pub cfg: &'a TrainConfig,
+    /// Output directory; per-epoch checkpoints go to `out/checkpoint`.
+    pub out: &'a Path,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+}
+
+/// Trains a classifier in place on labelled images with cross-entropy, validating on
+/// `valid`, checkpointing into `out/checkpoint` each epoch. With `resume`, continues from
+/// that checkpoint.
 pub fn train(
     model: &mut Model,
     train: &ImageSet,
@@ -151,7 +171,21 @@ pub fn train(
     resume: bool,
     hooks: &mut dyn Hooks,
 ) -> Result<Vec<EpochLog>> {
-    let ck = checkpoint_dir(out);
+    let run = Run {
+        train,
+        valid,
+        objective: &CrossEntropy,
+        cfg,
+        out,
+        resume,
+    };
+    fit(model, &run, hooks)
+}
+
+/// Trains `model` in place as `run` says (any data source and objective).
+pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<EpochLog>> {
+    let cfg = run.cfg;
+    let ck = checkpoint_dir(run.out);
     let mut state = TrainState {
         config: cfg.clone(),
         epochs_done: 0,
@@ -159,7 +193,7 @@ pub fn train(
         history: vec![],
     };
     let mut opt_state = None;
-    if resume {
+    if run.resume {
         let (m, s, o) = load_resume(&ck, cfg)?;
         *model = m;
         state = s;
@@ -172,31 +206,39 @@ pub fn train(
         opt.load_state(o, state.optimizer_step)?;
     }
     apply_masks(model, &params, opt.vars())?;
-    let n = cfg.limit_train.unwrap_or(train.len()).min(train.len());
-    let per_epoch = n.div_ceil(cfg.batch_size);
+    let n = cfg
+        .limit_train
+        .unwrap_or(run.train.len())
+        .min(run.train.len());
+    if n == 0 {
+        return Err(Error::Train("the training set is empty".into()));
+    }
+    let per_epoch = n.div_ceil(cfg.batch_size.max(1));
     for epoch in state.epochs_done..cfg.epochs {
-        let log = run_epoch(
+        let mut ep = Epoch {
             model,
-            &mut params,
-            &mut opt,
-            train,
+            params: &mut params,
+            opt: &mut opt,
+            run,
             n,
-            cfg,
             epoch,
             per_epoch,
-            hooks,
-        )?;
+        };
+        let log = ep.run(hooks)?;
+        let (valid_accuracy, valid_loss) =
+            validate(model, &detached(&params)?, run.valid, run.objective)?;
         let log = EpochLog {
-            valid_accuracy: accuracy(&model.graph, &detached(&params)?, valid, 500)?,
+            valid_accuracy,
+            valid_loss: Some(valid_loss),
             ..log
         };
         eprintln!(
-            "epoch {}/{}: loss {:.4}  train acc {:.4}  valid acc {:.4}  {:.1}s  {:.0} img/s",
+            "epoch {}/{}: loss {:.4}  train acc {}  valid acc {}  valid loss {valid_loss:.4}  {:.1}s  {:.0} ex/s",
             epoch + 1,
             cfg.epochs,
             log.loss,
-            log.train_accuracy,
-            log.valid_accuracy,
+            fmt_acc(log.train_accuracy),
+            fmt_acc(log.valid_accuracy),
             log.seconds,
             log.images_per_s
         );
@@ -213,6 +255,44 @@ pub fn train(
     Ok(state.history)
 }
 
+fn fmt_acc(a: Option<f64>) -> String {
+    a.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// Accuracy (classifiers) and mean objective of the model on `valid`, in eval mode.
+pub fn validate(
+    model: &Model,
+    params: &ParamStore,
+    valid: &dyn DataSource,
+    objective: &dyn Objective,
+) -> Result<(Option<f64>, f64)> {
+    let idx: Vec<usize> = (0..valid.len()).collect();
+    let opts = ForwardOpts {
+        taps: objective.taps().into_iter().collect(),
+        ..ForwardOpts::eval()
+    };
+    let (mut correct, mut loss, mut classified) = (0usize, 0.0, true);
+    for chunk in idx.chunks(VALID_BATCH) {
+        let b = valid.batch(chunk, None)?;
+        let out = forward_batch(&model.graph, params, &b, &opts)?;
+        let s = objective.loss(&out, &b)?;
+        loss += s
+            .loss
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?
+            * chunk.len() as f64;
+        match s.correct {
+            Some(c) => correct += c,
+            None => classified = false,
+        }
+    }
+    let n = valid.len().max(1) as f64;
+    Ok((classified.then_some(correct as f64 / n), loss / n))
+}
+
+/// Batch size of validation passes.
+const VALID_BATCH: usize = 500;
+
 /// A copy of the store with variables turned back into plain tensors.
 fn detached(p: &ParamStore) -> Result<ParamStore> {
     let mut out = ParamStore::new();
@@ -222,69 +302,77 @@ fn detached(p: &ParamStore) -> Result<ParamStore> {
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_epoch(
-    model: &Model,
-    params: &mut ParamStore,
-    opt: &mut Optimizer,
-    train: &ImageSet,
+/// One epoch of a run in progress.
+struct Epoch<'a, 'r> {
+    model: &'a Model,
+    params: &'a mut ParamStore,
+    opt: &'a mut Optimizer,
+    run: &'a Run<'r>,
+    /// Training examples used.
     n: usize,
-    cfg: &TrainConfig,
     epoch: usize,
     per_epoch: usize,
-    hooks: &mut dyn Hooks,
-) -> Result<EpochLog> {
-    let start = std::time::Instant::now();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng =
-        StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-    order.shuffle(&mut rng);
-    let pb = progress(per_epoch, epoch, cfg.epochs);
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-    let total = per_epoch * cfg.epochs;
-    for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
-        let aug = (cfg.augment_pad > 0).then_some((&mut rng, cfg.augment_pad));
-        let (x, y) = train.batch(idx, aug)?;
-        let step = epoch * per_epoch + b;
-        let lr = cfg.optimizer.lr() * cfg.schedule.factor(step, total, per_epoch);
-        let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
-        let (lv, logits) = train_step(model, params, opt, &x, &y, lr, seed, hooks)
+}
+
+impl Epoch<'_, '_> {
+    fn run(&mut self, hooks: &mut dyn Hooks) -> Result<EpochLog> {
+        let (cfg, epoch, per_epoch) = (self.run.cfg, self.epoch, self.per_epoch);
+        let start = std::time::Instant::now();
+        let mut order: Vec<usize> = (0..self.n).collect();
+        let mut rng =
+            StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        order.shuffle(&mut rng);
+        let pb = progress(per_epoch, epoch, cfg.epochs);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, Some(0usize), 0usize);
+        let total = per_epoch * cfg.epochs;
+        for (b, idx) in order.chunks(cfg.batch_size.max(1)).enumerate() {
+            let aug = (cfg.augment_pad > 0).then_some((&mut rng, cfg.augment_pad));
+            let batch = self.run.train.batch(idx, aug)?;
+            let step = epoch * per_epoch + b;
+            let lr = cfg.optimizer.lr() * cfg.schedule.factor(step, total, per_epoch);
+            let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
+            let (lv, c) = train_step(
+                self.model,
+                self.params,
+                self.opt,
+                &batch,
+                (lr, seed),
+                self.run.objective,
+                hooks,
+            )
             .map_err(|e| Error::Train(format!("epoch {} step {b}: {e}", epoch + 1)))?;
-        let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-        let ys: Vec<u32> = y.to_vec1()?;
-        correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
-        loss_sum += lv * idx.len() as f64;
-        seen += idx.len();
-        pb.inc(1);
-        // without a terminal the bar is hidden: log a line every tenth of the epoch instead
-        let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
-        if b % 10 == 0 || log_line {
-            let ips = seen as f64 / start.elapsed().as_secs_f64();
-            let msg = format!(
-                "loss {:.4} acc {:.4} {ips:.0} img/s",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64
-            );
-            if log_line {
-                eprintln!(
-                    "epoch {}/{} step {b}/{per_epoch}: {msg}",
-                    epoch + 1,
-                    cfg.epochs
-                );
+            correct = correct.zip(c).map(|(a, b)| a + b);
+            loss_sum += lv * idx.len() as f64;
+            seen += idx.len();
+            pb.inc(1);
+            // without a terminal the bar is hidden: log a line every tenth of the epoch instead
+            let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
+            if b % 10 == 0 || log_line {
+                let ips = seen as f64 / start.elapsed().as_secs_f64();
+                let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));
+                let msg = format!("loss {:.4} acc {acc} {ips:.0} ex/s", loss_sum / seen as f64);
+                if log_line {
+                    eprintln!(
+                        "epoch {}/{} step {b}/{per_epoch}: {msg}",
+                        epoch + 1,
+                        cfg.epochs
+                    );
+                }
+                pb.set_message(msg);
             }
-            pb.set_message(msg);
         }
+        pb.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        Ok(EpochLog {
+            epoch: epoch + 1,
+            loss: loss_sum / seen as f64,
+            train_accuracy: correct.map(|c| c as f64 / seen as f64),
+            valid_accuracy: None,
+            valid_loss: None,
+            seconds: secs,
+            images_per_s: seen as f64 / secs,
+        })
     }
-    pb.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    Ok(EpochLog {
-        epoch: epoch + 1,
-        loss: loss_sum / seen as f64,
-        train_accuracy: correct as f64 / seen as f64,
-        valid_accuracy: 0.0,
-        seconds: secs,
-        images_per_s: seen as f64 / secs,
-    })
 }
 
 fn save_resume(dir: &Path, model: &Model, state: &TrainState, opt: &Optimizer) -> Result<()> {
@@ -325,38 +413,45 @@ fn load_resume(dir: &Path, cfg: &TrainConfig) -> Result<Resumed> {
     ))
 }
 
-/// One optimizer step on batch (`x`, `y`): forward in train mode, cross-entropy plus the
-/// hooks' regularizer, backward, update, BatchNorm running statistics, after-step hook.
-/// Returns the cross-entropy and the logits.
-#[allow(clippy::too_many_arguments)]
+/// One optimizer step on `batch`: forward in train mode (tapping what the objective
+/// reads), the objective plus the hooks' regularizer, backward, update, masks, BatchNorm
+/// running statistics, after-step hook. `(lr, seed)`: the step's learning rate and
+/// dropout seed. Returns the objective's value and, for classifiers, the count of
+/// correctly classified examples.
 pub fn train_step(
     model: &Model,
     params: &mut ParamStore,
     opt: &mut Optimizer,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-    seed: u64,
+    batch: &Batch,
+    (lr, seed): (f64, u64),
+    objective: &dyn Objective,
     hooks: &mut dyn Hooks,
-) -> Result<(f64, Tensor)> {
-    let out = forward(&model.graph, params, x, &ForwardOpts::train(seed))?;
-    let ce = candle_nn::loss::cross_entropy(&out.output, y)?;
-    let lv = ce.to_scalar::<f32>()? as f64;
+) -> Result<(f64, Option<usize>)> {
+    let opts = ForwardOpts {
+        taps: objective.taps().into_iter().collect(),
+        ..ForwardOpts::train(seed)
+    };
+    let out = forward_batch(&model.graph, params, batch, &opts)?;
+    let step = objective.loss(&out, batch)?;
+    let lv = step
+        .loss
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
     if !lv.is_finite() {
         return Err(Error::Train(format!(
             "loss became {lv}; lower the learning rate"
         )));
     }
     let loss = match hooks.regularizer(params)? {
-        Some(r) => (&ce + r)?,
-        None => ce,
+        Some(r) => (&step.loss + r)?,
+        None => step.loss,
     };
     let grads = loss.backward()?;
     opt.step(&grads, lr)?;
     apply_masks(model, params, opt.vars())?;
     update_running(params, model, &out.bn_stats)?;
     hooks.after_step(opt.vars())?;
-    Ok((lv, out.output.detach()))
+    Ok((lv, step.correct))
 }
 
 /// Zeroes the pruned entries of every masked parameter: a simulated sparse model stays

@@ -3,6 +3,8 @@
 //! per-test temporary directories.
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod tokenizer;
+
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};

@@ -1,0 +1,105 @@
+//! BatchNorm re-estimation (AdaBN, Li et al. 2016; used to judge pruned candidates in
+//! EagleEye, Li et al. 2020): after a rewrite changes what flows into a BatchNorm, its
+//! running statistics no longer describe its inputs. This pass recomputes each
+//! BatchNorm's running mean and (unbiased) variance from calibration batches, in graph
+//! order, so every estimate sees the already re-estimated layers before it.
+
+use candle_core::{DType, Tensor};
+
+use super::{Pass, PassCtx, PassRecord};
+use crate::checkpoint::Model;
+use crate::error::{Error, Result};
+use crate::graph::Op;
+
+/// The pass.
+pub struct RecalibrateBatchNorm;
+
+/// Per-channel sums of x and x² over every axis but 1.
+#[derive(Default)]
+struct Moments {
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+    count: usize,
+}
+
+impl Moments {
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        let c = x.dim(1)?;
+        // [N, C, ...] → [C, N·rest]
+        let t = x.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
+        let t = t.to_dtype(DType::F64)?;
+        let s: Vec<f64> = t.sum(1)?.to_vec1()?;
+        let q: Vec<f64> = t.sqr()?.sum(1)?.to_vec1()?;
+        if self.sum.is_empty() {
+            (self.sum, self.sq) = (vec![0.0; c], vec![0.0; c]);
+        }
+        for i in 0..c {
+            self.sum[i] += s[i];
+            self.sq[i] += q[i];
+        }
+        self.count += t.dim(1)?;
+        Ok(())
+    }
+
+    /// (mean, unbiased variance) per channel.
+    fn finish(&self) -> (Vec<f32>, Vec<f32>) {
+        let n = self.count as f64;
+        let unb = n / (n - 1.0).max(1.0);
+        self.sum
+            .iter()
+            .zip(&self.sq)
+            .map(|(s, q)| {
+                let m = s / n;
+                (m as f32, (((q / n) - m * m).max(0.0) * unb) as f32)
+            })
+            .unzip()
+    }
+}
+
+impl Pass for RecalibrateBatchNorm {
+    fn name(&self) -> &'static str {
+        "recalibrate_batch_norm"
+    }
+
+    fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
+        let bns: Vec<String> = model
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm(_)))
+            .map(|n| n.name.clone())
+            .collect();
+        let mut samples = 0;
+        for name in &bns {
+            let mut m = Moments::default();
+            ctx.capture(&model, std::slice::from_ref(name), |taps| {
+                let tap = taps
+                    .get(name)
+                    .ok_or_else(|| Error::Graph(format!("no tap for `{name}`")))?;
+                m.add(&tap.inputs[0])
+            })?;
+            samples = m.count;
+            let (mean, var) = m.finish();
+            let c = mean.len();
+            let dev = candle_core::Device::Cpu;
+            model.params.insert(
+                format!("{name}.running_mean"),
+                Tensor::from_vec(mean, c, &dev)?,
+            );
+            model.params.insert(
+                format!("{name}.running_var"),
+                Tensor::from_vec(var, c, &dev)?,
+            );
+        }
+        let label = format!("re-estimated {} BatchNorm layers", bns.len());
+        let details = serde_json::json!({ "layers": bns, "values_per_channel": samples });
+        Ok((
+            model,
+            PassRecord {
+                pass: self.name().into(),
+                label,
+                details,
+            },
+        ))
+    }
+}

@@ -1,0 +1,327 @@
+//! The pass context: what a pass may ask for beyond the model. Calibration batches from a
+//! source named by the recipe's `[calibration]` table (Fashion-MNIST training images, or
+//! sentences from a text file such as STS-B train), forwards over them with taps (the
+//! activations SparseGPT/GPTQ Hessians, static quantization ranges and BatchNorm
+//! re-estimation read), and fine-tuning with the project's trainer under a budget from the
+//! recipe's `[finetune]` table (overridable per pass). Classifiers fine-tune on labelled
+//! Fashion-MNIST training images with cross-entropy; text encoders on sentences toward the
+//! embeddings of the model as the recipe received it (self-distillation, cosine loss).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Model;
+use crate::data::FashionMnist;
+use crate::error::{Error, Result};
+use crate::interp::{ForwardOpts, Tap};
+use crate::text::{stsb, Encoder};
+use crate::train::{
+    self, forward_batch, Batch, CrossEntropy, DataSource, EmbeddingLoss, EmbeddingTarget, EpochLog,
+    Hooks, Objective, OptimizerConfig, Run, Schedule, SentenceSet, TrainConfig,
+};
+
+/// Where calibration examples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalibSource {
+    /// Fashion-MNIST training images (the directory given by `--data`).
+    FashionMnist,
+    /// Sentences from `path`: one per line, or an STS-B file (`.csv`/`.tsv`: both
+    /// sentences of every pair).
+    Sentences,
+}
+
+/// The recipe's `[calibration]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    pub source: CalibSource,
+    /// The sentence file (for `source = "sentences"`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Examples drawn (the first ones of the source).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    #[serde(default = "default_calib_batch")]
+    pub batch_size: usize,
+}
+
+fn default_samples() -> usize {
+    512
+}
+fn default_calib_batch() -> usize {
+    64
+}
+
+/// The recipe's `[finetune]` table: the budget of every fine-tuning a pass asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    #[serde(default = "one")]
+    pub epochs: usize,
+    #[serde(default = "default_ft_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerConfig,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub seed: u64,
+    /// Random-crop padding for image models (0 = none).
+    #[serde(default)]
+    pub augment_pad: usize,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Text encoders: the sentences to distil on (default: the calibration sentences).
+    #[serde(default)]
+    pub sentences: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_ft_batch() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerConfig {
+    OptimizerConfig::Sgd {
+        lr: 0.005,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: true,
+    }
+}
+fn default_schedule() -> Schedule {
+    Schedule::Cosine { warmup_epochs: 0.0 }
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            epochs: one(),
+            batch_size: default_ft_batch(),
+            optimizer: default_optimizer(),
+            schedule: default_schedule(),
+            seed: 0,
+            augment_pad: 0,
+            limit_train: None,
+            sentences: None,
+        }
+    }
+}
+
+/// Everything a pass may use besides the model.
+pub struct PassCtx {
+    calibration: Option<CalibrationConfig>,
+    finetune: FinetuneConfig,
+    data_dir: PathBuf,
+    work_dir: PathBuf,
+    /// The model as the recipe received it (teacher of text fine-tuning).
+    original: Option<Model>,
+    images: Option<FashionMnist>,
+    calib: Option<Vec<Batch>>,
+}
+
+impl PassCtx {
+    /// A context reading Fashion-MNIST from `data_dir` and writing fine-tuning checkpoints
+    /// under `work_dir`.
+    pub fn new(
+        calibration: Option<CalibrationConfig>,
+        finetune: Option<FinetuneConfig>,
+        data_dir: &Path,
+        work_dir: &Path,
+    ) -> Self {
+        PassCtx {
+            calibration,
+            finetune: finetune.unwrap_or_default(),
+            data_dir: data_dir.to_path_buf(),
+            work_dir: work_dir.to_path_buf(),
+            original: None,
+            images: None,
+            calib: None,
+        }
+    }
+
+    /// Uses these image splits instead of reading Fashion-MNIST (tests, embedding callers).
+    pub fn with_images(mut self, data: FashionMnist) -> Self {
+        self.images = Some(data);
+        self
+    }
+
+    /// Records the model as the recipe received it.
+    pub fn set_original(&mut self, m: &Model) {
+        self.original.get_or_insert_with(|| m.clone());
+    }
+
+    /// The fine-tuning budget (recipe defaults).
+    pub fn finetune_config(&self) -> &FinetuneConfig {
+        &self.finetune
+    }
+
+    fn images(&mut self) -> Result<&FashionMnist> {
+        if self.images.is_none() {
+            self.images = Some(FashionMnist::load(&self.data_dir)?);
+        }
+        Ok(self.images.as_ref().expect("loaded above"))
+    }
+
+    /// The calibration batches (made on first use, then reused by every pass).
+    pub fn calibration(&mut self, model: &Model) -> Result<&[Batch]> {
+        if self.calib.is_none() {
+            let cfg = self.calibration.clone().ok_or_else(|| {
+                Error::Data(
+                    "this pass needs calibration data: add a [calibration] table to the \
+                     recipe (source = \"fashion-mnist\" or \"sentences\")"
+                        .into(),
+                )
+            })?;
+            self.calib = Some(self.make_calibration(&cfg, model)?);
+        }
+        Ok(self.calib.as_deref().expect("made above"))
+    }
+
+    fn make_calibration(&mut self, cfg: &CalibrationConfig, model: &Model) -> Result<Vec<Batch>> {
+        let source: Box<dyn DataSource> = match cfg.source {
+            CalibSource::FashionMnist => Box::new(self.images()?.train.clone()),
+            CalibSource::Sentences => {
+                let path = cfg.path.as_deref().ok_or_else(|| {
+                    Error::Data("[calibration] source = \"sentences\" needs a `path`".into())
+                })?;
+                Box::new(sentence_set(model, path, None)?)
+            }
+        };
+        let n = cfg.samples.min(source.len());
+        if n == 0 || cfg.batch_size == 0 {
+            return Err(Error::Data(
+                "[calibration]: samples and batch_size must be positive and the source non-empty"
+                    .into(),
+            ));
+        }
+        let idx: Vec<usize> = (0..n).collect();
+        idx.chunks(cfg.batch_size)
+            .map(|c| source.batch(c, None))
+            .collect()
+    }
+
+    /// Runs `model` (eval mode) over the calibration batches with `nodes` tapped, handing
+    /// each batch's taps to `f`.
+    pub fn capture(
+        &mut self,
+        model: &Model,
+        nodes: &[String],
+        mut f: impl FnMut(&HashMap<String, Tap>) -> Result<()>,
+    ) -> Result<()> {
+        let opts = ForwardOpts {
+            taps: nodes.iter().cloned().collect(),
+            ..ForwardOpts::eval()
+        };
+        let batches = self.calibration(model)?.to_vec();
+        for b in &batches {
+            let out = forward_batch(&model.graph, &model.params, b, &opts)?;
+            f(&out.taps)?;
+        }
+        Ok(())
+    }
+
+    /// Fine-tunes `model` in place for `epochs` (default: the recipe's) with the trainer.
+    pub fn finetune(
+        &mut self,
+        model: &mut Model,
+        epochs: Option<usize>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<EpochLog>> {
+        let f = self.finetune.clone();
+        let cfg = TrainConfig {
+            epochs: epochs.unwrap_or(f.epochs),
+            batch_size: f.batch_size,
+            optimizer: f.optimizer.clone(),
+            schedule: f.schedule.clone(),
+            seed: f.seed,
+            augment_pad: f.augment_pad,
+            limit_train: f.limit_train,
+        };
+        let out = self.work_dir.clone();
+        let _ = std::fs::remove_dir_all(train::checkpoint_dir(&out));
+        if model.graph.is_text() {
+            let (set, objective) = self.text_finetune_data(model, &f)?;
+            let run = run_of(&set, &set, &objective, &cfg, &out);
+            return train::fit(model, &run, hooks);
+        }
+        let data = self.images()?.clone();
+        let run = run_of(&data.train, &data.valid, &CrossEntropy, &cfg, &out);
+        train::fit(model, &run, hooks)
+    }
+
+    /// Sentences with the original model's embeddings as targets.
+    fn text_finetune_data(
+        &mut self,
+        model: &Model,
+        f: &FinetuneConfig,
+    ) -> Result<(SentenceSet, EmbeddingTarget)> {
+        let path = f
+            .sentences
+            .clone()
+            .or_else(|| self.calibration.as_ref().and_then(|c| c.path.clone()))
+            .ok_or_else(|| {
+                Error::Data(
+                    "fine-tuning a text encoder needs sentences: set [finetune] sentences or \
+                     [calibration] path"
+                        .into(),
+                )
+            })?;
+        let teacher = self.original.clone().unwrap_or_else(|| model.clone());
+        let set = sentence_set(model, &path, Some(&teacher))?;
+        Ok((set, EmbeddingTarget(EmbeddingLoss::Cosine)))
+    }
+}
+
+fn run_of<'a>(
+    train: &'a dyn DataSource,
+    valid: &'a dyn DataSource,
+    objective: &'a dyn Objective,
+    cfg: &'a TrainConfig,
+    out: &'a Path,
+) -> Run<'a> {
+    Run {
+        train,
+        valid,
+        objective,
+        cfg,
+        out,
+        resume: false,
+    }
+}
+
+/// Sentences of `path` tokenized by `model`'s tokenizer, with `teacher`'s embeddings as
+/// targets if given.
+fn sentence_set(model: &Model, path: &Path, teacher: Option<&Model>) -> Result<SentenceSet> {
+    let texts = read_sentences(path)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = Encoder::new(model)?.tokenizer.encode(&refs)?;
+    let targets = match teacher {
+        Some(t) => Some(Encoder::new(t)?.embed(&refs, 32, false)?),
+        None => None,
+    };
+    Ok(SentenceSet { ids, targets })
+}
+
+/// One sentence per non-empty line, or both sentences of every STS-B pair (`.csv`/`.tsv`).
+pub fn read_sentences(path: &Path) -> Result<Vec<String>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "csv" || ext == "tsv" {
+        let pairs = stsb::read(path)?;
+        return Ok(stsb::sentences(&pairs)
+            .into_iter()
+            .map(String::from)
+            .collect());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect())
+}

@@ -1,0 +1,190 @@
+//! The pass context: calibration batches from the recipe's `[calibration]` table, taps
+//! over them (BatchNorm re-estimation), fine-tuning under the `[finetune]` budget for
+//! image classifiers and text encoders, and the recipe's errors for missing or misspelled
+//! tables.
+
+use std::path::Path;
+
+use squeeze::data::{FashionMnist, ImageSet};
+use squeeze::interp::ForwardOpts;
+use squeeze::passes::{run_recipe, Recipe};
+use squeeze::text::bert::{self, BertShape, LayerShape};
+use squeeze::Model;
+
+mod common;
+use common::{lcg, small};
+
+/// Max abs difference between a re-estimated running mean and the directly computed one.
+const STAT_TOL: f32 = 1e-4;
+
+fn images(n: usize, seed: u64) -> ImageSet {
+    let mut bytes = lcg(seed).map(|s| (s >> 56) as u8);
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let pixels = (0..n * 784)
+        .map(|i| labels[i / 784] * 20 + bytes.next().unwrap() % 40)
+        .collect();
+    ImageSet {
+        pixels,
+        labels,
+        rows: 28,
+        cols: 28,
+    }
+}
+
+fn splits() -> FashionMnist {
+    FashionMnist {
+        train: images(96, 1),
+        valid: images(32, 2),
+        test: images(32, 3),
+    }
+}
+
+fn recipe(text: &str) -> Recipe {
+    Recipe::parse(text, Path::new("test.toml")).unwrap()
+}
+
+fn apply(m: Model, r: &Recipe) -> squeeze::Result<(Model, Vec<squeeze::passes::PassRecord>)> {
+    let work = common::tmpdir("passes-work");
+    let mut ctx = r
+        .context(Path::new("/no-such-dir"), &work)
+        .with_images(splits());
+    let out = run_recipe(m, r, &mut ctx);
+    let _ = std::fs::remove_dir_all(work);
+    out
+}
+
+#[test]
+fn batch_norm_statistics_are_re_estimated_from_calibration_batches() {
+    let mut m = small("vgg");
+    for (k, t) in m.params.clone().iter() {
+        if k.ends_with("running_mean") || k.ends_with("running_var") {
+            m.params
+                .insert(k.clone(), (t.ones_like().unwrap() * 7.0).unwrap());
+        }
+    }
+    let r = recipe(
+        "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
+         [[passes]]\ntype = \"recalibrate_batch_norm\"\n",
+    );
+    let (out, log) = apply(m.clone(), &r).unwrap();
+    assert!(log[0].label.starts_with("re-estimated"), "{}", log[0].label);
+    // the first BatchNorm's input does not depend on any other BatchNorm: its mean over the
+    // 64 calibration images is what the pass must have stored
+    let bn = m
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.op.kind() == "batch_norm")
+        .unwrap()
+        .name
+        .clone();
+    let idx: Vec<usize> = (0..64).collect();
+    let (x, _) = splits().train.batch(&idx, None).unwrap();
+    let opts = ForwardOpts {
+        taps: [bn.clone()].into_iter().collect(),
+        ..ForwardOpts::eval()
+    };
+    let tap = &squeeze::interp::forward(&m.graph, &m.params, &x, &opts)
+        .unwrap()
+        .taps[&bn];
+    let want = tap.inputs[0]
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let got = out.params.get(&format!("{bn}.running_mean")).unwrap();
+    let d = common::max_abs(&want, got);
+    assert!(d < STAT_TOL, "running mean off by {d}");
+}
+
+#[test]
+fn a_pass_that_needs_calibration_says_which_table_is_missing() {
+    let r = recipe("[[passes]]\ntype = \"recalibrate_batch_norm\"\n");
+    let e = apply(small("vgg"), &r).unwrap_err().to_string();
+    assert!(
+        e.contains("recalibrate_batch_norm") && e.contains("[calibration]"),
+        "{e}"
+    );
+    let e = Recipe::parse(
+        "[calibration]\nsource = \"fashion-mnist\"\nsampels = 3\n[[passes]]\ntype = \"finetune\"\n",
+        Path::new("typo.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("typo.toml") && e.contains("sampels"), "{e}");
+}
+
+#[test]
+fn finetune_trains_a_masked_classifier_within_its_budget_and_keeps_masks() {
+    let mut m = small("mlp");
+    let dims = m.params.get("fc1.weight").unwrap().dims().to_vec();
+    let n: usize = dims.iter().product();
+    let mask: Vec<u8> = (0..n).map(|i| (i % 3 != 0) as u8).collect();
+    m.params.insert(
+        "fc1.weight.mask",
+        candle_core::Tensor::from_vec(mask, dims.as_slice(), &candle_core::Device::Cpu).unwrap(),
+    );
+    m.graph.masks.push("fc1.weight".into());
+    let r = recipe(
+        "[finetune]\nepochs = 2\nbatch_size = 32\n\n[[passes]]\ntype = \"finetune\"\nepochs = 1\n",
+    );
+    let (out, log) = apply(m, &r).unwrap();
+    assert!(
+        log[0].label.contains("fine-tuned 1 epoch"),
+        "{}",
+        log[0].label
+    );
+    let w: Vec<f32> = out
+        .params
+        .get("fc1.weight")
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(
+        w.iter().step_by(3).all(|v| *v == 0.0),
+        "masked weights moved"
+    );
+}
+
+#[test]
+fn a_text_encoder_is_fine_tuned_toward_its_own_input_embeddings() {
+    let layer = LayerShape {
+        heads: 2,
+        head_dim: 4,
+        intermediate: 16,
+    };
+    let shape = BertShape {
+        vocab: 30,
+        max_positions: 16,
+        segments: 2,
+        hidden: 8,
+        eps: 1e-12,
+        dropout: 0.0,
+        layers: vec![layer; 2],
+        normalize: true,
+    };
+    let mut m = bert::random(&shape, 4).unwrap();
+    m.assets.insert(
+        "tokenizer.json".into(),
+        common::tokenizer::tokenizer_json(&["the", "cat", "a", "dog", "runs"]),
+    );
+    let dir = common::tmpdir("passes-text");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sents = dir.join("s.txt");
+    std::fs::write(&sents, "the cat\na dog runs\n\nthe dog\ncat runs a\n").unwrap();
+    let r = recipe(&format!(
+        "[finetune]\nsentences = \"{}\"\nbatch_size = 2\n\n[[passes]]\ntype = \"finetune\"\n",
+        sents.display()
+    ));
+    let (_, log) = apply(m, &r).unwrap();
+    // the teacher is the input model itself: the cosine distance starts and stays ~0
+    let loss = log[0].details[0]["valid_loss"].as_f64().unwrap();
+    assert!(loss < 1e-3, "{}", log[0].label);
+    let _ = std::fs::remove_dir_all(dir);
+}
