@@ -45,6 +45,31 @@ impl Model {
         }
     }
 
+    /// Renames every node, reference, tensor and mask whose name starts with `from` to
+    /// start with `to` instead.
+    pub fn rename_prefix(&mut self, from: &str, to: &str) {
+        let re = |s: &mut String| {
+            if let Some(rest) = s.strip_prefix(from) {
+                *s = format!("{to}{rest}");
+            }
+        };
+        let g = &mut self.graph;
+        for n in &mut g.nodes {
+            re(&mut n.name);
+            n.inputs.iter_mut().for_each(re);
+        }
+        re(&mut g.output);
+        g.masks.iter_mut().for_each(re);
+        for name in self.params.names() {
+            if name.starts_with(from) {
+                let t = self.params.remove(&name).expect("listed above");
+                let mut new = name.clone();
+                re(&mut new);
+                self.params.insert(new, t);
+            }
+        }
+    }
+
     /// Runs the full consistency check (graph structure, shapes, store contents).
     pub fn check(&self) -> Result<()> {
         self.graph.validate()?;

@@ -6,14 +6,15 @@
 //! (channel pruning, Network Slimming, head pruning later) scores and cuts these groups;
 //! [`prune_group`] is the materializer that physically removes channels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{infer_shapes, Graph, INPUT, MASK};
+use crate::graph::{infer_shapes, Graph, Node, INPUT, MASK, NOMINAL_SEQ};
+use crate::kinds::node_err;
 
 /// What a member tensor does with the group's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +65,8 @@ pub struct Seg {
 /// graph (union–find over spaces, with members, sources and pin reasons).
 #[derive(Default)]
 pub struct Coupler {
+    /// How many nodes read each value (the graph output counts as a reader).
+    readers: HashMap<String, usize>,
     parent: Vec<usize>,
     channels: Vec<usize>,
     members: Vec<Vec<Member>>,
@@ -163,6 +166,44 @@ impl Coupler {
         vec![Seg { space: s, per: 1 }]
     }
 
+    /// Turns the spaces of an attention core's q, k, v inputs into one space of `heads`
+    /// channels, each `head_dim` indices wide in every member; `None` (nothing changed)
+    /// unless each input is a whole space of its own (heads·head_dim channels, one
+    /// segment, not united with another space) read by this node alone.
+    pub fn head_space(
+        &mut self,
+        node: &Node,
+        qkv: &[Vec<Seg>],
+        heads: usize,
+        head_dim: usize,
+    ) -> Option<usize> {
+        let mut spaces = Vec::new();
+        for (segs, name) in qkv.iter().zip(&node.inputs) {
+            let [s] = segs.as_slice() else { return None };
+            let root = self.root(s.space);
+            let alone = (0..self.parent.len()).all(|o| o == s.space || self.root(o) != root);
+            let ok = s.per == 1
+                && self.channels[s.space] == heads * head_dim
+                && alone
+                && self.readers.get(name) == Some(&1)
+                && !spaces.contains(&s.space);
+            if !ok {
+                return None;
+            }
+            spaces.push(s.space);
+        }
+        for &s in &spaces {
+            self.channels[s] = heads;
+            for m in &mut self.members[s] {
+                m.per_channel *= head_dim;
+            }
+        }
+        for &s in &spaces[1..] {
+            self.union(spaces[0], s);
+        }
+        Some(self.root(spaces[0]))
+    }
+
     /// Unites the spaces of the branches of an Add segment by segment; pins them if the
     /// branches are laid out differently.
     pub fn add_union(&mut self, ins: &[Vec<Seg>]) {
@@ -190,6 +231,12 @@ impl Coupler {
 pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     let shapes = infer_shapes(g)?;
     let mut sp = Coupler::default();
+    for n in &g.nodes {
+        for i in &n.inputs {
+            *sp.readers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    *sp.readers.entry(g.output.clone()).or_default() += 1;
     let mut desc: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
     let width = if g.is_text() { 1 } else { g.input_shape[0] };
     let inp = sp.add(width, None);
@@ -274,9 +321,18 @@ pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> R
     model.check()
 }
 
-/// Re-reads layer widths from parameter shapes after tensors were cut.
-fn refresh_dims(model: &mut Model) -> Result<()> {
-    for n in &mut model.graph.nodes {
+/// Re-reads layer widths from parameter shapes (and from the refreshed shapes of each
+/// node's inputs) after tensors were cut, in graph order.
+pub fn refresh_dims(model: &mut Model) -> Result<()> {
+    let g = &mut model.graph;
+    let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
+    if g.is_text() {
+        shapes.insert(INPUT.into(), vec![NOMINAL_SEQ]);
+        shapes.insert(MASK.into(), vec![NOMINAL_SEQ]);
+    } else {
+        shapes.insert(INPUT.into(), g.input_shape.clone());
+    }
+    for n in &mut g.nodes {
         let p = &model.params;
         let name = n.name.clone();
         let dims = |s: &str| {
@@ -284,9 +340,21 @@ fn refresh_dims(model: &mut Model) -> Result<()> {
                 .ok()
                 .map(|t| t.dims().to_vec())
         };
-        if let Some(op) = n.op.def().refreshed(&dims) {
+        let ins = n
+            .inputs
+            .iter()
+            .map(|i| {
+                shapes
+                    .get(i)
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| node_err(n, format!("unknown input `{i}`")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(op) = n.op.def().refreshed(&dims, &ins) {
             n.op = op;
         }
+        let out = n.op.def().out_shape(&ins).map_err(|m| node_err(n, m))?;
+        shapes.insert(n.name.clone(), out);
     }
     Ok(())
 }

@@ -133,7 +133,7 @@ fn every_kind_is_defined_completely_and_its_kernel_matches_its_reference() {
                 .ok()
                 .map(|t| t.dims().to_vec())
         };
-        if let Some(op) = def.refreshed(&dims) {
+        if let Some(op) = def.refreshed(&dims, &ins) {
             assert_eq!(op, ex.op, "{kind}: refreshed from unchanged tensors");
         }
         // inference path (f32) against the differentiable reference (f64)

@@ -188,3 +188,22 @@ fn a_text_encoder_is_fine_tuned_toward_its_own_input_embeddings() {
     assert!(loss < 1e-3, "{}", log[0].label);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn every_recipe_in_the_readme_parses() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(
+        blocks.len() >= 2,
+        "the README shows its recipes in ```toml blocks"
+    );
+    for b in blocks {
+        Recipe::parse(b, Path::new("README.md")).unwrap_or_else(|e| panic!("{e}\n{b}"));
+    }
+}

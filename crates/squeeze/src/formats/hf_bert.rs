@@ -224,6 +224,18 @@ pub fn export_blocker(model: &Model) -> Option<String> {
     if model.graph.arch != "bert" || layers.is_empty() {
         return Some("the model is not a BERT encoder".into());
     }
+    let numbered: std::collections::BTreeSet<&str> = model
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| n.name.strip_prefix("encoder.layer.")?.split('.').next())
+        .collect();
+    if numbered.len() != layers.len() {
+        return Some(format!(
+            "encoder layers are not numbered 0..{} without gaps",
+            numbered.len()
+        ));
+    }
     let l0 = layers[0];
     if layers.iter().any(|l| l.intermediate != l0.intermediate) {
         let w: Vec<usize> = layers.iter().map(|l| l.intermediate).collect();

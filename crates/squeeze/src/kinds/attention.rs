@@ -1,9 +1,10 @@
 //! The scaled dot-product attention core (Vaswani et al. 2017) over `heads` heads of
 //! `head_dim`: inputs q, k, v ([L, heads·head_dim] each, from ordinary Linear nodes) and
-//! the mask; softmax(q·kᵀ/√head_dim + mask bias)·v. No tensors. Coupling: pins the q/k/v
-//! channels (a cut must remove whole heads). Forward: one fused loop nest per (sample,
-//! head) at inference ([`crate::ops::fast`]), the differentiable composition of
-//! [`crate::ops::text`] otherwise.
+//! the mask; softmax(q·kᵀ/√head_dim + mask bias)·v. No tensors. Coupling: heads are the
+//! channels — a head's group is its head_dim rows of q, k and v (weights and biases) and
+//! the head_dim columns of the layer reading the context; cutting it updates `heads`.
+//! Forward: one fused loop nest per (sample, head) at inference ([`crate::ops::fast`]),
+//! the differentiable composition of [`crate::ops::text`] otherwise.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -54,10 +55,18 @@ impl LayerKind for Attention {
         // q·kᵀ and probs·v: 2 · L · L · heads · head_dim
         (2 * out[0] * out[0] * self.heads * self.head_dim) as u64
     }
-    fn couple(&self, cx: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+    fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        // a head is head_dim rows of each of q, k, v (and head_dim columns of whatever
+        // reads the context): the q/k/v spaces become one space of `heads` channels
+        if let Some(space) = cx.head_space(node, &ins[..3], self.heads, self.head_dim) {
+            return vec![Seg {
+                space,
+                per: self.head_dim,
+            }];
+        }
         cx.pin_all(
             &ins[..3].concat(),
-            "attention core (prune whole heads instead)",
+            "attention core whose q/k/v cannot be cut by heads",
         );
         ins[2].clone()
     }
@@ -70,8 +79,13 @@ impl LayerKind for Attention {
             text::attention(q, k, v, m, h, d)
         }
     }
-    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
-        None
+    fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>, ins: &[&[usize]]) -> Option<Op> {
+        // whole heads were cut from q/k/v: their width says how many are left
+        let width = *ins.first()?.last()?;
+        Some(Op::Attention(Attention {
+            heads: width / self.head_dim.max(1),
+            head_dim: self.head_dim,
+        }))
     }
 }
 

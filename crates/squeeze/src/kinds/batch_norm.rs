@@ -75,7 +75,7 @@ impl LayerKind for BatchNorm {
         let (m, v) = (cx.param("running_mean")?, cx.param("running_var")?);
         batchnorm::eval(cx.x(), g, b, m, v, self.eps)
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
         Some(Op::BatchNorm(BatchNorm {
             channels: d[0],

@@ -116,7 +116,7 @@ impl LayerKind for Conv2d {
         let b = cx.param("bias")?.reshape((1, self.out_channels, 1, 1))?;
         Ok(y.broadcast_add(&b)?)
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
         let mut c = self.clone();
         c.out_channels = d[0];

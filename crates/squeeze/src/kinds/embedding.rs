@@ -72,7 +72,7 @@ impl LayerKind for Embedding {
             ))?,
         })
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
         Some(Op::Embedding(Embedding {
             num: d[0],

@@ -61,7 +61,7 @@ impl LayerKind for LayerNorm {
             text::layer_norm(cx.x(), w, b, self.eps)
         }
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
         Some(Op::LayerNorm(LayerNorm {
             dim: d[0],

@@ -70,7 +70,7 @@ impl LayerKind for Linear {
         };
         linear(cx.x(), cx.param("weight")?, b)
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op> {
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
         Some(Op::Linear(Linear {
             out_features: d[0],

@@ -15,7 +15,11 @@ macro_rules! no_tensors {
         fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
             0
         }
-        fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<$crate::graph::Op> {
+        fn refreshed(
+            &self,
+            _: &dyn Fn(&str) -> Option<Vec<usize>>,
+            _: &[&[usize]],
+        ) -> Option<$crate::graph::Op> {
             None
         }
     };
@@ -121,8 +125,9 @@ pub trait LayerKind: std::fmt::Debug {
     /// not f32), the inference kernel otherwise.
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor>;
     /// The op with its widths re-read from the (cut) stored shapes of its tensors, given
-    /// by suffix; `None` when nothing depends on them.
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>) -> Option<Op>;
+    /// by suffix, and from its inputs' (already refreshed) shapes; `None` when nothing
+    /// depends on them.
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, ins: &[&[usize]]) -> Option<Op>;
 }
 
 /// Exactly `k` inputs, or an error saying so.

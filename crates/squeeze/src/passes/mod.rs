@@ -9,11 +9,13 @@
 mod bn_fold;
 mod bn_recal;
 mod ctx;
+mod drop_layers;
 mod finetune;
 
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
 pub use ctx::{read_sentences, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx};
+pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
 
 use std::path::Path;
@@ -48,6 +50,8 @@ pub enum PassConfig {
     FoldBatchNorm {},
     /// Re-estimate every BatchNorm's running statistics from calibration batches.
     RecalibrateBatchNorm {},
+    /// Remove whole transformer encoder layers (indices), renumbering those left.
+    DropLayers { layers: Vec<usize> },
     /// Fine-tune the model with the trainer (`epochs` overrides `[finetune] epochs`).
     Finetune {
         #[serde(default)]
@@ -61,6 +65,9 @@ impl PassConfig {
             PassConfig::FoldBatchNorm {} => Box::new(FoldBatchNorm),
             PassConfig::RecalibrateBatchNorm {} => Box::new(RecalibrateBatchNorm),
             PassConfig::Finetune { epochs } => Box::new(Finetune { epochs: *epochs }),
+            PassConfig::DropLayers { layers } => Box::new(DropLayers {
+                layers: layers.clone(),
+            }),
         }
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, Lookup, Op, INPUT, MASK};
 use crate::kinds::{
     attention::Attention, dropout::Dropout, embedding::Embedding, layer_norm::LayerNorm,
@@ -175,6 +175,52 @@ pub fn layer_shapes(g: &Graph) -> Vec<LayerShape> {
             _ => return out,
         }
     }
+}
+
+/// Removes encoder layers `drop` (indices of the current layers): each dropped layer's
+/// reader is rewired to the layer's input, its tensors (and masks) are removed, and the
+/// layers left are renumbered `encoder.layer.0..` in order, as HF export and
+/// [`layer_shapes`] expect (DistilBERT initializes its student from every other layer).
+pub fn drop_layers(model: &mut Model, drop: &[usize]) -> Result<()> {
+    let n = layer_shapes(&model.graph).len();
+    let mut drop = drop.to_vec();
+    drop.sort_unstable();
+    drop.dedup();
+    if let Some(bad) = drop.iter().find(|&&i| i >= n) {
+        return Err(Error::Graph(format!(
+            "cannot drop encoder layer {bad}: the model has layers 0..{n}"
+        )));
+    }
+    if drop.len() >= n {
+        return Err(Error::Graph(
+            "dropping every encoder layer leaves no encoder".into(),
+        ));
+    }
+    for &i in drop.iter().rev() {
+        let p = format!("{}.", layer_prefix(i));
+        let g = &mut model.graph;
+        let query = format!("{p}attention.self.query");
+        let input = g
+            .node(&query)
+            .and_then(|q| q.inputs.first().cloned())
+            .ok_or_else(|| Error::Graph(format!("layer {i} has no `{query}`")))?;
+        g.nodes.retain(|nd| !nd.name.starts_with(&p));
+        g.rewire(&format!("{p}output.LayerNorm"), &input);
+        g.masks.retain(|m| !m.starts_with(&p));
+        for name in model.params.names() {
+            if name.starts_with(&p) {
+                model.params.remove(&name);
+            }
+        }
+    }
+    let kept = (0..n).filter(|i| !drop.contains(i));
+    for (new, old) in kept.enumerate() {
+        if new != old {
+            let (from, to) = (layer_prefix(old) + ".", layer_prefix(new) + ".");
+            model.rename_prefix(&from, &to);
+        }
+    }
+    model.check()
 }
 
 /// A BERT of shape `s` with small random weights (N(0, 0.02²), LayerNorm at identity),
