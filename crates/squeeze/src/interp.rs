@@ -264,11 +264,16 @@ fn run_node(
     })
 }
 
-/// Converts every tensor of a store to `dtype` (f64 for gradient checks).
+/// Converts every floating-point tensor of a store to `dtype` (f64 for gradient checks);
+/// integer tensors (masks, indices) stay as they are.
 pub fn store_to_dtype(p: &ParamStore, dtype: DType) -> Result<ParamStore> {
     let mut out = ParamStore::new();
     for (k, t) in p.iter() {
-        out.insert(k.clone(), t.to_dtype(dtype)?);
+        let float = crate::kinds::Dtype::of(t.dtype()).is_some_and(|d| d.is_float());
+        out.insert(
+            k.clone(),
+            if float { t.to_dtype(dtype)? } else { t.clone() },
+        );
     }
     Ok(out)
 }

@@ -192,3 +192,71 @@ fn dropping_the_first_layer_renumbers_the_rest_and_exports() {
         .to_string()
         .contains("layers 0..2"));
 }
+
+#[test]
+fn a_channel_gather_maps_cuts_through_its_index() {
+    use squeeze::coupling::model_groups;
+    use squeeze::graph::Graph;
+    use squeeze::kinds::{gather::ChannelGather, linear::Linear};
+    let lin = |i, o| {
+        Op::Linear(Linear {
+            in_features: i,
+            out_features: o,
+            bias: true,
+        })
+    };
+    let mut g = Graph::new("gather", &[3]);
+    g.push("fc1", lin(3, 6), &["input"]);
+    g.push(
+        "pick",
+        Op::ChannelGather(ChannelGather { channels: 4 }),
+        &["fc1"],
+    );
+    g.push("fc2", lin(4, 2), &["pick"]);
+    let mut p = squeeze::params::ParamStore::new();
+    let v = |n: usize, s: u64| -> Vec<f32> {
+        common::lcg(s)
+            .take(n)
+            .map(|x| (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect()
+    };
+    let mut w1 = v(18, 1);
+    let mut b1 = v(6, 2);
+    w1[..3].fill(0.0); // channel 0 of fc1 is always 0
+    b1[0] = 0.0;
+    let t = |d: Vec<f32>, s: &[usize]| Tensor::from_vec(d, s, &Device::Cpu).unwrap();
+    p.insert("fc1.weight", t(w1, &[6, 3]));
+    p.insert("fc1.bias", t(b1, &[6]));
+    p.insert(
+        "pick.index",
+        Tensor::from_vec(vec![5u32, 0, 0, 3], 4, &Device::Cpu).unwrap(),
+    );
+    p.insert("fc2.weight", t(v(8, 3), &[2, 4]));
+    p.insert("fc2.bias", t(v(2, 4), &[2]));
+    let mut m = Model::new(g, p);
+    m.check().unwrap();
+    // from the graph alone the gather's index is unknown: fc1's channels are pinned
+    let blind = channel_groups(&m.graph).unwrap();
+    assert!(blind
+        .iter()
+        .filter(|g| g.sources == ["fc1"])
+        .all(|g| !g.prunable));
+    let groups = model_groups(&m).unwrap();
+    let grp = groups.iter().find(|g| g.sources == ["fc1"]).unwrap();
+    assert!(grp.prunable && grp.channels == 6);
+    let x = Tensor::from_vec(v(6, 9), (2, 3), &Device::Cpu).unwrap();
+    let before = squeeze::interp::predict(&m.graph, &m.params, &x).unwrap();
+    // cut channel 0 (read at positions 1 and 2) and channel 1 (read nowhere)
+    prune_group(&mut m, grp, &[2, 3, 4, 5]).unwrap();
+    let idx: Vec<u32> = m.params.get("pick.index").unwrap().to_vec1().unwrap();
+    assert_eq!(idx, vec![3, 1], "5 → 3, 3 → 1 among the kept channels");
+    assert_eq!(m.params.get("fc2.weight").unwrap().dims(), &[2, 2]);
+    let after = squeeze::interp::predict(&m.graph, &m.params, &x).unwrap();
+    assert!(max_abs(&before, &after) < CUT_TOL);
+    // cutting every channel the gather reads would leave it empty: refused, model intact
+    let groups = model_groups(&m).unwrap();
+    let grp = groups.iter().find(|g| g.sources == ["fc1"]).unwrap();
+    let e = prune_group(&mut m, grp, &[0, 2]).unwrap_err().to_string();
+    assert!(e.contains("pick.index") && e.contains("empty"), "{e}");
+    m.check().unwrap();
+}

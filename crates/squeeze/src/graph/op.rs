@@ -61,6 +61,8 @@ layer_kinds! {
         LayerNorm(kinds::layer_norm::LayerNorm) => kinds::layer_norm::example,
         /// Attention core over `heads` heads of `head_dim`: inputs q, k, v and the mask.
         Attention(kinds::attention::Attention) => kinds::attention::example,
+        /// `y[:, j] = x[:, index[j]]` along the channel axis; `index` [channels] u32.
+        ChannelGather(kinds::gather::ChannelGather) => kinds::gather::example,
     }
     unit {
         Relu => kinds::act::Relu, kinds::act::relu_example,

@@ -59,10 +59,7 @@ impl LayerKind for Attention {
         // a head is head_dim rows of each of q, k, v (and head_dim columns of whatever
         // reads the context): the q/k/v spaces become one space of `heads` channels
         if let Some(space) = cx.head_space(node, &ins[..3], self.heads, self.head_dim) {
-            return vec![Seg {
-                space,
-                per: self.head_dim,
-            }];
+            return vec![Seg::plain(space, self.head_dim)];
         }
         cx.pin_all(
             &ins[..3].concat(),

@@ -35,7 +35,7 @@ impl LayerKind for Flatten {
             .iter()
             .map(|seg| Seg {
                 per: seg.per * hw,
-                ..*seg
+                ..seg.clone()
             })
             .collect()
     }

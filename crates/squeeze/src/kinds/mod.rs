@@ -33,6 +33,7 @@ pub mod conv2d;
 pub mod dropout;
 pub mod embedding;
 pub mod flatten;
+pub mod gather;
 pub mod layer_norm;
 pub mod linear;
 pub mod pool;

@@ -4,17 +4,24 @@
 //! through activations/pools, through Flatten (one channel = H·W features), across every
 //! branch of a residual Add, and at offsets through a Concat. Every structured method
 //! (channel pruning, Network Slimming, head pruning later) scores and cuts these groups;
-//! [`prune_group`] is the materializer that physically removes channels.
+//! attention heads are groups of head_dim-wide channels, and a channel gather maps
+//! channels through its index tensor. [`prune_group`] (in `prune.rs`) is the materializer
+//! that physically removes channels.
+
+mod prune;
+
+pub use prune::{prune_group, refresh_dims};
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::checkpoint::Model;
-use crate::error::{Error, Result};
-use crate::graph::{infer_shapes, Graph, Node, INPUT, MASK, NOMINAL_SEQ};
-use crate::kinds::node_err;
+use crate::error::Result;
+use crate::graph::{infer_shapes, Graph, Node, INPUT, MASK};
+use crate::params::ParamStore;
 
 /// What a member tensor does with the group's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,6 +33,9 @@ pub enum MemberRole {
     Norm,
     /// Reads the channels (next conv/linear input columns).
     Consumer,
+    /// The index tensor of a channel gather: its entries name channels, so a cut both
+    /// selects entries and renumbers them.
+    Gather,
 }
 
 /// One tensor slice coupled to a group: channel `i` of the group is the index range
@@ -38,6 +48,10 @@ pub struct Member {
     pub offset: usize,
     pub per_channel: usize,
     pub role: MemberRole,
+    /// Index map (through a channel gather): position `j` of the member's range holds
+    /// group channel `map[j]`, so channel `i` is every position whose entry is `i`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<Vec<usize>>,
 }
 
 /// Channels that must be cut together.
@@ -55,16 +69,31 @@ pub struct ChannelGroup {
 
 /// A run of a value's channel axis: the channels of space `space`, each `per` consecutive
 /// indices wide (a Flatten makes one channel H·W features).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Seg {
     pub space: usize,
     pub per: usize,
+    /// After a channel gather: position `j` of this run holds channel `map[j]`.
+    pub map: Option<Arc<Vec<usize>>>,
+}
+
+impl Seg {
+    /// A plain run of `space`'s channels, `per` indices each.
+    pub fn plain(space: usize, per: usize) -> Self {
+        Seg {
+            space,
+            per,
+            map: None,
+        }
+    }
 }
 
 /// The channel spaces under construction while the kinds' coupling rules run over the
 /// graph (union–find over spaces, with members, sources and pin reasons).
 #[derive(Default)]
-pub struct Coupler {
+pub struct Coupler<'p> {
+    /// The model's tensors, when known: a gather's index tensor maps channels through it.
+    params: Option<&'p ParamStore>,
     /// How many nodes read each value (the graph output counts as a reader).
     readers: HashMap<String, usize>,
     parent: Vec<usize>,
@@ -74,7 +103,7 @@ pub struct Coupler {
     pinned: Vec<Option<String>>,
 }
 
-impl Coupler {
+impl Coupler<'_> {
     fn add(&mut self, channels: usize, source: Option<&str>) -> usize {
         let id = self.parent.len();
         self.parent.push(id);
@@ -108,13 +137,14 @@ impl Coupler {
         let r = self.root(s);
         self.pinned[r].get_or_insert_with(|| why.to_string());
     }
-    /// Records that channel space `s` reaches `node.param` at `(axis, offset, per_channel)`.
+    /// Records that segment `seg`'s channels reach `node.param` along `axis` from
+    /// `offset` (each `seg.per` indices wide, through `seg.map` if it has one).
     fn member(
         &mut self,
-        s: usize,
+        seg: &Seg,
         node: &str,
         param: &str,
-        (axis, offset, per): (usize, usize, usize),
+        (axis, offset): (usize, usize),
         role: MemberRole,
     ) {
         let m = Member {
@@ -122,26 +152,29 @@ impl Coupler {
             param: format!("{node}.{param}"),
             axis,
             offset,
-            per_channel: per,
+            per_channel: seg.per,
             role,
+            map: seg.map.as_deref().cloned(),
         };
-        self.members[s].push(m);
+        self.members[seg.space].push(m);
+    }
+
+    /// Indices a segment covers along the channel axis.
+    fn width(&self, seg: &Seg) -> usize {
+        seg.map
+            .as_ref()
+            .map_or(self.channels[seg.space], |m| m.len())
+            * seg.per
     }
 }
 
-impl Coupler {
+impl Coupler<'_> {
     /// Consumer members for every segment of `segs` along axis 1 of `node.weight`.
     pub fn consume(&mut self, segs: &[Seg], node: &str) {
         let mut off = 0;
         for s in segs {
-            self.member(
-                s.space,
-                node,
-                "weight",
-                (1, off, s.per),
-                MemberRole::Consumer,
-            );
-            off += self.channels[s.space] * s.per;
+            self.member(s, node, "weight", (1, off), MemberRole::Consumer);
+            off += self.width(s);
         }
     }
 
@@ -149,21 +182,57 @@ impl Coupler {
     pub fn per_channel(&mut self, segs: &[Seg], node: &str, params: &[&str], role: MemberRole) {
         let mut off = 0;
         for s in segs {
+            let unit = Seg {
+                per: 1,
+                ..s.clone()
+            };
             for p in params {
-                self.member(s.space, node, p, (0, off, 1), role);
+                self.member(&unit, node, p, (0, off), role);
             }
-            off += self.channels[s.space];
+            off += self.width(&unit);
         }
     }
 
     /// A new space of `channels` created by `node` (weight rows, and bias if any).
     pub fn new_space(&mut self, node: &str, channels: usize, bias: bool) -> Vec<Seg> {
-        let s = self.add(channels, Some(node));
-        self.member(s, node, "weight", (0, 0, 1), MemberRole::Producer);
+        let seg = Seg::plain(self.add(channels, Some(node)), 1);
+        self.member(&seg, node, "weight", (0, 0), MemberRole::Producer);
         if bias {
-            self.member(s, node, "bias", (0, 0, 1), MemberRole::Producer);
+            self.member(&seg, node, "bias", (0, 0), MemberRole::Producer);
         }
-        vec![Seg { space: s, per: 1 }]
+        vec![seg]
+    }
+
+    /// The output of channel gather `node` over input `x`: the input's space seen through
+    /// the gather's index tensor, or — when the input is not one plain space, or the index
+    /// is unknown (no tensors given) or out of range — a new space of `channels`, pinned
+    /// together with the input.
+    pub fn gather(&mut self, node: &str, x: &[Seg], channels: usize) -> Vec<Seg> {
+        let idx = self.index_values(&format!("{node}.index"));
+        if let ([s], Some(idx)) = (x, idx) {
+            if s.per == 1 && s.map.is_none() && idx.iter().all(|&i| i < self.channels[s.space]) {
+                let out = Seg {
+                    map: Some(Arc::new(idx)),
+                    ..s.clone()
+                };
+                self.member(&out, node, "index", (0, 0), MemberRole::Gather);
+                return vec![out];
+            }
+        }
+        self.pin_all(x, "read by a channel gather whose index is not known here");
+        let o = Seg::plain(self.add(channels, Some(node)), 1);
+        self.pin(
+            o.space,
+            "output of a channel gather whose index is not known here",
+        );
+        vec![o]
+    }
+
+    /// The values of tensor `name` as channel indices, if the model's tensors are known.
+    fn index_values(&self, name: &str) -> Option<Vec<usize>> {
+        let t = self.params?.get(name).ok()?;
+        let v: Vec<u32> = t.flatten_all().ok()?.to_vec1().ok()?;
+        Some(v.into_iter().map(|i| i as usize).collect())
     }
 
     /// Turns the spaces of an attention core's q, k, v inputs into one space of `heads`
@@ -183,6 +252,7 @@ impl Coupler {
             let root = self.root(s.space);
             let alone = (0..self.parent.len()).all(|o| o == s.space || self.root(o) != root);
             let ok = s.per == 1
+                && s.map.is_none()
                 && self.channels[s.space] == heads * head_dim
                 && alone
                 && self.readers.get(name) == Some(&1)
@@ -210,7 +280,10 @@ impl Coupler {
         let same = ins.iter().all(|b| {
             b.len() == ins[0].len()
                 && b.iter().zip(&ins[0]).all(|(x, y)| {
-                    self.channels[x.space] == self.channels[y.space] && x.per == y.per
+                    self.channels[x.space] == self.channels[y.space]
+                        && x.per == y.per
+                        && x.map.is_none()
+                        && y.map.is_none()
                 })
         });
         let why = "residual branches with different channel layouts";
@@ -227,10 +300,24 @@ impl Coupler {
     }
 }
 
-/// Derives the coupled-channel groups of `g`.
+/// Derives the coupled-channel groups of `g` from the graph alone (channel gathers pin
+/// what they touch, their index being unknown).
 pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
+    groups_of(g, None)
+}
+
+/// The coupled-channel groups of a model: as [`channel_groups`], with channel gathers
+/// mapped through their index tensors.
+pub fn model_groups(model: &Model) -> Result<Vec<ChannelGroup>> {
+    groups_of(&model.graph, Some(&model.params))
+}
+
+fn groups_of(g: &Graph, params: Option<&ParamStore>) -> Result<Vec<ChannelGroup>> {
     let shapes = infer_shapes(g)?;
-    let mut sp = Coupler::default();
+    let mut sp = Coupler {
+        params,
+        ..Coupler::default()
+    };
     for n in &g.nodes {
         for i in &n.inputs {
             *sp.readers.entry(i.clone()).or_default() += 1;
@@ -241,9 +328,9 @@ pub fn channel_groups(g: &Graph) -> Result<Vec<ChannelGroup>> {
     let width = if g.is_text() { 1 } else { g.input_shape[0] };
     let inp = sp.add(width, None);
     sp.pin(inp, "model input");
-    desc.insert(INPUT.into(), vec![Seg { space: inp, per: 1 }]);
+    desc.insert(INPUT.into(), vec![Seg::plain(inp, 1)]);
     if g.is_text() {
-        desc.insert(MASK.into(), vec![Seg { space: inp, per: 1 }]);
+        desc.insert(MASK.into(), vec![Seg::plain(inp, 1)]);
     }
     for n in &g.nodes {
         let ins: Vec<Vec<Seg>> = n.inputs.iter().map(|i| desc[i].clone()).collect();
@@ -276,85 +363,4 @@ fn collect(mut sp: Coupler) -> Vec<ChannelGroup> {
         .into_values()
         .filter(|g| !g.members.is_empty())
         .collect()
-}
-
-/// Indices kept along a member's axis when the group keeps channels `keep`.
-fn kept_indices(m: &Member, dim: usize, channels: usize, keep: &[usize]) -> Vec<u32> {
-    let end = m.offset + channels * m.per_channel;
-    let mut idx: Vec<u32> = (0..m.offset as u32).collect();
-    for &c in keep {
-        let a = m.offset + c * m.per_channel;
-        idx.extend((a..a + m.per_channel).map(|i| i as u32));
-    }
-    idx.extend((end as u32)..(dim as u32));
-    idx
-}
-
-/// Physically removes every channel of `group` not in `keep` (sorted, unique) from the
-/// model's tensors and updates the node attributes. Offsets of other groups change:
-/// re-derive groups with [`channel_groups`] before cutting another one.
-pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> Result<()> {
-    if !group.prunable {
-        return Err(Error::Graph(format!(
-            "group of {:?} cannot be pruned: {}",
-            group.sources,
-            group.pinned_because.as_deref().unwrap_or("pinned")
-        )));
-    }
-    if keep.is_empty()
-        || keep.windows(2).any(|w| w[0] >= w[1])
-        || keep.iter().any(|&c| c >= group.channels)
-    {
-        return Err(Error::Graph(format!(
-            "keep list must be sorted, unique, non-empty and < {}",
-            group.channels
-        )));
-    }
-    for m in &group.members {
-        let t = model.params.get(&m.param)?;
-        let idx = kept_indices(m, t.dim(m.axis)?, group.channels, keep);
-        let ids = Tensor::from_vec(idx.clone(), idx.len(), t.device())?;
-        let cut = t.index_select(&ids, m.axis)?;
-        model.params.insert(m.param.clone(), cut);
-    }
-    refresh_dims(model)?;
-    model.check()
-}
-
-/// Re-reads layer widths from parameter shapes (and from the refreshed shapes of each
-/// node's inputs) after tensors were cut, in graph order.
-pub fn refresh_dims(model: &mut Model) -> Result<()> {
-    let g = &mut model.graph;
-    let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
-    if g.is_text() {
-        shapes.insert(INPUT.into(), vec![NOMINAL_SEQ]);
-        shapes.insert(MASK.into(), vec![NOMINAL_SEQ]);
-    } else {
-        shapes.insert(INPUT.into(), g.input_shape.clone());
-    }
-    for n in &mut g.nodes {
-        let p = &model.params;
-        let name = n.name.clone();
-        let dims = |s: &str| {
-            p.get(&format!("{name}.{s}"))
-                .ok()
-                .map(|t| t.dims().to_vec())
-        };
-        let ins = n
-            .inputs
-            .iter()
-            .map(|i| {
-                shapes
-                    .get(i)
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| node_err(n, format!("unknown input `{i}`")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if let Some(op) = n.op.def().refreshed(&dims, &ins) {
-            n.op = op;
-        }
-        let out = n.op.def().out_shape(&ins).map_err(|m| node_err(n, m))?;
-        shapes.insert(n.name.clone(), out);
-    }
-    Ok(())
 }
