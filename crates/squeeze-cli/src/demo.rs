@@ -31,8 +31,11 @@ pub struct DemoArgs {
     pub stsb: PathBuf,
 }
 
-/// The recipes the demo applies: (name, file).
-const RECIPES: &[(&str, &str)] = &[("fold-bn", "recipes/fold-bn.toml")];
+/// The image-model recipes the demo applies: (name, file).
+const RECIPES: &[(&str, &str)] = &[
+    ("fold-bn", "recipes/fold-bn.toml"),
+    ("recalibrate-bn", "recipes/recalibrate-bn.toml"),
+];
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let base = a.dir.join("cnn");

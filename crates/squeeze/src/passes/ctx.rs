@@ -5,7 +5,8 @@
 //! re-estimation read), and fine-tuning with the project's trainer under a budget from the
 //! recipe's `[finetune]` table (overridable per pass). Classifiers fine-tune on labelled
 //! Fashion-MNIST training images with cross-entropy; text encoders on sentences toward the
-//! embeddings of the model as the recipe received it (self-distillation, cosine loss).
+//! embeddings of the model as the recipe received it (self-distillation, cosine loss),
+//! validated on the last sentences of the file (at most 500, a tenth of them).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,9 @@ impl Default for FinetuneConfig {
     }
 }
 
+/// Sentences held out (from the end of the file) to validate text fine-tuning.
+const TEXT_VALID: usize = 500;
+
 /// Everything a pass may use besides the model.
 pub struct PassCtx {
     calibration: Option<CalibrationConfig>,
@@ -190,7 +194,7 @@ impl PassCtx {
                 let path = cfg.path.as_deref().ok_or_else(|| {
                     Error::Data("[calibration] source = \"sentences\" needs a `path`".into())
                 })?;
-                Box::new(sentence_set(model, path, None)?)
+                Box::new(sentence_set(model, path, None, Some(cfg.samples))?)
             }
         };
         let n = cfg.samples.min(source.len());
@@ -247,7 +251,8 @@ impl PassCtx {
         let _ = std::fs::remove_dir_all(train::checkpoint_dir(&out));
         if model.graph.is_text() {
             let (set, objective) = self.text_finetune_data(model, &f)?;
-            let run = run_of(&set, &set, &objective, &cfg, &out);
+            let (train_set, valid_set) = set.split_valid(TEXT_VALID);
+            let run = run_of(&train_set, &valid_set, &objective, &cfg, &out);
             return train::fit(model, &run, hooks);
         }
         let data = self.images()?.clone();
@@ -273,7 +278,9 @@ impl PassCtx {
                 )
             })?;
         let teacher = self.original.clone().unwrap_or_else(|| model.clone());
-        let set = sentence_set(model, &path, Some(&teacher))?;
+        // the examples the budget trains on, plus the held-out validation sentences
+        let cap = f.limit_train.map(|l| l + TEXT_VALID);
+        let set = sentence_set(model, &path, Some(&teacher), cap)?;
         Ok((set, EmbeddingTarget(EmbeddingLoss::Cosine)))
     }
 }
@@ -297,8 +304,15 @@ fn run_of<'a>(
 
 /// Sentences of `path` tokenized by `model`'s tokenizer, with `teacher`'s embeddings as
 /// targets if given.
-fn sentence_set(model: &Model, path: &Path, teacher: Option<&Model>) -> Result<SentenceSet> {
-    let texts = read_sentences(path)?;
+/// At most `cap` sentences (the first ones) are used.
+fn sentence_set(
+    model: &Model,
+    path: &Path,
+    teacher: Option<&Model>,
+    cap: Option<usize>,
+) -> Result<SentenceSet> {
+    let mut texts = read_sentences(path)?;
+    texts.truncate(cap.unwrap_or(usize::MAX));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = Encoder::new(model)?.tokenizer.encode(&refs)?;
     let targets = match teacher {

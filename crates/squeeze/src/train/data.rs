@@ -70,6 +70,21 @@ pub struct SentenceSet {
     pub targets: Option<Vec<Vec<f32>>>,
 }
 
+impl SentenceSet {
+    /// (train, valid): the last `min(max_valid, len / 10)` sentences (at least one, when
+    /// there are two or more) held out for validation.
+    pub fn split_valid(self, max_valid: usize) -> (SentenceSet, SentenceSet) {
+        let n = self.ids.len();
+        let v = (n / 10).clamp(usize::from(n > 1), max_valid.max(1));
+        let cut = n - v.min(n);
+        let (mut ids, mut targets) = (self.ids, self.targets);
+        let vids = ids.split_off(cut);
+        let vt = targets.as_mut().map(|t| t.split_off(cut));
+        let train = SentenceSet { ids, targets };
+        (train, SentenceSet { ids: vids, targets: vt })
+    }
+}
+
 impl DataSource for SentenceSet {
     fn len(&self) -> usize {
         self.ids.len()
