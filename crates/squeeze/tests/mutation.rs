@@ -9,7 +9,7 @@ use std::path::Path;
 use squeeze::checkpoint;
 use squeeze::data::parse_idx;
 use squeeze::formats::{hf_bert, load_any};
-use squeeze::text::bert::{self, BertShape, LayerShape};
+use squeeze::text::bert::{self, BertShape};
 
 mod common;
 use common::lcg;
@@ -98,20 +98,10 @@ fn each_mutant(file: &Path, seed: u64, f: impl Fn() -> bool) -> (usize, usize) {
 /// A tiny 2-layer BERT exported as a HF directory under a fresh temporary path.
 fn exported_bert(name: &str) -> std::path::PathBuf {
     let dir = common::tmpdir(name);
-    let layer = LayerShape {
-        heads: 2,
-        head_dim: 4,
-        intermediate: 16,
-    };
     let shape = BertShape {
-        vocab: 20,
-        max_positions: 10,
-        segments: 2,
-        hidden: 8,
-        eps: 1e-12,
         dropout: 0.0,
-        layers: vec![layer; 2],
         normalize: false,
+        ..common::bert_shape(8, &[2, 2])
     };
     hf_bert::export(&bert::random(&shape, 3).unwrap(), &dir).unwrap();
     dir

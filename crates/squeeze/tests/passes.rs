@@ -8,7 +8,7 @@ use std::path::Path;
 use squeeze::data::{FashionMnist, ImageSet};
 use squeeze::interp::ForwardOpts;
 use squeeze::passes::{run_recipe, Recipe};
-use squeeze::text::bert::{self, BertShape, LayerShape};
+use squeeze::text::bert::{self, BertShape};
 use squeeze::Model;
 
 mod common;
@@ -154,20 +154,9 @@ fn finetune_trains_a_masked_classifier_within_its_budget_and_keeps_masks() {
 
 #[test]
 fn a_text_encoder_is_fine_tuned_toward_its_own_input_embeddings() {
-    let layer = LayerShape {
-        heads: 2,
-        head_dim: 4,
-        intermediate: 16,
-    };
     let shape = BertShape {
-        vocab: 30,
-        max_positions: 16,
-        segments: 2,
-        hidden: 8,
-        eps: 1e-12,
         dropout: 0.0,
-        layers: vec![layer; 2],
-        normalize: true,
+        ..common::bert_shape(8, &[2, 2])
     };
     let mut m = bert::random(&shape, 4).unwrap();
     m.assets.insert(

@@ -10,7 +10,7 @@ use squeeze::graph::Op;
 use squeeze::interp::{forward_tokens, ForwardOpts};
 use squeeze::ops::text;
 use squeeze::passes::{run_recipe, Recipe};
-use squeeze::text::bert::{self, BertShape, LayerShape};
+use squeeze::text::bert::{self, BertShape};
 use squeeze::Model;
 
 mod common;
@@ -20,21 +20,7 @@ use common::max_abs;
 const CUT_TOL: f32 = 1e-5;
 
 fn shape(heads: [usize; 2]) -> BertShape {
-    let l = |h| LayerShape {
-        heads: h,
-        head_dim: 4,
-        intermediate: 16,
-    };
-    BertShape {
-        vocab: 30,
-        max_positions: 12,
-        segments: 2,
-        hidden: 12,
-        eps: 1e-12,
-        dropout: 0.1,
-        layers: vec![l(heads[0]), l(heads[1])],
-        normalize: true,
-    }
+    common::bert_shape(12, &heads)
 }
 
 fn ids_mask() -> (Tensor, Tensor) {

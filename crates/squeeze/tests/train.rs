@@ -31,6 +31,11 @@ fn idx_errors_name_the_file_and_the_fix() {
     std::fs::write(&p, [0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4]).unwrap();
     let e = read_idx(&p).unwrap_err().to_string();
     assert!(e.contains("bad.idx") && e.contains("truncated"), "{e}");
+    // dims of 2³²−1 each: their product overflows; refused before anything is allocated
+    let mut huge = vec![0u8, 0, 8, 3];
+    huge.extend([0xFF; 12]);
+    let e = read_idx_bytes(&p, &huge);
+    assert!(e.contains("overflow"), "{e}");
     std::fs::write(&p, [0, 0, 8, 1, 0, 0, 0, 2, 7, 9]).unwrap();
     assert_eq!(read_idx(&p).unwrap().data, vec![7, 9]);
     let gz = d.join("cut.gz");
@@ -39,6 +44,12 @@ fn idx_errors_name_the_file_and_the_fix() {
         .unwrap_err()
         .to_string()
         .contains("corrupt gzip"));
+}
+
+/// The error of reading `bytes` written to `p` as an IDX file.
+fn read_idx_bytes(p: &Path, bytes: &[u8]) -> String {
+    std::fs::write(p, bytes).unwrap();
+    read_idx(p).unwrap_err().to_string()
 }
 
 fn real_data() -> Option<FashionMnist> {
@@ -262,24 +273,10 @@ const EMB_LOSS_DROP: f64 = 0.7;
 #[test]
 fn a_text_encoder_trains_on_sentences_toward_target_embeddings() {
     use squeeze::interp::{forward_tokens, ForwardOpts};
-    use squeeze::text::bert::{self, BertShape, LayerShape};
+    use squeeze::text::bert;
     use squeeze::text::pad_batch;
     use squeeze::train::{fit, EmbeddingLoss, EmbeddingTarget, Run, SentenceSet};
-    let layer = LayerShape {
-        heads: 2,
-        head_dim: 4,
-        intermediate: 16,
-    };
-    let shape = BertShape {
-        vocab: 30,
-        max_positions: 12,
-        segments: 2,
-        hidden: 8,
-        eps: 1e-12,
-        dropout: 0.1,
-        layers: vec![layer; 2],
-        normalize: true,
-    };
+    let shape = common::bert_shape(8, &[2, 2]);
     // sentences of 3–8 random tokens; targets: a differently initialised teacher's embeddings
     let mut r = common::lcg(17).map(|s| (s >> 33) as u32);
     let ids: Vec<Vec<u32>> = (0..48)

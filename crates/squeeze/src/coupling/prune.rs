@@ -2,14 +2,12 @@
 //! member tensor (through index maps where a channel gather sits between producer and
 //! consumers, renumbering the gather's entries) and re-reads the layer widths.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor};
 
 use super::{ChannelGroup, Member, MemberRole};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{INPUT, MASK, NOMINAL_SEQ};
+use crate::graph::{input_shapes, NOMINAL_SEQ};
 use crate::kinds::node_err;
 
 /// Indices kept along a member's axis when the group keeps channels `keep`.
@@ -93,13 +91,7 @@ pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> R
 /// node's inputs) after tensors were cut, in graph order.
 pub fn refresh_dims(model: &mut Model) -> Result<()> {
     let g = &mut model.graph;
-    let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
-    if g.is_text() {
-        shapes.insert(INPUT.into(), vec![NOMINAL_SEQ]);
-        shapes.insert(MASK.into(), vec![NOMINAL_SEQ]);
-    } else {
-        shapes.insert(INPUT.into(), g.input_shape.clone());
-    }
+    let mut shapes = input_shapes(g, NOMINAL_SEQ);
     for n in &mut g.nodes {
         let p = &model.params;
         let name = n.name.clone();

@@ -9,7 +9,9 @@ mod shape;
 
 pub use crate::kinds::embedding::Lookup;
 pub use op::Op;
-pub use shape::{infer_shapes, infer_shapes_at, param_shapes, tensor_specs, NOMINAL_SEQ};
+pub use shape::{
+    infer_shapes, infer_shapes_at, input_shapes, param_shapes, tensor_specs, NOMINAL_SEQ,
+};
 
 use std::collections::BTreeMap;
 

@@ -27,21 +27,28 @@ pub fn infer_shapes(g: &Graph) -> Result<HashMap<String, Vec<usize>>> {
     infer_shapes_at(g, NOMINAL_SEQ)
 }
 
-/// Per-sample shapes with a token graph's sequence length set to `seq`.
-pub fn infer_shapes_at(g: &Graph, seq: usize) -> Result<HashMap<String, Vec<usize>>> {
+/// The per-sample shapes of the graph's inputs (`input`, and `mask` for a token graph at
+/// sequence length `seq`).
+pub fn input_shapes(g: &Graph, seq: usize) -> HashMap<String, Vec<usize>> {
     let mut shapes = HashMap::new();
     if g.is_text() {
         shapes.insert(INPUT.to_string(), vec![seq]);
         shapes.insert(MASK.to_string(), vec![seq]);
     } else {
-        if elems(&g.input_shape).is_none_or(|n| n > MAX_ELEMS) {
-            return Err(crate::error::Error::Graph(format!(
-                "input_shape {:?} is too large",
-                g.input_shape
-            )));
-        }
         shapes.insert(INPUT.to_string(), g.input_shape.clone());
     }
+    shapes
+}
+
+/// Per-sample shapes with a token graph's sequence length set to `seq`.
+pub fn infer_shapes_at(g: &Graph, seq: usize) -> Result<HashMap<String, Vec<usize>>> {
+    if !g.is_text() && elems(&g.input_shape).is_none_or(|n| n > MAX_ELEMS) {
+        return Err(crate::error::Error::Graph(format!(
+            "input_shape {:?} is too large",
+            g.input_shape
+        )));
+    }
+    let mut shapes = input_shapes(g, seq);
     for node in &g.nodes {
         let ins = node
             .inputs

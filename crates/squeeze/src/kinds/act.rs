@@ -19,25 +19,28 @@ pub struct Relu;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gelu;
 
-/// Shared by the element-wise kinds: one input of any shape, same output shape.
-fn same_shape(ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-    Ok(arity(ins, 1)?.to_vec())
+/// The trait methods the element-wise activations share: one input of any shape, the
+/// same output shape, no tensors, channels passed through.
+macro_rules! elementwise {
+    () => {
+        fn inputs(&self) -> Inputs {
+            Inputs::Values
+        }
+        fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+            Ok(arity(ins, 1)?.to_vec())
+        }
+        no_tensors!();
+        fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+            pass_through(ins)
+        }
+    };
 }
 
 impl LayerKind for Relu {
     fn name(&self) -> &'static str {
         "relu"
     }
-    fn inputs(&self) -> Inputs {
-        Inputs::Values
-    }
-    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        same_shape(ins)
-    }
-    no_tensors!();
-    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        pass_through(ins)
-    }
+    elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         act::relu(cx.x())
     }
@@ -47,16 +50,7 @@ impl LayerKind for Gelu {
     fn name(&self) -> &'static str {
         "gelu"
     }
-    fn inputs(&self) -> Inputs {
-        Inputs::Values
-    }
-    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        same_shape(ins)
-    }
-    no_tensors!();
-    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        pass_through(ins)
-    }
+    elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         if super::linear::inference(&[cx.x()]) {
             fast::gelu(cx.x())

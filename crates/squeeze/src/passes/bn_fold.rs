@@ -95,13 +95,6 @@ impl Pass for FoldBatchNorm {
         }
         let label = format!("folded {} of {total} BatchNorm layers", folded.len());
         let details = serde_json::json!({ "folded": folded, "kept": total - folded.len() });
-        Ok((
-            model,
-            PassRecord {
-                pass: self.name().into(),
-                label,
-                details,
-            },
-        ))
+        super::done(model, self.name(), label, details)
     }
 }

@@ -93,13 +93,6 @@ impl Pass for RecalibrateBatchNorm {
         }
         let label = format!("re-estimated {} BatchNorm layers", bns.len());
         let details = serde_json::json!({ "layers": bns, "values_per_channel": samples });
-        Ok((
-            model,
-            PassRecord {
-                pass: self.name().into(),
-                label,
-                details,
-            },
-        ))
+        super::done(model, self.name(), label, details)
     }
 }

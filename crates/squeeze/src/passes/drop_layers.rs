@@ -30,13 +30,6 @@ impl Pass for DropLayers {
             self.layers
         );
         let details = serde_json::json!({ "dropped": self.layers, "layers_before": before, "layers_after": after });
-        Ok((
-            model,
-            PassRecord {
-                pass: self.name().into(),
-                label,
-                details,
-            },
-        ))
+        super::done(model, self.name(), label, details)
     }
 }

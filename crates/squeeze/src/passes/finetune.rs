@@ -34,13 +34,6 @@ impl Pass for Finetune {
             ),
         };
         let details = serde_json::to_value(&hist).unwrap_or_default();
-        Ok((
-            model,
-            PassRecord {
-                pass: self.name().into(),
-                label,
-                details,
-            },
-        ))
+        super::done(model, self.name(), label, details)
     }
 }

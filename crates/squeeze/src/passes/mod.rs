@@ -33,6 +33,21 @@ pub struct PassRecord {
     pub details: serde_json::Value,
 }
 
+/// A pass's result: the rewritten model and the record of pass `pass`.
+pub(crate) fn done(
+    model: Model,
+    pass: &str,
+    label: String,
+    details: serde_json::Value,
+) -> Result<(Model, PassRecord)> {
+    let rec = PassRecord {
+        pass: pass.into(),
+        label,
+        details,
+    };
+    Ok((model, rec))
+}
+
 /// A graph → graph rewrite.
 pub trait Pass {
     /// Stable identifier (the recipe's `type`).

@@ -81,7 +81,13 @@ impl SentenceSet {
         let vids = ids.split_off(cut);
         let vt = targets.as_mut().map(|t| t.split_off(cut));
         let train = SentenceSet { ids, targets };
-        (train, SentenceSet { ids: vids, targets: vt })
+        (
+            train,
+            SentenceSet {
+                ids: vids,
+                targets: vt,
+            },
+        )
     }
 }
 

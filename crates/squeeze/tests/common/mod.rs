@@ -32,6 +32,26 @@ pub fn small(arch: &str) -> Model {
     zoo::build(arch, &opts, 7).unwrap()
 }
 
+/// A small BERT: vocabulary 30, 16 positions, hidden width `hidden`, `heads` per layer
+/// (heads of 4, FFN 16), dropout 0.1, L2-normalized embeddings.
+pub fn bert_shape(hidden: usize, heads: &[usize]) -> squeeze::text::bert::BertShape {
+    let layer = |h| squeeze::text::bert::LayerShape {
+        heads: h,
+        head_dim: 4,
+        intermediate: 16,
+    };
+    squeeze::text::bert::BertShape {
+        vocab: 30,
+        max_positions: 16,
+        segments: 2,
+        hidden,
+        eps: 1e-12,
+        dropout: 0.1,
+        layers: heads.iter().map(|&h| layer(h)).collect(),
+        normalize: true,
+    }
+}
+
 /// Successive states of a 64-bit linear congruential generator (Knuth's MMIX constants)
 /// started at `seed`: the deterministic source of every test's pseudo-random values.
 pub fn lcg(seed: u64) -> impl Iterator<Item = u64> {
