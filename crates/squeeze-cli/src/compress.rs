@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use squeeze::checkpoint;
+use squeeze::eval::{Measured, Metrics};
 use squeeze::formats::load_any;
 use squeeze::passes::{run_recipe, Recipe};
 
-use crate::evaluate::{eval_model, Task};
+use crate::evaluate::{compare, STSB_DEV};
 use crate::outdir::{check_out, commit_dir, tmp_sibling};
 use crate::write_json;
 
@@ -28,9 +29,9 @@ pub struct CompressArgs {
     /// Replace OUT if it already holds a model.
     #[arg(long)]
     pub force: bool,
-    /// Timed repetitions for the speed metrics (0 skips timing).
-    #[arg(long, default_value_t = 10)]
-    pub speed_runs: usize,
+    /// Interleaved timing rounds of the input and output models (0 skips timing).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Evaluation data: the Fashion-MNIST directory for image models, the STS-B file for
     /// text encoders (defaults as for `squeeze eval`).
     #[arg(long)]
@@ -41,16 +42,19 @@ pub fn run(a: CompressArgs) -> Result<()> {
     check_out(&a.dir, &a.out, a.force)?;
     let recipe = Recipe::load(&a.recipe)?;
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let data = a.data.as_deref();
-    let before = eval_model(&a.dir, &model, Task::Auto, data, a.speed_runs)?;
-    let images = match data {
-        Some(d) if !model.graph.is_text() => d.to_path_buf(),
-        _ => PathBuf::from(squeeze::data::DEFAULT_DIR),
+    let text = model.graph.is_text();
+    let (images, stsb_file) = match (&a.data, text) {
+        (Some(d), false) => (d.clone(), PathBuf::from(STSB_DEV)),
+        (Some(d), true) => (PathBuf::from(squeeze::data::DEFAULT_DIR), d.clone()),
+        (None, _) => (
+            PathBuf::from(squeeze::data::DEFAULT_DIR),
+            PathBuf::from(STSB_DEV),
+        ),
     };
     // fine-tuning checkpoints of the passes go to a scratch directory, removed afterwards
     let work = std::env::temp_dir().join(format!("squeeze-compress-{}", std::process::id()));
     let mut ctx = recipe.context(&images, &work);
-    let result = run_recipe(model, &recipe, &mut ctx);
+    let result = run_recipe(model.clone(), &recipe, &mut ctx);
     let _ = std::fs::remove_dir_all(&work);
     let (compressed, passes) =
         result.with_context(|| format!("applying recipe {}", a.recipe.display()))?;
@@ -59,12 +63,20 @@ pub fn run(a: CompressArgs) -> Result<()> {
     }
     let tmp = tmp_sibling(&a.out)?;
     checkpoint::save(&compressed, &tmp)?;
-    let after = eval_model(&tmp, &compressed, Task::Auto, data, a.speed_runs)?;
+    eprintln!(
+        "measuring both models (speeds interleaved over {} rounds)",
+        a.rounds
+    );
+    let pair = [(a.dir.clone(), model), (tmp.clone(), compressed)];
+    let [before, mut after]: [Metrics; 2] = compare(&pair, &images, &stsb_file, a.rounds)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two models measured, not two results"))?;
     let report = serde_json::json!({
         "input": a.dir, "recipe": recipe, "passes": passes, "before": before, "after": after,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     write_json(&tmp.join("report.json"), &report)?;
+    after.measured = Some(Measured::now());
     write_json(&tmp.join("metrics.json"), &after)?;
     commit_dir(&tmp, &a.out)?;
     println!(

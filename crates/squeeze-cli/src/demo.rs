@@ -1,26 +1,38 @@
-//! `squeeze demo`: the main job end to end with defaults — on Fashion-MNIST, train the
-//! benchmark CNN briefly (or reuse the cached run), apply every recipe that exists, print
-//! the comparison table; on STS-B, evaluate the pretrained all-MiniLM-L6-v2 (fetched by
-//! `scripts/setup.sh`). It grows as compression techniques land.
+//! `squeeze demo`: the main job end to end with defaults, told one step per line. On
+//! Fashion-MNIST, the committed zoo model (`zoo/vgg`, or a freshly trained benchmark CNN
+//! with `--train`) goes through every image recipe; on STS-B, the pretrained
+//! all-MiniLM-L6-v2 (fetched by `scripts/setup.sh`) is scored. Each workload ends in one
+//! table whose models were measured together, speeds interleaved, with a line per row
+//! saying what the recipe did; the tables go to `runs/demo/report.md` and `report.json`.
+//! It grows as compression techniques land.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
+use squeeze::eval::Metrics;
+use squeeze::formats::load_any;
+use squeeze::passes::{run_recipe, Recipe};
+use squeeze::Model;
 
-use crate::compress::{self, CompressArgs};
-use crate::evaluate::{eval_dir, metrics_of, table, Task};
+use crate::evaluate::{compare, table};
 use crate::train::{self as train_cmd, TrainArgs};
-use crate::DataArg;
+use crate::{write_json, DataArg};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Working directory for the demo's models.
+    /// Working directory for the demo's models and report.
     #[arg(long, default_value = "runs/demo")]
     pub dir: PathBuf,
-    /// Training epochs of the base model.
+    /// Start from a freshly trained benchmark CNN instead of the committed zoo model.
+    #[arg(long)]
+    pub train: bool,
+    /// Training epochs of the CNN with --train.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
+    /// The committed image model the recipes start from.
+    #[arg(long, default_value = "zoo/vgg")]
+    pub image_model: PathBuf,
     #[command(flatten)]
     pub data: DataArg,
     /// Pretrained sentence encoder evaluated on STS-B (skipped with a note if absent).
@@ -29,6 +41,9 @@ pub struct DemoArgs {
     /// STS-B file for the text part.
     #[arg(long, default_value = crate::evaluate::STSB_DEV)]
     pub stsb: PathBuf,
+    /// Interleaved timing rounds per table.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 /// The image-model recipes the demo applies: (name, file).
@@ -37,70 +52,160 @@ const RECIPES: &[(&str, &str)] = &[
     ("recalibrate-bn", "recipes/recalibrate-bn.toml"),
 ];
 
-pub fn run(a: DemoArgs) -> Result<()> {
-    let base = a.dir.join("cnn");
-    if base.join("model.json").exists() {
-        eprintln!("reusing trained model {}", base.display());
-    } else {
-        eprintln!("training the base model into {}", base.display());
-        train_cmd::run(TrainArgs {
-            arch: "cnn".into(),
-            out: base.clone(),
-            epochs: Some(a.epochs),
-            seed: 0,
-            batch_size: 128,
-            lr: None,
-            optimizer: "sgd".into(),
-            weight_decay: 5e-4,
-            schedule: "cosine".into(),
-            augment_pad: Some(0),
-            widths: None,
-            depth: None,
-            init: None,
-            limit_train: None,
-            resume: base.join("checkpoint/state.json").exists(),
-            force: false,
-            data: a.data.clone(),
-        })?;
-    }
-    let mut rows = vec![(
-        "cnn (trained)".to_string(),
-        metrics_of(&base, &a.data.data, false)?,
-    )];
-    for (name, recipe) in RECIPES {
-        let out = a.dir.join(format!("cnn-{name}"));
-        compress::run(CompressArgs {
-            dir: base.clone(),
-            recipe: recipe.into(),
-            out: out.clone(),
-            force: true,
-            speed_runs: 10,
-            data: Some(a.data.data.clone()),
-        })?;
-        rows.push((
-            format!("cnn + {name}"),
-            metrics_of(&out, &a.data.data, false)?,
-        ));
-    }
-    println!("\n{}", table(&rows));
-    text_part(&a)
+/// One table row: the model's directory, what made it, and its measurements.
+struct Row {
+    dir: PathBuf,
+    what: String,
+    model: Model,
 }
 
-/// The STS-B part: the pretrained encoder's quality and cost.
-fn text_part(a: &DemoArgs) -> Result<()> {
+pub fn run(a: DemoArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let steps = 3 + RECIPES.len();
+    let mut step = 0;
+    let mut say = |msg: String| {
+        step += 1;
+        eprintln!("[{step}/{steps}] {msg}");
+    };
+    let base = base_model(&a, &mut say)?;
+    let mut rows = vec![Row {
+        dir: base.clone(),
+        what: "the starting model".into(),
+        model: load_any(&base)?,
+    }];
+    for (name, file) in RECIPES {
+        say(format!("applying {file}"));
+        rows.push(apply(&a, &rows[0].model, name, file)?);
+    }
+    say(format!(
+        "measuring the {} image models together ({} interleaved rounds)",
+        rows.len(),
+        a.rounds
+    ));
+    let image = measure(&rows, &a)?;
+    let mut report = vec![("Fashion-MNIST", rows, image)];
+    say("scoring all-MiniLM-L6-v2 on STS-B dev".into());
+    if let Some((rows, m)) = text_part(&a)? {
+        report.push(("STS-B", rows, m));
+    }
+    write_report(&a.dir, &report)
+}
+
+/// The model the image recipes start from: the committed zoo model, or with `--train` a
+/// freshly trained benchmark CNN (reused if already trained).
+fn base_model(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<PathBuf> {
+    if !a.train {
+        say(format!(
+            "starting from the committed {}",
+            a.image_model.display()
+        ));
+        return Ok(a.image_model.clone());
+    }
+    let base = a.dir.join("cnn");
+    if base.join("model.json").exists() {
+        say(format!("reusing the trained {}", base.display()));
+        return Ok(base);
+    }
+    say(format!(
+        "training the benchmark CNN for {} epochs into {}",
+        a.epochs,
+        base.display()
+    ));
+    train_cmd::run(TrainArgs {
+        arch: "cnn".into(),
+        out: base.clone(),
+        epochs: Some(a.epochs),
+        seed: 0,
+        batch_size: 128,
+        lr: None,
+        optimizer: "sgd".into(),
+        weight_decay: 5e-4,
+        schedule: "cosine".into(),
+        augment_pad: Some(0),
+        widths: None,
+        depth: None,
+        init: None,
+        limit_train: None,
+        resume: base.join("checkpoint/state.json").exists(),
+        force: false,
+        data: a.data.clone(),
+        quiet: true,
+    })?;
+    Ok(base)
+}
+
+/// Applies recipe `file` to `base`, saving the result under the demo directory.
+fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
+    let recipe = Recipe::load(Path::new(file))?;
+    let work = a.dir.join(format!(".work-{name}"));
+    let mut ctx = recipe.context(&a.data.data, &work);
+    let result = run_recipe(base.clone(), &recipe, &mut ctx);
+    let _ = std::fs::remove_dir_all(&work);
+    let (model, log) = result.with_context(|| format!("applying {file}"))?;
+    let dir = a.dir.join(name);
+    squeeze::checkpoint::save(&model, &dir)?;
+    let what: Vec<String> = log.iter().map(|r| r.label.clone()).collect();
+    Ok(Row {
+        dir,
+        what: format!("{file}: {}", what.join("; ")),
+        model,
+    })
+}
+
+/// Measures the rows together (quality, cost, interleaved speeds).
+fn measure(rows: &[Row], a: &DemoArgs) -> Result<Vec<Metrics>> {
+    let models: Vec<(PathBuf, Model)> = rows
+        .iter()
+        .map(|r| (r.dir.clone(), r.model.clone()))
+        .collect();
+    compare(&models, &a.data.data, &a.stsb, a.rounds)
+}
+
+/// The STS-B part: the pretrained encoder's quality and cost (None, with a note, if the
+/// model was not fetched).
+fn text_part(a: &DemoArgs) -> Result<Option<(Vec<Row>, Vec<Metrics>)>> {
     if !a.text_model.join("model.safetensors").is_file() {
         eprintln!(
-            "skipping the text part: {} is missing (run scripts/fetch-minilm.sh)",
+            "      skipped: {} is missing (run scripts/fetch-minilm.sh)",
             a.text_model.display()
         );
-        return Ok(());
+        return Ok(None);
     }
-    eprintln!(
-        "evaluating {} on {}",
-        a.text_model.display(),
-        a.stsb.display()
-    );
-    let m = eval_dir(&a.text_model, Task::Stsb, Some(&a.stsb), 10)?;
-    println!("{}", table(&[("all-MiniLM-L6-v2 (f32)".to_string(), m)]));
+    let rows = vec![Row {
+        dir: a.text_model.clone(),
+        what: "pretrained all-MiniLM-L6-v2, f32".into(),
+        model: load_any(&a.text_model)?,
+    }];
+    let m = measure(&rows, a)?;
+    Ok(Some((rows, m)))
+}
+
+/// Prints one table per workload (with a line per row saying what made it) and writes the
+/// same to `dir/report.md` and `dir/report.json`.
+fn write_report(dir: &Path, report: &[(&str, Vec<Row>, Vec<Metrics>)]) -> Result<()> {
+    let mut md = String::new();
+    let mut json = Vec::new();
+    for (workload, rows, metrics) in report {
+        let named: Vec<(String, Metrics)> = rows
+            .iter()
+            .map(|r| r.dir.display().to_string())
+            .zip(metrics.iter().cloned())
+            .collect();
+        md += &format!("## {workload}\n\n{}\n", table(&named));
+        for r in rows {
+            md += &format!("- `{}`: {}\n", r.dir.display(), r.what);
+        }
+        md += "\n";
+        for (r, m) in rows.iter().zip(metrics) {
+            json.push(serde_json::json!({
+                "workload": workload, "model": r.dir, "what": r.what, "metrics": m,
+            }));
+        }
+    }
+    println!("\n{md}");
+    std::fs::write(dir.join("report.md"), &md)
+        .with_context(|| format!("writing {}", dir.join("report.md").display()))?;
+    write_json(&dir.join("report.json"), &json)?;
+    eprintln!("wrote {} and report.json", dir.join("report.md").display());
     Ok(())
 }

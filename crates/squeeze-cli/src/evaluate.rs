@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use clap::ValueEnum;
 use squeeze::data::FashionMnist;
-use squeeze::eval::{evaluate, evaluate_text, Metrics};
+use squeeze::eval::{evaluate, evaluate_text, image_speeds, text_speeds, Measured, Metrics};
 use squeeze::formats::load_any;
 use squeeze::text::stsb;
 
@@ -95,8 +95,9 @@ pub fn eval_model(
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let m = eval_dir(&a.dir, a.task, a.data.as_deref(), a.speed_runs)?;
+    let mut m = eval_dir(&a.dir, a.task, a.data.as_deref(), a.speed_runs)?;
     if a.save {
+        m.measured = Some(Measured::now());
         write_json(&a.dir.join("metrics.json"), &m)?;
     }
     let nodes = if a.per_node {
@@ -125,37 +126,115 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// Model directories; each one's metrics.json is used when present, else it is evaluated.
+    /// Model directories, compared side by side: quality and cost of each, speeds measured
+    /// in this process with the models interleaved.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
-    /// Re-evaluate even where metrics.json exists.
+    /// Show each directory's stored metrics.json instead, labelled with its date and
+    /// machine (stored speeds of different runs are not comparable).
     #[arg(long)]
-    pub fresh: bool,
+    pub stored: bool,
+    /// Interleaved timing rounds (0 skips timing).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Fashion-MNIST directory for image models (text encoders use data/stsb/sts-dev.csv).
     #[arg(long, default_value = squeeze::data::DEFAULT_DIR)]
     pub data: PathBuf,
 }
 
-/// Metrics of a directory: its metrics.json, or a fresh evaluation.
-pub fn metrics_of(dir: &Path, data: &Path, fresh: bool) -> Result<Metrics> {
-    let p = dir.join("metrics.json");
-    if !fresh && p.exists() {
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a metrics file", p.display()));
+/// Timed repetitions per round of an image model's batch-1 latency.
+const LATENCY_REPS: usize = 100;
+/// STS-B sentences timed one by one (latency) and at batch 32 (throughput) per round.
+const TEXT_LATENCY_SENTENCES: usize = 100;
+const TEXT_THROUGHPUT_SENTENCES: usize = 640;
+
+/// Quality and cost of every model (image models on the Fashion-MNIST directory `images`,
+/// text encoders on the STS-B file `stsb`), then the speeds of each kind timed together,
+/// interleaved over `rounds` rounds (0: no timing).
+pub fn compare(
+    models: &[(PathBuf, squeeze::Model)],
+    images: &Path,
+    stsb_file: &Path,
+    rounds: usize,
+) -> Result<Vec<Metrics>> {
+    let mut out = Vec::with_capacity(models.len());
+    for (dir, m) in models {
+        let d = if m.graph.is_text() { stsb_file } else { images };
+        out.push(eval_model(dir, m, Task::Auto, Some(d), 0)?);
     }
-    let model = load_any(dir).with_context(|| format!("loading model {}", dir.display()))?;
-    let data = (!model.graph.is_text()).then_some(data);
-    eval_dir(dir, Task::Auto, data, 10)
+    if rounds == 0 {
+        return Ok(out);
+    }
+    let (text, image): (Vec<usize>, Vec<usize>) =
+        (0..models.len()).partition(|&i| models[i].1.graph.is_text());
+    if !image.is_empty() {
+        let ms: Vec<&squeeze::Model> = image.iter().map(|&i| &models[i].1).collect();
+        for (&i, t) in image.iter().zip(image_speeds(&ms, rounds, LATENCY_REPS)?) {
+            t.fill(&mut out[i]);
+        }
+    }
+    if !text.is_empty() {
+        let pairs = stsb::read(stsb_file)?;
+        let texts = stsb::sentences(&pairs);
+        let ms: Vec<&squeeze::Model> = text.iter().map(|&i| &models[i].1).collect();
+        let (lat, thr) = (
+            &texts[..TEXT_LATENCY_SENTENCES.min(texts.len())],
+            &texts[..TEXT_THROUGHPUT_SENTENCES.min(texts.len())],
+        );
+        for (&i, t) in text.iter().zip(text_speeds(&ms, lat, thr, rounds)?) {
+            t.fill(&mut out[i]);
+        }
+    }
+    Ok(out)
+}
+
+/// The stored metrics.json of a directory.
+pub fn stored_metrics(dir: &Path) -> Result<Metrics> {
+    let p = dir.join("metrics.json");
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "reading {} (evaluate it with `squeeze eval --save`)",
+            p.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a metrics file", p.display()))
 }
 
 pub fn run_report(a: ReportArgs) -> Result<()> {
-    let rows = a
+    if a.stored {
+        let rows = a
+            .dirs
+            .iter()
+            .map(|d| {
+                let m = stored_metrics(d)?;
+                let when = m
+                    .measured
+                    .as_ref()
+                    .map_or("date and machine unknown".into(), |w| {
+                        format!("{}, {}", w.date(), w.machine)
+                    });
+                Ok((format!("{} (stored: {when})", d.display()), m))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        println!("{}", table(&rows));
+        println!("Stored metrics from separate runs: their speeds are not comparable.");
+        return Ok(());
+    }
+    let models = a
         .dirs
         .iter()
-        .map(|d| Ok((d.display().to_string(), metrics_of(d, &a.data, a.fresh)?)))
+        .map(|d| {
+            let m = load_any(d).with_context(|| format!("loading model {}", d.display()))?;
+            Ok((d.clone(), m))
+        })
         .collect::<Result<Vec<_>>>()?;
+    let metrics = compare(&models, &a.data, Path::new(STSB_DEV), a.rounds)?;
+    let rows: Vec<(String, Metrics)> = a
+        .dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .zip(metrics)
+        .collect();
     println!("{}", table(&rows));
     Ok(())
 }
@@ -164,8 +243,32 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "–".into())
 }
 
-/// Markdown table; ratios are relative to the first row.
+/// Batch-1 latency, with the range of the rounds when it was timed interleaved.
+fn latency_cell(m: &Metrics) -> String {
+    match (&m.timing, m.latency_ms_b1) {
+        (Some(t), _) => format!(
+            "{:.3} [{:.3}–{:.3}]",
+            t.latency_ms_b1.median, t.latency_ms_b1.min, t.latency_ms_b1.max
+        ),
+        (None, l) => opt(l, |l| format!("{l:.3}")),
+    }
+}
+
+/// Markdown table, followed by how the speeds were measured.
 pub fn table(rows: &[(String, Metrics)]) -> String {
+    let mut s = table_rows(rows);
+    let mut methods: Vec<&str> = rows
+        .iter()
+        .filter_map(|(_, m)| m.timing.as_ref().map(|t| t.method.as_str()))
+        .collect();
+    methods.dedup();
+    for method in methods {
+        s += &format!("\nSpeeds: {method}.\n");
+    }
+    s
+}
+
+fn table_rows(rows: &[(String, Metrics)]) -> String {
     let mut s = String::from(
         "| model | quality | params | non-zero | MFLOPs | size (KB) | latency b1 (ms) | throughput (/s) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -189,7 +292,7 @@ pub fn table(rows: &[(String, Metrics)]) -> String {
                 "{:.1}",
                 b / 1024.0
             )),
-            opt(m.latency_ms_b1, |l| format!("{l:.3}")),
+            latency_cell(m),
             opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!(
                 "{:.0}",
                 b / 1048576.0

@@ -64,6 +64,9 @@ pub struct TrainArgs {
     pub force: bool,
     #[command(flatten)]
     pub data: DataArg,
+    /// Callers inside squeeze (the demo) that print their own summary.
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 fn config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -174,7 +177,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     )
     .with_context(|| format!("training into {}", a.out.display()))?;
     squeeze::checkpoint::save(&model, &a.out)?;
-    let metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
+    let mut metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
+    metrics.measured = Some(squeeze::eval::Measured::now());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_json(
         &a.out.join("train.json"),
@@ -187,6 +191,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }),
     )?;
     write_json(&a.out.join("metrics.json"), &metrics)?;
-    println!("{}", serde_json::to_string_pretty(&metrics)?);
+    if !a.quiet {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    }
     Ok(())
 }

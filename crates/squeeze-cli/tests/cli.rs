@@ -204,8 +204,8 @@ fn compress_and_report_on_real_data() {
         recipe.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--speed-runs",
-        "1",
+        "--rounds",
+        "2",
     ]);
     assert!(ok, "{err}");
     let rep: serde_json::Value =
@@ -216,15 +216,32 @@ fn compress_and_report_on_real_data() {
     let params = |m: &serde_json::Value| m["params"].as_u64().expect("params is a number");
     assert!(params(a) < params(b));
     assert_eq!(rep["passes"][0]["label"], "folded 2 of 2 BatchNorm layers");
+    // both sides of the comparison were timed together, interleaved
+    for side in [b, a] {
+        let method = side["timing"]["method"].as_str().expect("timing recorded");
+        assert!(method.contains("interleaved over 2 rounds"), "{method}");
+    }
     let (ok, table, err) = run(&[
         "report",
         m.to_str().unwrap(),
         out.to_str().unwrap(),
-        "--fresh",
+        "--rounds",
+        "2",
     ]);
     assert!(ok, "{err}");
     assert!(
         table.contains("| model |") && table.lines().count() >= 4,
+        "{table}"
+    );
+    assert!(
+        table.contains("Speeds: 2 models timed in one process"),
+        "{table}"
+    );
+    // stored metrics only on request, labelled with date and machine
+    let (ok, table, err) = run(&["report", out.to_str().unwrap(), "--stored"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("(stored: 20") && table.contains("not comparable"),
         "{table}"
     );
 }

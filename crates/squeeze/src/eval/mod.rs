@@ -3,6 +3,10 @@
 //! of repeated timed runs after warm-up) and peak resident memory. [`Metrics`] is the one
 //! JSON schema every command prints.
 
+pub mod compare;
+
+pub use compare::{image_speeds, text_speeds, Spread, Timing};
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -40,6 +44,50 @@ pub struct Metrics {
     /// Text encoders: sentences/s embedding real sentences 32 at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_b32: Option<f64>,
+    /// When the speeds come from an interleaved comparison: their spread and method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+    /// When and where these metrics were measured (written with `metrics.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measured>,
+}
+
+/// The date and machine of a stored measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// Seconds since the Unix epoch (UTC).
+    pub unix_time: u64,
+    /// CPU model and thread count.
+    pub machine: String,
+}
+
+impl Measured {
+    /// Now, on this machine.
+    pub fn now() -> Self {
+        let unix_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Measured {
+            unix_time,
+            machine: format!("{}, {threads} threads", crate::isa::cpu_name()),
+        }
+    }
+
+    /// `YYYY-MM-DD` of the measurement (UTC).
+    pub fn date(&self) -> String {
+        // days since 1970-01-01 → civil date (Howard Hinnant's algorithm)
+        let z = (self.unix_time / 86_400) as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
 }
 
 /// Sequence length at which a text encoder's MACs are reported (BERT papers' usual 128).

@@ -1,0 +1,95 @@
+//! The README's commands stay true: every `squeeze …` line of its shell blocks parses
+//! (run with `--help` appended, so an unknown subcommand or flag fails), and the cheap ones
+//! — eval, compress and report on the committed zoo models — run as written (timing cut
+//! to one round) in a scratch directory that links the repository's inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `squeeze …` command lines of the README's ```sh blocks, without comments and
+/// optional `[…]` parts.
+fn readme_commands() -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut out = Vec::new();
+    for block in text.split("```sh\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for line in block.lines() {
+            let line = line.split(" #").next().unwrap().trim();
+            let Some(rest) = line.strip_prefix("squeeze ") else {
+                continue;
+            };
+            let mut plain = String::new();
+            let mut depth = 0;
+            for c in rest.chars() {
+                match c {
+                    '[' => depth += 1,
+                    ']' => depth -= 1,
+                    c if depth == 0 => plain.push(c),
+                    _ => {}
+                }
+            }
+            out.push(plain.split_whitespace().map(String::from).collect());
+        }
+    }
+    out
+}
+
+fn run(dir: &Path, args: &[String]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), text)
+}
+
+/// A command that runs quickly on a committed zoo model.
+fn cheap(args: &[String]) -> bool {
+    matches!(args[0].as_str(), "eval" | "compress" | "report")
+        && args.get(1).is_some_and(|a| a.starts_with("zoo/"))
+}
+
+#[test]
+fn every_readme_command_parses_and_the_cheap_ones_run_as_written() {
+    let cmds = readme_commands();
+    assert!(
+        cmds.len() >= 10,
+        "found only {} squeeze commands",
+        cmds.len()
+    );
+    let dir = std::env::temp_dir().join(format!("squeeze-readme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for link in [
+        "zoo", "recipes", "data", "tools", "models", "results", "bench",
+    ] {
+        std::os::unix::fs::symlink(repo().join(link).canonicalize().unwrap(), dir.join(link))
+            .unwrap();
+    }
+    let have_data = Path::new(squeeze::data::DEFAULT_DIR)
+        .join("t10k-images-idx3-ubyte.gz")
+        .exists();
+    for args in &cmds {
+        let mut help = args.clone();
+        help.push("--help".into());
+        let (ok, out) = run(&dir, &help);
+        assert!(ok, "`squeeze {}` does not parse:\n{out}", args.join(" "));
+        if cheap(args) && have_data {
+            let mut fast = args.clone();
+            let flag = if args[0] == "eval" {
+                "--speed-runs"
+            } else {
+                "--rounds"
+            };
+            fast.extend([flag.to_string(), "1".into()]);
+            let (ok, out) = run(&dir, &fast);
+            assert!(ok, "`squeeze {}` fails as written:\n{out}", args.join(" "));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

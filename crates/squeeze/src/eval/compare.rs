@@ -1,0 +1,158 @@
+//! The measurement rule for comparisons: models compared in one table are timed in the
+//! same process, interleaved — each round runs every model once, in an order that rotates
+//! from round to round, so that a noisy neighbour or a clock change hits all of them alike
+//! — and each speed is the median of the rounds, reported with its range.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{median_time, Metrics};
+use crate::checkpoint::Model;
+use crate::error::{Error, Result};
+use crate::interp::predict;
+use crate::text::Encoder;
+
+/// A speed measured over interleaved rounds: the median and the range of the rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One model's speeds in an interleaved comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Batch-1 latency (ms).
+    pub latency_ms_b1: Spread,
+    /// Examples per second at `batch`.
+    pub throughput: Spread,
+    pub batch: usize,
+    /// How it was measured, for the table's footnote and the JSON.
+    pub method: String,
+}
+
+impl Timing {
+    /// Copies the medians into `m` (and the timing record itself).
+    pub fn fill(&self, m: &mut Metrics) {
+        m.latency_ms_b1 = Some(self.latency_ms_b1.median);
+        if self.batch == 256 {
+            m.throughput_b256 = Some(self.throughput.median);
+        } else {
+            m.throughput_b32 = Some(self.throughput.median);
+        }
+        m.timing = Some(self.clone());
+    }
+}
+
+/// The order of models in round `r`: rotated by `r`.
+fn order(n: usize, r: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + r) % n)
+}
+
+/// Times image models interleaved: per round and model, batch-1 latency (median of
+/// `reps` runs) and batch-256 throughput (median of `reps / 10`, at least 1).
+pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec<Timing>> {
+    let (rounds, reps) = (rounds.max(1), reps.max(1));
+    let mut lat = vec![Vec::new(); models.len()];
+    let mut thr = vec![Vec::new(); models.len()];
+    let inputs = models
+        .iter()
+        .map(|m| batch_inputs(m))
+        .collect::<Result<Vec<_>>>()?;
+    for r in 0..rounds {
+        for i in order(models.len(), r) {
+            let (g, p) = (&models[i].graph, &models[i].params);
+            let (x1, x256) = &inputs[i];
+            let warm = if r == 0 { 5 } else { 1 };
+            lat[i].push(1e3 * median_time(warm, reps, || predict(g, p, x1).map(|_| ()))?);
+            let t = median_time(1, (reps / 10).max(1), || predict(g, p, x256).map(|_| ()))?;
+            thr[i].push(256.0 / t);
+        }
+    }
+    let method = format!(
+        "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
+         batch-1 latency = median of {reps} runs per round, throughput at batch 256; \
+         median [min–max] of the rounds",
+        count(models.len(), "model")
+    );
+    Ok(finish(lat, thr, 256, method))
+}
+
+/// Random inputs of a dense model at batch 1 and 256.
+fn batch_inputs(m: &Model) -> Result<(Tensor, Tensor)> {
+    if m.graph.is_text() {
+        return Err(Error::Data("image timing of a text encoder".into()));
+    }
+    let mut shape = vec![1];
+    shape.extend(&m.graph.input_shape);
+    let x1 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    shape[0] = 256;
+    let x256 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    Ok((x1, x256))
+}
+
+/// Times text encoders interleaved on real sentences: per round and model, batch-1
+/// latency (median over `latency_texts`, each embedded alone, tokenization included) and
+/// batch-32 throughput over `throughput_texts`.
+pub fn text_speeds(
+    models: &[&Model],
+    latency_texts: &[&str],
+    throughput_texts: &[&str],
+    rounds: usize,
+) -> Result<Vec<Timing>> {
+    let rounds = rounds.max(1);
+    let encs = models
+        .iter()
+        .map(|m| Encoder::new(m))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lat = vec![Vec::new(); models.len()];
+    let mut thr = vec![Vec::new(); models.len()];
+    for r in 0..rounds {
+        for i in order(models.len(), r) {
+            lat[i].push(encs[i].latency_b1(latency_texts)?);
+            let s = Instant::now();
+            encs[i].embed(throughput_texts, 32, false)?;
+            thr[i].push(throughput_texts.len() as f64 / s.elapsed().as_secs_f64());
+        }
+    }
+    let method = format!(
+        "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
+         batch-1 latency = median over {} real sentences per round, throughput at batch 32 \
+         over {}; median [min–max] of the rounds",
+        count(models.len(), "encoder"),
+        latency_texts.len(),
+        throughput_texts.len()
+    );
+    Ok(finish(lat, thr, 32, method))
+}
+
+/// "1 model", "3 models".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn finish(lat: Vec<Vec<f64>>, thr: Vec<Vec<f64>>, batch: usize, method: String) -> Vec<Timing> {
+    lat.into_iter()
+        .zip(thr)
+        .map(|(l, t)| Timing {
+            latency_ms_b1: Spread::of(l),
+            throughput: Spread::of(t),
+            batch,
+            method: method.clone(),
+        })
+        .collect()
+}
