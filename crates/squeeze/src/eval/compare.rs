@@ -58,6 +58,16 @@ impl Timing {
     }
 }
 
+/// A bar over the (model, round) timings, shown on a terminal only.
+fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    b.set_style(style.progress_chars("=> "));
+    b.set_message(format!("timing {what}"));
+    b
+}
+
 /// The order of models in round `r`: rotated by `r`.
 fn order(n: usize, r: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |i| (i + r) % n)
@@ -73,8 +83,10 @@ pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec
         .iter()
         .map(|m| batch_inputs(m))
         .collect::<Result<Vec<_>>>()?;
+    let pb = bar(rounds * models.len(), "models");
     for r in 0..rounds {
         for i in order(models.len(), r) {
+            pb.inc(1);
             let (g, p) = (&models[i].graph, &models[i].params);
             let (x1, x256) = &inputs[i];
             let warm = if r == 0 { 5 } else { 1 };
@@ -83,6 +95,7 @@ pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec
             thr[i].push(256.0 / t);
         }
     }
+    pb.finish_and_clear();
     let method = format!(
         "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
          batch-1 latency = median of {reps} runs per round, throughput at batch 256; \
@@ -121,14 +134,17 @@ pub fn text_speeds(
         .collect::<Result<Vec<_>>>()?;
     let mut lat = vec![Vec::new(); models.len()];
     let mut thr = vec![Vec::new(); models.len()];
+    let pb = bar(rounds * models.len(), "encoders");
     for r in 0..rounds {
         for i in order(models.len(), r) {
+            pb.inc(1);
             lat[i].push(encs[i].latency_b1(latency_texts)?);
             let s = Instant::now();
             encs[i].embed(throughput_texts, 32, false)?;
             thr[i].push(throughput_texts.len() as f64 / s.elapsed().as_secs_f64());
         }
     }
+    pb.finish_and_clear();
     let method = format!(
         "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
          batch-1 latency = median over {} real sentences per round, throughput at batch 32 \
