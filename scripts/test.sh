@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The test suite: install the data if missing (one test reads the real IDX files), run
-# every test of the workspace, then the kernel tests again on each lower instruction-set
+# The test suite: install the data if missing (one test reads the real IDX files), check
+# that the README's result tables match results/*.json, run every test of the workspace, then the kernel tests again on each lower instruction-set
 # path this CPU supports (SQUEEZE_ISA=avx2, SQUEEZE_ISA=scalar), so the AVX2 and scalar
 # kernels are exercised even on AVX-512 machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if command -v python3 > /dev/null; then
+  python3 scripts/readme_numbers.py --check   # README tables match results/*.json
+else
+  echo "SKIPPED README numbers check: python3 is not installed" >&2
+fi
 cargo test --workspace
 kernel_tests=(-p squeeze --test kinds --test gradcheck --test text)
 paths=(scalar)

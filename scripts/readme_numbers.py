@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Regenerates the README's result tables from results/*.json, so its numbers are never
+typed. Each table sits between `<!-- numbers:NAME -->` and `<!-- /numbers:NAME -->`.
+
+    python3 scripts/readme_numbers.py          # rewrite README.md in place
+    python3 scripts/readme_numbers.py --check  # exit 1 (and show what differs) if stale
+"""
+import difflib
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TARGETS = {"mlp": 89.0, "lenet5": 90.5, "vgg": 93.0, "resnet": 93.0, "densenet": 92.5}
+
+
+def load(name):
+    return json.loads((ROOT / "results" / f"{name}.json").read_text())
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def baselines():
+    b = load("baselines")
+    rows = []
+    for arch, target in TARGETS.items():
+        m = b[arch]
+        rows.append([arch, f"{m['params']:,}", f"{m['flops'] / 1e6:.2f}",
+                     f"{m['accuracy'] * 100:.2f}%", f"≥ {target}%", f"`{m['command']}`"])
+    return table(["arch", "params", "MFLOPs", "test accuracy", "target", "command"], rows)
+
+
+def cnn_speed():
+    t, i = load("train-speed"), load("infer-speed")
+    return table(["measure", "squeeze", "PyTorch", "ratio"], [
+        ["training, s per 60k-image epoch", f"{t['squeeze_s_per_epoch']:.1f}",
+         f"{t['pytorch_s_per_epoch']:.1f}", f"{t['ratio']:.2f} (squeeze / PyTorch)"],
+        ["inference latency, batch 1 (ms)", f"{i['squeeze_latency_ms_b1']:.3f}",
+         f"{i['pytorch_latency_ms_b1']:.3f}", f"{i['latency_ratio']:.2f}"],
+        ["inference throughput, batch 256 (img/s)", f"{i['squeeze_throughput_b256']:,.0f}",
+         f"{i['pytorch_throughput_b256']:,.0f}", f"{i['throughput_ratio']:.2f}×"],
+    ])
+
+
+def minilm():
+    m = load("minilm")["f32"]
+    p = m["peer"]
+    return table(
+        ["measure", "squeeze f32", "sentence-transformers (PyTorch f32)", "ONNX Runtime f32",
+         "ONNX Runtime dynamic int8"],
+        [["STS-B dev Spearman ×100", f"{m['spearman']:.4f}", f"{m['reference_spearman']:.4f}",
+          "–", "–"],
+         ["batch-1 latency, median (ms)", f"{m['latency_ms_b1']:.2f}",
+          f"{p['pytorch_latency_ms_b1']:.2f}", f"{p['ort_f32_latency_ms_b1']:.2f}",
+          f"{p['ort_int8_latency_ms_b1']:.2f}"],
+         ["batch-32 throughput (sentences/s)", f"{m['throughput_b32']:.0f}",
+          f"{p['pytorch_throughput_b32']:.0f}", f"{p['ort_f32_throughput_b32']:.0f}",
+          f"{p['ort_int8_throughput_b32']:.0f}"]])
+
+
+def isa():
+    d = load("isa")
+    rows = []
+    for name, label in [("avx512", "AVX-512"), ("avx2", "AVX2 + FMA"), ("scalar", "scalar")]:
+        ms = d.get(f"{name}_ms_b1")
+        if ms is None:
+            rows.append([label, f"not measured: this machine's CPU ({d['cpu']}) lacks it", "–"])
+        else:
+            rounds = ", ".join(f"{v:.2f}" for v in d[f"{name}_rounds_ms"])
+            rows.append([label, f"{ms:.2f}", rounds])
+    ratio = d.get("avx2_ratio")
+    note = (f"\n\nAVX2 / AVX-512 = {ratio:.2f} (target ≤ 1.4)." if ratio is not None else
+            "\n\n`avx2_ratio` (AVX2 / AVX-512, target ≤ 1.4) needs a machine with AVX-512 and is"
+            " `null` until `squeeze bench isa` runs on one.")
+    if "scalar_over_avx2" in d:
+        note += f" Scalar / AVX2 = {d['scalar_over_avx2']:.2f}."
+    return table(["path", f"batch-1 latency (ms, median of {d['rounds']} rounds)",
+                  "per-round medians"], rows) + note
+
+
+def passes():
+    d = load("passes")
+    rows = []
+    for r in d["runs"]:
+        b, a = r["before"], r["after"]
+        if "accuracy" in b:
+            q = f"{b['accuracy'] * 100:.2f}% → {a['accuracy'] * 100:.2f}% test accuracy"
+        else:
+            q = (f"STS-B dev Spearman {b['spearman']:.2f} → {a['spearman']:.2f}; "
+                 f"{b['params'] / 1e6:.1f}M → {a['params'] / 1e6:.1f}M parameters; "
+                 f"{2 * b['macs'] / 1e9:.2f} → {2 * a['macs'] / 1e9:.2f} GFLOPs per 128-token "
+                 f"sentence; batch-1 {b['latency_ms_b1']:.2f} → {a['latency_ms_b1']:.2f} ms")
+        did = "; ".join(p["label"] for p in r["passes"])
+        rows.append([f"`{r['command']}`", did, q])
+    return table(["command", "what the passes did", "before → after"], rows)
+
+
+def demo():
+    rows = []
+    for r in load("demo")["rows"]:
+        if r["workload"] != "Fashion-MNIST":
+            continue
+        m, t = r["metrics"], r["metrics"]["timing"]
+        lat = t["latency_ms_b1"]
+        rows.append([f"`{r['model']}`", r["what"], f"{m['accuracy'] * 100:.2f}%",
+                     f"{m['params']:,}", f"{lat['median']:.2f} [{lat['min']:.2f}–{lat['max']:.2f}]",
+                     f"{m['throughput_b256']:,.0f}"])
+    return table(["model", "what made it", "test accuracy", "params",
+                  "batch-1 latency, ms (median [range] of the interleaved rounds)",
+                  "batch-256 images/s"], rows)
+
+
+BLOCKS = {"baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
+          "passes": passes, "demo": demo}
+
+
+def render(text):
+    for name, make in BLOCKS.items():
+        pat = re.compile(rf"(<!-- numbers:{name} -->\n).*?(\n<!-- /numbers:{name} -->)", re.S)
+        if not pat.search(text):
+            sys.exit(f"README.md has no <!-- numbers:{name} --> block")
+        text = pat.sub(lambda m: m.group(1) + make() + m.group(2), text)
+    return text
+
+
+def main():
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = render(old)
+    if "--check" in sys.argv:
+        if new != old:
+            sys.stdout.writelines(difflib.unified_diff(
+                old.splitlines(True), new.splitlines(True), "README.md", "regenerated"))
+            sys.exit("README.md numbers are stale: run python3 scripts/readme_numbers.py")
+        print("README.md numbers match results/")
+        return
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
