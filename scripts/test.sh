@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test suite: install the data if missing (one test reads the real IDX files), check
-# that the README's result tables match results/*.json, run every test of the workspace, then the kernel tests again on each lower instruction-set
-# path this CPU supports (SQUEEZE_ISA=avx2, SQUEEZE_ISA=scalar), so the AVX2 and scalar
-# kernels are exercised even on AVX-512 machines.
+# that the README's result tables match results/*.json, run every test of the workspace,
+# then the kernel tests again on each lower instruction-set path this CPU supports
+# (SQUEEZE_ISA=avx2, SQUEEZE_ISA=scalar), so the AVX2 and scalar kernels are exercised
+# even on AVX-512 machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
