@@ -12,8 +12,10 @@ if command -v python3 > /dev/null; then
 else
   echo "SKIPPED README numbers check: python3 is not installed" >&2
 fi
-cargo test --workspace
-kernel_tests=(-p squeeze --test kinds --test gradcheck --test text)
+# the release profile, as the demo uses: one build of the dependency tree serves both
+# README commands (and the CLI tests' binary is the demo's)
+cargo test --release --workspace
+kernel_tests=(--release -p squeeze --test kinds --test gradcheck --test text)
 paths=(scalar)
 if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then paths=(avx2 scalar); fi
 for isa in "${paths[@]}"; do

@@ -159,12 +159,19 @@ pub fn static_cost(model: &Model) -> Result<Metrics> {
 pub fn accuracy(g: &Graph, p: &ParamStore, set: &ImageSet, batch: usize) -> Result<f64> {
     let mut correct = 0;
     let idx: Vec<usize> = (0..set.len()).collect();
-    for chunk in idx.chunks(batch) {
+    // a bar on a terminal (hidden otherwise): a large model takes seconds per 10k images
+    let bar = indicatif::ProgressBar::new(set.len() as u64);
+    let style = indicatif::ProgressStyle::with_template("accuracy [{bar:30}] {pos}/{len} images")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    for chunk in idx.chunks(batch.max(1)) {
         let (x, y) = set.batch(chunk, None)?;
         let pred: Vec<u32> = predict(g, p, &x)?.argmax(1)?.to_vec1()?;
         let ys: Vec<u32> = y.to_vec1()?;
         correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     Ok(correct as f64 / set.len().max(1) as f64)
 }
 
