@@ -4,7 +4,7 @@
 //! and HF export — on a 2-layer BERT with uneven heads.
 
 use candle_core::{Device, Tensor};
-use squeeze::coupling::{channel_groups, prune_group, MemberRole};
+use squeeze::coupling::{channel_groups, prune_group, ChannelGroup, MemberRole};
 use squeeze::formats::hf_bert;
 use squeeze::graph::Op;
 use squeeze::interp::{forward_tokens, ForwardOpts};
@@ -47,18 +47,17 @@ fn heads_of(m: &Model, layer: usize) -> usize {
     }
 }
 
+/// The coupled group of encoder layer `layer`'s heads.
+fn head_group(groups: &[ChannelGroup], layer: usize) -> &ChannelGroup {
+    let q = format!("encoder.layer.{layer}.attention.self.query");
+    groups.iter().find(|g| g.sources.contains(&q)).unwrap()
+}
+
 #[test]
 fn a_head_is_a_group_and_cutting_a_silent_head_changes_nothing() {
     let mut m = bert::random(&shape([3, 2]), 5).unwrap();
     let groups = channel_groups(&m.graph).unwrap();
-    let g = groups
-        .iter()
-        .find(|g| {
-            g.sources
-                .iter()
-                .any(|s| s == "encoder.layer.0.attention.self.query")
-        })
-        .unwrap();
+    let g = head_group(&groups, 0);
     assert!(g.prunable, "{:?}", g.pinned_because);
     assert_eq!(g.channels, 3, "layer 0 has 3 heads");
     for p in ["query", "key", "value"] {
@@ -94,15 +93,7 @@ fn a_head_is_a_group_and_cutting_a_silent_head_changes_nothing() {
 fn head_pruned_models_export_to_hf_and_back() {
     let mut m = bert::random(&shape([3, 3]), 6).unwrap();
     let groups = channel_groups(&m.graph).unwrap();
-    let g = groups
-        .iter()
-        .find(|g| {
-            g.sources
-                .iter()
-                .any(|s| s == "encoder.layer.1.attention.self.query")
-        })
-        .unwrap()
-        .clone();
+    let g = head_group(&groups, 1).clone();
     prune_group(&mut m, &g, &[1]).unwrap();
     let dir = common::tmpdir("heads-hf");
     hf_bert::export(&m, &dir).unwrap();

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use super::{ChannelGroup, Member, MemberRole};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{input_shapes, NOMINAL_SEQ};
+use crate::graph::{input_shapes, inputs_of, NOMINAL_SEQ};
 use crate::kinds::node_err;
 
 /// Indices kept along a member's axis when the group keeps channels `keep`.
@@ -100,16 +100,7 @@ pub fn refresh_dims(model: &mut Model) -> Result<()> {
                 .ok()
                 .map(|t| t.dims().to_vec())
         };
-        let ins = n
-            .inputs
-            .iter()
-            .map(|i| {
-                shapes
-                    .get(i)
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| node_err(n, format!("unknown input `{i}`")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ins = inputs_of(n, &shapes)?;
         if let Some(op) = n.op.def().refreshed(&dims, &ins) {
             n.op = op;
         }

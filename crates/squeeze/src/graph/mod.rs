@@ -10,7 +10,7 @@ mod shape;
 pub use crate::kinds::embedding::Lookup;
 pub use op::Op;
 pub use shape::{
-    infer_shapes, infer_shapes_at, input_shapes, param_shapes, tensor_specs, NOMINAL_SEQ,
+    infer_shapes, infer_shapes_at, input_shapes, inputs_of, param_shapes, tensor_specs, NOMINAL_SEQ,
 };
 
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Graph, INPUT, MASK};
+use super::{Graph, Node, INPUT, MASK};
 use crate::error::Result;
 use crate::kinds::{node_err, TensorSpec};
 
@@ -50,16 +50,7 @@ pub fn infer_shapes_at(g: &Graph, seq: usize) -> Result<HashMap<String, Vec<usiz
     }
     let mut shapes = input_shapes(g, seq);
     for node in &g.nodes {
-        let ins = node
-            .inputs
-            .iter()
-            .map(|i| {
-                shapes
-                    .get(i)
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| node_err(node, format!("unknown input `{i}`")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ins = inputs_of(node, &shapes)?;
         let s = node
             .op
             .def()
@@ -74,6 +65,22 @@ pub fn infer_shapes_at(g: &Graph, seq: usize) -> Result<HashMap<String, Vec<usiz
         shapes.insert(node.name.clone(), s);
     }
     Ok(shapes)
+}
+
+/// The shapes of `node`'s inputs, looked up in `shapes`.
+pub fn inputs_of<'s>(
+    node: &Node,
+    shapes: &'s HashMap<String, Vec<usize>>,
+) -> Result<Vec<&'s [usize]>> {
+    node.inputs
+        .iter()
+        .map(|i| {
+            shapes
+                .get(i)
+                .map(Vec::as_slice)
+                .ok_or_else(|| node_err(node, format!("unknown input `{i}`")))
+        })
+        .collect()
 }
 
 /// The spec of every tensor of the graph (node tensors and pruning masks), by full name.
