@@ -68,8 +68,10 @@ fn every_readme_command_parses_and_the_cheap_ones_run_as_written() {
     for link in [
         "zoo", "recipes", "data", "tools", "models", "results", "bench",
     ] {
-        std::os::unix::fs::symlink(repo().join(link).canonicalize().unwrap(), dir.join(link))
-            .unwrap();
+        // models/ exists only once scripts/setup.sh has fetched all-MiniLM-L6-v2
+        if let Ok(target) = repo().join(link).canonicalize() {
+            std::os::unix::fs::symlink(target, dir.join(link)).unwrap();
+        }
     }
     let have_data = Path::new(squeeze::data::DEFAULT_DIR)
         .join("t10k-images-idx3-ubyte.gz")
