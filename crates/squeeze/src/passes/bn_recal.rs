@@ -70,7 +70,15 @@ impl Pass for RecalibrateBatchNorm {
             .map(|n| n.name.clone())
             .collect();
         let mut samples = 0;
+        // a bar on a terminal (hidden otherwise): each layer is a pass over the batches
+        let bar = indicatif::ProgressBar::new(bns.len() as u64);
+        let style = indicatif::ProgressStyle::with_template(
+            "re-estimating BatchNorm [{bar:30}] {pos}/{len} layers",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
         for name in &bns {
+            bar.inc(1);
             let mut m = Moments::default();
             ctx.capture(&model, std::slice::from_ref(name), |taps| {
                 let tap = taps
@@ -91,6 +99,7 @@ impl Pass for RecalibrateBatchNorm {
                 Tensor::from_vec(var, c, &dev)?,
             );
         }
+        bar.finish_and_clear();
         let label = format!("re-estimated {} BatchNorm layers", bns.len());
         let details = serde_json::json!({ "layers": bns, "values_per_channel": samples });
         super::done(model, self.name(), label, details)
