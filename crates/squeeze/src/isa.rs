@@ -124,7 +124,10 @@ fn from_env() -> Result<Option<Isa>> {
             Ok(v) if !v.is_empty() => Isa::parse(&v)
                 .and_then(|i| checked(i, &format!("{ENV}={v}")))
                 .map(Some)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| match e {
+                    Error::Data(m) => m,
+                    e => e.to_string(),
+                }),
             _ => Ok(None),
         })
         .clone()
