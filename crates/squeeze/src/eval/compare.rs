@@ -97,10 +97,11 @@ pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec
     }
     pb.finish_and_clear();
     let method = format!(
-        "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
+        "{} timed in one process, interleaved over {} (order rotating); \
          batch-1 latency = median of {reps} runs per round, throughput at batch 256; \
          median [min–max] of the rounds",
-        count(models.len(), "model")
+        count(models.len(), "model"),
+        count(rounds, "round")
     );
     Ok(finish(lat, thr, 256, method))
 }
@@ -146,10 +147,11 @@ pub fn text_speeds(
     }
     pb.finish_and_clear();
     let method = format!(
-        "{} timed in one process, interleaved over {rounds} rounds (order rotating); \
+        "{} timed in one process, interleaved over {} (order rotating); \
          batch-1 latency = median over {} real sentences per round, throughput at batch 32 \
          over {}; median [min–max] of the rounds",
         count(models.len(), "encoder"),
+        count(rounds, "round"),
         latency_texts.len(),
         throughput_texts.len()
     );
