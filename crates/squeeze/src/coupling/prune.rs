@@ -43,7 +43,7 @@ fn renumbered(t: &Tensor, keep: &[usize]) -> Result<Tensor> {
 
 /// Physically removes every channel of `group` not in `keep` (sorted, unique) from the
 /// model's tensors and updates the node attributes. Offsets of other groups change:
-/// re-derive groups with [`channel_groups`] before cutting another one.
+/// re-derive groups with [`super::channel_groups`] before cutting another one.
 pub fn prune_group(model: &mut Model, group: &ChannelGroup, keep: &[usize]) -> Result<()> {
     if !group.prunable {
         return Err(Error::Graph(format!(

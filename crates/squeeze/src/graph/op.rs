@@ -42,12 +42,12 @@ macro_rules! layer_kinds {
 
 layer_kinds! {
     with_attrs {
-        /// `y = x Wᵀ + b`; `weight` [out, in], `bias` [out].
+        /// `y = x Wᵀ + b`; `weight` `[out, in]`, `bias` `[out]`.
         Linear(kinds::linear::Linear) => kinds::linear::example,
-        /// 2-D convolution; `weight` [out, in/groups, k, k], `bias` [out].
+        /// 2-D convolution; `weight` `[out, in/groups, k, k]`, `bias` `[out]`.
         Conv2d(kinds::conv2d::Conv2d) => kinds::conv2d::example,
         /// Batch normalization over axis 1; `weight`, `bias`, buffers `running_mean`,
-        /// `running_var`, all [C].
+        /// `running_var`, all `[C]`.
         BatchNorm(kinds::batch_norm::BatchNorm) => kinds::batch_norm::example,
         /// Max pooling with a square window (floor mode).
         MaxPool2d(kinds::pool::MaxPool2d) => kinds::pool::max_example,
@@ -55,22 +55,22 @@ layer_kinds! {
         AvgPool2d(kinds::pool::AvgPool2d) => kinds::pool::avg_example,
         /// Inverted dropout with drop probability `p` (training only).
         Dropout(kinds::dropout::Dropout) => kinds::dropout::example,
-        /// Table lookup [L] → [L, dim]; `weight` [num, dim].
+        /// Table lookup `[L]` → `[L, dim]`; `weight` `[num, dim]`.
         Embedding(kinds::embedding::Embedding) => kinds::embedding::example,
-        /// Layer normalization over the last axis; `weight`, `bias` [dim].
+        /// Layer normalization over the last axis; `weight`, `bias` `[dim]`.
         LayerNorm(kinds::layer_norm::LayerNorm) => kinds::layer_norm::example,
         /// Attention core over `heads` heads of `head_dim`: inputs q, k, v and the mask.
         Attention(kinds::attention::Attention) => kinds::attention::example,
-        /// `y[:, j] = x[:, index[j]]` along the channel axis; `index` [channels] u32.
+        /// `y[:, j] = x[:, index[j]]` along the channel axis; `index` `[channels]` u32.
         ChannelGather(kinds::gather::ChannelGather) => kinds::gather::example,
     }
     unit {
         Relu => kinds::act::Relu, kinds::act::relu_example,
         /// GELU, erf form (as BERT uses).
         Gelu => kinds::act::Gelu, kinds::act::gelu_example,
-        /// Mean over the spatial axes: [N, C, H, W] → [N, C].
+        /// Mean over the spatial axes: `[N, C, H, W]` → `[N, C]`.
         GlobalAvgPool => kinds::pool::GlobalAvgPool, kinds::pool::global_example,
-        /// [N, C, H, W] → [N, C·H·W].
+        /// `[N, C, H, W]` → `[N, C·H·W]`.
         Flatten => kinds::flatten::Flatten, kinds::flatten::example,
         /// Element-wise sum of all inputs (residual connection).
         Add => kinds::concat_add::Add, kinds::concat_add::add_example,

@@ -1,5 +1,5 @@
 //! The scaled dot-product attention core (Vaswani et al. 2017) over `heads` heads of
-//! `head_dim`: inputs q, k, v ([L, heads·head_dim] each, from ordinary Linear nodes) and
+//! `head_dim`: inputs q, k, v (`[L, heads·head_dim]` each, from ordinary Linear nodes) and
 //! the mask; softmax(q·kᵀ/√head_dim + mask bias)·v. No tensors. Coupling: heads are the
 //! channels — a head's group is its head_dim rows of q, k and v (weights and biases) and
 //! the head_dim columns of the layer reading the context; cutting it updates `heads`.

@@ -1,5 +1,5 @@
-//! 2-D convolution over [C, H, W] with a square kernel, stride, zero padding and groups.
-//! Tensors `weight` [out, in/groups, k, k] (weight-decayed) and `bias` [out]. Coupling: a
+//! 2-D convolution over `[C, H, W]` with a square kernel, stride, zero padding and groups.
+//! Tensors `weight` `[out, in/groups, k, k]` (weight-decayed) and `bias` `[out]`. Coupling: a
 //! dense convolution consumes its input channels and creates a new space; a depthwise one
 //! (groups = in = out) carries each channel through as a per-channel member; other grouped
 //! convolutions pin both sides. Forward: im2col + GEMM with a hand-written backward

@@ -1,4 +1,4 @@
-//! Table lookup for token graphs: rows of `weight` [num, dim] picked by the token ids,
+//! Table lookup for token graphs: rows of `weight` `[num, dim]` picked by the token ids,
 //! by the positions 0..L (absolute position embeddings) or by segment id 0 (single-sentence
 //! encoders). Reads exactly the token ids. Coupling: creates the hidden-width space, pinned
 //! (the table's width is the width of every residual in the encoder).

@@ -1,4 +1,4 @@
-//! [C, H, W] → [C·H·W]. No tensors. Coupling: one channel of the input becomes H·W
+//! `[C, H, W]` → `[C·H·W]`. No tensors. Coupling: one channel of the input becomes H·W
 //! consecutive features, so a following Linear's columns are cut in blocks of H·W.
 
 use candle_core::Tensor;

@@ -1,7 +1,7 @@
-//! Channel gather: `y[:, j] = x[:, index[j]]` along the channel axis of [C, ...] values —
+//! Channel gather: `y[:, j] = x[:, index[j]]` along the channel axis of `[C, ...]` values —
 //! the index (permutation / selection) node that CondenseNet's materialized learned group
 //! convolutions put before a standard group convolution (Huang et al. 2018). Tensor
-//! `index` [channels] (u32, role index). Coupling: the output is the input's channel space
+//! `index` `[channels]` (u32, role index). Coupling: the output is the input's channel space
 //! seen through the index map, so cutting a producer channel removes every position that
 //! reads it from the consumers and renumbers the index (when the index is not known — a
 //! graph without its tensors — both sides are pinned).

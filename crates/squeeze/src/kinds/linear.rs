@@ -1,5 +1,5 @@
-//! Fully connected layer `y = x Wᵀ + b` over the last axis. Tensors `weight` [out, in]
-//! (weight-decayed) and `bias` [out]. Coupling: consumes its input's channels as weight
+//! Fully connected layer `y = x Wᵀ + b` over the last axis. Tensors `weight` `[out, in]`
+//! (weight-decayed) and `bias` `[out]`. Coupling: consumes its input's channels as weight
 //! columns and creates a new channel space (weight rows, bias). Forward: candle's matmul
 //! (differentiable, large batches); for a few rows at inference the weight-streaming
 //! kernel of [`crate::ops::fast`], or packed panels ([`crate::ops::packed`]) when the
@@ -85,13 +85,13 @@ pub(crate) fn inference(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
-/// Whether a product over rows `x2` [M, in] takes the small-batch inference kernels: few
+/// Whether a product over rows `x2` `[M, in]` takes the small-batch inference kernels: few
 /// rows, and f32 tensors none of which tracks gradients.
 fn small_inference(x2: &Tensor, ts: &[&Tensor]) -> Result<bool> {
     Ok(x2.dim(0)? <= fast::SMALL_M && inference(ts))
 }
 
-/// `x Wᵀ + b` over the last axis of `x` [..., in] → [..., out].
+/// `x Wᵀ + b` over the last axis of `x` `[..., in]` → `[..., out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]

@@ -92,7 +92,7 @@ impl NodeRun<'_> {
 }
 
 /// A representative node of a kind for the all-kinds test: the op and its per-sample input
-/// shapes (token-id and mask inputs are [L]).
+/// shapes (token-id and mask inputs are `[L]`).
 pub struct Example {
     pub op: Op,
     pub inputs: Vec<Vec<usize>>,

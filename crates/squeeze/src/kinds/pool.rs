@@ -1,6 +1,6 @@
-//! Spatial pooling over [C, H, W]: max and average pooling with a square window (floor
+//! Spatial pooling over `[C, H, W]`: max and average pooling with a square window (floor
 //! mode, no padding; max pooling by the one-pass kernel of [`crate::ops::act`], whose
-//! backward is right where candle 0.11's is not) and global average pooling to [C]. No
+//! backward is right where candle 0.11's is not) and global average pooling to `[C]`. No
 //! tensors; channels pass through unchanged.
 
 use candle_core::Tensor;
@@ -26,7 +26,7 @@ pub struct AvgPool2d {
     pub stride: usize,
 }
 
-/// Mean over the spatial axes: [C, H, W] → [C].
+/// Mean over the spatial axes: `[C, H, W]` → `[C]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GlobalAvgPool;
 

@@ -1,5 +1,5 @@
 //! Sentence-embedding heads (Reimers & Gurevych 2019): masked mean pooling of the hidden
-//! states [L, d] over the real tokens → [d], and division by the L2 norm of the last axis.
+//! states `[L, d]` over the real tokens → `[d]`, and division by the L2 norm of the last axis.
 //! No tensors, no MACs. Mean pooling passes channels through; L2 normalization pins them
 //! (the norm runs across channels).
 

@@ -1,5 +1,5 @@
 //! Typed tensor specs. Every tensor of a model has a spec: its logical shape (what it
-//! stands for, e.g. a [out, in] weight), its stored shape and dtype (how it lies in the
+//! stands for, e.g. a `[out, in]` weight), its stored shape and dtype (how it lies in the
 //! safetensors file: f32, or u8 for packed int8/int4 and bit-planes, u32/i64 for indices)
 //! and its role. Parameters are counted over logical shapes, bytes over stored ones, so
 //! reports stay honest for packed and sparse forms.

@@ -16,10 +16,10 @@ use crate::text::pad_batch;
 /// One training or evaluation batch.
 #[derive(Debug, Clone)]
 pub enum Batch {
-    /// Images [N, 1, H, W] (normalized) and class labels [N] (u32).
+    /// Images `[N, 1, H, W]` (normalized) and class labels `[N]` (u32).
     Images { x: Tensor, labels: Tensor },
-    /// Token ids [N, L] (u32), mask [N, L] (1 = token) and, for regression objectives, a
-    /// target embedding per sentence [N, d].
+    /// Token ids `[N, L]` (u32), mask `[N, L]` (1 = token) and, for regression objectives, a
+    /// target embedding per sentence `[N, d]`.
     Tokens {
         ids: Tensor,
         mask: Tensor,

@@ -1,10 +1,12 @@
-//! The one trainer every method uses: cross-entropy on Fashion-MNIST batches, seeded
+//! The one trainer every method uses: any [`DataSource`] (labelled images, tokenized
+//! sentences) under any [`Objective`] (cross-entropy, embedding regression), seeded
 //! shuffling and augmentation, an optimizer and a schedule, BatchNorm running statistics,
-//! a per-epoch checkpoint that `resume` continues exactly, and [`Hooks`] through which a
-//! compression method adds a regularizer to the loss (Network Slimming's L1 on γ) or
-//! re-applies masks and projections after every optimizer step.
+//! pruning masks re-applied after every step, a per-epoch checkpoint that `resume`
+//! continues exactly, and [`Hooks`] through which a compression method adds a regularizer
+//! to the loss (Network Slimming's L1 on γ) or projections after every optimizer step.
 
 pub mod data;
+mod epoch;
 pub mod objective;
 pub mod optim;
 pub mod schedule;
@@ -18,7 +20,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Tensor, Var};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Model};
@@ -29,6 +30,7 @@ use crate::interp::ForwardOpts;
 use crate::kinds::batch_norm::BatchNorm;
 use crate::ops::batchnorm::BatchStats;
 use crate::params::{trainable_names, ParamStore};
+use epoch::Epoch;
 
 /// Everything that determines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,17 +136,6 @@ fn update_running(
         }
     }
     Ok(())
-}
-
-/// A progress reporter: indicatif bar on a terminal, silent otherwise.
-fn progress(len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(len as u64);
-    let style =
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(style.progress_chars("=> "));
-    pb.set_prefix(format!("{}/{epochs}", epoch + 1));
-    pb
 }
 
 /// One training run: data, objective, configuration and where checkpoints go.
@@ -300,79 +291,6 @@ fn detached(p: &ParamStore) -> Result<ParamStore> {
         out.insert(k.clone(), t.detach());
     }
     Ok(out)
-}
-
-/// One epoch of a run in progress.
-struct Epoch<'a, 'r> {
-    model: &'a Model,
-    params: &'a mut ParamStore,
-    opt: &'a mut Optimizer,
-    run: &'a Run<'r>,
-    /// Training examples used.
-    n: usize,
-    epoch: usize,
-    per_epoch: usize,
-}
-
-impl Epoch<'_, '_> {
-    fn run(&mut self, hooks: &mut dyn Hooks) -> Result<EpochLog> {
-        let (cfg, epoch, per_epoch) = (self.run.cfg, self.epoch, self.per_epoch);
-        let start = std::time::Instant::now();
-        let mut order: Vec<usize> = (0..self.n).collect();
-        let mut rng =
-            StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-        order.shuffle(&mut rng);
-        let pb = progress(per_epoch, epoch, cfg.epochs);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, Some(0usize), 0usize);
-        let total = per_epoch * cfg.epochs;
-        for (b, idx) in order.chunks(cfg.batch_size.max(1)).enumerate() {
-            let aug = (cfg.augment_pad > 0).then_some((&mut rng, cfg.augment_pad));
-            let batch = self.run.train.batch(idx, aug)?;
-            let step = epoch * per_epoch + b;
-            let lr = cfg.optimizer.lr() * cfg.schedule.factor(step, total, per_epoch);
-            let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
-            let (lv, c) = train_step(
-                self.model,
-                self.params,
-                self.opt,
-                &batch,
-                (lr, seed),
-                self.run.objective,
-                hooks,
-            )
-            .map_err(|e| Error::Train(format!("epoch {} step {b}: {e}", epoch + 1)))?;
-            correct = correct.zip(c).map(|(a, b)| a + b);
-            loss_sum += lv * idx.len() as f64;
-            seen += idx.len();
-            pb.inc(1);
-            // without a terminal the bar is hidden: log a line every tenth of the epoch instead
-            let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
-            if b % 10 == 0 || log_line {
-                let ips = seen as f64 / start.elapsed().as_secs_f64();
-                let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));
-                let msg = format!("loss {:.4} acc {acc} {ips:.0} ex/s", loss_sum / seen as f64);
-                if log_line {
-                    eprintln!(
-                        "epoch {}/{} step {b}/{per_epoch}: {msg}",
-                        epoch + 1,
-                        cfg.epochs
-                    );
-                }
-                pb.set_message(msg);
-            }
-        }
-        pb.finish_and_clear();
-        let secs = start.elapsed().as_secs_f64();
-        Ok(EpochLog {
-            epoch: epoch + 1,
-            loss: loss_sum / seen as f64,
-            train_accuracy: correct.map(|c| c as f64 / seen as f64),
-            valid_accuracy: None,
-            valid_loss: None,
-            seconds: secs,
-            images_per_s: seen as f64 / secs,
-        })
-    }
 }
 
 fn save_resume(dir: &Path, model: &Model, state: &TrainState, opt: &Optimizer) -> Result<()> {
