@@ -67,7 +67,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "measuring both models (speeds interleaved over {} rounds)",
         a.rounds
     );
-    let pair = [(a.dir.clone(), model), (tmp.clone(), compressed)];
+    let pair = [(a.dir.as_path(), &model), (tmp.as_path(), &compressed)];
     let [before, mut after]: [Metrics; 2] = compare(&pair, &images, &stsb_file, a.rounds)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("two models measured, not two results"))?;

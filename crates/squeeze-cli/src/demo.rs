@@ -154,10 +154,7 @@ fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
 
 /// Measures the rows together (quality, cost, interleaved speeds).
 fn measure(rows: &[Row], a: &DemoArgs) -> Result<Vec<Metrics>> {
-    let models: Vec<(PathBuf, Model)> = rows
-        .iter()
-        .map(|r| (r.dir.clone(), r.model.clone()))
-        .collect();
+    let models: Vec<(&Path, &Model)> = rows.iter().map(|r| (r.dir.as_path(), &r.model)).collect();
     compare(&models, &a.data.data, &a.stsb, a.rounds)
 }
 

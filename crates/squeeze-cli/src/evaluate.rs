@@ -152,7 +152,7 @@ const TEXT_THROUGHPUT_SENTENCES: usize = 640;
 /// text encoders on the STS-B file `stsb`), then the speeds of each kind timed together,
 /// interleaved over `rounds` rounds (0: no timing).
 pub fn compare(
-    models: &[(PathBuf, squeeze::Model)],
+    models: &[(&Path, &squeeze::Model)],
     images: &Path,
     stsb_file: &Path,
     rounds: usize,
@@ -168,7 +168,7 @@ pub fn compare(
     let (text, image): (Vec<usize>, Vec<usize>) =
         (0..models.len()).partition(|&i| models[i].1.graph.is_text());
     if !image.is_empty() {
-        let ms: Vec<&squeeze::Model> = image.iter().map(|&i| &models[i].1).collect();
+        let ms: Vec<&squeeze::Model> = image.iter().map(|&i| models[i].1).collect();
         for (&i, t) in image.iter().zip(image_speeds(&ms, rounds, LATENCY_REPS)?) {
             t.fill(&mut out[i]);
         }
@@ -176,7 +176,7 @@ pub fn compare(
     if !text.is_empty() {
         let pairs = stsb::read(stsb_file)?;
         let texts = stsb::sentences(&pairs);
-        let ms: Vec<&squeeze::Model> = text.iter().map(|&i| &models[i].1).collect();
+        let ms: Vec<&squeeze::Model> = text.iter().map(|&i| models[i].1).collect();
         let (lat, thr) = (
             &texts[..TEXT_LATENCY_SENTENCES.min(texts.len())],
             &texts[..TEXT_THROUGHPUT_SENTENCES.min(texts.len())],
@@ -225,10 +225,12 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
         .iter()
         .map(|d| {
             let m = load_any(d).with_context(|| format!("loading model {}", d.display()))?;
-            Ok((d.clone(), m))
+            Ok(m)
         })
         .collect::<Result<Vec<_>>>()?;
-    let metrics = compare(&models, &a.data, Path::new(STSB_DEV), a.rounds)?;
+    let pairs: Vec<(&Path, &squeeze::Model)> =
+        a.dirs.iter().map(PathBuf::as_path).zip(&models).collect();
+    let metrics = compare(&pairs, &a.data, Path::new(STSB_DEV), a.rounds)?;
     let rows: Vec<(String, Metrics)> = a
         .dirs
         .iter()

@@ -3,8 +3,6 @@
 //! from round to round, so that a noisy neighbour or a clock change hits all of them alike
 //! — and each speed is the median of the rounds, reported with its range.
 
-use std::time::Instant;
-
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +105,7 @@ pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec
 }
 
 /// Random inputs of a dense model at batch 1 and 256.
-fn batch_inputs(m: &Model) -> Result<(Tensor, Tensor)> {
+pub(crate) fn batch_inputs(m: &Model) -> Result<(Tensor, Tensor)> {
     if m.graph.is_text() {
         return Err(Error::Data("image timing of a text encoder".into()));
     }
@@ -140,9 +138,7 @@ pub fn text_speeds(
         for i in order(models.len(), r) {
             pb.inc(1);
             lat[i].push(encs[i].latency_b1(latency_texts)?);
-            let s = Instant::now();
-            encs[i].embed(throughput_texts, 32, false)?;
-            thr[i].push(throughput_texts.len() as f64 / s.elapsed().as_secs_f64());
+            thr[i].push(encs[i].throughput(throughput_texts, 32)?);
         }
     }
     pb.finish_and_clear();

@@ -10,7 +10,6 @@ pub use compare::{image_speeds, text_speeds, Spread, Timing};
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Model};
@@ -18,6 +17,7 @@ use crate::data::ImageSet;
 use crate::error::Result;
 use crate::graph::{infer_shapes_at, tensor_specs, Graph};
 use crate::interp::predict;
+use crate::kinds::numel;
 use crate::params::ParamStore;
 
 /// The metrics every command reports (missing values are `null`).
@@ -134,10 +134,6 @@ pub fn node_costs(g: &Graph) -> Result<Vec<NodeCost>> {
     Ok(out)
 }
 
-fn numel(s: &[usize]) -> u64 {
-    s.iter().map(|&d| d as u64).product()
-}
-
 /// Static cost: logical parameters (buffers, masks, scales excluded), non-zeros among
 /// them, MACs and FLOPs (= 2·MACs).
 pub fn static_cost(model: &Model) -> Result<Metrics> {
@@ -192,11 +188,7 @@ pub fn median_time(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>
 
 /// Batch-1 latency (ms) and batch-256 throughput (images/s), medians.
 pub fn speed(model: &Model, runs: usize) -> Result<(f64, f64)> {
-    let mut shape = vec![1];
-    shape.extend(&model.graph.input_shape);
-    let x1 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
-    shape[0] = 256;
-    let x256 = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    let (x1, x256) = compare::batch_inputs(model)?;
     let (g, p) = (&model.graph, &model.params);
     let t1 = median_time(10, runs * 10, || predict(g, p, &x1).map(|_| ()))?;
     let t256 = median_time(2, runs, || predict(g, p, &x256).map(|_| ()))?;

@@ -52,7 +52,7 @@ impl LayerKind for Gelu {
     }
     elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        if super::linear::inference(&[cx.x()]) {
+        if super::inference(&[cx.x()]) {
             fast::gelu(cx.x())
         } else {
             text::gelu(cx.x())

@@ -70,7 +70,7 @@ impl LayerKind for Attention {
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let (q, k, v, m) = (&cx.ins[0], &cx.ins[1], &cx.ins[2], &cx.ins[3]);
         let (h, d) = (self.heads, self.head_dim);
-        if super::linear::inference(&[q, k, v]) {
+        if super::inference(&[q, k, v]) {
             fast::attention(q, k, v, m, h, d)
         } else {
             text::attention(q, k, v, m, h, d)

@@ -55,7 +55,7 @@ impl LayerKind for LayerNorm {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let (w, b) = (cx.param("weight")?, cx.param("bias")?);
-        if super::linear::inference(&[cx.x(), w, b]) {
+        if super::inference(&[cx.x(), w, b]) {
             fast::layer_norm(cx.x(), w, b, self.eps)
         } else {
             text::layer_norm(cx.x(), w, b, self.eps)

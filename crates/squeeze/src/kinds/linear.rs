@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{arity, positive, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{arity, inference, positive, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -78,11 +78,6 @@ impl LayerKind for Linear {
             ..self.clone()
         }))
     }
-}
-
-/// Whether the fast inference kernels may run: f32 tensors none of which tracks gradients.
-pub(crate) fn inference(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
 /// Whether a product over rows `x2` `[M, in]` takes the small-batch inference kernels: few

@@ -43,7 +43,7 @@ mod tensor;
 
 pub use tensor::{Dtype, TensorInfo, TensorRole, TensorSpec};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 
 use crate::coupling::{Coupler, Seg};
@@ -159,6 +159,11 @@ pub(crate) fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
 /// A 1-input kind that passes its input's channels through unchanged.
 pub(crate) fn pass_through(ins: &[Vec<Seg>]) -> Vec<Seg> {
     ins[0].clone()
+}
+
+/// Whether the fast inference kernels may run: f32 tensors none of which tracks gradients.
+pub(crate) fn inference(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
 /// Elements of a shape.

@@ -160,11 +160,6 @@ impl PassCtx {
         self.original.get_or_insert_with(|| m.clone());
     }
 
-    /// The fine-tuning budget (recipe defaults).
-    pub fn finetune_config(&self) -> &FinetuneConfig {
-        &self.finetune
-    }
-
     fn images(&mut self) -> Result<&FashionMnist> {
         if self.images.is_none() {
             self.images = Some(FashionMnist::load(&self.data_dir)?);

@@ -22,14 +22,7 @@ pub unsafe fn dot_block(
         match (rows, toks) {
             (4, 2) => tile::<4, 2>(x, w, pf, m, k, i0, out),
             (4, 1) => tile::<4, 1>(x, w, pf, m, k, i0, out),
-            (r, t) => {
-                for rr in 0..r {
-                    for ii in i0..i0 + t {
-                        out[rr * m + ii] =
-                            super::dot(&x[ii * k..(ii + 1) * k], &w[rr * k..(rr + 1) * k]);
-                    }
-                }
-            }
+            (r, t) => super::dot_tokens(x, w, m, k, r, i0..i0 + t, out),
         }
         i0 += toks;
     }

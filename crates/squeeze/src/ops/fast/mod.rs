@@ -106,9 +106,24 @@ fn dot_block(
         Isa::Scalar => {}
     }
     let _ = (isa, next);
+    dot_tokens(x, w, m, k, rows, 0..m, out);
+}
+
+/// out[r·m + i] = w[r]·x[i] for `rows` weight rows and tokens `tokens`, one portable dot
+/// product each: the scalar path, and the vector paths' leftover tiles.
+#[inline(always)]
+fn dot_tokens(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    rows: usize,
+    tokens: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
     for r in 0..rows {
         let wr = &w[r * k..(r + 1) * k];
-        for i in 0..m {
+        for i in tokens.clone() {
             out[r * m + i] = dot(&x[i * k..(i + 1) * k], wr);
         }
     }
