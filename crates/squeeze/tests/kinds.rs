@@ -260,16 +260,7 @@ fn version_1_checkpoints_load_and_resave_as_version_2_with_a_tensor_table() {
 
 /// The small mlp with a u8 mask keeping every other weight of `fc1.weight`.
 fn masked_mlp() -> Model {
-    let mut m = common::small("mlp");
-    let dims = m.params.get("fc1.weight").unwrap().dims().to_vec();
-    let n: usize = dims.iter().product();
-    let mask: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
-    m.params.insert(
-        "fc1.weight.mask",
-        Tensor::from_vec(mask, dims.as_slice(), &Device::Cpu).unwrap(),
-    );
-    m.graph.masks.push("fc1.weight".into());
-    m
+    common::masked_mlp(|i| i % 2 == 1)
 }
 
 #[test]
@@ -280,22 +271,8 @@ fn masks_are_typed_tensors_saved_with_the_model() {
     checkpoint::save(&m, &dir).unwrap();
     let back = checkpoint::load(&dir).unwrap();
     assert_eq!(back.graph.masks, vec!["fc1.weight".to_string()]);
-    let a: Vec<u8> = m
-        .params
-        .get("fc1.weight.mask")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<u8> = back
-        .params
-        .get("fc1.weight.mask")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let a: Vec<u8> = common::values_of(m.params.get("fc1.weight.mask").unwrap());
+    let b: Vec<u8> = common::values_of(back.params.get("fc1.weight.mask").unwrap());
     assert_eq!(a, b);
     // masks do not count as parameters, bytes count as stored
     let plain = squeeze::eval::static_cost(&common::small("mlp")).unwrap();
@@ -324,12 +301,7 @@ fn masks_are_typed_tensors_saved_with_the_model() {
 #[test]
 fn masked_weights_stay_zero_through_training_and_an_exact_resume() {
     use squeeze::train::{self, NoHooks, OptimizerConfig, Schedule, TrainConfig};
-    let data = squeeze::data::ImageSet {
-        pixels: lcg(3).take(64 * 784).map(|s| (s >> 56) as u8).collect(),
-        labels: (0..64).map(|i| (i % 10) as u8).collect(),
-        rows: 28,
-        cols: 28,
-    };
+    let data = common::synthetic(64, 3);
     let cfg = TrainConfig {
         epochs: 2,
         batch_size: 16,
@@ -345,14 +317,7 @@ fn masked_weights_stay_zero_through_training_and_an_exact_resume() {
         limit_train: None,
     };
     let zeros = |m: &Model| -> bool {
-        let w: Vec<f32> = m
-            .params
-            .get("fc1.weight")
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let w: Vec<f32> = common::values_of(m.params.get("fc1.weight").unwrap());
         w.iter().step_by(2).all(|v| *v == 0.0) && w.iter().skip(1).step_by(2).any(|v| *v != 0.0)
     };
     let a_dir = common::tmpdir("mask-train-a");
@@ -373,19 +338,8 @@ fn masked_weights_stay_zero_through_training_and_an_exact_resume() {
     assert_eq!(resumed.graph.masks, a.graph.masks);
     for (k, t) in a.params.iter() {
         let u = resumed.params.get(k).unwrap();
-        let same = t
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            == u.flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+        let as_f64 = |x: &Tensor| common::values_of::<f64>(&x.to_dtype(DType::F64).unwrap());
+        let same = as_f64(t) == as_f64(u);
         assert!(same, "{k} differs after resume");
     }
     for d in [a_dir, b_dir] {

@@ -5,37 +5,23 @@
 
 use std::path::Path;
 
-use squeeze::data::{FashionMnist, ImageSet};
+use squeeze::data::FashionMnist;
 use squeeze::interp::ForwardOpts;
 use squeeze::passes::{run_recipe, Recipe};
 use squeeze::text::bert::{self, BertShape};
 use squeeze::Model;
 
 mod common;
-use common::{lcg, small};
+use common::small;
 
 /// Max abs difference between a re-estimated running mean and the directly computed one.
 const STAT_TOL: f32 = 1e-4;
 
-fn images(n: usize, seed: u64) -> ImageSet {
-    let mut bytes = lcg(seed).map(|s| (s >> 56) as u8);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let pixels = (0..n * 784)
-        .map(|i| labels[i / 784] * 20 + bytes.next().unwrap() % 40)
-        .collect();
-    ImageSet {
-        pixels,
-        labels,
-        rows: 28,
-        cols: 28,
-    }
-}
-
 fn splits() -> FashionMnist {
     FashionMnist {
-        train: images(96, 1),
-        valid: images(32, 2),
-        test: images(32, 3),
+        train: common::synthetic(96, 1),
+        valid: common::synthetic(32, 2),
+        test: common::synthetic(32, 3),
     }
 }
 
@@ -120,15 +106,7 @@ fn a_pass_that_needs_calibration_says_which_table_is_missing() {
 
 #[test]
 fn finetune_trains_a_masked_classifier_within_its_budget_and_keeps_masks() {
-    let mut m = small("mlp");
-    let dims = m.params.get("fc1.weight").unwrap().dims().to_vec();
-    let n: usize = dims.iter().product();
-    let mask: Vec<u8> = (0..n).map(|i| (i % 3 != 0) as u8).collect();
-    m.params.insert(
-        "fc1.weight.mask",
-        candle_core::Tensor::from_vec(mask, dims.as_slice(), &candle_core::Device::Cpu).unwrap(),
-    );
-    m.graph.masks.push("fc1.weight".into());
+    let m = common::masked_mlp(|i| i % 3 != 0);
     let r = recipe(
         "[finetune]\nepochs = 2\nbatch_size = 32\n\n[[passes]]\ntype = \"finetune\"\nepochs = 1\n",
     );
@@ -138,14 +116,7 @@ fn finetune_trains_a_masked_classifier_within_its_budget_and_keeps_masks() {
         "{}",
         log[0].label
     );
-    let w: Vec<f32> = out
-        .params
-        .get("fc1.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let w: Vec<f32> = common::values_of(out.params.get("fc1.weight").unwrap());
     assert!(
         w.iter().step_by(3).all(|v| *v == 0.0),
         "masked weights moved"

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use squeeze::data::{read_idx, FashionMnist, ImageSet};
+use squeeze::data::{read_idx, FashionMnist};
 use squeeze::eval::accuracy;
 use squeeze::train::{self, NoHooks, OptimizerConfig, Schedule, TrainConfig};
 use squeeze::zoo::{self, ZooOpts};
@@ -121,22 +121,6 @@ fn config(epochs: usize, limit: Option<usize>, batch: usize) -> TrainConfig {
     }
 }
 
-fn synthetic(n: usize, seed: u64) -> ImageSet {
-    let mut bytes = common::lcg(seed).map(|s| (s >> 56) as u8);
-    let mut next = || bytes.next().expect("endless generator");
-    let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
-    // class-dependent brightness so the task is learnable
-    let pixels: Vec<u8> = (0..n * 784)
-        .map(|i| labels[i / 784] * 20 + next() % 40)
-        .collect();
-    ImageSet {
-        pixels,
-        labels,
-        rows: 28,
-        cols: 28,
-    }
-}
-
 fn tiny() -> squeeze::Model {
     zoo::build(
         "vgg",
@@ -151,7 +135,7 @@ fn tiny() -> squeeze::Model {
 
 #[test]
 fn resume_continues_exactly() {
-    let (data, valid) = (synthetic(96, 1), synthetic(32, 2));
+    let (data, valid) = (common::synthetic(96, 1), common::synthetic(32, 2));
     let cfg = config(2, None, 32);
     let a_dir = tmp("resume-a");
     let mut a = tiny();
@@ -215,7 +199,7 @@ fn optimizer_state_holds_no_autograd_graph() {
     let m = tiny();
     let cfg = config(1, None, 16);
     let (mut params, mut opt) = train::prepare(&m, &cfg.optimizer).unwrap();
-    let data = synthetic(32, 3);
+    let data = common::synthetic(32, 3);
     for step in 0..3 {
         let idx: Vec<usize> = (step * 8..step * 8 + 16).collect();
         let b = train::DataSource::batch(&data, &idx, None).unwrap();
@@ -242,7 +226,7 @@ fn optimizer_state_holds_no_autograd_graph() {
 #[test]
 fn augmentation_is_seeded_and_changes_pixels() {
     use rand::SeedableRng;
-    let d = synthetic(4, 4);
+    let d = common::synthetic(4, 4);
     let idx = [0, 1, 2, 3];
     let a = d
         .batch(&idx, Some((&mut rand::rngs::StdRng::seed_from_u64(1), 2)))

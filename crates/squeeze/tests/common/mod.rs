@@ -73,6 +73,41 @@ pub fn batch(n: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
 }
 
+/// All values of a tensor, flattened.
+pub fn values_of<T: candle_core::WithDType>(t: &Tensor) -> Vec<T> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// `n` labelled 28×28 images with class-dependent brightness (a learnable task).
+pub fn synthetic(n: usize, seed: u64) -> squeeze::data::ImageSet {
+    let mut bytes = lcg(seed).map(|s| (s >> 56) as u8);
+    let mut next = || bytes.next().expect("endless generator");
+    let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
+    let pixels: Vec<u8> = (0..n * 784)
+        .map(|i| labels[i / 784] * 20 + next() % 40)
+        .collect();
+    squeeze::data::ImageSet {
+        pixels,
+        labels,
+        rows: 28,
+        cols: 28,
+    }
+}
+
+/// The small mlp with a u8 mask over `fc1.weight` keeping the flat positions `keep` says.
+pub fn masked_mlp(keep: impl Fn(usize) -> bool) -> Model {
+    let mut m = small("mlp");
+    let dims = m.params.get("fc1.weight").unwrap().dims().to_vec();
+    let n: usize = dims.iter().product();
+    let mask: Vec<u8> = (0..n).map(|i| u8::from(keep(i))).collect();
+    m.params.insert(
+        "fc1.weight.mask",
+        Tensor::from_vec(mask, dims.as_slice(), &Device::Cpu).unwrap(),
+    );
+    m.graph.masks.push("fc1.weight".into());
+    m
+}
+
 /// Largest absolute element-wise difference of two f32 tensors.
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
