@@ -35,6 +35,9 @@ pub enum BenchWhat {
     /// Batch-1 latency of a sentence encoder on each kernel path (AVX-512, AVX2, scalar)
     /// in one run → results/isa.json.
     Isa(crate::bench_isa::IsaArgs),
+    /// Dense vs CSR Linear at batch 1 and 256 over a grid of sparsities (zoo/mlp fc1 and
+    /// MiniLM FFN shapes) → the crossover sparsity, merged into results/prune.json.
+    Sparse(crate::bench_sparse::SparseArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +64,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Infer(c) => infer_bench(c),
         BenchWhat::Text(t) => crate::bench_text::run(t),
         BenchWhat::Isa(i) => crate::bench_isa::run(i),
+        BenchWhat::Sparse(s) => crate::bench_sparse::run(s),
     }
 }
 

@@ -60,6 +60,13 @@ impl Model {
         }
         re(&mut g.output);
         g.masks.iter_mut().for_each(re);
+        g.codecs = std::mem::take(&mut g.codecs)
+            .into_iter()
+            .map(|(mut k, c)| {
+                re(&mut k);
+                (k, c)
+            })
+            .collect();
         for name in self.params.names() {
             if name.starts_with(from) {
                 let t = self.params.remove(&name).expect("listed above");
@@ -115,13 +122,57 @@ pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 pub fn save(model: &Model, dir: &Path) -> Result<()> {
     model.check()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    save_tensors(&dir.join(WEIGHTS_FILE), model.params.map())?;
+    save_tensors(&dir.join(WEIGHTS_FILE), &encoded(model)?)?;
     for (name, bytes) in &model.assets {
         write_atomic(&dir.join(name), bytes)?;
     }
     let json = serde_json::to_vec_pretty(&with_tensor_table(&model.graph))
         .map_err(|e| Error::Graph(format!("cannot serialize graph: {e}")))?;
     write_atomic(&dir.join(GRAPH_FILE), &json)
+}
+
+/// The tensors as the weights file holds them: those with a codec encoded into bytes.
+fn encoded(model: &Model) -> Result<BTreeMap<String, Tensor>> {
+    let mut map = model.params.map().clone();
+    for (name, codec) in &model.graph.codecs {
+        let t = model.params.get(name)?;
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let blob = codec
+            .encode(&v)
+            .map_err(|e| Error::Graph(format!("tensor `{name}`: {e}")))?;
+        let n = blob.len();
+        map.insert(name.clone(), Tensor::from_vec(blob, n, &Device::Cpu)?);
+    }
+    Ok(map)
+}
+
+/// Decodes the tensors that `graph` stores with a codec (errors name `path` and the
+/// tensor).
+fn decoded(graph: &Graph, mut map: BTreeMap<String, Tensor>, path: &Path) -> Result<ParamStore> {
+    let specs = tensor_specs(graph);
+    for (name, codec) in &graph.codecs {
+        let err = |m: String| Error::file(path, format!("tensor `{name}`: {m}"));
+        let blob = map
+            .get(name)
+            .ok_or_else(|| err("missing (the graph stores it with a codec)".into()))?;
+        if blob.dtype() != candle_core::DType::U8 || blob.rank() != 1 {
+            return Err(err(format!(
+                "a coded tensor must be 1-D u8 bytes, found {:?} {:?}",
+                blob.dtype(),
+                blob.dims()
+            )));
+        }
+        let shape = specs
+            .get(name)
+            .map(|s| s.logical.clone())
+            .ok_or_else(|| err("belongs to no node".into()))?;
+        let bytes: Vec<u8> = blob.to_vec1()?;
+        let v = codec
+            .decode(&bytes, shape.iter().product())
+            .map_err(|e| err(e.to_string()))?;
+        map.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?);
+    }
+    Ok(ParamStore::from_map(map))
 }
 
 /// Reads and validates only the graph of a checkpoint directory.
@@ -184,7 +235,7 @@ fn check_tensor_table(g: &Graph) -> std::result::Result<(), String> {
 pub fn load(dir: &Path) -> Result<Model> {
     let graph = load_graph(dir)?;
     let wpath = dir.join(WEIGHTS_FILE);
-    let params = ParamStore::from_map(load_tensors(&wpath)?);
+    let params = decoded(&graph, load_tensors(&wpath)?, &wpath)?;
     params
         .check(&graph)
         .map_err(|e| Error::file(&wpath, e.to_string()))?;

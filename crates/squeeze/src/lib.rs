@@ -25,6 +25,7 @@ pub mod kinds;
 pub mod ops;
 pub mod params;
 pub mod passes;
+pub mod prune;
 pub mod text;
 pub mod train;
 pub mod zoo;

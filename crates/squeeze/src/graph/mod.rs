@@ -80,6 +80,10 @@ pub struct Graph {
     /// a simulated, not yet materialized, sparse model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masks: Vec<String>,
+    /// Tensors stored with a codec (shared weights: codebook + Huffman-coded indices), by
+    /// full name; in memory they are plain f32, the file holds the encoded bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub codecs: BTreeMap<String, crate::prune::codec::Codec>,
     /// On disk only: every tensor's dtype, role and shape as the file holds it, written on
     /// save and checked on load (empty in memory).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -97,6 +101,7 @@ impl Graph {
             nodes: Vec::new(),
             output: INPUT.to_string(),
             masks: Vec::new(),
+            codecs: BTreeMap::new(),
             tensors: BTreeMap::new(),
         }
     }
@@ -208,7 +213,26 @@ impl Graph {
             )));
         }
         infer_shapes(self)?;
-        self.check_masks()
+        self.check_masks()?;
+        self.check_codecs()
+    }
+
+    /// Every codec names an f32 parameter of the graph and has valid options.
+    fn check_codecs(&self) -> Result<()> {
+        let specs = tensor_specs(self);
+        for (name, c) in &self.codecs {
+            let ok = specs.get(name).is_some_and(|s| {
+                s.role == crate::kinds::TensorRole::Param && s.dtype == crate::kinds::Dtype::F32
+            });
+            if !ok {
+                return Err(Error::Graph(format!(
+                    "codec on `{name}`: codecs apply to f32 parameters of the graph"
+                )));
+            }
+            c.validate()
+                .map_err(|m| Error::Graph(format!("codec on `{name}`: {m}")))?;
+        }
+        Ok(())
     }
 
     /// Every mask names a distinct tensor of the graph that is not itself a mask.

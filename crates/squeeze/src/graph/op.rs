@@ -63,6 +63,8 @@ layer_kinds! {
         Attention(kinds::attention::Attention) => kinds::attention::example,
         /// `y[:, j] = x[:, index[j]]` along the channel axis; `index` `[channels]` u32.
         ChannelGather(kinds::gather::ChannelGather) => kinds::gather::example,
+        /// `y = x Wᵀ + b` with W in CSR: `values`, `indices` `[nnz]`, `indptr` `[out+1]`.
+        SparseLinear(kinds::sparse_linear::SparseLinear) => kinds::sparse_linear::example,
     }
     unit {
         Relu => kinds::act::Relu, kinds::act::relu_example,

@@ -64,6 +64,7 @@ pub(crate) fn relu_example() -> super::Example {
     super::Example {
         op: Op::Relu,
         inputs: vec![vec![3, 4]],
+        tensors: vec![],
     }
 }
 
@@ -71,5 +72,6 @@ pub(crate) fn gelu_example() -> super::Example {
     super::Example {
         op: Op::Gelu,
         inputs: vec![vec![5, 6]],
+        tensors: vec![],
     }
 }

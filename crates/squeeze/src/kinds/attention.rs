@@ -93,5 +93,6 @@ pub(crate) fn example() -> super::Example {
             head_dim: 3,
         }),
         inputs: vec![vec![4, 6], vec![4, 6], vec![4, 6], vec![4]],
+        tensors: vec![],
     }
 }

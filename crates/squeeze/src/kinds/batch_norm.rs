@@ -92,5 +92,6 @@ pub(crate) fn example() -> super::Example {
             momentum: 0.1,
         }),
         inputs: vec![vec![3, 4, 4]],
+        tensors: vec![],
     }
 }

@@ -76,6 +76,7 @@ pub(crate) fn add_example() -> super::Example {
     super::Example {
         op: Op::Add,
         inputs: vec![vec![3, 2], vec![3, 2]],
+        tensors: vec![],
     }
 }
 
@@ -83,5 +84,6 @@ pub(crate) fn concat_example() -> super::Example {
     super::Example {
         op: Op::Concat,
         inputs: vec![vec![2, 3, 3], vec![1, 3, 3]],
+        tensors: vec![],
     }
 }

@@ -141,5 +141,6 @@ pub(crate) fn example() -> super::Example {
             bias: true,
         }),
         inputs: vec![vec![2, 5, 6]],
+        tensors: vec![],
     }
 }

@@ -63,5 +63,6 @@ pub(crate) fn example() -> super::Example {
     super::Example {
         op: Op::Dropout(Dropout { p: 0.25 }),
         inputs: vec![vec![4, 3]],
+        tensors: vec![],
     }
 }

@@ -90,5 +90,6 @@ pub(crate) fn example() -> super::Example {
             lookup: Lookup::Tokens,
         }),
         inputs: vec![vec![5]],
+        tensors: vec![],
     }
 }

@@ -48,5 +48,6 @@ pub(crate) fn example() -> super::Example {
     super::Example {
         op: Op::Flatten,
         inputs: vec![vec![2, 3, 4]],
+        tensors: vec![],
     }
 }

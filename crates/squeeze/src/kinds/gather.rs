@@ -72,5 +72,6 @@ pub(crate) fn example() -> super::Example {
     super::Example {
         op: Op::ChannelGather(ChannelGather { channels: 5 }),
         inputs: vec![vec![3, 2, 2]],
+        tensors: vec![],
     }
 }

@@ -74,5 +74,6 @@ pub(crate) fn example() -> super::Example {
     super::Example {
         op: Op::LayerNorm(LayerNorm { dim: 6, eps: 1e-5 }),
         inputs: vec![vec![3, 6]],
+        tensors: vec![],
     }
 }

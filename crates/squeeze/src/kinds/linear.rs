@@ -166,5 +166,6 @@ pub(crate) fn example() -> super::Example {
             bias: true,
         }),
         inputs: vec![vec![6]],
+        tensors: vec![],
     }
 }

@@ -38,6 +38,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod pool;
 pub mod sentence;
+pub mod sparse_linear;
 
 mod tensor;
 
@@ -96,6 +97,9 @@ impl NodeRun<'_> {
 pub struct Example {
     pub op: Op,
     pub inputs: Vec<Vec<usize>>,
+    /// Tensors (by suffix) whose values must be valid rather than random, e.g. the row
+    /// pointers of a sparse matrix; the others are drawn at random.
+    pub tensors: Vec<(&'static str, Tensor)>,
 }
 
 /// What a layer kind provides. Every method is required: a new kind cannot silently

@@ -111,6 +111,7 @@ pub(crate) fn max_example() -> super::Example {
             stride: 2,
         }),
         inputs: vec![vec![2, 7, 6]],
+        tensors: vec![],
     }
 }
 
@@ -121,6 +122,7 @@ pub(crate) fn avg_example() -> super::Example {
             stride: 2,
         }),
         inputs: vec![vec![2, 5, 4]],
+        tensors: vec![],
     }
 }
 
@@ -128,5 +130,6 @@ pub(crate) fn global_example() -> super::Example {
     super::Example {
         op: Op::GlobalAvgPool,
         inputs: vec![vec![3, 4, 5]],
+        tensors: vec![],
     }
 }

@@ -67,6 +67,7 @@ pub(crate) fn mean_pool_example() -> super::Example {
     super::Example {
         op: Op::MeanPool,
         inputs: vec![vec![5, 4], vec![5]],
+        tensors: vec![],
     }
 }
 
@@ -74,5 +75,6 @@ pub(crate) fn l2_example() -> super::Example {
     super::Example {
         op: Op::L2Normalize,
         inputs: vec![vec![4]],
+        tensors: vec![],
     }
 }

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod fast;
 pub mod packed;
 pub mod pool;
+pub mod sparse;
 pub mod text;
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};

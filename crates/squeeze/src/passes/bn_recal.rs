@@ -80,7 +80,7 @@ impl Pass for RecalibrateBatchNorm {
         for name in &bns {
             bar.inc(1);
             let mut m = Moments::default();
-            ctx.capture(&model, std::slice::from_ref(name), |taps| {
+            ctx.capture(&model, std::slice::from_ref(name), |_, taps| {
                 let tap = taps
                     .get(name)
                     .ok_or_else(|| Error::Graph(format!("no tap for `{name}`")))?;

@@ -206,12 +206,12 @@ impl PassCtx {
     }
 
     /// Runs `model` (eval mode) over the calibration batches with `nodes` tapped, handing
-    /// each batch's taps to `f`.
+    /// each batch and its taps to `f`.
     pub fn capture(
         &mut self,
         model: &Model,
         nodes: &[String],
-        mut f: impl FnMut(&HashMap<String, Tap>) -> Result<()>,
+        mut f: impl FnMut(&Batch, &HashMap<String, Tap>) -> Result<()>,
     ) -> Result<()> {
         let opts = ForwardOpts {
             taps: nodes.iter().cloned().collect(),
@@ -220,9 +220,27 @@ impl PassCtx {
         let batches = self.calibration(model)?.to_vec();
         for b in &batches {
             let out = forward_batch(&model.graph, &model.params, b, &opts)?;
-            f(&out.taps)?;
+            f(b, &out.taps)?;
         }
         Ok(())
+    }
+
+    /// Optimizer steps of a fine-tuning of `epochs` (default: the recipe's) — what a
+    /// schedule inside the run (gradual pruning) spreads its events over.
+    pub fn finetune_steps(&mut self, model: &Model, epochs: Option<usize>) -> Result<usize> {
+        let f = self.finetune.clone();
+        let n = if model.graph.is_text() {
+            let path = f
+                .sentences
+                .clone()
+                .or_else(|| self.calibration.as_ref().and_then(|c| c.path.clone()))
+                .ok_or_else(|| Error::Data("fine-tuning a text encoder needs sentences".into()))?;
+            read_sentences(&path)?.len().saturating_sub(TEXT_VALID)
+        } else {
+            self.images()?.train.len()
+        };
+        let n = f.limit_train.map_or(n, |l| l.min(n));
+        Ok(epochs.unwrap_or(f.epochs) * n.div_ceil(f.batch_size.max(1)))
     }
 
     /// Fine-tunes `model` in place for `epochs` (default: the recipe's) with the trainer.

@@ -6,8 +6,8 @@
 
 use super::{Pass, PassCtx, PassRecord};
 use crate::checkpoint::Model;
-use crate::error::Result;
-use crate::train::NoHooks;
+use crate::error::{Error, Result};
+use crate::train::{EpochLog, NoHooks};
 
 /// The pass; `epochs` overrides the recipe's `[finetune] epochs`.
 pub struct Finetune {
@@ -20,20 +20,34 @@ impl Pass for Finetune {
     }
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
+        if let Some(name) = model.graph.codecs.keys().next() {
+            return Err(Error::Pass {
+                pass: self.name().into(),
+                msg: format!(
+                    "`{name}` shares its weights: plain fine-tuning would break the \
+                     codebook; fine-tune the centroids with `share`'s `finetune_epochs`"
+                ),
+            });
+        }
         let hist = ctx.finetune(&mut model, self.epochs, &mut NoHooks)?;
-        let last = hist.last();
-        let label = match last.and_then(|h| h.valid_accuracy) {
-            Some(a) => format!(
-                "fine-tuned {} epoch(s): validation accuracy {a:.4}",
-                hist.len()
-            ),
-            None => format!(
-                "fine-tuned {} epoch(s): validation loss {:.5}",
-                hist.len(),
-                last.and_then(|h| h.valid_loss).unwrap_or(f64::NAN)
-            ),
-        };
+        let label = summary(&hist);
         let details = serde_json::to_value(&hist).unwrap_or_default();
         super::done(model, self.name(), label, details)
+    }
+}
+
+/// One line on a fine-tuning run: epochs and the last validation accuracy (or loss).
+pub(crate) fn summary(hist: &[EpochLog]) -> String {
+    let last = hist.last();
+    match last.and_then(|h| h.valid_accuracy) {
+        Some(a) => format!(
+            "fine-tuned {} epoch(s): validation accuracy {a:.4}",
+            hist.len()
+        ),
+        None => format!(
+            "fine-tuned {} epoch(s): validation loss {:.5}",
+            hist.len(),
+            last.and_then(|h| h.valid_loss).unwrap_or(f64::NAN)
+        ),
     }
 }

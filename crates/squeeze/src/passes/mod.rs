@@ -11,12 +11,16 @@ mod bn_recal;
 mod ctx;
 mod drop_layers;
 mod finetune;
+mod prune;
+mod share;
 
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
 pub use ctx::{read_sentences, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx};
 pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
+pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
+pub use share::{Materialize, Share};
 
 use std::path::Path;
 
@@ -24,6 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::prune::codec::Codec;
+use crate::prune::obd::Estimator;
+use crate::prune::obs::SparseGptOpts;
+use crate::prune::{Pattern, Scope};
 
 /// What one pass did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,18 +80,227 @@ pub enum PassConfig {
         #[serde(default)]
         epochs: Option<usize>,
     },
+    /// Magnitude pruning: `sparsity` (or `n` of every `m`), per layer or global, one-shot
+    /// or gradual (`schedule = "agp"` over `finetune_epochs`).
+    Magnitude {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        scope: Scope,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+        #[serde(default)]
+        schedule: PruneSchedule,
+        #[serde(default = "default_agp_events")]
+        agp_events: usize,
+    },
+    /// Optimal Brain Damage: `rounds` of saliency pruning (diag(H) by `estimator`), each
+    /// followed by `finetune_epochs`, up to `sparsity`.
+    Obd {
+        sparsity: f64,
+        #[serde(default)]
+        estimator: Estimator,
+        #[serde(default = "one")]
+        rounds: usize,
+        /// Hutchinson probes per calibration batch.
+        #[serde(default = "default_probes")]
+        probes: usize,
+        #[serde(default)]
+        scope: Scope,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+    },
+    /// Wanda: |W|·‖X‖ per output row, from calibration inputs (Linear layers).
+    Wanda {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+    },
+    /// SparseGPT: OBS pruning with weight updates from calibration Hessians (Linear).
+    #[serde(rename = "sparsegpt")]
+    SparseGpt {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default = "default_block")]
+        block: usize,
+        #[serde(default = "default_damp")]
+        damp: f64,
+    },
+    /// Weight sharing: 2^bits k-means centroids per layer, stored with Huffman coding.
+    Share {
+        bits: u8,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+    },
+    /// Fold masks into weights; Linear layers at least `min_sparsity` sparse become CSR.
+    Materialize {
+        #[serde(default = "default_min_sparsity")]
+        min_sparsity: f64,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn default_agp_events() -> usize {
+    20
+}
+fn default_probes() -> usize {
+    4
+}
+fn default_block() -> usize {
+    128
+}
+fn default_damp() -> f64 {
+    0.01
+}
+fn default_min_sparsity() -> f64 {
+    0.75
+}
+
+fn pass_err(pass: &str, msg: String) -> Error {
+    Error::Pass {
+        pass: pass.into(),
+        msg,
+    }
 }
 
 impl PassConfig {
-    fn build(&self) -> Box<dyn Pass> {
-        match self {
+    /// The pass, its options checked (errors name the field).
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(match self {
             PassConfig::FoldBatchNorm {} => Box::new(FoldBatchNorm),
             PassConfig::RecalibrateBatchNorm {} => Box::new(RecalibrateBatchNorm),
             PassConfig::Finetune { epochs } => Box::new(Finetune { epochs: *epochs }),
             PassConfig::DropLayers { layers } => Box::new(DropLayers {
                 layers: layers.clone(),
             }),
-        }
+            PassConfig::Magnitude {
+                sparsity,
+                n,
+                m,
+                scope,
+                layers,
+                finetune_epochs,
+                schedule,
+                agp_events,
+            } => {
+                let pattern = Pattern::from_options("magnitude", *sparsity, *n, *m)?;
+                if *agp_events == 0 {
+                    return Err(pass_err("magnitude", "`agp_events` must be positive".into()));
+                }
+                Box::new(Magnitude {
+                    pattern,
+                    scope: *scope,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                    schedule: *schedule,
+                    agp_events: *agp_events,
+                })
+            }
+            PassConfig::Obd {
+                sparsity,
+                estimator,
+                rounds,
+                probes,
+                scope,
+                layers,
+                finetune_epochs,
+            } => {
+                Pattern::from_options("obd", Some(*sparsity), None, None)?;
+                if *rounds == 0 || *probes == 0 {
+                    return Err(pass_err("obd", "`rounds` and `probes` must be positive".into()));
+                }
+                Box::new(Obd {
+                    sparsity: *sparsity,
+                    estimator: *estimator,
+                    rounds: *rounds,
+                    probes: *probes,
+                    scope: *scope,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                })
+            }
+            PassConfig::Wanda {
+                sparsity,
+                n,
+                m,
+                layers,
+            } => Box::new(LayerWise {
+                method: Calibrated::Wanda,
+                pattern: Pattern::from_options("wanda", *sparsity, *n, *m)?,
+                layers: layers.clone(),
+            }),
+            PassConfig::SparseGpt {
+                sparsity,
+                n,
+                m,
+                layers,
+                block,
+                damp,
+            } => {
+                if *block == 0 || !(*damp > 0.0 && damp.is_finite()) {
+                    return Err(pass_err(
+                        "sparsegpt",
+                        format!("`block` must be positive and `damp` > 0, got {block} and {damp}"),
+                    ));
+                }
+                Box::new(LayerWise {
+                    method: Calibrated::SparseGpt(SparseGptOpts {
+                        block: *block,
+                        damp: *damp,
+                    }),
+                    pattern: Pattern::from_options("sparsegpt", *sparsity, *n, *m)?,
+                    layers: layers.clone(),
+                })
+            }
+            PassConfig::Share {
+                bits,
+                layers,
+                finetune_epochs,
+            } => {
+                Codec::Shared { bits: *bits }
+                    .validate()
+                    .map_err(|m| pass_err("share", m))?;
+                Box::new(Share {
+                    bits: *bits,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                })
+            }
+            PassConfig::Materialize { min_sparsity } => {
+                if !(0.0..=1.0).contains(min_sparsity) {
+                    return Err(pass_err(
+                        "materialize",
+                        format!("`min_sparsity` must be in [0, 1], got {min_sparsity}"),
+                    ));
+                }
+                Box::new(Materialize {
+                    min_sparsity: *min_sparsity,
+                })
+            }
+        })
     }
 }
 
@@ -112,6 +329,12 @@ impl Recipe {
                 path: path.into(),
                 msg: "recipe lists no passes".into(),
             });
+        }
+        for (i, p) in r.passes.iter().enumerate() {
+            p.build().map_err(|e| Error::Recipe {
+                path: path.into(),
+                msg: format!("passes[{i}]: {e}"),
+            })?;
         }
         Ok(r)
     }
@@ -149,7 +372,7 @@ pub fn run_recipe(
     ctx.set_original(&model);
     let mut log = Vec::new();
     for cfg in &recipe.passes {
-        let pass = cfg.build();
+        let pass = cfg.build()?;
         let (m, rec) = pass.apply(model, ctx).map_err(|e| match e {
             e @ Error::Pass { .. } => e,
             e => Error::Pass {

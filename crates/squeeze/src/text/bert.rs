@@ -207,6 +207,7 @@ pub fn drop_layers(model: &mut Model, drop: &[usize]) -> Result<()> {
         g.nodes.retain(|nd| !nd.name.starts_with(&p));
         g.rewire(&format!("{p}output.LayerNorm"), &input);
         g.masks.retain(|m| !m.starts_with(&p));
+        g.codecs.retain(|m, _| !m.starts_with(&p));
         for name in model.params.names() {
             if name.starts_with(&p) {
                 model.params.remove(&name);

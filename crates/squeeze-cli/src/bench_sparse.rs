@@ -1,0 +1,133 @@
+//! `squeeze bench sparse`: where CSR beats dense. For the weight shapes of zoo/mlp's first
+//! layer (300×784) and all-MiniLM's FFN output (384×1536), random weights are magnitude-
+//! pruned to a grid of sparsities and the Linear kind's dense path (the streaming kernel
+//! at batch 1, GEMM at batch 256) is timed against the CSR kernel, interleaved in one
+//! process; the crossover is the sparsity at which CSR becomes faster (linear
+//! interpolation between grid points). Writes the table and merges the crossovers into a
+//! results file under one key.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::Args;
+use squeeze::eval::median_time;
+use squeeze::kinds::linear::linear;
+use squeeze::ops::sparse::{spmm, Csr};
+
+use crate::write_json;
+
+#[derive(Args)]
+pub struct SparseArgs {
+    /// Results file to merge the crossover into (created if missing).
+    #[arg(long, default_value = "results/prune.json")]
+    pub out: PathBuf,
+    /// Key of the crossover entry in that file.
+    #[arg(long, default_value = "sparse-crossover")]
+    pub key: String,
+    /// Timed runs per measurement (median taken), batch 1; batch 256 uses a tenth.
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+}
+
+const GRID: [f64; 9] = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98];
+const SHAPES: [(&str, usize, usize); 2] = [("mlp_fc1", 300, 784), ("minilm_ffn", 384, 1536)];
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Dense and CSR times (ms) at one sparsity and batch.
+fn measure(w: &[f32], (rows, cols): (usize, usize), s: f64, m: usize, runs: usize) -> Result<(f64, f64)> {
+    let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+    let k = ((s * w.len() as f64) as usize).min(w.len() - 1);
+    let thr = *mags.select_nth_unstable_by(k, f32::total_cmp).1;
+    let pruned: Vec<f32> = w.iter().map(|v| if v.abs() < thr { 0.0 } else { *v }).collect();
+    let (indptr, indices, values) = Csr::from_dense(&pruned, rows, cols);
+    let a = Csr { rows, cols, indptr: &indptr, indices: &indices, values: &values };
+    let dev = Device::Cpu;
+    let wt = Tensor::from_vec(pruned, (rows, cols), &dev)?;
+    let x = pseudo_random(m * cols, 7);
+    let xt = Tensor::from_vec(x.clone(), (m, cols), &dev)?;
+    let (mut dense, mut sparse) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
+        sparse.push(median_time(3, runs, || {
+            spmm(&a, &x, m).map(|_| ())
+        })?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
+    Ok((med(&mut dense), med(&mut sparse)))
+}
+
+/// First sparsity of the grid where CSR wins, interpolated from the previous point.
+fn crossover(rows: &[(f64, f64, f64)]) -> Option<f64> {
+    let ratio = |r: &(f64, f64, f64)| r.2 / r.1; // sparse / dense
+    for (i, r) in rows.iter().enumerate() {
+        if ratio(r) < 1.0 {
+            if i == 0 {
+                return Some(r.0);
+            }
+            let p = &rows[i - 1];
+            let (a, b) = (ratio(p), ratio(r));
+            return Some(p.0 + (r.0 - p.0) * (a - 1.0) / (a - b));
+        }
+    }
+    None
+}
+
+pub fn run(a: SparseArgs) -> Result<()> {
+    let mut entry = serde_json::Map::new();
+    let mut table = serde_json::Map::new();
+    for (name, rows, cols) in SHAPES {
+        let w = pseudo_random(rows * cols, 1);
+        for (m, runs) in [(1usize, a.runs), (256, (a.runs / 10).max(3))] {
+            let mut pts = Vec::new();
+            for s in GRID {
+                let (d, sp) = measure(&w, (rows, cols), s, m, runs)?;
+                eprintln!("{name} {rows}×{cols} batch {m}: sparsity {s:.2}: dense {d:.4} ms, CSR {sp:.4} ms");
+                pts.push((s, d, sp));
+            }
+            let x = crossover(&pts);
+            let key = if m == 1 { name.to_string() } else { format!("{name}_b{m}") };
+            entry.insert(key.clone(), serde_json::json!(x.map(|v| (v * 1000.0).round() / 1000.0)));
+            table.insert(
+                key,
+                pts.iter()
+                    .map(|(s, d, sp)| serde_json::json!({ "sparsity": s, "dense_ms": d, "csr_ms": sp }))
+                    .collect(),
+            );
+        }
+    }
+    entry.insert("note".into(), "sparsity at which the CSR kernel becomes faster than the dense path; plain keys at batch 1, _b256 at batch 256; null = dense faster at every grid point up to 0.98".into());
+    entry.insert("table".into(), table.into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    entry.insert("threads".into(), threads.into());
+    entry.insert("command".into(), std::env::args().collect::<Vec<_>>().join(" ").into());
+    for k in ["mlp_fc1", "mlp_fc1_b256", "minilm_ffn", "minilm_ffn_b256"] {
+        println!("{k}: crossover sparsity {}", entry[k]);
+    }
+    merge_key(&a.out, &a.key, entry.into())?;
+    eprintln!("wrote key `{}` of {}", a.key, a.out.display());
+    Ok(())
+}
+
+/// Sets `key` of the JSON object in `path` (created if missing) to `v`.
+pub fn merge_key(path: &std::path::Path, key: &str, v: serde_json::Value) -> Result<()> {
+    let mut obj = match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&t)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", path.display()))?,
+        Err(_) => serde_json::Map::new(),
+    };
+    obj.insert(key.into(), v);
+    write_json(path, &obj)
+}

@@ -1,0 +1,69 @@
+//! Weight sharing and materialization passes. `share` clusters each selected weight into
+//! 2^bits centroids (Deep Compression's k-means), records the shared codec so the
+//! checkpoint stores codebook + Huffman-coded indices, and optionally fine-tunes the
+//! centroids. `materialize` folds the masks of a simulated sparse model into its weights
+//! and turns sufficiently sparse Linear layers into CSR `sparse_linear` nodes.
+
+use super::{Pass, PassCtx, PassRecord};
+use crate::checkpoint::Model;
+use crate::error::Result;
+use crate::prune::codec::Codec;
+use crate::prune::materialize::materialize;
+use crate::prune::share::{kmeans, ShareHook};
+use crate::prune::{self, targets};
+
+/// The sharing pass.
+pub struct Share {
+    pub bits: u8,
+    pub layers: Option<Vec<String>>,
+    pub finetune_epochs: Option<usize>,
+}
+
+impl Pass for Share {
+    fn name(&self) -> &'static str {
+        "share"
+    }
+
+    fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
+        let names = targets(&model, self.layers.as_deref(), self.name())?;
+        let mut layers = Vec::new();
+        for name in &names {
+            let w = prune::read(&model, name)?;
+            let cl = kmeans(name, &w.values, &w.mask, 1usize << self.bits);
+            let t = candle_core::Tensor::from_vec(cl.values(), w.shape.as_slice(), &candle_core::Device::Cpu)?;
+            model.params.insert(name.clone(), t);
+            model.graph.codecs.insert(name.clone(), Codec::Shared { bits: self.bits });
+            layers.push(cl);
+        }
+        let mut hist = Vec::new();
+        if let Some(e) = self.finetune_epochs.filter(|e| *e > 0) {
+            let mut hook = ShareHook { layers };
+            hist = ctx.finetune(&mut model, Some(e), &mut hook)?;
+        }
+        let mut label = format!("{} weight tensors share {} centroids each", names.len(), 1usize << self.bits);
+        if !hist.is_empty() {
+            label.push_str(&format!("; centroids {}", super::finetune::summary(&hist)));
+        }
+        let details = serde_json::json!({ "bits": self.bits, "layers": names, "finetune": hist });
+        super::done(model, self.name(), label, details)
+    }
+}
+
+/// The materialization pass.
+pub struct Materialize {
+    pub min_sparsity: f64,
+}
+
+impl Pass for Materialize {
+    fn name(&self) -> &'static str {
+        "materialize"
+    }
+
+    fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
+        let folded = materialize(&mut model, self.min_sparsity)?;
+        let csr = folded.iter().filter(|f| f.csr).count();
+        let label = format!("{} masks folded into their weights, {csr} layers stored as CSR", folded.len());
+        let details = serde_json::json!({ "min_sparsity": self.min_sparsity, "weights": folded });
+        super::done(model, self.name(), label, details)
+    }
+}
