@@ -133,8 +133,60 @@ def setup_time():
     return text + ". Measured by `" + d["command"] + "` → `results/setup-time.json`."
 
 
+def prune():
+    d = load("prune")
+    kb = lambda b: f"{b / 1024:.1f}"
+    out = []
+    rows = []
+    for pct in (80, 90, 95):
+        for method in ("magnitude", "obd"):
+            cells = [f"{pct}%", "magnitude (per layer)" if method == "magnitude" else "OBD, Fisher diag (global)"]
+            for suffix in ("-oneshot", ""):
+                e = d.get(f"mlp-{method}-{pct}{suffix}")
+                cells.append(f"{e['accuracy'] * 100:.2f}%" if e else "—")
+            rows.append(cells)
+    base = d["mlp-magnitude-90"]["baseline"]
+    out.append(f"`zoo/mlp` (LeNet-300-100, {base * 100:.2f}% test accuracy), all three weight matrices; "
+               "fine-tuned = 5 epochs after the one-shot cut, same budget and seed for both criteria:\n\n")
+    out.append(table(["sparsity", "criterion", "one-shot", "fine-tuned 5 epochs"], rows))
+    rows = []
+    for key, what in (("mlp-agp-90", "AGP to 90% (15 epochs), CSR"),
+                      ("mlp-deep-compression", "Deep Compression: AGP 94% + 5-bit sharing + Huffman"),
+                      ("lenet5-deep-compression", "Deep Compression: AGP 93% + 8/5-bit sharing + Huffman")):
+        e = d.get(key)
+        if not e:
+            continue
+        rows.append([f"`{key}`", what, f"{e['baseline'] * 100:.2f}% → {e['accuracy'] * 100:.2f}%",
+                     f"{e['nonzero_params']:,}", f"{kb(e['baseline_size_bytes'])} → {kb(e['size_bytes'])}",
+                     f"{e['compression_ratio']:.1f}×",
+                     f"{e['baseline_latency_ms_b1']:.3f} → {e['latency_ms_b1']:.3f}"])
+    out.append("\n\n")
+    out.append(table(["key", "what", "test accuracy", "non-zero params", "size on disk, KB", "smaller",
+                      "batch-1 latency, ms"], rows))
+    rows = []
+    for pat, name in (("50", "50% unstructured"), ("2of4", "2:4")):
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            e = d.get(f"minilm-{method}-{pat}")
+            if not e:
+                continue
+            rows.append([name, method, f"{e['baseline']:.2f} → {e['spearman']:.2f}",
+                         f"{e['spearman'] - e['baseline']:+.2f}",
+                         f"{e['baseline_latency_ms_b1']:.2f} → {e['latency_ms_b1']:.2f}"])
+    out.append("\n\nall-MiniLM-L6-v2, the 36 Linear weights of the encoder, no fine-tuning "
+               "(Wanda and SparseGPT calibrated on 512 STS-B train sentences):\n\n")
+    out.append(table(["sparsity", "method", "STS-B dev Spearman", "change", "batch-1 latency, ms"], rows))
+    c = d.get("sparse-crossover")
+    if c:
+        f = lambda v: "never (up to 98%)" if v is None else f"{v * 100:.0f}%"
+        out.append(f"\n\nCSR beats the dense kernels from {f(c['mlp_fc1'])} sparsity at batch 1 and "
+                   f"{f(c['mlp_fc1_b256'])} at batch 256 for the 300×784 layer; from "
+                   f"{f(c['minilm_ffn'])} and {f(c['minilm_ffn_b256'])} for MiniLM's 384×1536 "
+                   f"(`{c['command']}`, {c['threads']} threads).")
+    return "".join(out)
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
-          "passes": passes, "demo": demo}
+          "passes": passes, "demo": demo, "prune": prune}
 
 
 def render(text):

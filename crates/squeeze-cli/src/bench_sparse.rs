@@ -37,20 +37,37 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
 }
 
 /// Dense and CSR times (ms) at one sparsity and batch.
-fn measure(w: &[f32], (rows, cols): (usize, usize), s: f64, m: usize, runs: usize) -> Result<(f64, f64)> {
+fn measure(
+    w: &[f32],
+    (rows, cols): (usize, usize),
+    s: f64,
+    m: usize,
+    runs: usize,
+) -> Result<(f64, f64)> {
     let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     let k = ((s * w.len() as f64) as usize).min(w.len() - 1);
     let thr = *mags.select_nth_unstable_by(k, f32::total_cmp).1;
-    let pruned: Vec<f32> = w.iter().map(|v| if v.abs() < thr { 0.0 } else { *v }).collect();
+    let pruned: Vec<f32> = w
+        .iter()
+        .map(|v| if v.abs() < thr { 0.0 } else { *v })
+        .collect();
     let (indptr, indices, values) = Csr::from_dense(&pruned, rows, cols);
-    let a = Csr { rows, cols, indptr: &indptr, indices: &indices, values: &values };
+    let a = Csr {
+        rows,
+        cols,
+        indptr: &indptr,
+        indices: &indices,
+        values: &values,
+    };
     let dev = Device::Cpu;
     let wt = Tensor::from_vec(pruned, (rows, cols), &dev)?;
     let x = pseudo_random(m * cols, 7);
@@ -58,9 +75,7 @@ fn measure(w: &[f32], (rows, cols): (usize, usize), s: f64, m: usize, runs: usiz
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
-        sparse.push(median_time(3, runs, || {
-            spmm(&a, &x, m).map(|_| ())
-        })?);
+        sparse.push(median_time(3, runs, || spmm(&a, &x, m).map(|_| ()))?);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -98,8 +113,15 @@ pub fn run(a: SparseArgs) -> Result<()> {
                 pts.push((s, d, sp));
             }
             let x = crossover(&pts);
-            let key = if m == 1 { name.to_string() } else { format!("{name}_b{m}") };
-            entry.insert(key.clone(), serde_json::json!(x.map(|v| (v * 1000.0).round() / 1000.0)));
+            let key = if m == 1 {
+                name.to_string()
+            } else {
+                format!("{name}_b{m}")
+            };
+            entry.insert(
+                key.clone(),
+                serde_json::json!(x.map(|v| (v * 1000.0).round() / 1000.0)),
+            );
             table.insert(
                 key,
                 pts.iter()
@@ -112,7 +134,10 @@ pub fn run(a: SparseArgs) -> Result<()> {
     entry.insert("table".into(), table.into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     entry.insert("threads".into(), threads.into());
-    entry.insert("command".into(), std::env::args().collect::<Vec<_>>().join(" ").into());
+    entry.insert(
+        "command".into(),
+        std::env::args().collect::<Vec<_>>().join(" ").into(),
+    );
     for k in ["mlp_fc1", "mlp_fc1_b256", "minilm_ffn", "minilm_ffn_b256"] {
         println!("{k}: crossover sparsity {}", entry[k]);
     }

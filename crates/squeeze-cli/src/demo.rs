@@ -1,7 +1,9 @@
 //! `squeeze demo`: the main job end to end with defaults, told one step per line. On
 //! Fashion-MNIST, the committed zoo model (`zoo/vgg`, or a freshly trained benchmark CNN
 //! with `--train`) goes through every image recipe; on STS-B, the pretrained
-//! all-MiniLM-L6-v2 (fetched by `scripts/setup.sh`) is scored. Each workload ends in one
+//! all-MiniLM-L6-v2 (fetched by `scripts/setup.sh`) is scored and pruned with SparseGPT.
+//! A second image table prunes and shares the committed `zoo/mlp` (gradual magnitude
+//! pruning to a CSR model; Deep Compression to a Huffman-coded file). Each workload ends in one
 //! table whose models were measured together, speeds interleaved, with a line per row
 //! saying what the recipe did; the tables go to `runs/demo/report.md` and `report.json`.
 //! It grows as compression techniques land.
@@ -33,6 +35,9 @@ pub struct DemoArgs {
     /// The committed image model the recipes start from.
     #[arg(long, default_value = "zoo/vgg")]
     pub image_model: PathBuf,
+    /// The committed image model the pruning and sharing recipes start from.
+    #[arg(long, default_value = "zoo/mlp")]
+    pub prune_model: PathBuf,
     #[command(flatten)]
     pub data: DataArg,
     /// Pretrained sentence encoder evaluated on STS-B (skipped with a note if absent).
@@ -52,6 +57,16 @@ const RECIPES: &[(&str, &str)] = &[
     ("recalibrate-bn", "recipes/recalibrate-bn.toml"),
 ];
 
+/// The pruning and weight-sharing recipes, applied to the committed `--prune-model`.
+const PRUNE_RECIPES: &[(&str, &str)] = &[
+    ("mlp-agp-90", "recipes/mlp-agp-90.toml"),
+    ("mlp-deep-compression", "recipes/mlp-deep-compression.toml"),
+];
+
+/// The text recipes, applied to the pretrained encoder.
+const TEXT_RECIPES: &[(&str, &str)] =
+    &[("minilm-sparsegpt-50", "recipes/minilm-sparsegpt-50.toml")];
+
 /// One table row: the model's directory, what made it, and its measurements.
 struct Row {
     dir: PathBuf,
@@ -61,7 +76,7 @@ struct Row {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let steps = 3 + RECIPES.len();
+    let steps = 6 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
     let mut step = 0;
     let mut say = |msg: String| {
         step += 1;
@@ -84,8 +99,26 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     let image = measure(&rows, &a)?;
     let mut report = vec![("Fashion-MNIST", rows, image)];
-    say("scoring all-MiniLM-L6-v2 on STS-B dev".into());
-    if let Some((rows, m)) = text_part(&a)? {
+    say(format!(
+        "starting from the committed {}",
+        a.prune_model.display()
+    ));
+    let mut pruned = vec![Row {
+        dir: a.prune_model.clone(),
+        what: "the starting model".into(),
+        model: load_any(&a.prune_model)?,
+    }];
+    for (name, file) in PRUNE_RECIPES {
+        say(format!("applying {file}"));
+        pruned.push(apply(&a, &pruned[0].model, name, file)?);
+    }
+    say(format!(
+        "measuring the {} pruned image models together",
+        pruned.len()
+    ));
+    let m = measure(&pruned, &a)?;
+    report.push(("Fashion-MNIST, pruned and shared", pruned, m));
+    if let Some((rows, m)) = text_part(&a, &mut say)? {
         report.push(("STS-B", rows, m));
     }
     write_report(&a.dir, &report)
@@ -158,9 +191,13 @@ fn measure(rows: &[Row], a: &DemoArgs) -> Result<Vec<Metrics>> {
     compare(&models, &a.data.data, &a.stsb, a.rounds)
 }
 
-/// The STS-B part: the pretrained encoder's quality and cost (None, with a note, if the
-/// model was not fetched).
-fn text_part(a: &DemoArgs) -> Result<Option<(Vec<Row>, Vec<Metrics>)>> {
+/// The STS-B part: the pretrained encoder and its pruned form, quality and cost (None,
+/// with a note, if the model was not fetched).
+fn text_part(
+    a: &DemoArgs,
+    say: &mut impl FnMut(String),
+) -> Result<Option<(Vec<Row>, Vec<Metrics>)>> {
+    say("all-MiniLM-L6-v2 on STS-B dev".into());
     if !a.text_model.join("model.safetensors").is_file() {
         eprintln!(
             "      skipped: {} is missing (run scripts/fetch-minilm.sh)",
@@ -168,11 +205,16 @@ fn text_part(a: &DemoArgs) -> Result<Option<(Vec<Row>, Vec<Metrics>)>> {
         );
         return Ok(None);
     }
-    let rows = vec![Row {
+    let mut rows = vec![Row {
         dir: a.text_model.clone(),
         what: "pretrained all-MiniLM-L6-v2, f32".into(),
         model: load_any(&a.text_model)?,
     }];
+    for (name, file) in TEXT_RECIPES {
+        say(format!("applying {file}"));
+        rows.push(apply(a, &rows[0].model, name, file)?);
+    }
+    say(format!("measuring the {} text models together", rows.len()));
     let m = measure(&rows, a)?;
     Ok(Some((rows, m)))
 }

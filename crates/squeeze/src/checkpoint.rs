@@ -136,7 +136,10 @@ fn encoded(model: &Model) -> Result<BTreeMap<String, Tensor>> {
     let mut map = model.params.map().clone();
     for (name, codec) in &model.graph.codecs {
         let t = model.params.get(name)?;
-        let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let v: Vec<f32> = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
         let blob = codec
             .encode(&v)
             .map_err(|e| Error::Graph(format!("tensor `{name}`: {e}")))?;
@@ -170,7 +173,10 @@ fn decoded(graph: &Graph, mut map: BTreeMap<String, Tensor>, path: &Path) -> Res
         let v = codec
             .decode(&bytes, shape.iter().product())
             .map_err(|e| err(e.to_string()))?;
-        map.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?);
+        map.insert(
+            name.clone(),
+            Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?,
+        );
     }
     Ok(ParamStore::from_map(map))
 }

@@ -327,6 +327,17 @@ fn masked_weights_stay_zero_through_training_and_an_exact_resume() {
     let mut a = masked_mlp();
     train::train(&mut a, &data, &data, &cfg, &a_dir, false, &mut NoHooks).unwrap();
     assert!(zeros(&a), "pruned weights must stay exactly zero");
+    // their gradients were masked too: the momentum buffer never saw them
+    let opt = squeeze::checkpoint::load_tensors(
+        &train::checkpoint_dir(&a_dir).join("optimizer.safetensors"),
+    )
+    .unwrap();
+    let m: Vec<f32> = common::values_of(&opt["m.fc1.weight"]);
+    assert!(
+        m.iter().step_by(2).all(|v| *v == 0.0),
+        "pruned gradients reach the optimizer"
+    );
+    assert!(m.iter().skip(1).step_by(2).any(|v| *v != 0.0));
     struct StopAfterOne;
     impl train::Hooks for StopAfterOne {
         fn should_stop(&self, done: usize) -> bool {

@@ -167,3 +167,87 @@ fn every_recipe_in_the_readme_parses() {
         Recipe::parse(b, Path::new("README.md")).unwrap_or_else(|e| panic!("{e}\n{b}"));
     }
 }
+
+#[test]
+fn bad_pruning_options_are_recipe_errors_that_name_the_field() {
+    let cases = [
+        (
+            "type = \"magnitude\"\nsparsity = 1.0",
+            "`sparsity` must be in [0, 1)",
+        ),
+        ("type = \"magnitude\"\nsparsity = -0.1", "`sparsity`"),
+        (
+            "type = \"wanda\"\nn = 5\nm = 4",
+            "`n` (5) must not exceed `m` (4)",
+        ),
+        ("type = \"sparsegpt\"\nn = 2", "needs both `n` and `m`"),
+        ("type = \"share\"\nbits = 0", "`bits` must be 1 to 8"),
+        ("type = \"share\"\nbits = 9", "`bits` must be 1 to 8"),
+        (
+            "type = \"obd\"\nsparsity = 0.5\nestimator = \"exact\"",
+            "unknown variant `exact`",
+        ),
+        (
+            "type = \"magnitude\"\nsparsity = 0.5\nsparsty = 0.9",
+            "unknown field `sparsty`",
+        ),
+        (
+            "type = \"materialize\"\nmin_sparsity = 2.0",
+            "`min_sparsity`",
+        ),
+    ];
+    for (pass, want) in cases {
+        let text = format!("[[passes]]\n{pass}\n");
+        let e = Recipe::parse(&text, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml") && e.contains(want), "{pass:?}: {e}");
+    }
+    // a layer the model does not have is named when the pass meets the model
+    let r = recipe("[[passes]]\ntype = \"magnitude\"\nsparsity = 0.5\nlayers = [\"fc9\"]\n");
+    let e = apply(small("mlp"), &r).unwrap_err().to_string();
+    assert!(
+        e.contains("magnitude") && e.contains("no node `fc9`"),
+        "{e}"
+    );
+    let r = recipe("[[passes]]\ntype = \"wanda\"\nsparsity = 0.5\nlayers = [\"relu1\"]\n");
+    let e = apply(small("mlp"), &r).unwrap_err().to_string();
+    assert!(e.contains("`relu1` is a relu"), "{e}");
+}
+
+#[test]
+fn pruning_recipes_run_end_to_end_and_fine_tuning_keeps_the_sparsity() {
+    let r = recipe(
+        "[calibration]\nsource = \"fashion-mnist\"\nsamples = 32\nbatch_size = 16\n\
+         [finetune]\nepochs = 1\nbatch_size = 32\n\
+         [[passes]]\ntype = \"sparsegpt\"\nsparsity = 0.5\nlayers = [\"fc2\"]\n\
+         [[passes]]\ntype = \"magnitude\"\nsparsity = 0.8\nlayers = [\"fc1\"]\nschedule = \"agp\"\nfinetune_epochs = 1\n\
+         [[passes]]\ntype = \"obd\"\nsparsity = 0.5\nlayers = [\"fc3\"]\nestimator = \"hutchinson\"\nprobes = 1\nfinetune_epochs = 1\n\
+         [[passes]]\ntype = \"share\"\nbits = 4\nfinetune_epochs = 1\n\
+         [[passes]]\ntype = \"materialize\"\n",
+    );
+    let (m, log) = apply(small("mlp"), &r).unwrap();
+    assert_eq!(log.len(), 5);
+    let zeros = |name: &str| {
+        let v: Vec<f32> = common::values_of(m.params.get(name).unwrap());
+        v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64
+    };
+    assert!(
+        (zeros("fc1.weight") - 0.8).abs() < 1e-3,
+        "{}",
+        zeros("fc1.weight")
+    );
+    assert!(zeros("fc2.weight") >= 0.5 && zeros("fc3.weight") >= 0.5);
+    assert!(m.graph.masks.is_empty(), "materialize folds the masks");
+    for name in ["fc1.weight", "fc2.weight", "fc3.weight"] {
+        let mut v: Vec<f32> = common::values_of(m.params.get(name).unwrap());
+        v.retain(|x| *x != 0.0);
+        v.sort_by(f32::total_cmp);
+        v.dedup();
+        assert!(
+            v.len() <= 16,
+            "{name}: {} distinct values after 4-bit sharing",
+            v.len()
+        );
+    }
+}

@@ -11,7 +11,9 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{arity, inference, positive, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{
+    arity, inference, positive, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec,
+};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -85,8 +87,16 @@ impl LayerKind for SparseLinear {
         let dims = x.dims().to_vec();
         let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
         let m = x2.dim(0)?;
-        let (values, indices, indptr) = (cx.param("values")?, cx.param("indices")?, cx.param("indptr")?);
-        let b = if self.bias { Some(cx.param("bias")?) } else { None };
+        let (values, indices, indptr) = (
+            cx.param("values")?,
+            cx.param("indices")?,
+            cx.param("indptr")?,
+        );
+        let b = if self.bias {
+            Some(cx.param("bias")?)
+        } else {
+            None
+        };
         let mut all = vec![&x2, values];
         all.extend(b);
         let y = if inference(&all) {
@@ -94,7 +104,9 @@ impl LayerKind for SparseLinear {
             let y = self.with_csr(values, indices, indptr, |a| sparse::spmm(a, &xs, m))??;
             Tensor::from_vec(y, (m, self.out_features), x.device())?
         } else {
-            let dense = self.with_csr(values, indices, indptr, |a| a.to_dense())?;
+            let dense = self.with_csr(values, indices, indptr, |a| {
+                a.check().map(|()| a.to_dense())
+            })??;
             let w = Tensor::from_vec(dense, (self.out_features, self.in_features), x.device())?
                 .to_dtype(x2.dtype())?;
             x2.matmul(&w.t()?)?
@@ -136,11 +148,10 @@ impl SparseLinear {
                         indices: ix,
                         values: v,
                     };
-                    a.check().map(|()| f(&a))
+                    f(&a)
                 })
             })
         })
-        .and_then(|r| r)
         .and_then(|r| r)
         .and_then(|r| r)
     }
@@ -152,7 +163,11 @@ pub(crate) fn example() -> super::Example {
     let dense: Vec<f32> = (0..30)
         .map(|i| {
             let (r, c) = (i / 6, i % 6);
-            if c < [0, 1, 2, 3, 6][r] { 0.1 * (i as f32) - 1.0 } else { 0.0 }
+            if c < [0, 1, 2, 3, 6][r] {
+                0.1 * (i as f32) - 1.0
+            } else {
+                0.0
+            }
         })
         .collect();
     let (indptr, indices, values) = Csr::from_dense(&dense, 5, 6);
@@ -167,8 +182,14 @@ pub(crate) fn example() -> super::Example {
         }),
         inputs: vec![vec![6]],
         tensors: vec![
-            ("indices", Tensor::from_vec(indices, nnz, &dev).expect("sizes match")),
-            ("indptr", Tensor::from_vec(indptr, 6, &dev).expect("sizes match")),
+            (
+                "indices",
+                Tensor::from_vec(indices, nnz, &dev).expect("sizes match"),
+            ),
+            (
+                "indptr",
+                Tensor::from_vec(indptr, 6, &dev).expect("sizes match"),
+            ),
         ],
     }
 }

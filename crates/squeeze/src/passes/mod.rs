@@ -208,7 +208,10 @@ impl PassConfig {
             } => {
                 let pattern = Pattern::from_options("magnitude", *sparsity, *n, *m)?;
                 if *agp_events == 0 {
-                    return Err(pass_err("magnitude", "`agp_events` must be positive".into()));
+                    return Err(pass_err(
+                        "magnitude",
+                        "`agp_events` must be positive".into(),
+                    ));
                 }
                 Box::new(Magnitude {
                     pattern,
@@ -230,7 +233,10 @@ impl PassConfig {
             } => {
                 Pattern::from_options("obd", Some(*sparsity), None, None)?;
                 if *rounds == 0 || *probes == 0 {
-                    return Err(pass_err("obd", "`rounds` and `probes` must be positive".into()));
+                    return Err(pass_err(
+                        "obd",
+                        "`rounds` and `probes` must be positive".into(),
+                    ));
                 }
                 Box::new(Obd {
                     sparsity: *sparsity,

@@ -39,10 +39,20 @@ fn write_all(model: &mut Model, ws: &[Weight]) -> Result<()> {
     ws.iter().try_for_each(|w| prune::write(model, w))
 }
 
-fn record(model: Model, pass: &str, names: &[String], extra: serde_json::Value, hist: &[EpochLog]) -> Result<(Model, PassRecord)> {
+fn record(
+    model: Model,
+    pass: &str,
+    names: &[String],
+    extra: serde_json::Value,
+    hist: &[EpochLog],
+) -> Result<(Model, PassRecord)> {
     let ws = read_all(&model, names)?;
     let s = prune::sparsity(&ws);
-    let mut label = format!("{:.1}% of {} weight tensors' entries pruned", 100.0 * s, names.len());
+    let mut label = format!(
+        "{:.1}% of {} weight tensors' entries pruned",
+        100.0 * s,
+        names.len()
+    );
     if !hist.is_empty() {
         label.push_str(&format!("; {}", super::finetune::summary(hist)));
     }
@@ -110,7 +120,10 @@ impl Pass for Magnitude {
 
 impl Magnitude {
     fn err(&self, msg: &str) -> Error {
-        Error::Pass { pass: self.name().into(), msg: msg.into() }
+        Error::Pass {
+            pass: self.name().into(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -136,10 +149,26 @@ impl Pass for Obd {
         let mut hist = Vec::new();
         for r in 1..=self.rounds {
             let s = self.sparsity * r as f64 / self.rounds as f64;
-            eprintln!("obd round {r}/{}: estimating diag(H) ({:?}) for {:.1}% sparsity", self.rounds, self.estimator, 100.0 * s);
-            let h = obd::hessian_diag(&model, &names, &batches, self.estimator, self.probes, r as u64)?;
+            eprintln!(
+                "obd round {r}/{}: estimating diag(H) ({:?}) for {:.1}% sparsity",
+                self.rounds,
+                self.estimator,
+                100.0 * s
+            );
+            let h = obd::hessian_diag(
+                &model,
+                &names,
+                &batches,
+                self.estimator,
+                self.probes,
+                r as u64,
+            )?;
             let mut ws = read_all(&model, &names)?;
-            let scores: Vec<Vec<f32>> = ws.iter().zip(&h).map(|(w, h)| obd::saliency(h, &w.values)).collect();
+            let scores: Vec<Vec<f32>> = ws
+                .iter()
+                .zip(&h)
+                .map(|(w, h)| obd::saliency(h, &w.values))
+                .collect();
             let masks = select::masks(&ws, &scores, Pattern::Fraction(s), self.scope.into())?;
             for (w, m) in ws.iter_mut().zip(masks) {
                 w.mask = m;
@@ -186,7 +215,9 @@ impl Pass for LayerWise {
             let mut stats = InputStats::new(*cols, hessian);
             let first = nodes[0].clone();
             ctx.capture(&model, std::slice::from_ref(&first), |batch, taps| {
-                let tap = taps.get(&first).ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
+                let tap = taps
+                    .get(&first)
+                    .ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
                 stats.add(&real_rows(batch, &tap.inputs[0])?)
             })?;
             for node in nodes {
@@ -206,8 +237,10 @@ impl Pass for LayerWise {
 
 fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(n as u64);
-    let style = indicatif::ProgressStyle::with_template(&format!("{what} [{{bar:30}}] {{pos}}/{{len}} layer groups"))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{what} [{{bar:30}}] {{pos}}/{{len}} layer groups"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar
 }
@@ -224,16 +257,27 @@ fn linear_groups(model: &Model, names: &[String], pass: &str) -> Result<Vec<(usi
         let Op::Linear(l) = &n.op else {
             return Err(Error::Pass {
                 pass: pass.into(),
-                msg: format!("`layers`: `{}` is a {}; this method prunes linear layers", n.name, n.op.kind()),
+                msg: format!(
+                    "`layers`: `{}` is a {}; this method prunes linear layers",
+                    n.name,
+                    n.op.kind()
+                ),
             });
         };
         let input = n.inputs[0].clone();
         if !groups.contains_key(&input) {
             order.push(input.clone());
         }
-        groups.entry(input).or_insert_with(|| (l.in_features, vec![])).1.push(n.name.clone());
+        groups
+            .entry(input)
+            .or_insert_with(|| (l.in_features, vec![]))
+            .1
+            .push(n.name.clone());
     }
-    Ok(order.into_iter().filter_map(|k| groups.remove(&k)).collect())
+    Ok(order
+        .into_iter()
+        .filter_map(|k| groups.remove(&k))
+        .collect())
 }
 
 /// The rows of a captured input `[.., features]` that are real examples: all rows of an
@@ -243,8 +287,13 @@ fn real_rows(batch: &Batch, x: &Tensor) -> Result<Tensor> {
     let flat = x.reshape(((), d))?;
     match batch {
         Batch::Tokens { mask, .. } if x.rank() == 3 => {
-            let m: Vec<u32> = mask.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1()?;
-            let idx: Vec<u32> = (0..m.len() as u32).filter(|&i| m[i as usize] != 0).collect();
+            let m: Vec<u32> = mask
+                .flatten_all()?
+                .to_dtype(candle_core::DType::U32)?
+                .to_vec1()?;
+            let idx: Vec<u32> = (0..m.len() as u32)
+                .filter(|&i| m[i as usize] != 0)
+                .collect();
             let n = idx.len();
             Ok(flat.index_select(&Tensor::from_vec(idx, n, x.device())?, 0)?)
         }

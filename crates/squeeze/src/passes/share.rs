@@ -9,7 +9,7 @@ use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::prune::codec::Codec;
 use crate::prune::materialize::materialize;
-use crate::prune::share::{kmeans, ShareHook};
+use crate::prune::share::{kmeans, Clusters, ShareHook};
 use crate::prune::{self, targets};
 
 /// The sharing pass.
@@ -30,17 +30,33 @@ impl Pass for Share {
         for name in &names {
             let w = prune::read(&model, name)?;
             let cl = kmeans(name, &w.values, &w.mask, 1usize << self.bits);
-            let t = candle_core::Tensor::from_vec(cl.values(), w.shape.as_slice(), &candle_core::Device::Cpu)?;
+            let t = candle_core::Tensor::from_vec(
+                cl.values(),
+                w.shape.as_slice(),
+                &candle_core::Device::Cpu,
+            )?;
             model.params.insert(name.clone(), t);
-            model.graph.codecs.insert(name.clone(), Codec::Shared { bits: self.bits });
+            model
+                .graph
+                .codecs
+                .insert(name.clone(), Codec::Shared { bits: self.bits });
             layers.push(cl);
+        }
+        // tensors an earlier `share` pass coded keep their codebooks through this fine-tuning
+        for name in model.graph.codecs.keys().filter(|n| !names.contains(n)) {
+            let w = prune::read(&model, name)?;
+            layers.push(Clusters::of_shared(name, &w.values));
         }
         let mut hist = Vec::new();
         if let Some(e) = self.finetune_epochs.filter(|e| *e > 0) {
             let mut hook = ShareHook { layers };
             hist = ctx.finetune(&mut model, Some(e), &mut hook)?;
         }
-        let mut label = format!("{} weight tensors share {} centroids each", names.len(), 1usize << self.bits);
+        let mut label = format!(
+            "{} weight tensors share {} centroids each",
+            names.len(),
+            1usize << self.bits
+        );
         if !hist.is_empty() {
             label.push_str(&format!("; centroids {}", super::finetune::summary(&hist)));
         }
@@ -62,7 +78,10 @@ impl Pass for Materialize {
     fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         let folded = materialize(&mut model, self.min_sparsity)?;
         let csr = folded.iter().filter(|f| f.csr).count();
-        let label = format!("{} masks folded into their weights, {csr} layers stored as CSR", folded.len());
+        let label = format!(
+            "{} masks folded into their weights, {csr} layers stored as CSR",
+            folded.len()
+        );
         let details = serde_json::json!({ "min_sparsity": self.min_sparsity, "weights": folded });
         super::done(model, self.name(), label, details)
     }

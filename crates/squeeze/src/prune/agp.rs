@@ -59,7 +59,10 @@ impl Agp {
 
     /// The masks in force (`None` for a weight never pruned yet), by name order.
     pub fn masks(&self) -> Vec<Option<Vec<u8>>> {
-        self.masks.iter().map(|m| m.as_ref().map(|(v, _)| v.clone())).collect()
+        self.masks
+            .iter()
+            .map(|m| m.as_ref().map(|(v, _)| v.clone()))
+            .collect()
     }
 
     fn prune(&mut self, vars: &[(String, Var)], s: f64) -> Result<()> {
@@ -74,12 +77,15 @@ impl Agp {
                 Some((m, _)) => m.clone(),
                 None => vec![1; values.len()],
             };
-            ws.push((i, Weight {
-                name: name.clone(),
-                shape: t.dims().to_vec(),
-                values,
-                mask,
-            }));
+            ws.push((
+                i,
+                Weight {
+                    name: name.clone(),
+                    shape: t.dims().to_vec(),
+                    values,
+                    mask,
+                },
+            ));
         }
         let weights: Vec<Weight> = ws.iter().map(|(_, w)| w.clone()).collect();
         let scores: Vec<Vec<f32>> = weights.iter().map(select::magnitudes).collect();
@@ -96,7 +102,7 @@ impl Agp {
 impl Hooks for Agp {
     fn after_step(&mut self, vars: &[(String, Var)]) -> Result<()> {
         self.step += 1;
-        if self.step % self.every == 0 {
+        if self.step.is_multiple_of(self.every) {
             let k = self.step / self.every;
             if k <= self.events {
                 self.prune(vars, Self::target(self.final_sparsity, k, self.events))?;

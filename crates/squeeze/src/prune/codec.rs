@@ -63,7 +63,9 @@ impl Codec {
                 gap -= FILL as usize;
             }
             gaps.push(gap as u16);
-            let k = book.binary_search_by(|b| b.total_cmp(v)).expect("value is in the codebook");
+            let k = book
+                .binary_search_by(|b| b.total_cmp(v))
+                .expect("value is in the codebook");
             idx.push(k as u16);
             next = p + 1;
         }
@@ -91,19 +93,29 @@ impl Codec {
         }
         let head = take(blob, at, 2)?;
         if head[0] != VERSION {
-            return Err(bad(format!("version {} (this build reads {VERSION})", head[0])));
+            return Err(bad(format!(
+                "version {} (this build reads {VERSION})",
+                head[0]
+            )));
         }
         let Codec::Shared { bits } = *self;
         if head[1] != bits {
-            return Err(bad(format!("{}-bit codebook, the graph says {bits}", head[1])));
+            return Err(bad(format!(
+                "{}-bit codebook, the graph says {bits}",
+                head[1]
+            )));
         }
         let u64_at = |at: &mut usize| -> Result<u64> {
-            Ok(u64::from_le_bytes(take(blob, at, 8)?.try_into().expect("8 bytes")))
+            Ok(u64::from_le_bytes(
+                take(blob, at, 8)?.try_into().expect("8 bytes"),
+            ))
         };
         let n = u64_at(at)? as usize;
         let nnz = u64_at(at)? as usize;
         if n != numel || nnz > n {
-            return Err(bad(format!("holds {n} values ({nnz} non-zero), the graph expects {numel}")));
+            return Err(bad(format!(
+                "holds {n} values ({nnz} non-zero), the graph expects {numel}"
+            )));
         }
         let k = u16::from_le_bytes(take(blob, at, 2)?.try_into().expect("2 bytes")) as usize;
         if k > 1usize << bits {
@@ -126,8 +138,11 @@ impl Codec {
                 }
             }
             let i = icode.read(&mut ir)? as usize;
-            let v = book.get(i).ok_or_else(|| bad(format!("index {i} outside the codebook of {k}")))?;
-            *out.get_mut(pos).ok_or_else(|| bad("a position runs past the tensor"))? = *v;
+            let v = book
+                .get(i)
+                .ok_or_else(|| bad(format!("index {i} outside the codebook of {k}")))?;
+            *out.get_mut(pos)
+                .ok_or_else(|| bad("a position runs past the tensor"))? = *v;
             pos += 1;
         }
         Ok(out)

@@ -40,8 +40,11 @@ fn tree_depths(freqs: &[u64]) -> Vec<u8> {
     }
     // nodes: leaves 0..n, internal after; parent links give depths
     let mut parent: Vec<usize> = vec![usize::MAX; used.len()];
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> =
-        used.iter().enumerate().map(|(k, &i)| Reverse((freqs[i], k))).collect();
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = used
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| Reverse((freqs[i], k)))
+        .collect();
     while heap.len() > 1 {
         let Reverse((fa, a)) = heap.pop().expect("two or more");
         let Reverse((fb, b)) = heap.pop().expect("two or more");
@@ -116,7 +119,10 @@ impl<'a> BitReader<'a> {
         BitReader { bytes, pos: 0 }
     }
     pub fn bit(&mut self) -> Result<u32> {
-        let b = self.bytes.get(self.pos / 8).ok_or_else(|| corrupt("ends early"))?;
+        let b = self
+            .bytes
+            .get(self.pos / 8)
+            .ok_or_else(|| corrupt("ends early"))?;
         let v = (b >> (7 - self.pos % 8)) & 1;
         self.pos += 1;
         Ok(u32::from(v))
@@ -147,7 +153,9 @@ impl Code {
 
     pub fn from_lengths(lens: Vec<u8>) -> Self {
         let codes = codes(&lens);
-        let mut sorted: Vec<u16> = (0..lens.len() as u16).filter(|&i| lens[i as usize] > 0).collect();
+        let mut sorted: Vec<u16> = (0..lens.len() as u16)
+            .filter(|&i| lens[i as usize] > 0)
+            .collect();
         sorted.sort_by_key(|&i| (lens[i as usize], i));
         let mut first = [(0u32, 0usize, 0usize); MAX_LEN as usize + 1];
         for (k, &s) in sorted.iter().enumerate() {
@@ -157,7 +165,12 @@ impl Code {
             }
             first[l].2 += 1;
         }
-        Code { lens, codes, first, sorted }
+        Code {
+            lens,
+            codes,
+            first,
+            sorted,
+        }
     }
 
     pub fn write(&self, w: &mut BitWriter, s: u16) {
@@ -191,12 +204,18 @@ impl Code {
         let n = u16::from_le_bytes(take(bytes, at, 2)?.try_into().expect("2 bytes")) as usize;
         let packed = take(bytes, at, n.div_ceil(2))?;
         let mut r = BitReader::new(packed);
-        let lens = (0..n).map(|_| r.bits(4).map(|v| v as u8)).collect::<Result<Vec<_>>>()?;
+        let lens = (0..n)
+            .map(|_| r.bits(4).map(|v| v as u8))
+            .collect::<Result<Vec<_>>>()?;
         if lens.iter().all(|&l| l == 0) && n > 0 {
             return Err(corrupt("empty code table"));
         }
         // a valid prefix code satisfies Kraft's inequality
-        let kraft: f64 = lens.iter().filter(|&&l| l > 0).map(|&l| 0.5f64.powi(l as i32)).sum();
+        let kraft: f64 = lens
+            .iter()
+            .filter(|&&l| l > 0)
+            .map(|&l| 0.5f64.powi(l as i32))
+            .sum();
         if kraft > 1.0 + 1e-12 {
             return Err(corrupt("code lengths violate Kraft's inequality"));
         }
@@ -206,7 +225,10 @@ impl Code {
 
 /// `n` bytes of `bytes` from `*at`, advancing it.
 pub fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
-    let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(|| corrupt("truncated"))?;
+    let end = at
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| corrupt("truncated"))?;
     let s = &bytes[*at..end];
     *at = end;
     Ok(s)

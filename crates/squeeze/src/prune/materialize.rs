@@ -34,31 +34,60 @@ pub fn materialize(model: &mut Model, min_sparsity: f64) -> Result<Vec<Folded>> 
         let w = model.params.get(&name)?;
         let kept = mask.to_dtype(w.dtype())?;
         let w = (w * kept)?;
-        let values: Vec<f32> = w.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        let sparsity = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
+        let values: Vec<f32> = w
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let sparsity =
+            values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
         model.params.insert(name.clone(), w);
         let node = name.strip_suffix(".weight").unwrap_or(&name).to_string();
         let csr = sparsity >= min_sparsity
             && !model.graph.codecs.contains_key(&name)
             && to_csr(model, &node, &values)?;
-        out.push(Folded { weight: name, sparsity, csr });
+        out.push(Folded {
+            weight: name,
+            sparsity,
+            csr,
+        });
     }
     Ok(out)
 }
 
 /// Replaces Linear node `node` by its CSR form; false if it is not a Linear.
 fn to_csr(model: &mut Model, node: &str, w: &[f32]) -> Result<bool> {
-    let Some(idx) = model.graph.index_of(node) else { return Ok(false) };
-    let Op::Linear(Linear { in_features, out_features, bias }) = model.graph.nodes[idx].op else {
+    let Some(idx) = model.graph.index_of(node) else {
+        return Ok(false);
+    };
+    let Op::Linear(Linear {
+        in_features,
+        out_features,
+        bias,
+    }) = model.graph.nodes[idx].op
+    else {
         return Ok(false);
     };
     let (indptr, indices, values) = Csr::from_dense(w, out_features, in_features);
     let nnz = values.len();
     let dev = Device::Cpu;
     model.params.remove(&format!("{node}.weight"));
-    model.params.insert(format!("{node}.values"), Tensor::from_vec(values, nnz, &dev)?);
-    model.params.insert(format!("{node}.indices"), Tensor::from_vec(indices, nnz, &dev)?);
-    model.params.insert(format!("{node}.indptr"), Tensor::from_vec(indptr, out_features + 1, &dev)?);
-    model.graph.nodes[idx].op = Op::SparseLinear(SparseLinear { in_features, out_features, nnz, bias });
+    model.params.insert(
+        format!("{node}.values"),
+        Tensor::from_vec(values, nnz, &dev)?,
+    );
+    model.params.insert(
+        format!("{node}.indices"),
+        Tensor::from_vec(indices, nnz, &dev)?,
+    );
+    model.params.insert(
+        format!("{node}.indptr"),
+        Tensor::from_vec(indptr, out_features + 1, &dev)?,
+    );
+    model.graph.nodes[idx].op = Op::SparseLinear(SparseLinear {
+        in_features,
+        out_features,
+        nnz,
+        bias,
+    });
     Ok(true)
 }

@@ -103,16 +103,26 @@ fn fisher(model: &Model, names: &[String], batches: &[Batch]) -> Result<Vec<Vec<
         }
     }
     let n = n.max(1) as f64;
-    Ok(acc.into_iter().map(|a| a.into_iter().map(|v| v / n).collect()).collect())
+    Ok(acc
+        .into_iter()
+        .map(|a| a.into_iter().map(|v| v / n).collect())
+        .collect())
 }
 
 /// Gradients of the batch's mean cross-entropy with respect to `vars`.
-fn grads(model: &Model, params: &crate::params::ParamStore, vars: &[Var], b: &Batch) -> Result<Vec<Vec<f64>>> {
+fn grads(
+    model: &Model,
+    params: &crate::params::ParamStore,
+    vars: &[Var],
+    b: &Batch,
+) -> Result<Vec<Vec<f64>>> {
     let (x, labels) = images(b)?;
     let logits = forward(&model.graph, params, x, &ForwardOpts::eval())?.output;
     let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
     let g = loss.backward()?;
-    vars.iter().map(|v| flat(g.get(v.as_tensor()), v.elem_count())).collect()
+    vars.iter()
+        .map(|v| flat(g.get(v.as_tensor()), v.elem_count()))
+        .collect()
 }
 
 fn shift(vars: &[Var], base: &[Tensor], probe: &[Vec<f64>], eps: f64) -> Result<()> {
@@ -123,9 +133,18 @@ fn shift(vars: &[Var], base: &[Tensor], probe: &[Vec<f64>], eps: f64) -> Result<
     Ok(())
 }
 
-fn hutchinson(model: &Model, names: &[String], batches: &[Batch], probes: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
+fn hutchinson(
+    model: &Model,
+    names: &[String],
+    batches: &[Batch],
+    probes: usize,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>> {
     let (params, vars) = vars_of(model, names)?;
-    let base: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let base: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut acc = zeros(&vars);
     let mut count = 0usize;
@@ -133,7 +152,11 @@ fn hutchinson(model: &Model, names: &[String], batches: &[Batch], probes: usize,
         for _ in 0..probes {
             let v: Vec<Vec<f64>> = acc
                 .iter()
-                .map(|a| (0..a.len()).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect())
+                .map(|a| {
+                    (0..a.len())
+                        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+                        .collect()
+                })
                 .collect();
             shift(&vars, &base, &v, HV_STEP)?;
             let gp = grads(model, &params, &vars, b)?;
@@ -149,7 +172,10 @@ fn hutchinson(model: &Model, names: &[String], batches: &[Batch], probes: usize,
     }
     shift(&vars, &base, &zeros_like(&acc), 0.0)?;
     let n = count.max(1) as f64;
-    Ok(acc.into_iter().map(|a| a.into_iter().map(|v| v / n).collect()).collect())
+    Ok(acc
+        .into_iter()
+        .map(|a| a.into_iter().map(|v| v / n).collect())
+        .collect())
 }
 
 fn zeros_like(a: &[Vec<f64>]) -> Vec<Vec<f64>> {

@@ -113,11 +113,16 @@ pub struct SparseGptOpts {
 }
 
 /// SparseGPT: prunes `w` to `pattern` and updates its remaining weights to compensate.
-pub fn sparsegpt(w: &mut Weight, stats: &InputStats, pattern: Pattern, o: SparseGptOpts) -> Result<()> {
+pub fn sparsegpt(
+    w: &mut Weight,
+    stats: &InputStats,
+    pattern: Pattern,
+    o: SparseGptOpts,
+) -> Result<()> {
     check_cols(w, stats)?;
     let (rows, cols) = w.rows();
     if let Pattern::NofM { m, .. } = pattern {
-        if cols % m != 0 || o.block % m != 0 {
+        if !cols.is_multiple_of(m) || !o.block.is_multiple_of(m) {
             return Err(Error::Data(format!(
                 "`{}`: {cols} columns (block {}) do not split into groups of m = {m}",
                 w.name, o.block
@@ -184,7 +189,11 @@ pub fn sparsegpt(w: &mut Weight, stats: &InputStats, pattern: Pattern, o: Sparse
             }
         }
     }
-    w.values = wv.iter().zip(&mask).map(|(v, &k)| if k == 0 { 0.0 } else { *v as f32 }).collect();
+    w.values = wv
+        .iter()
+        .zip(&mask)
+        .map(|(v, &k)| if k == 0 { 0.0 } else { *v as f32 })
+        .collect();
     w.mask = mask;
     Ok(())
 }
@@ -197,12 +206,23 @@ fn obs_err(wv: &[f64], u: &[f64], cols: usize, r: usize, c: usize) -> f32 {
 
 /// Unstructured mask of block columns `i1..i2`: the fraction `s` of lowest OBS errors over
 /// the whole block (entries pruned before stay pruned).
-fn block_mask(wv: &[f64], u: &[f64], mask: &mut [u8], (rows, cols): (usize, usize), (i1, i2): (usize, usize), s: f64) {
+fn block_mask(
+    wv: &[f64],
+    u: &[f64],
+    mask: &mut [u8],
+    (rows, cols): (usize, usize),
+    (i1, i2): (usize, usize),
+    s: f64,
+) {
     let mut scores = Vec::with_capacity(rows * (i2 - i1));
     for r in 0..rows {
         for c in i1..i2 {
             let at = r * cols + c;
-            scores.push(if mask[at] == 0 { f32::NEG_INFINITY } else { obs_err(wv, u, cols, r, c) });
+            scores.push(if mask[at] == 0 {
+                f32::NEG_INFINITY
+            } else {
+                obs_err(wv, u, cols, r, c)
+            });
         }
     }
     let k = (s * scores.len() as f64).round() as usize;
@@ -216,10 +236,23 @@ fn block_mask(wv: &[f64], u: &[f64], mask: &mut [u8], (rows, cols): (usize, usiz
 }
 
 /// N:M mask of columns `c..c+m` of every row: the `m − n` lowest OBS errors go.
-fn group_mask(wv: &[f64], u: &[f64], mask: &mut [u8], (rows, cols): (usize, usize), c: usize, (n, m): (usize, usize)) {
+fn group_mask(
+    wv: &[f64],
+    u: &[f64],
+    mask: &mut [u8],
+    (rows, cols): (usize, usize),
+    c: usize,
+    (n, m): (usize, usize),
+) {
     for r in 0..rows {
         let scores: Vec<f32> = (c..c + m)
-            .map(|j| if mask[r * cols + j] == 0 { f32::NEG_INFINITY } else { obs_err(wv, u, cols, r, j) })
+            .map(|j| {
+                if mask[r * cols + j] == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    obs_err(wv, u, cols, r, j)
+                }
+            })
             .collect();
         let kept = drop_lowest(&scores, m - n);
         for (j, k) in kept.into_iter().enumerate() {

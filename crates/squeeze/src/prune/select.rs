@@ -57,7 +57,7 @@ fn count(n: usize, s: f64) -> usize {
 
 /// Keeps the `n` highest of every `m` consecutive scores of each row.
 fn n_of_m(scores: &[f32], row_len: usize, n: usize, m: usize, name: &str) -> Result<Vec<u8>> {
-    if row_len % m != 0 {
+    if !row_len.is_multiple_of(m) {
         return Err(Error::Graph(format!(
             "`{name}`: rows of {row_len} weights do not split into groups of m = {m}"
         )));
@@ -77,7 +77,11 @@ pub fn masks(
     pattern: Pattern,
     group: Group,
 ) -> Result<Vec<Vec<u8>>> {
-    let scores: Vec<Vec<f32>> = weights.iter().zip(scores).map(|(w, s)| masked(s, w)).collect();
+    let scores: Vec<Vec<f32>> = weights
+        .iter()
+        .zip(scores)
+        .map(|(w, s)| masked(s, w))
+        .collect();
     match (pattern, group) {
         (Pattern::NofM { n, m }, _) => weights
             .iter()

@@ -29,8 +29,36 @@ impl Clusters {
     pub fn values(&self) -> Vec<f32> {
         self.assign
             .iter()
-            .map(|&a| if a == NONE { 0.0 } else { self.centroids[a as usize] as f32 })
+            .map(|&a| {
+                if a == NONE {
+                    0.0
+                } else {
+                    self.centroids[a as usize] as f32
+                }
+            })
             .collect()
+    }
+}
+
+impl Clusters {
+    /// The clustering an already-shared tensor implies: one centroid per distinct
+    /// non-zero value.
+    pub fn of_shared(name: &str, values: &[f32]) -> Self {
+        let mut c: Vec<f32> = values.iter().copied().filter(|v| *v != 0.0).collect();
+        c.sort_by(f32::total_cmp);
+        c.dedup();
+        let assign = values
+            .iter()
+            .map(|v| match c.binary_search_by(|x| x.total_cmp(v)) {
+                Ok(i) if *v != 0.0 => i as u16,
+                _ => NONE,
+            })
+            .collect();
+        Clusters {
+            name: name.into(),
+            assign,
+            centroids: c.into_iter().map(f64::from).collect(),
+        }
     }
 }
 
@@ -40,17 +68,29 @@ const ITERS: usize = 30;
 /// 1-D k-means with `k` linearly initialized centroids over the entries of `values` whose
 /// `mask` is 1 (and which are non-zero).
 pub fn kmeans(name: &str, values: &[f32], mask: &[u8], k: usize) -> Clusters {
-    let live: Vec<usize> = (0..values.len()).filter(|&i| mask[i] != 0 && values[i] != 0.0).collect();
+    let live: Vec<usize> = (0..values.len())
+        .filter(|&i| mask[i] != 0 && values[i] != 0.0)
+        .collect();
     let mut assign = vec![NONE; values.len()];
     if live.is_empty() || k == 0 {
-        return Clusters { name: name.into(), assign, centroids: vec![] };
+        return Clusters {
+            name: name.into(),
+            assign,
+            centroids: vec![],
+        };
     }
     let (lo, hi) = live.iter().fold((f64::MAX, f64::MIN), |(l, h), &i| {
         let v = values[i] as f64;
         (l.min(v), h.max(v))
     });
     let mut c: Vec<f64> = (0..k)
-        .map(|j| if k == 1 { (lo + hi) / 2.0 } else { lo + (hi - lo) * j as f64 / (k - 1) as f64 })
+        .map(|j| {
+            if k == 1 {
+                (lo + hi) / 2.0
+            } else {
+                lo + (hi - lo) * j as f64 / (k - 1) as f64
+            }
+        })
         .collect();
     for _ in 0..ITERS {
         let (mut sum, mut cnt) = (vec![0.0; k], vec![0usize; k]);
@@ -75,7 +115,11 @@ pub fn kmeans(name: &str, values: &[f32], mask: &[u8], k: usize) -> Clusters {
     for &i in &live {
         assign[i] = nearest(&c, values[i] as f64) as u16;
     }
-    Clusters { name: name.into(), assign, centroids: c }
+    Clusters {
+        name: name.into(),
+        assign,
+        centroids: c,
+    }
 }
 
 /// Index of the centroid nearest `v` (centroids ascending, as Lloyd keeps them in 1-D).

@@ -364,12 +364,35 @@ pub fn train_step(
         Some(r) => (&step.loss + r)?,
         None => step.loss,
     };
-    let grads = loss.backward()?;
+    let mut grads = loss.backward()?;
+    mask_grads(model, params, opt.vars(), &mut grads)?;
     opt.step(&grads, lr)?;
     apply_masks(model, params, opt.vars())?;
     update_running(params, model, &out.bn_stats)?;
     hooks.after_step(opt.vars())?;
     Ok((lv, step.correct))
+}
+
+/// Zeroes the gradient of every pruned entry, so pruned weights also leave no trace in the
+/// optimizer's state (momentum, Adam moments) and weight decay has nothing to act on.
+fn mask_grads(
+    model: &Model,
+    params: &ParamStore,
+    vars: &[(String, Var)],
+    grads: &mut candle_core::backprop::GradStore,
+) -> Result<()> {
+    for name in &model.graph.masks {
+        let Some((_, var)) = vars.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let Some(g) = grads.get(var.as_tensor()) else {
+            continue;
+        };
+        let mask = params.get(&format!("{name}.mask"))?.to_dtype(g.dtype())?;
+        let masked = (g * mask)?;
+        grads.insert(var.as_tensor(), masked);
+    }
+    Ok(())
 }
 
 /// Zeroes the pruned entries of every masked parameter: a simulated sparse model stays
