@@ -250,7 +250,21 @@ impl PassCtx {
         epochs: Option<usize>,
         hooks: &mut dyn Hooks,
     ) -> Result<Vec<EpochLog>> {
-        let f = self.finetune.clone();
+        self.finetune_lr(model, epochs, None, hooks)
+    }
+
+    /// [`PassCtx::finetune`] with the optimizer's base learning rate replaced by `lr`.
+    pub fn finetune_lr(
+        &mut self,
+        model: &mut Model,
+        epochs: Option<usize>,
+        lr: Option<f64>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<EpochLog>> {
+        let mut f = self.finetune.clone();
+        if let Some(lr) = lr {
+            f.optimizer = f.optimizer.with_lr(lr);
+        }
         let cfg = TrainConfig {
             epochs: epochs.unwrap_or(f.epochs),
             batch_size: f.batch_size,

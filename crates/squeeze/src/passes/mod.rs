@@ -152,6 +152,9 @@ pub enum PassConfig {
         layers: Option<Vec<String>>,
         #[serde(default)]
         finetune_epochs: Option<usize>,
+        /// Learning rate of the centroid fine-tuning (default: `[finetune]`'s).
+        #[serde(default)]
+        lr: Option<f64>,
     },
     /// Fold masks into weights; Linear layers at least `min_sparsity` sparse become CSR.
     Materialize {
@@ -285,14 +288,19 @@ impl PassConfig {
                 bits,
                 layers,
                 finetune_epochs,
+                lr,
             } => {
                 Codec::Shared { bits: *bits }
                     .validate()
                     .map_err(|m| pass_err("share", m))?;
+                if lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+                    return Err(pass_err("share", format!("`lr` must be positive, got {lr:?}")));
+                }
                 Box::new(Share {
                     bits: *bits,
                     layers: layers.clone(),
                     finetune_epochs: *finetune_epochs,
+                    lr: *lr,
                 })
             }
             PassConfig::Materialize { min_sparsity } => {

@@ -17,6 +17,10 @@ pub struct Share {
     pub bits: u8,
     pub layers: Option<Vec<String>>,
     pub finetune_epochs: Option<usize>,
+    /// Learning rate of the centroid fine-tuning (default: the `[finetune]` optimizer's).
+    /// Each centroid moves by the sum of its members' updates, so large clusters want a
+    /// smaller rate than the weights did.
+    pub lr: Option<f64>,
 }
 
 impl Pass for Share {
@@ -50,7 +54,7 @@ impl Pass for Share {
         let mut hist = Vec::new();
         if let Some(e) = self.finetune_epochs.filter(|e| *e > 0) {
             let mut hook = ShareHook { layers };
-            hist = ctx.finetune(&mut model, Some(e), &mut hook)?;
+            hist = ctx.finetune_lr(&mut model, Some(e), self.lr, &mut hook)?;
         }
         let mut label = format!(
             "{} weight tensors share {} centroids each",

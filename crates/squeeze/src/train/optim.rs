@@ -29,6 +29,15 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The same optimizer with base learning rate `lr`.
+    pub fn with_lr(&self, lr: f64) -> Self {
+        let mut c = self.clone();
+        match &mut c {
+            OptimizerConfig::Sgd { lr: l, .. } | OptimizerConfig::Adamw { lr: l, .. } => *l = lr,
+        }
+        c
+    }
+
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adamw { lr, .. } => *lr,
