@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use squeeze::eval::median_time;
 use squeeze::kinds::linear::linear;
-use squeeze::ops::sparse::{spmm, Csr};
+use squeeze::ops::sparse::{spmm, CsrOwned};
 
 use crate::write_json;
 
@@ -60,14 +60,8 @@ fn measure(
         .iter()
         .map(|v| if v.abs() < thr { 0.0 } else { *v })
         .collect();
-    let (indptr, indices, values) = Csr::from_dense(&pruned, rows, cols);
-    let a = Csr {
-        rows,
-        cols,
-        indptr: &indptr,
-        indices: &indices,
-        values: &values,
-    };
+    let owned = CsrOwned::from_dense(&pruned, rows, cols);
+    let a = owned.view();
     let dev = Device::Cpu;
     let wt = Tensor::from_vec(pruned, (rows, cols), &dev)?;
     let x = pseudo_random(m * cols, 7);

@@ -86,14 +86,7 @@ fn mean_ce(model: &Model, b: &Batch) -> f64 {
 
 /// Exact diag(H) by central differences of the loss's second derivative along each axis.
 fn exact_diag(model: &Model, b: &Batch, name: &str) -> Vec<f64> {
-    let w: Vec<f64> = model
-        .params
-        .get(name)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let w: Vec<f64> = common::values_of(model.params.get(name).unwrap());
     let shape = model.params.get(name).unwrap().dims().to_vec();
     let h = 1e-4;
     let at = |v: &[f64]| {
@@ -482,20 +475,14 @@ const SPARSE_TOL: f32 = 1e-5;
 #[test]
 fn the_sparse_kernel_matches_its_reference_on_every_supported_path() {
     use squeeze::isa::supported;
-    use squeeze::ops::sparse::{reference, spmm_with, Csr};
+    use squeeze::ops::sparse::{reference, spmm_with, Csr, CsrOwned};
     let (rows, cols) = (37, 91);
     let dense: Vec<f32> = uniform(rows * cols, 4)
         .into_iter()
         .map(|v| if v.abs() < 0.7 { 0.0 } else { v as f32 })
         .collect();
-    let (indptr, indices, values) = Csr::from_dense(&dense, rows, cols);
-    let a = Csr {
-        rows,
-        cols,
-        indptr: &indptr,
-        indices: &indices,
-        values: &values,
-    };
+    let owned = CsrOwned::from_dense(&dense, rows, cols);
+    let a = owned.view();
     a.check().unwrap();
     assert_eq!(a.to_dense(), dense);
     for m in [1, 3, 64] {
@@ -515,8 +502,8 @@ fn the_sparse_kernel_matches_its_reference_on_every_supported_path() {
         rows: 2,
         cols,
         indptr: &bad_ptr,
-        indices: &indices[..3],
-        values: &values[..3],
+        indices: &owned.indices[..3],
+        values: &owned.values[..3],
     };
     assert!(bad.check().is_err());
 }

@@ -379,12 +379,22 @@ fn sparse_and_masked_encoders_are_refused_by_hf_export_with_the_reason() {
     assert!(why.contains("materialize"), "{why}");
     let (ids, mask) = ids_mask();
     let opts = squeeze::interp::ForwardOpts::eval();
-    let run = |m: &Model| squeeze::interp::forward_tokens(&m.graph, &m.params, &ids, &mask, &opts).unwrap().output;
+    let run = |m: &Model| {
+        squeeze::interp::forward_tokens(&m.graph, &m.params, &ids, &mask, &opts)
+            .unwrap()
+            .output
+    };
     let simulated = run(&m);
     prune::materialize::materialize(&mut m, 0.75).unwrap();
     let why = hf_bert::export_blocker(&m).unwrap();
-    assert!(why.contains("encoder.layer.0.intermediate.dense") && why.contains("CSR"), "{why}");
+    assert!(
+        why.contains("encoder.layer.0.intermediate.dense") && why.contains("CSR"),
+        "{why}"
+    );
     // the CSR encoder computes what the masked one did
     let d = common::max_abs(&run(&m), &simulated);
-    assert!(d < 1e-5, "materialized vs simulated embeddings differ by {d}");
+    assert!(
+        d < 1e-5,
+        "materialized vs simulated embeddings differ by {d}"
+    );
 }

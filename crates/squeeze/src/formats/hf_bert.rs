@@ -220,7 +220,12 @@ pub fn import(dir: &Path) -> Result<Model> {
 /// have the same FFN width and head size (whole pruned heads can be expressed with
 /// `pruned_heads`, uneven FFN widths cannot).
 pub fn export_blocker(model: &Model) -> Option<String> {
-    if let Some(n) = model.graph.nodes.iter().find(|n| matches!(n.op, Op::SparseLinear(_))) {
+    if let Some(n) = model
+        .graph
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, Op::SparseLinear(_)))
+    {
         return Some(format!(
             "`{}` is stored as a sparse matrix (CSR) and HF BERT holds dense weights: \
              materialize with min_sparsity = 1.0 to keep linear layers dense",

@@ -18,7 +18,7 @@ use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
 use crate::kinds::Dtype;
-use crate::ops::sparse::{self, Csr};
+use crate::ops::sparse::{self, Csr, CsrOwned};
 use crate::ops::with_cpu;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,11 +99,21 @@ impl LayerKind for SparseLinear {
         };
         let mut all = vec![&x2, values];
         all.extend(b);
-        let y = if inference(&all) {
+        if inference(&all) {
+            // the kernel's output with the bias added in place: one tensor, no extra op
             let xs = with_cpu::<f32, _>(&x2, |s| s.to_vec())?;
-            let y = self.with_csr(values, indices, indptr, |a| sparse::spmm(a, &xs, m))??;
-            Tensor::from_vec(y, (m, self.out_features), x.device())?
-        } else {
+            let mut y = self.with_csr(values, indices, indptr, |a| sparse::spmm(a, &xs, m))??;
+            if let Some(b) = b {
+                with_cpu::<f32, _>(b, |bs| {
+                    for row in y.chunks_mut(self.out_features) {
+                        row.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+                    }
+                })?;
+            }
+            let y = Tensor::from_vec(y, (m, self.out_features), x.device())?;
+            return Ok(y.reshape(with_last(&dims, self.out_features))?);
+        }
+        let y = {
             let dense = self.with_csr(values, indices, indptr, |a| {
                 a.check().map(|()| a.to_dense())
             })??;
@@ -170,7 +180,12 @@ pub(crate) fn example() -> super::Example {
             }
         })
         .collect();
-    let (indptr, indices, values) = Csr::from_dense(&dense, 5, 6);
+    let CsrOwned {
+        indptr,
+        indices,
+        values,
+        ..
+    } = CsrOwned::from_dense(&dense, 5, 6);
     let nnz = values.len();
     let dev = Device::Cpu;
     super::Example {

@@ -59,19 +59,6 @@ impl Csr<'_> {
         Ok(())
     }
 
-    /// The CSR form of a dense row-major matrix (zeros dropped).
-    pub fn from_dense(w: &[f32], rows: usize, cols: usize) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
-        let (mut indptr, mut indices, mut values) = (vec![0u32], Vec::new(), Vec::new());
-        for r in w.chunks(cols.max(1)).take(rows) {
-            for (c, v) in r.iter().enumerate().filter(|(_, v)| **v != 0.0) {
-                indices.push(c as u32);
-                values.push(*v);
-            }
-            indptr.push(values.len() as u32);
-        }
-        (indptr, indices, values)
-    }
-
     /// The dense row-major matrix.
     pub fn to_dense(&self) -> Vec<f32> {
         let mut w = vec![0.0; self.rows * self.cols];
@@ -81,6 +68,48 @@ impl Csr<'_> {
             }
         }
         w
+    }
+}
+
+/// An owned CSR matrix (what [`CsrOwned::from_dense`] builds); [`CsrOwned::view`] borrows
+/// it as a [`Csr`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsrOwned {
+    pub rows: usize,
+    pub cols: usize,
+    pub indptr: Vec<u32>,
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl CsrOwned {
+    /// The CSR form of a dense row-major `[rows, cols]` matrix (zeros dropped).
+    pub fn from_dense(w: &[f32], rows: usize, cols: usize) -> Self {
+        let (mut indptr, mut indices, mut values) = (vec![0u32], Vec::new(), Vec::new());
+        for r in w.chunks(cols.max(1)).take(rows) {
+            for (c, v) in r.iter().enumerate().filter(|(_, v)| **v != 0.0) {
+                indices.push(c as u32);
+                values.push(*v);
+            }
+            indptr.push(values.len() as u32);
+        }
+        CsrOwned {
+            rows,
+            cols,
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    pub fn view(&self) -> Csr<'_> {
+        Csr {
+            rows: self.rows,
+            cols: self.cols,
+            indptr: &self.indptr,
+            indices: &self.indices,
+            values: &self.values,
+        }
     }
 }
 

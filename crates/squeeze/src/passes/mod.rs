@@ -294,7 +294,10 @@ impl PassConfig {
                     .validate()
                     .map_err(|m| pass_err("share", m))?;
                 if lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
-                    return Err(pass_err("share", format!("`lr` must be positive, got {lr:?}")));
+                    return Err(pass_err(
+                        "share",
+                        format!("`lr` must be positive, got {lr:?}"),
+                    ));
                 }
                 Box::new(Share {
                     bits: *bits,

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::linear::Linear;
 use crate::kinds::sparse_linear::SparseLinear;
-use crate::ops::sparse::Csr;
+use crate::ops::sparse::CsrOwned;
 
 /// What happened to one masked weight.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,7 +67,12 @@ fn to_csr(model: &mut Model, node: &str, w: &[f32]) -> Result<bool> {
     else {
         return Ok(false);
     };
-    let (indptr, indices, values) = Csr::from_dense(w, out_features, in_features);
+    let CsrOwned {
+        indptr,
+        indices,
+        values,
+        ..
+    } = CsrOwned::from_dense(w, out_features, in_features);
     let nnz = values.len();
     let dev = Device::Cpu;
     model.params.remove(&format!("{node}.weight"));
