@@ -30,6 +30,9 @@ pub struct SparseArgs {
     pub runs: usize,
 }
 
+/// Interleaved rounds per measurement (dense, CSR, dense, …; the median is kept).
+const ROUNDS: usize = 7;
+
 const GRID: [f64; 9] = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98];
 const SHAPES: [(&str, usize, usize); 2] = [("mlp_fc1", 300, 784), ("minilm_ffn", 384, 1536)];
 
@@ -67,7 +70,7 @@ fn measure(
     let x = pseudo_random(m * cols, 7);
     let xt = Tensor::from_vec(x.clone(), (m, cols), &dev)?;
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..ROUNDS {
         dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
         sparse.push(median_time(3, runs, || spmm(&a, &x, m).map(|_| ()))?);
     }

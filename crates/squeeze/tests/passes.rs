@@ -30,7 +30,10 @@ fn recipe(text: &str) -> Recipe {
 }
 
 fn apply(m: Model, r: &Recipe) -> squeeze::Result<(Model, Vec<squeeze::passes::PassRecord>)> {
-    let work = common::tmpdir("passes-work");
+    // a directory per call: tests run in parallel in one process
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = common::tmpdir(&format!("passes-work-{n}"));
     let mut ctx = r
         .context(Path::new("/no-such-dir"), &work)
         .with_images(splits());

@@ -179,7 +179,7 @@ fn default_damp() -> f64 {
     0.01
 }
 fn default_min_sparsity() -> f64 {
-    0.75
+    0.85
 }
 
 fn pass_err(pass: &str, msg: String) -> Error {
