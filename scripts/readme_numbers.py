@@ -185,6 +185,12 @@ def prune():
                    f"{f(c['mlp_fc1_b256'])} at batch 256 for the 300×784 layer; from "
                    f"{f(c['minilm_ffn'])} and {f(c['minilm_ffn_b256'])} for MiniLM's 384×1536 "
                    f"(`{c['command']}`, {c['threads']} threads).")
+        w = c.get("whole_model")
+        if w:
+            out.append(f" Whole models at batch 1, interleaved over {w['rounds']} rounds: `{w['dense']}` "
+                       f"{w['dense_ms_b1']:.4f} ms, `{w['sparse']}` {w['sparse_ms_b1']:.4f} ms "
+                       f"({w['ratio']:.2f}×; the sparse model was faster in {w['rounds_sparse_faster']} "
+                       f"of {w['rounds']} rounds).")
     return "".join(out)
 
 

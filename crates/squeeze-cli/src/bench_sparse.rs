@@ -3,8 +3,9 @@
 //! pruned to a grid of sparsities and the Linear kind's dense path (the streaming kernel
 //! at batch 1, GEMM at batch 256) is timed against the CSR kernel, interleaved in one
 //! process; the crossover is the sparsity at which CSR becomes faster (linear
-//! interpolation between grid points). Writes the table and merges the crossovers into a
-//! results file under one key.
+//! interpolation between grid points). With `--dense A --sparse B`, also the batch-1
+//! latency of two whole models (e.g. zoo/mlp and its 90%-sparse CSR form), interleaved.
+//! Writes the table and merges the crossovers into a results file under one key.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
 use squeeze::eval::median_time;
+use squeeze::interp::predict;
 use squeeze::kinds::linear::linear;
 use squeeze::ops::sparse::{spmm, CsrOwned};
 
@@ -28,6 +30,55 @@ pub struct SparseArgs {
     /// Timed runs per measurement (median taken), batch 1; batch 256 uses a tenth.
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
+    /// Also time this dense model against `--sparse` at batch 1, whole forward passes,
+    /// interleaved over 15 rounds.
+    #[arg(long, requires = "sparse")]
+    pub dense: Option<PathBuf>,
+    /// The pruned, materialized model timed against `--dense`.
+    #[arg(long, requires = "dense")]
+    pub sparse: Option<PathBuf>,
+}
+
+/// Interleaved rounds of the whole-model comparison.
+const MODEL_ROUNDS: usize = 15;
+
+/// Batch-1 latency (ms) of two models on the same random image, interleaved: per-round
+/// medians of each, the median of those, and how many rounds the second model won.
+fn whole_models(dense: &std::path::Path, sparse: &std::path::Path, runs: usize) -> Result<serde_json::Value> {
+    let a = squeeze::formats::load_any(dense)?;
+    let b = squeeze::formats::load_any(sparse)?;
+    let mut shape = vec![1];
+    shape.extend(&a.graph.input_shape);
+    let x = Tensor::from_vec(pseudo_random(shape.iter().product(), 3), shape.as_slice(), &Device::Cpu)?;
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for r in 0..MODEL_ROUNDS {
+        let time = |m: &squeeze::Model| median_time(20, runs, || predict(&m.graph, &m.params, &x).map(|_| ()));
+        // the order alternates so neither model always runs first
+        if r % 2 == 0 {
+            ta.push(time(&a)? * 1e3);
+            tb.push(time(&b)? * 1e3);
+        } else {
+            tb.push(time(&b)? * 1e3);
+            ta.push(time(&a)? * 1e3);
+        }
+    }
+    let wins = ta.iter().zip(&tb).filter(|(a, b)| b < a).count();
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ma, mb) = (med(&ta), med(&tb));
+    eprintln!(
+        "{} {ma:.4} ms vs {} {mb:.4} ms at batch 1 (median of {MODEL_ROUNDS} interleaved rounds; the second faster in {wins})",
+        dense.display(),
+        sparse.display()
+    );
+    Ok(serde_json::json!({
+        "dense": dense, "sparse": sparse, "dense_ms_b1": ma, "sparse_ms_b1": mb,
+        "ratio": mb / ma, "rounds": MODEL_ROUNDS, "rounds_sparse_faster": wins,
+        "dense_round_ms": ta, "sparse_round_ms": tb,
+    }))
 }
 
 /// Interleaved rounds per measurement (dense, CSR, dense, …; the median is kept).
@@ -129,6 +180,9 @@ pub fn run(a: SparseArgs) -> Result<()> {
     }
     entry.insert("note".into(), "sparsity at which the CSR kernel becomes faster than the dense path; plain keys at batch 1, _b256 at batch 256; null = dense faster at every grid point up to 0.98".into());
     entry.insert("table".into(), table.into());
+    if let (Some(d), Some(sp)) = (&a.dense, &a.sparse) {
+        entry.insert("whole_model".into(), whole_models(d, sp, a.runs)?);
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     entry.insert("threads".into(), threads.into());
     entry.insert(

@@ -223,7 +223,7 @@ fn pruning_recipes_run_end_to_end_and_fine_tuning_keeps_the_sparsity() {
     let r = recipe(
         "[calibration]\nsource = \"fashion-mnist\"\nsamples = 32\nbatch_size = 16\n\
          [finetune]\nepochs = 1\nbatch_size = 32\n\
-         [[passes]]\ntype = \"sparsegpt\"\nsparsity = 0.5\nlayers = [\"fc2\"]\n\
+         [[passes]]\ntype = \"sparsegpt\"\nsparsity = 0.5\nlayers = [\"fc2\"]\nfinetune_epochs = 1\n\
          [[passes]]\ntype = \"magnitude\"\nsparsity = 0.8\nlayers = [\"fc1\"]\nschedule = \"agp\"\nfinetune_epochs = 1\n\
          [[passes]]\ntype = \"obd\"\nsparsity = 0.5\nlayers = [\"fc3\"]\nestimator = \"hutchinson\"\nprobes = 1\nfinetune_epochs = 1\n\
          [[passes]]\ntype = \"share\"\nbits = 4\nfinetune_epochs = 1\n\

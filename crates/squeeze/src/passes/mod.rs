@@ -128,6 +128,8 @@ pub enum PassConfig {
         m: Option<usize>,
         #[serde(default)]
         layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
     },
     /// SparseGPT: OBS pruning with weight updates from calibration Hessians (Linear).
     #[serde(rename = "sparsegpt")]
@@ -140,6 +142,8 @@ pub enum PassConfig {
         m: Option<usize>,
         #[serde(default)]
         layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
         #[serde(default = "default_block")]
         block: usize,
         #[serde(default = "default_damp")]
@@ -256,16 +260,19 @@ impl PassConfig {
                 n,
                 m,
                 layers,
+                finetune_epochs,
             } => Box::new(LayerWise {
                 method: Calibrated::Wanda,
                 pattern: Pattern::from_options("wanda", *sparsity, *n, *m)?,
                 layers: layers.clone(),
+                finetune_epochs: *finetune_epochs,
             }),
             PassConfig::SparseGpt {
                 sparsity,
                 n,
                 m,
                 layers,
+                finetune_epochs,
                 block,
                 damp,
             } => {
@@ -282,6 +289,7 @@ impl PassConfig {
                     }),
                     pattern: Pattern::from_options("sparsegpt", *sparsity, *n, *m)?,
                     layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
                 })
             }
             PassConfig::Share {

@@ -190,11 +190,13 @@ pub enum Calibrated {
     SparseGpt(SparseGptOpts),
 }
 
-/// Wanda or SparseGPT over the model's Linear layers, one input group at a time.
+/// Wanda or SparseGPT over the model's Linear layers, one input group at a time,
+/// optionally followed by fine-tuning (the masks hold through it).
 pub struct LayerWise {
     pub method: Calibrated,
     pub pattern: Pattern,
     pub layers: Option<Vec<String>>,
+    pub finetune_epochs: Option<usize>,
 }
 
 impl Pass for LayerWise {
@@ -230,8 +232,12 @@ impl Pass for LayerWise {
             }
         }
         bar.finish_and_clear();
+        let mut hist = Vec::new();
+        if let Some(e) = self.finetune_epochs.filter(|e| *e > 0) {
+            hist = ctx.finetune(&mut model, Some(e), &mut NoHooks)?;
+        }
         let opts = serde_json::json!({ "pattern": format!("{:?}", self.pattern) });
-        record(model, self.name(), &names, opts, &[])
+        record(model, self.name(), &names, opts, &hist)
     }
 }
 
