@@ -44,15 +44,25 @@ const MODEL_ROUNDS: usize = 15;
 
 /// Batch-1 latency (ms) of two models on the same random image, interleaved: per-round
 /// medians of each, the median of those, and how many rounds the second model won.
-fn whole_models(dense: &std::path::Path, sparse: &std::path::Path, runs: usize) -> Result<serde_json::Value> {
+fn whole_models(
+    dense: &std::path::Path,
+    sparse: &std::path::Path,
+    runs: usize,
+) -> Result<serde_json::Value> {
     let a = squeeze::formats::load_any(dense)?;
     let b = squeeze::formats::load_any(sparse)?;
     let mut shape = vec![1];
     shape.extend(&a.graph.input_shape);
-    let x = Tensor::from_vec(pseudo_random(shape.iter().product(), 3), shape.as_slice(), &Device::Cpu)?;
+    let x = Tensor::from_vec(
+        pseudo_random(shape.iter().product(), 3),
+        shape.as_slice(),
+        &Device::Cpu,
+    )?;
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for r in 0..MODEL_ROUNDS {
-        let time = |m: &squeeze::Model| median_time(20, runs, || predict(&m.graph, &m.params, &x).map(|_| ()));
+        let time = |m: &squeeze::Model| {
+            median_time(20, runs, || predict(&m.graph, &m.params, &x).map(|_| ()))
+        };
         // the order alternates so neither model always runs first
         if r % 2 == 0 {
             ta.push(time(&a)? * 1e3);
