@@ -88,10 +88,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         what: "the starting model".into(),
         model: load_any(&base)?,
     }];
-    for (name, file) in RECIPES {
-        say(format!("applying {file}"));
-        rows.push(apply(&a, &rows[0].model, name, file)?);
-    }
+    apply_all(&a, &mut rows, RECIPES, &mut say)?;
     say(format!(
         "measuring the {} image models together ({} interleaved rounds)",
         rows.len(),
@@ -108,10 +105,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         what: "the starting model".into(),
         model: load_any(&a.prune_model)?,
     }];
-    for (name, file) in PRUNE_RECIPES {
-        say(format!("applying {file}"));
-        pruned.push(apply(&a, &pruned[0].model, name, file)?);
-    }
+    apply_all(&a, &mut pruned, PRUNE_RECIPES, &mut say)?;
     say(format!(
         "measuring the {} pruned image models together",
         pruned.len()
@@ -167,6 +161,21 @@ fn base_model(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<PathBuf> {
     Ok(base)
 }
 
+/// Applies each of `recipes` to the first row's model, adding a row per recipe.
+fn apply_all(
+    a: &DemoArgs,
+    rows: &mut Vec<Row>,
+    recipes: &[(&str, &str)],
+    say: &mut impl FnMut(String),
+) -> Result<()> {
+    for (name, file) in recipes {
+        say(format!("applying {file}"));
+        let row = apply(a, &rows[0].model, name, file)?;
+        rows.push(row);
+    }
+    Ok(())
+}
+
 /// Applies recipe `file` to `base`, saving the result under the demo directory.
 fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
     let recipe = Recipe::load(Path::new(file))?;
@@ -210,10 +219,7 @@ fn text_part(
         what: "pretrained all-MiniLM-L6-v2, f32".into(),
         model: load_any(&a.text_model)?,
     }];
-    for (name, file) in TEXT_RECIPES {
-        say(format!("applying {file}"));
-        rows.push(apply(a, &rows[0].model, name, file)?);
-    }
+    apply_all(a, &mut rows, TEXT_RECIPES, say)?;
     say(format!("measuring the {} text models together", rows.len()));
     let m = measure(&rows, a)?;
     Ok(Some((rows, m)))
