@@ -141,16 +141,20 @@ def prune():
     kb = lambda b: f"{b / 1024:.1f}"
     out = []
     rows = []
+    criteria = (("magnitude", "magnitude (per layer)"), ("obd", "OBD, Fisher diag (global)"),
+                ("obd-hutchinson", "OBD, Hutchinson diag, 16 probes (global)"))
     for pct in (80, 90, 95):
-        for method in ("magnitude", "obd"):
-            cells = [f"{pct}%", "magnitude (per layer)" if method == "magnitude" else "OBD, Fisher diag (global)"]
+        for method, label in criteria:
+            if f"mlp-{method}-{pct}" not in d:
+                continue
+            cells = [f"{pct}%", label]
             for suffix in ("-oneshot", ""):
                 e = d.get(f"mlp-{method}-{pct}{suffix}")
                 cells.append(f"{e['accuracy'] * 100:.2f}%" if e else "—")
             rows.append(cells)
     base = d["mlp-magnitude-90"]["baseline"]
     out.append(f"`zoo/mlp` (LeNet-300-100, {base * 100:.2f}% test accuracy), all three weight matrices; "
-               "fine-tuned = 5 epochs after the one-shot cut, same budget and seed for both criteria:\n\n")
+               "fine-tuned = 5 epochs after the one-shot cut, same budget and seed for every criterion:\n\n")
     out.append(table(["sparsity", "criterion", "one-shot", "fine-tuned 5 epochs"], rows))
     rows = []
     for key, what in (("mlp-agp-90", "AGP to 90% (15 epochs), CSR"),
