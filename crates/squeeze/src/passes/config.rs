@@ -1,0 +1,280 @@
+//! The recipe's pass entries: one typed variant per pass with its options (serde,
+//! unknown fields rejected), and [`PassConfig::build`], which checks the options — errors
+//! name the field — and makes the [`Pass`]. `Recipe::parse` builds every entry once, so a
+//! bad option fails before any pass runs.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Calibrated, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude, Materialize, Obd, Pass,
+    PruneSchedule, RecalibrateBatchNorm, Share,
+};
+use crate::error::{Error, Result};
+use crate::prune::codec::Codec;
+use crate::prune::obd::Estimator;
+use crate::prune::obs::SparseGptOpts;
+use crate::prune::{Pattern, Scope};
+
+/// One recipe entry: the pass and its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PassConfig {
+    /// Fold each BatchNorm into the convolution or linear layer that feeds it.
+    FoldBatchNorm {},
+    /// Re-estimate every BatchNorm's running statistics from calibration batches.
+    RecalibrateBatchNorm {},
+    /// Remove whole transformer encoder layers (indices), renumbering those left.
+    DropLayers { layers: Vec<usize> },
+    /// Fine-tune the model with the trainer (`epochs` overrides `[finetune] epochs`).
+    Finetune {
+        #[serde(default)]
+        epochs: Option<usize>,
+    },
+    /// Magnitude pruning: `sparsity` (or `n` of every `m`), per layer or global, one-shot
+    /// or gradual (`schedule = "agp"` over `finetune_epochs`).
+    Magnitude {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        scope: Scope,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+        #[serde(default)]
+        schedule: PruneSchedule,
+        #[serde(default = "default_agp_events")]
+        agp_events: usize,
+    },
+    /// Optimal Brain Damage: `rounds` of saliency pruning (diag(H) by `estimator`), each
+    /// followed by `finetune_epochs`, up to `sparsity`.
+    Obd {
+        sparsity: f64,
+        #[serde(default)]
+        estimator: Estimator,
+        #[serde(default = "one")]
+        rounds: usize,
+        /// Hutchinson probes per calibration batch.
+        #[serde(default = "default_probes")]
+        probes: usize,
+        #[serde(default)]
+        scope: Scope,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+    },
+    /// Wanda: |W|·‖X‖ per output row, from calibration inputs (Linear layers).
+    Wanda {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+    },
+    /// SparseGPT: OBS pruning with weight updates from calibration Hessians (Linear).
+    #[serde(rename = "sparsegpt")]
+    SparseGpt {
+        #[serde(default)]
+        sparsity: Option<f64>,
+        #[serde(default)]
+        n: Option<usize>,
+        #[serde(default)]
+        m: Option<usize>,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+        #[serde(default = "default_block")]
+        block: usize,
+        #[serde(default = "default_damp")]
+        damp: f64,
+    },
+    /// Weight sharing: 2^bits k-means centroids per layer, stored with Huffman coding.
+    Share {
+        bits: u8,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default)]
+        finetune_epochs: Option<usize>,
+        /// Learning rate of the centroid fine-tuning (default: `[finetune]`'s).
+        #[serde(default)]
+        lr: Option<f64>,
+    },
+    /// Fold masks into weights; Linear layers at least `min_sparsity` sparse become CSR.
+    Materialize {
+        #[serde(default = "default_min_sparsity")]
+        min_sparsity: f64,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn default_agp_events() -> usize {
+    20
+}
+fn default_probes() -> usize {
+    4
+}
+fn default_block() -> usize {
+    128
+}
+fn default_damp() -> f64 {
+    0.01
+}
+fn default_min_sparsity() -> f64 {
+    0.85
+}
+
+fn pass_err(pass: &str, msg: String) -> Error {
+    Error::Pass {
+        pass: pass.into(),
+        msg,
+    }
+}
+
+impl PassConfig {
+    /// The pass, its options checked (errors name the field).
+    pub(crate) fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(match self {
+            PassConfig::FoldBatchNorm {} => Box::new(FoldBatchNorm),
+            PassConfig::RecalibrateBatchNorm {} => Box::new(RecalibrateBatchNorm),
+            PassConfig::Finetune { epochs } => Box::new(Finetune { epochs: *epochs }),
+            PassConfig::DropLayers { layers } => Box::new(DropLayers {
+                layers: layers.clone(),
+            }),
+            PassConfig::Magnitude {
+                sparsity,
+                n,
+                m,
+                scope,
+                layers,
+                finetune_epochs,
+                schedule,
+                agp_events,
+            } => {
+                let pattern = Pattern::from_options("magnitude", *sparsity, *n, *m)?;
+                if *agp_events == 0 {
+                    return Err(pass_err(
+                        "magnitude",
+                        "`agp_events` must be positive".into(),
+                    ));
+                }
+                Box::new(Magnitude {
+                    pattern,
+                    scope: *scope,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                    schedule: *schedule,
+                    agp_events: *agp_events,
+                })
+            }
+            PassConfig::Obd {
+                sparsity,
+                estimator,
+                rounds,
+                probes,
+                scope,
+                layers,
+                finetune_epochs,
+            } => {
+                Pattern::from_options("obd", Some(*sparsity), None, None)?;
+                if *rounds == 0 || *probes == 0 {
+                    return Err(pass_err(
+                        "obd",
+                        "`rounds` and `probes` must be positive".into(),
+                    ));
+                }
+                Box::new(Obd {
+                    sparsity: *sparsity,
+                    estimator: *estimator,
+                    rounds: *rounds,
+                    probes: *probes,
+                    scope: *scope,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                })
+            }
+            PassConfig::Wanda {
+                sparsity,
+                n,
+                m,
+                layers,
+                finetune_epochs,
+            } => Box::new(LayerWise {
+                method: Calibrated::Wanda,
+                pattern: Pattern::from_options("wanda", *sparsity, *n, *m)?,
+                layers: layers.clone(),
+                finetune_epochs: *finetune_epochs,
+            }),
+            PassConfig::SparseGpt {
+                sparsity,
+                n,
+                m,
+                layers,
+                finetune_epochs,
+                block,
+                damp,
+            } => {
+                if *block == 0 || !(*damp > 0.0 && damp.is_finite()) {
+                    return Err(pass_err(
+                        "sparsegpt",
+                        format!("`block` must be positive and `damp` > 0, got {block} and {damp}"),
+                    ));
+                }
+                Box::new(LayerWise {
+                    method: Calibrated::SparseGpt(SparseGptOpts {
+                        block: *block,
+                        damp: *damp,
+                    }),
+                    pattern: Pattern::from_options("sparsegpt", *sparsity, *n, *m)?,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                })
+            }
+            PassConfig::Share {
+                bits,
+                layers,
+                finetune_epochs,
+                lr,
+            } => {
+                Codec::Shared { bits: *bits }
+                    .validate()
+                    .map_err(|m| pass_err("share", m))?;
+                if lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+                    return Err(pass_err(
+                        "share",
+                        format!("`lr` must be positive, got {lr:?}"),
+                    ));
+                }
+                Box::new(Share {
+                    bits: *bits,
+                    layers: layers.clone(),
+                    finetune_epochs: *finetune_epochs,
+                    lr: *lr,
+                })
+            }
+            PassConfig::Materialize { min_sparsity } => {
+                if !(0.0..=1.0).contains(min_sparsity) {
+                    return Err(pass_err(
+                        "materialize",
+                        format!("`min_sparsity` must be in [0, 1], got {min_sparsity}"),
+                    ));
+                }
+                Box::new(Materialize {
+                    min_sparsity: *min_sparsity,
+                })
+            }
+        })
+    }
+}
