@@ -171,3 +171,65 @@ fn absurd_hf_configs_name_the_field() {
     assert!(e.contains("config.json"), "{e}");
     let _ = std::fs::remove_dir_all(&hf);
 }
+
+/// zoo/mlp-shaped models in the two materialized forms: CSR layers, and shared weights
+/// stored through the Huffman codec.
+fn pruned_checkpoints() -> Vec<(std::path::PathBuf, squeeze::Model)> {
+    use squeeze::prune::{self, codec::Codec, select, share, Pattern};
+    let mut out = Vec::new();
+    for (name, shared) in [("mutate-csr", false), ("mutate-shared", true)] {
+        let mut m = common::small("mlp");
+        let names = ["fc1.weight", "fc2.weight", "fc3.weight"];
+        let mut ws: Vec<_> = names.iter().map(|n| prune::read(&m, n).unwrap()).collect();
+        select::magnitude(&mut ws, Pattern::Fraction(0.9), select::Group::Layer).unwrap();
+        for w in &ws {
+            prune::write(&mut m, w).unwrap();
+            if shared {
+                let cl = share::kmeans(&w.name, &w.values, &w.mask, 8);
+                let t = candle_core::Tensor::from_vec(
+                    cl.values(),
+                    w.shape.as_slice(),
+                    &candle_core::Device::Cpu,
+                );
+                m.params.insert(w.name.clone(), t.unwrap());
+                m.graph
+                    .codecs
+                    .insert(w.name.clone(), Codec::Shared { bits: 3 });
+            }
+        }
+        prune::materialize::materialize(&mut m, 0.85).unwrap();
+        let dir = common::tmpdir(name);
+        checkpoint::save(&m, &dir).unwrap();
+        out.push((dir, m));
+    }
+    out
+}
+
+#[test]
+fn mutated_sparse_and_shared_checkpoints_load_and_run_or_fail_cleanly() {
+    let x = candle_core::Tensor::ones(
+        (1, 1, 28, 28),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (k, (dir, _)) in pruned_checkpoints().iter().enumerate() {
+        for (j, f) in ["model.json", "model.safetensors"].iter().enumerate() {
+            let (ok, err) = each_mutant(&dir.join(f), 40 + 2 * k as u64 + j as u64, || {
+                // a mutant that loads must also run (or refuse to) without panicking
+                checkpoint::load(dir)
+                    .is_ok_and(|m| squeeze::interp::predict(&m.graph, &m.params, &x).is_ok())
+            });
+            assert!(
+                err > MUTANTS / 3,
+                "{f}: only {err} of {ok}+{err} mutants refused"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        peak_rss() < MAX_RSS_BYTES,
+        "peak RSS {} MB",
+        peak_rss() >> 20
+    );
+}

@@ -41,7 +41,7 @@ impl LayerKind for SparseLinear {
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         positive("in_features", self.in_features)?;
         positive("out_features", self.out_features)?;
-        if self.nnz > self.in_features * self.out_features {
+        if self.nnz > self.in_features.saturating_mul(self.out_features) {
             return Err(format!(
                 "`nnz` {} exceeds {}×{}",
                 self.nnz, self.out_features, self.in_features
@@ -61,7 +61,7 @@ impl LayerKind for SparseLinear {
         let mut t = vec![
             TensorSpec::f32("values", vec![self.nnz], TensorRole::Packed),
             u32_of("indices", self.nnz),
-            u32_of("indptr", self.out_features + 1),
+            u32_of("indptr", self.out_features.saturating_add(1)),
         ];
         if self.bias {
             t.push(TensorSpec::param("bias", vec![self.out_features]));
@@ -72,7 +72,7 @@ impl LayerKind for SparseLinear {
         // one multiply-accumulate per stored non-zero and input row
         let rows = super::numel(out) / self.out_features.max(1) as u64;
         let _ = ins;
-        rows * self.nnz as u64
+        rows.saturating_mul(self.nnz as u64)
     }
     fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
         cx.consume(&ins[0], &node.name);
