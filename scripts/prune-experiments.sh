@@ -11,7 +11,7 @@ MINILM=${MINILM:-models/all-MiniLM-L6-v2}
 mlp=(mlp-agp-90 mlp-magnitude-80 mlp-magnitude-90 mlp-magnitude-95 mlp-obd-80 mlp-obd-90
   mlp-obd-95 mlp-magnitude-80-oneshot mlp-magnitude-90-oneshot mlp-magnitude-95-oneshot
   mlp-obd-80-oneshot mlp-obd-90-oneshot mlp-obd-95-oneshot mlp-obd-hutchinson-90
-  mlp-obd-hutchinson-90-oneshot mlp-deep-compression)
+  mlp-obd-hutchinson-90-oneshot mlp-obd-loop-95 mlp-deep-compression)
 text=(minilm-magnitude-50 minilm-wanda-50 minilm-sparsegpt-50 minilm-magnitude-2of4
   minilm-wanda-2of4 minilm-sparsegpt-2of4)
 keys=("$@")

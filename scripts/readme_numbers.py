@@ -152,6 +152,9 @@ def prune():
                 e = d.get(f"mlp-{method}-{pct}{suffix}")
                 cells.append(f"{e['accuracy'] * 100:.2f}%" if e else "—")
             rows.append(cells)
+    loop = d.get("mlp-obd-loop-95")
+    if loop:
+        rows.append(["95%", "OBD loop: 5 × (Fisher cut + 1 epoch)", "—", f"{loop['accuracy'] * 100:.2f}%"])
     base = d["mlp-magnitude-90"]["baseline"]
     out.append(f"`zoo/mlp` (LeNet-300-100, {base * 100:.2f}% test accuracy), all three weight matrices; "
                "fine-tuned = 5 epochs after the one-shot cut, same budget and seed for every criterion:\n\n")
