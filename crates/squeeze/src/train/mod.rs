@@ -365,32 +365,43 @@ pub fn train_step(
         None => step.loss,
     };
     let mut grads = loss.backward()?;
-    mask_grads(model, params, opt.vars(), &mut grads)?;
+    // one lookup of the masks serves the gradients before the step and the weights after
+    let masks = masked_vars(model, params, opt.vars())?;
+    for (var, mask) in &masks {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            // pruned weights leave no trace in the optimizer's state (momentum, Adam
+            // moments) and weight decay has nothing to act on
+            let masked = (g * mask)?;
+            grads.insert(var.as_tensor(), masked);
+        }
+    }
     opt.step(&grads, lr)?;
-    apply_masks(model, params, opt.vars())?;
+    zero_pruned(&masks)?;
     update_running(params, model, &out.bn_stats)?;
     hooks.after_step(opt.vars())?;
     Ok((lv, step.correct))
 }
 
-/// Zeroes the gradient of every pruned entry, so pruned weights also leave no trace in the
-/// optimizer's state (momentum, Adam moments) and weight decay has nothing to act on.
-fn mask_grads(
+/// Every masked variable with its mask in the variable's dtype.
+fn masked_vars(
     model: &Model,
     params: &ParamStore,
     vars: &[(String, Var)],
-    grads: &mut candle_core::backprop::GradStore,
-) -> Result<()> {
+) -> Result<Vec<(Var, Tensor)>> {
+    let mut out = Vec::new();
     for name in &model.graph.masks {
         let Some((_, var)) = vars.iter().find(|(n, _)| n == name) else {
             continue;
         };
-        let Some(g) = grads.get(var.as_tensor()) else {
-            continue;
-        };
-        let mask = params.get(&format!("{name}.mask"))?.to_dtype(g.dtype())?;
-        let masked = (g * mask)?;
-        grads.insert(var.as_tensor(), masked);
+        let mask = params.get(&format!("{name}.mask"))?.to_dtype(var.dtype())?;
+        out.push((var.clone(), mask));
+    }
+    Ok(out)
+}
+
+fn zero_pruned(masks: &[(Var, Tensor)]) -> Result<()> {
+    for (var, mask) in masks {
+        var.set(&(var.as_tensor() * mask)?)?;
     }
     Ok(())
 }
@@ -398,14 +409,7 @@ fn mask_grads(
 /// Zeroes the pruned entries of every masked parameter: a simulated sparse model stays
 /// sparse through training (run after each optimizer step, and once before the first).
 pub fn apply_masks(model: &Model, params: &ParamStore, vars: &[(String, Var)]) -> Result<()> {
-    for name in &model.graph.masks {
-        let Some((_, var)) = vars.iter().find(|(n, _)| n == name) else {
-            continue;
-        };
-        let mask = params.get(&format!("{name}.mask"))?.to_dtype(var.dtype())?;
-        var.set(&(var.as_tensor() * mask)?)?;
-    }
-    Ok(())
+    zero_pruned(&masked_vars(model, params, vars)?)
 }
 
 /// Sets up variables and an optimizer for `model` (used by benchmarks and custom loops).
