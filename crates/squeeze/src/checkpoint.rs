@@ -136,10 +136,7 @@ fn encoded(model: &Model) -> Result<BTreeMap<String, Tensor>> {
     let mut map = model.params.map().clone();
     for (name, codec) in &model.graph.codecs {
         let t = model.params.get(name)?;
-        let v: Vec<f32> = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+        let v = crate::params::f32_values(t)?;
         let blob = codec
             .encode(&v)
             .map_err(|e| Error::Graph(format!("tensor `{name}`: {e}")))?;

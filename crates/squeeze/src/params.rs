@@ -110,7 +110,7 @@ impl ParamStore {
             if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
                 continue;
             }
-            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let v = f32_values(t)?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::Graph(format!(
                     "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
@@ -128,7 +128,7 @@ impl ParamStore {
             if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
                 continue;
             }
-            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let v = f32_values(t)?;
             n += v.iter().filter(|x| **x != 0.0).count();
         }
         Ok(n)
@@ -146,6 +146,11 @@ impl ParamStore {
         }
         Ok((store, vars))
     }
+}
+
+/// The elements of `t` in row-major order, as f32.
+pub fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }
 
 /// Full names of the tensors of `g` whose role satisfies `pick`, in node order.

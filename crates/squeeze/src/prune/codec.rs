@@ -32,6 +32,15 @@ fn bad(msg: impl std::fmt::Display) -> Error {
     Error::Data(format!("shared-weight blob: {msg}"))
 }
 
+/// The distinct non-zero values of `values`, ascending: the codebook a shared tensor
+/// implies (position `i` of a value is its index, found by binary search).
+pub fn codebook(values: &[f32]) -> Vec<f32> {
+    let mut book: Vec<f32> = values.iter().copied().filter(|v| *v != 0.0).collect();
+    book.sort_by(f32::total_cmp);
+    book.dedup();
+    book
+}
+
 impl Codec {
     /// Checks the codec's options (bits 1–8).
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -45,9 +54,7 @@ impl Codec {
     /// Encodes `values`.
     pub fn encode(&self, values: &[f32]) -> Result<Vec<u8>> {
         let Codec::Shared { bits } = *self;
-        let mut book: Vec<f32> = values.iter().copied().filter(|v| *v != 0.0).collect();
-        book.sort_by(f32::total_cmp);
-        book.dedup();
+        let book = codebook(values);
         if book.len() > 1usize << bits {
             return Err(bad(format!(
                 "{} distinct non-zero values do not fit a {bits}-bit codebook",

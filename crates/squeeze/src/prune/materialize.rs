@@ -34,10 +34,7 @@ pub fn materialize(model: &mut Model, min_sparsity: f64) -> Result<Vec<Folded>> 
         let w = model.params.get(&name)?;
         let kept = mask.to_dtype(w.dtype())?;
         let w = (w * kept)?;
-        let values: Vec<f32> = w
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+        let values = crate::params::f32_values(&w)?;
         let sparsity =
             values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
         model.params.insert(name.clone(), w);

@@ -17,7 +17,7 @@ pub mod obs;
 pub mod select;
 pub mod share;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
@@ -148,7 +148,7 @@ pub fn targets(model: &Model, layers: Option<&[String]>, pass: &str) -> Result<V
 pub fn read(model: &Model, name: &str) -> Result<Weight> {
     let t = model.params.get(name)?;
     let shape = t.dims().to_vec();
-    let values: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    let values = crate::params::f32_values(t)?;
     let mask = match model.params.get(&format!("{name}.mask")) {
         Ok(m) if model.graph.masks.iter().any(|x| x == name) => m.flatten_all()?.to_vec1()?,
         _ => vec![1; values.len()],

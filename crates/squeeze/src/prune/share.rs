@@ -38,15 +38,11 @@ impl Clusters {
             })
             .collect()
     }
-}
 
-impl Clusters {
     /// The clustering an already-shared tensor implies: one centroid per distinct
     /// non-zero value.
     pub fn of_shared(name: &str, values: &[f32]) -> Self {
-        let mut c: Vec<f32> = values.iter().copied().filter(|v| *v != 0.0).collect();
-        c.sort_by(f32::total_cmp);
-        c.dedup();
+        let c = super::codec::codebook(values);
         let assign = values
             .iter()
             .map(|v| match c.binary_search_by(|x| x.total_cmp(v)) {
