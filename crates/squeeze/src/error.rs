@@ -55,6 +55,13 @@ impl Error {
             source,
         }
     }
+    /// An error of pass `pass` (a recipe option, or what the pass met in the model).
+    pub(crate) fn pass(pass: &str, msg: impl Into<String>) -> Self {
+        Error::Pass {
+            pass: pass.into(),
+            msg: msg.into(),
+        }
+    }
     pub(crate) fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::File {
             path: path.into(),

@@ -136,13 +136,6 @@ fn default_min_sparsity() -> f64 {
     0.85
 }
 
-fn pass_err(pass: &str, msg: String) -> Error {
-    Error::Pass {
-        pass: pass.into(),
-        msg,
-    }
-}
-
 impl PassConfig {
     /// The pass, its options checked (errors name the field).
     pub(crate) fn build(&self) -> Result<Box<dyn Pass>> {
@@ -165,10 +158,7 @@ impl PassConfig {
             } => {
                 let pattern = Pattern::from_options("magnitude", *sparsity, *n, *m)?;
                 if *agp_events == 0 {
-                    return Err(pass_err(
-                        "magnitude",
-                        "`agp_events` must be positive".into(),
-                    ));
+                    return Err(Error::pass("magnitude", "`agp_events` must be positive"));
                 }
                 Box::new(Magnitude {
                     pattern,
@@ -190,10 +180,7 @@ impl PassConfig {
             } => {
                 Pattern::from_options("obd", Some(*sparsity), None, None)?;
                 if *rounds == 0 || *probes == 0 {
-                    return Err(pass_err(
-                        "obd",
-                        "`rounds` and `probes` must be positive".into(),
-                    ));
+                    return Err(Error::pass("obd", "`rounds` and `probes` must be positive"));
                 }
                 Box::new(Obd {
                     sparsity: *sparsity,
@@ -227,7 +214,7 @@ impl PassConfig {
                 damp,
             } => {
                 if *block == 0 || !(*damp > 0.0 && damp.is_finite()) {
-                    return Err(pass_err(
+                    return Err(Error::pass(
                         "sparsegpt",
                         format!("`block` must be positive and `damp` > 0, got {block} and {damp}"),
                     ));
@@ -250,9 +237,9 @@ impl PassConfig {
             } => {
                 Codec::Shared { bits: *bits }
                     .validate()
-                    .map_err(|m| pass_err("share", m))?;
+                    .map_err(|m| Error::pass("share", m))?;
                 if lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
-                    return Err(pass_err(
+                    return Err(Error::pass(
                         "share",
                         format!("`lr` must be positive, got {lr:?}"),
                     ));
@@ -266,7 +253,7 @@ impl PassConfig {
             }
             PassConfig::Materialize { min_sparsity } => {
                 if !(0.0..=1.0).contains(min_sparsity) {
-                    return Err(pass_err(
+                    return Err(Error::pass(
                         "materialize",
                         format!("`min_sparsity` must be in [0, 1], got {min_sparsity}"),
                     ));

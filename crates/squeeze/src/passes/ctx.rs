@@ -230,12 +230,9 @@ impl PassCtx {
     pub fn finetune_steps(&mut self, model: &Model, epochs: Option<usize>) -> Result<usize> {
         let f = self.finetune.clone();
         let n = if model.graph.is_text() {
-            let path = f
-                .sentences
-                .clone()
-                .or_else(|| self.calibration.as_ref().and_then(|c| c.path.clone()))
-                .ok_or_else(|| Error::Data("fine-tuning a text encoder needs sentences".into()))?;
-            read_sentences(&path)?.len().saturating_sub(TEXT_VALID)
+            read_sentences(&self.finetune_sentences()?)?
+                .len()
+                .saturating_sub(TEXT_VALID)
         } else {
             self.images()?.train.len()
         };
@@ -287,13 +284,10 @@ impl PassCtx {
         train::fit(model, &run, hooks)
     }
 
-    /// Sentences with the original model's embeddings as targets.
-    fn text_finetune_data(
-        &mut self,
-        model: &Model,
-        f: &FinetuneConfig,
-    ) -> Result<(SentenceSet, EmbeddingTarget)> {
-        let path = f
+    /// The sentence file text encoders fine-tune on: `[finetune] sentences`, else the
+    /// calibration sentences.
+    fn finetune_sentences(&self) -> Result<PathBuf> {
+        self.finetune
             .sentences
             .clone()
             .or_else(|| self.calibration.as_ref().and_then(|c| c.path.clone()))
@@ -303,7 +297,16 @@ impl PassCtx {
                      [calibration] path"
                         .into(),
                 )
-            })?;
+            })
+    }
+
+    /// Sentences with the original model's embeddings as targets.
+    fn text_finetune_data(
+        &mut self,
+        model: &Model,
+        f: &FinetuneConfig,
+    ) -> Result<(SentenceSet, EmbeddingTarget)> {
+        let path = self.finetune_sentences()?;
         let teacher = self.original.clone().unwrap_or_else(|| model.clone());
         // the examples the budget trains on, plus the held-out validation sentences
         let cap = f.limit_train.map(|l| l + TEXT_VALID);

@@ -21,13 +21,13 @@ impl Pass for Finetune {
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         if let Some(name) = model.graph.codecs.keys().next() {
-            return Err(Error::Pass {
-                pass: self.name().into(),
-                msg: format!(
+            return Err(Error::pass(
+                self.name(),
+                format!(
                     "`{name}` shares its weights: plain fine-tuning would break the \
                      codebook; fine-tune the centroids with `share`'s `finetune_epochs`"
                 ),
-            });
+            ));
         }
         let hist = ctx.finetune(&mut model, self.epochs, &mut NoHooks)?;
         let label = summary(&hist);

@@ -134,15 +134,10 @@ pub fn run_recipe(
         let pass = cfg.build()?;
         let (m, rec) = pass.apply(model, ctx).map_err(|e| match e {
             e @ Error::Pass { .. } => e,
-            e => Error::Pass {
-                pass: pass.name().into(),
-                msg: e.to_string(),
-            },
+            e => Error::pass(pass.name(), e.to_string()),
         })?;
-        m.check().map_err(|e| Error::Pass {
-            pass: pass.name().into(),
-            msg: format!("left an inconsistent model: {e}"),
-        })?;
+        m.check()
+            .map_err(|e| Error::pass(pass.name(), format!("left an inconsistent model: {e}")))?;
         model = m;
         log.push(rec);
     }

@@ -93,12 +93,17 @@ impl Pass for Magnitude {
             }
             PruneSchedule::Agp => {
                 let Pattern::Fraction(s) = self.pattern else {
-                    return Err(self.err("schedule = \"agp\" takes `sparsity`, not N:M"));
+                    return Err(Error::pass(
+                        self.name(),
+                        "schedule = \"agp\" takes `sparsity`, not N:M",
+                    ));
                 };
-                let e = self
-                    .finetune_epochs
-                    .filter(|e| *e > 0)
-                    .ok_or_else(|| self.err("schedule = \"agp\" needs `finetune_epochs` ≥ 1"))?;
+                let e = self.finetune_epochs.filter(|e| *e > 0).ok_or_else(|| {
+                    Error::pass(
+                        self.name(),
+                        "schedule = \"agp\" needs `finetune_epochs` ≥ 1",
+                    )
+                })?;
                 let steps = ctx.finetune_steps(&model, Some(e))?;
                 let mut hook = Agp::new(names.clone(), s, group, self.agp_events, steps);
                 hist = ctx.finetune(&mut model, Some(e), &mut hook)?;
@@ -115,15 +120,6 @@ impl Pass for Magnitude {
         }
         let opts = serde_json::json!({ "pattern": format!("{:?}", self.pattern), "scope": self.scope, "schedule": self.schedule });
         record(model, self.name(), &names, opts, &hist)
-    }
-}
-
-impl Magnitude {
-    fn err(&self, msg: &str) -> Error {
-        Error::Pass {
-            pass: self.name().into(),
-            msg: msg.into(),
-        }
     }
 }
 
@@ -261,14 +257,14 @@ fn linear_groups(model: &Model, names: &[String], pass: &str) -> Result<Vec<(usi
             continue;
         }
         let Op::Linear(l) = &n.op else {
-            return Err(Error::Pass {
-                pass: pass.into(),
-                msg: format!(
+            return Err(Error::pass(
+                pass,
+                format!(
                     "`layers`: `{}` is a {}; this method prunes linear layers",
                     n.name,
                     n.op.kind()
                 ),
-            });
+            ));
         };
         let input = n.inputs[0].clone();
         if !groups.contains_key(&input) {

@@ -52,10 +52,7 @@ impl Pattern {
         n: Option<usize>,
         m: Option<usize>,
     ) -> Result<Self> {
-        let bad = |msg: String| Error::Pass {
-            pass: pass.into(),
-            msg,
-        };
+        let bad = |msg: String| Error::pass(pass, msg);
         match (sparsity, n, m) {
             (Some(s), None, None) => {
                 if !(0.0..1.0).contains(&s) {
@@ -120,26 +117,23 @@ pub fn targets(model: &Model, layers: Option<&[String]>, pass: &str) -> Result<V
             .collect());
     };
     if layers.is_empty() {
-        return Err(Error::Pass {
-            pass: pass.into(),
-            msg: "`layers` is empty".into(),
-        });
+        return Err(Error::pass(pass, "`layers` is empty"));
     }
     layers
         .iter()
         .map(|l| match model.graph.node(l) {
             Some(n) if prunable(&n.op) => Ok(format!("{l}.weight")),
-            Some(n) => Err(Error::Pass {
-                pass: pass.into(),
-                msg: format!(
+            Some(n) => Err(Error::pass(
+                pass,
+                format!(
                     "`layers`: node `{l}` is a {}, not a linear or conv2d layer",
                     n.op.kind()
                 ),
-            }),
-            None => Err(Error::Pass {
-                pass: pass.into(),
-                msg: format!("`layers`: the model has no node `{l}`"),
-            }),
+            )),
+            None => Err(Error::pass(
+                pass,
+                format!("`layers`: the model has no node `{l}`"),
+            )),
         })
         .collect()
 }
