@@ -194,10 +194,11 @@ def prune():
                    f"(`{c['command']}`, {c['threads']} threads).")
         w = c.get("whole_model")
         if w:
+            rng = lambda t: f"[{t['latency_ms_b1']['min']:.4f}–{t['latency_ms_b1']['max']:.4f}]"
             out.append(f" Whole models at batch 1, interleaved over {w['rounds']} rounds: `{w['dense']}` "
-                       f"{w['dense_ms_b1']:.4f} ms, `{w['sparse']}` {w['sparse_ms_b1']:.4f} ms "
-                       f"({w['ratio']:.2f}×; the sparse model was faster in {w['rounds_sparse_faster']} "
-                       f"of {w['rounds']} rounds).")
+                       f"{w['dense_ms_b1']:.4f} ms {rng(w['dense_timing'])}, `{w['sparse']}` "
+                       f"{w['sparse_ms_b1']:.4f} ms {rng(w['sparse_timing'])} ({w['ratio']:.2f}×; "
+                       "median [min–max] of the rounds).")
     return "".join(out)
 
 

@@ -68,6 +68,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 }
 
+/// The median of `v` (sorted in place).
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 const EPOCH: f64 = 60_000.0;
 const BATCH: usize = 128;
 

@@ -12,6 +12,7 @@ use squeeze::formats::load_any;
 use squeeze::isa::{self, Isa};
 use squeeze::text::{stsb, Encoder};
 
+use crate::bench::median;
 use crate::write_json;
 
 #[derive(Args)]
@@ -33,11 +34,6 @@ pub struct IsaArgs {
     pub sentences: usize,
     #[arg(long, default_value = "results/isa.json")]
     pub out: PathBuf,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub fn run(a: IsaArgs) -> Result<()> {

@@ -4,7 +4,8 @@
 //! at batch 1, GEMM at batch 256) is timed against the CSR kernel, interleaved in one
 //! process; the crossover is the sparsity at which CSR becomes faster (linear
 //! interpolation between grid points). With `--dense A --sparse B`, also the batch-1
-//! latency of two whole models (e.g. zoo/mlp and its 90%-sparse CSR form), interleaved.
+//! latency of two whole models (e.g. zoo/mlp and its 90%-sparse CSR form), measured as
+//! every comparison is (interleaved rounds, median and range).
 //! Writes the table and merges the crossovers into a results file under one key.
 
 use std::path::PathBuf;
@@ -12,11 +13,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use squeeze::eval::median_time;
-use squeeze::interp::predict;
+use squeeze::eval::{image_speeds, median_time};
 use squeeze::kinds::linear::linear;
 use squeeze::ops::sparse::{spmm, CsrOwned};
 
+use crate::bench::median;
 use crate::write_json;
 
 #[derive(Args)]
@@ -42,8 +43,8 @@ pub struct SparseArgs {
 /// Interleaved rounds of the whole-model comparison.
 const MODEL_ROUNDS: usize = 15;
 
-/// Batch-1 latency (ms) of two models on the same random image, interleaved: per-round
-/// medians of each, the median of those, and how many rounds the second model won.
+/// Batch-1 latency (ms) of two whole models, timed by the project's comparison rule
+/// ([`image_speeds`]: interleaved rounds, order rotating): medians and ranges.
 fn whole_models(
     dense: &std::path::Path,
     sparse: &std::path::Path,
@@ -51,43 +52,24 @@ fn whole_models(
 ) -> Result<serde_json::Value> {
     let a = squeeze::formats::load_any(dense)?;
     let b = squeeze::formats::load_any(sparse)?;
-    let mut shape = vec![1];
-    shape.extend(&a.graph.input_shape);
-    let x = Tensor::from_vec(
-        pseudo_random(shape.iter().product(), 3),
-        shape.as_slice(),
-        &Device::Cpu,
-    )?;
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for r in 0..MODEL_ROUNDS {
-        let time = |m: &squeeze::Model| {
-            median_time(20, runs, || predict(&m.graph, &m.params, &x).map(|_| ()))
-        };
-        // the order alternates so neither model always runs first
-        if r % 2 == 0 {
-            ta.push(time(&a)? * 1e3);
-            tb.push(time(&b)? * 1e3);
-        } else {
-            tb.push(time(&b)? * 1e3);
-            ta.push(time(&a)? * 1e3);
-        }
-    }
-    let wins = ta.iter().zip(&tb).filter(|(a, b)| b < a).count();
-    let med = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (ma, mb) = (med(&ta), med(&tb));
+    let t = image_speeds(&[&a, &b], MODEL_ROUNDS, runs)?;
+    let (ta, tb) = (t[0].latency_ms_b1, t[1].latency_ms_b1);
     eprintln!(
-        "{} {ma:.4} ms vs {} {mb:.4} ms at batch 1 (median of {MODEL_ROUNDS} interleaved rounds; the second faster in {wins})",
+        "{} {:.4} [{:.4}–{:.4}] ms vs {} {:.4} [{:.4}–{:.4}] ms at batch 1 ({})",
         dense.display(),
-        sparse.display()
+        ta.median,
+        ta.min,
+        ta.max,
+        sparse.display(),
+        tb.median,
+        tb.min,
+        tb.max,
+        t[0].method
     );
     Ok(serde_json::json!({
-        "dense": dense, "sparse": sparse, "dense_ms_b1": ma, "sparse_ms_b1": mb,
-        "ratio": mb / ma, "rounds": MODEL_ROUNDS, "rounds_sparse_faster": wins,
-        "dense_round_ms": ta, "sparse_round_ms": tb,
+        "dense": dense, "sparse": sparse, "dense_ms_b1": ta.median, "sparse_ms_b1": tb.median,
+        "ratio": tb.median / ta.median, "rounds": MODEL_ROUNDS,
+        "dense_timing": t[0], "sparse_timing": t[1],
     }))
 }
 
@@ -135,11 +117,7 @@ fn measure(
         dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
         sparse.push(median_time(3, runs, || spmm(&a, &x, m).map(|_| ()))?);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2] * 1e3
-    };
-    Ok((med(&mut dense), med(&mut sparse)))
+    Ok((median(&mut dense) * 1e3, median(&mut sparse) * 1e3))
 }
 
 /// First sparsity of the grid where CSR wins, interpolated from the previous point.
