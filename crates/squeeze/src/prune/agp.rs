@@ -66,7 +66,8 @@ impl Agp {
     }
 
     fn prune(&mut self, vars: &[(String, Var)], s: f64) -> Result<()> {
-        let mut ws = Vec::new();
+        // the weights in the run (by index into `names`), with the masks in force
+        let (mut idx, mut weights) = (Vec::new(), Vec::new());
         for (i, name) in self.names.iter().enumerate() {
             let Some((_, var)) = vars.iter().find(|(n, _)| n == name) else {
                 continue;
@@ -77,20 +78,17 @@ impl Agp {
                 Some((m, _)) => m.clone(),
                 None => vec![1; values.len()],
             };
-            ws.push((
-                i,
-                Weight {
-                    name: name.clone(),
-                    shape: t.dims().to_vec(),
-                    values,
-                    mask,
-                },
-            ));
+            idx.push(i);
+            weights.push(Weight {
+                name: name.clone(),
+                shape: t.dims().to_vec(),
+                values,
+                mask,
+            });
         }
-        let weights: Vec<Weight> = ws.iter().map(|(_, w)| w.clone()).collect();
         let scores: Vec<Vec<f32>> = weights.iter().map(select::magnitudes).collect();
         let new = select::masks(&weights, &scores, Pattern::Fraction(s), self.group)?;
-        for ((i, w), m) in ws.into_iter().zip(new) {
+        for ((i, w), m) in idx.into_iter().zip(&weights).zip(new) {
             let t = Tensor::from_vec(m.clone(), w.shape.as_slice(), &candle_core::Device::Cpu)?
                 .to_dtype(candle_core::DType::F32)?;
             self.masks[i] = Some((m, t));

@@ -170,16 +170,12 @@ fn hutchinson(
             count += 1;
         }
     }
-    shift(&vars, &base, &zeros_like(&acc), 0.0)?;
+    // the variables are this function's own copies (`with_vars`): the model is untouched
     let n = count.max(1) as f64;
     Ok(acc
         .into_iter()
         .map(|a| a.into_iter().map(|v| v / n).collect())
         .collect())
-}
-
-fn zeros_like(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    a.iter().map(|v| vec![0.0; v.len()]).collect()
 }
 
 /// OBD saliencies `½·max(h, 0)·w²` (a negative estimate counts as zero curvature).
