@@ -26,6 +26,7 @@ pub mod ops;
 pub mod params;
 pub mod passes;
 pub mod prune;
+pub mod quant;
 pub mod text;
 pub mod train;
 pub mod zoo;

@@ -65,6 +65,12 @@ layer_kinds! {
         ChannelGather(kinds::gather::ChannelGather) => kinds::gather::example,
         /// `y = x Wᵀ + b` with W in CSR: `values`, `indices` `[nnz]`, `indptr` `[out+1]`.
         SparseLinear(kinds::sparse_linear::SparseLinear) => kinds::sparse_linear::example,
+        /// `y = x Ŵᵀ + b` with Ŵ quantized (int8/int4 codes `weight_q`, `weight_scale`).
+        #[serde(rename = "qlinear")]
+        QLinear(kinds::qlinear::QLinear) => kinds::qlinear::example,
+        /// Table lookup from a quantized table (`weight_q`, `weight_scale`).
+        #[serde(rename = "qembedding")]
+        QEmbedding(kinds::qembedding::QEmbedding) => kinds::qembedding::example,
     }
     unit {
         Relu => kinds::act::Relu, kinds::act::relu_example,

@@ -37,6 +37,8 @@ pub mod gather;
 pub mod layer_norm;
 pub mod linear;
 pub mod pool;
+pub mod qembedding;
+pub mod qlinear;
 pub mod sentence;
 pub mod sparse_linear;
 

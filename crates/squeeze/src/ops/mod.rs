@@ -10,6 +10,7 @@ pub mod conv;
 pub mod fast;
 pub mod packed;
 pub mod pool;
+pub mod qgemm;
 pub mod sparse;
 pub mod text;
 

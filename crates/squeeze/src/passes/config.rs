@@ -7,13 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Calibrated, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude, Materialize, Obd, Pass,
-    PruneSchedule, RecalibrateBatchNorm, Share,
+    PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
 };
 use crate::error::{Error, Result};
+use crate::kinds::qlinear::ActQuant;
 use crate::prune::codec::Codec;
 use crate::prune::obd::Estimator;
 use crate::prune::obs::SparseGptOpts;
 use crate::prune::{Pattern, Scope};
+use crate::quant::act::Clip;
+use crate::quant::gptq::GptqOpts;
+use crate::quant::layout::{Layout, Scales};
 
 /// One recipe entry: the pass and its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +114,37 @@ pub enum PassConfig {
         #[serde(default)]
         lr: Option<f64>,
     },
+    /// Post-training quantization of Linear weights (and embedding tables): `bits` 8
+    /// (with `activations` "dynamic" or "static") or 4 (weight-only), scales per output
+    /// channel, per tensor (`per_tensor`) or per `group`; `rounding` "rtn" or "gptq".
+    Quantize {
+        bits: u8,
+        #[serde(default)]
+        group: Option<usize>,
+        #[serde(default)]
+        per_tensor: bool,
+        #[serde(default)]
+        zero_point: bool,
+        /// int8: "dynamic" (default) or "static"; int4: "none".
+        #[serde(default)]
+        activations: Option<ActQuant>,
+        #[serde(default)]
+        rounding: RoundingName,
+        /// Static int8 clipping: "min_max" (default), "mse" or { percentile = 99.99 }.
+        #[serde(default = "default_clip")]
+        clip: Clip,
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default = "yes")]
+        embeddings: bool,
+        /// GPTQ: columns per lazy-update block, dampening, act-order.
+        #[serde(default = "default_block")]
+        block: usize,
+        #[serde(default = "default_damp")]
+        damp: f64,
+        #[serde(default)]
+        act_order: bool,
+    },
     /// Fold masks into weights; Linear layers at least `min_sparsity` sparse become CSR.
     Materialize {
         #[serde(default = "default_min_sparsity")]
@@ -117,6 +152,21 @@ pub enum PassConfig {
     },
 }
 
+/// How the `quantize` pass rounds weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundingName {
+    #[default]
+    Rtn,
+    Gptq,
+}
+
+fn default_clip() -> Clip {
+    Clip::MinMax
+}
+fn yes() -> bool {
+    true
+}
 fn one() -> usize {
     1
 }
@@ -249,6 +299,93 @@ impl PassConfig {
                     layers: layers.clone(),
                     finetune_epochs: *finetune_epochs,
                     lr: *lr,
+                })
+            }
+            PassConfig::Quantize {
+                bits,
+                group,
+                per_tensor,
+                zero_point,
+                activations,
+                rounding,
+                clip,
+                layers,
+                embeddings,
+                block,
+                damp,
+                act_order,
+            } => {
+                let err = |m: String| Error::pass("quantize", m);
+                let scales = match (group, per_tensor) {
+                    (Some(_), true) => {
+                        return Err(err("`group` and `per_tensor` exclude each other".into()))
+                    }
+                    (Some(g), false) => Scales::Group(*g),
+                    (None, true) => Scales::Tensor,
+                    (None, false) => Scales::Channel,
+                };
+                let layout = Layout {
+                    bits: *bits,
+                    scales,
+                    zero_point: *zero_point,
+                };
+                // the layout's own checks against a row length every group divides
+                let probe = match scales {
+                    Scales::Group(g) => g.max(32),
+                    _ => 32,
+                };
+                layout
+                    .check(probe)
+                    .map_err(|m| err(format!("`bits`/`group`: {m}")))?;
+                let act = activations.unwrap_or(if *bits == 8 {
+                    ActQuant::Dynamic
+                } else {
+                    ActQuant::None
+                });
+                match (bits, act, scales) {
+                    (8, ActQuant::None, _) => {
+                        return Err(err(
+                            "`activations`: int8 weights take \"dynamic\" or \"static\"".into(),
+                        ))
+                    }
+                    (8, _, Scales::Group(_)) => {
+                        return Err(err(
+                            "`group`: int8 weights take per-channel or per-tensor scales".into(),
+                        ))
+                    }
+                    (4, ActQuant::Dynamic | ActQuant::Static, _) => {
+                        return Err(err(
+                            "`activations`: int4 weights are weight-only (\"none\")".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                if let Clip::Percentile(p) = clip {
+                    if !(*p > 0.0 && *p <= 100.0) {
+                        return Err(err(format!(
+                            "`clip`: percentile must be in (0, 100], got {p}"
+                        )));
+                    }
+                }
+                if *block == 0 || !(*damp > 0.0 && damp.is_finite()) {
+                    return Err(err(format!(
+                        "`block` must be positive and `damp` > 0, got {block} and {damp}"
+                    )));
+                }
+                Box::new(Quantize {
+                    layout,
+                    act,
+                    rounding: match rounding {
+                        RoundingName::Rtn => Rounding::Rtn,
+                        RoundingName::Gptq => Rounding::Gptq(GptqOpts {
+                            block: *block,
+                            damp: *damp,
+                            act_order: *act_order,
+                        }),
+                    },
+                    clip: *clip,
+                    layers: layers.clone(),
+                    embeddings: *embeddings,
                 })
             }
             PassConfig::Materialize { min_sparsity } => {

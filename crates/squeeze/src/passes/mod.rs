@@ -13,6 +13,7 @@ mod ctx;
 mod drop_layers;
 mod finetune;
 mod prune;
+mod quant;
 mod share;
 
 pub use bn_fold::FoldBatchNorm;
@@ -22,6 +23,7 @@ pub use ctx::{read_sentences, CalibSource, CalibrationConfig, FinetuneConfig, Pa
 pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
+pub use quant::{Quantize, Rounding};
 pub use share::{Materialize, Share};
 
 use std::path::Path;

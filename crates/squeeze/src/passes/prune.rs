@@ -237,7 +237,7 @@ impl Pass for LayerWise {
     }
 }
 
-fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(n as u64);
     let style = indicatif::ProgressStyle::with_template(&format!(
         "{what} [{{bar:30}}] {{pos}}/{{len}} layer groups"
@@ -249,7 +249,11 @@ fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
 
 /// The targeted Linear nodes grouped by the value they read (q/k/v share one capture),
 /// in graph order, with their input width.
-fn linear_groups(model: &Model, names: &[String], pass: &str) -> Result<Vec<(usize, Vec<String>)>> {
+pub(crate) fn linear_groups(
+    model: &Model,
+    names: &[String],
+    pass: &str,
+) -> Result<Vec<(usize, Vec<String>)>> {
     let mut order: Vec<String> = Vec::new();
     let mut groups: HashMap<String, (usize, Vec<String>)> = HashMap::new();
     for n in &model.graph.nodes {
@@ -284,7 +288,7 @@ fn linear_groups(model: &Model, names: &[String], pass: &str) -> Result<Vec<(usi
 
 /// The rows of a captured input `[.., features]` that are real examples: all rows of an
 /// image batch, the unpadded tokens of a sentence batch.
-fn real_rows(batch: &Batch, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn real_rows(batch: &Batch, x: &Tensor) -> Result<Tensor> {
     let d = x.dim(x.rank() - 1)?;
     let flat = x.reshape(((), d))?;
     match batch {

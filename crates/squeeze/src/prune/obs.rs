@@ -66,7 +66,7 @@ impl InputStats {
     }
 
     /// The symmetric Hessian `XᵀX / rows`.
-    fn hessian(&self) -> Result<Vec<f64>> {
+    pub(crate) fn hessian(&self) -> Result<Vec<f64>> {
         let h = self
             .xtx
             .as_ref()

@@ -1,0 +1,136 @@
+//! A quantized lookup table: the [`super::embedding`] kind with its `[num, dim]` table
+//! stored as codes (`weight_q`), scales (`weight_scale`) and optional zero points
+//! (`weight_zero`) in a [`Layout`] — int8 with one scale per row for the `quantize` pass.
+//! Only the looked-up rows are dequantized, so the table stays quantized in memory
+//! (a text encoder's token table is half of its parameters). Not trainable.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::embedding::Lookup;
+use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::{Error, Result};
+use crate::graph::{Node, Op};
+use crate::kinds::Dtype;
+use crate::ops::with_cpu;
+use crate::quant::layout::Layout;
+use crate::quant::QView;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QEmbedding {
+    pub num: usize,
+    pub dim: usize,
+    pub lookup: Lookup,
+    pub layout: Layout,
+}
+
+impl LayerKind for QEmbedding {
+    fn name(&self) -> &'static str {
+        "qembedding"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::TokenIds
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        positive("num", self.num)?;
+        positive("dim", self.dim)?;
+        self.layout.check(self.dim)?;
+        let s = arity(ins, 1)?;
+        if s.len() != 1 {
+            return Err(format!("input {s:?}, expected token ids [L]"));
+        }
+        Ok(vec![s[0], self.dim])
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        let (n, d, l) = (self.num, self.dim, &self.layout);
+        let shape = l.scale_shape(n, d);
+        let mut t = vec![
+            TensorSpec {
+                stored: vec![n, l.row_bytes(d)],
+                dtype: Dtype::U8,
+                ..TensorSpec::f32("weight_q", vec![n, d], TensorRole::Packed)
+            },
+            TensorSpec::f32("weight_scale", shape.clone(), TensorRole::Scale),
+        ];
+        if l.zero_point {
+            t.push(TensorSpec {
+                dtype: Dtype::U8,
+                ..TensorSpec::f32("weight_zero", shape, TensorRole::ZeroPoint)
+            });
+        }
+        t
+    }
+    fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
+        0
+    }
+    fn couple(&self, cx: &mut Coupler, node: &Node, _: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        let o = cx.new_space(&node.name, self.dim, false);
+        cx.pin_all(&o, "embedding table (hidden width)");
+        o
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let (n, l) = cx.x().dims2()?;
+        let rows: Vec<u32> = match self.lookup {
+            Lookup::Tokens => cx.x().to_dtype(DType::U32)?.flatten_all()?.to_vec1()?,
+            Lookup::Positions => (0..n).flat_map(|_| 0..l as u32).collect(),
+            Lookup::Segments => vec![0; n * l],
+        };
+        if let Some(bad) = rows.iter().find(|&&r| r as usize >= self.num) {
+            return Err(Error::Data(format!(
+                "index {bad} is outside the table of {} rows",
+                self.num
+            )));
+        }
+        let scales = cx.param("weight_scale")?.to_dtype(DType::F32)?;
+        let zeros = match self.layout.zero_point {
+            true => Some(with_cpu::<u8, _>(cx.param("weight_zero")?, |z| z.to_vec())?),
+            false => None,
+        };
+        let out = with_cpu::<u8, _>(cx.param("weight_q")?, |codes| {
+            with_cpu::<f32, _>(&scales, |scales| {
+                let view = QView {
+                    layout: self.layout,
+                    rows: self.num,
+                    cols: self.dim,
+                    codes,
+                    scales,
+                    zeros: zeros.as_deref(),
+                };
+                view.check()?;
+                let mut out = vec![0f32; rows.len() * self.dim];
+                for (o, &r) in out.chunks_exact_mut(self.dim).zip(&rows) {
+                    view.dequantize_row(r as usize, o);
+                }
+                Ok::<_, Error>(out)
+            })
+        })???;
+        Ok(Tensor::from_vec(out, (n, l, self.dim), cx.x().device())?)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
+        let d = dims("weight_q")?;
+        Some(Op::QEmbedding(QEmbedding {
+            num: d[0],
+            ..self.clone()
+        }))
+    }
+}
+
+pub(crate) fn example() -> super::Example {
+    let (num, dim) = (9, 4);
+    let w: Vec<f32> = (0..num * dim).map(|i| (i as f32 - 17.0) / 10.0).collect();
+    let q = crate::quant::QWeight::quantize(&w, num, dim, Layout::INT8_CHANNEL)
+        .expect("a valid layout");
+    let (codes, scales, _) = q.tensors().expect("sizes match");
+    super::Example {
+        op: Op::QEmbedding(QEmbedding {
+            num,
+            dim,
+            lookup: Lookup::Tokens,
+            layout: Layout::INT8_CHANNEL,
+        }),
+        inputs: vec![vec![5]],
+        tensors: vec![("weight_q", codes), ("weight_scale", scales)],
+    }
+}

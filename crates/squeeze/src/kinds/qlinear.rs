@@ -1,0 +1,269 @@
+//! A materialized quantized fully connected layer `y = x Ŵᵀ + b`: what the `quantize`
+//! pass makes of a Linear node. Tensors: `weight_q` (the packed codes, `[out, row_bytes]`
+//! u8, standing for `[out, in]`), `weight_scale` (f32, the layout's scale shape),
+//! `weight_zero` (u8, asymmetric int4 only), `input_scale` (`[1]` f32, static int8 only)
+//! and `bias` `[out]`. The layout ([`crate::quant::layout`]) is an attribute, so
+//! `model.json` says what the bytes mean and the loader checks every size.
+//!
+//! Activations (`act`): `dynamic` int8 (one scale per row at run time) or `static` int8
+//! (the calibrated `input_scale`) run the exact int8 kernel of [`crate::ops::qgemm`];
+//! `none` keeps f32 activations against int4 weights (weight-only). Any other caller (f64,
+//! gradients) gets the simulated layer — the dequantized weight and the fake-quantized
+//! input, same codes — which is also the reference the kernels are tested against.
+//! Coupling: like Linear, but both sides are pinned (the codes are not channel-pruned).
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{arity, positive, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use crate::coupling::{Coupler, Seg};
+use crate::error::Result;
+use crate::graph::{Node, Op};
+use crate::kinds::Dtype;
+use crate::ops::qgemm::{self, QView};
+use crate::ops::with_cpu;
+use crate::quant::act::quantize_rows;
+use crate::quant::layout::{Layout, Scales};
+
+/// How the layer's input is quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActQuant {
+    /// f32 activations (weight-only; int4 weights).
+    None,
+    /// int8, one scale per row chosen at run time.
+    Dynamic,
+    /// int8, the calibrated scale `input_scale`.
+    Static,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QLinear {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub layout: Layout,
+    pub act: ActQuant,
+}
+
+impl LayerKind for QLinear {
+    fn name(&self) -> &'static str {
+        "qlinear"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Values
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        positive("in_features", self.in_features)?;
+        positive("out_features", self.out_features)?;
+        self.layout.check(self.in_features)?;
+        match (self.layout.bits, self.act, self.layout.scales) {
+            (8, ActQuant::None, _) => {
+                return Err("int8 weights run with int8 activations (`dynamic` or `static`)".into())
+            }
+            (8, _, Scales::Group(_)) => {
+                return Err("int8 weights take per-channel or per-tensor scales".into())
+            }
+            (4, ActQuant::Dynamic | ActQuant::Static, _) => {
+                return Err("int4 weights are weight-only (`act` = \"none\")".into())
+            }
+            _ => {}
+        }
+        let s = arity(ins, 1)?;
+        if s.last() != Some(&self.in_features) {
+            return Err(format!("input {s:?}, expected [..., {}]", self.in_features));
+        }
+        Ok(with_last(s, self.out_features))
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        let (n, k, l) = (self.out_features, self.in_features, &self.layout);
+        let scale_shape = l.scale_shape(n, k);
+        let mut t = vec![
+            TensorSpec {
+                stored: vec![n, l.row_bytes(k)],
+                dtype: Dtype::U8,
+                ..TensorSpec::f32("weight_q", vec![n, k], TensorRole::Packed)
+            },
+            TensorSpec::f32("weight_scale", scale_shape.clone(), TensorRole::Scale),
+        ];
+        if l.zero_point {
+            t.push(TensorSpec {
+                dtype: Dtype::U8,
+                ..TensorSpec::f32("weight_zero", scale_shape, TensorRole::ZeroPoint)
+            });
+        }
+        if self.act == ActQuant::Static {
+            t.push(TensorSpec::f32("input_scale", vec![1], TensorRole::Scale));
+        }
+        if self.bias {
+            t.push(TensorSpec::param("bias", vec![n]));
+        }
+        t
+    }
+    fn macs(&self, _: &[&[usize]], out: &[usize]) -> u64 {
+        super::numel(out) * self.in_features as u64
+    }
+    fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        cx.consume(&ins[0], &node.name);
+        let out = cx.new_space(&node.name, self.out_features, self.bias);
+        let why = "a qlinear (quantized) layer is not channel-pruned";
+        cx.pin_all(&ins[0], why);
+        cx.pin_all(&out, why);
+        out
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let x = cx.x();
+        let dims = x.dims().to_vec();
+        let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+        let b = if self.bias {
+            Some(cx.param("bias")?)
+        } else {
+            None
+        };
+        let fast = !x2.track_op() && x2.dtype() == DType::F32;
+        let y = self.with_view(cx, |w, static_scale| {
+            w.check()?;
+            if fast {
+                self.kernel(&x2, w, static_scale)
+            } else {
+                self.simulated(&x2, w, static_scale)
+            }
+        })?;
+        let y = match b {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            None => y,
+        };
+        Ok(y.reshape(with_last(&dims, self.out_features))?)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
+        let out = dims("weight_q")?[0];
+        Some(Op::QLinear(QLinear {
+            out_features: out,
+            ..self.clone()
+        }))
+    }
+}
+
+impl QLinear {
+    /// Runs `f` on the view of the node's quantized weight and its static input scale.
+    fn with_view<R>(
+        &self,
+        cx: &NodeRun,
+        f: impl FnOnce(&QView, Option<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let scales = cx.param("weight_scale")?.to_dtype(DType::F32)?;
+        let static_scale = match self.act {
+            ActQuant::Static => Some(
+                cx.param("input_scale")?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?[0],
+            ),
+            _ => None,
+        };
+        let zeros = if self.layout.zero_point {
+            Some(cx.param("weight_zero")?.clone())
+        } else {
+            None
+        };
+        with_cpu::<u8, _>(cx.param("weight_q")?, |codes| {
+            with_cpu::<f32, _>(&scales, |scales| {
+                let zeros = zeros.as_ref().map(|z| with_cpu::<u8, _>(z, |z| z.to_vec()));
+                let zeros = zeros.transpose()?;
+                let view = QView {
+                    layout: self.layout,
+                    rows: self.out_features,
+                    cols: self.in_features,
+                    codes,
+                    scales,
+                    zeros: zeros.as_deref(),
+                };
+                f(&view, static_scale)
+            })
+        })??
+    }
+
+    /// The int8 / int4 kernels: `[M, out]` f32, before the bias.
+    fn kernel(&self, x2: &Tensor, w: &QView, static_scale: Option<f32>) -> Result<Tensor> {
+        let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
+        let isa = crate::isa::active()?;
+        let xs = with_cpu::<f32, _>(x2, |s| s.to_vec())?;
+        let mut y = vec![0f32; m * n];
+        if self.layout.bits == 8 {
+            let q = quantize_rows(&xs, k, static_scale);
+            let acc = qgemm::gemm_i8(isa, &q.codes, &q.abs, w.codes, (m, n, k))?; // [n, m]
+            for j in 0..n {
+                let sw = w.scales[w.layout.scale_index(j, 0, k)];
+                for i in 0..m {
+                    y[i * n + j] = acc[j * m + i] as f32 * (q.scales[i] * sw);
+                }
+            }
+        } else {
+            let yt = qgemm::gemm_q4(isa, &xs, w, m)?; // [n, m]
+            for j in 0..n {
+                for i in 0..m {
+                    y[i * n + j] = yt[j * m + i];
+                }
+            }
+        }
+        Ok(Tensor::from_vec(y, (m, n), x2.device())?)
+    }
+
+    /// The simulated layer in the input's dtype: fake-quantized input (the kernel's codes,
+    /// straight-through for gradients) times the dequantized weight.
+    fn simulated(&self, x2: &Tensor, w: &QView, static_scale: Option<f32>) -> Result<Tensor> {
+        let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
+        let mut dense = vec![0f32; n * k];
+        for (r, row) in dense.chunks_exact_mut(k).enumerate() {
+            w.dequantize_row(r, row);
+        }
+        let wt = Tensor::from_vec(dense, (n, k), x2.device())?.to_dtype(x2.dtype())?;
+        let xin = if self.act == ActQuant::None {
+            x2.clone()
+        } else {
+            let xs: Vec<f32> = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let q = quantize_rows(&xs, k, static_scale);
+            let deq: Vec<f32> = q
+                .codes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| *c as f32 * q.scales[i / k])
+                .collect();
+            let xq = Tensor::from_vec(deq, (m, k), x2.device())?.to_dtype(x2.dtype())?;
+            (x2 + (xq - x2)?.detach())?
+        };
+        Ok(xin.matmul(&wt.t()?)?)
+    }
+}
+
+pub(crate) fn example() -> super::Example {
+    use candle_core::Device;
+    let (n, k) = (5, 64);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
+        .collect();
+    let layout = Layout {
+        bits: 4,
+        scales: Scales::Group(32),
+        zero_point: true,
+    };
+    let q = crate::quant::QWeight::quantize(&w, n, k, layout).expect("a valid layout");
+    let (codes, scales, zeros) = q.tensors().expect("sizes match");
+    let _ = Device::Cpu;
+    super::Example {
+        op: Op::QLinear(QLinear {
+            in_features: k,
+            out_features: n,
+            bias: true,
+            layout,
+            act: ActQuant::None,
+        }),
+        inputs: vec![vec![k]],
+        tensors: vec![
+            ("weight_q", codes),
+            ("weight_scale", scales),
+            ("weight_zero", zeros.expect("asymmetric")),
+        ],
+    }
+}

@@ -1,0 +1,184 @@
+//! AVX2 micro-kernels of [`super::gemm_i8`] and [`super::gemm_q4`].
+
+use std::arch::x86_64::*;
+
+/// Sum of 8 i32 lanes.
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Sum of 8 f32 lanes.
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_f32(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// out[r·m + i] = Σ_k a[i, k]·w[r, k] for all `rows` weight rows and `m` tokens.
+#[target_feature(enable = "avx2")]
+pub unsafe fn i8_rows(
+    a: &[i8],
+    abs: &[u8],
+    w: &[u8],
+    m: usize,
+    k: usize,
+    rows: usize,
+    out: &mut [i32],
+) {
+    assert!(a.len() >= m * k && abs.len() >= m * k && w.len() >= rows * k);
+    assert!(out.len() >= rows * m);
+    let mut r = 0;
+    while r < rows {
+        let rr = (rows - r).min(2);
+        let mut i = 0;
+        while i < m {
+            let t = (m - i).min(4);
+            match (rr, t) {
+                (2, 4) => i8_tile::<2, 4>(a, abs, w, m, k, r, i, out),
+                (2, _) => i8_tile::<2, 1>(a, abs, w, m, k, r, i, out),
+                (_, 4) => i8_tile::<1, 4>(a, abs, w, m, k, r, i, out),
+                _ => i8_tile::<1, 1>(a, abs, w, m, k, r, i, out),
+            }
+            i += if t == 4 { 4 } else { 1 };
+        }
+        r += rr;
+    }
+}
+
+/// R weight rows (from row `r0`) × T tokens (from token `i0`).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn i8_tile<const R: usize, const T: usize>(
+    a: &[i8],
+    abs: &[u8],
+    w: &[u8],
+    m: usize,
+    k: usize,
+    r0: usize,
+    i0: usize,
+    out: &mut [i32],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    let full = k / 32 * 32;
+    let (wp, ap, bp) = (
+        w.as_ptr().add(r0 * k),
+        a.as_ptr().add(i0 * k),
+        abs.as_ptr().add(i0 * k),
+    );
+    let mut c = 0;
+    while c < full {
+        let mut wv = [_mm256_setzero_si256(); R];
+        for (r, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_si256(wp.add(r * k + c) as *const __m256i);
+        }
+        for t in 0..T {
+            let av = _mm256_loadu_si256(ap.add(t * k + c) as *const __m256i);
+            let bv = _mm256_loadu_si256(bp.add(t * k + c) as *const __m256i);
+            for (row, wr) in acc.iter_mut().zip(&wv) {
+                // |a| (unsigned, ≤ 127) × sign(a)·w (signed): pair sums stay within i16
+                let p = _mm256_maddubs_epi16(bv, _mm256_sign_epi8(*wr, av));
+                row[t] = _mm256_add_epi32(row[t], _mm256_madd_epi16(p, ones));
+            }
+        }
+        c += 32;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = hsum_i32(acc[r][t]);
+            for cc in full..k {
+                s += *ap.add(t * k + cc) as i32 * *wp.add(r * k + cc) as i8 as i32;
+            }
+            out[(r0 + r) * m + i0 + t] = s;
+        }
+    }
+}
+
+/// One int4 weight row against `m` tokens: `y[i] = Σ_b s_b·(Σ x·n − z_b·sums[i, b])`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q4_row(
+    x: &[f32],
+    row: &[u8],
+    s: &[f32],
+    z: &[f32],
+    sums: &[f32],
+    m: usize,
+    k: usize,
+    bl: usize,
+    y: &mut [f32],
+) {
+    let nb = k / bl;
+    assert!(x.len() >= m * k && row.len() * 2 >= k && s.len() >= nb && z.len() >= nb);
+    assert!(sums.len() >= m * nb && y.len() >= m && bl.is_multiple_of(32));
+    let mut i = 0;
+    while i < m {
+        let t = (m - i).min(4);
+        match t {
+            4 => q4_tile::<4>(x, row, s, z, sums, k, bl, i, y),
+            _ => q4_tile::<1>(x, row, s, z, sums, k, bl, i, y),
+        }
+        i += if t == 4 { 4 } else { 1 };
+    }
+}
+
+/// The 32 codes of a 16-byte chunk widened to f32, in element order.
+#[target_feature(enable = "avx2")]
+unsafe fn unpack32(p: *const u8) -> [__m256; 4] {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(15);
+    let lo = _mm_and_si128(b, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+    let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    [
+        f(lo),
+        f(_mm_srli_si128::<8>(lo)),
+        f(hi),
+        f(_mm_srli_si128::<8>(hi)),
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4_tile<const T: usize>(
+    x: &[f32],
+    row: &[u8],
+    s: &[f32],
+    z: &[f32],
+    sums: &[f32],
+    k: usize,
+    bl: usize,
+    i0: usize,
+    y: &mut [f32],
+) {
+    let nb = k / bl;
+    let mut tot = [_mm256_setzero_ps(); T];
+    let mut zterm = [0f32; T];
+    let xp = x.as_ptr().add(i0 * k);
+    for b in 0..nb {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for c in (b * bl..(b + 1) * bl).step_by(32) {
+            let wv = unpack32(row.as_ptr().add(c / 2));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xt = xp.add(t * k + c);
+                for (q, v) in wv.iter().enumerate() {
+                    *a = _mm256_fmadd_ps(*v, _mm256_loadu_ps(xt.add(8 * q)), *a);
+                }
+            }
+        }
+        let sv = _mm256_set1_ps(s[b]);
+        for t in 0..T {
+            tot[t] = _mm256_fmadd_ps(acc[t], sv, tot[t]);
+            zterm[t] += s[b] * z[b] * sums[(i0 + t) * nb + b];
+        }
+    }
+    for t in 0..T {
+        y[i0 + t] = hsum_f32(tot[t]) - zterm[t];
+    }
+}

@@ -1,0 +1,123 @@
+//! Activation quantization for the int8 kernels. Dynamic int8 (the scheme of
+//! `quantize_dynamic` in ONNX Runtime and PyTorch, here per row: one scale per token or
+//! example, chosen at run time from the row's largest magnitude) and static int8 (one
+//! scale per layer input, chosen from calibration batches). Codes are symmetric in
+//! [−127, 127], so the AVX2 kernel's `sign`/`maddubs` product is exact.
+//!
+//! Static clipping ([`Clip`]): `min_max` keeps the largest magnitude seen; `percentile`
+//! clips at a percentile of |x|; `mse` picks the clipping value that minimizes the
+//! squared quantization error of the calibration sample (the rounding error of small
+//! values against the clipping error of the few large ones).
+
+use serde::{Deserialize, Serialize};
+
+/// Rows of activations quantized to int8: codes, their magnitudes (the kernel's unsigned
+/// operand) and one scale per row.
+#[derive(Debug, Clone, Default)]
+pub struct QRows {
+    pub codes: Vec<i8>,
+    pub abs: Vec<u8>,
+    pub scales: Vec<f32>,
+}
+
+/// Quantizes `x` `[m, k]` row by row: scale `max|row| / 127` (dynamic), or the given
+/// static scale for every row (values beyond ±127·s are clipped).
+pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>) -> QRows {
+    let m = x.len() / k.max(1);
+    let mut q = QRows {
+        codes: vec![0; m * k],
+        abs: vec![0; m * k],
+        scales: vec![0.0; m],
+    };
+    for (i, row) in x.chunks_exact(k).enumerate() {
+        let s = fixed.unwrap_or_else(|| row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0);
+        q.scales[i] = s;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        let (c, a) = (&mut q.codes[i * k..][..k], &mut q.abs[i * k..][..k]);
+        for ((c, a), v) in c.iter_mut().zip(a.iter_mut()).zip(row) {
+            let code = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            *c = code;
+            *a = code.unsigned_abs();
+        }
+    }
+    q
+}
+
+/// How a static activation scale is chosen from calibration data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Clip {
+    MinMax,
+    /// Clip at this percentile of |x| (e.g. 99.99).
+    Percentile(f64),
+    Mse,
+}
+
+/// Calibration statistics of one layer input: the largest |x| and a bounded sample of |x|.
+#[derive(Debug, Clone, Default)]
+pub struct RangeStats {
+    pub max: f32,
+    sample: Vec<f32>,
+    seen: u64,
+}
+
+/// Values kept for percentile and MSE clipping.
+const SAMPLE: usize = 1 << 18;
+
+impl RangeStats {
+    /// Adds values; keeps an evenly strided subset when there are many.
+    pub fn add(&mut self, xs: &[f32]) {
+        let stride = (xs.len() / (SAMPLE / 16).max(1)).max(1);
+        for (i, v) in xs.iter().enumerate() {
+            let a = v.abs();
+            if a.is_finite() {
+                self.max = self.max.max(a);
+                if i % stride == 0 && self.sample.len() < SAMPLE {
+                    self.sample.push(a);
+                }
+            }
+        }
+        self.seen += xs.len() as u64;
+    }
+
+    /// The static scale (clipping value / 127) under `clip`.
+    pub fn scale(&self, clip: Clip) -> f32 {
+        let c = match clip {
+            Clip::MinMax => self.max,
+            Clip::Percentile(p) => self.percentile(p),
+            Clip::Mse => self.mse_clip(),
+        };
+        c / 127.0
+    }
+
+    fn percentile(&self, p: f64) -> f32 {
+        if self.sample.is_empty() {
+            return self.max;
+        }
+        let mut s = self.sample.clone();
+        s.sort_by(f32::total_cmp);
+        let at = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+        s[at.min(s.len() - 1)]
+    }
+
+    /// The clipping value among 100 candidates in (0, max] with the least squared
+    /// fake-quantization error over the sample.
+    fn mse_clip(&self) -> f32 {
+        let err = |c: f32| -> f64 {
+            let s = c / 127.0;
+            self.sample
+                .iter()
+                .map(|&a| {
+                    let q = (a / s).round().min(127.0) * s;
+                    ((a - q) as f64).powi(2)
+                })
+                .sum()
+        };
+        (1..=100)
+            .map(|i| self.max * i as f32 / 100.0)
+            .filter(|c| *c > 0.0)
+            .map(|c| (c, err(c)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(self.max, |(c, _)| c)
+    }
+}
