@@ -15,7 +15,7 @@ fi
 # the release profile, as the demo uses: one build of the dependency tree serves both
 # README commands (and the CLI tests' binary is the demo's)
 cargo test --release --workspace
-kernel_tests=(--release -p squeeze --test kinds --test gradcheck --test text --test prune)
+kernel_tests=(--release -p squeeze --test kinds --test gradcheck --test text --test prune --test quant)
 paths=(scalar)
 if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then paths=(avx2 scalar); fi
 for isa in "${paths[@]}"; do

@@ -38,6 +38,9 @@ pub enum BenchWhat {
     /// Dense vs CSR Linear at batch 1 and 256 over a grid of sparsities (zoo/mlp fc1 and
     /// MiniLM FFN shapes) → the crossover sparsity, merged into results/prune.json.
     Sparse(crate::bench_sparse::SparseArgs),
+    /// MiniLM's Linear shapes at 1, 32 and 128 rows: f32 vs dynamic int8 vs int4 on every
+    /// kernel path → results/kernels.json.
+    Kernels(crate::bench_kernels::KernelArgs),
 }
 
 #[derive(Args)]
@@ -65,6 +68,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Text(t) => crate::bench_text::run(t),
         BenchWhat::Isa(i) => crate::bench_isa::run(i),
         BenchWhat::Sparse(s) => crate::bench_sparse::run(s),
+        BenchWhat::Kernels(k) => crate::bench_kernels::run(k),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_isa;
+mod bench_kernels;
 mod bench_sparse;
 mod bench_text;
 mod compress;

@@ -13,6 +13,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, Op, INPUT, MASK};
 use crate::kinds::linear::packed_linears;
+use crate::kinds::qlinear::qlinear_group;
 use crate::kinds::{node_err, NodeRun};
 use crate::ops::batchnorm;
 use crate::ops::packed::PackCache;
@@ -158,9 +159,13 @@ fn run_graph(
             })
             .collect::<Result<Vec<_>>>()?;
         let group = match (siblings.get(&i), opts.packed.as_deref()) {
-            (Some(grp), Some(cache)) => {
+            (Some(grp), cache) => {
                 let nodes: Vec<&Node> = grp.iter().map(|&j| &g.nodes[j]).collect();
-                packed_linears(&nodes, p, &ins[0], cache)?
+                match (&node.op, cache) {
+                    (Op::QLinear(_), _) => qlinear_group(&nodes, p, &ins[0])?,
+                    (_, Some(cache)) => packed_linears(&nodes, p, &ins[0], cache)?,
+                    _ => None,
+                }
             }
             _ => None,
         };
@@ -221,10 +226,10 @@ fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     out
 }
 
-/// Packed inference: groups of sibling Linear nodes (none tapped), keyed by the index of
-/// each group's first node.
+/// Grouped inference: sibling Linear (packed) or qlinear nodes (none tapped), keyed by the
+/// index of each group's first node.
 fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
-    if opts.train || opts.packed.is_none() {
+    if opts.train {
         return HashMap::new();
     }
     g.sibling_linears()

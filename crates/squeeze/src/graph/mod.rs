@@ -148,23 +148,27 @@ impl Graph {
             .collect()
     }
 
-    /// Groups of two or more Linear nodes reading the same value, e.g. an attention layer's
-    /// query, key and value projections: node indices in graph order, each node in at most
-    /// one group. Inference may run a group as one matrix product.
+    /// Groups of two or more Linear (or two or more qlinear) nodes reading the same value,
+    /// e.g. an attention layer's query, key and value projections: node indices in graph
+    /// order, each node in at most one group. Inference may run a group as one product.
     pub fn sibling_linears(&self) -> Vec<Vec<usize>> {
-        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Linear(_)) || n.inputs.len() != 1 {
+            if !matches!(n.op, Op::Linear(_) | Op::QLinear(_)) || n.inputs.len() != 1 {
                 continue;
             }
-            match groups.iter_mut().find(|(src, _)| *src == n.inputs[0]) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((&n.inputs[0], vec![i])),
+            let kind = n.op.kind();
+            match groups
+                .iter_mut()
+                .find(|(src, k, _)| *src == n.inputs[0] && *k == kind)
+            {
+                Some((_, _, members)) => members.push(i),
+                None => groups.push((&n.inputs[0], kind, vec![i])),
             }
         }
         groups
             .into_iter()
-            .map(|(_, m)| m)
+            .map(|(_, _, m)| m)
             .filter(|m| m.len() > 1)
             .collect()
     }

@@ -22,6 +22,7 @@ use crate::graph::{Node, Op};
 use crate::kinds::Dtype;
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
+use crate::params::ParamStore;
 use crate::quant::act::quantize_rows;
 use crate::quant::layout::{Layout, Scales};
 
@@ -121,14 +122,17 @@ impl LayerKind for QLinear {
         } else {
             None
         };
-        let fast = !x2.track_op() && x2.dtype() == DType::F32;
+        if !x2.track_op() && x2.dtype() == DType::F32 {
+            let bias = b.map(crate::params::f32_values).transpose()?;
+            let y = self.with_view(cx, |w, static_scale| {
+                w.check()?;
+                self.kernel(&x2, w, static_scale, bias.as_deref())
+            })?;
+            return Ok(y.reshape(with_last(&dims, self.out_features))?);
+        }
         let y = self.with_view(cx, |w, static_scale| {
             w.check()?;
-            if fast {
-                self.kernel(&x2, w, static_scale)
-            } else {
-                self.simulated(&x2, w, static_scale)
-            }
+            self.simulated(&x2, w, static_scale)
         })?;
         let y = match b {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
@@ -184,29 +188,30 @@ impl QLinear {
         })??
     }
 
-    /// The int8 / int4 kernels: `[M, out]` f32, before the bias.
-    fn kernel(&self, x2: &Tensor, w: &QView, static_scale: Option<f32>) -> Result<Tensor> {
+    /// The int8 / int4 kernels: `[M, out]` f32 with the bias added.
+    fn kernel(
+        &self,
+        x2: &Tensor,
+        w: &QView,
+        static_scale: Option<f32>,
+        bias: Option<&[f32]>,
+    ) -> Result<Tensor> {
         let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
         let isa = crate::isa::active()?;
-        let xs = with_cpu::<f32, _>(x2, |s| s.to_vec())?;
-        let mut y = vec![0f32; m * n];
-        if self.layout.bits == 8 {
-            let q = quantize_rows(&xs, k, static_scale);
-            let acc = qgemm::gemm_i8(isa, &q.codes, &q.abs, w.codes, (m, n, k))?; // [n, m]
-            for j in 0..n {
-                let sw = w.scales[w.layout.scale_index(j, 0, k)];
-                for i in 0..m {
-                    y[i * n + j] = acc[j * m + i] as f32 * (q.scales[i] * sw);
-                }
+        let y = with_cpu::<f32, _>(x2, |xs| {
+            if self.layout.bits == 8 {
+                let q = quantize_rows(xs, k, static_scale);
+                let part = qgemm::I8Part {
+                    w: w.codes,
+                    scales: w.scales,
+                    bias,
+                    n,
+                };
+                Ok(qgemm::linear_i8(isa, &q, &[part], (m, k))?.remove(0))
+            } else {
+                qgemm::gemm_q4(isa, xs, w, bias, m)
             }
-        } else {
-            let yt = qgemm::gemm_q4(isa, &xs, w, m)?; // [n, m]
-            for j in 0..n {
-                for i in 0..m {
-                    y[i * n + j] = yt[j * m + i];
-                }
-            }
-        }
+        })??;
         Ok(Tensor::from_vec(y, (m, n), x2.device())?)
     }
 
@@ -266,4 +271,91 @@ pub(crate) fn example() -> super::Example {
             ("weight_zero", zeros.expect("asymmetric")),
         ],
     }
+}
+
+/// Inference of sibling dynamic-int8 qlinear nodes reading the same `x` (an attention
+/// block's q/k/v): the rows quantized once and every node's weight rows in one parallel
+/// kernel call; `None` where that does not apply (other schemes, gradients, f64).
+pub(crate) fn qlinear_group(
+    nodes: &[&Node],
+    p: &ParamStore,
+    x: &Tensor,
+) -> Result<Option<Vec<Tensor>>> {
+    let ops: Option<Vec<&QLinear>> = nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::QLinear(q) if q.layout.bits == 8 && q.act == ActQuant::Dynamic => Some(q),
+            _ => None,
+        })
+        .collect();
+    let Some(ops) = ops else { return Ok(None) };
+    let k = ops[0].in_features;
+    if x.track_op() || x.dtype() != DType::F32 || ops.iter().any(|o| o.in_features != k) {
+        return Ok(None);
+    }
+    let dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let m = x2.dim(0)?;
+    let get = |n: &Node, s: &str| p.get(&format!("{}.{s}", n.name));
+    let mut held = Vec::with_capacity(nodes.len());
+    for (n, o) in nodes.iter().zip(&ops) {
+        let codes = get(n, "weight_q")?.contiguous()?;
+        let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
+        let bias = o.bias.then(|| get(n, "bias")).transpose()?;
+        let bias = bias.map(crate::params::f32_values).transpose()?;
+        held.push((codes, scales, bias, o.out_features));
+    }
+    let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None))?;
+    let ys = with_bytes(&held, |codes| {
+        let parts: Vec<qgemm::I8Part> = held
+            .iter()
+            .zip(codes)
+            .map(|((_, scales, bias, n), w)| qgemm::I8Part {
+                w,
+                scales,
+                bias: bias.as_deref(),
+                n: *n,
+            })
+            .collect();
+        for (part, o) in parts.iter().zip(&ops) {
+            let view = QView {
+                layout: o.layout,
+                rows: part.n,
+                cols: k,
+                codes: part.w,
+                scales: part.scales,
+                zeros: None,
+            };
+            view.check()?;
+        }
+        qgemm::linear_i8(crate::isa::active()?, &q, &parts, (m, k))
+    })?;
+    ys.into_iter()
+        .zip(&ops)
+        .map(|(y, o)| {
+            let t = Tensor::from_vec(y, (m, o.out_features), x.device())?;
+            Ok(t.reshape(with_last(&dims, o.out_features))?)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Runs `f` on the byte slices of every held code tensor.
+fn with_bytes<R>(
+    held: &[(Tensor, Vec<f32>, Option<Vec<f32>>, usize)],
+    f: impl FnOnce(&[&[u8]]) -> Result<R>,
+) -> Result<R> {
+    let guards: Vec<_> = held.iter().map(|h| h.0.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        match &**storage {
+            candle_core::Storage::Cpu(cpu) => slices.push(crate::ops::slice_of::<u8>(cpu, layout)?),
+            _ => {
+                return Err(crate::error::Error::Graph(
+                    "only CPU tensors are supported".into(),
+                ))
+            }
+        }
+    }
+    f(&slices)
 }

@@ -34,13 +34,18 @@ pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>) -> QRows {
         q.scales[i] = s;
         let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
         let (c, a) = (&mut q.codes[i * k..][..k], &mut q.abs[i * k..][..k]);
-        for ((c, a), v) in c.iter_mut().zip(a.iter_mut()).zip(row) {
-            let code = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            *c = code;
-            *a = code.unsigned_abs();
-        }
+        crate::ops::qgemm::quantize_row(row, inv, c, a);
     }
     q
+}
+
+/// The scalar form of the row quantizer (the vector paths equal it exactly):
+/// `v` rounded half away from zero and clamped to [−127, 127], without a libm call (the
+/// baseline x86-64 target has no rounding instruction; a truncating conversion is SSE2).
+#[inline(always)]
+pub fn round_code(v: f32) -> i8 {
+    let c = v.min(127.0).max(-127.0); // NaN → 127, as the vector min/max do
+    (c + 0.5f32.copysign(c)) as i32 as i8
 }
 
 /// How a static activation scale is chosen from calibration data.

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Lookup, Op};
 use crate::interp::{forward_tokens, ForwardOpts};
 use crate::kinds::embedding::Embedding;
+use crate::kinds::qembedding::QEmbedding;
 use crate::ops::packed::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
 
@@ -126,6 +127,11 @@ pub fn max_positions(model: &Model) -> usize {
         .iter()
         .find_map(|n| match n.op {
             Op::Embedding(Embedding {
+                num,
+                lookup: Lookup::Positions,
+                ..
+            })
+            | Op::QEmbedding(QEmbedding {
                 num,
                 lookup: Lookup::Positions,
                 ..

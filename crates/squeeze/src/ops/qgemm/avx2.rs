@@ -33,21 +33,23 @@ pub unsafe fn i8_rows(
 ) {
     assert!(a.len() >= m * k && abs.len() >= m * k && w.len() >= rows * k);
     assert!(out.len() >= rows * m);
-    let mut r = 0;
-    while r < rows {
-        let rr = (rows - r).min(2);
-        let mut i = 0;
-        while i < m {
-            let t = (m - i).min(4);
+    // token tiles outer, the block's weight rows (a few KB, L1-resident) inner: the
+    // activations stream once per block
+    let mut i = 0;
+    while i < m {
+        let t = (m - i).min(4);
+        let mut r = 0;
+        while r < rows {
+            let rr = (rows - r).min(2);
             match (rr, t) {
                 (2, 4) => i8_tile::<2, 4>(a, abs, w, m, k, r, i, out),
                 (2, _) => i8_tile::<2, 1>(a, abs, w, m, k, r, i, out),
                 (_, 4) => i8_tile::<1, 4>(a, abs, w, m, k, r, i, out),
                 _ => i8_tile::<1, 1>(a, abs, w, m, k, r, i, out),
             }
-            i += if t == 4 { 4 } else { 1 };
+            r += rr;
         }
-        r += rr;
+        i += if t == 4 { 4 } else { 1 };
     }
 }
 
@@ -97,6 +99,36 @@ unsafe fn i8_tile<const R: usize, const T: usize>(
             }
             out[(r0 + r) * m + i0 + t] = s;
         }
+    }
+}
+
+/// Row quantization (see [`crate::quant::act::quantize_rows`]): codes = round(x·inv)
+/// half away from zero, clamped to ±127, and their magnitudes; 8 values per step.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], abs: &mut [u8]) {
+    assert!(codes.len() >= x.len() && abs.len() >= x.len());
+    let full = x.len() / 8 * 8;
+    let (iv, lim) = (_mm256_set1_ps(inv), _mm256_set1_ps(127.0));
+    let (half, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.0));
+    let mut c = 0;
+    while c < full {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
+        let v = _mm256_max_ps(
+            _mm256_min_ps(v, lim),
+            _mm256_sub_ps(_mm256_setzero_ps(), lim),
+        );
+        let h = _mm256_or_ps(half, _mm256_and_ps(v, sign)); // ±0.5 with v's sign
+        let q = _mm256_cvttps_epi32(_mm256_add_ps(v, h)); // 8 × i32 in [−127, 127]
+        let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        let q8 = _mm_packs_epi16(q16, q16); // low 8 bytes
+        _mm_storel_epi64(codes.as_mut_ptr().add(c) as *mut __m128i, q8);
+        _mm_storel_epi64(abs.as_mut_ptr().add(c) as *mut __m128i, _mm_abs_epi8(q8));
+        c += 8;
+    }
+    for j in full..x.len() {
+        let q = crate::quant::act::round_code(x[j] * inv);
+        codes[j] = q;
+        abs[j] = q.unsigned_abs();
     }
 }
 

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
-use crate::quant::layout::code_at;
+use crate::quant::layout::{code_at, Layout};
 pub use crate::quant::QView;
 
 /// Multiply-accumulates below which a kernel stays on the calling thread.
@@ -51,6 +51,93 @@ pub fn gemm_i8(
     (m, n, k): (usize, usize, usize),
 ) -> Result<Vec<i32>> {
     let isa = isa::require(isa)?;
+    check_i8(a, abs, w, (m, n, k))?;
+    let mut out = vec![0i32; n * m];
+    let o = Ptr(out.as_mut_ptr());
+    let finish = |_: usize, j0: usize, block: &[i32]| {
+        // SAFETY: rows j0.. of `out` [n, m] belong to this task; `out` outlives it.
+        unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), o.at(j0 * m), block.len()) };
+    };
+    i8_rows_split(isa, a, abs, &[(w, n)], (m, k), &finish);
+    Ok(out)
+}
+
+/// One int8 layer's weight for [`linear_i8`]: codes `[n, k]`, one scale per row (or one
+/// for all), optional bias.
+#[derive(Debug, Clone, Copy)]
+pub struct I8Part<'a> {
+    pub w: &'a [u8],
+    pub scales: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub n: usize,
+}
+
+/// Int8 layers reading the same quantized rows `a` (`[m, k]`; one layer, or an attention
+/// block's q/k/v in one parallel call): for each part, `y[i, j] = acc[i, j]·sa[i]·sw[j] +
+/// b[j]` as `[m, n]`.
+pub fn linear_i8(
+    isa: Isa,
+    a: &crate::quant::act::QRows,
+    parts: &[I8Part],
+    (m, k): (usize, usize),
+) -> Result<Vec<Vec<f32>>> {
+    let isa = isa::require(isa)?;
+    for p in parts {
+        check_i8(&a.codes, &a.abs, p.w, (m, p.n, k))?;
+        if !(p.scales.len() == p.n || p.scales.len() == 1)
+            || p.bias.is_some_and(|b| b.len() != p.n)
+            || a.scales.len() != m
+        {
+            return Err(Error::Data(format!(
+                "int8 layer [{m}, {k}]·[{}, {k}]ᵀ: {} weight scales, {} row scales",
+                p.n,
+                p.scales.len(),
+                a.scales.len()
+            )));
+        }
+    }
+    let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.n]).collect();
+    let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
+    let finish = |part: usize, j0: usize, block: &[i32]| {
+        let p = &parts[part];
+        let rows = block.len() / m.max(1);
+        let sw: Vec<f32> = (j0..j0 + rows)
+            .map(|j| p.scales[if p.scales.len() == 1 { 0 } else { j }])
+            .collect();
+        let b = p.bias.map(|b| &b[j0..j0 + rows]);
+        let mut line = vec![0f32; rows];
+        for i in 0..m {
+            let sa = a.scales[i];
+            for (r, v) in line.iter_mut().enumerate() {
+                *v = block[r * m + i] as f32 * (sa * sw[r]) + b.map_or(0.0, |b| b[r]);
+            }
+            // SAFETY: columns j0..j0 + rows of part `part` belong to this task; the
+            // buffers outlive the call.
+            unsafe {
+                std::ptr::copy_nonoverlapping(line.as_ptr(), ptrs[part].at(i * p.n + j0), rows)
+            };
+        }
+    };
+    let ws: Vec<(&[u8], usize)> = parts.iter().map(|p| (p.w, p.n)).collect();
+    i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), &finish);
+    Ok(outs)
+}
+
+/// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±127, and
+/// their magnitudes (the AVX2 path equals the scalar [`crate::quant::act::round_code`]).
+pub fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], abs: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa::active().is_ok_and(|i| i != Isa::Scalar) {
+        // SAFETY: a path above scalar implies AVX2; the kernel asserts the lengths.
+        return unsafe { avx2::quantize_row(x, inv, codes, abs) };
+    }
+    for ((c, a), v) in codes.iter_mut().zip(abs.iter_mut()).zip(x) {
+        *c = crate::quant::act::round_code(v * inv);
+        *a = c.unsigned_abs();
+    }
+}
+
+fn check_i8(a: &[i8], abs: &[u8], w: &[u8], (m, n, k): (usize, usize, usize)) -> Result<()> {
     if a.len() != m * k || abs.len() != m * k || w.len() != n * k {
         return Err(Error::Data(format!(
             "int8 product [{m}, {k}]·[{n}, {k}]ᵀ: operands of {}, {} and {} bytes",
@@ -59,38 +146,65 @@ pub fn gemm_i8(
             w.len()
         )));
     }
-    let mut out = vec![0i32; n * m];
-    let task = |(t, o): (usize, &mut [i32])| {
-        let j0 = t * ROWS_PER_TASK;
-        let rows = o.len() / m.max(1);
-        let wt = &w[j0 * k..(j0 + rows) * k];
-        #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Scalar {
-            // SAFETY: `isa` passed isa::require and every path above scalar implies AVX2;
-            // the kernel asserts its slices' lengths before any load.
-            return unsafe { avx2::i8_rows(a, abs, wt, m, k, rows, o) };
-        }
-        let _ = isa;
-        o.copy_from_slice(&gemm_i8_reference(a, wt, m, rows, k));
-    };
-    split(&mut out, m, n, k, task);
-    Ok(out)
+    Ok(())
 }
 
-/// Runs `task` over blocks of [`ROWS_PER_TASK`] weight rows of `out` `[n, m]`, in
-/// parallel when the product is large.
-fn split<T: Send>(
-    out: &mut [T],
-    m: usize,
-    n: usize,
-    k: usize,
-    task: impl Fn((usize, &mut [T])) + Sync + Send,
+/// A raw output pointer shared by the tasks of one kernel call, each writing its own
+/// disjoint elements.
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+// SAFETY: tasks write disjoint elements and the call joins them before the buffer is read.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+impl<T> Ptr<T> {
+    /// # Safety
+    /// `i` is within the buffer and no other task writes it.
+    unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+/// Every row j of every weight `ws[p]` (`[n_p, k]`) against every token i,
+/// Σ_k a[i, k]·w[j, k], over blocks of weight rows (in parallel when the products are
+/// large); each block's i32 results `[rows, m]` go to `finish(p, first_row, block)`.
+fn i8_rows_split(
+    isa: Isa,
+    a: &[i8],
+    abs: &[u8],
+    ws: &[(&[u8], usize)],
+    (m, k): (usize, usize),
+    finish: &(impl Fn(usize, usize, &[i32]) + Sync),
 ) {
-    let chunk = (ROWS_PER_TASK * m).max(1);
-    if m * n * k >= PAR_MACS {
-        out.par_chunks_mut(chunk).enumerate().for_each(task);
+    let task = |p: usize, j0: usize, rows: usize| {
+        let wt = &ws[p].0[j0 * k..(j0 + rows) * k];
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar {
+            let mut block = vec![0i32; rows * m];
+            // SAFETY: `isa` passed isa::require and every path above scalar implies AVX2;
+            // the kernel asserts its slices' lengths before any load.
+            unsafe { avx2::i8_rows(a, abs, wt, m, k, rows, &mut block) };
+            return finish(p, j0, &block);
+        }
+        let _ = (isa, abs);
+        finish(p, j0, &gemm_i8_reference(a, wt, m, rows, k));
+    };
+    let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
+    split(m, &ns, k, task);
+}
+
+/// Runs `task(part, first_row, rows)` over blocks of [`ROWS_PER_TASK`] rows of each part
+/// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large.
+fn split(m: usize, ns: &[usize], k: usize, task: impl Fn(usize, usize, usize) + Sync + Send) {
+    let blocks: Vec<(usize, usize)> = ns
+        .iter()
+        .enumerate()
+        .flat_map(|(p, &n)| (0..n.div_ceil(ROWS_PER_TASK)).map(move |b| (p, b * ROWS_PER_TASK)))
+        .collect();
+    let one = |&(p, j0): &(usize, usize)| task(p, j0, ROWS_PER_TASK.min(ns[p] - j0));
+    if m * ns.iter().sum::<usize>() * k >= PAR_MACS {
+        blocks.par_iter().for_each(one);
     } else {
-        out.chunks_mut(chunk).enumerate().for_each(task);
+        blocks.iter().for_each(one);
     }
 }
 
@@ -131,12 +245,12 @@ pub fn gemm_q4_reference(x: &[f32], w: &QView, m: usize) -> Vec<f32> {
     out
 }
 
-/// [`gemm_q4_reference`] on path `isa`.
-pub fn gemm_q4(isa: Isa, x: &[f32], w: &QView, m: usize) -> Result<Vec<f32>> {
+/// [`gemm_q4_reference`] on path `isa`, as `[m, n]` with the bias added.
+pub fn gemm_q4(isa: Isa, x: &[f32], w: &QView, bias: Option<&[f32]>, m: usize) -> Result<Vec<f32>> {
     let isa = isa::require(isa)?;
     w.check()?;
-    let k = w.cols;
-    if w.layout.bits != 4 || x.len() != m * k {
+    let (n, k) = (w.rows, w.cols);
+    if w.layout.bits != 4 || x.len() != m * k || bias.is_some_and(|b| b.len() != n) {
         return Err(Error::Data(format!(
             "int4 product: {} activations for [{m}, {k}] and a {} weight",
             x.len(),
@@ -144,41 +258,66 @@ pub fn gemm_q4(isa: Isa, x: &[f32], w: &QView, m: usize) -> Result<Vec<f32>> {
         )));
     }
     let bl = w.layout.block_len(k);
+    let nb = k / bl;
     let sums = block_sums(x, m, k, bl);
-    let mut out = vec![0f32; w.rows * m];
+    // every row's block scales and zero points, in row order
+    let (s, z): (Vec<f32>, Vec<f32>) = (0..n * nb)
+        .map(|idx| {
+            let si = w.layout.scale_index(idx / nb, idx % nb, k);
+            (w.scales[si], w.zero(si))
+        })
+        .unzip();
+    let mut out = vec![0f32; m * n];
+    let o = Ptr(out.as_mut_ptr());
     let rb = w.layout.row_bytes(k);
-    let task = |(t, o): (usize, &mut [f32])| {
-        let j0 = t * ROWS_PER_TASK;
-        for (r, yr) in o.chunks_mut(m.max(1)).enumerate() {
-            let j = j0 + r;
+    let task = |_: usize, j0: usize, rows: usize| {
+        let mut y = vec![0f32; m];
+        for j in j0..j0 + rows {
             let row = &w.codes[j * rb..(j + 1) * rb];
-            let nb = k / bl;
-            let (s, z): (Vec<f32>, Vec<f32>) = (0..nb)
-                .map(|b| {
-                    let si = w.layout.scale_index(j, b, k);
-                    (w.scales[si], w.zero(si))
-                })
-                .unzip();
-            #[cfg(target_arch = "x86_64")]
-            if isa != Isa::Scalar {
-                // SAFETY: as in gemm_i8; the kernel asserts its slices' lengths.
-                unsafe { avx2::q4_row(x, row, &s, &z, &sums, m, k, bl, yr) };
-                continue;
-            }
-            for (i, y) in yr.iter_mut().enumerate() {
-                let xi = &x[i * k..(i + 1) * k];
-                *y = (0..nb)
-                    .map(|b| {
-                        let dot: f32 = (b * bl..(b + 1) * bl)
-                            .map(|c| xi[c] * code_at(&w.layout, row, c) as f32)
-                            .sum();
-                        s[b] * (dot - z[b] * sums[i * nb + b])
-                    })
-                    .sum();
+            let (sj, zj) = (&s[j * nb..(j + 1) * nb], &z[j * nb..(j + 1) * nb]);
+            q4_row(isa, x, row, (sj, zj), &sums, (m, k, bl), &mut y);
+            let b = bias.map_or(0.0, |b| b[j]);
+            for (i, v) in y.iter().enumerate() {
+                // SAFETY: element (i, j) belongs to this task's rows; `out` outlives it.
+                unsafe { *o.at(i * n + j) = v + b };
             }
         }
     };
-    let _ = isa;
-    split(&mut out, m, w.rows, k, task);
+    split(m, &[n], k, task);
     Ok(out)
+}
+
+/// One int4 weight row against every token: `y[i] = Σ_b s_b·(Σ x·n − z_b·Σ x)`.
+fn q4_row(
+    isa: Isa,
+    x: &[f32],
+    row: &[u8],
+    (s, z): (&[f32], &[f32]),
+    sums: &[f32],
+    (m, k, bl): (usize, usize, usize),
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: as in gemm_i8; the kernel asserts its slices' lengths.
+        return unsafe { avx2::q4_row(x, row, s, z, sums, m, k, bl, y) };
+    }
+    let _ = isa;
+    let nb = k / bl;
+    let l = Layout {
+        bits: 4,
+        scales: crate::quant::layout::Scales::Group(bl),
+        zero_point: false,
+    };
+    for (i, yi) in y.iter_mut().enumerate() {
+        let xi = &x[i * k..(i + 1) * k];
+        *yi = (0..nb)
+            .map(|b| {
+                let dot: f32 = (b * bl..(b + 1) * bl)
+                    .map(|c| xi[c] * code_at(&l, row, c) as f32)
+                    .sum();
+                s[b] * (dot - z[b] * sums[i * nb + b])
+            })
+            .sum();
+    }
 }

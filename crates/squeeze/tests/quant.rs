@@ -1,0 +1,484 @@
+//! Post-training quantization (issue 11): the stored format's round trip, the kernels
+//! against their references on every path the CPU has, GPTQ against round-to-nearest,
+//! quantized layers against their simulated (fake-quant) form, the pass, and corrupt files.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use squeeze::checkpoint::{self, Model};
+use squeeze::data::FashionMnist;
+use squeeze::graph::{Graph, Op};
+use squeeze::interp::{predict, store_to_dtype};
+use squeeze::isa;
+use squeeze::kinds::qlinear::{ActQuant, QLinear};
+use squeeze::ops::qgemm;
+use squeeze::params::ParamStore;
+use squeeze::passes::{run_recipe, Recipe};
+use squeeze::prune::obs::InputStats;
+use squeeze::quant::act::quantize_rows;
+use squeeze::quant::gptq::{gptq, output_error, GptqOpts};
+use squeeze::quant::layout::{Layout, Scales};
+use squeeze::quant::QWeight;
+
+mod common;
+use common::{lcg, max_abs, small};
+
+/// Slack over the half-scale bound for f32 rounding of `v / s` and `s·q`.
+const ROUND_SLACK: f32 = 1e-6;
+/// Relative tolerance of the int4 kernel paths (float sums in another order).
+const Q4_TOL: f32 = 1e-4;
+/// Max abs difference between a quantized layer's kernel and its simulated f64 form.
+const SIM_TOL: f32 = 1e-4;
+
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    lcg(seed)
+        .take(n)
+        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        .collect()
+}
+
+/// Weights with a few large outliers, as trained layers have.
+fn weights(n: usize, seed: u64) -> Vec<f32> {
+    uniform(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 5 { 6.0 * v } else { 0.1 * v })
+        .collect()
+}
+
+fn layouts() -> Vec<Layout> {
+    let l = |bits, scales, zero_point| Layout {
+        bits,
+        scales,
+        zero_point,
+    };
+    vec![
+        Layout::INT8_CHANNEL,
+        l(8, Scales::Tensor, false),
+        l(8, Scales::Group(16), false),
+        l(4, Scales::Channel, false),
+        l(4, Scales::Group(32), false),
+        l(4, Scales::Group(64), true),
+        l(4, Scales::Tensor, true),
+    ]
+}
+
+#[test]
+fn round_trip_error_is_at_most_half_a_scale_per_element() {
+    let (rows, cols) = (6, 128);
+    let w = weights(rows * cols, 1);
+    for layout in layouts() {
+        let q = QWeight::quantize(&w, rows, cols, layout).unwrap();
+        assert_eq!(q.stored_bytes(), layout.stored_bytes(rows, cols));
+        let back = q.dequantize();
+        let bl = layout.block_len(cols);
+        for (i, (a, b)) in w.iter().zip(&back).enumerate() {
+            let s = q.scales[layout.scale_index(i / cols, (i % cols) / bl, cols)];
+            assert!(
+                (a - b).abs() <= s / 2.0 + ROUND_SLACK,
+                "{}: element {i}: {a} → {b}, scale {s}",
+                layout.label()
+            );
+        }
+    }
+    // bad layouts say why
+    let e = QWeight::quantize(
+        &w,
+        rows,
+        cols,
+        Layout {
+            bits: 4,
+            scales: Scales::Group(48),
+            zero_point: false,
+        },
+    );
+    assert!(e.unwrap_err().to_string().contains("group 48"));
+    let e = QWeight::quantize(
+        &w[..rows * 100],
+        rows,
+        100,
+        Layout {
+            bits: 4,
+            scales: Scales::Channel,
+            zero_point: false,
+        },
+    );
+    assert!(e.unwrap_err().to_string().contains("chunks of 32"));
+    let mut nan = w.clone();
+    nan[3] = f32::NAN;
+    let e = QWeight::quantize(&nan, rows, cols, Layout::INT8_CHANNEL).unwrap_err();
+    assert!(e.to_string().contains("element 3"), "{e}");
+}
+
+#[test]
+fn int8_kernel_paths_equal_the_reference_exactly() {
+    for &(m, n, k) in &[
+        (1, 5, 7),
+        (3, 17, 64),
+        (4, 16, 96),
+        (9, 33, 100),
+        (1, 40, 384),
+        (37, 70, 1536),
+    ] {
+        let x = uniform(m * k, 3 + k as u64);
+        let q = quantize_rows(&x, k, None);
+        let w: Vec<u8> = uniform(n * k, 5 + n as u64)
+            .into_iter()
+            .map(|v| (v * 127.0).round() as i8 as u8)
+            .collect();
+        let want = qgemm::gemm_i8_reference(&q.codes, &w, m, n, k);
+        for path in isa::supported() {
+            let got = qgemm::gemm_i8(path, &q.codes, &q.abs, &w, (m, n, k)).unwrap();
+            assert_eq!(got, want, "{} [{m}, {n}, {k}]", path.name());
+        }
+    }
+    // mismatched operands are errors
+    assert!(qgemm::gemm_i8(isa::Isa::Scalar, &[0; 4], &[0; 4], &[0; 3], (1, 1, 4)).is_err());
+}
+
+#[test]
+fn int4_kernel_paths_match_the_reference() {
+    let (n, k) = (19, 256);
+    for layout in layouts().into_iter().filter(|l| l.bits == 4) {
+        let q = QWeight::quantize(&weights(n * k, 7), n, k, layout).unwrap();
+        for m in [1, 3, 4, 6] {
+            let x = uniform(m * k, 9 + m as u64);
+            let want = qgemm::gemm_q4_reference(&x, &q.view(), m);
+            // and the reference is the product with the dequantized weight
+            let dq = q.dequantize();
+            for j in 0..n {
+                for i in 0..m {
+                    let d: f32 = (0..k).map(|c| x[i * k + c] * dq[j * k + c]).sum();
+                    assert!((d - want[j * m + i]).abs() <= Q4_TOL * (1.0 + d.abs()));
+                }
+            }
+            let bias = uniform(n, 13);
+            for path in isa::supported() {
+                let got = qgemm::gemm_q4(path, &x, &q.view(), Some(&bias), m).unwrap(); // [m, n]
+                for j in 0..n {
+                    for i in 0..m {
+                        let (a, b) = (got[i * n + j], want[j * m + i] + bias[j]);
+                        assert!(
+                            (a - b).abs() <= Q4_TOL * (1.0 + b.abs()),
+                            "{} {} m={m}: {a} vs {b}",
+                            path.name(),
+                            layout.label()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Calibration inputs with correlated columns (what makes error feedback pay).
+fn correlated(rows: usize, cols: usize, seed: u64) -> Tensor {
+    let base = uniform(rows * 8, seed);
+    let mix = uniform(8 * cols, seed + 1);
+    let noise = uniform(rows * cols, seed + 2);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            (0..8)
+                .map(|j| base[r * 8 + j] * mix[j * cols + c])
+                .sum::<f32>()
+                + 0.05 * noise[i]
+        })
+        .collect();
+    Tensor::from_vec(x, (rows, cols), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn gptq_output_error_on_its_calibration_data_is_below_round_to_nearest() {
+    let (rows, cols) = (24, 128);
+    let mut stats = InputStats::new(cols, true);
+    stats.add(&correlated(512, cols, 21)).unwrap();
+    let w = weights(rows * cols, 23);
+    for layout in layouts()
+        .into_iter()
+        .filter(|l| l.bits == 4 || l.scales == Scales::Channel)
+    {
+        let rtn = QWeight::quantize(&w, rows, cols, layout).unwrap();
+        for act_order in [false, true] {
+            let o = GptqOpts {
+                block: 32,
+                damp: 0.01,
+                act_order,
+            };
+            let g = gptq(&w, rows, &stats, layout, o).unwrap();
+            let (eg, er) = (
+                output_error(&w, &g, &stats).unwrap(),
+                output_error(&w, &rtn, &stats).unwrap(),
+            );
+            assert!(
+                eg < 0.8 * er,
+                "{} act_order={act_order}: GPTQ {eg} vs RTN {er}",
+                layout.label()
+            );
+            // codes stay in the format: the stored values decode within the block scale range
+            assert_eq!(g.codes.len(), rtn.codes.len());
+        }
+    }
+}
+
+/// A one-node graph `y = qlinear(x)` with a [n, k] weight.
+fn qlinear_model(layout: Layout, act: ActQuant, n: usize, k: usize) -> Model {
+    let q = QWeight::quantize(&weights(n * k, 31), n, k, layout).unwrap();
+    let mut g = Graph::new("q", &[k]);
+    g.push(
+        "fc",
+        Op::QLinear(QLinear {
+            in_features: k,
+            out_features: n,
+            bias: true,
+            layout,
+            act,
+        }),
+        &["input"],
+    );
+    let mut p = ParamStore::new();
+    let (codes, scales, zeros) = q.tensors().unwrap();
+    p.insert("fc.weight_q", codes);
+    p.insert("fc.weight_scale", scales);
+    if let Some(z) = zeros {
+        p.insert("fc.weight_zero", z);
+    }
+    if act == ActQuant::Static {
+        p.insert(
+            "fc.input_scale",
+            Tensor::from_vec(vec![0.9f32 / 127.0], 1, &Device::Cpu).unwrap(),
+        );
+    }
+    p.insert(
+        "fc.bias",
+        Tensor::from_vec(uniform(n, 33), n, &Device::Cpu).unwrap(),
+    );
+    let m = Model::new(g, p);
+    m.graph.validate().unwrap();
+    m.params.check(&m.graph).unwrap();
+    m
+}
+
+#[test]
+fn quantized_layers_equal_their_simulated_fake_quant_form() {
+    let cases = [
+        (Layout::INT8_CHANNEL, ActQuant::Dynamic),
+        (
+            Layout {
+                bits: 8,
+                scales: Scales::Tensor,
+                zero_point: false,
+            },
+            ActQuant::Static,
+        ),
+        (
+            Layout {
+                bits: 4,
+                scales: Scales::Group(64),
+                zero_point: false,
+            },
+            ActQuant::None,
+        ),
+    ];
+    for (layout, act) in cases {
+        let m = qlinear_model(layout, act, 40, 128);
+        let p64 = store_to_dtype(&m.params, DType::F64).unwrap();
+        for batch in [1, 5] {
+            let x = Tensor::from_vec(uniform(batch * 128, 41), (batch, 128), &Device::Cpu).unwrap();
+            let got = predict(&m.graph, &m.params, &x).unwrap();
+            let sim = predict(&m.graph, &p64, &x.to_dtype(DType::F64).unwrap()).unwrap();
+            let d = max_abs(&got, &sim.to_dtype(DType::F32).unwrap());
+            assert!(d < SIM_TOL, "{} {act:?} batch {batch}: {d}", layout.label());
+        }
+    }
+}
+
+fn apply(m: Model, text: &str) -> squeeze::Result<Model> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = Recipe::parse(text, Path::new("q.toml"))?;
+    let work = common::tmpdir(&format!("quant-work-{n}"));
+    let mut ctx = r
+        .context(Path::new("/no-such-dir"), &work)
+        .with_images(FashionMnist {
+            train: common::synthetic(96, 1),
+            valid: common::synthetic(32, 2),
+            test: common::synthetic(32, 3),
+        });
+    let out = run_recipe(m, &r, &mut ctx).map(|(m, _)| m);
+    let _ = std::fs::remove_dir_all(work);
+    out
+}
+
+#[test]
+fn the_quantize_pass_keeps_the_classifier_in_f32_and_survives_a_save_and_load() {
+    let m = small("mlp");
+    let x = common::batch(4, 3);
+    let want = predict(&m.graph, &m.params, &x).unwrap();
+    let recipes = [
+        "[[passes]]\ntype = \"quantize\"\nbits = 8\n",
+        "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
+         [[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"static\"\nclip = \"mse\"\n",
+        "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
+         [[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"static\"\nclip = { percentile = 99.9 }\nlayers = [\"fc1\", \"fc2\", \"fc3\"]\n",
+    ];
+    for (i, text) in recipes.iter().enumerate() {
+        let q = apply(m.clone(), text).unwrap();
+        let kinds: Vec<&str> = q.graph.nodes.iter().map(|n| n.op.kind()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "qlinear").count(),
+            if i == 2 { 3 } else { 2 },
+            "{kinds:?}"
+        );
+        let got = predict(&q.graph, &q.params, &x).unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_keepdim(1)
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap();
+        let rel = max_abs(&got, &want) / scale.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!(
+            rel < 0.05,
+            "recipe {i}: logits moved by {rel} of their range"
+        );
+        let dir = common::tmpdir(&format!("quant-mlp-{i}"));
+        checkpoint::save(&q, &dir).unwrap();
+        let back = checkpoint::load(&dir).unwrap();
+        assert_eq!(
+            max_abs(&predict(&back.graph, &back.params, &x).unwrap(), &got),
+            0.0
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn corrupt_quantized_files_are_errors_that_name_the_tensor() {
+    let q = apply(small("mlp"), "[[passes]]\ntype = \"quantize\"\nbits = 8\n").unwrap();
+    let dir = common::tmpdir("quant-corrupt");
+    checkpoint::save(&q, &dir).unwrap();
+    let wpath = dir.join("model.safetensors");
+    let good = checkpoint::load_tensors(&wpath).unwrap();
+    let cases: Vec<(&str, Tensor)> = vec![
+        // one scale too few
+        (
+            "fc1.weight_scale",
+            good["fc1.weight_scale"].narrow(0, 0, 299).unwrap(),
+        ),
+        // truncated codes
+        (
+            "fc2.weight_q",
+            good["fc2.weight_q"].narrow(0, 0, 50).unwrap(),
+        ),
+        // codes of the wrong type
+        (
+            "fc1.weight_q",
+            good["fc1.weight_q"].to_dtype(DType::F32).unwrap(),
+        ),
+    ];
+    for (name, bad) in cases {
+        let mut map = good.clone();
+        map.insert(name.into(), bad);
+        checkpoint::save_tensors(&wpath, &map).unwrap();
+        let e = checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(e.contains(name), "{name}: {e}");
+    }
+    checkpoint::save_tensors(&wpath, &good).unwrap();
+    // an unknown layout in model.json
+    let jpath = dir.join("model.json");
+    let json = std::fs::read_to_string(&jpath).unwrap();
+    for (from, to, want) in [
+        ("\"bits\": 8", "\"bits\": 5", "bits"),
+        ("\"scales\": \"channel\"", "\"scales\": \"rows\"", "rows"),
+    ] {
+        assert!(json.contains(from), "{from} not in model.json");
+        std::fs::write(&jpath, json.replacen(from, to, 1)).unwrap();
+        let e = checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_quantize_options_are_recipe_errors_that_name_the_field() {
+    let p = "[[passes]]\ntype = \"quantize\"\n";
+    for (text, want) in [
+        ("bits = 3\n", "bits"),
+        ("bits = 8\ngroup = 64\n", "group"),
+        ("bits = 4\nactivations = \"dynamic\"\n", "activations"),
+        ("bits = 8\nactivations = \"none\"\n", "activations"),
+        ("bits = 4\ngroup = 48\n", "group"),
+        ("bits = 4\ngroup = 64\nper_tensor = true\n", "per_tensor"),
+        ("bits = 8\nclip = { percentile = 0.0 }\n", "clip"),
+        ("bits = 8\nrounding = \"gtpq\"\n", "gtpq"),
+        ("bits = 8\ngroupsize = 64\n", "groupsize"),
+    ] {
+        let e = Recipe::parse(&format!("{p}{text}"), Path::new("q.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("q.toml"), "{text}: {e}");
+    }
+    let e = apply(small("mlp"), &format!("{p}bits = 8\nlayers = [\"fc9\"]\n")).unwrap_err();
+    assert!(e.to_string().contains("fc9"), "{e}");
+    let e = apply(
+        small("vgg"),
+        &format!("{p}bits = 8\nlayers = [\"features.0.conv\"]\n"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a linear layer"), "{e}");
+    let e = apply(small("mlp"), &format!("{p}bits = 4\nlayers = [\"fc1\"]\n")).unwrap_err();
+    assert!(
+        e.to_string().contains("fc1.weight") && e.to_string().contains("chunks of 32"),
+        "{e}"
+    );
+}
+
+/// Max abs difference between the grouped q/k/v int8 call and the per-node calls.
+const GROUP_TOL: f32 = 1e-6;
+
+#[test]
+fn an_int8_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
+    use squeeze::interp::{forward_tokens, ForwardOpts};
+    let m = squeeze::text::bert::random(&common::bert_shape(16, &[4, 2]), 5).unwrap();
+    let q = apply(m.clone(), "[[passes]]\ntype = \"quantize\"\nbits = 8\n").unwrap();
+    let kinds: Vec<&str> = q.graph.nodes.iter().map(|n| n.op.kind()).collect();
+    assert!(
+        !kinds.contains(&"linear") && !kinds.contains(&"embedding"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        q.graph.sibling_linears().len(),
+        2,
+        "one q/k/v group per layer"
+    );
+    let ids = Tensor::from_vec(vec![2u32, 5, 9, 3, 2, 7, 3, 0], (2, 4), &Device::Cpu).unwrap();
+    let mask =
+        Tensor::from_vec(vec![1f32, 1., 1., 1., 1., 1., 1., 0.], (2, 4), &Device::Cpu).unwrap();
+    let grouped = forward_tokens(&q.graph, &q.params, &ids, &mask, &ForwardOpts::eval()).unwrap();
+    // tapping a member disables the group: every node runs alone
+    let taps = q
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.kind() == "qlinear")
+        .map(|n| n.name.clone());
+    let alone = ForwardOpts {
+        taps: taps.collect(),
+        ..ForwardOpts::eval()
+    };
+    let single = forward_tokens(&q.graph, &q.params, &ids, &mask, &alone).unwrap();
+    let d = max_abs(&grouped.output, &single.output);
+    assert!(d <= GROUP_TOL, "grouped vs per-node: {d}");
+    // and the int8 encoder stays close to the f32 one
+    let f = forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval()).unwrap();
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        f.output.flatten_all().unwrap().to_vec1().unwrap(),
+        grouped.output.flatten_all().unwrap().to_vec1().unwrap(),
+    );
+    let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+        / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+            * b.iter().map(|y| y * y).sum::<f32>().sqrt());
+    assert!(cos > 0.99, "cosine to f32 {cos}");
+}
