@@ -143,7 +143,8 @@ pub fn static_cost(model: &Model) -> Result<Metrics> {
     let counted = |k: &str| specs.get(k).is_some_and(|s| s.role.counts_as_parameter());
     Ok(Metrics {
         params: costs.iter().map(|c| c.params).sum(),
-        nonzero_params: model.params.count_nonzero(counted)?,
+        nonzero_params: model.params.count_nonzero(counted)?
+            + crate::quant::nonzero_quantized(model)?,
         macs,
         flops: 2 * macs,
         seq_len: model.graph.is_text().then_some(TEXT_COST_SEQ),

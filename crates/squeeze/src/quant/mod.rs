@@ -224,3 +224,43 @@ impl QView<'_> {
         }
     }
 }
+
+/// Non-zero weights among the quantized tensors of a model (codes that decode to a
+/// non-zero value): the packed part of its non-zero parameter count.
+pub fn nonzero_quantized(model: &crate::checkpoint::Model) -> Result<usize> {
+    use crate::graph::Op;
+    use crate::ops::with_cpu;
+    let mut total = 0;
+    for n in &model.graph.nodes {
+        let (layout, rows, cols) = match &n.op {
+            Op::QLinear(q) => (q.layout, q.out_features, q.in_features),
+            Op::QEmbedding(q) => (q.layout, q.num, q.dim),
+            _ => continue,
+        };
+        let get = |s: &str| model.params.get(&format!("{}.{s}", n.name));
+        let scales = crate::params::f32_values(get("weight_scale")?)?;
+        let zeros = match layout.zero_point {
+            true => Some(with_cpu::<u8, _>(get("weight_zero")?, |z| z.to_vec())?),
+            false => None,
+        };
+        total += with_cpu::<u8, _>(get("weight_q")?, |codes| {
+            let v = QView {
+                layout,
+                rows,
+                cols,
+                codes,
+                scales: &scales,
+                zeros: zeros.as_deref(),
+            };
+            v.check()?;
+            let mut row = vec![0f32; cols];
+            let mut nz = 0;
+            for r in 0..rows {
+                v.dequantize_row(r, &mut row);
+                nz += row.iter().filter(|x| **x != 0.0).count();
+            }
+            Ok::<_, Error>(nz)
+        })??;
+    }
+    Ok(total)
+}

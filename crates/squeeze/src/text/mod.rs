@@ -54,7 +54,9 @@ impl<'a> Encoder<'a> {
             packed: Some(self.packed.clone()),
             ..ForwardOpts::eval()
         };
-        let out = forward_tokens(g, &self.model.params, &ids, &mask, &opts)?;
+        // on a pool worker: the kernels' parallel calls then split work with the other
+        // worker directly instead of parking this thread and waking two for each call
+        let out = rayon::scope(|_| forward_tokens(g, &self.model.params, &ids, &mask, &opts))?;
         Ok(out.output.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 
