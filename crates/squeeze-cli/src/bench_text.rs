@@ -1,39 +1,50 @@
-//! `squeeze bench text`: one sentence encoder measured end to end on real STS-B sentences —
-//! STS-B Spearman/Pearson (and the Python reference's Spearman on the same file), batch-1
-//! latency (median, tokenization included), batch-32 throughput, size and peak memory —
-//! then the peers (sentence-transformers on PyTorch, ONNX Runtime f32 and int8) on the same
-//! sentences in the same run, never concurrently. The result is merged into the results
-//! file under `--key`, so variants accumulate side by side.
+//! `squeeze bench text`: sentence encoders measured end to end on real STS-B sentences —
+//! the encoder of `--model` and any compressed `--variant KEY=DIR` beside it. For each:
+//! STS-B Spearman/Pearson, mean cosine of its embeddings to `--model`'s (variants), size,
+//! parameters and the peak RSS of a separate `squeeze eval` process; batch-1 latency
+//! (median, tokenization included) and batch-32 throughput, the encoders interleaved round
+//! by round in this process. Then the peers (sentence-transformers on PyTorch, ONNX
+//! Runtime f32 and int8, plain and transformer-optimized) on the same sentences in the
+//! same run, never concurrently, and the Python reference's Spearman. Each encoder's
+//! entry is merged into the results file under its key, other keys are kept.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use squeeze::eval::evaluate_text;
+use squeeze::checkpoint::{size_on_disk, Model};
+use squeeze::eval::compare::text_speeds;
+use squeeze::eval::static_cost;
 use squeeze::formats::load_any;
-use squeeze::text::stsb;
+use squeeze::text::{stsb, stsb_scores, Encoder};
 
 use crate::write_json;
 
 #[derive(Args)]
 pub struct TextArgs {
-    /// Text encoder directory.
+    /// Text encoder directory (the baseline of the variants).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: PathBuf,
+    /// A compressed encoder measured beside --model, as KEY=DIR (repeatable).
+    #[arg(long = "variant", value_parser = parse_variant)]
+    pub variants: Vec<(String, PathBuf)>,
     /// STS-B file (scores and the sentences timed).
     #[arg(long, default_value = "data/stsb/sts-dev.csv")]
     pub data: PathBuf,
-    /// Results file; the measurements go under --key, other keys are kept.
+    /// Results file; each encoder's measurements go under its key, other keys are kept.
     #[arg(long, default_value = "results/minilm.json")]
     pub out: PathBuf,
-    /// Key of this variant in the results file.
+    /// Key of --model in the results file.
     #[arg(long, default_value = "f32")]
     pub key: String,
     /// Sentences timed one by one for the batch-1 latency.
     #[arg(long, default_value_t = 200)]
     pub latency_sentences: usize,
+    /// Interleaved timing rounds of the encoders.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Python with torch + sentence-transformers (+ onnxruntime); `none` skips peers and
     /// the reference Spearman.
     #[arg(long, default_value = "python3")]
@@ -52,76 +63,173 @@ pub struct TextArgs {
     pub no_ort: bool,
 }
 
+fn parse_variant(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((k, d)) if !k.is_empty() && !d.is_empty() => Ok((k.into(), d.into())),
+        _ => Err(format!("expected KEY=DIR, got `{s}`")),
+    }
+}
+
+/// One encoder's quality and static measurements.
+struct Measured {
+    key: String,
+    entry: Value,
+    embeddings: Vec<Vec<f32>>,
+}
+
 pub fn run(a: TextArgs) -> Result<()> {
-    let model = load_any(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let pairs = stsb::read(&a.data)?;
     let texts = stsb::sentences(&pairs);
-    let m = evaluate_text(&a.model, &model, &pairs, true, a.latency_sentences)?;
-    let (spearman, pearson) = (
-        m.spearman.unwrap_or(f64::NAN),
-        m.pearson.unwrap_or(f64::NAN),
-    );
-    let (lat, thr) = (
-        m.latency_ms_b1.unwrap_or(f64::NAN),
-        m.throughput_b32.unwrap_or(f64::NAN),
-    );
-    eprintln!(
-        "squeeze: Spearman {spearman:.4}, {lat:.2} ms at batch 1, {thr:.0} sentences/s at batch 32"
-    );
-    let refdir = a.reference_model.clone().unwrap_or_else(|| a.model.clone());
-    let (peer, reference) = if a.python == "none" {
-        (None, None)
-    } else {
-        let mut args = vec![
-            refdir.display().to_string(),
-            a.data.display().to_string(),
-            a.latency_sentences.to_string(),
-        ];
-        if a.no_ort {
-            args.push("--no-ort".into());
-        }
-        let peer = python(&a.python, &a.peer, &args)?;
-        let r = python(
-            &a.python,
-            &a.reference,
-            &["stsb".into(), args[0].clone(), args[1].clone()],
-        )?;
-        (Some(peer), Some(r))
-    };
+    let mut dirs = vec![(a.key.clone(), a.model.clone())];
+    dirs.extend(a.variants.iter().cloned());
+    let models = dirs
+        .iter()
+        .map(|(_, d)| load_any(d).with_context(|| format!("loading {}", d.display())))
+        .collect::<Result<Vec<Model>>>()?;
+    let mut measured = Vec::new();
+    for ((key, dir), model) in dirs.iter().zip(&models) {
+        measured.push(quality(key, dir, model, &pairs, &a.data)?);
+    }
+    let lat_texts = &texts[..a.latency_sentences.min(texts.len())];
+    let refs: Vec<&Model> = models.iter().collect();
+    let speeds = text_speeds(&refs, lat_texts, &texts, a.rounds)?;
+    let (peer, reference) = peers(&a)?;
     let get = |v: &Option<Value>, k: &str| v.as_ref().and_then(|p| p[k].as_f64());
-    let pt_lat = get(&peer, "pytorch_latency_ms_b1");
-    let ort_lat = get(&peer, "ort_f32_latency_ms_b1");
-    let entry = json!({
-        "spearman": spearman,
-        "pearson": pearson,
-        "reference_spearman": get(&reference, "spearman"),
-        "latency_ms_b1": lat,
-        "throughput_b32": thr,
-        "size_bytes": m.size_bytes,
-        "params": m.params,
-        "peak_rss_bytes": m.peak_rss_bytes,
-        "pytorch_latency_ms_b1": pt_lat,
-        "pytorch_throughput_b32": get(&peer, "pytorch_throughput_b32"),
-        "ort_f32_latency_ms_b1": ort_lat,
-        "ort_f32_throughput_b32": get(&peer, "ort_f32_throughput_b32"),
-        "ort_int8_latency_ms_b1": get(&peer, "ort_int8_latency_ms_b1"),
-        "latency_ratio_vs_pytorch": pt_lat.map(|p| lat / p),
-        "latency_ratio_vs_ort_f32": ort_lat.map(|p| lat / p),
-        "threads": crate::bench::threads(),
-        "sentences": texts.len(),
-        "latency_sentences": a.latency_sentences.min(texts.len()),
-        "peer": peer,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-    });
+    let base = measured[0].embeddings.clone();
     let mut all: Value = match std::fs::read_to_string(&a.out) {
         Ok(t) => serde_json::from_str(&t)
             .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
         Err(_) => json!({}),
     };
-    all[&a.key] = entry;
+    let base_lat = speeds[0].latency_ms_b1.median;
+    for (i, (m, t)) in measured.into_iter().zip(&speeds).enumerate() {
+        let (lat, thr) = (t.latency_ms_b1.median, t.throughput.median);
+        let mut e = m.entry;
+        let ort8_lat = get(&peer, "ort_best_int8_latency_ms_b1");
+        let ort8_thr = get(&peer, "ort_best_int8_throughput_b32");
+        let ort_lat = get(&peer, "ort_f32_latency_ms_b1");
+        let extra = json!({
+            "latency_ms_b1": lat,
+            "latency_ms_b1_range": [t.latency_ms_b1.min, t.latency_ms_b1.max],
+            "throughput_b32": thr,
+            "throughput_b32_range": [t.throughput.min, t.throughput.max],
+            "reference_spearman": get(&reference, "spearman"),
+            "pytorch_latency_ms_b1": get(&peer, "pytorch_latency_ms_b1"),
+            "pytorch_throughput_b32": get(&peer, "pytorch_throughput_b32"),
+            "ort_f32_latency_ms_b1": ort_lat,
+            "ort_f32_throughput_b32": get(&peer, "ort_f32_throughput_b32"),
+            "ort_int8_latency_ms_b1": ort8_lat,
+            "ort_int8_throughput_b32": ort8_thr,
+            "latency_ratio_vs_ort_int8": ort8_lat.map(|p| lat / p),
+            "throughput_ratio_vs_ort_int8": ort8_thr.map(|p| thr / p),
+            "latency_ratio_vs_ort_f32": ort_lat.map(|p| lat / p),
+            "latency_ratio_vs_f32": (i > 0).then(|| lat / base_lat),
+            "cosine_to_f32": (i > 0).then(|| mean_cosine(&base, &m.embeddings)),
+            "threads": crate::bench::threads(),
+            "sentences": texts.len(),
+            "latency_sentences": lat_texts.len(),
+            "timing": t.method,
+            "peer": peer,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        });
+        merge(&mut e, extra);
+        eprintln!(
+            "{}: Spearman {:.2}, {lat:.2} ms at batch 1, {thr:.0} sentences/s at batch 32",
+            m.key, e["spearman"]
+        );
+        all[&m.key] = e;
+    }
     write_json(&a.out, &all)?;
-    println!("{}", serde_json::to_string_pretty(&all[&a.key])?);
+    let keys: Vec<&String> = dirs.iter().map(|(k, _)| k).collect();
+    let shown: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| ((*k).clone(), all[k.as_str()].clone()))
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
+}
+
+/// STS-B scores, embeddings, static cost, size and the peak RSS of `squeeze eval`.
+fn quality(
+    key: &str,
+    dir: &Path,
+    model: &Model,
+    pairs: &[stsb::Pair],
+    data: &Path,
+) -> Result<Measured> {
+    eprintln!("{key}: scoring {}", dir.display());
+    let enc = Encoder::new(model)?;
+    let embeddings = enc.embed(&stsb::sentences(pairs), 32, true)?;
+    let (spearman, pearson) = stsb_scores(&embeddings, pairs);
+    let cost = static_cost(model)?;
+    let entry = json!({
+        "spearman": spearman,
+        "pearson": pearson,
+        "size_bytes": size_on_disk(dir)?,
+        "params": cost.params,
+        "nonzero_params": cost.nonzero_params,
+        "peak_rss_bytes": eval_peak_rss(dir, data)?,
+        "model": dir.display().to_string(),
+    });
+    Ok(Measured {
+        key: key.into(),
+        entry,
+        embeddings,
+    })
+}
+
+/// Peak RSS of `squeeze eval DIR --task stsb` in its own process.
+fn eval_peak_rss(dir: &Path, data: &Path) -> Result<Option<u64>> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["eval", &dir.display().to_string(), "--task", "stsb", "--json", "--data"])
+        .arg(data)
+        .output()
+        .context("running squeeze eval for its peak RSS")?;
+    if !out.status.success() {
+        bail!("squeeze eval {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("squeeze eval --json output")?;
+    Ok(v["peak_rss_bytes"].as_u64())
+}
+
+/// Mean cosine between corresponding embeddings.
+fn mean_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let n = a.len().min(b.len()).max(1);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| stsb::cosine(x, y))
+        .sum::<f64>()
+        / n as f64
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(o), Value::Object(f)) = (into.as_object_mut(), from) {
+        o.extend(f);
+    }
+}
+
+/// The peer run and the Python reference's Spearman (none with `--python none`).
+fn peers(a: &TextArgs) -> Result<(Option<Value>, Option<Value>)> {
+    if a.python == "none" {
+        return Ok((None, None));
+    }
+    let refdir = a.reference_model.clone().unwrap_or_else(|| a.model.clone());
+    let mut args = vec![
+        refdir.display().to_string(),
+        a.data.display().to_string(),
+        a.latency_sentences.to_string(),
+    ];
+    if a.no_ort {
+        args.push("--no-ort".into());
+    }
+    let peer = python(&a.python, &a.peer, &args)?;
+    let r = python(
+        &a.python,
+        &a.reference,
+        &["stsb".into(), args[0].clone(), args[1].clone()],
+    )?;
+    Ok((Some(peer), Some(r)))
 }
 
 /// Runs a Python script; its last stdout line is a JSON object.

@@ -69,6 +69,9 @@ layer_kinds! {
         #[serde(rename = "qlinear")]
         QLinear(kinds::qlinear::QLinear) => kinds::qlinear::example,
         /// Table lookup from a quantized table (`weight_q`, `weight_scale`).
+        /// Static-int8 convolution; `weight_q` `[out, in·k·k]`, `weight_scale`, `input_scale`.
+        #[serde(rename = "qconv2d")]
+        QConv2d(kinds::qconv2d::QConv2d) => kinds::qconv2d::example,
         #[serde(rename = "qembedding")]
         QEmbedding(kinds::qembedding::QEmbedding) => kinds::qembedding::example,
     }

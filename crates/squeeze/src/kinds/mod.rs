@@ -37,6 +37,7 @@ pub mod gather;
 pub mod layer_norm;
 pub mod linear;
 pub mod pool;
+pub mod qconv2d;
 pub mod qembedding;
 pub mod qlinear;
 pub mod sentence;

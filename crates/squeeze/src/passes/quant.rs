@@ -5,7 +5,7 @@
 //! and, for static int8, the input scale calibrated on the original model. Embedding
 //! tables become int8 `qembedding` nodes. By default every Linear is selected except the
 //! one producing the model's output (the classifier, which stays f32; name it in `layers`
-//! to quantize it too).
+//! to quantize it too). Under static int8, Conv2d nodes (groups = 1) become `qconv2d`.
 
 use std::collections::HashMap;
 
@@ -16,6 +16,7 @@ use super::{Pass, PassCtx, PassRecord};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::kinds::qconv2d::QConv2d;
 use crate::kinds::qembedding::QEmbedding;
 use crate::kinds::qlinear::{ActQuant, QLinear};
 use crate::prune::obs::InputStats;
@@ -56,10 +57,26 @@ impl Pass for Quantize {
             ActQuant::Static => self.input_scales(&model, &nodes, ctx)?,
             _ => HashMap::new(),
         };
+        let (mut before, mut after) = (0usize, 0usize);
+        let convs: Vec<String> = nodes
+            .iter()
+            .filter(|n| matches!(model.graph.node(n).map(|n| &n.op), Some(Op::Conv2d(_))))
+            .cloned()
+            .collect();
+        for node in &convs {
+            let (w, rows) = weight(&model, node)?;
+            let q = QWeight::quantize(&w, rows, w.len() / rows.max(1), self.layout)
+                .map_err(|e| Error::pass(self.name(), format!("`{node}.weight`: {e}")))?;
+            before += w.len() * 4;
+            after += q.stored_bytes();
+            to_qconv2d(&mut model, node, &q, scales.get(node).copied())?;
+        }
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| !convs.iter().any(|c| n == &format!("{c}.weight")))
+            .collect();
         let groups = linear_groups(&model, &names, self.name())?;
         let bar = progress(groups.len(), self.name());
-        let mut before = 0usize;
-        let mut after = 0usize;
         for (cols, group) in &groups {
             bar.inc(1);
             let stats = match self.rounding {
@@ -85,7 +102,7 @@ impl Pass for Quantize {
             vec![]
         };
         let label = format!(
-            "{} linear layers → {} ({} activations), {:.1} → {:.1} MB{}",
+            "{} layers → {} ({} activations), {:.1} → {:.1} MB{}",
             nodes.len(),
             self.layout.label(),
             match self.act {
@@ -111,7 +128,7 @@ impl Pass for Quantize {
 }
 
 impl Quantize {
-    /// The Linear nodes to quantize, checked.
+    /// The nodes to quantize, checked.
     fn selected(&self, model: &Model) -> Result<Vec<String>> {
         let g = &model.graph;
         let chosen: Vec<String> = match &self.layers {
@@ -120,21 +137,25 @@ impl Quantize {
             None => g
                 .nodes
                 .iter()
-                .filter(|n| matches!(n.op, Op::Linear(_)) && n.name != g.output)
+                .filter(|n| self.quantizable(&n.op) && n.name != g.output)
                 .map(|n| n.name.clone())
                 .collect(),
         };
         for name in &chosen {
             match g.node(name) {
-                Some(n) if matches!(n.op, Op::Linear(_)) => {}
+                Some(n) if self.quantizable(&n.op) => {}
                 Some(n) => {
+                    let what = match &n.op {
+                        Op::Conv2d(c) if c.groups > 1 => "a grouped conv2d layer".to_string(),
+                        Op::Conv2d(_) => "a conv2d layer (convolutions are quantized with \
+                                          `bits = 8` and `activations = \"static\"`)"
+                            .into(),
+                        op => format!("a {}", op.kind()),
+                    };
                     return Err(Error::pass(
                         self.name(),
-                        format!(
-                            "`layers`: `{name}` is a {}, not a linear layer",
-                            n.op.kind()
-                        ),
-                    ))
+                        format!("`layers`: `{name}` is {what}, not a linear layer"),
+                    ));
                 }
                 None => {
                     return Err(Error::pass(
@@ -152,6 +173,16 @@ impl Quantize {
             }
         }
         Ok(chosen)
+    }
+
+    /// Whether a node of this kind is quantized by this pass: Linear always, Conv2d
+    /// (groups = 1) under static int8.
+    fn quantizable(&self, op: &Op) -> bool {
+        match op {
+            Op::Linear(_) => true,
+            Op::Conv2d(c) => c.groups == 1 && self.act == ActQuant::Static && self.layout.bits == 8,
+            _ => false,
+        }
     }
 
     /// GPTQ's input statistics of one group, captured on the current (partly quantized)
@@ -234,6 +265,34 @@ fn to_qlinear(
         bias: l.bias,
         layout: q.layout,
         act,
+    });
+    Ok(())
+}
+
+/// Replaces Conv2d node `node` (groups = 1) by a static-int8 qconv2d node holding `q`.
+fn to_qconv2d(model: &mut Model, node: &str, q: &QWeight, input_scale: Option<f32>) -> Result<()> {
+    let idx = model
+        .graph
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| Error::Graph(format!("no node `{node}`")))?;
+    let Op::Conv2d(c) = model.graph.nodes[idx].op.clone() else {
+        return Err(Error::Graph(format!("`{node}` is not a conv2d layer")));
+    };
+    let s = input_scale.ok_or_else(|| Error::Graph(format!("no input scale for `{node}`")))?;
+    model.params.remove(&format!("{node}.weight"));
+    insert_q(model, node, q)?;
+    let t = Tensor::from_vec(vec![s], 1, &Device::Cpu)?;
+    model.params.insert(format!("{node}.input_scale"), t);
+    model.graph.nodes[idx].op = Op::QConv2d(QConv2d {
+        in_channels: c.in_channels,
+        out_channels: c.out_channels,
+        kernel: c.kernel,
+        stride: c.stride,
+        padding: c.padding,
+        bias: c.bias,
+        layout: q.layout,
     });
     Ok(())
 }

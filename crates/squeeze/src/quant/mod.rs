@@ -235,6 +235,7 @@ pub fn nonzero_quantized(model: &crate::checkpoint::Model) -> Result<usize> {
         let (layout, rows, cols) = match &n.op {
             Op::QLinear(q) => (q.layout, q.out_features, q.in_features),
             Op::QEmbedding(q) => (q.layout, q.num, q.dim),
+            Op::QConv2d(q) => (q.layout, q.out_channels, q.cols()),
             _ => continue,
         };
         let get = |s: &str| model.params.get(&format!("{}.{s}", n.name));

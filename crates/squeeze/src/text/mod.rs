@@ -86,15 +86,7 @@ impl<'a> Encoder<'a> {
     /// STS-B Spearman and Pearson (×100) of cosine similarity against the gold scores.
     pub fn stsb(&self, pairs: &[stsb::Pair], batch: usize, progress: bool) -> Result<(f64, f64)> {
         let e = self.embed(&stsb::sentences(pairs), batch, progress)?;
-        let sims: Vec<f64> = e
-            .chunks_exact(2)
-            .map(|ab| stsb::cosine(&ab[0], &ab[1]))
-            .collect();
-        let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
-        Ok((
-            100.0 * stsb::spearman(&sims, &gold),
-            100.0 * stsb::pearson(&sims, &gold),
-        ))
+        Ok(stsb_scores(&e, pairs))
     }
 
     /// Median batch-1 latency (ms) over `texts`, each embedded alone (tokenization
@@ -119,6 +111,20 @@ impl<'a> Encoder<'a> {
         self.embed(texts, batch, false)?;
         Ok(texts.len() as f64 / s.elapsed().as_secs_f64())
     }
+}
+
+/// STS-B Spearman and Pearson (×100) from the embeddings of the pairs' sentences (in the
+/// order of [`stsb::sentences`]).
+pub fn stsb_scores(e: &[Vec<f32>], pairs: &[stsb::Pair]) -> (f64, f64) {
+    let sims: Vec<f64> = e
+        .chunks_exact(2)
+        .map(|ab| stsb::cosine(&ab[0], &ab[1]))
+        .collect();
+    let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+    (
+        100.0 * stsb::spearman(&sims, &gold),
+        100.0 * stsb::pearson(&sims, &gold),
+    )
 }
 
 /// Rows of the position-embedding table (the longest sequence the model can read).

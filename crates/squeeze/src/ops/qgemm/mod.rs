@@ -48,7 +48,20 @@ pub fn gemm_i8(
     a: &[i8],
     abs: &[u8],
     w: &[u8],
+    dims: (usize, usize, usize),
+) -> Result<Vec<i32>> {
+    gemm_i8_on(isa, a, abs, w, dims, true)
+}
+
+/// [`gemm_i8`], on the calling thread only unless `parallel` (callers that are
+/// themselves split over threads).
+pub fn gemm_i8_on(
+    isa: Isa,
+    a: &[i8],
+    abs: &[u8],
+    w: &[u8],
     (m, n, k): (usize, usize, usize),
+    parallel: bool,
 ) -> Result<Vec<i32>> {
     let isa = isa::require(isa)?;
     check_i8(a, abs, w, (m, n, k))?;
@@ -58,7 +71,7 @@ pub fn gemm_i8(
         // SAFETY: rows j0.. of `out` [n, m] belong to this task; `out` outlives it.
         unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), o.at(j0 * m), block.len()) };
     };
-    i8_rows_split(isa, a, abs, &[(w, n)], (m, k), &finish);
+    i8_rows_split(isa, a, abs, &[(w, n)], (m, k), parallel, &finish);
     Ok(out)
 }
 
@@ -119,7 +132,7 @@ pub fn linear_i8(
         }
     };
     let ws: Vec<(&[u8], usize)> = parts.iter().map(|p| (p.w, p.n)).collect();
-    i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), &finish);
+    i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), true, &finish);
     Ok(outs)
 }
 
@@ -173,6 +186,7 @@ fn i8_rows_split(
     abs: &[u8],
     ws: &[(&[u8], usize)],
     (m, k): (usize, usize),
+    parallel: bool,
     finish: &(impl Fn(usize, usize, &[i32]) + Sync),
 ) {
     let task = |p: usize, j0: usize, rows: usize| {
@@ -189,11 +203,12 @@ fn i8_rows_split(
         finish(p, j0, &gemm_i8_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
-    split(m, &ns, k, task);
+    split(m, &ns, if parallel { k } else { 0 }, task);
 }
 
 /// Runs `task(part, first_row, rows)` over blocks of [`ROWS_PER_TASK`] rows of each part
-/// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large.
+/// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large
+/// (`k` = 0: never).
 fn split(m: usize, ns: &[usize], k: usize, task: impl Fn(usize, usize, usize) + Sync + Send) {
     let blocks: Vec<(usize, usize)> = ns
         .iter()
