@@ -182,12 +182,23 @@ fn quality(
 fn eval_peak_rss(dir: &Path, data: &Path) -> Result<Option<u64>> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["eval", &dir.display().to_string(), "--task", "stsb", "--json", "--data"])
+        .args([
+            "eval",
+            &dir.display().to_string(),
+            "--task",
+            "stsb",
+            "--json",
+            "--data",
+        ])
         .arg(data)
         .output()
         .context("running squeeze eval for its peak RSS")?;
     if !out.status.success() {
-        bail!("squeeze eval {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "squeeze eval {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("squeeze eval --json output")?;
     Ok(v["peak_rss_bytes"].as_u64())

@@ -112,15 +112,20 @@ fn round_trip_error_is_at_most_half_a_scale_per_element() {
 
 #[test]
 fn int8_kernel_paths_equal_the_reference_exactly() {
-    for &(m, n, k) in &[
+    let shapes = [
         (1, 5, 7),
         (3, 17, 64),
         (4, 16, 96),
         (9, 33, 100),
         (1, 40, 384),
         (37, 70, 1536),
-    ] {
-        let x = uniform(m * k, 3 + k as u64);
+    ];
+    // signed activations, and non-negative ones (after a ReLU: the kernel skips the sign)
+    for (&(m, n, k), relu) in shapes.iter().flat_map(|s| [(s, false), (s, true)]) {
+        let mut x = uniform(m * k, 3 + k as u64);
+        if relu {
+            x.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
         let q = quantize_rows(&x, k, None);
         let w: Vec<u8> = uniform(n * k, 5 + n as u64)
             .into_iter()
@@ -129,7 +134,7 @@ fn int8_kernel_paths_equal_the_reference_exactly() {
         let want = qgemm::gemm_i8_reference(&q.codes, &w, m, n, k);
         for path in isa::supported() {
             let got = qgemm::gemm_i8(path, &q.codes, &q.abs, &w, (m, n, k)).unwrap();
-            assert_eq!(got, want, "{} [{m}, {n}, {k}]", path.name());
+            assert_eq!(got, want, "{} [{m}, {n}, {k}] relu={relu}", path.name());
         }
     }
     // mismatched operands are errors

@@ -79,7 +79,10 @@ impl LayerKind for QConv2d {
         self.layout.check(self.cols())?;
         let s = arity(ins, 1)?;
         if s.len() != 3 || s[0] != self.in_channels {
-            return Err(format!("input {s:?}, expected [{}, H, W]", self.in_channels));
+            return Err(format!(
+                "input {s:?}, expected [{}, H, W]",
+                self.in_channels
+            ));
         }
         let (h, w) = (s[1] + 2 * self.padding, s[2] + 2 * self.padding);
         if h < self.kernel || w < self.kernel {
@@ -160,9 +163,9 @@ impl QConv2d {
     /// The weight scale of output channel `j`.
     fn sw(&self, sw: &[f32], j: usize) -> Result<f32> {
         let i = self.layout.scale_index(j, 0, self.cols());
-        sw.get(i).copied().ok_or_else(|| {
-            Error::Data(format!("{} weight scales, channel {j} has none", sw.len()))
-        })
+        sw.get(i)
+            .copied()
+            .ok_or_else(|| Error::Data(format!("{} weight scales, channel {j} has none", sw.len())))
     }
 
     /// The int8 kernel over every image: `[N, out, Ho, Wo]`.
@@ -212,7 +215,12 @@ impl QConv2d {
                     // the image's codes, channels last (their magnitudes come after im2col)
                     s.codes.resize(chw, 0);
                     s.mags.resize(chw, 0);
-                    qgemm::quantize_row(&xs[i * chw..(i + 1) * chw], inv, &mut s.codes, &mut s.mags);
+                    qgemm::quantize_row(
+                        &xs[i * chw..(i + 1) * chw],
+                        inv,
+                        &mut s.codes,
+                        &mut s.mags,
+                    );
                     s.hwc.resize(chw, 0);
                     for ci in 0..c {
                         for px in 0..h * wd {
@@ -225,7 +233,9 @@ impl QConv2d {
                     let acc = qgemm::gemm_i8_on(isa, &s.cols, &s.abs, &wpad, (p, co, kp), par)?; // [co, p]
                     for (j, (o, a)) in out.chunks_mut(p).zip(acc.chunks(p)).enumerate() {
                         let (sc, b) = (sa * scales[j], bias.map_or(0.0, |b| b[j]));
-                        o.iter_mut().zip(a).for_each(|(o, a)| *o = *a as f32 * sc + b);
+                        o.iter_mut()
+                            .zip(a)
+                            .for_each(|(o, a)| *o = *a as f32 * sc + b);
                     }
                     Ok(())
                 })
@@ -255,7 +265,10 @@ impl QConv2d {
                 let row = &mut cols[(oh * wo + ow) * kp..][..kp];
                 let iw0 = (ow * s) as isize - pad;
                 // kernel columns inside the image: iw0 + kj in [0, w)
-                let (lo, hi) = ((-iw0).max(0) as usize, (w as isize - iw0).min(k).max(0) as usize);
+                let (lo, hi) = (
+                    (-iw0).max(0) as usize,
+                    (w as isize - iw0).min(k).max(0) as usize,
+                );
                 if lo >= hi {
                     continue;
                 }
@@ -290,7 +303,8 @@ impl QConv2d {
                 .map(|(i, &b)| self.sw(sw, i / kk).map(|s| self.layout.decode(b, s, 0)))
                 .collect::<Result<Vec<f32>>>()
         })??;
-        let wt = Tensor::from_vec(w, (co, self.in_channels, k, k), x.device())?.to_dtype(x.dtype())?;
+        let wt =
+            Tensor::from_vec(w, (co, self.in_channels, k, k), x.device())?.to_dtype(x.dtype())?;
         let dims = x.dims().to_vec();
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let per = dims[1..].iter().product::<usize>().max(1);
@@ -301,7 +315,8 @@ impl QConv2d {
         let y = xin.conv2d(&wt, self.padding, self.stride, 1, 1)?;
         Ok(match bias {
             Some(b) => {
-                let b = Tensor::from_vec(b.to_vec(), (1, co, 1, 1), x.device())?.to_dtype(y.dtype())?;
+                let b =
+                    Tensor::from_vec(b.to_vec(), (1, co, 1, 1), x.device())?.to_dtype(y.dtype())?;
                 y.broadcast_add(&b)?
             }
             None => y,

@@ -20,7 +20,9 @@ unsafe fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// out[r·m + i] = Σ_k a[i, k]·w[r, k] for all `rows` weight rows and `m` tokens.
+/// out[r·m + i] = Σ_k a[i, k]·w[r, k] for all `rows` weight rows and `m` tokens;
+/// `signed`: whether any activation is negative.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 pub unsafe fn i8_rows(
     a: &[i8],
@@ -29,12 +31,30 @@ pub unsafe fn i8_rows(
     m: usize,
     k: usize,
     rows: usize,
+    signed: bool,
     out: &mut [i32],
 ) {
     assert!(a.len() >= m * k && abs.len() >= m * k && w.len() >= rows * k);
     assert!(out.len() >= rows * m);
     // token tiles outer, the block's weight rows (a few KB, L1-resident) inner: the
-    // activations stream once per block
+    // activations stream once per block. Non-negative activations (after a ReLU) are
+    // their own magnitudes: no sign transfer needed.
+    if !signed {
+        return i8_rows_as::<false>(a, abs, w, m, k, rows, out);
+    }
+    i8_rows_as::<true>(a, abs, w, m, k, rows, out)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn i8_rows_as<const SIGNED: bool>(
+    a: &[i8],
+    abs: &[u8],
+    w: &[u8],
+    m: usize,
+    k: usize,
+    rows: usize,
+    out: &mut [i32],
+) {
     let mut i = 0;
     while i < m {
         let t = (m - i).min(4);
@@ -42,10 +62,10 @@ pub unsafe fn i8_rows(
         while r < rows {
             let rr = (rows - r).min(2);
             match (rr, t) {
-                (2, 4) => i8_tile::<2, 4>(a, abs, w, m, k, r, i, out),
-                (2, _) => i8_tile::<2, 1>(a, abs, w, m, k, r, i, out),
-                (_, 4) => i8_tile::<1, 4>(a, abs, w, m, k, r, i, out),
-                _ => i8_tile::<1, 1>(a, abs, w, m, k, r, i, out),
+                (2, 4) => i8_tile::<2, 4, SIGNED>(a, abs, w, m, k, r, i, out),
+                (2, _) => i8_tile::<2, 1, SIGNED>(a, abs, w, m, k, r, i, out),
+                (_, 4) => i8_tile::<1, 4, SIGNED>(a, abs, w, m, k, r, i, out),
+                _ => i8_tile::<1, 1, SIGNED>(a, abs, w, m, k, r, i, out),
             }
             r += rr;
         }
@@ -56,7 +76,7 @@ pub unsafe fn i8_rows(
 /// R weight rows (from row `r0`) × T tokens (from token `i0`).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-unsafe fn i8_tile<const R: usize, const T: usize>(
+unsafe fn i8_tile<const R: usize, const T: usize, const SIGNED: bool>(
     a: &[i8],
     abs: &[u8],
     w: &[u8],
@@ -81,12 +101,20 @@ unsafe fn i8_tile<const R: usize, const T: usize>(
             *v = _mm256_loadu_si256(wp.add(r * k + c) as *const __m256i);
         }
         for t in 0..T {
-            let av = _mm256_loadu_si256(ap.add(t * k + c) as *const __m256i);
             let bv = _mm256_loadu_si256(bp.add(t * k + c) as *const __m256i);
-            for (row, wr) in acc.iter_mut().zip(&wv) {
-                // |a| (unsigned, ≤ 127) × sign(a)·w (signed): pair sums stay within i16
-                let p = _mm256_maddubs_epi16(bv, _mm256_sign_epi8(*wr, av));
-                row[t] = _mm256_add_epi32(row[t], _mm256_madd_epi16(p, ones));
+            if SIGNED {
+                let av = _mm256_loadu_si256(ap.add(t * k + c) as *const __m256i);
+                for (row, wr) in acc.iter_mut().zip(&wv) {
+                    // |a| (unsigned, ≤ 127) × sign(a)·w (signed): pair sums stay in i16
+                    let p = _mm256_maddubs_epi16(bv, _mm256_sign_epi8(*wr, av));
+                    row[t] = _mm256_add_epi32(row[t], _mm256_madd_epi16(p, ones));
+                }
+            } else {
+                for (row, wr) in acc.iter_mut().zip(&wv) {
+                    // a = |a| ≤ 127 times w: pair sums stay in i16
+                    let p = _mm256_maddubs_epi16(bv, *wr);
+                    row[t] = _mm256_add_epi32(row[t], _mm256_madd_epi16(p, ones));
+                }
             }
         }
         c += 32;

@@ -189,6 +189,8 @@ fn i8_rows_split(
     parallel: bool,
     finish: &(impl Fn(usize, usize, &[i32]) + Sync),
 ) {
+    // non-negative activations (after a ReLU) take the kernel without sign transfer
+    let signed = a.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
     let task = |p: usize, j0: usize, rows: usize| {
         let wt = &ws[p].0[j0 * k..(j0 + rows) * k];
         #[cfg(target_arch = "x86_64")]
@@ -196,10 +198,10 @@ fn i8_rows_split(
             let mut block = vec![0i32; rows * m];
             // SAFETY: `isa` passed isa::require and every path above scalar implies AVX2;
             // the kernel asserts its slices' lengths before any load.
-            unsafe { avx2::i8_rows(a, abs, wt, m, k, rows, &mut block) };
+            unsafe { avx2::i8_rows(a, abs, wt, m, k, rows, signed, &mut block) };
             return finish(p, j0, &block);
         }
-        let _ = (isa, abs);
+        let _ = (isa, abs, signed);
         finish(p, j0, &gemm_i8_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
