@@ -202,8 +202,59 @@ def prune():
     return "".join(out)
 
 
+def quant():
+    m = load("minilm")
+    f = m["f32"]
+    keys = [k for k in ["f32", "int8-dynamic", "int4-rtn-g128", "int4-gptq-g128"] if k in m]
+    rows = []
+    for k in keys:
+        e = m[k]
+        cos = e.get("cosine_to_f32")
+        rows.append([f"squeeze {k}", f"{e['spearman']:.2f}", f"{e['spearman'] - f['spearman']:+.2f}",
+                     f"{cos:.4f}" if cos else "–",
+                     f"{e['size_bytes'] / 1e6:.1f} ({e['size_bytes'] / f['size_bytes']:.0%})",
+                     f"{e['peak_rss_bytes'] / 1e6:.0f} ({e['peak_rss_bytes'] / f['peak_rss_bytes']:.2f}×)",
+                     f"{e['latency_ms_b1']:.2f}", f"{e['throughput_b32']:.0f}"])
+    p = f["peer"]
+    for name, label in [("ort_f32", "ONNX Runtime f32"), ("ort_int8", "ONNX Runtime int8 (per-tensor)"),
+                        ("ort_int8_opt_pc", "ONNX Runtime int8 (optimized graph, per-channel)")]:
+        cos = p.get(f"{name}_cosine_to_f32")
+        rows.append([label, "–", "–", f"{cos:.4f}" if cos else "–", "–", "–",
+                     f"{p[name + '_latency_ms_b1']:.2f}", f"{p[name + '_throughput_b32']:.0f}"])
+    e8 = m.get("int8-dynamic", {})
+    text = table(["encoder", "STS-B ρ×100", "Δ vs f32", "cosine to f32", "file MB (of f32)",
+                  "peak RSS of `eval`, MB", "batch-1 ms", "batch-32 sent/s"], rows)
+    if e8:
+        text += (f"\n\nIn that run dynamic int8 takes {e8['latency_ratio_vs_ort_int8']:.2f}× the batch-1 time of "
+                 f"ONNX Runtime's best int8 and reaches {e8['throughput_ratio_vs_ort_int8']:.2f}× its "
+                 f"batch-32 throughput; {e8['latency_ratio_vs_f32']:.2f}× our f32's batch-1 time. "
+                 f"Command: `{e8['command']}`.")
+    q = load("quant")
+    rows = []
+    for k in ["vgg-int8-static", "lenet5-int8-static"]:
+        if k not in q:
+            continue
+        e = q[k]
+        rows.append([k, f"{e['baseline']:.2f}% → {e['accuracy']:.2f}%",
+                     f"{e['baseline_size_bytes'] / 1e3:.0f} → {e['size_bytes'] / 1e3:.0f}",
+                     f"{e['baseline_latency_ms_b1']:.3f} / {e['latency_ms_b1']:.3f} / {e['pytorch_int8_latency_ms_b1']:.3f}",
+                     f"{e['baseline_throughput_b256']:,.0f} / {e['throughput_b256']:,.0f} / {e['pytorch_int8_throughput_b256']:,.0f}"])
+    text += "\n\n" + table(["model", "test accuracy (f32 → int8)", "KB on disk",
+                             "batch-1 ms: f32 / int8 / PyTorch int8",
+                             "batch-256 img/s: f32 / int8 / PyTorch int8"], rows)
+    k = load("kernels")
+    sp = k["speedup_vs_f32"]
+    cells = []
+    for shape in ["attn_out_384x384", "qkv_384x1152", "ffn_up_384x1536", "ffn_down_1536x384"]:
+        cells.append([shape] + [f"{sp[f'{shape}_m{m}']['int8']:.2f}× / {sp[f'{shape}_m{m}']['int4-g128']:.2f}×"
+                                for m in [1, 32, 128]])
+    text += "\n\n" + table(["layer (MiniLM shape)", "1 row: int8 / int4 vs f32", "32 rows", "128 rows"], cells)
+    text += f"\n\nKernel speed-ups: `{k['command']}` on {k['cpu']}, {k['threads']} threads ({k['method']})."
+    return text
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
-          "passes": passes, "demo": demo, "prune": prune}
+          "passes": passes, "demo": demo, "prune": prune, "quant": quant}
 
 
 def render(text):

@@ -41,6 +41,10 @@ pub enum BenchWhat {
     /// MiniLM's Linear shapes at 1, 32 and 128 rows: f32 vs dynamic int8 vs int4 on every
     /// kernel path → results/kernels.json.
     Kernels(crate::bench_kernels::KernelArgs),
+    /// An image classifier and its quantized form: accuracy, size, batch-1 latency and
+    /// batch-256 throughput side by side, plus PyTorch's static int8 of the same network →
+    /// one key of results/quant.json.
+    Quant(crate::bench_quant::QuantArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +73,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Isa(i) => crate::bench_isa::run(i),
         BenchWhat::Sparse(s) => crate::bench_sparse::run(s),
         BenchWhat::Kernels(k) => crate::bench_kernels::run(k),
+        BenchWhat::Quant(q) => crate::bench_quant::run(q),
     }
 }
 

@@ -244,7 +244,7 @@ fn peers(a: &TextArgs) -> Result<(Option<Value>, Option<Value>)> {
 }
 
 /// Runs a Python script; its last stdout line is a JSON object.
-fn python(py: &str, script: &std::path::Path, args: &[String]) -> Result<Value> {
+pub(crate) fn python(py: &str, script: &std::path::Path, args: &[String]) -> Result<Value> {
     let out = Command::new(py)
         .arg(script)
         .args(args)

@@ -21,7 +21,7 @@ pub struct CompressArgs {
     pub dir: PathBuf,
     /// TOML recipe: `[[passes]]` tables, each with a `type` (fold_batch_norm,
     /// recalibrate_batch_norm, drop_layers, finetune, magnitude, obd, wanda, sparsegpt,
-    /// share, materialize), plus optional `[calibration]` and `[finetune]`.
+    /// share, materialize, quantize), plus optional `[calibration]` and `[finetune]`.
     #[arg(long)]
     pub recipe: PathBuf,
     /// Output directory for the compressed model.

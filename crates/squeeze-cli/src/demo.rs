@@ -55,6 +55,7 @@ pub struct DemoArgs {
 const RECIPES: &[(&str, &str)] = &[
     ("fold-bn", "recipes/fold-bn.toml"),
     ("recalibrate-bn", "recipes/recalibrate-bn.toml"),
+    ("int8-static", "recipes/vgg-int8-static.toml"),
 ];
 
 /// The pruning and weight-sharing recipes, applied to the committed `--prune-model`.
@@ -64,8 +65,10 @@ const PRUNE_RECIPES: &[(&str, &str)] = &[
 ];
 
 /// The text recipes, applied to the pretrained encoder.
-const TEXT_RECIPES: &[(&str, &str)] =
-    &[("minilm-sparsegpt-50", "recipes/minilm-sparsegpt-50.toml")];
+const TEXT_RECIPES: &[(&str, &str)] = &[
+    ("minilm-sparsegpt-50", "recipes/minilm-sparsegpt-50.toml"),
+    ("minilm-int8-dynamic", "recipes/minilm-int8-dynamic.toml"),
+];
 
 /// One table row: the model's directory, what made it, and its measurements.
 struct Row {

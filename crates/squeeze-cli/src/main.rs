@@ -7,6 +7,7 @@
 mod bench;
 mod bench_isa;
 mod bench_kernels;
+mod bench_quant;
 mod bench_sparse;
 mod bench_text;
 mod compress;

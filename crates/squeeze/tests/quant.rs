@@ -126,7 +126,7 @@ fn int8_kernel_paths_equal_the_reference_exactly() {
         if relu {
             x.iter_mut().for_each(|v| *v = v.max(0.0));
         }
-        let q = quantize_rows(&x, k, None);
+        let q = quantize_rows(&x, k, None, k); // one scale per row
         let w: Vec<u8> = uniform(n * k, 5 + n as u64)
             .into_iter()
             .map(|v| (v * 127.0).round() as i8 as u8)
@@ -139,6 +139,60 @@ fn int8_kernel_paths_equal_the_reference_exactly() {
     }
     // mismatched operands are errors
     assert!(qgemm::gemm_i8(isa::Isa::Scalar, &[0; 4], &[0; 4], &[0; 3], (1, 1, 4)).is_err());
+}
+
+/// Relative tolerance of the block-scaled int8 paths (exact block sums, f32 scaling).
+const BLOCKED_TOL: f32 = 1e-5;
+
+#[test]
+fn block_scaled_int8_paths_match_the_reference_and_the_dequantized_product() {
+    for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (5, 40, 384)] {
+        let mut x = uniform(m * k, 17 + k as u64);
+        x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
+        let q = quantize_rows(&x, k, None, 32);
+        assert_eq!(q.scales.len(), m * k.div_ceil(32));
+        let w: Vec<u8> = uniform(n * k, 19 + n as u64)
+            .into_iter()
+            .map(|v| (v * 127.0).round() as i8 as u8)
+            .collect();
+        let want = qgemm::gemm_i8_blocked_reference(&q, &w, m, n, k);
+        // float sums in another order: tolerance relative to the sum of |terms|
+        let mag = |j: usize, i: usize| -> f32 {
+            (0..k)
+                .map(|c| (q.value(i, c, k) * (w[j * k + c] as i8) as f32).abs())
+                .sum()
+        };
+        for j in 0..n {
+            for i in 0..m {
+                let d: f32 = (0..k)
+                    .map(|c| q.value(i, c, k) * (w[j * k + c] as i8) as f32)
+                    .sum();
+                assert!((d - want[j * m + i]).abs() <= BLOCKED_TOL * (1.0 + mag(j, i)));
+            }
+        }
+        for path in isa::supported() {
+            let got = qgemm::gemm_i8_blocked(path, &q, &w, (m, n, k)).unwrap();
+            for j in 0..n {
+                for i in 0..m {
+                    let (a, b) = (got[j * m + i], want[j * m + i]);
+                    assert!(
+                        (a - b).abs() <= BLOCKED_TOL * (1.0 + mag(j, i)),
+                        "{} [{m},{n},{k}]: {a} vs {b}",
+                        path.name()
+                    );
+                }
+            }
+        }
+        // each block's values round-trip within half its scale
+        for i in 0..m {
+            for c in 0..k {
+                let s = q.scales[i * k.div_ceil(32) + c / 32];
+                assert!(
+                    (q.value(i, c, k) - x[i * k + c]).abs() <= s / 2.0 + ROUND_SLACK * (1.0 + s)
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -288,7 +342,7 @@ fn quantized_layers_equal_their_simulated_fake_quant_form() {
     for (layout, act) in cases {
         let m = qlinear_model(layout, act, 40, 128);
         let p64 = store_to_dtype(&m.params, DType::F64).unwrap();
-        for batch in [1, 5] {
+        for batch in [1, 5, 80] {
             let x = Tensor::from_vec(uniform(batch * 128, 41), (batch, 128), &Device::Cpu).unwrap();
             let got = predict(&m.graph, &m.params, &x).unwrap();
             let sim = predict(&m.graph, &p64, &x.to_dtype(DType::F64).unwrap()).unwrap();

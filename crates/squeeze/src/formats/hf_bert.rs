@@ -232,6 +232,18 @@ pub fn export_blocker(model: &Model) -> Option<String> {
             n.name
         ));
     }
+    if let Some(n) = model
+        .graph
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, Op::QLinear(_) | Op::QEmbedding(_) | Op::QConv2d(_)))
+    {
+        return Some(format!(
+            "`{}` is quantized (integer codes and scales) and HF BERT holds float weights: \
+             export the model before the `quantize` pass, or keep the native format",
+            n.name
+        ));
+    }
     if !model.graph.masks.is_empty() {
         return Some("the model carries pruning masks: run the `materialize` pass first".into());
     }

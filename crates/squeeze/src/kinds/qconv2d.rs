@@ -308,7 +308,7 @@ impl QConv2d {
         let dims = x.dims().to_vec();
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let per = dims[1..].iter().product::<usize>().max(1);
-        let q = quantize_rows(&xs, per, Some(sa));
+        let q = quantize_rows(&xs, per, Some(sa), per);
         let deq: Vec<f32> = q.codes.iter().map(|c| *c as f32 * sa).collect();
         let xq = Tensor::from_vec(deq, dims.as_slice(), x.device())?.to_dtype(x.dtype())?;
         let xin = (x + (xq - x)?.detach())?;

@@ -5,9 +5,12 @@
 //! and `bias` `[out]`. The layout ([`crate::quant::layout`]) is an attribute, so
 //! `model.json` says what the bytes mean and the loader checks every size.
 //!
-//! Activations (`act`): `dynamic` int8 (one scale per row at run time) or `static` int8
+//! Activations (`act`): `dynamic` int8 (at run time, one scale per 32 consecutive inputs
+//! of each row, [`ACT_BLOCK`]) or `static` int8
 //! (the calibrated `input_scale`) run the exact int8 kernel of [`crate::ops::qgemm`];
-//! `none` keeps f32 activations against int4 weights (weight-only). Any other caller (f64,
+//! `none` keeps f32 activations against int4 weights (weight-only; above 64 rows the layer's
+//! codes are widened once per call into a transient f32 copy for the f32 product). Any
+//! other caller (f64,
 //! gradients) gets the simulated layer — the dequantized weight and the fake-quantized
 //! input, same codes — which is also the reference the kernels are tested against.
 //! Coupling: like Linear, but both sides are pinned (the codes are not channel-pruned).
@@ -23,7 +26,7 @@ use crate::kinds::Dtype;
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
-use crate::quant::act::quantize_rows;
+use crate::quant::act::{quantize_rows, ACT_BLOCK};
 use crate::quant::layout::{Layout, Scales};
 
 /// How the layer's input is quantized.
@@ -32,11 +35,15 @@ use crate::quant::layout::{Layout, Scales};
 pub enum ActQuant {
     /// f32 activations (weight-only; int4 weights).
     None,
-    /// int8, one scale per row chosen at run time.
+    /// int8, one scale per 32 inputs of a row chosen at run time.
     Dynamic,
     /// int8, the calibrated scale `input_scale`.
     Static,
 }
+
+/// Rows above which the int4 layer widens its codes once per call and runs the f32
+/// product (the weight-only kernel re-widens them for every tile of 4 rows).
+const Q4_ROWS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,9 +205,22 @@ impl QLinear {
     ) -> Result<Tensor> {
         let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
         let isa = crate::isa::active()?;
+        if self.layout.bits == 4 && m > Q4_ROWS {
+            // many rows: widen the codes once (a transient f32 copy of this one layer) and
+            // run the f32 product, instead of widening them again for every token tile
+            let mut dense = vec![0f32; n * k];
+            for (r, row) in dense.chunks_exact_mut(k).enumerate() {
+                w.dequantize_row(r, row);
+            }
+            let wt = Tensor::from_vec(dense, (n, k), x2.device())?;
+            let b = bias
+                .map(|b| Tensor::from_vec(b.to_vec(), n, x2.device()))
+                .transpose()?;
+            return crate::kinds::linear::linear(x2, &wt, b.as_ref());
+        }
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
-                let q = quantize_rows(xs, k, static_scale);
+                let q = quantize_rows(xs, k, static_scale, ACT_BLOCK);
                 let part = qgemm::I8Part {
                     w: w.codes,
                     scales: w.scales,
@@ -228,13 +248,8 @@ impl QLinear {
             x2.clone()
         } else {
             let xs: Vec<f32> = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let q = quantize_rows(&xs, k, static_scale);
-            let deq: Vec<f32> = q
-                .codes
-                .iter()
-                .enumerate()
-                .map(|(i, c)| *c as f32 * q.scales[i / k])
-                .collect();
+            let q = quantize_rows(&xs, k, static_scale, ACT_BLOCK);
+            let deq: Vec<f32> = (0..m * k).map(|i| q.value(i / k, i % k, k)).collect();
             let xq = Tensor::from_vec(deq, (m, k), x2.device())?.to_dtype(x2.dtype())?;
             (x2 + (xq - x2)?.detach())?
         };
@@ -305,7 +320,7 @@ pub(crate) fn qlinear_group(
         let bias = bias.map(crate::params::f32_values).transpose()?;
         held.push((codes, scales, bias, o.out_features));
     }
-    let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None))?;
+    let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None, ACT_BLOCK))?;
     let ys = with_bytes(&held, |codes| {
         let parts: Vec<qgemm::I8Part> = held
             .iter()

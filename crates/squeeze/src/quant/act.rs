@@ -11,30 +11,63 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Inputs per scale of dynamic int8 activations: each row (token) is quantized in blocks
+/// of this many consecutive values, each with its own scale — llama.cpp's Q8_0 choice,
+/// which confines a transformer's outlier features to their own block.
+pub const ACT_BLOCK: usize = 32;
+
 /// Rows of activations quantized to int8: codes, their magnitudes (the kernel's unsigned
-/// operand) and one scale per row.
+/// operand) and the scales, one per `block` consecutive values of a row (`block` = the
+/// row length: one scale per row).
 #[derive(Debug, Clone, Default)]
 pub struct QRows {
     pub codes: Vec<i8>,
     pub abs: Vec<u8>,
+    /// `[m, blocks]` row-major, `blocks = ceil(k / block)`.
     pub scales: Vec<f32>,
+    pub block: usize,
 }
 
-/// Quantizes `x` `[m, k]` row by row: scale `max|row| / 127` (dynamic), or the given
-/// static scale for every row (values beyond ±127·s are clipped).
-pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>) -> QRows {
+impl QRows {
+    /// Scales per row.
+    pub fn blocks(&self, k: usize) -> usize {
+        k.div_ceil(self.block.max(1))
+    }
+    /// The value code `j` of row `i` stands for.
+    pub fn value(&self, i: usize, j: usize, k: usize) -> f32 {
+        self.codes[i * k + j] as f32 * self.scales[i * self.blocks(k) + j / self.block]
+    }
+}
+
+/// Quantizes `x` `[m, k]`: with a static scale, every value by it (values beyond ±127·s
+/// are clipped; one scale per row); dynamically, every `block` consecutive values of a row
+/// by `max|block| / 127` (`block` ≥ k: one scale per row).
+pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize) -> QRows {
     let m = x.len() / k.max(1);
+    let block = if fixed.is_some() {
+        k
+    } else {
+        block.clamp(1, k.max(1))
+    };
+    let nb = k.div_ceil(block.max(1));
     let mut q = QRows {
         codes: vec![0; m * k],
         abs: vec![0; m * k],
-        scales: vec![0.0; m],
+        scales: vec![0.0; m * nb],
+        block,
     };
     for (i, row) in x.chunks_exact(k).enumerate() {
-        let s = fixed.unwrap_or_else(|| row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0);
-        q.scales[i] = s;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        let (c, a) = (&mut q.codes[i * k..][..k], &mut q.abs[i * k..][..k]);
-        crate::ops::qgemm::quantize_row(row, inv, c, a);
+        for (b, part) in row.chunks(block.max(1)).enumerate() {
+            let s = fixed.unwrap_or_else(|| part.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0);
+            q.scales[i * nb + b] = s;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            let at = i * k + b * block;
+            let (c, a) = (
+                &mut q.codes[at..][..part.len()],
+                &mut q.abs[at..][..part.len()],
+            );
+            crate::ops::qgemm::quantize_row(part, inv, c, a);
+        }
     }
     q
 }

@@ -130,6 +130,105 @@ unsafe fn i8_tile<const R: usize, const T: usize, const SIGNED: bool>(
     }
 }
 
+/// out[r·m + i] = Σ_b sa[i, b]·Σ_{k ∈ block b} a[i, k]·w[r, k] for activations scaled per
+/// block of 32 (`sa` `[m, ceil(k/32)]`); the block sums are exact, their scaled sum f32.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn i8_rows_blocked(
+    a: &[i8],
+    abs: &[u8],
+    sa: &[f32],
+    w: &[u8],
+    (m, k, rows): (usize, usize, usize),
+    signed: bool,
+    out: &mut [f32],
+) {
+    let nb = k.div_ceil(32);
+    assert!(a.len() >= m * k && abs.len() >= m * k && w.len() >= rows * k);
+    assert!(sa.len() >= m * nb && out.len() >= rows * m);
+    let mut i = 0;
+    while i < m {
+        let t = (m - i).min(4);
+        let mut r = 0;
+        while r < rows {
+            let rr = (rows - r).min(2);
+            let at = (r, i);
+            match (rr, t, signed) {
+                (2, 4, true) => blocked_tile::<2, 4, true>(a, abs, sa, w, (m, k), at, out),
+                (2, 4, false) => blocked_tile::<2, 4, false>(a, abs, sa, w, (m, k), at, out),
+                (2, _, _) => blocked_tile::<2, 1, true>(a, abs, sa, w, (m, k), at, out),
+                (_, 4, _) => blocked_tile::<1, 4, true>(a, abs, sa, w, (m, k), at, out),
+                _ => blocked_tile::<1, 1, true>(a, abs, sa, w, (m, k), at, out),
+            }
+            r += rr;
+        }
+        i += if t == 4 { 4 } else { 1 };
+    }
+}
+
+/// R weight rows × T tokens of [`i8_rows_blocked`], from (row r0, token i0).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocked_tile<const R: usize, const T: usize, const SIGNED: bool>(
+    a: &[i8],
+    abs: &[u8],
+    sa: &[f32],
+    w: &[u8],
+    (m, k): (usize, usize),
+    (r0, i0): (usize, usize),
+    out: &mut [f32],
+) {
+    let nb = k.div_ceil(32);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let full = k / 32 * 32;
+    let (wp, ap, bp) = (
+        w.as_ptr().add(r0 * k),
+        a.as_ptr().add(i0 * k),
+        abs.as_ptr().add(i0 * k),
+    );
+    let sp = sa.as_ptr().add(i0 * nb);
+    let mut c = 0;
+    while c < full {
+        let blk = c / 32;
+        let mut wv = [_mm256_setzero_si256(); R];
+        for (r, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_si256(wp.add(r * k + c) as *const __m256i);
+        }
+        for t in 0..T {
+            let bv = _mm256_loadu_si256(bp.add(t * k + c) as *const __m256i);
+            let st = _mm256_set1_ps(*sp.add(t * nb + blk));
+            if SIGNED {
+                let av = _mm256_loadu_si256(ap.add(t * k + c) as *const __m256i);
+                for (row, wr) in acc.iter_mut().zip(&wv) {
+                    let p = _mm256_maddubs_epi16(bv, _mm256_sign_epi8(*wr, av));
+                    let d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    row[t] = _mm256_fmadd_ps(d, st, row[t]);
+                }
+            } else {
+                for (row, wr) in acc.iter_mut().zip(&wv) {
+                    let p = _mm256_maddubs_epi16(bv, *wr);
+                    let d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    row[t] = _mm256_fmadd_ps(d, st, row[t]);
+                }
+            }
+        }
+        c += 32;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = hsum_f32(acc[r][t]);
+            if full < k {
+                let mut d = 0i32;
+                for cc in full..k {
+                    d += *ap.add(t * k + cc) as i32 * *wp.add(r * k + cc) as i8 as i32;
+                }
+                s += d as f32 * *sp.add(t * nb + nb - 1);
+            }
+            out[(r0 + r) * m + i0 + t] = s;
+        }
+    }
+}
+
 /// Row quantization (see [`crate::quant::act::quantize_rows`]): codes = round(x·inv)
 /// half away from zero, clamped to ±127, and their magnitudes; 8 values per step.
 #[target_feature(enable = "avx2")]

@@ -42,6 +42,89 @@ pub fn gemm_i8_reference(a: &[i8], w: &[u8], m: usize, n: usize, k: usize) -> Ve
     out
 }
 
+/// Reference of the block-scaled product: `[n, m]`, element (j, i) =
+/// Σ_b sa[i, b]·(Σ_{k ∈ block b} a[i, k]·w[j, k]) — exact integer block sums, scaled and
+/// summed in f32 in block order.
+pub fn gemm_i8_blocked_reference(
+    a: &crate::quant::act::QRows,
+    w: &[u8],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let (bl, nb) = (a.block.max(1), a.blocks(k));
+    let mut out = vec![0f32; n * m];
+    for j in 0..n {
+        for i in 0..m {
+            out[j * m + i] = (0..nb)
+                .map(|b| {
+                    let d: i32 = (b * bl..((b + 1) * bl).min(k))
+                        .map(|c| a.codes[i * k + c] as i32 * w[j * k + c] as i8 as i32)
+                        .sum();
+                    d as f32 * a.scales[i * nb + b]
+                })
+                .sum();
+        }
+    }
+    out
+}
+
+/// [`gemm_i8_blocked_reference`] on path `isa` (the AVX2 kernel takes blocks of 32).
+pub fn gemm_i8_blocked(
+    isa: Isa,
+    a: &crate::quant::act::QRows,
+    w: &[u8],
+    (m, n, k): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let isa = isa::require(isa)?;
+    check_i8(&a.codes, &a.abs, w, (m, n, k))?;
+    let mut out = vec![0f32; n * m];
+    let o = Ptr(out.as_mut_ptr());
+    let finish = |_: usize, j0: usize, block: &[f32]| {
+        // SAFETY: rows j0.. of `out` [n, m] belong to this task; `out` outlives it.
+        unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), o.at(j0 * m), block.len()) };
+    };
+    blocked_split(isa, a, &[(w, n)], (m, k), &finish);
+    Ok(out)
+}
+
+/// [`i8_rows_split`] for block-scaled activations: each block's f32 results `[rows, m]`
+/// (already scaled by the activations' block scales) go to `finish`.
+fn blocked_split(
+    isa: Isa,
+    a: &crate::quant::act::QRows,
+    ws: &[(&[u8], usize)],
+    (m, k): (usize, usize),
+    finish: &(impl Fn(usize, usize, &[f32]) + Sync),
+) {
+    let signed = a.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
+    let task = |p: usize, j0: usize, rows: usize| {
+        let wt = &ws[p].0[j0 * k..(j0 + rows) * k];
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar && a.block == 32 {
+            let mut block = vec![0f32; rows * m];
+            // SAFETY: `isa` passed isa::require and every path above scalar implies AVX2
+            // and FMA; the kernel asserts its slices' lengths before any load.
+            unsafe {
+                avx2::i8_rows_blocked(
+                    &a.codes,
+                    &a.abs,
+                    &a.scales,
+                    wt,
+                    (m, k, rows),
+                    signed,
+                    &mut block,
+                )
+            };
+            return finish(p, j0, &block);
+        }
+        let _ = (isa, signed);
+        finish(p, j0, &gemm_i8_blocked_reference(a, wt, m, rows, k));
+    };
+    let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
+    split(m, &ns, k, task);
+}
+
 /// [`gemm_i8_reference`] on path `isa`; `abs` holds `|a|` (see [`crate::quant::act`]).
 pub fn gemm_i8(
     isa: Isa,
@@ -99,7 +182,7 @@ pub fn linear_i8(
         check_i8(&a.codes, &a.abs, p.w, (m, p.n, k))?;
         if !(p.scales.len() == p.n || p.scales.len() == 1)
             || p.bias.is_some_and(|b| b.len() != p.n)
-            || a.scales.len() != m
+            || a.scales.len() != m * a.blocks(k)
         {
             return Err(Error::Data(format!(
                 "int8 layer [{m}, {k}]·[{}, {k}]ᵀ: {} weight scales, {} row scales",
@@ -111,18 +194,19 @@ pub fn linear_i8(
     }
     let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.n]).collect();
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
-    let finish = |part: usize, j0: usize, block: &[i32]| {
+    let per_row = a.block >= k;
+    // block [rows, m] of part `part` from row j0 → out[i, j0..j0 + rows], one cache line
+    // per token; `acc(r, i)` is the product already scaled by the activations
+    let write = |part: usize, j0: usize, rows: usize, acc: &dyn Fn(usize, usize) -> f32| {
         let p = &parts[part];
-        let rows = block.len() / m.max(1);
         let sw: Vec<f32> = (j0..j0 + rows)
             .map(|j| p.scales[if p.scales.len() == 1 { 0 } else { j }])
             .collect();
         let b = p.bias.map(|b| &b[j0..j0 + rows]);
         let mut line = vec![0f32; rows];
         for i in 0..m {
-            let sa = a.scales[i];
             for (r, v) in line.iter_mut().enumerate() {
-                *v = block[r * m + i] as f32 * (sa * sw[r]) + b.map_or(0.0, |b| b[r]);
+                *v = acc(r, i) * sw[r] + b.map_or(0.0, |b| b[r]);
             }
             // SAFETY: columns j0..j0 + rows of part `part` belong to this task; the
             // buffers outlive the call.
@@ -132,7 +216,21 @@ pub fn linear_i8(
         }
     };
     let ws: Vec<(&[u8], usize)> = parts.iter().map(|p| (p.w, p.n)).collect();
-    i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), true, &finish);
+    if per_row {
+        let finish = |part: usize, j0: usize, block: &[i32]| {
+            let rows = block.len() / m.max(1);
+            write(part, j0, rows, &|r, i| {
+                block[r * m + i] as f32 * a.scales[i]
+            });
+        };
+        i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), true, &finish);
+    } else {
+        let finish = |part: usize, j0: usize, block: &[f32]| {
+            let rows = block.len() / m.max(1);
+            write(part, j0, rows, &|r, i| block[r * m + i]);
+        };
+        blocked_split(isa, a, &ws, (m, k), &finish);
+    }
     Ok(outs)
 }
 

@@ -1,0 +1,117 @@
+//! `squeeze bench quant`: an image classifier and its quantized form side by side — test
+//! accuracy, size on disk, batch-1 latency and batch-256 throughput (the two models
+//! interleaved round by round in this process, medians with their spread) — then
+//! PyTorch's eager-mode static int8 of the same original network (`bench/peers/
+//! quant_peer.py`, x86/fbgemm engines, the better of the two) in the same run, never
+//! concurrently. The entry is merged into the results file under `--key`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use squeeze::checkpoint::size_on_disk;
+use squeeze::data::FashionMnist;
+use squeeze::eval::{accuracy, image_speeds};
+use squeeze::formats::load_any;
+
+use crate::{write_json, DataArg};
+
+#[derive(Args)]
+pub struct QuantArgs {
+    /// The original model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Its quantized form (made by `squeeze compress`).
+    #[arg(long)]
+    pub quantized: PathBuf,
+    /// Key of this comparison in the results file.
+    #[arg(long)]
+    pub key: String,
+    /// The command that made --quantized, recorded beside the numbers.
+    #[arg(long)]
+    pub made_by: Option<String>,
+    #[arg(long, default_value = "results/quant.json")]
+    pub out: PathBuf,
+    /// Interleaved timing rounds.
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Batch-1 runs per round (batch-256 runs are a tenth of these).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Python with torch, for the PyTorch int8 peer; `none` skips it.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long, default_value = "bench/peers/quant_peer.py")]
+    pub peer: PathBuf,
+    #[command(flatten)]
+    pub data: DataArg,
+}
+
+pub fn run(a: QuantArgs) -> Result<()> {
+    let base = load_any(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let q = load_any(&a.quantized).with_context(|| format!("loading {}", a.quantized.display()))?;
+    let data = FashionMnist::load(&a.data.data)?;
+    let acc = |m: &squeeze::Model| accuracy(&m.graph, &m.params, &data.test, 500);
+    let (acc_base, acc_q) = (100.0 * acc(&base)?, 100.0 * acc(&q)?);
+    eprintln!(
+        "accuracy: {acc_base:.2}% → {acc_q:.2}%; timing {} rounds",
+        a.rounds
+    );
+    let t = image_speeds(&[&base, &q], a.rounds, a.runs)?;
+    let peer = if a.python == "none" {
+        None
+    } else {
+        let args = [
+            a.model.display().to_string(),
+            a.data.data.display().to_string(),
+            "--runs".into(),
+            (2 * a.runs).to_string(),
+            "--threads".into(),
+            crate::bench::threads().to_string(),
+        ];
+        Some(crate::bench_text::python(&a.python, &a.peer, &args)?)
+    };
+    let get = |k: &str| peer.as_ref().and_then(|p| p[k].as_f64());
+    let (lat, thr) = (t[1].latency_ms_b1.median, t[1].throughput.median);
+    let (pt_lat, pt_thr) = (
+        get("pytorch_int8_latency_ms_b1"),
+        get("pytorch_int8_throughput_b256"),
+    );
+    let entry = json!({
+        "accuracy": acc_q,
+        "baseline": acc_base,
+        "size_bytes": size_on_disk(&a.quantized)?,
+        "baseline_size_bytes": size_on_disk(&a.model)?,
+        "latency_ms_b1": lat,
+        "latency_ms_b1_range": [t[1].latency_ms_b1.min, t[1].latency_ms_b1.max],
+        "baseline_latency_ms_b1": t[0].latency_ms_b1.median,
+        "baseline_latency_ms_b1_range": [t[0].latency_ms_b1.min, t[0].latency_ms_b1.max],
+        "throughput_b256": thr,
+        "throughput_b256_range": [t[1].throughput.min, t[1].throughput.max],
+        "baseline_throughput_b256": t[0].throughput.median,
+        "baseline_throughput_b256_range": [t[0].throughput.min, t[0].throughput.max],
+        "pytorch_int8_latency_ms_b1": pt_lat,
+        "pytorch_int8_throughput_b256": pt_thr,
+        "pytorch_int8_accuracy": get("pytorch_int8_accuracy"),
+        "latency_ratio_vs_f32": lat / t[0].latency_ms_b1.median,
+        "throughput_ratio_vs_f32": thr / t[0].throughput.median,
+        "latency_ratio_vs_pytorch_int8": pt_lat.map(|p| lat / p),
+        "throughput_ratio_vs_pytorch_int8": pt_thr.map(|p| thr / p),
+        "timing": t[0].method,
+        "threads": crate::bench::threads(),
+        "cpu": squeeze::isa::cpu_name(),
+        "peer": peer,
+        "made_by": a.made_by,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    let mut all: Value = match std::fs::read_to_string(&a.out) {
+        Ok(s) => serde_json::from_str(&s)
+            .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
+        Err(_) => json!({}),
+    };
+    all[&a.key] = entry;
+    write_json(&a.out, &all)?;
+    println!("{}", serde_json::to_string_pretty(&all[&a.key])?);
+    Ok(())
+}

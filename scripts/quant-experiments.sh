@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduces every number of issue 11 (post-training quantization): the quantized models
+# from the recipes in recipes/ (squeeze compress), then the side-by-side benchmarks that
+# write results/quant.json (vgg, lenet5 static int8 vs our f32 and PyTorch's static int8),
+# results/minilm.json (MiniLM f32, dynamic int8, int4 RTN and GPTQ vs ONNX Runtime) and
+# results/kernels.json. PYTHON must have torch, onnxruntime, transformers and
+# sentence-transformers (see bench/peers/). Nothing else may run meanwhile: the timings
+# are interleaved within each benchmark, but two benchmarks must not share the cores.
+#   usage: PYTHON=/path/to/python bash scripts/quant-experiments.sh [compress|bench|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+py="${PYTHON:-python3}"
+sq=./target/release/squeeze
+cargo build --release -q
+compress() {  # model recipe
+  "$sq" compress "$1" --recipe "recipes/$2.toml" --out "runs/quant/$2" --force --rounds 0
+}
+if [[ $what == compress || $what == all ]]; then
+  for r in minilm-int8-dynamic minilm-int4-rtn-g128 minilm-int4-gptq-g128; do
+    compress models/all-MiniLM-L6-v2 "$r"
+  done
+  for a in vgg lenet5; do compress "zoo/$a" "$a-int8-static"; done
+fi
+if [[ $what == bench || $what == all ]]; then
+  for a in vgg lenet5; do
+    "$sq" bench quant --model "zoo/$a" --quantized "runs/quant/$a-int8-static" \
+      --key "$a-int8-static" --python "$py" \
+      --made-by "squeeze compress zoo/$a --recipe recipes/$a-int8-static.toml --out runs/quant/$a-int8-static"
+  done
+  "$sq" bench text --python "$py" \
+    --variant int8-dynamic=runs/quant/minilm-int8-dynamic \
+    --variant int4-rtn-g128=runs/quant/minilm-int4-rtn-g128 \
+    --variant int4-gptq-g128=runs/quant/minilm-int4-gptq-g128
+  "$sq" bench kernels
+fi
