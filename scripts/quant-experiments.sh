@@ -17,7 +17,7 @@ compress() {  # model recipe
   "$sq" compress "$1" --recipe "recipes/$2.toml" --out "runs/quant/$2" --force --rounds 0
 }
 if [[ $what == compress || $what == all ]]; then
-  for r in minilm-int8-dynamic minilm-int4-rtn-g128 minilm-int4-gptq-g128; do
+  for r in minilm-int8-dynamic minilm-int4-{rtn,gptq}-g{128,64}; do
     compress models/all-MiniLM-L6-v2 "$r"
   done
   for a in vgg lenet5; do compress "zoo/$a" "$a-int8-static"; done
@@ -31,6 +31,8 @@ if [[ $what == bench || $what == all ]]; then
   "$sq" bench text --python "$py" \
     --variant int8-dynamic=runs/quant/minilm-int8-dynamic \
     --variant int4-rtn-g128=runs/quant/minilm-int4-rtn-g128 \
-    --variant int4-gptq-g128=runs/quant/minilm-int4-gptq-g128
+    --variant int4-gptq-g128=runs/quant/minilm-int4-gptq-g128 \
+    --variant int4-rtn-g64=runs/quant/minilm-int4-rtn-g64 \
+    --variant int4-gptq-g64=runs/quant/minilm-int4-gptq-g64
   "$sq" bench kernels
 fi

@@ -205,7 +205,8 @@ def prune():
 def quant():
     m = load("minilm")
     f = m["f32"]
-    keys = [k for k in ["f32", "int8-dynamic", "int4-rtn-g128", "int4-gptq-g128"] if k in m]
+    keys = [k for k in ["f32", "int8-dynamic", "int4-rtn-g128", "int4-gptq-g128", "int4-rtn-g64",
+                        "int4-gptq-g64"] if k in m]
     rows = []
     for k in keys:
         e = m[k]

@@ -239,11 +239,16 @@ fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
         .collect()
 }
 
-/// Eval-mode forward returning only the output. It runs on a rayon worker, so the
-/// kernels' parallel calls split work with the other workers directly instead of parking
-/// the caller and waking them for every call (most of a small batch's time otherwise).
+/// Eval-mode forward returning only the output, run by [`on_pool`].
 pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-    Ok(rayon::scope(|_| forward(g, p, x, &ForwardOpts::eval()))?.output)
+    Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output)
+}
+
+/// Runs `f` (an inference forward) on a rayon worker, so the kernels' parallel calls split
+/// work with the other workers directly instead of parking the caller and waking them for
+/// every call (most of a small batch's time otherwise).
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// Runs one node through its kind's definition.

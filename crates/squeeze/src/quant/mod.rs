@@ -21,7 +21,7 @@ pub mod layout;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use layout::{code_at, pack_row, Layout};
+use layout::{pack_row, Layout};
 
 /// A quantized `[rows, cols]` weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,9 +218,25 @@ impl QView<'_> {
         let rb = l.row_bytes(cols);
         let row = &self.codes[r * rb..(r + 1) * rb];
         let bl = l.block_len(cols);
-        for (j, o) in out.iter_mut().enumerate() {
-            let i = l.scale_index(r, j / bl, cols);
-            *o = l.decode(code_at(l, row, j), self.scales[i], self.zero(i) as u8);
+        // block by block, with the block's scale and zero point hoisted (vectorizes)
+        for (b, ob) in out[..cols].chunks_mut(bl).enumerate() {
+            let i = l.scale_index(r, b, cols);
+            let (s, z) = (self.scales[i], self.zero(i));
+            if l.bits == 8 {
+                for (o, &c) in ob.iter_mut().zip(&row[b * bl..]) {
+                    *o = s * (c as i8) as f32;
+                }
+                continue;
+            }
+            // int4: chunks of 32 values in 16 bytes (low nibbles first, then high ones)
+            let bytes = &row[b * bl / 2..(b + 1) * bl / 2];
+            for (oc, bc) in ob.chunks_exact_mut(32).zip(bytes.chunks_exact(16)) {
+                let (lo, hi) = oc.split_at_mut(16);
+                for ((l, h), &c) in lo.iter_mut().zip(hi.iter_mut()).zip(bc) {
+                    *l = s * ((c & 15) as f32 - z);
+                    *h = s * ((c >> 4) as f32 - z);
+                }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Lookup, Op};
-use crate::interp::{forward_tokens, ForwardOpts};
+use crate::interp::{forward_tokens, on_pool, ForwardOpts};
 use crate::kinds::embedding::Embedding;
 use crate::kinds::qembedding::QEmbedding;
 use crate::ops::packed::PackCache;
@@ -54,9 +54,7 @@ impl<'a> Encoder<'a> {
             packed: Some(self.packed.clone()),
             ..ForwardOpts::eval()
         };
-        // on a pool worker: the kernels' parallel calls then split work with the other
-        // worker directly instead of parking this thread and waking two for each call
-        let out = rayon::scope(|_| forward_tokens(g, &self.model.params, &ids, &mask, &opts))?;
+        let out = on_pool(|| forward_tokens(g, &self.model.params, &ids, &mask, &opts))?;
         Ok(out.output.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 
