@@ -244,21 +244,10 @@ fn to_qlinear(
     act: ActQuant,
     input_scale: Option<f32>,
 ) -> Result<()> {
-    let idx = model
-        .graph
-        .nodes
-        .iter()
-        .position(|n| n.name == node)
-        .ok_or_else(|| Error::Graph(format!("no node `{node}`")))?;
-    let Op::Linear(l) = model.graph.nodes[idx].op.clone() else {
+    let (idx, op) = swap_tensors(model, node, q, input_scale)?;
+    let Op::Linear(l) = op else {
         return Err(Error::Graph(format!("`{node}` is not a linear layer")));
     };
-    model.params.remove(&format!("{node}.weight"));
-    insert_q(model, node, q)?;
-    if let Some(s) = input_scale {
-        let t = Tensor::from_vec(vec![s], 1, &Device::Cpu)?;
-        model.params.insert(format!("{node}.input_scale"), t);
-    }
     model.graph.nodes[idx].op = Op::QLinear(QLinear {
         in_features: l.in_features,
         out_features: l.out_features,
@@ -271,20 +260,11 @@ fn to_qlinear(
 
 /// Replaces Conv2d node `node` (groups = 1) by a static-int8 qconv2d node holding `q`.
 fn to_qconv2d(model: &mut Model, node: &str, q: &QWeight, input_scale: Option<f32>) -> Result<()> {
-    let idx = model
-        .graph
-        .nodes
-        .iter()
-        .position(|n| n.name == node)
-        .ok_or_else(|| Error::Graph(format!("no node `{node}`")))?;
-    let Op::Conv2d(c) = model.graph.nodes[idx].op.clone() else {
+    let s = input_scale.ok_or_else(|| Error::Graph(format!("no input scale for `{node}`")))?;
+    let (idx, op) = swap_tensors(model, node, q, Some(s))?;
+    let Op::Conv2d(c) = op else {
         return Err(Error::Graph(format!("`{node}` is not a conv2d layer")));
     };
-    let s = input_scale.ok_or_else(|| Error::Graph(format!("no input scale for `{node}`")))?;
-    model.params.remove(&format!("{node}.weight"));
-    insert_q(model, node, q)?;
-    let t = Tensor::from_vec(vec![s], 1, &Device::Cpu)?;
-    model.params.insert(format!("{node}.input_scale"), t);
     model.graph.nodes[idx].op = Op::QConv2d(QConv2d {
         in_channels: c.in_channels,
         out_channels: c.out_channels,
@@ -295,6 +275,29 @@ fn to_qconv2d(model: &mut Model, node: &str, q: &QWeight, input_scale: Option<f3
         layout: q.layout,
     });
     Ok(())
+}
+
+/// Node `node`'s float weight replaced by `q`'s tensors (and its static input scale, if
+/// any): the node's index and its op, which the caller rewrites.
+fn swap_tensors(
+    model: &mut Model,
+    node: &str,
+    q: &QWeight,
+    input_scale: Option<f32>,
+) -> Result<(usize, Op)> {
+    let idx = model
+        .graph
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| Error::Graph(format!("no node `{node}`")))?;
+    model.params.remove(&format!("{node}.weight"));
+    insert_q(model, node, q)?;
+    if let Some(s) = input_scale {
+        let t = Tensor::from_vec(vec![s], 1, &Device::Cpu)?;
+        model.params.insert(format!("{node}.input_scale"), t);
+    }
+    Ok((idx, model.graph.nodes[idx].op.clone()))
 }
 
 /// Stores `q`'s tensors as `<node>.weight_q`, `.weight_scale` (and `.weight_zero`).

@@ -175,19 +175,7 @@ pub fn sparsegpt(
                 }
             }
         }
-        // lazy update of the columns after the block
-        for r in 0..rows {
-            for k in 0..count {
-                let e = err[r * count + k];
-                if e == 0.0 {
-                    continue;
-                }
-                let ur = &u[(i1 + k) * cols + i2..(i1 + k + 1) * cols];
-                for (x, uv) in wv[r * cols + i2..(r + 1) * cols].iter_mut().zip(ur) {
-                    *x -= e * uv;
-                }
-            }
-        }
+        lazy_update(&mut wv, &u, &err, (rows, cols), (i1, i2));
     }
     w.values = wv
         .iter()
@@ -196,6 +184,31 @@ pub fn sparsegpt(
         .collect();
     w.mask = mask;
     Ok(())
+}
+
+/// The lazy OBS update shared by SparseGPT and GPTQ: the errors `err` `[rows, i2 − i1]`
+/// of block columns `i1..i2`, spread over the columns after the block through the rows
+/// of the upper Cholesky factor `u` of H⁻¹.
+pub(crate) fn lazy_update(
+    wv: &mut [f64],
+    u: &[f64],
+    err: &[f64],
+    (rows, cols): (usize, usize),
+    (i1, i2): (usize, usize),
+) {
+    let count = i2 - i1;
+    for r in 0..rows {
+        for k in 0..count {
+            let e = err[r * count + k];
+            if e == 0.0 {
+                continue;
+            }
+            let ur = &u[(i1 + k) * cols + i2..(i1 + k + 1) * cols];
+            for (x, uv) in wv[r * cols + i2..(r + 1) * cols].iter_mut().zip(ur) {
+                *x -= e * uv;
+            }
+        }
+    }
 }
 
 /// OBS error of pruning entry (r, c): w² / [U]_cc².

@@ -13,7 +13,7 @@
 use super::{layout::Scales, QWeight};
 use crate::error::{Error, Result};
 use crate::prune::linalg::inverse_upper_cholesky;
-use crate::prune::obs::InputStats;
+use crate::prune::obs::{lazy_update, InputStats};
 use crate::quant::layout::Layout;
 
 /// GPTQ options.
@@ -107,29 +107,6 @@ pub fn gptq(
         q.set_row(r, &codes[r * cols..(r + 1) * cols]);
     }
     Ok(q)
-}
-
-/// The block's accumulated errors applied to the columns after it.
-fn lazy_update(
-    wv: &mut [f64],
-    u: &[f64],
-    err: &[f64],
-    (rows, cols): (usize, usize),
-    (i1, i2): (usize, usize),
-) {
-    let count = i2 - i1;
-    for r in 0..rows {
-        for k in 0..count {
-            let e = err[r * count + k];
-            if e == 0.0 {
-                continue;
-            }
-            let ur = &u[(i1 + k) * cols + i2..(i1 + k + 1) * cols];
-            for (x, uv) in wv[r * cols + i2..(r + 1) * cols].iter_mut().zip(ur) {
-                *x -= e * uv;
-            }
-        }
-    }
 }
 
 /// Columns of a row-major matrix reordered: out[:, c] = w[:, perm[c]].
