@@ -318,18 +318,23 @@ pub(crate) fn qlinear_group(
         let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
         let bias = bias.map(crate::params::f32_values).transpose()?;
-        held.push((codes, scales, bias, o.out_features));
+        held.push(Held {
+            codes,
+            scales,
+            bias,
+            n: o.out_features,
+        });
     }
     let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None, ACT_BLOCK))?;
     let ys = with_bytes(&held, |codes| {
         let parts: Vec<qgemm::I8Part> = held
             .iter()
             .zip(codes)
-            .map(|((_, scales, bias, n), w)| qgemm::I8Part {
+            .map(|(h, w)| qgemm::I8Part {
                 w,
-                scales,
-                bias: bias.as_deref(),
-                n: *n,
+                scales: &h.scales,
+                bias: h.bias.as_deref(),
+                n: h.n,
             })
             .collect();
         for (part, o) in parts.iter().zip(&ops) {
@@ -355,12 +360,17 @@ pub(crate) fn qlinear_group(
         .map(Some)
 }
 
+/// One group member's tensors, held for the kernel call.
+struct Held {
+    codes: Tensor,
+    scales: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    n: usize,
+}
+
 /// Runs `f` on the byte slices of every held code tensor.
-fn with_bytes<R>(
-    held: &[(Tensor, Vec<f32>, Option<Vec<f32>>, usize)],
-    f: impl FnOnce(&[&[u8]]) -> Result<R>,
-) -> Result<R> {
-    let guards: Vec<_> = held.iter().map(|h| h.0.storage_and_layout()).collect();
+fn with_bytes<R>(held: &[Held], f: impl FnOnce(&[&[u8]]) -> Result<R>) -> Result<R> {
+    let guards: Vec<_> = held.iter().map(|h| h.codes.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {
         match &**storage {

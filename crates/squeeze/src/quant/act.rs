@@ -76,6 +76,7 @@ pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize) -> Q
 /// `v` rounded half away from zero and clamped to [−127, 127], without a libm call (the
 /// baseline x86-64 target has no rounding instruction; a truncating conversion is SSE2).
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp keeps NaN; the kernels' min/max give 127
 pub fn round_code(v: f32) -> i8 {
     let c = v.min(127.0).max(-127.0); // NaN → 127, as the vector min/max do
     (c + 0.5f32.copysign(c)) as i32 as i8

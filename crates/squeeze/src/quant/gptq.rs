@@ -80,7 +80,7 @@ pub fn gptq(
             let d = u[c * cols + c];
             let uc = &u[c * cols + c + 1..c * cols + i2];
             for r in 0..rows {
-                if !upfront && oc % bl == 0 {
+                if !upfront && oc.is_multiple_of(bl) {
                     // the group's columns, not yet quantized (no act-order: perm is identity)
                     let vals: Vec<f32> = wv[r * cols + c..r * cols + c + bl]
                         .iter()

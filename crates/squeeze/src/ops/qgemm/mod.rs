@@ -348,9 +348,9 @@ pub fn gemm_q4_reference(x: &[f32], w: &QView, m: usize) -> Vec<f32> {
             for b in 0..k / bl {
                 let si = l.scale_index(j, b, k);
                 let (mut dot, mut sum) = (0f32, 0f32);
-                for c in b * bl..(b + 1) * bl {
-                    dot += xi[c] * code_at(l, row, c) as f32;
-                    sum += xi[c];
+                for (c, xv) in xi.iter().enumerate().take((b + 1) * bl).skip(b * bl) {
+                    dot += xv * code_at(l, row, c) as f32;
+                    sum += xv;
                 }
                 y += w.scales[si] * (dot - w.zero(si) * sum);
             }
