@@ -197,16 +197,20 @@ pub fn linear_i8(
     let per_row = a.block >= k;
     // block [rows, m] of part `part` from row j0 → out[i, j0..j0 + rows], one cache line
     // per token; `acc(r, i)` is the product already scaled by the activations
-    let write = |part: usize, j0: usize, rows: usize, acc: &dyn Fn(usize, usize) -> f32| {
+    // block [rows, m] of part `part` from row j0, already scaled by the activations →
+    // out[i, j0..j0 + rows], one cache line per token
+    let write = |part: usize, j0: usize, block: &[f32]| {
         let p = &parts[part];
+        let rows = block.len() / m.max(1);
         let sw: Vec<f32> = (j0..j0 + rows)
             .map(|j| p.scales[if p.scales.len() == 1 { 0 } else { j }])
             .collect();
-        let b = p.bias.map(|b| &b[j0..j0 + rows]);
+        let zero = vec![0f32; rows];
+        let b = p.bias.map_or(&zero[..], |b| &b[j0..j0 + rows]);
         let mut line = vec![0f32; rows];
         for i in 0..m {
             for (r, v) in line.iter_mut().enumerate() {
-                *v = acc(r, i) * sw[r] + b.map_or(0.0, |b| b[r]);
+                *v = block[r * m + i] * sw[r] + b[r];
             }
             // SAFETY: columns j0..j0 + rows of part `part` belong to this task; the
             // buffers outlive the call.
@@ -218,18 +222,16 @@ pub fn linear_i8(
     let ws: Vec<(&[u8], usize)> = parts.iter().map(|p| (p.w, p.n)).collect();
     if per_row {
         let finish = |part: usize, j0: usize, block: &[i32]| {
-            let rows = block.len() / m.max(1);
-            write(part, j0, rows, &|r, i| {
-                block[r * m + i] as f32 * a.scales[i]
-            });
+            let f: Vec<f32> = block
+                .iter()
+                .enumerate()
+                .map(|(at, v)| *v as f32 * a.scales[at % m])
+                .collect();
+            write(part, j0, &f);
         };
         i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), true, &finish);
     } else {
-        let finish = |part: usize, j0: usize, block: &[f32]| {
-            let rows = block.len() / m.max(1);
-            write(part, j0, rows, &|r, i| block[r * m + i]);
-        };
-        blocked_split(isa, a, &ws, (m, k), &finish);
+        blocked_split(isa, a, &ws, (m, k), &write);
     }
     Ok(outs)
 }
