@@ -6,13 +6,17 @@
 //!   weight takes the sign of the activation, the activation's magnitude (≤ 127) is the
 //!   unsigned operand, so each pair sum is at most 2·127·127 < 2¹⁵ and nothing saturates —
 //!   the result equals the reference exactly. Tiles of 2 weight rows × 4 tokens.
+//! - [`gemm_i8_blocked`]: the same products for activations with one scale per 32 inputs
+//!   (dynamic int8): each 32-byte step's exact i32 sums are converted and scaled in f32
+//!   (`vcvtdq2ps` + FMA), so it matches its reference within float rounding.
+//!   [`linear_i8`] runs either form for one layer or a q/k/v group, scales and bias fused.
 //! - [`gemm_q4`]: weight-only int4 with f32 activations: per block,
 //!   `s·(Σ_k x_k·n_k − z·Σ_k x_k)`, nibbles widened to f32 in registers (AVX2: one mask, one
 //!   shift, `vpmovzxbd`, `vcvtdq2ps` per 8 codes); float sums, so tested with a tolerance.
 //!
-//! Both return the transposed product `[n, m]` (row j = weight row j against every token)
-//! and split the weight rows over threads when the product is large. CPUs with AVX-512
-//! run the AVX2 paths (an AVX-512 VNNI kernel is not written yet).
+//! The raw products are `[n, m]` (row j = weight row j against every token); the layer
+//! forms write `[m, n]`. All split the weight rows over threads when the product is large.
+//! CPUs with AVX-512 run the AVX2 paths (an AVX-512 VNNI kernel is not written yet).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
