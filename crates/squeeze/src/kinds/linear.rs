@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{arity, inference, positive, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -32,13 +32,7 @@ impl LayerKind for Linear {
         Inputs::Values
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        positive("in_features", self.in_features)?;
-        positive("out_features", self.out_features)?;
-        let s = arity(ins, 1)?;
-        if s.last() != Some(&self.in_features) {
-            return Err(format!("input {s:?}, expected [..., {}]", self.in_features));
-        }
-        Ok(with_last(s, self.out_features))
+        super::rows_shape(ins, self.in_features, self.out_features)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
         let mut t = vec![TensorSpec::weight(

@@ -154,6 +154,22 @@ pub(crate) fn positive(what: &str, v: usize) -> std::result::Result<(), String> 
     Ok(())
 }
 
+/// The output shape of a layer mapping `[..., in_f]` to `[..., out_f]` (Linear and its
+/// materialized forms), both widths positive.
+pub(crate) fn rows_shape(
+    ins: &[&[usize]],
+    in_f: usize,
+    out_f: usize,
+) -> std::result::Result<Vec<usize>, String> {
+    positive("in_features", in_f)?;
+    positive("out_features", out_f)?;
+    let s = arity(ins, 1)?;
+    if s.last() != Some(&in_f) {
+        return Err(format!("input {s:?}, expected [..., {in_f}]"));
+    }
+    Ok(with_last(s, out_f))
+}
+
 /// The same shape with its last axis replaced by `n` (callers checked rank ≥ 1).
 pub(crate) fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
     let mut out = dims.to_vec();

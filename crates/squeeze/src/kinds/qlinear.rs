@@ -18,7 +18,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{arity, positive, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
@@ -63,8 +63,7 @@ impl LayerKind for QLinear {
         Inputs::Values
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        positive("in_features", self.in_features)?;
-        positive("out_features", self.out_features)?;
+        let out = super::rows_shape(ins, self.in_features, self.out_features)?;
         self.layout.check(self.in_features)?;
         match (self.layout.bits, self.act, self.layout.scales) {
             (8, ActQuant::None, _) => {
@@ -78,11 +77,7 @@ impl LayerKind for QLinear {
             }
             _ => {}
         }
-        let s = arity(ins, 1)?;
-        if s.last() != Some(&self.in_features) {
-            return Err(format!("input {s:?}, expected [..., {}]", self.in_features));
-        }
-        Ok(with_last(s, self.out_features))
+        Ok(out)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
         let (n, k, l) = (self.out_features, self.in_features, &self.layout);
