@@ -19,8 +19,10 @@ use crate::graph::{Node, Op};
 use crate::kinds::Dtype;
 use crate::ops::qgemm;
 use crate::ops::with_cpu;
+use crate::params::f32_values;
 use crate::quant::act::quantize_rows;
 use crate::quant::layout::{Layout, Scales};
+use crate::quant::{with_node_view, QView};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,17 +131,17 @@ impl LayerKind for QConv2d {
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let x = cx.x();
         let sa = f32_values(cx.param("input_scale")?)?[0];
-        let sw = f32_values(cx.param("weight_scale")?)?;
         let bias = match self.bias {
             true => Some(f32_values(cx.param("bias")?)?),
             false => None,
         };
-        let codes = cx.param("weight_q")?;
-        if x.track_op() || x.dtype() != DType::F32 {
-            return self.simulated(x, codes, &sw, sa, bias.as_deref());
-        }
-        let y = with_cpu::<u8, _>(codes, |w| self.kernel(x, w, &sw, sa, bias.as_deref()))??;
-        Ok(y)
+        let dims = (self.out_channels, self.cols());
+        with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
+            if x.track_op() || x.dtype() != DType::F32 {
+                return self.simulated(x, w, sa, bias.as_deref());
+            }
+            self.kernel(x, w, sa, bias.as_deref())
+        })
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight_q")?;
@@ -150,43 +152,19 @@ impl LayerKind for QConv2d {
     }
 }
 
-fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
-    crate::params::f32_values(t)
-}
-
 impl QConv2d {
     /// Elements of one output channel's filter (`in·k·k`).
     pub fn cols(&self) -> usize {
         self.in_channels * self.kernel * self.kernel
     }
 
-    /// The weight scale of output channel `j`.
-    fn sw(&self, sw: &[f32], j: usize) -> Result<f32> {
-        let i = self.layout.scale_index(j, 0, self.cols());
-        sw.get(i)
-            .copied()
-            .ok_or_else(|| Error::Data(format!("{} weight scales, channel {j} has none", sw.len())))
-    }
-
     /// The int8 kernel over every image: `[N, out, Ho, Wo]`.
-    fn kernel(
-        &self,
-        x: &Tensor,
-        w: &[u8],
-        sw: &[f32],
-        sa: f32,
-        bias: Option<&[f32]>,
-    ) -> Result<Tensor> {
+    fn kernel(&self, x: &Tensor, wv: &QView, sa: f32, bias: Option<&[f32]>) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
         let kk = self.cols();
         let kp = kk.div_ceil(ALIGN) * ALIGN;
         let co = self.out_channels;
-        if w.len() != co * kk {
-            return Err(Error::Data(format!(
-                "weight_q holds {} bytes, expected {co}×{kk}",
-                w.len()
-            )));
-        }
+        let w = wv.codes;
         let [_, ho, wo] = self.out_shape(&[&[c, h, wd]]).map_err(Error::Graph)?[..] else {
             return Err(Error::Graph("qconv2d: bad output shape".into()));
         };
@@ -201,7 +179,9 @@ impl QConv2d {
                 }
             }
         }
-        let scales: Vec<f32> = (0..co).map(|j| self.sw(sw, j)).collect::<Result<_>>()?;
+        let scales: Vec<f32> = (0..co)
+            .map(|j| wv.scales[self.layout.scale_index(j, 0, kk)])
+            .collect();
         let isa = crate::isa::active()?;
         let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
         let chw = c * h * wd;
@@ -288,21 +268,12 @@ impl QConv2d {
 
     /// The simulated layer in the input's dtype: the fake-quantized input (same codes as
     /// the kernel's) through candle's convolution with the dequantized weight.
-    fn simulated(
-        &self,
-        x: &Tensor,
-        codes: &Tensor,
-        sw: &[f32],
-        sa: f32,
-        bias: Option<&[f32]>,
-    ) -> Result<Tensor> {
+    fn simulated(&self, x: &Tensor, wv: &QView, sa: f32, bias: Option<&[f32]>) -> Result<Tensor> {
         let (co, kk, k) = (self.out_channels, self.cols(), self.kernel);
-        let w: Vec<f32> = with_cpu::<u8, _>(codes, |c| {
-            c.iter()
-                .enumerate()
-                .map(|(i, &b)| self.sw(sw, i / kk).map(|s| self.layout.decode(b, s, 0)))
-                .collect::<Result<Vec<f32>>>()
-        })??;
+        let mut w = vec![0f32; co * kk];
+        for (j, row) in w.chunks_exact_mut(kk).enumerate() {
+            wv.dequantize_row(j, row);
+        }
         let wt =
             Tensor::from_vec(w, (co, self.in_channels, k, k), x.device())?.to_dtype(x.dtype())?;
         let dims = x.dims().to_vec();

@@ -13,9 +13,8 @@ use crate::coupling::{Coupler, Seg};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
 use crate::kinds::Dtype;
-use crate::ops::with_cpu;
 use crate::quant::layout::Layout;
-use crate::quant::QView;
+use crate::quant::with_node_view;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,29 +82,14 @@ impl LayerKind for QEmbedding {
                 self.num
             )));
         }
-        let scales = cx.param("weight_scale")?.to_dtype(DType::F32)?;
-        let zeros = match self.layout.zero_point {
-            true => Some(with_cpu::<u8, _>(cx.param("weight_zero")?, |z| z.to_vec())?),
-            false => None,
-        };
-        let out = with_cpu::<u8, _>(cx.param("weight_q")?, |codes| {
-            with_cpu::<f32, _>(&scales, |scales| {
-                let view = QView {
-                    layout: self.layout,
-                    rows: self.num,
-                    cols: self.dim,
-                    codes,
-                    scales,
-                    zeros: zeros.as_deref(),
-                };
-                view.check()?;
-                let mut out = vec![0f32; rows.len() * self.dim];
-                for (o, &r) in out.chunks_exact_mut(self.dim).zip(&rows) {
-                    view.dequantize_row(r as usize, o);
-                }
-                Ok::<_, Error>(out)
-            })
-        })???;
+        let dims = (self.num, self.dim);
+        let out = with_node_view(cx.params, &cx.node.name, self.layout, dims, |view| {
+            let mut out = vec![0f32; rows.len() * self.dim];
+            for (o, &r) in out.chunks_exact_mut(self.dim).zip(&rows) {
+                view.dequantize_row(r as usize, o);
+            }
+            Ok(out)
+        })?;
         Ok(Tensor::from_vec(out, (n, l, self.dim), cx.x().device())?)
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {

@@ -28,6 +28,7 @@ use crate::ops::with_cpu;
 use crate::params::ParamStore;
 use crate::quant::act::{quantize_rows, ACT_BLOCK};
 use crate::quant::layout::{Layout, Scales};
+use crate::quant::with_node_view;
 
 /// How the layer's input is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,15 +128,11 @@ impl LayerKind for QLinear {
         if !x2.track_op() && x2.dtype() == DType::F32 {
             let bias = b.map(crate::params::f32_values).transpose()?;
             let y = self.with_view(cx, |w, static_scale| {
-                w.check()?;
                 self.kernel(&x2, w, static_scale, bias.as_deref())
             })?;
             return Ok(y.reshape(with_last(&dims, self.out_features))?);
         }
-        let y = self.with_view(cx, |w, static_scale| {
-            w.check()?;
-            self.simulated(&x2, w, static_scale)
-        })?;
+        let y = self.with_view(cx, |w, static_scale| self.simulated(&x2, w, static_scale))?;
         let y = match b {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
@@ -152,42 +149,21 @@ impl LayerKind for QLinear {
 }
 
 impl QLinear {
-    /// Runs `f` on the view of the node's quantized weight and its static input scale.
+    /// Runs `f` on the checked view of the node's quantized weight and its static input
+    /// scale.
     fn with_view<R>(
         &self,
         cx: &NodeRun,
         f: impl FnOnce(&QView, Option<f32>) -> Result<R>,
     ) -> Result<R> {
-        let scales = cx.param("weight_scale")?.to_dtype(DType::F32)?;
         let static_scale = match self.act {
-            ActQuant::Static => Some(
-                cx.param("input_scale")?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?[0],
-            ),
+            ActQuant::Static => Some(crate::params::f32_values(cx.param("input_scale")?)?[0]),
             _ => None,
         };
-        let zeros = if self.layout.zero_point {
-            Some(cx.param("weight_zero")?.clone())
-        } else {
-            None
-        };
-        with_cpu::<u8, _>(cx.param("weight_q")?, |codes| {
-            with_cpu::<f32, _>(&scales, |scales| {
-                let zeros = zeros.as_ref().map(|z| with_cpu::<u8, _>(z, |z| z.to_vec()));
-                let zeros = zeros.transpose()?;
-                let view = QView {
-                    layout: self.layout,
-                    rows: self.out_features,
-                    cols: self.in_features,
-                    codes,
-                    scales,
-                    zeros: zeros.as_deref(),
-                };
-                f(&view, static_scale)
-            })
-        })??
+        let dims = (self.out_features, self.in_features);
+        with_node_view(cx.params, &cx.node.name, self.layout, dims, |v| {
+            f(v, static_scale)
+        })
     }
 
     /// The int8 / int4 kernels: `[M, out]` f32 with the bias added.

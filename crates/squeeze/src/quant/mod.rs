@@ -108,11 +108,7 @@ impl QWeight {
     /// The zero point at scale index `i` (the implicit one of symmetric layouts).
     #[inline]
     pub fn zero(&self, i: usize) -> u8 {
-        match &self.zeros {
-            Some(z) => z[i],
-            None if self.layout.bits == 4 => 8,
-            None => 0,
-        }
+        self.view().zero(i) as u8
     }
 
     /// Stores one row of codes (one per element).
@@ -245,7 +241,6 @@ impl QView<'_> {
 /// non-zero value): the packed part of its non-zero parameter count.
 pub fn nonzero_quantized(model: &crate::checkpoint::Model) -> Result<usize> {
     use crate::graph::Op;
-    use crate::ops::with_cpu;
     let mut total = 0;
     for n in &model.graph.nodes {
         let (layout, rows, cols) = match &n.op {
@@ -254,30 +249,49 @@ pub fn nonzero_quantized(model: &crate::checkpoint::Model) -> Result<usize> {
             Op::QConv2d(q) => (q.layout, q.out_channels, q.cols()),
             _ => continue,
         };
-        let get = |s: &str| model.params.get(&format!("{}.{s}", n.name));
-        let scales = crate::params::f32_values(get("weight_scale")?)?;
-        let zeros = match layout.zero_point {
-            true => Some(with_cpu::<u8, _>(get("weight_zero")?, |z| z.to_vec())?),
-            false => None,
-        };
-        total += with_cpu::<u8, _>(get("weight_q")?, |codes| {
-            let v = QView {
-                layout,
-                rows,
-                cols,
-                codes,
-                scales: &scales,
-                zeros: zeros.as_deref(),
-            };
-            v.check()?;
+        total += with_node_view(&model.params, &n.name, layout, (rows, cols), |v| {
             let mut row = vec![0f32; cols];
             let mut nz = 0;
             for r in 0..rows {
                 v.dequantize_row(r, &mut row);
                 nz += row.iter().filter(|x| **x != 0.0).count();
             }
-            Ok::<_, Error>(nz)
-        })??;
+            Ok(nz)
+        })?;
     }
     Ok(total)
+}
+
+/// Runs `f` on the checked view of node `node`'s quantized weight `[rows, cols]` as
+/// stored in `params` (`<node>.weight_q`, `.weight_scale`, and `.weight_zero` when the
+/// layout has zero points), borrowing the tensors' data: the one reader of those tensors
+/// for the quantized kinds and the cost report.
+pub fn with_node_view<R>(
+    params: &crate::params::ParamStore,
+    node: &str,
+    layout: Layout,
+    (rows, cols): (usize, usize),
+    f: impl FnOnce(&QView) -> Result<R>,
+) -> Result<R> {
+    use crate::ops::with_cpu;
+    let get = |s: &str| params.get(&format!("{node}.{s}"));
+    let scales = get("weight_scale")?.to_dtype(candle_core::DType::F32)?;
+    let zeros = match layout.zero_point {
+        true => Some(with_cpu::<u8, _>(get("weight_zero")?, |z| z.to_vec())?),
+        false => None,
+    };
+    with_cpu::<u8, _>(get("weight_q")?, |codes| {
+        with_cpu::<f32, _>(&scales, |scales| {
+            let v = QView {
+                layout,
+                rows,
+                cols,
+                codes,
+                scales,
+                zeros: zeros.as_deref(),
+            };
+            v.check()?;
+            f(&v)
+        })
+    })??
 }
