@@ -170,6 +170,48 @@ pub(crate) fn rows_shape(
     Ok(with_last(s, out_f))
 }
 
+/// The tensors of a quantized weight `[rows, cols]` standing for `logical`: its codes
+/// `weight_q` (u8, [`Layout::row_bytes`] per row), `weight_scale` (f32, the layout's scale
+/// shape) and, when the layout has them, zero points `weight_zero` (u8, same shape).
+pub(crate) fn quantized_specs(
+    layout: &crate::quant::layout::Layout,
+    (rows, cols): (usize, usize),
+    logical: Vec<usize>,
+) -> Vec<TensorSpec> {
+    let shape = layout.scale_shape(rows, cols);
+    let mut t = vec![
+        TensorSpec {
+            stored: vec![rows, layout.row_bytes(cols)],
+            dtype: Dtype::U8,
+            ..TensorSpec::f32("weight_q", logical, TensorRole::Packed)
+        },
+        TensorSpec::f32("weight_scale", shape.clone(), TensorRole::Scale),
+    ];
+    if layout.zero_point {
+        t.push(TensorSpec {
+            dtype: Dtype::U8,
+            ..TensorSpec::f32("weight_zero", shape, TensorRole::ZeroPoint)
+        });
+    }
+    t
+}
+
+/// Coupling of a materialized layer (sparse or quantized) that consumes its input's
+/// channels and makes `out` new ones but cannot be channel-cut: both sides pinned, `why`.
+pub(crate) fn pinned_rows(
+    cx: &mut Coupler,
+    node: &Node,
+    ins: &[Vec<Seg>],
+    (out, bias): (usize, bool),
+    why: &str,
+) -> Vec<Seg> {
+    cx.consume(&ins[0], &node.name);
+    let o = cx.new_space(&node.name, out, bias);
+    cx.pin_all(&ins[0], why);
+    cx.pin_all(&o, why);
+    o
+}
+
 /// The same shape with its last axis replaced by `n` (callers checked rank ≥ 1).
 pub(crate) fn with_last(dims: &[usize], n: usize) -> Vec<usize> {
     let mut out = dims.to_vec();

@@ -16,7 +16,6 @@ use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec}
 use crate::coupling::{Coupler, Seg};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
-use crate::kinds::Dtype;
 use crate::ops::qgemm;
 use crate::ops::with_cpu;
 use crate::params::f32_values;
@@ -95,23 +94,9 @@ impl LayerKind for QConv2d {
     }
     fn tensors(&self) -> Vec<TensorSpec> {
         let (co, k) = (self.out_channels, self.kernel);
-        let mut t = vec![
-            TensorSpec {
-                stored: vec![co, self.cols()],
-                dtype: Dtype::U8,
-                ..TensorSpec::f32(
-                    "weight_q",
-                    vec![co, self.in_channels, k, k],
-                    TensorRole::Packed,
-                )
-            },
-            TensorSpec::f32(
-                "weight_scale",
-                self.layout.scale_shape(co, self.cols()),
-                TensorRole::Scale,
-            ),
-            TensorSpec::f32("input_scale", vec![1], TensorRole::Scale),
-        ];
+        let logical = vec![co, self.in_channels, k, k];
+        let mut t = super::quantized_specs(&self.layout, (co, self.cols()), logical);
+        t.push(TensorSpec::f32("input_scale", vec![1], TensorRole::Scale));
         if self.bias {
             t.push(TensorSpec::param("bias", vec![co]));
         }
@@ -121,12 +106,8 @@ impl LayerKind for QConv2d {
         super::numel(out) * self.cols() as u64
     }
     fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        cx.consume(&ins[0], &node.name);
-        let out = cx.new_space(&node.name, self.out_channels, self.bias);
         let why = "a qconv2d (quantized) layer is not channel-pruned";
-        cx.pin_all(&ins[0], why);
-        cx.pin_all(&out, why);
-        out
+        super::pinned_rows(cx, node, ins, (self.out_channels, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let x = cx.x();

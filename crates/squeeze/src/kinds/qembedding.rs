@@ -8,11 +8,10 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::embedding::Lookup;
-use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
-use crate::kinds::Dtype;
 use crate::quant::layout::Layout;
 use crate::quant::with_node_view;
 
@@ -43,23 +42,8 @@ impl LayerKind for QEmbedding {
         Ok(vec![s[0], self.dim])
     }
     fn tensors(&self) -> Vec<TensorSpec> {
-        let (n, d, l) = (self.num, self.dim, &self.layout);
-        let shape = l.scale_shape(n, d);
-        let mut t = vec![
-            TensorSpec {
-                stored: vec![n, l.row_bytes(d)],
-                dtype: Dtype::U8,
-                ..TensorSpec::f32("weight_q", vec![n, d], TensorRole::Packed)
-            },
-            TensorSpec::f32("weight_scale", shape.clone(), TensorRole::Scale),
-        ];
-        if l.zero_point {
-            t.push(TensorSpec {
-                dtype: Dtype::U8,
-                ..TensorSpec::f32("weight_zero", shape, TensorRole::ZeroPoint)
-            });
-        }
-        t
+        let (n, d) = (self.num, self.dim);
+        super::quantized_specs(&self.layout, (n, d), vec![n, d])
     }
     fn macs(&self, _: &[&[usize]], _: &[usize]) -> u64 {
         0

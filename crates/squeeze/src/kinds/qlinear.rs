@@ -22,7 +22,6 @@ use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
-use crate::kinds::Dtype;
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
@@ -81,22 +80,8 @@ impl LayerKind for QLinear {
         Ok(out)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
-        let (n, k, l) = (self.out_features, self.in_features, &self.layout);
-        let scale_shape = l.scale_shape(n, k);
-        let mut t = vec![
-            TensorSpec {
-                stored: vec![n, l.row_bytes(k)],
-                dtype: Dtype::U8,
-                ..TensorSpec::f32("weight_q", vec![n, k], TensorRole::Packed)
-            },
-            TensorSpec::f32("weight_scale", scale_shape.clone(), TensorRole::Scale),
-        ];
-        if l.zero_point {
-            t.push(TensorSpec {
-                dtype: Dtype::U8,
-                ..TensorSpec::f32("weight_zero", scale_shape, TensorRole::ZeroPoint)
-            });
-        }
+        let (n, k) = (self.out_features, self.in_features);
+        let mut t = super::quantized_specs(&self.layout, (n, k), vec![n, k]);
         if self.act == ActQuant::Static {
             t.push(TensorSpec::f32("input_scale", vec![1], TensorRole::Scale));
         }
@@ -109,12 +94,8 @@ impl LayerKind for QLinear {
         super::numel(out) * self.in_features as u64
     }
     fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        cx.consume(&ins[0], &node.name);
-        let out = cx.new_space(&node.name, self.out_features, self.bias);
         let why = "a qlinear (quantized) layer is not channel-pruned";
-        cx.pin_all(&ins[0], why);
-        cx.pin_all(&out, why);
-        out
+        super::pinned_rows(cx, node, ins, (self.out_features, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let x = cx.x();

@@ -67,12 +67,8 @@ impl LayerKind for SparseLinear {
         rows.saturating_mul(self.nnz as u64)
     }
     fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        cx.consume(&ins[0], &node.name);
-        let out = cx.new_space(&node.name, self.out_features, self.bias);
         let why = "a sparse_linear (CSR) layer is not channel-pruned";
-        cx.pin_all(&ins[0], why);
-        cx.pin_all(&out, why);
-        out
+        super::pinned_rows(cx, node, ins, (self.out_features, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let x = cx.x();
