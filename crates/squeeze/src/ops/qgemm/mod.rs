@@ -126,7 +126,7 @@ fn blocked_split(
         finish(p, j0, &gemm_i8_blocked_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
-    split(m, &ns, k, task);
+    split((m, k), &ns, true, task);
 }
 
 /// [`gemm_i8_reference`] on path `isa`; `abs` holds `|a|` (see [`crate::quant::act`]).
@@ -309,20 +309,25 @@ fn i8_rows_split(
         finish(p, j0, &gemm_i8_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
-    split(m, &ns, if parallel { k } else { 0 }, task);
+    split((m, k), &ns, parallel, task);
 }
 
 /// Runs `task(part, first_row, rows)` over blocks of [`ROWS_PER_TASK`] rows of each part
 /// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large
-/// (`k` = 0: never).
-fn split(m: usize, ns: &[usize], k: usize, task: impl Fn(usize, usize, usize) + Sync + Send) {
+/// (and `parallel` allows it).
+fn split(
+    (m, k): (usize, usize),
+    ns: &[usize],
+    parallel: bool,
+    task: impl Fn(usize, usize, usize) + Sync + Send,
+) {
     let blocks: Vec<(usize, usize)> = ns
         .iter()
         .enumerate()
         .flat_map(|(p, &n)| (0..n.div_ceil(ROWS_PER_TASK)).map(move |b| (p, b * ROWS_PER_TASK)))
         .collect();
     let one = |&(p, j0): &(usize, usize)| task(p, j0, ROWS_PER_TASK.min(ns[p] - j0));
-    if m * ns.iter().sum::<usize>() * k >= PAR_MACS {
+    if parallel && m * ns.iter().sum::<usize>() * k >= PAR_MACS {
         blocks.par_iter().for_each(one);
     } else {
         blocks.iter().for_each(one);
@@ -404,7 +409,7 @@ pub fn gemm_q4(isa: Isa, x: &[f32], w: &QView, bias: Option<&[f32]>, m: usize) -
             }
         }
     };
-    split(m, &[n], k, task);
+    split((m, k), &[n], true, task);
     Ok(out)
 }
 
