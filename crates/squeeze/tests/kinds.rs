@@ -205,10 +205,29 @@ fn every_supported_isa_path_matches_the_reference() {
             &Device::Cpu,
         )
         .unwrap();
-        let want = text::attention(&q, &kk, &v, &mask, 3, 4).unwrap();
-        let got = fast::attention_with(isa, &q, &kk, &v, &mask, 3, 4).unwrap();
-        assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} attention");
+        // padding at the end, then a sample without real keys and one with holes: the
+        // fast kernel skips masked keys, the reference weighs them by exp(−10⁹)
+        let holes = Tensor::from_vec(
+            vec![0f32, 0., 0., 0., 0., 1., 0., 1., 1., 0.],
+            (2, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for m in [&mask, &holes] {
+            let want = text::attention(&q, &kk, &v, m, 3, 4).unwrap();
+            let got = fast::attention_with(isa, &q, &kk, &v, m, 3, 4).unwrap();
+            assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} attention");
+        }
     }
+    let ts = [
+        rand_t(&[3, 7], 10),
+        rand_t(&[3, 7], 11),
+        rand_t(&[3, 7], 12),
+    ];
+    let want = ((&ts[0] + &ts[1]).unwrap() + &ts[2]).unwrap();
+    let got = fast::sum(&[&ts[0], &ts[1], &ts[2]]).unwrap();
+    assert!(max_abs(&got, &want) < PATH_TOL, "sum");
+    assert!(fast::sum(&[&ts[0], &rand_t(&[7, 3], 1)]).is_err());
 }
 
 #[test]

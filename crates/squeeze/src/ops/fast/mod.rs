@@ -246,6 +246,29 @@ pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
     Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
 }
 
+/// Element-wise sum of tensors of one shape (f32), one pass over the output.
+pub fn sum(ts: &[&Tensor]) -> Result<Tensor> {
+    let first = ts
+        .first()
+        .ok_or_else(|| Error::Graph("sum of no tensors".into()))?;
+    if let Some(t) = ts.iter().find(|t| t.dims() != first.dims()) {
+        return Err(Error::Graph(format!(
+            "sum: shapes {:?} and {:?} differ",
+            first.dims(),
+            t.dims()
+        )));
+    }
+    let mut y = f32_data(first)?;
+    for t in &ts[1..] {
+        with_cpu::<f32, _>(t, |s| {
+            for (a, b) in y.iter_mut().zip(s) {
+                *a += b;
+            }
+        })?;
+    }
+    Ok(Tensor::from_vec(y, first.shape(), &Device::Cpu)?)
+}
+
 /// erf by a rational approximation on [-4, 4] (erf(±4) = ±1 in f32); absolute error
 /// below 1e-6, see the test against libm.
 #[inline(always)]
@@ -323,18 +346,25 @@ struct Geo {
     head_dim: usize,
 }
 
-/// The context vectors [L, head_dim] of sample·head `nh`.
+/// The context vectors [L, head_dim] of sample·head `nh`, attending over the sample's
+/// real (unmasked) keys only: a masked key's weight, exp(−10⁹·(1 − mask) + …), is 0 in f32
+/// anyway, so skipping padding changes nothing but the work. A sample without any real
+/// key attends over all of them, as the reference does.
 #[inline(always)]
 fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32> {
     let (l, hd) = (g.l, g.head_dim);
     let scale = 1.0 / (hd as f32).sqrt();
     let (s, h) = (nh / g.heads, nh % g.heads);
     let off = |i: usize| (s * l + i) * g.w + h * hd;
+    let mut keys: Vec<usize> = (0..l).filter(|&j| m[s * l + j] > 0.5).collect();
+    if keys.is_empty() {
+        keys = (0..l).collect();
+    }
     let mut ctx = vec![0f32; l * hd];
-    let mut p = vec![0f32; l];
+    let mut p = vec![0f32; keys.len()];
     for i in 0..l {
         let qi = &q[off(i)..off(i) + hd];
-        for (j, pj) in p.iter_mut().enumerate() {
+        for (pj, &j) in p.iter_mut().zip(&keys) {
             let dot = dot(qi, &k[off(j)..off(j) + hd]);
             let bias = (1.0 - m[s * l + j]) * super::text::MASK_BIAS as f32;
             *pj = dot * scale + bias;
@@ -346,7 +376,7 @@ fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Ve
             z += *pj;
         }
         let ci = &mut ctx[i * hd..(i + 1) * hd];
-        for (j, pj) in p.iter().enumerate() {
+        for (pj, &j) in p.iter().zip(&keys) {
             let a = pj / z;
             for (c, vv) in ci.iter_mut().zip(&v[off(j)..off(j) + hd]) {
                 *c += a * vv;
