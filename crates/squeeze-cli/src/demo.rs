@@ -18,7 +18,7 @@ use squeeze::passes::{run_recipe, Recipe};
 use squeeze::Model;
 
 use crate::evaluate::{compare, table};
-use crate::train::{self as train_cmd, TrainArgs};
+use crate::train::{self as train_cmd, TrainArgs, TrainOpts};
 use crate::{write_json, DataArg};
 
 #[derive(Args)]
@@ -144,18 +144,14 @@ fn base_model(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<PathBuf> {
     train_cmd::run(TrainArgs {
         arch: "cnn".into(),
         out: base.clone(),
-        epochs: Some(a.epochs),
-        seed: 0,
-        batch_size: 128,
-        lr: None,
-        optimizer: "sgd".into(),
-        weight_decay: 5e-4,
-        schedule: "cosine".into(),
-        augment_pad: Some(0),
+        opts: TrainOpts {
+            epochs: Some(a.epochs),
+            augment_pad: Some(0),
+            ..TrainOpts::defaults()
+        },
         widths: None,
         depth: None,
         init: None,
-        limit_train: None,
         resume: base.join("checkpoint/state.json").exists(),
         force: false,
         data: a.data.clone(),

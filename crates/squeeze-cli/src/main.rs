@@ -12,6 +12,7 @@ mod bench_sparse;
 mod bench_text;
 mod compress;
 mod demo;
+mod distill;
 mod embed;
 mod evaluate;
 mod export;
@@ -37,6 +38,9 @@ struct Cli {
 enum Cmd {
     /// Train a zoo architecture on Fashion-MNIST (checkpoint each epoch; --resume continues).
     Train(train::TrainArgs),
+    /// Distill a teacher into a smaller student (soft targets, FitNets hints; checkpoint
+    /// each epoch, --resume continues).
+    Distill(distill::DistillArgs),
     /// Evaluate a model directory: quality (Fashion-MNIST accuracy or STS-B correlation) and
     /// cost (params, FLOPs, size, latency, memory).
     Eval(evaluate::EvalArgs),
@@ -63,6 +67,7 @@ fn main() {
     }
     let r = match cli.cmd {
         Cmd::Train(a) => train::run(a),
+        Cmd::Distill(a) => distill::run(a),
         Cmd::Eval(a) => evaluate::run_eval(a),
         Cmd::Compress(a) => compress::run(a),
         Cmd::Embed(a) => embed::run(a),

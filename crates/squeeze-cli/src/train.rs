@@ -21,6 +21,34 @@ pub struct TrainArgs {
     /// Output directory (model, checkpoints, metrics).
     #[arg(long)]
     pub out: PathBuf,
+    /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Start from the model saved in DIR (fine-tuning) instead of fresh weights; its
+    /// architecture must be --arch. DIR itself is never written.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["widths", "depth"])]
+    pub init: Option<PathBuf>,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace a finished model already in OUT.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub opts: TrainOpts,
+    #[command(flatten)]
+    pub data: DataArg,
+    /// Callers inside squeeze (the demo) that print their own summary.
+    #[arg(skip)]
+    pub quiet: bool,
+}
+
+/// The training options `squeeze train` and `squeeze distill` share.
+#[derive(Args, Clone)]
+pub struct TrainOpts {
     /// Epochs (default per arch: mlp/lenet5 20, others 30).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -43,40 +71,35 @@ pub struct TrainArgs {
     /// default 2, 0 for mlp).
     #[arg(long)]
     pub augment_pad: Option<usize>,
-    /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
-    #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
-    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
-    #[arg(long)]
-    pub depth: Option<usize>,
-    /// Start from the model saved in DIR (fine-tuning) instead of fresh weights; its
-    /// architecture must be --arch. DIR itself is never written.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["widths", "depth"])]
-    pub init: Option<PathBuf>,
     /// Train on the first N images only (quick runs).
     #[arg(long)]
     pub limit_train: Option<usize>,
-    /// Continue from OUT/checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Replace a finished model already in OUT.
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub data: DataArg,
-    /// Callers inside squeeze (the demo) that print their own summary.
-    #[arg(skip)]
-    pub quiet: bool,
 }
 
-fn config(a: &TrainArgs) -> Result<TrainConfig> {
-    let epochs = a
-        .epochs
-        .unwrap_or(if matches!(a.arch.as_str(), "mlp" | "lenet5") {
-            20
-        } else {
-            30
-        });
+impl TrainOpts {
+    /// Defaults of the options as `squeeze train` has them.
+    pub fn defaults() -> Self {
+        TrainOpts {
+            epochs: None,
+            seed: 0,
+            batch_size: 128,
+            lr: None,
+            optimizer: "sgd".into(),
+            weight_decay: 5e-4,
+            schedule: "cosine".into(),
+            augment_pad: None,
+            limit_train: None,
+        }
+    }
+}
+
+/// The training configuration of `a` for a model of architecture `arch`.
+pub fn config(a: &TrainOpts, arch: &str) -> Result<TrainConfig> {
+    let epochs = a.epochs.unwrap_or(if matches!(arch, "mlp" | "lenet5") {
+        20
+    } else {
+        30
+    });
     let optimizer = match a.optimizer.as_str() {
         "sgd" => OptimizerConfig::Sgd {
             lr: a.lr.unwrap_or(0.05),
@@ -112,7 +135,7 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
         optimizer,
         schedule,
         seed: a.seed,
-        augment_pad: a.augment_pad.unwrap_or(if a.arch == "mlp" { 0 } else { 2 }),
+        augment_pad: a.augment_pad.unwrap_or(if arch == "mlp" { 0 } else { 2 }),
         limit_train: a.limit_train,
     })
 }
@@ -121,7 +144,7 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
 /// that `--out` is not its directory.
 fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::Model> {
     let Some(dir) = &a.init else {
-        return Ok(zoo::build(&a.arch, opts, a.seed)?);
+        return Ok(zoo::build(&a.arch, opts, a.opts.seed)?);
     };
     if a.out
         .canonicalize()
@@ -147,7 +170,7 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::M
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let cfg = config(&a)?;
+    let cfg = config(&a.opts, &a.arch)?;
     if !a.resume && !a.force && a.out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
         bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
     }

@@ -55,7 +55,7 @@ fn help_lists_every_command() {
     let (ok, out, _) = run(&["--help"]);
     assert!(ok);
     for c in [
-        "train", "eval", "embed", "export", "compress", "report", "bench", "demo",
+        "train", "distill", "eval", "embed", "export", "compress", "report", "bench", "demo",
     ] {
         assert!(out.contains(c), "--help lacks {c}");
     }
@@ -244,4 +244,60 @@ fn compress_and_report_on_real_data() {
         table.contains("(stored: 20") && table.contains("not comparable"),
         "{table}"
     );
+}
+
+#[test]
+fn distill_trains_resumes_strips_its_regressors_and_refuses_bad_options() {
+    let d = tmp("distill");
+    let teacher = d.join("teacher");
+    let opts = ZooOpts {
+        widths: Some(vec![4, 0, 8, 0]),
+        depth: None,
+    };
+    checkpoint::save(&zoo::build("vgg", &opts, 0).unwrap(), &teacher).unwrap();
+    let (t, out) = (teacher.to_str().unwrap(), d.join("student"));
+    let o = out.to_str().unwrap();
+    let base = [
+        "distill",
+        "--teacher",
+        t,
+        "--student",
+        "vgg",
+        "--widths",
+        "2,0,4,0",
+        "--out",
+        o,
+        "--limit-train",
+        "256",
+        "--hint",
+        "features.0.relu=features.0.relu",
+    ];
+    let (ok, _, err) = run(&[&base[..], &["--alpha", "1.5"]].concat());
+    assert!(!ok && err.contains("alpha"), "{err}");
+    let (ok, _, err) = run(&[&base[..], &["--hint", "features.0.relu=missing"]].concat());
+    assert!(!ok && err.contains("`missing`"), "{err}");
+    let mut own = base.to_vec();
+    own[8] = t; // --out the teacher's own directory
+    let (ok, _, err) = run(&own);
+    assert!(!ok && err.contains("never overwrites"), "{err}");
+    if !have_data() {
+        return;
+    }
+    let (ok, _, err) = run(&[&base[..], &["--epochs", "1"]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[&base[..], &["--epochs", "2", "--resume"]].concat());
+    assert!(ok, "{err}");
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("distill.json")).unwrap()).unwrap();
+    assert_eq!(
+        log["history"].as_array().unwrap().len(),
+        2,
+        "resumed to epoch 2"
+    );
+    let m = checkpoint::load(&out).unwrap();
+    assert!(
+        m.graph.nodes.iter().all(|n| !n.name.contains("regressor")),
+        "the hint regressor is not part of the saved student"
+    );
+    assert!(out.join("metrics.json").exists());
 }

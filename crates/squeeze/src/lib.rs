@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod coupling;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod formats;

@@ -1,0 +1,198 @@
+//! `squeeze distill`: trains a student classifier from a teacher on Fashion-MNIST with
+//! Hinton's soft targets and, optionally, FitNets hints (`--hint STUDENT=TEACHER`, joint
+//! with the soft targets). The student is a zoo architecture (with `--widths`/`--depth`)
+//! or a saved model directory. Checkpoints each epoch (`--resume` continues) and writes
+//! the student, its test metrics (`metrics.json`) and the run's log (`distill.json`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use squeeze::checkpoint::{self, Model};
+use squeeze::data::FashionMnist;
+use squeeze::distill::{self, Distill, HintSpec, SoftTargets};
+use squeeze::graph::infer_shapes;
+use squeeze::train::{self, NoHooks, Run};
+use squeeze::zoo::{self, ZooOpts};
+
+use crate::train::{config, TrainOpts};
+use crate::{write_json, DataArg};
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// The trained teacher's model directory (never written).
+    #[arg(long, value_name = "DIR")]
+    pub teacher: PathBuf,
+    /// The student: a zoo architecture (mlp, lenet5, vgg, resnet, densenet, cnn; sized by
+    /// --widths/--depth) or a saved model directory.
+    #[arg(long, value_name = "ARCH|DIR")]
+    pub student: String,
+    /// Output directory (student, checkpoints, metrics).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Widths of a zoo student (as `squeeze train --widths`).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// Depth of a zoo student (as `squeeze train --depth`).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Softmax temperature T of the soft targets (> 0).
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f64,
+    /// Weight α of the soft-target term, in [0, 1]; the labels' cross-entropy gets 1 − α.
+    #[arg(long, default_value_t = 0.9)]
+    pub alpha: f64,
+    /// A FitNets hint STUDENT_NODE=TEACHER_NODE (repeatable): a learned 1×1 convolution
+    /// (or linear layer) maps the student node's output onto the teacher node's, and their
+    /// mean squared difference joins the loss.
+    #[arg(long = "hint", value_name = "S=T")]
+    pub hints: Vec<String>,
+    /// Weight of each hint term.
+    #[arg(long, default_value_t = 1.0)]
+    pub hint_weight: f64,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace a finished model already in OUT.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub opts: TrainOpts,
+    #[command(flatten)]
+    pub data: DataArg,
+}
+
+/// The student: a saved model when `spec` is a model directory, else a fresh zoo model.
+fn student(a: &DistillArgs) -> Result<Model> {
+    let dir = Path::new(&a.student);
+    if dir.join(checkpoint::GRAPH_FILE).exists() {
+        if a.widths.is_some() || a.depth.is_some() {
+            bail!(
+                "--widths/--depth size a zoo student, not the saved model {}",
+                dir.display()
+            );
+        }
+        return checkpoint::load(dir)
+            .with_context(|| format!("--student: loading {}", dir.display()));
+    }
+    if !zoo::ARCHS.contains(&a.student.as_str()) {
+        bail!(
+            "--student `{}` is neither a model directory nor a zoo architecture ({})",
+            a.student,
+            zoo::ARCHS.join(", ")
+        );
+    }
+    let opts = ZooOpts {
+        widths: a.widths.clone(),
+        depth: a.depth,
+    };
+    Ok(zoo::build(&a.student, &opts, a.opts.seed)?)
+}
+
+/// Teacher and student read the same images and predict the same classes.
+fn check_pair(teacher: &Model, student: &Model) -> Result<()> {
+    if teacher.graph.is_text() || student.graph.is_text() {
+        bail!("distill trains image classifiers; text encoders are not supported here");
+    }
+    if teacher.graph.input_shape != student.graph.input_shape {
+        bail!(
+            "the teacher reads {:?} inputs, the student {:?}",
+            teacher.graph.input_shape,
+            student.graph.input_shape
+        );
+    }
+    let out =
+        |m: &Model| -> Result<Vec<usize>> { Ok(infer_shapes(&m.graph)?[&m.graph.output].clone()) };
+    let (t, s) = (out(teacher)?, out(student)?);
+    if t != s {
+        bail!("the teacher outputs {t:?} per image, the student {s:?}");
+    }
+    Ok(())
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a.canonicalize()
+        .ok()
+        .is_some_and(|x| b.canonicalize().ok() == Some(x))
+}
+
+pub fn run(a: DistillArgs) -> Result<()> {
+    let soft = SoftTargets {
+        temperature: a.temperature,
+        alpha: a.alpha,
+    };
+    soft.validate().context("--temperature / --alpha")?;
+    if same_dir(&a.out, &a.teacher) || same_dir(&a.out, Path::new(&a.student)) {
+        bail!(
+            "--out {} is an input model's directory; squeeze never overwrites its input",
+            a.out.display()
+        );
+    }
+    if !a.resume && !a.force && a.out.join(checkpoint::GRAPH_FILE).exists() {
+        bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
+    }
+    let teacher = checkpoint::load(&a.teacher)
+        .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
+    let mut model = student(&a)?;
+    check_pair(&teacher, &model)?;
+    let specs = a
+        .hints
+        .iter()
+        .map(|h| HintSpec::parse(h, a.hint_weight))
+        .collect::<squeeze::Result<Vec<_>>>()
+        .context("--hint")?;
+    let hints =
+        distill::add_regressors(&mut model, &teacher, &specs, a.opts.seed).context("--hint")?;
+    let cfg = config(&a.opts, &model.graph.arch)?;
+    let data = FashionMnist::load(&a.data.data)?;
+    let (tp, sp) = (
+        squeeze::eval::static_cost(&teacher)?.params,
+        squeeze::eval::static_cost(&model)?.params,
+    );
+    eprintln!(
+        "distilling {} ({tp} params) into {} ({sp} params with {} hint regressors) for {} epochs, T = {}, α = {}",
+        a.teacher.display(),
+        a.student,
+        hints.len(),
+        cfg.epochs,
+        soft.temperature,
+        soft.alpha
+    );
+    let objective = Distill {
+        teacher: &teacher,
+        soft,
+        hints: hints.clone(),
+    };
+    let run = Run {
+        train: &data.train,
+        valid: &data.valid,
+        objective: &objective,
+        cfg: &cfg,
+        out: &a.out,
+        resume: a.resume,
+    };
+    let history = train::fit(&mut model, &run, &mut NoHooks)
+        .with_context(|| format!("distilling into {}", a.out.display()))?;
+    distill::strip_regressors(&mut model, &hints)?;
+    checkpoint::save(&model, &a.out)?;
+    let mut metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
+    metrics.measured = Some(squeeze::eval::Measured::now());
+    write_json(
+        &a.out.join("distill.json"),
+        &serde_json::json!({
+            "teacher": a.teacher,
+            "student": a.student,
+            "widths": a.widths,
+            "depth": a.depth,
+            "soft_targets": soft,
+            "hints": a.hints,
+            "hint_weight": a.hint_weight,
+            "config": cfg,
+            "history": history,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        }),
+    )?;
+    write_json(&a.out.join("metrics.json"), &metrics)?;
+    println!("{}", serde_json::to_string_pretty(&metrics)?);
+    Ok(())
+}
