@@ -147,13 +147,11 @@ fn base_model(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<PathBuf> {
         opts: TrainOpts {
             epochs: Some(a.epochs),
             augment_pad: Some(0),
+            resume: base.join("checkpoint/state.json").exists(),
             ..TrainOpts::defaults()
         },
-        widths: None,
-        depth: None,
+        size: Default::default(),
         init: None,
-        resume: base.join("checkpoint/state.json").exists(),
-        force: false,
         data: a.data.clone(),
         quiet: true,
     })?;

@@ -13,9 +13,9 @@ use squeeze::data::FashionMnist;
 use squeeze::distill::{self, Distill, HintSpec, SoftTargets};
 use squeeze::graph::infer_shapes;
 use squeeze::train::{self, NoHooks, Run};
-use squeeze::zoo::{self, ZooOpts};
+use squeeze::zoo;
 
-use crate::train::{config, TrainOpts};
+use crate::train::{config, SizeArgs, TrainOpts};
 use crate::{write_json, DataArg};
 
 #[derive(Args)]
@@ -30,12 +30,9 @@ pub struct DistillArgs {
     /// Output directory (student, checkpoints, metrics).
     #[arg(long)]
     pub out: PathBuf,
-    /// Widths of a zoo student (as `squeeze train --widths`).
-    #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
-    /// Depth of a zoo student (as `squeeze train --depth`).
-    #[arg(long)]
-    pub depth: Option<usize>,
+    /// The size of a zoo student (as `squeeze train`'s).
+    #[command(flatten)]
+    pub size: SizeArgs,
     /// Softmax temperature T of the soft targets (> 0).
     #[arg(long, default_value_t = 4.0)]
     pub temperature: f64,
@@ -50,12 +47,6 @@ pub struct DistillArgs {
     /// Weight of each hint term.
     #[arg(long, default_value_t = 1.0)]
     pub hint_weight: f64,
-    /// Continue from OUT/checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Replace a finished model already in OUT.
-    #[arg(long)]
-    pub force: bool,
     #[command(flatten)]
     pub opts: TrainOpts,
     #[command(flatten)]
@@ -66,7 +57,7 @@ pub struct DistillArgs {
 fn student(a: &DistillArgs) -> Result<Model> {
     let dir = Path::new(&a.student);
     if dir.join(checkpoint::GRAPH_FILE).exists() {
-        if a.widths.is_some() || a.depth.is_some() {
+        if a.size.is_set() {
             bail!(
                 "--widths/--depth size a zoo student, not the saved model {}",
                 dir.display()
@@ -82,11 +73,7 @@ fn student(a: &DistillArgs) -> Result<Model> {
             zoo::ARCHS.join(", ")
         );
     }
-    let opts = ZooOpts {
-        widths: a.widths.clone(),
-        depth: a.depth,
-    };
-    Ok(zoo::build(&a.student, &opts, a.opts.seed)?)
+    Ok(zoo::build(&a.student, &a.size.zoo(), a.opts.seed)?)
 }
 
 /// Teacher and student read the same images and predict the same classes.
@@ -128,9 +115,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
             a.out.display()
         );
     }
-    if !a.resume && !a.force && a.out.join(checkpoint::GRAPH_FILE).exists() {
-        bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
-    }
+    a.opts.check_out(&a.out)?;
     let teacher = checkpoint::load(&a.teacher)
         .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
     let mut model = student(&a)?;
@@ -169,7 +154,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
         objective: &objective,
         cfg: &cfg,
         out: &a.out,
-        resume: a.resume,
+        resume: a.opts.resume,
     };
     let history = train::fit(&mut model, &run, &mut NoHooks)
         .with_context(|| format!("distilling into {}", a.out.display()))?;
@@ -182,8 +167,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
         &serde_json::json!({
             "teacher": a.teacher,
             "student": a.student,
-            "widths": a.widths,
-            "depth": a.depth,
+            "zoo": a.size.zoo(),
             "soft_targets": soft,
             "hints": a.hints,
             "hint_weight": a.hint_weight,

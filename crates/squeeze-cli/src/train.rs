@@ -21,22 +21,12 @@ pub struct TrainArgs {
     /// Output directory (model, checkpoints, metrics).
     #[arg(long)]
     pub out: PathBuf,
-    /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
-    #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
-    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
-    #[arg(long)]
-    pub depth: Option<usize>,
+    #[command(flatten)]
+    pub size: SizeArgs,
     /// Start from the model saved in DIR (fine-tuning) instead of fresh weights; its
     /// architecture must be --arch. DIR itself is never written.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["widths", "depth"])]
     pub init: Option<PathBuf>,
-    /// Continue from OUT/checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Replace a finished model already in OUT.
-    #[arg(long)]
-    pub force: bool,
     #[command(flatten)]
     pub opts: TrainOpts,
     #[command(flatten)]
@@ -44,6 +34,29 @@ pub struct TrainArgs {
     /// Callers inside squeeze (the demo) that print their own summary.
     #[arg(skip)]
     pub quiet: bool,
+}
+
+/// The size of a fresh zoo model (`squeeze train`, and a zoo student of `squeeze distill`).
+#[derive(Args, Clone, Default)]
+pub struct SizeArgs {
+    /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
+    #[arg(long)]
+    pub depth: Option<usize>,
+}
+
+impl SizeArgs {
+    pub fn zoo(&self) -> ZooOpts {
+        ZooOpts {
+            widths: self.widths.clone(),
+            depth: self.depth,
+        }
+    }
+    pub fn is_set(&self) -> bool {
+        self.widths.is_some() || self.depth.is_some()
+    }
 }
 
 /// The training options `squeeze train` and `squeeze distill` share.
@@ -74,6 +87,12 @@ pub struct TrainOpts {
     /// Train on the first N images only (quick runs).
     #[arg(long)]
     pub limit_train: Option<usize>,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace a finished model already in OUT.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl TrainOpts {
@@ -89,7 +108,17 @@ impl TrainOpts {
             schedule: "cosine".into(),
             augment_pad: None,
             limit_train: None,
+            resume: false,
+            force: false,
         }
+    }
+
+    /// Refuses an `out` that already holds a finished model unless resuming or forced.
+    pub fn check_out(&self, out: &std::path::Path) -> Result<()> {
+        if !self.resume && !self.force && out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
+            bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", out.display());
+        }
+        Ok(())
     }
 }
 
@@ -171,13 +200,8 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::M
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = config(&a.opts, &a.arch)?;
-    if !a.resume && !a.force && a.out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
-        bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", a.out.display());
-    }
-    let opts = ZooOpts {
-        widths: a.widths.clone(),
-        depth: a.depth,
-    };
+    a.opts.check_out(&a.out)?;
+    let opts = a.size.zoo();
     let mut model = initial_model(&a, &opts)?;
     let data = FashionMnist::load(&a.data.data)?;
     eprintln!(
@@ -195,7 +219,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         &data.valid,
         &cfg,
         &a.out,
-        a.resume,
+        a.opts.resume,
         &mut NoHooks,
     )
     .with_context(|| format!("training into {}", a.out.display()))?;

@@ -33,6 +33,14 @@ fn softmax(z: &[f64], t: f64) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
+/// The gradient of `f` at `x`, flattened.
+fn grad(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Vec<f64> {
+    let v = Var::from_tensor(x).unwrap();
+    let grads = f(v.as_tensor()).backward().unwrap();
+    let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+    g.to_vec1().unwrap()
+}
+
 #[test]
 fn soft_target_loss_equals_a_hand_computation() {
     let (zs, zt) = (
@@ -65,17 +73,7 @@ fn soft_target_gradient_matches_finite_differences() {
         temperature: 3.0,
         alpha: 0.6,
     };
-    let v = Var::from_tensor(&t2(&zs, 2)).unwrap();
-    let loss = kd_loss(v.as_tensor(), &zt, &labels, st).unwrap();
-    let g: Vec<f64> = loss
-        .backward()
-        .unwrap()
-        .get(v.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let g = grad(&t2(&zs, 2), |z| kd_loss(z, &zt, &labels, st).unwrap());
     let f = |z: &[f64]| scalar(&kd_loss(&t2(z, 2), &zt, &labels, st).unwrap());
     for i in 0..zs.len() {
         let (mut a, mut b) = (zs, zs);
@@ -93,22 +91,14 @@ fn at_high_temperature_the_soft_gradient_is_the_logit_difference() {
     let zs = [1.0, -0.5, 0.25, -0.75, 0.5, 0.5, -2.0, 1.0];
     let zt = [-1.0, 2.0, 0.0, -1.0, 1.5, -0.5, -0.5, -0.5];
     let (b, c) = (2.0, 4.0);
-    let v = Var::from_tensor(&t2(&zs, 2)).unwrap();
     let labels = Tensor::new(&[0u32, 0], &Device::Cpu).unwrap();
     let st = SoftTargets {
         temperature: 1e3,
         alpha: 1.0,
     };
-    let loss = kd_loss(v.as_tensor(), &t2(&zt, 2), &labels, st).unwrap();
-    let g: Vec<f64> = loss
-        .backward()
-        .unwrap()
-        .get(v.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let g = grad(&t2(&zs, 2), |z| {
+        kd_loss(z, &t2(&zt, 2), &labels, st).unwrap()
+    });
     for i in 0..zs.len() {
         let want = (zs[i] - zt[i]) / (c * b);
         assert!(

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::interp::{forward, ForwardOpts, ForwardOut};
+use crate::train::objective::correct;
 use crate::train::{Batch, Objective, StepLoss};
 pub use hints::{add_regressors, strip_regressors, Hint, HintSpec};
 
@@ -134,12 +135,9 @@ impl Objective for Distill<'_> {
             };
             loss = (loss + (hint_loss(&s.output, &tt.output)? * h.weight)?)?;
         }
-        let pred: Vec<u32> = out.output.argmax(1)?.to_vec1()?;
-        let ys: Vec<u32> = labels.to_vec1()?;
-        let correct = pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
         Ok(StepLoss {
             loss,
-            correct: Some(correct),
+            correct: Some(correct(&out.output, labels)?),
         })
     }
 }

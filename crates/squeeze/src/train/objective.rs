@@ -41,14 +41,18 @@ impl Objective for CrossEntropy {
             return Err(Error::Train("cross-entropy needs labelled images".into()));
         };
         let loss = candle_nn::loss::cross_entropy(&out.output, labels)?;
-        let pred: Vec<u32> = out.output.argmax(1)?.to_vec1()?;
-        let ys: Vec<u32> = labels.to_vec1()?;
-        let correct = pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
         Ok(StepLoss {
             loss,
-            correct: Some(correct),
+            correct: Some(correct(&out.output, labels)?),
         })
     }
+}
+
+/// How many rows of `logits` `[N, C]` have their largest value at the label.
+pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+    let ys: Vec<u32> = labels.to_vec1()?;
+    Ok(pred.iter().zip(&ys).filter(|(a, b)| a == b).count())
 }
 
 /// How a sentence embedding is compared with its target.
