@@ -45,6 +45,9 @@ pub enum BenchWhat {
     /// batch-256 throughput side by side, plus PyTorch's static int8 of the same network →
     /// one key of results/quant.json.
     Quant(crate::bench_quant::QuantArgs),
+    /// Students (one directory per seed and recipe) against their teacher: mean test
+    /// accuracy, params, FLOPs, latency and throughput side by side → results/distill.json.
+    Distill(crate::bench_distill::DistillBenchArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +77,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Sparse(s) => crate::bench_sparse::run(s),
         BenchWhat::Kernels(k) => crate::bench_kernels::run(k),
         BenchWhat::Quant(q) => crate::bench_quant::run(q),
+        BenchWhat::Distill(d) => crate::bench_distill::run(d),
     }
 }
 

@@ -5,6 +5,7 @@
 //! names the file or option at fault.
 
 mod bench;
+mod bench_distill;
 mod bench_isa;
 mod bench_kernels;
 mod bench_quant;
