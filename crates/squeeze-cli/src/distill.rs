@@ -12,7 +12,7 @@ use squeeze::checkpoint::{self, Model};
 use squeeze::data::FashionMnist;
 use squeeze::distill::{self, Distill, HintSpec, SoftTargets};
 use squeeze::graph::infer_shapes;
-use squeeze::train::{self, NoHooks, Run};
+use squeeze::train::{self, NoHooks, Run, TrainConfig};
 use squeeze::zoo;
 
 use crate::train::{config, SizeArgs, TrainOpts};
@@ -47,6 +47,11 @@ pub struct DistillArgs {
     /// Weight of each hint term.
     #[arg(long, default_value_t = 1.0)]
     pub hint_weight: f64,
+    /// Stage-wise FitNets: first train this many epochs on the hints alone (the student up
+    /// to its hint nodes, and the regressors), then --epochs on the soft targets alone.
+    /// 0 (default): hints and soft targets jointly.
+    #[arg(long, default_value_t = 0, requires = "hints")]
+    pub hint_epochs: usize,
     #[command(flatten)]
     pub opts: TrainOpts,
     #[command(flatten)]
@@ -97,6 +102,15 @@ fn check_pair(teacher: &Model, student: &Model) -> Result<()> {
     Ok(())
 }
 
+/// Whether the training stage checkpointed in `out` has finished its `epochs`.
+fn stage_done(out: &Path, epochs: usize) -> bool {
+    let state = train::checkpoint_dir(out).join("state.json");
+    std::fs::read_to_string(state)
+        .ok()
+        .and_then(|s| serde_json::from_str::<train::TrainState>(&s).ok())
+        .is_some_and(|s| s.epochs_done >= epochs)
+}
+
 fn same_dir(a: &Path, b: &Path) -> bool {
     a.canonicalize()
         .ok()
@@ -116,6 +130,13 @@ pub fn run(a: DistillArgs) -> Result<()> {
         );
     }
     a.opts.check_out(&a.out)?;
+    let saved = |d: &Path| train::checkpoint_dir(d).join("state.json").exists();
+    if a.opts.resume && !saved(&a.out) && !saved(&a.out.join("hints-stage")) {
+        bail!(
+            "--resume: {} holds no checkpoint to continue",
+            a.out.display()
+        );
+    }
     let teacher = checkpoint::load(&a.teacher)
         .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
     let mut model = student(&a)?;
@@ -143,22 +164,47 @@ pub fn run(a: DistillArgs) -> Result<()> {
         soft.temperature,
         soft.alpha
     );
+    let train = |model: &mut Model, objective: &Distill, cfg: &TrainConfig, out: &Path| {
+        let run = Run {
+            train: &data.train,
+            valid: &data.valid,
+            objective,
+            cfg,
+            out,
+            // a stage resumes from its own checkpoint once it has one
+            resume: a.opts.resume && train::checkpoint_dir(out).join("state.json").exists(),
+        };
+        train::fit(model, &run, &mut NoHooks)
+            .with_context(|| format!("distilling into {}", out.display()))
+    };
+    let mut history = Vec::new();
+    let mut soft_hints = hints.clone();
+    if a.hint_epochs > 0 {
+        let stage1 = a.out.join("hints-stage");
+        let cfg1 = TrainConfig {
+            epochs: a.hint_epochs,
+            ..cfg.clone()
+        };
+        let hints_only = Distill {
+            teacher: &teacher,
+            soft: None,
+            hints: hints.clone(),
+        };
+        if stage_done(&stage1, a.hint_epochs) {
+            model = checkpoint::load(&train::checkpoint_dir(&stage1))?;
+        } else {
+            history.extend(train(&mut model, &hints_only, &cfg1, &stage1)?);
+        }
+        distill::strip_regressors(&mut model, &hints)?;
+        soft_hints.clear();
+    }
     let objective = Distill {
         teacher: &teacher,
-        soft,
-        hints: hints.clone(),
+        soft: Some(soft),
+        hints: soft_hints.clone(),
     };
-    let run = Run {
-        train: &data.train,
-        valid: &data.valid,
-        objective: &objective,
-        cfg: &cfg,
-        out: &a.out,
-        resume: a.opts.resume,
-    };
-    let history = train::fit(&mut model, &run, &mut NoHooks)
-        .with_context(|| format!("distilling into {}", a.out.display()))?;
-    distill::strip_regressors(&mut model, &hints)?;
+    history.extend(train(&mut model, &objective, &cfg, &a.out)?);
+    distill::strip_regressors(&mut model, &soft_hints)?;
     checkpoint::save(&model, &a.out)?;
     let mut metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
     metrics.measured = Some(squeeze::eval::Measured::now());
@@ -171,6 +217,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
             "soft_targets": soft,
             "hints": a.hints,
             "hint_weight": a.hint_weight,
+            "hint_epochs": a.hint_epochs,
             "config": cfg,
             "history": history,
             "command": std::env::args().collect::<Vec<_>>().join(" "),

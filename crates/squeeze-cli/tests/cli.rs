@@ -300,4 +300,24 @@ fn distill_trains_resumes_strips_its_regressors_and_refuses_bad_options() {
         "the hint regressor is not part of the saved student"
     );
     assert!(out.join("metrics.json").exists());
+    // stage-wise: one epoch on the hint alone, then one on the soft targets
+    let staged = d.join("staged");
+    let (ok, _, err) = run(&[
+        &base[..8],
+        &[staged.to_str().unwrap()],
+        &base[9..],
+        &["--epochs", "1", "--hint-epochs", "1"],
+    ]
+    .concat());
+    assert!(ok, "{err}");
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(staged.join("distill.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        log["history"].as_array().unwrap().len(),
+        2,
+        "a hint epoch, then a soft-target epoch"
+    );
+    let m = checkpoint::load(&staged).unwrap();
+    assert!(m.graph.nodes.iter().all(|n| !n.name.contains("regressor")));
 }

@@ -148,10 +148,10 @@ fn hint_regressor_learns_and_the_teacher_gets_no_gradient() {
     };
     let obj = Distill {
         teacher: &teacher,
-        soft: SoftTargets {
+        soft: Some(SoftTargets {
             temperature: 4.0,
             alpha: 0.9,
-        },
+        }),
         hints: hints.clone(),
     };
     let opts = ForwardOpts {

@@ -88,10 +88,11 @@ pub fn hint_loss(regressed: &Tensor, teacher: &Tensor) -> Result<Tensor> {
 }
 
 /// The distillation objective over labelled image batches: soft targets from `teacher`
-/// plus `hints` (each weighted), joint.
+/// plus `hints` (each weighted) — joint, or the hints alone (`soft: None`: FitNets' first
+/// stage).
 pub struct Distill<'a> {
     pub teacher: &'a Model,
-    pub soft: SoftTargets,
+    pub soft: Option<SoftTargets>,
     pub hints: Vec<Hint>,
 }
 
@@ -109,10 +110,10 @@ impl Distill<'_> {
 
 impl Objective for Distill<'_> {
     fn name(&self) -> &'static str {
-        if self.hints.is_empty() {
-            "distill"
-        } else {
-            "distill_hints"
+        match (self.soft, self.hints.is_empty()) {
+            (Some(_), true) => "distill",
+            (Some(_), false) => "distill_hints",
+            (None, _) => "hints",
         }
     }
     fn taps(&self) -> Vec<String> {
@@ -124,8 +125,16 @@ impl Objective for Distill<'_> {
                 "distillation of classifiers needs labelled images".into(),
             ));
         };
+        if self.soft.is_none() && self.hints.is_empty() {
+            return Err(Error::Train(
+                "distillation needs soft targets or at least one hint".into(),
+            ));
+        }
         let t = self.teacher_out(x)?;
-        let mut loss = kd_loss(&out.output, &t.output, labels, self.soft)?;
+        let mut loss = match self.soft {
+            Some(st) => kd_loss(&out.output, &t.output, labels, st)?,
+            None => Tensor::zeros((), out.output.dtype(), out.output.device())?,
+        };
         for h in &self.hints {
             let (Some(s), Some(tt)) = (out.taps.get(&h.regressor), t.taps.get(&h.teacher)) else {
                 return Err(Error::Train(format!(
