@@ -83,6 +83,17 @@ fn grad_conv2d_fast_kernel() {
 }
 
 #[test]
+fn grad_depthwise_kernel() {
+    for (stride, pad, k) in [(1, 1, 3), (2, 1, 3), (1, 0, 3), (2, 2, 5)] {
+        check(
+            &format!("depthwise s{stride} p{pad} k{k}"),
+            &[rand(&[2, 3, 7, 6], 3), rand(&[3, 1, k, k], 4)],
+            |t| conv::conv2d(&t[0], &t[1], stride, pad, 3).unwrap(),
+        );
+    }
+}
+
+#[test]
 fn grad_batchnorm_fused_and_bn_relu() {
     for relu in [false, true] {
         check(
@@ -166,6 +177,34 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
             "forward s{stride} p{pad} k{k}"
         );
         let r = f32r(fast.dims(), 22);
+        let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w] {
+            let d = max_abs(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < KERNEL_TOL, "backward s{stride} p{pad} k{k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn depthwise_kernel_matches_candle_grouped_conv_forward_and_backward() {
+    // even sizes at stride 2: candle's grouped backward needs outputs that tile the input
+    for (stride, pad, k, h) in [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (1, 0, 1, 8)] {
+        let x = Var::from_tensor(&f32r(&[5, 6, h, 8], 30)).unwrap();
+        let w = Var::from_tensor(&f32r(&[6, 1, k, k], 31)).unwrap();
+        let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, 6).unwrap();
+        let refr = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), pad, stride, 1, 6)
+            .unwrap();
+        assert!(
+            max_abs(&fast, &refr) < KERNEL_TOL,
+            "forward s{stride} p{pad} k{k}"
+        );
+        let r = f32r(fast.dims(), 32);
         let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w] {

@@ -2,7 +2,8 @@
 //! parallel, with a hand-written backward (dW = Σₙ dYₙ·colsₙᵀ, dX = col2im(Wᵀ·dYₙ)) in place
 //! of candle 0.11's CPU backward (a transposed convolution and a convolution with the
 //! whole image as kernel), the measured hot spot of CNN training. Candle's own `conv2d` is
-//! the plain reference it is tested against; grouped convolutions use it directly.
+//! the plain reference it is tested against; depthwise convolutions take
+//! [`super::depthwise`], other grouped ones candle's directly.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -12,7 +13,7 @@ use super::{slice_of, with_cpu};
 use crate::error::Result;
 
 /// Element types the kernel runs on (f32 for training, f64 for gradient checks).
-pub(crate) trait Elem:
+pub trait Elem:
     candle_core::WithDType + Copy + Send + Sync + Default + 'static + std::ops::AddAssign
 {
 }
@@ -21,21 +22,21 @@ impl Elem for f64 {}
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy)]
-struct Geo {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geo {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
 }
 
 impl Geo {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Geo> {
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Geo> {
         let (&[n, c, h, wd], &[co, ci, k, k2]) = (x, w) else {
             candle_core::bail!("conv2d: expected 4-D input and kernel, got {x:?} and {w:?}")
         };
@@ -62,7 +63,7 @@ impl Geo {
     fn kk(&self) -> usize {
         self.c * self.k * self.k
     }
-    fn p(&self) -> usize {
+    pub fn p(&self) -> usize {
         self.ho * self.wo
     }
 }
@@ -71,7 +72,7 @@ impl Geo {
 /// columns whose input pixels are inside the image: `f(row offset in cols, input offset,
 /// run length, ow step)`; positions outside get no call (they are zero in im2col).
 #[inline]
-fn for_each_run(g: &Geo, mut f: impl FnMut(usize, usize, usize)) {
+pub(super) fn for_each_run(g: &Geo, mut f: impl FnMut(usize, usize, usize)) {
     let (p, s, pad) = (g.p(), g.stride, g.pad as isize);
     for c in 0..g.c {
         for ki in 0..g.k {
@@ -303,8 +304,12 @@ fn bwd_typed<T: Elem>(
     Ok((dx, Tensor::from_vec(dw, w.shape(), w.device())?))
 }
 
-/// Convolution of x [N, C, H, W] with w [Co, C/groups, k, k] (no bias).
+/// Convolution of x [N, C, H, W] with w [Co, C/groups, k, k] (no bias): depthwise
+/// (groups = C = Co) by [`super::depthwise`], other grouped ones by candle.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, groups: usize) -> Result<Tensor> {
+    if groups > 1 && groups == x.dim(1)? && groups == w.dim(0)? {
+        return super::depthwise::depthwise(x, w, stride, pad);
+    }
     if groups != 1 {
         return Ok(x.conv2d(w, pad, stride, 1, groups)?);
     }

@@ -7,6 +7,7 @@
 pub mod act;
 pub mod batchnorm;
 pub mod conv;
+pub mod depthwise;
 pub mod fast;
 pub mod packed;
 pub mod pool;
