@@ -254,3 +254,68 @@ fn pruning_recipes_run_end_to_end_and_fine_tuning_keeps_the_sparsity() {
         );
     }
 }
+
+/// Max abs difference of logits between a convolution whose filters are rank-1 per input
+/// channel and its depthwise-separable replacement.
+const SEPARABLE_TOL: f32 = 1e-4;
+
+#[test]
+fn depthwise_separable_reproduces_rank1_filters_and_cuts_macs() {
+    let mut m = small("vgg");
+    let convs: Vec<String> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(
+            |n| matches!(&n.op, squeeze::graph::Op::Conv2d(c) if c.kernel > 1 && c.in_channels > 1),
+        )
+        .map(|n| n.name.clone())
+        .collect();
+    assert!(!convs.is_empty());
+    // make every split filter rank 1 per input channel: W[o, c] = a[o, c]·b[c]
+    for name in &convs {
+        let key = format!("{name}.weight");
+        let w = m.params.get(&key).unwrap();
+        let (co, ci, k, _) = w.dims4().unwrap();
+        let mut v = vec![0f32; co * ci * k * k];
+        for (i, x) in v.iter_mut().enumerate() {
+            let (o, c, t) = (i / (ci * k * k), (i / (k * k)) % ci, i % (k * k));
+            let a = ((o * 7 + c * 3) % 11) as f32 / 11.0 - 0.4;
+            let b = ((c * 5 + t * 2) % 7) as f32 / 7.0 - 0.3;
+            *x = a * b;
+        }
+        m.params.insert(
+            key,
+            candle_core::Tensor::from_vec(v, w.dims(), w.device()).unwrap(),
+        );
+    }
+    let r = recipe("[[passes]]\ntype = \"depthwise_separable\"\n");
+    let (out, log) = apply(m.clone(), &r).unwrap();
+    let cost = |m: &Model| squeeze::eval::static_cost(m).unwrap().macs;
+    assert!(cost(&out) < cost(&m), "{}", log[0].label);
+    let kept = &log[0].details["energy_kept"];
+    for name in &convs {
+        assert!(
+            (kept[name].as_f64().unwrap() - 1.0).abs() < 1e-6,
+            "{name}: {kept}"
+        );
+        assert!(out.graph.node(&format!("{name}_dw")).is_some());
+    }
+    let x =
+        candle_core::Tensor::randn(0f32, 1.0, (3, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
+    let y0 = squeeze::interp::forward(&m.graph, &m.params, &x, &ForwardOpts::eval()).unwrap();
+    let y1 = squeeze::interp::forward(&out.graph, &out.params, &x, &ForwardOpts::eval()).unwrap();
+    let d = common::max_abs(&y0.output, &y1.output);
+    assert!(d < SEPARABLE_TOL, "logits moved by {d}");
+    // a layer that cannot be split is named
+    for (layer, want) in [
+        ("nope", "not a convolution"),
+        ("classifier", "not a convolution"),
+    ] {
+        let r = recipe(&format!(
+            "[[passes]]\ntype = \"depthwise_separable\"\nlayers = [\"{layer}\"]\n"
+        ));
+        let e = apply(m.clone(), &r).unwrap_err().to_string();
+        assert!(e.contains(layer) && e.contains(want), "{e}");
+    }
+}

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Calibrated, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude, Materialize, Obd, Pass,
-    PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
+    Calibrated, DepthwiseSeparable, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude,
+    Materialize, Obd, Pass, PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
 };
 use crate::error::{Error, Result};
 use crate::kinds::qlinear::ActQuant;
@@ -29,6 +29,13 @@ pub enum PassConfig {
     RecalibrateBatchNorm {},
     /// Remove whole transformer encoder layers (indices), renumbering those left.
     DropLayers { layers: Vec<usize> },
+    /// Replace k×k convolutions (default: every one with k > 1, groups 1 and more than one
+    /// input channel) by depthwise + pointwise pairs, initialized by per-channel rank-1
+    /// factorization.
+    DepthwiseSeparable {
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+    },
     /// Fine-tune the model with the trainer (`epochs` overrides `[finetune] epochs`).
     Finetune {
         #[serde(default)]
@@ -194,6 +201,9 @@ impl PassConfig {
             PassConfig::RecalibrateBatchNorm {} => Box::new(RecalibrateBatchNorm),
             PassConfig::Finetune { epochs } => Box::new(Finetune { epochs: *epochs }),
             PassConfig::DropLayers { layers } => Box::new(DropLayers {
+                layers: layers.clone(),
+            }),
+            PassConfig::DepthwiseSeparable { layers } => Box::new(DepthwiseSeparable {
                 layers: layers.clone(),
             }),
             PassConfig::Magnitude {

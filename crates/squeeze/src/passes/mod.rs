@@ -14,6 +14,7 @@ mod drop_layers;
 mod finetune;
 mod prune;
 mod quant;
+mod separable;
 mod share;
 
 pub use bn_fold::FoldBatchNorm;
@@ -24,6 +25,7 @@ pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
 pub use quant::{Quantize, Rounding};
+pub use separable::DepthwiseSeparable;
 pub use share::{Materialize, Share};
 
 use std::path::Path;
