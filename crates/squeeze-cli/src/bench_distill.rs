@@ -3,7 +3,8 @@
 //! directory per seed): their test accuracies are measured here, one by one, and averaged;
 //! params and FLOPs come from the graph; batch-1 latency and batch-256 throughput of the
 //! teacher and of each variant's first student are timed interleaved in this process.
-//! Every key is merged into the results file (`results/distill.json`).
+//! Every key is merged into the results file (`results/distill.json`); a compact student
+//! trained from the teacher (e.g. `dwsep-vgg`) is one more variant.
 
 use std::path::{Path, PathBuf};
 
@@ -133,6 +134,12 @@ pub fn run(a: DistillBenchArgs) -> Result<()> {
             "teacher_latency_ms_b1": tt.latency_ms_b1.median,
             "throughput_b256": st.throughput.median,
             "teacher_throughput_b256": tt.throughput.median,
+            // the same numbers under the names of a compressed-vs-original entry
+            "accuracy": m,
+            "baseline": teacher_acc,
+            "baseline_flops": tc.flops,
+            "baseline_latency_ms_b1": tt.latency_ms_b1.median,
+            "baseline_throughput_b256": tt.throughput.median,
             "timing": tt.method,
             "runs": v.dirs,
             "made_by": v.dirs.iter().map(|d| made_by(d)).collect::<Vec<_>>(),

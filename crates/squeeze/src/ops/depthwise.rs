@@ -47,8 +47,12 @@ fn forward<T: Elem>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
             &w[(plane % g.c) * kk..][..kk],
         );
         runs(&g1, |r, out, src, len| {
-            for j in 0..len {
-                yp[out + j] += wc[r] * xp[src + j * g.stride];
+            let (dst, from) = (&mut yp[out..out + len], &xp[src..]);
+            if g.stride == 1 {
+                dst.iter_mut().zip(from).for_each(|(d, x)| *d += wc[r] * *x);
+            } else {
+                let from = from.iter().step_by(g.stride);
+                dst.iter_mut().zip(from).for_each(|(d, x)| *d += wc[r] * *x);
             }
         });
     });
@@ -64,9 +68,9 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
             &w[(plane % g.c) * kk..][..kk],
         );
         runs(&g1, |r, out, src, len| {
-            for j in 0..len {
-                dxp[src + j * g.stride] += wc[r] * dyp[out + j];
-            }
+            let from = &dyp[out..out + len];
+            let dst = dxp[src..].iter_mut().step_by(g.stride);
+            dst.zip(from).for_each(|(d, v)| *d += wc[r] * *v);
         });
     });
     let mut dw = vec![T::default(); g.c * kk];
@@ -78,10 +82,12 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
                 &dy[plane * p..(plane + 1) * p],
             );
             runs(&g1, |r, out, src, len| {
+                let from = xp[src..].iter().step_by(g.stride);
                 let mut s = T::default();
-                for j in 0..len {
-                    s += dyp[out + j] * xp[src + j * g.stride];
-                }
+                dyp[out..out + len]
+                    .iter()
+                    .zip(from)
+                    .for_each(|(v, x)| s += *v * *x);
                 dwc[r] += s;
             });
         }
