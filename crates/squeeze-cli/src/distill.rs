@@ -3,6 +3,7 @@
 //! with the soft targets). The student is a zoo architecture (with `--widths`/`--depth`)
 //! or a saved model directory. Checkpoints each epoch (`--resume` continues) and writes
 //! the student, its test metrics (`metrics.json`) and the run's log (`distill.json`).
+//! A sentence-encoder teacher takes the text path ([`crate::distill_text`]).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use clap::Args;
 use squeeze::checkpoint::{self, Model};
 use squeeze::data::FashionMnist;
 use squeeze::distill::{self, Distill, HintSpec, SoftTargets};
+use squeeze::formats::load_any;
 use squeeze::graph::infer_shapes;
 use squeeze::train::{self, NoHooks, Run, TrainConfig};
 use squeeze::zoo;
@@ -52,6 +54,17 @@ pub struct DistillArgs {
     /// 0 (default): hints and soft targets jointly.
     #[arg(long, default_value_t = 0, requires = "hints")]
     pub hint_epochs: usize,
+    /// Text teachers: the sentences to distil on (one per line, or both sentences of
+    /// every STS-B pair of a .csv/.tsv); never STS-B dev or test.
+    #[arg(long, default_value = "data/stsb/sts-train.csv")]
+    pub sentences: PathBuf,
+    /// Text teachers: how the student's sentence embedding is compared with the
+    /// teacher's: cosine (1 − cos) or mse.
+    #[arg(long, default_value = "cosine")]
+    pub embedding_loss: String,
+    /// Text teachers: the STS-B pairs the finished student is scored on.
+    #[arg(long, default_value = "data/stsb/sts-dev.csv")]
+    pub eval_pairs: PathBuf,
     #[command(flatten)]
     pub opts: TrainOpts,
     #[command(flatten)]
@@ -59,17 +72,16 @@ pub struct DistillArgs {
 }
 
 /// The student: a saved model when `spec` is a model directory, else a fresh zoo model.
-fn student(a: &DistillArgs) -> Result<Model> {
+pub(crate) fn student(a: &DistillArgs) -> Result<Model> {
     let dir = Path::new(&a.student);
-    if dir.join(checkpoint::GRAPH_FILE).exists() {
+    if dir.is_dir() {
         if a.size.is_set() {
             bail!(
                 "--widths/--depth size a zoo student, not the saved model {}",
                 dir.display()
             );
         }
-        return checkpoint::load(dir)
-            .with_context(|| format!("--student: loading {}", dir.display()));
+        return load_any(dir).with_context(|| format!("--student: loading {}", dir.display()));
     }
     if !zoo::ARCHS.contains(&a.student.as_str()) {
         bail!(
@@ -137,8 +149,11 @@ pub fn run(a: DistillArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let teacher = checkpoint::load(&a.teacher)
+    let teacher = load_any(&a.teacher)
         .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
+    if teacher.graph.is_text() {
+        return crate::distill_text::run(&a, &teacher);
+    }
     let mut model = student(&a)?;
     check_pair(&teacher, &model)?;
     let specs = a

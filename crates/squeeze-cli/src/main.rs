@@ -14,6 +14,7 @@ mod bench_text;
 mod compress;
 mod demo;
 mod distill;
+mod distill_text;
 mod embed;
 mod evaluate;
 mod export;

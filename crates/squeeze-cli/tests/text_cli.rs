@@ -220,3 +220,66 @@ fn export_hf_or_falls_back_to_native_with_a_reason() {
     let (ok, _, err) = export_hf(model.to_str().unwrap(), model.to_str().unwrap(), true);
     assert!(!ok && err.contains("never overwrites"), "{err}");
 }
+
+#[test]
+fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
+    let d = tmp("distill");
+    let teacher = tiny_model(&d, true);
+    let sentences = d.join("sentences.txt");
+    std::fs::write(
+        &sentences,
+        "a man is playing guitar\nthe dog runs\na woman is playing\nthe man runs .\n".repeat(4),
+    )
+    .unwrap();
+    let sts = d.join("sts.csv");
+    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
+    let pairs = line(5.0, "a man is playing", "a man is playing")
+        + &line(0.5, "the dog runs", "a woman is playing guitar")
+        + &line(2.0, "a dog", "the man runs");
+    std::fs::write(&sts, pairs).unwrap();
+    let (t, s, e) = (
+        teacher.to_str().unwrap(),
+        sentences.to_str().unwrap(),
+        sts.to_str().unwrap(),
+    );
+    let out = d.join("student");
+    let o = out.to_str().unwrap();
+    let args = [
+        "distill",
+        "--teacher",
+        t,
+        "--student",
+        t,
+        "--out",
+        o,
+        "--sentences",
+        s,
+        "--eval-pairs",
+        e,
+        "--epochs",
+        "2",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "4",
+    ];
+    let (ok, _, err) = bin(&[&args[..], &["--hint", "a=b"]].concat());
+    assert!(!ok && err.contains("--hint"), "{err}");
+    let (ok, _, err) = bin(&[&args[..], &["--embedding-loss", "l1"]].concat());
+    assert!(!ok && err.contains("--embedding-loss"), "{err}");
+    let mut zoo = args.to_vec();
+    zoo[4] = "vgg";
+    let (ok, _, err) = bin(&zoo);
+    assert!(!ok && err.contains("sentence encoder"), "{err}");
+    let (ok, _, err) = bin(&args);
+    assert!(ok, "{err}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(m["spearman"].is_number(), "{m}");
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("distill.json")).unwrap()).unwrap();
+    assert_eq!(log["history"].as_array().unwrap().len(), 2);
+    assert!(log["distill_wall_s"].as_f64().unwrap() > 0.0);
+}

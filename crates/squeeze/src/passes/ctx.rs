@@ -115,7 +115,8 @@ impl Default for FinetuneConfig {
 }
 
 /// Sentences held out (from the end of the file) to validate text fine-tuning.
-const TEXT_VALID: usize = 500;
+/// Sentences held out to validate a text encoder's fine-tuning.
+pub const TEXT_VALID: usize = 500;
 
 /// Everything a pass may use besides the model.
 pub struct PassCtx {
@@ -335,7 +336,7 @@ fn run_of<'a>(
 /// Sentences of `path` tokenized by `model`'s tokenizer, with `teacher`'s embeddings as
 /// targets if given.
 /// At most `cap` sentences (the first ones) are used.
-fn sentence_set(
+pub fn sentence_set(
     model: &Model,
     path: &Path,
     teacher: Option<&Model>,

@@ -20,7 +20,10 @@ mod share;
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
 pub use config::PassConfig;
-pub use ctx::{read_sentences, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx};
+pub use ctx::{
+    read_sentences, sentence_set, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx,
+    TEXT_VALID,
+};
 pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
