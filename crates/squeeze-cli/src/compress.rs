@@ -20,7 +20,7 @@ pub struct CompressArgs {
     /// Input model directory (never modified): a squeeze checkpoint or a HF BERT directory.
     pub dir: PathBuf,
     /// TOML recipe: `[[passes]]` tables, each with a `type` (fold_batch_norm,
-    /// recalibrate_batch_norm, drop_layers, depthwise_separable, finetune, magnitude, obd,
+    /// recalibrate_batch_norm, drop_layers, narrow, depthwise_separable, finetune, magnitude, obd,
     /// wanda, sparsegpt, share, materialize, quantize), plus optional `[calibration]` and
     /// `[finetune]`.
     #[arg(long)]

@@ -319,3 +319,78 @@ fn depthwise_separable_reproduces_rank1_filters_and_cuts_macs() {
         assert!(e.contains(layer) && e.contains(want), "{e}");
     }
 }
+
+/// Max abs difference of embeddings when only all-zero heads and FFN units are cut.
+const NARROW_TOL: f32 = 1e-5;
+
+#[test]
+fn narrowing_cuts_zero_heads_and_ffn_units_without_changing_the_embeddings() {
+    let shape = BertShape {
+        dropout: 0.0,
+        ..common::bert_shape(8, &[2, 2])
+    };
+    let mut m = bert::random(&shape, 5).unwrap();
+    // zero head 1 (q/k/v rows 4..8, output columns 4..8) and FFN units 8..16 of each layer
+    let zero = |m: &mut Model, name: &str, axis: usize, from: usize| {
+        let t = m.params.get(name).unwrap().clone();
+        let n = t.dim(axis).unwrap();
+        let keep = t.narrow(axis, 0, from).unwrap();
+        let zeros = t
+            .narrow(axis, from, n - from)
+            .unwrap()
+            .zeros_like()
+            .unwrap();
+        m.params.insert(
+            name,
+            candle_core::Tensor::cat(&[&keep, &zeros], axis).unwrap(),
+        );
+    };
+    for l in 0..2 {
+        let p = format!("encoder.layer.{l}");
+        for q in ["query", "key", "value"] {
+            zero(&mut m, &format!("{p}.attention.self.{q}.weight"), 0, 4);
+            zero(&mut m, &format!("{p}.attention.self.{q}.bias"), 0, 4);
+        }
+        zero(&mut m, &format!("{p}.attention.output.dense.weight"), 1, 4);
+        zero(&mut m, &format!("{p}.intermediate.dense.weight"), 0, 8);
+        zero(&mut m, &format!("{p}.intermediate.dense.bias"), 0, 8);
+        zero(&mut m, &format!("{p}.output.dense.weight"), 1, 8);
+    }
+    let r = recipe("[[passes]]\ntype = \"narrow\"\nheads = 1\nintermediate = 8\n");
+    let (out, log) = apply(m.clone(), &r).unwrap();
+    assert_eq!(
+        log[0].details["cuts"].as_array().unwrap().len(),
+        4,
+        "{}",
+        log[0].label
+    );
+    let q = out
+        .params
+        .get("encoder.layer.1.attention.self.query.weight")
+        .unwrap();
+    assert_eq!(q.dims(), [4, 8]);
+    let up = out
+        .params
+        .get("encoder.layer.0.intermediate.dense.weight")
+        .unwrap();
+    assert_eq!(up.dims(), [8, 8]);
+    let ids = candle_core::Tensor::new(&[[2u32, 5, 7, 9], [3, 4, 0, 0]], &candle_core::Device::Cpu)
+        .unwrap();
+    let mask = candle_core::Tensor::new(
+        &[[1f32, 1., 1., 1.], [1., 1., 0., 0.]],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let run = |m: &Model| {
+        squeeze::interp::forward_tokens(&m.graph, &m.params, &ids, &mask, &ForwardOpts::eval())
+            .unwrap()
+            .output
+    };
+    let d = common::max_abs(&run(&m), &run(&out));
+    assert!(d < NARROW_TOL, "embeddings moved by {d}");
+    // options are checked before any pass runs
+    let e = Recipe::parse("[[passes]]\ntype = \"narrow\"\n", Path::new("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("heads") && e.contains("intermediate"), "{e}");
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Calibrated, DepthwiseSeparable, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude,
-    Materialize, Obd, Pass, PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
+    Materialize, Narrow, Obd, Pass, PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
 };
 use crate::error::{Error, Result};
 use crate::kinds::qlinear::ActQuant;
@@ -29,6 +29,14 @@ pub enum PassConfig {
     RecalibrateBatchNorm {},
     /// Remove whole transformer encoder layers (indices), renumbering those left.
     DropLayers { layers: Vec<usize> },
+    /// Narrow a transformer encoder: keep `heads` heads per attention layer and
+    /// `intermediate` hidden units per FFN (largest weight norm).
+    Narrow {
+        #[serde(default)]
+        heads: Option<usize>,
+        #[serde(default)]
+        intermediate: Option<usize>,
+    },
     /// Replace k×k convolutions (default: every one with k > 1, groups 1 and more than one
     /// input channel) by depthwise + pointwise pairs, initialized by per-channel rank-1
     /// factorization.
@@ -203,6 +211,24 @@ impl PassConfig {
             PassConfig::DropLayers { layers } => Box::new(DropLayers {
                 layers: layers.clone(),
             }),
+            PassConfig::Narrow {
+                heads,
+                intermediate,
+            } => {
+                if heads.is_none() && intermediate.is_none()
+                    || *heads == Some(0)
+                    || *intermediate == Some(0)
+                {
+                    return Err(Error::pass(
+                        "narrow",
+                        "set `heads` and/or `intermediate`, each positive",
+                    ));
+                }
+                Box::new(Narrow {
+                    heads: *heads,
+                    intermediate: *intermediate,
+                })
+            }
             PassConfig::DepthwiseSeparable { layers } => Box::new(DepthwiseSeparable {
                 layers: layers.clone(),
             }),

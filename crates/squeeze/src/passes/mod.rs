@@ -12,6 +12,7 @@ mod config;
 mod ctx;
 mod drop_layers;
 mod finetune;
+mod narrow;
 mod prune;
 mod quant;
 mod separable;
@@ -26,6 +27,7 @@ pub use ctx::{
 };
 pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
+pub use narrow::Narrow;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
 pub use quant::{Quantize, Rounding};
 pub use separable::DepthwiseSeparable;
