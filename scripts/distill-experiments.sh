@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Reproduces the student rows of results/distill.json (issue 12): a vgg student about 4×
+# Reproduces the distillation results of issue 12. Images (results/distill.json): a vgg student about 4×
 # smaller than the committed zoo/vgg teacher (widths 16-16-M-32-32-M-60-60-M), trained with
 # the same epochs and seeds (a) from scratch, (b) with Hinton soft targets, (c) with soft
 # targets plus a FitNets hint on the second stage's output; then `squeeze bench distill`
 # collects each run's test accuracy, measures student and teacher cost side by side, and
-# writes results/distill.json. Finished runs are skipped and interrupted ones resumed from
-# their per-epoch checkpoints, so the script can be rerun until it completes.
-#   usage: bash scripts/distill-experiments.sh [train|bench|all]   (EPOCHS, SEEDS from env)
+# writes results/distill.json; the depthwise-separable vgg (recipes/vgg-dwsep.toml) distilled
+# from zoo/vgg is the `dwsep-vgg` row. Text (results/minilm.json): 3-layer students of
+# all-MiniLM-L6-v2 (every other layer; and with half the heads and FFN units) distilled on
+# the STS-B train sentences, then `squeeze bench text` beside the teacher and the peers.
+# Finished runs are skipped and interrupted ones resumed from their per-epoch checkpoints,
+# so the script can be rerun until it completes. PYTHON: as for scripts/quant-experiments.sh.
+#   usage: bash scripts/distill-experiments.sh [train|bench|text|all]   (EPOCHS, SEEDS from env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -32,11 +36,27 @@ if [[ $what == train || $what == all ]]; then
     run "runs/distill/kdh-s$s" distill --teacher zoo/vgg --student vgg "${student[@]}" \
       --seed "$s" --hint "$hint"
   done
+  [[ -f runs/vgg-dwsep-init/model.json ]] ||
+    "$sq" compress zoo/vgg --recipe recipes/vgg-dwsep.toml --out runs/vgg-dwsep-init --rounds 0
+  run runs/vgg-dwsep distill --teacher zoo/vgg --student runs/vgg-dwsep-init --epochs 3
 fi
 if [[ $what == bench || $what == all ]]; then
   dirs() { local d=(); for s in $seeds; do d+=("runs/distill/$1-s$s"); done; local IFS=,; echo "${d[*]}"; }
   "$sq" bench distill --teacher zoo/vgg \
     --variant "student-scratch=$(dirs scratch)" \
     --variant "student-kd=$(dirs kd)" \
-    --variant "student-kd-hints=$(dirs kdh)"
+    --variant "student-kd-hints=$(dirs kdh)" \
+    --variant dwsep-vgg=runs/vgg-dwsep
+fi
+if [[ $what == text || $what == all ]]; then
+  minilm=models/all-MiniLM-L6-v2
+  for s in 3layer 3layer-narrow; do
+    init="runs/minilm-${s/layer/l}-init"
+    [[ -f $init/model.json ]] ||
+      "$sq" compress "$minilm" --recipe "recipes/minilm-$s-init.toml" --out "$init" --rounds 0
+    run "runs/minilm-${s/layer/l}" distill --teacher "$minilm" --student "$init" \
+      --optimizer adamw --lr 2e-4 --weight-decay 0.01 --epochs 3 --batch-size 32
+  done
+  "$sq" bench text --python "${PYTHON:-python3}" \
+    --variant distilled-3layer=runs/minilm-3l --variant distilled-3layer-narrow=runs/minilm-3l-narrow
 fi

@@ -124,6 +124,10 @@ pub fn run(a: TextArgs) -> Result<()> {
             "throughput_ratio_vs_ort_int8": ort8_thr.map(|p| thr / p),
             "latency_ratio_vs_ort_f32": ort_lat.map(|p| lat / p),
             "latency_ratio_vs_f32": (i > 0).then(|| lat / base_lat),
+            // a distilled student: its teacher (--model) timed in this run, and the
+            // distillation's wall time from the student's distill.json
+            "teacher_latency_ms_b1": (i > 0).then_some(base_lat),
+            "distill_wall_s": distill_wall_s(&dirs[i].1),
             "cosine_to_f32": (i > 0).then(|| mean_cosine(&base, &m.embeddings)),
             "threads": crate::bench::threads(),
             "sentences": texts.len(),
@@ -261,4 +265,10 @@ pub(crate) fn python(py: &str, script: &std::path::Path, args: &[String]) -> Res
     let last = text.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .with_context(|| format!("{} printed no JSON: {text}", script.display()))
+}
+
+/// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.
+fn distill_wall_s(dir: &std::path::Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("distill.json")).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["distill_wall_s"].as_f64()
 }
