@@ -48,6 +48,9 @@ pub enum BenchWhat {
     /// Students (one directory per seed and recipe) against their teacher: mean test
     /// accuracy, params, FLOPs, latency and throughput side by side → results/distill.json.
     Distill(crate::bench_distill::DistillBenchArgs),
+    /// One distillation step of a sentence-encoder student (batch of real sentences) in
+    /// squeeze vs PyTorch → one key of results/distill.json.
+    TrainText(crate::bench_train_text::TrainTextArgs),
 }
 
 #[derive(Args)]
@@ -78,6 +81,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Kernels(k) => crate::bench_kernels::run(k),
         BenchWhat::Quant(q) => crate::bench_quant::run(q),
         BenchWhat::Distill(d) => crate::bench_distill::run(d),
+        BenchWhat::TrainText(t) => crate::bench_train_text::run(t),
     }
 }
 

@@ -11,6 +11,7 @@ mod bench_kernels;
 mod bench_quant;
 mod bench_sparse;
 mod bench_text;
+mod bench_train_text;
 mod compress;
 mod demo;
 mod distill;
