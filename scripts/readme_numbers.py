@@ -254,8 +254,46 @@ def quant():
     return text
 
 
+def distill():
+    d = load("distill")
+    rows = []
+    names = {"student-scratch": "vgg student, from scratch", "student-kd": "vgg student, KD",
+             "student-kd-hints": "vgg student, KD + hint", "dwsep-vgg": "depthwise-separable vgg, KD"}
+    for key, label in names.items():
+        if key not in d:
+            continue
+        e = d[key]
+        seeds = ", ".join(f"{a:.2f}" for a in e["accuracy_per_seed"])
+        rows.append([label, f"{e['accuracy_mean']:.2f}% ({seeds})", f"{e['teacher_accuracy']:.2f}%",
+                     f"{e['params']:,} / {e['teacher_params']:,}",
+                     f"{e['flops'] / 1e6:.1f} / {e['teacher_flops'] / 1e6:.1f}",
+                     f"{e['latency_ms_b1']:.3f} / {e['teacher_latency_ms_b1']:.3f}",
+                     f"{e['throughput_b256']:,.0f} / {e['teacher_throughput_b256']:,.0f}"])
+    out = table(["student", "test accuracy, mean (per seed)", "teacher", "params (student / teacher)",
+                 "MFLOPs", "batch-1 ms", "batch-256 img/s"], rows)
+    m = load("minilm")
+    text = []
+    for key, label in [("distilled-3layer", "3 layers"), ("distilled-3layer-narrow", "3 layers, 6 heads, FFN 768")]:
+        if key in m:
+            e = m[key]
+            text.append([label, f"{e['spearman']:.2f}", f"{m['f32']['spearman']:.2f}",
+                         f"{e['spearman'] / m['f32']['spearman'] * 100:.1f}%",
+                         f"{e['latency_ms_b1']:.2f} / {e['teacher_latency_ms_b1']:.2f}",
+                         f"{e['distill_wall_s']:.0f}"])
+    if text:
+        out += "\n\n" + table(["all-MiniLM-L6-v2 student", "STS-B dev", "teacher", "of teacher",
+                                "batch-1 ms (student / teacher)", "distillation wall s"], text)
+    if "train-text-speed" in d:
+        t = d["train-text-speed"]
+        out += (f"\n\nOne distillation step of the 3-layer student (batch {t['batch']}, {t['tokens']} tokens): "
+                f"squeeze {t['squeeze_ms_per_step']:.0f} ms, PyTorch {t['pytorch_ms_per_step']:.0f} ms "
+                f"(ratio {t['ratio']:.2f}; `{t['command']}`).")
+    return out
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
-          "passes": passes, "demo": demo, "prune": prune, "quant": quant}
+          "passes": passes, "demo": demo, "prune": prune, "quant": quant,
+          "distill": distill}
 
 
 def render(text):
