@@ -22,17 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import transformers
 
-
-def sentences(path, n):
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            c = line.rstrip("\n").split("\t")
-            if len(c) >= 7:
-                out += [c[5], c[6]]
-            if len(out) >= n:
-                break
-    return out[:n]
+from minilm_peer import sentences  # both sentences of every STS-B pair, in file order
 
 
 def main():
@@ -48,7 +38,7 @@ def main():
     tok = transformers.AutoTokenizer.from_pretrained(a.model)
     model = transformers.AutoModel.from_pretrained(a.model)
     model.train()
-    enc = tok(sentences(a.sts, a.batch), padding=True, truncation=True, return_tensors="pt")
+    enc = tok(sentences(a.sts)[:a.batch], padding=True, truncation=True, return_tensors="pt")
     target = torch.nn.functional.normalize(torch.randn(a.batch, model.config.hidden_size), dim=-1)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01)
     mask = enc["attention_mask"].unsqueeze(-1).float()

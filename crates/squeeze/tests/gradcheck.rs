@@ -158,25 +158,24 @@ fn f32r(shape: &[usize], seed: u64) -> Tensor {
     rand(shape, seed).to_dtype(DType::F32).unwrap()
 }
 
-#[test]
-fn fast_conv_matches_candle_conv_forward_and_backward() {
-    // candle's own conv backward fails when a strided output does not tile the input
-    // exactly (e.g. 9×8, stride 2: "shape mismatch in add"), so the reference comparison
-    // uses even sizes there; the f64 gradient check above covers the odd case.
-    for (stride, pad, k, h) in [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (2, 0, 1, 8)] {
-        // 16 images: each worker reuses its column buffers across several images
-        let x = Var::from_tensor(&f32r(&[16, 4, h, 8], 20)).unwrap();
-        let w = Var::from_tensor(&f32r(&[5, 4, k, k], 21)).unwrap();
-        let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, 1).unwrap();
+/// conv::conv2d against candle's own conv2d (forward and both gradients) on x [n, c, h, 8]
+/// and w [co, c/groups, k, k], for each (stride, pad, k, h).
+fn matches_candle_conv(
+    (n, c, co, groups): (usize, usize, usize, usize),
+    cases: &[(usize, usize, usize, usize)],
+    seed: u64,
+) {
+    for &(stride, pad, k, h) in cases {
+        let x = Var::from_tensor(&f32r(&[n, c, h, 8], seed)).unwrap();
+        let w = Var::from_tensor(&f32r(&[co, c / groups, k, k], seed + 1)).unwrap();
+        let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, groups).unwrap();
         let refr = x
             .as_tensor()
-            .conv2d(w.as_tensor(), pad, stride, 1, 1)
+            .conv2d(w.as_tensor(), pad, stride, 1, groups)
             .unwrap();
-        assert!(
-            max_abs(&fast, &refr) < KERNEL_TOL,
-            "forward s{stride} p{pad} k{k}"
-        );
-        let r = f32r(fast.dims(), 22);
+        let case = format!("groups {groups} s{stride} p{pad} k{k}");
+        assert!(max_abs(&fast, &refr) < KERNEL_TOL, "forward {case}");
+        let r = f32r(fast.dims(), seed + 2);
         let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w] {
@@ -184,37 +183,25 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
                 gf.get(v.as_tensor()).unwrap(),
                 gr.get(v.as_tensor()).unwrap(),
             );
-            assert!(d < KERNEL_TOL, "backward s{stride} p{pad} k{k}: {d}");
+            assert!(d < KERNEL_TOL, "backward {case}: {d}");
         }
     }
 }
 
 #[test]
+fn fast_conv_matches_candle_conv_forward_and_backward() {
+    // candle's own conv backward fails when a strided output does not tile the input
+    // exactly (e.g. 9×8, stride 2: "shape mismatch in add"), so the reference comparison
+    // uses even sizes there; the f64 gradient check above covers the odd case.
+    // 16 images: each worker reuses its column buffers across several images
+    let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (2, 0, 1, 8)];
+    matches_candle_conv((16, 4, 5, 1), &cases, 20);
+}
+
+#[test]
 fn depthwise_kernel_matches_candle_grouped_conv_forward_and_backward() {
-    // even sizes at stride 2: candle's grouped backward needs outputs that tile the input
-    for (stride, pad, k, h) in [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (1, 0, 1, 8)] {
-        let x = Var::from_tensor(&f32r(&[5, 6, h, 8], 30)).unwrap();
-        let w = Var::from_tensor(&f32r(&[6, 1, k, k], 31)).unwrap();
-        let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, 6).unwrap();
-        let refr = x
-            .as_tensor()
-            .conv2d(w.as_tensor(), pad, stride, 1, 6)
-            .unwrap();
-        assert!(
-            max_abs(&fast, &refr) < KERNEL_TOL,
-            "forward s{stride} p{pad} k{k}"
-        );
-        let r = f32r(fast.dims(), 32);
-        let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &w] {
-            let d = max_abs(
-                gf.get(v.as_tensor()).unwrap(),
-                gr.get(v.as_tensor()).unwrap(),
-            );
-            assert!(d < KERNEL_TOL, "backward s{stride} p{pad} k{k}: {d}");
-        }
-    }
+    let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (1, 0, 1, 8)];
+    matches_candle_conv((5, 6, 6, 6), &cases, 30);
 }
 
 #[test]

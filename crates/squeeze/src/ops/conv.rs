@@ -274,21 +274,35 @@ impl CustomOp2 for Conv2d {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geo::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        let msg = |e: crate::Error| candle_core::Error::Msg(e.to_string());
-        let (dx, dw) = match x.dtype() {
-            DType::F32 => bwd_typed::<f32>(&g, x, w, dy).map_err(msg)?,
-            _ => bwd_typed::<f64>(&g, x, w, dy).map_err(msg)?,
-        };
-        Ok((dx, Some(dw)))
+        grads(&g, (x, w, dy), backward::<f32>, backward::<f64>)
     }
 }
 
-/// Gradients; dx is skipped (None) when the input is not tracked (e.g. the data batch).
+/// A convolution's backward kernel: (x, w, dY, whether dX is needed) → (dX, dW).
+pub(super) type Backward<T> = fn(&Geo, &[T], &[T], &[T], bool) -> (Vec<T>, Vec<T>);
+
+/// The gradients of x and w through the kernel of `x`'s dtype (f32, or f64 for gradient
+/// checks); dX is skipped (None) when x is not tracked (e.g. the data batch).
+pub(super) fn grads(
+    g: &Geo,
+    (x, w, dy): (&Tensor, &Tensor, &Tensor),
+    b32: Backward<f32>,
+    b64: Backward<f64>,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let msg = |e: crate::Error| candle_core::Error::Msg(e.to_string());
+    let (dx, dw) = match x.dtype() {
+        DType::F32 => bwd_typed(g, x, w, dy, b32).map_err(msg)?,
+        _ => bwd_typed(g, x, w, dy, b64).map_err(msg)?,
+    };
+    Ok((dx, Some(dw)))
+}
+
 fn bwd_typed<T: Elem>(
     g: &Geo,
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
+    backward: Backward<T>,
 ) -> Result<(Option<Tensor>, Tensor)> {
     let need_dx = x.track_op();
     let (dx, dw) = with_cpu::<T, _>(x, |xs| {

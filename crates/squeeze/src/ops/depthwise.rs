@@ -10,8 +10,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{for_each_run, Elem, Geo};
-use super::{slice_of, with_cpu};
+use super::conv::{for_each_run, grads, Elem, Geo};
+use super::slice_of;
 use crate::error::Result;
 
 /// The geometry of one channel plane (C = Co = 1) of a depthwise convolution.
@@ -129,34 +129,8 @@ impl CustomOp2 for Depthwise {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = plane_geo(x.dims(), w.dims(), self.stride, self.pad)?;
-        let msg = |e: crate::Error| candle_core::Error::Msg(e.to_string());
-        let (dx, dw) = match x.dtype() {
-            DType::F32 => bwd_typed::<f32>(&g, x, w, dy).map_err(msg)?,
-            _ => bwd_typed::<f64>(&g, x, w, dy).map_err(msg)?,
-        };
-        Ok((dx, Some(dw)))
+        grads(&g, (x, w, dy), backward::<f32>, backward::<f64>)
     }
-}
-
-/// Gradients; dx is skipped (None) when the input is not tracked (e.g. the data batch).
-fn bwd_typed<T: Elem>(
-    g: &Geo,
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-) -> Result<(Option<Tensor>, Tensor)> {
-    let need_dx = x.track_op();
-    let (dx, dw) = with_cpu::<T, _>(x, |xs| {
-        with_cpu::<T, _>(w, |ws| {
-            with_cpu::<T, _>(dy, |dys| backward(g, xs, ws, dys, need_dx))
-        })
-    })???;
-    let dx = if need_dx {
-        Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-    } else {
-        None
-    };
-    Ok((dx, Tensor::from_vec(dw, w.shape(), w.device())?))
 }
 
 /// Depthwise convolution of x [N, C, H, W] with w [C, 1, k, k] (no bias).
