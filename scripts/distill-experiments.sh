@@ -39,6 +39,10 @@ if [[ $what == train || $what == all ]]; then
   [[ -f runs/vgg-dwsep-init/model.json ]] ||
     "$sq" compress zoo/vgg --recipe recipes/vgg-dwsep.toml --out runs/vgg-dwsep-init --rounds 0
   run runs/vgg-dwsep distill --teacher zoo/vgg --student runs/vgg-dwsep-init --epochs 3
+  # then a warm restart to 5 epochs, as measured
+  grep -q '"epochs": 5' runs/vgg-dwsep/distill.json ||
+    "$sq" distill --teacher zoo/vgg --student runs/vgg-dwsep-init --out runs/vgg-dwsep \
+      --epochs 5 --resume > runs/vgg-dwsep-resume.log 2>&1
 fi
 if [[ $what == bench || $what == all ]]; then
   dirs() { local d=(); for s in $seeds; do d+=("runs/distill/$1-s$s"); done; local IFS=,; echo "${d[*]}"; }
