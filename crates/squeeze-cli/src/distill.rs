@@ -114,14 +114,8 @@ fn check_pair(teacher: &Model, student: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Whether the training stage checkpointed in `out` has finished its `epochs`.
-fn stage_done(out: &Path, epochs: usize) -> bool {
-    let state = train::checkpoint_dir(out).join("state.json");
-    std::fs::read_to_string(state)
-        .ok()
-        .and_then(|s| serde_json::from_str::<train::TrainState>(&s).ok())
-        .is_some_and(|s| s.epochs_done >= epochs)
-}
+/// Where stage-wise FitNets training checkpoints its hint stage, inside `--out`.
+const HINT_STAGE: &str = "hints-stage";
 
 fn same_dir(a: &Path, b: &Path) -> bool {
     a.canonicalize()
@@ -142,8 +136,8 @@ pub fn run(a: DistillArgs) -> Result<()> {
         );
     }
     a.opts.check_out(&a.out)?;
-    let saved = |d: &Path| train::checkpoint_dir(d).join("state.json").exists();
-    if a.opts.resume && !saved(&a.out) && !saved(&a.out.join("hints-stage")) {
+    let saved = |d: &Path| train::saved_state(d).is_some();
+    if a.opts.resume && !saved(&a.out) && !saved(&a.out.join(HINT_STAGE)) {
         bail!(
             "--resume: {} holds no checkpoint to continue",
             a.out.display()
@@ -187,7 +181,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
             cfg,
             out,
             // a stage resumes from its own checkpoint once it has one
-            resume: a.opts.resume && train::checkpoint_dir(out).join("state.json").exists(),
+            resume: a.opts.resume && train::saved_state(out).is_some(),
         };
         train::fit(model, &run, &mut NoHooks)
             .with_context(|| format!("distilling into {}", out.display()))
@@ -195,7 +189,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
     let mut history = Vec::new();
     let mut soft_hints = hints.clone();
     if a.hint_epochs > 0 {
-        let stage1 = a.out.join("hints-stage");
+        let stage1 = a.out.join(HINT_STAGE);
         let cfg1 = TrainConfig {
             epochs: a.hint_epochs,
             ..cfg.clone()
@@ -205,7 +199,8 @@ pub fn run(a: DistillArgs) -> Result<()> {
             soft: None,
             hints: hints.clone(),
         };
-        if stage_done(&stage1, a.hint_epochs) {
+        let done = train::saved_state(&stage1).is_some_and(|s| s.epochs_done >= a.hint_epochs);
+        if done {
             model = checkpoint::load(&train::checkpoint_dir(&stage1))?;
         } else {
             history.extend(train(&mut model, &hints_only, &cfg1, &stage1)?);

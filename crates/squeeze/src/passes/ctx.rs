@@ -115,7 +115,6 @@ impl Default for FinetuneConfig {
 }
 
 /// Sentences held out (from the end of the file) to validate text fine-tuning.
-/// Sentences held out to validate a text encoder's fine-tuning.
 pub const TEXT_VALID: usize = 500;
 
 /// Everything a pass may use besides the model.

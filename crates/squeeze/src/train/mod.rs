@@ -100,6 +100,12 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
+/// The training state saved in `out`'s per-epoch checkpoint, if there is a readable one.
+pub fn saved_state(out: &Path) -> Option<TrainState> {
+    let text = std::fs::read_to_string(checkpoint_dir(out).join(STATE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Names of weights that take weight decay (their kinds say which).
 fn decay_names(model: &Model) -> HashSet<String> {
     crate::params::decay_names(&model.graph)
