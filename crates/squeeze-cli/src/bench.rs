@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use serde_json::Value;
 use squeeze::data::FashionMnist;
 use squeeze::eval::{median_time, speed};
 use squeeze::train::{prepare, train_step, Batch, CrossEntropy, NoHooks, OptimizerConfig};
@@ -172,6 +173,23 @@ fn infer_bench(c: Common) -> Result<()> {
     write_json(&c.out, &out)?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Sets `entries` in the JSON object of results file `path`, keeping its other keys (a
+/// missing file starts empty), and writes it atomically.
+pub fn merge_results(
+    path: &std::path::Path,
+    entries: &serde_json::Map<String, Value>,
+) -> Result<()> {
+    let mut all: Value = match std::fs::read_to_string(path) {
+        Ok(s) => serde_json::from_str(&s)
+            .with_context(|| format!("{}: existing results are not JSON", path.display()))?,
+        Err(_) => serde_json::json!({}),
+    };
+    for (k, v) in entries {
+        all[k] = v.clone();
+    }
+    write_json(path, &all)
 }
 
 pub fn threads() -> usize {

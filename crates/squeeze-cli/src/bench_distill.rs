@@ -15,7 +15,7 @@ use squeeze::checkpoint::{self, Model};
 use squeeze::data::FashionMnist;
 use squeeze::eval::{accuracy, image_speeds, static_cost};
 
-use crate::{write_json, DataArg};
+use crate::DataArg;
 
 #[derive(Args)]
 pub struct DistillBenchArgs {
@@ -112,49 +112,43 @@ pub fn run(a: DistillBenchArgs) -> Result<()> {
         .iter()
         .position(|v| v.key == "student-scratch")
         .map(|i| mean(&per_seed[i]));
-    let mut all: Value = match std::fs::read_to_string(&a.out) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
-        Err(_) => json!({}),
-    };
+    let mut shown = serde_json::Map::new();
     for (i, v) in variants.iter().enumerate() {
         let c = static_cost(&v.models[0])?;
         let m = mean(&per_seed[i]);
         let (st, tt) = (&t[i + 1], &t[0]);
-        all[&v.key] = json!({
-            "accuracy_mean": m,
-            "accuracy_per_seed": per_seed[i],
-            "vs_scratch_pt": scratch.filter(|_| v.key != "student-scratch").map(|s| m - s),
-            "teacher_accuracy": teacher_acc,
-            "params": c.params,
-            "teacher_params": tc.params,
-            "flops": c.flops,
-            "teacher_flops": tc.flops,
-            "latency_ms_b1": st.latency_ms_b1.median,
-            "teacher_latency_ms_b1": tt.latency_ms_b1.median,
-            "throughput_b256": st.throughput.median,
-            "teacher_throughput_b256": tt.throughput.median,
-            // the same numbers under the names of a compressed-vs-original entry
-            "accuracy": m,
-            "baseline": teacher_acc,
-            "baseline_flops": tc.flops,
-            "baseline_latency_ms_b1": tt.latency_ms_b1.median,
-            "baseline_throughput_b256": tt.throughput.median,
-            "timing": tt.method,
-            "runs": v.dirs,
-            "made_by": v.dirs.iter().map(|d| made_by(d)).collect::<Vec<_>>(),
-            "teacher": a.teacher,
-            "threads": crate::bench::threads(),
-            "cpu": squeeze::isa::cpu_name(),
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-        });
+        shown.insert(
+            v.key.clone(),
+            json!({
+                "accuracy_mean": m,
+                "accuracy_per_seed": per_seed[i],
+                "vs_scratch_pt": scratch.filter(|_| v.key != "student-scratch").map(|s| m - s),
+                "teacher_accuracy": teacher_acc,
+                "params": c.params,
+                "teacher_params": tc.params,
+                "flops": c.flops,
+                "teacher_flops": tc.flops,
+                "latency_ms_b1": st.latency_ms_b1.median,
+                "teacher_latency_ms_b1": tt.latency_ms_b1.median,
+                "throughput_b256": st.throughput.median,
+                "teacher_throughput_b256": tt.throughput.median,
+                // the same numbers under the names of a compressed-vs-original entry
+                "accuracy": m,
+                "baseline": teacher_acc,
+                "baseline_flops": tc.flops,
+                "baseline_latency_ms_b1": tt.latency_ms_b1.median,
+                "baseline_throughput_b256": tt.throughput.median,
+                "timing": tt.method,
+                "runs": v.dirs,
+                "made_by": v.dirs.iter().map(|d| made_by(d)).collect::<Vec<_>>(),
+                "teacher": a.teacher,
+                "threads": crate::bench::threads(),
+                "cpu": squeeze::isa::cpu_name(),
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+            }),
+        );
     }
-    write_json(&a.out, &all)?;
-    let keys: Vec<&str> = variants.iter().map(|v| v.key.as_str()).collect();
-    let shown: serde_json::Map<String, Value> = keys
-        .iter()
-        .map(|k| (k.to_string(), all[*k].clone()))
-        .collect();
+    crate::bench::merge_results(&a.out, &shown)?;
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use squeeze::checkpoint::size_on_disk;
 use squeeze::data::FashionMnist;
 use squeeze::eval::{accuracy, image_speeds};
 use squeeze::formats::load_any;
 
-use crate::{write_json, DataArg};
+use crate::DataArg;
 
 #[derive(Args)]
 pub struct QuantArgs {
@@ -105,13 +105,8 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "made_by": a.made_by,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
-    let mut all: Value = match std::fs::read_to_string(&a.out) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
-        Err(_) => json!({}),
-    };
-    all[&a.key] = entry;
-    write_json(&a.out, &all)?;
-    println!("{}", serde_json::to_string_pretty(&all[&a.key])?);
+    let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
+    crate::bench::merge_results(&a.out, &entries)?;
+    println!("{}", serde_json::to_string_pretty(&entries[&a.key])?);
     Ok(())
 }

@@ -20,8 +20,6 @@ use squeeze::eval::static_cost;
 use squeeze::formats::load_any;
 use squeeze::text::{stsb, stsb_scores, Encoder};
 
-use crate::write_json;
-
 #[derive(Args)]
 pub struct TextArgs {
     /// Text encoder directory (the baseline of the variants).
@@ -96,11 +94,7 @@ pub fn run(a: TextArgs) -> Result<()> {
     let (peer, reference) = peers(&a)?;
     let get = |v: &Option<Value>, k: &str| v.as_ref().and_then(|p| p[k].as_f64());
     let base = measured[0].embeddings.clone();
-    let mut all: Value = match std::fs::read_to_string(&a.out) {
-        Ok(t) => serde_json::from_str(&t)
-            .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
-        Err(_) => json!({}),
-    };
+    let mut shown = serde_json::Map::new();
     let base_lat = speeds[0].latency_ms_b1.median;
     for (i, (m, t)) in measured.into_iter().zip(&speeds).enumerate() {
         let (lat, thr) = (t.latency_ms_b1.median, t.throughput.median);
@@ -141,14 +135,9 @@ pub fn run(a: TextArgs) -> Result<()> {
             "{}: Spearman {:.2}, {lat:.2} ms at batch 1, {thr:.0} sentences/s at batch 32",
             m.key, e["spearman"]
         );
-        all[&m.key] = e;
+        shown.insert(m.key.clone(), e);
     }
-    write_json(&a.out, &all)?;
-    let keys: Vec<&String> = dirs.iter().map(|(k, _)| k).collect();
-    let shown: serde_json::Map<String, Value> = keys
-        .iter()
-        .map(|k| ((*k).clone(), all[k.as_str()].clone()))
-        .collect();
+    crate::bench::merge_results(&a.out, &shown)?;
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }

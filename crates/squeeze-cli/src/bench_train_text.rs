@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use squeeze::eval::median_time;
 use squeeze::formats::{hf_bert, load_any};
 use squeeze::passes::read_sentences;
@@ -18,8 +18,6 @@ use squeeze::text::{pad_batch, Encoder};
 use squeeze::train::{
     prepare, train_step, Batch, EmbeddingLoss, EmbeddingTarget, NoHooks, OptimizerConfig,
 };
-
-use crate::write_json;
 
 #[derive(Args)]
 pub struct TrainTextArgs {
@@ -155,13 +153,8 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
         "peer": peer,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
-    let mut results: Value = match std::fs::read_to_string(&a.out) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{}: existing results are not JSON", a.out.display()))?,
-        Err(_) => json!({}),
-    };
-    results[&a.key] = entry;
-    write_json(&a.out, &results)?;
-    println!("{}", serde_json::to_string_pretty(&results[&a.key])?);
+    let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
+    crate::bench::merge_results(&a.out, &entries)?;
+    println!("{}", serde_json::to_string_pretty(&entries[&a.key])?);
     Ok(())
 }
