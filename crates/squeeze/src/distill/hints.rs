@@ -105,27 +105,26 @@ pub fn add_regressors(
         let s = shape_of(student, &spec.student, "student")?;
         let t = shape_of(teacher, &spec.teacher, "teacher")?;
         let op = regressor_op(&s, &t, spec)?;
-        let (cin, cout) = (s[0], t[0]);
         let name = format!("hint{i}_regressor");
         if student.graph.node(&name).is_some() {
             return Err(Error::Train(format!(
                 "the student already has a node `{name}`"
             )));
         }
-        let wshape: Vec<usize> = match op {
-            Op::Conv2d(_) => vec![cout, cin, 1, 1],
-            _ => vec![cout, cin],
-        };
-        let w = crate::zoo::normal(&mut rng, cout * cin, (2.0 / cin as f64).sqrt());
-        let p = &mut student.params;
-        p.insert(
-            format!("{name}.weight"),
-            Tensor::from_vec(w, wshape, &Device::Cpu)?,
-        );
-        p.insert(
-            format!("{name}.bias"),
-            Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu)?,
-        );
+        // the kind's own tensor specs give the shapes: He-normal weight, zero bias
+        for t in op.def().tensors() {
+            let n: usize = t.logical.iter().product();
+            let v = if t.suffix == "weight" {
+                let fan_in = n / t.logical[0];
+                crate::zoo::normal(&mut rng, n, (2.0 / fan_in as f64).sqrt())
+            } else {
+                vec![0.0; n]
+            };
+            let key = format!("{name}.{}", t.suffix);
+            student
+                .params
+                .insert(key, Tensor::from_vec(v, t.logical, &Device::Cpu)?);
+        }
         let output = student.graph.output.clone();
         student.graph.push(&name, op, &[spec.student.as_str()]);
         student.graph.output = output; // the regressor is a side branch
@@ -143,16 +142,21 @@ pub fn add_regressors(
 /// Removes the hints' regressor nodes and their tensors from a trained student.
 pub fn strip_regressors(student: &mut Model, hints: &[Hint]) -> Result<()> {
     for h in hints {
-        if student.graph.consumers(&h.regressor).is_empty() && student.graph.output != h.regressor {
-            student.graph.nodes.retain(|n| n.name != h.regressor);
-            for t in ["weight", "bias"] {
-                student.params.remove(&format!("{}.{t}", h.regressor));
-            }
-        } else {
+        if !student.graph.consumers(&h.regressor).is_empty() || student.graph.output == h.regressor
+        {
             return Err(Error::Train(format!(
                 "`{}` feeds the model; it is not a hint regressor",
                 h.regressor
             )));
+        }
+        let Some(i) = student.graph.index_of(&h.regressor) else {
+            continue;
+        };
+        let node = student.graph.nodes.remove(i);
+        for t in node.op.def().tensors() {
+            student
+                .params
+                .remove(&format!("{}.{}", node.name, t.suffix));
         }
     }
     student.graph.validate()?;
