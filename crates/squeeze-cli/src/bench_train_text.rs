@@ -61,14 +61,9 @@ fn ours(model: &squeeze::Model, texts: &[&str], steps: usize) -> Result<(f64, us
     let seqs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
     let (ids_t, mask) = pad_batch(&seqs)?;
     let tokens = seqs.iter().map(|s| s.len()).sum();
-    let probe = squeeze::interp::forward_tokens(
-        &model.graph,
-        &model.params,
-        &ids_t,
-        &mask,
-        &squeeze::interp::ForwardOpts::eval(),
-    )?;
-    let d = probe.output.dim(D::Minus1)?;
+    // the embedding width, from the graph's shapes
+    let shapes = squeeze::graph::infer_shapes(&model.graph)?;
+    let d = *shapes[&model.graph.output].last().unwrap_or(&1);
     let t = Tensor::randn(0f32, 1.0, (texts.len(), d), &Device::Cpu)?;
     let t = t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
     let batch = Batch::Tokens {
