@@ -216,11 +216,11 @@ pub fn run(a: DistillArgs) -> Result<()> {
     history.extend(train(&mut model, &objective, &cfg, &a.out)?);
     distill::strip_regressors(&mut model, &soft_hints)?;
     checkpoint::save(&model, &a.out)?;
-    let mut metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
-    metrics.measured = Some(squeeze::eval::Measured::now());
-    write_json(
-        &a.out.join("distill.json"),
-        &serde_json::json!({
+    let metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
+    write_outputs(
+        &a.out,
+        metrics,
+        serde_json::json!({
             "teacher": a.teacher,
             "student": a.student,
             "zoo": a.size.zoo(),
@@ -230,10 +230,22 @@ pub fn run(a: DistillArgs) -> Result<()> {
             "hint_epochs": a.hint_epochs,
             "config": cfg,
             "history": history,
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
         }),
-    )?;
-    write_json(&a.out.join("metrics.json"), &metrics)?;
+    )
+}
+
+/// Writes a distilled student's run log (`distill.json`, with the command line added) and
+/// its metrics (`metrics.json`, stamped with when and where they were measured), and
+/// prints the metrics.
+pub(crate) fn write_outputs(
+    out: &Path,
+    mut metrics: squeeze::eval::Metrics,
+    mut log: serde_json::Value,
+) -> Result<()> {
+    metrics.measured = Some(squeeze::eval::Measured::now());
+    log["command"] = std::env::args().collect::<Vec<_>>().join(" ").into();
+    write_json(&out.join("distill.json"), &log)?;
+    write_json(&out.join("metrics.json"), &metrics)?;
     println!("{}", serde_json::to_string_pretty(&metrics)?);
     Ok(())
 }

@@ -13,9 +13,8 @@ use squeeze::passes::{sentence_set, TEXT_VALID};
 use squeeze::text::stsb;
 use squeeze::train::{self, EmbeddingLoss, EmbeddingTarget, NoHooks, Run};
 
-use crate::distill::{student, DistillArgs};
+use crate::distill::{student, write_outputs, DistillArgs};
 use crate::train::config;
-use crate::write_json;
 
 fn embedding_loss(name: &str) -> Result<EmbeddingLoss> {
     Ok(match name {
@@ -34,6 +33,9 @@ pub fn run(a: &DistillArgs, teacher: &Model) -> Result<()> {
         bail!("--hint: hints are for image classifiers; a sentence encoder distils on embeddings");
     }
     let objective = EmbeddingTarget(embedding_loss(&a.embedding_loss)?);
+    // read before training, so a bad file fails now rather than after the run
+    let pairs = stsb::read(&a.eval_pairs)
+        .with_context(|| format!("--eval-pairs {}", a.eval_pairs.display()))?;
     let mut cfg = config(&a.opts, &model.graph.arch)?;
     cfg.augment_pad = 0; // sentences are not augmented
     let cap = cfg.limit_train.map(|l| l + TEXT_VALID);
@@ -64,14 +66,12 @@ pub fn run(a: &DistillArgs, teacher: &Model) -> Result<()> {
     let history = train::fit(&mut model, &run, &mut NoHooks)
         .with_context(|| format!("distilling into {}", a.out.display()))?;
     checkpoint::save(&model, &a.out)?;
-    let pairs = stsb::read(&a.eval_pairs)
-        .with_context(|| format!("--eval-pairs {}", a.eval_pairs.display()))?;
-    let mut metrics = squeeze::eval::evaluate_text(&a.out, &model, &pairs, true, 200)?;
-    metrics.measured = Some(squeeze::eval::Measured::now());
+    let metrics = squeeze::eval::evaluate_text(&a.out, &model, &pairs, true, 200)?;
     let wall: f64 = history.iter().map(|e| e.seconds).sum();
-    write_json(
-        &a.out.join("distill.json"),
-        &serde_json::json!({
+    write_outputs(
+        &a.out,
+        metrics,
+        serde_json::json!({
             "teacher": a.teacher,
             "student": a.student,
             "sentences": a.sentences,
@@ -79,10 +79,6 @@ pub fn run(a: &DistillArgs, teacher: &Model) -> Result<()> {
             "config": cfg,
             "history": history,
             "distill_wall_s": wall,
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
         }),
-    )?;
-    write_json(&a.out.join("metrics.json"), &metrics)?;
-    println!("{}", serde_json::to_string_pretty(&metrics)?);
-    Ok(())
+    )
 }
