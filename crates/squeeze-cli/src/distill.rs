@@ -199,11 +199,13 @@ pub fn run(a: DistillArgs) -> Result<()> {
             soft: None,
             hints: hints.clone(),
         };
-        let done = train::saved_state(&stage1).is_some_and(|s| s.epochs_done >= a.hint_epochs);
-        if done {
-            model = checkpoint::load(&train::checkpoint_dir(&stage1))?;
-        } else {
-            history.extend(train(&mut model, &hints_only, &cfg1, &stage1)?);
+        // a finished hint stage is loaded (its log with it), not run again
+        match train::saved_state(&stage1).filter(|s| s.epochs_done >= a.hint_epochs) {
+            Some(done) => {
+                model = checkpoint::load(&train::checkpoint_dir(&stage1))?;
+                history.extend(done.history);
+            }
+            None => history.extend(train(&mut model, &hints_only, &cfg1, &stage1)?),
         }
         distill::strip_regressors(&mut model, &hints)?;
         soft_hints.clear();
