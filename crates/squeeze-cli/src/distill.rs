@@ -25,7 +25,7 @@ pub struct DistillArgs {
     /// The trained teacher's model directory (never written).
     #[arg(long, value_name = "DIR")]
     pub teacher: PathBuf,
-    /// The student: a zoo architecture (mlp, lenet5, vgg, resnet, densenet, cnn; sized by
+    /// The student: a zoo architecture (mlp, lenet5, vgg, resnet, densenet, densenet-bc, cnn; sized by
     /// --widths/--depth) or a saved model directory.
     #[arg(long, value_name = "ARCH|DIR")]
     pub student: String,

@@ -15,7 +15,7 @@ use crate::{write_json, DataArg};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Architecture: mlp, lenet5, vgg, resnet, densenet, cnn.
+    /// Architecture: mlp, lenet5, vgg, resnet, densenet, densenet-bc, cnn.
     #[arg(long)]
     pub arch: String,
     /// Output directory (model, checkpoints, metrics).
@@ -42,7 +42,7 @@ pub struct SizeArgs {
     /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
-    /// resnet: blocks per stage (3 = ResNet-20); densenet: layers per block.
+    /// resnet: blocks per stage (3 = ResNet-20); densenet, densenet-bc: layers per block.
     #[arg(long)]
     pub depth: Option<usize>,
 }

@@ -2,7 +2,9 @@
 //! with widths as parameters — `mlp` (LeNet-300-100, LeCun 1989 / Han 2015), `lenet5`
 //! (the Caffe LeNet-5 variant of Deep Compression), `vgg` (conv-BN-ReLU stacks, the Network
 //! Slimming subject, Liu 2017), `resnet` (ResNet-20-style, He 2016), `densenet` (a small
-//! DenseNet-BC-style net, Huang 2017; the CondenseNet subject), and `cnn`, the fixed
+//! DenseNet with compressing transitions, Huang 2017), `densenet-bc` (the same with 1×1
+//! bottlenecks of 4·growth channels before each 3×3 conv: DenseNet-BC, the subject of
+//! CondenseNet's learned group convolutions, Huang et al. 2018), and `cnn`, the fixed
 //! network of the training-speed benchmark. Weights use Kaiming-normal initialization
 //! for layers followed by ReLU and PyTorch's default uniform range for classifiers.
 
@@ -26,14 +28,22 @@ pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
 pub const CLASSES: usize = 10;
 
 /// Names of the architectures [`build`] knows.
-pub const ARCHS: [&str; 6] = ["mlp", "lenet5", "vgg", "resnet", "densenet", "cnn"];
+pub const ARCHS: [&str; 7] = [
+    "mlp",
+    "lenet5",
+    "vgg",
+    "resnet",
+    "densenet",
+    "densenet-bc",
+    "cnn",
+];
 
 /// Width options of the zoo builders; `None` takes the architecture's default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZooOpts {
     /// Hidden/stage widths (meaning per arch: mlp hidden sizes, vgg conv widths with 0 = pool,
-    /// resnet stage widths, lenet5 [conv1, conv2, fc], densenet [growth]).
+    /// resnet stage widths, lenet5 [conv1, conv2, fc], densenet and densenet-bc [growth]).
     pub widths: Option<Vec<usize>>,
     /// resnet: blocks per stage; densenet: layers per dense block.
     pub depth: Option<usize>,
@@ -216,6 +226,13 @@ pub fn build(arch: &str, opts: &ZooOpts, seed: u64) -> Result<Model> {
         "densenet" => densenet(
             widths(opts, &[12], arch, Some(1))?[0],
             opts.depth.unwrap_or(4),
+            false,
+            seed,
+        ),
+        "densenet-bc" => densenet(
+            widths(opts, &[12], arch, Some(1))?[0],
+            opts.depth.unwrap_or(4),
+            true,
             seed,
         ),
         "cnn" => cnn(seed),
@@ -301,16 +318,43 @@ fn resnet(stages: &[usize], blocks: usize, seed: u64) -> Result<Model> {
     b.finish()
 }
 
-fn densenet(growth: usize, layers: usize, seed: u64) -> Result<Model> {
-    let mut b = Builder::new("densenet", seed);
+/// Dense layer of a DenseNet: BN → ReLU → 3×3 conv (`{name}.bn`, `.relu`, `.conv`), or
+/// with a bottleneck BN → ReLU → 1×1 conv to 4·growth (`{name}.a.*`) then `{name}.b.*`;
+/// returns the new features (growth channels).
+fn dense_layer(
+    b: &mut Builder,
+    name: &str,
+    x: &str,
+    c: usize,
+    growth: usize,
+    bottleneck: bool,
+) -> Result<String> {
+    let (mut x, mut c, mut name) = (x.to_string(), c, name.to_string());
+    if bottleneck {
+        let a = format!("{name}.a");
+        let n = b.bn(&format!("{a}.bn"), &x, c)?;
+        let r = b.relu(&a, &n);
+        x = b.conv(&format!("{a}.conv"), &r, c, 4 * growth, 1, 1, 0)?;
+        (c, name) = (4 * growth, format!("{name}.b"));
+    }
+    let n = b.bn(&format!("{name}.bn"), &x, c)?;
+    let r = b.relu(&name, &n);
+    b.conv(&format!("{name}.conv"), &r, c, growth, 3, 1, 1)
+}
+
+fn densenet(growth: usize, layers: usize, bottleneck: bool, seed: u64) -> Result<Model> {
+    let arch = if bottleneck {
+        "densenet-bc"
+    } else {
+        "densenet"
+    };
+    let mut b = Builder::new(arch, seed);
     let mut c = 2 * growth;
     let mut x = b.conv("stem", INPUT, 1, c, 3, 1, 1)?;
     for blk in 1..=3 {
         for l in 0..layers {
             let name = format!("block{blk}.{l}");
-            let n = b.bn(&format!("{name}.bn"), &x, c)?;
-            let r = b.relu(&name, &n);
-            let cv = b.conv(&format!("{name}.conv"), &r, c, growth, 3, 1, 1)?;
+            let cv = dense_layer(&mut b, &name, &x, c, growth, bottleneck)?;
             x = b.op(&format!("{name}.cat"), Op::Concat, &[&x, &cv]);
             c += growth;
         }

@@ -83,6 +83,17 @@ fn grad_conv2d_fast_kernel() {
 }
 
 #[test]
+fn grad_grouped_conv_kernel() {
+    for (stride, pad, k, groups) in [(1, 1, 3, 2), (2, 1, 3, 3), (1, 0, 1, 3)] {
+        check(
+            &format!("grouped conv g{groups} s{stride} p{pad} k{k}"),
+            &[rand(&[2, 6, 6, 5], 21), rand(&[6, 6 / groups, k, k], 22)],
+            |t| conv::conv2d(&t[0], &t[1], stride, pad, groups).unwrap(),
+        );
+    }
+}
+
+#[test]
 fn grad_depthwise_kernel() {
     for (stride, pad, k) in [(1, 1, 3), (2, 1, 3), (1, 0, 3), (2, 2, 5)] {
         check(
@@ -196,6 +207,14 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
     // 16 images: each worker reuses its column buffers across several images
     let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (2, 0, 1, 8)];
     matches_candle_conv((16, 4, 5, 1), &cases, 20);
+}
+
+#[test]
+fn grouped_conv_matches_candle_grouped_conv_forward_and_backward() {
+    let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 0, 1, 8)];
+    // 8 → 12 channels in 4 groups (2 inputs, 3 outputs each); 2 groups of 4 → 6
+    matches_candle_conv((16, 8, 12, 4), &cases, 40);
+    matches_candle_conv((5, 8, 12, 2), &cases, 50);
 }
 
 #[test]

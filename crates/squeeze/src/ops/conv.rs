@@ -1,9 +1,10 @@
-//! Fast 2-D convolution for training (groups = 1): im2col + one GEMM per image, images in
-//! parallel, with a hand-written backward (dW = Σₙ dYₙ·colsₙᵀ, dX = col2im(Wᵀ·dYₙ)) in place
-//! of candle 0.11's CPU backward (a transposed convolution and a convolution with the
-//! whole image as kernel), the measured hot spot of CNN training. Candle's own `conv2d` is
-//! the plain reference it is tested against; depthwise convolutions take
-//! [`super::depthwise`], other grouped ones candle's directly.
+//! Fast 2-D convolution for training and inference: im2col + one GEMM per image and group
+//! (a group's im2col rows and weight rows are contiguous), images in parallel, with a
+//! hand-written backward (dW = Σₙ dYₙ·colsₙᵀ, dX = col2im(Wᵀ·dYₙ), per group) in place of
+//! candle 0.11's CPU backward (a transposed convolution and a convolution with the whole
+//! image as kernel, the measured hot spot of CNN training) and of its grouped forward
+//! (a convolution per group and a concatenation). Candle's own `conv2d` is the plain
+//! reference it is tested against; depthwise convolutions take [`super::depthwise`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -28,6 +29,8 @@ pub(super) struct Geo {
     pub h: usize,
     pub w: usize,
     pub co: usize,
+    /// Filter groups: input channels c/groups and output channels co/groups each.
+    pub groups: usize,
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
@@ -36,11 +39,20 @@ pub(super) struct Geo {
 }
 
 impl Geo {
-    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Geo> {
+    pub fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> candle_core::Result<Geo> {
         let (&[n, c, h, wd], &[co, ci, k, k2]) = (x, w) else {
             candle_core::bail!("conv2d: expected 4-D input and kernel, got {x:?} and {w:?}")
         };
-        if ci != c || k != k2 || h + 2 * pad < k || wd + 2 * pad < k {
+        if groups == 0 || ci * groups != c || co % groups != 0 {
+            candle_core::bail!("conv2d: input {x:?} and kernel {w:?} do not make {groups} groups")
+        }
+        if k != k2 || h + 2 * pad < k || wd + 2 * pad < k {
             candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?}")
         }
         let (ho, wo) = (
@@ -53,6 +65,7 @@ impl Geo {
             h,
             w: wd,
             co,
+            groups,
             k,
             stride,
             pad,
@@ -60,8 +73,13 @@ impl Geo {
             wo,
         })
     }
+    /// Rows of a whole image's im2col.
     fn kk(&self) -> usize {
         self.c * self.k * self.k
+    }
+    /// im2col rows (= weight columns) and output channels of one group.
+    fn per_group(&self) -> (usize, usize) {
+        (self.kk() / self.groups, self.co / self.groups)
     }
     pub fn p(&self) -> usize {
         self.ho * self.wo
@@ -174,12 +192,24 @@ fn gemm<T: Elem>(
 
 fn forward<T: Elem>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
+    let (kg, cg) = g.per_group();
     let mut y = vec![T::default(); g.n * g.co * p];
     y.par_chunks_mut(g.co * p).enumerate().for_each_init(
         || vec![T::default(); kk * p],
         |cols, (i, yi)| {
             im2col(g, &x[i * img..(i + 1) * img], cols);
-            gemm((g.co, p, kk), yi, (p, 1), false, w, (kk, 1), cols, (p, 1));
+            for j in 0..g.groups {
+                gemm(
+                    (cg, p, kg),
+                    &mut yi[j * cg * p..],
+                    (p, 1),
+                    false,
+                    &w[j * cg * kg..],
+                    (kg, 1),
+                    &cols[j * kg * p..],
+                    (p, 1),
+                );
+            }
         },
     );
     y
@@ -190,11 +220,12 @@ type BwdAcc<T> = (Vec<T>, Vec<T>, Vec<T>);
 
 fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec<T>, Vec<T>) {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
+    let (kg, cg) = g.per_group();
     let mut dx = vec![T::default(); if need_dx { g.n * img } else { g.n }];
     let per_dx = dx.len() / g.n;
     let fresh = || -> BwdAcc<T> {
         (
-            vec![T::default(); g.co * kk],
+            vec![T::default(); g.co * kg],
             vec![T::default(); kk * p],
             Vec::new(),
         )
@@ -205,30 +236,35 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
         .fold(fresh, |(mut dw, mut cols, mut dcols), (i, dxi)| {
             let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
             im2col(g, &x[i * img..(i + 1) * img], &mut cols);
-            // dW += dYᵢ[co×p] · colsᵢᵀ[p×kk]
-            gemm(
-                (g.co, kk, p),
-                &mut dw,
-                (kk, 1),
-                true,
-                dyi,
-                (p, 1),
-                &cols,
-                (1, p),
-            );
-            if need_dx {
-                dcols.resize(kk * p, T::default());
-                // dcolsᵢ[kk×p] = Wᵀ[kk×co] · dYᵢ[co×p]
+            for j in 0..g.groups {
+                let (wj, yj, cj) = (j * cg * kg, j * cg * p, j * kg * p);
+                // dW_j += dYᵢ_j[cg×p] · colsᵢ_jᵀ[p×kg]
                 gemm(
-                    (kk, p, g.co),
-                    &mut dcols,
+                    (cg, kg, p),
+                    &mut dw[wj..],
+                    (kg, 1),
+                    true,
+                    &dyi[yj..],
                     (p, 1),
-                    false,
-                    w,
-                    (1, kk),
-                    dyi,
-                    (p, 1),
+                    &cols[cj..],
+                    (1, p),
                 );
+                if need_dx {
+                    dcols.resize(kk * p, T::default());
+                    // dcolsᵢ_j[kg×p] = W_jᵀ[kg×cg] · dYᵢ_j[cg×p]
+                    gemm(
+                        (kg, p, cg),
+                        &mut dcols[cj..],
+                        (p, 1),
+                        false,
+                        &w[wj..],
+                        (1, kg),
+                        &dyi[yj..],
+                        (p, 1),
+                    );
+                }
+            }
+            if need_dx {
                 col2im(g, &dcols, dxi);
             }
             (dw, cols, dcols)
@@ -243,6 +279,7 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
 struct Conv2d {
     stride: usize,
     pad: usize,
+    groups: usize,
 }
 
 impl CustomOp2 for Conv2d {
@@ -257,7 +294,7 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.pad, self.groups)?;
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(forward::<f32>(&g, slice_of(s1, l1)?, slice_of(s2, l2)?)),
             DType::F64 => CpuStorage::F64(forward::<f64>(&g, slice_of(s1, l1)?, slice_of(s2, l2)?)),
@@ -273,7 +310,7 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = Geo::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let g = Geo::new(x.dims(), w.dims(), self.stride, self.pad, self.groups)?;
         grads(&g, (x, w, dy), backward::<f32>, backward::<f64>)
     }
 }
@@ -319,14 +356,17 @@ fn bwd_typed<T: Elem>(
 }
 
 /// Convolution of x [N, C, H, W] with w [Co, C/groups, k, k] (no bias): depthwise
-/// (groups = C = Co) by [`super::depthwise`], other grouped ones by candle.
+/// (groups = C = Co) by [`super::depthwise`], every other one by the im2col kernel.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, groups: usize) -> Result<Tensor> {
     if groups > 1 && groups == x.dim(1)? && groups == w.dim(0)? {
         return super::depthwise::depthwise(x, w, stride, pad);
     }
-    if groups != 1 {
-        return Ok(x.conv2d(w, pad, stride, 1, groups)?);
-    }
-    Ok(x.contiguous()?
-        .apply_op2(&w.contiguous()?, Conv2d { stride, pad })?)
+    Ok(x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Conv2d {
+            stride,
+            pad,
+            groups,
+        },
+    )?)
 }

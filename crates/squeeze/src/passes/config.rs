@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Calibrated, DepthwiseSeparable, DropLayers, Finetune, FoldBatchNorm, LayerWise, Magnitude,
-    Materialize, Narrow, Obd, Pass, PruneSchedule, Quantize, RecalibrateBatchNorm, Rounding, Share,
+    Calibrated, Condense, DepthwiseSeparable, DropLayers, Finetune, FoldBatchNorm, LayerWise,
+    Magnitude, Materialize, Narrow, Obd, Pass, PruneSchedule, Quantize, RecalibrateBatchNorm,
+    Rounding, Share,
 };
 use crate::error::{Error, Result};
 use crate::kinds::qlinear::ActQuant;
@@ -43,6 +44,24 @@ pub enum PassConfig {
     DepthwiseSeparable {
         #[serde(default)]
         layers: Option<Vec<String>>,
+    },
+    /// CondenseNet's learned group convolution: `groups` groups of output filters per
+    /// convolution (default: every ungrouped one with more than one input channel whose
+    /// outputs split into `groups`), group lasso of weight `lasso` and `condensation` − 1
+    /// condensation stages over the first half of `epochs` of fine-tuning, each group
+    /// finally reading 1/`condensation` of the inputs; materialized as channel gather +
+    /// group convolution.
+    Condense {
+        #[serde(default)]
+        layers: Option<Vec<String>>,
+        #[serde(default = "default_condense")]
+        groups: usize,
+        #[serde(default = "default_condense")]
+        condensation: usize,
+        #[serde(default = "default_lasso")]
+        lasso: f64,
+        #[serde(default)]
+        epochs: Option<usize>,
     },
     /// Fine-tune the model with the trainer (`epochs` overrides `[finetune] epochs`).
     Finetune {
@@ -197,6 +216,12 @@ fn default_block() -> usize {
 fn default_damp() -> f64 {
     0.01
 }
+fn default_condense() -> usize {
+    4
+}
+fn default_lasso() -> f64 {
+    1e-5
+}
 fn default_min_sparsity() -> f64 {
     0.85
 }
@@ -227,6 +252,34 @@ impl PassConfig {
                 Box::new(Narrow {
                     heads: *heads,
                     intermediate: *intermediate,
+                })
+            }
+            PassConfig::Condense {
+                layers,
+                groups,
+                condensation,
+                lasso,
+                epochs,
+            } => {
+                let bad = |m: &str| Err(Error::pass("condense", m.to_string()));
+                if *groups == 0 {
+                    return bad("`groups` must be positive");
+                }
+                if *condensation < 2 {
+                    return bad("`condensation` must be at least 2 (each group keeps 1/condensation of the inputs)");
+                }
+                if !(lasso.is_finite() && *lasso >= 0.0) {
+                    return bad("`lasso` must be a finite, non-negative weight");
+                }
+                if *epochs == Some(0) {
+                    return bad("`epochs` must be positive: condensation happens while training");
+                }
+                Box::new(Condense {
+                    layers: layers.clone(),
+                    groups: *groups,
+                    condensation: *condensation,
+                    lasso: *lasso,
+                    epochs: *epochs,
                 })
             }
             PassConfig::DepthwiseSeparable { layers } => Box::new(DepthwiseSeparable {

@@ -8,6 +8,7 @@
 
 mod bn_fold;
 mod bn_recal;
+pub mod condense;
 mod config;
 mod ctx;
 mod drop_layers;
@@ -20,6 +21,7 @@ mod share;
 
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
+pub use condense::Condense;
 pub use config::PassConfig;
 pub use ctx::{
     read_sentences, sentence_set, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx,

@@ -4,11 +4,13 @@
 //! storage codec recorded in `Graph.codecs`. Scores decide the masks: magnitude
 //! ([`select`], gradual with AGP in [`agp`]), Optimal Brain Damage saliencies ([`obd`]),
 //! Wanda and SparseGPT from calibration activations ([`obs`]); [`share`] clusters weights
-//! (Deep Compression) and [`codec`]/[`huffman`] store them; [`materialize`] turns masks
+//! (Deep Compression) and [`codec`]/[`huffman`] store them; [`condense`] learns group
+//! structure (CondenseNet); [`materialize`] turns masks
 //! into smaller tensors and the sparse kind.
 
 pub mod agp;
 pub mod codec;
+pub mod condense;
 pub mod huffman;
 pub mod linalg;
 pub mod materialize;

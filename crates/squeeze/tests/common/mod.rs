@@ -23,7 +23,7 @@ pub fn small(arch: &str) -> Model {
             widths: Some(vec![4, 8]),
             depth: Some(2),
         },
-        "densenet" => ZooOpts {
+        "densenet" | "densenet-bc" => ZooOpts {
             widths: Some(vec![4]),
             depth: Some(2),
         },
