@@ -4,7 +4,9 @@
 //! params and FLOPs come from the graph; batch-1 latency and batch-256 throughput of the
 //! teacher and of each variant's first student are timed interleaved in this process.
 //! Every key is merged into the results file (`results/distill.json`); a compact student
-//! trained from the teacher (e.g. `dwsep-vgg`) is one more variant.
+//! trained from the teacher (e.g. `dwsep-vgg`) is one more variant, and a compressed model
+//! against its dense counterpart (`condensenet`) is measured with that counterpart as the
+//! `--teacher`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,7 @@ use crate::DataArg;
 
 #[derive(Args)]
 pub struct DistillBenchArgs {
-    /// The teacher's model directory.
+    /// The teacher's model directory (for a compressed model: its dense counterpart).
     #[arg(long)]
     pub teacher: PathBuf,
     /// KEY=DIR[,DIR…]: one variant and its runs (one directory per seed; repeatable).
@@ -69,12 +71,16 @@ fn parse(spec: &str) -> Result<Variant> {
     })
 }
 
-/// The command recorded by the run in `dir` (its distill.json or train.json).
+/// The command recorded by the run in `dir` (its distill.json, train.json or the
+/// report.json of `squeeze compress`).
 fn made_by(dir: &Path) -> Option<String> {
-    ["distill.json", "train.json"].iter().find_map(|f| {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()?;
-        v["command"].as_str().map(String::from)
-    })
+    ["distill.json", "train.json", "report.json"]
+        .iter()
+        .find_map(|f| {
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()?;
+            v["command"].as_str().map(String::from)
+        })
 }
 
 pub fn run(a: DistillBenchArgs) -> Result<()> {

@@ -280,6 +280,31 @@ fn distill_trains_resumes_strips_its_regressors_and_refuses_bad_options() {
     own[8] = t; // --out the teacher's own directory
     let (ok, _, err) = run(&own);
     assert!(!ok && err.contains("never overwrites"), "{err}");
+    // a student directory whose tensors are wider than its model.json claims
+    let wide = d.join("wide");
+    checkpoint::save(&zoo::build("vgg", &opts, 1).unwrap(), &wide).unwrap();
+    let mj = wide.join("model.json");
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mj).unwrap()).unwrap();
+    for n in g["nodes"].as_array_mut().unwrap() {
+        let first = n["name"].as_str().unwrap().starts_with("features.0.");
+        let op = &mut n["op"];
+        for key in ["out_channels", "channels"] {
+            if first && op.get(key).is_some() {
+                op[key] = 2.into(); // the tensors hold 4
+            }
+        }
+        if op["in_channels"] == 4 {
+            op["in_channels"] = 2.into();
+        }
+    }
+    std::fs::write(&mj, serde_json::to_string(&g).unwrap()).unwrap();
+    let w = wide.to_str().unwrap();
+    let (ok, _, err) = run(&["distill", "--teacher", t, "--student", w, "--out", o]);
+    assert!(
+        !ok && err.contains("--student") && err.contains("`features.0.") && err.contains("[2]"),
+        "{err}"
+    );
     if !have_data() {
         return;
     }
