@@ -8,9 +8,13 @@
 # from zoo/vgg is the `dwsep-vgg` row. Text (results/minilm.json): 3-layer students of
 # all-MiniLM-L6-v2 (every other layer; and with half the heads and FFN units) distilled on
 # the STS-B train sentences, then `squeeze bench text` beside the teacher and the peers.
+# CondenseNet (`condense`): a DenseNet-BC trained 3 epochs, then 3 more epochs either with
+# learned group convolution (recipes/densenet-bc-condense.toml) or plainly (its dense
+# counterpart, recipes/densenet-bc-finetune.toml), both measured by `squeeze bench distill`
+# as the `condensenet` row, the counterpart in the teacher's place.
 # Finished runs are skipped and interrupted ones resumed from their per-epoch checkpoints,
 # so the script can be rerun until it completes. PYTHON: as for scripts/quant-experiments.sh.
-#   usage: bash scripts/distill-experiments.sh [train|bench|text|all]   (EPOCHS, SEEDS from env)
+#   usage: bash scripts/distill-experiments.sh [train|bench|condense|text|all]   (EPOCHS, SEEDS from env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -51,6 +55,15 @@ if [[ $what == bench || $what == all ]]; then
     --variant "student-kd=$(dirs kd)" \
     --variant "student-kd-hints=$(dirs kdh)" \
     --variant dwsep-vgg=runs/vgg-dwsep
+fi
+if [[ $what == condense || $what == all ]]; then
+  run runs/densenet-bc train --arch densenet-bc --depth 3 --epochs 3
+  for r in condense finetune; do
+    [[ -f runs/densenet-bc-$r/model.json ]] ||
+      "$sq" compress runs/densenet-bc --recipe "recipes/densenet-bc-$r.toml" \
+        --out "runs/densenet-bc-$r" --rounds 0 > "runs/densenet-bc-$r.log" 2>&1
+  done
+  "$sq" bench distill --teacher runs/densenet-bc-finetune --variant condensenet=runs/densenet-bc-condense
 fi
 if [[ $what == text || $what == all ]]; then
   minilm=models/all-MiniLM-L6-v2

@@ -258,7 +258,8 @@ def distill():
     d = load("distill")
     rows = []
     names = {"student-scratch": "vgg student, from scratch", "student-kd": "vgg student, KD",
-             "student-kd-hints": "vgg student, KD + hint", "dwsep-vgg": "depthwise-separable vgg, KD"}
+             "student-kd-hints": "vgg student, KD + hint", "dwsep-vgg": "depthwise-separable vgg, KD",
+             "condensenet": "CondenseNet (teacher columns: its dense DenseNet-BC)"}
     for key, label in names.items():
         if key not in d:
             continue

@@ -6,6 +6,10 @@
 //! pruning to a CSR model; Deep Compression to a Huffman-coded file). Each workload ends in one
 //! table whose models were measured together, speeds interleaved, with a line per row
 //! saying what the recipe did; the tables go to `runs/demo/report.md` and `report.json`.
+//! A third image table puts the committed distilled and compact students beside their
+//! teachers (`zoo/vgg` and its KD and depthwise-separable students; the dense DenseNet-BC
+//! and its CondenseNet), and the STS-B table adds the distilled 3-layer MiniLM student
+//! when `scripts/distill-experiments.sh text` has made it.
 //! It grows as compression techniques land.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +50,9 @@ pub struct DemoArgs {
     /// STS-B file for the text part.
     #[arg(long, default_value = crate::evaluate::STSB_DEV)]
     pub stsb: PathBuf,
+    /// A distilled student of the text model, shown beside it when present.
+    #[arg(long, default_value = "runs/minilm-3l")]
+    pub text_student: PathBuf,
     /// Interleaved timing rounds per table.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -70,6 +77,25 @@ const TEXT_RECIPES: &[(&str, &str)] = &[
     ("minilm-int8-dynamic", "recipes/minilm-int8-dynamic.toml"),
 ];
 
+/// The committed students and compact models, each after its teacher or dense
+/// counterpart: (directory, what it is).
+const STUDENTS: &[(&str, &str)] = &[
+    ("zoo/vgg", "the teacher"),
+    (
+        "zoo/vgg-kd",
+        "a 4× smaller vgg distilled from zoo/vgg with soft targets",
+    ),
+    (
+        "zoo/vgg-dwsep",
+        "zoo/vgg with depthwise-separable convolutions, distilled from zoo/vgg",
+    ),
+    ("zoo/densenet-bc", "a DenseNet-BC, the dense counterpart"),
+    (
+        "zoo/condensenet",
+        "that DenseNet-BC condensed (CondenseNet learned group convolution)",
+    ),
+];
+
 /// One table row: the model's directory, what made it, and its measurements.
 struct Row {
     dir: PathBuf,
@@ -79,7 +105,7 @@ struct Row {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let steps = 6 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
+    let steps = 9 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
     let mut step = 0;
     let mut say = |msg: String| {
         step += 1;
@@ -115,6 +141,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     let m = measure(&pruned, &a)?;
     report.push(("Fashion-MNIST, pruned and shared", pruned, m));
+    let students = students_part(&mut say)?;
+    say(format!(
+        "measuring the {} students and teachers together",
+        students.len()
+    ));
+    let m = measure(&students, &a)?;
+    report.push(("Fashion-MNIST, distilled and compact students", students, m));
     if let Some((rows, m)) = text_part(&a, &mut say)? {
         report.push(("STS-B", rows, m));
     }
@@ -191,6 +224,41 @@ fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
     })
 }
 
+/// The command that made the model in `dir` (from its distill.json, train.json or
+/// report.json).
+fn made_by(dir: &Path) -> Option<String> {
+    ["distill.json", "train.json", "report.json"]
+        .iter()
+        .find_map(|f| {
+            let text = std::fs::read_to_string(dir.join(f)).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v["command"].as_str().map(String::from)
+        })
+}
+
+/// A row for the committed model in `dir`, described as `what` and by its command.
+fn committed(dir: &Path, what: &str) -> Result<Row> {
+    let model = load_any(dir).with_context(|| format!("loading {}", dir.display()))?;
+    let what = match made_by(dir) {
+        Some(cmd) => format!("{what} (`{cmd}`)"),
+        None => what.to_string(),
+    };
+    Ok(Row {
+        dir: dir.to_path_buf(),
+        what,
+        model,
+    })
+}
+
+/// The committed students beside their teachers.
+fn students_part(say: &mut impl FnMut(String)) -> Result<Vec<Row>> {
+    say("the committed distilled and compact students with their teachers".into());
+    STUDENTS
+        .iter()
+        .map(|(dir, what)| committed(Path::new(dir), what))
+        .collect()
+}
+
 /// Measures the rows together (quality, cost, interleaved speeds).
 fn measure(rows: &[Row], a: &DemoArgs) -> Result<Vec<Metrics>> {
     let models: Vec<(&Path, &Model)> = rows.iter().map(|r| (r.dir.as_path(), &r.model)).collect();
@@ -217,6 +285,21 @@ fn text_part(
         model: load_any(&a.text_model)?,
     }];
     apply_all(a, &mut rows, TEXT_RECIPES, say)?;
+    say(format!(
+        "the distilled student {}",
+        a.text_student.display()
+    ));
+    if a.text_student.join("model.json").is_file() {
+        rows.push(committed(
+            &a.text_student,
+            "a 3-layer student distilled from all-MiniLM-L6-v2",
+        )?);
+    } else {
+        eprintln!(
+            "      skipped: {} is missing (made by `bash scripts/distill-experiments.sh text`)",
+            a.text_student.display()
+        );
+    }
     say(format!("measuring the {} text models together", rows.len()));
     let m = measure(&rows, a)?;
     Ok(Some((rows, m)))

@@ -189,6 +189,12 @@ impl Condense {
             l.condense(&w, keep);
             *mask = Some(l.mask(t.dims())?.to_dtype(t.dtype())?);
         }
+        // stage k of C − 1 leaves (C − k)/C of each group's inputs
+        eprintln!(
+            "condensation stage {k}/{n}: {} layers, each group reads {} of its inputs",
+            self.layers.len(),
+            format!("{}/{c}", c - k)
+        );
         Ok(())
     }
 
