@@ -131,11 +131,7 @@ fn run_graph(
         bn_stats: Vec::new(),
     };
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let fused = if opts.train {
-        fusable_bn_relu(g, opts)
-    } else {
-        HashMap::new()
-    };
+    let fused = fusable_bn_relu(g, opts);
     let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
     let siblings = sibling_groups(g, opts);
     // outputs of group members computed ahead, together with their group's first node
@@ -203,7 +199,8 @@ fn run_graph(
     Ok(out)
 }
 
-/// Train-mode fusion: BatchNorm index → index of the ReLU that is its only reader (and
+/// BatchNorm + ReLU fusion (training and inference): BatchNorm index → index of the ReLU
+/// that is its only reader (and
 /// neither is tapped nor the output).
 fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     let mut out = HashMap::new();

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use squeeze::ops::{act, batchnorm, conv, pool};
 
 mod common;
-use common::{lcg, max_abs};
+use common::{lcg, max_abs, values_of};
 
 /// Max relative error allowed between autograd and central differences (f64).
 const GRAD_TOL: f64 = 1e-6;
@@ -244,6 +244,25 @@ fn fused_batchnorm_matches_reference_forward_and_backward() {
                 gr.get(v.as_tensor()).unwrap()
             ) < KERNEL_TOL
         );
+    }
+}
+
+#[test]
+fn one_pass_eval_batchnorm_matches_the_candle_composition() {
+    let (g, b) = (f32r(&[3], 34), f32r(&[3], 35));
+    let (m, v) = (f32r(&[3], 36), f32r(&[3], 37).abs().unwrap());
+    let scale = (&g / (&v + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+    let shift = (&b - (&m * &scale).unwrap()).unwrap();
+    for shape in [&[4, 3, 5, 6][..], &[7, 3]] {
+        let x = f32r(shape, 38);
+        for relu in [false, true] {
+            let fast = batchnorm::eval(&x, &g, &b, (&m, &v), 1e-5, relu).unwrap();
+            let refr = batchnorm::eval_reference(&x, &scale, &shift, relu).unwrap();
+            assert!(max_abs(&fast, &refr) < KERNEL_TOL, "{shape:?} relu {relu}");
+            if relu {
+                assert!(values_of::<f32>(&fast).iter().all(|y| *y >= 0.0));
+            }
+        }
     }
 }
 

@@ -73,7 +73,7 @@ impl LayerKind for BatchNorm {
             return Ok(y);
         }
         let (m, v) = (cx.param("running_mean")?, cx.param("running_var")?);
-        batchnorm::eval(cx.x(), g, b, m, v, self.eps)
+        batchnorm::eval(cx.x(), g, b, (m, v), self.eps, cx.fuse_relu)
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;

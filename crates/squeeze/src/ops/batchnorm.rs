@@ -273,21 +273,63 @@ fn chan_shape(c: usize, rank: usize) -> Vec<usize> {
     s
 }
 
-/// Eval-mode BatchNorm: `(x − μ)/√(σ²+ε)·γ + β` with the running statistics.
+/// Eval-mode BatchNorm: `(x − μ)/√(σ²+ε)·γ + β` with the running statistics, followed by
+/// a ReLU when `relu`. Untracked f32 values take one pass per element (the per-channel
+/// scale and shift, the ReLU, a single output buffer); anything that carries gradients
+/// takes the candle composition, which is also the reference the pass is tested against.
 pub fn eval(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     let c = gamma.dim(0)?;
-    let shp = chan_shape(c, x.rank());
     let scale = (gamma / (var + eps)?.sqrt()?)?;
     let shift = (beta - (mean * &scale)?)?;
-    Ok(x.broadcast_mul(&scale.reshape(shp.clone())?)?
-        .broadcast_add(&shift.reshape(shp)?)?)
+    let tracked = x.track_op() || gamma.track_op() || beta.track_op();
+    if !tracked && x.dtype() == DType::F32 && x.rank() >= 2 && x.dim(1)? == c {
+        return eval_f32(x, &scale, &shift, relu);
+    }
+    eval_reference(x, &scale, &shift, relu)
+}
+
+/// `x·scale + shift` per channel (+ ReLU) composed of candle ops.
+pub fn eval_reference(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    let shp = chan_shape(scale.dim(0)?, x.rank());
+    let y = x
+        .broadcast_mul(&scale.reshape(shp.clone())?.to_dtype(x.dtype())?)?
+        .broadcast_add(&shift.reshape(shp)?.to_dtype(x.dtype())?)?;
+    match relu {
+        true => Ok(y.relu()?),
+        false => Ok(y),
+    }
+}
+
+/// The one-pass kernel of [`eval`], planes (image, channel) in parallel.
+fn eval_f32(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    let (s, t): (Vec<f32>, Vec<f32>) = (
+        scale.to_dtype(DType::F32)?.to_vec1()?,
+        shift.to_dtype(DType::F32)?.to_vec1()?,
+    );
+    let c = s.len();
+    let plane: usize = x.dims()[2..].iter().product();
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let y = super::with_cpu::<f32, _>(x, |xs| {
+        let mut y = vec![0f32; xs.len()];
+        y.par_chunks_mut(plane.max(1))
+            .zip(xs.par_chunks(plane.max(1)))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| {
+                let (a, b) = (s[i % c], t[i % c]);
+                for (o, v) in yp.iter_mut().zip(xp) {
+                    *o = (v * a + b).max(floor);
+                }
+            });
+        y
+    })?;
+    Ok(Tensor::from_vec(y, x.shape(), x.device())?)
 }
 
 /// Plain reference for training-mode BatchNorm, composed of candle ops (autograd through
