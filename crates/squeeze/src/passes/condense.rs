@@ -38,7 +38,7 @@ fn eligible(c: &Conv2d, groups: usize) -> std::result::Result<(), String> {
     if c.in_channels < 2 {
         return Err("has a single input channel".into());
     }
-    if c.out_channels % groups != 0 {
+    if !c.out_channels.is_multiple_of(groups) {
         return Err(format!(
             "has {} output channels, not a multiple of `groups` = {groups}",
             c.out_channels

@@ -40,7 +40,7 @@ impl LearnedGroups {
                 "`{node}`: learned groups need a [out, in, k, k] convolution weight, got {shape:?}"
             )));
         };
-        if groups == 0 || out % groups != 0 {
+        if groups == 0 || !out.is_multiple_of(groups) {
             return Err(Error::Graph(format!(
                 "`{node}`: its {out} output channels do not split into {groups} groups"
             )));
@@ -191,9 +191,9 @@ impl Condense {
         }
         // stage k of C − 1 leaves (C − k)/C of each group's inputs
         eprintln!(
-            "condensation stage {k}/{n}: {} layers, each group reads {} of its inputs",
+            "condensation stage {k}/{n}: {} layers, each group reads {}/{c} of its inputs",
             self.layers.len(),
-            format!("{}/{c}", c - k)
+            c - k
         );
         Ok(())
     }
