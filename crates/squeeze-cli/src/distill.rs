@@ -55,9 +55,10 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 0, requires = "hints")]
     pub hint_epochs: usize,
     /// Text teachers: the sentences to distil on (one per line, or both sentences of
-    /// every STS-B pair of a .csv/.tsv); never STS-B dev or test.
+    /// every STS-B pair of a .csv/.tsv); never STS-B dev or test. Repeat it to distil on
+    /// several files, in order (the last 500 sentences are held out for validation).
     #[arg(long, default_value = "data/stsb/sts-train.csv")]
-    pub sentences: PathBuf,
+    pub sentences: Vec<PathBuf>,
     /// Text teachers: how the student's sentence embedding is compared with the
     /// teacher's: cosine (1 − cos) or mse.
     #[arg(long, default_value = "cosine")]

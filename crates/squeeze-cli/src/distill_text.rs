@@ -39,12 +39,15 @@ pub fn run(a: &DistillArgs, teacher: &Model) -> Result<()> {
     let mut cfg = config(&a.opts, &model.graph.arch)?;
     cfg.augment_pad = 0; // sentences are not augmented
     let cap = cfg.limit_train.map(|l| l + TEXT_VALID);
-    eprintln!(
-        "embedding the sentences of {} with the teacher",
-        a.sentences.display()
-    );
-    let set = sentence_set(&model, &a.sentences, Some(teacher), cap)
-        .with_context(|| format!("--sentences {}", a.sentences.display()))?;
+    let files: Vec<&std::path::Path> = a.sentences.iter().map(|p| p.as_path()).collect();
+    let shown = files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!("embedding the sentences of {shown} with the teacher");
+    let set = sentence_set(&model, &files, Some(teacher), cap)
+        .with_context(|| format!("--sentences {shown}"))?;
     let (train_set, valid_set) = set.split_valid(TEXT_VALID);
     eprintln!(
         "distilling {} into {} on {} sentences ({} held out) for {} epochs, {} loss",

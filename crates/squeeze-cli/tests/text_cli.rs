@@ -128,6 +128,8 @@ fn embed_writes_npy_and_jsonl_in_input_order() {
 fn eval_stsb_reports_correlations_and_names_bad_lines() {
     let d = tmp("eval");
     let model = tiny_model(&d, true);
+    let more = d.join("more.txt");
+    std::fs::write(&more, "the guitar is old\na cat sleeps\n".repeat(4)).unwrap();
     let sts = d.join("sts.csv");
     let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
     let good = line(5.0, "a man is playing", "a man is playing")
@@ -231,6 +233,8 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
         "a man is playing guitar\nthe dog runs\na woman is playing\nthe man runs .\n".repeat(4),
     )
     .unwrap();
+    let more = d.join("more.txt");
+    std::fs::write(&more, "the guitar is old\na cat sleeps\n".repeat(4)).unwrap();
     let sts = d.join("sts.csv");
     let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
     let pairs = line(5.0, "a man is playing", "a man is playing")
@@ -254,6 +258,8 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
         o,
         "--sentences",
         s,
+        "--sentences",
+        more.to_str().unwrap(),
         "--eval-pairs",
         e,
         "--epochs",
@@ -275,6 +281,8 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
     assert!(!ok && err.contains("sentence encoder"), "{err}");
     let (ok, _, err) = bin(&args);
     assert!(ok, "{err}");
+    // both files, 16 + 8 sentences, the last tenth held out
+    assert!(err.contains("on 22 sentences (2 held out)"), "{err}");
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert!(m["spearman"].is_number(), "{m}");

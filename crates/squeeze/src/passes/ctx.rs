@@ -189,7 +189,7 @@ impl PassCtx {
                 let path = cfg.path.as_deref().ok_or_else(|| {
                     Error::Data("[calibration] source = \"sentences\" needs a `path`".into())
                 })?;
-                Box::new(sentence_set(model, path, None, Some(cfg.samples))?)
+                Box::new(sentence_set(model, &[path], None, Some(cfg.samples))?)
             }
         };
         let n = cfg.samples.min(source.len());
@@ -310,7 +310,7 @@ impl PassCtx {
         let teacher = self.original.clone().unwrap_or_else(|| model.clone());
         // the examples the budget trains on, plus the held-out validation sentences
         let cap = f.limit_train.map(|l| l + TEXT_VALID);
-        let set = sentence_set(model, &path, Some(&teacher), cap)?;
+        let set = sentence_set(model, &[&path], Some(&teacher), cap)?;
         Ok((set, EmbeddingTarget(EmbeddingLoss::Cosine)))
     }
 }
@@ -332,16 +332,19 @@ fn run_of<'a>(
     }
 }
 
-/// Sentences of `path` tokenized by `model`'s tokenizer, with `teacher`'s embeddings as
-/// targets if given.
+/// The sentences of `paths`, one file after the other, tokenized by `model`'s tokenizer,
+/// with `teacher`'s embeddings as targets if given.
 /// At most `cap` sentences (the first ones) are used.
 pub fn sentence_set(
     model: &Model,
-    path: &Path,
+    paths: &[&Path],
     teacher: Option<&Model>,
     cap: Option<usize>,
 ) -> Result<SentenceSet> {
-    let mut texts = read_sentences(path)?;
+    let mut texts = Vec::new();
+    for path in paths {
+        texts.extend(read_sentences(path)?);
+    }
     texts.truncate(cap.unwrap_or(usize::MAX));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = Encoder::new(model)?.tokenizer.encode(&refs)?;
