@@ -153,6 +153,20 @@ fn a_text_encoder_is_fine_tuned_toward_its_own_input_embeddings() {
 }
 
 #[test]
+fn every_committed_recipe_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Recipe::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 30, "only {n} recipes under {}", dir.display());
+}
+
+#[test]
 fn every_recipe_in_the_readme_parses() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
