@@ -16,17 +16,10 @@ use squeeze::prune::condense::{Condense, LearnedGroups};
 use squeeze::Model;
 
 mod common;
-use common::{lcg, max_abs, small, synthetic, tmpdir, values_of};
+use common::{max_abs, small, synthetic, tmpdir, uniform, values_of};
 
 /// Materialized vs masked dense outputs (f32 sums of at most 36 products).
 const EQUAL_TOL: f32 = 1e-5;
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    lcg(seed)
-        .take(n)
-        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        .collect()
-}
 
 /// input [6, 5, 5] → 3×3 conv (8 filters, bias) → output.
 fn one_conv() -> Model {
@@ -48,11 +41,11 @@ fn one_conv() -> Model {
     let dev = &Device::Cpu;
     p.insert(
         "conv.weight",
-        Tensor::from_vec(rand_vec(8 * 6 * 9, 1), (8, 6, 3, 3), dev).unwrap(),
+        Tensor::from_vec(uniform(8 * 6 * 9, 1), (8, 6, 3, 3), dev).unwrap(),
     );
     p.insert(
         "conv.bias",
-        Tensor::from_vec(rand_vec(8, 2), 8, dev).unwrap(),
+        Tensor::from_vec(uniform(8, 2), 8, dev).unwrap(),
     );
     let m = Model::new(g, p);
     m.check().unwrap();
@@ -71,7 +64,7 @@ fn index_node_and_group_conv_equal_the_masked_dense_conv() {
     let w = m.params.get("conv.weight").unwrap().clone();
     let masked = (&w * l.mask(w.dims()).unwrap()).unwrap();
     m.params.insert("conv.weight", masked);
-    let x = Tensor::from_vec(rand_vec(3 * 150, 3), (3, 6, 5, 5), &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(uniform(3 * 150, 3), (3, 6, 5, 5), &Device::Cpu).unwrap();
     let dense = predict(&m.graph, &m.params, &x).unwrap();
     materialize(&mut m, &l).unwrap();
     m.check().unwrap();

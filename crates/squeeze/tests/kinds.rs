@@ -15,21 +15,14 @@ use squeeze::ops::{fast, packed::PackedLinear, text};
 use squeeze::{checkpoint, Model};
 
 mod common;
-use common::{lcg, max_abs};
+use common::{max_abs, uniform};
 
 /// Max abs difference between an f32 kernel path and its f64/reference composition.
 const PATH_TOL: f32 = 2e-4;
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    lcg(seed)
-        .take(n)
-        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        .collect()
-}
-
 fn rand_t(shape: &[usize], seed: u64) -> Tensor {
     let n = shape.iter().product();
-    Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(uniform(n, seed), shape, &Device::Cpu).unwrap()
 }
 
 /// Batch-of-2 input tensors for an example's per-sample shapes.

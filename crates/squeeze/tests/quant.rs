@@ -21,7 +21,7 @@ use squeeze::quant::layout::{Layout, Scales};
 use squeeze::quant::QWeight;
 
 mod common;
-use common::{lcg, max_abs, small};
+use common::{max_abs, small, uniform};
 
 /// Slack over the half-scale bound for f32 rounding of `v / s` and `s·q`.
 const ROUND_SLACK: f32 = 1e-6;
@@ -29,13 +29,6 @@ const ROUND_SLACK: f32 = 1e-6;
 const Q4_TOL: f32 = 1e-4;
 /// Max abs difference between a quantized layer's kernel and its simulated f64 form.
 const SIM_TOL: f32 = 1e-4;
-
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    lcg(seed)
-        .take(n)
-        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        .collect()
-}
 
 /// Weights with a few large outliers, as trained layers have.
 fn weights(n: usize, seed: u64) -> Vec<f32> {

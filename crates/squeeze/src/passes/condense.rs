@@ -148,12 +148,7 @@ impl Pass for Condense {
     }
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
-        if !model.graph.masks.is_empty() || !model.graph.codecs.is_empty() {
-            return Err(Error::pass(
-                PASS,
-                "the model has masked or coded weights; materialize them first",
-            ));
-        }
+        super::require_dense(&model, PASS)?;
         let names = selected(&model, &self.layers, self.groups)?;
         if names.is_empty() {
             return Err(Error::pass(

@@ -65,6 +65,17 @@ pub(crate) fn done(
     Ok((model, rec))
 }
 
+/// Refuses a model with masked or coded weights: pass `pass` rewrites dense tensors only.
+pub(crate) fn require_dense(model: &Model, pass: &str) -> Result<()> {
+    if !model.graph.masks.is_empty() || !model.graph.codecs.is_empty() {
+        return Err(Error::pass(
+            pass,
+            "the model has masked or coded weights; materialize them first",
+        ));
+    }
+    Ok(())
+}
+
 /// A graph → graph rewrite.
 pub trait Pass {
     /// Stable identifier (the recipe's `type`).

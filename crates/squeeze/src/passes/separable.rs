@@ -174,12 +174,7 @@ impl Pass for DepthwiseSeparable {
     }
 
     fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
-        if !model.graph.masks.is_empty() || !model.graph.codecs.is_empty() {
-            return Err(Error::pass(
-                PASS,
-                "the model has masked or coded weights; materialize them first",
-            ));
-        }
+        super::require_dense(&model, PASS)?;
         let names = selected(&model, &self.layers)?;
         if names.is_empty() {
             return Err(Error::pass(

@@ -64,13 +64,17 @@ pub fn lcg(seed: u64) -> impl Iterator<Item = u64> {
     .skip(1)
 }
 
+/// `n` deterministic values in [-1, 1) from the generator started at `seed`.
+pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    lcg(seed)
+        .take(n)
+        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        .collect()
+}
+
 /// `n` Fashion-MNIST-shaped images with deterministic values in [-1, 1).
 pub fn batch(n: usize, seed: u64) -> Tensor {
-    let v: Vec<f32> = lcg(seed)
-        .take(n * 784)
-        .map(|s| ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
+    Tensor::from_vec(uniform(n * 784, seed), (n, 1, 28, 28), &Device::Cpu).unwrap()
 }
 
 /// All values of a tensor, flattened.
