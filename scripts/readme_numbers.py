@@ -259,6 +259,7 @@ def distill():
     rows = []
     names = {"student-scratch": "vgg student, from scratch", "student-kd": "vgg student, KD",
              "student-kd-hints": "vgg student, KD + hint", "dwsep-vgg": "depthwise-separable vgg, KD",
+             "dwsep-vgg-quarter": "vgg, 4 of 5 convolutions separable, KD",
              "condensenet": "CondenseNet (teacher columns: its dense DenseNet-BC)"}
     for key, label in names.items():
         if key not in d:

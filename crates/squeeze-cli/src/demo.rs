@@ -89,6 +89,10 @@ const STUDENTS: &[(&str, &str)] = &[
         "zoo/vgg-dwsep",
         "zoo/vgg with depthwise-separable convolutions, distilled from zoo/vgg",
     ),
+    (
+        "zoo/vgg-dwsep-quarter",
+        "zoo/vgg with 4 of its 5 convolutions depthwise-separable (0.24 of its FLOPs), distilled",
+    ),
     ("zoo/densenet-bc", "a DenseNet-BC, the dense counterpart"),
     (
         "zoo/condensenet",
