@@ -73,10 +73,10 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
 
 #[test]
 fn grad_conv2d_fast_kernel() {
-    for (stride, pad) in [(1, 1), (2, 1), (1, 0)] {
+    for (stride, pad, k) in [(1, 1, 3), (2, 1, 3), (1, 0, 3), (1, 0, 1)] {
         check(
-            &format!("conv s{stride} p{pad}"),
-            &[rand(&[2, 3, 6, 5], 1), rand(&[4, 3, 3, 3], 2)],
+            &format!("conv s{stride} p{pad} k{k}"),
+            &[rand(&[2, 3, 6, 5], 1), rand(&[4, 3, k, k], 2)],
             |t| conv::conv2d(&t[0], &t[1], stride, pad, 1).unwrap(),
         );
     }
@@ -205,7 +205,13 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
     // exactly (e.g. 9×8, stride 2: "shape mismatch in add"), so the reference comparison
     // uses even sizes there; the f64 gradient check above covers the odd case.
     // 16 images: each worker reuses its column buffers across several images
-    let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 2, 5, 9), (2, 0, 1, 8)];
+    let cases = [
+        (1, 1, 3, 9),
+        (2, 1, 3, 8),
+        (1, 2, 5, 9),
+        (2, 0, 1, 8),
+        (1, 0, 1, 9),
+    ];
     matches_candle_conv((16, 4, 5, 1), &cases, 20);
 }
 

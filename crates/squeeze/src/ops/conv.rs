@@ -77,6 +77,10 @@ impl Geo {
     fn kk(&self) -> usize {
         self.c * self.k * self.k
     }
+    /// A 1×1 convolution with stride 1 and no padding: its im2col is the image itself.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
     /// im2col rows (= weight columns) and output channels of one group.
     fn per_group(&self) -> (usize, usize) {
         (self.kk() / self.groups, self.co / self.groups)
@@ -194,10 +198,11 @@ fn forward<T: Elem>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
     let (kg, cg) = g.per_group();
     let mut y = vec![T::default(); g.n * g.co * p];
+    let buf = if g.pointwise() { 0 } else { kk * p };
     y.par_chunks_mut(g.co * p).enumerate().for_each_init(
-        || vec![T::default(); kk * p],
-        |cols, (i, yi)| {
-            im2col(g, &x[i * img..(i + 1) * img], cols);
+        || vec![T::default(); buf],
+        |buf, (i, yi)| {
+            let cols = columns(g, &x[i * img..(i + 1) * img], buf);
             for j in 0..g.groups {
                 gemm(
                     (cg, p, kg),
@@ -215,6 +220,16 @@ fn forward<T: Elem>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
+/// The im2col of image `xi`: the image itself for a pointwise convolution, else written
+/// into `buf`.
+fn columns<'a, T: Elem>(g: &Geo, xi: &'a [T], buf: &'a mut [T]) -> &'a [T] {
+    if g.pointwise() {
+        return xi;
+    }
+    im2col(g, xi, buf);
+    buf
+}
+
 /// Per-worker state of the backward: dW partial sum, im2col buffer, dcols buffer.
 type BwdAcc<T> = (Vec<T>, Vec<T>, Vec<T>);
 
@@ -226,7 +241,7 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
     let fresh = || -> BwdAcc<T> {
         (
             vec![T::default(); g.co * kg],
-            vec![T::default(); kk * p],
+            vec![T::default(); if g.pointwise() { 0 } else { kk * p }],
             Vec::new(),
         )
     };
@@ -235,7 +250,12 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
         .enumerate()
         .fold(fresh, |(mut dw, mut cols, mut dcols), (i, dxi)| {
             let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
-            im2col(g, &x[i * img..(i + 1) * img], &mut cols);
+            let cols_i = columns(g, &x[i * img..(i + 1) * img], &mut cols);
+            // a pointwise convolution's dX is its dcols: written in place, no col2im
+            let direct = need_dx && g.pointwise();
+            if need_dx && !direct {
+                dcols.resize(kk * p, T::default());
+            }
             for j in 0..g.groups {
                 let (wj, yj, cj) = (j * cg * kg, j * cg * p, j * kg * p);
                 // dW_j += dYᵢ_j[cg×p] · colsᵢ_jᵀ[p×kg]
@@ -246,15 +266,15 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
                     true,
                     &dyi[yj..],
                     (p, 1),
-                    &cols[cj..],
+                    &cols_i[cj..],
                     (1, p),
                 );
                 if need_dx {
-                    dcols.resize(kk * p, T::default());
+                    let dst = if direct { &mut dxi[..] } else { &mut dcols[..] };
                     // dcolsᵢ_j[kg×p] = W_jᵀ[kg×cg] · dYᵢ_j[cg×p]
                     gemm(
                         (kg, p, cg),
-                        &mut dcols[cj..],
+                        &mut dst[cj..],
                         (p, 1),
                         false,
                         &w[wj..],
@@ -264,7 +284,7 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
                     );
                 }
             }
-            if need_dx {
+            if need_dx && !direct {
                 col2im(g, &dcols, dxi);
             }
             (dw, cols, dcols)
