@@ -80,6 +80,12 @@ if [[ $what == text || $what == all ]]; then
     run "runs/minilm-${s/layer/l}" distill --teacher "$minilm" --student "$init" \
       --optimizer adamw --lr 2e-4 --weight-decay 0.01 --epochs 3 --batch-size 32
   done
+  # one more epoch of the 3-layer student on the STS-B train sentences plus WordNet's examples
+  [[ -f data/wordnet/examples.txt ]] || python3 scripts/wordnet-sentences.py
+  run runs/minilm-3l-wn distill --teacher "$minilm" --student runs/minilm-3l \
+    --sentences data/stsb/sts-train.csv --sentences data/wordnet/examples.txt \
+    --optimizer adamw --lr 1e-4 --weight-decay 0.01 --epochs 1 --batch-size 32
   "$sq" bench text --python "${PYTHON:-python3}" \
-    --variant distilled-3layer=runs/minilm-3l --variant distilled-3layer-narrow=runs/minilm-3l-narrow
+    --variant distilled-3layer=runs/minilm-3l --variant distilled-3layer-narrow=runs/minilm-3l-narrow \
+    --variant distilled-3layer-wordnet=runs/minilm-3l-wn
 fi
