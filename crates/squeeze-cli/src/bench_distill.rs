@@ -8,11 +8,11 @@
 //! against its dense counterpart (`condensenet`) is measured with that counterpart as the
 //! `--teacher`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use squeeze::checkpoint::{self, Model};
 use squeeze::data::FashionMnist;
 use squeeze::eval::{accuracy, image_speeds, static_cost};
@@ -69,18 +69,6 @@ fn parse(spec: &str) -> Result<Variant> {
         dirs,
         models,
     })
-}
-
-/// The command recorded by the run in `dir` (its distill.json, train.json or the
-/// report.json of `squeeze compress`).
-fn made_by(dir: &Path) -> Option<String> {
-    ["distill.json", "train.json", "report.json"]
-        .iter()
-        .find_map(|f| {
-            let v: Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()?;
-            v["command"].as_str().map(String::from)
-        })
 }
 
 pub fn run(a: DistillBenchArgs) -> Result<()> {
@@ -146,7 +134,7 @@ pub fn run(a: DistillBenchArgs) -> Result<()> {
                 "baseline_throughput_b256": tt.throughput.median,
                 "timing": tt.method,
                 "runs": v.dirs,
-                "made_by": v.dirs.iter().map(|d| made_by(d)).collect::<Vec<_>>(),
+                "made_by": v.dirs.iter().map(|d| crate::made_by(d)).collect::<Vec<_>>(),
                 "teacher": a.teacher,
                 "threads": crate::bench::threads(),
                 "cpu": squeeze::isa::cpu_name(),

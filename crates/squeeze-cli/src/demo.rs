@@ -228,22 +228,10 @@ fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
     })
 }
 
-/// The command that made the model in `dir` (from its distill.json, train.json or
-/// report.json).
-fn made_by(dir: &Path) -> Option<String> {
-    ["distill.json", "train.json", "report.json"]
-        .iter()
-        .find_map(|f| {
-            let text = std::fs::read_to_string(dir.join(f)).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            v["command"].as_str().map(String::from)
-        })
-}
-
 /// A row for the committed model in `dir`, described as `what` and by its command.
 fn committed(dir: &Path, what: &str) -> Result<Row> {
     let model = load_any(dir).with_context(|| format!("loading {}", dir.display()))?;
-    let what = match made_by(dir) {
+    let what = match crate::made_by(dir) {
         Some(cmd) => format!("{what} (`{cmd}`)"),
         None => what.to_string(),
     };

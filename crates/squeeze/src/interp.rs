@@ -200,8 +200,7 @@ fn run_graph(
 }
 
 /// BatchNorm + ReLU fusion (training and inference): BatchNorm index → index of the ReLU
-/// that is its only reader (and
-/// neither is tapped nor the output).
+/// that is its only reader (neither tapped nor the output).
 fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     let mut out = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {

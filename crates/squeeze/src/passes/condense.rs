@@ -47,37 +47,6 @@ fn eligible(c: &Conv2d, groups: usize) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn conv_of(model: &Model, name: &str) -> Option<Conv2d> {
-    match model.graph.node(name).map(|n| &n.op) {
-        Some(Op::Conv2d(c)) => Some(c.clone()),
-        _ => None,
-    }
-}
-
-/// The convolutions to condense, in graph order.
-pub fn selected(model: &Model, layers: &Option<Vec<String>>, groups: usize) -> Result<Vec<String>> {
-    let Some(names) = layers else {
-        return Ok(model
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| conv_of(model, &n.name).is_some_and(|c| eligible(&c, groups).is_ok()))
-            .map(|n| n.name.clone())
-            .collect());
-    };
-    for name in names {
-        let c = conv_of(model, name).ok_or_else(|| {
-            Error::pass(
-                PASS,
-                format!("`layers`: `{name}` is not a convolution of the model"),
-            )
-        })?;
-        eligible(&c, groups)
-            .map_err(|why| Error::pass(PASS, format!("`layers`: `{name}` {why}")))?;
-    }
-    Ok(names.clone())
-}
-
 /// Rewrites convolution `l.node` as gather → group convolution over the inputs `l` keeps.
 /// Every group must keep the same number of inputs.
 pub fn materialize(model: &mut Model, l: &LearnedGroups) -> Result<()> {
@@ -149,7 +118,8 @@ impl Pass for Condense {
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         super::require_dense(&model, PASS)?;
-        let names = selected(&model, &self.layers, self.groups)?;
+        let check = |c: &Conv2d| eligible(c, self.groups);
+        let names = super::select_convs(&model, &self.layers, PASS, check, |_| true)?;
         if names.is_empty() {
             return Err(Error::pass(
                 PASS,

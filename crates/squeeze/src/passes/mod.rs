@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::graph::Op;
+use crate::kinds::conv2d::Conv2d;
 
 /// What one pass did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +76,41 @@ pub(crate) fn require_dense(model: &Model, pass: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The convolutions pass `pass` rewrites, in graph order: the recipe's `layers`, each of
+/// which must be a convolution `check` accepts (else an error naming it and why), or by
+/// default every convolution `check` accepts and `by_default` keeps.
+pub(crate) fn select_convs(
+    model: &Model,
+    layers: &Option<Vec<String>>,
+    pass: &str,
+    check: impl Fn(&Conv2d) -> std::result::Result<(), String>,
+    by_default: impl Fn(&Conv2d) -> bool,
+) -> Result<Vec<String>> {
+    let conv = |name: &str| match model.graph.node(name).map(|n| &n.op) {
+        Some(Op::Conv2d(c)) => Some(c),
+        _ => None,
+    };
+    let Some(names) = layers else {
+        return Ok(model
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| conv(&n.name).is_some_and(|c| check(c).is_ok() && by_default(c)))
+            .map(|n| n.name.clone())
+            .collect());
+    };
+    for name in names {
+        let c = conv(name).ok_or_else(|| {
+            Error::pass(
+                pass,
+                format!("`layers`: `{name}` is not a convolution of the model"),
+            )
+        })?;
+        check(c).map_err(|why| Error::pass(pass, format!("`layers`: `{name}` {why}")))?;
+    }
+    Ok(names.clone())
 }
 
 /// A graph → graph rewrite.

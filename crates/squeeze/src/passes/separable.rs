@@ -28,41 +28,14 @@ const PASS: &str = "depthwise_separable";
 const POWER_STEPS: usize = 200;
 
 /// Whether `c` can be split, and if not why.
-fn splittable(c: &Conv2d) -> std::result::Result<(), &'static str> {
+fn splittable(c: &Conv2d) -> std::result::Result<(), String> {
     if c.kernel < 2 {
-        return Err("is 1×1 already");
+        return Err("is 1×1 already".into());
     }
     if c.groups != 1 {
-        return Err("is grouped");
+        return Err("is grouped".into());
     }
     Ok(())
-}
-
-/// The convolutions to split, in graph order.
-fn selected(model: &Model, layers: &Option<Vec<String>>) -> Result<Vec<String>> {
-    let convs = |n: &Node| match &n.op {
-        Op::Conv2d(c) => Some(c.clone()),
-        _ => None,
-    };
-    let Some(names) = layers else {
-        return Ok(model
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| convs(n).is_some_and(|c| splittable(&c).is_ok() && c.in_channels > 1))
-            .map(|n| n.name.clone())
-            .collect());
-    };
-    for name in names {
-        let c = model.graph.node(name).and_then(convs).ok_or_else(|| {
-            Error::pass(
-                PASS,
-                format!("`layers`: `{name}` is not a convolution of the model"),
-            )
-        })?;
-        splittable(&c).map_err(|why| Error::pass(PASS, format!("`layers`: `{name}` {why}")))?;
-    }
-    Ok(names.clone())
 }
 
 /// Leading singular triple of `a` [rows, cols] (row-major, f64): (σ, u [rows], v [cols]).
@@ -175,7 +148,10 @@ impl Pass for DepthwiseSeparable {
 
     fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         super::require_dense(&model, PASS)?;
-        let names = selected(&model, &self.layers)?;
+        // by default only convolutions that mix channels: more than one input
+        let names = super::select_convs(&model, &self.layers, PASS, splittable, |c| {
+            c.in_channels > 1
+        })?;
         if names.is_empty() {
             return Err(Error::pass(
                 PASS,

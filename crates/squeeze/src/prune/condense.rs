@@ -183,8 +183,7 @@ impl Condense {
             let name = l.weight();
             let t = weight(&name)
                 .ok_or_else(|| Error::Train(format!("condense: `{name}` is not trained")))?;
-            let t = &t;
-            let w = crate::params::f32_values(t)?;
+            let w = crate::params::f32_values(&t)?;
             let keep = Self::keep_after(l.inp, l.final_keep(c), k, n);
             l.condense(&w, keep);
             *mask = Some(l.mask(t.dims())?.to_dtype(t.dtype())?);
