@@ -408,3 +408,50 @@ fn narrowing_cuts_zero_heads_and_ffn_units_without_changing_the_embeddings() {
         .to_string();
     assert!(e.contains("heads") && e.contains("intermediate"), "{e}");
 }
+
+/// Weights of a model distilled from itself (α = 1) move at most this much: its soft
+/// targets are its own outputs, so only the float differences between the training and the
+/// inference forward produce a gradient.
+const SELF_KD_DRIFT: f32 = 1e-4;
+
+#[test]
+fn soft_target_fine_tuning_distils_from_the_input_model() {
+    let ft = |alpha: f64| {
+        recipe(&format!(
+            "[finetune]\nepochs = 1\nbatch_size = 32\n\
+             optimizer = {{ type = \"sgd\", lr = 0.1, momentum = 0.0, weight_decay = 0.0, nesterov = false }}\n\
+             soft_targets = {{ temperature = 2.0, alpha = {alpha} }}\n\
+             [[passes]]\ntype = \"finetune\"\n"
+        ))
+    };
+    let m = common::masked_mlp(|_| true);
+    let before: Vec<f32> = common::values_of(m.params.get("fc1.weight").unwrap());
+    let drift = |out: &Model| {
+        let w: Vec<f32> = common::values_of(out.params.get("fc1.weight").unwrap());
+        w.iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    let (own, _) = apply(m.clone(), &ft(1.0)).unwrap();
+    assert!(
+        drift(&own) <= SELF_KD_DRIFT,
+        "self-distillation moved weights by {}",
+        drift(&own)
+    );
+    let (labels, _) = apply(m, &ft(0.0)).unwrap();
+    assert!(
+        drift(&labels) > 10.0 * SELF_KD_DRIFT,
+        "label training did not move the weights"
+    );
+    let err = Recipe::parse(
+        "[finetune]\nsoft_targets = { temperature = 2.0, alpha = 1.5 }\n[[passes]]\ntype = \"finetune\"\n",
+        Path::new("kd.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("kd.toml") && err.contains("soft_targets") && err.contains("alpha"),
+        "{err}"
+    );
+}

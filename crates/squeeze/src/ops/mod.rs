@@ -39,3 +39,37 @@ pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -
         _ => Err(Error::Graph("only CPU tensors are supported".into())),
     }
 }
+
+/// In-place access to a tensor's storage: candle's `InplaceOp1` carrying a closure.
+struct InPlace<F>(std::sync::Mutex<Option<F>>);
+
+impl<F: FnOnce(&mut [f32]) -> candle_core::Result<()>> candle_core::InplaceOp1 for InPlace<F> {
+    fn name(&self) -> &'static str {
+        "squeeze-in-place"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("in-place target must be contiguous".into()))?;
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!(
+                "in-place target must be f32, got {:?}",
+                candle_core::backend::BackendStorage::dtype(&*s)
+            )
+        };
+        let f = self.0.lock().expect("in-place op lock").take();
+        match f {
+            Some(f) => f(&mut v[a..b]),
+            None => candle_core::bail!("in-place op applied twice"),
+        }
+    }
+}
+
+/// Runs `f` on the f32 data of the contiguous CPU tensor `t`, writing into it in place
+/// (every tensor sharing its storage sees the change).
+pub(crate) fn with_cpu_mut(
+    t: &Tensor,
+    f: impl FnOnce(&mut [f32]) -> candle_core::Result<()>,
+) -> Result<()> {
+    Ok(t.inplace_op1(&InPlace(std::sync::Mutex::new(Some(f))))?)
+}

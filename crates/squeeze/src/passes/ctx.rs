@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
 use crate::data::FashionMnist;
+use crate::distill::{Distill, SoftTargets};
 use crate::error::{Error, Result};
 use crate::interp::{ForwardOpts, Tap};
 use crate::text::{stsb, Encoder};
@@ -79,6 +80,10 @@ pub struct FinetuneConfig {
     /// Text encoders: the sentences to distil on (default: the calibration sentences).
     #[serde(default)]
     pub sentences: Option<PathBuf>,
+    /// Classifiers: distil from the model as the recipe received it (Hinton's soft
+    /// targets, `{ temperature, alpha }`) instead of plain cross-entropy on the labels.
+    #[serde(default)]
+    pub soft_targets: Option<SoftTargets>,
 }
 
 fn one() -> usize {
@@ -110,6 +115,7 @@ impl Default for FinetuneConfig {
             augment_pad: 0,
             limit_train: None,
             sentences: None,
+            soft_targets: None,
         }
     }
 }
@@ -280,7 +286,19 @@ impl PassCtx {
             return train::fit(model, &run, hooks);
         }
         let data = self.images()?.clone();
-        let run = run_of(&data.train, &data.valid, &CrossEntropy, &cfg, &out);
+        let Some(soft) = f.soft_targets else {
+            let run = run_of(&data.train, &data.valid, &CrossEntropy, &cfg, &out);
+            return train::fit(model, &run, hooks);
+        };
+        soft.validate()
+            .map_err(|e| Error::Train(format!("[finetune] soft_targets: {e}")))?;
+        let teacher = self.original.clone().unwrap_or_else(|| model.clone());
+        let objective = Distill {
+            teacher: &teacher,
+            soft: Some(soft),
+            hints: Vec::new(),
+        };
+        let run = run_of(&data.train, &data.valid, &objective, &cfg, &out);
         train::fit(model, &run, hooks)
     }
 

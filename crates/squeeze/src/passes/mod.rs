@@ -148,6 +148,12 @@ impl Recipe {
                 msg: "recipe lists no passes".into(),
             });
         }
+        if let Some(st) = r.finetune.as_ref().and_then(|f| f.soft_targets) {
+            st.validate().map_err(|e| Error::Recipe {
+                path: path.into(),
+                msg: format!("[finetune] soft_targets: {e}"),
+            })?;
+        }
         for (i, p) in r.passes.iter().enumerate() {
             p.build().map_err(|e| Error::Recipe {
                 path: path.into(),

@@ -10,6 +10,7 @@ mod epoch;
 pub mod objective;
 pub mod optim;
 pub mod schedule;
+pub mod update;
 
 pub use data::{forward_batch, Batch, DataSource, SentenceSet};
 pub use objective::{CrossEntropy, EmbeddingLoss, EmbeddingTarget, Objective, StepLoss};

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+
+use super::update;
+use crate::ops::{with_cpu, with_cpu_mut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -73,13 +76,109 @@ impl Optimizer {
         &self.vars
     }
 
-    /// One update with learning rate `lr` (the schedule's value for this step).
+    /// One update with learning rate `lr` (the schedule's value for this step): the fused
+    /// in-place pass ([`super::update`]) for f32 variables, the composed candle form
+    /// ([`Optimizer::step_reference`]) for any other dtype.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
-        for (name, var) in &self.vars {
+        for i in 0..self.vars.len() {
+            let (name, var) = self.vars[i].clone();
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let fused = var.dtype() == DType::F32
+                && g.dtype() == DType::F32
+                && var.as_tensor().is_contiguous();
+            if fused {
+                self.fused(&name, &var, g, lr)?;
+            } else {
+                self.reference(&name, &var, g, lr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Optimizer::step`] through the composed candle form for every variable (the
+    /// reference the fused pass is tested against).
+    pub fn step_reference(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        for i in 0..self.vars.len() {
+            let (name, var) = self.vars[i].clone();
+            if let Some(g) = grads.get(var.as_tensor()) {
+                self.reference(&name, &var, g, lr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The moment buffer `name` of `map`, zeros of `var`'s shape when there is none yet.
+    fn buffer(map: &mut BTreeMap<String, Tensor>, name: &str, var: &Var) -> Result<Tensor> {
+        if let Some(t) = map.get(name) {
+            if t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == var.dims() {
+                return Ok(t.clone());
+            }
+        }
+        let t = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+        map.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn fused(&mut self, name: &str, var: &Var, g: &Tensor, lr: f64) -> Result<()> {
+        let wd = if self.decay.contains(name) {
+            self.weight_decay()
+        } else {
+            0.0
+        };
+        let w = var.as_tensor();
+        match self.cfg {
+            OptimizerConfig::Sgd {
+                momentum, nesterov, ..
+            } => {
+                let s = update::SgdStep {
+                    lr: lr as f32,
+                    momentum: momentum as f32,
+                    weight_decay: wd as f32,
+                    nesterov,
+                };
+                if momentum == 0.0 {
+                    return with_cpu(g, |g| {
+                        with_cpu_mut(w, |w| Ok(update::sgd(w, g, &mut [], s)))
+                    })?;
+                }
+                let buf = Self::buffer(&mut self.m, name, var)?;
+                with_cpu(g, |g| {
+                    with_cpu_mut(&buf, |b| {
+                        nested(with_cpu_mut(w, |w| Ok(update::sgd(w, g, b, s))))
+                    })
+                })?
+            }
+            OptimizerConfig::Adamw {
+                beta1, beta2, eps, ..
+            } => {
+                let s = update::AdamwStep {
+                    lr: lr as f32,
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    eps: eps as f32,
+                    weight_decay: wd as f32,
+                    t: self.step as i32,
+                };
+                let m = Self::buffer(&mut self.m, name, var)?;
+                let v = Self::buffer(&mut self.v, name, var)?;
+                with_cpu(g, |g| {
+                    with_cpu_mut(&m, |m| {
+                        nested(with_cpu_mut(&v, |v| {
+                            nested(with_cpu_mut(w, |w| Ok(update::adamw(w, g, m, v, s))))
+                        }))
+                    })
+                })?
+            }
+        }
+    }
+
+    fn reference(&mut self, name: &str, var: &Var, g: &Tensor, lr: f64) -> Result<()> {
+        {
+            let name = &name.to_string();
             // gradients can carry autograd history; state built from them must not, or every
             // step's graph stays alive through the momentum buffers
             let g = &g.detach();
@@ -173,4 +272,9 @@ impl Optimizer {
         self.step = step;
         Ok(())
     }
+}
+
+/// A library result inside an in-place closure, as candle's error type.
+fn nested(r: Result<()>) -> candle_core::Result<()> {
+    r.map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
