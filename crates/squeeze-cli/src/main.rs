@@ -4,6 +4,7 @@
 //! the benchmarks and the end-to-end demo. Errors are reported with `anyhow` context that
 //! names the file or option at fault.
 
+mod alloc;
 mod bench;
 mod bench_distill;
 mod bench_isa;
@@ -25,9 +26,6 @@ mod train;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// squeeze — make trained networks smaller and faster, and prove it with measurements.
 #[derive(Parser)]
@@ -62,6 +60,7 @@ enum Cmd {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     // a misspelled or unsupported SQUEEZE_ISA is refused before any work starts
     if let Err(e) = squeeze::isa::active() {
