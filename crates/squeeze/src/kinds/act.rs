@@ -54,6 +54,8 @@ impl LayerKind for Gelu {
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         if super::inference(&[cx.x()]) {
             fast::gelu(cx.x())
+        } else if super::all_f32(&[cx.x()]) {
+            fast::grad::gelu(cx.x())
         } else {
             text::gelu(cx.x())
         }

@@ -72,6 +72,8 @@ impl LayerKind for Attention {
         let (h, d) = (self.heads, self.head_dim);
         if super::inference(&[q, k, v]) {
             fast::attention(q, k, v, m, h, d)
+        } else if super::all_f32(&[q, k, v]) {
+            fast::grad::attention(q, k, v, m, h, d)
         } else {
             text::attention(q, k, v, m, h, d)
         }

@@ -57,6 +57,8 @@ impl LayerKind for LayerNorm {
         let (w, b) = (cx.param("weight")?, cx.param("bias")?);
         if super::inference(&[cx.x(), w, b]) {
             fast::layer_norm(cx.x(), w, b, self.eps)
+        } else if super::all_f32(&[cx.x(), w, b]) {
+            fast::grad::layer_norm(cx.x(), w, b, self.eps)
         } else {
             text::layer_norm(cx.x(), w, b, self.eps)
         }

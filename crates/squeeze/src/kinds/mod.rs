@@ -231,6 +231,13 @@ pub(crate) fn inference(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
 }
 
+/// Whether every tensor is f32: training through the fused kernels with hand-written
+/// backward passes ([`crate::ops::fast::grad`]); other dtypes (the f64 gradient checks)
+/// take the candle compositions.
+pub(crate) fn all_f32(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
 /// Elements of a shape.
 pub(crate) fn numel(s: &[usize]) -> u64 {
     s.iter().map(|&d| d as u64).product()

@@ -2,10 +2,11 @@
 //! pooling, Reimers & Gurevych 2019): embedding lookup, layer normalization, erf-GELU, the
 //! scaled dot-product attention core (Vaswani et al. 2017) and masked mean pooling.
 //!
-//! Every function here is composed from candle operations that have a backward pass, so
-//! training through an encoder works (candle's fused `layer_norm`/`softmax_last_dim` have
-//! none, which silently leaves parameters without gradients). They run in any float dtype,
-//! which the f64 gradient checks use.
+//! Every function here is composed from candle operations that have a backward pass
+//! (candle's fused `layer_norm`/`softmax_last_dim` have none, which silently leaves
+//! parameters without gradients). They run in any float dtype, which the f64 gradient
+//! checks use, and are the reference for the f32 kernels training actually runs
+//! ([`super::fast::grad`]: one autograd node each, hand-written backward).
 
 use candle_core::{DType, Tensor, D};
 

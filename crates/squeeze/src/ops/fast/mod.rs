@@ -181,6 +181,8 @@ macro_rules! isa_variants {
     };
 }
 
+pub mod grad;
+
 /// Sum in 8 independent lanes (vectorizes; a plain `sum` is a sequential chain).
 #[inline(always)]
 fn lane_sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -234,16 +236,21 @@ pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
         )));
     }
     let (w, b) = (f32_data(w)?, f32_data(b)?);
-    let mut y = f32_data(x)?;
-    let eps = eps as f32;
+    let y = with_cpu::<f32, _>(x, |xs| layer_norm_rows(isa, xs, d, &w, &b, eps as f32))?;
+    Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
+}
+
+/// LayerNorm of the rows of `x` ([rows, d] flattened) into a new buffer.
+fn layer_norm_rows(isa: Isa, x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
     let rows_per = (PAR_MACS / d).max(1);
     if y.len() >= PAR_MACS {
         y.par_chunks_mut(rows_per * d)
-            .for_each(|c| norm_rows_on(isa, c, d, &w, &b, eps));
+            .for_each(|c| norm_rows_on(isa, c, d, w, b, eps));
     } else {
-        norm_rows_on(isa, &mut y, d, &w, &b, eps);
+        norm_rows_on(isa, &mut y, d, w, b, eps);
     }
-    Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
+    y
 }
 
 /// Element-wise sum of tensors of one shape (f32), one pass over the output.
@@ -315,13 +322,21 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// [`gelu`] on path `isa`.
 pub fn gelu_with(isa: Isa, x: &Tensor) -> Result<Tensor> {
     let isa = isa::require(isa)?;
-    let mut y = f32_data(x)?;
+    Ok(Tensor::from_vec(
+        gelu_all(isa, f32_data(x)?),
+        x.shape(),
+        &Device::Cpu,
+    )?)
+}
+
+/// GELU of every element of `y` in place.
+fn gelu_all(isa: Isa, mut y: Vec<f32>) -> Vec<f32> {
     if y.len() >= PAR_MACS {
         y.par_chunks_mut(1 << 14).for_each(|c| gelu_on(isa, c));
     } else {
         gelu_on(isa, &mut y);
     }
-    Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
+    y
 }
 
 /// The attention core on q, k, v [N, L, H·Dh] and mask [N, L] → [N, L, H·Dh], one fused
@@ -417,7 +432,20 @@ pub fn attention_with(
         heads,
         head_dim,
     };
-    let per_head = |nh: usize| head_ctx_on(isa, &q, &k, &v, &m, g, nh);
+    let out = attention_rows(isa, (&q, &k, &v), &m, g, n);
+    Ok(Tensor::from_vec(out, (n, l, w), &Device::Cpu)?)
+}
+
+/// The attention core over `n` samples of q, k, v ([N, L, w] flattened) → [N, L, w].
+fn attention_rows(
+    isa: Isa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    m: &[f32],
+    g: Geo,
+    n: usize,
+) -> Vec<f32> {
+    let (l, w, heads, head_dim) = (g.l, g.w, g.heads, g.head_dim);
+    let per_head = |nh: usize| head_ctx_on(isa, q, k, v, m, g, nh);
     let parts: Vec<Vec<f32>> = if n * heads * l * l * head_dim >= PAR_MACS {
         (0..n * heads).into_par_iter().map(per_head).collect()
     } else {
@@ -431,5 +459,5 @@ pub fn attention_with(
                 .copy_from_slice(&ctx[i * head_dim..(i + 1) * head_dim]);
         }
     }
-    Ok(Tensor::from_vec(out, (n, l, w), &Device::Cpu)?)
+    out
 }
