@@ -112,3 +112,28 @@ fn fused_attention_matches_the_composition_with_padding() {
         &ins,
     );
 }
+
+#[test]
+fn fused_linear_matches_the_composition() {
+    use squeeze::ops::linear;
+    // one shape under the parallel threshold, one over it
+    for (m, k, n) in [(5, 7, 3), (96, 64, 48)] {
+        let ins = [
+            var(&[m, k], 21, 1.0),
+            var(&[n, k], 22, 0.5),
+            var(&[n], 23, 1.0),
+        ];
+        compare(
+            &format!("linear {m}x{k}x{n}"),
+            |t| linear::linear(&t[0], &t[1], Some(&t[2])).unwrap(),
+            |t| linear::reference(&t[0], &t[1], Some(&t[2])).unwrap(),
+            &ins,
+        );
+        compare(
+            &format!("linear {m}x{k}x{n}, no bias"),
+            |t| linear::linear(&t[0], &t[1], None).unwrap(),
+            |t| linear::reference(&t[0], &t[1], None).unwrap(),
+            &ins[..2],
+        );
+    }
+}

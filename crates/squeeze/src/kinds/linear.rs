@@ -88,12 +88,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     all.extend(b);
     let y = if small_inference(&x2, &all)? {
         fast::linear(&x2, w, b)?
+    } else if super::all_f32(&all) {
+        crate::ops::linear::linear(&x2, w, b)?
     } else {
-        let y = x2.matmul(&w.t()?)?; // [M, in]·[in, out] → [M, out]
-        match b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        }
+        crate::ops::linear::reference(&x2, w, b)?
     };
     Ok(y.reshape(with_last(&dims, w.dim(0)?))?)
 }

@@ -144,9 +144,26 @@ fn col2im<T: Elem>(g: &Geo, cols: &[T], dx: &mut [T]) {
     });
 }
 
-/// dst[m×n] (=|+=) lhs[m×k]·rhs[k×n], all given by (row stride, column stride).
+/// dst[m×n] (=|+=) lhs[m×k]·rhs[k×n], all given by (row stride, column stride), on the
+/// calling thread.
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Elem>(
+    mnk: (usize, usize, usize),
+    dst: &mut [T],
+    dst_s: (usize, usize),
+    acc: bool,
+    lhs: &[T],
+    lhs_s: (usize, usize),
+    rhs: &[T],
+    rhs_s: (usize, usize),
+) {
+    gemm_on(1, mnk, dst, dst_s, acc, lhs, lhs_s, rhs, rhs_s)
+}
+
+/// [`gemm`] on `threads` rayon threads (1: the calling thread only).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_on<T: Elem>(
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_s: (usize, usize),
@@ -186,7 +203,10 @@ fn gemm<T: Elem>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            match threads {
+                0 | 1 => gemm::Parallelism::None,
+                t => gemm::Parallelism::Rayon(t),
+            },
         )
     }
 }

@@ -10,6 +10,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 pub mod fast;
+pub mod linear;
 pub mod packed;
 pub mod pool;
 pub mod qgemm;
