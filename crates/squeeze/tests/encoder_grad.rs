@@ -137,3 +137,24 @@ fn fused_linear_matches_the_composition() {
         );
     }
 }
+
+#[test]
+fn fused_lookup_matches_index_select_and_names_a_bad_id() {
+    let table = [var(&[9, 4], 31, 1.0)];
+    // repeated ids: their gradients add up in one row
+    let ids = Tensor::from_vec(vec![3u32, 0, 3, 8, 1, 3], (2, 3), &Device::Cpu).unwrap();
+    compare(
+        "lookup",
+        |t| grad::lookup(&t[0], &ids).unwrap(),
+        |t| text::lookup(&t[0], &ids).unwrap(),
+        &table,
+    );
+    let bad = Tensor::from_vec(vec![2u32, 9], (1, 2), &Device::Cpu).unwrap();
+    let err = grad::lookup(table[0].as_tensor(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 9") && err.contains("9 rows"),
+        "{err}"
+    );
+}

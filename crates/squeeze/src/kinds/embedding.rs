@@ -63,6 +63,9 @@ impl LayerKind for Embedding {
         let table = cx.param("weight")?;
         let (n, l) = cx.x().dims2()?;
         Ok(match self.lookup {
+            Lookup::Tokens if table.dtype() == candle_core::DType::F32 => {
+                crate::ops::fast::grad::lookup(table, cx.x())?
+            }
             Lookup::Tokens => text::lookup(table, cx.x())?,
             Lookup::Positions => text::positions(table, n, l)?,
             Lookup::Segments => text::positions(&table.narrow(0, 0, 1)?, n, 1)?.broadcast_as((

@@ -364,3 +364,62 @@ pub fn attention(
     Ok(q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
+
+/// Rows of an embedding table picked by token ids (a constant of the op).
+struct LookupOp {
+    ids: Vec<u32>,
+}
+
+impl CustomOp1 for LookupOp {
+    fn name(&self) -> &'static str {
+        "squeeze-lookup"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (num, dim) = l.shape().dims2()?;
+        let table = slice_of::<f32>(s, l)?;
+        let mut out = Vec::with_capacity(self.ids.len() * dim);
+        for &id in &self.ids {
+            let r = id as usize;
+            if r >= num {
+                candle_core::bail!("token id {r} is outside the embedding table of {num} rows")
+            }
+            out.extend_from_slice(&table[r * dim..(r + 1) * dim]);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.ids.len(), dim))))
+    }
+
+    /// The table's gradient: each looked-up row's dY added into its row, zeros elsewhere
+    /// (one buffer; candle's index_select backward copies a zeroed table once more).
+    fn bwd(
+        &self,
+        table: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (num, dim) = table.dims2()?;
+        let dys = cpu_f32(dy)?;
+        let mut g = vec![0f32; num * dim];
+        for (&id, row) in self.ids.iter().zip(dys.chunks_exact(dim)) {
+            let r = id as usize;
+            g[r * dim..(r + 1) * dim]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, b)| *a += b);
+        }
+        Ok(Some(tensor(g, table.shape())?))
+    }
+}
+
+/// Rows of `table` [num, dim] (f32) picked by `ids` [N, L] → [N, L, dim], differentiable
+/// in the table.
+pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (n, l) = ids.dims2()?;
+    let dim = table.dim(1)?;
+    let ids: Vec<u32> = ids
+        .flatten_all()?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1()?;
+    let rows = table.contiguous()?.apply_op1(LookupOp { ids })?;
+    Ok(rows.reshape((n, l, dim))?)
+}
