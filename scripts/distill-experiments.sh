@@ -11,8 +11,10 @@
 # the STS-B train sentences, then `squeeze bench text` beside the teacher and the peers.
 # CondenseNet (`condense`): a DenseNet-BC trained 3 epochs, then 3 more epochs either with
 # learned group convolution (recipes/densenet-bc-condense.toml) or plainly (its dense
-# counterpart, recipes/densenet-bc-finetune.toml), both measured by `squeeze bench distill`
-# as the `condensenet` row, the counterpart in the teacher's place.
+# counterpart, recipes/densenet-bc-finetune.toml); then that 6-epoch dense model condensed
+# over 6 more epochs while distilling from itself (recipes/densenet-bc-condense-kd.toml).
+# `squeeze bench distill` measures both condensed models against the 6-epoch dense one
+# (in the teacher's place): `condensenet` (the latter) and `condensenet-same-budget`.
 # Finished runs are skipped and interrupted ones resumed from their per-epoch checkpoints,
 # so the script can be rerun until it completes. PYTHON: as for scripts/quant-experiments.sh.
 #   usage: bash scripts/distill-experiments.sh [train|bench|condense|text|all]   (EPOCHS, SEEDS from env)
@@ -69,7 +71,13 @@ if [[ $what == condense || $what == all ]]; then
       "$sq" compress runs/densenet-bc --recipe "recipes/densenet-bc-$r.toml" \
         --out "runs/densenet-bc-$r" --rounds 0 > "runs/densenet-bc-$r.log" 2>&1
   done
-  "$sq" bench distill --teacher runs/densenet-bc-finetune --variant condensenet=runs/densenet-bc-condense
+  # condensing the 6-epoch dense model itself, distilled from it, over 6 epochs
+  [[ -f runs/densenet-bc-condense-kd/model.json ]] ||
+    "$sq" compress runs/densenet-bc-finetune --recipe recipes/densenet-bc-condense-kd.toml \
+      --out runs/densenet-bc-condense-kd --rounds 0 > runs/densenet-bc-condense-kd.log 2>&1
+  "$sq" bench distill --teacher runs/densenet-bc-finetune \
+    --variant condensenet=runs/densenet-bc-condense-kd \
+    --variant condensenet-same-budget=runs/densenet-bc-condense
 fi
 if [[ $what == text || $what == all ]]; then
   minilm=models/all-MiniLM-L6-v2

@@ -269,7 +269,8 @@ def distill():
     names = {"student-scratch": "vgg student, from scratch", "student-kd": "vgg student, KD",
              "student-kd-hints": "vgg student, KD + hint", "dwsep-vgg": "depthwise-separable vgg, KD",
              "dwsep-vgg-quarter": "vgg, 4 of 5 convolutions separable, KD",
-             "condensenet": "CondenseNet (teacher columns: its dense DenseNet-BC)"}
+             "condensenet": "CondenseNet, condensed from the dense DenseNet-BC with KD (teacher columns: that model)",
+             "condensenet-same-budget": "CondenseNet, same budget as the dense model (teacher columns: the dense model)"}
     for key, label in names.items():
         if key not in d:
             continue
