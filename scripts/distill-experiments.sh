@@ -12,7 +12,8 @@
 # CondenseNet (`condense`): a DenseNet-BC trained 3 epochs, then 3 more epochs either with
 # learned group convolution (recipes/densenet-bc-condense.toml) or plainly (its dense
 # counterpart, recipes/densenet-bc-finetune.toml); then that 6-epoch dense model condensed
-# over 6 more epochs while distilling from itself (recipes/densenet-bc-condense-kd.toml).
+# over 6 more epochs while distilling from itself (recipes/densenet-bc-condense-kd.toml),
+# then 4 more epochs of the materialized condensed model distilled from it.
 # `squeeze bench distill` measures both condensed models against the 6-epoch dense one
 # (in the teacher's place): `condensenet` (the latter) and `condensenet-same-budget`.
 # Finished runs are skipped and interrupted ones resumed from their per-epoch checkpoints,
@@ -75,8 +76,11 @@ if [[ $what == condense || $what == all ]]; then
   [[ -f runs/densenet-bc-condense-kd/model.json ]] ||
     "$sq" compress runs/densenet-bc-finetune --recipe recipes/densenet-bc-condense-kd.toml \
       --out runs/densenet-bc-condense-kd --rounds 0 > runs/densenet-bc-condense-kd.log 2>&1
+  # 4 more epochs of the condensed (materialized) model, distilled from the dense one
+  run runs/densenet-bc-condense-kd-ft distill --teacher runs/densenet-bc-finetune \
+    --student runs/densenet-bc-condense-kd --epochs 4 --lr 0.01
   "$sq" bench distill --teacher runs/densenet-bc-finetune \
-    --variant condensenet=runs/densenet-bc-condense-kd \
+    --variant condensenet=runs/densenet-bc-condense-kd-ft \
     --variant condensenet-same-budget=runs/densenet-bc-condense
 fi
 if [[ $what == text || $what == all ]]; then

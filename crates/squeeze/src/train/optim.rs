@@ -142,13 +142,19 @@ impl Optimizer {
                 };
                 if momentum == 0.0 {
                     return with_cpu(g, |g| {
-                        with_cpu_mut(w, |w| Ok(update::sgd(w, g, &mut [], s)))
+                        with_cpu_mut(w, |w| {
+                            update::sgd(w, g, &mut [], s);
+                            Ok(())
+                        })
                     })?;
                 }
                 let buf = Self::buffer(&mut self.m, name, var)?;
                 with_cpu(g, |g| {
                     with_cpu_mut(&buf, |b| {
-                        nested(with_cpu_mut(w, |w| Ok(update::sgd(w, g, b, s))))
+                        nested(with_cpu_mut(w, |w| {
+                            update::sgd(w, g, b, s);
+                            Ok(())
+                        }))
                     })
                 })?
             }
@@ -168,7 +174,10 @@ impl Optimizer {
                 with_cpu(g, |g| {
                     with_cpu_mut(&m, |m| {
                         nested(with_cpu_mut(&v, |v| {
-                            nested(with_cpu_mut(w, |w| Ok(update::adamw(w, g, m, v, s))))
+                            nested(with_cpu_mut(w, |w| {
+                                update::adamw(w, g, m, v, s);
+                                Ok(())
+                            }))
                         }))
                     })
                 })?

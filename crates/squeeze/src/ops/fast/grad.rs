@@ -339,17 +339,7 @@ pub fn attention(
     heads: usize,
     head_dim: usize,
 ) -> Result<Tensor> {
-    let (n, l, w) = q.dims3()?;
-    if w != heads * head_dim
-        || k.dims() != q.dims()
-        || v.dims() != q.dims()
-        || mask.dims() != [n, l]
-    {
-        return Err(Error::Graph(format!(
-            "attention: q {:?}, k {:?}, v {:?} must be [N, L, {heads}·{head_dim}] and the mask [N, L] (got {:?})",
-            q.dims(), k.dims(), v.dims(), mask.dims()
-        )));
-    }
+    let (n, l, w) = super::attention_dims((q, k, v), mask, heads, head_dim)?;
     let mask = with_cpu::<f32, _>(&mask.to_dtype(candle_core::DType::F32)?, |s| s.to_vec())?;
     let op = AttentionOp {
         mask,

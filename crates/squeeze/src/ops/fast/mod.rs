@@ -403,17 +403,14 @@ fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Ve
 
 isa_variants!(head_ctx_on, head_ctx, (q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32>);
 
-/// [`attention`] on path `isa`.
-pub fn attention_with(
-    isa: Isa,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+/// (N, L, H·Dh) of an attention core's q, k, v, checked against each other, the heads and
+/// the mask [N, L].
+fn attention_dims(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
     mask: &Tensor,
     heads: usize,
     head_dim: usize,
-) -> Result<Tensor> {
-    let isa = isa::require(isa)?;
+) -> Result<(usize, usize, usize)> {
     let (n, l, w) = q.dims3()?;
     if w != heads * head_dim
         || k.dims() != q.dims()
@@ -425,6 +422,21 @@ pub fn attention_with(
             q.dims(), k.dims(), v.dims(), mask.dims()
         )));
     }
+    Ok((n, l, w))
+}
+
+/// [`attention`] on path `isa`.
+pub fn attention_with(
+    isa: Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
+    let (n, l, w) = attention_dims((q, k, v), mask, heads, head_dim)?;
     let (q, k, v, m) = (f32_data(q)?, f32_data(k)?, f32_data(v)?, f32_data(mask)?);
     let g = Geo {
         l,
