@@ -59,9 +59,22 @@ enum Cmd {
     Demo(demo::DemoArgs),
 }
 
+/// Whether the command trains: those keep freed memory for reuse (every step frees and
+/// allocates the same buffers); the others return it, keeping their peak RSS low.
+fn trains(cmd: &Cmd) -> bool {
+    use bench::BenchWhat;
+    match cmd {
+        Cmd::Train(_) | Cmd::Distill(_) | Cmd::Compress(_) | Cmd::Demo(_) => true,
+        Cmd::Bench(b) => matches!(b.what, BenchWhat::Train(_) | BenchWhat::TrainText(_)),
+        _ => false,
+    }
+}
+
 fn main() {
-    alloc::keep_freed_memory();
     let cli = Cli::parse();
+    if trains(&cli.cmd) {
+        alloc::keep_freed_memory();
+    }
     // a misspelled or unsupported SQUEEZE_ISA is refused before any work starts
     if let Err(e) = squeeze::isa::active() {
         eprintln!("error: {e}");
