@@ -9,11 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Elem;
-use super::{slice_of, with_cpu};
-
-fn msg(e: crate::Error) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
+use super::{op_err, slice_of, with_cpu};
 
 struct Relu;
 
@@ -53,7 +49,7 @@ impl CustomOp1 for Relu {
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(relu_grad(res, dy).map_err(msg)?))
+        Ok(Some(relu_grad(res, dy).map_err(op_err)?))
     }
 }
 
@@ -195,7 +191,7 @@ impl CustomOp1 for MaxPool {
             DType::F32 => self.bwd::<f32>(arg, dy),
             _ => self.bwd::<f64>(arg, dy),
         };
-        Ok(Some(g.map_err(msg)?))
+        Ok(Some(g.map_err(op_err)?))
     }
 }
 

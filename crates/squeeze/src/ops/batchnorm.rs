@@ -160,8 +160,7 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let masked;
         let dy = if self.relu {
-            masked = super::act::relu_grad(res, dy)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            masked = super::act::relu_grad(res, dy).map_err(super::op_err)?;
             &masked
         } else {
             dy
@@ -173,7 +172,7 @@ impl CustomOp3 for BnTrain {
             DType::F32 => backward::<f32>(self.eps, x, gamma, dy, &stats),
             _ => backward::<f64>(self.eps, x, gamma, dy, &stats),
         };
-        let (dx, dg, db) = r.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (dx, dg, db) = r.map_err(super::op_err)?;
         Ok((Some(dx), Some(dg), Some(db)))
     }
 }

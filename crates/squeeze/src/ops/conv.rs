@@ -366,10 +366,9 @@ pub(super) fn grads(
     b32: Backward<f32>,
     b64: Backward<f64>,
 ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-    let msg = |e: crate::Error| candle_core::Error::Msg(e.to_string());
     let (dx, dw) = match x.dtype() {
-        DType::F32 => bwd_typed(g, x, w, dy, b32).map_err(msg)?,
-        _ => bwd_typed(g, x, w, dy, b64).map_err(msg)?,
+        DType::F32 => bwd_typed(g, x, w, dy, b32).map_err(super::op_err)?,
+        _ => bwd_typed(g, x, w, dy, b64).map_err(super::op_err)?,
     };
     Ok((dx, Some(dw)))
 }

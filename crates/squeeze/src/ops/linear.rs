@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::gemm_on;
-use super::{slice_of, with_cpu};
+use super::{op_f32s, slice_of};
 use crate::error::{Error, Result};
 
 /// Multiply-adds below which the products run on the calling thread.
@@ -76,10 +76,6 @@ fn dims(lx: &Layout, lw: &Layout) -> candle_core::Result<(usize, usize, usize)> 
     Ok((m, k, n))
 }
 
-fn f32s(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    with_cpu::<f32, _>(t, |s| s.to_vec()).map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
 fn grads(
     x: &Tensor,
     w: &Tensor,
@@ -87,7 +83,7 @@ fn grads(
 ) -> candle_core::Result<(Tensor, Tensor, Vec<f32>, usize)> {
     let (m, k) = x.dims2()?;
     let n = w.dim(0)?;
-    let (dx, dw, db) = backward(&f32s(x)?, &f32s(w)?, &f32s(dy)?, (m, k, n));
+    let (dx, dw, db) = backward(&op_f32s(x)?, &op_f32s(w)?, &op_f32s(dy)?, (m, k, n));
     let dev = x.device();
     Ok((
         Tensor::from_vec(dx, (m, k), dev)?,

@@ -42,6 +42,16 @@ pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -
     }
 }
 
+/// A library error raised inside a candle custom op, as candle's error type.
+pub(crate) fn op_err(e: Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// A copy of the f32 data of `t`, inside a candle custom op (a backward pass).
+pub(crate) fn op_f32s(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    with_cpu::<f32, _>(t, |s| s.to_vec()).map_err(op_err)
+}
+
 /// In-place access to a tensor's storage: candle's `InplaceOp1` carrying a closure.
 struct InPlace<F>(std::sync::Mutex<Option<F>>);
 

@@ -80,13 +80,24 @@ impl Optimizer {
     /// in-place pass ([`super::update`]) for f32 variables, the composed candle form
     /// ([`Optimizer::step_reference`]) for any other dtype.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_with(grads, lr, true)
+    }
+
+    /// [`Optimizer::step`] through the composed candle form for every variable (the
+    /// reference the fused pass is tested against).
+    pub fn step_reference(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_with(grads, lr, false)
+    }
+
+    fn step_with(&mut self, grads: &GradStore, lr: f64, fuse: bool) -> Result<()> {
         self.step += 1;
         for i in 0..self.vars.len() {
             let (name, var) = self.vars[i].clone();
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let fused = var.dtype() == DType::F32
+            let fused = fuse
+                && var.dtype() == DType::F32
                 && g.dtype() == DType::F32
                 && var.as_tensor().is_contiguous();
             if fused {
@@ -98,37 +109,36 @@ impl Optimizer {
         Ok(())
     }
 
-    /// [`Optimizer::step`] through the composed candle form for every variable (the
-    /// reference the fused pass is tested against).
-    pub fn step_reference(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        self.step += 1;
-        for i in 0..self.vars.len() {
-            let (name, var) = self.vars[i].clone();
-            if let Some(g) = grads.get(var.as_tensor()) {
-                self.reference(&name, &var, g, lr)?;
-            }
+    /// The weight decay of variable `name` (0 for those that take none).
+    fn decay_of(&self, name: &str) -> f64 {
+        if self.decay.contains(name) {
+            self.weight_decay()
+        } else {
+            0.0
         }
-        Ok(())
     }
 
-    /// The moment buffer `name` of `map`, zeros of `var`'s shape when there is none yet.
+    /// The moment buffer `name` of `map` as a contiguous f32 tensor the update can write in
+    /// place (zeros of `var`'s shape when there is none yet).
     fn buffer(map: &mut BTreeMap<String, Tensor>, name: &str, var: &Var) -> Result<Tensor> {
-        if let Some(t) = map.get(name) {
-            if t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == var.dims() {
-                return Ok(t.clone());
+        let t = match map.get(name) {
+            Some(t) if t.dims() != var.dims() => {
+                return Err(Error::Train(format!(
+                    "optimizer state of `{name}` is {:?}, the variable {:?}",
+                    t.dims(),
+                    var.dims()
+                )))
             }
-        }
-        let t = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            Some(t) if t.dtype() == DType::F32 && t.is_contiguous() => return Ok(t.clone()),
+            Some(t) => t.to_dtype(DType::F32)?.contiguous()?,
+            None => Tensor::zeros(var.shape(), DType::F32, var.device())?,
+        };
         map.insert(name.to_string(), t.clone());
         Ok(t)
     }
 
     fn fused(&mut self, name: &str, var: &Var, g: &Tensor, lr: f64) -> Result<()> {
-        let wd = if self.decay.contains(name) {
-            self.weight_decay()
-        } else {
-            0.0
-        };
+        let wd = self.decay_of(name);
         let w = var.as_tensor();
         match self.cfg {
             OptimizerConfig::Sgd {
@@ -140,7 +150,7 @@ impl Optimizer {
                     weight_decay: wd as f32,
                     nesterov,
                 };
-                if momentum == 0.0 {
+                if momentum <= 0.0 {
                     return with_cpu(g, |g| {
                         with_cpu_mut(w, |w| {
                             update::sgd(w, g, &mut [], s);
@@ -186,64 +196,57 @@ impl Optimizer {
     }
 
     fn reference(&mut self, name: &str, var: &Var, g: &Tensor, lr: f64) -> Result<()> {
-        {
-            let name = &name.to_string();
-            // gradients can carry autograd history; state built from them must not, or every
-            // step's graph stays alive through the momentum buffers
-            let g = &g.detach();
-            let w = &var.as_tensor().detach();
-            let wd = if self.decay.contains(name) {
-                self.weight_decay()
-            } else {
-                0.0
-            };
-            let new = match self.cfg {
-                OptimizerConfig::Sgd {
-                    momentum, nesterov, ..
-                } => {
-                    let g = if wd > 0.0 {
-                        (g + (w * wd)?)?
+        // gradients can carry autograd history; state built from them must not, or every
+        // step's graph stays alive through the momentum buffers
+        let g = &g.detach();
+        let w = &var.as_tensor().detach();
+        let wd = self.decay_of(name);
+        let new = match self.cfg {
+            OptimizerConfig::Sgd {
+                momentum, nesterov, ..
+            } => {
+                let g = if wd > 0.0 {
+                    (g + (w * wd)?)?
+                } else {
+                    g.clone()
+                };
+                let d = if momentum > 0.0 {
+                    let buf = match self.m.get(name) {
+                        Some(b) => ((b * momentum)? + &g)?,
+                        None => g.clone(),
+                    };
+                    self.m.insert(name.to_string(), buf.clone());
+                    if nesterov {
+                        (g + (buf * momentum)?)?
                     } else {
-                        g.clone()
-                    };
-                    let d = if momentum > 0.0 {
-                        let buf = match self.m.get(name) {
-                            Some(b) => ((b * momentum)? + &g)?,
-                            None => g.clone(),
-                        };
-                        self.m.insert(name.clone(), buf.clone());
-                        if nesterov {
-                            (g + (buf * momentum)?)?
-                        } else {
-                            buf
-                        }
-                    } else {
-                        g
-                    };
-                    (w - (d * lr)?)?
-                }
-                OptimizerConfig::Adamw {
-                    beta1, beta2, eps, ..
-                } => {
-                    let m = match self.m.get(name) {
-                        Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
-                        None => (g * (1.0 - beta1))?,
-                    };
-                    let v = match self.v.get(name) {
-                        Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
-                        None => (g.sqr()? * (1.0 - beta2))?,
-                    };
-                    let t = self.step as i32;
-                    let mh = (&m / (1.0 - beta1.powi(t)))?;
-                    let vh = (&v / (1.0 - beta2.powi(t)))?;
-                    self.m.insert(name.clone(), m);
-                    self.v.insert(name.clone(), v);
-                    let upd = (mh / (vh.sqrt()? + eps)?)?;
-                    ((w * (1.0 - lr * wd))? - (upd * lr)?)?
-                }
-            };
-            var.set(&new)?;
-        }
+                        buf
+                    }
+                } else {
+                    g
+                };
+                (w - (d * lr)?)?
+            }
+            OptimizerConfig::Adamw {
+                beta1, beta2, eps, ..
+            } => {
+                let m = match self.m.get(name) {
+                    Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
+                    None => (g * (1.0 - beta1))?,
+                };
+                let v = match self.v.get(name) {
+                    Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
+                    None => (g.sqr()? * (1.0 - beta2))?,
+                };
+                let t = self.step as i32;
+                let mh = (&m / (1.0 - beta1.powi(t)))?;
+                let vh = (&v / (1.0 - beta2.powi(t)))?;
+                self.m.insert(name.to_string(), m);
+                self.v.insert(name.to_string(), v);
+                let upd = (mh / (vh.sqrt()? + eps)?)?;
+                ((w * (1.0 - lr * wd))? - (upd * lr)?)?
+            }
+        };
+        var.set(&new)?;
         Ok(())
     }
 
@@ -285,5 +288,5 @@ impl Optimizer {
 
 /// A library result inside an in-place closure, as candle's error type.
 fn nested(r: Result<()>) -> candle_core::Result<()> {
-    r.map_err(|e| candle_core::Error::Msg(e.to_string()))
+    r.map_err(crate::ops::op_err)
 }

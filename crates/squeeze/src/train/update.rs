@@ -32,40 +32,30 @@ pub struct AdamwStep {
 }
 
 /// `w ← w − lr·d` where d is the (Nesterov) momentum direction of `g + wd·w`; `buf` is the
-/// momentum buffer (zeros before the first step), untouched when momentum is 0.
+/// momentum buffer (zeros before the first step), unused (it may be empty) when momentum
+/// is not positive.
 pub fn sgd(w: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdStep) {
-    let kernel = |w: &mut [f32], g: &[f32], buf: &mut [f32]| {
-        for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-            let g = g + s.weight_decay * *w;
-            let d = if s.momentum > 0.0 {
-                *b = s.momentum * *b + g;
-                if s.nesterov {
-                    g + s.momentum * *b
-                } else {
-                    *b
-                }
-            } else {
-                g
-            };
-            *w -= s.lr * d;
-        }
-    };
-    if s.momentum == 0.0 {
-        // no momentum buffer
-        let kernel0 = |w: &mut [f32], g: &[f32]| {
-            for (w, &g) in w.iter_mut().zip(g) {
-                *w -= s.lr * (g + s.weight_decay * *w);
-            }
-        };
+    if s.momentum <= 0.0 {
         w.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(w, g)| kernel0(w, g));
+            .for_each(|(w, g)| {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= s.lr * (g + s.weight_decay * *w);
+                }
+            });
         return;
     }
     w.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(buf.par_chunks_mut(CHUNK))
-        .for_each(|((w, g), b)| kernel(w, g, b));
+        .for_each(|((w, g), buf)| {
+            for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
+                let g = g + s.weight_decay * *w;
+                *b = s.momentum * *b + g;
+                let d = if s.nesterov { g + s.momentum * *b } else { *b };
+                *w -= s.lr * d;
+            }
+        });
 }
 
 /// AdamW: moments `m`, `v` (zeros before the first step) updated from `g`, then

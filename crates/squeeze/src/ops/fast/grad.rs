@@ -12,23 +12,15 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{attention_rows, dot, erf, gelu_all, layer_norm_rows, Geo, PAR_MACS};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::isa::{self, Isa};
-use crate::ops::{slice_of, with_cpu};
+use crate::ops::{op_err, op_f32s, slice_of, with_cpu};
 
 /// Rows per parallel task of the LayerNorm backward.
 const LN_ROWS: usize = 32;
 
 fn active() -> candle_core::Result<Isa> {
-    isa::active().map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-fn msg(e: Error) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
-fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    with_cpu::<f32, _>(t, |s| s.to_vec()).map_err(msg)
+    isa::active().map_err(op_err)
 }
 
 fn tensor(v: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
@@ -68,7 +60,7 @@ impl CustomOp3 for LayerNormOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
-        let (xs, ws, dys) = (cpu_f32(x)?, cpu_f32(w)?, cpu_f32(dy)?);
+        let (xs, ws, dys) = (op_f32s(x)?, op_f32s(w)?, op_f32s(dy)?);
         let (dx, dw, db) = layer_norm_backward(&xs, &ws, &dys, d, self.eps);
         Ok((
             Some(tensor(dx, x.shape())?),
@@ -160,7 +152,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (xs, dys) = (cpu_f32(x)?, cpu_f32(dy)?);
+        let (xs, dys) = (op_f32s(x)?, op_f32s(dy)?);
         Ok(Some(tensor(gelu_backward(&xs, &dys), x.shape())?))
     }
 }
@@ -221,7 +213,7 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         dctx: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (qs, ks, vs, ds) = (cpu_f32(q)?, cpu_f32(k)?, cpu_f32(v)?, cpu_f32(dctx)?);
+        let (qs, ks, vs, ds) = (op_f32s(q)?, op_f32s(k)?, op_f32s(v)?, op_f32s(dctx)?);
         let (dq, dk, dv) = attention_backward((&qs, &ks, &vs), &ds, &self.mask, self.g, self.n);
         let s = q.shape();
         Ok((
@@ -388,7 +380,7 @@ impl CustomOp1 for LookupOp {
         dy: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let (num, dim) = table.dims2()?;
-        let dys = cpu_f32(dy)?;
+        let dys = op_f32s(dy)?;
         let mut g = vec![0f32; num * dim];
         for (&id, row) in self.ids.iter().zip(dys.chunks_exact(dim)) {
             let r = id as usize;
