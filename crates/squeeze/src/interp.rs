@@ -131,14 +131,14 @@ fn run_graph(
         bn_stats: Vec::new(),
     };
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let fused = fusable_bn_relu(g, opts);
+    let fused = fusable_relu(g, opts);
     let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
     let siblings = sibling_groups(g, opts);
     // outputs of group members computed ahead, together with their group's first node
     let mut ahead: HashMap<String, Tensor> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         if let Some(&bn) = fused_relu.get(&i) {
-            // this ReLU was computed together with BatchNorm node `bn`
+            // this ReLU was computed together with node `bn` (BatchNorm or int8 convolution)
             let v = vals
                 .remove(&g.nodes[bn].name)
                 .ok_or_else(|| Error::Graph("fused value missing".into()))?;
@@ -173,7 +173,7 @@ fn run_graph(
             }
             ys.remove(0)
         } else {
-            // a fused BatchNorm also applies the ReLU that reads it (skipped above)
+            // a fused node also applies the ReLU that reads it (skipped above)
             let fuse_relu = fused.contains_key(&i);
             run_node(node, p, &ins, opts, fuse_relu, &mut rng, &mut out)?
         };
@@ -199,12 +199,14 @@ fn run_graph(
     Ok(out)
 }
 
-/// BatchNorm + ReLU fusion (training and inference): BatchNorm index → index of the ReLU
-/// that is its only reader (neither tapped nor the output).
-fn fusable_bn_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
+/// ReLU fusion (training and inference): index of a BatchNorm or int8 convolution node →
+/// index of the ReLU that is its only reader (neither tapped nor the output); the node
+/// applies it (`NodeRun::fuse_relu`).
+fn fusable_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     let mut out = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if !matches!(n.op, Op::BatchNorm(_)) || opts.taps.contains(&n.name) || g.output == n.name {
+        let fuses = matches!(n.op, Op::BatchNorm(_) | Op::QConv2d(_));
+        if !fuses || opts.taps.contains(&n.name) || g.output == n.name {
             continue;
         }
         let readers: Vec<usize> = (0..g.nodes.len())

@@ -134,6 +134,158 @@ fn int8_kernel_paths_equal_the_reference_exactly() {
     assert!(qgemm::gemm_i8(isa::Isa::Scalar, &[0; 4], &[0; 4], &[0; 3], (1, 1, 4)).is_err());
 }
 
+#[test]
+fn packed_int8_panels_equal_the_reference_exactly() {
+    use qgemm::panel::PackedI8;
+    // tokens beyond whole tiles, channels beyond whole panels, inputs beyond whole groups
+    for &(m, n, k) in &[
+        (1, 5, 9),
+        (7, 16, 288),
+        (13, 33, 100),
+        (6, 40, 1152),
+        (17, 24, 64),
+    ] {
+        for relu in [false, true] {
+            let mut x = uniform(m * k, 7 + k as u64);
+            if relu {
+                x.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            let q = quantize_rows(&x, k, None, k);
+            let w: Vec<u8> = uniform(n * k, 11 + n as u64)
+                .into_iter()
+                .map(|v| (v * 127.0).round() as i8 as u8)
+                .collect();
+            let want = qgemm::gemm_i8_reference(&q.codes, &w, m, n, k); // [n, m]
+            let p = PackedI8::pack("w", n, k, |j, c| w[j * k + c]).unwrap();
+            // rows padded past the kernel's row length, as im2col rows are
+            let lda = PackedI8::row_len(k) + 4;
+            let (mut a, mut abs) = (vec![0i8; m * lda], vec![0u8; m * lda]);
+            for i in 0..m {
+                a[i * lda..i * lda + k].copy_from_slice(&q.codes[i * k..(i + 1) * k]);
+                abs[i * lda..i * lda + k].copy_from_slice(&q.abs[i * k..(i + 1) * k]);
+            }
+            let ldo = p.padded_n() + 16;
+            for path in isa::supported() {
+                let mut out = vec![-1i32; m * ldo];
+                p.product(
+                    path,
+                    (&a, &abs),
+                    (m, lda),
+                    !relu,
+                    0..p.panels(),
+                    &mut out,
+                    ldo,
+                )
+                .unwrap();
+                // the panels from the second on, alone: the same columns
+                if p.panels() > 1 {
+                    let mut part = vec![-1i32; m * ldo];
+                    p.product(
+                        path,
+                        (&a, &abs),
+                        (m, lda),
+                        !relu,
+                        1..p.panels(),
+                        &mut part,
+                        ldo,
+                    )
+                    .unwrap();
+                    let w16 = p.padded_n() - 16;
+                    for i in 0..m {
+                        assert_eq!(
+                            part[i * ldo..i * ldo + w16],
+                            out[i * ldo + 16..i * ldo + 16 + w16]
+                        );
+                    }
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
+                            out[i * ldo + j],
+                            want[j * m + i],
+                            "{} [{m}, {n}, {k}] relu={relu} at ({i}, {j})",
+                            path.name()
+                        );
+                    }
+                    // the padding channels of the last panel are zero
+                    assert!(out[i * ldo + n..i * ldo + p.padded_n()]
+                        .iter()
+                        .all(|&v| v == 0));
+                }
+                // rescaled to channels-first f32 (8×8 blocks and the edges): the same
+                // rounding on every path
+                let scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect();
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 7.0).collect();
+                let mut t = vec![0f32; n * m];
+                qgemm::panel::rescale_transposed(path, &out, (m, ldo), &scale, &bias, relu, &mut t)
+                    .unwrap();
+                for (j, row) in t.chunks_exact(m).enumerate() {
+                    for (i, v) in row.iter().enumerate() {
+                        let y = want[j * m + i] as f32 * scale[j] + bias[j];
+                        let y = if relu { y.max(0.0) } else { y };
+                        assert_eq!(*v, y, "{} rescaled ({j}, {i})", path.name());
+                    }
+                }
+            }
+        }
+    }
+    // −128 is outside the format (the sign transfer would overflow)
+    let e = PackedI8::pack("conv.weight_q", 2, 3, |j, c| {
+        if j == 1 && c == 2 {
+            0x80
+        } else {
+            1
+        }
+    });
+    assert!(e.unwrap_err().to_string().contains("conv.weight_q"));
+    // an output too short for the padded panels is an error, not a write past its end
+    let p = PackedI8::pack("w", 5, 8, |_, _| 1).unwrap();
+    let e = p.product(
+        isa::Isa::Scalar,
+        (&[0; 8], &[0; 8]),
+        (1, 8),
+        false,
+        0..1,
+        &mut [0; 5],
+        5,
+    );
+    assert!(e.is_err());
+    let e = p.product(
+        isa::Isa::Scalar,
+        (&[0; 8], &[0; 8]),
+        (1, 8),
+        false,
+        0..2,
+        &mut [0; 32],
+        32,
+    );
+    assert!(e.is_err(), "a panel past the weight's last");
+}
+
+#[test]
+fn channels_last_reorder_is_the_same_permutation_on_every_path() {
+    // whole 8×8 blocks, and channel / pixel edges
+    for &(c, hw) in &[(8, 64), (32, 784), (3, 10), (13, 49), (64, 196)] {
+        let src: Vec<i8> = (0..c * hw).map(|i| (i * 31 % 255) as u8 as i8).collect();
+        for path in isa::supported() {
+            let mut dst = vec![0i8; c * hw];
+            qgemm::panel::to_channels_last(path, &src, (c, hw), &mut dst).unwrap();
+            for ci in 0..c {
+                for px in 0..hw {
+                    assert_eq!(
+                        dst[px * c + ci],
+                        src[ci * hw + px],
+                        "{} [{c}, {hw}]",
+                        path.name()
+                    );
+                }
+            }
+        }
+    }
+    let e = qgemm::panel::to_channels_last(isa::Isa::Scalar, &[0; 6], (2, 4), &mut [0; 8]);
+    assert!(e.is_err());
+}
+
 /// Relative tolerance of the block-scaled int8 paths (exact block sums, f32 scaling).
 const BLOCKED_TOL: f32 = 1e-5;
 
@@ -403,6 +555,54 @@ fn the_quantize_pass_keeps_the_classifier_in_f32_and_survives_a_save_and_load() 
             0.0
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Largest difference between the int8 convolution kernels and the simulated f64 network,
+/// relative to the logits' range (a code that rounds the other way between f32 and f64
+/// at an inner layer moves the logits by about one activation step).
+const CONV_SIM_TOL: f32 = 1e-3;
+
+#[test]
+fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fused_relu() {
+    let q = apply(
+        small("vgg"),
+        "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
+         [[passes]]\ntype = \"fold_batch_norm\"\n\n\
+         [[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"static\"\n",
+    )
+    .unwrap();
+    let relus: Vec<String> = q
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Relu))
+        .map(|n| n.name.clone())
+        .collect();
+    let convs = q
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.kind() == "qconv2d")
+        .count();
+    assert!(convs >= 3 && relus.len() >= 3, "{convs} qconv2d, {relus:?}");
+    let p64 = store_to_dtype(&q.params, DType::F64).unwrap();
+    // one image (its pixel blocks in parallel) and a batch (images in parallel)
+    for batch in [1, 3] {
+        let x = common::batch(batch, 5);
+        let got = predict(&q.graph, &q.params, &x).unwrap();
+        let sim = predict(&q.graph, &p64, &x.to_dtype(DType::F64).unwrap()).unwrap();
+        let range = got.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let d =
+            max_abs(&got, &sim.to_dtype(DType::F32).unwrap()) / range.to_scalar::<f32>().unwrap();
+        assert!(d < CONV_SIM_TOL, "batch {batch}: {d} of the logits' range");
+        // tapping the ReLUs turns the fusion off: the same values, computed in two nodes
+        let opts = squeeze::interp::ForwardOpts {
+            taps: relus.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let unfused = squeeze::interp::forward(&q.graph, &q.params, &x, &opts).unwrap();
+        assert_eq!(max_abs(&unfused.output, &got), 0.0, "batch {batch}");
     }
 }
 

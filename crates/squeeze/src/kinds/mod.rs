@@ -76,7 +76,8 @@ pub struct NodeRun<'a> {
     /// The values of the node's inputs, in order.
     pub ins: &'a [Tensor],
     pub opts: &'a ForwardOpts,
-    /// Fusion: a BatchNorm also applies the ReLU that is its only reader.
+    /// Fusion: a BatchNorm or int8 convolution also applies the ReLU that is its only
+    /// reader.
     pub fuse_relu: bool,
     /// The pass's seeded generator (dropout masks).
     pub rng: &'a mut StdRng,

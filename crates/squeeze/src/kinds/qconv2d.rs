@@ -3,10 +3,15 @@
 //! `[out, in·k·k]`, standing for `[out, in, k, k]`), `weight_scale` (per output channel
 //! or one), `input_scale` (`[1]`, calibrated) and `bias`. Inference quantizes the input
 //! with its static scale, builds each image's int8 im2col rows (one per output pixel,
-//! padded to 32 bytes) and runs the exact int8 kernel of [`crate::ops::qgemm`], images in
-//! parallel; the result is rescaled to f32 with the bias added. Any other caller gets the
-//! simulated layer (fake-quantized input, dequantized weight, candle's convolution) — the
-//! reference the kernel is tested against. Coupling: pinned on both sides.
+//! channels-last) and multiplies them with the codes packed once into panels
+//! ([`crate::ops::qgemm::panel`]: exact i32 sums); the result is rescaled to f32 with the
+//! bias added, and the ReLU that is the node's only reader applied in the same pass.
+//! Images run in parallel, or a single image's blocks of output pixels. Any other caller
+//! gets the simulated layer (fake-quantized input, dequantized weight, candle's
+//! convolution) — the reference the kernel is tested against. Coupling: pinned on both
+//! sides.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -16,7 +21,7 @@ use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec}
 use crate::coupling::{Coupler, Seg};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
-use crate::ops::qgemm;
+use crate::ops::qgemm::{self, panel, panel::PackedI8, panel::NR};
 use crate::ops::with_cpu;
 use crate::params::f32_values;
 use crate::quant::act::quantize_rows;
@@ -36,8 +41,57 @@ pub struct QConv2d {
     pub layout: Layout,
 }
 
-/// Rows of the int8 kernel are padded to this many bytes.
-const ALIGN: usize = 32;
+/// A node's packed codes and its output channels' weight scales.
+struct Packed {
+    panels: Arc<PackedI8>,
+    scales: Vec<f32>,
+}
+
+/// How a block of i32 products becomes f32 outputs: `acc·scale[j] + bias[j]`, then ReLU.
+struct Out {
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl Out {
+    /// The output rows (`[channels, m]`, in `y`) of the channels of `panels`: the products
+    /// of the `m` im2col rows (codes and magnitudes, stride `lda`), rescaled.
+    #[allow(clippy::too_many_arguments)]
+    fn rows(
+        &self,
+        isa: crate::isa::Isa,
+        w: &PackedI8,
+        a: (&[i8], &[u8]),
+        (m, lda): (usize, usize),
+        signed: bool,
+        panels: std::ops::Range<usize>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let cols = panels.len() * NR;
+        let j = panels.start * NR..(panels.start * NR + y.len() / m.max(1));
+        ACC.with(|acc| -> Result<()> {
+            let mut acc = acc.borrow_mut();
+            // every element is written by the product: only growth is zero-filled
+            let len = acc.len().max(m * cols);
+            acc.resize(len, 0);
+            w.product(isa, a, (m, lda), signed, panels, &mut acc, cols)?;
+            let (sc, b) = (&self.scale[j.clone()], &self.bias[j]);
+            panel::rescale_transposed(isa, &acc, (m, cols), sc, b, self.relu, y)
+        })
+    }
+}
+
+thread_local! {
+    /// Each thread's i32 products, reused across calls.
+    static ACC: std::cell::RefCell<Vec<i32>> = std::cell::RefCell::default();
+}
+
+/// Non-negative codes are their own magnitudes.
+fn cast_u8(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+}
 
 /// Per-thread buffers of the kernel, reused across images and calls.
 #[derive(Default)]
@@ -116,12 +170,14 @@ impl LayerKind for QConv2d {
             true => Some(f32_values(cx.param("bias")?)?),
             false => None,
         };
-        let dims = (self.out_channels, self.cols());
+        let (dims, relu) = ((self.out_channels, self.cols()), cx.fuse_relu);
+        let codes_id = cx.param("weight_q")?.id();
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
             if x.track_op() || x.dtype() != DType::F32 {
-                return self.simulated(x, w, sa, bias.as_deref());
+                return self.simulated(x, w, sa, bias.as_deref(), relu);
             }
-            self.kernel(x, w, sa, bias.as_deref())
+            let packed = self.packed(&cx.node.name, codes_id, w)?;
+            self.kernel(x, &packed, sa, bias.as_deref(), relu)
         })
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
@@ -139,66 +195,82 @@ impl QConv2d {
         self.in_channels * self.kernel * self.kernel
     }
 
-    /// The int8 kernel over every image: `[N, out, Ho, Wo]`.
-    fn kernel(&self, x: &Tensor, wv: &QView, sa: f32, bias: Option<&[f32]>) -> Result<Tensor> {
+    /// The stored codes (tensor `id`) packed in im2col order — (kernel row, kernel column,
+    /// channel) from the stored (channel, kernel row, kernel column) — once per tensor,
+    /// and each output channel's weight scale.
+    fn packed(&self, node: &str, id: candle_core::TensorId, w: &QView) -> Result<Packed> {
+        let (co, kk, k2, cin) = (
+            self.out_channels,
+            self.cols(),
+            self.kernel * self.kernel,
+            self.in_channels,
+        );
+        let scales = (0..co)
+            .map(|j| w.scales[self.layout.scale_index(j, 0, kk)])
+            .collect();
+        let what = format!("{node}.weight_q");
+        let panels = panel::packed(id, || {
+            PackedI8::pack(&what, co, kk, |j, col| {
+                w.codes[j * kk + (col % cin) * k2 + col / cin]
+            })
+        })?;
+        Ok(Packed { panels, scales })
+    }
+
+    /// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`.
+    fn kernel(
+        &self,
+        x: &Tensor,
+        w: &Packed,
+        sa: f32,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
-        let kk = self.cols();
-        let kp = kk.div_ceil(ALIGN) * ALIGN;
-        let co = self.out_channels;
-        let w = wv.codes;
         let [_, ho, wo] = self.out_shape(&[&[c, h, wd]]).map_err(Error::Graph)?[..] else {
             return Err(Error::Graph("qconv2d: bad output shape".into()));
         };
-        let p = ho * wo;
-        // filters reordered to the im2col rows' (kernel row, kernel column, channel) order
-        let (k, cin) = (self.kernel, c);
-        let mut wpad = vec![0u8; co * kp];
-        for j in 0..co {
-            for ci in 0..cin {
-                for kk2 in 0..k * k {
-                    wpad[j * kp + kk2 * cin + ci] = w[j * kk + ci * k * k + kk2];
-                }
-            }
-        }
-        let scales: Vec<f32> = (0..co)
-            .map(|j| wv.scales[self.layout.scale_index(j, 0, kk)])
-            .collect();
+        let (co, p, chw) = (self.out_channels, ho * wo, c * h * wd);
+        let lda = PackedI8::row_len(self.cols());
         let isa = crate::isa::active()?;
         let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
-        let chw = c * h * wd;
+        // each output channel's factor from i32 to f32, and its offset
+        let out = Out {
+            scale: w.scales.iter().map(|s| s * sa).collect(),
+            bias: bias.map_or_else(|| vec![0.0; co], |b| b.to_vec()),
+            relu,
+        };
         let mut y = vec![0f32; n * co * p];
+        // a batch: images in parallel, each on one thread; a single image: its channels'
+        // panels split over the threads (each writes whole output rows)
+        let np = w.panels.panels();
+        let per_task = match n {
+            1 => np.div_ceil(rayon::current_num_threads()),
+            _ => np,
+        };
         with_cpu::<f32, _>(x, |xs| {
-            // images in parallel, each product on its thread; one image: the product's rows
-            // in parallel
-            let par = n == 1;
-            let image = |(i, out): (usize, &mut [f32])| -> Result<()> {
+            let image = |(i, yi): (usize, &mut [f32])| -> Result<()> {
                 with_scratch(|s| {
-                    // the image's codes, channels last (their magnitudes come after im2col)
-                    s.codes.resize(chw, 0);
-                    s.mags.resize(chw, 0);
-                    qgemm::quantize_row(
-                        &xs[i * chw..(i + 1) * chw],
-                        inv,
-                        &mut s.codes,
-                        &mut s.mags,
+                    let x = &xs[i * chw..(i + 1) * chw];
+                    let signed = self.image_cols(isa, x, inv, (c, h, wd), (ho, wo), lda, s)?;
+                    let a = (
+                        &s.cols[..],
+                        if signed { &s.abs[..] } else { cast_u8(&s.cols) },
                     );
-                    s.hwc.resize(chw, 0);
-                    for ci in 0..c {
-                        for px in 0..h * wd {
-                            s.hwc[px * c + ci] = s.codes[ci * h * wd + px];
-                        }
+                    let task = |(t, yt): (usize, &mut [f32])| {
+                        let panels = t * per_task..((t + 1) * per_task).min(np);
+                        out.rows(isa, &w.panels, a, (p, lda), signed, panels, yt)
+                    };
+                    match n {
+                        1 => yi
+                            .par_chunks_mut(per_task * NR * p)
+                            .enumerate()
+                            .try_for_each(task),
+                        _ => yi
+                            .chunks_mut(per_task * NR * p)
+                            .enumerate()
+                            .try_for_each(task),
                     }
-                    self.im2col(&s.hwc, (c, h, wd), (ho, wo), kp, &mut s.cols);
-                    s.abs.clear();
-                    s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
-                    let acc = qgemm::gemm_i8_on(isa, &s.cols, &s.abs, &wpad, (p, co, kp), par)?; // [co, p]
-                    for (j, (o, a)) in out.chunks_mut(p).zip(acc.chunks(p)).enumerate() {
-                        let (sc, b) = (sa * scales[j], bias.map_or(0.0, |b| b[j]));
-                        o.iter_mut()
-                            .zip(a)
-                            .for_each(|(o, a)| *o = *a as f32 * sc + b);
-                    }
-                    Ok(())
                 })
             };
             y.par_chunks_mut(co * p).enumerate().try_for_each(image)
@@ -206,7 +278,36 @@ impl QConv2d {
         Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
     }
 
-    /// One image's int8 im2col rows `[Ho·Wo, kp]` into `cols`, from its codes in
+    /// One image's int8 im2col rows (`[Ho·Wo, lda]`, in `s.cols`) from its f32 values
+    /// `[C, H, W]`: codes at the static scale, reordered channels-last, then gathered;
+    /// their magnitudes in `s.abs` when any code is negative (returned).
+    #[allow(clippy::too_many_arguments)]
+    fn image_cols(
+        &self,
+        isa: crate::isa::Isa,
+        x: &[f32],
+        inv: f32,
+        (c, h, w): (usize, usize, usize),
+        (ho, wo): (usize, usize),
+        lda: usize,
+        s: &mut Scratch,
+    ) -> Result<bool> {
+        let chw = c * h * w;
+        s.codes.resize(chw, 0);
+        s.mags.resize(chw, 0);
+        qgemm::quantize_row(x, inv, &mut s.codes, &mut s.mags);
+        let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
+        s.hwc.resize(chw, 0);
+        panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;
+        self.im2col(&s.hwc, (c, h, w), (ho, wo), lda, &mut s.cols);
+        if signed {
+            s.abs.clear();
+            s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
+        }
+        Ok(signed)
+    }
+
+    /// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols`, from its codes in
     /// channels-last order `[H, W, C]`: row (oh, ow) holds, kernel row by kernel row, the
     /// C·k codes under the kernel as one contiguous run of the input row (zero in the
     /// padding and beyond the row's `in·k·k` values).
@@ -215,41 +316,47 @@ impl QConv2d {
         x: &[i8],
         (c, h, w): (usize, usize, usize),
         (ho, wo): (usize, usize),
-        kp: usize,
+        lda: usize,
         cols: &mut Vec<i8>,
     ) {
         let (k, s, pad) = (self.kernel as isize, self.stride, self.padding as isize);
-        cols.clear();
-        cols.resize(ho * wo * kp, 0);
+        let kc = k as usize * c;
+        // every byte is written below (zeros included): no clearing pass
+        cols.resize(ho * wo * lda, 0);
         for oh in 0..ho {
             for ow in 0..wo {
-                let row = &mut cols[(oh * wo + ow) * kp..][..kp];
+                let row = &mut cols[(oh * wo + ow) * lda..][..lda];
                 let iw0 = (ow * s) as isize - pad;
-                // kernel columns inside the image: iw0 + kj in [0, w)
-                let (lo, hi) = (
-                    (-iw0).max(0) as usize,
-                    (w as isize - iw0).min(k).max(0) as usize,
-                );
-                if lo >= hi {
-                    continue;
-                }
-                for ki in 0..k {
-                    let ih = (oh * s) as isize + ki - pad;
-                    if ih < 0 || ih >= h as isize {
+                // kernel columns inside the image: iw0 + kj in [lo, hi) ⊂ [0, w)
+                let lo = (-iw0).clamp(0, k) as usize;
+                let hi = ((w as isize - iw0).min(k).max(0) as usize).max(lo);
+                for (ki, seg) in row[..k as usize * kc].chunks_exact_mut(kc).enumerate() {
+                    let ih = (oh * s) as isize + ki as isize - pad;
+                    if ih < 0 || ih >= h as isize || lo == hi {
+                        seg.fill(0);
                         continue;
                     }
                     let src = (ih as usize * w + (iw0 + lo as isize) as usize) * c;
-                    let dst = (ki as usize * k as usize + lo) * c;
                     let n = (hi - lo) * c;
-                    row[dst..dst + n].copy_from_slice(&x[src..src + n]);
+                    seg[..lo * c].fill(0);
+                    seg[lo * c..hi * c].copy_from_slice(&x[src..src + n]);
+                    seg[hi * c..].fill(0);
                 }
+                row[k as usize * kc..].fill(0);
             }
         }
     }
 
     /// The simulated layer in the input's dtype: the fake-quantized input (same codes as
     /// the kernel's) through candle's convolution with the dequantized weight.
-    fn simulated(&self, x: &Tensor, wv: &QView, sa: f32, bias: Option<&[f32]>) -> Result<Tensor> {
+    fn simulated(
+        &self,
+        x: &Tensor,
+        wv: &QView,
+        sa: f32,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Tensor> {
         let (co, kk, k) = (self.out_channels, self.cols(), self.kernel);
         let mut w = vec![0f32; co * kk];
         for (j, row) in w.chunks_exact_mut(kk).enumerate() {
@@ -265,14 +372,15 @@ impl QConv2d {
         let xq = Tensor::from_vec(deq, dims.as_slice(), x.device())?.to_dtype(x.dtype())?;
         let xin = (x + (xq - x)?.detach())?;
         let y = xin.conv2d(&wt, self.padding, self.stride, 1, 1)?;
-        Ok(match bias {
+        let y = match bias {
             Some(b) => {
                 let b =
                     Tensor::from_vec(b.to_vec(), (1, co, 1, 1), x.device())?.to_dtype(y.dtype())?;
                 y.broadcast_add(&b)?
             }
             None => y,
-        })
+        };
+        Ok(if relu { y.relu()? } else { y })
     }
 }
 

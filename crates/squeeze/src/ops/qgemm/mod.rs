@@ -14,12 +14,19 @@
 //!   `s·(Σ_k x_k·n_k − z·Σ_k x_k)`, nibbles widened to f32 in registers (AVX2: one mask, one
 //!   shift, `vpmovzxbd`, `vcvtdq2ps` per 8 codes); float sums, so tested with a tolerance.
 //!
+//! - [`panel::PackedI8`]: int8 weights packed once into 16-channel panels, multiplied
+//!   with exact i32 accumulation into channels-last `[m, n]` results (the convolution's
+//!   kernel; see that module).
+//!
 //! The raw products are `[n, m]` (row j = weight row j against every token); the layer
 //! forms write `[m, n]`. All split the weight rows over threads when the product is large.
 //! CPUs with AVX-512 run the AVX2 paths (an AVX-512 VNNI kernel is not written yet).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_panel;
+pub mod panel;
 
 use rayon::prelude::*;
 

@@ -1,0 +1,204 @@
+//! AVX2 micro-kernel of [`super::panel::PackedI8::product`]: tiles of up to 6 tokens
+//! (4 with sign transfer, which needs two more registers) × one 16-channel panel, 12 i32
+//! accumulators, one broadcast of 4 activation bytes per token and input group.
+
+use std::arch::x86_64::*;
+
+use super::panel::NR;
+
+/// Every panel against every token; see `PackedI8::product` for the contract.
+///
+/// # Safety
+/// AVX2 is available; `a`/`abs` hold `m` rows of stride `lda` with at least `nq·4` bytes
+/// each, `panels` holds whole panels of `nq·64` bytes, `out` has `m` rows of stride `ldo`
+/// with room for every panel's 16 columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub unsafe fn product(
+    a: &[i8],
+    abs: &[u8],
+    (m, lda): (usize, usize),
+    panels: &[u8],
+    nq: usize,
+    signed: bool,
+    out: &mut [i32],
+    ldo: usize,
+) {
+    let psize = nq * NR * 4;
+    let np = panels.len() / psize.max(1);
+    let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
+    // one panel (≤ a few KB) stays in L1 while every token tile streams past it
+    for p in 0..np {
+        let w = panels.as_ptr().add(p * psize);
+        let mut i = 0;
+        while i < m {
+            let at = (ap.add(i * lda), bp.add(i * lda));
+            let o = op.add(i * ldo + p * NR);
+            i += match (signed, m - i) {
+                (false, 6..) => tile::<6, false>(at, lda, w, nq, o, ldo),
+                (false, 5) => tile::<5, false>(at, lda, w, nq, o, ldo),
+                (false, 4) => tile::<4, false>(at, lda, w, nq, o, ldo),
+                (false, 3) => tile::<3, false>(at, lda, w, nq, o, ldo),
+                (false, 2) => tile::<2, false>(at, lda, w, nq, o, ldo),
+                (false, _) => tile::<1, false>(at, lda, w, nq, o, ldo),
+                (true, 4..) => tile::<4, true>(at, lda, w, nq, o, ldo),
+                (true, 3) => tile::<3, true>(at, lda, w, nq, o, ldo),
+                (true, 2) => tile::<2, true>(at, lda, w, nq, o, ldo),
+                (true, _) => tile::<1, true>(at, lda, w, nq, o, ldo),
+            };
+        }
+    }
+}
+
+/// T tokens (codes and magnitudes from `a`) × one panel `w` → `out` rows of 16 i32;
+/// returns T.
+#[target_feature(enable = "avx2")]
+unsafe fn tile<const T: usize, const SIGNED: bool>(
+    (a, abs): (*const i8, *const u8),
+    lda: usize,
+    w: *const u8,
+    nq: usize,
+    out: *mut i32,
+    ldo: usize,
+) -> usize {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; T];
+    for q in 0..nq {
+        let w0 = _mm256_loadu_si256(w.add(q * 64) as *const __m256i);
+        let w1 = _mm256_loadu_si256(w.add(q * 64 + 32) as *const __m256i);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let u = _mm256_set1_epi32((abs.add(t * lda + 4 * q) as *const i32).read_unaligned());
+            let (x0, x1) = if SIGNED {
+                // the activation's sign moves onto the weight; its magnitude is unsigned
+                let s = _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned());
+                (_mm256_sign_epi8(w0, s), _mm256_sign_epi8(w1, s))
+            } else {
+                (w0, w1)
+            };
+            // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x0), ones);
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), ones);
+            acc[0] = _mm256_add_epi32(acc[0], p0);
+            acc[1] = _mm256_add_epi32(acc[1], p1);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_si256(out.add(t * ldo) as *mut __m256i, acc[0]);
+        _mm256_storeu_si256(out.add(t * ldo + 8) as *mut __m256i, acc[1]);
+    }
+    T
+}
+
+/// `t[j·ldt + i] = acc[i·ldo + j]·scale[j] + bias[j]` (ReLU'd when `relu`) for the
+/// channels `j < nb` and tokens `i < mb` (both multiples of 8), 8×8 blocks transposed in
+/// registers.
+///
+/// # Safety
+/// AVX2 is available; `acc` holds `mb` rows of stride `ldo ≥ nb`, `scale`/`bias` at least
+/// `nb` values and `t` `nb` rows of stride `ldt ≥ mb`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub unsafe fn rescale_blocks(
+    acc: &[i32],
+    (mb, ldo): (usize, usize),
+    (scale, bias): (&[f32], &[f32]),
+    nb: usize,
+    relu: bool,
+    t: &mut [f32],
+    ldt: usize,
+) {
+    let zero = _mm256_setzero_ps();
+    for j0 in (0..nb).step_by(8) {
+        let s = _mm256_loadu_ps(scale.as_ptr().add(j0));
+        let b = _mm256_loadu_ps(bias.as_ptr().add(j0));
+        for i0 in (0..mb).step_by(8) {
+            // row r: token i0 + r, channels j0..j0 + 8
+            let mut r = [zero; 8];
+            for (k, v) in r.iter_mut().enumerate() {
+                let a = _mm256_loadu_si256(acc.as_ptr().add((i0 + k) * ldo + j0) as *const __m256i);
+                // a product, then a sum: the scalar path's rounding
+                let y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), s), b);
+                *v = if relu { _mm256_max_ps(y, zero) } else { y };
+            }
+            let c = transpose8(r);
+            for (k, v) in c.iter().enumerate() {
+                _mm256_storeu_ps(t.as_mut_ptr().add((j0 + k) * ldt + i0), *v);
+            }
+        }
+    }
+}
+
+/// The 8×8 transpose of eight rows of 8 floats.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// `dst[px·c + ci] = src[ci·hw + px]` for the channels `ci < cb` and pixels `px < pb`
+/// (multiples of 8), one 8×8 block of bytes at a time.
+///
+/// # Safety
+/// SSE2 is available; `src` and `dst` hold `c·hw` bytes, `cb ≤ c`, `pb ≤ hw`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose_bytes(
+    src: &[i8],
+    (c, hw): (usize, usize),
+    (cb, pb): (usize, usize),
+    dst: &mut [i8],
+) {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for c0 in (0..cb).step_by(8) {
+        for p0 in (0..pb).step_by(8) {
+            let row = |r: usize| _mm_loadl_epi64(s.add((c0 + r) * hw + p0) as *const __m128i);
+            // bytes of rows (0,1), (2,3), … interleaved, then 16-bit pairs, then 32-bit
+            let a0 = _mm_unpacklo_epi8(row(0), row(1));
+            let a1 = _mm_unpacklo_epi8(row(2), row(3));
+            let a2 = _mm_unpacklo_epi8(row(4), row(5));
+            let a3 = _mm_unpacklo_epi8(row(6), row(7));
+            let b0 = _mm_unpacklo_epi16(a0, a1);
+            let b1 = _mm_unpackhi_epi16(a0, a1);
+            let b2 = _mm_unpacklo_epi16(a2, a3);
+            let b3 = _mm_unpackhi_epi16(a2, a3);
+            // each 64-bit half: one pixel's 8 channels
+            let cols = [
+                _mm_unpacklo_epi32(b0, b2),
+                _mm_unpackhi_epi32(b0, b2),
+                _mm_unpacklo_epi32(b1, b3),
+                _mm_unpackhi_epi32(b1, b3),
+            ];
+            for (q, v) in cols.iter().enumerate() {
+                let px = p0 + 2 * q;
+                _mm_storel_epi64(d.add(px * c + c0) as *mut __m128i, *v);
+                _mm_storel_epi64(
+                    d.add((px + 1) * c + c0) as *mut __m128i,
+                    _mm_unpackhi_epi64(*v, *v),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Int8 weights packed once into 16-channel panels for the broadcast GEMM micro-kernel
+//! (the layout of Goto & van de Geijn's panels, with the 4-byte input groups of integer
+//! dot-product kernels): panel p holds, for every group of 4 inputs q, the 4 codes of each
+//! of its 16 output channels — 64 bytes, two AVX2 registers. The kernel broadcasts 4
+//! activation bytes of a token to every lane, multiplies them with both registers
+//! (`vpmaddubsw` + `vpmaddwd`) and accumulates 16 channels of that token in i32, so a tile
+//! of 6 tokens × 16 channels needs no horizontal sums and its results are already
+//! channels-last. Activations are unsigned magnitudes (≤ 127); signed ones move their sign
+//! onto the weight (`vpsignb`), so pair sums stay below 2¹⁵ and the result is exact.
+//!
+//! [`PackedI8::product`] equals [`super::gemm_i8_reference`] (transposed to `[m, n]`)
+//! exactly on every path; [`packed`] keeps the packed form of a stored weight for as long
+//! as that tensor lives in the parameter store (a replaced tensor has a new identity).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::TensorId;
+
+use crate::error::{Error, Result};
+use crate::isa::{self, Isa};
+
+/// Output channels per panel.
+pub const NR: usize = 16;
+/// Inputs per group (one broadcast i32).
+const KG: usize = 4;
+
+/// An int8 weight `[n, k]` in panel layout, `n` padded to a multiple of [`NR`] and `k` to
+/// a multiple of 4 with zero codes.
+#[derive(Debug)]
+pub struct PackedI8 {
+    pub n: usize,
+    pub k: usize,
+    data: Vec<u8>,
+}
+
+impl PackedI8 {
+    /// Packs codes given by `code(j, c)` for output channel `j < n` and input `c < k`
+    /// (callers reorder their stored layout through it). A code of −128 (outside the
+    /// int8 format, where the sign transfer would overflow) is an error naming `what`.
+    pub fn pack(what: &str, n: usize, k: usize, code: impl Fn(usize, usize) -> u8) -> Result<Self> {
+        let nq = Self::groups(k);
+        let np = n.div_ceil(NR);
+        let mut data = vec![0u8; np * nq * NR * KG];
+        for j in 0..n {
+            let (p, ch) = (j / NR, j % NR);
+            for c in 0..k {
+                let v = code(j, c);
+                if v == 0x80 {
+                    return Err(Error::Data(format!(
+                        "{what}: code −128 at row {j}, input {c} (int8 codes are in [−127, 127])"
+                    )));
+                }
+                data[((p * nq + c / KG) * NR + ch) * KG + c % KG] = v;
+            }
+        }
+        Ok(PackedI8 { n, k, data })
+    }
+
+    /// Bytes of one activation row the kernel reads: `k` rounded up to a multiple of 4
+    /// (rows of the operand are at least this long, zero-padded).
+    pub fn row_len(k: usize) -> usize {
+        Self::groups(k) * KG
+    }
+
+    fn groups(k: usize) -> usize {
+        k.div_ceil(KG)
+    }
+
+    /// Output columns of [`Self::product`]: `n` rounded up to a multiple of [`NR`].
+    pub fn padded_n(&self) -> usize {
+        self.n.div_ceil(NR) * NR
+    }
+
+    /// Panels of [`NR`] channels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// `out[i·ldo + j] = Σ_c a[i·lda + c]·w[NR·panels.start + j, c]` for `m` tokens and
+    /// the channels of `panels` (those past `n` get 0), on the calling thread. `abs` holds
+    /// `|a|`; `signed`: whether any code is negative (when not, `abs` may be `a` itself).
+    /// `lda ≥ row_len(k)` with the row padding zero; `ldo ≥ NR·panels.len()`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        isa: Isa,
+        (a, abs): (&[i8], &[u8]),
+        (m, lda): (usize, usize),
+        signed: bool,
+        panels: std::ops::Range<usize>,
+        out: &mut [i32],
+        ldo: usize,
+    ) -> Result<()> {
+        let isa = isa::require(isa)?;
+        let (kr, cols) = (Self::row_len(self.k), panels.len() * NR);
+        let ok = lda >= kr
+            && ldo >= cols
+            && panels.end <= self.panels()
+            && a.len() >= m.saturating_sub(1) * lda + kr
+            && abs.len() >= m.saturating_sub(1) * lda + kr
+            && out.len() >= m.saturating_sub(1) * ldo + cols;
+        if m > 0 && !ok {
+            return Err(Error::Data(format!(
+                "packed int8 product of {m} rows (stride {lda}) with panels {panels:?} of a \
+                 [{}, {}] weight: operands of {} and {} bytes, output of {} (stride {ldo})",
+                self.n,
+                self.k,
+                a.len(),
+                abs.len(),
+                out.len()
+            )));
+        }
+        let nq = Self::groups(self.k);
+        let psize = nq * NR * KG;
+        let data = &self.data[panels.start * psize..panels.end * psize];
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar {
+            // SAFETY: every path above scalar implies AVX2; the lengths were checked above
+            // (the kernel reads rows of `nq·4` bytes and writes 16 columns per panel).
+            unsafe { super::avx2_panel::product(a, abs, (m, lda), data, nq, signed, out, ldo) };
+            return Ok(());
+        }
+        let _ = (isa, signed, abs);
+        Self::product_reference(data, nq, a, (m, lda), out, ldo);
+        Ok(())
+    }
+
+    /// The plain loops of [`Self::product`] over packed panels `data`.
+    fn product_reference(
+        data: &[u8],
+        nq: usize,
+        a: &[i8],
+        (m, lda): (usize, usize),
+        out: &mut [i32],
+        ldo: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..data.len() / (nq * KG) {
+                let (p, ch) = (j / NR, j % NR);
+                out[i * ldo + j] = (0..nq * KG)
+                    .map(|c| {
+                        let w = data[((p * nq + c / KG) * NR + ch) * KG + c % KG];
+                        a[i * lda + c] as i32 * w as i8 as i32
+                    })
+                    .sum();
+            }
+        }
+    }
+}
+
+/// Packed weights kept beyond one call, at most this many (the oldest go first).
+const CACHE_CAP: usize = 64;
+
+type Entry = (TensorId, Arc<PackedI8>);
+static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+/// The packed form of the stored codes tensor `id`, made by `make` on first use.
+pub fn packed(id: TensorId, make: impl FnOnce() -> Result<PackedI8>) -> Result<Arc<PackedI8>> {
+    let poisoned = || Error::Graph("int8 pack cache poisoned".into());
+    if let Some((_, p)) = CACHE
+        .lock()
+        .map_err(|_| poisoned())?
+        .iter()
+        .find(|e| e.0 == id)
+    {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(make()?);
+    let mut c = CACHE.lock().map_err(|_| poisoned())?;
+    if !c.iter().any(|e| e.0 == id) {
+        if c.len() == CACHE_CAP {
+            c.remove(0);
+        }
+        c.push((id, p.clone()));
+    }
+    Ok(p)
+}
+
+/// Channels-last i32 products to channels-first f32 outputs: for `m` tokens and every
+/// channel `j < scale.len()`, `t[j·m + i] = acc[i·ldo + j]·scale[j] + bias[j]` (then
+/// `max(0, ·)` when `relu`). The AVX2 path transposes 8×8 blocks in registers; both paths
+/// round the same (a product, then a sum), so they agree exactly.
+#[allow(clippy::too_many_arguments)]
+pub fn rescale_transposed(
+    isa: Isa,
+    acc: &[i32],
+    (m, ldo): (usize, usize),
+    scale: &[f32],
+    bias: &[f32],
+    relu: bool,
+    t: &mut [f32],
+) -> Result<()> {
+    let isa = isa::require(isa)?;
+    let n = scale.len();
+    if bias.len() != n || ldo < n || t.len() != n * m || acc.len() < m.saturating_sub(1) * ldo + n {
+        return Err(Error::Data(format!(
+            "rescaling {m} rows of {n} channels (stride {ldo}): {} products, {} biases, {} outputs",
+            acc.len(),
+            bias.len(),
+            t.len()
+        )));
+    }
+    let one = |j: usize, i: usize| {
+        let y = acc[i * ldo + j] as f32 * scale[j] + bias[j];
+        if relu {
+            y.max(0.0)
+        } else {
+            y
+        }
+    };
+    let (mut nb, mut mb) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        (nb, mb) = (n / 8 * 8, m / 8 * 8);
+        // SAFETY: AVX2 is implied by any path above scalar; the sizes were checked above
+        // and the kernel touches only whole 8×8 blocks inside them.
+        unsafe { super::avx2_panel::rescale_blocks(acc, (mb, ldo), (scale, bias), nb, relu, t, m) };
+    }
+    let _ = isa;
+    // what the blocks did not cover: the last channels, then the last tokens
+    for j in 0..n {
+        let from = if j < nb { mb } else { 0 };
+        for i in from..m {
+            t[j * m + i] = one(j, i);
+        }
+    }
+    Ok(())
+}
+
+/// `dst[px·c + ci] = src[ci·hw + px]`: an image's codes `[C, H·W]` reordered channels-last
+/// `[H·W, C]`. The AVX2 path moves 8×8 blocks through SSE registers; the edges (and the
+/// scalar path) go byte by byte. A pure permutation, so the paths agree exactly.
+pub fn to_channels_last(
+    isa: Isa,
+    src: &[i8],
+    (c, hw): (usize, usize),
+    dst: &mut [i8],
+) -> Result<()> {
+    let isa = isa::require(isa)?;
+    if src.len() != c * hw || dst.len() != c * hw {
+        return Err(Error::Data(format!(
+            "channels-last reorder of [{c}, {hw}]: {} codes in, room for {}",
+            src.len(),
+            dst.len()
+        )));
+    }
+    let (mut cb, mut pb) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        (cb, pb) = (c / 8 * 8, hw / 8 * 8);
+        // SAFETY: AVX2 (hence SSE2) is implied by any path above scalar; the lengths were
+        // checked above and the kernel moves only whole 8×8 blocks inside them.
+        unsafe { super::avx2_panel::transpose_bytes(src, (c, hw), (cb, pb), dst) };
+    }
+    let _ = isa;
+    for ci in 0..c {
+        let from = if ci < cb { pb } else { 0 };
+        for px in from..hw {
+            dst[px * c + ci] = src[ci * hw + px];
+        }
+    }
+    Ok(())
+}
