@@ -87,6 +87,13 @@ thread_local! {
     static ACC: std::cell::RefCell<Vec<i32>> = std::cell::RefCell::default();
 }
 
+/// Zeroes `s`; an empty one costs no call (most im2col edges are empty).
+fn zero(s: &mut [i8]) {
+    if !s.is_empty() {
+        s.fill(0);
+    }
+}
+
 /// Non-negative codes are their own magnitudes.
 fn cast_u8(v: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
@@ -338,11 +345,11 @@ impl QConv2d {
                     }
                     let src = (ih as usize * w + (iw0 + lo as isize) as usize) * c;
                     let n = (hi - lo) * c;
-                    seg[..lo * c].fill(0);
+                    zero(&mut seg[..lo * c]);
                     seg[lo * c..hi * c].copy_from_slice(&x[src..src + n]);
-                    seg[hi * c..].fill(0);
+                    zero(&mut seg[hi * c..]);
                 }
-                row[k as usize * kc..].fill(0);
+                zero(&mut row[k as usize * kc..]);
             }
         }
     }
