@@ -13,7 +13,8 @@
 # learned group convolution (recipes/densenet-bc-condense.toml) or plainly (its dense
 # counterpart, recipes/densenet-bc-finetune.toml); then that 6-epoch dense model condensed
 # over 6 more epochs while distilling from itself (recipes/densenet-bc-condense-kd.toml),
-# then 4 more epochs of the materialized condensed model distilled from it.
+# then 4 and 6 more epochs (two cosine runs) of the materialized condensed model distilled
+# from it.
 # `squeeze bench distill` measures both condensed models against the 6-epoch dense one
 # (in the teacher's place): `condensenet` (the latter) and `condensenet-same-budget`.
 # Finished runs are skipped and interrupted ones resumed from their per-epoch checkpoints,
@@ -79,8 +80,11 @@ if [[ $what == condense || $what == all ]]; then
   # 4 more epochs of the condensed (materialized) model, distilled from the dense one
   run runs/densenet-bc-condense-kd-ft distill --teacher runs/densenet-bc-finetune \
     --student runs/densenet-bc-condense-kd --epochs 4 --lr 0.01
+  # a second cosine run of 6 epochs from that one
+  run runs/densenet-bc-condense-kd-ft2 distill --teacher runs/densenet-bc-finetune \
+    --student runs/densenet-bc-condense-kd-ft --epochs 6 --lr 0.01
   "$sq" bench distill --teacher runs/densenet-bc-finetune \
-    --variant condensenet=runs/densenet-bc-condense-kd-ft \
+    --variant condensenet=runs/densenet-bc-condense-kd-ft2 \
     --variant condensenet-same-budget=runs/densenet-bc-condense
 fi
 if [[ $what == text || $what == all ]]; then
