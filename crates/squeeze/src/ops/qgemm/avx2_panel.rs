@@ -1,6 +1,7 @@
 //! AVX2 micro-kernel of [`super::panel::PackedI8::product`]: tiles of up to 6 tokens
 //! (4 with sign transfer, which needs two more registers) × one 16-channel panel, 12 i32
-//! accumulators, one broadcast of 4 activation bytes per token and input group.
+//! accumulators, one broadcast of 4 activation bytes per token and input group. A last
+//! panel with at most 8 real channels multiplies only its first half.
 
 use std::arch::x86_64::*;
 
@@ -18,7 +19,7 @@ pub unsafe fn product(
     a: &[i8],
     abs: &[u8],
     (m, lda): (usize, usize),
-    panels: &[u8],
+    (panels, valid): (&[u8], usize),
     nq: usize,
     signed: bool,
     out: &mut [i32],
@@ -30,30 +31,48 @@ pub unsafe fn product(
     // one panel (≤ a few KB) stays in L1 while every token tile streams past it
     for p in 0..np {
         let w = panels.as_ptr().add(p * psize);
+        // a last panel with at most 8 real channels multiplies only its first half
+        let half = valid <= p * NR + NR / 2;
         let mut i = 0;
         while i < m {
             let at = (ap.add(i * lda), bp.add(i * lda));
             let o = op.add(i * ldo + p * NR);
-            i += match (signed, m - i) {
-                (false, 6..) => tile::<6, false>(at, lda, w, nq, o, ldo),
-                (false, 5) => tile::<5, false>(at, lda, w, nq, o, ldo),
-                (false, 4) => tile::<4, false>(at, lda, w, nq, o, ldo),
-                (false, 3) => tile::<3, false>(at, lda, w, nq, o, ldo),
-                (false, 2) => tile::<2, false>(at, lda, w, nq, o, ldo),
-                (false, _) => tile::<1, false>(at, lda, w, nq, o, ldo),
-                (true, 4..) => tile::<4, true>(at, lda, w, nq, o, ldo),
-                (true, 3) => tile::<3, true>(at, lda, w, nq, o, ldo),
-                (true, 2) => tile::<2, true>(at, lda, w, nq, o, ldo),
-                (true, _) => tile::<1, true>(at, lda, w, nq, o, ldo),
+            i += match (half, signed) {
+                (false, false) => tiles::<2, false>(m - i, at, lda, w, nq, o, ldo),
+                (false, true) => tiles::<2, true>(m - i, at, lda, w, nq, o, ldo),
+                (true, false) => tiles::<1, false>(m - i, at, lda, w, nq, o, ldo),
+                (true, true) => tiles::<1, true>(m - i, at, lda, w, nq, o, ldo),
             };
         }
     }
 }
 
-/// T tokens (codes and magnitudes from `a`) × one panel `w` → `out` rows of 16 i32;
-/// returns T.
+/// The next tile of up to 6 tokens (4 with sign transfer) × the panel's `V` registers of
+/// 8 channels; returns its token count.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const T: usize, const SIGNED: bool>(
+unsafe fn tiles<const V: usize, const SIGNED: bool>(
+    left: usize,
+    at: (*const i8, *const u8),
+    lda: usize,
+    w: *const u8,
+    nq: usize,
+    o: *mut i32,
+    ldo: usize,
+) -> usize {
+    match (SIGNED, left) {
+        (false, 6..) => tile::<6, V, SIGNED>(at, lda, w, nq, o, ldo),
+        (false, 5) => tile::<5, V, SIGNED>(at, lda, w, nq, o, ldo),
+        (_, 4..) => tile::<4, V, SIGNED>(at, lda, w, nq, o, ldo),
+        (_, 3) => tile::<3, V, SIGNED>(at, lda, w, nq, o, ldo),
+        (_, 2) => tile::<2, V, SIGNED>(at, lda, w, nq, o, ldo),
+        _ => tile::<1, V, SIGNED>(at, lda, w, nq, o, ldo),
+    }
+}
+
+/// T tokens (codes and magnitudes from `a`) × the first `V` (1 or 2) 8-channel halves of
+/// panel `w` → `out` rows of 16 i32 (an unused second half stored as zeros); returns T.
+#[target_feature(enable = "avx2")]
+unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
     (a, abs): (*const i8, *const u8),
     lda: usize,
     w: *const u8,
@@ -62,29 +81,40 @@ unsafe fn tile<const T: usize, const SIGNED: bool>(
     ldo: usize,
 ) -> usize {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; T];
+    let mut acc = [[_mm256_setzero_si256(); V]; T];
     for q in 0..nq {
-        let w0 = _mm256_loadu_si256(w.add(q * 64) as *const __m256i);
-        let w1 = _mm256_loadu_si256(w.add(q * 64 + 32) as *const __m256i);
+        let mut wv = [_mm256_setzero_si256(); V];
+        for (v, r) in wv.iter_mut().enumerate() {
+            *r = _mm256_loadu_si256(w.add(q * 64 + v * 32) as *const __m256i);
+        }
         for (t, acc) in acc.iter_mut().enumerate() {
             let u = _mm256_set1_epi32((abs.add(t * lda + 4 * q) as *const i32).read_unaligned());
-            let (x0, x1) = if SIGNED {
-                // the activation's sign moves onto the weight; its magnitude is unsigned
-                let s = _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned());
-                (_mm256_sign_epi8(w0, s), _mm256_sign_epi8(w1, s))
-            } else {
-                (w0, w1)
+            let s = match SIGNED {
+                true => _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned()),
+                false => ones,
             };
-            // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x0), ones);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x1), ones);
-            acc[0] = _mm256_add_epi32(acc[0], p0);
-            acc[1] = _mm256_add_epi32(acc[1], p1);
+            for (acc, wr) in acc.iter_mut().zip(&wv) {
+                // the activation's sign moves onto the weight; its magnitude is unsigned
+                let x = if SIGNED {
+                    _mm256_sign_epi8(*wr, s)
+                } else {
+                    *wr
+                };
+                // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+                *acc = _mm256_add_epi32(*acc, p);
+            }
         }
     }
     for (t, acc) in acc.iter().enumerate() {
-        _mm256_storeu_si256(out.add(t * ldo) as *mut __m256i, acc[0]);
-        _mm256_storeu_si256(out.add(t * ldo + 8) as *mut __m256i, acc[1]);
+        for v in 0..2 {
+            let r = if v < V {
+                acc[v]
+            } else {
+                _mm256_setzero_si256()
+            };
+            _mm256_storeu_si256(out.add(t * ldo + 8 * v) as *mut __m256i, r);
+        }
     }
     T
 }

@@ -117,7 +117,10 @@ impl PackedI8 {
         if isa != Isa::Scalar {
             // SAFETY: every path above scalar implies AVX2; the lengths were checked above
             // (the kernel reads rows of `nq·4` bytes and writes 16 columns per panel).
-            unsafe { super::avx2_panel::product(a, abs, (m, lda), data, nq, signed, out, ldo) };
+            let valid = self.n - panels.start * NR; // real channels from the range's first
+            unsafe {
+                super::avx2_panel::product(a, abs, (m, lda), (data, valid), nq, signed, out, ldo)
+            };
             return Ok(());
         }
         let _ = (isa, signed, abs);
