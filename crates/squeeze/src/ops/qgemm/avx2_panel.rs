@@ -107,13 +107,10 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
         }
     }
     for (t, acc) in acc.iter().enumerate() {
-        for v in 0..2 {
-            let r = if v < V {
-                acc[v]
-            } else {
-                _mm256_setzero_si256()
-            };
-            _mm256_storeu_si256(out.add(t * ldo + 8 * v) as *mut __m256i, r);
+        let mut halves = [_mm256_setzero_si256(); 2];
+        halves[..V].copy_from_slice(acc);
+        for (v, r) in halves.iter().enumerate() {
+            _mm256_storeu_si256(out.add(t * ldo + 8 * v) as *mut __m256i, *r);
         }
     }
     T
