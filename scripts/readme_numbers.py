@@ -249,6 +249,10 @@ def quant():
     for shape in ["attn_out_384x384", "qkv_384x1152", "ffn_up_384x1536", "ffn_down_1536x384"]:
         cells.append([shape] + [f"{sp[f'{shape}_m{m}']['int8']:.2f}× / {sp[f'{shape}_m{m}']['int4-g128']:.2f}×"
                                 for m in [1, 32, 128]])
+    conv = "vgg_conv_64x64_3x3_14x14"
+    if f"{conv}_m1" in sp:
+        cells.append([f"{conv} (1, 32, 128 images; static int8, no int4 convolution)"]
+                     + [f"{sp[f'{conv}_m{m}']['int8']:.2f}× / –" for m in [1, 32, 128]])
     text += "\n\n" + table(["layer (MiniLM shape)", "1 row: int8 / int4 vs f32", "32 rows", "128 rows"], cells)
     text += f"\n\nKernel speed-ups: `{k['command']}` on {k['cpu']}, {k['threads']} threads ({k['method']})."
     return text

@@ -3,8 +3,10 @@
 //! the interpreter runs it — f32 (packed panels up to 64 rows, candle's GEMM above, as the
 //! encoder does), dynamic int8 (`qlinear`, per-channel weights, activations quantized per
 //! row, exact integer kernel) and weight-only int4 with 128-weight groups — on every kernel
-//! path the CPU has. Layers and paths are interleaved round by round; medians with their
-//! spread. Writes `results/kernels.json`.
+//! path the CPU has. Also `vgg`'s 64→64 3×3 convolution at 14×14 over 1, 32 and 128
+//! images: f32 (`conv2d`) against static int8 (`qconv2d`, post-ReLU inputs). Layers and
+//! paths are interleaved round by round; medians with their spread. Writes
+//! `results/kernels.json`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +20,9 @@ use serde_json::{json, Value};
 use squeeze::graph::{Graph, Op};
 use squeeze::interp::{forward, on_pool, ForwardOpts};
 use squeeze::isa::{self, Isa};
+use squeeze::kinds::conv2d::Conv2d;
 use squeeze::kinds::linear::Linear;
+use squeeze::kinds::qconv2d::QConv2d;
 use squeeze::kinds::qlinear::{ActQuant, QLinear};
 use squeeze::ops::packed::PackCache;
 use squeeze::params::ParamStore;
@@ -49,6 +53,63 @@ const SHAPES: [(&str, usize, usize); 4] = [
 ];
 const ROWS: [usize; 3] = [1, 32, 128];
 const FORMATS: [&str; 3] = ["f32", "int8", "int4-g128"];
+/// `vgg`'s features.10: (name, channels in = out, kernel, input side).
+const CONV: (&str, usize, usize, usize) = ("vgg_conv_64x64_3x3_14x14", 64, 3, 14);
+/// Static int8 input scale of the benchmark convolution (its inputs are ReLU'd N(0, 1)).
+const CONV_INPUT_SCALE: f32 = 4.0 / 127.0;
+
+/// The benchmark convolution as a one-node model of `format` (f32 or int8).
+fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
+    let (_, c, k, side) = CONV;
+    let cols = c * k * k;
+    let w: Vec<f32> = (0..c * cols)
+        .map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 0.05)
+        .collect();
+    let mut g = Graph::new("bench", &[c, side, side]);
+    let mut p = ParamStore::new();
+    p.insert(
+        "conv.bias",
+        Tensor::zeros(c, candle_core::DType::F32, &Device::Cpu)?,
+    );
+    let op = match format {
+        "f32" => {
+            p.insert(
+                "conv.weight",
+                Tensor::from_vec(w, (c, c, k, k), &Device::Cpu)?,
+            );
+            Op::Conv2d(Conv2d {
+                in_channels: c,
+                out_channels: c,
+                kernel: k,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                bias: true,
+            })
+        }
+        _ => {
+            let (codes, scales, _) =
+                QWeight::quantize(&w, c, cols, Layout::INT8_CHANNEL)?.tensors()?;
+            p.insert("conv.weight_q", codes);
+            p.insert("conv.weight_scale", scales);
+            p.insert(
+                "conv.input_scale",
+                Tensor::from_vec(vec![CONV_INPUT_SCALE], 1, &Device::Cpu)?,
+            );
+            Op::QConv2d(QConv2d {
+                in_channels: c,
+                out_channels: c,
+                kernel: k,
+                stride: 1,
+                padding: 1,
+                bias: true,
+                layout: Layout::INT8_CHANNEL,
+            })
+        }
+    };
+    g.push("conv", op, &["input"]);
+    Ok((g, p, ForwardOpts::eval()))
+}
 
 /// A one-node model of `format` with a [n, k] weight, and its eval options.
 fn layer(format: &str, n: usize, k: usize) -> Result<(Graph, ParamStore, ForwardOpts)> {
@@ -112,6 +173,14 @@ pub fn run(a: KernelArgs) -> Result<()> {
             }
         }
     }
+    let (conv, c, _, side) = CONV;
+    for f in &FORMATS[..2] {
+        let (g, p, opts) = conv_layer(f)?;
+        for m in ROWS {
+            let x = Tensor::randn(0f32, 1.0, (m, c, side, side), &Device::Cpu)?.relu()?;
+            cases.push((conv, f, m, g.clone(), p.clone(), opts.clone(), x));
+        }
+    }
     let mut times: BTreeMap<(usize, Isa), Vec<f64>> = BTreeMap::new();
     for round in 0..a.rounds {
         eprintln!("round {}/{}", round + 1, a.rounds);
@@ -170,7 +239,7 @@ fn ratios(rows: &[Value], best: Isa) -> Value {
             .and_then(|r| r["paths"][best.name()]["ms"].as_f64())
     };
     let mut out = serde_json::Map::new();
-    for (name, ..) in SHAPES {
+    for name in SHAPES.iter().map(|s| s.0).chain([CONV.0]) {
         for m in ROWS {
             let f32t = ms(name, "f32", m as u64);
             let mut e = serde_json::Map::new();
