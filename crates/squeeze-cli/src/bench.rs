@@ -39,8 +39,9 @@ pub enum BenchWhat {
     /// Dense vs CSR Linear at batch 1 and 256 over a grid of sparsities (zoo/mlp fc1 and
     /// MiniLM FFN shapes) → the crossover sparsity, merged into results/prune.json.
     Sparse(crate::bench_sparse::SparseArgs),
-    /// MiniLM's Linear shapes at 1, 32 and 128 rows: f32 vs dynamic int8 vs int4 on every
-    /// kernel path → results/kernels.json.
+    /// MiniLM's Linear shapes at 1, 32 and 128 rows (f32 vs dynamic int8 vs int4) and vgg's
+    /// 3×3 convolution at 1, 32 and 128 images (f32 vs static int8), on every kernel path →
+    /// results/kernels.json.
     Kernels(crate::bench_kernels::KernelArgs),
     /// An image classifier and its quantized form: accuracy, size, batch-1 latency and
     /// batch-256 throughput side by side, plus PyTorch's static int8 of the same network →
