@@ -166,30 +166,16 @@ fn packed_int8_panels_equal_the_reference_exactly() {
             }
             let ldo = p.padded_n() + 16;
             for path in isa::supported() {
-                let mut out = vec![-1i32; m * ldo];
-                p.product(
-                    path,
-                    (&a, &abs),
-                    (m, lda),
-                    !relu,
-                    0..p.panels(),
-                    &mut out,
-                    ldo,
-                )
-                .unwrap();
+                let product = |panels: std::ops::Range<usize>| {
+                    let mut out = vec![-1i32; m * ldo];
+                    p.product(path, (&a, &abs), (m, lda), !relu, panels, &mut out, ldo)
+                        .unwrap();
+                    out
+                };
+                let out = product(0..p.panels());
                 // the panels from the second on, alone: the same columns
                 if p.panels() > 1 {
-                    let mut part = vec![-1i32; m * ldo];
-                    p.product(
-                        path,
-                        (&a, &abs),
-                        (m, lda),
-                        !relu,
-                        1..p.panels(),
-                        &mut part,
-                        ldo,
-                    )
-                    .unwrap();
+                    let part = product(1..p.panels());
                     let w16 = p.padded_n() - 16;
                     for i in 0..m {
                         assert_eq!(
@@ -238,28 +224,24 @@ fn packed_int8_panels_equal_the_reference_exactly() {
         }
     });
     assert!(e.unwrap_err().to_string().contains("conv.weight_q"));
-    // an output too short for the padded panels is an error, not a write past its end
+    // an output too short for the padded panels, or a panel past the weight's last, is an
+    // error, not a write past the end
     let p = PackedI8::pack("w", 5, 8, |_, _| 1).unwrap();
-    let e = p.product(
-        isa::Isa::Scalar,
-        (&[0; 8], &[0; 8]),
-        (1, 8),
-        false,
-        0..1,
-        &mut [0; 5],
-        5,
-    );
-    assert!(e.is_err());
-    let e = p.product(
-        isa::Isa::Scalar,
-        (&[0; 8], &[0; 8]),
-        (1, 8),
-        false,
-        0..2,
-        &mut [0; 32],
-        32,
-    );
-    assert!(e.is_err(), "a panel past the weight's last");
+    let product = |panels: std::ops::Range<usize>, out: &mut [i32]| {
+        let ldo = out.len();
+        p.product(
+            isa::Isa::Scalar,
+            (&[0; 8], &[0; 8]),
+            (1, 8),
+            false,
+            panels,
+            out,
+            ldo,
+        )
+    };
+    assert!(product(0..1, &mut [0; 5]).is_err());
+    assert!(product(0..2, &mut [0; 32]).is_err());
+    assert!(product(0..1, &mut [0; 16]).is_ok());
 }
 
 #[test]
