@@ -58,13 +58,18 @@ const CONV: (&str, usize, usize, usize) = ("vgg_conv_64x64_3x3_14x14", 64, 3, 14
 /// Static int8 input scale of the benchmark convolution (its inputs are ReLU'd N(0, 1)).
 const CONV_INPUT_SCALE: f32 = 4.0 / 127.0;
 
+/// `len` deterministic weights in [−0.05, 0.05].
+fn weights(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 0.05)
+        .collect()
+}
+
 /// The benchmark convolution as a one-node model of `format` (f32 or int8).
 fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
     let (_, c, k, side) = CONV;
     let cols = c * k * k;
-    let w: Vec<f32> = (0..c * cols)
-        .map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 0.05)
-        .collect();
+    let w = weights(c * cols);
     let mut g = Graph::new("bench", &[c, side, side]);
     let mut p = ParamStore::new();
     p.insert(
@@ -113,9 +118,7 @@ fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
 
 /// A one-node model of `format` with a [n, k] weight, and its eval options.
 fn layer(format: &str, n: usize, k: usize) -> Result<(Graph, ParamStore, ForwardOpts)> {
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 0.05)
-        .collect();
+    let w = weights(n * k);
     let mut g = Graph::new("bench", &[k]);
     let mut p = ParamStore::new();
     p.insert(

@@ -104,7 +104,6 @@ fn cast_u8(v: &[i8]) -> &[u8] {
 #[derive(Default)]
 struct Scratch {
     codes: Vec<i8>,
-    mags: Vec<u8>,
     hwc: Vec<i8>,
     cols: Vec<i8>,
     abs: Vec<u8>,
@@ -301,8 +300,8 @@ impl QConv2d {
     ) -> Result<bool> {
         let chw = c * h * w;
         s.codes.resize(chw, 0);
-        s.mags.resize(chw, 0);
-        qgemm::quantize_row(x, inv, &mut s.codes, &mut s.mags);
+        // the magnitudes that matter are the im2col rows' (below)
+        qgemm::quantize_row(x, inv, &mut s.codes, None);
         let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
         s.hwc.resize(chw, 0);
         panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;

@@ -66,7 +66,7 @@ pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize) -> Q
                 &mut q.codes[at..][..part.len()],
                 &mut q.abs[at..][..part.len()],
             );
-            crate::ops::qgemm::quantize_row(part, inv, c, a);
+            crate::ops::qgemm::quantize_row(part, inv, c, Some(a));
         }
     }
     q

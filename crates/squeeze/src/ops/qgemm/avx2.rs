@@ -230,10 +230,11 @@ unsafe fn blocked_tile<const R: usize, const T: usize, const SIGNED: bool>(
 }
 
 /// Row quantization (see [`crate::quant::act::quantize_rows`]): codes = round(x·inv)
-/// half away from zero, clamped to ±127, and their magnitudes; 8 values per step.
+/// half away from zero, clamped to ±127, and their magnitudes when `abs` is given; 8
+/// values per step.
 #[target_feature(enable = "avx2")]
-pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], abs: &mut [u8]) {
-    assert!(codes.len() >= x.len() && abs.len() >= x.len());
+pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], mut abs: Option<&mut [u8]>) {
+    assert!(codes.len() >= x.len() && abs.as_ref().is_none_or(|a| a.len() >= x.len()));
     let full = x.len() / 8 * 8;
     let (iv, lim) = (_mm256_set1_ps(inv), _mm256_set1_ps(127.0));
     let (half, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.0));
@@ -249,13 +250,17 @@ pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], abs: &mut [u8]
         let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
         let q8 = _mm_packs_epi16(q16, q16); // low 8 bytes
         _mm_storel_epi64(codes.as_mut_ptr().add(c) as *mut __m128i, q8);
-        _mm_storel_epi64(abs.as_mut_ptr().add(c) as *mut __m128i, _mm_abs_epi8(q8));
+        if let Some(a) = abs.as_deref_mut() {
+            _mm_storel_epi64(a.as_mut_ptr().add(c) as *mut __m128i, _mm_abs_epi8(q8));
+        }
         c += 8;
     }
     for j in full..x.len() {
         let q = crate::quant::act::round_code(x[j] * inv);
         codes[j] = q;
-        abs[j] = q.unsigned_abs();
+        if let Some(a) = abs.as_deref_mut() {
+            a[j] = q.unsigned_abs();
+        }
     }
 }
 

@@ -133,7 +133,7 @@ fn blocked_split(
         finish(p, j0, &gemm_i8_blocked_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
-    split((m, k), &ns, true, task);
+    split((m, k), &ns, task);
 }
 
 /// [`gemm_i8_reference`] on path `isa`; `abs` holds `|a|` (see [`crate::quant::act`]).
@@ -142,20 +142,7 @@ pub fn gemm_i8(
     a: &[i8],
     abs: &[u8],
     w: &[u8],
-    dims: (usize, usize, usize),
-) -> Result<Vec<i32>> {
-    gemm_i8_on(isa, a, abs, w, dims, true)
-}
-
-/// [`gemm_i8`], on the calling thread only unless `parallel` (callers that are
-/// themselves split over threads).
-pub fn gemm_i8_on(
-    isa: Isa,
-    a: &[i8],
-    abs: &[u8],
-    w: &[u8],
     (m, n, k): (usize, usize, usize),
-    parallel: bool,
 ) -> Result<Vec<i32>> {
     let isa = isa::require(isa)?;
     check_i8(a, abs, w, (m, n, k))?;
@@ -165,7 +152,7 @@ pub fn gemm_i8_on(
         // SAFETY: rows j0.. of `out` [n, m] belong to this task; `out` outlives it.
         unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), o.at(j0 * m), block.len()) };
     };
-    i8_rows_split(isa, a, abs, &[(w, n)], (m, k), parallel, &finish);
+    i8_rows_split(isa, a, abs, &[(w, n)], (m, k), &finish);
     Ok(out)
 }
 
@@ -240,7 +227,7 @@ pub fn linear_i8(
                 .collect();
             write(part, j0, &f);
         };
-        i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), true, &finish);
+        i8_rows_split(isa, &a.codes, &a.abs, &ws, (m, k), &finish);
     } else {
         blocked_split(isa, a, &ws, (m, k), &write);
     }
@@ -248,16 +235,19 @@ pub fn linear_i8(
 }
 
 /// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±127, and
-/// their magnitudes (the AVX2 path equals the scalar [`crate::quant::act::round_code`]).
-pub fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], abs: &mut [u8]) {
+/// their magnitudes when `abs` is given (the AVX2 path equals the scalar
+/// [`crate::quant::act::round_code`]).
+pub fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], mut abs: Option<&mut [u8]>) {
     #[cfg(target_arch = "x86_64")]
     if isa::active().is_ok_and(|i| i != Isa::Scalar) {
         // SAFETY: a path above scalar implies AVX2; the kernel asserts the lengths.
         return unsafe { avx2::quantize_row(x, inv, codes, abs) };
     }
-    for ((c, a), v) in codes.iter_mut().zip(abs.iter_mut()).zip(x) {
+    for (j, (c, v)) in codes.iter_mut().zip(x).enumerate() {
         *c = crate::quant::act::round_code(v * inv);
-        *a = c.unsigned_abs();
+        if let Some(a) = abs.as_deref_mut() {
+            a[j] = c.unsigned_abs();
+        }
     }
 }
 
@@ -297,7 +287,6 @@ fn i8_rows_split(
     abs: &[u8],
     ws: &[(&[u8], usize)],
     (m, k): (usize, usize),
-    parallel: bool,
     finish: &(impl Fn(usize, usize, &[i32]) + Sync),
 ) {
     // non-negative activations (after a ReLU) take the kernel without sign transfer
@@ -316,25 +305,19 @@ fn i8_rows_split(
         finish(p, j0, &gemm_i8_reference(a, wt, m, rows, k));
     };
     let ns: Vec<usize> = ws.iter().map(|w| w.1).collect();
-    split((m, k), &ns, parallel, task);
+    split((m, k), &ns, task);
 }
 
 /// Runs `task(part, first_row, rows)` over blocks of [`ROWS_PER_TASK`] rows of each part
-/// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large
-/// (and `parallel` allows it).
-fn split(
-    (m, k): (usize, usize),
-    ns: &[usize],
-    parallel: bool,
-    task: impl Fn(usize, usize, usize) + Sync + Send,
-) {
+/// (`ns[p]` rows), all parts' blocks in one parallel call when the products are large.
+fn split((m, k): (usize, usize), ns: &[usize], task: impl Fn(usize, usize, usize) + Sync + Send) {
     let blocks: Vec<(usize, usize)> = ns
         .iter()
         .enumerate()
         .flat_map(|(p, &n)| (0..n.div_ceil(ROWS_PER_TASK)).map(move |b| (p, b * ROWS_PER_TASK)))
         .collect();
     let one = |&(p, j0): &(usize, usize)| task(p, j0, ROWS_PER_TASK.min(ns[p] - j0));
-    if parallel && m * ns.iter().sum::<usize>() * k >= PAR_MACS {
+    if m * ns.iter().sum::<usize>() * k >= PAR_MACS {
         blocks.par_iter().for_each(one);
     } else {
         blocks.iter().for_each(one);
@@ -416,7 +399,7 @@ pub fn gemm_q4(isa: Isa, x: &[f32], w: &QView, bias: Option<&[f32]>, m: usize) -
             }
         }
     };
-    split((m, k), &[n], true, task);
+    split((m, k), &[n], task);
     Ok(out)
 }
 

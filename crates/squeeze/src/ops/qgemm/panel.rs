@@ -68,7 +68,7 @@ impl PackedI8 {
 
     /// Output columns of [`Self::product`]: `n` rounded up to a multiple of [`NR`].
     pub fn padded_n(&self) -> usize {
-        self.n.div_ceil(NR) * NR
+        self.panels() * NR
     }
 
     /// Panels of [`NR`] channels.
@@ -93,13 +93,13 @@ impl PackedI8 {
     ) -> Result<()> {
         let isa = isa::require(isa)?;
         let (kr, cols) = (Self::row_len(self.k), panels.len() * NR);
-        let ok = lda >= kr
+        let fits = lda >= kr
             && ldo >= cols
-            && panels.end <= self.panels()
             && a.len() >= m.saturating_sub(1) * lda + kr
             && abs.len() >= m.saturating_sub(1) * lda + kr
             && out.len() >= m.saturating_sub(1) * ldo + cols;
-        if m > 0 && !ok {
+        // panels past the weight's last (or reversed) are an error even for no rows
+        if panels.start > panels.end || panels.end > self.panels() || (m > 0 && !fits) {
             return Err(Error::Data(format!(
                 "packed int8 product of {m} rows (stride {lda}) with panels {panels:?} of a \
                  [{}, {}] weight: operands of {} and {} bytes, output of {} (stride {ldo})",
@@ -117,7 +117,7 @@ impl PackedI8 {
         if isa != Isa::Scalar {
             // SAFETY: every path above scalar implies AVX2; the lengths were checked above
             // (the kernel reads rows of `nq·4` bytes and writes 16 columns per panel).
-            let valid = self.n - panels.start * NR; // real channels from the range's first
+            let valid = self.n.saturating_sub(panels.start * NR); // real channels from the range's first
             unsafe {
                 super::avx2_panel::product(a, abs, (m, lda), (data, valid), nq, signed, out, ldo)
             };
