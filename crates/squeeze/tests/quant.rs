@@ -104,37 +104,6 @@ fn round_trip_error_is_at_most_half_a_scale_per_element() {
 }
 
 #[test]
-fn int8_kernel_paths_equal_the_reference_exactly() {
-    let shapes = [
-        (1, 5, 7),
-        (3, 17, 64),
-        (4, 16, 96),
-        (9, 33, 100),
-        (1, 40, 384),
-        (37, 70, 1536),
-    ];
-    // signed activations, and non-negative ones (after a ReLU: the kernel skips the sign)
-    for (&(m, n, k), relu) in shapes.iter().flat_map(|s| [(s, false), (s, true)]) {
-        let mut x = uniform(m * k, 3 + k as u64);
-        if relu {
-            x.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-        let q = quantize_rows(&x, k, None, k); // one scale per row
-        let w: Vec<u8> = uniform(n * k, 5 + n as u64)
-            .into_iter()
-            .map(|v| (v * 127.0).round() as i8 as u8)
-            .collect();
-        let want = qgemm::gemm_i8_reference(&q.codes, &w, m, n, k);
-        for path in isa::supported() {
-            let got = qgemm::gemm_i8(path, &q.codes, &q.abs, &w, (m, n, k)).unwrap();
-            assert_eq!(got, want, "{} [{m}, {n}, {k}] relu={relu}", path.name());
-        }
-    }
-    // mismatched operands are errors
-    assert!(qgemm::gemm_i8(isa::Isa::Scalar, &[0; 4], &[0; 4], &[0; 3], (1, 1, 4)).is_err());
-}
-
-#[test]
 fn packed_int8_panels_equal_the_reference_exactly() {
     use qgemm::panel::PackedI8;
     // tokens beyond whole tiles, channels beyond whole panels, inputs beyond whole groups
@@ -268,43 +237,151 @@ fn channels_last_reorder_is_the_same_permutation_on_every_path() {
     assert!(e.is_err());
 }
 
+/// Int8 codes in [−127, 127] (and a few −128, which the paired kernel accepts).
+fn codes(len: usize, seed: u64) -> Vec<i8> {
+    uniform(len, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i % 53 == 7 {
+                -128
+            } else {
+                (v * 127.0).round() as i8
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn paired_int8_panels_equal_the_integer_reference_exactly() {
+    use qgemm::panel_blocked::{PackedPairs, WideRows};
+    // tokens beyond whole tiles, channels beyond whole panels, odd input counts, blocks
+    // that do not divide the row, and one block per row
+    for &(m, n, k, block) in &[
+        (1, 5, 9, 9),
+        (7, 16, 64, 32),
+        (13, 33, 100, 32),
+        (6, 40, 1152, 32),
+        (17, 24, 31, 4),
+        (3, 8, 384, 384),
+    ] {
+        let a = codes(m * k, 7 + k as u64);
+        let w = codes(n * k, 11 + n as u64);
+        let wu: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+        let want = qgemm::gemm_i8_reference(&a, &wu, m, n, k); // [n, m]
+        let p = PackedPairs::pack(n, k, |j, c| w[j * k + c]);
+        let kp = p.stride();
+        let mut wide = vec![0i16; m * kp];
+        for i in 0..m {
+            for c in 0..k {
+                wide[i * kp + c] = a[i * k + c] as i16;
+            }
+        }
+        // unit scales: every output is an exact integer sum (well below 2²⁴)
+        let scales = vec![1f32; m * k.div_ceil(block)];
+        let rows = WideRows {
+            codes: &wide,
+            scales: &scales,
+            block,
+        };
+        let (one, zero) = (vec![1f32; n], vec![0f32; n]);
+        for path in isa::supported() {
+            // every panel sub-range and a token sub-range, into a wider output
+            for (panels, tokens) in [
+                (0..p.panels(), 0..m),
+                (p.panels() / 2..p.panels(), m / 2..m),
+            ] {
+                let ldo = 16 * panels.len() + 3;
+                let mut out = vec![-7f32; tokens.len() * ldo];
+                p.product(
+                    path,
+                    rows,
+                    tokens.clone(),
+                    panels.clone(),
+                    (&one, &zero),
+                    &mut out,
+                    ldo,
+                )
+                .unwrap();
+                for (r, i) in tokens.clone().enumerate() {
+                    for c in 0..ldo {
+                        let j = 16 * panels.start + c;
+                        let expect = match c < 16 * panels.len() && j < n {
+                            true => want[j * m + i] as f32,
+                            false => -7.0, // columns past the weight's channels untouched
+                        };
+                        let got = out[r * ldo + c];
+                        assert_eq!(
+                            got,
+                            expect,
+                            "{} [{m},{n},{k}] token {i} col {c}",
+                            path.name()
+                        );
+                    }
+                }
+            }
+        }
+        // an output too small, or panels past the weight's last, are errors
+        let mut small = vec![0f32; 1];
+        let bad = p.product(
+            isa::Isa::Scalar,
+            rows,
+            0..m,
+            0..p.panels(),
+            (&one, &zero),
+            &mut small,
+            16,
+        );
+        assert!(bad.is_err());
+        let mut out = vec![0f32; m * 16];
+        let past = p.panels()..p.panels() + 1;
+        assert!(p
+            .product(
+                isa::Isa::Scalar,
+                rows,
+                0..m,
+                past,
+                (&one, &zero),
+                &mut out,
+                16
+            )
+            .is_err());
+    }
+}
+
 /// Relative tolerance of the block-scaled int8 paths (exact block sums, f32 scaling).
 const BLOCKED_TOL: f32 = 1e-5;
 
 #[test]
-fn block_scaled_int8_paths_match_the_reference_and_the_dequantized_product() {
-    for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (5, 40, 384)] {
+fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
+    use qgemm::panel_blocked::{linear_packed, PackedPairs, PackedPart};
+    for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
         let mut x = uniform(m * k, 17 + k as u64);
         x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
         let q = quantize_rows(&x, k, None, 32);
         assert_eq!(q.scales.len(), m * k.div_ceil(32));
-        let w: Vec<u8> = uniform(n * k, 19 + n as u64)
-            .into_iter()
-            .map(|v| (v * 127.0).round() as i8 as u8)
-            .collect();
-        let want = qgemm::gemm_i8_blocked_reference(&q, &w, m, n, k);
-        // float sums in another order: tolerance relative to the sum of |terms|
-        let mag = |j: usize, i: usize| -> f32 {
-            (0..k)
-                .map(|c| (q.value(i, c, k) * (w[j * k + c] as i8) as f32).abs())
-                .sum()
-        };
-        for j in 0..n {
-            for i in 0..m {
-                let d: f32 = (0..k)
-                    .map(|c| q.value(i, c, k) * (w[j * k + c] as i8) as f32)
-                    .sum();
-                assert!((d - want[j * m + i]).abs() <= BLOCKED_TOL * (1.0 + mag(j, i)));
-            }
-        }
+        let w = codes(n * k, 19 + n as u64);
+        let sw: Vec<f32> = (0..n).map(|j| 0.01 + 0.001 * j as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
+        let p = PackedPairs::pack(n, k, |j, c| w[j * k + c]);
+        // the dequantized product, and the sum of |terms| its tolerance is relative to
+        let term = |i: usize, j: usize, c: usize| q.value(i, c, k) * w[j * k + c] as f32 * sw[j];
         for path in isa::supported() {
-            let got = qgemm::gemm_i8_blocked(path, &q, &w, (m, n, k)).unwrap();
-            for j in 0..n {
-                for i in 0..m {
-                    let (a, b) = (got[j * m + i], want[j * m + i]);
+            let part = PackedPart {
+                w: &p,
+                scales: &sw,
+                bias: Some(&bias),
+            };
+            let got = linear_packed(path, &q, &[part, part], m).unwrap();
+            assert_eq!(got[0], got[1], "the parts of one call are independent");
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|c| term(i, j, c)).sum::<f32>() + bias[j];
+                    let mag: f32 = (0..k).map(|c| term(i, j, c).abs()).sum();
+                    let y = got[0][i * n + j];
                     assert!(
-                        (a - b).abs() <= BLOCKED_TOL * (1.0 + mag(j, i)),
-                        "{} [{m},{n},{k}]: {a} vs {b}",
+                        (y - want).abs() <= BLOCKED_TOL * (1.0 + mag + bias[j].abs()),
+                        "{} [{m},{n},{k}] ({i},{j}): {y} vs {want}",
                         path.name()
                     );
                 }
@@ -319,6 +396,13 @@ fn block_scaled_int8_paths_match_the_reference_and_the_dequantized_product() {
                 );
             }
         }
+        // activations of another width are an error
+        let part = PackedPart {
+            w: &p,
+            scales: &sw,
+            bias: None,
+        };
+        assert!(linear_packed(isa::Isa::Scalar, &q, &[part], m + 1).is_err());
     }
 }
 

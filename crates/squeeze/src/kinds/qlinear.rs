@@ -15,18 +15,21 @@
 //! input, same codes — which is also the reference the kernels are tested against.
 //! Coupling: like Linear, but both sides are pinned (the codes are not channel-pruned).
 
-use candle_core::{DType, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, TensorId};
 use serde::{Deserialize, Serialize};
 
 use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
+use crate::ops::qgemm::panel_blocked::{self, linear_packed, PackedPairs, PackedPart};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
 use crate::quant::act::{quantize_rows, ACT_BLOCK};
-use crate::quant::layout::{Layout, Scales};
+use crate::quant::layout::{code_at, Layout, Scales};
 use crate::quant::with_node_view;
 
 /// How the layer's input is quantized.
@@ -108,8 +111,9 @@ impl LayerKind for QLinear {
         };
         if !x2.track_op() && x2.dtype() == DType::F32 {
             let bias = b.map(crate::params::f32_values).transpose()?;
+            let codes = cx.param("weight_q")?.id();
             let y = self.with_view(cx, |w, static_scale| {
-                self.kernel(&x2, w, static_scale, bias.as_deref())
+                self.kernel(&x2, (w, codes), static_scale, bias.as_deref())
             })?;
             return Ok(y.reshape(with_last(&dims, self.out_features))?);
         }
@@ -147,11 +151,12 @@ impl QLinear {
         })
     }
 
-    /// The int8 / int4 kernels: `[M, out]` f32 with the bias added.
+    /// The int8 / int4 kernels: `[M, out]` f32 with the bias added. `codes`: the identity
+    /// of the stored codes tensor, whose int8 panels are packed once.
     fn kernel(
         &self,
         x2: &Tensor,
-        w: &QView,
+        (w, codes): (&QView, TensorId),
         static_scale: Option<f32>,
         bias: Option<&[f32]>,
     ) -> Result<Tensor> {
@@ -173,13 +178,13 @@ impl QLinear {
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
                 let q = quantize_rows(xs, k, static_scale, ACT_BLOCK);
-                let part = qgemm::I8Part {
-                    w: w.codes,
+                let packed = pairs(codes, w)?;
+                let part = PackedPart {
+                    w: &packed,
                     scales: w.scales,
                     bias,
-                    n,
                 };
-                Ok(qgemm::linear_i8(isa, &q, &[part], (m, k))?.remove(0))
+                Ok(linear_packed(isa, &q, &[part], m)?.remove(0))
             } else {
                 qgemm::gemm_q4(isa, xs, w, bias, m)
             }
@@ -266,42 +271,23 @@ pub(crate) fn qlinear_group(
     let get = |n: &Node, s: &str| p.get(&format!("{}.{s}", n.name));
     let mut held = Vec::with_capacity(nodes.len());
     for (n, o) in nodes.iter().zip(&ops) {
-        let codes = get(n, "weight_q")?.contiguous()?;
-        let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
+        let dims = (o.out_features, o.in_features);
+        let (codes, scales) = (get(n, "weight_q")?, get(n, "weight_scale")?);
+        let scales = crate::params::f32_values(scales)?;
+        let w = with_node_view(p, &n.name, o.layout, dims, |v| pairs(codes.id(), v))?;
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
-        let bias = bias.map(crate::params::f32_values).transpose()?;
-        held.push(Held {
-            codes,
-            scales,
-            bias,
-            n: o.out_features,
-        });
+        held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
     }
     let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None, ACT_BLOCK))?;
-    let ys = with_bytes(&held, |codes| {
-        let parts: Vec<qgemm::I8Part> = held
-            .iter()
-            .zip(codes)
-            .map(|(h, w)| qgemm::I8Part {
-                w,
-                scales: &h.scales,
-                bias: h.bias.as_deref(),
-                n: h.n,
-            })
-            .collect();
-        for (part, o) in parts.iter().zip(&ops) {
-            let view = QView {
-                layout: o.layout,
-                rows: part.n,
-                cols: k,
-                codes: part.w,
-                scales: part.scales,
-                zeros: None,
-            };
-            view.check()?;
-        }
-        qgemm::linear_i8(crate::isa::active()?, &q, &parts, (m, k))
-    })?;
+    let parts: Vec<PackedPart> = held
+        .iter()
+        .map(|(w, scales, bias)| PackedPart {
+            w,
+            scales,
+            bias: bias.as_deref(),
+        })
+        .collect();
+    let ys = linear_packed(crate::isa::active()?, &q, &parts, m)?;
     ys.into_iter()
         .zip(&ops)
         .map(|(y, o)| {
@@ -312,27 +298,12 @@ pub(crate) fn qlinear_group(
         .map(Some)
 }
 
-/// One group member's tensors, held for the kernel call.
-struct Held {
-    codes: Tensor,
-    scales: Vec<f32>,
-    bias: Option<Vec<f32>>,
-    n: usize,
-}
-
-/// Runs `f` on the byte slices of every held code tensor.
-fn with_bytes<R>(held: &[Held], f: impl FnOnce(&[&[u8]]) -> Result<R>) -> Result<R> {
-    let guards: Vec<_> = held.iter().map(|h| h.codes.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        match &**storage {
-            candle_core::Storage::Cpu(cpu) => slices.push(crate::ops::slice_of::<u8>(cpu, layout)?),
-            _ => {
-                return Err(crate::error::Error::Graph(
-                    "only CPU tensors are supported".into(),
-                ))
-            }
-        }
-    }
-    f(&slices)
+/// A node's int8 codes in the paired panel layout, packed once per stored tensor `id`.
+fn pairs(id: TensorId, w: &QView) -> Result<Arc<PackedPairs>> {
+    let (rb, layout) = (w.layout.row_bytes(w.cols), w.layout);
+    panel_blocked::packed(id, || {
+        Ok(PackedPairs::pack(w.rows, w.cols, |j, c| {
+            code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c) as i8
+        }))
+    })
 }

@@ -151,32 +151,51 @@ impl PackedI8 {
     }
 }
 
-/// Packed weights kept beyond one call, at most this many (the oldest go first).
+/// Packed weights kept beyond one call, at most this many per form (the oldest go first).
 const CACHE_CAP: usize = 64;
 
-type Entry = (TensorId, Arc<PackedI8>);
-static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+/// Packed forms of stored weight tensors, by tensor identity (a replaced tensor has a new
+/// one), made on first use.
+pub struct Cache<T> {
+    entries: Mutex<Vec<(TensorId, Arc<T>)>>,
+}
+
+impl<T> Cache<T> {
+    pub const fn new() -> Self {
+        Cache {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The packed form of tensor `id`, made by `make` on first use.
+    pub fn get(&self, id: TensorId, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let poisoned = || Error::Graph("int8 pack cache poisoned".into());
+        if let Some((_, p)) = self
+            .entries
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .find(|e| e.0 == id)
+        {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(make()?);
+        let mut c = self.entries.lock().map_err(|_| poisoned())?;
+        if !c.iter().any(|e| e.0 == id) {
+            if c.len() == CACHE_CAP {
+                c.remove(0);
+            }
+            c.push((id, p.clone()));
+        }
+        Ok(p)
+    }
+}
+
+static CACHE: Cache<PackedI8> = Cache::new();
 
 /// The packed form of the stored codes tensor `id`, made by `make` on first use.
 pub fn packed(id: TensorId, make: impl FnOnce() -> Result<PackedI8>) -> Result<Arc<PackedI8>> {
-    let poisoned = || Error::Graph("int8 pack cache poisoned".into());
-    if let Some((_, p)) = CACHE
-        .lock()
-        .map_err(|_| poisoned())?
-        .iter()
-        .find(|e| e.0 == id)
-    {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(make()?);
-    let mut c = CACHE.lock().map_err(|_| poisoned())?;
-    if !c.iter().any(|e| e.0 == id) {
-        if c.len() == CACHE_CAP {
-            c.remove(0);
-        }
-        c.push((id, p.clone()));
-    }
-    Ok(p)
+    CACHE.get(id, make)
 }
 
 /// Channels-last i32 products to channels-first f32 outputs: for `m` tokens and every
