@@ -354,7 +354,7 @@ const BLOCKED_TOL: f32 = 1e-5;
 
 #[test]
 fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
-    use qgemm::panel_blocked::{linear_packed, PackedPairs, PackedPart};
+    use qgemm::panel_blocked::{linear_packed, quantize_wide, PackedPairs, PackedPart};
     for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
         let mut x = uniform(m * k, 17 + k as u64);
         x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
@@ -366,13 +366,28 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
         let p = PackedPairs::pack(n, k, |j, c| w[j * k + c]);
         // the dequantized product, and the sum of |terms| its tolerance is relative to
         let term = |i: usize, j: usize, c: usize| q.value(i, c, k) * w[j * k + c] as f32 * sw[j];
+        let kp = p.stride();
         for path in isa::supported() {
+            // the kernel's quantizer gives quantize_rows' codes and scales exactly
+            let wq = quantize_wide(path, &x, (k, kp), None, 32).unwrap();
+            assert_eq!(wq.scales, q.scales, "{}", path.name());
+            for i in 0..m {
+                for c in 0..kp {
+                    let want = if c < k { q.codes[i * k + c] as i16 } else { 0 };
+                    assert_eq!(
+                        wq.codes[i * kp + c],
+                        want,
+                        "{} code ({i}, {c})",
+                        path.name()
+                    );
+                }
+            }
             let part = PackedPart {
                 w: &p,
                 scales: &sw,
                 bias: Some(&bias),
             };
-            let got = linear_packed(path, &q, &[part, part], m).unwrap();
+            let got = linear_packed(path, wq.rows(), &[part, part], m).unwrap();
             assert_eq!(got[0], got[1], "the parts of one call are independent");
             for i in 0..m {
                 for j in 0..n {
@@ -402,7 +417,8 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
             scales: &sw,
             bias: None,
         };
-        assert!(linear_packed(isa::Isa::Scalar, &q, &[part], m + 1).is_err());
+        let wq = quantize_wide(isa::Isa::Scalar, &x, (k, kp), None, 32).unwrap();
+        assert!(linear_packed(isa::Isa::Scalar, wq.rows(), &[part], m + 1).is_err());
     }
 }
 

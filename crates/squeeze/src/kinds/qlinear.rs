@@ -24,7 +24,9 @@ use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
-use crate::ops::qgemm::panel_blocked::{self, linear_packed, PackedPairs, PackedPart};
+use crate::ops::qgemm::panel_blocked::{
+    self, linear_packed, quantize_wide, PackedPairs, PackedPart,
+};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
@@ -177,14 +179,14 @@ impl QLinear {
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
-                let q = quantize_rows(xs, k, static_scale, ACT_BLOCK);
                 let packed = pairs(codes, w)?;
+                let q = quantize_wide(isa, xs, (k, packed.stride()), static_scale, ACT_BLOCK)?;
                 let part = PackedPart {
                     w: &packed,
                     scales: w.scales,
                     bias,
                 };
-                Ok(linear_packed(isa, &q, &[part], m)?.remove(0))
+                Ok(linear_packed(isa, q.rows(), &[part], m)?.remove(0))
             } else {
                 qgemm::gemm_q4(isa, xs, w, bias, m)
             }
@@ -278,7 +280,11 @@ pub(crate) fn qlinear_group(
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
         held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
     }
-    let q = with_cpu::<f32, _>(&x2, |xs| quantize_rows(xs, k, None, ACT_BLOCK))?;
+    let isa = crate::isa::active()?;
+    let Some(kp) = held.first().map(|h| h.0.stride()) else {
+        return Ok(None);
+    };
+    let q = with_cpu::<f32, _>(&x2, |xs| quantize_wide(isa, xs, (k, kp), None, ACT_BLOCK))??;
     let parts: Vec<PackedPart> = held
         .iter()
         .map(|(w, scales, bias)| PackedPart {
@@ -287,7 +293,7 @@ pub(crate) fn qlinear_group(
             bias: bias.as_deref(),
         })
         .collect();
-    let ys = linear_packed(crate::isa::active()?, &q, &parts, m)?;
+    let ys = linear_packed(isa, q.rows(), &parts, m)?;
     ys.into_iter()
         .zip(&ops)
         .map(|(y, o)| {

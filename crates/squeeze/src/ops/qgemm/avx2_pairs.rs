@@ -143,3 +143,51 @@ unsafe fn tile<const T: usize, const V: usize>(
     }
     T
 }
+
+/// Largest |x| of a block, NaN ignored (as `f32::max` does).
+///
+/// # Safety
+/// AVX2 is available.
+#[target_feature(enable = "avx2")]
+pub unsafe fn max_abs(x: &[f32]) -> f32 {
+    let mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let full = x.len() / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    for c in (0..full).step_by(8) {
+        let v = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(c)), mask);
+        acc = _mm256_max_ps(v, acc); // a NaN `v` yields `acc`
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    lanes
+        .iter()
+        .chain(&x[full..])
+        .fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `codes[j] = round(x[j]·inv)` half away from zero, clamped to ±127, as i16 — the
+/// scalar `round_code` exactly; 8 values per step.
+///
+/// # Safety
+/// AVX2 is available; `codes` holds at least `x.len()` values.
+#[target_feature(enable = "avx2")]
+pub unsafe fn codes_wide(x: &[f32], inv: f32, codes: &mut [i16]) {
+    assert!(codes.len() >= x.len());
+    let full = x.len() / 8 * 8;
+    let (iv, lim) = (_mm256_set1_ps(inv), _mm256_set1_ps(127.0));
+    let (half, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.0));
+    for c in (0..full).step_by(8) {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
+        let v = _mm256_max_ps(
+            _mm256_min_ps(v, lim),
+            _mm256_sub_ps(_mm256_setzero_ps(), lim),
+        );
+        let h = _mm256_or_ps(half, _mm256_and_ps(v, sign)); // ±0.5 with v's sign
+        let q = _mm256_cvttps_epi32(_mm256_add_ps(v, h)); // 8 × i32 in [−127, 127]
+        let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        _mm_storeu_si128(codes.as_mut_ptr().add(c) as *mut __m128i, q16);
+    }
+    for j in full..x.len() {
+        codes[j] = crate::quant::act::round_code(x[j] * inv) as i16;
+    }
+}

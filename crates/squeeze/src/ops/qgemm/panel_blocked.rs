@@ -26,7 +26,6 @@ use super::panel::{Cache, NR};
 use super::Ptr;
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
-use crate::quant::act::QRows;
 
 /// Inputs per group (one broadcast pair of i16).
 const KG: usize = 2;
@@ -52,6 +51,102 @@ pub struct WideRows<'a> {
     pub codes: &'a [i16],
     pub scales: &'a [f32],
     pub block: usize,
+}
+
+/// Activations quantized for [`PackedPairs`]: i16 codes in rows of the weight's
+/// [`PackedPairs::stride`] and their scales; [`quantize_wide`] makes them.
+#[derive(Debug, Clone, Default)]
+pub struct WideQuant {
+    pub codes: Vec<i16>,
+    pub scales: Vec<f32>,
+    pub block: usize,
+}
+
+impl WideQuant {
+    pub fn rows(&self) -> WideRows<'_> {
+        WideRows {
+            codes: &self.codes,
+            scales: &self.scales,
+            block: self.block,
+        }
+    }
+}
+
+/// Rows of activations quantized per task of the quantizer.
+const QUANT_ROWS: usize = 32;
+
+/// Quantizes `x` `[m, k]` as [`crate::quant::act::quantize_rows`] does — the same codes
+/// and scales (dynamic: `max|block| / 127` per `block` inputs of a row; `fixed`: that
+/// scale for whole rows) — straight into i16 rows of stride `kp ≥ k` (zero-padded), rows
+/// in parallel when there are many.
+pub fn quantize_wide(
+    isa: Isa,
+    x: &[f32],
+    (k, kp): (usize, usize),
+    fixed: Option<f32>,
+    block: usize,
+) -> Result<WideQuant> {
+    let isa = isa::require(isa)?;
+    if k == 0 || kp < k || x.len() % k != 0 {
+        return Err(Error::Data(format!(
+            "quantizing {} activations in rows of {k} (stride {kp})",
+            x.len()
+        )));
+    }
+    let m = x.len() / k;
+    let block = if fixed.is_some() {
+        k
+    } else {
+        block.clamp(1, k)
+    };
+    let nb = k.div_ceil(block);
+    let mut q = WideQuant {
+        codes: vec![0; m * kp],
+        scales: vec![0.0; m * nb],
+        block,
+    };
+    let one_row = |(row, (codes, scales)): (&[f32], (&mut [i16], &mut [f32]))| {
+        for ((part, s), at) in row.chunks(block).zip(scales).zip((0..k).step_by(block)) {
+            *s = fixed.unwrap_or_else(|| max_abs(isa, part) / 127.0);
+            let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+            wide_codes(isa, part, inv, &mut codes[at..at + part.len()]);
+        }
+    };
+    let rows = x.chunks_exact(k).zip(
+        q.codes
+            .chunks_exact_mut(kp)
+            .zip(q.scales.chunks_exact_mut(nb)),
+    );
+    if m >= 2 * QUANT_ROWS {
+        rows.par_bridge().for_each(one_row);
+    } else {
+        rows.for_each(one_row);
+    }
+    Ok(q)
+}
+
+/// Largest |v| of `x` (NaN ignored).
+fn max_abs(isa: Isa, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: every path above scalar implies AVX2.
+        return unsafe { super::avx2_pairs::max_abs(x) };
+    }
+    let _ = isa;
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `codes = round_code(x·inv)` widened to i16.
+fn wide_codes(isa: Isa, x: &[f32], inv: f32, codes: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: every path above scalar implies AVX2; the kernel asserts the length.
+        return unsafe { super::avx2_pairs::codes_wide(x, inv, codes) };
+    }
+    let _ = isa;
+    for (c, v) in codes.iter_mut().zip(x) {
+        *c = crate::quant::act::round_code(v * inv) as i16;
+    }
 }
 
 impl PackedPairs {
@@ -189,20 +284,25 @@ pub struct PackedPart<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
-/// Packed int8 layers reading the same quantized rows `a` (`m` rows of the weights' `k`
-/// inputs): for each part, `[m, n]` with `y[i, j] = Σ_b sa[i, b]·acc_b[i, j]·sw[j] + b[j]`.
+/// Packed int8 layers reading the same quantized rows `a` (`m` rows of the weights'
+/// [`PackedPairs::stride`]): for each part, `[m, n]` with `y[i, j] = Σ_b sa[i, b]·acc_b[i, j]·sw[j] + b[j]`.
 /// All parts' tiles of [`TOKENS_PER_TASK`] tokens × [`PANELS_PER_TASK`] panels run in
 /// one parallel call when the product is large.
-pub fn linear_packed(isa: Isa, a: &QRows, parts: &[PackedPart], m: usize) -> Result<Vec<Vec<f32>>> {
+pub fn linear_packed(
+    isa: Isa,
+    rows: WideRows,
+    parts: &[PackedPart],
+    m: usize,
+) -> Result<Vec<Vec<f32>>> {
     let isa = isa::require(isa)?;
-    let k = parts.first().map_or(0, |p| p.w.k);
+    let (k, kp) = parts.first().map_or((0, 0), |p| (p.w.k, p.w.stride()));
     let mut full = Vec::with_capacity(parts.len());
     for p in parts {
         let n = p.w.n;
         if p.w.k != k
             || !(p.scales.len() == n || p.scales.len() == 1)
             || p.bias.is_some_and(|b| b.len() != n)
-            || a.codes.len() != m * k
+            || rows.codes.len() != m * kp
         {
             return Err(Error::Data(format!(
                 "packed int8 layer [{n}, {}] of a group with {k} inputs: {} weight scales, \
@@ -210,7 +310,7 @@ pub fn linear_packed(isa: Isa, a: &QRows, parts: &[PackedPart], m: usize) -> Res
                 p.w.k,
                 p.scales.len(),
                 p.bias.map_or(0, |b| b.len()),
-                a.codes.len()
+                rows.codes.len()
             )));
         }
         let sc = match p.scales.len() {
@@ -219,18 +319,6 @@ pub fn linear_packed(isa: Isa, a: &QRows, parts: &[PackedPart], m: usize) -> Res
         };
         full.push((sc, p.bias.map_or_else(|| vec![0f32; n], <[f32]>::to_vec)));
     }
-    let kp = parts.first().map_or(0, |p| p.w.stride());
-    let mut wide = vec![0i16; m * kp];
-    for (dst, src) in wide.chunks_exact_mut(kp).zip(a.codes.chunks_exact(k)) {
-        for (d, &c) in dst.iter_mut().zip(src) {
-            *d = c as i16;
-        }
-    }
-    let rows = WideRows {
-        codes: &wide,
-        scales: &a.scales,
-        block: a.block,
-    };
     let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.w.n]).collect();
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
     let tasks: Vec<(usize, usize, usize)> = parts
@@ -238,8 +326,9 @@ pub fn linear_packed(isa: Isa, a: &QRows, parts: &[PackedPart], m: usize) -> Res
         .enumerate()
         .flat_map(|(p, part)| {
             let np = part.w.panels();
-            (0..np.div_ceil(PANELS_PER_TASK)).flat_map(move |c| {
-                (0..m.div_ceil(TOKENS_PER_TASK)).map(move |t| (p, c * PANELS_PER_TASK, t))
+            // a task's tokens stay in L2 while the chunks of panels pass
+            (0..m.div_ceil(TOKENS_PER_TASK)).flat_map(move |t| {
+                (0..np.div_ceil(PANELS_PER_TASK)).map(move |c| (p, c * PANELS_PER_TASK, t))
             })
         })
         .collect();
