@@ -160,6 +160,12 @@ pub struct Cache<T> {
     entries: Mutex<Vec<(TensorId, Arc<T>)>>,
 }
 
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T> Cache<T> {
     pub const fn new() -> Self {
         Cache {

@@ -87,7 +87,7 @@ pub fn quantize_wide(
     block: usize,
 ) -> Result<WideQuant> {
     let isa = isa::require(isa)?;
-    if k == 0 || kp < k || x.len() % k != 0 {
+    if k == 0 || kp < k || !x.len().is_multiple_of(k) {
         return Err(Error::Data(format!(
             "quantizing {} activations in rows of {k} (stride {kp})",
             x.len()
