@@ -174,17 +174,9 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
 pub unsafe fn codes_wide(x: &[f32], inv: f32, codes: &mut [i16]) {
     assert!(codes.len() >= x.len());
     let full = x.len() / 8 * 8;
-    let (iv, lim) = (_mm256_set1_ps(inv), _mm256_set1_ps(127.0));
-    let (half, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.0));
+    let iv = _mm256_set1_ps(inv);
     for c in (0..full).step_by(8) {
-        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
-        let v = _mm256_max_ps(
-            _mm256_min_ps(v, lim),
-            _mm256_sub_ps(_mm256_setzero_ps(), lim),
-        );
-        let h = _mm256_or_ps(half, _mm256_and_ps(v, sign)); // ±0.5 with v's sign
-        let q = _mm256_cvttps_epi32(_mm256_add_ps(v, h)); // 8 × i32 in [−127, 127]
-        let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        let q16 = super::avx2::codes8(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
         _mm_storeu_si128(codes.as_mut_ptr().add(c) as *mut __m128i, q16);
     }
     for j in full..x.len() {
