@@ -108,7 +108,14 @@ pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(
 
 /// Loads every tensor of a safetensors file, with an error that names the file.
 pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Mapped rather than read: the tensors are copied out and the mapping goes at once,
+    // where a read buffer freed on this thread stays resident in the allocator while the
+    // first forward pass (on other threads) allocates beside it.
+    // SAFETY: the mapping is read only while this function runs; a file changed under it
+    // at that moment gives wrong bytes (caught as a corrupt file or bad values), not
+    // unsoundness in safe code that outlives the call.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
         Error::file(
             path,

@@ -119,7 +119,7 @@ fn packed_int8_panels_equal_the_reference_exactly() {
             if relu {
                 x.iter_mut().for_each(|v| *v = v.max(0.0));
             }
-            let q = quantize_rows(&x, k, None, k);
+            let q = quantize_rows(&x, k, None, k, 127);
             let w: Vec<u8> = uniform(n * k, 11 + n as u64)
                 .into_iter()
                 .map(|v| (v * 127.0).round() as i8 as u8)
@@ -252,11 +252,25 @@ fn codes(len: usize, seed: u64) -> Vec<i8> {
         .collect()
 }
 
+/// Activation codes of the Linear kernel: in [−64, 64], both ends included.
+fn act_codes(len: usize, seed: u64) -> Vec<i8> {
+    uniform(len, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match i % 29 {
+            3 => 64,
+            11 => -64,
+            _ => (v * 64.0).round() as i8,
+        })
+        .collect()
+}
+
 #[test]
-fn paired_int8_panels_equal_the_integer_reference_exactly() {
-    use qgemm::panel_blocked::{PackedPairs, WideRows};
-    // tokens beyond whole tiles, channels beyond whole panels, odd input counts, blocks
-    // that do not divide the row, and one block per row
+fn offset_int8_panels_equal_the_integer_reference_exactly() {
+    use qgemm::panel_blocked::{OffsetRows, PackedBlocked, OFFSET};
+    // tokens beyond whole tiles, channels beyond whole panels, inputs beyond whole groups
+    // of 4, blocks that do not divide the row, and one block per row; weights of −128
+    // and activations of ±64 give the largest pair sums the kernel's i16 step holds
     for &(m, n, k, block) in &[
         (1, 5, 9, 9),
         (7, 16, 64, 32),
@@ -264,23 +278,25 @@ fn paired_int8_panels_equal_the_integer_reference_exactly() {
         (6, 40, 1152, 32),
         (17, 24, 31, 4),
         (3, 8, 384, 384),
+        (11, 16, 64, 64),
     ] {
-        let a = codes(m * k, 7 + k as u64);
+        let a = act_codes(m * k, 7 + k as u64);
         let w = codes(n * k, 11 + n as u64);
         let wu: Vec<u8> = w.iter().map(|&v| v as u8).collect();
         let want = qgemm::gemm_i8_reference(&a, &wu, m, n, k); // [n, m]
-        let p = PackedPairs::pack(n, k, |j, c| w[j * k + c]);
+        let p = PackedBlocked::pack(n, k, block, |j, c| w[j * k + c]).unwrap();
         let kp = p.stride();
-        let mut wide = vec![0i16; m * kp];
+        // the row padding is not read as data (its weights are zero)
+        let mut u = vec![200u8; m * kp];
         for i in 0..m {
             for c in 0..k {
-                wide[i * kp + c] = a[i * k + c] as i16;
+                u[i * kp + c] = (a[i * k + c] as i16 + OFFSET as i16) as u8;
             }
         }
         // unit scales: every output is an exact integer sum (well below 2²⁴)
         let scales = vec![1f32; m * k.div_ceil(block)];
-        let rows = WideRows {
-            codes: &wide,
+        let rows = OffsetRows {
+            codes: &u,
             scales: &scales,
             block,
         };
@@ -321,7 +337,8 @@ fn paired_int8_panels_equal_the_integer_reference_exactly() {
                 }
             }
         }
-        // an output too small, or panels past the weight's last, are errors
+        // an output too small, panels past the weight's last, or rows quantized in
+        // other blocks are errors
         let mut small = vec![0f32; 1];
         let bad = p.product(
             isa::Isa::Scalar,
@@ -333,20 +350,22 @@ fn paired_int8_panels_equal_the_integer_reference_exactly() {
             16,
         );
         assert!(bad.is_err());
-        let mut out = vec![0f32; m * 16];
+        let mut out = vec![0f32; m * 16 * p.panels()];
+        let ldo = 16 * p.panels();
         let past = p.panels()..p.panels() + 1;
+        let sb = (&one[..], &zero[..]);
         assert!(p
-            .product(
-                isa::Isa::Scalar,
-                rows,
-                0..m,
-                past,
-                (&one, &zero),
-                &mut out,
-                16
-            )
+            .product(isa::Isa::Scalar, rows, 0..m, past, sb, &mut out, ldo)
             .is_err());
+        if block < k {
+            let other = OffsetRows { block: k, ..rows };
+            let all = 0..p.panels();
+            let e = p.product(isa::Isa::Scalar, other, 0..m, all, sb, &mut out, ldo);
+            assert!(e.unwrap_err().to_string().contains("blocks of"));
+        }
     }
+    // blocks that split groups of 4 inputs cannot be packed
+    assert!(PackedBlocked::pack(4, 64, 6, |_, _| 1).is_err());
 }
 
 /// Relative tolerance of the block-scaled int8 paths (exact block sums, f32 scaling).
@@ -354,26 +373,29 @@ const BLOCKED_TOL: f32 = 1e-5;
 
 #[test]
 fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
-    use qgemm::panel_blocked::{linear_packed, quantize_wide, PackedPairs, PackedPart};
+    use qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart, OFFSET};
+    use squeeze::quant::act::LINEAR_ACT_MAX;
     for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
         let mut x = uniform(m * k, 17 + k as u64);
         x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
-        let q = quantize_rows(&x, k, None, 32);
+        let q = quantize_rows(&x, k, None, 32, LINEAR_ACT_MAX);
         assert_eq!(q.scales.len(), m * k.div_ceil(32));
+        assert!(q.codes.iter().all(|c| c.abs() <= LINEAR_ACT_MAX));
         let w = codes(n * k, 19 + n as u64);
         let sw: Vec<f32> = (0..n).map(|j| 0.01 + 0.001 * j as f32).collect();
         let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
-        let p = PackedPairs::pack(n, k, |j, c| w[j * k + c]);
+        let p = PackedBlocked::pack(n, k, 32, |j, c| w[j * k + c]).unwrap();
         // the dequantized product, and the sum of |terms| its tolerance is relative to
         let term = |i: usize, j: usize, c: usize| q.value(i, c, k) * w[j * k + c] as f32 * sw[j];
         let kp = p.stride();
         for path in isa::supported() {
             // the kernel's quantizer gives quantize_rows' codes and scales exactly
-            let wq = quantize_wide(path, &x, (k, kp), None, 32).unwrap();
+            let wq = quantize_offset(path, &x, (k, kp), None, 32).unwrap();
             assert_eq!(wq.scales, q.scales, "{}", path.name());
             for i in 0..m {
                 for c in 0..kp {
-                    let want = if c < k { q.codes[i * k + c] as i16 } else { 0 };
+                    let code = if c < k { q.codes[i * k + c] } else { 0 };
+                    let want = (code as i16 + OFFSET as i16) as u8;
                     assert_eq!(
                         wq.codes[i * kp + c],
                         want,
@@ -417,7 +439,7 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
             scales: &sw,
             bias: None,
         };
-        let wq = quantize_wide(isa::Isa::Scalar, &x, (k, kp), None, 32).unwrap();
+        let wq = quantize_offset(isa::Isa::Scalar, &x, (k, kp), None, 32).unwrap();
         assert!(linear_packed(isa::Isa::Scalar, wq.rows(), &[part], m + 1).is_err());
     }
 }

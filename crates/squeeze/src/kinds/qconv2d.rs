@@ -301,7 +301,7 @@ impl QConv2d {
         let chw = c * h * w;
         s.codes.resize(chw, 0);
         // the magnitudes that matter are the im2col rows' (below)
-        qgemm::quantize_row(x, inv, &mut s.codes, None);
+        qgemm::quantize_row(x, (inv, 127), &mut s.codes, None);
         let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
         s.hwc.resize(chw, 0);
         panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;
@@ -373,7 +373,7 @@ impl QConv2d {
         let dims = x.dims().to_vec();
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let per = dims[1..].iter().product::<usize>().max(1);
-        let q = quantize_rows(&xs, per, Some(sa), per);
+        let q = quantize_rows(&xs, per, Some(sa), per, 127);
         let deq: Vec<f32> = q.codes.iter().map(|c| *c as f32 * sa).collect();
         let xq = Tensor::from_vec(deq, dims.as_slice(), x.device())?.to_dtype(x.dtype())?;
         let xin = (x + (xq - x)?.detach())?;

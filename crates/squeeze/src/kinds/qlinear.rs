@@ -6,8 +6,9 @@
 //! `model.json` says what the bytes mean and the loader checks every size.
 //!
 //! Activations (`act`): `dynamic` int8 (at run time, one scale per 32 consecutive inputs
-//! of each row, [`ACT_BLOCK`]) or `static` int8
-//! (the calibrated `input_scale`) run the exact int8 kernel of [`crate::ops::qgemm`];
+//! of each row, [`ACT_BLOCK`]) or `static` int8 (the calibrated `input_scale`: the
+//! clipping value / 64) run the exact int8 kernel of [`crate::ops::qgemm::panel_blocked`],
+//! whose codes are in [−64, 64] ([`LINEAR_ACT_MAX`]);
 //! `none` keeps f32 activations against int4 weights (weight-only; above 64 rows the layer's
 //! codes are widened once per call into a transient f32 copy for the f32 product). Any
 //! other caller (f64,
@@ -25,12 +26,12 @@ use crate::coupling::{Coupler, Seg};
 use crate::error::Result;
 use crate::graph::{Node, Op};
 use crate::ops::qgemm::panel_blocked::{
-    self, linear_packed, quantize_wide, PackedPairs, PackedPart,
+    self, linear_packed, quantize_offset, PackedBlocked, PackedPart,
 };
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
-use crate::quant::act::{quantize_rows, ACT_BLOCK};
+use crate::quant::act::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::quant::layout::{code_at, Layout, Scales};
 use crate::quant::with_node_view;
 
@@ -179,8 +180,9 @@ impl QLinear {
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
-                let packed = pairs(codes, w)?;
-                let q = quantize_wide(isa, xs, (k, packed.stride()), static_scale, ACT_BLOCK)?;
+                let block = if static_scale.is_some() { k } else { ACT_BLOCK };
+                let packed = panels(codes, w, block)?;
+                let q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
                 let part = PackedPart {
                     w: &packed,
                     scales: w.scales,
@@ -207,7 +209,7 @@ impl QLinear {
             x2.clone()
         } else {
             let xs: Vec<f32> = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let q = quantize_rows(&xs, k, static_scale, ACT_BLOCK);
+            let q = quantize_rows(&xs, k, static_scale, ACT_BLOCK, LINEAR_ACT_MAX);
             let deq: Vec<f32> = (0..m * k).map(|i| q.value(i / k, i % k, k)).collect();
             let xq = Tensor::from_vec(deq, (m, k), x2.device())?.to_dtype(x2.dtype())?;
             (x2 + (xq - x2)?.detach())?
@@ -276,7 +278,9 @@ pub(crate) fn qlinear_group(
         let dims = (o.out_features, o.in_features);
         let (codes, scales) = (get(n, "weight_q")?, get(n, "weight_scale")?);
         let scales = crate::params::f32_values(scales)?;
-        let w = with_node_view(p, &n.name, o.layout, dims, |v| pairs(codes.id(), v))?;
+        let w = with_node_view(p, &n.name, o.layout, dims, |v| {
+            panels(codes.id(), v, ACT_BLOCK)
+        })?;
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
         held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
     }
@@ -284,7 +288,7 @@ pub(crate) fn qlinear_group(
     let Some(kp) = held.first().map(|h| h.0.stride()) else {
         return Ok(None);
     };
-    let q = with_cpu::<f32, _>(&x2, |xs| quantize_wide(isa, xs, (k, kp), None, ACT_BLOCK))??;
+    let q = with_cpu::<f32, _>(&x2, |xs| quantize_offset(isa, xs, (k, kp), None, ACT_BLOCK))??;
     let parts: Vec<PackedPart> = held
         .iter()
         .map(|(w, scales, bias)| PackedPart {
@@ -304,12 +308,13 @@ pub(crate) fn qlinear_group(
         .map(Some)
 }
 
-/// A node's int8 codes in the paired panel layout, packed once per stored tensor `id`.
-fn pairs(id: TensorId, w: &QView) -> Result<Arc<PackedPairs>> {
+/// A node's int8 codes in the panel layout for activation blocks of `block` inputs,
+/// packed once per stored tensor `id`.
+fn panels(id: TensorId, w: &QView, block: usize) -> Result<Arc<PackedBlocked>> {
     let (rb, layout) = (w.layout.row_bytes(w.cols), w.layout);
-    panel_blocked::packed(id, || {
-        Ok(PackedPairs::pack(w.rows, w.cols, |j, c| {
+    panel_blocked::packed((id, block), || {
+        PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
             code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c) as i8
-        }))
+        })
     })
 }

@@ -20,7 +20,7 @@ use crate::kinds::qconv2d::QConv2d;
 use crate::kinds::qembedding::QEmbedding;
 use crate::kinds::qlinear::{ActQuant, QLinear};
 use crate::prune::obs::InputStats;
-use crate::quant::act::{Clip, RangeStats};
+use crate::quant::act::{Clip, RangeStats, LINEAR_ACT_MAX};
 use crate::quant::gptq::{gptq, GptqOpts};
 use crate::quant::layout::Layout;
 use crate::quant::QWeight;
@@ -205,7 +205,8 @@ impl Quantize {
         Ok(stats)
     }
 
-    /// Static int8: each node's input scale from the calibration batches.
+    /// Static int8: each node's input scale (the step of its codes) from the calibration
+    /// batches.
     fn input_scales(
         &self,
         model: &Model,
@@ -223,9 +224,17 @@ impl Quantize {
             }
             Ok(())
         })?;
+        // a Linear layer's codes are in ±64 (its kernel's offset form), a convolution's ±127
+        let lim = |n: &str| match model.graph.node(n).map(|n| &n.op) {
+            Some(Op::Linear(_)) => LINEAR_ACT_MAX,
+            _ => 127,
+        };
         Ok(stats
             .into_iter()
-            .map(|(n, s)| (n, s.scale(self.clip)))
+            .map(|(n, s)| {
+                let step = s.scale(self.clip, lim(&n));
+                (n, step)
+            })
             .collect())
     }
 }

@@ -11,32 +11,36 @@ unsafe fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Eight codes `round(x·inv)` half away from zero, clamped to ±127, as i16 — the scalar
-/// `round_code` exactly (NaN → 127, as its min/max give).
+/// Eight codes `round(x·inv)` half away from zero, clamped to ±lim (≤ 127), as i16 — the
+/// scalar `round_code_to` exactly (NaN → lim, as its min/max give).
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn codes8(x: __m256, iv: __m256) -> __m128i {
-    let lim = _mm256_set1_ps(127.0);
+pub(super) unsafe fn codes8(x: __m256, iv: __m256, lim: __m256) -> __m128i {
     let v = _mm256_mul_ps(x, iv);
     let v = _mm256_max_ps(
         _mm256_min_ps(v, lim),
         _mm256_sub_ps(_mm256_setzero_ps(), lim),
     );
     let h = _mm256_or_ps(_mm256_set1_ps(0.5), _mm256_and_ps(v, _mm256_set1_ps(-0.0))); // ±0.5 with v's sign
-    let q = _mm256_cvttps_epi32(_mm256_add_ps(v, h)); // 8 × i32 in [−127, 127]
+    let q = _mm256_cvttps_epi32(_mm256_add_ps(v, h)); // 8 × i32 in [−lim, lim]
     _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
 }
 
 /// Row quantization (see [`crate::quant::act::quantize_rows`]): codes = round(x·inv)
-/// half away from zero, clamped to ±127, and their magnitudes when `abs` is given; 8
+/// half away from zero, clamped to ±lim, and their magnitudes when `abs` is given; 8
 /// values per step.
 #[target_feature(enable = "avx2")]
-pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], mut abs: Option<&mut [u8]>) {
+pub unsafe fn quantize_row(
+    x: &[f32],
+    (inv, lim): (f32, i8),
+    codes: &mut [i8],
+    mut abs: Option<&mut [u8]>,
+) {
     assert!(codes.len() >= x.len() && abs.as_ref().is_none_or(|a| a.len() >= x.len()));
     let full = x.len() / 8 * 8;
-    let iv = _mm256_set1_ps(inv);
+    let (iv, lv) = (_mm256_set1_ps(inv), _mm256_set1_ps(f32::from(lim)));
     let mut c = 0;
     while c < full {
-        let q16 = codes8(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
+        let q16 = codes8(_mm256_loadu_ps(x.as_ptr().add(c)), iv, lv);
         let q8 = _mm_packs_epi16(q16, q16); // low 8 bytes
         _mm_storel_epi64(codes.as_mut_ptr().add(c) as *mut __m128i, q8);
         if let Some(a) = abs.as_deref_mut() {
@@ -45,7 +49,7 @@ pub unsafe fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], mut abs: Optio
         c += 8;
     }
     for j in full..x.len() {
-        let q = crate::quant::act::round_code(x[j] * inv);
+        let q = crate::quant::act::round_code_to(x[j] * inv, lim);
         codes[j] = q;
         if let Some(a) = abs.as_deref_mut() {
             a[j] = q.unsigned_abs();

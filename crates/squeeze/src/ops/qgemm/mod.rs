@@ -7,9 +7,10 @@
 //! - [`panel::PackedI8`]: int8 weights packed once into panels of 16 channels × 4 inputs,
 //!   multiplied with exact i32 accumulation into channels-last `[m, n]` results (the
 //!   convolution's kernel, `vpmaddubsw` on unsigned post-ReLU codes; see that module).
-//! - [`panel_blocked::PackedPairs`]: int8 weights packed once into panels of 16 channels
-//!   × 2 inputs against dynamic int8 activations with one scale per 32 inputs (the
-//!   quantized Linear's kernel, `vpmaddwd` on signed codes; see that module).
+//! - [`panel_blocked::PackedBlocked`]: the same panels against dynamic int8 activations
+//!   with one scale per 32 inputs, codes in [−64, 64] offset to unsigned bytes (the
+//!   quantized Linear's kernel, `vpmaddubsw` with the offset taken back per block; see
+//!   that module).
 //! - [`gemm_i8_reference`]: the plain integer product both packed kernels are tested
 //!   against, exactly.
 //!
@@ -19,7 +20,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx2_pairs;
+mod avx2_blocked;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
 pub mod panel;
@@ -50,17 +51,22 @@ pub fn gemm_i8_reference(a: &[i8], w: &[u8], m: usize, n: usize, k: usize) -> Ve
     out
 }
 
-/// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±127, and
+/// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±lim, and
 /// their magnitudes when `abs` is given (the AVX2 path equals the scalar
-/// [`crate::quant::act::round_code`]).
-pub fn quantize_row(x: &[f32], inv: f32, codes: &mut [i8], mut abs: Option<&mut [u8]>) {
+/// [`crate::quant::act::round_code_to`]).
+pub fn quantize_row(
+    x: &[f32],
+    (inv, lim): (f32, i8),
+    codes: &mut [i8],
+    mut abs: Option<&mut [u8]>,
+) {
     #[cfg(target_arch = "x86_64")]
     if isa::active().is_ok_and(|i| i != Isa::Scalar) {
         // SAFETY: a path above scalar implies AVX2; the kernel asserts the lengths.
-        return unsafe { avx2::quantize_row(x, inv, codes, abs) };
+        return unsafe { avx2::quantize_row(x, (inv, lim), codes, abs) };
     }
     for (j, (c, v)) in codes.iter_mut().zip(x).enumerate() {
-        *c = crate::quant::act::round_code(v * inv);
+        *c = crate::quant::act::round_code_to(v * inv, lim);
         if let Some(a) = abs.as_deref_mut() {
             a[j] = c.unsigned_abs();
         }

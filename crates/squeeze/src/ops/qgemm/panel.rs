@@ -22,7 +22,7 @@ use crate::isa::{self, Isa};
 /// Output channels per panel.
 pub const NR: usize = 16;
 /// Inputs per group (one broadcast i32).
-const KG: usize = 4;
+pub(super) const KG: usize = 4;
 
 /// An int8 weight `[n, k]` in panel layout, `n` padded to a multiple of [`NR`] and `k` to
 /// a multiple of 4 with zero codes.
@@ -38,21 +38,14 @@ impl PackedI8 {
     /// (callers reorder their stored layout through it). A code of −128 (outside the
     /// int8 format, where the sign transfer would overflow) is an error naming `what`.
     pub fn pack(what: &str, n: usize, k: usize, code: impl Fn(usize, usize) -> u8) -> Result<Self> {
-        let nq = Self::groups(k);
-        let np = n.div_ceil(NR);
-        let mut data = vec![0u8; np * nq * NR * KG];
         for j in 0..n {
-            let (p, ch) = (j / NR, j % NR);
-            for c in 0..k {
-                let v = code(j, c);
-                if v == 0x80 {
-                    return Err(Error::Data(format!(
-                        "{what}: code −128 at row {j}, input {c} (int8 codes are in [−127, 127])"
-                    )));
-                }
-                data[((p * nq + c / KG) * NR + ch) * KG + c % KG] = v;
+            if let Some(c) = (0..k).find(|&c| code(j, c) == 0x80) {
+                return Err(Error::Data(format!(
+                    "{what}: code −128 at row {j}, input {c} (int8 codes are in [−127, 127])"
+                )));
             }
         }
+        let data = panel_bytes(n, k, code);
         Ok(PackedI8 { n, k, data })
     }
 
@@ -151,30 +144,45 @@ impl PackedI8 {
     }
 }
 
+/// Codes `code(j, c)` of an `[n, k]` weight in the panel layout: for panel `p` and
+/// group of 4 inputs `q`, the 4 codes of each of the panel's [`NR`] channels (64 bytes);
+/// channels past `n` and inputs past `k` are zero.
+pub(super) fn panel_bytes(n: usize, k: usize, code: impl Fn(usize, usize) -> u8) -> Vec<u8> {
+    let nq = k.div_ceil(KG);
+    let mut data = vec![0u8; n.div_ceil(NR) * nq * NR * KG];
+    for j in 0..n {
+        let (p, ch) = (j / NR, j % NR);
+        for c in 0..k {
+            data[((p * nq + c / KG) * NR + ch) * KG + c % KG] = code(j, c);
+        }
+    }
+    data
+}
+
 /// Packed weights kept beyond one call, at most this many per form (the oldest go first).
 const CACHE_CAP: usize = 64;
 
 /// Packed forms of stored weight tensors, by tensor identity (a replaced tensor has a new
-/// one), made on first use.
-pub struct Cache<T> {
-    entries: Mutex<Vec<(TensorId, Arc<T>)>>,
+/// one) and whatever else the form depends on (`K`), made on first use.
+pub struct Cache<T, K = TensorId> {
+    entries: Mutex<Vec<(K, Arc<T>)>>,
 }
 
-impl<T> Default for Cache<T> {
+impl<T, K: PartialEq + Copy> Default for Cache<T, K> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T> Cache<T> {
+impl<T, K: PartialEq + Copy> Cache<T, K> {
     pub const fn new() -> Self {
         Cache {
             entries: Mutex::new(Vec::new()),
         }
     }
 
-    /// The packed form of tensor `id`, made by `make` on first use.
-    pub fn get(&self, id: TensorId, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    /// The packed form under key `id`, made by `make` on first use.
+    pub fn get(&self, id: K, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         let poisoned = || Error::Graph("int8 pack cache poisoned".into());
         if let Some((_, p)) = self
             .entries

@@ -1,30 +1,34 @@
-//! AVX2 micro-kernel of [`super::panel_blocked::PackedPairs::product`]: tiles of up to
-//! 6 tokens × one 16-channel panel, 12 i32 accumulators per block of inputs. Per pair of
-//! inputs: the panel's 32 codes widened to i16 (`vpmovsxbw`, two registers), one
-//! broadcast of the token's two i16 codes, one `vpmaddwd` + `vpaddd` per 8 channels.
-//! At each block's end the sums are converted and accumulated in f32 with the token's
-//! block scale. A last panel with at most 8 real channels multiplies only its first half.
+//! AVX2 micro-kernel of [`super::panel_blocked::PackedBlocked::product`]: tiles of up to
+//! 5 tokens × one 16-channel panel, 10 i32 accumulators per block of inputs (with the
+//! panel's two registers, the broadcast, a product and the ones, 15 of the 16 registers:
+//! a sixth token spills an accumulator every step and measured slower). Per group of
+//! 4 inputs: one broadcast of the token's 4 offset codes, then per 8 channels one
+//! `vpmaddubsw` (exact: codes ≤ 128, weights ≥ −128), one `vpmaddwd` against ones and one
+//! `vpaddd`. Each block's accumulators start at the panel's offset corrections; at the
+//! block's end they are converted and accumulated in f32 with the token's block scale. A
+//! last panel with at most 8 real channels multiplies only its first half.
 
 use std::arch::x86_64::*;
 
 use super::panel::NR;
 
-/// Every panel against every token; see `PackedPairs::product` for the contract
-/// (`sa`: `k.div_ceil(block)` scales per token; `scale`/`bias`: zero-padded to whole
-/// panels from the range's first channel; `cols` columns stored per row).
+/// Every panel against every token; see `PackedBlocked::product` for the contract
+/// (`sa`: `k.div_ceil(block)` scales per token; `sums`: that many groups of 16 offset
+/// corrections per panel; `scale`/`bias`: zero-padded to whole panels from the range's
+/// first channel; `cols` columns stored per row).
 ///
 /// # Safety
-/// AVX2 and FMA are available; `a` holds `m` rows of `k` codes (`k` even; `block` even or
-/// `k`),
-/// `sa` `m` rows of scales, `panels` whole panels of `k·16` bytes, `scale`/`bias` 16
-/// values per panel and `out` `m` rows of stride `ldo ≥ cols`.
+/// AVX2 and FMA are available; `a` holds `m` rows of `k` offset codes (`k` and `block`
+/// multiples of 4), `sa` `m` rows of scales, `panels` whole panels of `k·16` bytes,
+/// `sums` their `k/block·16` corrections each, `scale`/`bias` 16 values per panel and
+/// `out` `m` rows of stride `ldo ≥ cols` that no other thread touches during the call.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn product(
-    (a, sa): (&[i16], &[f32]),
+    (a, sa): (&[u8], &[f32]),
     (m, k, block): (usize, usize, usize),
-    (panels, cols): (&[i8], usize),
+    (panels, sums, cols): (&[u8], &[i32], usize),
     (scale, bias): (&[f32], &[f32]),
-    out: &mut [f32],
+    out: *mut f32,
     ldo: usize,
 ) {
     let psize = k * NR;
@@ -32,11 +36,14 @@ pub unsafe fn product(
     let geo = Geo {
         k,
         nb: k.div_ceil(block),
-        gb: block / 2,
+        gb: block / 4,
     };
-    let mut tmp = [0f32; 6 * NR];
+    let mut tmp = [0f32; 5 * NR];
     for p in 0..np {
-        let w = panels.as_ptr().add(p * psize);
+        let w = (
+            panels.as_ptr().add(p * psize),
+            sums.as_ptr().add(p * geo.nb * NR),
+        );
         let sb = (scale.as_ptr().add(p * NR), bias.as_ptr().add(p * NR));
         let c = (cols - p * NR).min(NR);
         let mut i = 0;
@@ -44,7 +51,7 @@ pub unsafe fn product(
             let at = (a.as_ptr().add(i * k), sa.as_ptr().add(i * geo.nb));
             // a partial last panel goes through `tmp`, then its real columns to `out`
             let (o, lo) = match c {
-                NR => (out.as_mut_ptr().add(i * ldo + p * NR), ldo),
+                NR => (out.add(i * ldo + p * NR), ldo),
                 _ => (tmp.as_mut_ptr(), NR),
             };
             let t = match c <= NR / 2 {
@@ -53,7 +60,7 @@ pub unsafe fn product(
             };
             if c < NR {
                 for r in 0..t {
-                    let dst = out.as_mut_ptr().add((i + r) * ldo + p * NR);
+                    let dst = out.add((i + r) * ldo + p * NR);
                     std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * NR), dst, c);
                 }
             }
@@ -62,27 +69,29 @@ pub unsafe fn product(
     }
 }
 
-/// Inputs per row, blocks per row and input pairs per block.
+/// Codes per row, blocks per row and groups of 4 inputs per block.
 struct Geo {
     k: usize,
     nb: usize,
     gb: usize,
 }
 
-/// The next tile of up to 6 tokens; returns its tokens.
+/// A panel's codes and its offset corrections.
+type Panel = (*const u8, *const i32);
+
+/// The next tile of up to 5 tokens; returns its tokens.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tiles<const V: usize>(
     left: usize,
-    at: (*const i16, *const f32),
+    at: (*const u8, *const f32),
     geo: &Geo,
-    w: *const i8,
+    w: Panel,
     sb: (*const f32, *const f32),
     o: *mut f32,
     ldo: usize,
 ) -> usize {
     match left {
-        6.. => tile::<6, V>(at, geo, w, sb, o, ldo),
-        5 => tile::<5, V>(at, geo, w, sb, o, ldo),
+        5.. => tile::<5, V>(at, geo, w, sb, o, ldo),
         4 => tile::<4, V>(at, geo, w, sb, o, ldo),
         3 => tile::<3, V>(at, geo, w, sb, o, ldo),
         2 => tile::<2, V>(at, geo, w, sb, o, ldo),
@@ -94,30 +103,33 @@ unsafe fn tiles<const V: usize>(
 /// stored as `f·scale + bias` (an unused second half as zeros). Returns T.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const T: usize, const V: usize>(
-    (a, sa): (*const i16, *const f32),
+    (a, sa): (*const u8, *const f32),
     geo: &Geo,
-    w: *const i8,
+    (w, sums): Panel,
     (scale, bias): (*const f32, *const f32),
     out: *mut f32,
     ldo: usize,
 ) -> usize {
-    let nq = geo.k / 2;
+    let nq = geo.k / 4;
+    let ones = _mm256_set1_epi16(1);
     let mut f = [[_mm256_setzero_ps(); V]; T];
     for b in 0..geo.nb {
         let q0 = b * geo.gb;
-        let mut acc = [[_mm256_setzero_si256(); V]; T];
+        let mut start = [_mm256_setzero_si256(); V];
+        for (v, s) in start.iter_mut().enumerate() {
+            *s = _mm256_loadu_si256(sums.add(b * NR + 8 * v) as *const __m256i);
+        }
+        let mut acc = [start; T];
         for q in q0..(q0 + geo.gb).min(nq) {
-            let mut wv = [_mm256_setzero_si256(); V];
-            for (v, r) in wv.iter_mut().enumerate() {
-                let bytes = _mm_loadu_si128(w.add(q * 32 + v * 16) as *const __m128i);
-                *r = _mm256_cvtepi8_epi16(bytes);
-            }
+            let wq = w.add(q * 64);
             for (t, acc) in acc.iter_mut().enumerate() {
                 let x =
-                    _mm256_set1_epi32((a.add(t * geo.k + 2 * q) as *const i32).read_unaligned());
-                for (acc, wr) in acc.iter_mut().zip(&wv) {
-                    // two products of |codes| ≤ 127 (weights ≥ −128) summed in i32: exact
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(*wr, x));
+                    _mm256_set1_epi32((a.add(t * geo.k + 4 * q) as *const i32).read_unaligned());
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_loadu_si256(wq.add(32 * v) as *const __m256i);
+                    // unsigned codes ≤ 128 × weights ≥ −128: pair sums fit i16 exactly
+                    let pairs = _mm256_maddubs_epi16(x, wv);
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
                 }
             }
         }
@@ -165,21 +177,26 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
         .fold(0f32, |a, v| a.max(v.abs()))
 }
 
-/// `codes[j] = round(x[j]·inv)` half away from zero, clamped to ±127, as i16 — the
-/// scalar `round_code` exactly; 8 values per step.
+/// `codes[j] = round(x[j]·inv) + 64`, the code rounded half away from zero and clamped
+/// to ±64 — the scalar `round_code_to` exactly; 8 values per step.
 ///
 /// # Safety
 /// AVX2 is available; `codes` holds at least `x.len()` values.
 #[target_feature(enable = "avx2")]
-pub unsafe fn codes_wide(x: &[f32], inv: f32, codes: &mut [i16]) {
+pub unsafe fn offset_codes(x: &[f32], inv: f32, codes: &mut [u8]) {
+    use crate::quant::act::{round_code_to, LINEAR_ACT_MAX};
     assert!(codes.len() >= x.len());
     let full = x.len() / 8 * 8;
     let iv = _mm256_set1_ps(inv);
+    let lim = _mm256_set1_ps(f32::from(LINEAR_ACT_MAX));
+    let off = _mm_set1_epi16(i16::from(LINEAR_ACT_MAX));
     for c in (0..full).step_by(8) {
-        let q16 = super::avx2::codes8(_mm256_loadu_ps(x.as_ptr().add(c)), iv);
-        _mm_storeu_si128(codes.as_mut_ptr().add(c) as *mut __m128i, q16);
+        let q16 = super::avx2::codes8(_mm256_loadu_ps(x.as_ptr().add(c)), iv, lim);
+        let u = _mm_add_epi16(q16, off); // in [0, 128]
+        let u8s = _mm_packus_epi16(u, u); // low 8 bytes
+        _mm_storel_epi64(codes.as_mut_ptr().add(c) as *mut __m128i, u8s);
     }
     for j in full..x.len() {
-        codes[j] = crate::quant::act::round_code(x[j] * inv) as i16;
+        codes[j] = (round_code_to(x[j] * inv, LINEAR_ACT_MAX) + LINEAR_ACT_MAX) as u8;
     }
 }
