@@ -92,6 +92,23 @@ pub fn detected() -> Isa {
     supported()[0]
 }
 
+/// Whether the AVX-512 path may use the VNNI integer dot products (`vpdpbusd`, with
+/// AVX-512BW): AMD Zen 4, Intel Ice Lake and later. Kernels of [`Isa::Avx512`] that have a
+/// VNNI form ask this; without it they run their AVX2 form.
+pub fn avx512_vnni(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
 /// Set by [`force`]; 0 = not forced.
 static FORCED: AtomicU8 = AtomicU8::new(0);
 

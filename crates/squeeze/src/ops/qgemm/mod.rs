@@ -14,8 +14,9 @@
 //! - [`gemm_i8_reference`]: the plain integer product both packed kernels are tested
 //!   against, exactly.
 //!
-//! All split their work over threads when the product is large. CPUs with AVX-512 run
-//! the AVX2 paths (an AVX-512 VNNI kernel is not written yet).
+//! All split their work over threads when the product is large. On the AVX-512 path the
+//! Linear kernel uses VNNI (`vpdpbusd`) where the CPU has it; the other kernels run
+//! their AVX2 form there.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -23,6 +24,8 @@ mod avx2;
 mod avx2_blocked;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_blocked;
 pub mod panel;
 pub mod panel_blocked;
 

@@ -14,6 +14,9 @@
 //! f32 with its scale, and the weight scale and bias are applied as the tile is stored,
 //! so results come out channels-last — `[tokens, out]`, the layer's own layout.
 //!
+//! On CPUs with AVX-512 VNNI the same panels and codes run `vpdpbusd` instead
+//! ([`super::avx512_blocked`]): one instruction per 64 multiply-accumulates.
+//!
 //! [`PackedBlocked::product`] equals its plain loops within float rounding (the integer
 //! block sums are exact; only the f32 accumulation uses fused multiply-adds);
 //! [`linear_packed`] runs one layer or a q/k/v group over token and channel tiles in
@@ -304,6 +307,19 @@ impl PackedBlocked {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             let block = if self.block >= k { kp } else { self.block };
+            if isa::avx512_vnni(isa) {
+                // SAFETY: AVX-512F/BW/VNNI were detected; the operands as below.
+                return unsafe {
+                    super::avx512_blocked::product(
+                        (codes, sa),
+                        (m, kp, block),
+                        (data, sums, cols),
+                        (scale, bias),
+                        out,
+                        ldo,
+                    )
+                };
+            }
             // SAFETY: every path above scalar implies AVX2 and FMA; the caller checked the
             // lengths (rows of `kp` codes and `nb` scales, whole padded panels with `nb·16`
             // sums each, `cols` columns written per row).
