@@ -133,6 +133,8 @@ fn run_graph(
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let fused = fusable_relu(g, opts);
     let fused_relu: HashMap<usize, usize> = fused.iter().map(|(b, r)| (*r, *b)).collect();
+    let pools = fusable_pool(g, opts, &fused);
+    let fused_pool: HashMap<usize, usize> = pools.iter().map(|(c, q)| (*q, *c)).collect();
     let siblings = sibling_groups(g, opts);
     // outputs of group members computed ahead, together with their group's first node
     let mut ahead: HashMap<String, Tensor> = HashMap::new();
@@ -141,6 +143,14 @@ fn run_graph(
             // this ReLU was computed together with node `bn` (BatchNorm or int8 convolution)
             let v = vals
                 .remove(&g.nodes[bn].name)
+                .ok_or_else(|| Error::Graph("fused value missing".into()))?;
+            vals.insert(node.name.clone(), v);
+            continue;
+        }
+        if fused_pool.contains_key(&i) {
+            // this max-pool was applied by the int8 convolution its input comes from
+            let v = vals
+                .remove(&node.inputs[0])
                 .ok_or_else(|| Error::Graph("fused value missing".into()))?;
             vals.insert(node.name.clone(), v);
             continue;
@@ -174,8 +184,11 @@ fn run_graph(
             ys.remove(0)
         } else {
             // a fused node also applies the ReLU that reads it (skipped above)
-            let fuse_relu = fused.contains_key(&i);
-            run_node(node, p, &ins, opts, fuse_relu, &mut rng, &mut out)?
+            let fuse = (
+                fused.contains_key(&i),
+                pools.get(&i).and_then(|&q| pool_of(g, q)),
+            );
+            run_node(node, p, &ins, opts, fuse, &mut rng, &mut out)?
         };
         if opts.taps.contains(&node.name) {
             out.taps.insert(
@@ -224,6 +237,45 @@ fn fusable_relu(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, usize> {
     out
 }
 
+/// Max-pool fusion (inference): index of an int8 convolution → index of the max-pool
+/// that is the only reader of its output, or of the ReLU fused into it (neither the
+/// convolution, the ReLU nor the pool tapped or the graph's output); the convolution
+/// pools its products before rescaling them (`NodeRun::fuse_pool`).
+fn fusable_pool(
+    g: &Graph,
+    opts: &ForwardOpts,
+    relus: &HashMap<usize, usize>,
+) -> HashMap<usize, usize> {
+    let mut out = HashMap::new();
+    if opts.train {
+        return out;
+    }
+    let free = |j: usize| !opts.taps.contains(&g.nodes[j].name) && g.output != g.nodes[j].name;
+    for (i, n) in g.nodes.iter().enumerate() {
+        let tail = relus.get(&i).copied().unwrap_or(i);
+        if !matches!(n.op, Op::QConv2d(_)) || !free(i) || !free(tail) {
+            continue;
+        }
+        let readers: Vec<usize> = (0..g.nodes.len())
+            .filter(|&j| g.nodes[j].inputs.contains(&g.nodes[tail].name))
+            .collect();
+        if let [j] = readers[..] {
+            if pool_of(g, j).is_some() && g.nodes[j].inputs.len() == 1 && free(j) {
+                out.insert(i, j);
+            }
+        }
+    }
+    out
+}
+
+/// Window and stride of node `j` when it is a max-pool.
+fn pool_of(g: &Graph, j: usize) -> Option<(usize, usize)> {
+    match &g.nodes[j].op {
+        Op::MaxPool2d(m) => Some((m.kernel, m.stride)),
+        _ => None,
+    }
+}
+
 /// Grouped inference: sibling Linear (packed) or qlinear nodes (none tapped), keyed by the
 /// index of each group's first node.
 fn sibling_groups(g: &Graph, opts: &ForwardOpts) -> HashMap<usize, Vec<usize>> {
@@ -255,7 +307,7 @@ fn run_node(
     p: &ParamStore,
     ins: &[Tensor],
     opts: &ForwardOpts,
-    fuse_relu: bool,
+    (fuse_relu, fuse_pool): (bool, Option<(usize, usize)>),
     rng: &mut StdRng,
     out: &mut ForwardOut,
 ) -> Result<Tensor> {
@@ -265,6 +317,7 @@ fn run_node(
         ins,
         opts,
         fuse_relu,
+        fuse_pool,
         rng,
         bn_stats: &mut out.bn_stats,
     };

@@ -63,6 +63,7 @@ fn run(op: &Op, params: &squeeze::params::ParamStore, ins: &[Tensor]) -> Tensor 
         ins,
         opts: &opts,
         fuse_relu: false,
+        fuse_pool: None,
         rng: &mut rng,
         bn_stats: &mut stats,
     };

@@ -668,7 +668,7 @@ fn the_quantize_pass_keeps_the_classifier_in_f32_and_survives_a_save_and_load() 
 const CONV_SIM_TOL: f32 = 1e-3;
 
 #[test]
-fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fused_relu() {
+fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fused_relu_and_pool() {
     let q = apply(
         small("vgg"),
         "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
@@ -690,6 +690,15 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fuse
         .filter(|n| n.op.kind() == "qconv2d")
         .count();
     assert!(convs >= 3 && relus.len() >= 3, "{convs} qconv2d, {relus:?}");
+    // max-pools after a convolution's ReLU: fused into it unless tapped
+    let pools: Vec<String> = q
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::MaxPool2d(_)) && relus.contains(&n.inputs[0]))
+        .map(|n| n.name.clone())
+        .collect();
+    assert!(!pools.is_empty());
     let p64 = store_to_dtype(&q.params, DType::F64).unwrap();
     // one image (its pixel blocks in parallel) and a batch (images in parallel)
     for batch in [1, 3] {
@@ -707,6 +716,14 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fuse
         };
         let unfused = squeeze::interp::forward(&q.graph, &q.params, &x, &opts).unwrap();
         assert_eq!(max_abs(&unfused.output, &got), 0.0, "batch {batch}");
+        // tapping the max-pools turns only the pool fusion off: the pool of the rescaled
+        // outputs equals the rescale of the pooled products exactly
+        let opts = squeeze::interp::ForwardOpts {
+            taps: pools.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let unpooled = squeeze::interp::forward(&q.graph, &q.params, &x, &opts).unwrap();
+        assert_eq!(max_abs(&unpooled.output, &got), 0.0, "batch {batch}");
     }
 }
 
@@ -837,4 +854,37 @@ fn an_int8_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
         / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
             * b.iter().map(|y| y * y).sum::<f32>().sqrt());
     assert!(cos > 0.99, "cosine to f32 {cos}");
+}
+
+#[test]
+fn pooled_products_keep_the_window_max_or_min_per_channel() {
+    use qgemm::panel::pool_rows;
+    // 5×7 pixels of 3 channels (stride 4: a padding column), windows 2/2 and 3/2
+    let (ho, wo, ldo) = (5, 7, 4);
+    let acc: Vec<i32> = (0..ho * wo * ldo)
+        .map(|i| ((i * 37) % 101) as i32 - 50)
+        .collect();
+    let neg = [false, true, false];
+    for (k, s) in [(2, 2), (3, 2)] {
+        let mut pooled = vec![9; 3];
+        let (ph, pw) = pool_rows(&acc, (ho, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
+        assert_eq!((ph, pw), ((ho - k) / s + 1, (wo - k) / s + 1));
+        assert_eq!(pooled.len(), ph * pw * 3);
+        for (py, px, j) in
+            (0..ph).flat_map(|y| (0..pw).flat_map(move |x| (0..3).map(move |j| (y, x, j))))
+        {
+            let window = (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx)));
+            let vals = window.map(|(dy, dx)| acc[((py * s + dy) * wo + px * s + dx) * ldo + j]);
+            let want = if neg[j] { vals.min() } else { vals.max() }.unwrap();
+            assert_eq!(
+                pooled[(py * pw + px) * 3 + j],
+                want,
+                "k {k} ({py}, {px}) channel {j}"
+            );
+        }
+    }
+    // a window larger than the image, or too few products, is an error
+    let mut pooled = Vec::new();
+    assert!(pool_rows(&acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
+    assert!(pool_rows(&acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
 }

@@ -79,6 +79,9 @@ pub struct NodeRun<'a> {
     /// Fusion: a BatchNorm or int8 convolution also applies the ReLU that is its only
     /// reader.
     pub fuse_relu: bool,
+    /// Fusion (inference): an int8 convolution also applies the max-pool (window,
+    /// stride) that is the only reader of its output (or of its fused ReLU).
+    pub fuse_pool: Option<(usize, usize)>,
     /// The pass's seeded generator (dropout masks).
     pub rng: &'a mut StdRng,
     /// Train-mode batch statistics, appended by BatchNorm nodes.

@@ -5,7 +5,10 @@
 //! with its static scale, builds each image's int8 im2col rows (one per output pixel,
 //! channels-last) and multiplies them with the codes packed once into panels
 //! ([`crate::ops::qgemm::panel`]: exact i32 sums); the result is rescaled to f32 with the
-//! bias added, and the ReLU that is the node's only reader applied in the same pass.
+//! bias added, and the ReLU that is the node's only reader applied in the same pass. A
+//! max-pool reading the result (the interpreter fuses it at inference) is applied to the
+//! i32 products before the rescale — exact, the rescale and ReLU being monotone — so a
+//! quarter of the outputs are rescaled and written, and no separate pooling pass runs.
 //! Images run in parallel, or a single image's blocks of output pixels. Any other caller
 //! gets the simulated layer (fake-quantized input, dequantized weight, candle's
 //! convolution) — the reference the kernel is tested against. Coupling: pinned on both
@@ -52,11 +55,35 @@ struct Out {
     scale: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
+    pool: Option<Pool>,
+}
+
+/// A max-pool fused after the convolution (and its ReLU): window `k`, stride `s`, over
+/// the convolution's `ho × wo` output pixels.
+#[derive(Clone, Copy)]
+struct Pool {
+    k: usize,
+    s: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Pool {
+    /// Output pixels after pooling (floor mode).
+    fn pixels(&self) -> usize {
+        ((self.ho - self.k) / self.s + 1) * ((self.wo - self.k) / self.s + 1)
+    }
 }
 
 impl Out {
-    /// The output rows (`[channels, m]`, in `y`) of the channels of `panels`: the products
-    /// of the `m` im2col rows (codes and magnitudes, stride `lda`), rescaled.
+    /// Output pixels per channel: the convolution's `m`, or fewer after the fused pool.
+    fn pixels(&self, m: usize) -> usize {
+        self.pool.map_or(m, |p| p.pixels())
+    }
+
+    /// The output rows (`[channels, pixels]`, in `y`) of the channels of `panels`: the
+    /// products of the `m` im2col rows (codes and magnitudes, stride `lda`), pooled when a
+    /// pool is fused, rescaled.
     #[allow(clippy::too_many_arguments)]
     fn rows(
         &self,
@@ -69,15 +96,27 @@ impl Out {
         y: &mut [f32],
     ) -> Result<()> {
         let cols = panels.len() * NR;
-        let j = panels.start * NR..(panels.start * NR + y.len() / m.max(1));
+        let j = panels.start * NR..(panels.start * NR + y.len() / self.pixels(m).max(1));
         ACC.with(|acc| -> Result<()> {
             let mut acc = acc.borrow_mut();
             // every element is written by the product: only growth is zero-filled
             let len = acc.len().max(m * cols);
             acc.resize(len, 0);
-            w.product(isa, a, (m, lda), signed, panels, &mut acc, cols)?;
+            w.product(isa, a, (m, lda), signed, panels.clone(), &mut acc, cols)?;
             let (sc, b) = (&self.scale[j.clone()], &self.bias[j]);
-            panel::rescale_transposed(isa, &acc, (m, cols), sc, b, self.relu, y)
+            let Some(p) = self.pool else {
+                return panel::rescale_transposed(isa, &acc, (m, cols), sc, b, self.relu, y);
+            };
+            POOLED.with(|pooled| {
+                let mut pooled = pooled.borrow_mut();
+                // a negative rescale factor reverses the order the pool keeps
+                let neg: Vec<bool> = (0..cols)
+                    .map(|c| sc.get(c).is_some_and(|f| *f < 0.0))
+                    .collect();
+                let (ph, pw) =
+                    panel::pool_rows(&acc, (p.ho, p.wo, cols), (p.k, p.s), &neg, &mut pooled)?;
+                panel::rescale_transposed(isa, &pooled, (ph * pw, cols), sc, b, self.relu, y)
+            })
         })
     }
 }
@@ -85,6 +124,8 @@ impl Out {
 thread_local! {
     /// Each thread's i32 products, reused across calls.
     static ACC: std::cell::RefCell<Vec<i32>> = std::cell::RefCell::default();
+    /// Each thread's pooled products (a fused max-pool), reused across calls.
+    static POOLED: std::cell::RefCell<Vec<i32>> = std::cell::RefCell::default();
 }
 
 /// Zeroes `s`; an empty one costs no call (most im2col edges are empty).
@@ -176,14 +217,18 @@ impl LayerKind for QConv2d {
             true => Some(f32_values(cx.param("bias")?)?),
             false => None,
         };
-        let (dims, relu) = ((self.out_channels, self.cols()), cx.fuse_relu);
+        let (dims, relu, pool) = ((self.out_channels, self.cols()), cx.fuse_relu, cx.fuse_pool);
         let codes_id = cx.param("weight_q")?.id();
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
             if x.track_op() || x.dtype() != DType::F32 {
-                return self.simulated(x, w, sa, bias.as_deref(), relu);
+                let y = self.simulated(x, w, sa, bias.as_deref(), relu)?;
+                return match pool {
+                    Some((k, s)) => crate::ops::act::max_pool2d(&y, k, s),
+                    None => Ok(y),
+                };
             }
             let packed = self.packed(&cx.node.name, codes_id, w)?;
-            self.kernel(x, &packed, sa, bias.as_deref(), relu)
+            self.kernel(x, &packed, sa, bias.as_deref(), (relu, pool))
         })
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
@@ -223,20 +268,30 @@ impl QConv2d {
         Ok(Packed { panels, scales })
     }
 
-    /// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`.
+    /// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`,
+    /// then the max-pool (window, stride) when one is fused (`[N, out, Ho', Wo']`).
     fn kernel(
         &self,
         x: &Tensor,
         w: &Packed,
         sa: f32,
         bias: Option<&[f32]>,
-        relu: bool,
+        (relu, pool): (bool, Option<(usize, usize)>),
     ) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
         let [_, ho, wo] = self.out_shape(&[&[c, h, wd]]).map_err(Error::Graph)?[..] else {
             return Err(Error::Graph("qconv2d: bad output shape".into()));
         };
-        let (co, p, chw) = (self.out_channels, ho * wo, c * h * wd);
+        let pool = match pool {
+            Some((k, s)) if k > 0 && s > 0 && ho >= k && wo >= k => Some(Pool { k, s, ho, wo }),
+            Some((k, s)) => {
+                return Err(Error::Graph(format!(
+                    "qconv2d: cannot pool its {ho}×{wo} output with kernel {k}, stride {s}"
+                )))
+            }
+            None => None,
+        };
+        let (co, m, chw) = (self.out_channels, ho * wo, c * h * wd);
         let lda = PackedI8::row_len(self.cols());
         let isa = crate::isa::active()?;
         let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
@@ -245,7 +300,9 @@ impl QConv2d {
             scale: w.scales.iter().map(|s| s * sa).collect(),
             bias: bias.map_or_else(|| vec![0.0; co], |b| b.to_vec()),
             relu,
+            pool,
         };
+        let p = out.pixels(m);
         let mut y = vec![0f32; n * co * p];
         // a batch: images in parallel, each on one thread; a single image: its channels'
         // panels split over the threads (each writes whole output rows)
@@ -265,7 +322,7 @@ impl QConv2d {
                     );
                     let task = |(t, yt): (usize, &mut [f32])| {
                         let panels = t * per_task..((t + 1) * per_task).min(np);
-                        out.rows(isa, &w.panels, a, (p, lda), signed, panels, yt)
+                        out.rows(isa, &w.panels, a, (m, lda), signed, panels, yt)
                     };
                     match n {
                         1 => yi
@@ -281,6 +338,7 @@ impl QConv2d {
             };
             y.par_chunks_mut(co * p).enumerate().try_for_each(image)
         })??;
+        let (ho, wo) = pool.map_or((ho, wo), |q| ((ho - q.k) / q.s + 1, (wo - q.k) / q.s + 1));
         Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
     }
 

@@ -263,6 +263,47 @@ pub fn rescale_transposed(
     Ok(())
 }
 
+/// A max-pool window over channels-last i32 products, before their rescale: for an image
+/// whose `ho × wo` output pixels are the rows of `acc` (stride `ldo`, `cols` channels),
+/// `pooled[(py·pw + px)·cols + j]` = the max over the `k × k` window at (py·s, px·s) — or
+/// the min where `neg[j]` (a negative rescale factor reverses the order). `y = acc·s + b`
+/// rounded in f32 is monotone in `acc` for a fixed factor, and so is the ReLU after it, so
+/// rescaling the pooled products gives exactly the pool of the rescaled outputs. Returns
+/// the pooled height and width (floor mode, as `max_pool2d`).
+pub fn pool_rows(
+    acc: &[i32],
+    (ho, wo, ldo): (usize, usize, usize),
+    (k, s): (usize, usize),
+    neg: &[bool],
+    pooled: &mut Vec<i32>,
+) -> Result<(usize, usize)> {
+    let cols = neg.len();
+    if k == 0 || s == 0 || ho < k || wo < k || ldo < cols || acc.len() < ho * wo * ldo {
+        return Err(Error::Data(format!(
+            "pooling {ho}×{wo} rows of {cols} channels (stride {ldo}, {} products) with \
+             kernel {k}, stride {s}",
+            acc.len()
+        )));
+    }
+    let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
+    pooled.clear();
+    pooled.resize(ph * pw * cols, 0);
+    for (o, out) in pooled.chunks_exact_mut(cols).enumerate() {
+        let (py, px) = (o / pw, o % pw);
+        let row = |dy: usize, dx: usize| {
+            let at = ((py * s + dy) * wo + px * s + dx) * ldo;
+            &acc[at..at + cols]
+        };
+        out.copy_from_slice(row(0, 0));
+        for (dy, dx) in (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx))).skip(1) {
+            for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
+                *o = if n { (*o).min(v) } else { (*o).max(v) };
+            }
+        }
+    }
+    Ok((ph, pw))
+}
+
 /// `dst[px·c + ci] = src[ci·hw + px]`: an image's codes `[C, H·W]` reordered channels-last
 /// `[H·W, C]`. The AVX2 path moves 8×8 blocks through SSE registers; the edges (and the
 /// scalar path) go byte by byte. A pure permutation, so the paths agree exactly.
