@@ -307,24 +307,16 @@ impl PackedBlocked {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             let block = if self.block >= k { kp } else { self.block };
-            if isa::avx512_vnni(isa) {
-                // SAFETY: AVX-512F/BW/VNNI were detected; the operands as below.
-                return unsafe {
-                    super::avx512_blocked::product(
-                        (codes, sa),
-                        (m, kp, block),
-                        (data, sums, cols),
-                        (scale, bias),
-                        out,
-                        ldo,
-                    )
-                };
-            }
-            // SAFETY: every path above scalar implies AVX2 and FMA; the caller checked the
+            let kernel = match isa::avx512_vnni(isa) {
+                true => super::avx512_blocked::product,
+                false => super::avx2_blocked::product,
+            };
+            // SAFETY: every path above scalar implies AVX2 and FMA, and the VNNI kernel is
+            // chosen only where AVX-512F/BW/VNNI were detected; the caller checked the
             // lengths (rows of `kp` codes and `nb` scales, whole padded panels with `nb·16`
             // sums each, `cols` columns written per row).
             return unsafe {
-                super::avx2_blocked::product(
+                kernel(
                     (codes, sa),
                     (m, kp, block),
                     (data, sums, cols),
