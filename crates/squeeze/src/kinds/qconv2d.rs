@@ -56,6 +56,9 @@ struct Out {
     bias: Vec<f32>,
     relu: bool,
     pool: Option<Pool>,
+    /// With a pool: per channel of the padded panels, whether its factor is negative
+    /// (which reverses the order the pool keeps).
+    neg: Vec<bool>,
 }
 
 /// A max-pool fused after the convolution (and its ReLU): window `k`, stride `s`, over
@@ -69,16 +72,19 @@ struct Pool {
 }
 
 impl Pool {
-    /// Output pixels after pooling (floor mode).
-    fn pixels(&self) -> usize {
-        ((self.ho - self.k) / self.s + 1) * ((self.wo - self.k) / self.s + 1)
+    /// Output height and width after pooling (floor mode).
+    fn dims(&self) -> (usize, usize) {
+        (
+            (self.ho - self.k) / self.s + 1,
+            (self.wo - self.k) / self.s + 1,
+        )
     }
 }
 
 impl Out {
     /// Output pixels per channel: the convolution's `m`, or fewer after the fused pool.
     fn pixels(&self, m: usize) -> usize {
-        self.pool.map_or(m, |p| p.pixels())
+        self.pool.map_or(m, |p| p.dims().0 * p.dims().1)
     }
 
     /// The output rows (`[channels, pixels]`, in `y`) of the channels of `panels`: the
@@ -109,12 +115,9 @@ impl Out {
             };
             POOLED.with(|pooled| {
                 let mut pooled = pooled.borrow_mut();
-                // a negative rescale factor reverses the order the pool keeps
-                let neg: Vec<bool> = (0..cols)
-                    .map(|c| sc.get(c).is_some_and(|f| *f < 0.0))
-                    .collect();
+                let neg = &self.neg[panels.start * NR..][..cols];
                 let (ph, pw) =
-                    panel::pool_rows(&acc, (p.ho, p.wo, cols), (p.k, p.s), &neg, &mut pooled)?;
+                    panel::pool_rows(&acc, (p.ho, p.wo, cols), (p.k, p.s), neg, &mut pooled)?;
                 panel::rescale_transposed(isa, &pooled, (ph * pw, cols), sc, b, self.relu, y)
             })
         })
@@ -296,17 +299,25 @@ impl QConv2d {
         let isa = crate::isa::active()?;
         let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
         // each output channel's factor from i32 to f32, and its offset
+        let scale: Vec<f32> = w.scales.iter().map(|s| s * sa).collect();
+        let np = w.panels.panels();
+        let neg = match pool {
+            Some(_) => (0..np * NR)
+                .map(|j| scale.get(j).is_some_and(|f| *f < 0.0))
+                .collect(),
+            None => Vec::new(),
+        };
         let out = Out {
-            scale: w.scales.iter().map(|s| s * sa).collect(),
+            scale,
             bias: bias.map_or_else(|| vec![0.0; co], |b| b.to_vec()),
             relu,
             pool,
+            neg,
         };
         let p = out.pixels(m);
         let mut y = vec![0f32; n * co * p];
         // a batch: images in parallel, each on one thread; a single image: its channels'
         // panels split over the threads (each writes whole output rows)
-        let np = w.panels.panels();
         let per_task = match n {
             1 => np.div_ceil(rayon::current_num_threads()),
             _ => np,
@@ -338,7 +349,7 @@ impl QConv2d {
             };
             y.par_chunks_mut(co * p).enumerate().try_for_each(image)
         })??;
-        let (ho, wo) = pool.map_or((ho, wo), |q| ((ho - q.k) / q.s + 1, (wo - q.k) / q.s + 1));
+        let (ho, wo) = pool.map_or((ho, wo), |q| q.dims());
         Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
     }
 
