@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs test binaries on an emulated AVX-512 VNNI CPU, for machines that lack it (Zen 3 and
+# older): the AVX-512 and VNNI kernel paths are otherwise tested only where the hardware
+# has them. The test binary is the init process of a Debian Linux kernel booted in Bochs
+# 3.0 (Debian 13's package; bookworm's 2.7 reports a PKRU save area the kernel rejects and
+# so turns AVX off) emulating an Intel Tiger Lake: AVX-512F/BW/VL and VNNI. Bochs executes
+# every instruction in software: correctness only, never timings. Everything comes from
+# Debian's package archive: Bochs and its glibc from Debian 13, unpacked into target/emu;
+# the kernel image, unpacked there too, and the apt packages below (needs root) from the
+# machine's own Debian 12.
+#   usage: bash scripts/emulated-avx512.sh [TEST [FILTER...]]
+#     e.g. bash scripts/emulated-avx512.sh quant offset_int8 block_scaled
+# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512.
+# A boot takes about 2 minutes on a 2-core Zen 3; the tests themselves run ~50x slower than
+# natively. BOCHS_TIMEOUT (seconds, default 1800) bounds the whole run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+test_name="${1:-quant}"
+shift || true
+filters=("$@")
+emu=target/emu
+mkdir -p "$emu"
+emu=$(cd "$emu" && pwd)
+archive=http://deb.debian.org/debian
+
+need=()
+for p in grub-pc-bin xorriso mtools busybox-static cpio curl xz-utils vgabios; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; fi
+
+# Debian 13 packages by name, from its index (versions move; the names do not)
+deb() {  # package -> unpacked into $emu/root-<package>
+  local dir="$emu/root-$1"
+  [[ -d $dir ]] && return
+  if [[ ! -f $emu/trixie.txt ]]; then
+    curl -fsS "$archive/dists/trixie/main/binary-amd64/Packages.xz" | xz -dc > "$emu/trixie.tmp"
+    mv "$emu/trixie.tmp" "$emu/trixie.txt"
+  fi
+  local file
+  file=$(awk -v p="$1" '$1=="Package:"{on=($2==p)} on&&$1=="Filename:"{print $2; exit}' "$emu/trixie.txt")
+  [[ -n $file ]] || { echo "no Debian 13 package $1" >&2; exit 1; }
+  curl -fsS "$archive/$file" -o "$emu/$1.deb"
+  dpkg -x "$emu/$1.deb" "$dir.tmp" && mv "$dir.tmp" "$dir"
+}
+for p in bochs bochsbios libc6; do deb "$p"; done
+# the kernel is this machine's (Debian 12's) current 6.1 image, unpacked, not installed
+kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+if [[ ! -d $emu/root-kernel ]]; then
+  (cd "$emu" && apt-get download -q "$kpkg" >/dev/null 2>&1)
+  dpkg -x "$emu/${kpkg}"_*.deb "$emu/root-kernel.tmp" && mv "$emu/root-kernel.tmp" "$emu/root-kernel"
+fi
+vmlinuz=$(ls "$emu"/root-kernel/boot/vmlinuz-*)
+# Debian 13's bochs needs its glibc: a wrapper runs it with that loader
+lib="$emu/root-libc6/usr/lib/x86_64-linux-gnu"
+{
+  echo '#!/bin/sh'
+  echo "export LTDL_LIBRARY_PATH='$emu/root-bochs/usr/lib/x86_64-linux-gnu/bochs/plugins'"
+  echo "export BXSHARE='$emu/root-bochs/usr/share/bochs'"
+  echo "exec '$lib/ld-linux-x86-64.so.2' --library-path '$lib:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu' '$emu/root-bochs/usr/bin/bochs-bin' \"\$@\""
+} > "$emu/bochs"
+chmod +x "$emu/bochs"
+
+# the test binary, its shared libraries and a busybox shell as the initramfs
+bin=$(cargo test --release --test "$test_name" --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m.get("executable"):
+        print(m["executable"])')
+[[ -x $bin ]] || { echo "no test binary for $test_name" >&2; exit 1; }
+rootfs="$emu/initramfs"
+rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,proc,dev,tmp}
+# what tests read by absolute path: the committed models and fixtures, and Fashion-MNIST
+# (the MiniLM model is left out: its tests skip without it, and it is 90 MB)
+for d in "$PWD/zoo" "$PWD/crates/squeeze/tests/fixtures" /usr/share/datasets/fashion-mnist; do
+  if [[ -d $d ]]; then mkdir -p "$rootfs$(dirname "$d")" && cp -r "$d" "$rootfs$d"; fi
+done
+cp "$bin" "$rootfs/test"
+for l in $(ldd "$bin" | grep -o '/[^ ]*'); do
+  mkdir -p "$rootfs$(dirname "$l")" && cp -L "$l" "$rootfs$l"
+done
+cp /bin/busybox "$rootfs/bin/busybox"
+for t in sh mount grep sort tr sleep poweroff; do ln -s busybox "$rootfs/bin/$t"; done
+{
+  echo '#!/bin/sh'
+  echo 'export PATH=/bin'
+  echo 'mount -t proc proc /proc'
+  echo 'echo "emu-flags: $(grep -o -w -E "avx512f|avx512bw|avx512vl|avx512_vnni" /proc/cpuinfo | sort -u | tr "\n" " ")"'
+  printf 'SQUEEZE_ISA=avx512 RUST_TEST_THREADS=1 /test'
+  for f in "${filters[@]}"; do printf ' %q' "$f"; done
+  echo
+  echo 'echo "emu-exit: $?"'
+  echo 'sleep 3; poweroff -f'  # let the console drain first
+} > "$rootfs/init"
+chmod +x "$rootfs/init"
+(cd "$rootfs" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$emu/initrd.gz"
+
+# a GRUB CD with the kernel on the serial console. The kernel flags: Bochs' Tiger Lake
+# hangs Linux 6.1 once its alternatives use some of the newer features (fsrm and the other
+# cleared ones), and its PKRU state is inconsistent; none of them matter to the tests
+iso="$emu/iso"
+rm -rf "$iso" && mkdir -p "$iso/boot/grub"
+cp "$vmlinuz" "$iso/boot/vmlinuz" && cp "$emu/initrd.gz" "$iso/boot/initrd.gz"
+cat > "$iso/boot/grub/grub.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=0
+menuentry "test" {
+  linux /boot/vmlinuz console=ttyS0,115200 rdinit=/init mitigations=off nopku idle=halt clearcpuid=fsrm,umip,gfni,vaes,vpclmulqdq,movdiri,movdir64b,rdpid lapic=notscdeadline tsc=unstable quiet
+  initrd /boot/initrd.gz
+}
+EOF
+grub-mkrescue -o "$emu/boot.iso" "$iso" >/dev/null 2>&1
+cat > "$emu/bochsrc" <<EOF
+megs: 1024
+cpu: model=tigerlake, count=1, ips=400000000
+clock: sync=none, time0=local
+romimage: file=$emu/root-bochsbios/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/vgabios/vgabios.bin
+display_library: rfb, options="timeout=0"
+ata0-master: type=cdrom, path=$emu/boot.iso, status=inserted
+boot: cdrom
+com1: enabled=1, mode=file, dev=$emu/serial.txt
+log: $emu/bochs.log
+panic: action=fatal
+error: action=report
+info: action=ignore
+EOF
+echo c > "$emu/continue"
+rm -f "$emu/serial.txt"
+echo "booting $(basename "$bin") in Bochs (Tiger Lake); serial console: $emu/serial.txt" >&2
+timeout "${BOCHS_TIMEOUT:-1800}" "$emu/bochs" -q -f "$emu/bochsrc" -rc "$emu/continue" </dev/null >"$emu/bochs.out" 2>&1 || true
+out=$(tr -d '\r' < "$emu/serial.txt")
+grep -a -E '^(emu-flags|running|test |test result|emu-exit)|panicked' <<<"$out" >&2 || true
+grep -a -q 'emu-flags:.*avx512_vnni' <<<"$out" || { echo "the emulated CPU did not report avx512_vnni" >&2; exit 1; }
+grep -a -q '^emu-exit: 0$' <<<"$out" || { echo "the tests failed or did not finish (see $emu/serial.txt)" >&2; exit 1; }
+echo "passed on the emulated AVX-512 VNNI CPU" >&2
