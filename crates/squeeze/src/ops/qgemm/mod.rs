@@ -14,9 +14,9 @@
 //! - [`gemm_i8_reference`]: the plain integer product both packed kernels are tested
 //!   against, exactly.
 //!
-//! All split their work over threads when the product is large. On the AVX-512 path the
-//! Linear kernel uses VNNI (`vpdpbusd`) where the CPU has it; the other kernels run
-//! their AVX2 form there.
+//! All split their work over threads when the product is large. On the AVX-512 path both
+//! packed int8 kernels use VNNI (`vpdpbusd`) where the CPU has it; the int4 kernel runs
+//! its AVX2 form there.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -26,6 +26,8 @@ mod avx2_blocked;
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512_blocked;
+#[cfg(target_arch = "x86_64")]
+mod avx512_panel;
 pub mod panel;
 pub mod panel_blocked;
 

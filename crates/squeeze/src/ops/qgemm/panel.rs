@@ -8,6 +8,10 @@
 //! channels-last. Activations are unsigned magnitudes (≤ 127); signed ones move their sign
 //! onto the weight (`vpsignb`), so pair sums stay below 2¹⁵ and the result is exact.
 //!
+//! On CPUs with AVX-512 VNNI a panel is one 512-bit register and `vpdpbusd` does the
+//! multiply-adds (`avx512_panel`; signed codes offset by 128, taken back with per-channel
+//! weight sums kept beside the panels).
+//!
 //! [`PackedI8::product`] equals [`super::gemm_i8_reference`] (transposed to `[m, n]`)
 //! exactly on every path; [`packed`] keeps the packed form of a stored weight for as long
 //! as that tensor lives in the parameter store (a replaced tensor has a new identity).
@@ -31,6 +35,8 @@ pub struct PackedI8 {
     pub n: usize,
     pub k: usize,
     data: Vec<u8>,
+    /// Σ_c code(j, c) per channel, padded to whole panels: the VNNI kernel's offset term.
+    sums: Vec<i32>,
 }
 
 impl PackedI8 {
@@ -45,8 +51,12 @@ impl PackedI8 {
                 )));
             }
         }
-        let data = panel_bytes(n, k, code);
-        Ok(PackedI8 { n, k, data })
+        let data = panel_bytes(n, k, &code);
+        let mut sums = vec![0i32; n.div_ceil(NR) * NR];
+        for (j, s) in sums.iter_mut().enumerate().take(n) {
+            *s = (0..k).map(|c| code(j, c) as i8 as i32).sum();
+        }
+        Ok(PackedI8 { n, k, data, sums })
     }
 
     /// Bytes of one activation row the kernel reads: `k` rounded up to a multiple of 4
@@ -106,6 +116,17 @@ impl PackedI8 {
         let nq = Self::groups(self.k);
         let psize = nq * NR * KG;
         let data = &self.data[panels.start * psize..panels.end * psize];
+        #[cfg(target_arch = "x86_64")]
+        if isa::avx512_vnni(isa) {
+            let sums = &self.sums[panels.start * NR..panels.end * NR];
+            // SAFETY: avx512_vnni checked the CPU features; the lengths were checked
+            // above (the kernel reads rows of `nq·4` bytes, 16 sums and writes 16
+            // columns per panel).
+            unsafe {
+                super::avx512_panel::product((a, abs), (m, lda), (data, sums), nq, signed, out, ldo)
+            };
+            return Ok(());
+        }
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             // SAFETY: every path above scalar implies AVX2; the lengths were checked above

@@ -1,0 +1,97 @@
+//! AVX-512 VNNI micro-kernel of [`super::panel::PackedI8::product`] (the static int8
+//! convolution's product): a panel's 16 channels × 4 inputs are one 512-bit register and
+//! `vpdpbusd` multiplies a broadcast of a token's 4 activation bytes (unsigned) with it,
+//! adding each channel's 4 products into its i32 lane. Codes after a ReLU are non-negative
+//! and go in as they are. Signed codes go in offset by 128 (`c ⊕ 0x80` = c + 128, in
+//! [1, 255]) and each accumulator starts at −128·Σ_c w — the channel sums packed beside
+//! the panels — so the sum is exact either way (AVX-512BW has no `vpsignb` for the AVX2
+//! kernel's sign transfer). Tiles of up to 8 tokens × one panel stay in registers.
+
+use std::arch::x86_64::*;
+
+use super::panel::NR;
+
+/// Tokens per tile.
+const TILE: usize = 8;
+
+/// Every panel against every token; the contract of `avx2_panel::product`.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX-512 VNNI are available; `a`/`abs` hold `m` rows of stride
+/// `lda` with at least `nq·4` bytes each, `panels` whole panels of `nq·64` bytes, `sums`
+/// 16 channel sums per panel, and `out` `m` rows of stride `ldo` with room for every
+/// panel's 16 columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn product(
+    (a, abs): (&[i8], &[u8]),
+    (m, lda): (usize, usize),
+    (panels, sums): (&[u8], &[i32]),
+    nq: usize,
+    signed: bool,
+    out: &mut [i32],
+    ldo: usize,
+) {
+    let psize = nq * NR * 4;
+    let np = panels.len() / psize.max(1);
+    // signed codes are read offset from `a`, non-negative ones as they are from `abs`
+    let src = if signed {
+        a.as_ptr() as *const u8
+    } else {
+        abs.as_ptr()
+    };
+    let op = out.as_mut_ptr();
+    for p in 0..np {
+        let w = panels.as_ptr().add(p * psize);
+        let start = match signed {
+            true => _mm512_mullo_epi32(
+                _mm512_loadu_si512(sums.as_ptr().add(p * NR) as *const __m512i),
+                _mm512_set1_epi32(-128),
+            ),
+            false => _mm512_setzero_si512(),
+        };
+        let mut i = 0;
+        while i < m {
+            let at = src.add(i * lda);
+            let o = op.add(i * ldo + p * NR);
+            let xor = if signed { 0x8080_8080 } else { 0 };
+            let g = (lda, nq, xor);
+            i += match m - i {
+                8.. => tile::<8>(at, g, w, start, (o, ldo)),
+                7 => tile::<7>(at, g, w, start, (o, ldo)),
+                6 => tile::<6>(at, g, w, start, (o, ldo)),
+                5 => tile::<5>(at, g, w, start, (o, ldo)),
+                4 => tile::<4>(at, g, w, start, (o, ldo)),
+                3 => tile::<3>(at, g, w, start, (o, ldo)),
+                2 => tile::<2>(at, g, w, start, (o, ldo)),
+                _ => tile::<1>(at, g, w, start, (o, ldo)),
+            };
+        }
+    }
+}
+
+/// T (≤ [`TILE`]) tokens of `a` (rows of stride `lda`, each 4-byte group ⊕ `xor`) × the
+/// panel `w` of `nq` groups, accumulators from `start`; stores T rows of 16 i32. Returns T.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const T: usize>(
+    a: *const u8,
+    (lda, nq, xor): (usize, usize, u32),
+    w: *const u8,
+    start: __m512i,
+    (out, ldo): (*mut i32, usize),
+) -> usize {
+    const { assert!(T <= TILE) };
+    let mut acc = [start; T];
+    for q in 0..nq {
+        let wv = _mm512_loadu_si512(w.add(q * 64) as *const __m512i);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let x = (a.add(t * lda + 4 * q) as *const u32).read_unaligned() ^ xor;
+            // 4 products (unsigned bytes × signed weights) per channel, added in i32
+            *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(x as i32), wv);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm512_storeu_si512(out.add(t * ldo) as *mut __m512i, *acc);
+    }
+    T
+}
