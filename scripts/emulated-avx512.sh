@@ -29,6 +29,9 @@ for p in grub-pc-bin xorriso mtools busybox-static cpio curl xz-utils vgabios; d
 done
 if ((${#need[@]})); then apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; fi
 
+unpack() {  # .deb -> directory, whole or not at all
+  dpkg -x "$1" "$2.tmp" && mv "$2.tmp" "$2"
+}
 # Debian 13 packages by name, from its index (versions move; the names do not)
 deb() {  # package -> unpacked into $emu/root-<package>
   local dir="$emu/root-$1"
@@ -41,14 +44,14 @@ deb() {  # package -> unpacked into $emu/root-<package>
   file=$(awk -v p="$1" '$1=="Package:"{on=($2==p)} on&&$1=="Filename:"{print $2; exit}' "$emu/trixie.txt")
   [[ -n $file ]] || { echo "no Debian 13 package $1" >&2; exit 1; }
   curl -fsS "$archive/$file" -o "$emu/$1.deb"
-  dpkg -x "$emu/$1.deb" "$dir.tmp" && mv "$dir.tmp" "$dir"
+  unpack "$emu/$1.deb" "$dir"
 }
 for p in bochs bochsbios libc6; do deb "$p"; done
 # the kernel is this machine's (Debian 12's) current 6.1 image, unpacked, not installed
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 if [[ ! -d $emu/root-kernel ]]; then
   (cd "$emu" && apt-get download -q "$kpkg" >/dev/null 2>&1)
-  dpkg -x "$emu/${kpkg}"_*.deb "$emu/root-kernel.tmp" && mv "$emu/root-kernel.tmp" "$emu/root-kernel"
+  unpack "$emu/${kpkg}"_*.deb "$emu/root-kernel"
 fi
 vmlinuz=$(ls "$emu"/root-kernel/boot/vmlinuz-*)
 # Debian 13's bochs needs its glibc: a wrapper runs it with that loader

@@ -35,11 +35,11 @@ pub unsafe fn product(
     let psize = nq * NR * 4;
     let np = panels.len() / psize.max(1);
     // signed codes are read offset from `a`, non-negative ones as they are from `abs`
-    let src = if signed {
-        a.as_ptr() as *const u8
-    } else {
-        abs.as_ptr()
+    let (src, xor) = match signed {
+        true => (a.as_ptr() as *const u8, 0x8080_8080),
+        false => (abs.as_ptr(), 0),
     };
+    let g = (lda, nq, xor);
     let op = out.as_mut_ptr();
     for p in 0..np {
         let w = panels.as_ptr().add(p * psize);
@@ -54,8 +54,6 @@ pub unsafe fn product(
         while i < m {
             let at = src.add(i * lda);
             let o = op.add(i * ldo + p * NR);
-            let xor = if signed { 0x8080_8080 } else { 0 };
-            let g = (lda, nq, xor);
             i += match m - i {
                 8.. => tile::<8>(at, g, w, start, (o, ldo)),
                 7 => tile::<7>(at, g, w, start, (o, ldo)),

@@ -44,18 +44,20 @@ impl PackedI8 {
     /// (callers reorder their stored layout through it). A code of −128 (outside the
     /// int8 format, where the sign transfer would overflow) is an error naming `what`.
     pub fn pack(what: &str, n: usize, k: usize, code: impl Fn(usize, usize) -> u8) -> Result<Self> {
-        for j in 0..n {
-            if let Some(c) = (0..k).find(|&c| code(j, c) == 0x80) {
-                return Err(Error::Data(format!(
-                    "{what}: code −128 at row {j}, input {c} (int8 codes are in [−127, 127])"
-                )));
-            }
-        }
-        let data = panel_bytes(n, k, &code);
+        // one pass over the codes checks them and sums each channel
         let mut sums = vec![0i32; n.div_ceil(NR) * NR];
         for (j, s) in sums.iter_mut().enumerate().take(n) {
-            *s = (0..k).map(|c| code(j, c) as i8 as i32).sum();
+            for c in 0..k {
+                let v = code(j, c);
+                if v == 0x80 {
+                    return Err(Error::Data(format!(
+                        "{what}: code −128 at row {j}, input {c} (int8 codes are in [−127, 127])"
+                    )));
+                }
+                *s += v as i8 as i32;
+            }
         }
+        let data = panel_bytes(n, k, code);
         Ok(PackedI8 { n, k, data, sums })
     }
 
