@@ -171,7 +171,7 @@ pub fn config(a: &TrainOpts, arch: &str) -> Result<TrainConfig> {
 
 /// Fresh zoo weights, or the model of `--init` after checking it is a model of `--arch` and
 /// that `--out` is not its directory.
-fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::checkpoint::Model> {
+fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::Model> {
     let Some(dir) = &a.init else {
         return Ok(zoo::build(&a.arch, opts, a.opts.seed)?);
     };

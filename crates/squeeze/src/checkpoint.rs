@@ -11,8 +11,9 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::graph::{tensor_specs, Graph, FORMAT_VERSION};
-use crate::kinds::TensorInfo;
+pub use crate::model::Model;
 use crate::params::ParamStore;
+use crate::tensor::TensorInfo;
 
 pub const GRAPH_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -25,64 +26,6 @@ pub const TEXT_ASSETS: &[&str] = &[
     "vocab.txt",
     "sentence_bert_config.json",
 ];
-
-/// A model as it lives on disk and in memory: graph + parameters (+ verbatim assets such
-/// as the tokenizer of a text encoder, by file name).
-#[derive(Debug, Clone)]
-pub struct Model {
-    pub graph: Graph,
-    pub params: ParamStore,
-    pub assets: BTreeMap<String, Vec<u8>>,
-}
-
-impl Model {
-    /// A model without assets.
-    pub fn new(graph: Graph, params: ParamStore) -> Self {
-        Model {
-            graph,
-            params,
-            assets: BTreeMap::new(),
-        }
-    }
-
-    /// Renames every node, reference, tensor and mask whose name starts with `from` to
-    /// start with `to` instead.
-    pub fn rename_prefix(&mut self, from: &str, to: &str) {
-        let re = |s: &mut String| {
-            if let Some(rest) = s.strip_prefix(from) {
-                *s = format!("{to}{rest}");
-            }
-        };
-        let g = &mut self.graph;
-        for n in &mut g.nodes {
-            re(&mut n.name);
-            n.inputs.iter_mut().for_each(re);
-        }
-        re(&mut g.output);
-        g.masks.iter_mut().for_each(re);
-        g.codecs = std::mem::take(&mut g.codecs)
-            .into_iter()
-            .map(|(mut k, c)| {
-                re(&mut k);
-                (k, c)
-            })
-            .collect();
-        for name in self.params.names() {
-            if name.starts_with(from) {
-                let t = self.params.remove(&name).expect("listed above");
-                let mut new = name.clone();
-                re(&mut new);
-                self.params.insert(new, t);
-            }
-        }
-    }
-
-    /// Runs the full consistency check (graph structure, shapes, store contents).
-    pub fn check(&self) -> Result<()> {
-        self.graph.validate()?;
-        self.params.check(&self.graph)
-    }
-}
 
 /// Writes `bytes` to `path` through a temporary sibling file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -246,8 +189,8 @@ pub fn load(dir: &Path) -> Result<Model> {
     let graph = load_graph(dir)?;
     let wpath = dir.join(WEIGHTS_FILE);
     let params = decoded(&graph, load_tensors(&wpath)?, &wpath)?;
-    params
-        .check(&graph)
+    graph
+        .check_params(&params)
         .map_err(|e| Error::file(&wpath, e.to_string()))?;
     let assets = read_assets(dir)?;
     Ok(Model {

@@ -22,6 +22,19 @@ pub enum Error {
     #[error("graph: {0}")]
     Graph(String),
 
+    /// A failure while checking or running one node, with the node's name and kind; the
+    /// cause is what its layer kind (or the kernel under it) reported.
+    #[error("graph: node `{node}` ({kind}): {cause}")]
+    Node {
+        node: String,
+        kind: &'static str,
+        cause: Box<Error>,
+    },
+
+    /// A layer kind's own check, before it is attributed to a node ([`Error::Node`]).
+    #[error("{0}")]
+    Kind(String),
+
     #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
     Shape {
         name: String,
@@ -60,6 +73,18 @@ impl Error {
         Error::Pass {
             pass: pass.into(),
             msg: msg.into(),
+        }
+    }
+    /// `cause`, attributed to node `node` of kind `kind` (an error already attributed to
+    /// a node keeps its attribution).
+    pub(crate) fn at_node(node: &str, kind: &'static str, cause: Error) -> Self {
+        match cause {
+            e @ Error::Node { .. } => e,
+            cause => Error::Node {
+                node: node.to_string(),
+                kind,
+                cause: Box::new(cause),
+            },
         }
     }
     pub(crate) fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -23,14 +23,17 @@ pub mod graph;
 pub mod interp;
 pub mod isa;
 pub mod kinds;
+pub mod math;
+pub mod model;
 pub mod ops;
 pub mod params;
 pub mod passes;
 pub mod prune;
 pub mod quant;
+pub mod tensor;
 pub mod text;
 pub mod train;
 pub mod zoo;
 
-pub use checkpoint::Model;
 pub use error::{Error, Result};
+pub use model::Model;

@@ -1,6 +1,6 @@
 //! The parameter store: every tensor of a model by name (`<node>.<param>`), trainable
 //! parameters and buffers (BatchNorm running statistics) alike. Graph nodes refer to these
-//! names; [`ParamStore::check`] proves a store matches a graph exactly (no missing, no
+//! names; `Graph::check_params` proves a store matches a graph exactly (no missing, no
 //! dangling, right shapes, finite values).
 
 use std::collections::BTreeMap;
@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::graph::{tensor_specs, Graph};
-use crate::kinds::{Dtype, TensorRole, TensorSpec};
+use crate::tensor::Dtype;
 
 /// Named tensors of a model.
 #[derive(Debug, Clone, Default)]
@@ -75,35 +74,6 @@ impl ParamStore {
         Ok(ParamStore { tensors: out })
     }
 
-    /// Checks that the store holds exactly the tensors `g` needs, each with its spec's
-    /// stored shape and dtype, and floats only finite values.
-    pub fn check(&self, g: &Graph) -> Result<()> {
-        let expected = tensor_specs(g);
-        for (name, spec) in &expected {
-            let t = self.get(name)?;
-            if t.dims() != spec.stored.as_slice() {
-                return Err(Error::Shape {
-                    name: name.clone(),
-                    expected: spec.stored.clone(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            if Dtype::of(t.dtype()) != Some(spec.dtype) {
-                return Err(Error::Graph(format!(
-                    "tensor `{name}` is {:?}, expected {:?}",
-                    t.dtype(),
-                    spec.dtype
-                )));
-            }
-        }
-        if let Some(extra) = self.tensors.keys().find(|k| !expected.contains_key(*k)) {
-            return Err(Error::Graph(format!(
-                "tensor `{extra}` belongs to no node (dangling)"
-            )));
-        }
-        self.check_finite()
-    }
-
     /// Errors naming the first floating-point tensor that holds a NaN or an infinity.
     pub fn check_finite(&self) -> Result<()> {
         for (name, t) in &self.tensors {
@@ -151,34 +121,4 @@ impl ParamStore {
 /// The elements of `t` in row-major order, as f32.
 pub fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
-}
-
-/// Full names of the tensors of `g` whose role satisfies `pick`, in node order.
-fn names_where(g: &Graph, pick: impl Fn(&TensorSpec) -> bool) -> Vec<String> {
-    g.nodes
-        .iter()
-        .flat_map(|n| {
-            n.op.def()
-                .tensors()
-                .into_iter()
-                .filter(|s| pick(s))
-                .map(move |s| format!("{}.{}", n.name, s.suffix))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// Full names of the trainable parameters of `g`, in node order.
-pub fn trainable_names(g: &Graph) -> Vec<String> {
-    names_where(g, |s| s.role.trainable())
-}
-
-/// Full names of the buffers (running statistics) of `g`.
-pub fn buffer_names(g: &Graph) -> Vec<String> {
-    names_where(g, |s| s.role == TensorRole::Buffer)
-}
-
-/// Full names of the weights that take weight decay (conv/linear weights).
-pub fn decay_names(g: &Graph) -> Vec<String> {
-    names_where(g, |s| s.decay)
 }

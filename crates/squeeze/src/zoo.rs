@@ -12,7 +12,6 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op, INPUT};
 use crate::kinds::{
@@ -21,6 +20,7 @@ use crate::kinds::{
     linear::Linear,
     pool::{AvgPool2d, MaxPool2d},
 };
+use crate::model::Model;
 use crate::params::ParamStore;
 
 /// Fashion-MNIST input: one 28×28 channel.

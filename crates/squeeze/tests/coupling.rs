@@ -2,9 +2,9 @@
 //! removing a channel whose producers and norms were zeroed leaves the logits unchanged.
 
 use candle_core::{Device, Tensor};
-use squeeze::checkpoint::Model;
 use squeeze::coupling::{channel_groups, prune_group, ChannelGroup, MemberRole};
 use squeeze::interp::predict;
+use squeeze::Model;
 
 mod common;
 use common::small as model;

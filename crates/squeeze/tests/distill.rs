@@ -5,9 +5,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use squeeze::distill::{self, kd_loss, Distill, HintSpec, SoftTargets};
+use squeeze::graph::trainable_names;
 use squeeze::graph::Op;
 use squeeze::interp::ForwardOpts;
-use squeeze::params::trainable_names;
 use squeeze::train::{forward_batch, Batch, Objective};
 use squeeze::zoo::{self, ZooOpts};
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use squeeze::checkpoint::{self, Model};
+use squeeze::graph::trainable_names;
 use squeeze::interp::{forward, predict, ForwardOpts};
-use squeeze::params::trainable_names;
 use squeeze::passes::{run_recipe, Recipe};
 use squeeze::zoo::{self, ZooOpts, ARCHS};
 

@@ -175,7 +175,8 @@ fn absurd_hf_configs_name_the_field() {
 /// zoo/mlp-shaped models in the three materialized forms: CSR layers, shared weights
 /// stored through the Huffman codec, and int8 quantized layers.
 fn pruned_checkpoints() -> Vec<(std::path::PathBuf, squeeze::Model)> {
-    use squeeze::prune::{self, codec::Codec, select, share, Pattern};
+    use squeeze::math::codec::Codec;
+    use squeeze::prune::{self, select, share, Pattern};
     let mut out = Vec::new();
     for (name, shared) in [("mutate-csr", false), ("mutate-shared", true)] {
         let mut m = common::small("mlp");

@@ -5,12 +5,13 @@ use squeeze::checkpoint::{self, Model};
 use squeeze::graph::{Graph, Op};
 use squeeze::interp::predict;
 use squeeze::kinds::linear::Linear;
+use squeeze::math::codec::Codec;
+use squeeze::math::{huffman, linalg};
 use squeeze::params::ParamStore;
-use squeeze::prune::codec::Codec;
 use squeeze::prune::obd::{hessian_diag, Estimator};
 use squeeze::prune::obs::{sparsegpt, wanda, InputStats, SparseGptOpts};
 use squeeze::prune::select::{self, Group};
-use squeeze::prune::{self, agp::Agp, huffman, linalg, share, Pattern, Weight};
+use squeeze::prune::{self, agp::Agp, share, Pattern, Weight};
 use squeeze::train::Batch;
 
 mod common;

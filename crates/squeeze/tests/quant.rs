@@ -11,10 +11,10 @@ use squeeze::graph::{Graph, Op};
 use squeeze::interp::{predict, store_to_dtype};
 use squeeze::isa;
 use squeeze::kinds::qlinear::{ActQuant, QLinear};
+use squeeze::math::hessian::InputStats;
 use squeeze::ops::qgemm;
 use squeeze::params::ParamStore;
 use squeeze::passes::{run_recipe, Recipe};
-use squeeze::prune::obs::InputStats;
 use squeeze::quant::act::quantize_rows;
 use squeeze::quant::gptq::{gptq, output_error, GptqOpts};
 use squeeze::quant::layout::{Layout, Scales};
@@ -563,7 +563,7 @@ fn qlinear_model(layout: Layout, act: ActQuant, n: usize, k: usize) -> Model {
     );
     let m = Model::new(g, p);
     m.graph.validate().unwrap();
-    m.params.check(&m.graph).unwrap();
+    m.graph.check_params(&m.params).unwrap();
     m
 }
 
@@ -822,7 +822,7 @@ fn an_int8_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
         "{kinds:?}"
     );
     assert_eq!(
-        q.graph.sibling_linears().len(),
+        q.graph.sibling_groups().len(),
         2,
         "one q/k/v group per layer"
     );

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use squeeze::formats::{hf_bert, load_any};
+use squeeze::graph::trainable_names;
 use squeeze::interp::{forward_tokens, store_to_dtype, ForwardOpts};
-use squeeze::params::trainable_names;
 use squeeze::text::bert::{self, BertShape, LayerShape};
 use squeeze::text::{pad_batch, stsb, Encoder};
 use squeeze::Model;
@@ -179,7 +179,7 @@ const PACKED_TOL: f32 = 1e-5;
 fn packed_sibling_projections_match_the_plain_forward() {
     let m = tiny();
     assert_eq!(
-        m.graph.sibling_linears().len(),
+        m.graph.sibling_groups().len(),
         2,
         "one q/k/v group per layer"
     );

@@ -5,10 +5,9 @@
 use candle_core::{DType, Tensor};
 
 use super::{ChannelGroup, Member, MemberRole};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
-use crate::graph::{input_shapes, inputs_of, NOMINAL_SEQ};
-use crate::kinds::node_err;
+use crate::graph::{input_shapes, inputs_of, node_err, NOMINAL_SEQ};
+use crate::model::Model;
 
 /// Indices kept along a member's axis when the group keeps channels `keep`.
 fn kept_indices(m: &Member, dim: usize, channels: usize, keep: &[usize]) -> Vec<u32> {

@@ -8,11 +8,11 @@
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{infer_shapes, Op};
 use crate::kinds::conv2d::Conv2d;
 use crate::kinds::linear::Linear;
+use crate::model::Model;
 
 /// A hint as the user names it: student node → teacher node, with the term's weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +135,7 @@ pub fn add_regressors(
         });
     }
     student.graph.validate()?;
-    student.params.check(&student.graph)?;
+    student.graph.check_params(&student.params)?;
     Ok(out)
 }
 
@@ -160,5 +160,5 @@ pub fn strip_regressors(student: &mut Model, hints: &[Hint]) -> Result<()> {
         }
     }
     student.graph.validate()?;
-    student.params.check(&student.graph)
+    student.graph.check_params(&student.params)
 }

@@ -13,9 +13,9 @@ pub mod hints;
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::interp::{forward, ForwardOpts, ForwardOut};
+use crate::model::Model;
 use crate::train::objective::correct;
 use crate::train::{Batch, Objective, StepLoss};
 pub use hints::{add_regressors, strip_regressors, Hint, HintSpec};

@@ -7,9 +7,9 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{median_time, Metrics};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::interp::predict;
+use crate::model::Model;
 use crate::text::Encoder;
 
 /// A speed measured over interleaved rounds: the median and the range of the rounds.

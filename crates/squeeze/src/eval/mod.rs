@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, Model};
+use crate::checkpoint::{self};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::graph::{infer_shapes_at, tensor_specs, Graph};
 use crate::interp::predict;
 use crate::kinds::numel;
+use crate::model::Model;
 use crate::params::ParamStore;
 
 /// The metrics every command reports (missing values are `null`).

@@ -11,10 +11,12 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::checkpoint::{self, Model, TEXT_ASSETS};
+use crate::checkpoint::{self, TEXT_ASSETS};
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::model::Model;
 use crate::params::ParamStore;
+use crate::tensor::{Dtype, TensorRole, TensorSpec};
 use crate::text::bert::{self, BertShape, LayerShape};
 
 /// The fields of HF's `BertConfig` that fix the computation (others are ignored).
@@ -205,8 +207,8 @@ pub fn import(dir: &Path) -> Result<Model> {
             .ok_or_else(|| Error::file(&wpath, format!("tensor `{name}` is missing")))?;
         params.insert(name.clone(), t.to_dtype(candle_core::DType::F32)?);
     }
-    params
-        .check(&graph)
+    graph
+        .check_params(&params)
         .map_err(|e| Error::file(&wpath, e.to_string()))?;
     let assets = checkpoint::read_assets(dir)?;
     Ok(Model {
@@ -220,28 +222,27 @@ pub fn import(dir: &Path) -> Result<Model> {
 /// have the same FFN width and head size (whole pruned heads can be expressed with
 /// `pruned_heads`, uneven FFN widths cannot).
 pub fn export_blocker(model: &Model) -> Option<String> {
-    if let Some(n) = model
-        .graph
-        .nodes
-        .iter()
-        .find(|n| matches!(n.op, Op::SparseLinear(_)))
-    {
+    if let Some((n, spec)) = model.graph.nodes.iter().find_map(|n| {
+        let specs = n.op.def().tensors();
+        specs.into_iter().find(|s| !dense_float(s)).map(|s| (n, s))
+    }) {
+        let how = match spec.role {
+            TensorRole::Index => {
+                "is stored as a sparse matrix (CSR) and HF BERT holds dense weights: \
+                 materialize with min_sparsity = 1.0 to keep linear layers dense"
+            }
+            _ => {
+                "is quantized (integer codes and scales) and HF BERT holds float weights: \
+                 export the model before the `quantize` pass, or keep the native format"
+            }
+        };
         return Some(format!(
-            "`{}` is stored as a sparse matrix (CSR) and HF BERT holds dense weights: \
-             materialize with min_sparsity = 1.0 to keep linear layers dense",
-            n.name
-        ));
-    }
-    if let Some(n) = model
-        .graph
-        .nodes
-        .iter()
-        .find(|n| matches!(n.op, Op::QLinear(_) | Op::QEmbedding(_) | Op::QConv2d(_)))
-    {
-        return Some(format!(
-            "`{}` is quantized (integer codes and scales) and HF BERT holds float weights: \
-             export the model before the `quantize` pass, or keep the native format",
-            n.name
+            "`{}` ({}, tensor `{}` is {:?} {:?}) {how}",
+            n.name,
+            n.op.kind(),
+            spec.suffix,
+            spec.dtype,
+            spec.role
         ));
     }
     if !model.graph.masks.is_empty() {
@@ -389,4 +390,11 @@ fn modules(model: &Model) -> serde_json::Value {
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::file(path, e.to_string()))?;
     checkpoint::write_atomic(path, &bytes)
+}
+
+/// Whether HF BERT can hold a tensor of this spec: plain float parameters and buffers
+/// (derived from the kinds' tensor specs, so a new packed or sparse kind is refused
+/// without being named here).
+fn dense_float(s: &TensorSpec) -> bool {
+    s.dtype == Dtype::F32 && matches!(s.role, TensorRole::Param | TensorRole::Buffer)
 }

@@ -6,8 +6,9 @@ pub mod hf_bert;
 
 use std::path::Path;
 
-use crate::checkpoint::{self, Model, GRAPH_FILE};
+use crate::checkpoint::{self, GRAPH_FILE};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// Loads a model directory in whichever supported format it is.
 pub fn load_any(dir: &Path) -> Result<Model> {

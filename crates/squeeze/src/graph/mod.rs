@@ -4,14 +4,17 @@
 //! rewrite them without knowing which model they came from. The JSON form of this type is
 //! the `model.json` of a native checkpoint.
 
-mod op;
 mod shape;
+mod slot;
+mod store;
 
 pub use crate::kinds::embedding::Lookup;
-pub use op::Op;
+pub use crate::kinds::{Node, Op};
 pub use shape::{
     infer_shapes, infer_shapes_at, input_shapes, inputs_of, param_shapes, tensor_specs, NOMINAL_SEQ,
 };
+pub use slot::CacheSlot;
+pub use store::{buffer_names, decay_names, trainable_names};
 
 use std::collections::BTreeMap;
 
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kinds::Inputs;
-use crate::kinds::TensorInfo;
+use crate::tensor::TensorInfo;
 
 /// Version written into `model.json`. Version 2 adds the per-tensor table (dtype, role,
 /// shape) and pruning masks; version-1 files (no table, no masks) still load.
@@ -52,15 +55,6 @@ impl InputKind {
     }
 }
 
-/// One layer. `inputs` name earlier nodes (or [`INPUT`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Node {
-    pub name: String,
-    pub inputs: Vec<String>,
-    pub op: Op,
-}
-
 /// A whole model: input shape (without batch axis), nodes in topological order, and the
 /// node whose value is the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,11 +77,15 @@ pub struct Graph {
     /// Tensors stored with a codec (shared weights: codebook + Huffman-coded indices), by
     /// full name; in memory they are plain f32, the file holds the encoded bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub codecs: BTreeMap<String, crate::prune::codec::Codec>,
+    pub codecs: BTreeMap<String, crate::math::codec::Codec>,
     /// On disk only: every tensor's dtype, role and shape as the file holds it, written on
     /// save and checked on load (empty in memory).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// What the interpreter compiled for this graph (its run plans), checked against
+    /// [`Graph::fingerprint`] on use; never saved, empty in a clone.
+    #[serde(skip)]
+    pub cache: CacheSlot,
 }
 
 impl Graph {
@@ -103,6 +101,7 @@ impl Graph {
             masks: Vec::new(),
             codecs: BTreeMap::new(),
             tensors: BTreeMap::new(),
+            cache: CacheSlot::default(),
         }
     }
 
@@ -148,13 +147,26 @@ impl Graph {
             .collect()
     }
 
-    /// Groups of two or more Linear (or two or more qlinear) nodes reading the same value,
-    /// e.g. an attention layer's query, key and value projections: node indices in graph
-    /// order, each node in at most one group. Inference may run a group as one product.
-    pub fn sibling_linears(&self) -> Vec<Vec<usize>> {
+    /// A hash of what a run plan depends on: every node's name, inputs and kind, the
+    /// output and the input kind (not attribute values, which the plan does not read).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.is_text(), &self.output, self.nodes.len()).hash(&mut h);
+        for n in &self.nodes {
+            (&n.name, &n.inputs, n.op.kind()).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Groups of two or more nodes of one kind that joins siblings (Linear, qlinear)
+    /// reading the same value, e.g. an attention layer's query, key and value projections:
+    /// node indices in graph order, each node in at most one group. Inference may run a
+    /// group as one product.
+    pub fn sibling_groups(&self) -> Vec<Vec<usize>> {
         let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Linear(_) | Op::QLinear(_)) || n.inputs.len() != 1 {
+            if !n.op.def().joins_siblings() || n.inputs.len() != 1 {
                 continue;
             }
             let kind = n.op.kind();
@@ -226,7 +238,7 @@ impl Graph {
         let specs = tensor_specs(self);
         for (name, c) in &self.codecs {
             let ok = specs.get(name).is_some_and(|s| {
-                s.role == crate::kinds::TensorRole::Param && s.dtype == crate::kinds::Dtype::F32
+                s.role == crate::tensor::TensorRole::Param && s.dtype == crate::tensor::Dtype::F32
             });
             if !ok {
                 return Err(Error::Graph(format!(
@@ -246,7 +258,7 @@ impl Graph {
         for m in &self.masks {
             let ok = specs
                 .get(m)
-                .is_some_and(|s| s.role == crate::kinds::TensorRole::Param);
+                .is_some_and(|s| s.role == crate::tensor::TensorRole::Param);
             if !ok || !seen.insert(m) {
                 return Err(Error::Graph(format!(
                     "mask on `{m}`: masks must name distinct trainable tensors of the graph"
@@ -306,4 +318,9 @@ fn check_reserved_inputs(g: &Graph, n: &Node) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An error from a kind's own checks (`msg`), attributed to `node`.
+pub fn node_err(node: &Node, msg: impl std::fmt::Display) -> Error {
+    Error::at_node(&node.name, node.op.kind(), Error::Kind(msg.to_string()))
 }

@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::node_err;
 use super::{Graph, Node, INPUT, MASK};
 use crate::error::Result;
-use crate::kinds::{node_err, TensorSpec};
+use crate::tensor::TensorSpec;
 
 /// Elements per sample above which a value is refused (a corrupt description, not a model).
 const MAX_ELEMS: usize = 1 << 36;

@@ -5,10 +5,10 @@
 
 use candle_core::Tensor;
 
-use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::couple::{Coupler, Seg};
+use super::{arity, pass_through, Absorb, Inputs, LayerKind, NodeRun};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::{act, fast, text};
 
 /// `max(0, x)`.
@@ -39,6 +39,9 @@ macro_rules! elementwise {
 impl LayerKind for Relu {
     fn name(&self) -> &'static str {
         "relu"
+    }
+    fn as_absorbed(&self) -> Option<Absorb> {
+        Some(Absorb::Relu)
     }
     elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {

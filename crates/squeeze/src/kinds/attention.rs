@@ -9,10 +9,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
 use super::{positive, Inputs, LayerKind, NodeRun, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::{fast, text};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

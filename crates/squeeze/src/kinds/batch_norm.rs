@@ -7,10 +7,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
-use crate::coupling::{Coupler, MemberRole, Seg};
+use super::couple::{Coupler, MemberRole, Seg};
+use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::batchnorm;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,10 @@ pub struct BatchNorm {
 impl LayerKind for BatchNorm {
     fn name(&self) -> &'static str {
         "batch_norm"
+    }
+    /// The ReLU after it, in training and inference (the fused kernel writes max(0, y)).
+    fn absorbs(&self, reader: Absorb, so_far: &[Absorb], _train: bool) -> bool {
+        reader == Absorb::Relu && so_far.is_empty()
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values

@@ -6,10 +6,10 @@
 
 use candle_core::Tensor;
 
+use super::couple::{Coupler, Seg};
 use super::{Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::fast;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

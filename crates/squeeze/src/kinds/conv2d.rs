@@ -8,10 +8,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, MemberRole, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
-use crate::coupling::{Coupler, MemberRole, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::conv;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,10 @@ use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,10 +6,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::text;
 
 /// Which index an [`Embedding`] looks its rows up by.

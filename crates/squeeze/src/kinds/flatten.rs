@@ -3,10 +3,10 @@
 
 use candle_core::Tensor;
 
+use super::couple::{Coupler, Seg};
 use super::{arity, Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flatten;

@@ -9,11 +9,11 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
+use super::Dtype;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::{Error, Result};
-use crate::graph::{Node, Op};
-use crate::kinds::Dtype;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,10 +8,10 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::couple::{Coupler, Seg};
+use super::{inference, with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::fast;
 use crate::ops::packed::PackCache;
 use crate::params::ParamStore;
@@ -27,6 +27,22 @@ pub struct Linear {
 impl LayerKind for Linear {
     fn name(&self) -> &'static str {
         "linear"
+    }
+    fn joins_siblings(&self) -> bool {
+        true
+    }
+    /// With a pack cache (a long-lived text encoder), siblings run as one packed product.
+    fn forward_siblings(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        x: &Tensor,
+        opts: &ForwardOpts,
+    ) -> Result<Option<Vec<Tensor>>> {
+        match opts.packed.as_deref() {
+            Some(cache) => packed_linears(nodes, params, x, cache),
+            None => Ok(None),
+        }
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values

@@ -2,7 +2,7 @@
 //! node, in one place (the shape of tract's ops): validation of its attributes and its
 //! output shape, the typed specs of its tensors, its cost, its channel-coupling rule, its
 //! differentiable forward and its inference kernel. The rest of the code dispatches
-//! through [`LayerKind`] via [`crate::graph::Op::def`] and never matches on kinds it does
+//! through [`LayerKind`] via [`Op::def`] and never matches on kinds it does
 //! not rewrite. `README.md` ("Adding a layer kind") walks through one kind as the example.
 
 /// The methods of a kind that owns no tensors, stated by invoking this macro in its impl:
@@ -19,7 +19,7 @@ macro_rules! no_tensors {
             &self,
             _: &dyn Fn(&str) -> Option<Vec<usize>>,
             _: &[&[usize]],
-        ) -> Option<$crate::graph::Op> {
+        ) -> Option<$crate::kinds::Op> {
             None
         }
     };
@@ -43,19 +43,22 @@ pub mod qlinear;
 pub mod sentence;
 pub mod sparse_linear;
 
-mod tensor;
+pub mod couple;
+mod op;
+mod run;
 
-pub use tensor::{Dtype, TensorInfo, TensorRole, TensorSpec};
+pub use crate::tensor::{Dtype, TensorInfo, TensorRole, TensorSpec};
+pub use op::{Node, Op};
+pub use run::{ForwardOpts, NodeRun};
 
 use candle_core::{DType, Tensor};
-use rand::rngs::StdRng;
 
-use crate::coupling::{Coupler, Seg};
-use crate::error::{Error, Result};
-use crate::graph::{Node, Op};
-use crate::interp::ForwardOpts;
-use crate::ops::batchnorm::BatchStats;
+use crate::error::Result;
+use crate::math::qlayout::Layout;
+use crate::math::qweight::QView;
+use crate::ops::with_cpu;
 use crate::params::ParamStore;
+use couple::{Coupler, Seg};
 
 /// Which graph inputs a node of a kind may read (token graphs give `input` and `mask`
 /// fixed roles).
@@ -67,36 +70,6 @@ pub enum Inputs {
     TokenIds,
     /// Values, the last of which is the attention `mask`.
     MaskLast,
-}
-
-/// Everything a kind's forward may use while one node runs.
-pub struct NodeRun<'a> {
-    pub node: &'a Node,
-    pub params: &'a ParamStore,
-    /// The values of the node's inputs, in order.
-    pub ins: &'a [Tensor],
-    pub opts: &'a ForwardOpts,
-    /// Fusion: a BatchNorm or int8 convolution also applies the ReLU that is its only
-    /// reader.
-    pub fuse_relu: bool,
-    /// Fusion (inference): an int8 convolution also applies the max-pool (window,
-    /// stride) that is the only reader of its output (or of its fused ReLU).
-    pub fuse_pool: Option<(usize, usize)>,
-    /// The pass's seeded generator (dropout masks).
-    pub rng: &'a mut StdRng,
-    /// Train-mode batch statistics, appended by BatchNorm nodes.
-    pub bn_stats: &'a mut Vec<(String, BatchStats)>,
-}
-
-impl NodeRun<'_> {
-    /// The node's tensor `suffix` (e.g. `weight`).
-    pub fn param(&self, suffix: &str) -> Result<&Tensor> {
-        self.params.get(&format!("{}.{suffix}", self.node.name))
-    }
-    /// The first input.
-    pub fn x(&self) -> &Tensor {
-        &self.ins[0]
-    }
 }
 
 /// A representative node of a kind for the all-kinds test: the op and its per-sample input
@@ -140,6 +113,57 @@ pub trait LayerKind: std::fmt::Debug {
     /// by suffix, and from its inputs' (already refreshed) shapes; `None` when nothing
     /// depends on them.
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, ins: &[&[usize]]) -> Option<Op>;
+
+    // Optional capabilities: a kind that has them overrides these.
+
+    /// What a node of this kind is when another node absorbs it (a ReLU, a max-pool);
+    /// `None`: it is never absorbed.
+    fn as_absorbed(&self) -> Option<Absorb> {
+        None
+    }
+    /// Whether a node of this kind applies `reader` (its only reader) itself, having
+    /// absorbed `so_far` already, in train (`true`) or inference mode. The run plan asks
+    /// this once per graph and mode; [`NodeRun::fuse_relu`] / [`NodeRun::fuse_pool`] carry
+    /// the answer to the forward.
+    fn absorbs(&self, reader: Absorb, so_far: &[Absorb], train: bool) -> bool {
+        let _ = (reader, so_far, train);
+        false
+    }
+    /// Whether nodes of this kind that read the same value may run as one product
+    /// ([`LayerKind::forward_siblings`]) at inference (an attention layer's q/k/v).
+    fn joins_siblings(&self) -> bool {
+        false
+    }
+    /// Inference of sibling nodes of this kind (`nodes`, this node first) that all read
+    /// `x`, as one product; `None` where that does not apply (then each runs alone).
+    fn forward_siblings(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        x: &Tensor,
+        opts: &ForwardOpts,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let _ = (nodes, params, x, opts);
+        Ok(None)
+    }
+    /// The quantized weight of a node of this kind: its layout and logical `[rows, cols]`
+    /// (quantized kinds only). Reports count its non-zero codes through it, and formats
+    /// that store only float weights refuse the node by it.
+    fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
+        None
+    }
+}
+
+/// A reader that a node can apply itself (fusion): the ReLU after a BatchNorm or an int8
+/// convolution, the max-pool after an int8 convolution (pooled before rescaling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorb {
+    Relu,
+    /// Window and stride of a max-pool.
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
 }
 
 /// Exactly `k` inputs, or an error saying so.
@@ -178,7 +202,7 @@ pub(crate) fn rows_shape(
 /// `weight_q` (u8, [`Layout::row_bytes`] per row), `weight_scale` (f32, the layout's scale
 /// shape) and, when the layout has them, zero points `weight_zero` (u8, same shape).
 pub(crate) fn quantized_specs(
-    layout: &crate::quant::layout::Layout,
+    layout: &Layout,
     (rows, cols): (usize, usize),
     logical: Vec<usize>,
 ) -> Vec<TensorSpec> {
@@ -247,7 +271,35 @@ pub(crate) fn numel(s: &[usize]) -> u64 {
     s.iter().map(|&d| d as u64).product()
 }
 
-/// An error from a kind's own checks, attributed to the node.
-pub(crate) fn node_err(node: &Node, msg: impl std::fmt::Display) -> Error {
-    Error::Graph(format!("node `{}` ({}): {msg}", node.name, node.op.kind()))
+/// Runs `f` on the checked view of node `node`'s quantized weight `[rows, cols]` as
+/// stored in `params` (`<node>.weight_q`, `.weight_scale`, and `.weight_zero` when the
+/// layout has zero points), borrowing the tensors' data: the one reader of those tensors
+/// for the quantized kinds and the cost report.
+pub(crate) fn with_node_view<R>(
+    params: &ParamStore,
+    node: &str,
+    layout: Layout,
+    (rows, cols): (usize, usize),
+    f: impl FnOnce(&QView) -> Result<R>,
+) -> Result<R> {
+    let get = |s: &str| params.get(&format!("{node}.{s}"));
+    let scales = get("weight_scale")?.to_dtype(candle_core::DType::F32)?;
+    let zeros = match layout.zero_point {
+        true => Some(with_cpu::<u8, _>(get("weight_zero")?, |z| z.to_vec())?),
+        false => None,
+    };
+    with_cpu::<u8, _>(get("weight_q")?, |codes| {
+        with_cpu::<f32, _>(&scales, |scales| {
+            let v = QView {
+                layout,
+                rows,
+                cols,
+                codes,
+                scales,
+                zeros: zeros.as_deref(),
+            };
+            v.check()?;
+            f(&v)
+        })
+    })??
 }

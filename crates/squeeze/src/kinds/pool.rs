@@ -6,10 +6,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{arity, pass_through, positive, Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::couple::{Coupler, Seg};
+use super::{arity, pass_through, positive, Absorb, Inputs, LayerKind, NodeRun};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::{act, pool};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,12 @@ impl LayerKind for MaxPool2d {
     pooling_common!();
     fn name(&self) -> &'static str {
         "max_pool2d"
+    }
+    fn as_absorbed(&self) -> Option<Absorb> {
+        Some(Absorb::MaxPool {
+            kernel: self.kernel,
+            stride: self.stride,
+        })
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         pooled(ins, self.kernel, self.stride)

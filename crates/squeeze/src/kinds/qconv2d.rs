@@ -20,16 +20,17 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::couple::{Coupler, Seg};
+use super::with_node_view;
+use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{Node, Op};
 use crate::error::{Error, Result};
-use crate::graph::{Node, Op};
+use crate::math::qlayout::{Layout, Scales};
+use crate::math::qweight::QView;
+use crate::ops::qgemm::quantize::quantize_rows;
 use crate::ops::qgemm::{self, panel, panel::PackedI8, panel::NR};
 use crate::ops::with_cpu;
 use crate::params::f32_values;
-use crate::quant::act::quantize_rows;
-use crate::quant::layout::{Layout, Scales};
-use crate::quant::{with_node_view, QView};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +170,17 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 impl LayerKind for QConv2d {
     fn name(&self) -> &'static str {
         "qconv2d"
+    }
+    /// The ReLU after it, then (inference) the max-pool after that: the window max is
+    /// taken over the i32 products before they are rescaled.
+    fn absorbs(&self, reader: Absorb, so_far: &[Absorb], train: bool) -> bool {
+        match reader {
+            Absorb::Relu => so_far.is_empty(),
+            Absorb::MaxPool { .. } => !train && so_far.iter().all(|a| *a == Absorb::Relu),
+        }
+    }
+    fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
+        Some((self.layout, (self.out_channels, self.cols())))
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values
@@ -465,7 +477,7 @@ pub(crate) fn example() -> super::Example {
     let w: Vec<f32> = (0..co * ci * k * k)
         .map(|i| ((i * 37 % 29) as f32 / 14.0 - 1.0) * 0.4)
         .collect();
-    let q = crate::quant::QWeight::quantize(&w, co, ci * k * k, Layout::INT8_CHANNEL)
+    let q = crate::math::qweight::QWeight::quantize(&w, co, ci * k * k, Layout::INT8_CHANNEL)
         .expect("a valid layout");
     let (codes, scales, _) = q.tensors().expect("sizes match");
     super::Example {

@@ -7,13 +7,13 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
 use super::embedding::Lookup;
+use super::with_node_view;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::{Error, Result};
-use crate::graph::{Node, Op};
-use crate::quant::layout::Layout;
-use crate::quant::with_node_view;
+use crate::math::qlayout::Layout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,9 @@ pub struct QEmbedding {
 impl LayerKind for QEmbedding {
     fn name(&self) -> &'static str {
         "qembedding"
+    }
+    fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
+        Some((self.layout, (self.num, self.dim)))
     }
     fn inputs(&self) -> Inputs {
         Inputs::TokenIds
@@ -88,7 +91,7 @@ impl LayerKind for QEmbedding {
 pub(crate) fn example() -> super::Example {
     let (num, dim) = (9, 4);
     let w: Vec<f32> = (0..num * dim).map(|i| (i as f32 - 17.0) / 10.0).collect();
-    let q = crate::quant::QWeight::quantize(&w, num, dim, Layout::INT8_CHANNEL)
+    let q = crate::math::qweight::QWeight::quantize(&w, num, dim, Layout::INT8_CHANNEL)
         .expect("a valid layout");
     let (codes, scales, _) = q.tensors().expect("sizes match");
     super::Example {

@@ -2,7 +2,7 @@
 //! pass makes of a Linear node. Tensors: `weight_q` (the packed codes, `[out, row_bytes]`
 //! u8, standing for `[out, in]`), `weight_scale` (f32, the layout's scale shape),
 //! `weight_zero` (u8, asymmetric int4 only), `input_scale` (`[1]` f32, static int8 only)
-//! and `bias` `[out]`. The layout ([`crate::quant::layout`]) is an attribute, so
+//! and `bias` `[out]`. The layout ([`crate::math::qlayout`]) is an attribute, so
 //! `model.json` says what the bytes mean and the loader checks every size.
 //!
 //! Activations (`act`): `dynamic` int8 (at run time, one scale per 32 consecutive inputs
@@ -21,19 +21,19 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, TensorId};
 use serde::{Deserialize, Serialize};
 
-use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::couple::{Coupler, Seg};
+use super::with_node_view;
+use super::{with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
+use crate::math::qlayout::{code_at, Layout, Scales};
 use crate::ops::qgemm::panel_blocked::{
     self, linear_packed, quantize_offset, PackedBlocked, PackedPart,
 };
+use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
-use crate::quant::act::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
-use crate::quant::layout::{code_at, Layout, Scales};
-use crate::quant::with_node_view;
 
 /// How the layer's input is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +64,21 @@ pub struct QLinear {
 impl LayerKind for QLinear {
     fn name(&self) -> &'static str {
         "qlinear"
+    }
+    fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
+        Some((self.layout, (self.out_features, self.in_features)))
+    }
+    fn joins_siblings(&self) -> bool {
+        true
+    }
+    fn forward_siblings(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        x: &Tensor,
+        _: &ForwardOpts,
+    ) -> Result<Option<Vec<Tensor>>> {
+        qlinear_group(nodes, params, x)
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values
@@ -176,7 +191,7 @@ impl QLinear {
             let b = bias
                 .map(|b| Tensor::from_vec(b.to_vec(), n, x2.device()))
                 .transpose()?;
-            return crate::kinds::linear::linear(x2, &wt, b.as_ref());
+            return super::linear::linear(x2, &wt, b.as_ref());
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
@@ -229,7 +244,7 @@ pub(crate) fn example() -> super::Example {
         scales: Scales::Group(32),
         zero_point: true,
     };
-    let q = crate::quant::QWeight::quantize(&w, n, k, layout).expect("a valid layout");
+    let q = crate::math::qweight::QWeight::quantize(&w, n, k, layout).expect("a valid layout");
     let (codes, scales, zeros) = q.tensors().expect("sizes match");
     let _ = Device::Cpu;
     super::Example {

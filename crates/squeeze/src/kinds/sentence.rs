@@ -5,10 +5,10 @@
 
 use candle_core::Tensor;
 
+use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
 use crate::ops::text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,11 +11,11 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::couple::{Coupler, Seg};
+use super::Dtype;
 use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
-use crate::coupling::{Coupler, Seg};
+use super::{Node, Op};
 use crate::error::Result;
-use crate::graph::{Node, Op};
-use crate::kinds::Dtype;
 use crate::ops::sparse::{self, Csr, CsrOwned};
 use crate::ops::with_cpu;
 

@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::Elem;
+use super::conv_geo::Elem;
 use super::{op_err, slice_of, with_cpu};
 
 struct Relu;

@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{for_each_run, grads, Elem, Geo};
+use super::conv_geo::{for_each_run, grads, Elem, Geo};
 use super::slice_of;
 use crate::error::Result;
 

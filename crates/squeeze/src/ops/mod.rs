@@ -8,6 +8,7 @@
 pub mod act;
 pub mod batchnorm;
 pub mod conv;
+mod conv_geo;
 pub mod depthwise;
 pub mod fast;
 pub mod linear;

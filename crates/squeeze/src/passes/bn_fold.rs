@@ -7,10 +7,10 @@
 use candle_core::Tensor;
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::graph::{Graph, Op};
 use crate::kinds::{batch_norm::BatchNorm, conv2d::Conv2d, linear::Linear};
+use crate::model::Model;
 
 /// The pass.
 pub struct FoldBatchNorm;

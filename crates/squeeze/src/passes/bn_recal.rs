@@ -7,9 +7,9 @@
 use candle_core::{DType, Tensor};
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::model::Model;
 
 /// The pass.
 pub struct RecalibrateBatchNorm;

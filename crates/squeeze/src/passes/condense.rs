@@ -10,11 +10,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
 use crate::kinds::conv2d::Conv2d;
 use crate::kinds::gather::ChannelGather;
+use crate::model::Model;
 use crate::prune::condense::{Condense as Hook, LearnedGroups};
 
 const PASS: &str = "condense";
@@ -151,7 +151,7 @@ impl Pass for Condense {
             materialize(&mut model, l)?;
         }
         model.graph.validate()?;
-        model.params.check(&model.graph)?;
+        model.graph.check_params(&model.params)?;
         let after = macs(&model)?;
         let label = format!(
             "{} convolutions → gather + {}-group convolution (condensation {}): {before} → {after} MACs; {}",

@@ -12,13 +12,13 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::kinds::qlinear::ActQuant;
-use crate::prune::codec::Codec;
+use crate::math::codec::Codec;
+use crate::math::qlayout::{Layout, Scales};
 use crate::prune::obd::Estimator;
 use crate::prune::obs::SparseGptOpts;
 use crate::prune::{Pattern, Scope};
 use crate::quant::act::Clip;
 use crate::quant::gptq::GptqOpts;
-use crate::quant::layout::{Layout, Scales};
 
 /// One recipe entry: the pass and its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::data::FashionMnist;
 use crate::distill::{Distill, SoftTargets};
 use crate::error::{Error, Result};
 use crate::interp::{ForwardOpts, Tap};
+use crate::model::Model;
 use crate::text::{stsb, Encoder};
 use crate::train::{
     self, forward_batch, Batch, CrossEntropy, DataSource, EmbeddingLoss, EmbeddingTarget, EpochLog,

@@ -4,8 +4,8 @@
 //! layer of its teacher; usually followed by `finetune`.
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::text::bert;
 
 /// The pass: the encoder layers to remove.

@@ -5,8 +5,8 @@
 //! applied throughout.
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::train::{EpochLog, NoHooks};
 
 /// The pass; `epochs` overrides the recipe's `[finetune] epochs`.

@@ -39,10 +39,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::conv2d::Conv2d;
+use crate::model::Model;
 
 /// What one pass did.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,10 +8,10 @@
 //! Usually followed by distillation from the original.
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::coupling::{model_groups, prune_group, ChannelGroup};
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::model::Model;
 
 /// The pass: heads per attention layer and hidden units per FFN to keep.
 pub struct Narrow {

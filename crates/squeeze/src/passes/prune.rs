@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::model::Model;
 use crate::prune::agp::Agp;
 use crate::prune::obd::{self, Estimator};
 use crate::prune::obs::{self, InputStats, SparseGptOpts};

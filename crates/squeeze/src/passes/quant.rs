@@ -13,16 +13,16 @@ use candle_core::{Device, Tensor};
 
 use super::prune::{linear_groups, progress, real_rows};
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::qconv2d::QConv2d;
 use crate::kinds::qembedding::QEmbedding;
 use crate::kinds::qlinear::{ActQuant, QLinear};
+use crate::math::qlayout::Layout;
+use crate::model::Model;
 use crate::prune::obs::InputStats;
 use crate::quant::act::{Clip, RangeStats, LINEAR_ACT_MAX};
 use crate::quant::gptq::{gptq, GptqOpts};
-use crate::quant::layout::Layout;
 use crate::quant::QWeight;
 
 /// How weights are rounded.

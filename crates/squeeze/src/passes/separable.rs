@@ -12,10 +12,10 @@
 use candle_core::{Device, Tensor};
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
 use crate::kinds::conv2d::Conv2d;
+use crate::model::Model;
 
 /// The pass: the convolutions to split (default: every k×k one, k > 1, with groups = 1 and
 /// more than one input channel).
@@ -165,7 +165,7 @@ impl Pass for DepthwiseSeparable {
             kept.insert(n.clone(), split(&mut model, n)?.into());
         }
         model.graph.validate()?;
-        model.params.check(&model.graph)?;
+        model.graph.check_params(&model.params)?;
         let after = macs(&model)?;
         let label = format!(
             "{} k×k convolutions → depthwise + pointwise: {before} → {after} MACs",

@@ -5,9 +5,9 @@
 //! and turns sufficiently sparse Linear layers into CSR `sparse_linear` nodes.
 
 use super::{Pass, PassCtx, PassRecord};
-use crate::checkpoint::Model;
 use crate::error::Result;
-use crate::prune::codec::Codec;
+use crate::math::codec::Codec;
+use crate::model::Model;
 use crate::prune::materialize::materialize;
 use crate::prune::share::{kmeans, Clusters, ShareHook};
 use crate::prune::{self, targets};

@@ -6,11 +6,11 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::linear::Linear;
 use crate::kinds::sparse_linear::SparseLinear;
+use crate::model::Model;
 use crate::ops::sparse::CsrOwned;
 
 /// What happened to one masked weight.

@@ -9,10 +9,7 @@
 //! into smaller tensors and the sparse kind.
 
 pub mod agp;
-pub mod codec;
 pub mod condense;
-pub mod huffman;
-pub mod linalg;
 pub mod materialize;
 pub mod obd;
 pub mod obs;
@@ -22,9 +19,9 @@ pub mod share;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::model::Model;
 
 /// Which weights compete for removal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,9 @@ use candle_core::{DType, Tensor, Var, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::interp::{forward, ForwardOpts};
+use crate::model::Model;
 use crate::train::Batch;
 
 /// How diag(H) is estimated.

@@ -42,7 +42,7 @@ impl Clusters {
     /// The clustering an already-shared tensor implies: one centroid per distinct
     /// non-zero value.
     pub fn of_shared(name: &str, values: &[f32]) -> Self {
-        let c = super::codec::codebook(values);
+        let c = crate::math::codec::codebook(values);
         let assign = values
             .iter()
             .map(|v| match c.binary_search_by(|x| x.total_cmp(v)) {

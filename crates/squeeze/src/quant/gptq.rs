@@ -12,9 +12,9 @@
 
 use super::{layout::Scales, QWeight};
 use crate::error::{Error, Result};
-use crate::prune::linalg::inverse_upper_cholesky;
-use crate::prune::obs::{lazy_update, InputStats};
-use crate::quant::layout::Layout;
+use crate::math::hessian::{lazy_update, InputStats};
+use crate::math::linalg::inverse_upper_cholesky;
+use crate::math::qlayout::Layout;
 
 /// GPTQ options.
 #[derive(Debug, Clone, Copy)]

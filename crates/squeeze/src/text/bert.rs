@@ -10,13 +10,13 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Lookup, Op, INPUT, MASK};
 use crate::kinds::{
     attention::Attention, dropout::Dropout, embedding::Embedding, layer_norm::LayerNorm,
     linear::Linear,
 };
+use crate::model::Model;
 use crate::params::ParamStore;
 
 /// Widths of one encoder layer.

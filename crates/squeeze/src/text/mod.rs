@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
 use crate::graph::{Lookup, Op};
 use crate::interp::{forward_tokens, on_pool, ForwardOpts};
 use crate::kinds::embedding::Embedding;
 use crate::kinds::qembedding::QEmbedding;
+use crate::model::Model;
 use crate::ops::packed::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
 

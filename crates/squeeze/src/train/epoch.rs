@@ -5,8 +5,8 @@
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 use super::{fmt_acc, train_step, EpochLog, Hooks, Optimizer, Run};
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::params::ParamStore;
 
 /// A progress reporter: indicatif bar on a terminal, silent otherwise.

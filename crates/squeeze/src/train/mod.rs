@@ -23,14 +23,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, Model};
+use crate::checkpoint::{self};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
+use crate::graph::trainable_names;
 use crate::graph::Op;
 use crate::interp::ForwardOpts;
 use crate::kinds::batch_norm::BatchNorm;
+use crate::model::Model;
 use crate::ops::batchnorm::BatchStats;
-use crate::params::{trainable_names, ParamStore};
+use crate::params::ParamStore;
 use epoch::Epoch;
 
 /// Everything that determines a training run.
@@ -109,7 +111,7 @@ pub fn saved_state(out: &Path) -> Option<TrainState> {
 
 /// Names of weights that take weight decay (their kinds say which).
 fn decay_names(model: &Model) -> HashSet<String> {
-    crate::params::decay_names(&model.graph)
+    crate::graph::decay_names(&model.graph)
         .into_iter()
         .collect()
 }

@@ -1,4 +1,4 @@
-//! AVX2 kernels of the row quantizer [`super::quantize_row`] and of [`super::gemm_q4`].
+//! AVX2 kernels of the row quantizer [`super::quantize::quantize_row`] and of [`super::gemm_q4`].
 
 use std::arch::x86_64::*;
 
@@ -25,7 +25,7 @@ pub(super) unsafe fn codes8(x: __m256, iv: __m256, lim: __m256) -> __m128i {
     _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
 }
 
-/// Row quantization (see [`crate::quant::act::quantize_rows`]): codes = round(x·inv)
+/// Row quantization (see [`super::quantize::quantize_rows`]): codes = round(x·inv)
 /// half away from zero, clamped to ±lim, and their magnitudes when `abs` is given; 8
 /// values per step.
 #[target_feature(enable = "avx2")]
@@ -49,7 +49,7 @@ pub unsafe fn quantize_row(
         c += 8;
     }
     for j in full..x.len() {
-        let q = crate::quant::act::round_code_to(x[j] * inv, lim);
+        let q = super::round::round_code_to(x[j] * inv, lim);
         codes[j] = q;
         if let Some(a) = abs.as_deref_mut() {
             a[j] = q.unsigned_abs();

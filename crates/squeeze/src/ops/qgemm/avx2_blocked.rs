@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panel::NR;
+use super::NR;
 
 /// Every panel against every token; see `PackedBlocked::product` for the contract
 /// (`sa`: `k.div_ceil(block)` scales per token; `sums`: that many groups of 16 offset
@@ -184,7 +184,7 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
 /// AVX2 is available; `codes` holds at least `x.len()` values.
 #[target_feature(enable = "avx2")]
 pub unsafe fn offset_codes(x: &[f32], inv: f32, codes: &mut [u8]) {
-    use crate::quant::act::{round_code_to, LINEAR_ACT_MAX};
+    use super::quantize::{round_code_to, LINEAR_ACT_MAX};
     assert!(codes.len() >= x.len());
     let full = x.len() / 8 * 8;
     let iv = _mm256_set1_ps(inv);

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panel::NR;
+use super::NR;
 
 /// Every panel against every token; see `PackedI8::product` for the contract.
 ///

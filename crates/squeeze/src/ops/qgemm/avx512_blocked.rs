@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panel::NR;
+use super::NR;
 
 /// Tokens per tile.
 const TILE: usize = 8;

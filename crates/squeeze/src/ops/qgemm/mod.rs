@@ -30,13 +30,20 @@ mod avx512_blocked;
 mod avx512_panel;
 pub mod panel;
 pub mod panel_blocked;
+pub mod quantize;
+mod round;
+
+pub use quantize::quantize_row;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
-use crate::quant::layout::{code_at, Layout};
-pub use crate::quant::QView;
+use crate::math::qlayout::{code_at, Layout};
+pub use crate::math::qweight::QView;
+
+/// Output channels per panel.
+pub const NR: usize = 16;
 
 /// Multiply-accumulates below which a kernel stays on the calling thread.
 const PAR_MACS: usize = 1 << 18;
@@ -54,28 +61,6 @@ pub fn gemm_i8_reference(a: &[i8], w: &[u8], m: usize, n: usize, k: usize) -> Ve
         }
     }
     out
-}
-
-/// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±lim, and
-/// their magnitudes when `abs` is given (the AVX2 path equals the scalar
-/// [`crate::quant::act::round_code_to`]).
-pub fn quantize_row(
-    x: &[f32],
-    (inv, lim): (f32, i8),
-    codes: &mut [i8],
-    mut abs: Option<&mut [u8]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if isa::active().is_ok_and(|i| i != Isa::Scalar) {
-        // SAFETY: a path above scalar implies AVX2; the kernel asserts the lengths.
-        return unsafe { avx2::quantize_row(x, (inv, lim), codes, abs) };
-    }
-    for (j, (c, v)) in codes.iter_mut().zip(x).enumerate() {
-        *c = crate::quant::act::round_code_to(v * inv, lim);
-        if let Some(a) = abs.as_deref_mut() {
-            a[j] = c.unsigned_abs();
-        }
-    }
 }
 
 /// A raw output pointer shared by the tasks of one kernel call, each writing its own
@@ -198,7 +183,7 @@ fn q4_row(
     let nb = k / bl;
     let l = Layout {
         bits: 4,
-        scales: crate::quant::layout::Scales::Group(bl),
+        scales: crate::math::qlayout::Scales::Group(bl),
         zero_point: false,
     };
     for (i, yi) in y.iter_mut().enumerate() {

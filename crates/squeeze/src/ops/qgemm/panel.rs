@@ -23,8 +23,7 @@ use candle_core::TensorId;
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
 
-/// Output channels per panel.
-pub const NR: usize = 16;
+pub use super::NR;
 /// Inputs per group (one broadcast i32).
 pub(super) const KG: usize = 4;
 

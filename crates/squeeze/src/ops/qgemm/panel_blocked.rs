@@ -1,5 +1,5 @@
 //! Dynamic int8 on packed panels: activations quantized with one scale per block of
-//! consecutive inputs ([`crate::quant::act`], llama.cpp's Q8_0 choice) against int8
+//! consecutive inputs ([`super::quantize`], llama.cpp's Q8_0 choice) against int8
 //! weights packed once into the panels of [`super::panel`] (16 output channels × 4
 //! inputs). Activation codes are in [−64, 64] ([`LINEAR_ACT_MAX`]) and stored offset as
 //! unsigned bytes `u = code + 64 ∈ [0, 128]`, so `vpmaddubsw` (unsigned × signed bytes,
@@ -28,10 +28,10 @@ use candle_core::TensorId;
 use rayon::prelude::*;
 
 use super::panel::{panel_bytes, Cache, KG, NR};
+use super::quantize::{round_code_to, LINEAR_ACT_MAX};
 use super::Ptr;
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
-use crate::quant::act::{round_code_to, LINEAR_ACT_MAX};
 
 /// The offset that makes activation codes unsigned.
 pub const OFFSET: u8 = LINEAR_ACT_MAX as u8;
@@ -84,7 +84,7 @@ impl OffsetQuant {
 /// Rows of activations quantized per task of the quantizer.
 const QUANT_ROWS: usize = 32;
 
-/// Quantizes `x` `[m, k]` as [`crate::quant::act::quantize_rows`] does with
+/// Quantizes `x` `[m, k]` as [`super::quantize::quantize_rows`] does with
 /// `lim` = [`LINEAR_ACT_MAX`] — the same codes and scales (dynamic: `max|block| / 64` per
 /// `block` inputs of a row; `fixed`: that step for whole rows) — offset by 64 into rows of
 /// stride `kp ≥ k` (padding 64, standing for 0), rows in parallel when there are many.

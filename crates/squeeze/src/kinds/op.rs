@@ -1,11 +1,12 @@
 //! The [`Op`] enum: the `model.json` schema of a node's kind and attributes, and the one
-//! place that dispatches to each kind's definition ([`crate::kinds`]). The list below is
-//! the only list of kinds in the code: adding a kind is a file under `kinds/` plus one
-//! line here.
+//! place that dispatches to each kind's definition; and [`Node`], one named instance of a
+//! kind with the values it reads. The list below is the only list of kinds in the code:
+//! adding a kind is a file under `kinds/` plus one line here.
 
 use serde::{Deserialize, Serialize};
 
-use crate::kinds::{self, Example, LayerKind};
+use super::{Example, LayerKind};
+use crate::kinds;
 
 /// Generates `Op` (serde-tagged by `type`), its dispatch to the kinds' definitions and
 /// the list of one example per kind, from one list: kinds with attributes carry their
@@ -99,4 +100,13 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         self.def().name()
     }
+}
+
+/// One layer. `inputs` name earlier nodes (or the graph's `input` / `mask`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub op: Op,
 }

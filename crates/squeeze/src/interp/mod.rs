@@ -1,0 +1,225 @@
+//! The interpreter: runs a [`Graph`] on candle tensors, for inference (eval mode) and for
+//! training (train mode: batch statistics in BatchNorm, dropout active, parameters may be
+//! `Var`s so candle's autograd sees them). Taps capture the inputs and output of any
+//! named node during a forward — calibration, OBS/GPTQ Hessians and FitNets hints read
+//! activations this way. Intermediate values are dropped after their last use.
+
+mod plan;
+
+pub use plan::{plan_for, Plan, Step};
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, INPUT, MASK};
+pub use crate::kinds::ForwardOpts;
+use crate::kinds::{Absorb, NodeRun};
+use crate::ops::batchnorm;
+use crate::params::ParamStore;
+
+/// A captured node: its inputs and its output.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub inputs: Vec<Tensor>,
+    pub output: Tensor,
+}
+
+/// Everything a forward produced.
+#[derive(Debug)]
+pub struct ForwardOut {
+    pub output: Tensor,
+    pub taps: HashMap<String, Tap>,
+    /// Batch statistics of each BatchNorm node (train mode only).
+    pub bn_stats: Vec<(String, batchnorm::BatchStats)>,
+}
+
+/// Runs a dense-input graph `g` on a batch `x` of shape [N, ...input_shape].
+pub fn forward(g: &Graph, p: &ParamStore, x: &Tensor, opts: &ForwardOpts) -> Result<ForwardOut> {
+    if g.is_text() {
+        return Err(Error::Graph(
+            "this model reads token ids and a mask; use forward_tokens".into(),
+        ));
+    }
+    if x.dims().len() != g.input_shape.len() + 1 || x.dims()[1..] != g.input_shape[..] {
+        return Err(Error::Graph(format!(
+            "input batch has shape {:?}, the model expects [N, {:?}]",
+            x.dims(),
+            g.input_shape
+        )));
+    }
+    run_graph(g, p, vec![(INPUT, x.clone())], opts)
+}
+
+/// Runs a token graph on token ids `ids` [N, L] (u32) and `mask` [N, L] (1 = token).
+pub fn forward_tokens(
+    g: &Graph,
+    p: &ParamStore,
+    ids: &Tensor,
+    mask: &Tensor,
+    opts: &ForwardOpts,
+) -> Result<ForwardOut> {
+    if !g.is_text() {
+        return Err(Error::Graph("this model does not read token ids".into()));
+    }
+    if ids.rank() != 2 || ids.dims() != mask.dims() || ids.dtype() != DType::U32 {
+        return Err(Error::Graph(format!(
+            "token ids must be u32 [N, L] and the mask the same shape; got {:?} {:?} and {:?}",
+            ids.dtype(),
+            ids.dims(),
+            mask.dims()
+        )));
+    }
+    run_graph(g, p, vec![(INPUT, ids.clone()), (MASK, mask.clone())], opts)
+}
+
+/// Runs the graph's plan for `opts` (compiled on first use, see [`plan`]).
+fn run_graph(
+    g: &Graph,
+    p: &ParamStore,
+    inputs: Vec<(&str, Tensor)>,
+    opts: &ForwardOpts,
+) -> Result<ForwardOut> {
+    let plan = plan::plan_for(g, opts)?;
+    let x = inputs[0].1.clone();
+    let mut vals: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in inputs {
+        vals.insert(name.to_string(), t);
+    }
+    let mut out = ForwardOut {
+        output: x,
+        taps: HashMap::new(),
+        bn_stats: Vec::new(),
+    };
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    // outputs of sibling nodes computed ahead, with their group's first node
+    let mut ahead: HashMap<String, Tensor> = HashMap::new();
+    for (i, (node, step)) in g.nodes.iter().zip(&plan.steps).enumerate() {
+        if let Step::Absorbed { .. } = step {
+            // the node that reads into this one already applied it
+            let v = take(&mut vals, &node.inputs[0])?;
+            vals.insert(node.name.clone(), v);
+            continue;
+        }
+        let ins = node
+            .inputs
+            .iter()
+            .map(|n| vals.get(n).cloned().ok_or_else(|| missing(n)))
+            .collect::<Result<Vec<_>>>()?;
+        let y = match (ahead.remove(&node.name), step) {
+            (Some(v), _) => v,
+            (None, Step::Siblings { group }) => match run_siblings(g, group, p, &ins[0], opts)? {
+                Some(mut ys) => {
+                    for (&j, v) in group[1..].iter().zip(ys.drain(1..)) {
+                        ahead.insert(g.nodes[j].name.clone(), v);
+                    }
+                    ys.remove(0)
+                }
+                None => run_node(node, p, &ins, opts, &[], &mut rng, &mut out)?,
+            },
+            (None, Step::Run { absorbs }) => {
+                run_node(node, p, &ins, opts, absorbs, &mut rng, &mut out)?
+            }
+            (None, Step::Absorbed { .. }) => unreachable!("handled above"),
+        };
+        if opts.taps.contains(&node.name) {
+            out.taps.insert(
+                node.name.clone(),
+                Tap {
+                    inputs: ins.clone(),
+                    output: y.clone(),
+                },
+            );
+        }
+        for v in &plan.drops[i] {
+            vals.remove(v);
+        }
+        vals.insert(node.name.clone(), y);
+    }
+    out.output = vals
+        .remove(&g.output)
+        .ok_or_else(|| Error::Graph(format!("output `{}` was not computed", g.output)))?;
+    Ok(out)
+}
+
+fn missing(name: &str) -> Error {
+    Error::Graph(format!("value `{name}` missing"))
+}
+
+fn take(vals: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    vals.remove(name).ok_or_else(|| missing(name))
+}
+
+/// A sibling group (its first node's kind decides) run as one product, or `None`.
+fn run_siblings(
+    g: &Graph,
+    group: &[usize],
+    p: &ParamStore,
+    x: &Tensor,
+    opts: &ForwardOpts,
+) -> Result<Option<Vec<Tensor>>> {
+    let nodes: Vec<&Node> = group.iter().map(|&j| &g.nodes[j]).collect();
+    let first = nodes[0];
+    first
+        .op
+        .def()
+        .forward_siblings(&nodes, p, x, opts)
+        .map_err(|e| Error::at_node(&first.name, first.op.kind(), e))
+}
+
+/// Eval-mode forward returning only the output, run by [`on_pool`].
+pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
+    Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output)
+}
+
+/// Runs `f` (an inference forward) on a rayon worker, so the kernels' parallel calls split
+/// work with the other workers directly instead of parking the caller and waking them for
+/// every call (most of a small batch's time otherwise).
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
+/// Runs one node through its kind's definition.
+fn run_node(
+    node: &Node,
+    p: &ParamStore,
+    ins: &[Tensor],
+    opts: &ForwardOpts,
+    absorbs: &[Absorb],
+    rng: &mut StdRng,
+    out: &mut ForwardOut,
+) -> Result<Tensor> {
+    let mut cx = NodeRun {
+        node,
+        params: p,
+        ins,
+        opts,
+        fuse_relu: absorbs.contains(&Absorb::Relu),
+        fuse_pool: absorbs.iter().find_map(|a| match *a {
+            Absorb::MaxPool { kernel, stride } => Some((kernel, stride)),
+            Absorb::Relu => None,
+        }),
+        rng,
+        bn_stats: &mut out.bn_stats,
+    };
+    node.op
+        .def()
+        .forward(&mut cx)
+        .map_err(|e| Error::at_node(&node.name, node.op.kind(), e))
+}
+
+/// Converts every floating-point tensor of a store to `dtype` (f64 for gradient checks);
+/// integer tensors (masks, indices) stay as they are.
+pub fn store_to_dtype(p: &ParamStore, dtype: DType) -> Result<ParamStore> {
+    let mut out = ParamStore::new();
+    for (k, t) in p.iter() {
+        let float = crate::tensor::Dtype::of(t.dtype()).is_some_and(|d| d.is_float());
+        out.insert(
+            k.clone(),
+            if float { t.to_dtype(dtype)? } else { t.clone() },
+        );
+    }
+    Ok(out)
+}

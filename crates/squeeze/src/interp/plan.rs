@@ -1,0 +1,130 @@
+//! The run plan: what the interpreter works out about a graph once per graph and mode
+//! (the shape of tract's `SimplePlan`), instead of on every forward — which nodes apply
+//! their only reader themselves (each kind says what it absorbs:
+//! [`crate::kinds::LayerKind::absorbs`]), which sibling nodes run as one product, and
+//! after which step each value is dropped. Plans are kept in the graph's
+//! [`crate::graph::CacheSlot`] under the graph's fingerprint and the mode, so an edited
+//! graph compiles a new one.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::kinds::{Absorb, ForwardOpts};
+
+/// What one step of the plan does with its node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Runs the node through its kind, applying the readers it absorbs (in order).
+    Run { absorbs: Vec<Absorb> },
+    /// Runs the node with its siblings (node indices, this one first) as one product
+    /// when the kind can; the siblings then take their values from it.
+    Siblings { group: Vec<usize> },
+    /// This node was absorbed by node `by`: its value is `by`'s output.
+    Absorbed { by: usize },
+}
+
+/// A compiled graph: one step per node, and the values to drop after each step.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Values whose last reader is step `i` (the output is never dropped).
+    pub drops: Vec<Vec<String>>,
+}
+
+/// The mode a plan is compiled for: what of the forward options changes the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Mode {
+    train: bool,
+    packed: bool,
+    taps: Vec<String>,
+}
+
+impl Mode {
+    fn of(opts: &ForwardOpts) -> Self {
+        let mut taps: Vec<String> = opts.taps.iter().cloned().collect();
+        taps.sort();
+        Mode {
+            train: opts.train,
+            packed: opts.packed.is_some(),
+            taps,
+        }
+    }
+}
+
+/// The plan of `g` for `opts`, compiled on first use and kept with the graph.
+pub fn plan_for(g: &Graph, opts: &ForwardOpts) -> Result<Arc<Plan>> {
+    let mode = Mode::of(opts);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (g.fingerprint(), &mode).hash(&mut h);
+    g.cache.get_or(h.finish(), || Ok(compile(g, &mode)))
+}
+
+/// Compiles the plan of `g` (every rule below reads only names, inputs and kinds).
+fn compile(g: &Graph, mode: &Mode) -> Plan {
+    let n = g.nodes.len();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        for inp in &node.inputs {
+            readers.entry(inp.as_str()).or_default().push(i);
+        }
+    }
+    let taps: HashSet<&str> = mode.taps.iter().map(String::as_str).collect();
+    // a node's value can go into its reader when nobody else sees it
+    let free = |j: usize| {
+        let name = g.nodes[j].name.as_str();
+        !taps.contains(name) && g.output != name
+    };
+    let untapped = |j: usize| !taps.contains(g.nodes[j].name.as_str());
+    let mut steps: Vec<Step> = (0..n).map(|_| Step::Run { absorbs: vec![] }).collect();
+    for i in 0..n {
+        if !matches!(steps[i], Step::Run { .. }) {
+            continue;
+        }
+        let def = g.nodes[i].op.def();
+        let (mut tail, mut absorbs) = (i, Vec::new());
+        loop {
+            let only = match readers.get(g.nodes[tail].name.as_str()).map(Vec::as_slice) {
+                Some(&[j]) if free(tail) && untapped(j) && g.nodes[j].inputs.len() == 1 => j,
+                _ => break,
+            };
+            let Some(what) = g.nodes[only].op.def().as_absorbed() else {
+                break;
+            };
+            if !def.absorbs(what, &absorbs, mode.train) {
+                break;
+            }
+            absorbs.push(what);
+            steps[only] = Step::Absorbed { by: i };
+            tail = only;
+        }
+        steps[i] = Step::Run { absorbs };
+    }
+    if !mode.train {
+        for group in g.sibling_groups() {
+            let all_plain = group.iter().all(|&j| {
+                !taps.contains(g.nodes[j].name.as_str())
+                    && matches!(&steps[j], Step::Run { absorbs } if absorbs.is_empty())
+            });
+            if all_plain {
+                let first = group[0];
+                steps[first] = Step::Siblings { group };
+            }
+        }
+    }
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        for inp in &node.inputs {
+            last.insert(inp.as_str(), i);
+        }
+    }
+    let mut drops = vec![Vec::new(); n];
+    for (v, i) in last {
+        if v != g.output {
+            drops[i].push(v.to_string());
+        }
+    }
+    Plan { steps, drops }
+}
