@@ -10,7 +10,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 use squeeze::data::FashionMnist;
 use squeeze::eval::{median_time, speed};
 use squeeze::train::{prepare, train_step, Batch, CrossEntropy, NoHooks, OptimizerConfig};
@@ -87,12 +86,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 }
 
-/// The median of `v` (sorted in place).
-pub(crate) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 const EPOCH: f64 = 60_000.0;
 const BATCH: usize = 128;
 
@@ -147,7 +140,7 @@ fn train_bench(c: Common) -> Result<()> {
         "pytorch_s_per_epoch": theirs,
         "ratio": theirs.map(|p| ours / p),
         "squeeze_ms_per_step": t * 1e3,
-        "batch": BATCH, "threads": threads(), "peer": peer,
+        "batch": BATCH, "threads": crate::measure::threads(), "peer": peer,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     write_json(&c.out, &out)?;
@@ -168,35 +161,12 @@ fn infer_bench(c: Common) -> Result<()> {
         "squeeze_latency_ms_b1": lat, "squeeze_throughput_b256": thr,
         "pytorch_latency_ms_b1": pl, "pytorch_throughput_b256": pt,
         "latency_ratio": pl.map(|p| lat / p), "throughput_ratio": pt.map(|p| thr / p),
-        "threads": threads(), "peer": peer,
+        "threads": crate::measure::threads(), "peer": peer,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     write_json(&c.out, &out)?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
-}
-
-/// Sets `entries` in the JSON object of results file `path`, keeping its other keys (a
-/// missing file starts empty), and writes it atomically.
-pub fn merge_results(
-    path: &std::path::Path,
-    entries: &serde_json::Map<String, Value>,
-) -> Result<()> {
-    let mut all: Value = match std::fs::read_to_string(path) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{}: existing results are not JSON", path.display()))?,
-        Err(_) => serde_json::json!({}),
-    };
-    for (k, v) in entries {
-        all[k] = v.clone();
-    }
-    write_json(path, &all)
-}
-
-pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 /// Runs the peer script; its last stdout line is a JSON object.
@@ -212,7 +182,7 @@ fn run_peer(c: &Common, mode: &str) -> Result<Option<serde_json::Value>> {
             "--steps",
             &c.steps.to_string(),
             "--threads",
-            &threads().to_string(),
+            &crate::measure::threads().to_string(),
         ])
         .arg("--data")
         .arg(&c.data.data)

@@ -136,13 +136,13 @@ pub fn run(a: DistillBenchArgs) -> Result<()> {
                 "runs": v.dirs,
                 "made_by": v.dirs.iter().map(|d| crate::made_by(d)).collect::<Vec<_>>(),
                 "teacher": a.teacher,
-                "threads": crate::bench::threads(),
+                "threads": crate::measure::threads(),
                 "cpu": squeeze::isa::cpu_name(),
                 "command": std::env::args().collect::<Vec<_>>().join(" "),
             }),
         );
     }
-    crate::bench::merge_results(&a.out, &shown)?;
+    crate::measure::merge_results(&a.out, &shown)?;
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }

@@ -12,7 +12,7 @@ use squeeze::formats::load_any;
 use squeeze::isa::{self, Isa};
 use squeeze::text::{stsb, Encoder};
 
-use crate::bench::median;
+use crate::measure::median;
 use crate::write_json;
 
 #[derive(Args)]

@@ -29,7 +29,7 @@ use squeeze::params::ParamStore;
 use squeeze::quant::layout::{Layout, Scales};
 use squeeze::quant::QWeight;
 
-use crate::bench::median;
+use crate::measure::median;
 use crate::write_json;
 
 #[derive(Args)]
@@ -223,7 +223,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
     let summary = ratios(&rows, paths[0]);
     let out = json!({
         "cpu": isa::cpu_name(),
-        "threads": crate::bench::threads(),
+        "threads": crate::measure::threads(),
         "method": format!("one-node models through the interpreter, {} rounds interleaved over layers and paths; per round the median of {} calls; ms = median of the rounds [min, max]", a.rounds, a.reps),
         "speedup_vs_f32": summary,
         "layers": rows,

@@ -68,9 +68,9 @@ pub fn run(a: QuantArgs) -> Result<()> {
             "--runs".into(),
             (2 * a.runs).to_string(),
             "--threads".into(),
-            crate::bench::threads().to_string(),
+            crate::measure::threads().to_string(),
         ];
-        Some(crate::bench_text::python(&a.python, &a.peer, &args)?)
+        Some(crate::measure::python(&a.python, &a.peer, &args)?)
     };
     let get = |k: &str| peer.as_ref().and_then(|p| p[k].as_f64());
     let (lat, thr) = (t[1].latency_ms_b1.median, t[1].throughput.median);
@@ -99,14 +99,14 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "latency_ratio_vs_pytorch_int8": pt_lat.map(|p| lat / p),
         "throughput_ratio_vs_pytorch_int8": pt_thr.map(|p| thr / p),
         "timing": t[0].method,
-        "threads": crate::bench::threads(),
+        "threads": crate::measure::threads(),
         "cpu": squeeze::isa::cpu_name(),
         "peer": peer,
         "made_by": a.made_by,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
-    crate::bench::merge_results(&a.out, &entries)?;
+    crate::measure::merge_results(&a.out, &entries)?;
     println!("{}", serde_json::to_string_pretty(&entries[&a.key])?);
     Ok(())
 }

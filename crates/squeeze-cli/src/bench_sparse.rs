@@ -17,7 +17,7 @@ use squeeze::eval::{image_speeds, median_time};
 use squeeze::kinds::linear::linear;
 use squeeze::ops::sparse::{spmm, CsrOwned};
 
-use crate::bench::median;
+use crate::measure::median;
 use crate::write_json;
 
 #[derive(Args)]

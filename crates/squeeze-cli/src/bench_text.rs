@@ -123,7 +123,7 @@ pub fn run(a: TextArgs) -> Result<()> {
             "teacher_latency_ms_b1": (i > 0).then_some(base_lat),
             "distill_wall_s": distill_wall_s(&dirs[i].1),
             "cosine_to_f32": (i > 0).then(|| mean_cosine(&base, &m.embeddings)),
-            "threads": crate::bench::threads(),
+            "threads": crate::measure::threads(),
             "sentences": texts.len(),
             "latency_sentences": lat_texts.len(),
             "timing": t.method,
@@ -137,7 +137,7 @@ pub fn run(a: TextArgs) -> Result<()> {
         );
         shown.insert(m.key.clone(), e);
     }
-    crate::bench::merge_results(&a.out, &shown)?;
+    crate::measure::merge_results(&a.out, &shown)?;
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }
@@ -227,33 +227,13 @@ fn peers(a: &TextArgs) -> Result<(Option<Value>, Option<Value>)> {
     if a.no_ort {
         args.push("--no-ort".into());
     }
-    let peer = python(&a.python, &a.peer, &args)?;
-    let r = python(
+    let peer = crate::measure::python(&a.python, &a.peer, &args)?;
+    let r = crate::measure::python(
         &a.python,
         &a.reference,
         &["stsb".into(), args[0].clone(), args[1].clone()],
     )?;
     Ok((Some(peer), Some(r)))
-}
-
-/// Runs a Python script; its last stdout line is a JSON object.
-pub(crate) fn python(py: &str, script: &std::path::Path, args: &[String]) -> Result<Value> {
-    let out = Command::new(py)
-        .arg(script)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} with {py}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .with_context(|| format!("{} printed no JSON: {text}", script.display()))
 }
 
 /// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.

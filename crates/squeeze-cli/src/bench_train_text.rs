@@ -127,9 +127,9 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
             "--steps".into(),
             a.steps.to_string(),
             "--threads".into(),
-            crate::bench::threads().to_string(),
+            crate::measure::threads().to_string(),
         ];
-        let v = crate::bench_text::python(&a.python, &a.peer, &args);
+        let v = crate::measure::python(&a.python, &a.peer, &args);
         let _ = std::fs::remove_dir_all(&dir);
         Some(v?)
     };
@@ -143,13 +143,13 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
         "batch": a.batch,
         "tokens": tokens,
         "student": a.student,
-        "threads": crate::bench::threads(),
+        "threads": crate::measure::threads(),
         "cpu": squeeze::isa::cpu_name(),
         "peer": peer,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
-    crate::bench::merge_results(&a.out, &entries)?;
+    crate::measure::merge_results(&a.out, &entries)?;
     println!("{}", serde_json::to_string_pretty(&entries[&a.key])?);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! with the soft targets). The student is a zoo architecture (with `--widths`/`--depth`)
 //! or a saved model directory. Checkpoints each epoch (`--resume` continues) and writes
 //! the student, its test metrics (`metrics.json`) and the run's log (`distill.json`).
-//! A sentence-encoder teacher takes the text path ([`crate::distill_text`]).
+//! A sentence-encoder teacher takes the text path (`distill_text.rs`), chosen in `main`.
 
 use std::path::{Path, PathBuf};
 
@@ -124,7 +124,9 @@ fn same_dir(a: &Path, b: &Path) -> bool {
         .is_some_and(|x| b.canonicalize().ok() == Some(x))
 }
 
-pub fn run(a: DistillArgs) -> Result<()> {
+/// Checks the arguments and loads the teacher (before any work): `main` then runs the
+/// image path ([`run_images`]) or, for a sentence-encoder teacher, the text path.
+pub fn prepare(a: &DistillArgs) -> Result<Model> {
     let soft = SoftTargets {
         temperature: a.temperature,
         alpha: a.alpha,
@@ -144,11 +146,15 @@ pub fn run(a: DistillArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let teacher = load_any(&a.teacher)
-        .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
-    if teacher.graph.is_text() {
-        return crate::distill_text::run(&a, &teacher);
-    }
+    load_any(&a.teacher).with_context(|| format!("--teacher: loading {}", a.teacher.display()))
+}
+
+/// Distills an image teacher into the student (soft targets, then FitNets hints).
+pub fn run_images(a: DistillArgs, teacher: Model) -> Result<()> {
+    let soft = SoftTargets {
+        temperature: a.temperature,
+        alpha: a.alpha,
+    };
     let mut model = student(&a)?;
     check_pair(&teacher, &model)?;
     let specs = a

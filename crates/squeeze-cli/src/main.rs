@@ -20,6 +20,7 @@ mod distill_text;
 mod embed;
 mod evaluate;
 mod export;
+mod measure;
 mod outdir;
 mod train;
 
@@ -82,7 +83,10 @@ fn main() {
     }
     let r = match cli.cmd {
         Cmd::Train(a) => train::run(a),
-        Cmd::Distill(a) => distill::run(a),
+        Cmd::Distill(a) => distill::prepare(&a).and_then(|teacher| match teacher.graph.is_text() {
+            true => distill_text::run(&a, &teacher),
+            false => distill::run_images(a, teacher),
+        }),
         Cmd::Eval(a) => evaluate::run_eval(a),
         Cmd::Compress(a) => compress::run(a),
         Cmd::Embed(a) => embed::run(a),

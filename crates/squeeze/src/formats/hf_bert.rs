@@ -222,12 +222,14 @@ pub fn import(dir: &Path) -> Result<Model> {
 /// have the same FFN width and head size (whole pruned heads can be expressed with
 /// `pruned_heads`, uneven FFN widths cannot).
 pub fn export_blocker(model: &Model) -> Option<String> {
-    if let Some((n, spec)) = model.graph.nodes.iter().find_map(|n| {
+    if let Some((n, specs)) = model.graph.nodes.iter().find_map(|n| {
         let specs = n.op.def().tensors();
-        specs.into_iter().find(|s| !dense_float(s)).map(|s| (n, s))
+        specs.iter().any(|s| !dense_float(s)).then_some((n, specs))
     }) {
-        let how = match spec.role {
-            TensorRole::Index => {
+        let spec = specs.iter().find(|s| !dense_float(s)).expect("found above");
+        let indexed = specs.iter().any(|s| s.role == TensorRole::Index);
+        let how = match indexed {
+            true => {
                 "is stored as a sparse matrix (CSR) and HF BERT holds dense weights: \
                  materialize with min_sparsity = 1.0 to keep linear layers dense"
             }

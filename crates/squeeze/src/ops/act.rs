@@ -13,7 +13,7 @@ use super::{op_err, slice_of, with_cpu};
 
 struct Relu;
 
-fn relu_bwd<T: Elem + PartialOrd>(res: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
+fn relu_bwd<T: Elem + PartialOrd>(res: &Tensor, dy: &Tensor) -> crate::error::Result<Tensor> {
     let zero = T::default();
     let v = with_cpu::<T, _>(res, |r| {
         with_cpu::<T, _>(dy, |d| {
@@ -54,7 +54,7 @@ impl CustomOp1 for Relu {
 }
 
 /// `dy` where the ReLU output `res` is positive, else 0 (one pass).
-pub(crate) fn relu_grad(res: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
+pub(crate) fn relu_grad(res: &Tensor, dy: &Tensor) -> crate::error::Result<Tensor> {
     match res.dtype() {
         DType::F32 => relu_bwd::<f32>(res, dy),
         _ => relu_bwd::<f64>(res, dy),
@@ -62,7 +62,7 @@ pub(crate) fn relu_grad(res: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
 }
 
 /// ReLU with a one-pass backward.
-pub fn relu(x: &Tensor) -> crate::Result<Tensor> {
+pub fn relu(x: &Tensor) -> crate::error::Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Relu)?)
 }
 
@@ -131,7 +131,7 @@ impl MaxPool {
         y
     }
 
-    fn bwd<T: Elem + PartialOrd>(&self, x: &Tensor, dy: &Tensor) -> crate::Result<Tensor> {
+    fn bwd<T: Elem + PartialOrd>(&self, x: &Tensor, dy: &Tensor) -> crate::error::Result<Tensor> {
         let (planes, h, w, ho, wo) = self.dims(x.shape())?;
         let po = ho * wo;
         let dx = with_cpu::<T, _>(x, |xs| {
@@ -197,6 +197,6 @@ impl CustomOp1 for MaxPool {
 
 /// Floor-mode max pooling (window `k`, stride `stride`) with a one-pass backward that
 /// gives each output's gradient to its arg-max.
-pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> crate::Result<Tensor> {
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> crate::error::Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(MaxPool { k, s: stride })?)
 }
