@@ -55,9 +55,12 @@ pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     // Mapped rather than read: the tensors are copied out and the mapping goes at once,
     // where a read buffer freed on this thread stays resident in the allocator while the
     // first forward pass (on other threads) allocates beside it.
-    // SAFETY: the mapping is read only while this function runs; a file changed under it
-    // at that moment gives wrong bytes (caught as a corrupt file or bad values), not
-    // unsoundness in safe code that outlives the call.
+    // SAFETY: the contract of memory-mapped loading (candle's and safetensors' too): the
+    // file must not be modified or truncated while this function runs. If another process
+    // does so, that is undefined behaviour in Rust terms: the bytes may change under the
+    // reader, and a truncated file raises SIGBUS. squeeze never writes a file it is
+    // reading (saves go to a temporary name and are renamed over, which leaves an open
+    // mapping of the old file intact); the mapping is dropped before this call returns.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
         Error::file(

@@ -43,7 +43,7 @@ pub const ARCHS: [&str; 7] = [
 #[serde(deny_unknown_fields)]
 pub struct ZooOpts {
     /// Hidden/stage widths (meaning per arch: mlp hidden sizes, vgg conv widths with 0 = pool,
-    /// resnet stage widths, lenet5 [conv1, conv2, fc], densenet and densenet-bc [growth]).
+    /// resnet stage widths, lenet5 [conv1, conv2, fc], densenet and densenet-bc `[growth]`).
     pub widths: Option<Vec<usize>>,
     /// resnet: blocks per stage; densenet: layers per dense block.
     pub depth: Option<usize>,

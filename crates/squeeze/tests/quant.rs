@@ -699,6 +699,49 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fuse
         .map(|n| n.name.clone())
         .collect();
     assert!(!pools.is_empty());
+    // the run plan: each such pool and its ReLU are absorbed by the convolution at
+    // inference; in training, and when the pools are tapped, only the ReLU is
+    use squeeze::interp::{plan_for, ForwardOpts, Step};
+    let absorbed_by = |opts: &ForwardOpts, name: &str| {
+        let plan = plan_for(&q.graph, opts).unwrap();
+        let i = q.graph.nodes.iter().position(|n| n.name == name).unwrap();
+        match plan.steps[i] {
+            Step::Absorbed { by } => Some(q.graph.nodes[by].op.kind()),
+            _ => None,
+        }
+    };
+    let tapped = ForwardOpts {
+        taps: pools.iter().cloned().collect(),
+        ..Default::default()
+    };
+    for pool in &pools {
+        let relu = &q.graph.node(pool).unwrap().inputs[0];
+        assert_eq!(
+            absorbed_by(&ForwardOpts::eval(), pool),
+            Some("qconv2d"),
+            "{pool}"
+        );
+        assert_eq!(
+            absorbed_by(&ForwardOpts::eval(), relu),
+            Some("qconv2d"),
+            "{relu}"
+        );
+        assert_eq!(absorbed_by(&ForwardOpts::train(0), pool), None, "{pool}");
+        assert_eq!(absorbed_by(&ForwardOpts::train(0), relu), Some("qconv2d"));
+        assert_eq!(absorbed_by(&tapped, pool), None, "{pool}");
+        assert_eq!(absorbed_by(&tapped, relu), Some("qconv2d"));
+    }
+    // compiled once per mode and kept with the graph: asking again adds no entry and
+    // returns the same plan; a clone starts empty
+    let kept = q.graph.cache.len();
+    assert!(kept >= 3, "{kept}");
+    let a = plan_for(&q.graph, &tapped).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &a,
+        &plan_for(&q.graph, &tapped).unwrap()
+    ));
+    assert_eq!(q.graph.cache.len(), kept);
+    assert!(q.graph.clone().cache.is_empty());
     let p64 = store_to_dtype(&q.params, DType::F64).unwrap();
     // one image (its pixel blocks in parallel) and a batch (images in parallel)
     for batch in [1, 3] {

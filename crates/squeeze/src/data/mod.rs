@@ -121,7 +121,7 @@ impl ImageSet {
         }
     }
 
-    /// A normalized batch [B, 1, H, W] and its labels [B] (u32). With `augment`, each image
+    /// A normalized batch `[B, 1, H, W]` and its labels `[B]` (u32). With `augment`, each image
     /// is shifted by up to `pad` pixels (zero fill) and flipped horizontally with p = ½.
     pub fn batch(
         &self,

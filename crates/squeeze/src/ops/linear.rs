@@ -4,7 +4,7 @@
 //! through strides, no transposed copies) and db = the column sums of dY. candle's form —
 //! a transpose node, a matmul node and a broadcast add whose backward reduces dY over rows
 //! with its general strided reduction, each gradient then zero-filled and summed by its
-//! backprop — is the reference ([`reference`]) it is tested against.
+//! backprop — is the reference ([`reference()`]) it is tested against.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -164,7 +164,7 @@ impl CustomOp2 for LinearNoBias {
     }
 }
 
-/// `x Wᵀ + b` for x [M, in], W [out, in], b [out] (all f32) as one differentiable node.
+/// `x Wᵀ + b` for x `[M, in]`, W `[out, in]`, b `[out]` (all f32) as one differentiable node.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if x.rank() != 2 || w.rank() != 2 {
         return Err(Error::Graph(format!(

@@ -1,6 +1,6 @@
 //! Linear weights packed once into 32-column panels for small-batch inference (the panel
 //! layout of GEMM micro-kernels, Goto & van de Geijn 2008): panel p holds, for every input
-//! index k, the 32 weights W[32p..32p+32][k] contiguously, so a kernel multiplies a tile of
+//! index k, the 32 weights `W[32p..32p+32][k]` contiguously, so a kernel multiplies a tile of
 //! up to 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no
 //! horizontal sums, every weight loaded once per tile, one sequential stream per panel.
 //! [`PackCache`] keeps the packed copy of each weight for the lifetime of an encoder

@@ -2,7 +2,7 @@
 //! rows, CSR). A pruned Linear `y = x Wᵀ` with W in CSR: at one row of `x` (batch 1) each
 //! output is a gathered dot product over the row's non-zeros; at many rows `x` is
 //! transposed once so each non-zero becomes a contiguous AXPY over the batch. The plain
-//! loops of [`reference`] are what every path is tested against; the AVX2/AVX-512 paths
+//! loops of [`reference()`] are what every path is tested against; the AVX2/AVX-512 paths
 //! are the same loops compiled with those features enabled (run-time dispatch through
 //! [`crate::isa`]). Whether CSR beats the dense kernels depends on sparsity and batch:
 //! `squeeze bench sparse` measures the crossover.

@@ -4,7 +4,7 @@
 //! storage codec recorded in `Graph.codecs`. Scores decide the masks: magnitude
 //! ([`select`], gradual with AGP in [`agp`]), Optimal Brain Damage saliencies ([`obd`]),
 //! Wanda and SparseGPT from calibration activations ([`obs`]); [`share`] clusters weights
-//! (Deep Compression) and [`codec`]/[`huffman`] store them; [`condense`] learns group
+//! (Deep Compression) and [`crate::math::codec`]/[`crate::math::huffman`] store them; [`condense`] learns group
 //! structure (CondenseNet); [`materialize`] turns masks
 //! into smaller tensors and the sparse kind.
 

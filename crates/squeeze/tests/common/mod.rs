@@ -8,8 +8,8 @@ pub mod tokenizer;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use squeeze::checkpoint::Model;
 use squeeze::zoo::{self, ZooOpts};
+use squeeze::Model;
 
 /// A narrow variant of a zoo architecture: two residual blocks per stage and two dense
 /// layers per block, so residual unions and concat offsets are exercised.

@@ -40,7 +40,7 @@ fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
     with_cpu::<f32, _>(t, |s| s.to_vec())
 }
 
-/// `x Wᵀ + b` for x [M, K], W [N, K] (as stored), b [N] → [M, N], on the active path.
+/// `x Wᵀ + b` for x `[M, K]`, W `[N, K]` (as stored), b `[N]` → `[M, N]`, on the active path.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     linear_with(isa::active()?, x, w, b)
 }

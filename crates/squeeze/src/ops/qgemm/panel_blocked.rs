@@ -15,7 +15,7 @@
 //! so results come out channels-last — `[tokens, out]`, the layer's own layout.
 //!
 //! On CPUs with AVX-512 VNNI the same panels and codes run `vpdpbusd` instead
-//! ([`super::avx512_blocked`]): one instruction per 64 multiply-accumulates.
+//! (`avx512_blocked.rs`): one instruction per 64 multiply-accumulates.
 //!
 //! [`PackedBlocked::product`] equals its plain loops within float rounding (the integer
 //! block sums are exact; only the f32 accumulation uses fused multiply-adds);
@@ -370,7 +370,7 @@ pub struct PackedPart<'a> {
 /// Packed int8 layers reading the same quantized rows `a` (`m` rows of the weights'
 /// [`PackedBlocked::stride`]): for each part, `[m, n]` with
 /// `y[i, j] = Σ_b sa[i, b]·acc_b[i, j]·sw[j] + b[j]`. All parts' tiles of
-/// [`TOKENS_PER_TASK`] tokens × [`PANELS_PER_TASK`] panels run in one parallel call when
+/// `TOKENS_PER_TASK` tokens × `PANELS_PER_TASK` panels run in one parallel call when
 /// the product is large.
 pub fn linear_packed(
     isa: Isa,
