@@ -19,10 +19,8 @@ use crate::write_json;
 pub struct CompressArgs {
     /// Input model directory (never modified): a squeeze checkpoint or a HF BERT directory.
     pub dir: PathBuf,
-    /// TOML recipe: `[[passes]]` tables, each with a `type` (fold_batch_norm,
-    /// recalibrate_batch_norm, drop_layers, narrow, depthwise_separable, finetune, magnitude, obd,
-    /// wanda, sparsegpt, share, materialize, quantize), plus optional `[calibration]` and
-    /// `[finetune]`.
+    /// TOML recipe: `[[passes]]` tables, each with a `type` (listed at the end of
+    /// `--help`), plus optional `[calibration]` and `[finetune]`.
     #[arg(long)]
     pub recipe: PathBuf,
     /// Output directory for the compressed model.

@@ -26,7 +26,7 @@ mod train;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// squeeze — make trained networks smaller and faster, and prove it with measurements.
 #[derive(Parser)]
@@ -71,8 +71,20 @@ fn trains(cmd: &Cmd) -> bool {
     }
 }
 
+/// The command line, with `compress --help` listing every pass a recipe may name (from the
+/// passes' own declarations).
+fn parse() -> Cli {
+    let cmd = Cli::command().mut_subcommand("compress", |c| {
+        c.after_long_help(format!(
+            "Passes a recipe may list ([[passes]] with `type` and these options):\n{}",
+            squeeze::passes::reference_text()
+        ))
+    });
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     if trains(&cli.cmd) {
         alloc::keep_freed_memory();
     }

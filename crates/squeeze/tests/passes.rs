@@ -166,6 +166,51 @@ fn every_committed_recipe_parses() {
     assert!(n >= 30, "only {n} recipes under {}", dir.display());
 }
 
+/// The recipe reference: every pass's example entry parses and builds a pass of that
+/// name, an unknown field in any entry is refused, and the README's table is the one the
+/// declarations generate.
+#[test]
+fn the_recipe_reference_comes_from_the_declarations_and_matches_the_readme() {
+    use squeeze::passes::{reference, reference_markdown};
+    let refs = reference();
+    assert_eq!(refs.len(), 14, "a pass was added or lost: {refs:?}");
+    for r in &refs {
+        let fields = match r.example {
+            "" => String::new(),
+            e => format!(", {e}"),
+        };
+        let entry = format!("passes = [{{ type = \"{}\"{fields} }}]\n", r.name);
+        let recipe = Recipe::parse(&entry, Path::new("example.toml"))
+            .unwrap_or_else(|e| panic!("{}: {e}\n{entry}", r.name));
+        let toml = toml::to_string(&recipe).unwrap();
+        assert!(toml.contains(&format!("type = \"{}\"", r.name)), "{toml}");
+        let typo = entry.replace(" }]", ", no_such_option = 1 }]");
+        let e = Recipe::parse(&typo, Path::new("typo.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("typo.toml") && e.contains("no_such_option"),
+            "{}: {e}",
+            r.name
+        );
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let (start, end) = ("<!-- passes:reference -->\n", "<!-- /passes:reference -->");
+    let at = readme
+        .find(start)
+        .expect("README has the passes:reference block")
+        + start.len();
+    let block = &readme[at..at + readme[at..].find(end).unwrap()];
+    let want = reference_markdown();
+    assert!(
+        block == want,
+        "README.md's recipe reference differs from the declarations; paste this between the \
+         passes:reference markers:\n{want}"
+    );
+}
+
 #[test]
 fn every_recipe_in_the_readme_parses() {
     let readme =

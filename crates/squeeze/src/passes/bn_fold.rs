@@ -6,14 +6,27 @@
 
 use candle_core::Tensor;
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::Result;
 use crate::graph::{Graph, Op};
 use crate::kinds::{batch_norm::BatchNorm, conv2d::Conv2d, linear::Linear};
 use crate::model::Model;
 
-/// The pass.
-pub struct FoldBatchNorm;
+/// The pass (no options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldBatchNorm {}
+
+impl Declared for FoldBatchNorm {
+    const HELP: &'static str =
+        "fold each BatchNorm into the convolution or linear layer that feeds it";
+    const EXAMPLE: &'static str = "";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(Box::new(self.clone()))
+    }
+}
 
 /// (bn index, producer index) pairs that can be folded.
 fn foldable(g: &Graph) -> Vec<(usize, usize)> {

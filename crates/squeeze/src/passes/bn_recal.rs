@@ -6,13 +6,26 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::model::Model;
 
-/// The pass.
-pub struct RecalibrateBatchNorm;
+/// The pass (no options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecalibrateBatchNorm {}
+
+impl Declared for RecalibrateBatchNorm {
+    const HELP: &'static str =
+        "re-estimate every BatchNorm's running statistics from the calibration batches (AdaBN)";
+    const EXAMPLE: &'static str = "";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(Box::new(self.clone()))
+    }
+}
 
 /// Per-channel sums of x and x² over every axis but 1.
 #[derive(Default)]

@@ -9,7 +9,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
 use crate::kinds::conv2d::Conv2d;
@@ -22,12 +24,52 @@ const PASS: &str = "condense";
 /// The pass: which convolutions (default: every ungrouped one with more than one input
 /// channel whose outputs split into `groups`), G, C, the group-lasso weight and the
 /// fine-tuning epochs (default: the recipe's `[finetune] epochs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Condense {
+    #[serde(default)]
     pub layers: Option<Vec<String>>,
+    #[serde(default = "default_condense")]
     pub groups: usize,
+    #[serde(default = "default_condense")]
     pub condensation: usize,
+    #[serde(default = "default_lasso")]
     pub lasso: f64,
+    #[serde(default)]
     pub epochs: Option<usize>,
+}
+
+fn default_condense() -> usize {
+    4
+}
+fn default_lasso() -> f64 {
+    1e-5
+}
+
+impl Declared for Condense {
+    const HELP: &'static str = "CondenseNet's learned group convolution: `groups` (4) groups per \
+        convolution (`layers`; default every ungrouped one with more than one input), group \
+        lasso `lasso` (1e-5) and `condensation` (4) − 1 condensation stages over the first half \
+        of `epochs` of fine-tuning; materialized as channel gather + group convolution";
+    const EXAMPLE: &'static str = "groups = 4, condensation = 4, epochs = 3";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        let bad = |m: &str| Err(Error::pass(PASS, m.to_string()));
+        if self.groups == 0 {
+            return bad("`groups` must be positive");
+        }
+        if self.condensation < 2 {
+            return bad(
+                "`condensation` must be at least 2 (each group keeps 1/condensation of the inputs)",
+            );
+        }
+        if !(self.lasso.is_finite() && self.lasso >= 0.0) {
+            return bad("`lasso` must be a finite, non-negative weight");
+        }
+        if self.epochs == Some(0) {
+            return bad("`epochs` must be positive: condensation happens while training");
+        }
+        Ok(Box::new(self.clone()))
+    }
 }
 
 /// Whether `c` can take learned groups, and if not why.

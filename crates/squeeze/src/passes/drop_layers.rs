@@ -3,14 +3,27 @@
 //! DistilBERT (Sanh et al. 2019) makes when it initializes a student from every other
 //! layer of its teacher; usually followed by `finetune`.
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::text::bert;
 
 /// The pass: the encoder layers to remove.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DropLayers {
     pub layers: Vec<usize>,
+}
+
+impl Declared for DropLayers {
+    const HELP: &'static str =
+        "remove whole transformer encoder layers (`layers`: indices), renumbering those left";
+    const EXAMPLE: &'static str = "layers = [1, 3, 5]";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(Box::new(self.clone()))
+    }
 }
 
 impl Pass for DropLayers {

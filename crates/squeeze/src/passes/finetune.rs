@@ -4,14 +4,28 @@
 //! Recovers accuracy lost by an earlier rewrite; masks of a simulated sparse model stay
 //! applied throughout.
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::{EpochLog, NoHooks};
 
 /// The pass; `epochs` overrides the recipe's `[finetune] epochs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Finetune {
+    #[serde(default)]
     pub epochs: Option<usize>,
+}
+
+impl Declared for Finetune {
+    const HELP: &'static str =
+        "fine-tune with the trainer under `[finetune]` (`epochs` overrides its epochs)";
+    const EXAMPLE: &'static str = "epochs = 2";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(Box::new(self.clone()))
+    }
 }
 
 impl Pass for Finetune {

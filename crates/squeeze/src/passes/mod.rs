@@ -9,20 +9,20 @@
 mod bn_fold;
 mod bn_recal;
 pub mod condense;
-mod config;
 mod ctx;
 mod drop_layers;
 mod finetune;
 mod narrow;
 mod prune;
+mod prune_recipe;
 mod quant;
+mod quant_recipe;
 mod separable;
 mod share;
 
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
 pub use condense::Condense;
-pub use config::PassConfig;
 pub use ctx::{
     read_sentences, sentence_set, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx,
     TEXT_VALID,
@@ -31,7 +31,9 @@ pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
 pub use narrow::Narrow;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
+pub use prune_recipe::{MagnitudeOptions, SparseGptOptions, WandaOptions};
 pub use quant::{Quantize, Rounding};
+pub use quant_recipe::{QuantizeOptions, RoundingName};
 pub use separable::DepthwiseSeparable;
 pub use share::{Materialize, Share};
 
@@ -111,6 +113,102 @@ pub(crate) fn select_convs(
         check(c).map_err(|why| Error::pass(pass, format!("`layers`: `{name}` {why}")))?;
     }
     Ok(names.clone())
+}
+
+/// What a pass declares once, beside its implementation: the implementing type is its
+/// recipe entry (serde fields, unknown fields rejected), [`Declared::build`] checks them
+/// (errors name the field) and makes the pass, and [`Declared::HELP`] is its line in
+/// `compress --help` and in the README's recipe reference. Registering it is one line of
+/// [`recipe_passes!`].
+pub trait Declared {
+    /// What the pass does and its options, in one line (backticked names are fields).
+    const HELP: &'static str;
+    /// A valid entry's fields, as TOML `key = value` pairs separated by `, ` (may be
+    /// empty); the reference shows it, and a test builds every example.
+    const EXAMPLE: &'static str;
+    /// The pass, its options checked.
+    fn build(&self) -> Result<Box<dyn Pass>>;
+}
+
+/// The recipe's passes, one line each: `"type" => Variant(EntryType)`. Generates
+/// [`PassConfig`] (serde-tagged by `type`), its dispatch to each entry's
+/// [`Declared::build`], and [`reference`].
+macro_rules! recipe_passes {
+    ( $( $name:literal => $variant:ident($ty:ty), )* ) => {
+        /// One recipe entry: the pass's `type` and its options.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum PassConfig {
+            $( #[serde(rename = $name)] $variant($ty), )*
+        }
+
+        impl PassConfig {
+            /// The pass, its options checked (errors name the field).
+            pub(crate) fn build(&self) -> Result<Box<dyn Pass>> {
+                match self {
+                    $( PassConfig::$variant(o) => o.build(), )*
+                }
+            }
+        }
+
+        /// Every pass a recipe can name, in this order: its `type`, what it does and an
+        /// example entry.
+        pub fn reference() -> Vec<PassReference> {
+            vec![ $( PassReference {
+                name: $name,
+                help: <$ty as Declared>::HELP,
+                example: <$ty as Declared>::EXAMPLE,
+            }, )* ]
+        }
+    };
+}
+
+recipe_passes! {
+    "fold_batch_norm" => FoldBatchNorm(FoldBatchNorm),
+    "recalibrate_batch_norm" => RecalibrateBatchNorm(RecalibrateBatchNorm),
+    "drop_layers" => DropLayers(DropLayers),
+    "narrow" => Narrow(Narrow),
+    "depthwise_separable" => DepthwiseSeparable(DepthwiseSeparable),
+    "condense" => Condense(Condense),
+    "finetune" => Finetune(Finetune),
+    "magnitude" => Magnitude(MagnitudeOptions),
+    "obd" => Obd(Obd),
+    "wanda" => Wanda(WandaOptions),
+    "sparsegpt" => SparseGpt(SparseGptOptions),
+    "share" => Share(Share),
+    "quantize" => Quantize(QuantizeOptions),
+    "materialize" => Materialize(Materialize),
+}
+
+/// One line of the recipe reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassReference {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub example: &'static str,
+}
+
+/// The recipe reference as text: a line per pass (`compress --help` prints it).
+pub fn reference_text() -> String {
+    reference()
+        .iter()
+        .map(|r| format!("  {:<23} {}\n", r.name, r.help))
+        .collect()
+}
+
+/// The recipe reference as the README's Markdown table (a test keeps the two equal).
+pub fn reference_markdown() -> String {
+    let mut s = String::from(
+        "| `type` | what it does and its options | example entry |\n| --- | --- | --- |\n",
+    );
+    for r in reference() {
+        let example = match r.example {
+            "" => format!("`type = \"{}\"`", r.name),
+            e => format!("`type = \"{}\", {e}`", r.name),
+        };
+        s.push_str(&format!("| `{}` | {} | {example} |\n", r.name, r.help));
+    }
+    s
 }
 
 /// A graph → graph rewrite.

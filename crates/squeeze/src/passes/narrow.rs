@@ -7,16 +7,39 @@
 //! cut by the materializer; a channel's score is the squared norm of all its weights.
 //! Usually followed by distillation from the original.
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::coupling::{model_groups, prune_group, ChannelGroup};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::model::Model;
 
 /// The pass: heads per attention layer and hidden units per FFN to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Narrow {
+    #[serde(default)]
     pub heads: Option<usize>,
+    #[serde(default)]
     pub intermediate: Option<usize>,
+}
+
+impl Declared for Narrow {
+    const HELP: &'static str = "narrow a transformer encoder: keep `heads` heads per attention \
+        layer and `intermediate` FFN units (those of largest weight norm), cut through the \
+        coupled groups";
+    const EXAMPLE: &'static str = "heads = 8, intermediate = 1024";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        let (h, i) = (self.heads, self.intermediate);
+        if h.is_none() && i.is_none() || h == Some(0) || i == Some(0) {
+            return Err(Error::pass(
+                PASS,
+                "set `heads` and/or `intermediate`, each positive",
+            ));
+        }
+        Ok(Box::new(self.clone()))
+    }
 }
 
 const PASS: &str = "narrow";

@@ -123,15 +123,32 @@ impl Pass for Magnitude {
     }
 }
 
-/// Optimal Brain Damage.
+/// Optimal Brain Damage: `rounds` of saliency pruning (diag(H) by `estimator`), each
+/// followed by `finetune_epochs`, up to `sparsity` (its recipe entry is this struct).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Obd {
     pub sparsity: f64,
+    #[serde(default)]
     pub estimator: Estimator,
+    #[serde(default = "one")]
     pub rounds: usize,
+    /// Hutchinson probes per calibration batch.
+    #[serde(default = "default_probes")]
     pub probes: usize,
+    #[serde(default)]
     pub scope: Scope,
+    #[serde(default)]
     pub layers: Option<Vec<String>>,
+    #[serde(default)]
     pub finetune_epochs: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_probes() -> usize {
+    4
 }
 
 impl Pass for Obd {

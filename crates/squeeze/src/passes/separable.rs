@@ -11,7 +11,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{Pass, PassCtx, PassRecord};
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::{Node, Op};
 use crate::kinds::conv2d::Conv2d;
@@ -19,8 +21,21 @@ use crate::model::Model;
 
 /// The pass: the convolutions to split (default: every k×k one, k > 1, with groups = 1 and
 /// more than one input channel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DepthwiseSeparable {
+    #[serde(default)]
     pub layers: Option<Vec<String>>,
+}
+
+impl Declared for DepthwiseSeparable {
+    const HELP: &'static str = "replace k×k convolutions (`layers`; default every one with k > 1, \
+        groups 1 and more than one input channel) by depthwise + pointwise pairs, initialized \
+        by per-channel rank-1 factorization";
+    const EXAMPLE: &'static str = "";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Ok(Box::new(self.clone()))
+    }
 }
 
 const PASS: &str = "depthwise_separable";

@@ -4,8 +4,10 @@
 //! centroids. `materialize` folds the masks of a simulated sparse model into its weights
 //! and turns sufficiently sparse Linear layers into CSR `sparse_linear` nodes.
 
-use super::{Pass, PassCtx, PassRecord};
-use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Declared, Pass, PassCtx, PassRecord};
+use crate::error::{Error, Result};
 use crate::math::codec::Codec;
 use crate::model::Model;
 use crate::prune::materialize::materialize;
@@ -13,14 +15,38 @@ use crate::prune::share::{kmeans, Clusters, ShareHook};
 use crate::prune::{self, targets};
 
 /// The sharing pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Share {
     pub bits: u8,
+    #[serde(default)]
     pub layers: Option<Vec<String>>,
+    #[serde(default)]
     pub finetune_epochs: Option<usize>,
     /// Learning rate of the centroid fine-tuning (default: the `[finetune]` optimizer's).
     /// Each centroid moves by the sum of its members' updates, so large clusters want a
     /// smaller rate than the weights did.
+    #[serde(default)]
     pub lr: Option<f64>,
+}
+
+impl Declared for Share {
+    const HELP: &'static str = "weight sharing (Deep Compression): 2^`bits` k-means centroids per \
+        layer (`layers`), centroids fine-tuned for `finetune_epochs` at `lr`, stored with \
+        Huffman coding";
+    const EXAMPLE: &'static str = "bits = 5, finetune_epochs = 1";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        Codec::Shared { bits: self.bits }
+            .validate()
+            .map_err(|m| Error::pass("share", m))?;
+        if self.lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+            return Err(Error::pass(
+                "share",
+                format!("`lr` must be positive, got {:?}", self.lr),
+            ));
+        }
+        Ok(Box::new(self.clone()))
+    }
 }
 
 impl Pass for Share {
@@ -69,9 +95,34 @@ impl Pass for Share {
     }
 }
 
-/// The materialization pass.
+/// Masks folded; sufficiently sparse Linear layers become CSR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Materialize {
+    #[serde(default = "default_min_sparsity")]
     pub min_sparsity: f64,
+}
+
+fn default_min_sparsity() -> f64 {
+    0.85
+}
+
+impl Declared for Materialize {
+    const HELP: &'static str = "fold masks into weights; Linear layers at least `min_sparsity` \
+        (0.85) sparse become CSR `sparse_linear` nodes";
+    const EXAMPLE: &'static str = "min_sparsity = 0.8";
+    fn build(&self) -> Result<Box<dyn Pass>> {
+        if !(0.0..=1.0).contains(&self.min_sparsity) {
+            return Err(Error::pass(
+                "materialize",
+                format!(
+                    "`min_sparsity` must be in [0, 1], got {}",
+                    self.min_sparsity
+                ),
+            ));
+        }
+        Ok(Box::new(self.clone()))
+    }
 }
 
 impl Pass for Materialize {
