@@ -500,3 +500,29 @@ fn soft_target_fine_tuning_distils_from_the_input_model() {
         "{err}"
     );
 }
+
+/// `[finetune]` is the trainer's options plus the recipe's own: every key of both parses,
+/// an unknown one is refused by name (the table flattens the trainer's options, so it
+/// checks its keys itself).
+#[test]
+fn the_finetune_table_takes_the_trainer_options_and_refuses_unknown_keys() {
+    let pass = "\n[[passes]]\ntype = \"finetune\"\n";
+    let ok = format!(
+        "[finetune]\nepochs = 2\nbatch_size = 64\nseed = 3\naugment_pad = 2\nlimit_train = 100\n\
+         optimizer = {{ type = \"adamw\", lr = 0.001, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}\n\
+         schedule = {{ type = \"constant\", warmup_epochs = 0.5 }}\nsoft_targets = {{ temperature = 4.0, alpha = 0.9 }}\n{pass}"
+    );
+    let r = Recipe::parse(&ok, Path::new("ok.toml")).unwrap();
+    let f = r.finetune.unwrap();
+    assert_eq!((f.train.epochs, f.train.batch_size, f.train.seed), (2, 64, 3));
+    assert_eq!((f.train.augment_pad, f.train.limit_train), (2, Some(100)));
+    let typo = format!("[finetune]\nepochs = 2\nbatchsize = 64\n{pass}");
+    let e = Recipe::parse(&typo, Path::new("typo.toml")).unwrap_err().to_string();
+    assert!(e.contains("typo.toml") && e.contains("`batchsize`"), "{e}");
+    let bad = format!("[finetune]\nsoft_targets = {{ temperature = 0.0, alpha = 0.5 }}\n{pass}");
+    let e = Recipe::parse(&bad, Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(e.contains("soft_targets") && e.contains("temperature"), "{e}");
+    // the defaults are the trainer's
+    let plain = Recipe::parse(&format!("[finetune]\n{pass}"), Path::new("d.toml")).unwrap();
+    assert_eq!(plain.finetune.unwrap().train, squeeze::train::TrainConfig::default());
+}

@@ -8,7 +8,7 @@
 //! embeddings of the model as the recipe received it (self-distillation, cosine loss),
 //! validated on the last sentences of the file (at most 500, a tenth of them).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use crate::model::Model;
 use crate::text::{stsb, Encoder};
 use crate::train::{
     self, forward_batch, Batch, CrossEntropy, DataSource, EmbeddingLoss, EmbeddingTarget, EpochLog,
-    Hooks, Objective, OptimizerConfig, Run, Schedule, SentenceSet, TrainConfig,
+    Hooks, Objective, Run, SentenceSet, TrainConfig,
 };
 
 /// Where calibration examples come from.
@@ -57,66 +57,39 @@ fn default_calib_batch() -> usize {
     64
 }
 
-/// The recipe's `[finetune]` table: the budget of every fine-tuning a pass asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The recipe's `[finetune]` table: the budget of every fine-tuning a pass asks for — the
+/// trainer's options ([`TrainConfig`], same keys, same checks) and what only a recipe's
+/// fine-tuning needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneConfig {
-    #[serde(default = "one")]
-    pub epochs: usize,
-    #[serde(default = "default_ft_batch")]
-    pub batch_size: usize,
-    #[serde(default = "default_optimizer")]
-    pub optimizer: OptimizerConfig,
-    #[serde(default = "default_schedule")]
-    pub schedule: Schedule,
-    #[serde(default)]
-    pub seed: u64,
-    /// Random-crop padding for image models (0 = none).
-    #[serde(default)]
-    pub augment_pad: usize,
-    /// Use only the first N training examples.
-    #[serde(default)]
-    pub limit_train: Option<usize>,
+    #[serde(flatten)]
+    pub train: TrainConfig,
     /// Text encoders: the sentences to distil on (default: the calibration sentences).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentences: Option<PathBuf>,
     /// Classifiers: distil from the model as the recipe received it (Hinton's soft
     /// targets, `{ temperature, alpha }`) instead of plain cross-entropy on the labels.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_targets: Option<SoftTargets>,
+    /// Keys neither of the above knows (a flattened table cannot reject them itself):
+    /// [`FinetuneConfig::check`] refuses them by name.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
-fn one() -> usize {
-    1
-}
-fn default_ft_batch() -> usize {
-    128
-}
-fn default_optimizer() -> OptimizerConfig {
-    OptimizerConfig::Sgd {
-        lr: 0.005,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: true,
-    }
-}
-fn default_schedule() -> Schedule {
-    Schedule::Cosine { warmup_epochs: 0.0 }
-}
-
-impl Default for FinetuneConfig {
-    fn default() -> Self {
-        FinetuneConfig {
-            epochs: one(),
-            batch_size: default_ft_batch(),
-            optimizer: default_optimizer(),
-            schedule: default_schedule(),
-            seed: 0,
-            augment_pad: 0,
-            limit_train: None,
-            sentences: None,
-            soft_targets: None,
+impl FinetuneConfig {
+    /// Refuses unknown keys and invalid soft targets, naming the key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(k) = self.unknown.keys().next() {
+            return Err(format!(
+                "unknown field `{k}`, expected one of `epochs`, `batch_size`, `optimizer`, \
+                 `schedule`, `seed`, `augment_pad`, `limit_train`, `sentences`, `soft_targets`"
+            ));
         }
+        if let Some(st) = self.soft_targets {
+            st.validate().map_err(|e| format!("soft_targets: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -242,8 +215,8 @@ impl PassCtx {
         } else {
             self.images()?.train.len()
         };
-        let n = f.limit_train.map_or(n, |l| l.min(n));
-        Ok(epochs.unwrap_or(f.epochs) * n.div_ceil(f.batch_size.max(1)))
+        let n = f.train.limit_train.map_or(n, |l| l.min(n));
+        Ok(epochs.unwrap_or(f.train.epochs) * n.div_ceil(f.train.batch_size.max(1)))
     }
 
     /// Fine-tunes `model` in place for `epochs` (default: the recipe's) with the trainer.
@@ -266,16 +239,11 @@ impl PassCtx {
     ) -> Result<Vec<EpochLog>> {
         let mut f = self.finetune.clone();
         if let Some(lr) = lr {
-            f.optimizer = f.optimizer.with_lr(lr);
+            f.train.optimizer = f.train.optimizer.with_lr(lr);
         }
         let cfg = TrainConfig {
-            epochs: epochs.unwrap_or(f.epochs),
-            batch_size: f.batch_size,
-            optimizer: f.optimizer.clone(),
-            schedule: f.schedule.clone(),
-            seed: f.seed,
-            augment_pad: f.augment_pad,
-            limit_train: f.limit_train,
+            epochs: epochs.unwrap_or(f.train.epochs),
+            ..f.train.clone()
         };
         let out = self.work_dir.clone();
         let _ = std::fs::remove_dir_all(train::checkpoint_dir(&out));
@@ -327,7 +295,7 @@ impl PassCtx {
         let path = self.finetune_sentences()?;
         let teacher = self.original.clone().unwrap_or_else(|| model.clone());
         // the examples the budget trains on, plus the held-out validation sentences
-        let cap = f.limit_train.map(|l| l + TEXT_VALID);
+        let cap = f.train.limit_train.map(|l| l + TEXT_VALID);
         let set = sentence_set(model, &[&path], Some(&teacher), cap)?;
         Ok((set, EmbeddingTarget(EmbeddingLoss::Cosine)))
     }

@@ -246,10 +246,10 @@ impl Recipe {
                 msg: "recipe lists no passes".into(),
             });
         }
-        if let Some(st) = r.finetune.as_ref().and_then(|f| f.soft_targets) {
-            st.validate().map_err(|e| Error::Recipe {
+        if let Some(f) = &r.finetune {
+            f.check().map_err(|e| Error::Recipe {
                 path: path.into(),
-                msg: format!("[finetune] soft_targets: {e}"),
+                msg: format!("[finetune]: {e}"),
             })?;
         }
         for (i, p) in r.passes.iter().enumerate() {

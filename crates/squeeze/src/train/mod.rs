@@ -35,19 +35,61 @@ use crate::ops::batchnorm::BatchStats;
 use crate::params::ParamStore;
 use epoch::Epoch;
 
-/// Everything that determines a training run.
+/// Everything that determines a training run: the one struct of training options that
+/// `squeeze train` and `squeeze distill` build from their flags and a recipe's
+/// `[finetune]` table holds (its serde defaults are that table's: one epoch of SGD at
+/// 0.005 with a cosine schedule, batches of 128).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    #[serde(default = "one")]
     pub epochs: usize,
+    #[serde(default = "default_batch")]
     pub batch_size: usize,
+    #[serde(default = "default_optimizer")]
     pub optimizer: OptimizerConfig,
+    #[serde(default = "default_schedule")]
     pub schedule: Schedule,
+    #[serde(default)]
     pub seed: u64,
     /// Random-crop padding in pixels (0 = no shift); flips go with it.
+    #[serde(default)]
     pub augment_pad: usize,
-    /// Use only the first N training images (quick runs, tests).
+    /// Use only the first N training examples (quick runs, tests).
+    #[serde(default)]
     pub limit_train: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerConfig {
+    OptimizerConfig::Sgd {
+        lr: 0.005,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: true,
+    }
+}
+fn default_schedule() -> Schedule {
+    Schedule::Cosine { warmup_epochs: 0.0 }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: one(),
+            batch_size: default_batch(),
+            optimizer: default_optimizer(),
+            schedule: default_schedule(),
+            seed: 0,
+            augment_pad: 0,
+            limit_train: None,
+        }
+    }
 }
 
 /// Per-epoch record (accuracies for classifiers; `null` for other objectives).
