@@ -24,7 +24,7 @@ use squeeze::kinds::conv2d::Conv2d;
 use squeeze::kinds::linear::Linear;
 use squeeze::kinds::qconv2d::QConv2d;
 use squeeze::kinds::qlinear::{ActQuant, QLinear};
-use squeeze::ops::packed::PackCache;
+use squeeze::ops::pack_cache::PackCache;
 use squeeze::params::ParamStore;
 use squeeze::quant::layout::{Layout, Scales};
 use squeeze::quant::QWeight;

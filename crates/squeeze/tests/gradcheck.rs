@@ -537,7 +537,7 @@ fn libm_erf(x: f64) -> f64 {
 
 #[test]
 fn pack_cache_repacks_a_replaced_weight() {
-    use squeeze::ops::packed::PackCache;
+    use squeeze::ops::pack_cache::PackCache;
     let cache = PackCache::default();
     let (x, w1, w2) = (f32r(&[3, 16], 41), f32r(&[5, 16], 42), f32r(&[5, 16], 43));
     let a = cache

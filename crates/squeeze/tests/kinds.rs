@@ -57,11 +57,13 @@ fn run(op: &Op, params: &squeeze::params::ParamStore, ins: &[Tensor]) -> Tensor 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut stats = Vec::new();
     let opts = ForwardOpts::eval();
+    let packs = squeeze::ops::pack_cache::PackCache::default();
     let mut cx = NodeRun {
         node: &node,
         params,
         ins,
         opts: &opts,
+        packs: &packs,
         fuse_relu: false,
         fuse_pool: None,
         rng: &mut rng,

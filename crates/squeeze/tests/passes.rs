@@ -514,15 +514,28 @@ fn the_finetune_table_takes_the_trainer_options_and_refuses_unknown_keys() {
     );
     let r = Recipe::parse(&ok, Path::new("ok.toml")).unwrap();
     let f = r.finetune.unwrap();
-    assert_eq!((f.train.epochs, f.train.batch_size, f.train.seed), (2, 64, 3));
+    assert_eq!(
+        (f.train.epochs, f.train.batch_size, f.train.seed),
+        (2, 64, 3)
+    );
     assert_eq!((f.train.augment_pad, f.train.limit_train), (2, Some(100)));
     let typo = format!("[finetune]\nepochs = 2\nbatchsize = 64\n{pass}");
-    let e = Recipe::parse(&typo, Path::new("typo.toml")).unwrap_err().to_string();
+    let e = Recipe::parse(&typo, Path::new("typo.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("typo.toml") && e.contains("`batchsize`"), "{e}");
     let bad = format!("[finetune]\nsoft_targets = {{ temperature = 0.0, alpha = 0.5 }}\n{pass}");
-    let e = Recipe::parse(&bad, Path::new("bad.toml")).unwrap_err().to_string();
-    assert!(e.contains("soft_targets") && e.contains("temperature"), "{e}");
+    let e = Recipe::parse(&bad, Path::new("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("soft_targets") && e.contains("temperature"),
+        "{e}"
+    );
     // the defaults are the trainer's
     let plain = Recipe::parse(&format!("[finetune]\n{pass}"), Path::new("d.toml")).unwrap();
-    assert_eq!(plain.finetune.unwrap().train, squeeze::train::TrainConfig::default());
+    assert_eq!(
+        plain.finetune.unwrap().train,
+        squeeze::train::TrainConfig::default()
+    );
 }

@@ -7,8 +7,9 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-/// Entries kept per graph (modes: train, eval, eval with taps, …); the oldest goes first.
-const MAX_ENTRIES: usize = 8;
+/// Entries kept per graph (run plans per mode — train, eval, eval with taps, … — and the
+/// packed weights); the oldest goes first.
+const MAX_ENTRIES: usize = 16;
 
 type Entry = (u64, Arc<dyn Any + Send + Sync>);
 

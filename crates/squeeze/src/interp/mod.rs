@@ -9,6 +9,7 @@ mod plan;
 pub use plan::{plan_for, Plan, Step};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -18,6 +19,7 @@ use crate::graph::{Graph, Node, INPUT, MASK};
 pub use crate::kinds::ForwardOpts;
 use crate::kinds::{Absorb, NodeRun};
 use crate::ops::batchnorm;
+use crate::ops::pack_cache::PackCache;
 use crate::params::ParamStore;
 
 /// A captured node: its inputs and its output.
@@ -83,6 +85,7 @@ fn run_graph(
     opts: &ForwardOpts,
 ) -> Result<ForwardOut> {
     let plan = plan::plan_for(g, opts)?;
+    let packs = packs_for(g, opts)?;
     let x = inputs[0].1.clone();
     let mut vals: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in inputs {
@@ -110,17 +113,19 @@ fn run_graph(
             .collect::<Result<Vec<_>>>()?;
         let y = match (ahead.remove(&node.name), step) {
             (Some(v), _) => v,
-            (None, Step::Siblings { group }) => match run_siblings(g, group, p, &ins[0], opts)? {
-                Some(mut ys) => {
-                    for (&j, v) in group[1..].iter().zip(ys.drain(1..)) {
-                        ahead.insert(g.nodes[j].name.clone(), v);
+            (None, Step::Siblings { group }) => {
+                match run_siblings(g, group, p, &ins[0], opts, &packs)? {
+                    Some(mut ys) => {
+                        for (&j, v) in group[1..].iter().zip(ys.drain(1..)) {
+                            ahead.insert(g.nodes[j].name.clone(), v);
+                        }
+                        ys.remove(0)
                     }
-                    ys.remove(0)
+                    None => run_node(node, p, (&ins, &packs), opts, &[], &mut rng, &mut out)?,
                 }
-                None => run_node(node, p, &ins, opts, &[], &mut rng, &mut out)?,
-            },
+            }
             (None, Step::Run { absorbs }) => {
-                run_node(node, p, &ins, opts, absorbs, &mut rng, &mut out)?
+                run_node(node, p, (&ins, &packs), opts, absorbs, &mut rng, &mut out)?
             }
             (None, Step::Absorbed { .. }) => unreachable!("handled above"),
         };
@@ -152,6 +157,17 @@ fn take(vals: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
     vals.remove(name).ok_or_else(|| missing(name))
 }
 
+/// Where the kernels keep packed weights: the caller's cache, else one kept with the graph
+/// (so a model's int8 panels are packed once, and go with the model).
+fn packs_for(g: &Graph, opts: &ForwardOpts) -> Result<Arc<PackCache>> {
+    /// The slot key of the graph's pack cache (plans take hashes of fingerprints).
+    const PACKS: u64 = 0x5041_434b_5300_0001;
+    match &opts.packed {
+        Some(c) => Ok(c.clone()),
+        None => g.cache.get_or(PACKS, || Ok(PackCache::default())),
+    }
+}
+
 /// A sibling group (its first node's kind decides) run as one product, or `None`.
 fn run_siblings(
     g: &Graph,
@@ -159,13 +175,14 @@ fn run_siblings(
     p: &ParamStore,
     x: &Tensor,
     opts: &ForwardOpts,
+    packs: &PackCache,
 ) -> Result<Option<Vec<Tensor>>> {
     let nodes: Vec<&Node> = group.iter().map(|&j| &g.nodes[j]).collect();
     let first = nodes[0];
     first
         .op
         .def()
-        .forward_siblings(&nodes, p, x, opts)
+        .forward_siblings(&nodes, p, x, opts, packs)
         .map_err(|e| Error::at_node(&first.name, first.op.kind(), e))
 }
 
@@ -185,7 +202,7 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 fn run_node(
     node: &Node,
     p: &ParamStore,
-    ins: &[Tensor],
+    (ins, packs): (&[Tensor], &PackCache),
     opts: &ForwardOpts,
     absorbs: &[Absorb],
     rng: &mut StdRng,
@@ -196,6 +213,7 @@ fn run_node(
         params: p,
         ins,
         opts,
+        packs,
         fuse_relu: absorbs.contains(&Absorb::Relu),
         fuse_pool: absorbs.iter().find_map(|a| match *a {
             Absorb::MaxPool { kernel, stride } => Some((kernel, stride)),

@@ -13,7 +13,7 @@ use super::{inference, with_last, ForwardOpts, Inputs, LayerKind, NodeRun, Tenso
 use super::{Node, Op};
 use crate::error::Result;
 use crate::ops::fast;
-use crate::ops::packed::PackCache;
+use crate::ops::pack_cache::PackCache;
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,7 @@ impl LayerKind for Linear {
         params: &ParamStore,
         x: &Tensor,
         opts: &ForwardOpts,
+        _: &PackCache,
     ) -> Result<Option<Vec<Tensor>>> {
         match opts.packed.as_deref() {
             Some(cache) => packed_linears(nodes, params, x, cache),

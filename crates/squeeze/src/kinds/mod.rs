@@ -56,6 +56,7 @@ use candle_core::{DType, Tensor};
 use crate::error::Result;
 use crate::math::qlayout::Layout;
 use crate::math::qweight::QView;
+use crate::ops::pack_cache::PackCache;
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
 use couple::{Coupler, Seg};
@@ -142,8 +143,9 @@ pub trait LayerKind: std::fmt::Debug {
         params: &ParamStore,
         x: &Tensor,
         opts: &ForwardOpts,
+        packs: &PackCache,
     ) -> Result<Option<Vec<Tensor>>> {
-        let _ = (nodes, params, x, opts);
+        let _ = (nodes, params, x, opts, packs);
         Ok(None)
     }
     /// The quantized weight of a node of this kind: its layout and logical `[rows, cols]`

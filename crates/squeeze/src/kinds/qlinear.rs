@@ -27,9 +27,8 @@ use super::{with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, Tens
 use super::{Node, Op};
 use crate::error::Result;
 use crate::math::qlayout::{code_at, Layout, Scales};
-use crate::ops::qgemm::panel_blocked::{
-    self, linear_packed, quantize_offset, PackedBlocked, PackedPart,
-};
+use crate::ops::pack_cache::PackCache;
+use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
 use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
@@ -77,8 +76,9 @@ impl LayerKind for QLinear {
         params: &ParamStore,
         x: &Tensor,
         _: &ForwardOpts,
+        packs: &PackCache,
     ) -> Result<Option<Vec<Tensor>>> {
-        qlinear_group(nodes, params, x)
+        qlinear_group(nodes, params, x, packs)
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values
@@ -131,7 +131,7 @@ impl LayerKind for QLinear {
             let bias = b.map(crate::params::f32_values).transpose()?;
             let codes = cx.param("weight_q")?.id();
             let y = self.with_view(cx, |w, static_scale| {
-                self.kernel(&x2, (w, codes), static_scale, bias.as_deref())
+                self.kernel(cx.packs, &x2, (w, codes), static_scale, bias.as_deref())
             })?;
             return Ok(y.reshape(with_last(&dims, self.out_features))?);
         }
@@ -173,6 +173,7 @@ impl QLinear {
     /// of the stored codes tensor, whose int8 panels are packed once.
     fn kernel(
         &self,
+        packs: &PackCache,
         x2: &Tensor,
         (w, codes): (&QView, TensorId),
         static_scale: Option<f32>,
@@ -196,7 +197,7 @@ impl QLinear {
         let y = with_cpu::<f32, _>(x2, |xs| {
             if self.layout.bits == 8 {
                 let block = if static_scale.is_some() { k } else { ACT_BLOCK };
-                let packed = panels(codes, w, block)?;
+                let packed = panels(packs, codes, w, block)?;
                 let q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
                 let part = PackedPart {
                     w: &packed,
@@ -271,6 +272,7 @@ pub(crate) fn qlinear_group(
     nodes: &[&Node],
     p: &ParamStore,
     x: &Tensor,
+    packs: &PackCache,
 ) -> Result<Option<Vec<Tensor>>> {
     let ops: Option<Vec<&QLinear>> = nodes
         .iter()
@@ -294,7 +296,7 @@ pub(crate) fn qlinear_group(
         let (codes, scales) = (get(n, "weight_q")?, get(n, "weight_scale")?);
         let scales = crate::params::f32_values(scales)?;
         let w = with_node_view(p, &n.name, o.layout, dims, |v| {
-            panels(codes.id(), v, ACT_BLOCK)
+            panels(packs, codes.id(), v, ACT_BLOCK)
         })?;
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
         held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
@@ -325,9 +327,9 @@ pub(crate) fn qlinear_group(
 
 /// A node's int8 codes in the panel layout for activation blocks of `block` inputs,
 /// packed once per stored tensor `id`.
-fn panels(id: TensorId, w: &QView, block: usize) -> Result<Arc<PackedBlocked>> {
+fn panels(packs: &PackCache, id: TensorId, w: &QView, block: usize) -> Result<Arc<PackedBlocked>> {
     let (rb, layout) = (w.layout.row_bytes(w.cols), w.layout);
-    panel_blocked::packed((id, block), || {
+    packs.int8_blocked((id, block), || {
         PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
             code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c) as i8
         })

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use super::Node;
 use crate::error::Result;
 use crate::ops::batchnorm::BatchStats;
-use crate::ops::packed::PackCache;
+use crate::ops::pack_cache::PackCache;
 use crate::params::ParamStore;
 
 /// Options of one forward pass.
@@ -47,6 +47,9 @@ pub struct NodeRun<'a> {
     /// The values of the node's inputs, in order.
     pub ins: &'a [Tensor],
     pub opts: &'a ForwardOpts,
+    /// Where the node's packed weights are kept: the caller's cache
+    /// ([`ForwardOpts::packed`]) or the one the interpreter keeps with the graph.
+    pub packs: &'a PackCache,
     /// Fusion: a BatchNorm or int8 convolution also applies the ReLU that is its only
     /// reader.
     pub fuse_relu: bool,

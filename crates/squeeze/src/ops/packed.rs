@@ -3,14 +3,11 @@
 //! index k, the 32 weights `W[32p..32p+32][k]` contiguously, so a kernel multiplies a tile of
 //! up to 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no
 //! horizontal sums, every weight loaded once per tile, one sequential stream per panel.
-//! [`PackCache`] keeps the packed copy of each weight for the lifetime of an encoder
-//! (keyed by parameter name and checked against the tensor's identity). The reference is
+//! [`super::pack_cache::PackCache`] keeps the packed copy of each weight (keyed by
+//! parameter name and checked against the tensor's identity). The reference is
 //! candle's matmul; `tests/gradcheck.rs` compares them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use candle_core::{DType, Device, Tensor, TensorId};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::with_cpu;
@@ -230,44 +227,5 @@ mod avx2 {
             _mm256_storeu_ps(op.add(t * COLS), lo[t]);
             _mm256_storeu_ps(op.add(t * COLS + 8), hi[t]);
         }
-    }
-}
-
-/// Packed copies of an encoder's Linear weights, made on first use and kept while the
-/// encoder lives; a weight replaced in the store (new tensor identity) is packed anew.
-#[derive(Debug, Default)]
-pub struct PackCache {
-    map: Mutex<HashMap<String, Packed>>,
-}
-
-/// A cache entry: the identities of the packed weight tensors, and their packed form.
-type Packed = (Vec<TensorId>, Arc<PackedLinear>);
-
-impl PackCache {
-    /// The packed form of parameter `name`, whose current tensor is `w`.
-    pub fn get(&self, name: &str, w: &Tensor) -> Result<Arc<PackedLinear>> {
-        self.get_many(&[name], &[w])
-    }
-
-    /// The packed row-concatenation of weights `ws` (parameters `names`, all [·, K]): one
-    /// product computes every weight's outputs, side by side in `names`' order.
-    pub fn get_many(&self, names: &[&str], ws: &[&Tensor]) -> Result<Arc<PackedLinear>> {
-        let key = names.join("+");
-        let ids: Vec<TensorId> = ws.iter().map(|w| w.id()).collect();
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| Error::Graph("pack cache poisoned".into()))?;
-        if let Some((known, p)) = map.get(&key) {
-            if *known == ids {
-                return Ok(p.clone());
-            }
-        }
-        let p = Arc::new(match ws {
-            [w] => PackedLinear::pack(w)?,
-            _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
-        });
-        map.insert(key, (ids, p.clone()));
-        Ok(p)
     }
 }

@@ -119,7 +119,7 @@ pub(crate) fn select_convs(
 /// recipe entry (serde fields, unknown fields rejected), [`Declared::build`] checks them
 /// (errors name the field) and makes the pass, and [`Declared::HELP`] is its line in
 /// `compress --help` and in the README's recipe reference. Registering it is one line of
-/// [`recipe_passes!`].
+/// the `recipe_passes!` list below.
 pub trait Declared {
     /// What the pass does and its options, in one line (backticked names are fields).
     const HELP: &'static str;

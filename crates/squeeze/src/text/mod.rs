@@ -18,7 +18,7 @@ use crate::interp::{forward_tokens, on_pool, ForwardOpts};
 use crate::kinds::embedding::Embedding;
 use crate::kinds::qembedding::QEmbedding;
 use crate::model::Model;
-use crate::ops::packed::PackCache;
+use crate::ops::pack_cache::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
 
 /// A text model ready to embed: graph, parameters and its tokenizer.

@@ -13,12 +13,8 @@
 //! weight sums kept beside the panels).
 //!
 //! [`PackedI8::product`] equals [`super::gemm_i8_reference`] (transposed to `[m, n]`)
-//! exactly on every path; [`packed`] keeps the packed form of a stored weight for as long
-//! as that tensor lives in the parameter store (a replaced tensor has a new identity).
-
-use std::sync::{Arc, Mutex};
-
-use candle_core::TensorId;
+//! exactly on every path; the caller's [`crate::ops::pack_cache::PackCache`] keeps the
+//! packed form of a stored weight by its identity (a replaced tensor has a new one).
 
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -179,59 +175,6 @@ pub(super) fn panel_bytes(n: usize, k: usize, code: impl Fn(usize, usize) -> u8)
         }
     }
     data
-}
-
-/// Packed weights kept beyond one call, at most this many per form (the oldest go first).
-const CACHE_CAP: usize = 64;
-
-/// Packed forms of stored weight tensors, by tensor identity (a replaced tensor has a new
-/// one) and whatever else the form depends on (`K`), made on first use.
-pub struct Cache<T, K = TensorId> {
-    entries: Mutex<Vec<(K, Arc<T>)>>,
-}
-
-impl<T, K: PartialEq + Copy> Default for Cache<T, K> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T, K: PartialEq + Copy> Cache<T, K> {
-    pub const fn new() -> Self {
-        Cache {
-            entries: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The packed form under key `id`, made by `make` on first use.
-    pub fn get(&self, id: K, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
-        let poisoned = || Error::Graph("int8 pack cache poisoned".into());
-        if let Some((_, p)) = self
-            .entries
-            .lock()
-            .map_err(|_| poisoned())?
-            .iter()
-            .find(|e| e.0 == id)
-        {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(make()?);
-        let mut c = self.entries.lock().map_err(|_| poisoned())?;
-        if !c.iter().any(|e| e.0 == id) {
-            if c.len() == CACHE_CAP {
-                c.remove(0);
-            }
-            c.push((id, p.clone()));
-        }
-        Ok(p)
-    }
-}
-
-static CACHE: Cache<PackedI8> = Cache::new();
-
-/// The packed form of the stored codes tensor `id`, made by `make` on first use.
-pub fn packed(id: TensorId, make: impl FnOnce() -> Result<PackedI8>) -> Result<Arc<PackedI8>> {
-    CACHE.get(id, make)
 }
 
 /// Channels-last i32 products to channels-first f32 outputs: for `m` tokens and every

@@ -22,12 +22,9 @@
 //! [`linear_packed`] runs one layer or a q/k/v group over token and channel tiles in
 //! parallel.
 
-use std::sync::Arc;
-
-use candle_core::TensorId;
 use rayon::prelude::*;
 
-use super::panel::{panel_bytes, Cache, KG, NR};
+use super::panel::{panel_bytes, KG, NR};
 use super::quantize::{round_code_to, LINEAR_ACT_MAX};
 use super::Ptr;
 use crate::error::{Error, Result};
@@ -345,17 +342,6 @@ impl PackedBlocked {
             }
         }
     }
-}
-
-static CACHE: Cache<PackedBlocked, (TensorId, usize)> = Cache::new();
-
-/// The packing of the stored codes tensor `id` for activation blocks of `block` inputs,
-/// made by `make` on first use.
-pub fn packed(
-    (id, block): (TensorId, usize),
-    make: impl FnOnce() -> Result<PackedBlocked>,
-) -> Result<Arc<PackedBlocked>> {
-    CACHE.get((id, block), make)
 }
 
 /// One packed int8 layer of a [`linear_packed`] call: one weight scale per output

@@ -1,0 +1,130 @@
+//! The one cache of packed weights: a model's weights in the layouts the kernels read
+//! ([`super::packed::PackedLinear`] for f32 Linear layers, [`PackedI8`] and
+//! [`PackedBlocked`] for int8), made on first use and owned by the caller — a text encoder
+//! keeps one for its lifetime, and the interpreter keeps one with the graph it runs — so
+//! nothing stays packed after its model is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Tensor, TensorId};
+
+use super::packed::PackedLinear;
+use super::qgemm::panel::PackedI8;
+use super::qgemm::panel_blocked::PackedBlocked;
+use crate::error::{Error, Result};
+
+/// Packed weights kept beyond one call, at most this many per form (the oldest go first).
+const CACHE_CAP: usize = 64;
+
+/// Packed forms of stored weight tensors, by tensor identity (a replaced tensor has a new
+/// one) and whatever else the form depends on (`K`), made on first use.
+struct Kept<T, K> {
+    entries: Mutex<Vec<(K, Arc<T>)>>,
+}
+
+impl<T, K: PartialEq + Copy> Default for Kept<T, K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T, K: PartialEq + Copy> Kept<T, K> {
+    const fn new() -> Self {
+        Kept {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The packed form under key `id`, made by `make` on first use.
+    fn get(&self, id: K, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let poisoned = || Error::Graph("int8 pack cache poisoned".into());
+        if let Some((_, p)) = self
+            .entries
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .find(|e| e.0 == id)
+        {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(make()?);
+        let mut c = self.entries.lock().map_err(|_| poisoned())?;
+        if !c.iter().any(|e| e.0 == id) {
+            if c.len() == CACHE_CAP {
+                c.remove(0);
+            }
+            c.push((id, p.clone()));
+        }
+        Ok(p)
+    }
+}
+
+/// The packed forms of a model's weights, made on first use and kept by their owner (a
+/// text encoder, or the graph being run): f32 Linear panels by parameter name (checked
+/// against the tensors' identities), int8 panels by the identity of the stored codes
+/// tensor (a replaced tensor has a new one and is packed anew).
+#[derive(Default)]
+pub struct PackCache {
+    map: Mutex<HashMap<String, Packed>>,
+    int8: Kept<PackedI8, TensorId>,
+    blocked: Kept<PackedBlocked, (TensorId, usize)>,
+}
+
+impl std::fmt::Debug for PackCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PackCache")
+    }
+}
+
+/// A cache entry: the identities of the packed weight tensors, and their packed form.
+type Packed = (Vec<TensorId>, Arc<PackedLinear>);
+
+impl PackCache {
+    /// The packed form of parameter `name`, whose current tensor is `w`.
+    pub fn get(&self, name: &str, w: &Tensor) -> Result<Arc<PackedLinear>> {
+        self.get_many(&[name], &[w])
+    }
+
+    /// The packed row-concatenation of weights `ws` (parameters `names`, all [·, K]): one
+    /// product computes every weight's outputs, side by side in `names`' order.
+    pub fn get_many(&self, names: &[&str], ws: &[&Tensor]) -> Result<Arc<PackedLinear>> {
+        let key = names.join("+");
+        let ids: Vec<TensorId> = ws.iter().map(|w| w.id()).collect();
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| Error::Graph("pack cache poisoned".into()))?;
+        if let Some((known, p)) = map.get(&key) {
+            if *known == ids {
+                return Ok(p.clone());
+            }
+        }
+        let p = Arc::new(match ws {
+            [w] => PackedLinear::pack(w)?,
+            _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
+        });
+        map.insert(key, (ids, p.clone()));
+        Ok(p)
+    }
+
+    /// The int8 panels of the stored codes tensor `id` (the static convolution's), made
+    /// by `make` on first use.
+    pub fn int8(
+        &self,
+        id: TensorId,
+        make: impl FnOnce() -> Result<PackedI8>,
+    ) -> Result<Arc<PackedI8>> {
+        self.int8.get(id, make)
+    }
+
+    /// The int8 panels of the stored codes tensor `id` for activation blocks of `block`
+    /// inputs (the quantized Linear's), made by `make` on first use.
+    pub fn int8_blocked(
+        &self,
+        (id, block): (TensorId, usize),
+        make: impl FnOnce() -> Result<PackedBlocked>,
+    ) -> Result<Arc<PackedBlocked>> {
+        self.blocked.get((id, block), make)
+    }
+}
