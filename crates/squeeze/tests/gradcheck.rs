@@ -3,7 +3,7 @@
 //! interpreter works around.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use squeeze::ops::{act, batchnorm, conv, pool};
+use squeeze::ops::{batchnorm, conv, pool, relu};
 
 mod common;
 use common::{lcg, max_abs, values_of};
@@ -127,13 +127,13 @@ fn grad_batchnorm_fused_and_bn_relu() {
 #[test]
 fn grad_relu_pools_linear_and_loss() {
     check("relu", &[rand(&[2, 3, 4, 4], 9)], |t| {
-        act::relu(&t[0]).unwrap()
+        relu::relu(&t[0]).unwrap()
     });
     check("max_pool k2", &[rand(&[2, 2, 5, 4], 10)], |t| {
-        act::max_pool2d(&t[0], 2, 2).unwrap()
+        pool::max_pool2d(&t[0], 2, 2).unwrap()
     });
     check("max_pool k3 s2", &[rand(&[2, 2, 7, 6], 19)], |t| {
-        act::max_pool2d(&t[0], 3, 2).unwrap()
+        pool::max_pool2d(&t[0], 3, 2).unwrap()
     });
     check("avg_pool k2", &[rand(&[2, 2, 4, 6], 11)], |t| {
         pool::avg_pool2d(&t[0], 2, 2).unwrap()
@@ -275,11 +275,11 @@ fn one_pass_eval_batchnorm_matches_the_candle_composition() {
 #[test]
 fn fast_max_pool_matches_reshape_reference() {
     let x = Var::from_tensor(&f32r(&[2, 3, 7, 6], 40)).unwrap();
-    let fast = act::max_pool2d(x.as_tensor(), 2, 2).unwrap();
-    let refr = pool::max_pool2d(x.as_tensor(), 2, 2).unwrap();
+    let fast = pool::max_pool2d(x.as_tensor(), 2, 2).unwrap();
+    let refr = pool::max_pool2d_reference(x.as_tensor(), 2, 2).unwrap();
     assert_eq!(fast.dims(), &[2, 3, 3, 3]);
     // overlapping windows: forward against candle's kernel
-    let f3 = act::max_pool2d(x.as_tensor(), 3, 2).unwrap();
+    let f3 = pool::max_pool2d(x.as_tensor(), 3, 2).unwrap();
     let r3 = x.as_tensor().max_pool2d_with_stride(3, 2).unwrap();
     assert_eq!(f3.dims(), r3.dims());
     assert_eq!(max_abs(&f3, &r3), 0.0);
@@ -308,7 +308,7 @@ fn max_pool_gradient_sums_to_output_count_unlike_candle() {
         gx.sum_all().unwrap().to_scalar::<f32>().unwrap()
     };
     assert_eq!(
-        grad_total(act::max_pool2d(x.as_tensor(), 2, 2).unwrap()),
+        grad_total(pool::max_pool2d(x.as_tensor(), 2, 2).unwrap()),
         8.0
     );
     let t = grad_total(x.as_tensor().max_pool2d(2).unwrap());

@@ -13,9 +13,9 @@ use squeeze::isa;
 use squeeze::kinds::qlinear::{ActQuant, QLinear};
 use squeeze::math::hessian::InputStats;
 use squeeze::ops::qgemm;
+use squeeze::ops::qgemm::quantize::quantize_rows;
 use squeeze::params::ParamStore;
 use squeeze::passes::{run_recipe, Recipe};
-use squeeze::quant::act::quantize_rows;
 use squeeze::quant::gptq::{gptq, output_error, GptqOpts};
 use squeeze::quant::layout::{Layout, Scales};
 use squeeze::quant::QWeight;
@@ -374,7 +374,7 @@ const BLOCKED_TOL: f32 = 1e-5;
 #[test]
 fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
     use qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart, OFFSET};
-    use squeeze::quant::act::LINEAR_ACT_MAX;
+    use squeeze::ops::qgemm::quantize::LINEAR_ACT_MAX;
     for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
         let mut x = uniform(m * k, 17 + k as u64);
         x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows

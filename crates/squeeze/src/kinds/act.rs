@@ -9,7 +9,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::{act, fast, text};
+use crate::ops::{fast, relu, text};
 
 /// `max(0, x)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl LayerKind for Relu {
     }
     elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        act::relu(cx.x())
+        relu::relu(cx.x())
     }
 }
 

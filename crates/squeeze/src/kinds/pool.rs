@@ -10,7 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, positive, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::{act, pool};
+use crate::ops::pool;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +76,7 @@ impl LayerKind for MaxPool2d {
         pooled(ins, self.kernel, self.stride)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        act::max_pool2d(cx.x(), self.kernel, self.stride)
+        pool::max_pool2d(cx.x(), self.kernel, self.stride)
     }
 }
 

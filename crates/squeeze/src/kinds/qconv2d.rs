@@ -105,7 +105,7 @@ impl LayerKind for QConv2d {
             if x.track_op() || x.dtype() != DType::F32 {
                 let y = qconv::simulated(&g, x, w, sa, bias.as_deref(), relu)?;
                 return match pool {
-                    Some((k, s)) => crate::ops::act::max_pool2d(&y, k, s),
+                    Some((k, s)) => crate::ops::pool::max_pool2d(&y, k, s),
                     None => Ok(y),
                 };
             }

@@ -160,7 +160,7 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let masked;
         let dy = if self.relu {
-            masked = super::act::relu_grad(res, dy).map_err(super::op_err)?;
+            masked = super::relu::relu_grad(res, dy).map_err(super::op_err)?;
             &masked
         } else {
             dy

@@ -5,7 +5,6 @@
 //! operations, composed from differentiable candle primitives (the reference), with fused
 //! f32 kernels for inference and for training ([`fast`], [`fast::grad`]).
 
-pub mod act;
 pub mod batchnorm;
 pub mod conv;
 mod conv_geo;
@@ -17,6 +16,7 @@ pub mod packed;
 pub mod pool;
 pub mod qconv;
 pub mod qgemm;
+pub mod relu;
 pub mod sparse;
 pub mod text;
 

@@ -20,8 +20,9 @@ use crate::kinds::qembedding::QEmbedding;
 use crate::kinds::qlinear::{ActQuant, QLinear};
 use crate::math::qlayout::Layout;
 use crate::model::Model;
+use crate::ops::qgemm::quantize::LINEAR_ACT_MAX;
 use crate::prune::obs::InputStats;
-use crate::quant::act::{Clip, RangeStats, LINEAR_ACT_MAX};
+use crate::quant::calibrate::{Clip, RangeStats};
 use crate::quant::gptq::{gptq, GptqOpts};
 use crate::quant::QWeight;
 

@@ -9,7 +9,7 @@ use super::{Declared, Pass, Quantize, Rounding};
 use crate::error::{Error, Result};
 use crate::kinds::qlinear::ActQuant;
 use crate::math::qlayout::{Layout, Scales};
-use crate::quant::act::Clip;
+use crate::quant::calibrate::Clip;
 use crate::quant::gptq::GptqOpts;
 
 /// How the `quantize` pass rounds weights.

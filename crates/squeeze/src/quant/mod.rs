@@ -1,6 +1,8 @@
-//! Post-training quantization: the stored format ([`layout`]), round-to-nearest
-//! quantization of a weight (here), GPTQ ([`gptq`], Frantar et al. 2022) and the
-//! activation quantizers of the int8 kernels ([`act`]). A quantized weight is a
+//! Post-training quantization: GPTQ ([`gptq`], Frantar et al. 2022), the calibration of
+//! static activation scales ([`calibrate`]) and the non-zero count of quantized weights.
+//! The stored format ([`layout`]) and round-to-nearest quantization ([`QWeight`]) are
+//! shared maths (`crate::math`); the activation quantizer of the int8 kernels is a kernel
+//! (`crate::ops::qgemm::quantize`). A quantized weight is a
 //! [`QWeight`]: packed codes, scales and optional zero points in the layout it names; the
 //! `qlinear` and `qembedding` kinds hold its three tensors, and the `quantize` pass maps
 //! selected Linear / Embedding nodes to them (the shape of burn's quantizer: a mapper
@@ -14,7 +16,7 @@
 //! assert!(w.iter().zip(&back).all(|(a, b)| (a - b).abs() <= 1.0 / 127.0 / 2.0 + 1e-7));
 //! ```
 
-pub mod act;
+pub mod calibrate;
 pub mod gptq;
 
 use crate::error::Result;

@@ -7,10 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::ops::qgemm::quantize::{
-    quantize_rows, round_code, round_code_to, QRows, ACT_BLOCK, LINEAR_ACT_MAX,
-};
-
 /// How a static activation scale is chosen from calibration data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
