@@ -305,3 +305,25 @@ fn dropout_is_seeded_scaled_in_training_and_identity_in_eval() {
     assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
     assert_eq!(max_abs(&predict(&g, &p, &x).unwrap(), &x), 0.0);
 }
+
+/// The run plan is compiled once per graph and mode and kept with the graph, but an edited
+/// graph never runs a stale plan: a node appended after a forward runs in the next one.
+#[test]
+fn an_edited_graph_runs_a_new_plan() {
+    use squeeze::graph::{Node, Op};
+    let mut m = small("mlp");
+    let x = batch(2, 1);
+    let before = predict(&m.graph, &m.params, &x).unwrap();
+    let kept = m.graph.cache.len();
+    predict(&m.graph, &m.params, &x).unwrap();
+    assert_eq!(m.graph.cache.len(), kept, "the second forward compiles nothing");
+    let last = m.graph.output.clone();
+    m.graph.nodes.push(Node {
+        name: "extra_relu".into(),
+        inputs: vec![last],
+        op: Op::Relu,
+    });
+    m.graph.output = "extra_relu".into();
+    let after = predict(&m.graph, &m.params, &x).unwrap();
+    assert_eq!(max_abs(&after, &before.relu().unwrap()), 0.0);
+}
