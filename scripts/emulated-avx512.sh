@@ -9,13 +9,15 @@
 # the kernel image, unpacked there too, and the apt packages below (needs root) from the
 # machine's own Debian 12.
 #   usage: bash scripts/emulated-avx512.sh [TEST [FILTER...]]
-#     e.g. bash scripts/emulated-avx512.sh quant offset_int8 block_scaled
+#     TEST: an integration test of crates/squeeze/tests, or `lib` for the kernels' own
+#     exactness tests inside the crate (src/ops/tests)
+#     e.g. bash scripts/emulated-avx512.sh lib offset_int8 block_scaled
 # It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512.
 # A boot takes about 2 minutes on a 2-core Zen 3; the tests themselves run ~50x slower than
 # natively. BOCHS_TIMEOUT (seconds, default 1800) bounds the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-test_name="${1:-quant}"
+test_name="${1:-lib}"
 shift || true
 filters=("$@")
 emu=target/emu
@@ -65,12 +67,13 @@ lib="$emu/root-libc6/usr/lib/x86_64-linux-gnu"
 chmod +x "$emu/bochs"
 
 # the test binary, its shared libraries and a busybox shell as the initramfs
-bin=$(cargo test --release --test "$test_name" --no-run --message-format=json 2>/dev/null |
+if [[ $test_name == lib ]]; then target=(-p squeeze --lib); kind=lib; else target=(--test "$test_name"); kind=test; fi
+bin=$(cargo test --release "${target[@]}" --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == [sys.argv[1]] and m.get("executable"):
+        print(m["executable"])' "$kind")
 [[ -x $bin ]] || { echo "no test binary for $test_name" >&2; exit 1; }
 rootfs="$emu/initramfs"
 rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,proc,dev,tmp}

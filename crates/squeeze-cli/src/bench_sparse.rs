@@ -15,7 +15,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use squeeze::eval::{image_speeds, median_time};
 use squeeze::kinds::linear::linear;
-use squeeze::ops::sparse::{spmm, CsrOwned};
+use squeeze::kinds::sparse_linear::csr_product;
+use squeeze::math::csr::CsrOwned;
 
 use crate::measure::median;
 use crate::write_json;
@@ -107,7 +108,6 @@ fn measure(
         .map(|v| if v.abs() < thr { 0.0 } else { *v })
         .collect();
     let owned = CsrOwned::from_dense(&pruned, rows, cols);
-    let a = owned.view();
     let dev = Device::Cpu;
     let wt = Tensor::from_vec(pruned, (rows, cols), &dev)?;
     let x = pseudo_random(m * cols, 7);
@@ -115,7 +115,9 @@ fn measure(
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
-        sparse.push(median_time(3, runs, || spmm(&a, &x, m).map(|_| ()))?);
+        sparse.push(median_time(3, runs, || {
+            csr_product(&owned, &x, m).map(|_| ())
+        })?);
     }
     Ok((median(&mut dense) * 1e3, median(&mut sparse) * 1e3))
 }

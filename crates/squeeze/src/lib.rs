@@ -25,7 +25,7 @@ pub mod isa;
 pub mod kinds;
 pub mod math;
 pub mod model;
-pub mod ops;
+pub(crate) mod ops;
 pub mod params;
 pub mod passes;
 pub mod prune;
@@ -37,3 +37,7 @@ pub mod zoo;
 
 pub use error::{Error, Result};
 pub use model::Model;
+
+// the kernels' tests inside the crate name it as the integration tests do
+#[cfg(test)]
+extern crate self as squeeze;

@@ -9,9 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use squeeze::graph::{Graph, Op};
 use squeeze::interp::ForwardOpts;
-use squeeze::isa::{self, Isa};
 use squeeze::kinds::{Inputs, NodeRun, TensorRole};
-use squeeze::ops::{fast, packed::PackedLinear, text};
 use squeeze::{checkpoint, Model};
 
 mod common;
@@ -57,7 +55,7 @@ fn run(op: &Op, params: &squeeze::params::ParamStore, ins: &[Tensor]) -> Tensor 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut stats = Vec::new();
     let opts = ForwardOpts::eval();
-    let packs = squeeze::ops::pack_cache::PackCache::default();
+    let packs = squeeze::interp::PackCache::default();
     let mut cx = NodeRun {
         node: &node,
         params,
@@ -158,89 +156,6 @@ fn every_kind_is_defined_completely_and_its_kernel_matches_its_reference() {
             "{kind}: f32 kernel vs f64 reference differ by {d}"
         );
     }
-}
-
-#[test]
-fn every_supported_isa_path_matches_the_reference() {
-    let paths = isa::supported();
-    eprintln!(
-        "kernel paths tested on this CPU: {:?} (active: {:?})",
-        paths,
-        isa::active()
-    );
-    for isa in paths {
-        for m in [1, 2, 5, 12, 13, 40] {
-            let (k, n) = (37, 45); // tails in every vector width
-            let (x, w, b) = (rand_t(&[m, k], 1), rand_t(&[n, k], 2), rand_t(&[n], 3));
-            let want = x
-                .matmul(&w.t().unwrap())
-                .unwrap()
-                .broadcast_add(&b)
-                .unwrap();
-            let got = fast::linear_with(isa, &x, &w, Some(&b)).unwrap();
-            assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} linear m={m}");
-            let packed = PackedLinear::pack(&w).unwrap();
-            let got = packed.matmul_with(isa, &x, Some(&b)).unwrap();
-            assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} packed m={m}");
-        }
-        let x = (rand_t(&[3, 5, 24], 4) * 3.0).unwrap();
-        let (g, b) = (rand_t(&[24], 5), rand_t(&[24], 6));
-        let ln = text::layer_norm(&x, &g, &b, 1e-12).unwrap();
-        let d = max_abs(&fast::layer_norm_with(isa, &x, &g, &b, 1e-12).unwrap(), &ln);
-        assert!(d < PATH_TOL, "{isa:?} layer_norm {d}");
-        let d = max_abs(&fast::gelu_with(isa, &x).unwrap(), &text::gelu(&x).unwrap());
-        assert!(d < PATH_TOL, "{isa:?} gelu {d}");
-        let (q, kk, v) = (
-            rand_t(&[2, 5, 12], 7),
-            rand_t(&[2, 5, 12], 8),
-            rand_t(&[2, 5, 12], 9),
-        );
-        let mask = Tensor::from_vec(
-            vec![1f32, 1., 1., 0., 0., 1., 1., 1., 1., 1.],
-            (2, 5),
-            &Device::Cpu,
-        )
-        .unwrap();
-        // padding at the end, then a sample without real keys and one with holes: the
-        // fast kernel skips masked keys, the reference weighs them by exp(−10⁹)
-        let holes = Tensor::from_vec(
-            vec![0f32, 0., 0., 0., 0., 1., 0., 1., 1., 0.],
-            (2, 5),
-            &Device::Cpu,
-        )
-        .unwrap();
-        for m in [&mask, &holes] {
-            let want = text::attention(&q, &kk, &v, m, 3, 4).unwrap();
-            let got = fast::attention_with(isa, &q, &kk, &v, m, 3, 4).unwrap();
-            assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} attention");
-        }
-    }
-    let ts = [
-        rand_t(&[3, 7], 10),
-        rand_t(&[3, 7], 11),
-        rand_t(&[3, 7], 12),
-    ];
-    let want = ((&ts[0] + &ts[1]).unwrap() + &ts[2]).unwrap();
-    let got = fast::sum(&[&ts[0], &ts[1], &ts[2]]).unwrap();
-    assert!(max_abs(&got, &want) < PATH_TOL, "sum");
-    assert!(fast::sum(&[&ts[0], &rand_t(&[7, 3], 1)]).is_err());
-}
-
-#[test]
-fn unsupported_or_unknown_isa_is_refused_with_a_clear_error() {
-    let e = Isa::parse("avx9").unwrap_err().to_string();
-    assert!(
-        e.contains("avx9") && e.contains("avx512, avx2 or scalar"),
-        "{e}"
-    );
-    for isa in Isa::ALL.into_iter().filter(|i| !i.is_supported()) {
-        let x = rand_t(&[1, 4], 1);
-        let e = fast::linear_with(isa, &x, &x, None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(isa.name()) && e.contains("lacks"), "{e}");
-    }
-    assert!(Isa::Scalar.is_supported());
 }
 
 fn zoo_dir(arch: &str) -> std::path::PathBuf {

@@ -316,7 +316,11 @@ fn an_edited_graph_runs_a_new_plan() {
     let before = predict(&m.graph, &m.params, &x).unwrap();
     let kept = m.graph.cache.len();
     predict(&m.graph, &m.params, &x).unwrap();
-    assert_eq!(m.graph.cache.len(), kept, "the second forward compiles nothing");
+    assert_eq!(
+        m.graph.cache.len(),
+        kept,
+        "the second forward compiles nothing"
+    );
     let last = m.graph.output.clone();
     m.graph.nodes.push(Node {
         name: "extra_relu".into(),

@@ -19,7 +19,8 @@ use crate::graph::{Graph, Node, INPUT, MASK};
 pub use crate::kinds::ForwardOpts;
 use crate::kinds::{Absorb, NodeRun};
 use crate::ops::batchnorm;
-use crate::ops::pack_cache::PackCache;
+/// The caller-owned cache of packed weights that [`ForwardOpts::packed`] takes.
+pub use crate::ops::pack_cache::PackCache;
 use crate::params::ParamStore;
 
 /// A captured node: its inputs and its output.

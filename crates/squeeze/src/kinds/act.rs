@@ -1,7 +1,7 @@
-//! Element-wise activations: ReLU (one-pass forward and backward, [`crate::ops::relu`]) and
+//! Element-wise activations: ReLU (one-pass forward and backward, `crate::ops::relu`) and
 //! GELU in BERT's erf form (Hendrycks & Gimpel 2016; inference by a rational erf in one
-//! pass, [`crate::ops::fast`], tested against the differentiable composition of
-//! [`crate::ops::text`]). No tensors; channels pass through unchanged.
+//! pass, `crate::ops::fast`, tested against the differentiable composition of
+//! `crate::ops::text`). No tensors; channels pass through unchanged.
 
 use candle_core::Tensor;
 

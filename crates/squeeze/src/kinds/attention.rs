@@ -3,8 +3,8 @@
 //! the mask; softmax(q·kᵀ/√head_dim + mask bias)·v. No tensors. Coupling: heads are the
 //! channels — a head's group is its head_dim rows of q, k and v (weights and biases) and
 //! the head_dim columns of the layer reading the context; cutting it updates `heads`.
-//! Forward: one fused loop nest per (sample, head) at inference ([`crate::ops::fast`]),
-//! the differentiable composition of [`crate::ops::text`] otherwise.
+//! Forward: one fused loop nest per (sample, head) at inference (`crate::ops::fast`),
+//! the differentiable composition of `crate::ops::text` otherwise.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! Batch normalization (Ioffe & Szegedy 2015) over axis 1 of `[N, C]` or `[N, C, H, W]`.
 //! Tensors `weight`, `bias` (γ, β; trained) and buffers `running_mean`, `running_var`, all
 //! `[C]`. Coupling: every tensor is a per-channel member of its input's space. Forward:
-//! train mode uses the fused one-pass kernel of [`crate::ops::batchnorm`] (optionally with
+//! train mode uses the fused one-pass kernel of `crate::ops::batchnorm` (optionally with
 //! the following ReLU) and reports batch statistics; eval mode the running statistics.
 
 use candle_core::Tensor;

@@ -2,7 +2,7 @@
 //! branches' channel spaces are united, so a residual stage is cut as one group) and
 //! `Concat` along the channel axis (each input's channels keep their own space, at an
 //! offset in the output). No tensors, no MACs. At inference the sum is one pass of
-//! [`fast::sum`] rather than a chain of candle additions.
+//! `fast::sum` rather than a chain of candle additions.
 
 use candle_core::Tensor;
 

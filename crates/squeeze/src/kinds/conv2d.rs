@@ -3,7 +3,7 @@
 //! dense convolution consumes its input channels and creates a new space; a depthwise one
 //! (groups = in = out) carries each channel through as a per-channel member; other grouped
 //! convolutions pin both sides. Forward: im2col + GEMM with a hand-written backward
-//! ([`crate::ops::conv`], gradient-checked), candle's grouped kernel for groups > 1.
+//! (`crate::ops::conv`, gradient-checked), candle's grouped kernel for groups > 1.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

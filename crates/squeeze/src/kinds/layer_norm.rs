@@ -1,7 +1,7 @@
 //! Layer normalization (Ba et al. 2016) over the last axis; tensors `weight`, `bias`
 //! `[dim]`. Coupling: pins its input's channels (the statistics run across them). Forward:
-//! one pass per row at inference ([`crate::ops::fast`]), the differentiable composition of
-//! [`crate::ops::text`] otherwise (candle's fused layer_norm has no backward).
+//! one pass per row at inference (`crate::ops::fast`), the differentiable composition of
+//! `crate::ops::text` otherwise (candle's fused layer_norm has no backward).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

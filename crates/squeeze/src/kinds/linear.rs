@@ -2,7 +2,7 @@
 //! (weight-decayed) and `bias` `[out]`. Coupling: consumes its input's channels as weight
 //! columns and creates a new channel space (weight rows, bias). Forward: candle's matmul
 //! (differentiable, large batches); for a few rows at inference the weight-streaming
-//! kernel of [`crate::ops::fast`], or packed panels ([`crate::ops::packed`]) when the
+//! kernel of `crate::ops::fast`, or packed panels (`crate::ops::packed`) when the
 //! caller keeps a pack cache — both tested against the matmul.
 
 use candle_core::{DType, Tensor};

@@ -1,5 +1,5 @@
 //! Spatial pooling over `[C, H, W]`: max and average pooling with a square window (floor
-//! mode, no padding; max pooling by the one-pass kernel of [`crate::ops::pool`], whose
+//! mode, no padding; max pooling by the one-pass kernel of `crate::ops::pool`, whose
 //! backward is right where candle 0.11's is not) and global average pooling to `[C]`. No
 //! tensors; channels pass through unchanged.
 

@@ -2,7 +2,7 @@
 //! makes of a Conv2d node under `activations = "static"`. Tensors: `weight_q` (int8 codes
 //! `[out, in·k·k]`, standing for `[out, in, k, k]`), `weight_scale` (per output channel
 //! or one), `input_scale` (`[1]`, calibrated) and `bias`. Inference quantizes the input
-//! with its static scale and runs the int8 kernel of [`crate::ops::qconv`] (packed
+//! with its static scale and runs the int8 kernel of `crate::ops::qconv` (packed
 //! panels, exact i32 sums, rescale with bias), applying the ReLU it absorbs and, at
 //! inference, the max-pool after it on the i32 products. Any other caller (gradients,
 //! f64) gets the simulated layer of the same module, the kernel's reference. Coupling:

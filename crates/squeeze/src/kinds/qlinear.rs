@@ -6,9 +6,9 @@
 //! `model.json` says what the bytes mean and the loader checks every size.
 //!
 //! Activations (`act`): `dynamic` int8 (at run time, one scale per 32 consecutive inputs
-//! of each row, [`ACT_BLOCK`]) or `static` int8 (the calibrated `input_scale`: the
-//! clipping value / 64) run the exact int8 kernel of [`crate::ops::qgemm::panel_blocked`],
-//! whose codes are in [−64, 64] ([`LINEAR_ACT_MAX`]);
+//! of each row, `ACT_BLOCK`) or `static` int8 (the calibrated `input_scale`: the
+//! clipping value / 64) run the exact int8 kernel of `crate::ops::qgemm::panel_blocked`,
+//! whose codes are in [−64, 64] (`LINEAR_ACT_MAX`);
 //! `none` keeps f32 activations against int4 weights (weight-only; above 64 rows the layer's
 //! codes are widened once per call into a transient f32 copy for the f32 product). Any
 //! other caller (f64,

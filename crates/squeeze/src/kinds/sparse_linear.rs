@@ -2,7 +2,7 @@
 //! `[out, in]` stored in compressed sparse rows — `values` `[nnz]` (f32), `indices`
 //! `[nnz]` (u32 column of each value), `indptr` `[out + 1]` (u32 row starts) — and
 //! `bias` `[out]`. What `materialize` makes of a masked Linear whose sparsity makes CSR
-//! pay. Inference runs the CSR kernels of [`crate::ops::sparse`]; any other caller (f64,
+//! pay. Inference runs the CSR kernels of `crate::ops::sparse`; any other caller (f64,
 //! gradients through the input) gets the dense reconstruction, which is also the
 //! reference. Not trainable: fine-tune the masked model before materializing. Coupling:
 //! like Linear (columns consume the input's channels, rows make a new space), but a
@@ -16,7 +16,8 @@ use super::Dtype;
 use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::sparse::{self, Csr, CsrOwned};
+use crate::math::csr::{Csr, CsrOwned};
+use crate::ops::sparse;
 use crate::ops::with_cpu;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,4 +196,10 @@ pub(crate) fn example() -> super::Example {
             ),
         ],
     }
+}
+
+/// The kind's inference product on a CSR weight, as its forward runs it on f32 inputs:
+/// `[m, out]` from `x` `[m, in]` (row-major), without the bias.
+pub fn csr_product(w: &CsrOwned, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    sparse::spmm(&w.view(), x, m)
 }

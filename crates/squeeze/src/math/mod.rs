@@ -6,6 +6,7 @@
 //! uses nothing but the error type.
 
 pub mod codec;
+pub mod csr;
 pub mod hessian;
 pub mod huffman;
 pub mod linalg;

@@ -333,6 +333,7 @@ fn eval_f32(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Te
 
 /// Plain reference for training-mode BatchNorm, composed of candle ops (autograd through
 /// every step). Used only in tests of the fused kernel.
+#[cfg(test)]
 pub fn reference_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let c = gamma.dim(0)?;
     let shp = chan_shape(c, x.rank());

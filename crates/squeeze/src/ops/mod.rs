@@ -20,6 +20,9 @@ pub mod relu;
 pub mod sparse;
 pub mod text;
 
+#[cfg(test)]
+mod tests;
+
 use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};
 
 use crate::error::{Error, Result};

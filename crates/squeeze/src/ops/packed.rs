@@ -5,7 +5,7 @@
 //! horizontal sums, every weight loaded once per tile, one sequential stream per panel.
 //! [`super::pack_cache::PackCache`] keeps the packed copy of each weight (keyed by
 //! parameter name and checked against the tensor's identity). The reference is
-//! candle's matmul; `tests/gradcheck.rs` compares them.
+//! candle's matmul; `ops/tests/gradcheck.rs` compares them.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;

@@ -15,6 +15,7 @@ use crate::error::Result;
 
 /// Floor-mode max pooling of [N, C, H, W] (reference; window = stride, else candle's
 /// forward-only-trusted kernel).
+#[cfg(test)]
 pub fn max_pool2d_reference(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if kernel != stride {

@@ -3,7 +3,7 @@
 //! `percentile` clips at a percentile of |x|; `mse` picks the clipping value that
 //! minimizes the squared quantization error of the calibration sample (the rounding error
 //! of small values against the clipping error of the few large ones). The quantizer of
-//! the activations themselves is a kernel ([`crate::ops::qgemm::quantize`]).
+//! the activations themselves is a kernel (`crate::ops::qgemm::quantize`).
 
 use serde::{Deserialize, Serialize};
 

@@ -132,3 +132,30 @@ pub fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     d
 }
+
+/// Weights with a few large outliers, as trained layers have.
+pub fn weights(n: usize, seed: u64) -> Vec<f32> {
+    uniform(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 5 { 6.0 * v } else { 0.1 * v })
+        .collect()
+}
+
+pub fn layouts() -> Vec<squeeze::quant::layout::Layout> {
+    use squeeze::quant::layout::{Layout, Scales};
+    let l = |bits, scales, zero_point| Layout {
+        bits,
+        scales,
+        zero_point,
+    };
+    vec![
+        Layout::INT8_CHANNEL,
+        l(8, Scales::Tensor, false),
+        l(8, Scales::Group(16), false),
+        l(4, Scales::Channel, false),
+        l(4, Scales::Group(32), false),
+        l(4, Scales::Group(64), true),
+        l(4, Scales::Tensor, true),
+    ]
+}

@@ -1,7 +1,7 @@
 //! Inference kernels for small batches of tokens (batch-1 sentence embedding), used by the
 //! interpreter only when no tensor involved tracks gradients; the differentiable
 //! compositions in [`super::text`] and candle's matmul are their references, and
-//! `tests/gradcheck.rs` holds each kernel to them.
+//! `ops/tests/gradcheck.rs` holds each kernel to them.
 //!
 //! At a dozen tokens, candle's general path spends its time in per-op dispatch and thread
 //! wake-ups (about 50 tensor ops per encoder layer) and in a GEMM tuned for large

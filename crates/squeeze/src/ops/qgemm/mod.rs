@@ -51,6 +51,7 @@ const PAR_MACS: usize = 1 << 18;
 const ROWS_PER_TASK: usize = 16;
 
 /// Reference: `acc` `[n, m]` with `acc[j, i] = Σ_k a[i, k]·w[j, k]`.
+#[cfg(test)]
 pub fn gemm_i8_reference(a: &[i8], w: &[u8], m: usize, n: usize, k: usize) -> Vec<i32> {
     let mut out = vec![0i32; n * m];
     for j in 0..n {
@@ -91,6 +92,7 @@ fn block_sums(x: &[f32], m: usize, k: usize, bl: usize) -> Vec<f32> {
 }
 
 /// Reference weight-only int4 product: `[n, m]`, row j = Σ_blocks s·(Σ x·n − z·Σ x).
+#[cfg(test)]
 pub fn gemm_q4_reference(x: &[f32], w: &QView, m: usize) -> Vec<f32> {
     let (l, k) = (&w.layout, w.cols);
     let (rb, bl) = (l.row_bytes(k), l.block_len(k));

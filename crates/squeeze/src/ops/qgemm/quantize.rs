@@ -8,7 +8,7 @@
 //! `vpmaddubsw` pair sums cannot saturate. The vector row quantizer is
 //! [`quantize_row`]; [`round_code_to`] is its scalar reference.
 
-pub use super::round::{round_code, round_code_to};
+pub use super::round::round_code_to;
 #[cfg(target_arch = "x86_64")]
 use crate::isa::{self, Isa};
 

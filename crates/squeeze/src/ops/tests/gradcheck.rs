@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use squeeze::ops::{batchnorm, conv, pool, relu};
 
-mod common;
+use super::common;
 use common::{lcg, max_abs, values_of};
 
 /// Max relative error allowed between autograd and central differences (f64).

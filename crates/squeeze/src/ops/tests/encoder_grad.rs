@@ -2,7 +2,7 @@
 //! the compositions of candle ops they replace: outputs and the gradients of every input
 //! agree within f32 rounding, on shapes with padding in the attention mask.
 
-mod common;
+use super::common;
 
 use candle_core::{Device, Tensor, Var};
 use squeeze::ops::{fast::grad, text};

@@ -1,0 +1,424 @@
+//! The int8 and int4 kernels against their plain references on every path this CPU has:
+//! the packed int8 panels (exact i32 sums), the channels-last reorder, the offset-code
+//! panels of the quantized Linear, block-scaled layers, the int4 kernel and the pooled
+//! products of the fused max-pool.
+
+use super::common::{layouts, uniform, weights};
+use squeeze::isa;
+use squeeze::ops::qgemm;
+use squeeze::ops::qgemm::quantize::quantize_rows;
+use squeeze::quant::QWeight;
+
+/// Slack over the half-scale bound for f32 rounding of `v / s` and `s·q`.
+const ROUND_SLACK: f32 = 1e-6;
+/// Relative tolerance of the int4 kernel paths (float sums in another order).
+const Q4_TOL: f32 = 1e-4;
+
+#[test]
+fn packed_int8_panels_equal_the_reference_exactly() {
+    use qgemm::panel::PackedI8;
+    // tokens beyond whole tiles, channels beyond whole panels, inputs beyond whole groups
+    for &(m, n, k) in &[
+        (1, 5, 9),
+        (7, 16, 288),
+        (13, 33, 100),
+        (6, 40, 1152),
+        (17, 24, 64),
+    ] {
+        for relu in [false, true] {
+            let mut x = uniform(m * k, 7 + k as u64);
+            if relu {
+                x.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            let q = quantize_rows(&x, k, None, k, 127);
+            let w: Vec<u8> = uniform(n * k, 11 + n as u64)
+                .into_iter()
+                .map(|v| (v * 127.0).round() as i8 as u8)
+                .collect();
+            let want = qgemm::gemm_i8_reference(&q.codes, &w, m, n, k); // [n, m]
+            let p = PackedI8::pack("w", n, k, |j, c| w[j * k + c]).unwrap();
+            // rows padded past the kernel's row length, as im2col rows are
+            let lda = PackedI8::row_len(k) + 4;
+            let (mut a, mut abs) = (vec![0i8; m * lda], vec![0u8; m * lda]);
+            for i in 0..m {
+                a[i * lda..i * lda + k].copy_from_slice(&q.codes[i * k..(i + 1) * k]);
+                abs[i * lda..i * lda + k].copy_from_slice(&q.abs[i * k..(i + 1) * k]);
+            }
+            let ldo = p.padded_n() + 16;
+            for path in isa::supported() {
+                let product = |panels: std::ops::Range<usize>| {
+                    let mut out = vec![-1i32; m * ldo];
+                    p.product(path, (&a, &abs), (m, lda), !relu, panels, &mut out, ldo)
+                        .unwrap();
+                    out
+                };
+                let out = product(0..p.panels());
+                // the panels from the second on, alone: the same columns
+                if p.panels() > 1 {
+                    let part = product(1..p.panels());
+                    let w16 = p.padded_n() - 16;
+                    for i in 0..m {
+                        assert_eq!(
+                            part[i * ldo..i * ldo + w16],
+                            out[i * ldo + 16..i * ldo + 16 + w16]
+                        );
+                    }
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
+                            out[i * ldo + j],
+                            want[j * m + i],
+                            "{} [{m}, {n}, {k}] relu={relu} at ({i}, {j})",
+                            path.name()
+                        );
+                    }
+                    // the padding channels of the last panel are zero
+                    assert!(out[i * ldo + n..i * ldo + p.padded_n()]
+                        .iter()
+                        .all(|&v| v == 0));
+                }
+                // rescaled to channels-first f32 (8×8 blocks and the edges): the same
+                // rounding on every path
+                let scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect();
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 7.0).collect();
+                let mut t = vec![0f32; n * m];
+                qgemm::panel::rescale_transposed(path, &out, (m, ldo), &scale, &bias, relu, &mut t)
+                    .unwrap();
+                for (j, row) in t.chunks_exact(m).enumerate() {
+                    for (i, v) in row.iter().enumerate() {
+                        let y = want[j * m + i] as f32 * scale[j] + bias[j];
+                        let y = if relu { y.max(0.0) } else { y };
+                        assert_eq!(*v, y, "{} rescaled ({j}, {i})", path.name());
+                    }
+                }
+            }
+        }
+    }
+    // −128 is outside the format (the sign transfer would overflow)
+    let e = PackedI8::pack("conv.weight_q", 2, 3, |j, c| {
+        if j == 1 && c == 2 {
+            0x80
+        } else {
+            1
+        }
+    });
+    assert!(e.unwrap_err().to_string().contains("conv.weight_q"));
+    // an output too short for the padded panels, or a panel past the weight's last, is an
+    // error, not a write past the end
+    let p = PackedI8::pack("w", 5, 8, |_, _| 1).unwrap();
+    let product = |panels: std::ops::Range<usize>, out: &mut [i32]| {
+        let ldo = out.len();
+        p.product(
+            isa::Isa::Scalar,
+            (&[0; 8], &[0; 8]),
+            (1, 8),
+            false,
+            panels,
+            out,
+            ldo,
+        )
+    };
+    assert!(product(0..1, &mut [0; 5]).is_err());
+    assert!(product(0..2, &mut [0; 32]).is_err());
+    assert!(product(0..1, &mut [0; 16]).is_ok());
+}
+
+#[test]
+fn channels_last_reorder_is_the_same_permutation_on_every_path() {
+    // whole 8×8 blocks, and channel / pixel edges
+    for &(c, hw) in &[(8, 64), (32, 784), (3, 10), (13, 49), (64, 196)] {
+        let src: Vec<i8> = (0..c * hw).map(|i| (i * 31 % 255) as u8 as i8).collect();
+        for path in isa::supported() {
+            let mut dst = vec![0i8; c * hw];
+            qgemm::panel::to_channels_last(path, &src, (c, hw), &mut dst).unwrap();
+            for ci in 0..c {
+                for px in 0..hw {
+                    assert_eq!(
+                        dst[px * c + ci],
+                        src[ci * hw + px],
+                        "{} [{c}, {hw}]",
+                        path.name()
+                    );
+                }
+            }
+        }
+    }
+    let e = qgemm::panel::to_channels_last(isa::Isa::Scalar, &[0; 6], (2, 4), &mut [0; 8]);
+    assert!(e.is_err());
+}
+
+/// Int8 codes in [−127, 127] (and a few −128, which the paired kernel accepts).
+fn codes(len: usize, seed: u64) -> Vec<i8> {
+    uniform(len, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i % 53 == 7 {
+                -128
+            } else {
+                (v * 127.0).round() as i8
+            }
+        })
+        .collect()
+}
+
+/// Activation codes of the Linear kernel: in [−64, 64], both ends included.
+fn act_codes(len: usize, seed: u64) -> Vec<i8> {
+    uniform(len, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match i % 29 {
+            3 => 64,
+            11 => -64,
+            _ => (v * 64.0).round() as i8,
+        })
+        .collect()
+}
+
+#[test]
+fn offset_int8_panels_equal_the_integer_reference_exactly() {
+    use qgemm::panel_blocked::{OffsetRows, PackedBlocked, OFFSET};
+    // tokens beyond whole tiles, channels beyond whole panels, inputs beyond whole groups
+    // of 4, blocks that do not divide the row, and one block per row; weights of −128
+    // and activations of ±64 give the largest pair sums the kernel's i16 step holds
+    for &(m, n, k, block) in &[
+        (1, 5, 9, 9),
+        (7, 16, 64, 32),
+        (13, 33, 100, 32),
+        (6, 40, 1152, 32),
+        (17, 24, 31, 4),
+        (3, 8, 384, 384),
+        (11, 16, 64, 64),
+    ] {
+        let a = act_codes(m * k, 7 + k as u64);
+        let w = codes(n * k, 11 + n as u64);
+        let wu: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+        let want = qgemm::gemm_i8_reference(&a, &wu, m, n, k); // [n, m]
+        let p = PackedBlocked::pack(n, k, block, |j, c| w[j * k + c]).unwrap();
+        let kp = p.stride();
+        // the row padding is not read as data (its weights are zero)
+        let mut u = vec![200u8; m * kp];
+        for i in 0..m {
+            for c in 0..k {
+                u[i * kp + c] = (a[i * k + c] as i16 + OFFSET as i16) as u8;
+            }
+        }
+        // unit scales: every output is an exact integer sum (well below 2²⁴)
+        let scales = vec![1f32; m * k.div_ceil(block)];
+        let rows = OffsetRows {
+            codes: &u,
+            scales: &scales,
+            block,
+        };
+        let (one, zero) = (vec![1f32; n], vec![0f32; n]);
+        for path in isa::supported() {
+            // every panel sub-range and a token sub-range, into a wider output
+            for (panels, tokens) in [
+                (0..p.panels(), 0..m),
+                (p.panels() / 2..p.panels(), m / 2..m),
+            ] {
+                let ldo = 16 * panels.len() + 3;
+                let mut out = vec![-7f32; tokens.len() * ldo];
+                p.product(
+                    path,
+                    rows,
+                    tokens.clone(),
+                    panels.clone(),
+                    (&one, &zero),
+                    &mut out,
+                    ldo,
+                )
+                .unwrap();
+                for (r, i) in tokens.clone().enumerate() {
+                    for c in 0..ldo {
+                        let j = 16 * panels.start + c;
+                        let expect = match c < 16 * panels.len() && j < n {
+                            true => want[j * m + i] as f32,
+                            false => -7.0, // columns past the weight's channels untouched
+                        };
+                        let got = out[r * ldo + c];
+                        assert_eq!(
+                            got,
+                            expect,
+                            "{} [{m},{n},{k}] token {i} col {c}",
+                            path.name()
+                        );
+                    }
+                }
+            }
+        }
+        // an output too small, panels past the weight's last, or rows quantized in
+        // other blocks are errors
+        let mut small = vec![0f32; 1];
+        let bad = p.product(
+            isa::Isa::Scalar,
+            rows,
+            0..m,
+            0..p.panels(),
+            (&one, &zero),
+            &mut small,
+            16,
+        );
+        assert!(bad.is_err());
+        let mut out = vec![0f32; m * 16 * p.panels()];
+        let ldo = 16 * p.panels();
+        let past = p.panels()..p.panels() + 1;
+        let sb = (&one[..], &zero[..]);
+        assert!(p
+            .product(isa::Isa::Scalar, rows, 0..m, past, sb, &mut out, ldo)
+            .is_err());
+        if block < k {
+            let other = OffsetRows { block: k, ..rows };
+            let all = 0..p.panels();
+            let e = p.product(isa::Isa::Scalar, other, 0..m, all, sb, &mut out, ldo);
+            assert!(e.unwrap_err().to_string().contains("blocks of"));
+        }
+    }
+    // blocks that split groups of 4 inputs cannot be packed
+    assert!(PackedBlocked::pack(4, 64, 6, |_, _| 1).is_err());
+}
+
+/// Relative tolerance of the block-scaled int8 paths (exact block sums, f32 scaling).
+const BLOCKED_TOL: f32 = 1e-5;
+
+#[test]
+fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
+    use qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart, OFFSET};
+    use squeeze::ops::qgemm::quantize::LINEAR_ACT_MAX;
+    for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
+        let mut x = uniform(m * k, 17 + k as u64);
+        x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
+        let q = quantize_rows(&x, k, None, 32, LINEAR_ACT_MAX);
+        assert_eq!(q.scales.len(), m * k.div_ceil(32));
+        assert!(q.codes.iter().all(|c| c.abs() <= LINEAR_ACT_MAX));
+        let w = codes(n * k, 19 + n as u64);
+        let sw: Vec<f32> = (0..n).map(|j| 0.01 + 0.001 * j as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
+        let p = PackedBlocked::pack(n, k, 32, |j, c| w[j * k + c]).unwrap();
+        // the dequantized product, and the sum of |terms| its tolerance is relative to
+        let term = |i: usize, j: usize, c: usize| q.value(i, c, k) * w[j * k + c] as f32 * sw[j];
+        let kp = p.stride();
+        for path in isa::supported() {
+            // the kernel's quantizer gives quantize_rows' codes and scales exactly
+            let wq = quantize_offset(path, &x, (k, kp), None, 32).unwrap();
+            assert_eq!(wq.scales, q.scales, "{}", path.name());
+            for i in 0..m {
+                for c in 0..kp {
+                    let code = if c < k { q.codes[i * k + c] } else { 0 };
+                    let want = (code as i16 + OFFSET as i16) as u8;
+                    assert_eq!(
+                        wq.codes[i * kp + c],
+                        want,
+                        "{} code ({i}, {c})",
+                        path.name()
+                    );
+                }
+            }
+            let part = PackedPart {
+                w: &p,
+                scales: &sw,
+                bias: Some(&bias),
+            };
+            let got = linear_packed(path, wq.rows(), &[part, part], m).unwrap();
+            assert_eq!(got[0], got[1], "the parts of one call are independent");
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|c| term(i, j, c)).sum::<f32>() + bias[j];
+                    let mag: f32 = (0..k).map(|c| term(i, j, c).abs()).sum();
+                    let y = got[0][i * n + j];
+                    assert!(
+                        (y - want).abs() <= BLOCKED_TOL * (1.0 + mag + bias[j].abs()),
+                        "{} [{m},{n},{k}] ({i},{j}): {y} vs {want}",
+                        path.name()
+                    );
+                }
+            }
+        }
+        // each block's values round-trip within half its scale
+        for i in 0..m {
+            for c in 0..k {
+                let s = q.scales[i * k.div_ceil(32) + c / 32];
+                assert!(
+                    (q.value(i, c, k) - x[i * k + c]).abs() <= s / 2.0 + ROUND_SLACK * (1.0 + s)
+                );
+            }
+        }
+        // activations of another width are an error
+        let part = PackedPart {
+            w: &p,
+            scales: &sw,
+            bias: None,
+        };
+        let wq = quantize_offset(isa::Isa::Scalar, &x, (k, kp), None, 32).unwrap();
+        assert!(linear_packed(isa::Isa::Scalar, wq.rows(), &[part], m + 1).is_err());
+    }
+}
+
+#[test]
+fn int4_kernel_paths_match_the_reference() {
+    let (n, k) = (19, 256);
+    for layout in layouts().into_iter().filter(|l| l.bits == 4) {
+        let q = QWeight::quantize(&weights(n * k, 7), n, k, layout).unwrap();
+        for m in [1, 3, 4, 6] {
+            let x = uniform(m * k, 9 + m as u64);
+            let want = qgemm::gemm_q4_reference(&x, &q.view(), m);
+            // and the reference is the product with the dequantized weight
+            let dq = q.dequantize();
+            for j in 0..n {
+                for i in 0..m {
+                    let d: f32 = (0..k).map(|c| x[i * k + c] * dq[j * k + c]).sum();
+                    assert!((d - want[j * m + i]).abs() <= Q4_TOL * (1.0 + d.abs()));
+                }
+            }
+            let bias = uniform(n, 13);
+            for path in isa::supported() {
+                let got = qgemm::gemm_q4(path, &x, &q.view(), Some(&bias), m).unwrap(); // [m, n]
+                for j in 0..n {
+                    for i in 0..m {
+                        let (a, b) = (got[i * n + j], want[j * m + i] + bias[j]);
+                        assert!(
+                            (a - b).abs() <= Q4_TOL * (1.0 + b.abs()),
+                            "{} {} m={m}: {a} vs {b}",
+                            path.name(),
+                            layout.label()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pooled_products_keep_the_window_max_or_min_per_channel() {
+    use qgemm::panel::pool_rows;
+    // 5×7 pixels of 3 channels (stride 4: a padding column), windows 2/2 and 3/2
+    let (ho, wo, ldo) = (5, 7, 4);
+    let acc: Vec<i32> = (0..ho * wo * ldo)
+        .map(|i| ((i * 37) % 101) as i32 - 50)
+        .collect();
+    let neg = [false, true, false];
+    for (k, s) in [(2, 2), (3, 2)] {
+        let mut pooled = vec![9; 3];
+        let (ph, pw) = pool_rows(&acc, (ho, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
+        assert_eq!((ph, pw), ((ho - k) / s + 1, (wo - k) / s + 1));
+        assert_eq!(pooled.len(), ph * pw * 3);
+        for (py, px, j) in
+            (0..ph).flat_map(|y| (0..pw).flat_map(move |x| (0..3).map(move |j| (y, x, j))))
+        {
+            let window = (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx)));
+            let vals = window.map(|(dy, dx)| acc[((py * s + dy) * wo + px * s + dx) * ldo + j]);
+            let want = if neg[j] { vals.min() } else { vals.max() }.unwrap();
+            assert_eq!(
+                pooled[(py * pw + px) * 3 + j],
+                want,
+                "k {k} ({py}, {px}) channel {j}"
+            );
+        }
+    }
+    // a window larger than the image, or too few products, is an error
+    let mut pooled = Vec::new();
+    assert!(pool_rows(&acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
+    assert!(pool_rows(&acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
+}
