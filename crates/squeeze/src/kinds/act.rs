@@ -9,7 +9,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::{fast, relu, text};
+use crate::ops::{gelu, relu};
 
 /// `max(0, x)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,11 @@ impl LayerKind for Gelu {
     elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         if super::inference(&[cx.x()]) {
-            fast::gelu(cx.x())
+            gelu::gelu(cx.x())
         } else if super::all_f32(&[cx.x()]) {
-            fast::grad::gelu(cx.x())
+            gelu::gelu_train(cx.x())
         } else {
-            text::gelu(cx.x())
+            gelu::gelu_reference(cx.x())
         }
     }
 }

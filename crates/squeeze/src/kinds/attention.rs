@@ -13,7 +13,7 @@ use super::couple::{Coupler, Seg};
 use super::{positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::{fast, text};
+use crate::ops::attention as kernel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,11 +71,11 @@ impl LayerKind for Attention {
         let (q, k, v, m) = (&cx.ins[0], &cx.ins[1], &cx.ins[2], &cx.ins[3]);
         let (h, d) = (self.heads, self.head_dim);
         if super::inference(&[q, k, v]) {
-            fast::attention(q, k, v, m, h, d)
+            kernel::attention(q, k, v, m, h, d)
         } else if super::all_f32(&[q, k, v]) {
-            fast::grad::attention(q, k, v, m, h, d)
+            kernel::attention_train(q, k, v, m, h, d)
         } else {
-            text::attention(q, k, v, m, h, d)
+            kernel::attention_reference(q, k, v, m, h, d)
         }
     }
     fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>, ins: &[&[usize]]) -> Option<Op> {

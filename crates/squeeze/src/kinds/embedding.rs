@@ -10,7 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::text;
+use crate::ops::embedding as kernel;
 
 /// Which index an [`Embedding`] looks its rows up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,15 +64,12 @@ impl LayerKind for Embedding {
         let (n, l) = cx.x().dims2()?;
         Ok(match self.lookup {
             Lookup::Tokens if table.dtype() == candle_core::DType::F32 => {
-                crate::ops::fast::grad::lookup(table, cx.x())?
+                kernel::lookup_train(table, cx.x())?
             }
-            Lookup::Tokens => text::lookup(table, cx.x())?,
-            Lookup::Positions => text::positions(table, n, l)?,
-            Lookup::Segments => text::positions(&table.narrow(0, 0, 1)?, n, 1)?.broadcast_as((
-                n,
-                l,
-                table.dim(1)?,
-            ))?,
+            Lookup::Tokens => kernel::lookup_reference(table, cx.x())?,
+            Lookup::Positions => kernel::positions(table, n, l)?,
+            Lookup::Segments => kernel::positions(&table.narrow(0, 0, 1)?, n, 1)?
+                .broadcast_as((n, l, table.dim(1)?))?,
         })
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {

@@ -10,7 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::{fast, text};
+use crate::ops::layer_norm as kernel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,11 +56,11 @@ impl LayerKind for LayerNorm {
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let (w, b) = (cx.param("weight")?, cx.param("bias")?);
         if super::inference(&[cx.x(), w, b]) {
-            fast::layer_norm(cx.x(), w, b, self.eps)
+            kernel::layer_norm(cx.x(), w, b, self.eps)
         } else if super::all_f32(&[cx.x(), w, b]) {
-            fast::grad::layer_norm(cx.x(), w, b, self.eps)
+            kernel::layer_norm_train(cx.x(), w, b, self.eps)
         } else {
-            text::layer_norm(cx.x(), w, b, self.eps)
+            kernel::layer_norm_reference(cx.x(), w, b, self.eps)
         }
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {

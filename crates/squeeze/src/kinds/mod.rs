@@ -262,7 +262,7 @@ pub(crate) fn inference(ts: &[&Tensor]) -> bool {
 }
 
 /// Whether every tensor is f32: training through the fused kernels with hand-written
-/// backward passes ([`crate::ops::fast::grad`]); other dtypes (the f64 gradient checks)
+/// backward passes (the `*_train` ops of `crate::ops`); other dtypes (the f64 gradient checks)
 /// take the candle compositions.
 pub(crate) fn all_f32(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32)

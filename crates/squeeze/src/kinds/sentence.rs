@@ -9,7 +9,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::ops::text;
+use crate::ops::sentence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeanPool;
@@ -35,7 +35,7 @@ impl LayerKind for MeanPool {
         pass_through(ins)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        text::mean_pool(cx.x(), &cx.ins[1])
+        sentence::mean_pool(cx.x(), &cx.ins[1])
     }
 }
 
@@ -59,7 +59,7 @@ impl LayerKind for L2Normalize {
         ins[0].clone()
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        text::l2_normalize(cx.x())
+        sentence::l2_normalize(cx.x())
     }
 }
 

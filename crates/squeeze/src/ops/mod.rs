@@ -1,15 +1,54 @@
-//! Kernels the interpreter needs beyond candle's built-ins, each beside the plain
-//! reference it is tested against: a fused training-mode BatchNorm (Ioffe & Szegedy 2015)
-//! with a hand-written backward, and max pooling whose backward is correct (candle 0.11's
-//! `max_pool2d` backward scales gradients by 1/(k·k)); and the transformer-encoder
-//! operations, composed from differentiable candle primitives (the reference), with fused
-//! f32 kernels for inference and for training ([`fast`], [`fast::grad`]).
+//! Kernels the interpreter needs beyond candle's built-ins, one file per op with its plain
+//! reference, its inference kernel and its training path side by side: a fused
+//! training-mode BatchNorm (Ioffe & Szegedy 2015) with a hand-written backward, max
+//! pooling whose backward is correct (candle 0.11's `max_pool2d` backward scales gradients
+//! by 1/(k·k)), convolutions, and the transformer-encoder operations ([`layer_norm`],
+//! [`gelu`], [`attention`], [`embedding`], [`sentence`]), whose references are composed
+//! from differentiable candle primitives. [`fast`] holds the weight-streaming Linear kernel
+//! and the vector helpers the encoder kernels share.
 
+/// Defines `$name(isa, args…)`: the portable body `$body` compiled three times — for
+/// AVX-512F, for AVX2 + FMA and for baseline x86-64 — and run on path `isa` (which the
+/// caller checked with [`isa::require`]). The compiler vectorizes the same Rust loops with
+/// each path's registers, so the scalar build is the reference of the other two.
+macro_rules! isa_variants {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                // SAFETY: `isa` passed isa::require, so the CPU has these features.
+                match isa {
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
+        }
+    };
+}
+
+pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 mod conv_geo;
 pub mod depthwise;
+pub mod embedding;
 pub mod fast;
+pub mod gelu;
+pub mod layer_norm;
 pub mod linear;
 pub mod pack_cache;
 pub mod packed;
@@ -17,8 +56,8 @@ pub mod pool;
 pub mod qconv;
 pub mod qgemm;
 pub mod relu;
+pub mod sentence;
 pub mod sparse;
-pub mod text;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +90,16 @@ pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -
 /// A library error raised inside a candle custom op, as candle's error type.
 pub(crate) fn op_err(e: Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
+}
+
+/// The active kernel path, inside a candle custom op.
+pub(crate) fn grad_isa() -> candle_core::Result<crate::isa::Isa> {
+    crate::isa::active().map_err(op_err)
+}
+
+/// A CPU tensor of `shape` from `v`, inside a candle custom op.
+pub(crate) fn cpu_tensor(v: Vec<f32>, shape: &candle_core::Shape) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
 /// A copy of the f32 data of `t`, inside a candle custom op (a backward pass).

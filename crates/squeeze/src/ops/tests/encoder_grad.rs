@@ -5,7 +5,7 @@
 use super::common;
 
 use candle_core::{Device, Tensor, Var};
-use squeeze::ops::{fast::grad, text};
+use squeeze::ops::{attention, embedding, gelu, layer_norm};
 
 /// Largest |fused − reference| allowed, relative to max(1, max |reference|) of the tensor.
 const GRAD_TOL: f32 = 2e-5;
@@ -71,8 +71,8 @@ fn fused_layer_norm_matches_the_composition() {
     for (name, ins) in [("layer_norm", &ins), ("layer_norm (70 rows)", &wide)] {
         compare(
             name,
-            |t| grad::layer_norm(&t[0], &t[1], &t[2], 1e-12).unwrap(),
-            |t| text::layer_norm(&t[0], &t[1], &t[2], 1e-12).unwrap(),
+            |t| layer_norm::layer_norm_train(&t[0], &t[1], &t[2], 1e-12).unwrap(),
+            |t| layer_norm::layer_norm_reference(&t[0], &t[1], &t[2], 1e-12).unwrap(),
             ins,
         );
     }
@@ -84,8 +84,8 @@ fn fused_gelu_matches_the_composition() {
     let ins = [var(&[3, 7, 33], 7, 5.0)];
     compare(
         "gelu",
-        |t| grad::gelu(&t[0]).unwrap(),
-        |t| text::gelu(&t[0]).unwrap(),
+        |t| gelu::gelu_train(&t[0]).unwrap(),
+        |t| gelu::gelu_reference(&t[0]).unwrap(),
         &ins,
     );
 }
@@ -107,8 +107,8 @@ fn fused_attention_matches_the_composition_with_padding() {
     let mask = Tensor::from_vec(m, (n, l), &Device::Cpu).unwrap();
     compare(
         "attention",
-        |t| grad::attention(&t[0], &t[1], &t[2], &mask, heads, hd).unwrap(),
-        |t| text::attention(&t[0], &t[1], &t[2], &mask, heads, hd).unwrap(),
+        |t| attention::attention_train(&t[0], &t[1], &t[2], &mask, heads, hd).unwrap(),
+        |t| attention::attention_reference(&t[0], &t[1], &t[2], &mask, heads, hd).unwrap(),
         &ins,
     );
 }
@@ -145,12 +145,12 @@ fn fused_lookup_matches_index_select_and_names_a_bad_id() {
     let ids = Tensor::from_vec(vec![3u32, 0, 3, 8, 1, 3], (2, 3), &Device::Cpu).unwrap();
     compare(
         "lookup",
-        |t| grad::lookup(&t[0], &ids).unwrap(),
-        |t| text::lookup(&t[0], &ids).unwrap(),
+        |t| embedding::lookup_train(&t[0], &ids).unwrap(),
+        |t| embedding::lookup_reference(&t[0], &ids).unwrap(),
         &table,
     );
     let bad = Tensor::from_vec(vec![2u32, 9], (1, 2), &Device::Cpu).unwrap();
-    let err = grad::lookup(table[0].as_tensor(), &bad)
+    let err = embedding::lookup_train(table[0].as_tensor(), &bad)
         .unwrap_err()
         .to_string();
     assert!(

@@ -363,15 +363,16 @@ fn candle_fast_norm_and_softmax_have_no_backward() {
 
 #[test]
 fn grad_transformer_ops() {
-    use squeeze::ops::text;
     check(
         "layer_norm",
         &[rand(&[2, 3, 5], 1), rand(&[5], 2), rand(&[5], 3)],
-        |t| text::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+        |t| squeeze::ops::layer_norm::layer_norm_reference(&t[0], &t[1], &t[2], 1e-5).unwrap(),
     );
-    check("gelu", &[rand(&[4, 6], 4)], |t| text::gelu(&t[0]).unwrap());
+    check("gelu", &[rand(&[4, 6], 4)], |t| {
+        squeeze::ops::gelu::gelu_reference(&t[0]).unwrap()
+    });
     check("softmax", &[rand(&[3, 5], 5)], |t| {
-        text::softmax(&t[0]).unwrap()
+        squeeze::ops::attention::softmax(&t[0]).unwrap()
     });
     // second sample has two padded positions
     let mask = Tensor::new(&[[1f64, 1., 1., 1.], [1., 1., 0., 0.]], &Device::Cpu).unwrap();
@@ -381,17 +382,17 @@ fn grad_transformer_ops() {
         rand(&[2, 4, 6], 8),
     ];
     check("attention", &qkv, |t| {
-        text::attention(&t[0], &t[1], &t[2], &mask, 2, 3).unwrap()
+        squeeze::ops::attention::attention_reference(&t[0], &t[1], &t[2], &mask, 2, 3).unwrap()
     });
     check("mean_pool", &[rand(&[2, 4, 3], 9)], |t| {
-        text::mean_pool(&t[0], &mask).unwrap()
+        squeeze::ops::sentence::mean_pool(&t[0], &mask).unwrap()
     });
     check("l2_normalize", &[rand(&[3, 4], 10)], |t| {
-        text::l2_normalize(&t[0]).unwrap()
+        squeeze::ops::sentence::l2_normalize(&t[0]).unwrap()
     });
     let ids = Tensor::new(&[[0u32, 2, 2], [4, 1, 0]], &Device::Cpu).unwrap();
     check("embedding lookup", &[rand(&[5, 3], 11)], |t| {
-        text::lookup(&t[0], &ids).unwrap()
+        squeeze::ops::embedding::lookup_reference(&t[0], &ids).unwrap()
     });
 }
 
@@ -441,7 +442,6 @@ fn attention_reference(
 
 #[test]
 fn attention_matches_plain_loop_reference() {
-    use squeeze::ops::text;
     let mask = vec![vec![1., 1., 1., 1., 1.], vec![1., 1., 1., 0., 0.]];
     let m = Tensor::new(
         mask.iter().map(|r| r.as_slice()).collect::<Vec<_>>(),
@@ -453,7 +453,7 @@ fn attention_matches_plain_loop_reference() {
         rand(&[2, 5, 8], 22),
         rand(&[2, 5, 8], 23),
     );
-    let got: Vec<f64> = text::attention(&q, &k, &v, &m, 2, 4)
+    let got: Vec<f64> = squeeze::ops::attention::attention_reference(&q, &k, &v, &m, 2, 4)
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -473,7 +473,7 @@ const FAST_TOL: f32 = 2e-5;
 
 #[test]
 fn fast_inference_kernels_match_their_references() {
-    use squeeze::ops::{fast, text};
+    use squeeze::ops::fast;
     // odd sizes exercise the masked tails and partial tiles; 64 rows the largest M used
     for (m, k, n) in [
         (1, 384, 384),
@@ -495,10 +495,20 @@ fn fast_inference_kernels_match_their_references() {
         );
     }
     let (x, g, b) = (f32r(&[2, 5, 24], 34), f32r(&[24], 35), f32r(&[24], 36));
-    let ln = text::layer_norm(&x, &g, &b, 1e-12).unwrap();
-    assert!(max_abs(&fast::layer_norm(&x, &g, &b, 1e-12).unwrap(), &ln) < FAST_TOL);
+    let ln = squeeze::ops::layer_norm::layer_norm_reference(&x, &g, &b, 1e-12).unwrap();
+    assert!(
+        max_abs(
+            &squeeze::ops::layer_norm::layer_norm(&x, &g, &b, 1e-12).unwrap(),
+            &ln
+        ) < FAST_TOL
+    );
     let x = (f32r(&[3, 700], 37) * 6.0).unwrap();
-    assert!(max_abs(&fast::gelu(&x).unwrap(), &text::gelu(&x).unwrap()) < FAST_TOL);
+    assert!(
+        max_abs(
+            &squeeze::ops::gelu::gelu(&x).unwrap(),
+            &squeeze::ops::gelu::gelu_reference(&x).unwrap()
+        ) < FAST_TOL
+    );
     let mask = Tensor::new(
         &[[1f32, 1., 1., 1., 1.], [1., 1., 0., 0., 0.]],
         &Device::Cpu,
@@ -509,8 +519,8 @@ fn fast_inference_kernels_match_their_references() {
         f32r(&[2, 5, 12], 39),
         f32r(&[2, 5, 12], 40),
     );
-    let want = text::attention(&q, &k, &v, &mask, 3, 4).unwrap();
-    let got = fast::attention(&q, &k, &v, &mask, 3, 4).unwrap();
+    let want = squeeze::ops::attention::attention_reference(&q, &k, &v, &mask, 3, 4).unwrap();
+    let got = squeeze::ops::attention::attention(&q, &k, &v, &mask, 3, 4).unwrap();
     assert!(max_abs(&got, &want) < FAST_TOL, "attention");
 }
 
@@ -520,7 +530,7 @@ fn rational_erf_is_within_1e6_of_libm() {
     for i in -6000..=6000 {
         let x = i as f64 / 1000.0;
         let want = libm_erf(x);
-        worst = worst.max((squeeze::ops::fast::erf(x as f32) as f64 - want).abs());
+        worst = worst.max((squeeze::ops::gelu::erf(x as f32) as f64 - want).abs());
     }
     assert!(worst < 1e-6, "erf approximation off by {worst}");
 }

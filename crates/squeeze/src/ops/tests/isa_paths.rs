@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 
 use super::common::{max_abs, uniform};
 use squeeze::isa::{self, Isa};
-use squeeze::ops::{fast, packed::PackedLinear, text};
+use squeeze::ops::{attention, fast, gelu, layer_norm, packed::PackedLinear};
 
 /// Max abs difference between a vector path and the reference.
 const PATH_TOL: f32 = 2e-4;
@@ -41,10 +41,16 @@ fn every_supported_isa_path_matches_the_reference() {
         }
         let x = (rand_t(&[3, 5, 24], 4) * 3.0).unwrap();
         let (g, b) = (rand_t(&[24], 5), rand_t(&[24], 6));
-        let ln = text::layer_norm(&x, &g, &b, 1e-12).unwrap();
-        let d = max_abs(&fast::layer_norm_with(isa, &x, &g, &b, 1e-12).unwrap(), &ln);
+        let ln = layer_norm::layer_norm_reference(&x, &g, &b, 1e-12).unwrap();
+        let d = max_abs(
+            &layer_norm::layer_norm_with(isa, &x, &g, &b, 1e-12).unwrap(),
+            &ln,
+        );
         assert!(d < PATH_TOL, "{isa:?} layer_norm {d}");
-        let d = max_abs(&fast::gelu_with(isa, &x).unwrap(), &text::gelu(&x).unwrap());
+        let d = max_abs(
+            &gelu::gelu_with(isa, &x).unwrap(),
+            &gelu::gelu_reference(&x).unwrap(),
+        );
         assert!(d < PATH_TOL, "{isa:?} gelu {d}");
         let (q, kk, v) = (
             rand_t(&[2, 5, 12], 7),
@@ -66,8 +72,8 @@ fn every_supported_isa_path_matches_the_reference() {
         )
         .unwrap();
         for m in [&mask, &holes] {
-            let want = text::attention(&q, &kk, &v, m, 3, 4).unwrap();
-            let got = fast::attention_with(isa, &q, &kk, &v, m, 3, 4).unwrap();
+            let want = attention::attention_reference(&q, &kk, &v, m, 3, 4).unwrap();
+            let got = attention::attention_with(isa, &q, &kk, &v, m, 3, 4).unwrap();
             assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} attention");
         }
     }

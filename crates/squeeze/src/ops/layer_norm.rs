@@ -1,0 +1,193 @@
+//! Layer normalization over the last axis (Ba et al. 2016), its three paths side by side:
+//! the reference composed from candle operations that have a backward pass (any float
+//! dtype; candle's fused `layer_norm` has none), the inference kernel (one pass per row,
+//! vectorized on each instruction-set path), and the training op (one autograd node whose
+//! backward is one pass per row: dx = σ⁻¹·(g − mean g − x̂·mean(g·x̂)), g = dy·γ).
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::fast::{f32_data, lane_sum, PAR_MACS};
+use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
+use crate::error::{Error, Result};
+use crate::isa::{self, Isa};
+
+/// Rows per parallel task of the LayerNorm backward.
+const LN_ROWS: usize = 32;
+
+/// Layer normalization over the last axis: (x − mean) / √(var + eps) · w + b.
+pub fn layer_norm_reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+/// One LayerNorm row in place.
+#[inline(always)]
+fn norm_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let d = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / d;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), bb) in row.iter_mut().zip(w).zip(b) {
+        *v = (*v - mean) * inv * g + bb;
+    }
+}
+
+/// LayerNorm of every row of `y` ([rows, d] flattened) in place.
+#[inline(always)]
+fn norm_rows(y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    for row in y.chunks_exact_mut(d) {
+        norm_row(row, w, b, eps);
+    }
+}
+
+isa_variants!(norm_rows_on, norm_rows, (y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
+
+/// Layer normalization of every row of x [..., D] in one pass per row, on the active path.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_with(isa::active()?, x, w, b, eps)
+}
+
+/// [`layer_norm`] on path `isa`.
+pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let isa = isa::require(isa)?;
+    let d = x.dim(candle_core::D::Minus1)?;
+    if d == 0 || w.dims1()? != d || b.dims1()? != d {
+        return Err(Error::Graph(format!(
+            "layer_norm: rows of {d} need weight and bias of {d} (got {:?}, {:?})",
+            w.dims(),
+            b.dims()
+        )));
+    }
+    let (w, b) = (f32_data(w)?, f32_data(b)?);
+    let y = with_cpu::<f32, _>(x, |xs| layer_norm_rows(isa, xs, d, &w, &b, eps as f32))?;
+    Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
+}
+
+/// LayerNorm of the rows of `x` ([rows, d] flattened) into a new buffer.
+fn layer_norm_rows(isa: Isa, x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let rows_per = (PAR_MACS / d).max(1);
+    if y.len() >= PAR_MACS {
+        y.par_chunks_mut(rows_per * d)
+            .for_each(|c| norm_rows_on(isa, c, d, w, b, eps));
+    } else {
+        norm_rows_on(isa, &mut y, d, w, b, eps);
+    }
+    y
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "squeeze-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = *l1.dims().last().unwrap_or(&1);
+        let (x, w, b) = (slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?);
+        let y = layer_norm_rows(grad_isa()?, x, d, w, b, self.eps);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let (xs, ws, dys) = (op_f32s(x)?, op_f32s(w)?, op_f32s(dy)?);
+        let (dx, dw, db) = layer_norm_backward(&xs, &ws, &dys, d, self.eps);
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dw, w.shape())?),
+            Some(cpu_tensor(db, w.shape())?),
+        ))
+    }
+}
+
+/// One row's dx (into `dx`), accumulating dγ and dβ.
+fn layer_norm_row_grad(
+    (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+    w: &[f32],
+    eps: f32,
+    (dw, db): (&mut [f32], &mut [f32]),
+) {
+    let d = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / d;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    let rstd = 1.0 / (var + eps).sqrt();
+    let (mut mg, mut mgx) = (0f32, 0f32);
+    for i in 0..x.len() {
+        let xh = (x[i] - mean) * rstd;
+        let g = dy[i] * w[i];
+        mg += g;
+        mgx += g * xh;
+        dw[i] += dy[i] * xh;
+        db[i] += dy[i];
+    }
+    let (mg, mgx) = (mg / d, mgx / d);
+    for i in 0..x.len() {
+        let xh = (x[i] - mean) * rstd;
+        dx[i] = rstd * (dy[i] * w[i] - mg - xh * mgx);
+    }
+}
+
+/// LayerNorm's backward over rows of width `d`: (dx, dγ, dβ).
+pub fn layer_norm_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    d: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; x.len()];
+    let step = LN_ROWS * d;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(step)
+        .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
+        .map(|(dxc, (xc, dyc))| {
+            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+            for ((xr, dyr), dxr) in xc
+                .chunks_exact(d)
+                .zip(dyc.chunks_exact(d))
+                .zip(dxc.chunks_exact_mut(d))
+            {
+                layer_norm_row_grad((xr, dyr, dxr), w, eps, (&mut dw, &mut db));
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    (dx, dw, db)
+}
+
+/// Layer normalization over the last axis as one differentiable node (f32).
+pub fn layer_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )?)
+}
