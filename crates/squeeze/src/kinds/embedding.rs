@@ -36,6 +36,9 @@ impl LayerKind for Embedding {
     fn name(&self) -> &'static str {
         "embedding"
     }
+    fn lookup_table(&self) -> Option<(Lookup, usize)> {
+        Some((self.lookup, self.num))
+    }
     fn inputs(&self) -> Inputs {
         Inputs::TokenIds
     }

@@ -154,6 +154,11 @@ pub trait LayerKind: std::fmt::Debug {
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
         None
     }
+    /// What a lookup-table kind reads by (token ids, positions, segments) and its rows
+    /// (tables only): a text encoder's longest sequence is its position table's rows.
+    fn lookup_table(&self) -> Option<(embedding::Lookup, usize)> {
+        None
+    }
 }
 
 /// A reader that a node can apply itself (fusion): the ReLU after a BatchNorm or an int8

@@ -28,6 +28,9 @@ impl LayerKind for QEmbedding {
     fn name(&self) -> &'static str {
         "qembedding"
     }
+    fn lookup_table(&self) -> Option<(Lookup, usize)> {
+        Some((self.lookup, self.num))
+    }
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
         Some((self.layout, (self.num, self.dim)))
     }

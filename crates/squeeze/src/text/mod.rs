@@ -13,10 +13,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Error, Result};
-use crate::graph::{Lookup, Op};
+use crate::graph::Lookup;
 use crate::interp::{forward_tokens, on_pool, ForwardOpts};
-use crate::kinds::embedding::Embedding;
-use crate::kinds::qembedding::QEmbedding;
 use crate::model::Model;
 use crate::ops::pack_cache::PackCache;
 pub use tokenize::{pad_batch, TextTokenizer};
@@ -131,19 +129,8 @@ pub fn max_positions(model: &Model) -> usize {
         .graph
         .nodes
         .iter()
-        .find_map(|n| match n.op {
-            Op::Embedding(Embedding {
-                num,
-                lookup: Lookup::Positions,
-                ..
-            })
-            | Op::QEmbedding(QEmbedding {
-                num,
-                lookup: Lookup::Positions,
-                ..
-            }) => Some(num),
-            _ => None,
-        })
+        .filter_map(|n| n.op.def().lookup_table())
+        .find_map(|(lookup, rows)| (lookup == Lookup::Positions).then_some(rows))
         .unwrap_or(usize::MAX)
 }
 
