@@ -331,3 +331,21 @@ fn an_edited_graph_runs_a_new_plan() {
     let after = predict(&m.graph, &m.params, &x).unwrap();
     assert_eq!(max_abs(&after, &before.relu().unwrap()), 0.0);
 }
+
+/// A graph's cache slot drops the least recently used entry when full: what every forward
+/// reads (the eval plan, the packed weights) outlives a stream of one-off entries.
+#[test]
+fn the_cache_slot_keeps_what_is_used_and_drops_the_least_recent() {
+    let slot = squeeze::graph::CacheSlot::default();
+    let make = |v: u64| move || Ok::<u64, ()>(v);
+    assert_eq!(*slot.get_or(0, make(100)).unwrap(), 100);
+    for k in 1..40u64 {
+        slot.get_or(k, make(k)).unwrap();
+        // key 0 is used between the others: found, not rebuilt
+        let again = slot.get_or(0, || Err::<u64, ()>(())).expect("key 0 kept");
+        assert_eq!(*again, 100);
+    }
+    assert!(slot.len() <= 16, "{}", slot.len());
+    // an entry not used since is gone and is built anew
+    assert_eq!(*slot.get_or(1, make(7)).unwrap(), 7);
+}

@@ -1,14 +1,18 @@
-//! A graph's cache slot: where a layer above (the interpreter) keeps what it compiled
-//! for this graph, so that a forward does not redo it. The graph does not know what is
-//! kept (a type-erased value per key); the keeper checks each entry against the graph's
-//! [`super::Graph::fingerprint`], so an edited graph never runs a stale entry. Cloning a
-//! graph gives an empty slot, and graphs compare equal whatever their slots hold.
+//! A graph's cache slot: where a layer above (the interpreter) keeps what it made for
+//! this graph, so that a forward does not redo it. The graph does not know what is kept (a
+//! type-erased value per key); the keeper chooses keys that stay valid: run plans are
+//! keyed by the graph's [`super::Graph::fingerprint`] and the mode, so an edited graph
+//! never runs a stale plan, and packed weights check their tensors' identities
+//! themselves. The least recently used entry goes first when the slot is full, so what
+//! every forward uses (the packed weights, the eval plan) stays while one-off modes (a
+//! calibration's taps) come and go. Cloning a graph gives an empty slot, and graphs
+//! compare equal whatever their slots hold.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 /// Entries kept per graph (run plans per mode — train, eval, eval with taps, … — and the
-/// packed weights); the oldest goes first.
+/// packed weights); the least recently used goes first.
 const MAX_ENTRIES: usize = 16;
 
 type Entry = (u64, Arc<dyn Any + Send + Sync>);
@@ -24,12 +28,7 @@ impl CacheSlot {
         key: u64,
         make: impl FnOnce() -> Result<T, E>,
     ) -> Result<Arc<T>, E> {
-        let found = self
-            .lock()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone());
-        if let Some(v) = found.and_then(|v| v.downcast::<T>().ok()) {
+        if let Some(v) = self.recent(key).and_then(|v| v.downcast::<T>().ok()) {
             return Ok(v);
         }
         let v = Arc::new(make()?);
@@ -40,6 +39,16 @@ impl CacheSlot {
         }
         entries.push((key, v.clone()));
         Ok(v)
+    }
+
+    /// The entry under `key`, moved to the most recently used end.
+    fn recent(&self, key: u64) -> Option<Arc<dyn Any + Send + Sync>> {
+        let mut entries = self.lock();
+        let i = entries.iter().position(|(k, _)| *k == key)?;
+        let e = entries.remove(i);
+        let v = e.1.clone();
+        entries.push(e);
+        Some(v)
     }
 
     /// How many entries are kept.
