@@ -12,7 +12,7 @@ use squeeze::formats::load_any;
 use squeeze::passes::{run_recipe, Recipe};
 
 use crate::evaluate::{compare, STSB_DEV};
-use crate::outdir::{check_out, commit_dir, tmp_sibling};
+use crate::outdir::Staged;
 use crate::write_json;
 
 #[derive(Args)]
@@ -26,7 +26,8 @@ pub struct CompressArgs {
     /// Output directory for the compressed model.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace OUT if it already holds a model.
+    /// Replace OUT if it holds squeeze's output (a directory squeeze did not write is
+    /// never replaced).
     #[arg(long)]
     pub force: bool,
     /// Interleaved timing rounds of the input and output models (0 skips timing).
@@ -39,7 +40,11 @@ pub struct CompressArgs {
 }
 
 pub fn run(a: CompressArgs) -> Result<()> {
-    check_out(&a.dir, &a.out, a.force)?;
+    let mut inputs = vec![("model", a.dir.as_path()), ("--recipe", a.recipe.as_path())];
+    if let Some(d) = &a.data {
+        inputs.push(("--data", d.as_path()));
+    }
+    let staged = Staged::begin(&a.out, &inputs, a.force)?;
     let recipe = Recipe::load(&a.recipe)?;
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
     let text = model.graph.is_text();
@@ -51,17 +56,17 @@ pub fn run(a: CompressArgs) -> Result<()> {
             PathBuf::from(STSB_DEV),
         ),
     };
-    // fine-tuning checkpoints of the passes go to a scratch directory, removed afterwards
-    let work = std::env::temp_dir().join(format!("squeeze-compress-{}", std::process::id()));
-    let mut ctx = recipe.context(&images, &work);
+    // fine-tuning checkpoints of the passes go to a scratch directory beside --out,
+    // removed afterwards
+    let mut ctx = recipe.context(&images, staged.work());
     let result = run_recipe(model.clone(), &recipe, &mut ctx);
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(staged.work());
     let (compressed, passes) =
         result.with_context(|| format!("applying recipe {}", a.recipe.display()))?;
     for p in &passes {
         eprintln!("{}: {}", p.pass, p.label);
     }
-    let tmp = tmp_sibling(&a.out)?;
+    let tmp = staged.dir().to_path_buf();
     checkpoint::save(&compressed, &tmp)?;
     eprintln!(
         "measuring both models (speeds interleaved over {} rounds)",
@@ -78,7 +83,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     write_json(&tmp.join("report.json"), &report)?;
     after.measured = Some(Measured::now());
     write_json(&tmp.join("metrics.json"), &after)?;
-    commit_dir(&tmp, &a.out)?;
+    staged.commit()?;
     println!(
         "{}",
         crate::evaluate::table(&[

@@ -108,7 +108,17 @@ struct Row {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let inputs = [
+        ("--image-model", a.image_model.as_path()),
+        ("--prune-model", a.prune_model.as_path()),
+        ("--data", a.data.data.as_path()),
+        ("--text-model", a.text_model.as_path()),
+        ("--stsb", a.stsb.as_path()),
+        ("--text-student", a.text_student.as_path()),
+    ];
+    // the demo rewrites its own directory in place, as training does
+    let _lock = crate::outdir::claim_in_place(&a.dir, &inputs, true, true)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--out", "--dir")))?;
     let steps = 9 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
     let mut step = 0;
     let mut say = |msg: String| {
@@ -184,7 +194,7 @@ fn base_model(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<PathBuf> {
         opts: TrainOpts {
             epochs: Some(a.epochs),
             augment_pad: Some(0),
-            resume: base.join("checkpoint/state.json").exists(),
+            resume: squeeze::train::saved_state(&base).is_some(),
             ..TrainOpts::defaults()
         },
         size: Default::default(),
@@ -213,13 +223,13 @@ fn apply_all(
 /// Applies recipe `file` to `base`, saving the result under the demo directory.
 fn apply(a: &DemoArgs, base: &Model, name: &str, file: &str) -> Result<Row> {
     let recipe = Recipe::load(Path::new(file))?;
-    let work = a.dir.join(format!(".work-{name}"));
-    let mut ctx = recipe.context(&a.data.data, &work);
-    let result = run_recipe(base.clone(), &recipe, &mut ctx);
-    let _ = std::fs::remove_dir_all(&work);
-    let (model, log) = result.with_context(|| format!("applying {file}"))?;
     let dir = a.dir.join(name);
-    squeeze::checkpoint::save(&model, &dir)?;
+    let staged = crate::outdir::Staged::begin(&dir, &[], true)?;
+    let mut ctx = recipe.context(&a.data.data, staged.work());
+    let (model, log) =
+        run_recipe(base.clone(), &recipe, &mut ctx).with_context(|| format!("applying {file}"))?;
+    squeeze::checkpoint::save(&model, staged.dir())?;
+    staged.commit()?;
     let what: Vec<String> = log.iter().map(|r| r.label.clone()).collect();
     Ok(Row {
         dir,

@@ -118,27 +118,22 @@ fn check_pair(teacher: &Model, student: &Model) -> Result<()> {
 /// Where stage-wise FitNets training checkpoints its hint stage, inside `--out`.
 const HINT_STAGE: &str = "hints-stage";
 
-fn same_dir(a: &Path, b: &Path) -> bool {
-    a.canonicalize()
-        .ok()
-        .is_some_and(|x| b.canonicalize().ok() == Some(x))
-}
-
 /// Checks the arguments and loads the teacher (before any work): `main` then runs the
 /// image path ([`run_images`]) or, for a sentence-encoder teacher, the text path.
-pub fn prepare(a: &DistillArgs) -> Result<Model> {
+pub fn prepare(a: &DistillArgs) -> Result<(Model, crate::outdir::Lock)> {
     let soft = SoftTargets {
         temperature: a.temperature,
         alpha: a.alpha,
     };
     soft.validate().context("--temperature / --alpha")?;
-    if same_dir(&a.out, &a.teacher) || same_dir(&a.out, Path::new(&a.student)) {
-        bail!(
-            "--out {} is an input model's directory; squeeze never overwrites its input",
-            a.out.display()
-        );
-    }
-    a.opts.check_out(&a.out)?;
+    let mut inputs = vec![
+        ("--teacher", a.teacher.as_path()),
+        ("--student", Path::new(&a.student)),
+        ("--data", a.data.data.as_path()),
+        ("--eval-pairs", a.eval_pairs.as_path()),
+    ];
+    inputs.extend(a.sentences.iter().map(|s| ("--sentences", s.as_path())));
+    let lock = a.opts.claim_out(&a.out, &inputs)?;
     let saved = |d: &Path| train::saved_state(d).is_some();
     if a.opts.resume && !saved(&a.out) && !saved(&a.out.join(HINT_STAGE)) {
         bail!(
@@ -146,7 +141,9 @@ pub fn prepare(a: &DistillArgs) -> Result<Model> {
             a.out.display()
         );
     }
-    load_any(&a.teacher).with_context(|| format!("--teacher: loading {}", a.teacher.display()))
+    let teacher = load_any(&a.teacher)
+        .with_context(|| format!("--teacher: loading {}", a.teacher.display()))?;
+    Ok((teacher, lock))
 }
 
 /// Distills an image teacher into the student (soft targets, then FitNets hints).

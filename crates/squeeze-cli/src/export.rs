@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use squeeze::checkpoint;
 use squeeze::formats::{hf_bert, load_any};
 
-use crate::outdir::{check_out, commit_dir, tmp_sibling};
+use crate::outdir::Staged;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
@@ -26,17 +26,19 @@ pub struct ExportArgs {
     pub dir: PathBuf,
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Output directory (must not be the input; an existing non-empty one needs --force).
+    /// Output directory (must not be, contain or lie inside the input).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace OUT if it holds squeeze's output (a directory squeeze did not write is
+    /// never replaced).
     #[arg(long)]
     pub force: bool,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    check_out(&a.dir, &a.out, a.force)?;
+    let staged = Staged::begin(&a.out, &[("model", a.dir.as_path())], a.force)?;
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let tmp = tmp_sibling(&a.out)?;
+    let tmp = staged.dir().to_path_buf();
     let mut format = a.format;
     if format == ExportFormat::Hf {
         if let Some(why) = hf_bert::export_blocker(&model) {
@@ -52,7 +54,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         ExportFormat::Hf => hf_bert::export(&model, &tmp)?,
         ExportFormat::Native => checkpoint::save(&model, &tmp)?,
     }
-    commit_dir(&tmp, &a.out)?;
+    staged.commit()?;
     let what = if format == ExportFormat::Hf {
         "HF"
     } else {

@@ -13,6 +13,7 @@ mod bench_quant;
 mod bench_sparse;
 mod bench_text;
 mod bench_train_text;
+mod cleanup;
 mod compress;
 mod demo;
 mod distill;
@@ -95,10 +96,12 @@ fn main() {
     }
     let r = match cli.cmd {
         Cmd::Train(a) => train::run(a),
-        Cmd::Distill(a) => distill::prepare(&a).and_then(|teacher| match teacher.graph.is_text() {
-            true => distill_text::run(&a, &teacher),
-            false => distill::run_images(a, teacher),
-        }),
+        Cmd::Distill(a) => {
+            distill::prepare(&a).and_then(|(teacher, _lock)| match teacher.graph.is_text() {
+                true => distill_text::run(&a, &teacher),
+                false => distill::run_images(a, teacher),
+            })
+        }
         Cmd::Eval(a) => evaluate::run_eval(a),
         Cmd::Compress(a) => compress::run(a),
         Cmd::Embed(a) => embed::run(a),

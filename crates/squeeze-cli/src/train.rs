@@ -90,7 +90,7 @@ pub struct TrainOpts {
     /// Continue from OUT/checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Replace a finished model already in OUT.
+    /// Replace a finished model already in OUT (only a directory squeeze wrote).
     #[arg(long)]
     pub force: bool,
 }
@@ -113,12 +113,14 @@ impl TrainOpts {
         }
     }
 
-    /// Refuses an `out` that already holds a finished model unless resuming or forced.
-    pub fn check_out(&self, out: &std::path::Path) -> Result<()> {
-        if !self.resume && !self.force && out.join(squeeze::checkpoint::GRAPH_FILE).exists() {
-            bail!("{} already holds a model; pass --resume to continue its training or --force to replace it", out.display());
-        }
-        Ok(())
+    /// Validates, locks and marks `out` for training in place (see
+    /// [`crate::outdir::claim_in_place`]); the lock is held until the result is dropped.
+    pub fn claim_out(
+        &self,
+        out: &std::path::Path,
+        inputs: &[(&str, &std::path::Path)],
+    ) -> Result<crate::outdir::Lock> {
+        crate::outdir::claim_in_place(out, inputs, self.force, self.resume)
     }
 }
 
@@ -169,22 +171,11 @@ pub fn config(a: &TrainOpts, arch: &str) -> Result<TrainConfig> {
     })
 }
 
-/// Fresh zoo weights, or the model of `--init` after checking it is a model of `--arch` and
-/// that `--out` is not its directory.
+/// Fresh zoo weights, or the model of `--init` after checking it is a model of `--arch`.
 fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::Model> {
     let Some(dir) = &a.init else {
         return Ok(zoo::build(&a.arch, opts, a.opts.seed)?);
     };
-    if a.out
-        .canonicalize()
-        .ok()
-        .is_some_and(|o| dir.canonicalize().ok() == Some(o))
-    {
-        bail!(
-            "--out {} is the --init model's directory; squeeze never overwrites its input",
-            a.out.display()
-        );
-    }
     let model = squeeze::checkpoint::load(dir)
         .with_context(|| format!("--init: loading {}", dir.display()))?;
     if model.graph.arch != a.arch || model.graph.is_text() {
@@ -200,7 +191,11 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::Model> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = config(&a.opts, &a.arch)?;
-    a.opts.check_out(&a.out)?;
+    let mut inputs = vec![("--data", a.data.data.as_path())];
+    if let Some(i) = &a.init {
+        inputs.push(("--init", i.as_path()));
+    }
+    let _lock = a.opts.claim_out(&a.out, &inputs)?;
     let opts = a.size.zoo();
     let mut model = initial_model(&a, &opts)?;
     let data = FashionMnist::load(&a.data.data)?;
