@@ -5,6 +5,7 @@
 //! continues exactly, and [`Hooks`] through which a compression method adds a regularizer
 //! to the loss (Network Slimming's L1 on γ) or projections after every optimizer step.
 
+pub mod commit;
 pub mod data;
 mod epoch;
 pub mod objective;
@@ -12,18 +13,18 @@ pub mod optim;
 pub mod schedule;
 pub mod update;
 
+pub use commit::{checkpoint_dir, recover, saved_state};
 pub use data::{forward_batch, Batch, DataSource, SentenceSet};
 pub use objective::{CrossEntropy, EmbeddingLoss, EmbeddingTarget, Objective, StepLoss};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::graph::trainable_names;
@@ -115,6 +116,9 @@ pub struct TrainState {
     pub epochs_done: usize,
     pub optimizer_step: u64,
     pub history: Vec<EpochLog>,
+    /// Size and checksum of every other file of the checkpoint (see [`commit`]).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, commit::FileSum>,
 }
 
 /// Hooks of a compression method into training.
@@ -136,20 +140,6 @@ pub trait Hooks {
 /// No hooks: plain training.
 pub struct NoHooks;
 impl Hooks for NoHooks {}
-
-const STATE_FILE: &str = "state.json";
-const OPT_FILE: &str = "optimizer.safetensors";
-
-/// The directory where per-epoch checkpoints live inside an output directory.
-pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint")
-}
-
-/// The training state saved in `out`'s per-epoch checkpoint, if there is a readable one.
-pub fn saved_state(out: &Path) -> Option<TrainState> {
-    let text = std::fs::read_to_string(checkpoint_dir(out).join(STATE_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
-}
 
 /// Names of weights that take weight decay (their kinds say which).
 fn decay_names(model: &Model) -> HashSet<String> {
@@ -227,16 +217,16 @@ pub fn train(
 /// Trains `model` in place as `run` says (any data source and objective).
 pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<EpochLog>> {
     let cfg = run.cfg;
-    let ck = checkpoint_dir(run.out);
     let mut state = TrainState {
         config: cfg.clone(),
         epochs_done: 0,
         optimizer_step: 0,
         history: vec![],
+        files: Default::default(),
     };
     let mut opt_state = None;
     if run.resume {
-        let (m, s, o) = load_resume(&ck, cfg)?;
+        let (m, s, o) = commit::load(run.out, cfg)?;
         *model = m;
         state = s;
         opt_state = Some(o);
@@ -288,7 +278,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
         state.epochs_done = epoch + 1;
         state.optimizer_step = opt.step;
         model.params = detached(&params)?;
-        save_resume(&ck, model, &state, &opt)?;
+        commit::save(run.out, model, &state, &opt.state())?;
         if hooks.should_stop(state.epochs_done) {
             break;
         }
@@ -342,44 +332,6 @@ fn detached(p: &ParamStore) -> Result<ParamStore> {
         out.insert(k.clone(), t.detach());
     }
     Ok(out)
-}
-
-fn save_resume(dir: &Path, model: &Model, state: &TrainState, opt: &Optimizer) -> Result<()> {
-    checkpoint::save(model, dir)?;
-    checkpoint::save_tensors(&dir.join(OPT_FILE), &opt.state())?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
-    checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
-}
-
-type Resumed = (
-    Model,
-    TrainState,
-    std::collections::BTreeMap<String, Tensor>,
-);
-
-fn load_resume(dir: &Path, cfg: &TrainConfig) -> Result<Resumed> {
-    let sp = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&sp)
-        .map_err(|e| Error::file(&sp, format!("cannot resume: {e}")))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
-    let same = TrainConfig {
-        epochs: cfg.epochs,
-        ..state.config.clone()
-    };
-    if &same != cfg {
-        return Err(Error::file(&sp, "cannot resume: the training options differ from the checkpoint's (only --epochs may change)"));
-    }
-    let model = checkpoint::load(dir)?;
-    let opt = checkpoint::load_tensors(&dir.join(OPT_FILE))?;
-    Ok((
-        model,
-        TrainState {
-            config: cfg.clone(),
-            ..state
-        },
-        opt,
-    ))
 }
 
 /// One optimizer step on `batch`: forward in train mode (tapping what the objective
