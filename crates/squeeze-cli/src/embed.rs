@@ -2,12 +2,13 @@
 //! encoder, written as a NumPy `.npy` matrix [lines, dim] (f32) or JSON lines
 //! (`{"line": i, "embedding": [...]}`), chosen by the output's extension or `--format`.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use squeeze::formats::load_any;
+use squeeze::text::shorten::Shortener;
 use squeeze::text::Encoder;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,27 +45,107 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             a.out.display()
         ),
     };
-    let text = std::fs::read_to_string(&a.input)
-        .with_context(|| format!("reading {} (expected UTF-8 text)", a.input.display()))?;
-    let lines: Vec<&str> = text.lines().collect();
+    if a.batch == 0 || a.batch > 4096 {
+        bail!("--batch {}: expected 1 to 4096 sentences", a.batch);
+    }
+    crate::outdir::check_disjoint(
+        &a.out,
+        &[("model", a.dir.as_path()), ("--input", a.input.as_path())],
+    )?;
+    let _lock = crate::outdir::Lock::take(&a.out)?;
+    let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
+    let enc = Encoder::new(&model)?;
+    let owned = read_lines(&a.input, enc.tokenizer.max_len)?;
+    let lines: Vec<&str> = owned.iter().map(String::as_str).collect();
     if lines.is_empty() {
         bail!("{}: no lines to embed", a.input.display());
     }
-    let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let enc = Encoder::new(&model)?;
     let progress = lines.len() > 1000;
     let emb = enc.embed(&lines, a.batch, progress)?;
     let bytes = match format {
         EmbedFormat::Npy => npy(&emb),
         EmbedFormat::Jsonl => jsonl(&emb)?,
     };
-    squeeze::checkpoint::write_atomic(&a.out, &bytes)?;
+    let tmp = crate::outdir::tmp_file(&a.out);
+    crate::cleanup::register(&tmp);
+    let written = std::fs::write(&tmp, &bytes)
+        .and_then(|_| std::fs::rename(&tmp, &a.out))
+        .with_context(|| format!("writing {}", a.out.display()));
+    let _ = std::fs::remove_file(&tmp);
+    crate::cleanup::unregister(&tmp);
+    written?;
     eprintln!(
         "embedded {} lines ({} dims) into {}",
         emb.len(),
         emb[0].len(),
         a.out.display()
     );
+    Ok(())
+}
+
+/// Bytes of a line read before they are handed to the cutter.
+const PIECE: usize = 1 << 16;
+
+/// The lines of `path`, read as a stream: each is cut (see [`Shortener`]) to what a model
+/// of `max_tokens` tokens can read while it is read, so one huge line costs no more
+/// memory than a short one.
+fn read_lines(path: &Path, max_tokens: usize) -> Result<Vec<String>> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut r = std::io::BufReader::new(file);
+    let mut lines = Vec::new();
+    loop {
+        let mut cut = Shortener::new(max_tokens);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut any = false;
+        let mut ended = false;
+        while !ended {
+            let buf = r
+                .fill_buf()
+                .with_context(|| format!("reading {}", path.display()))?;
+            if buf.is_empty() {
+                break;
+            }
+            any = true;
+            let (take, nl) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, 1),
+                None => (buf.len(), 0),
+            };
+            if !cut.done() {
+                pending.extend_from_slice(&buf[..take]);
+            }
+            r.consume(take + nl);
+            ended = nl == 1;
+            if pending.len() >= PIECE || ended {
+                feed(&mut cut, &mut pending, ended, path, lines.len() + 1)?;
+            }
+        }
+        if !any {
+            return Ok(lines);
+        }
+        feed(&mut cut, &mut pending, true, path, lines.len() + 1)?;
+        lines.push(cut.finish());
+    }
+}
+
+/// Hands the complete UTF-8 characters of `pending` to `cut` (all of it at the line's end).
+fn feed(
+    cut: &mut Shortener,
+    pending: &mut Vec<u8>,
+    end: bool,
+    path: &Path,
+    line: usize,
+) -> Result<()> {
+    let valid = match std::str::from_utf8(pending) {
+        Ok(_) => pending.len(),
+        Err(e) if e.error_len().is_none() && !end => e.valid_up_to(),
+        Err(_) => bail!("{}: line {line} is not UTF-8 text", path.display()),
+    };
+    let text = std::str::from_utf8(&pending[..valid]).expect("checked above");
+    cut.push(text.strip_suffix('\r').filter(|_| end).unwrap_or(text));
+    pending.drain(..valid);
+    if cut.done() {
+        pending.clear();
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! in input order.
 
 pub mod bert;
+pub mod shorten;
 pub mod stsb;
 pub mod tokenize;
 

@@ -51,17 +51,29 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, max_len })
     }
 
-    /// Token ids of each text (with the special tokens, truncated).
+    /// Token ids of each text (with the special tokens, truncated; a long text is cut to
+    /// what [`super::shorten`] says can reach the kept tokens before it is tokenized).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         texts
             .iter()
             .map(|t| {
                 self.inner
-                    .encode_fast(*t, true)
+                    .encode_fast(super::shorten::usable(t, self.max_len), true)
                     .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| Error::Data(format!("cannot tokenize {t:?}: {e}")))
+                    .map_err(|e| {
+                        let head: String = t.chars().take(80).collect();
+                        Error::Data(format!("cannot tokenize {head:?}…: {e}"))
+                    })
             })
             .collect()
+    }
+
+    /// Token ids of `text` without cutting it first (the reference for [`Self::encode`]).
+    pub fn encode_whole(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode_fast(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Data(format!("cannot tokenize: {e}")))
     }
 }
 
