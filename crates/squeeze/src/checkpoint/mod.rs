@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+mod read;
+pub use read::load_tensors;
+
 use crate::error::{Error, Result};
 use crate::graph::{tensor_specs, Graph, FORMAT_VERSION};
 pub use crate::model::Model;
@@ -47,28 +50,6 @@ pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(
     candle_core::safetensors::save(&map, &tmp)
         .map_err(|e| Error::file(&tmp, format!("cannot write safetensors: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// Loads every tensor of a safetensors file, with an error that names the file.
-pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // Mapped rather than read: the tensors are copied out and the mapping goes at once,
-    // where a read buffer freed on this thread stays resident in the allocator while the
-    // first forward pass (on other threads) allocates beside it.
-    // SAFETY: the contract of memory-mapped loading (candle's and safetensors' too): the
-    // file must not be modified or truncated while this function runs. If another process
-    // does so, that is undefined behaviour in Rust terms: the bytes may change under the
-    // reader, and a truncated file raises SIGBUS. squeeze never writes a file it is
-    // reading (saves go to a temporary name and are renamed over, which leaves an open
-    // mapping of the old file intact); the mapping is dropped before this call returns.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-        Error::file(
-            path,
-            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-        )
-    })?;
-    Ok(map.into_iter().collect())
 }
 
 /// Saves `model` into directory `dir` (created if needed).
@@ -137,6 +118,7 @@ pub fn load_graph(dir: &Path) -> Result<Graph> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let graph: Graph = serde_json::from_str(&text)
         .map_err(|e| Error::file(&path, format!("invalid model description: {e}")))?;
+    check_op_fields(&graph, &text).map_err(|m| Error::file(&path, m))?;
     graph
         .validate()
         .map_err(|e| Error::file(&path, e.to_string()))?;
@@ -146,6 +128,41 @@ pub fn load_graph(dir: &Path) -> Result<Graph> {
         tensors: BTreeMap::new(),
         ..graph
     })
+}
+
+/// Serde's tagged enums let a kind without attributes (`{"type": "relu", "foo": 1}`)
+/// ignore other fields; every field of a node's `op` must be one its kind reads back.
+fn check_op_fields(g: &Graph, text: &str) -> std::result::Result<(), String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Some(nodes) = v.get("nodes").and_then(|n| n.as_array()) else {
+        return Ok(());
+    };
+    for (node, raw) in g.nodes.iter().zip(nodes) {
+        let (Some(raw), Ok(serde_json::Value::Object(kept))) = (
+            raw.get("op").and_then(|o| o.as_object()),
+            serde_json::to_value(&node.op),
+        ) else {
+            continue;
+        };
+        if let Some(k) = raw.keys().find(|k| !kept.contains_key(*k)) {
+            return Err(format!(
+                "node `{}`: unknown field `{k}` in its `{}` op (it has {})",
+                node.name,
+                node.op.kind(),
+                match kept.len() {
+                    1 => "no fields besides `type`".to_string(),
+                    _ => format!(
+                        "only {}",
+                        kept.keys()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The graph as written to disk: current format, with every tensor's dtype, role and
