@@ -60,7 +60,7 @@ pub struct Common {
     #[arg(long)]
     pub out: PathBuf,
     /// Timed training steps (train) or throughput repetitions (infer).
-    #[arg(long, default_value_t = 40)]
+    #[arg(value_parser = crate::count("steps"), long, default_value_t = 40)]
     pub steps: usize,
     /// Python interpreter with torch installed, for the peer; `none` skips the peer.
     #[arg(long, default_value = "python3")]

@@ -30,10 +30,10 @@ pub struct DistillBenchArgs {
     #[arg(long, default_value = "results/distill.json")]
     pub out: PathBuf,
     /// Interleaved timing rounds.
-    #[arg(long, default_value_t = 7)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 7)]
     pub rounds: usize,
     /// Batch-1 runs per round (batch-256 runs are a tenth of these).
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::count("runs"), long, default_value_t = 100)]
     pub runs: usize,
     #[command(flatten)]
     pub data: DataArg,

@@ -27,10 +27,10 @@ pub struct IsaArgs {
     #[arg(long, default_value = "avx512,avx2,scalar")]
     pub isa: String,
     /// Interleaved rounds (each path times every sentence once per round).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 5)]
     pub rounds: usize,
     /// Sentences timed one by one per round.
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::count("latency_sentences"), long, default_value_t = 100)]
     pub sentences: usize,
     #[arg(long, default_value = "results/isa.json")]
     pub out: PathBuf,

@@ -35,10 +35,10 @@ use crate::write_json;
 #[derive(Args)]
 pub struct KernelArgs {
     /// Interleaved rounds.
-    #[arg(long, default_value_t = 7)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 7)]
     pub rounds: usize,
     /// Calls timed per layer, path and round (their median is the round's value).
-    #[arg(long, default_value_t = 30)]
+    #[arg(value_parser = crate::count("reps"), long, default_value_t = 30)]
     pub reps: usize,
     #[arg(long, default_value = "results/kernels.json")]
     pub out: PathBuf,

@@ -34,10 +34,10 @@ pub struct QuantArgs {
     #[arg(long, default_value = "results/quant.json")]
     pub out: PathBuf,
     /// Interleaved timing rounds.
-    #[arg(long, default_value_t = 7)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 7)]
     pub rounds: usize,
     /// Batch-1 runs per round (batch-256 runs are a tenth of these).
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::count("runs"), long, default_value_t = 100)]
     pub runs: usize,
     /// Python with torch, for the PyTorch int8 peer; `none` skips it.
     #[arg(long, default_value = "python3")]

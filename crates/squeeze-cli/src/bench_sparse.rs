@@ -30,7 +30,7 @@ pub struct SparseArgs {
     #[arg(long, default_value = "sparse-crossover")]
     pub key: String,
     /// Timed runs per measurement (median taken), batch 1; batch 256 uses a tenth.
-    #[arg(long, default_value_t = 200)]
+    #[arg(value_parser = crate::count("runs"), long, default_value_t = 200)]
     pub runs: usize,
     /// Also time this dense model against `--sparse` at batch 1, whole forward passes,
     /// interleaved over 15 rounds.

@@ -38,10 +38,10 @@ pub struct TextArgs {
     #[arg(long, default_value = "f32")]
     pub key: String,
     /// Sentences timed one by one for the batch-1 latency.
-    #[arg(long, default_value_t = 200)]
+    #[arg(value_parser = crate::count("latency_sentences"), long, default_value_t = 200)]
     pub latency_sentences: usize,
     /// Interleaved timing rounds of the encoders.
-    #[arg(long, default_value_t = 3)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 3)]
     pub rounds: usize,
     /// Python with torch + sentence-transformers (+ onnxruntime); `none` skips peers and
     /// the reference Spearman.

@@ -27,10 +27,10 @@ pub struct TrainTextArgs {
     /// STS-B file whose first sentences form the batch.
     #[arg(long, default_value = "data/stsb/sts-train.csv")]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 32)]
+    #[arg(value_parser = crate::count("batch_size"), long, default_value_t = 32)]
     pub batch: usize,
     /// Timed steps (after 3 warm-up steps); the median is reported.
-    #[arg(long, default_value_t = 20)]
+    #[arg(value_parser = crate::count("steps"), long, default_value_t = 20)]
     pub steps: usize,
     /// Python with torch + transformers; `none` skips the peer.
     #[arg(long, default_value = "python3")]

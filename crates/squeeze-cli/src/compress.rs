@@ -31,7 +31,7 @@ pub struct CompressArgs {
     #[arg(long)]
     pub force: bool,
     /// Interleaved timing rounds of the input and output models (0 skips timing).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 5)]
     pub rounds: usize,
     /// Evaluation data: the Fashion-MNIST directory for image models, the STS-B file for
     /// text encoders (defaults as for `squeeze eval`).

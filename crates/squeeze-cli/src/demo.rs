@@ -34,7 +34,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub train: bool,
     /// Training epochs of the CNN with --train.
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = crate::count("epochs"), long, default_value_t = 2)]
     pub epochs: usize,
     /// The committed image model the recipes start from.
     #[arg(long, default_value = "zoo/vgg")]
@@ -54,7 +54,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/minilm-3l")]
     pub text_student: PathBuf,
     /// Interleaved timing rounds per table.
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 5)]
     pub rounds: usize,
 }
 

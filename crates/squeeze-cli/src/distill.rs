@@ -36,10 +36,10 @@ pub struct DistillArgs {
     #[command(flatten)]
     pub size: SizeArgs,
     /// Softmax temperature T of the soft targets (> 0).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(value_parser = crate::real("temperature"), long, default_value_t = 4.0)]
     pub temperature: f64,
     /// Weight α of the soft-target term, in [0, 1]; the labels' cross-entropy gets 1 − α.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(value_parser = crate::real("alpha"), long, default_value_t = 0.9)]
     pub alpha: f64,
     /// A FitNets hint STUDENT_NODE=TEACHER_NODE (repeatable): a learned 1×1 convolution
     /// (or linear layer) maps the student node's output onto the teacher node's, and their
@@ -47,12 +47,12 @@ pub struct DistillArgs {
     #[arg(long = "hint", value_name = "S=T")]
     pub hints: Vec<String>,
     /// Weight of each hint term.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(value_parser = crate::real("hint_weight"), long, default_value_t = 1.0)]
     pub hint_weight: f64,
     /// Stage-wise FitNets: first train this many epochs on the hints alone (the student up
     /// to its hint nodes, and the regressors), then --epochs on the soft targets alone.
     /// 0 (default): hints and soft targets jointly.
-    #[arg(long, default_value_t = 0, requires = "hints")]
+    #[arg(value_parser = crate::count("hint_epochs"), long, default_value_t = 0, requires = "hints")]
     pub hint_epochs: usize,
     /// Text teachers: the sentences to distil on (one per line, or both sentences of
     /// every STS-B pair of a .csv/.tsv); never STS-B dev or test. Repeat it to distil on

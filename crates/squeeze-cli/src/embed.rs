@@ -31,7 +31,7 @@ pub struct EmbedArgs {
     #[arg(long, value_enum)]
     pub format: Option<EmbedFormat>,
     /// Sentences per batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(value_parser = crate::count("batch"), long, default_value_t = 32)]
     pub batch: usize,
 }
 

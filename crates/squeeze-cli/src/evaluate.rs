@@ -45,7 +45,7 @@ pub struct EvalArgs {
     pub json: bool,
     /// Timed repetitions for throughput (batch-1 latency uses 10× as many; text encoders:
     /// batch-1 latency over 20× as many real sentences); 0 skips timing.
-    #[arg(long, default_value_t = 10)]
+    #[arg(value_parser = crate::count("speed_runs"), long, default_value_t = 10)]
     pub speed_runs: usize,
     /// Also write the metrics to DIR/metrics.json.
     #[arg(long)]
@@ -135,7 +135,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub stored: bool,
     /// Interleaved timing rounds (0 skips timing).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::count("rounds"), long, default_value_t = 5)]
     pub rounds: usize,
     /// Fashion-MNIST directory for image models (text encoders use data/stsb/sts-dev.csv).
     #[arg(long, default_value = squeeze::data::DEFAULT_DIR)]

@@ -142,3 +142,28 @@ pub fn write_json(path: &std::path::Path, v: &impl serde::Serialize) -> anyhow::
     squeeze::checkpoint::write_atomic(path, &bytes)?;
     Ok(())
 }
+
+/// A clap parser for a whole number within `field`'s documented range
+/// ([`squeeze::limits`]).
+pub fn count(field: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| {
+        let v: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a whole number"))?;
+        squeeze::limits::check(field, v as f64).map_err(|e| format!("{s} is {e}"))?;
+        usize::try_from(v).map_err(|e| e.to_string())
+    }
+}
+
+/// A clap parser for a number within `field`'s documented range.
+pub fn real(field: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s| {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number"))?;
+        squeeze::limits::check(field, v).map_err(|e| format!("{s} is {e}"))?;
+        Ok(v)
+    }
+}

@@ -174,6 +174,9 @@ fn parent_and_name(out: &Path) -> Result<(PathBuf, String)> {
 pub struct Lock {
     path: PathBuf,
     _file: File,
+    /// A directory this run created and marked: removed again if the run leaves nothing
+    /// else in it (it failed before writing anything).
+    created: Option<PathBuf>,
 }
 
 impl Lock {
@@ -205,7 +208,11 @@ impl Lock {
             if same_inode(&file, &path) {
                 std::fs::write(&path, std::process::id().to_string())?;
                 cleanup::register(&path);
-                return Ok(Lock { path, _file: file });
+                return Ok(Lock {
+                    path,
+                    _file: file,
+                    created: None,
+                });
             }
         }
     }
@@ -221,6 +228,14 @@ fn same_inode(file: &File, path: &Path) -> bool {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        if let Some(dir) = &self.created {
+            let only_marker = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| e.ok()).all(|e| e.file_name() == MARKER))
+                .unwrap_or(false);
+            if only_marker {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         // removed while still held, so a waiting opener re-checks the inode
         let _ = std::fs::remove_file(&self.path);
         cleanup::unregister(&self.path);
@@ -364,7 +379,7 @@ pub fn claim_in_place(
     resume: bool,
 ) -> Result<Lock> {
     check_disjoint(out, inputs)?;
-    let lock = Lock::take(out)?;
+    let mut lock = Lock::take(out)?;
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !written_by_squeeze(out) {
         bail!(
@@ -379,6 +394,9 @@ pub fn claim_in_place(
              to replace it",
             out.display()
         );
+    }
+    if !out.exists() {
+        lock.created = Some(out.to_path_buf());
     }
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create it", out.display()))?;

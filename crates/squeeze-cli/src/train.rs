@@ -40,10 +40,10 @@ pub struct TrainArgs {
 #[derive(Args, Clone, Default)]
 pub struct SizeArgs {
     /// Comma-separated widths (see the zoo docs; vgg uses 0 for a pooling layer).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(value_parser = crate::count("widths"), long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
     /// resnet: blocks per stage (3 = ResNet-20); densenet, densenet-bc: layers per block.
-    #[arg(long)]
+    #[arg(value_parser = crate::count("depth"), long)]
     pub depth: Option<usize>,
 }
 
@@ -63,29 +63,29 @@ impl SizeArgs {
 #[derive(Args, Clone)]
 pub struct TrainOpts {
     /// Epochs (default per arch: mlp/lenet5 20, others 30).
-    #[arg(long)]
+    #[arg(value_parser = crate::count("epochs"), long)]
     pub epochs: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 128)]
+    #[arg(value_parser = crate::count("batch_size"), long, default_value_t = 128)]
     pub batch_size: usize,
     /// Base learning rate (default: 0.05 for sgd, 0.001 for adamw).
-    #[arg(long)]
+    #[arg(value_parser = crate::real("lr"), long)]
     pub lr: Option<f64>,
     /// Optimizer: sgd (momentum 0.9, Nesterov) or adamw.
     #[arg(long, default_value = "sgd")]
     pub optimizer: String,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(value_parser = crate::real("weight_decay"), long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// Schedule: cosine, step (×0.1 every third of the run) or constant; 1 warm-up epoch.
     #[arg(long, default_value = "cosine")]
     pub schedule: String,
     /// Random-crop padding in pixels, with horizontal flips (0 turns augmentation off;
     /// default 2, 0 for mlp).
-    #[arg(long)]
+    #[arg(value_parser = crate::count("augment_pad"), long)]
     pub augment_pad: Option<usize>,
     /// Train on the first N images only (quick runs).
-    #[arg(long)]
+    #[arg(value_parser = crate::count("limit_train"), long)]
     pub limit_train: Option<usize>,
     /// Continue from OUT/checkpoint.
     #[arg(long)]
@@ -160,7 +160,7 @@ pub fn config(a: &TrainOpts, arch: &str) -> Result<TrainConfig> {
     if a.batch_size == 0 || epochs == 0 {
         bail!("--batch-size and --epochs must be positive");
     }
-    Ok(TrainConfig {
+    let cfg = TrainConfig {
         epochs,
         batch_size: a.batch_size,
         optimizer,
@@ -168,7 +168,9 @@ pub fn config(a: &TrainOpts, arch: &str) -> Result<TrainConfig> {
         seed: a.seed,
         augment_pad: a.augment_pad.unwrap_or(if arch == "mlp" { 0 } else { 2 }),
         limit_train: a.limit_train,
-    })
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// Fresh zoo weights, or the model of `--init` after checking it is a model of `--arch`.

@@ -37,6 +37,7 @@ pub mod graph;
 pub mod interp;
 pub mod isa;
 pub mod kinds;
+pub mod limits;
 pub mod math;
 pub mod model;
 pub(crate) mod ops;

@@ -64,7 +64,14 @@ struct Builder {
     g: Graph,
     p: ParamStore,
     rng: StdRng,
+    /// Floats initialized so far, and why the next are refused (memory).
+    floats: u64,
+    refused: Option<String>,
 }
+
+/// Bytes training needs per parameter: the weight, its gradient and up to two optimizer
+/// moments.
+const TRAIN_BYTES_PER_PARAM: u64 = 16;
 
 impl Builder {
     fn new(arch: &str, seed: u64) -> Self {
@@ -72,20 +79,47 @@ impl Builder {
             g: Graph::new(arch, &INPUT_SHAPE),
             p: ParamStore::new(),
             rng: StdRng::seed_from_u64(seed),
+            floats: 0,
+            refused: None,
         }
     }
 
+    /// Whether `n` more parameters fit the machine's memory for training (if not, the
+    /// reason is kept and [`Builder::put`] returns it).
+    fn fits(&mut self, n: usize) -> bool {
+        self.floats = self.floats.saturating_add(n as u64);
+        if self.refused.is_none() {
+            let bytes = self.floats.saturating_mul(TRAIN_BYTES_PER_PARAM);
+            if let Err(e) = crate::limits::ensure_fits(bytes, "training this model") {
+                self.refused = Some(format!(
+                    "{e} (at least {} parameters so far): choose smaller --widths or --depth",
+                    self.floats
+                ));
+            }
+        }
+        self.refused.is_none()
+    }
+
     fn normal(&mut self, n: usize, std: f64) -> Vec<f32> {
+        if !self.fits(n) {
+            return Vec::new();
+        }
         normal(&mut self.rng, n, std)
     }
 
     fn uniform(&mut self, n: usize, bound: f64) -> Vec<f32> {
+        if !self.fits(n) {
+            return Vec::new();
+        }
         (0..n)
             .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
             .collect()
     }
 
     fn put(&mut self, name: String, v: Vec<f32>, shape: &[usize]) -> Result<()> {
+        if let Some(why) = &self.refused {
+            return Err(Error::Graph(why.clone()));
+        }
         self.p
             .insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
         Ok(())

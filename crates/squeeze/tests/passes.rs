@@ -212,6 +212,45 @@ fn the_recipe_reference_comes_from_the_declarations_and_matches_the_readme() {
 }
 
 #[test]
+fn the_readme_lists_every_documented_range() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let (start, end) = ("<!-- limits:reference -->\n", "<!-- /limits:reference -->");
+    let at = readme
+        .find(start)
+        .expect("README has the limits:reference block")
+        + start.len();
+    let block = &readme[at..at + readme[at..].find(end).unwrap()];
+    let want = squeeze::limits::markdown();
+    assert!(
+        block == want,
+        "README.md's table of ranges differs from squeeze::limits; paste this between the \
+         limits:reference markers:\n{want}"
+    );
+}
+
+#[test]
+fn out_of_range_recipe_fields_name_the_field_and_the_range() {
+    for (entry, want) in [
+        ("[finetune]\nepochs = 0\n", "`epochs` = 0 is out of range: expected an integer from 1"),
+        ("[finetune]\noptimizer = { type = \"sgd\", lr = 0.0, momentum = 0.9, weight_decay = 0.0, nesterov = true }\n", "`lr` = 0.0 is out of range"),
+        ("[finetune]\noptimizer = { type = \"sgd\", lr = 0.1, momentum = 2.0, weight_decay = 0.0, nesterov = true }\n", "`momentum` = 2.0"),
+        ("[finetune]\nschedule = { type = \"cosine\", warmup_epochs = 1e9 }\n", "`warmup_epochs`"),
+        ("[finetune]\nschedule = { type = \"cosine\", warmup_epochs = nan }\n", "`warmup_epochs`"),
+    ] {
+        let text = format!("{entry}[[passes]]\ntype = \"finetune\"\n");
+        let err = Recipe::parse(&text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("r.toml") && err.contains(want), "{entry}: {err}");
+    }
+    let text = "[[passes]]\ntype = \"obd\"\nsparsity = 0.5\nrounds = 2147483648\n";
+    let err = Recipe::parse(text, Path::new("r.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("passes[0]: `rounds`"), "{err}");
+}
+
+#[test]
 fn every_recipe_in_the_readme_parses() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self};
 use crate::data::ImageSet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{infer_shapes_at, tensor_specs, Graph};
 use crate::interp::predict;
 use crate::kinds::numel;
@@ -155,6 +155,11 @@ pub fn static_cost(model: &Model) -> Result<Metrics> {
 
 /// Top-1 accuracy (0–1) on `set`, in batches.
 pub fn accuracy(g: &Graph, p: &ParamStore, set: &ImageSet, batch: usize) -> Result<f64> {
+    if set.is_empty() {
+        return Err(Error::Data(
+            "the test set holds no images: an accuracy needs at least one".into(),
+        ));
+    }
     let mut correct = 0;
     let idx: Vec<usize> = (0..set.len()).collect();
     // a bar on a terminal (hidden otherwise): a large model takes seconds per 10k images
@@ -164,7 +169,17 @@ pub fn accuracy(g: &Graph, p: &ParamStore, set: &ImageSet, batch: usize) -> Resu
     bar.set_style(style.progress_chars("=> "));
     for chunk in idx.chunks(batch.max(1)) {
         let (x, y) = set.batch(chunk, None)?;
-        let pred: Vec<u32> = predict(g, p, &x)?.argmax(1)?.to_vec1()?;
+        let logits = predict(g, p, &x)?;
+        let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "the model's output on test images {}..={} holds {v}: its weights or \
+                 statistics are broken, so no accuracy is reported",
+                chunk[0],
+                chunk[chunk.len() - 1]
+            )));
+        }
+        let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         let ys: Vec<u32> = y.to_vec1()?;
         correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
         bar.inc(chunk.len() as u64);
@@ -178,7 +193,8 @@ pub fn median_time(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>
     for _ in 0..warmup {
         f()?;
     }
-    let mut t = Vec::with_capacity(runs);
+    let runs = runs.max(1);
+    let mut t = Vec::new();
     for _ in 0..runs {
         let s = Instant::now();
         f()?;
@@ -192,7 +208,9 @@ pub fn median_time(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>
 pub fn speed(model: &Model, runs: usize) -> Result<(f64, f64)> {
     let (x1, x256) = compare::batch_inputs(model)?;
     let (g, p) = (&model.graph, &model.params);
-    let t1 = median_time(10, runs * 10, || predict(g, p, &x1).map(|_| ()))?;
+    let t1 = median_time(10, runs.saturating_mul(10), || {
+        predict(g, p, &x1).map(|_| ())
+    })?;
     let t256 = median_time(2, runs, || predict(g, p, &x256).map(|_| ()))?;
     Ok((t1 * 1e3, 256.0 / t256))
 }
@@ -253,6 +271,12 @@ pub fn evaluate_text(
     reset_peak_rss();
     if score {
         let (s, p) = enc.stsb(pairs, 32, true)?;
+        if !(s.is_finite() && p.is_finite()) {
+            return Err(Error::Data(format!(
+                "the STS-B correlations are undefined (Spearman {s}, Pearson {p}): the \
+                 model's similarities are constant or not finite, so its embeddings are broken"
+            )));
+        }
         m.spearman = Some(s);
         m.pearson = Some(p);
     }

@@ -240,6 +240,14 @@ impl Recipe {
             path: path.into(),
             msg: e.to_string(),
         })?;
+        let raw: toml::Value = toml::from_str(text).map_err(|e| Error::Recipe {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        crate::limits::check_tree(&raw).map_err(|msg| Error::Recipe {
+            path: path.into(),
+            msg,
+        })?;
         if r.passes.is_empty() {
             return Err(Error::Recipe {
                 path: path.into(),

@@ -79,6 +79,17 @@ fn default_schedule() -> Schedule {
     Schedule::Cosine { warmup_epochs: 0.0 }
 }
 
+impl TrainConfig {
+    /// Every number within its documented range ([`crate::limits`]); the error names the
+    /// field.
+    pub fn validate(&self) -> Result<()> {
+        toml::Value::try_from(self)
+            .map_err(|e| e.to_string())
+            .and_then(|v| crate::limits::check_tree(&v))
+            .map_err(|m| Error::Train(format!("training options: {m}")))
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -217,6 +228,7 @@ pub fn train(
 /// Trains `model` in place as `run` says (any data source and objective).
 pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<EpochLog>> {
     let cfg = run.cfg;
+    cfg.validate()?;
     let mut state = TrainState {
         config: cfg.clone(),
         epochs_done: 0,
