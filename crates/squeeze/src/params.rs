@@ -10,6 +10,10 @@ use candle_core::{DType, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 
+/// The largest magnitude a stored float may have (the committed models stay below 10;
+/// 3e38 is finite but overflows the first matmul).
+pub const MAX_VALUE: f32 = 1e8;
+
 /// Named tensors of a model.
 #[derive(Debug, Clone, Default)]
 pub struct ParamStore {
@@ -74,7 +78,8 @@ impl ParamStore {
         Ok(ParamStore { tensors: out })
     }
 
-    /// Errors naming the first floating-point tensor that holds a NaN or an infinity.
+    /// Errors naming the first floating-point tensor that holds a NaN, an infinity or a
+    /// value beyond ±[`MAX_VALUE`].
     pub fn check_finite(&self) -> Result<()> {
         for (name, t) in &self.tensors {
             if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
@@ -84,6 +89,14 @@ impl ParamStore {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::Graph(format!(
                     "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
+                    v[i]
+                )));
+            }
+            if let Some(i) = v.iter().position(|x| x.abs() > MAX_VALUE) {
+                return Err(Error::Graph(format!(
+                    "tensor `{name}` holds {} at flat index {i}, beyond ±{MAX_VALUE:e}: a \
+                     trained network's values are many orders of magnitude smaller, and \
+                     products of such values overflow f32",
                     v[i]
                 )));
             }

@@ -330,5 +330,5 @@ fn degenerate_graphs_are_errors_that_name_the_node() {
         Op::LayerNorm(squeeze::kinds::layer_norm::LayerNorm { dim: 4, eps: -1.0 }),
         &["input"],
     );
-    assert!(bad(&g).contains("`eps` must be positive"), "{}", bad(&g));
+    assert!(bad(&g).contains("`eps` must be in (0, 1]"), "{}", bad(&g));
 }

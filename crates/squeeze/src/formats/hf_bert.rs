@@ -56,19 +56,6 @@ fn absolute() -> String {
     "absolute".into()
 }
 
-/// sentence-transformers' pooling config (`1_Pooling/config.json`).
-#[derive(Debug, Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
@@ -97,9 +84,10 @@ fn shape_of(dir: &Path, present: usize) -> Result<BertShape> {
     let cpath = dir.join("config.json");
     let c: HfConfig = read_json(&cpath)?;
     let unsupported = |what: String| Err(Error::file(&cpath, what));
-    if c.num_hidden_layers > present {
+    if c.num_hidden_layers != present {
         return unsupported(format!(
-            "num_hidden_layers is {}, but model.safetensors holds {present} encoder layers",
+            "num_hidden_layers is {}, but model.safetensors holds {present} encoder layers \
+             (to keep fewer, load all {present} and apply the `drop_layers` pass)",
             c.num_hidden_layers
         ));
     }
@@ -164,14 +152,19 @@ fn shape_of(dir: &Path, present: usize) -> Result<BertShape> {
 fn has_normalize(dir: &Path) -> Result<bool> {
     let ppath = dir.join("1_Pooling/config.json");
     if ppath.is_file() {
-        let p: PoolingConfig = read_json(&ppath)?;
-        let others = p.pooling_mode_cls_token
-            || p.pooling_mode_max_tokens
-            || p.pooling_mode_mean_sqrt_len_tokens;
-        if !p.pooling_mode_mean_tokens || others {
+        let p: serde_json::Map<String, serde_json::Value> = read_json(&ppath)?;
+        let on = |k: &String| p[k].as_bool() != Some(false);
+        let modes: Vec<&String> = p
+            .keys()
+            .filter(|k| k.starts_with("pooling_mode") && on(k))
+            .collect();
+        if modes.len() != 1 || modes[0] != "pooling_mode_mean_tokens" || p[modes[0]] != true {
             return Err(Error::file(
                 &ppath,
-                "only mean pooling (pooling_mode_mean_tokens alone) is supported",
+                format!(
+                    "pooling modes {modes:?} are set: only mean pooling \
+                     (pooling_mode_mean_tokens alone) is supported"
+                ),
             ));
         }
     }

@@ -228,9 +228,24 @@ impl Graph {
                 self.output
             )));
         }
+        self.check_output_is_last()?;
         infer_shapes(self)?;
         self.check_masks()?;
         self.check_codecs()
+    }
+
+    /// The output is where the graph ends: no node reads it. A graph whose `output` names
+    /// an inner node (its last layers computed and dropped) is refused, naming a reader.
+    /// Side branches that end elsewhere (FitNets regressors read by the loss) are fine.
+    fn check_output_is_last(&self) -> Result<()> {
+        match self.nodes.iter().find(|n| n.inputs.contains(&self.output)) {
+            Some(reader) => Err(Error::Graph(format!(
+                "output is `{}`, but node `{}` reads it: the output must be the node the \
+                 graph ends in, not an inner one",
+                self.output, reader.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Every codec names an f32 parameter of the graph and has valid options.

@@ -35,7 +35,13 @@ impl Graph {
                 "tensor `{extra}` belongs to no node (dangling)"
             )));
         }
-        p.check_finite()
+        p.check_finite()?;
+        for n in &self.nodes {
+            n.op.def()
+                .check_values(&n.name, p)
+                .map_err(|m| Error::Graph(format!("node `{}`: {m}", n.name)))?;
+        }
+        Ok(())
     }
 }
 

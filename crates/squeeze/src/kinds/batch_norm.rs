@@ -12,6 +12,7 @@ use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, Ten
 use super::{Node, Op};
 use crate::error::Result;
 use crate::ops::batchnorm;
+use crate::params::ParamStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,11 +33,24 @@ impl LayerKind for BatchNorm {
     fn inputs(&self) -> Inputs {
         Inputs::Values
     }
+    fn check_values(&self, node: &str, params: &ParamStore) -> std::result::Result<(), String> {
+        let name = format!("{node}.running_var");
+        let Ok(v) = params.get(&name).and_then(|t| Ok(t.to_vec1::<f32>()?)) else {
+            return Ok(()); // missing or mistyped: the store check names it
+        };
+        match v.iter().position(|x| *x < 0.0) {
+            Some(i) => Err(format!(
+                "`{name}` holds a negative variance ({}) at channel {i}",
+                v[i]
+            )),
+            None => Ok(()),
+        }
+    }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         positive("channels", self.channels)?;
-        if !(self.eps > 0.0 && self.eps.is_finite()) {
+        if !(self.eps > 0.0 && self.eps <= 1.0) {
             return Err(format!(
-                "`eps` must be positive and finite, got {}",
+                "`eps` must be in (0, 1] (a stabilizer, typically 1e-5), got {}",
                 self.eps
             ));
         }

@@ -28,9 +28,9 @@ impl LayerKind for LayerNorm {
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         positive("dim", self.dim)?;
-        if !(self.eps > 0.0 && self.eps.is_finite()) {
+        if !(self.eps > 0.0 && self.eps <= 1.0) {
             return Err(format!(
-                "`eps` must be positive and finite, got {}",
+                "`eps` must be in (0, 1] (a stabilizer, typically 1e-5), got {}",
                 self.eps
             ));
         }

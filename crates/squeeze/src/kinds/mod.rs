@@ -159,6 +159,11 @@ pub trait LayerKind: std::fmt::Debug {
     fn lookup_table(&self) -> Option<(embedding::Lookup, usize)> {
         None
     }
+    /// Checks the values of node `node`'s tensors in `params` beyond their shapes (a
+    /// BatchNorm's variances are not negative); the message names the tensor.
+    fn check_values(&self, _node: &str, _params: &ParamStore) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A reader that a node can apply itself (fusion): the ReLU after a BatchNorm or an int8

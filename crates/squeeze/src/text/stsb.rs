@@ -16,14 +16,27 @@ pub struct Pair {
     pub b: String,
 }
 
+/// Fewest pairs a correlation is computed on.
+pub const MIN_PAIRS: usize = 3;
+
 /// Reads an STS-B file; a malformed line is an error naming the file and line.
 pub fn read(path: &Path) -> Result<Vec<Pair>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let pairs = parse(&text).map_err(|msg| Error::file(path, msg))?;
-    if pairs.is_empty() {
+    if pairs.len() < MIN_PAIRS {
         return Err(Error::file(
             path,
-            "no sentence pairs (expected STS-B tab-separated lines)",
+            format!(
+                "{} sentence pair(s): a rank correlation needs at least {MIN_PAIRS} \
+                 (expected STS-B tab-separated lines)",
+                pairs.len()
+            ),
+        ));
+    }
+    if pairs.iter().all(|p| p.score == pairs[0].score) {
+        return Err(Error::file(
+            path,
+            "every pair has the same gold score: a correlation with it is undefined",
         ));
     }
     Ok(pairs)

@@ -37,8 +37,16 @@ impl TextTokenizer {
         if let Some(cfg) = assets.get("sentence_bert_config.json") {
             let c: SentenceConfig = serde_json::from_slice(cfg)
                 .map_err(|e| Error::Data(format!("sentence_bert_config.json: {e}")))?;
+            if c.max_seq_length < 2 {
+                return Err(Error::Data(format!(
+                    "sentence_bert_config.json: max_seq_length {} leaves no room for a token \
+                     besides [CLS] and [SEP]",
+                    c.max_seq_length
+                )));
+            }
             max_len = c.max_seq_length.min(max_positions);
         }
+        check_templates(bytes).map_err(|m| Error::Data(format!("tokenizer.json: {m}")))?;
         let mut inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Data(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
@@ -48,6 +56,15 @@ impl TextTokenizer {
                 ..TruncationParams::default()
             }))
             .map_err(|e| Error::Data(format!("tokenizer.json truncation: {e}")))?;
+        // a last net for configurations the tokenizers crate accepts and then panics on
+        let trial = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.encode_fast("a test, 1", true).is_ok()
+        }));
+        if !matches!(trial, Ok(true)) {
+            return Err(Error::Data(
+                "tokenizer.json: the tokenizer it describes fails on a test sentence".into(),
+            ));
+        }
         Ok(TextTokenizer { inner, max_len })
     }
 
@@ -75,6 +92,37 @@ impl TextTokenizer {
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| Error::Data(format!("cannot tokenize: {e}")))
     }
+}
+
+/// Every special token a `TemplateProcessing` post-processor places must be one it
+/// defines (the tokenizers crate accepts such a file and panics on the first encode).
+fn check_templates(bytes: &[u8]) -> std::result::Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut stack = vec![&v["post_processor"]];
+    while let Some(p) = stack.pop() {
+        if let Some(list) = p.get("processors").and_then(|l| l.as_array()) {
+            stack.extend(list);
+        }
+        if p.get("type").and_then(|t| t.as_str()) != Some("TemplateProcessing") {
+            continue;
+        }
+        let defined = p.get("special_tokens").and_then(|s| s.as_object());
+        for part in ["single", "pair"] {
+            let Some(items) = p.get(part).and_then(|s| s.as_array()) else {
+                continue;
+            };
+            for id in items.iter().filter_map(|i| i.pointer("/SpecialToken/id")) {
+                let id = id.as_str().unwrap_or_default();
+                if !defined.is_some_and(|d| d.contains_key(id)) {
+                    return Err(format!(
+                        "post_processor.{part} places special token `{id}`, which its \
+                         special_tokens do not define"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Pads id sequences to the longest: ids [N, L] (u32) and mask [N, L] (f32, 1 = token).
