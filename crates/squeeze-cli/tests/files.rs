@@ -409,3 +409,91 @@ fn resume_after_a_kill_at_every_write_boundary_is_bit_identical() {
     );
     let _ = std::fs::remove_dir_all(&sb);
 }
+
+#[test]
+fn absurd_numbers_are_refused_before_any_work() {
+    let (sb, model) = sandbox("absurd");
+    let m = model.to_str().unwrap();
+    let out = sb.join("o");
+    let o = out.to_str().unwrap();
+    for (args, flag) in [
+        (
+            vec!["eval", m, "--speed-runs", "9223372036854775808"],
+            "--speed-runs",
+        ),
+        (vec!["eval", m, "--speed-runs", "1e15"], "--speed-runs"),
+        (
+            vec![
+                "train",
+                "--arch",
+                "mlp",
+                "--widths",
+                "2000000000",
+                "--out",
+                o,
+            ],
+            "--widths",
+        ),
+        (
+            vec!["train", "--arch", "resnet", "--depth", "100000", "--out", o],
+            "--depth",
+        ),
+        (
+            vec!["train", "--arch", "mlp", "--lr", "0", "--out", o],
+            "--lr",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "mlp",
+                "--epochs",
+                "9223372036854775807",
+                "--out",
+                o,
+            ],
+            "--epochs",
+        ),
+        (
+            vec![
+                "compress",
+                m,
+                "--recipe",
+                "r.toml",
+                "--rounds",
+                "9223372036854775808",
+                "--out",
+                o,
+            ],
+            "--rounds",
+        ),
+    ] {
+        let (ok, err) = run(&args);
+        assert!(
+            !ok && err.contains(flag)
+                && (err.contains("out of range") || err.contains("whole number")),
+            "{args:?}: {err}"
+        );
+    }
+    let recipe = sb.join("big.toml");
+    for body in [
+        "[[passes]]\ntype = \"obd\"\nsparsity = 0.5\nrounds = 2147483648\n",
+        "[[passes]]\ntype = \"magnitude\"\nsparsity = 0.5\nfinetune_epochs = 9223372036854775807\n",
+    ] {
+        std::fs::write(&recipe, body).unwrap();
+        let (ok, err) = run(&[
+            "compress",
+            m,
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            o,
+        ]);
+        assert!(
+            !ok && err.contains("big.toml") && err.contains("out of range"),
+            "{err}"
+        );
+    }
+    assert!(!out.exists(), "a refused command left {}", out.display());
+    let _ = std::fs::remove_dir_all(&sb);
+}

@@ -125,6 +125,44 @@ fn embed_writes_npy_and_jsonl_in_input_order() {
 }
 
 #[test]
+fn a_20_mb_line_embeds_like_its_first_words() {
+    let d = tmp("embed-long");
+    let model = tiny_model(&d, true);
+    let m = model.to_str().unwrap();
+    let embed = |text: String, name: &str| -> Vec<serde_json::Value> {
+        let input = d.join(format!("{name}.txt"));
+        std::fs::write(&input, text).unwrap();
+        let out = d.join(format!("{name}.jsonl"));
+        let (ok, _, err) = bin(&[
+            "embed",
+            m,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // the tiny model reads 16 positions: 40 words are already past its last token
+    let long = embed(
+        format!("{}\nthe dog runs\n", "the dog runs. ".repeat(1_500_000)),
+        "long",
+    );
+    let short = embed(
+        format!("{}\nthe dog runs\n", "the dog runs. ".repeat(10)),
+        "short",
+    );
+    assert_eq!(long.len(), 2);
+    assert_eq!(long, short, "cutting a line must not change its embedding");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn eval_stsb_reports_correlations_and_names_bad_lines() {
     let d = tmp("eval");
     let model = tiny_model(&d, true);
