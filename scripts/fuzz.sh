@@ -10,7 +10,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-5000} rounds=${2:-15}
-corpus=crates/squeeze/tests/fuzz-corpus reports=target/fuzz-reports track=target/fuzz-track
+# absolute: the test runs in the crate's directory
+corpus=$PWD/crates/squeeze/tests/fuzz-corpus reports=$PWD/target/fuzz-reports track=$PWD/target/fuzz-track
 cargo test --release -p squeeze --test fuzz --no-run
 rm -rf "$reports" target/fuzz-crashes && mkdir -p "$reports"
 keep() { # keep input file $1 of target $2 (named FILE--HASH, as the corpus wants)

@@ -309,9 +309,31 @@ def distill():
     return out
 
 
+def reliability():
+    r = load("reliability")
+    f = r["fuzz"]
+    rows = [[name, f"{t['cases']:,}", f"{t['loaded']:,}", f"{t['refused']:,}", t["failures"],
+             f"{t['slowest_ms']:.0f}"] for name, t in sorted(f["targets"].items())]
+    out = (f"The long fuzz run (`{f['command']}`, {r['cpu']}): {f['cases']:,} cases in "
+           f"{f['seconds'] / 60:.0f} min, {f['failures']} failures, {f['rounds_died']} rounds "
+           f"killed by an abort, OOM or hang, peak RSS {f['peak_rss_bytes'] / 2**20:.0f} MB.\n\n")
+    out += table(["loader", "cases", "loaded and checked", "refused cleanly", "failures",
+                  "slowest case ms"], rows)
+    fi = r["fault_injection"]
+    same = sum(b["bit_identical"] for b in fi["boundaries"])
+    out += (f"\n\nKilled at each of the {len(fi['boundaries'])} write boundaries of a checkpoint "
+            f"and resumed: {same} of {len(fi['boundaries'])} bit-identical to the uninterrupted "
+            f"run. A torn checkpoint's resume: \"{fi['torn_checkpoint_resume']}\".\n\n")
+    rows = [[f"`{m['model']}`", m["input"], f"{m['weights_bytes'] / 2**20:.1f}",
+             f"{m['peak_rss_mb']:.1f}", f"{m['over_weights_mb']:+.1f}"] for m in r["memory"]["runs"]]
+    out += ("Peak RSS of `squeeze embed` (three sentences, and one 65 MB line):\n\n"
+            + table(["model", "input", "weights MB", "peak RSS MB", "over the weights MB"], rows))
+    return out
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
-          "distill": distill}
+          "distill": distill, "reliability": reliability}
 
 
 def render(text):
