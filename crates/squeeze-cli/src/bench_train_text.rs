@@ -118,6 +118,7 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
             bail!("the PyTorch peer needs a Hugging Face export of the student: {why}");
         }
         let dir = std::env::temp_dir().join(format!("squeeze-train-text-{}", std::process::id()));
+        crate::cleanup::register(&dir);
         hf_bert::export(&model, &dir)?;
         let args = [
             dir.display().to_string(),
@@ -131,6 +132,7 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
         ];
         let v = crate::measure::python(&a.python, &a.peer, &args);
         let _ = std::fs::remove_dir_all(&dir);
+        crate::cleanup::unregister(&dir);
         Some(v?)
     };
     let theirs = peer
