@@ -293,7 +293,7 @@ fn image_cols(
     let chw = c * h * w;
     s.codes.resize(chw, 0);
     // the magnitudes that matter are the im2col rows' (below)
-    qgemm::quantize_row(x, (inv, 127), &mut s.codes, None);
+    qgemm::quantize_row(isa, x, (inv, 127), &mut s.codes, None);
     let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
     s.hwc.resize(chw, 0);
     panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;

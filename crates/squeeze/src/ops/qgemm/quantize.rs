@@ -5,12 +5,13 @@
 //! batches by the `quantize` pass). Codes are symmetric, in [−127, 127] for the
 //! convolution (whose AVX2 kernel moves signs onto the weights) and in [−64, 64] for the
 //! Linear layer ([`LINEAR_ACT_MAX`]), whose kernel offsets them to unsigned bytes so that
-//! `vpmaddubsw` pair sums cannot saturate. The vector row quantizer is
-//! [`quantize_row`]; [`round_code_to`] is its scalar reference.
+//! `vpmaddubsw` pair sums cannot saturate. The row quantizer of the kernels is
+//! [`quantize_row`], on an instruction-set path its caller names; [`round_code_to`] is its
+//! scalar reference, and [`quantize_rows`], the reference form the simulated layers and
+//! the tests compare with, uses only that.
 
 pub use super::round::round_code_to;
-#[cfg(target_arch = "x86_64")]
-use crate::isa::{self, Isa};
+use crate::isa::Isa;
 
 /// Inputs per scale of dynamic int8 activations: each row (token) is quantized in blocks
 /// of this many consecutive values, each with its own scale — llama.cpp's Q8_0 choice,
@@ -51,6 +52,7 @@ impl QRows {
 /// Quantizes `x` `[m, k]` to codes in [−lim, lim]: with a static scale, every value by it
 /// (values beyond ±lim·s are clipped; one scale per row); dynamically, every `block`
 /// consecutive values of a row by `max|block| / lim` (`block` ≥ k: one scale per row).
+/// The reference form: scalar [`round_code_to`] only, whatever the CPU.
 pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize, lim: i8) -> QRows {
     let m = x.len() / k.max(1);
     let block = if fixed.is_some() {
@@ -76,26 +78,32 @@ pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize, lim:
                 &mut q.codes[at..][..part.len()],
                 &mut q.abs[at..][..part.len()],
             );
-            quantize_row(part, (inv, lim), c, Some(a));
+            for ((c, a), v) in c.iter_mut().zip(a.iter_mut()).zip(part) {
+                *c = round_code_to(v * inv, lim);
+                *a = c.unsigned_abs();
+            }
         }
     }
     q
 }
 
-/// Quantizes one row: codes = round(x·inv) half away from zero, clamped to ±lim, and
-/// their magnitudes when `abs` is given (the AVX2 path equals the scalar
-/// [`round_code_to`]).
+/// Quantizes one row on path `isa`: codes = round(x·inv) half away from zero, clamped to
+/// ±lim, and their magnitudes when `abs` is given (every path above scalar runs the AVX2
+/// kernel, which equals the scalar [`round_code_to`] exactly).
 pub fn quantize_row(
+    isa: Isa,
     x: &[f32],
     (inv, lim): (f32, i8),
     codes: &mut [i8],
     mut abs: Option<&mut [u8]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa::active().is_ok_and(|i| i != Isa::Scalar) {
-        // SAFETY: a path above scalar implies AVX2; the kernel asserts the lengths.
+    if isa != Isa::Scalar && isa.is_supported() {
+        // SAFETY: a supported path above scalar implies AVX2; the kernel asserts the
+        // lengths.
         return unsafe { super::avx2::quantize_row(x, (inv, lim), codes, abs) };
     }
+    let _ = isa;
     for (j, (c, v)) in codes.iter_mut().zip(x).enumerate() {
         *c = round_code_to(v * inv, lim);
         if let Some(a) = abs.as_deref_mut() {

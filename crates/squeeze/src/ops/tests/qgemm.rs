@@ -45,7 +45,7 @@ fn packed_int8_panels_equal_the_reference_exactly() {
                 abs[i * lda..i * lda + k].copy_from_slice(&q.abs[i * k..(i + 1) * k]);
             }
             let ldo = p.padded_n() + 16;
-            for path in isa::supported() {
+            for path in super::common::isa_paths(module_path!()) {
                 let product = |panels: std::ops::Range<usize>| {
                     let mut out = vec![-1i32; m * ldo];
                     p.product(path, (&a, &abs), (m, lda), !relu, panels, &mut out, ldo)
@@ -129,7 +129,7 @@ fn channels_last_reorder_is_the_same_permutation_on_every_path() {
     // whole 8×8 blocks, and channel / pixel edges
     for &(c, hw) in &[(8, 64), (32, 784), (3, 10), (13, 49), (64, 196)] {
         let src: Vec<i8> = (0..c * hw).map(|i| (i * 31 % 255) as u8 as i8).collect();
-        for path in isa::supported() {
+        for path in super::common::isa_paths(module_path!()) {
             let mut dst = vec![0i8; c * hw];
             qgemm::panel::to_channels_last(path, &src, (c, hw), &mut dst).unwrap();
             for ci in 0..c {
@@ -212,7 +212,7 @@ fn offset_int8_panels_equal_the_integer_reference_exactly() {
             block,
         };
         let (one, zero) = (vec![1f32; n], vec![0f32; n]);
-        for path in isa::supported() {
+        for path in super::common::isa_paths(module_path!()) {
             // every panel sub-range and a token sub-range, into a wider output
             for (panels, tokens) in [
                 (0..p.panels(), 0..m),
@@ -299,7 +299,7 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
         // the dequantized product, and the sum of |terms| its tolerance is relative to
         let term = |i: usize, j: usize, c: usize| q.value(i, c, k) * w[j * k + c] as f32 * sw[j];
         let kp = p.stride();
-        for path in isa::supported() {
+        for path in super::common::isa_paths(module_path!()) {
             // the kernel's quantizer gives quantize_rows' codes and scales exactly
             let wq = quantize_offset(path, &x, (k, kp), None, 32).unwrap();
             assert_eq!(wq.scales, q.scales, "{}", path.name());
@@ -315,23 +315,35 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
                     );
                 }
             }
+            // two parts of one call with different scales and biases: each must be its own
+            // product (a kernel mixing up parts fails here)
+            let (sw2, bias2): (Vec<f32>, Vec<f32>) = (
+                sw.iter().map(|s| 2.0 * s).collect(),
+                bias.iter().map(|b| -b).collect(),
+            );
             let part = PackedPart {
                 w: &p,
                 scales: &sw,
                 bias: Some(&bias),
             };
-            let got = linear_packed(path, wq.rows(), &[part, part], m).unwrap();
-            assert_eq!(got[0], got[1], "the parts of one call are independent");
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f32 = (0..k).map(|c| term(i, j, c)).sum::<f32>() + bias[j];
-                    let mag: f32 = (0..k).map(|c| term(i, j, c).abs()).sum();
-                    let y = got[0][i * n + j];
-                    assert!(
-                        (y - want).abs() <= BLOCKED_TOL * (1.0 + mag + bias[j].abs()),
-                        "{} [{m},{n},{k}] ({i},{j}): {y} vs {want}",
-                        path.name()
-                    );
+            let other = PackedPart {
+                w: &p,
+                scales: &sw2,
+                bias: Some(&bias2),
+            };
+            let got = linear_packed(path, wq.rows(), &[part, other], m).unwrap();
+            for (g, (f, b)) in got.iter().zip([(1.0f32, &bias), (2.0, &bias2)]) {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = f * (0..k).map(|c| term(i, j, c)).sum::<f32>() + b[j];
+                        let mag: f32 = f * (0..k).map(|c| term(i, j, c).abs()).sum::<f32>();
+                        let y = g[i * n + j];
+                        assert!(
+                            (y - want).abs() <= BLOCKED_TOL * (1.0 + mag + b[j].abs()),
+                            "{} [{m},{n},{k}] ({i},{j}) scale ×{f}: {y} vs {want}",
+                            path.name()
+                        );
+                    }
                 }
             }
         }
@@ -372,7 +384,7 @@ fn int4_kernel_paths_match_the_reference() {
                 }
             }
             let bias = uniform(n, 13);
-            for path in isa::supported() {
+            for path in super::common::isa_paths(module_path!()) {
                 let got = qgemm::gemm_q4(path, &x, &q.view(), Some(&bias), m).unwrap(); // [m, n]
                 for j in 0..n {
                     for i in 0..m {
@@ -421,4 +433,59 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
     let mut pooled = Vec::new();
     assert!(pool_rows(&acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
     assert!(pool_rows(&acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
+}
+
+/// Values that probe the rounding: exact halves on both sides of zero, the clamp edges,
+/// signed zeros, infinities, NaN, and random magnitudes beyond the code range.
+fn rounding_probes(lim: i8) -> Vec<f32> {
+    let l = f32::from(lim);
+    let mut v: Vec<f32> = (-300..=300).map(|i| i as f32 * 0.5).collect();
+    for e in [l - 0.5, l + 0.5, l - 0.499_99, l + 0.499_99, l, l + 1.0] {
+        v.extend([e, -e]);
+    }
+    v.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-30,
+        -1e-30,
+    ]);
+    v.extend(uniform(997, 5).iter().map(|x| x * 3.0 * l)); // odd length: a vector tail
+    v
+}
+
+#[test]
+fn every_row_quantizer_path_equals_the_scalar_rounding_exactly() {
+    use qgemm::panel_blocked::{quantize_offset, OFFSET};
+    use squeeze::ops::qgemm::quantize::{round_code_to, LINEAR_ACT_MAX};
+    for path in super::common::isa_paths("row quantizers") {
+        for lim in [LINEAR_ACT_MAX, 127] {
+            let x = rounding_probes(lim);
+            for inv in [1.0f32, 0.37, 3.0] {
+                let (mut codes, mut abs) = (vec![0i8; x.len()], vec![0u8; x.len()]);
+                qgemm::quantize_row(path, &x, (inv, lim), &mut codes, Some(&mut abs));
+                for (j, v) in x.iter().enumerate() {
+                    let want = round_code_to(v * inv, lim);
+                    assert_eq!(codes[j], want, "{path:?} lim {lim} inv {inv}: x = {v}");
+                    assert_eq!(abs[j], want.unsigned_abs(), "{path:?} |code| of {v}");
+                }
+            }
+        }
+        // the quantized Linear's offset codes and block scales (NaN left out: a NaN block
+        // has no scale either quantizer could agree on)
+        let x: Vec<f32> = rounding_probes(LINEAR_ACT_MAX)
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .collect();
+        let k = x.len();
+        let q = quantize_rows(&x, k, None, 32, LINEAR_ACT_MAX);
+        let got = quantize_offset(path, &x, (k, k), None, 32).unwrap();
+        assert_eq!(got.scales, q.scales, "{path:?} block scales");
+        for (j, c) in q.codes.iter().enumerate() {
+            let want = (*c as i16 + OFFSET as i16) as u8;
+            assert_eq!(got.codes[j], want, "{path:?} offset code of {}", x[j]);
+        }
+    }
 }
