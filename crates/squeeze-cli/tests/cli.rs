@@ -7,6 +7,9 @@ use std::process::Command;
 use squeeze::checkpoint;
 use squeeze::zoo::{self, ZooOpts};
 
+mod common;
+use common::have_data;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_squeeze"))
 }
@@ -32,22 +35,6 @@ fn model_dir(d: &Path) -> PathBuf {
     let dir = d.join("cnn");
     checkpoint::save(&m, &dir).unwrap();
     dir
-}
-
-/// Whether the real Fashion-MNIST files are installed; without them a test prints why it
-/// is skipped — except on CI, whose set-up must install them.
-fn have_data() -> bool {
-    let present = Path::new(squeeze::data::DEFAULT_DIR)
-        .join("t10k-images-idx3-ubyte.gz")
-        .exists();
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install dataset-fashion-mnist"
-        );
-        eprintln!("SKIPPED: Fashion-MNIST not installed");
-    }
-    present
 }
 
 #[test]

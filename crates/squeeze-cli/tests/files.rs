@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use squeeze::checkpoint;
 use squeeze::zoo::{self, ZooOpts};
 
+mod common;
+use common::have_data;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_squeeze"))
 }
@@ -57,21 +60,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     out
-}
-
-/// Whether the real Fashion-MNIST files are installed (CI's set-up installs them).
-fn have_data() -> bool {
-    let present = Path::new(squeeze::data::DEFAULT_DIR)
-        .join("t10k-images-idx3-ubyte.gz")
-        .exists();
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install dataset-fashion-mnist"
-        );
-        eprintln!("SKIPPED: Fashion-MNIST not installed");
-    }
-    present
 }
 
 /// A sandbox `sb/p/mlp` (a saved model) with a sibling file the user cares about.

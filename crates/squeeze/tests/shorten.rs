@@ -87,7 +87,10 @@ fn cut_lines_keep_their_tokens() {
                 );
             }
         }
-        Err(_) => eprintln!("SKIPPED the real tokenizer: {} is missing", real.display()),
+        Err(_) => common::skip(&format!(
+            "the real tokenizer: {} is missing",
+            real.display()
+        )),
     }
 }
 

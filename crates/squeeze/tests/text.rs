@@ -5,7 +5,6 @@
 //! correlations, and — when `scripts/fetch-minilm.sh` has fetched it — the real
 //! all-MiniLM-L6-v2 against golden embeddings from sentence-transformers.
 
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -317,11 +316,10 @@ fn real_model() -> Option<Model> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
     if !dir.join("model.safetensors").is_file() {
         let msg = format!(
-            "SKIPPED real all-MiniLM-L6-v2 test: {} is missing (run scripts/fetch-minilm.sh)",
+            "real all-MiniLM-L6-v2 test: {} is missing (run scripts/fetch-minilm.sh)",
             dir.display()
         );
-        // the test harness captures eprintln!; a direct write to stderr is always seen
-        let _ = writeln!(std::io::stderr(), "{msg}");
+        common::skip(&msg);
         assert!(
             std::env::var(REQUIRE_MODEL).is_err(),
             "{REQUIRE_MODEL} is set, so the model must be present: {msg}"

@@ -159,3 +159,31 @@ pub fn layouts() -> Vec<squeeze::quant::layout::Layout> {
         l(4, Scales::Tensor, true),
     ]
 }
+
+/// Says that a test skipped something, where the harness cannot swallow it (straight to
+/// the process's stderr, past the capture); under `CI` (set by `.ci/run`), whose set-up
+/// installs everything the suite reads, the skip is a failure.
+pub fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, so nothing may be skipped: {what}"
+    );
+}
+
+/// The instruction-set paths this CPU runs, saying which it cannot (those are checked on
+/// an emulated CPU by `scripts/emulated-avx512.sh`, never skipped silently).
+pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
+    use std::io::Write;
+    let (run, lack): (Vec<_>, Vec<_>) = squeeze::isa::Isa::ALL
+        .into_iter()
+        .partition(|i| i.is_supported());
+    if !lack.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOT RUN on this CPU ({test}): paths {lack:?} (scripts/emulated-avx512.sh runs them)"
+        );
+    }
+    run
+}

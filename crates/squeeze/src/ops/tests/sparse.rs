@@ -8,7 +8,6 @@ const SPARSE_TOL: f32 = 1e-5;
 
 #[test]
 fn the_sparse_kernel_matches_its_reference_on_every_supported_path() {
-    use squeeze::isa::supported;
     use squeeze::ops::sparse::{reference, spmm_with, Csr, CsrOwned};
     let (rows, cols) = (37, 91);
     let dense: Vec<f32> = uniform(rows * cols, 4)
@@ -22,7 +21,7 @@ fn the_sparse_kernel_matches_its_reference_on_every_supported_path() {
     for m in [1, 3, 64] {
         let x: Vec<f32> = uniform(m * cols, 6).into_iter().collect();
         let want = reference(&a, &x, m);
-        for isa in supported() {
+        for isa in super::common::isa_paths(module_path!()) {
             let got = spmm_with(isa, &a, &x, m).unwrap();
             let d = got
                 .iter()
