@@ -196,6 +196,22 @@ fn eval_stsb_reports_correlations_and_names_bad_lines() {
     ] {
         assert!(!v[k].is_null(), "eval JSON lacks {k}: {v}");
     }
+    // the quality and cost numbers are the library's own, exactly
+    let m = squeeze::formats::load_any(&model).unwrap();
+    let pairs = squeeze::text::stsb::read(&sts).unwrap();
+    let (rho, r) = squeeze::text::Encoder::new(&m)
+        .unwrap()
+        .stsb(&pairs, 32, false)
+        .unwrap();
+    assert_eq!(v["spearman"].as_f64(), Some(rho), "{v}");
+    assert_eq!(v["pearson"].as_f64(), Some(r), "{v}");
+    let cost = squeeze::eval::static_cost(&m).unwrap();
+    assert_eq!(v["params"].as_u64(), Some(cost.params as u64), "{v}");
+    assert_eq!(
+        v["size_bytes"].as_u64(),
+        Some(checkpoint::size_on_disk(&model).unwrap()),
+        "{v}"
+    );
     let (ok, table, err) = bin(&[
         "eval",
         model.to_str().unwrap(),

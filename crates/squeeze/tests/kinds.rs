@@ -82,6 +82,25 @@ fn to_f64(ts: &[Tensor]) -> Vec<Tensor> {
         .collect()
 }
 
+/// Multiply-accumulates of each kind's example, counted by hand from the example's
+/// attributes and input shapes (a new kind adds its line: a kind cannot report a cost
+/// nobody checked). Element-wise, normalization, pooling and lookup kinds count 0 by the
+/// convention the FLOP reports state.
+fn hand_macs(kind: &str) -> u64 {
+    match kind {
+        "linear" => 6 * 5,                  // in 6 × out 5
+        "conv2d" => 36 * 9,                 // 4×3×3 outputs × (2 inputs / 2 groups × 3×3)
+        "attention" => 2 * (4 * 4 * 3) * 2, // 2 heads × L×L×d, for QKᵀ and for AV
+        "sparse_linear" => 12,              // one per stored non-zero
+        "qlinear" => 64 * 5,                // in 64 × out 5
+        "qconv2d" => (4 * 3 * 3) * 2 * 9,   // 36 outputs × (2 inputs × 3×3)
+        "batch_norm" | "max_pool2d" | "avg_pool2d" | "dropout" | "embedding" | "layer_norm"
+        | "channel_gather" | "qembedding" | "relu" | "gelu" | "global_avg_pool" | "flatten"
+        | "add" | "concat" | "mean_pool" | "l2_normalize" => 0,
+        k => panic!("no hand count for kind `{k}`: add its line to hand_macs"),
+    }
+}
+
 #[test]
 fn every_kind_is_defined_completely_and_its_kernel_matches_its_reference() {
     let examples = Op::examples();
@@ -131,7 +150,11 @@ fn every_kind_is_defined_completely_and_its_kernel_matches_its_reference() {
             );
             params.insert(format!("n.{}", s.suffix), t);
         }
-        let _ = def.macs(&ins, &out);
+        assert_eq!(
+            def.macs(&ins, &out),
+            hand_macs(kind),
+            "{kind}: multiply-accumulates of its example against the hand count"
+        );
         // the node's own tensor shapes reproduce the op
         let dims = |s: &str| {
             params

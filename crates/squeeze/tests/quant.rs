@@ -119,6 +119,42 @@ fn gptq_output_error_on_its_calibration_data_is_below_round_to_nearest() {
             );
             // codes stay in the format: the stored values decode within the block scale range
             assert_eq!(g.codes.len(), rtn.codes.len());
+            assert_decodes_in_range(&g);
+        }
+    }
+}
+
+/// Every decoded value of `q` is a whole number of its block's scale steps within the
+/// code range: symmetric codes in [−2^(b−1), 2^(b−1) − 1], or with zero points a span of
+/// 2^b − 1 steps.
+fn assert_decodes_in_range(q: &QWeight) {
+    let l = q.layout;
+    let per = match l.scales {
+        Scales::Tensor => q.rows * q.cols,
+        Scales::Channel => q.cols,
+        Scales::Group(g) => g,
+    };
+    let (lo, hi) = if l.zero_point {
+        (-(1i32 << l.bits) + 1, (1i32 << l.bits) - 1)
+    } else {
+        (-(1i32 << (l.bits - 1)), (1i32 << (l.bits - 1)) - 1)
+    };
+    let mut row = vec![0f32; q.cols];
+    for r in 0..q.rows {
+        q.view().dequantize_row(r, &mut row);
+        for (c, v) in row.iter().enumerate() {
+            let s = q.scales[(r * q.cols + c) / per];
+            let steps = v / s;
+            assert!(
+                (steps - steps.round()).abs() < 1e-3,
+                "{}: ({r}, {c}) = {v} is not a whole number of steps {s}",
+                l.label()
+            );
+            assert!(
+                steps.round() as i32 >= lo && steps.round() as i32 <= hi,
+                "{}: ({r}, {c}) = {v} is {steps} steps of {s}, outside [{lo}, {hi}]",
+                l.label()
+            );
         }
     }
 }
