@@ -39,7 +39,7 @@ const SLOW_CASE: Duration = Duration::from_secs(60);
 /// few hundred KB, so a size taken from a mutant at face value shows up.
 const MAX_RSS_BYTES: u64 = 1 << 30;
 
-type Mutator = fn(&[u8], &mut Rng) -> Vec<u8>;
+type Mutator = fn(&[u8], &mut Rng) -> mutate::Mutant;
 /// What a case's load gave: `Ok(true)` loaded and checked, `Ok(false)` a clean error,
 /// `Err` a broken invariant.
 type Outcome = Result<bool, String>;
@@ -324,6 +324,9 @@ struct Tally {
     refused: usize,
     failures: usize,
     slowest_ms: f64,
+    /// Strict truncations that cut more than whitespace, and how many of them loaded.
+    truncations: usize,
+    truncations_loaded: usize,
 }
 
 /// Runs one case: `bytes` as `file` of the target (in its own copy of the directory),
@@ -402,8 +405,16 @@ fn fuzz(t: &Target, n: usize, base: u64, fails: &Mutex<Vec<String>>) -> Tally {
         .map(|(f, _)| (*f, std::fs::read(t.dir.join(f)).unwrap()))
         .collect();
     let mut tally = Tally::default();
-    let record = |file: &str, bytes: &[u8], (r, took): (Outcome, Duration), tally: &mut Tally| {
+    let record = |file: &str,
+                  bytes: &[u8],
+                  class: &str,
+                  (r, took): (Outcome, Duration),
+                  tally: &mut Tally| {
         tally.cases += 1;
+        if class == mutate::TRUNCATED {
+            tally.truncations += 1;
+            tally.truncations_loaded += usize::from(matches!(r, Ok(true)));
+        }
         tally.slowest_ms = tally.slowest_ms.max(took.as_secs_f64() * 1e3);
         let r = if took > SLOW_CASE {
             Err(format!("took {took:?}"))
@@ -429,15 +440,15 @@ fn fuzz(t: &Target, n: usize, base: u64, fails: &Mutex<Vec<String>>) -> Tally {
             continue;
         };
         let out = case(t, &t.dir, &file, &bytes, orig, track.as_deref());
-        record(&file, &bytes, out, &mut tally);
+        record(&file, &bytes, "corpus", out, &mut tally);
     }
     let mut r = Rng::new(base ^ (t.name.len() as u64 * 0x51_7cc1_b727_220a));
     for _ in 0..n {
         let (file, mutator) = t.files[r.below(t.files.len())];
         let orig = &origs[file];
-        let bytes = mutator(orig, &mut r);
+        let (bytes, class) = mutator(orig, &mut r);
         let out = case(t, &t.dir, file, &bytes, orig, track.as_deref());
-        record(file, &bytes, out, &mut tally);
+        record(file, &bytes, class, out, &mut tally);
     }
     tally
 }
@@ -505,6 +516,12 @@ fn every_loader_survives_structure_aware_mutants() {
             t.loaded > 0,
             "{name}: no mutant loaded, so the checks after loading never ran"
         );
+        // a file cut short is never whole: every loader of a binary or JSON file refuses
+        // it (a TSV or TOML file cut between lines can still be a whole, shorter file)
+        if !matches!(*name, "stsb" | "recipe") {
+            assert!(t.truncations > 0, "{name}: no truncation was tried");
+            assert_eq!(t.truncations_loaded, 0, "{name}: a truncated file loaded");
+        }
     }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -84,40 +84,64 @@ const STRINGS: &[&str] = &[
     "a_very_long_name_that_matches_nothing_at_all_and_keeps_going",
 ];
 
+/// A mutant and the kind of edit that made it.
+pub type Mutant = (Vec<u8>, &'static str);
+
+/// The class of a strict truncation that cut at least one byte other than whitespace:
+/// such a file can never be whole, so every loader must refuse it.
+pub const TRUNCATED: &str = "truncate";
+
 /// A byte-level mutant of `b`.
-pub fn bytes(b: &[u8], r: &mut Rng) -> Vec<u8> {
+pub fn bytes(b: &[u8], r: &mut Rng) -> Mutant {
     let mut m = b.to_vec();
     let n = m.len();
-    match r.below(6) {
+    let class = match r.below(6) {
         0 if n > 0 => {
             let i = r.below(n);
             m[i] ^= 1 << r.below(8);
+            "flip"
         }
         1 if n > 0 => {
             let i = r.below(n);
             m[i] = [0u8, 0xff, 0x7f, 0x80, b'9', b'-', b'"', b'{'][r.below(8)];
+            "set"
         }
-        2 => m.truncate(r.below(n + 1)),
+        2 if n > 0 => {
+            let at = r.below(n); // strictly shorter
+            let cut_text = m[at..].iter().any(|c| !c.is_ascii_whitespace());
+            m.truncate(at);
+            if cut_text {
+                TRUNCATED
+            } else {
+                "truncate-whitespace"
+            }
+        }
         3 => {
             let at = r.below(n + 1);
             let k = 1 + r.below(16);
             let ins: Vec<u8> = (0..k).map(|_| r.next() as u8).collect();
             m.splice(at..at, ins);
+            "insert"
         }
         4 if n > 0 => {
             let a = r.below(n);
             let e = (a + 1 + r.below(64)).min(n);
             m.drain(a..e);
+            "delete"
         }
         _ if n > 0 => {
             let a = r.below(n);
             let e = (a + 1 + r.below(64)).min(n);
             let dup = m[a..e].to_vec();
             m.splice(e..e, dup);
+            "duplicate"
         }
-        _ => m.push(0),
-    }
-    m
+        _ => {
+            m.push(0);
+            "append"
+        }
+    };
+    (m, class)
 }
 
 /// Paths to every value of a JSON tree (keys and indices).
@@ -155,7 +179,7 @@ fn json_at<'a>(v: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_j
 }
 
 /// A tree-level mutant of JSON text (byte-level when it does not parse).
-pub fn json(text: &[u8], r: &mut Rng) -> Vec<u8> {
+pub fn json(text: &[u8], r: &mut Rng) -> Mutant {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(text) else {
         return bytes(text, r);
     };
@@ -165,10 +189,19 @@ pub fn json(text: &[u8], r: &mut Rng) -> Vec<u8> {
     let (parent, last) = path.split_at(path.len().saturating_sub(1));
     let choice = r.below(8);
     let node = json_at(&mut v, &path);
-    match choice {
-        0 => *node = serde_json::json!(ABSURD[r.below(ABSURD.len())]),
-        1 => *node = serde_json::json!(ABSURD[r.below(ABSURD.len())] as i64),
-        2 => *node = serde_json::json!(STRINGS[r.below(STRINGS.len())]),
+    let class = match choice {
+        0 => {
+            *node = serde_json::json!(ABSURD[r.below(ABSURD.len())]);
+            "tree-number"
+        }
+        1 => {
+            *node = serde_json::json!(ABSURD[r.below(ABSURD.len())] as i64);
+            "tree-integer"
+        }
+        2 => {
+            *node = serde_json::json!(STRINGS[r.below(STRINGS.len())]);
+            "tree-string"
+        }
         3 => {
             *node = [
                 serde_json::Value::Null,
@@ -176,29 +209,36 @@ pub fn json(text: &[u8], r: &mut Rng) -> Vec<u8> {
                 serde_json::json!({}),
                 serde_json::json!(true),
             ][r.below(4)]
-            .clone()
+            .clone();
+            "tree-type"
         }
-        4 => match node {
-            serde_json::Value::Object(o) => {
-                o.insert("unknown_field".into(), serde_json::json!(1));
+        4 => {
+            match node {
+                serde_json::Value::Object(o) => {
+                    o.insert("unknown_field".into(), serde_json::json!(1));
+                }
+                serde_json::Value::Array(a) if !a.is_empty() => {
+                    let i = r.below(a.len());
+                    let x = a[i].clone();
+                    a.insert(i, x);
+                }
+                _ => *node = serde_json::json!(-1),
             }
-            serde_json::Value::Array(a) if !a.is_empty() => {
-                let i = r.below(a.len());
-                let x = a[i].clone();
-                a.insert(i, x);
+            "tree-grow"
+        }
+        5 => {
+            match node {
+                serde_json::Value::Array(a) if !a.is_empty() => {
+                    a.remove(r.below(a.len()));
+                }
+                serde_json::Value::Object(o) if !o.is_empty() => {
+                    let k = o.keys().nth(r.below(o.len())).cloned().expect("non-empty");
+                    o.remove(&k);
+                }
+                _ => *node = serde_json::Value::Null,
             }
-            _ => *node = serde_json::json!(-1),
-        },
-        5 => match node {
-            serde_json::Value::Array(a) if !a.is_empty() => {
-                a.remove(r.below(a.len()));
-            }
-            serde_json::Value::Object(o) if !o.is_empty() => {
-                let k = o.keys().nth(r.below(o.len())).cloned().expect("non-empty");
-                o.remove(&k);
-            }
-            _ => *node = serde_json::Value::Null,
-        },
+            "tree-shrink"
+        }
         6 if !last.is_empty() => {
             // delete this key / element from its parent
             match json_at(&mut v, parent) {
@@ -210,15 +250,19 @@ pub fn json(text: &[u8], r: &mut Rng) -> Vec<u8> {
                 }
                 _ => {}
             }
+            "tree-delete"
         }
         _ => return bytes(text, r),
-    }
-    serde_json::to_vec(&v).expect("a JSON value serializes")
+    };
+    (
+        serde_json::to_vec(&v).expect("a JSON value serializes"),
+        class,
+    )
 }
 
 /// A tree-level mutant of TOML text, through its JSON form (byte-level when it does not
 /// parse or the mutant has no TOML form).
-pub fn toml(text: &[u8], r: &mut Rng) -> Vec<u8> {
+pub fn toml(text: &[u8], r: &mut Rng) -> Mutant {
     let parsed = std::str::from_utf8(text)
         .ok()
         .and_then(|s| toml::from_str::<toml::Value>(s).ok())
@@ -226,17 +270,17 @@ pub fn toml(text: &[u8], r: &mut Rng) -> Vec<u8> {
     let Some(js) = parsed else {
         return bytes(text, r);
     };
-    let m = json(&js, r);
+    let (m, class) = json(&js, r);
     serde_json::from_slice::<toml::Value>(&m)
         .ok()
         .and_then(|t| toml::to_string(&t).ok())
-        .map(String::into_bytes)
+        .map(|t| (t.into_bytes(), class))
         .unwrap_or_else(|| bytes(text, r))
 }
 
 /// A mutant of a safetensors file: its JSON header edited and re-encoded with the right
 /// length prefix (half the time), or its bytes.
-pub fn safetensors(b: &[u8], r: &mut Rng) -> Vec<u8> {
+pub fn safetensors(b: &[u8], r: &mut Rng) -> Mutant {
     if b.len() < 8 || r.below(2) == 0 {
         return bytes(b, r);
     }
@@ -244,16 +288,22 @@ pub fn safetensors(b: &[u8], r: &mut Rng) -> Vec<u8> {
     if 8 + n > b.len() {
         return bytes(b, r);
     }
-    let header = json(&b[8..8 + n], r);
+    let (header, class) = json(&b[8..8 + n], r);
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend(header);
     out.extend(&b[8 + n..]);
-    out
+    // a cut JSON header re-encoded with its new length is a whole file of another header
+    let class = if class == TRUNCATED {
+        "header-truncate"
+    } else {
+        class
+    };
+    (out, class)
 }
 
 /// A mutant of tab-separated text: a line deleted or duplicated, a field replaced by an
 /// absurd number or emptied, a tab removed — or a byte edit.
-pub fn tsv(text: &[u8], r: &mut Rng) -> Vec<u8> {
+pub fn tsv(text: &[u8], r: &mut Rng) -> Mutant {
     let Ok(s) = std::str::from_utf8(text) else {
         return bytes(text, r);
     };
@@ -262,13 +312,15 @@ pub fn tsv(text: &[u8], r: &mut Rng) -> Vec<u8> {
         return bytes(text, r);
     }
     let i = r.below(lines.len());
-    match r.below(5) {
+    let class = match r.below(5) {
         0 => {
             lines.remove(i);
+            "line-delete"
         }
         1 => {
             let l = lines[i].clone();
             lines.insert(i, l);
+            "line-duplicate"
         }
         2 | 3 => {
             let mut cols: Vec<String> = lines[i].split('\t').map(String::from).collect();
@@ -279,8 +331,9 @@ pub fn tsv(text: &[u8], r: &mut Rng) -> Vec<u8> {
                 String::new()
             };
             lines[i] = cols.join("\t");
+            "field"
         }
         _ => return bytes(text, r),
-    }
-    lines.join("\n").into_bytes()
+    };
+    (lines.join("\n").into_bytes(), class)
 }
