@@ -12,7 +12,8 @@
 #     TEST: an integration test of crates/squeeze/tests, or `lib` for the kernels' own
 #     exactness tests inside the crate (src/ops/tests)
 #     e.g. bash scripts/emulated-avx512.sh lib offset_int8 block_scaled
-# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512.
+# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512;
+# either way it records what ran in results/emulated-avx512.json.
 # A boot takes about 2 minutes on a 2-core Zen 3; the tests themselves run ~50x slower than
 # natively. BOCHS_TIMEOUT (seconds, default 1800) bounds the whole run.
 set -euo pipefail
@@ -26,7 +27,9 @@ emu=$(cd "$emu" && pwd)
 archive=http://deb.debian.org/debian
 
 need=()
-for p in grub-pc-bin xorriso mtools busybox-static cpio curl xz-utils vgabios; do
+# with the shared libraries Debian 13's bochs links (their Debian 12 versions)
+for p in grub-pc-bin xorriso mtools busybox-static cpio curl xz-utils vgabios libltdl7 \
+  libsamplerate0 libgtk-3-0 libpulse0 libasound2 libreadline8 libglib2.0-0 libpango-1.0-0; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; fi
@@ -138,8 +141,32 @@ echo c > "$emu/continue"
 rm -f "$emu/serial.txt"
 echo "booting $(basename "$bin") in Bochs (Tiger Lake); serial console: $emu/serial.txt" >&2
 timeout "${BOCHS_TIMEOUT:-1800}" "$emu/bochs" -q -f "$emu/bochsrc" -rc "$emu/continue" </dev/null >"$emu/bochs.out" 2>&1 || true
-out=$(tr -d '\r' < "$emu/serial.txt")
+out=$(tr -d '\r' < "$emu/serial.txt" 2>/dev/null || true)
 grep -a -E '^(emu-flags|running|test |test result|emu-exit)|panicked' <<<"$out" >&2 || true
+# the record: results/emulated-avx512.json (what ran, on which flags, with what outcome)
+printf '%s\n' "$out" > "$emu/serial.clean"
+python3 - "$test_name" "$(lscpu | sed -n 's/^Model name: *//p') (family $(lscpu | sed -n 's/^CPU family: *//p'), model $(lscpu | sed -n 's/^Model: *//p'))" "${filters[*]}" "$emu/serial.clean" <<'PY'
+import json, re, sys
+name, host, filters, path = sys.argv[1:5]
+args = " ".join(x for x in (name, filters) if x)
+out = open(path).read()
+flags = re.search(r"^emu-flags: (.*)$", out, re.M)
+code = re.search(r"^emu-exit: (\d+)$", out, re.M)
+tests = re.findall(r"^test (\S+) \.\.\. (\w+)", out, re.M)
+rec = {
+    "command": "bash scripts/emulated-avx512.sh" + (" " + args if args else ""),
+    "test_binary": name,
+    "emulated_cpu": "Bochs 3.0, Intel Tiger Lake model (AVX-512F/BW/VL, VNNI), SQUEEZE_ISA=avx512",
+    "cpu_flags_seen": flags.group(1).split() if flags else [],
+    "host_cpu": host,
+    "tests": [{"name": t, "result": r} for t, r in tests],
+    "passed": sum(r == "ok" for _, r in tests),
+    "failed": sum(r != "ok" for _, r in tests),
+    "exit": int(code.group(1)) if code else None,
+}
+rec["ok"] = bool(rec["exit"] == 0 and "avx512_vnni" in rec["cpu_flags_seen"] and rec["failed"] == 0 and tests)
+json.dump(rec, open("results/emulated-avx512.json", "w"), indent=2)
+PY
 grep -a -q 'emu-flags:.*avx512_vnni' <<<"$out" || { echo "the emulated CPU did not report avx512_vnni" >&2; exit 1; }
 grep -a -q '^emu-exit: 0$' <<<"$out" || { echo "the tests failed or did not finish (see $emu/serial.txt)" >&2; exit 1; }
-echo "passed on the emulated AVX-512 VNNI CPU" >&2
+echo "passed on the emulated AVX-512 VNNI CPU (results/emulated-avx512.json)" >&2
