@@ -331,9 +331,20 @@ def reliability():
     return out
 
 
+def emulated():
+    r = load("emulated-avx512")
+    status = "all pass" if r["ok"] else "NOT all pass"
+    return (f"`{r['command']}` booted the `{r['test_binary']}` test binary as the init process "
+            f"of a Linux kernel in Bochs emulating a Tiger Lake (flags seen: "
+            f"{', '.join(r['cpu_flags_seen'])}), with `SQUEEZE_ISA=avx512`: {r['passed']} of "
+            f"{r['passed'] + r['failed']} tests passed ({status}; host {r['host_cpu']}; "
+            f"`results/emulated-avx512.json`).")
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
-          "distill": distill, "reliability": reliability}
+          "distill": distill, "reliability": reliability,
+          "emulated-avx512": emulated}
 
 
 def render(text):
