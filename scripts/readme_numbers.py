@@ -331,6 +331,60 @@ def reliability():
     return out
 
 
+def quant_notes():
+    m, q, k = load("minilm"), load("quant"), load("kernels")
+    f, i8 = m["f32"], m["int8-dynamic"]
+    peer = i8["peer"]
+    pt = lambda e: f"{e['spearman'] - f['spearman']:+.2f}".replace("-", "−")
+    x = lambda v: f"{v:.2f}×"
+    sp = k["speedup_vs_f32"]
+    lin = [v["int8"] for n, v in sp.items() if not n.startswith("vgg_conv")]
+    conv = [v["int8"] for n, v in sp.items() if n.startswith("vgg_conv")]
+    g64, r64, g128, r128 = (m[n] for n in ("int4-gptq-g64", "int4-rtn-g64", "int4-gptq-g128", "int4-rtn-g128"))
+    out = [
+        f"- Dynamic int8 keeps all-MiniLM-L6-v2's STS-B within 0.1 pt ({pt(i8)}) and its embeddings "
+        f"at a mean cosine of {i8['cosine_to_f32']:.4f} to f32's. ONNX Runtime's int8 reaches "
+        f"{peer['ort_int8_cosine_to_f32']:.3f} (per-tensor) and {peer['ort_int8_opt_pc_cosine_to_f32']:.3f} "
+        f"(per-channel). The file is {i8['size_bytes'] / f['size_bytes'] * 100:.0f}% of f32's, `eval`'s peak "
+        f"memory {x(i8['peak_rss_bytes'] / f['peak_rss_bytes'])} (it includes the packed copy of the int8 "
+        "weights the kernel reads). The fidelity comes from one activation scale per 32 inputs of a token "
+        "(llama.cpp's Q8_0 block) rather than one per token: MiniLM has outlier features. The codes span "
+        "±64 rather than ±127 (see the kernel below).",
+        "- Speed on the AVX2 machine (no VNNI) of the recorded run: dynamic int8 takes "
+        f"{x(i8['latency_ratio_vs_ort_int8'])} ONNX Runtime's best int8 batch-1 time "
+        f"({i8['latency_ms_b1']:.2f} against {peer['ort_best_int8_latency_ms_b1']:.2f} ms) and runs "
+        f"{x(i8['throughput_b32'] / peer['ort_best_int8_throughput_b32'])} its batch-32 throughput "
+        f"({i8['throughput_b32']:.0f} against {peer['ort_best_int8_throughput_b32']:.0f} sentences/s); against "
+        f"our f32, {x(i8['latency_ratio_vs_f32'])} the batch-1 time and {x(i8['throughput_b32'] / f['throughput_b32'])} "
+        f"the throughput. Our f32 runs {x(f['throughput_b32'] / peer['ort_f32_throughput_b32'])} ONNX Runtime "
+        "f32's batch-32 throughput in this run. Beware this machine's noise: ONNX Runtime runs after our "
+        "encoders in its own process, so its ratios move between runs. Per layer (`results/kernels.json`) "
+        f"int8 runs {min(lin):.1f}–{max(lin):.1f}× our f32 on MiniLM's shapes; on `vgg`'s 3×3 convolution "
+        f"static int8 runs {min(conv):.1f}–{max(conv):.1f}× f32. At batch 1, attention, LayerNorm, GELU and "
+        "tokenization keep their f32 cost.",
+        f"- int4 with 64-weight groups: GPTQ ends {pt(g64)} pt from f32 on STS-B with embedding cosine "
+        f"{g64['cosine_to_f32']:.3f}, where round-to-nearest ends {pt(r64)} pt (cosine {r64['cosine_to_f32']:.3f}). "
+        f"Both files are {max(g64['size_bytes'], r64['size_bytes']) / f['size_bytes'] * 100:.0f}% of f32's. With 128-weight groups GPTQ's cosine is {g128['cosine_to_f32']:.3f} against RTN's "
+        f"{r128['cosine_to_f32']:.3f}, with STS-B {pt(g128)} / {pt(r128)} pt. STS-B moves between runs whose "
+        "embeddings differ only by float rounding, so read the cosine for fidelity. The weight-only int4 "
+        f"kernel (f32 activations, codes widened in registers) is slower than f32 on this machine "
+        f"({g64['latency_ms_b1']:.2f} against {f['latency_ms_b1']:.2f} ms at batch 1).",
+    ]
+    v, l = q["vgg-int8-static"], q["lenet5-int8-static"]
+    d = lambda e: f"{e['accuracy'] - e['baseline']:+.2f}".replace("-", "−")
+    out.append(
+        f"- Static int8 CNNs move accuracy by {d(v)} pt (`vgg`) and {d(l)} pt (`lenet5`). Against our f32 "
+        "and PyTorch's static int8 (its `x86` and `fbgemm` backends, the faster of the two): at batch 1 "
+        f"`vgg` takes {v['latency_ms_b1']:.2f} ms against {v['baseline_latency_ms_b1']:.2f} (f32) and "
+        f"{v['pytorch_int8_latency_ms_b1']:.2f} (PyTorch int8), `lenet5` {l['latency_ms_b1']:.2f} against "
+        f"{l['baseline_latency_ms_b1']:.2f} and {l['pytorch_int8_latency_ms_b1']:.2f}; at batch 256 `vgg` int8 "
+        f"runs {x(v['throughput_ratio_vs_f32'])} our f32 and {x(v['throughput_ratio_vs_pytorch_int8'])} "
+        f"PyTorch's int8, `lenet5` {x(l['throughput_ratio_vs_f32'])} and {x(l['throughput_ratio_vs_pytorch_int8'])}. "
+        "PyTorch is timed after us in its own process, and this machine's rounds spread widely "
+        "(`lenet5` runs 15 rounds because its 0.1 ms pass is easily disturbed).")
+    return "\n".join(out)
+
+
 def emulated():
     r = load("emulated-avx512")
     status = "all pass" if r["ok"] else "NOT all pass"
@@ -344,7 +398,7 @@ def emulated():
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
-          "emulated-avx512": emulated}
+          "emulated-avx512": emulated, "quant-notes": quant_notes}
 
 
 def render(text):
