@@ -491,6 +491,33 @@ BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_spe
           "distill-notes": distill_notes, "prune-notes": prune_notes}
 
 
+# Numbers in README prose that are not measurements (targets, defaults, shapes, versions,
+# test constants): each allowed with the words around it. Any other measurement-like number
+# outside the generated blocks fails --check: it must come from results/ through a block.
+PROSE_CONSTANTS = [
+    "90% sparse", "exactly 0.0", "40 MB", "PyTorch 2.15", "0.99999", "0.01 ×", "default 0.85",
+    "8×8", "α = 0.9", "1.5×", "1×1", "WordNet 3.0", "3×3", "2 minutes", "candle 0.11",
+]
+
+
+def prose_numbers(text):
+    """Measurement-like numbers (with ×, %, ms, pt, MB, GB, min, s or a decimal point) in the
+    README's prose: outside generated blocks, code, inline code and tables; with their line."""
+    t = re.sub(r"<!-- (numbers:\S+|passes:reference|limits:reference) -->.*?<!-- /\1 -->", "", text, flags=re.S)
+    t = re.sub(r"```.*?```", "", t, flags=re.S)
+    t = re.sub(r"`[^`\n]*`", "", t)
+    found = []
+    for line in t.split("\n"):
+        if line.startswith("|"):
+            continue
+        for m in re.finditer(r"(?<![\w.])[−-]?\d+(?:[.,]\d+)*(?:×|%| ms| pt| MB| GB| min| s\b)?", line):
+            tok = m.group(0)
+            if re.search(r"×|%|ms|pt|MB|GB|min|\.\d", tok):
+                found.append((tok, line.strip()))
+    return [(tok, line) for tok, line in found
+            if not any(tok.lstrip("−-") in c and c in line for c in PROSE_CONSTANTS)]
+
+
 def render(text):
     for name, make in BLOCKS.items():
         pat = re.compile(rf"(<!-- numbers:{name} -->\n).*?(\n<!-- /numbers:{name} -->)", re.S)
@@ -505,6 +532,12 @@ def main():
     old = path.read_text()
     new = render(old)
     if "--check" in sys.argv:
+        typed = prose_numbers(new)
+        if typed:
+            for tok, line in typed:
+                print(f"typed number {tok!r} in: {line[:120]}")
+            sys.exit("README.md prose has numbers no results file backs: generate them in a "
+                     "numbers block or remove them (constants go in PROSE_CONSTANTS)")
         if new != old:
             sys.stdout.writelines(difflib.unified_diff(
                 old.splitlines(True), new.splitlines(True), "README.md", "regenerated"))
