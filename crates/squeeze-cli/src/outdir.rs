@@ -319,11 +319,7 @@ impl Staged {
     /// Marks the staged directory as squeeze's and renames it into place (an old output,
     /// checked at [`Staged::begin`], is moved aside first and removed after).
     pub fn commit(self) -> Result<()> {
-        let info = serde_json::json!({
-            "written_by": format!("squeeze {}", env!("CARGO_PKG_VERSION")),
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-        });
-        std::fs::write(self.tmp.join(MARKER), serde_json::to_vec_pretty(&info)?)?;
+        write_marker(&self.tmp)?;
         sync_dir(&self.tmp);
         let old = self
             .parent
@@ -400,12 +396,18 @@ pub fn claim_in_place(
     }
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create it", out.display()))?;
-    let marker = out.join(MARKER);
-    if !marker.exists() {
-        let info =
-            serde_json::json!({"written_by": format!("squeeze {}", env!("CARGO_PKG_VERSION"))});
-        std::fs::write(&marker, serde_json::to_vec_pretty(&info)?)
-            .with_context(|| format!("--out {}: cannot write into it", out.display()))?;
+    if !out.join(MARKER).exists() {
+        write_marker(out)?;
     }
     Ok(lock)
+}
+
+/// Marks `dir` as squeeze's output: the version and the command that wrote it.
+fn write_marker(dir: &Path) -> Result<()> {
+    let info = serde_json::json!({
+        "written_by": format!("squeeze {}", env!("CARGO_PKG_VERSION")),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    std::fs::write(dir.join(MARKER), serde_json::to_vec_pretty(&info)?)
+        .with_context(|| format!("cannot write into {}", dir.display()))
 }
