@@ -87,6 +87,12 @@ pub const LIMITS: &[Limit] = &[
         "CondenseNet condensation factor",
     ),
     count("heads", 1.0, 4096.0, "attention heads kept"),
+    count(
+        "min_channels",
+        1.0,
+        1e6,
+        "narrowest width structured pruning leaves",
+    ),
     count("intermediate", 1.0, 1e6, "FFN units kept"),
     count(
         "widths",
@@ -96,6 +102,18 @@ pub const LIMITS: &[Limit] = &[
     ),
     count("depth", 1.0, 200.0, "a zoo model's depth"),
     real("lr", (0.0, true), (10.0, false), "learning rate"),
+    real(
+        "target",
+        (0.0, true),
+        (1.0, true),
+        "fraction of channels, params or FLOPs removed",
+    ),
+    real(
+        "lambda",
+        (0.0, true),
+        (1.0, false),
+        "Network Slimming's L1 weight on γ",
+    ),
     real("momentum", (0.0, false), (1.0, true), "SGD momentum"),
     real("beta1", (0.0, false), (1.0, true), "AdamW β₁"),
     real("beta2", (0.0, false), (1.0, true), "AdamW β₂"),

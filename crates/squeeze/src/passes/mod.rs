@@ -8,6 +8,7 @@
 
 mod bn_fold;
 mod bn_recal;
+mod channels;
 pub mod condense;
 mod ctx;
 mod drop_layers;
@@ -22,6 +23,7 @@ mod share;
 
 pub use bn_fold::FoldBatchNorm;
 pub use bn_recal::RecalibrateBatchNorm;
+pub use channels::{ChannelPrune, SlimmingTrain};
 pub use condense::Condense;
 pub use ctx::{
     read_sentences, sentence_set, CalibSource, CalibrationConfig, FinetuneConfig, PassCtx,
@@ -168,6 +170,8 @@ recipe_passes! {
     "recalibrate_batch_norm" => RecalibrateBatchNorm(RecalibrateBatchNorm),
     "drop_layers" => DropLayers(DropLayers),
     "narrow" => Narrow(Narrow),
+    "slimming_train" => SlimmingTrain(SlimmingTrain),
+    "channel_prune" => ChannelPrune(ChannelPrune),
     "depthwise_separable" => DepthwiseSeparable(DepthwiseSeparable),
     "condense" => Condense(Condense),
     "finetune" => Finetune(Finetune),

@@ -1,5 +1,6 @@
-//! Unstructured pruning and weight sharing — the survey's first family. Every method here
-//! works on the same simulated form: a u8 mask `<weight>.mask` per pruned tensor (listed in
+//! Pruning and weight sharing — the survey's first family; structured (channel, head and
+//! FFN-unit) pruning lives in [`channel`], unstructured pruning here. Every unstructured
+//! method works on the same simulated form: a u8 mask `<weight>.mask` per pruned tensor (listed in
 //! `Graph.masks`, re-applied by the trainer after every step) and, for weight sharing, a
 //! storage codec recorded in `Graph.codecs`. Scores decide the masks: magnitude
 //! ([`select`], gradual with AGP in [`agp`]), Optimal Brain Damage saliencies ([`obd`]),
@@ -9,6 +10,7 @@
 //! into smaller tensors and the sparse kind.
 
 pub mod agp;
+pub mod channel;
 pub mod condense;
 pub mod materialize;
 pub mod obd;

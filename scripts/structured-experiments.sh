@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the experiments of results/structured.json: each recipe through `squeeze compress`
+# (the pruned model measured against its original in the same process, speeds interleaved
+# over 5 rounds), then collects the reports into results/structured.json.
+# Usage: scripts/structured-experiments.sh [KEY...] (default: all). Models go to
+# runs/structured/KEY; a key whose report exists is collected, not re-run (FORCE=1 re-runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/squeeze}
+MINILM=${MINILM:-models/all-MiniLM-L6-v2}
+vgg=(vgg-slimming vgg-slimming-int8)
+for c in l1 taylor bn; do vgg+=("vgg-$c-60" "vgg-$c-60-global"); done
+text=()
+for p in 10 20 30 40 50; do text+=("minilm-heads-ffn-$p" "minilm-heads-ffn-$p-norm" "minilm-heads-ffn-$p-recovered"); done
+mkdir -p runs/structured
+keys=("$@")
+[ ${#keys[@]} -gt 0 ] || keys=("${vgg[@]}" resnet-channel-50 densenet-channel-40 "${text[@]}")
+for k in "${keys[@]}"; do
+  case $k in
+    vgg-*) model=zoo/vgg ;;
+    resnet-*) model=zoo/resnet ;;
+    densenet-*) model=zoo/densenet ;;
+    minilm-*) model=$MINILM ;;
+    *) echo "unknown key $k" >&2; exit 2 ;;
+  esac
+  if [ -f "runs/structured/$k/report.json" ] && [ -z "${FORCE:-}" ]; then
+    echo "== $k (report present)"; continue
+  fi
+  echo "== $k"
+  start=$(date +%s)
+  "$BIN" compress "$model" --recipe "recipes/$k.toml" --out "runs/structured/$k" --force --rounds 5
+  echo "$(( $(date +%s) - start ))" > "runs/structured/$k.seconds"
+done
+python3 scripts/structured_results.py "${keys[@]}"

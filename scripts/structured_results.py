@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Collects runs/structured/KEY/report.json (written by `squeeze compress`: the pruned model
+and its original measured in one process, speeds interleaved) into results/structured.json,
+one key per experiment, merged with the keys already there.
+Usage: scripts/structured_results.py KEY..."""
+import json
+import os
+import sys
+
+PRUNERS = {"channel_prune"}
+
+
+def finetune_seconds(passes):
+    """Seconds spent fine-tuning inside the recipe (recovery, iterative rounds)."""
+    total = 0.0
+    for p in passes:
+        for e in p["details"].get("finetune", []) if isinstance(p["details"], dict) else []:
+            total += e.get("seconds", 0.0)
+        if p["pass"] == "finetune" and isinstance(p["details"], list):
+            total += sum(e.get("seconds", 0.0) for e in p["details"])
+    return total
+
+
+def entry(key):
+    d = f"runs/structured/{key}"
+    rep = json.load(open(f"{d}/report.json"))
+    measured = json.load(open(f"{d}/metrics.json")).get("measured", {})
+    b, a = rep["before"], rep["after"]
+    metric = "spearman" if a.get("spearman") is not None else "accuracy"
+    thr = "throughput_b32" if metric == "spearman" else "throughput_b256"
+    prune = next(p["details"] for p in rep["passes"] if p["pass"] in PRUNERS)
+    out = {
+        metric: a[metric],
+        "baseline": b[metric],
+        "channels_removed": prune["channels_removed"],
+        "pruned_layer_params_removed": 1 - prune["group_params_after"] / prune["group_params_before"],
+        "params": a["params"],
+        "baseline_params": b["params"],
+        "flops": a["flops"],
+        "baseline_flops": b["flops"],
+        "size_bytes": a["size_bytes"],
+        "baseline_size_bytes": b["size_bytes"],
+        "latency_ms_b1": a["latency_ms_b1"],
+        "baseline_latency_ms_b1": b["latency_ms_b1"],
+        "throughput": a[thr],
+        "baseline_throughput": b[thr],
+        "throughput_batch": 32 if metric == "spearman" else 256,
+        "finetune_seconds": round(finetune_seconds(rep["passes"]), 1),
+        "passes": [f'{p["pass"]}: {p["label"]}' for p in rep["passes"]],
+        "cpu": measured.get("machine"),
+        "command": rep["command"],
+        "measured_by": "the same squeeze compress run: both models in one process, "
+        "speeds interleaved over its --rounds (median)",
+    }
+    secs = f"{d}.seconds"
+    if os.path.exists(secs):
+        out["wall_seconds"] = int(open(secs).read().strip())
+    return out
+
+
+def main(keys):
+    path = "results/structured.json"
+    out = json.load(open(path)) if os.path.exists(path) else {}
+    for k in keys:
+        if os.path.exists(f"runs/structured/{k}/report.json"):
+            out[k] = entry(k)
+        else:
+            print(f"structured_results: no report for {k}", file=sys.stderr)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(sorted(out.items())), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
