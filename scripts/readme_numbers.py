@@ -484,11 +484,22 @@ def emulated():
             f"`results/emulated-avx512.json`).")
 
 
+def structured():
+    import readme_structured
+    return readme_structured.block(load, table)
+
+
+def structured_notes():
+    import readme_structured
+    return readme_structured.notes(load)
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
           "emulated-avx512": emulated, "quant-notes": quant_notes,
-          "distill-notes": distill_notes, "prune-notes": prune_notes}
+          "distill-notes": distill_notes, "prune-notes": prune_notes,
+          "structured": structured, "structured-notes": structured_notes}
 
 
 # Numbers in README prose that are not measurements (targets, defaults, shapes, versions,

@@ -140,6 +140,10 @@ pub struct ReportArgs {
     /// Fashion-MNIST directory for image models (text encoders use data/stsb/sts-dev.csv).
     #[arg(long, default_value = squeeze::data::DEFAULT_DIR)]
     pub data: PathBuf,
+    /// Also write the measurements as JSON to this file (one object per model, in order,
+    /// with the command and the machine); never inside a model directory.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Timed repetitions per round of an image model's batch-1 latency.
@@ -220,6 +224,10 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
         println!("Stored metrics from separate runs: their speeds are not comparable.");
         return Ok(());
     }
+    if let Some(j) = &a.json {
+        let inputs: Vec<(&str, &Path)> = a.dirs.iter().map(|d| ("model", d.as_path())).collect();
+        crate::outdir::check_disjoint(j, &inputs)?;
+    }
     let models = a
         .dirs
         .iter()
@@ -238,6 +246,17 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
         .zip(metrics)
         .collect();
     println!("{}", table(&rows));
+    if let Some(j) = &a.json {
+        let models: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(d, m)| serde_json::json!({ "model": d, "metrics": m }))
+            .collect();
+        let doc = serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "measured": Measured::now(), "rounds": a.rounds, "models": models,
+        });
+        write_json(j, &doc)?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,139 @@
+"""The README's structured-pruning blocks, generated from results/structured.json (called by
+readme_numbers.py, which passes its `load` and `table`). Rows appear for the experiments
+the file holds; targets are the issue's, stated beside what was measured."""
+
+
+def _ratio(e, key, inverse=False):
+    a, b = e[key], e["baseline_" + key]
+    return b / a if inverse else a / b
+
+
+def _pt(e):
+    metric = "spearman" if "spearman" in e else "accuracy"
+    scale = 1 if metric == "spearman" else 100
+    return (e[metric] - e["baseline"]) * scale
+
+
+def _quality(e):
+    if "spearman" in e:
+        return f"{e['baseline']:.2f} → {e['spearman']:.2f}"
+    return f"{e['baseline'] * 100:.2f}% → {e['accuracy'] * 100:.2f}%"
+
+
+def _speed_cells(e):
+    return [f"{e['baseline_latency_ms_b1']:.3f} → {e['latency_ms_b1']:.3f} ({_ratio(e, 'latency_ms_b1', True):.2f}×)",
+            f"{e['baseline_throughput']:.0f} → {e['throughput']:.0f} ({_ratio(e, 'throughput'):.2f}×)"]
+
+
+CNN_ROWS = (("vgg-slimming", "vgg", "Network Slimming: λ·Σ|γ| training, global |γ| cut, fine-tuning"),
+            ("vgg-slimming-int8", "vgg", "the same, then BatchNorm folded and static int8"),
+            ("resnet-channel-50", "resnet", "Taylor, global, 50% of FLOPs, 2 rounds + fine-tuning"),
+            ("densenet-channel-40", "densenet", "Taylor, global, 40% of FLOPs, 2 rounds + fine-tuning"))
+
+
+def cnn(d, table):
+    rows = []
+    for key, model, what in CNN_ROWS:
+        e = d.get(key)
+        if not e:
+            continue
+        rows.append([f"`{key}`", what, _quality(e), f"{e['channels_removed'] * 100:.0f}%",
+                     f"{e['baseline_params']:,} → {e['params']:,}",
+                     f"{_ratio(e, 'flops', True):.2f}×", f"{_ratio(e, 'size_bytes', True):.1f}×"]
+                    + _speed_cells(e) + [f"{e['finetune_seconds'] / 60:.0f} min"])
+    return table(["key", "what", "test accuracy", "channels removed", "params", "fewer FLOPs",
+                  "smaller file", "batch-1 latency, ms", "images/s at batch 256", "training in the recipe"], rows)
+
+
+def criteria(d, table):
+    rows = []
+    for crit, name in (("l1", "L1 norm"), ("taylor", "Taylor"), ("bn", "BatchNorm |γ|")):
+        for alloc, suffix in (("uniform", ""), ("global", "-global")):
+            e = d.get(f"vgg-{crit}-60{suffix}")
+            if not e:
+                continue
+            rows.append([name, alloc, f"{e['accuracy'] * 100:.2f}%", f"{_pt(e):+.2f}",
+                         f"{e['channels_removed'] * 100:.0f}%", f"{_ratio(e, 'flops', True):.2f}×",
+                         f"{_ratio(e, 'latency_ms_b1', True):.2f}×", f"{_ratio(e, 'throughput'):.2f}×"])
+    return table(["criterion", "allocation", "test accuracy", "change, pt", "channels removed",
+                  "fewer FLOPs", "batch-1 speed-up", "batch-256 speed-up"], rows)
+
+
+def minilm(d, table):
+    rows = []
+    for pct in (10, 20, 30, 40, 50):
+        cal, norm, rec = (d.get(f"minilm-heads-ffn-{pct}{s}") for s in ("", "-norm", "-recovered"))
+        if not (cal or norm or rec):
+            continue
+        sp = lambda e: f"{e['spearman']:.2f} ({_pt(e):+.2f})" if e else "—"
+        speed = _speed_cells(cal) if cal else ["—", "—"]
+        rows.append([f"{pct}%", sp(norm), sp(cal), sp(rec),
+                     f"{rec['finetune_seconds'] / 60:.1f} min" if rec else "—",
+                     f"{cal['baseline_params']:,} → {cal['params']:,}" if cal else "—"] + speed)
+    return table(["encoder attention + FFN params removed", "weight norm, uniform (`narrow`'s rule)",
+                  "calibrated (Taylor/Fisher), global", "calibrated + recovery", "recovery time",
+                  "params (calibrated)", "batch-1 latency, ms (calibrated)",
+                  "sentences/s at batch 32 (calibrated)"], rows)
+
+
+def block(load, table):
+    d = load("structured")
+    out = ["Fashion-MNIST CNNs, each against its committed `zoo/` original in the same run:\n\n", cnn(d, table)]
+    if any(k.startswith("vgg-") and "-60" in k for k in d):
+        out += ["\n\n`vgg`, criteria compared at equal FLOPs (60% removed in one shot, then 1 epoch of "
+                "fine-tuning, same optimizer, schedule and seed for every row):\n\n", criteria(d, table)]
+    if any(k.startswith("minilm-") for k in d):
+        base = next(e["baseline"] for k, e in d.items() if k.startswith("minilm-"))
+        out += [f"\n\nall-MiniLM-L6-v2 (STS-B dev Spearman {base:.2f}), whole heads and FFN units removed; "
+                "the fraction is of the encoder's attention and FFN parameters (embeddings excluded); "
+                "speeds against the unpruned encoder in the same run:\n\n", minilm(d, table)]
+    cpus = sorted({e["cpu"] for e in d.values() if e.get("cpu")})
+    out.append(f"\n\nMeasured on {', '.join(cpus)}.")
+    return "".join(out)
+
+
+def _verdict(ok):
+    return "met" if ok else "**not met**"
+
+
+def notes(load):
+    d = load("structured")
+    out = []
+    s = d.get("vgg-slimming")
+    if s:
+        ok = (s["channels_removed"] >= 0.6 and _pt(s) >= -0.5 and _ratio(s, "flops", True) >= 3
+              and _ratio(s, "latency_ms_b1", True) >= 2 and _ratio(s, "throughput") >= 2)
+        out.append(f"- Network Slimming on `vgg`: {s['channels_removed'] * 100:.0f}% of the channels removed at "
+                   f"{_pt(s):+.2f} pt, {_ratio(s, 'flops', True):.1f}× fewer FLOPs, measured "
+                   f"{_ratio(s, 'latency_ms_b1', True):.1f}× faster at batch 1 and {_ratio(s, 'throughput'):.1f}× "
+                   "at batch 256. Target (≥ 60% of channels, ≤ 0.5 pt, ≥ 3× FLOPs, ≥ 2× at both batch sizes): "
+                   f"{_verdict(ok)}.")
+    q = d.get("vgg-slimming-int8")
+    if q:
+        ok = _ratio(q, "size_bytes", True) >= 12 and _ratio(q, "throughput") >= 4 and _pt(q) >= -0.7
+        out.append(f"- Slimmed + static int8: {_ratio(q, 'size_bytes', True):.1f}× smaller file, "
+                   f"{_ratio(q, 'throughput'):.1f}× the original's batch-256 throughput, {_pt(q):+.2f} pt. "
+                   f"Target (≥ 12×, ≥ 4×, ≤ 0.7 pt): {_verdict(ok)}.")
+    for key, flops, pts in (("resnet-channel-50", 0.5, 1.0), ("densenet-channel-40", 0.4, 1.0)):
+        e = d.get(key)
+        if e:
+            removed = 1 - e["flops"] / e["baseline_flops"]
+            out.append(f"- `{key}`: {removed * 100:.0f}% of FLOPs removed at {_pt(e):+.2f} pt, "
+                       f"{_ratio(e, 'latency_ms_b1', True):.2f}× at batch 1 and {_ratio(e, 'throughput'):.2f}× "
+                       f"at batch 256. Target (≥ {flops * 100:.0f}% at ≤ {pts:.0f} pt): "
+                       f"{_verdict(removed >= flops - 1e-9 and _pt(e) >= -pts)}.")
+    crit = {k: e for k, e in d.items() if k.startswith("vgg-") and "-60" in k}
+    if crit:
+        best = max(crit, key=lambda k: crit[k]["accuracy"])
+        out.append(f"- At equal FLOPs and budget the best criterion on `vgg` is `{best}` "
+                   f"({crit[best]['accuracy'] * 100:.2f}%, of {len(crit)} compared).")
+    m, r = d.get("minilm-heads-ffn-30"), d.get("minilm-heads-ffn-30-recovered")
+    if m:
+        lat, thr = _ratio(m, "latency_ms_b1"), _ratio(m, "throughput")
+        line = (f"- MiniLM at 30% removed: {_pt(m):+.2f} pt without recovery"
+                + (f", {_pt(r):+.2f} pt after {r['finetune_seconds'] / 60:.1f} min of recovery" if r else "")
+                + f"; batch-1 latency {lat:.2f}× the original's, batch-32 throughput {thr:.2f}×. "
+                "Target (≤ 1.0 pt after recovery, ≤ 0.75× latency, ≥ 1.3× throughput): "
+                + _verdict((r is not None and _pt(r) >= -1.0) and lat <= 0.75 and thr >= 1.3) + ".")
+        out.append(line)
+    return "\n".join(out)
