@@ -9,7 +9,10 @@
 //! A third image table puts the committed distilled and compact students beside their
 //! teachers (`zoo/vgg` and its KD and depthwise-separable students; the dense DenseNet-BC
 //! and its CondenseNet), and the STS-B table adds the distilled 3-layer MiniLM student
-//! when `scripts/distill-experiments.sh text` has made it.
+//! when `scripts/distill-experiments.sh text` has made it. A fourth puts the committed
+//! Network-Slimming result `zoo/vgg-slim` beside `zoo/vgg`, and the same slimmed model
+//! quantized to static int8 here (no training); the STS-B table adds MiniLM with 30% of
+//! its attention and FFN parameters pruned as whole heads and units.
 //! It grows as compression techniques land.
 
 use std::path::{Path, PathBuf};
@@ -75,7 +78,12 @@ const PRUNE_RECIPES: &[(&str, &str)] = &[
 const TEXT_RECIPES: &[(&str, &str)] = &[
     ("minilm-sparsegpt-50", "recipes/minilm-sparsegpt-50.toml"),
     ("minilm-int8-dynamic", "recipes/minilm-int8-dynamic.toml"),
+    ("minilm-heads-ffn-30", "recipes/minilm-heads-ffn-30.toml"),
 ];
+
+/// The committed slimmed vgg (made by `recipes/vgg-slimming.toml`, which trains) and the
+/// recipe the demo applies to it (no training).
+const SLIMMED: (&str, &str) = ("zoo/vgg-slim", "recipes/vgg-int8-static.toml");
 
 /// The committed students and compact models, each after its teacher or dense
 /// counterpart: (directory, what it is).
@@ -119,7 +127,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // the demo rewrites its own directory in place, as training does
     let _lock = crate::outdir::claim_in_place(&a.dir, &inputs, true, true)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--out", "--dir")))?;
-    let steps = 9 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
+    let steps = 12 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
     let mut step = 0;
     let mut say = |msg: String| {
         step += 1;
@@ -162,6 +170,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     let m = measure(&students, &a)?;
     report.push(("Fashion-MNIST, distilled and compact students", students, m));
+    let slim = structured_part(&a, &mut say)?;
+    say(format!(
+        "measuring the {} slimmed and original models together",
+        slim.len()
+    ));
+    let m = measure(&slim, &a)?;
+    report.push(("Fashion-MNIST, structured pruning", slim, m));
     if let Some((rows, m)) = text_part(&a, &mut say)? {
         report.push(("STS-B", rows, m));
     }
@@ -259,6 +274,23 @@ fn students_part(say: &mut impl FnMut(String)) -> Result<Vec<Row>> {
         .iter()
         .map(|(dir, what)| committed(Path::new(dir), what))
         .collect()
+}
+
+/// The original vgg, its committed Network-Slimming result, and that result in static int8.
+fn structured_part(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<Vec<Row>> {
+    let (slim_dir, int8) = SLIMMED;
+    say(format!("the committed {slim_dir} beside zoo/vgg"));
+    let mut rows = vec![
+        committed(Path::new("zoo/vgg"), "the original")?,
+        committed(
+            Path::new(slim_dir),
+            "zoo/vgg slimmed: L1 on BatchNorm scales, global |γ| threshold, fine-tuned",
+        )?,
+    ];
+    say(format!("applying {int8} to {slim_dir}"));
+    let q = apply(a, &rows[1].model, "vgg-slim-int8", int8)?;
+    rows.push(q);
+    Ok(rows)
 }
 
 /// Measures the rows together (quality, cost, interleaved speeds).

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::coupling::{model_groups, prune_group, ChannelGroup};
+use crate::prune::channel::allocate::top;
+use crate::prune::channel::score::channel_sums;
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::model::Model;
@@ -72,40 +74,12 @@ fn kind(model: &Model, g: &ChannelGroup) -> Option<Kind> {
 fn scores(model: &Model, g: &ChannelGroup) -> Result<Vec<f64>> {
     let mut s = vec![0.0; g.channels];
     for m in &g.members {
-        let t = model
-            .params
-            .get(&m.param)?
-            .to_dtype(candle_core::DType::F32)?;
-        let sq = t.sqr()?;
-        let sq = if m.axis == 0 {
-            sq
-        } else {
-            sq.transpose(0, m.axis)?.contiguous()?
-        };
-        let per_index: Vec<f32> = if sq.rank() == 1 {
-            sq.to_vec1()?
-        } else {
-            sq.flatten_from(1)?.sum(1)?.to_vec1()?
-        };
-        let positions: Vec<usize> = m.map.clone().unwrap_or_else(|| (0..g.channels).collect());
-        for (j, &c) in positions.iter().enumerate() {
-            let a = m.offset + j * m.per_channel;
-            s[c] += per_index[a..a + m.per_channel]
-                .iter()
-                .map(|v| *v as f64)
-                .sum::<f64>();
+        let sq = model.params.get(&m.param)?.sqr()?;
+        for (a, b) in s.iter_mut().zip(channel_sums(m, &sq, g.channels)?) {
+            *a += b;
         }
     }
     Ok(s)
-}
-
-/// The `n` channels of largest score, sorted.
-fn top(scores: &[f64], n: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    idx.truncate(n);
-    idx.sort_unstable();
-    idx
 }
 
 impl Pass for Narrow {

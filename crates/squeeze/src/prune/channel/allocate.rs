@@ -149,7 +149,7 @@ struct Eval<'a> {
 }
 
 /// The `n` channels of largest score, sorted by index (ties: the lower index stays).
-fn top(scores: &[f64], n: usize) -> Vec<usize> {
+pub fn top(scores: &[f64], n: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     idx.truncate(n);
