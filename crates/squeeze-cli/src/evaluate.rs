@@ -226,7 +226,7 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     }
     if let Some(j) = &a.json {
         let inputs: Vec<(&str, &Path)> = a.dirs.iter().map(|d| ("model", d.as_path())).collect();
-        crate::outdir::check_disjoint(j, &inputs)?;
+        crate::outdir::check_disjoint_as("--json", j, &inputs)?;
     }
     let models = a
         .dirs

@@ -70,6 +70,11 @@ pub fn resolved(p: &Path) -> Result<PathBuf> {
 /// Refuses an `out` that is, contains or lies inside one of `inputs` (each named by its
 /// flag for the message).
 pub fn check_disjoint(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    check_disjoint_as("--out", out, inputs)
+}
+
+/// [`check_disjoint`] for an output given by flag `out_flag`.
+pub fn check_disjoint_as(out_flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
     let o = resolved(out)?;
     for (flag, input) in inputs {
         if !input.exists() {
@@ -86,7 +91,7 @@ pub fn check_disjoint(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
             continue;
         };
         bail!(
-            "--out {} {why} the input {flag} {}; squeeze never overwrites its inputs or \
+            "{out_flag} {} {why} the input {flag} {}; squeeze never overwrites its inputs or \
              writes into them",
             out.display(),
             input.display()

@@ -485,3 +485,44 @@ fn absurd_numbers_are_refused_before_any_work() {
     assert!(!out.exists(), "a refused command left {}", out.display());
     let _ = std::fs::remove_dir_all(&sb);
 }
+
+#[test]
+fn report_json_never_lands_in_a_model_and_records_every_model() {
+    let (sb, model) = sandbox("report-json");
+    let before = snapshot(&sb.join("p"));
+    let inside = model.join("report.json");
+    let (ok, err) = run(&[
+        "report",
+        model.to_str().unwrap(),
+        "--rounds",
+        "0",
+        "--json",
+        inside.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--json") && err.contains("lies inside"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&sb.join("p")), before, "a model directory changed");
+    if !have_data() {
+        let _ = std::fs::remove_dir_all(&sb);
+        return common::skip("report --json on real data (Fashion-MNIST is not installed)");
+    }
+    let out = sb.join("r.json");
+    let (ok, err) = run(&[
+        "report",
+        model.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let models = doc["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1);
+    assert!(models[0]["metrics"]["accuracy"].as_f64().is_some(), "{doc}");
+    assert!(doc["command"].as_str().unwrap().contains("report"), "{doc}");
+    assert!(doc["measured"]["machine"].as_str().is_some(), "{doc}");
+    let _ = std::fs::remove_dir_all(&sb);
+}
