@@ -25,7 +25,7 @@ def _speed_cells(e):
             f"{e['baseline_throughput']:.0f} → {e['throughput']:.0f} ({_ratio(e, 'throughput'):.2f}×)"]
 
 
-CNN_ROWS = (("vgg-slimming", "vgg", "Network Slimming: λ·Σ|γ| training, global |γ| cut, fine-tuning"),
+CNN_ROWS = (("vgg-slimming", "vgg", "Network Slimming: training with an L1 penalty on γ, one global threshold on γ, fine-tuning"),
             ("vgg-slimming-int8", "vgg", "the same, then BatchNorm folded and static int8"),
             ("resnet-channel-50", "resnet", "Taylor, global, 50% of FLOPs, 2 rounds + fine-tuning"),
             ("densenet-channel-40", "densenet", "Taylor, global, 40% of FLOPs, 2 rounds + fine-tuning"))
@@ -76,6 +76,12 @@ def minilm(d, table):
                   "sentences/s at batch 32 (calibrated)"], rows)
 
 
+def _minus(text):
+    """Signed numbers with a real minus sign, as the other README blocks write them."""
+    import re
+    return re.sub(r"(?<![\w.])-(?=\d)", "−", text)
+
+
 def block(load, table):
     d = load("structured")
     out = ["Fashion-MNIST CNNs, each against its committed `zoo/` original in the same run:\n\n", cnn(d, table)]
@@ -89,7 +95,7 @@ def block(load, table):
                 "speeds against the unpruned encoder in the same run:\n\n", minilm(d, table)]
     cpus = sorted({e["cpu"] for e in d.values() if e.get("cpu")})
     out.append(f"\n\nMeasured on {', '.join(cpus)}.")
-    return "".join(out)
+    return _minus("".join(out))
 
 
 def _verdict(ok):
@@ -136,4 +142,4 @@ def notes(load):
                 "Target (≤ 1.0 pt after recovery, ≤ 0.75× latency, ≥ 1.3× throughput): "
                 + _verdict((r is not None and _pt(r) >= -1.0) and lat <= 0.75 and thr >= 1.3) + ".")
         out.append(line)
-    return "\n".join(out)
+    return _minus("\n".join(out))
