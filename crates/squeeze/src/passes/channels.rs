@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Declared, Pass, PassCtx, PassRecord};
+use crate::coupling::ChannelGroup;
 use crate::error::{Error, Result};
 use crate::eval::static_cost;
 use crate::model::Model;
@@ -99,29 +100,27 @@ fn amount(m: &Model, tensors: &[String]) -> Result<Amount> {
     })
 }
 
-/// The trainable tensors the candidate groups of `model` reach.
-fn group_tensors(model: &Model, layers: Option<&[String]>) -> Result<Vec<String>> {
+/// The trainable tensors `groups` reach.
+fn group_tensors(model: &Model, groups: &[ChannelGroup]) -> Vec<String> {
     let trainable = crate::graph::trainable_names(&model.graph);
-    let mut names: Vec<String> = candidates(model, layers)?
+    let mut names: Vec<String> = groups
         .iter()
         .flat_map(|g| g.members.iter().map(|m| m.param.clone()))
         .filter(|n| trainable.contains(n))
         .collect();
     names.sort();
     names.dedup();
-    Ok(names)
+    names
 }
 
 impl ChannelPrune {
-    fn baseline(&self, model: &Model, tensors: &[String]) -> Result<f64> {
-        Ok(match self.unit {
-            Unit::Channels => candidates(model, self.layers.as_deref())?
-                .iter()
-                .map(|g| g.channels)
-                .sum::<usize>() as f64,
-            Unit::Params => amount(model, tensors)?.params as f64,
-            Unit::Flops => amount(model, tensors)?.macs as f64,
-        })
+    /// What the target is a fraction of: the candidate groups' channels, or `before`.
+    fn baseline(&self, groups: &[ChannelGroup], before: Amount) -> f64 {
+        match self.unit {
+            Unit::Channels => groups.iter().map(|g| g.channels).sum::<usize>() as f64,
+            Unit::Params => before.params as f64,
+            Unit::Flops => before.macs as f64,
+        }
     }
 
     /// One round: score, allocate toward `fraction` of the baseline, cut.
@@ -183,11 +182,12 @@ impl Pass for ChannelPrune {
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         super::require_dense(&model, PRUNE)?;
-        let tensors = group_tensors(&model, self.layers.as_deref())?;
+        let groups = candidates(&model, self.layers.as_deref())?;
+        let tensors = group_tensors(&model, &groups);
         let before = amount(&model, &tensors)?;
         let (params_before, channels_before) =
             (static_cost(&model)?.params, channel_count(&model)?);
-        let baseline = self.baseline(&model, &tensors)?;
+        let baseline = self.baseline(&groups, before);
         let mut rounds = Vec::new();
         let mut tuned: Vec<EpochLog> = Vec::new();
         for step in 1..=self.steps {
