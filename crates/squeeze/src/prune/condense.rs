@@ -216,18 +216,11 @@ impl Hooks for Condense {
         if self.lasso == 0.0 || self.finished() {
             return Ok(None);
         }
-        let mut total: Option<Tensor> = None;
-        for l in &self.layers {
-            let r = l.group_lasso(params.get(&l.weight())?)?;
-            total = Some(match total {
-                Some(t) => (t + r)?,
-                None => r,
-            });
-        }
-        Ok(match total {
-            Some(t) => Some((t * self.lasso)?),
-            None => None,
-        })
+        let terms = self
+            .layers
+            .iter()
+            .map(|l| l.group_lasso(params.get(&l.weight())?));
+        crate::train::weighted_sum(terms, self.lasso)
     }
 
     fn after_step(&mut self, vars: &[(String, Var)]) -> Result<()> {

@@ -148,6 +148,25 @@ pub trait Hooks {
     }
 }
 
+/// A regularizer's value: `weight` times the sum of `terms` (None when there are none).
+pub fn weighted_sum(
+    terms: impl IntoIterator<Item = Result<Tensor>>,
+    weight: f64,
+) -> Result<Option<Tensor>> {
+    let mut total: Option<Tensor> = None;
+    for t in terms {
+        let t = t?;
+        total = Some(match total {
+            Some(acc) => (acc + t)?,
+            None => t,
+        });
+    }
+    Ok(match total {
+        Some(t) => Some((t * weight)?),
+        None => None,
+    })
+}
+
 /// No hooks: plain training.
 pub struct NoHooks;
 impl Hooks for NoHooks {}

@@ -44,17 +44,10 @@ pub fn bn_scales(model: &Model) -> Vec<String> {
 
 impl Hooks for Slimming {
     fn regularizer(&self, params: &ParamStore) -> Result<Option<Tensor>> {
-        let mut total: Option<Tensor> = None;
-        for name in &self.scales {
-            let l1 = params.get(name)?.abs()?.sum_all()?;
-            total = Some(match total {
-                Some(t) => (t + l1)?,
-                None => l1,
-            });
-        }
-        Ok(match total {
-            Some(t) => Some((t * self.lambda)?),
-            None => None,
-        })
+        let terms = self
+            .scales
+            .iter()
+            .map(|name| Ok(params.get(name)?.abs()?.sum_all()?));
+        crate::train::weighted_sum(terms, self.lambda)
     }
 }
