@@ -35,8 +35,10 @@ pub fn scores(
     seed: u64,
 ) -> Result<Vec<Vec<f64>>> {
     let mut acc: Vec<Vec<f64>> = groups.iter().map(|g| vec![0.0; g.channels]).collect();
+    // one set of variables serves every batch: a backward pass leaves them unchanged
+    let vars = Variables::of(model)?;
     for (i, b) in batches.iter().enumerate() {
-        let c = first_order(model, groups, b, seed.wrapping_add(i as u64))?;
+        let c = vars.first_order(model, groups, b, seed.wrapping_add(i as u64))?;
         for (a, c) in acc.iter_mut().zip(c) {
             for (x, y) in a.iter_mut().zip(c) {
                 *x += y * y;
@@ -54,18 +56,41 @@ pub fn first_order(
     batch: &Batch,
     seed: u64,
 ) -> Result<Vec<Vec<f64>>> {
-    let names = trainable_names(&model.graph);
-    let (params, vars) = model.params.with_vars(&names)?;
-    let loss = calibration_loss(model, &params, batch, seed)?;
-    let grads = loss.backward()?;
-    let by_name: HashMap<&str, &Tensor> = vars
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str(), grads.get(v.as_tensor())?)))
-        .collect();
-    groups
-        .iter()
-        .map(|g| group_sums(model, g, &by_name))
-        .collect()
+    Variables::of(model)?.first_order(model, groups, batch, seed)
+}
+
+/// The model's parameters with its trainable tensors as variables.
+struct Variables {
+    params: ParamStore,
+    vars: Vec<(String, candle_core::Var)>,
+}
+
+impl Variables {
+    fn of(model: &Model) -> Result<Self> {
+        let names = trainable_names(&model.graph);
+        let (params, vars) = model.params.with_vars(&names)?;
+        Ok(Variables { params, vars })
+    }
+
+    fn first_order(
+        &self,
+        model: &Model,
+        groups: &[ChannelGroup],
+        batch: &Batch,
+        seed: u64,
+    ) -> Result<Vec<Vec<f64>>> {
+        let loss = calibration_loss(model, &self.params, batch, seed)?;
+        let grads = loss.backward()?;
+        let by_name: HashMap<&str, &Tensor> = self
+            .vars
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), grads.get(v.as_tensor())?)))
+            .collect();
+        groups
+            .iter()
+            .map(|g| group_sums(model, g, &by_name))
+            .collect()
+    }
 }
 
 fn group_sums(model: &Model, g: &ChannelGroup, grads: &HashMap<&str, &Tensor>) -> Result<Vec<f64>> {
