@@ -90,6 +90,7 @@ fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
                 padding: 1,
                 groups: 1,
                 bias: true,
+                width: None,
             })
         }
         _ => {

@@ -144,6 +144,7 @@ impl Builder {
             padding: pad,
             groups: 1,
             bias: false,
+            width: None,
         });
         let w = self.normal(cout * cin * k * k, (2.0 / (cin * k * k) as f64).sqrt());
         self.put(format!("{name}.weight"), w, &[cout, cin, k, k])?;

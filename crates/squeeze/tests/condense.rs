@@ -34,6 +34,7 @@ fn one_conv() -> Model {
             padding: 1,
             groups: 1,
             bias: true,
+            width: None,
         }),
         &[INPUT],
     );

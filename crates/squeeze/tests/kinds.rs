@@ -331,6 +331,7 @@ fn degenerate_graphs_are_errors_that_name_the_node() {
             padding: 0,
             groups: 1,
             bias: false,
+            width: None,
         })
     };
     let mut g = Graph::new("x", &[1, 4, 4]);

@@ -71,6 +71,7 @@ fn regressor_op(s: &[usize], t: &[usize], spec: &HintSpec) -> Result<Op> {
             padding: 0,
             groups: 1,
             bias: true,
+            width: None,
         })),
         ([cs], [ct]) => Ok(Op::Linear(Linear {
             in_features: *cs,

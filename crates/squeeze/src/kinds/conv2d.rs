@@ -1,5 +1,7 @@
-//! 2-D convolution over `[C, H, W]` with a square kernel, stride, zero padding and groups.
-//! Tensors `weight` `[out, in/groups, k, k]` (weight-decayed) and `bias` `[out]`. Coupling: a
+//! 2-D convolution over `[C, H, W]` with a kernel, stride, zero padding and groups, square
+//! unless `width` gives the horizontal axis its own (the k×1 and 1×k halves of a spatially
+//! factorized convolution, Jaderberg et al. 2014). Tensors `weight` `[out, in/groups, kh,
+//! kw]` (weight-decayed) and `bias` `[out]`. Coupling: a
 //! dense convolution consumes its input channels and creates a new space; a depthwise one
 //! (groups = in = out) carries each channel through as a per-channel member; other grouped
 //! convolutions pin both sides. Forward: im2col + GEMM with a hand-written backward
@@ -24,9 +26,38 @@ pub struct Conv2d {
     pub padding: usize,
     pub groups: usize,
     pub bias: bool,
+    /// The horizontal axis's kernel, stride and padding where they differ from the
+    /// vertical ones (`kernel`, `stride`, `padding`); absent for a square convolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<Axis>,
+}
+
+/// One axis of a convolution: kernel extent, stride and zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Axis {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
 }
 
 impl Conv2d {
+    /// The vertical axis.
+    pub fn height_axis(&self) -> Axis {
+        Axis {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+    /// The horizontal axis.
+    pub fn width_axis(&self) -> Axis {
+        self.width.unwrap_or(self.height_axis())
+    }
+    /// Same kernel, stride and padding on both axes.
+    pub fn is_square(&self) -> bool {
+        self.width_axis() == self.height_axis()
+    }
     /// One filter per channel (groups = in = out > 1).
     pub fn is_depthwise(&self) -> bool {
         self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
@@ -61,21 +92,17 @@ impl LayerKind for Conv2d {
         if !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
             return Err(format!("groups {g} must divide in/out channels"));
         }
-        let pad = self.padding.saturating_mul(2);
-        let (h, w) = (s[1].saturating_add(pad), s[2].saturating_add(pad));
-        if h < self.kernel || w < self.kernel {
-            return Err(format!("kernel {} larger than padded input", self.kernel));
-        }
-        let (k, st) = (self.kernel, self.stride);
-        Ok(vec![self.out_channels, (h - k) / st + 1, (w - k) / st + 1])
+        let (ah, aw) = (self.height_axis(), self.width_axis());
+        positive("width.kernel", aw.kernel)?;
+        positive("width.stride", aw.stride)?;
+        Ok(vec![self.out_channels, along(s[1], ah)?, along(s[2], aw)?])
     }
     fn tensors(&self) -> Vec<TensorSpec> {
-        let k = self.kernel;
         let w = vec![
             self.out_channels,
             self.in_channels / self.groups.max(1),
-            k,
-            k,
+            self.kernel,
+            self.width_axis().kernel,
         ];
         let mut t = vec![TensorSpec::weight("weight", w)];
         if self.bias {
@@ -84,7 +111,8 @@ impl LayerKind for Conv2d {
         t
     }
     fn macs(&self, _ins: &[&[usize]], out: &[usize]) -> u64 {
-        let per_out = (self.in_channels / self.groups.max(1)) * self.kernel * self.kernel;
+        let taps = self.kernel * self.width_axis().kernel;
+        let per_out = (self.in_channels / self.groups.max(1)) * taps;
         super::numel(out) * per_out as u64
     }
     fn couple(&self, cx: &mut Coupler, node: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
@@ -109,7 +137,14 @@ impl LayerKind for Conv2d {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let w = cx.param("weight")?;
-        let y = conv::conv2d(cx.x(), w, self.stride, self.padding, self.groups)?;
+        let (ah, aw) = (self.height_axis(), self.width_axis());
+        let y = conv::conv2d(
+            cx.x(),
+            w,
+            (ah.stride, aw.stride),
+            (ah.padding, aw.padding),
+            self.groups,
+        )?;
         if !self.bias {
             return Ok(y);
         }
@@ -129,6 +164,15 @@ impl LayerKind for Conv2d {
     }
 }
 
+/// Output extent of an input extent `n` along axis `a`.
+fn along(n: usize, a: Axis) -> std::result::Result<usize, String> {
+    let padded = n.saturating_add(a.padding.saturating_mul(2));
+    if padded < a.kernel {
+        return Err(format!("kernel {} larger than padded input", a.kernel));
+    }
+    Ok((padded - a.kernel) / a.stride + 1)
+}
+
 pub(crate) fn example() -> super::Example {
     super::Example {
         op: Op::Conv2d(Conv2d {
@@ -139,6 +183,7 @@ pub(crate) fn example() -> super::Example {
             padding: 1,
             groups: 2,
             bias: true,
+            width: None,
         }),
         inputs: vec![vec![2, 5, 6]],
         tensors: vec![],

@@ -18,7 +18,7 @@ use crate::error::Result;
 /// im2col of one image [C, H, W] → [C·k·k, Ho·Wo]. Positions that fall in the padding are
 /// not written: `cols` must hold zeros there.
 fn im2col<T: Elem>(g: &Geo, x: &[T], cols: &mut [T]) {
-    let s = g.stride;
+    let s = g.sw;
     for_each_run(g, |dst, src, len| {
         if s == 1 {
             cols[dst..dst + len].copy_from_slice(&x[src..src + len]);
@@ -32,7 +32,7 @@ fn im2col<T: Elem>(g: &Geo, x: &[T], cols: &mut [T]) {
 
 /// col2im of one image: scatter-add [C·k·k, Ho·Wo] into [C, H, W].
 fn col2im<T: Elem>(g: &Geo, cols: &[T], dx: &mut [T]) {
-    let s = g.stride;
+    let s = g.sw;
     for_each_run(g, |src, dst, len| {
         for j in 0..len {
             dx[dst + j * s] += cols[src + j];
@@ -213,8 +213,8 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
 }
 
 struct Conv2d {
-    stride: usize,
-    pad: usize,
+    stride: (usize, usize),
+    pad: (usize, usize),
     groups: usize,
 }
 
@@ -251,11 +251,19 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// Convolution of x [N, C, H, W] with w [Co, C/groups, k, k] (no bias): depthwise
-/// (groups = C = Co) by [`super::depthwise`], every other one by the im2col kernel.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, groups: usize) -> Result<Tensor> {
-    if groups > 1 && groups == x.dim(1)? && groups == w.dim(0)? {
-        return super::depthwise::depthwise(x, w, stride, pad);
+/// Convolution of x [N, C, H, W] with w [Co, C/groups, kh, kw] (no bias) under
+/// (vertical, horizontal) `stride` and `pad`: a square depthwise one (groups = C = Co) by
+/// [`super::depthwise`], every other one by the im2col kernel.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    let square = w.dim(2)? == w.dim(3)? && stride.0 == stride.1 && pad.0 == pad.1;
+    if square && groups > 1 && groups == x.dim(1)? && groups == w.dim(0)? {
+        return super::depthwise::depthwise(x, w, stride.0, pad.0);
     }
     Ok(x.contiguous()?.apply_op2(
         &w.contiguous()?,

@@ -26,34 +26,39 @@ pub(super) struct Geo {
     pub co: usize,
     /// Filter groups: input channels c/groups and output channels co/groups each.
     pub groups: usize,
+    /// Kernel height and width.
     pub k: usize,
+    pub kw: usize,
+    /// Vertical and horizontal stride.
     pub stride: usize,
+    pub sw: usize,
+    /// Vertical and horizontal zero padding.
     pub pad: usize,
+    pub pw: usize,
     pub ho: usize,
     pub wo: usize,
 }
 
 impl Geo {
+    /// The geometry of input `x` [N, C, H, W] under kernel `w` [Co, C/groups, kh, kw] with
+    /// (vertical, horizontal) `stride` and `pad`.
     pub fn new(
         x: &[usize],
         w: &[usize],
-        stride: usize,
-        pad: usize,
+        (stride, sw): (usize, usize),
+        (pad, pw): (usize, usize),
         groups: usize,
     ) -> candle_core::Result<Geo> {
-        let (&[n, c, h, wd], &[co, ci, k, k2]) = (x, w) else {
+        let (&[n, c, h, wd], &[co, ci, k, kw]) = (x, w) else {
             candle_core::bail!("conv2d: expected 4-D input and kernel, got {x:?} and {w:?}")
         };
         if groups == 0 || ci * groups != c || co % groups != 0 {
             candle_core::bail!("conv2d: input {x:?} and kernel {w:?} do not make {groups} groups")
         }
-        if k != k2 || h + 2 * pad < k || wd + 2 * pad < k {
+        if stride == 0 || sw == 0 || h + 2 * pad < k || wd + 2 * pw < kw {
             candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?}")
         }
-        let (ho, wo) = (
-            (h + 2 * pad - k) / stride + 1,
-            (wd + 2 * pad - k) / stride + 1,
-        );
+        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (wd + 2 * pw - kw) / sw + 1);
         Ok(Geo {
             n,
             c,
@@ -62,19 +67,27 @@ impl Geo {
             co,
             groups,
             k,
+            kw,
             stride,
+            sw,
             pad,
+            pw,
             ho,
             wo,
         })
     }
     /// Rows of a whole image's im2col.
     pub(super) fn kk(&self) -> usize {
-        self.c * self.k * self.k
+        self.c * self.k * self.kw
     }
     /// A 1×1 convolution with stride 1 and no padding: its im2col is the image itself.
     pub(super) fn pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
+        self.k == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.sw == 1
+            && self.pad == 0
+            && self.pw == 0
     }
     /// im2col rows (= weight columns) and output channels of one group.
     pub(super) fn per_group(&self) -> (usize, usize) {
@@ -87,25 +100,27 @@ impl Geo {
 
 /// Visits, for every column row r = (c, ki, kj) and output row oh, the run of output
 /// columns whose input pixels are inside the image: `f(row offset in cols, input offset,
-/// run length, ow step)`; positions outside get no call (they are zero in im2col).
+/// run length)`, the run's input pixels `g.sw` apart; positions outside get no call (they
+/// are zero in im2col).
 #[inline]
 pub(super) fn for_each_run(g: &Geo, mut f: impl FnMut(usize, usize, usize)) {
-    let (p, s, pad) = (g.p(), g.stride, g.pad as isize);
+    let (p, sh, ph) = (g.p(), g.stride, g.pad as isize);
+    let (sw, pw) = (g.sw, g.pw as isize);
     for c in 0..g.c {
         for ki in 0..g.k {
-            for kj in 0..g.k {
-                let r = (c * g.k + ki) * g.k + kj;
-                // ow valid when 0 <= ow·s + kj − pad < w
-                let lo = ((pad - kj as isize).max(0) as usize).div_ceil(s);
-                let hi = (((g.w as isize + pad - kj as isize - 1) / s as isize + 1).max(0)
+            for kj in 0..g.kw {
+                let r = (c * g.k + ki) * g.kw + kj;
+                // ow valid when 0 <= ow·sw + kj − pw < w
+                let lo = ((pw - kj as isize).max(0) as usize).div_ceil(sw);
+                let hi = (((g.w as isize + pw - kj as isize - 1) / sw as isize + 1).max(0)
                     as usize)
                     .min(g.wo);
                 for oh in 0..g.ho {
-                    let ih = (oh * s + ki) as isize - pad;
+                    let ih = (oh * sh + ki) as isize - ph;
                     if ih < 0 || ih as usize >= g.h || lo >= hi {
                         continue;
                     }
-                    let iw0 = (lo * s + kj) as isize - pad;
+                    let iw0 = (lo * sw + kj) as isize - pw;
                     let src = (c * g.h + ih as usize) * g.w + iw0 as usize;
                     f(r * p + oh * g.wo + lo, src, hi - lo);
                 }

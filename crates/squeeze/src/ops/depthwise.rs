@@ -22,7 +22,13 @@ fn plane_geo(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core
     if co != c || one != 1 || k != k2 {
         candle_core::bail!("depthwise conv: kernel {w:?} must be [C, 1, k, k] for input {x:?}")
     }
-    let g = Geo::new(&[n, 1, h, wd], &[1, 1, k, k], stride, pad, 1)?;
+    let g = Geo::new(
+        &[n, 1, h, wd],
+        &[1, 1, k, k],
+        (stride, stride),
+        (pad, pad),
+        1,
+    )?;
     Ok(Geo { c, co: c, ..g })
 }
 

@@ -77,6 +77,9 @@ fn eligible(c: &Conv2d, groups: usize) -> std::result::Result<(), String> {
     if c.groups != 1 {
         return Err("is grouped already".into());
     }
+    if !c.is_square() {
+        return Err("has a rectangular kernel".into());
+    }
     if c.in_channels < 2 {
         return Err("has a single input channel".into());
     }

@@ -148,6 +148,11 @@ impl Quantize {
                 Some(n) => {
                     let what = match &n.op {
                         Op::Conv2d(c) if c.groups > 1 => "a grouped conv2d layer".to_string(),
+                        Op::Conv2d(c) if !c.is_square() => {
+                            "a conv2d layer with a rectangular kernel (the int8 convolution \
+                             kernel is square)"
+                                .to_string()
+                        }
                         Op::Conv2d(_) => "a conv2d layer (convolutions are quantized with \
                                           `bits = 8` and `activations = \"static\"`)"
                             .into(),
@@ -181,7 +186,12 @@ impl Quantize {
     fn quantizable(&self, op: &Op) -> bool {
         match op {
             Op::Linear(_) => true,
-            Op::Conv2d(c) => c.groups == 1 && self.act == ActQuant::Static && self.layout.bits == 8,
+            Op::Conv2d(c) => {
+                c.groups == 1
+                    && c.is_square()
+                    && self.act == ActQuant::Static
+                    && self.layout.bits == 8
+            }
             _ => false,
         }
     }

@@ -50,6 +50,9 @@ fn splittable(c: &Conv2d) -> std::result::Result<(), String> {
     if c.groups != 1 {
         return Err("is grouped".into());
     }
+    if !c.is_square() {
+        return Err("has a rectangular kernel".into());
+    }
     Ok(())
 }
 

@@ -77,8 +77,56 @@ fn grad_conv2d_fast_kernel() {
         check(
             &format!("conv s{stride} p{pad} k{k}"),
             &[rand(&[2, 3, 6, 5], 1), rand(&[4, 3, k, k], 2)],
-            |t| conv::conv2d(&t[0], &t[1], stride, pad, 1).unwrap(),
+            |t| conv::conv2d(&t[0], &t[1], (stride, stride), (pad, pad), 1).unwrap(),
         );
+    }
+}
+
+/// Rectangular kernels with per-axis stride and padding (the two halves of a spatially
+/// factorized convolution): (kernel h, w), (stride h, w), (pad h, w).
+const RECT_CASES: [((usize, usize), (usize, usize), (usize, usize)); 4] = [
+    ((3, 1), (2, 1), (1, 0)),
+    ((1, 3), (1, 2), (0, 1)),
+    ((3, 2), (1, 1), (1, 0)),
+    ((2, 3), (2, 1), (0, 2)),
+];
+
+#[test]
+fn grad_conv2d_rectangular() {
+    for (k, s, p) in RECT_CASES {
+        check(
+            &format!("conv k{k:?} s{s:?} p{p:?}"),
+            &[rand(&[2, 3, 6, 5], 31), rand(&[4, 3, k.0, k.1], 32)],
+            |t| conv::conv2d(&t[0], &t[1], s, p, 1).unwrap(),
+        );
+    }
+}
+
+/// A rectangular convolution equals candle's unpadded, unstrided one on the explicitly
+/// zero-padded input, sampled every (sh, sw) outputs.
+#[test]
+fn rectangular_conv_matches_padded_candle_conv() {
+    for (i, (k, s, p)) in RECT_CASES.into_iter().enumerate() {
+        let x = f32r(&[2, 3, 7, 6], 40 + i as u64);
+        let w = f32r(&[5, 3, k.0, k.1], 50 + i as u64);
+        let fast = conv::conv2d(&x, &w, s, p, 1).unwrap();
+        let padded = x
+            .pad_with_zeros(2, p.0, p.0)
+            .unwrap()
+            .pad_with_zeros(3, p.1, p.1)
+            .unwrap();
+        let dense = padded.conv2d(&w, 0, 1, 1, 1).unwrap();
+        let pick = |n: usize, step: usize| {
+            let idx: Vec<u32> = (0..n).step_by(step).map(|v| v as u32).collect();
+            Tensor::new(idx, &Device::Cpu).unwrap()
+        };
+        let refr = dense
+            .index_select(&pick(dense.dim(2).unwrap(), s.0), 2)
+            .unwrap()
+            .index_select(&pick(dense.dim(3).unwrap(), s.1), 3)
+            .unwrap();
+        assert_eq!(fast.dims(), refr.dims(), "k{k:?} s{s:?} p{p:?}");
+        assert!(max_abs(&fast, &refr) < KERNEL_TOL, "k{k:?} s{s:?} p{p:?}");
     }
 }
 
@@ -88,7 +136,7 @@ fn grad_grouped_conv_kernel() {
         check(
             &format!("grouped conv g{groups} s{stride} p{pad} k{k}"),
             &[rand(&[2, 6, 6, 5], 21), rand(&[6, 6 / groups, k, k], 22)],
-            |t| conv::conv2d(&t[0], &t[1], stride, pad, groups).unwrap(),
+            |t| conv::conv2d(&t[0], &t[1], (stride, stride), (pad, pad), groups).unwrap(),
         );
     }
 }
@@ -99,7 +147,7 @@ fn grad_depthwise_kernel() {
         check(
             &format!("depthwise s{stride} p{pad} k{k}"),
             &[rand(&[2, 3, 7, 6], 3), rand(&[3, 1, k, k], 4)],
-            |t| conv::conv2d(&t[0], &t[1], stride, pad, 3).unwrap(),
+            |t| conv::conv2d(&t[0], &t[1], (stride, stride), (pad, pad), 3).unwrap(),
         );
     }
 }
@@ -179,7 +227,14 @@ fn matches_candle_conv(
     for &(stride, pad, k, h) in cases {
         let x = Var::from_tensor(&f32r(&[n, c, h, 8], seed)).unwrap();
         let w = Var::from_tensor(&f32r(&[co, c / groups, k, k], seed + 1)).unwrap();
-        let fast = conv::conv2d(x.as_tensor(), w.as_tensor(), stride, pad, groups).unwrap();
+        let fast = conv::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            (stride, stride),
+            (pad, pad),
+            groups,
+        )
+        .unwrap();
         let refr = x
             .as_tensor()
             .conv2d(w.as_tensor(), pad, stride, 1, groups)
