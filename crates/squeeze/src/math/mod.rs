@@ -12,3 +12,4 @@ pub mod huffman;
 pub mod linalg;
 pub mod qlayout;
 pub mod qweight;
+pub mod svd;
