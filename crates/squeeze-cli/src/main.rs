@@ -23,6 +23,8 @@ mod evaluate;
 mod export;
 mod measure;
 mod outdir;
+mod search;
+mod search_report;
 mod train;
 
 use std::path::PathBuf;
@@ -53,6 +55,9 @@ enum Cmd {
     Export(export::ExportArgs),
     /// Apply a TOML recipe of passes to a model; writes the new model and report.json.
     Compress(compress::CompressArgs),
+    /// Per-layer ratios for a budget (params=, flops=, latency=): a cached sensitivity scan,
+    /// the least-loss choice and a uniform one, fine-tuned and written with their recipes.
+    Search(search::SearchArgs),
     /// Print a side-by-side Markdown table of model directories.
     Report(evaluate::ReportArgs),
     /// Benchmarks against PyTorch (training speed, inference latency/throughput) → JSON.
@@ -66,7 +71,7 @@ enum Cmd {
 fn trains(cmd: &Cmd) -> bool {
     use bench::BenchWhat;
     match cmd {
-        Cmd::Train(_) | Cmd::Distill(_) | Cmd::Compress(_) | Cmd::Demo(_) => true,
+        Cmd::Train(_) | Cmd::Distill(_) | Cmd::Compress(_) | Cmd::Search(_) | Cmd::Demo(_) => true,
         Cmd::Bench(b) => matches!(b.what, BenchWhat::Train(_) | BenchWhat::TrainText(_)),
         _ => false,
     }
@@ -104,6 +109,7 @@ fn main() {
         }
         Cmd::Eval(a) => evaluate::run_eval(a),
         Cmd::Compress(a) => compress::run(a),
+        Cmd::Search(a) => search::run(a),
         Cmd::Embed(a) => embed::run(a),
         Cmd::Export(a) => export::run(a),
         Cmd::Report(a) => evaluate::run_report(a),

@@ -94,6 +94,7 @@ pub const LIMITS: &[Limit] = &[
         "narrowest width structured pruning leaves",
     ),
     count("intermediate", 1.0, 1e6, "FFN units kept"),
+    count("rank", 1.0, 1e6, "rank of a factorized layer"),
     count(
         "widths",
         0.0,
@@ -107,6 +108,24 @@ pub const LIMITS: &[Limit] = &[
         (0.0, true),
         (1.0, true),
         "fraction of channels, params or FLOPs removed",
+    ),
+    real(
+        "energy",
+        (0.0, true),
+        (1.0, false),
+        "fraction of a layer's singular-value energy kept",
+    ),
+    real(
+        "keep",
+        (0.0, true),
+        (1.0, true),
+        "fraction of a factorized layer's parameters kept",
+    ),
+    real(
+        "damp",
+        (0.0, true),
+        (1.0, false),
+        "diagonal damping, relative to the Hessian's mean",
     ),
     real(
         "lambda",
@@ -132,7 +151,12 @@ pub const LIMITS: &[Limit] = &[
         (100.0, false),
         "softmax temperature",
     ),
-    real("alpha", (0.0, false), (1.0, false), "soft-target weight"),
+    real(
+        "alpha",
+        (0.0, false),
+        (1.0, false),
+        "soft-target weight; ASVD's exponent",
+    ),
     real(
         "hint_weight",
         (0.0, false),

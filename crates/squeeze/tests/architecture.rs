@@ -26,9 +26,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("interpreter and run plan", &["interp"]),
     ("analysis and model builders", &["coupling", "zoo", "text"]),
     ("trainer", &["train"]),
-    ("methods", &["prune", "quant", "distill"]),
+    ("methods", &["prune", "quant", "distill", "lowrank"]),
     ("evaluation and formats", &["eval", "formats"]),
     ("passes and recipes", &["passes"]),
+    ("search over passes", &["search"]),
     ("crate root (re-exports)", &["lib"]),
 ];
 

@@ -13,6 +13,7 @@ pub mod condense;
 mod ctx;
 mod drop_layers;
 mod finetune;
+mod lowrank;
 mod narrow;
 mod prune;
 mod prune_recipe;
@@ -31,6 +32,7 @@ pub use ctx::{
 };
 pub use drop_layers::DropLayers;
 pub use finetune::Finetune;
+pub use lowrank::{default_layers as lowrank_layers, FormName, LowRank, Scaling};
 pub use narrow::Narrow;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
 pub use prune_recipe::{MagnitudeOptions, SparseGptOptions, WandaOptions};
@@ -172,6 +174,7 @@ recipe_passes! {
     "narrow" => Narrow(Narrow),
     "slimming_train" => SlimmingTrain(SlimmingTrain),
     "channel_prune" => ChannelPrune(ChannelPrune),
+    "low_rank" => LowRank(LowRank),
     "depthwise_separable" => DepthwiseSeparable(DepthwiseSeparable),
     "condense" => Condense(Condense),
     "finetune" => Finetune(Finetune),

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs the experiments of results/lowrank.json: each recipe through `squeeze compress` (the
+# factorized model measured against its original in the same process, speeds interleaved
+# over 5 rounds); for a fine-tuned key its `-oneshot` recipe (the same factorization without
+# fine-tuning) is compressed too, for the accuracy before fine-tuning. The search keys run
+# `squeeze search`. Then collects everything into results/lowrank.json.
+# Usage: scripts/lowrank-experiments.sh [KEY...] (default: all). Models go to
+# runs/lowrank/KEY; a key whose report exists is collected, not re-run (FORCE=1 re-runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/squeeze}
+MINILM=${MINILM:-models/all-MiniLM-L6-v2}
+mkdir -p runs/lowrank
+keys=("$@")
+[ ${#keys[@]} -gt 0 ] || keys=(mlp-svd-50 vgg-svd-50 vgg-spatial-svd-50 minilm-svd-30 minilm-asvd-30
+  minilm-whiten-30 minilm-whiten-30-recovered vgg-search-flops-33)
+SEARCH=runs/lowrank/vgg-search-flops-33
+for k in "${keys[@]}"; do
+  if [ "$k" = vgg-search-flops-33 ]; then
+    # the search makes both candidates (searched ratios, one uniform ratio) with equal
+    # fine-tuning; `squeeze report` then measures both against zoo/vgg in one process
+    if [ -f "$SEARCH.against-original.json" ] && [ -z "${FORCE:-}" ]; then
+      echo "== $k (report present)"; continue
+    fi
+    echo "== $k"
+    "$BIN" search zoo/vgg --recipe recipes/vgg-search.toml --budget flops=0.33 --out "$SEARCH" --force
+    "$BIN" report zoo/vgg "$SEARCH/searched" "$SEARCH/uniform" --rounds 5 --json "$SEARCH.against-original.json"
+    continue
+  fi
+  case $k in
+    mlp-*) model=zoo/mlp ;;
+    vgg-*) model=zoo/vgg ;;
+    minilm-*) model=$MINILM ;;
+    *) echo "unknown key $k" >&2; exit 2 ;;
+  esac
+  if [ -f "runs/lowrank/$k/report.json" ] && [ -z "${FORCE:-}" ]; then
+    echo "== $k (report present)"; continue
+  fi
+  echo "== $k"
+  if [ -f "recipes/$k-oneshot.toml" ]; then
+    "$BIN" compress "$model" --recipe "recipes/$k-oneshot.toml" --out "runs/lowrank/$k-oneshot" --force --rounds 0
+  fi
+  start=$(date +%s)
+  "$BIN" compress "$model" --recipe "recipes/$k.toml" --out "runs/lowrank/$k" --force --rounds 5
+  echo "$(( $(date +%s) - start ))" > "runs/lowrank/$k.seconds"
+done
+python3 scripts/lowrank_results.py "${keys[@]}"
