@@ -24,6 +24,16 @@ for k in "${keys[@]}"; do
     fi
     echo "== $k"
     "$BIN" search zoo/vgg --recipe recipes/vgg-search.toml --budget flops=0.33 --out "$SEARCH" --force
+    for c in searched uniform; do
+      # the candidate's recipe, kept in recipes/ so that `squeeze compress` re-makes it,
+      # and without its fine-tuning pass for the accuracy before fine-tuning
+      key=vgg-search-flops-33; [ $c = uniform ] && key=vgg-uniform-flops-33
+      { echo "# Written by: $BIN search zoo/vgg --recipe recipes/vgg-search.toml --budget flops=0.33 (its $c candidate)."
+        cat "$SEARCH/$c/recipe.toml"; } > "recipes/$key.toml"
+      python3 -c 'import sys; t=open(sys.argv[1]).read(); end="[[passes]]\ntype = \"finetune\"\n"; assert t.endswith(end); open(sys.argv[2],"w").write(t[:-len(end)])' \
+        "$SEARCH/$c/recipe.toml" "runs/lowrank/$key-oneshot.toml"
+      "$BIN" compress zoo/vgg --recipe "runs/lowrank/$key-oneshot.toml" --out "$SEARCH-$c-oneshot" --force --rounds 0
+    done
     "$BIN" report zoo/vgg "$SEARCH/searched" "$SEARCH/uniform" --rounds 5 --json "$SEARCH.against-original.json"
     continue
   fi

@@ -27,8 +27,11 @@ def entry(key):
     metric = "spearman" if a.get("spearman") is not None else "accuracy"
     thr = "throughput_b32" if metric == "spearman" else "throughput_b256"
     before_ft = a[metric]
+    unrecovered = key[: -len("-recovered")] if key.endswith("-recovered") else None
     if os.path.exists(f"{d}-oneshot/report.json"):
         before_ft = json.load(open(f"{d}-oneshot/report.json"))["after"][metric]
+    elif unrecovered and os.path.exists(f"runs/lowrank/{unrecovered}/report.json"):
+        before_ft = json.load(open(f"runs/lowrank/{unrecovered}/report.json"))["after"][metric]
     lr = next(p["details"] for p in passes if p["pass"] == "low_rank")
     out = {
         metric: a[metric],
@@ -61,10 +64,62 @@ def entry(key):
     return out
 
 
+SEARCH = "runs/lowrank/vgg-search-flops-33"
+
+
+def search_entries():
+    """vgg-search-flops-33 and vgg-uniform-flops-33: both candidates of one `squeeze search`
+    run (equal fine-tuning), measured against zoo/vgg by one `squeeze report` run; their
+    accuracy before fine-tuning from their recipes without the fine-tuning pass."""
+    rep = json.load(open(f"{SEARCH}/search.json"))
+    against = json.load(open(f"{SEARCH}.against-original.json"))
+    base = against["models"][0]["metrics"]
+    out = {}
+    for name, key in (("searched", "vgg-search-flops-33"), ("uniform", "vgg-uniform-flops-33")):
+        cand = next(c for c in rep["candidates"] if c["name"] == name)
+        a = next(m["metrics"] for m in against["models"] if m["model"].endswith(f"/{name}"))
+        oneshot = json.load(open(f"{SEARCH}-{name}-oneshot/report.json"))["after"]["accuracy"]
+        e = {
+            "accuracy": a["accuracy"],
+            "baseline": base["accuracy"],
+            "accuracy_before_finetune": oneshot,
+            "held_out_accuracy": cand["score"],
+            "predicted_loss": cand["predicted_loss"],
+            "ratios": dict(cand["choice"]),
+            "budget": rep["budget"],
+            "meets_budget": cand["meets_budget"],
+            "params": a["params"],
+            "baseline_params": base["params"],
+            "flops": a["flops"],
+            "baseline_flops": base["flops"],
+            "size_bytes": a["size_bytes"],
+            "baseline_size_bytes": base["size_bytes"],
+            "latency_ms_b1": a["latency_ms_b1"],
+            "baseline_latency_ms_b1": base["latency_ms_b1"],
+            "throughput": a["throughput_b256"],
+            "baseline_throughput": base["throughput_b256"],
+            "throughput_batch": 256,
+            "finetune_seconds": round(cand["seconds"], 1),
+            "cpu": against["measured"]["machine"],
+            "command": rep["command"],
+            "recipe": f"recipes/{key}.toml (written by the search as {SEARCH}/{name}/recipe.toml)",
+            "measured_by": against["command"],
+        }
+        if name == "searched":
+            e["search_wall_s"] = round(rep["search_wall_s"], 1)
+            e["scan_seconds"] = round(rep["scan_seconds"], 1)
+        out[key] = e
+    return out
+
+
 def main(keys):
     path = "results/lowrank.json"
     out = json.load(open(path)) if os.path.exists(path) else {}
     for k in keys:
+        if k == "vgg-search-flops-33":
+            if os.path.exists(f"{SEARCH}.against-original.json"):
+                out.update(search_entries())
+            continue
         if os.path.exists(f"runs/lowrank/{k}/report.json"):
             out[k] = entry(k)
         else:

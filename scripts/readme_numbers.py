@@ -494,12 +494,23 @@ def structured_notes():
     return readme_structured.notes(load)
 
 
+def lowrank():
+    import readme_lowrank
+    return readme_lowrank.block(load, table)
+
+
+def lowrank_notes():
+    import readme_lowrank
+    return readme_lowrank.notes(load)
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
           "emulated-avx512": emulated, "quant-notes": quant_notes,
           "distill-notes": distill_notes, "prune-notes": prune_notes,
-          "structured": structured, "structured-notes": structured_notes}
+          "structured": structured, "structured-notes": structured_notes,
+          "lowrank": lowrank, "lowrank-notes": lowrank_notes}
 
 
 # Numbers in README prose that are not measurements (targets, defaults, shapes, versions,

@@ -12,7 +12,11 @@
 //! when `scripts/distill-experiments.sh text` has made it. A fourth puts the committed
 //! Network-Slimming result `zoo/vgg-slim` beside `zoo/vgg`, and the same slimmed model
 //! quantized to static int8 here (no training); the STS-B table adds MiniLM with 30% of
-//! its attention and FFN parameters pruned as whole heads and units.
+//! its attention and FFN parameters pruned as whole heads and units. A fifth puts the
+//! committed `zoo/vgg-lowrank` (per-layer SVD ranks chosen by `squeeze search` for a third
+//! of the FLOPs, fine-tuned) beside `zoo/vgg`; the pruned table adds `zoo/mlp` factorized by
+//! truncated SVD, and the STS-B table MiniLM with its encoder Linears factorized by whitened
+//! SVD (no fine-tuning).
 //! It grows as compression techniques land.
 
 use std::path::{Path, PathBuf};
@@ -72,6 +76,7 @@ const RECIPES: &[(&str, &str)] = &[
 const PRUNE_RECIPES: &[(&str, &str)] = &[
     ("mlp-agp-90", "recipes/mlp-agp-90.toml"),
     ("mlp-deep-compression", "recipes/mlp-deep-compression.toml"),
+    ("mlp-svd-50", "recipes/mlp-svd-50-oneshot.toml"),
 ];
 
 /// The text recipes, applied to the pretrained encoder.
@@ -79,7 +84,11 @@ const TEXT_RECIPES: &[(&str, &str)] = &[
     ("minilm-sparsegpt-50", "recipes/minilm-sparsegpt-50.toml"),
     ("minilm-int8-dynamic", "recipes/minilm-int8-dynamic.toml"),
     ("minilm-heads-ffn-30", "recipes/minilm-heads-ffn-30.toml"),
+    ("minilm-whiten-30", "recipes/minilm-whiten-30.toml"),
 ];
+
+/// The committed searched low-rank vgg (made by `squeeze search`, which fine-tunes).
+const LOW_RANK: &str = "zoo/vgg-lowrank";
 
 /// The committed slimmed vgg (made by `recipes/vgg-slimming.toml`, which trains) and the
 /// recipe the demo applies to it (no training).
@@ -127,7 +136,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // the demo rewrites its own directory in place, as training does
     let _lock = crate::outdir::claim_in_place(&a.dir, &inputs, true, true)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--out", "--dir")))?;
-    let steps = 12 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
+    let steps = 14 + RECIPES.len() + PRUNE_RECIPES.len() + TEXT_RECIPES.len();
     let mut step = 0;
     let mut say = |msg: String| {
         step += 1;
@@ -177,6 +186,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     let m = measure(&slim, &a)?;
     report.push(("Fashion-MNIST, structured pruning", slim, m));
+    say(format!("the committed {LOW_RANK} beside zoo/vgg"));
+    let low = vec![
+        committed(Path::new("zoo/vgg"), "the original")?,
+        committed(
+            Path::new(LOW_RANK),
+            "zoo/vgg factorized by truncated SVD, per-layer ranks searched for 33% of the FLOPs, fine-tuned",
+        )?,
+    ];
+    say("measuring the low-rank and original models together".into());
+    let m = measure(&low, &a)?;
+    report.push(("Fashion-MNIST, low-rank factorization", low, m));
     if let Some((rows, m)) = text_part(&a, &mut say)? {
         report.push(("STS-B", rows, m));
     }

@@ -133,13 +133,18 @@ pub struct DataArg {
 /// The command that made the model in `dir`, as its log records it: distill.json,
 /// train.json, or the report.json of `squeeze compress`.
 pub fn made_by(dir: &std::path::Path) -> Option<String> {
-    ["distill.json", "train.json", "report.json"]
-        .iter()
-        .find_map(|f| {
-            let text = std::fs::read_to_string(dir.join(f)).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            v["command"].as_str().map(String::from)
-        })
+    [
+        "distill.json",
+        "train.json",
+        "report.json",
+        "candidate.json",
+    ]
+    .iter()
+    .find_map(|f| {
+        let text = std::fs::read_to_string(dir.join(f)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["command"].as_str().map(String::from)
+    })
 }
 
 /// Writes JSON to `path` atomically.

@@ -23,7 +23,7 @@ use squeeze::search::select::{amount, choose, closest, predicted};
 use squeeze::search::{Budget, Method};
 
 use crate::outdir::{claim_in_place, Staged};
-use crate::search_report::{plots, summary};
+use crate::search_report::{loss_text, plots, summary, Candidate};
 use crate::write_json;
 
 /// Where STS-B train pairs are read from for a text model's held-out score.
@@ -69,21 +69,6 @@ pub struct SearchArgs {
     /// Replace the candidates in OUT if squeeze wrote them.
     #[arg(long)]
     pub force: bool,
-}
-
-/// A candidate: its ratios, the applied model's cost, and what happened to it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Candidate {
-    pub name: String,
-    pub choice: Vec<(String, f64)>,
-    pub predicted_loss: f64,
-    /// Cost of the applied model before fine-tuning (the budget's check).
-    pub applied: Option<Cost>,
-    pub meets_budget: bool,
-    /// Held-out score after the recipe (fine-tuning included).
-    pub score: Option<f64>,
-    pub error: Option<String>,
-    pub seconds: f64,
 }
 
 fn cache_dir(given: Option<&Path>) -> PathBuf {
@@ -191,7 +176,7 @@ fn candidate(
 ) -> Candidate {
     Candidate {
         name: name.into(),
-        predicted_loss: predicted(s, budget, &choice).0,
+        predicted_loss: predicted(s, budget, &choice).map(|p| p.0),
         choice,
         applied: Some(c),
         meets_budget: ok,
@@ -234,9 +219,10 @@ fn make(
     c.score = Some(h.score(&m)?);
     c.seconds = start.elapsed().as_secs_f64();
     checkpoint::save(&m, staged.dir())?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_json(
         &staged.dir().join("candidate.json"),
-        &serde_json::json!({ "candidate": c, "passes": passes }),
+        &serde_json::json!({ "candidate": c, "passes": passes, "command": command }),
     )?;
     staged.commit()?;
     std::fs::write(out.join(format!("{}.recipe.toml", c.name)), text)?;
@@ -314,10 +300,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
     if !a.scan_only {
         for c in cands.iter_mut() {
             eprintln!(
-                "candidate {}: {} layers compressed, predicted loss {:.4}; fine-tuning",
+                "candidate {}: {} layers compressed, predicted loss {}; applying its recipe",
                 c.name,
                 c.choice.len(),
-                c.predicted_loss
+                loss_text(c.predicted_loss)
             );
             if let Err(e) = make(&model, &recipe, &method, c, &h, &mut ctx, &a.out, &inputs) {
                 eprintln!("candidate {} failed: {e:#}", c.name);

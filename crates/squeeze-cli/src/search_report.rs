@@ -12,7 +12,28 @@ use squeeze::search::scan::Scan;
 use squeeze::search::select::amount;
 use squeeze::search::Budget;
 
-use crate::search::Candidate;
+use squeeze::search::scan::Cost;
+
+/// A candidate: its ratios, the applied model's cost, and what happened to it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Candidate {
+    pub name: String,
+    pub choice: Vec<(String, f64)>,
+    /// Summed held-out loss of its ratios in the scan (none if a ratio was not scanned).
+    pub predicted_loss: Option<f64>,
+    /// Cost of the applied model before fine-tuning (the budget's check).
+    pub applied: Option<Cost>,
+    pub meets_budget: bool,
+    /// Held-out score after the recipe (fine-tuning included).
+    pub score: Option<f64>,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+/// A predicted loss for people: the number, or why there is none.
+pub fn loss_text(l: Option<f64>) -> String {
+    l.map_or("– (ratio not scanned)".into(), |v| format!("{v:.4}"))
+}
 
 const W: f64 = 720.0;
 const H: f64 = 440.0;
@@ -276,7 +297,7 @@ pub fn summary(s: &Scan, b: &Budget, cands: &[Candidate], best: Option<&str>) ->
         };
         let _ = writeln!(
             md,
-            "| {}{} | {} | {:.4} | {kept} | {} | {score} |",
+            "| {}{} | {} | {} | {kept} | {} | {score} |",
             c.name,
             if best == Some(c.name.as_str()) {
                 " (best)"
@@ -284,7 +305,7 @@ pub fn summary(s: &Scan, b: &Budget, cands: &[Candidate], best: Option<&str>) ->
                 ""
             },
             c.choice.len(),
-            c.predicted_loss,
+            loss_text(c.predicted_loss),
             c.meets_budget
         );
     }

@@ -295,7 +295,7 @@ fn the_searched_choice_meets_the_budget_by_the_analytic_count() {
     for kind in ["params", "flops"] {
         // budgets at a quarter and at half of the most the scan can save
         let b0 = Budget::parse(&format!("{kind}=0.5")).unwrap();
-        let most = predicted(&s, &b0, &closest(&s, &b0)).1 / amount(&b0, &s.baseline);
+        let most = predicted(&s, &b0, &closest(&s, &b0)).unwrap().1 / amount(&b0, &s.baseline);
         assert!(most > 0.0, "{kind}: the scan saves nothing");
         for part in [0.25, 0.5] {
             let frac = 1.0 - part * most;

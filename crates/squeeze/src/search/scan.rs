@@ -42,7 +42,7 @@ impl HeldOut {
             HeldOut::Images(set) => {
                 let (x, _) = set.batch(&[0], None)?;
                 let (g, p) = (&model.graph, &model.params);
-                Ok(1e3 * median_time(10, 200, || crate::predict(g, p, &x).map(|_| ()))?)
+                Ok(1e3 * median_time(10, 200, || crate::interp::predict(g, p, &x).map(|_| ()))?)
             }
             HeldOut::Pairs(pairs) => {
                 let texts: Vec<&str> = stsb::sentences(&pairs[..pairs.len().min(50)]);

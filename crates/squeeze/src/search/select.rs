@@ -103,16 +103,15 @@ pub fn closest(scan: &Scan, budget: &Budget) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// The predicted (summed) loss and saving of `choice`.
-pub fn predicted(scan: &Scan, budget: &Budget, choice: &[(String, f64)]) -> (f64, f64) {
+/// The predicted (summed) loss and saving of `choice`; `None` if a ratio of it was not
+/// scanned (a uniform ratio between the scanned ones).
+pub fn predicted(scan: &Scan, budget: &Budget, choice: &[(String, f64)]) -> Option<(f64, f64)> {
     let base = amount(budget, &scan.baseline);
-    choice.iter().fold((0.0, 0.0), |(l, s), (layer, keep)| {
-        match scan.point(layer, *keep).and_then(|p| p.cost) {
-            Some(c) => (
-                l + (scan.baseline.score - c.score).max(0.0),
-                s + base - amount(budget, &c),
-            ),
-            None => (l, s),
-        }
+    choice.iter().try_fold((0.0, 0.0), |(l, s), (layer, keep)| {
+        let c = scan.point(layer, *keep)?.cost?;
+        Some((
+            l + (scan.baseline.score - c.score).max(0.0),
+            s + base - amount(budget, &c),
+        ))
     })
 }
