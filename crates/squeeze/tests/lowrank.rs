@@ -365,3 +365,42 @@ fn a_scan_cut_short_resumes_from_its_cache() {
     let k2 = scan::scan_key(&other, &method, &spec.ratios, &held.describe(), false).unwrap();
     assert_ne!(k1, k2);
 }
+
+/// The same scan and choice serve channel pruning and magnitude pruning: their ratios are
+/// the fraction of a layer's channels or weights kept.
+#[test]
+fn channel_and_magnitude_pruning_are_searched_through_the_same_interface() {
+    let m = common::small("vgg");
+    let held = HeldOut::Images(common::synthetic(64, 9));
+    for template in [
+        "type = \"channel_prune\"\ncriterion = \"l1\"\ntarget = 0.5",
+        "type = \"magnitude\"\nsparsity = 0.5",
+    ] {
+        let r = recipe(&format!("[[passes]]\n{template}\n")).unwrap();
+        let method = Method::from_pass(&r.passes[0]).unwrap();
+        let dir = common::tmpdir(&format!("search-{}", method.name()));
+        let mut ctx = r.context(Path::new("/nonexistent"), &dir);
+        let layers = method.layers(&m).unwrap();
+        assert!(!layers.is_empty(), "{}", method.name());
+        let spec = ScanSpec { method: &method, layers, ratios: vec![0.25, 0.5], held_out: &held, latency: false, cache: &dir.join("scan.json") };
+        let s = scan::run(&m, &spec, &mut ctx, |_, _| {}).unwrap();
+        assert!(s.points.iter().all(|p| p.cost.is_some()), "{}: {:?}", method.name(), s.points);
+        let b0 = Budget::Params(0.5);
+        let most = predicted(&s, &b0, &closest(&s, &b0)).unwrap().1 / amount(&b0, &s.baseline);
+        let frac = 1.0 - 0.5 * most;
+        let b = Budget::Params(frac);
+        let mut required = amount(&b, &s.baseline) * (1.0 - frac);
+        // channel cuts are not additive (a cut also narrows the next layer): re-solve as the
+        // search does until the applied model meets the budget
+        let kept = loop {
+            let choice = choose(&s, &b, required).expect("a choice");
+            let applied = static_cost(&scan::apply(&m, &method, &choice, &mut ctx).unwrap()).unwrap();
+            let kept = applied.nonzero_params as f64 / s.baseline.params as f64;
+            if kept <= frac + 1e-9 || required > amount(&b, &s.baseline) {
+                break kept;
+            }
+            required *= 1.05;
+        };
+        assert!(kept <= frac + 1e-9, "{}: budget {frac}, kept {kept}", method.name());
+    }
+}
