@@ -2,8 +2,10 @@
 # Runs the experiments of results/lowrank.json: each recipe through `squeeze compress` (the
 # factorized model measured against its original in the same process, speeds interleaved
 # over 5 rounds); for a fine-tuned key its `-oneshot` recipe (the same factorization without
-# fine-tuning) is compressed too, for the accuracy before fine-tuning. The search keys run
-# `squeeze search`. Then collects everything into results/lowrank.json.
+# fine-tuning) is compressed too, for the accuracy before fine-tuning. The search key runs
+# `squeeze search` (both of its candidates become keys). The two vgg factorizations are then
+# measured again side by side with zoo/vgg in one `squeeze report` run (their speeds in the
+# results come from it). Then collects everything into results/lowrank.json.
 # Usage: scripts/lowrank-experiments.sh [KEY...] (default: all). Models go to
 # runs/lowrank/KEY; a key whose report exists is collected, not re-run (FORCE=1 re-runs).
 set -euo pipefail
@@ -54,4 +56,11 @@ for k in "${keys[@]}"; do
   "$BIN" compress "$model" --recipe "recipes/$k.toml" --out "runs/lowrank/$k" --force --rounds 5
   echo "$(( $(date +%s) - start ))" > "runs/lowrank/$k.seconds"
 done
+# the two vgg factorizations (unfolding, spatial) measured side by side with the original
+# in one quiet process, after both exist
+PAIR=runs/lowrank/vgg-factorized.against-original.json
+if [ -f runs/lowrank/vgg-svd-50/report.json ] && [ -f runs/lowrank/vgg-spatial-svd-50/report.json ] \
+   && { [ ! -f "$PAIR" ] || [ -n "${FORCE:-}" ]; }; then
+  "$BIN" report zoo/vgg runs/lowrank/vgg-svd-50 runs/lowrank/vgg-spatial-svd-50 --rounds 5 --json "$PAIR"
+fi
 python3 scripts/lowrank_results.py "${keys[@]}"

@@ -33,6 +33,16 @@ def entry(key):
     elif unrecovered and os.path.exists(f"runs/lowrank/{unrecovered}/report.json"):
         before_ft = json.load(open(f"runs/lowrank/{unrecovered}/report.json"))["after"][metric]
     lr = next(p["details"] for p in passes if p["pass"] == "low_rank")
+    measured_by = ("the same squeeze compress run: both models in one process, "
+                   "speeds interleaved over its --rounds (median)")
+    pair = "runs/lowrank/vgg-factorized.against-original.json"
+    if key in ("vgg-svd-50", "vgg-spatial-svd-50") and os.path.exists(pair):
+        # unfolding and spatial measured side by side with the original in one run
+        against = json.load(open(pair))
+        b = against["models"][0]["metrics"]
+        a = next(m["metrics"] for m in against["models"] if m["model"].rstrip("/").endswith(key))
+        measured = against["measured"]
+        measured_by = against["command"]
     out = {
         metric: a[metric],
         "baseline": b[metric],
@@ -55,8 +65,7 @@ def entry(key):
         "passes": [f'{p["pass"]}: {p["label"]}' for p in passes],
         "cpu": measured.get("machine"),
         "command": rep["command"],
-        "measured_by": "the same squeeze compress run: both models in one process, "
-                       "speeds interleaved over its --rounds (median)",
+        "measured_by": measured_by,
     }
     secs = f"{d}.seconds"
     if os.path.exists(secs):

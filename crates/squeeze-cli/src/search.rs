@@ -3,7 +3,8 @@
 //! `[finetune]`/`[calibration]` tables go into every candidate. The sensitivity scan is
 //! cached (a killed search resumes; a second budget reuses it); then two candidates that
 //! meet the budget by the analytic count (or a measurement, for latency) are made and
-//! fine-tuned — the searched ratios and one uniform ratio — and each is written to
+//! fine-tuned — the searched ratios (the knapsack's choice refined by hill climbing on the
+//! applied model) and one uniform ratio — and each is written to
 //! `OUT/<name>/` with the recipe that `squeeze compress` reproduces it with, as soon as it
 //! is done, so a failure later keeps it. `OUT/search.json`, `OUT/search.md` and two plots
 //! report the scan and the choice.
@@ -18,6 +19,7 @@ use squeeze::data::FashionMnist;
 use squeeze::formats::load_any;
 use squeeze::model::Model;
 use squeeze::passes::{run_recipe, PassCtx, Recipe};
+use squeeze::search::refine::Refine;
 use squeeze::search::scan::{self, cost, Cost, HeldOut, Scan, ScanSpec};
 use squeeze::search::select::{amount, choose, closest, predicted};
 use squeeze::search::{Budget, Method};
@@ -63,6 +65,13 @@ pub struct SearchArgs {
     /// STS-B train pairs scored for a text encoder.
     #[arg(long, default_value_t = 1000)]
     pub pairs: usize,
+    /// Models the hill climbing scores to refine the choice (0: the knapsack's choice as
+    /// it is).
+    #[arg(value_parser = crate::count("refine"), long, default_value_t = 40)]
+    pub refine: usize,
+    /// Step of the hill climbing's ratio moves.
+    #[arg(long, default_value_t = 0.05)]
+    pub step: f64,
     /// Stop after the scan and the choice (no candidates are made).
     #[arg(long)]
     pub scan_only: bool,
@@ -137,6 +146,60 @@ fn searched(
     Ok(candidate("closest", s, budget, choice, c, ok))
 }
 
+/// The searched candidate: hill climbing on the applied model's held-out score from the
+/// better (before fine-tuning) of the knapsack's choice and the uniform ratio.
+fn refined(
+    model: &Model,
+    s: &Scan,
+    method: &Method,
+    h: &HeldOut,
+    a: &SearchArgs,
+    cands: &[Candidate],
+    ctx: &mut PassCtx,
+) -> Result<Candidate> {
+    let start = cands
+        .iter()
+        .filter(|c| c.meets_budget && c.applied.is_some())
+        .max_by(|x, y| {
+            x.applied
+                .map_or(0.0, |c| c.score)
+                .total_cmp(&y.applied.map_or(0.0, |c| c.score))
+        })
+        .unwrap_or(&cands[0]);
+    let start_cost = start
+        .applied
+        .context("the starting choice has no applied cost")?;
+    eprintln!(
+        "refining from the {} choice (held-out {:.4} before fine-tuning), up to {} models",
+        start.name, start_cost.score, a.refine
+    );
+    let r = Refine {
+        model,
+        method,
+        held_out: h,
+        budget: &a.budget,
+        baseline: &s.baseline,
+        step: a.step,
+        max_evals: a.refine,
+    };
+    let bar = indicatif::ProgressBar::new(a.refine as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("refine [{bar:30}] {pos}/{len} models, {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut best = start_cost.score;
+    let out = r.run(&s.layers, &start.choice, start_cost, ctx, |n, score| {
+        best = best.max(score);
+        bar.set_position(n as u64);
+        bar.set_message(format!("best {best:.4}"));
+    })?;
+    bar.finish_and_clear();
+    let mut c = candidate("searched", s, &a.budget, out.choice, out.cost, true);
+    c.refined_from = Some(start.name.clone());
+    c.refine_evals = out.evals;
+    Ok(c)
+}
+
 /// One ratio for every scanned layer: the largest (to 1/1000) whose applied model meets
 /// the budget.
 fn uniform(
@@ -183,6 +246,8 @@ fn candidate(
         score: None,
         error: None,
         seconds: 0.0,
+        refined_from: None,
+        refine_evals: 0,
     }
 }
 
@@ -233,6 +298,9 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let wall = Instant::now();
     if let Some(r) = a.ratios.iter().find(|r| !(**r > 0.0 && **r < 1.0)) {
         bail!("--ratios: {r} is not a fraction in (0, 1)");
+    }
+    if !(a.step > 0.0 && a.step <= 0.5) {
+        bail!("--step: {} is not in (0, 0.5]", a.step);
     }
     let mut inputs = vec![("model", a.dir.as_path()), ("--recipe", a.recipe.as_path())];
     if let Some(d) = &a.data {
@@ -296,6 +364,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let mut cands = vec![searched(&model, &s, &method, &h, &a.budget, &mut ctx)?];
     if let Some(u) = uniform(&model, &s, &method, &h, &a.budget, &mut ctx)? {
         cands.push(u);
+    }
+    if a.refine > 0 && cands[0].meets_budget {
+        let r = refined(&model, &s, &method, &h, &a, &cands, &mut ctx)?;
+        cands[0] = r;
     }
     if !a.scan_only {
         for c in cands.iter_mut() {

@@ -28,6 +28,9 @@ pub struct Candidate {
     pub score: Option<f64>,
     pub error: Option<String>,
     pub seconds: f64,
+    /// The choice the hill climbing started from, and how many models it scored.
+    pub refined_from: Option<String>,
+    pub refine_evals: usize,
 }
 
 /// A predicted loss for people: the number, or why there is none.

@@ -95,6 +95,7 @@ pub const LIMITS: &[Limit] = &[
     ),
     count("intermediate", 1.0, 1e6, "FFN units kept"),
     count("rank", 1.0, 1e6, "rank of a factorized layer"),
+    count("refine", 0.0, 1e5, "models a search's hill climbing scores"),
     count(
         "widths",
         0.0,

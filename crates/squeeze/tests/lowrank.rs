@@ -382,9 +382,21 @@ fn channel_and_magnitude_pruning_are_searched_through_the_same_interface() {
         let mut ctx = r.context(Path::new("/nonexistent"), &dir);
         let layers = method.layers(&m).unwrap();
         assert!(!layers.is_empty(), "{}", method.name());
-        let spec = ScanSpec { method: &method, layers, ratios: vec![0.25, 0.5], held_out: &held, latency: false, cache: &dir.join("scan.json") };
+        let spec = ScanSpec {
+            method: &method,
+            layers,
+            ratios: vec![0.25, 0.5],
+            held_out: &held,
+            latency: false,
+            cache: &dir.join("scan.json"),
+        };
         let s = scan::run(&m, &spec, &mut ctx, |_, _| {}).unwrap();
-        assert!(s.points.iter().all(|p| p.cost.is_some()), "{}: {:?}", method.name(), s.points);
+        assert!(
+            s.points.iter().all(|p| p.cost.is_some()),
+            "{}: {:?}",
+            method.name(),
+            s.points
+        );
         let b0 = Budget::Params(0.5);
         let most = predicted(&s, &b0, &closest(&s, &b0)).unwrap().1 / amount(&b0, &s.baseline);
         let frac = 1.0 - 0.5 * most;
@@ -394,13 +406,58 @@ fn channel_and_magnitude_pruning_are_searched_through_the_same_interface() {
         // search does until the applied model meets the budget
         let kept = loop {
             let choice = choose(&s, &b, required).expect("a choice");
-            let applied = static_cost(&scan::apply(&m, &method, &choice, &mut ctx).unwrap()).unwrap();
+            let applied =
+                static_cost(&scan::apply(&m, &method, &choice, &mut ctx).unwrap()).unwrap();
             let kept = applied.nonzero_params as f64 / s.baseline.params as f64;
             if kept <= frac + 1e-9 || required > amount(&b, &s.baseline) {
                 break kept;
             }
             required *= 1.05;
         };
-        assert!(kept <= frac + 1e-9, "{}: budget {frac}, kept {kept}", method.name());
+        assert!(
+            kept <= frac + 1e-9,
+            "{}: budget {frac}, kept {kept}",
+            method.name()
+        );
     }
+}
+
+/// Hill climbing on the applied model keeps the budget and never ends below its start.
+#[test]
+fn refinement_keeps_the_budget_and_never_scores_below_its_start() {
+    let (m, method, held) = search_setup();
+    let dir = common::tmpdir("lowrank-refine");
+    let mut ctx = Recipe::parse("[[passes]]\ntype = \"finetune\"\n", Path::new("t.toml"))
+        .unwrap()
+        .context(Path::new("/nonexistent"), &dir);
+    let layers = method.layers(&m).unwrap();
+    let base = scan::cost(&m, &held, false).unwrap();
+    let b = Budget::Flops(0.9);
+    let start: Vec<(String, f64)> = layers.iter().map(|l| (l.clone(), 0.6)).collect();
+    let applied = scan::apply(&m, &method, &start, &mut ctx).unwrap();
+    let start_cost = scan::cost(&applied, &held, false).unwrap();
+    assert!(
+        start_cost.flops as f64 <= 0.9 * base.flops as f64,
+        "the start must meet the budget"
+    );
+    let r = squeeze::search::refine::Refine {
+        model: &m,
+        method: &method,
+        held_out: &held,
+        budget: &b,
+        baseline: &base,
+        step: 0.2,
+        max_evals: 6,
+    };
+    let out = r
+        .run(&layers, &start, start_cost, &mut ctx, |_, _| {})
+        .unwrap();
+    assert!(out.evals <= 6);
+    assert!(out.cost.score >= start_cost.score);
+    let check = static_cost(&scan::apply(&m, &method, &out.choice, &mut ctx).unwrap()).unwrap();
+    assert!(
+        check.flops as f64 <= 0.9 * base.flops as f64,
+        "refined choice breaks the budget"
+    );
+    assert_eq!(check.flops, out.cost.flops);
 }

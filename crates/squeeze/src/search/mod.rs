@@ -7,9 +7,12 @@
 //! ([`Method`]): `low_rank` (ratio = fraction of the layer's parameters kept),
 //! `channel_prune` (fraction of the layer's channels kept) or `magnitude` (fraction of the
 //! layer's weights kept), so every pass with a ratio is searched through one interface.
+//! The knapsack's choice and one uniform ratio are then [`refine`]d by hill climbing on
+//! the applied model's held-out score, since single-layer losses do not add up.
 //! The scan is cached on disk after every point ([`scan`]), so an interrupted search
 //! resumes and a second budget costs no new scan.
 
+pub mod refine;
 pub mod scan;
 pub mod select;
 
