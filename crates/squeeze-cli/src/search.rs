@@ -103,151 +103,140 @@ fn held_out(model: &Model, data: Option<&Path>, pairs: usize) -> Result<HeldOut>
     Ok(HeldOut::Images(FashionMnist::load(&dir)?.valid))
 }
 
-/// The applied model's cost under the budget, and whether it meets it.
-fn check(
-    model: &Model,
-    choice: &[(String, f64)],
-    method: &Method,
-    h: &HeldOut,
-    budget: &Budget,
-    base: &Cost,
-    ctx: &mut PassCtx,
-) -> Result<(Cost, bool)> {
-    let m = scan::apply(model, method, choice, ctx)?;
-    let c = cost(&m, h, matches!(budget, Budget::Latency(_)))?;
-    let ok = amount(budget, &c) <= budget.fraction() * amount(budget, base);
-    Ok((c, ok))
+/// What choosing candidates works with: the model, its scan, the method, the held-out
+/// slice and the budget.
+struct Choosing<'a> {
+    model: &'a Model,
+    scan: &'a Scan,
+    method: &'a Method,
+    held_out: &'a HeldOut,
+    budget: &'a Budget,
 }
 
-/// The searched choice: the knapsack's answer, re-solved for a larger saving while the
-/// applied model misses the budget; or, if none reaches it, the closest choice.
-fn searched(
-    model: &Model,
-    s: &Scan,
-    method: &Method,
-    h: &HeldOut,
-    budget: &Budget,
-    ctx: &mut PassCtx,
-) -> Result<Candidate> {
-    let base = amount(budget, &s.baseline);
-    let mut required = base * (1.0 - budget.fraction());
-    for _ in 0..8 {
-        let Some(choice) = choose(s, budget, required) else {
-            break;
-        };
-        let (c, ok) = check(model, &choice, method, h, budget, &s.baseline, ctx)?;
-        if ok {
-            return Ok(candidate("searched", s, budget, choice, c, true));
-        }
-        required += (amount(budget, &c) - budget.fraction() * base).max(base * 1e-3);
+impl Choosing<'_> {
+    /// The applied model's cost under the budget, and whether it meets it.
+    fn check(&self, choice: &[(String, f64)], ctx: &mut PassCtx) -> Result<(Cost, bool)> {
+        let m = scan::apply(self.model, self.method, choice, ctx)?;
+        let c = cost(&m, self.held_out, matches!(self.budget, Budget::Latency(_)))?;
+        let ok = amount(self.budget, &c)
+            <= self.budget.fraction() * amount(self.budget, &self.scan.baseline);
+        Ok((c, ok))
     }
-    let choice = closest(s, budget);
-    let (c, ok) = check(model, &choice, method, h, budget, &s.baseline, ctx)?;
-    Ok(candidate("closest", s, budget, choice, c, ok))
-}
 
-/// The searched candidate: hill climbing on the applied model's held-out score from the
-/// better (before fine-tuning) of the knapsack's choice and the uniform ratio.
-fn refined(
-    model: &Model,
-    s: &Scan,
-    method: &Method,
-    h: &HeldOut,
-    a: &SearchArgs,
-    cands: &[Candidate],
-    ctx: &mut PassCtx,
-) -> Result<Candidate> {
-    let start = cands
-        .iter()
-        .filter(|c| c.meets_budget && c.applied.is_some())
-        .max_by(|x, y| {
-            x.applied
-                .map_or(0.0, |c| c.score)
-                .total_cmp(&y.applied.map_or(0.0, |c| c.score))
-        })
-        .unwrap_or(&cands[0]);
-    let start_cost = start
-        .applied
-        .context("the starting choice has no applied cost")?;
-    eprintln!(
-        "refining from the {} choice (held-out {:.4} before fine-tuning), up to {} models",
-        start.name, start_cost.score, a.refine
-    );
-    let r = Refine {
-        model,
-        method,
-        held_out: h,
-        budget: &a.budget,
-        baseline: &s.baseline,
-        step: a.step,
-        max_evals: a.refine,
-    };
-    let bar = indicatif::ProgressBar::new(a.refine as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("refine [{bar:30}] {pos}/{len} models, {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let mut best = start_cost.score;
-    let out = r.run(&s.layers, &start.choice, start_cost, ctx, |n, score| {
-        best = best.max(score);
-        bar.set_position(n as u64);
-        bar.set_message(format!("best {best:.4}"));
-    })?;
-    bar.finish_and_clear();
-    let mut c = candidate("searched", s, &a.budget, out.choice, out.cost, true);
-    c.refined_from = Some(start.name.clone());
-    c.refine_evals = out.evals;
-    Ok(c)
-}
-
-/// One ratio for every scanned layer: the largest (to 1/1000) whose applied model meets
-/// the budget.
-fn uniform(
-    model: &Model,
-    s: &Scan,
-    method: &Method,
-    h: &HeldOut,
-    budget: &Budget,
-    ctx: &mut PassCtx,
-) -> Result<Option<Candidate>> {
-    let at = |k: f64| -> Vec<(String, f64)> { s.layers.iter().map(|l| (l.clone(), k)).collect() };
-    let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    let mut best = None;
-    while hi - lo > 1e-3 {
-        let k = (lo + hi) / 2.0;
-        match check(model, &at(k), method, h, budget, &s.baseline, ctx) {
-            Ok((c, true)) => {
-                best = Some((k, c));
-                lo = k;
+    /// The knapsack's answer, re-solved for a larger saving while the applied model misses
+    /// the budget; or, if none reaches it, the closest choice.
+    fn searched(&self, ctx: &mut PassCtx) -> Result<Candidate> {
+        let (s, budget) = (self.scan, self.budget);
+        let base = amount(budget, &s.baseline);
+        let mut required = base * (1.0 - budget.fraction());
+        for _ in 0..8 {
+            let Some(choice) = choose(s, budget, required) else {
+                break;
+            };
+            let (c, ok) = self.check(&choice, ctx)?;
+            if ok {
+                return Ok(self.candidate("searched", choice, c, true));
             }
-            _ => hi = k,
+            required += (amount(budget, &c) - budget.fraction() * base).max(base * 1e-3);
         }
+        let choice = closest(s, budget);
+        let (c, ok) = self.check(&choice, ctx)?;
+        Ok(self.candidate("closest", choice, c, ok))
     }
-    Ok(best.map(|(k, c)| {
-        let k = (k * 1000.0).floor() / 1000.0;
-        candidate("uniform", s, budget, at(k), c, true)
-    }))
-}
 
-fn candidate(
-    name: &str,
-    s: &Scan,
-    budget: &Budget,
-    choice: Vec<(String, f64)>,
-    c: Cost,
-    ok: bool,
-) -> Candidate {
-    Candidate {
-        name: name.into(),
-        predicted_loss: predicted(s, budget, &choice).map(|p| p.0),
-        choice,
-        applied: Some(c),
-        meets_budget: ok,
-        score: None,
-        error: None,
-        seconds: 0.0,
-        refined_from: None,
-        refine_evals: 0,
+    /// Hill climbing on the applied model's held-out score from the better (before
+    /// fine-tuning) of the candidates so far, scoring up to `evals` models.
+    fn refined(
+        &self,
+        cands: &[Candidate],
+        evals: usize,
+        step: f64,
+        ctx: &mut PassCtx,
+    ) -> Result<Candidate> {
+        let score = |c: &Candidate| c.applied.map_or(f64::NEG_INFINITY, |a| a.score);
+        let start = cands
+            .iter()
+            .filter(|c| c.meets_budget)
+            .max_by(|x, y| score(x).total_cmp(&score(y)))
+            .unwrap_or(&cands[0]);
+        let start_cost = start
+            .applied
+            .context("the starting choice has no applied cost")?;
+        eprintln!(
+            "refining from the {} choice (held-out {:.4} before fine-tuning), up to {evals} models",
+            start.name, start_cost.score
+        );
+        let r = Refine {
+            model: self.model,
+            method: self.method,
+            held_out: self.held_out,
+            budget: self.budget,
+            baseline: &self.scan.baseline,
+            step,
+            max_evals: evals,
+        };
+        let bar = indicatif::ProgressBar::new(evals as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("refine [{bar:30}] {pos}/{len} models, {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut best = start_cost.score;
+        let out = r.run(
+            &self.scan.layers,
+            &start.choice,
+            start_cost,
+            ctx,
+            |n, score| {
+                best = best.max(score);
+                bar.set_position(n as u64);
+                bar.set_message(format!("best {best:.4}"));
+            },
+        )?;
+        bar.finish_and_clear();
+        let mut c = self.candidate("searched", out.choice, out.cost, true);
+        c.refined_from = Some(start.name.clone());
+        c.refine_evals = out.evals;
+        Ok(c)
+    }
+
+    /// One ratio for every scanned layer: the largest, in thousandths, whose applied model
+    /// meets the budget.
+    fn uniform(&self, ctx: &mut PassCtx) -> Result<Option<Candidate>> {
+        let at = |k: usize| -> Vec<(String, f64)> {
+            self.scan
+                .layers
+                .iter()
+                .map(|l| (l.clone(), k as f64 / 1000.0))
+                .collect()
+        };
+        let (mut lo, mut hi) = (0usize, 1000usize); // lo meets (or is 0), hi does not
+        let mut best = None;
+        while hi - lo > 1 {
+            let k = (lo + hi) / 2;
+            match self.check(&at(k), ctx) {
+                Ok((c, true)) => {
+                    best = Some((k, c));
+                    lo = k;
+                }
+                _ => hi = k,
+            }
+        }
+        Ok(best.map(|(k, c)| self.candidate("uniform", at(k), c, true)))
+    }
+
+    fn candidate(&self, name: &str, choice: Vec<(String, f64)>, c: Cost, ok: bool) -> Candidate {
+        Candidate {
+            name: name.into(),
+            predicted_loss: predicted(self.scan, self.budget, &choice).map(|p| p.0),
+            choice,
+            applied: Some(c),
+            meets_budget: ok,
+            score: None,
+            error: None,
+            seconds: 0.0,
+            refined_from: None,
+            refine_evals: 0,
+        }
     }
 }
 
@@ -361,13 +350,19 @@ pub fn run(a: SearchArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     write_json(&a.out.join("scan.json"), &s)?;
-    let mut cands = vec![searched(&model, &s, &method, &h, &a.budget, &mut ctx)?];
-    if let Some(u) = uniform(&model, &s, &method, &h, &a.budget, &mut ctx)? {
+    let choosing = Choosing {
+        model: &model,
+        scan: &s,
+        method: &method,
+        held_out: &h,
+        budget: &a.budget,
+    };
+    let mut cands = vec![choosing.searched(&mut ctx)?];
+    if let Some(u) = choosing.uniform(&mut ctx)? {
         cands.push(u);
     }
     if a.refine > 0 && cands[0].meets_budget {
-        let r = refined(&model, &s, &method, &h, &a, &cands, &mut ctx)?;
-        cands[0] = r;
+        cands[0] = choosing.refined(&cands, a.refine, a.step, &mut ctx)?;
     }
     if !a.scan_only {
         for c in cands.iter_mut() {

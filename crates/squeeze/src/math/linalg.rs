@@ -28,7 +28,8 @@ pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
     Ok(l)
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// Dot product in four independent lanes (vectorizes without target features).
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -7,6 +7,7 @@
 //! accurate to the last bits for the small singular values that truncation discards, and
 //! it keeps the build small. The low-rank factorization (`crate::lowrank`) reads it.
 
+use super::linalg::dot;
 use crate::error::{Error, Result};
 
 /// Relative tolerance below which a column pair counts as orthogonal.
@@ -62,23 +63,6 @@ impl Svd {
         }
         a
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Rotates the pair (x, y) ← (c·x − s·y, s·x + c·y).

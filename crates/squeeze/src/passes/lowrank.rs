@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::prune::{linear_groups, progress, real_rows};
+use super::prune::{input_stats, linear_groups, progress};
 use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::lowrank::{
     self, choose_rank, decompose, shape_of, ColumnScale, Form, LayerShape, RankRule,
 };
-use crate::math::hessian::InputStats;
 use crate::model::Model;
 use crate::train::NoHooks;
 
@@ -208,14 +207,7 @@ impl LowRank {
             .map(|s| format!("{}.weight", s.node))
             .collect();
         for (cols, nodes) in linear_groups(model, &names, PASS)? {
-            let mut stats = InputStats::new(cols, self.scaling == Scaling::Whiten);
-            let first = nodes[0].clone();
-            ctx.capture(model, std::slice::from_ref(&first), |batch, taps| {
-                let tap = taps
-                    .get(&first)
-                    .ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
-                stats.add(&real_rows(batch, &tap.inputs[0])?)
-            })?;
+            let stats = input_stats(ctx, model, &nodes[0], cols, self.scaling == Scaling::Whiten)?;
             let scale = match self.scaling {
                 Scaling::Asvd => ColumnScale::asvd(&stats.sq, stats.rows, self.alpha),
                 _ => ColumnScale::whitening(&stats.hessian()?, cols, self.damp)?,

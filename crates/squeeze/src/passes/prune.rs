@@ -227,14 +227,7 @@ impl Pass for LayerWise {
         for (cols, nodes) in &groups {
             bar.inc(1);
             let hessian = matches!(self.method, Calibrated::SparseGpt(_));
-            let mut stats = InputStats::new(*cols, hessian);
-            let first = nodes[0].clone();
-            ctx.capture(&model, std::slice::from_ref(&first), |batch, taps| {
-                let tap = taps
-                    .get(&first)
-                    .ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
-                stats.add(&real_rows(batch, &tap.inputs[0])?)
-            })?;
+            let stats = input_stats(ctx, &model, &nodes[0], *cols, hessian)?;
             for node in nodes {
                 let mut w = prune::read(&model, &format!("{node}.weight"))?;
                 match self.method {
@@ -301,6 +294,26 @@ pub(crate) fn linear_groups(
         .into_iter()
         .filter_map(|k| groups.remove(&k))
         .collect())
+}
+
+/// The statistics of node `node`'s input (`cols` features) over the calibration batches,
+/// with `XᵀX` when `hessian` asks for it.
+pub(crate) fn input_stats(
+    ctx: &mut PassCtx,
+    model: &Model,
+    node: &str,
+    cols: usize,
+    hessian: bool,
+) -> Result<InputStats> {
+    let mut stats = InputStats::new(cols, hessian);
+    let first = node.to_string();
+    ctx.capture(model, std::slice::from_ref(&first), |batch, taps| {
+        let tap = taps
+            .get(&first)
+            .ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
+        stats.add(&real_rows(batch, &tap.inputs[0])?)
+    })?;
+    Ok(stats)
 }
 
 /// The rows of a captured input `[.., features]` that are real examples: all rows of an

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
-use super::prune::{linear_groups, progress, real_rows};
+use super::prune::{input_stats, linear_groups, progress, real_rows};
 use super::{Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::Op;
@@ -205,15 +205,7 @@ impl Quantize {
         cols: usize,
         ctx: &mut PassCtx,
     ) -> Result<InputStats> {
-        let mut stats = InputStats::new(cols, true);
-        let first = group[0].clone();
-        ctx.capture(model, std::slice::from_ref(&first), |batch, taps| {
-            let tap = taps
-                .get(&first)
-                .ok_or_else(|| Error::Graph(format!("no tap for `{first}`")))?;
-            stats.add(&real_rows(batch, &tap.inputs[0])?)
-        })?;
-        Ok(stats)
+        input_stats(ctx, model, &group[0], cols, true)
     }
 
     /// Static int8: each node's input scale (the step of its codes) from the calibration
