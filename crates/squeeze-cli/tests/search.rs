@@ -143,7 +143,7 @@ fn a_budget_no_candidate_meets_names_the_closest_which_is_kept() {
         "--recipe",
         recipe.to_str().unwrap(),
         "--budget",
-        "params=0.02",
+        "params=0.005",
         "--out",
         out.to_str().unwrap(),
         "--ratios",

@@ -145,13 +145,21 @@ impl Declared for LowRank {
 }
 
 impl LowRank {
-    fn rule(&self, layer: &str) -> RankRule {
-        match (self.rank, &self.ranks, self.energy, self.keep) {
+    /// The rank rule of `layer` (`build` admits exactly one rule, and `shapes` a rank for
+    /// every listed layer).
+    fn rule(&self, layer: &str) -> Result<RankRule> {
+        Ok(match (self.rank, &self.ranks, self.energy, self.keep) {
             (Some(r), ..) => RankRule::Rank(r),
             (_, Some(m), ..) => RankRule::Rank(m.get(layer).copied().unwrap_or(0)),
             (_, _, Some(e), _) => RankRule::Energy(e),
-            (.., k) => RankRule::Params(k.unwrap_or(0.5)),
-        }
+            (.., Some(k)) => RankRule::Params(k),
+            _ => {
+                return Err(Error::pass(
+                    PASS,
+                    "set exactly one of `rank`, `ranks`, `energy` and `keep`",
+                ))
+            }
+        })
     }
 
     /// The layers to factorize with their shapes, every named one checked.
@@ -184,6 +192,12 @@ impl LowRank {
                 return Err(Error::pass(
                     PASS,
                     format!("`ranks.{k}` names a layer missing from `layers`"),
+                ));
+            }
+            if let Some(n) = l.iter().find(|n| !m.contains_key(*n)) {
+                return Err(Error::pass(
+                    PASS,
+                    format!("`layers`: `{n}` has no rank in `ranks`"),
                 ));
             }
         }
@@ -255,7 +269,7 @@ impl Pass for LowRank {
             let scale = scales.remove(&s.node).unwrap_or(ColumnScale::Identity);
             let d = decompose(&w, s.rows, s.cols, scale)
                 .map_err(|e| Error::pass(PASS, format!("`{}`: {e}", s.node)))?;
-            let r = choose_rank(self.rule(&s.node), s, Some(&d), &s.node)
+            let r = choose_rank(self.rule(&s.node)?, s, Some(&d), &s.node)
                 .map_err(|e| Error::pass(PASS, e.to_string()))?;
             if r * s.params_per_rank() >= s.full_params() {
                 kept_dense.push(serde_json::json!({ "layer": s.node, "rank": r }));
