@@ -224,6 +224,36 @@ impl Choosing<'_> {
         Ok(best.map(|(k, c)| self.candidate("uniform", at(k), c, true)))
     }
 
+    /// Makes candidate `c` (its recipe, fine-tuning included), scores it, and writes it to
+    /// `out/<name>` with its recipe.
+    fn make(
+        &self,
+        base: &Recipe,
+        c: &mut Candidate,
+        ctx: &mut PassCtx,
+        out: &Path,
+        inputs: &[(&str, &Path)],
+    ) -> Result<()> {
+        let start = Instant::now();
+        let recipe = recipe_of(base, self.method, c);
+        let text = toml::to_string(&recipe).context("writing the candidate's recipe")?;
+        let dir = out.join(&c.name);
+        let staged = Staged::begin(&dir, inputs, true)?;
+        std::fs::write(staged.dir().join("recipe.toml"), &text)?;
+        let (m, passes) = run_recipe(self.model.clone(), &recipe, ctx)?;
+        c.score = Some(self.held_out.score(&m)?);
+        c.seconds = start.elapsed().as_secs_f64();
+        checkpoint::save(&m, staged.dir())?;
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        write_json(
+            &staged.dir().join("candidate.json"),
+            &serde_json::json!({ "candidate": c, "passes": passes, "command": command }),
+        )?;
+        staged.commit()?;
+        std::fs::write(out.join(format!("{}.recipe.toml", c.name)), text)?;
+        Ok(())
+    }
+
     fn candidate(&self, name: &str, choice: Vec<(String, f64)>, c: Cost, ok: bool) -> Candidate {
         Candidate {
             name: name.into(),
@@ -249,38 +279,6 @@ fn recipe_of(base: &Recipe, method: &Method, c: &Candidate) -> Recipe {
         finetune: base.finetune.clone(),
         passes,
     }
-}
-
-/// Makes candidate `c` (its recipe, fine-tuning included), scores it, and writes it to
-/// `out/<name>` with its recipe.
-fn make(
-    model: &Model,
-    base: &Recipe,
-    method: &Method,
-    c: &mut Candidate,
-    h: &HeldOut,
-    ctx: &mut PassCtx,
-    out: &Path,
-    inputs: &[(&str, &Path)],
-) -> Result<()> {
-    let start = Instant::now();
-    let recipe = recipe_of(base, method, c);
-    let text = toml::to_string(&recipe).context("writing the candidate's recipe")?;
-    let dir = out.join(&c.name);
-    let staged = Staged::begin(&dir, inputs, true)?;
-    std::fs::write(staged.dir().join("recipe.toml"), &text)?;
-    let (m, passes) = run_recipe(model.clone(), &recipe, ctx)?;
-    c.score = Some(h.score(&m)?);
-    c.seconds = start.elapsed().as_secs_f64();
-    checkpoint::save(&m, staged.dir())?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    write_json(
-        &staged.dir().join("candidate.json"),
-        &serde_json::json!({ "candidate": c, "passes": passes, "command": command }),
-    )?;
-    staged.commit()?;
-    std::fs::write(out.join(format!("{}.recipe.toml", c.name)), text)?;
-    Ok(())
 }
 
 pub fn run(a: SearchArgs) -> Result<()> {
@@ -372,7 +370,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 c.choice.len(),
                 loss_text(c.predicted_loss)
             );
-            if let Err(e) = make(&model, &recipe, &method, c, &h, &mut ctx, &a.out, &inputs) {
+            if let Err(e) = choosing.make(&recipe, c, &mut ctx, &a.out, &inputs) {
                 eprintln!("candidate {} failed: {e:#}", c.name);
                 c.error = Some(format!("{e:#}"));
             }

@@ -65,6 +65,9 @@ impl Svd {
     }
 }
 
+/// Vectors of equal length (matrix columns, or rotation rows).
+type Columns = Vec<Vec<f64>>;
+
 /// Rotates the pair (x, y) ← (c·x − s·y, s·x + c·y).
 fn rotate(x: &mut [f64], y: &mut [f64], c: f64, s: f64) {
     for (a, b) in x.iter_mut().zip(y.iter_mut()) {
@@ -82,7 +85,7 @@ fn pair(m: &mut [Vec<f64>], i: usize, j: usize) -> (&mut Vec<f64>, &mut Vec<f64>
 
 /// One-sided Jacobi on the columns `cols[j]` (each of length m): returns the rotated
 /// columns (orthogonal to each other) and the accumulated rotation `v[j]` (length n).
-fn orthogonalize(mut cols: Vec<Vec<f64>>) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+fn orthogonalize(mut cols: Columns) -> Result<(Columns, Columns)> {
     let n = cols.len();
     let mut v: Vec<Vec<f64>> = (0..n)
         .map(|j| (0..n).map(|i| f64::from(u8::from(i == j))).collect())

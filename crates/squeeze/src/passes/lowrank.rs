@@ -128,7 +128,8 @@ impl Declared for LowRank {
         {
             return bad("`layers` / `ranks` is empty".into());
         }
-        if !(self.alpha >= 0.0 && self.alpha <= 1.0) || !(self.damp > 0.0 && self.damp <= 1.0) {
+        let in_range = (0.0..=1.0).contains(&self.alpha) && self.damp > 0.0 && self.damp <= 1.0;
+        if !in_range {
             return bad(format!(
                 "`alpha` = {} must lie in [0, 1] and `damp` = {} in (0, 1]",
                 self.alpha, self.damp
@@ -291,11 +292,20 @@ impl Pass for LowRank {
         let (before, after): (usize, usize) = done.iter().fold((0, 0), |(a, b), f| {
             (a + f.params_before, b + f.params_after)
         });
+        let svd = match self.scaling {
+            Scaling::None => "truncated SVD",
+            Scaling::Asvd => "ASVD",
+            Scaling::Whiten => "whitened SVD",
+        };
+        let convs = shapes.iter().any(|s| !s.columns_are_inputs());
+        let form = match (convs, self.form) {
+            (false, _) => "",
+            (true, FormName::Unfold) => ", convolutions unfolded",
+            (true, FormName::Spatial) => ", convolutions spatially",
+        };
         let label = format!(
-            "{} layers factorized ({:?}, {:?}): {before} → {after} parameters in them",
-            done.len(),
-            self.form,
-            self.scaling
+            "{} layers factorized by {svd}{form}: {before} → {after} parameters in them",
+            done.len()
         );
         let details = serde_json::json!({
             "layers": done, "kept_dense": kept_dense, "params_before": before, "params_after": after,
