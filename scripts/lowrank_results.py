@@ -8,15 +8,7 @@ import json
 import os
 import sys
 
-
-def finetune_seconds(passes):
-    """Seconds spent fine-tuning inside the recipe."""
-    total = 0.0
-    for p in passes:
-        d = p["details"]
-        logs = d.get("finetune", []) if isinstance(d, dict) else d if p["pass"] == "finetune" else []
-        total += sum(e.get("seconds", 0.0) for e in logs if isinstance(e, dict))
-    return total
+from structured_results import against, finetune_seconds
 
 
 def entry(key):
@@ -25,7 +17,6 @@ def entry(key):
     measured = json.load(open(f"{d}/metrics.json")).get("measured", {})
     b, a, passes = rep["before"], rep["after"], rep["passes"]
     metric = "spearman" if a.get("spearman") is not None else "accuracy"
-    thr = "throughput_b32" if metric == "spearman" else "throughput_b256"
     before_ft = a[metric]
     unrecovered = key[: -len("-recovered")] if key.endswith("-recovered") else None
     if os.path.exists(f"{d}-oneshot/report.json"):
@@ -38,11 +29,11 @@ def entry(key):
     pair = "runs/lowrank/vgg-factorized.against-original.json"
     if key in ("vgg-svd-50", "vgg-spatial-svd-50") and os.path.exists(pair):
         # unfolding and spatial measured side by side with the original in one run
-        against = json.load(open(pair))
-        b = against["models"][0]["metrics"]
-        a = next(m["metrics"] for m in against["models"] if m["model"].rstrip("/").endswith(key))
-        measured = against["measured"]
-        measured_by = against["command"]
+        run = json.load(open(pair))
+        b = run["models"][0]["metrics"]
+        a = next(m["metrics"] for m in run["models"] if m["model"].rstrip("/").endswith(key))
+        measured = run["measured"]
+        measured_by = run["command"]
     out = {
         metric: a[metric],
         "baseline": b[metric],
@@ -50,17 +41,7 @@ def entry(key):
         "factorized_params_before": lr["params_before"],
         "factorized_params_after": lr["params_after"],
         "ranks": {l["layer"]: l["rank"] for l in lr["layers"]},
-        "params": a["params"],
-        "baseline_params": b["params"],
-        "flops": a["flops"],
-        "baseline_flops": b["flops"],
-        "size_bytes": a["size_bytes"],
-        "baseline_size_bytes": b["size_bytes"],
-        "latency_ms_b1": a["latency_ms_b1"],
-        "baseline_latency_ms_b1": b["latency_ms_b1"],
-        "throughput": a[thr],
-        "baseline_throughput": b[thr],
-        "throughput_batch": 32 if metric == "spearman" else 256,
+        **against(a, b, metric),
         "finetune_seconds": round(finetune_seconds(passes), 1),
         "passes": [f'{p["pass"]}: {p["label"]}' for p in passes],
         "cpu": measured.get("machine"),
@@ -81,12 +62,12 @@ def search_entries():
     run (equal fine-tuning), measured against zoo/vgg by one `squeeze report` run; their
     accuracy before fine-tuning from their recipes without the fine-tuning pass."""
     rep = json.load(open(f"{SEARCH}/search.json"))
-    against = json.load(open(f"{SEARCH}.against-original.json"))
-    base = against["models"][0]["metrics"]
+    run = json.load(open(f"{SEARCH}.against-original.json"))
+    base = run["models"][0]["metrics"]
     out = {}
     for name, key in (("searched", "vgg-search-flops-33"), ("uniform", "vgg-uniform-flops-33")):
         cand = next(c for c in rep["candidates"] if c["name"] == name)
-        a = next(m["metrics"] for m in against["models"] if m["model"].endswith(f"/{name}"))
+        a = next(m["metrics"] for m in run["models"] if m["model"].endswith(f"/{name}"))
         oneshot = json.load(open(f"{SEARCH}-{name}-oneshot/report.json"))["after"]["accuracy"]
         e = {
             "accuracy": a["accuracy"],
@@ -109,10 +90,10 @@ def search_entries():
             "baseline_throughput": base["throughput_b256"],
             "throughput_batch": 256,
             "finetune_seconds": round(cand["seconds"], 1),
-            "cpu": against["measured"]["machine"],
+            "cpu": run["measured"]["machine"],
             "command": rep["command"],
             "recipe": f"recipes/{key}.toml (written by the search as {SEARCH}/{name}/recipe.toml)",
-            "measured_by": against["command"],
+            "measured_by": run["command"],
         }
         if name == "searched":
             e["search_wall_s"] = round(rep["search_wall_s"], 1)

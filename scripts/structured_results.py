@@ -34,6 +34,25 @@ def stacked(d, rep):
     return b, a, passes, against["measured"], against["command"], slim["command"]
 
 
+def against(a, b, metric):
+    """A compressed model's costs `a` beside its original's `b`: parameters, FLOPs, file
+    size, batch-1 latency and throughput (batch 32 for text encoders, 256 for images)."""
+    thr = "throughput_b32" if metric == "spearman" else "throughput_b256"
+    return {
+        "params": a["params"],
+        "baseline_params": b["params"],
+        "flops": a["flops"],
+        "baseline_flops": b["flops"],
+        "size_bytes": a["size_bytes"],
+        "baseline_size_bytes": b["size_bytes"],
+        "latency_ms_b1": a["latency_ms_b1"],
+        "baseline_latency_ms_b1": b["latency_ms_b1"],
+        "throughput": a[thr],
+        "baseline_throughput": b[thr],
+        "throughput_batch": 32 if metric == "spearman" else 256,
+    }
+
+
 def entry(key):
     d = f"runs/structured/{key}"
     rep = json.load(open(f"{d}/report.json"))
@@ -46,24 +65,13 @@ def entry(key):
         b, a, passes, measured, measured_by, first = stacked(d, rep)
         made = f"{first}, copied to {SLIM}; then {rep['command']}"
     metric = "spearman" if a.get("spearman") is not None else "accuracy"
-    thr = "throughput_b32" if metric == "spearman" else "throughput_b256"
     prune = next(p["details"] for p in passes if p["pass"] in PRUNERS)
     out = {
         metric: a[metric],
         "baseline": b[metric],
         "channels_removed": prune["channels_removed"],
         "pruned_layer_params_removed": 1 - prune["group_params_after"] / prune["group_params_before"],
-        "params": a["params"],
-        "baseline_params": b["params"],
-        "flops": a["flops"],
-        "baseline_flops": b["flops"],
-        "size_bytes": a["size_bytes"],
-        "baseline_size_bytes": b["size_bytes"],
-        "latency_ms_b1": a["latency_ms_b1"],
-        "baseline_latency_ms_b1": b["latency_ms_b1"],
-        "throughput": a[thr],
-        "baseline_throughput": b[thr],
-        "throughput_batch": 32 if metric == "spearman" else 256,
+        **against(a, b, metric),
         "finetune_seconds": round(finetune_seconds(passes), 1),
         "passes": [f'{p["pass"]}: {p["label"]}' for p in passes],
         "cpu": measured.get("machine"),
