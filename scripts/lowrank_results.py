@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from structured_results import against, finetune_seconds
+from structured_results import against, finetune_seconds, merge_into
 
 
 def entry(key):
@@ -103,22 +103,17 @@ def search_entries():
 
 
 def main(keys):
-    path = "results/lowrank.json"
-    out = json.load(open(path)) if os.path.exists(path) else {}
+    new = {}
     for k in keys:
         if k == "vgg-search-flops-33":
             if os.path.exists(f"{SEARCH}.against-original.json"):
-                out.update(search_entries())
+                new.update(search_entries())
             continue
         if os.path.exists(f"runs/lowrank/{k}/report.json"):
-            out[k] = entry(k)
+            new[k] = entry(k)
         else:
             print(f"lowrank_results: no report for {k}", file=sys.stderr)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(sorted(out.items())), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    merge_into("results/lowrank.json", new)
 
 
 if __name__ == "__main__":

@@ -84,19 +84,26 @@ def entry(key):
     return out
 
 
-def main(keys):
-    path = "results/structured.json"
+def merge_into(path, new):
+    """Writes the entries `new` into the results file `path` (keys already there and not
+    in `new` are kept), sorted by key, through a temporary name."""
     out = json.load(open(path)) if os.path.exists(path) else {}
-    for k in keys:
-        if os.path.exists(f"runs/structured/{k}/report.json"):
-            out[k] = entry(k)
-        else:
-            print(f"structured_results: no report for {k}", file=sys.stderr)
+    out.update(new)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(dict(sorted(out.items())), f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def main(keys):
+    new = {}
+    for k in keys:
+        if os.path.exists(f"runs/structured/{k}/report.json"):
+            new[k] = entry(k)
+        else:
+            print(f"structured_results: no report for {k}", file=sys.stderr)
+    merge_into("results/structured.json", new)
 
 
 if __name__ == "__main__":
