@@ -43,6 +43,16 @@ fn params(dir: &Path) -> u64 {
     v["params"].as_u64().unwrap()
 }
 
+/// `squeeze search zoo/mlp --recipe RECIPE --budget BUDGET --out OUT` plus `extra`.
+fn search(recipe: &Path, budget: &str, out: &Path, extra: &[&str]) -> (bool, String) {
+    let (recipe, out) = (recipe.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec![
+        "search", "zoo/mlp", "--recipe", recipe, "--budget", budget, "--out", out,
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
 /// A template recipe without fine-tuning (the candidates are the applied ratios).
 fn template(d: &Path) -> PathBuf {
     let r = d.join("template.toml");
@@ -57,27 +67,9 @@ fn search_meets_a_params_budget_and_its_recipe_reproduces_the_candidate() {
     }
     let d = tmp("meet");
     let (recipe, cache, out) = (template(&d), d.join("cache"), d.join("out"));
-    let args = |budget: &str, out: &Path| -> Vec<String> {
-        [
-            "search",
-            "zoo/mlp",
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "--budget",
-            budget,
-            "--out",
-            out.to_str().unwrap(),
-            "--ratios",
-            "0.2,0.5",
-            "--cache",
-            cache.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let a: Vec<String> = args("params=0.7", &out);
-    let (ok, text) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let cache = cache.to_str().unwrap();
+    let extra = ["--ratios", "0.2,0.5", "--cache", cache];
+    let (ok, text) = search(&recipe, "params=0.7", &out, &extra);
     assert!(ok, "{text}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("search.json")).unwrap()).unwrap();
@@ -117,8 +109,7 @@ fn search_meets_a_params_budget_and_its_recipe_reproduces_the_candidate() {
     assert!(report["best"].is_string(), "{report}");
     // a second budget reuses the scan: its points are not recomputed
     let out2 = d.join("out2");
-    let a: Vec<String> = args("params=0.5", &out2);
-    let (ok, text) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, text) = search(&recipe, "params=0.5", &out2, &extra);
     assert!(ok, "{text}");
     let scan = |o: &Path| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(o.join("scan.json")).unwrap()).unwrap()
@@ -137,20 +128,9 @@ fn a_budget_no_candidate_meets_names_the_closest_which_is_kept() {
     }
     let d = tmp("miss");
     let (recipe, out) = (template(&d), d.join("out"));
-    let (ok, text) = run(&[
-        "search",
-        "zoo/mlp",
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--budget",
-        "params=0.005",
-        "--out",
-        out.to_str().unwrap(),
-        "--ratios",
-        "0.5",
-        "--cache",
-        d.join("cache").to_str().unwrap(),
-    ]);
+    let cache = d.join("cache");
+    let extra = ["--ratios", "0.5", "--cache", cache.to_str().unwrap()];
+    let (ok, text) = search(&recipe, "params=0.005", &out, &extra);
     assert!(
         !ok && text.contains("no candidate meets") && text.contains("closest"),
         "{text}"
@@ -170,16 +150,7 @@ fn bad_budgets_and_templates_are_refused() {
         ("flops=0", "(0, 1)"),
         ("flops=1.5", "(0, 1)"),
     ] {
-        let (ok, text) = run(&[
-            "search",
-            "zoo/mlp",
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "--budget",
-            budget,
-            "--out",
-            d.join("o").to_str().unwrap(),
-        ]);
+        let (ok, text) = search(&recipe, budget, &d.join("o"), &[]);
         assert!(
             !ok && text.contains("--budget") && text.contains(want),
             "{budget}: {text}"
@@ -187,16 +158,7 @@ fn bad_budgets_and_templates_are_refused() {
     }
     let fold = d.join("fold.toml");
     std::fs::write(&fold, "[[passes]]\ntype = \"fold_batch_norm\"\n").unwrap();
-    let (ok, text) = run(&[
-        "search",
-        "zoo/mlp",
-        "--recipe",
-        fold.to_str().unwrap(),
-        "--budget",
-        "flops=0.5",
-        "--out",
-        d.join("o").to_str().unwrap(),
-    ]);
+    let (ok, text) = search(&fold, "flops=0.5", &d.join("o"), &[]);
     assert!(
         !ok && text.contains("template") && text.contains("fold.toml"),
         "{text}"
