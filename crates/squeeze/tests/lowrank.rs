@@ -272,14 +272,19 @@ fn search_setup() -> (Model, Method, HeldOut) {
     (m, method, HeldOut::Images(common::synthetic(64, 9)))
 }
 
+/// A pass context with no data (the scans below score synthetic images), working in `dir`.
+fn context(dir: &Path) -> squeeze::passes::PassCtx {
+    recipe("[[passes]]\ntype = \"finetune\"\n")
+        .unwrap()
+        .context(Path::new("/nonexistent"), dir)
+}
+
 #[test]
 fn the_searched_choice_meets_the_budget_by_the_analytic_count() {
     let (m, method, held) = search_setup();
     let dir = common::tmpdir("lowrank-search");
     let cache = dir.join("scan.json");
-    let mut ctx = Recipe::parse("[[passes]]\ntype = \"finetune\"\n", Path::new("t.toml"))
-        .unwrap()
-        .context(Path::new("/nonexistent"), &dir);
+    let mut ctx = context(&dir);
     let layers = method.layers(&m).unwrap();
     assert!(layers.len() >= 2, "{layers:?}");
     let spec = ScanSpec {
@@ -324,9 +329,7 @@ fn a_scan_cut_short_resumes_from_its_cache() {
     let (m, method, held) = search_setup();
     let dir = common::tmpdir("lowrank-resume");
     let cache = dir.join("scan.json");
-    let mut ctx = Recipe::parse("[[passes]]\ntype = \"finetune\"\n", Path::new("t.toml"))
-        .unwrap()
-        .context(Path::new("/nonexistent"), &dir);
+    let mut ctx = context(&dir);
     let layers = method.layers(&m).unwrap();
     let spec = ScanSpec {
         method: &method,
@@ -427,9 +430,7 @@ fn channel_and_magnitude_pruning_are_searched_through_the_same_interface() {
 fn refinement_keeps_the_budget_and_never_scores_below_its_start() {
     let (m, method, held) = search_setup();
     let dir = common::tmpdir("lowrank-refine");
-    let mut ctx = Recipe::parse("[[passes]]\ntype = \"finetune\"\n", Path::new("t.toml"))
-        .unwrap()
-        .context(Path::new("/nonexistent"), &dir);
+    let mut ctx = context(&dir);
     let layers = method.layers(&m).unwrap();
     let base = scan::cost(&m, &held, false).unwrap();
     let b = Budget::Flops(0.9);
