@@ -91,6 +91,7 @@ fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
                 groups: 1,
                 bias: true,
                 width: None,
+                quant: None,
             })
         }
         _ => {
@@ -110,6 +111,7 @@ fn conv_layer(format: &str) -> Result<(Graph, ParamStore, ForwardOpts)> {
                 padding: 1,
                 bias: true,
                 layout: Layout::INT8_CHANNEL,
+                input_codes: None,
             })
         }
     };
@@ -135,6 +137,7 @@ fn layer(format: &str, n: usize, k: usize) -> Result<(Graph, ParamStore, Forward
                 in_features: k,
                 out_features: n,
                 bias: true,
+                quant: None,
             })
         }
         _ => {
@@ -158,6 +161,7 @@ fn layer(format: &str, n: usize, k: usize) -> Result<(Graph, ParamStore, Forward
                 bias: true,
                 layout,
                 act,
+                input_codes: None,
             })
         }
     };

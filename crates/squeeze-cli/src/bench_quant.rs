@@ -78,9 +78,12 @@ pub fn run(a: QuantArgs) -> Result<()> {
         get("pytorch_int8_latency_ms_b1"),
         get("pytorch_int8_throughput_b256"),
     );
+    let measured_by = std::env::args().collect::<Vec<_>>().join(" ");
     let entry = json!({
         "accuracy": acc_q,
         "baseline": acc_base,
+        "params": squeeze::eval::static_cost(&q)?.params,
+        "baseline_params": squeeze::eval::static_cost(&base)?.params,
         "size_bytes": size_on_disk(&a.quantized)?,
         "baseline_size_bytes": size_on_disk(&a.model)?,
         "latency_ms_b1": lat,
@@ -103,7 +106,8 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "cpu": squeeze::isa::cpu_name(),
         "peer": peer,
         "made_by": a.made_by,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": a.made_by.clone().unwrap_or_else(|| measured_by.clone()),
+        "measured_by": measured_by,
     });
     let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
     crate::measure::merge_results(&a.out, &entries)?;

@@ -145,6 +145,7 @@ impl Builder {
             groups: 1,
             bias: false,
             width: None,
+            quant: None,
         });
         let w = self.normal(cout * cin * k * k, (2.0 / (cin * k * k) as f64).sqrt());
         self.put(format!("{name}.weight"), w, &[cout, cin, k, k])?;
@@ -189,6 +190,7 @@ impl Builder {
                 in_features: cin,
                 out_features: cout,
                 bias: true,
+                quant: None,
             }),
             &[from],
         ))

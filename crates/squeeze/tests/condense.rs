@@ -35,6 +35,7 @@ fn one_conv() -> Model {
             groups: 1,
             bias: true,
             width: None,
+            quant: None,
         }),
         &[INPUT],
     );

@@ -151,6 +151,28 @@ fn quantized(bits: u8, root: &Path) -> squeeze::Model {
     squeeze::passes::run_recipe(m, &r, &mut ctx).unwrap().0
 }
 
+/// lenet5 with binary or ternary conv2 and fc1 (packed levels, `bconv2d` / `blinear`).
+fn packed(ternary: bool) -> squeeze::Model {
+    use squeeze::kinds::fake_quant::{FakeQuant, WeightQuant};
+    let mut m = common::small("lenet5");
+    let q = FakeQuant {
+        weights: if ternary {
+            WeightQuant::Ternary
+        } else {
+            WeightQuant::Binary
+        },
+        bits: if ternary { 2 } else { 1 },
+        act_bits: Some(8),
+        act_max: 127,
+        act_signed: false,
+        step_lr: 1.0,
+    };
+    for node in ["conv2", "fc1"] {
+        squeeze::quant::qat::attach(&mut m, node, q, Some(0.05)).unwrap();
+    }
+    squeeze::quant::qat::materialize(m).unwrap().0
+}
+
 /// A tiny BERT exported as a sentence-transformers directory with a WordPiece tokenizer.
 fn hf_dir(root: &Path) -> PathBuf {
     let dir = root.join("hf");
@@ -304,6 +326,8 @@ fn targets(root: &Path) -> Vec<Target> {
         native("shared-huffman", pruned(true), root),
         native("int8", quantized(8, root), root),
         native("int4", quantized(4, root), root),
+        native("binary", packed(false), root),
+        native("ternary", packed(true), root),
         hf_target("hf-config", "config.json", &hf),
         hf_target("hf-tokenizer", "tokenizer.json", &hf),
         hf_target("hf-pooling", "1_Pooling/config.json", &hf),

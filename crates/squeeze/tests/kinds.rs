@@ -94,6 +94,8 @@ fn hand_macs(kind: &str) -> u64 {
         "sparse_linear" => 12,              // one per stored non-zero
         "qlinear" => 64 * 5,                // in 64 × out 5
         "qconv2d" => (4 * 3 * 3) * 2 * 9,   // 36 outputs × (2 inputs × 3×3)
+        "bconv2d" => (5 * 5 * 6) * 3 * 9,   // 150 outputs × (3 inputs × 3×3)
+        "blinear" => 21 * 5,                // in 21 × out 5
         "batch_norm" | "max_pool2d" | "avg_pool2d" | "dropout" | "embedding" | "layer_norm"
         | "channel_gather" | "qembedding" | "relu" | "gelu" | "global_avg_pool" | "flatten"
         | "add" | "concat" | "mean_pool" | "l2_normalize" => 0,
@@ -332,6 +334,7 @@ fn degenerate_graphs_are_errors_that_name_the_node() {
             groups: 1,
             bias: false,
             width: None,
+            quant: None,
         })
     };
     let mut g = Graph::new("x", &[1, 4, 4]);
@@ -344,6 +347,7 @@ fn degenerate_graphs_are_errors_that_name_the_node() {
             in_features: 4,
             out_features: 0,
             bias: false,
+            quant: None,
         }),
         &["input"],
     );

@@ -61,6 +61,7 @@ fn conv(stride: usize, padding: usize, kernel: usize) -> Conv2d {
         groups: 1,
         bias: true,
         width: None,
+        quant: None,
     }
 }
 

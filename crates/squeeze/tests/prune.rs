@@ -42,6 +42,7 @@ fn tiny_mlp() -> (Model, Batch) {
             in_features: 4,
             out_features: 6,
             bias: true,
+            quant: None,
         }),
         &["input"],
     );
@@ -52,6 +53,7 @@ fn tiny_mlp() -> (Model, Batch) {
             in_features: 6,
             out_features: 3,
             bias: true,
+            quant: None,
         }),
         &["relu"],
     );

@@ -171,6 +171,7 @@ fn qlinear_model(layout: Layout, act: ActQuant, n: usize, k: usize) -> Model {
             bias: true,
             layout,
             act,
+            input_codes: None,
         }),
         &["input"],
     );

@@ -179,6 +179,7 @@ fn a_channel_gather_maps_cuts_through_its_index() {
             in_features: i,
             out_features: o,
             bias: true,
+            quant: None,
         })
     };
     let mut g = Graph::new("gather", &[3]);

@@ -72,11 +72,13 @@ fn regressor_op(s: &[usize], t: &[usize], spec: &HintSpec) -> Result<Op> {
             groups: 1,
             bias: true,
             width: None,
+            quant: None,
         })),
         ([cs], [ct]) => Ok(Op::Linear(Linear {
             in_features: *cs,
             out_features: *ct,
             bias: true,
+            quant: None,
         })),
         _ => Err(Error::Train(format!(
             "hint `{}={}`: student output {s:?} and teacher output {t:?} must both be \

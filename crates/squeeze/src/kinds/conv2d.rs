@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, MemberRole, Seg};
+use super::fake_quant::FakeQuant;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
@@ -30,6 +31,9 @@ pub struct Conv2d {
     /// vertical ones (`kernel`, `stride`, `padding`); absent for a square convolution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<Axis>,
+    /// Simulated quantization while it trains (quantization-aware training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<FakeQuant>,
 }
 
 /// One axis of a convolution: kernel extent, stride and zero padding.
@@ -92,6 +96,9 @@ impl LayerKind for Conv2d {
         if !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
             return Err(format!("groups {g} must divide in/out channels"));
         }
+        if let Some(q) = &self.quant {
+            q.check()?;
+        }
         let (ah, aw) = (self.height_axis(), self.width_axis());
         positive("width.kernel", aw.kernel)?;
         positive("width.stride", aw.stride)?;
@@ -107,6 +114,9 @@ impl LayerKind for Conv2d {
         let mut t = vec![TensorSpec::weight("weight", w)];
         if self.bias {
             t.push(TensorSpec::param("bias", vec![self.out_channels]));
+        }
+        if let Some(q) = &self.quant {
+            t.extend(q.tensors(self.out_channels));
         }
         t
     }
@@ -136,11 +146,14 @@ impl LayerKind for Conv2d {
         o
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let w = cx.param("weight")?;
+        let (w, x) = match &self.quant {
+            Some(q) => (q.weight(cx, cx.param("weight")?)?, q.input(cx, cx.x())?),
+            None => (cx.param("weight")?.clone(), cx.x().clone()),
+        };
         let (ah, aw) = (self.height_axis(), self.width_axis());
         let y = conv::conv2d(
-            cx.x(),
-            w,
+            &x,
+            &w,
             (ah.stride, aw.stride),
             (ah.padding, aw.padding),
             self.groups,
@@ -184,6 +197,7 @@ pub(crate) fn example() -> super::Example {
             groups: 2,
             bias: true,
             width: None,
+            quant: None,
         }),
         inputs: vec![vec![2, 5, 6]],
         tensors: vec![],

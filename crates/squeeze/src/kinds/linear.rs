@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
+use super::fake_quant::FakeQuant;
 use super::{inference, with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
@@ -22,6 +23,9 @@ pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
     pub bias: bool,
+    /// Simulated quantization while it trains (quantization-aware training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<FakeQuant>,
 }
 
 impl LayerKind for Linear {
@@ -29,7 +33,7 @@ impl LayerKind for Linear {
         "linear"
     }
     fn joins_siblings(&self) -> bool {
-        true
+        self.quant.is_none()
     }
     /// With a pack cache (a long-lived text encoder), siblings run as one packed product.
     fn forward_siblings(
@@ -49,6 +53,9 @@ impl LayerKind for Linear {
         Inputs::Values
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        if let Some(q) = &self.quant {
+            q.check()?;
+        }
         super::rows_shape(ins, self.in_features, self.out_features)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -58,6 +65,9 @@ impl LayerKind for Linear {
         )];
         if self.bias {
             t.push(TensorSpec::param("bias", vec![self.out_features]));
+        }
+        if let Some(q) = &self.quant {
+            t.extend(q.tensors(self.out_features));
         }
         t
     }
@@ -69,6 +79,16 @@ impl LayerKind for Linear {
         cx.new_space(&node.name, self.out_features, self.bias)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if let Some(q) = &self.quant {
+            let w = q.weight(cx, cx.param("weight")?)?;
+            let x = q.input(cx, cx.x())?;
+            let b = if self.bias {
+                Some(cx.param("bias")?)
+            } else {
+                None
+            };
+            return linear(&x, &w, b);
+        }
         if let Some(cache) = cx.opts.packed.as_deref() {
             if let Some(mut y) = packed_linears(&[cx.node], cx.params, cx.x(), cache)? {
                 return Ok(y.remove(0));
@@ -173,6 +193,7 @@ pub(crate) fn example() -> super::Example {
             in_features: 6,
             out_features: 5,
             bias: true,
+            quant: None,
         }),
         inputs: vec![vec![6]],
         tensors: vec![],

@@ -28,10 +28,13 @@ macro_rules! no_tensors {
 pub mod act;
 pub mod attention;
 pub mod batch_norm;
+pub mod bconv2d;
+pub mod blinear;
 pub mod concat_add;
 pub mod conv2d;
 pub mod dropout;
 pub mod embedding;
+pub mod fake_quant;
 pub mod flatten;
 pub mod gather;
 pub mod layer_norm;
@@ -236,6 +239,21 @@ pub(crate) fn quantized_specs(
     t
 }
 
+/// The spec of packed binary/ternary levels `weight_bits`: `[rows, row_bytes]` bytes
+/// standing for a weight of shape `logical`.
+pub(crate) fn bits_spec(
+    rows: usize,
+    cols: usize,
+    ternary: bool,
+    logical: Vec<usize>,
+) -> TensorSpec {
+    TensorSpec {
+        stored: vec![rows, crate::math::bits::row_bytes(cols, ternary)],
+        dtype: Dtype::U8,
+        ..TensorSpec::f32("weight_bits", logical, TensorRole::Packed)
+    }
+}
+
 /// Coupling of a materialized layer (sparse or quantized) that consumes its input's
 /// channels and makes `out` new ones but cannot be channel-cut: both sides pinned, `why`.
 pub(crate) fn pinned_rows(
@@ -314,4 +332,30 @@ pub(crate) fn with_node_view<R>(
             f(&v)
         })
     })??
+}
+
+/// `input_codes` of a quantized layer: lowest ≤ 0 < highest ≤ the kernel's `lim`.
+pub(crate) fn check_input_codes(
+    codes: Option<[i8; 2]>,
+    lim: i8,
+) -> std::result::Result<(), String> {
+    match codes {
+        Some([lo, hi]) if lo > 0 || hi <= 0 || hi > lim || lo < -lim => Err(format!(
+            "`input_codes` [{lo}, {hi}] must hold 0 and lie within ±{lim}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The input of a quantized layer clipped to its code range `[lo, hi]·step` (a layer
+/// trained with low-bit activations); unchanged without one. Clipping in f32 before the
+/// kernel's own rounding gives the codes of rounding first and clipping after.
+pub(crate) fn clip_input(x: &Tensor, codes: Option<[i8; 2]>, step: f32) -> Result<Tensor> {
+    match codes {
+        Some([lo, hi]) => {
+            let s = f64::from(step);
+            Ok(x.clamp(f64::from(lo) * s, f64::from(hi) * s)?)
+        }
+        None => Ok(x.clone()),
+    }
 }

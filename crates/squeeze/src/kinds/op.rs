@@ -75,6 +75,13 @@ layer_kinds! {
         QConv2d(kinds::qconv2d::QConv2d) => kinds::qconv2d::example,
         #[serde(rename = "qembedding")]
         QEmbedding(kinds::qembedding::QEmbedding) => kinds::qembedding::example,
+        /// Binary/ternary convolution: packed levels `weight_bits`, `weight_scale`,
+        /// `input_scale`.
+        #[serde(rename = "bconv2d")]
+        BConv2d(kinds::bconv2d::BConv2d) => kinds::bconv2d::example,
+        /// `y = x Ŵᵀ + b` with binary/ternary Ŵ (`weight_bits`, `weight_scale`).
+        #[serde(rename = "blinear")]
+        BLinear(kinds::blinear::BLinear) => kinds::blinear::example,
     }
     unit {
         Relu => kinds::act::Relu, kinds::act::relu_example,

@@ -29,8 +29,12 @@ pub struct QConv2d {
     pub stride: usize,
     pub padding: usize,
     pub bias: bool,
-    /// int8, per-channel or per-tensor scales.
+    /// int8 (per-channel or per-tensor scales) or symmetric int4 (per channel).
     pub layout: Layout,
+    /// The input's code range `[lowest, highest]` when narrower than ±127 (a layer
+    /// trained with low-bit activations): the input is clipped to it before the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_codes: Option<[i8; 2]>,
 }
 
 impl LayerKind for QConv2d {
@@ -56,9 +60,18 @@ impl LayerKind for QConv2d {
         positive("out_channels", self.out_channels)?;
         positive("kernel", self.kernel)?;
         positive("stride", self.stride)?;
-        if self.layout.bits != 8 || matches!(self.layout.scales, Scales::Group(_)) {
-            return Err("qconv2d holds int8 weights with per-channel or per-tensor scales".into());
+        let int4 = self.layout.bits == 4 && self.layout.scales == Scales::Channel;
+        if !(self.layout.bits == 8 || int4)
+            || self.layout.zero_point
+            || matches!(self.layout.scales, Scales::Group(_))
+        {
+            return Err(
+                "qconv2d holds int8 weights with per-channel or per-tensor scales, \
+                        or symmetric int4 weights with per-channel scales"
+                    .into(),
+            );
         }
+        super::check_input_codes(self.input_codes, 127)?;
         self.layout.check(self.cols())?;
         let s = arity(ins, 1)?;
         if s.len() != 3 || s[0] != self.in_channels {
@@ -92,8 +105,8 @@ impl LayerKind for QConv2d {
         super::pinned_rows(cx, node, ins, (self.out_channels, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let x = cx.x();
         let sa = f32_values(cx.param("input_scale")?)?[0];
+        let x = &super::clip_input(cx.x(), self.input_codes, sa)?;
         let bias = match self.bias {
             true => Some(f32_values(cx.param("bias")?)?),
             false => None,
@@ -159,6 +172,7 @@ pub(crate) fn example() -> super::Example {
             padding: 1,
             bias: true,
             layout: Layout::INT8_CHANNEL,
+            input_codes: None,
         }),
         inputs: vec![vec![ci, 5, 6]],
         tensors: vec![

@@ -26,7 +26,7 @@ use super::with_node_view;
 use super::{with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::math::qlayout::{code_at, Layout, Scales};
+use crate::math::qlayout::{signed_code_at, Layout, Scales};
 use crate::ops::pack_cache::PackCache;
 use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
 use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
@@ -58,6 +58,11 @@ pub struct QLinear {
     pub bias: bool,
     pub layout: Layout,
     pub act: ActQuant,
+    /// Static activations: the input's code range `[lowest, highest]` when narrower than
+    /// the kernel's ±64 (a layer trained with low-bit activations); the input is clipped
+    /// to it before the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_codes: Option<[i8; 2]>,
 }
 
 impl LayerKind for QLinear {
@@ -93,11 +98,20 @@ impl LayerKind for QLinear {
             (8, _, Scales::Group(_)) => {
                 return Err("int8 weights take per-channel or per-tensor scales".into())
             }
+            (4, ActQuant::Static, Scales::Channel) if !self.layout.zero_point => {}
             (4, ActQuant::Dynamic | ActQuant::Static, _) => {
-                return Err("int4 weights are weight-only (`act` = \"none\")".into())
+                return Err(
+                    "int4 weights are weight-only (`act` = \"none\"), or static with \
+                            symmetric per-channel scales"
+                        .into(),
+                )
             }
             _ => {}
         }
+        if self.input_codes.is_some() && self.act != ActQuant::Static {
+            return Err("`input_codes` applies to static activations".into());
+        }
+        super::check_input_codes(self.input_codes, LINEAR_ACT_MAX)?;
         Ok(out)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -119,7 +133,13 @@ impl LayerKind for QLinear {
         super::pinned_rows(cx, node, ins, (self.out_features, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let x = cx.x();
+        let x = &match self.input_codes {
+            Some(_) => {
+                let s = crate::params::f32_values(cx.param("input_scale")?)?[0];
+                super::clip_input(cx.x(), self.input_codes, s)?
+            }
+            None => cx.x().clone(),
+        };
         let dims = x.dims().to_vec();
         let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
         let b = if self.bias {
@@ -181,7 +201,7 @@ impl QLinear {
     ) -> Result<Tensor> {
         let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
         let isa = crate::isa::active()?;
-        if self.layout.bits == 4 && m > Q4_ROWS {
+        if self.layout.bits == 4 && self.act == ActQuant::None && m > Q4_ROWS {
             // many rows: widen the codes once (a transient f32 copy of this one layer) and
             // run the f32 product, instead of widening them again for every token tile
             let mut dense = vec![0f32; n * k];
@@ -195,7 +215,7 @@ impl QLinear {
             return super::linear::linear(x2, &wt, b.as_ref());
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
-            if self.layout.bits == 8 {
+            if self.layout.bits == 8 || self.act == ActQuant::Static {
                 let block = if static_scale.is_some() { k } else { ACT_BLOCK };
                 let packed = panels(packs, codes, w, block)?;
                 let q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
@@ -255,6 +275,7 @@ pub(crate) fn example() -> super::Example {
             bias: true,
             layout,
             act: ActQuant::None,
+            input_codes: None,
         }),
         inputs: vec![vec![k]],
         tensors: vec![
@@ -331,7 +352,7 @@ fn panels(packs: &PackCache, id: TensorId, w: &QView, block: usize) -> Result<Ar
     let (rb, layout) = (w.layout.row_bytes(w.cols), w.layout);
     packs.int8_blocked((id, block), || {
         PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
-            code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c) as i8
+            signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
         })
     })
 }

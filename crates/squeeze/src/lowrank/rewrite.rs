@@ -143,6 +143,7 @@ fn halves(
                     in_features: l.in_features,
                     out_features: r,
                     bias: false,
+                    quant: None,
                 }),
                 tensor(first, &[r, l.in_features])?,
             ),

@@ -231,3 +231,15 @@ pub fn code_at(layout: &Layout, row: &[u8], j: usize) -> u8 {
         }
     }
 }
+
+/// The signed code of element `j` of a stored row of a symmetric layout (int8: the byte;
+/// int4: the nibble less its implicit zero point 8): what the integer kernels multiply.
+#[inline]
+pub fn signed_code_at(layout: &Layout, row: &[u8], j: usize) -> i8 {
+    let c = code_at(layout, row, j);
+    if layout.bits == 8 {
+        c as i8
+    } else {
+        c as i8 - 8
+    }
+}

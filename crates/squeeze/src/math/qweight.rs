@@ -70,6 +70,52 @@ impl QWeight {
         Ok(q)
     }
 
+    /// A weight from signed integer codes (row-major, one per element, within the
+    /// layout's symmetric range) and one scale per output row: the materialized form of a
+    /// weight whose codes were chosen elsewhere (quantization-aware training).
+    pub fn from_codes(
+        codes: &[i8],
+        rows: usize,
+        cols: usize,
+        scales: Vec<f32>,
+        layout: Layout,
+    ) -> Result<QWeight> {
+        layout.check(cols).map_err(Error::Data)?;
+        let lim = if layout.bits == 8 { 127 } else { 7 };
+        if layout.zero_point || layout.scales != super::qlayout::Scales::Channel {
+            return Err(Error::Data(format!(
+                "codes are stored with symmetric per-channel scales, not {}",
+                layout.label()
+            )));
+        }
+        if codes.len() != rows * cols || scales.len() != rows {
+            return Err(Error::Data(format!(
+                "a [{rows}, {cols}] weight needs {} codes and {rows} scales, got {} and {}",
+                rows * cols,
+                codes.len(),
+                scales.len()
+            )));
+        }
+        if let Some(i) = codes.iter().position(|c| c.unsigned_abs() > lim) {
+            return Err(Error::Data(format!(
+                "code {} at {i} is outside ±{lim} ({})",
+                codes[i],
+                layout.label()
+            )));
+        }
+        let mut q = QWeight::empty(rows, cols, layout);
+        q.scales = scales;
+        let shift = if layout.bits == 8 { 0 } else { 8 };
+        let mut row = vec![0u8; cols];
+        for r in 0..rows {
+            for (o, &c) in row.iter_mut().zip(&codes[r * cols..(r + 1) * cols]) {
+                *o = (c + shift) as u8;
+            }
+            q.set_row(r, &row);
+        }
+        Ok(q)
+    }
+
     /// All-zero codes and scales of the right sizes.
     pub(crate) fn empty(rows: usize, cols: usize, layout: Layout) -> QWeight {
         let n: usize = layout.scale_shape(rows, cols).iter().product();

@@ -46,6 +46,7 @@ pub mod conv;
 mod conv_geo;
 pub mod depthwise;
 pub mod embedding;
+pub mod fake_quant;
 pub mod fast;
 pub mod gelu;
 pub mod layer_norm;

@@ -1,6 +1,6 @@
 //! The one cache of packed weights: a model's weights in the layouts the kernels read
 //! ([`super::packed::PackedLinear`] for f32 Linear layers, [`PackedI8`] and
-//! [`PackedBlocked`] for int8), made on first use and owned by the caller — a text encoder
+//! [`PackedBlocked`] for int8, [`PackedBits`] for binary and ternary), made on first use and owned by the caller — a text encoder
 //! keeps one for its lifetime, and the interpreter keeps one with the graph it runs — so
 //! nothing stays packed after its model is gone.
 
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, TensorId};
 
 use super::packed::PackedLinear;
+use super::qgemm::bits::PackedBits;
 use super::qgemm::panel::PackedI8;
 use super::qgemm::panel_blocked::PackedBlocked;
 use crate::error::{Error, Result};
@@ -69,6 +70,7 @@ pub struct PackCache {
     map: Mutex<HashMap<String, Packed>>,
     int8: Kept<PackedI8, TensorId>,
     blocked: Kept<PackedBlocked, (TensorId, usize)>,
+    bits: Kept<PackedBits, TensorId>,
 }
 
 impl std::fmt::Debug for PackCache {
@@ -116,6 +118,16 @@ impl PackCache {
         make: impl FnOnce() -> Result<PackedI8>,
     ) -> Result<Arc<PackedI8>> {
         self.int8.get(id, make)
+    }
+
+    /// The bit-plane panels of the stored binary/ternary tensor `id`, made by `make` on
+    /// first use.
+    pub fn bits(
+        &self,
+        id: TensorId,
+        make: impl FnOnce() -> Result<PackedBits>,
+    ) -> Result<Arc<PackedBits>> {
+        self.bits.get(id, make)
     }
 
     /// The int8 panels of the stored codes tensor `id` for activation blocks of `block`

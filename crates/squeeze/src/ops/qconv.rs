@@ -1,4 +1,4 @@
-//! The static-int8 2-D convolution kernel (groups = 1) behind the `qconv2d` kind: the
+//! The static-int8 2-D convolution kernel (groups = 1; int8 or symmetric int4 weights) behind the `qconv2d` kind: the
 //! input quantized with its static scale, each image's int8 im2col rows (one per output
 //! pixel, channels-last) multiplied with the codes packed once into panels
 //! ([`super::qgemm::panel`]: exact i32 sums), rescaled to f32 with the bias added and the
@@ -14,11 +14,12 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::pack_cache::PackCache;
+use super::qgemm::bits::PackedBits;
 use super::qgemm::quantize::quantize_rows;
 use super::qgemm::{self, panel, panel::PackedI8, panel::NR};
 use super::with_cpu;
 use crate::error::{Error, Result};
-use crate::math::qlayout::Layout;
+use crate::math::qlayout::{signed_code_at, Layout};
 use crate::math::qweight::QView;
 
 /// The convolution's attributes.
@@ -51,10 +52,43 @@ impl Geometry {
     }
 }
 
-/// A node's packed codes and its output channels' weight scales.
+/// A node's packed weights and its output channels' weight scales.
 pub struct Packed {
-    panels: Arc<PackedI8>,
+    panels: Panels,
     scales: Vec<f32>,
+}
+
+/// Packed int8 codes, or binary/ternary bit-planes: both multiply im2col rows of int8
+/// activation codes into exact i32 sums under the same contract.
+enum Panels {
+    I8(Arc<PackedI8>),
+    Bits(Arc<PackedBits>),
+}
+
+impl Panels {
+    fn panels(&self) -> usize {
+        match self {
+            Panels::I8(w) => w.panels(),
+            Panels::Bits(w) => w.panels(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        isa: crate::isa::Isa,
+        a: (&[i8], &[u8]),
+        (m, lda): (usize, usize),
+        signed: bool,
+        panels: std::ops::Range<usize>,
+        out: &mut [i32],
+        ldo: usize,
+    ) -> Result<()> {
+        match self {
+            Panels::I8(w) => w.product(isa, a, (m, lda), signed, panels, out, ldo),
+            Panels::Bits(w) => w.product(isa, a, (m, lda), signed, panels, out, ldo),
+        }
+    }
 }
 
 /// How a block of i32 products becomes f32 outputs: `acc·scale[j] + bias[j]`, then ReLU.
@@ -101,7 +135,7 @@ impl Out {
     fn rows(
         &self,
         isa: crate::isa::Isa,
-        w: &PackedI8,
+        w: &Panels,
         a: (&[i8], &[u8]),
         (m, lda): (usize, usize),
         signed: bool,
@@ -188,12 +222,58 @@ pub fn pack(
     let scales = (0..co)
         .map(|j| w.scales[layout.scale_index(j, 0, kk)])
         .collect();
+    let rb = layout.row_bytes(kk);
     let panels = cache.int8(id, || {
         PackedI8::pack(what, co, kk, |j, col| {
-            w.codes[j * kk + (col % cin) * k2 + col / cin]
+            let row = &w.codes[j * rb..(j + 1) * rb];
+            signed_code_at(layout, row, (col % cin) * k2 + col / cin) as u8
         })
     })?;
-    Ok(Packed { panels, scales })
+    Ok(Packed {
+        panels: Panels::I8(panels),
+        scales,
+    })
+}
+
+/// The stored binary/ternary rows (tensor `id`, `[out, in·k·k]` in (channel, kernel row,
+/// kernel column) order) packed as bit-planes in im2col order once per tensor, with each
+/// output channel's scale.
+pub fn pack_bits(
+    cache: &PackCache,
+    g: &Geometry,
+    (ternary, rows): (bool, &[u8]),
+    what: &str,
+    id: candle_core::TensorId,
+    scales: &[f32],
+) -> Result<Packed> {
+    use crate::math::bits::{level_at, pack_row, row_bytes};
+    let (co, kk, k2, cin) = (g.out_channels, g.cols(), g.kernel * g.kernel, g.in_channels);
+    let rb = row_bytes(kk, ternary);
+    if rows.len() != co * rb || scales.len() != co {
+        return Err(Error::Data(format!(
+            "{what}: {} bytes and {} scales for {co} channels of {kk} weights",
+            rows.len(),
+            scales.len()
+        )));
+    }
+    let panels = cache.bits(id, || {
+        crate::math::bits::check_rows(rows, ternary, what)?;
+        // reorder each row into im2col order (kernel row, kernel column, channel)
+        let mut reordered = vec![0u8; co * rb];
+        let mut t = vec![0i8; kk];
+        for j in 0..co {
+            let row = &rows[j * rb..(j + 1) * rb];
+            for (col, v) in t.iter_mut().enumerate() {
+                *v = level_at(row, (col % cin) * k2 + col / cin, ternary);
+            }
+            pack_row(&t, ternary, &mut reordered[j * rb..(j + 1) * rb]);
+        }
+        PackedBits::pack(what, co, kk, ternary, &reordered)
+    })?;
+    Ok(Packed {
+        panels: Panels::Bits(panels),
+        scales: scales.to_vec(),
+    })
 }
 
 /// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`,
@@ -355,11 +435,24 @@ pub fn simulated(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Tensor> {
-    let (co, kk, k) = (g.out_channels, g.cols(), g.kernel);
+    let (co, kk) = (g.out_channels, g.cols());
     let mut w = vec![0f32; co * kk];
     for (j, row) in w.chunks_exact_mut(kk).enumerate() {
         wv.dequantize_row(j, row);
     }
+    simulated_dense(g, x, w, sa, bias, relu)
+}
+
+/// [`simulated`] with the weight's values given (`[out, in·k·k]`, row-major).
+pub fn simulated_dense(
+    g: &Geometry,
+    x: &Tensor,
+    w: Vec<f32>,
+    sa: f32,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Tensor> {
+    let (co, k) = (g.out_channels, g.kernel);
     let wt = Tensor::from_vec(w, (co, g.in_channels, k, k), x.device())?.to_dtype(x.dtype())?;
     let dims = x.dims().to_vec();
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -72,6 +72,12 @@ fn fold_one(model: &mut Model, bn_i: usize, prod_i: usize) -> Result<()> {
     };
     let b2 = ((b - mean)? * &scale)?.add(&beta)?;
     model.params.insert(format!("{prod}.weight"), w2);
+    // a fake-quantized weight's steps scale with it: the codes stay the same
+    let step = format!("{prod}.weight_step");
+    if let Ok(s) = model.params.get(&step) {
+        let s2 = (s * &scale)?;
+        model.params.insert(step, s2);
+    }
     model.params.insert(bias_name, b2);
     for s in ["weight", "bias", "running_mean", "running_var"] {
         model.params.remove(&format!("{}.{s}", bn.name));
@@ -83,6 +89,20 @@ fn fold_one(model: &mut Model, bn_i: usize, prod_i: usize) -> Result<()> {
     model.graph.nodes.remove(bn_i);
     model.graph.rewire(&bn.name, &prod);
     Ok(())
+}
+
+/// Folds every foldable BatchNorm; returns "bn → producer" for each.
+pub(crate) fn fold_all(model: &mut Model) -> Result<Vec<String>> {
+    let mut folded = Vec::new();
+    // fold one at a time: indices shift after each removal
+    while let Some(&(bn, prod)) = foldable(&model.graph).first() {
+        folded.push(format!(
+            "{} → {}",
+            model.graph.nodes[bn].name, model.graph.nodes[prod].name
+        ));
+        fold_one(model, bn, prod)?;
+    }
+    Ok(folded)
 }
 
 impl Pass for FoldBatchNorm {
@@ -97,15 +117,7 @@ impl Pass for FoldBatchNorm {
             .iter()
             .filter(|n| matches!(n.op, Op::BatchNorm(_)))
             .count();
-        let mut folded = Vec::new();
-        // fold one at a time: indices shift after each removal
-        while let Some(&(bn, prod)) = foldable(&model.graph).first() {
-            folded.push(format!(
-                "{} → {}",
-                model.graph.nodes[bn].name, model.graph.nodes[prod].name
-            ));
-            fold_one(&mut model, bn, prod)?;
-        }
+        let folded = fold_all(&mut model)?;
         let label = format!("folded {} of {total} BatchNorm layers", folded.len());
         let details = serde_json::json!({ "folded": folded, "kept": total - folded.len() });
         super::done(model, self.name(), label, details)

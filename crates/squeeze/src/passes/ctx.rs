@@ -219,6 +219,11 @@ impl PassCtx {
         Ok(epochs.unwrap_or(f.train.epochs) * n.div_ceil(f.train.batch_size.max(1)))
     }
 
+    /// The recipe's `[finetune]` table (or its defaults).
+    pub fn finetune_config(&self) -> &FinetuneConfig {
+        &self.finetune
+    }
+
     /// Fine-tunes `model` in place for `epochs` (default: the recipe's) with the trainer.
     pub fn finetune(
         &mut self,

@@ -17,6 +17,7 @@ mod lowrank;
 mod narrow;
 mod prune;
 mod prune_recipe;
+mod qat;
 mod quant;
 mod quant_recipe;
 mod separable;
@@ -36,6 +37,7 @@ pub use lowrank::{default_layers as lowrank_layers, FormName, LowRank, Scaling};
 pub use narrow::Narrow;
 pub use prune::{Calibrated, LayerWise, Magnitude, Obd, PruneSchedule};
 pub use prune_recipe::{MagnitudeOptions, SparseGptOptions, WandaOptions};
+pub use qat::Qat;
 pub use quant::{Quantize, Rounding};
 pub use quant_recipe::{QuantizeOptions, RoundingName};
 pub use separable::DepthwiseSeparable;
@@ -184,6 +186,7 @@ recipe_passes! {
     "sparsegpt" => SparseGpt(SparseGptOptions),
     "share" => Share(Share),
     "quantize" => Quantize(QuantizeOptions),
+    "qat" => Qat(Qat),
     "materialize" => Materialize(Materialize),
 }
 

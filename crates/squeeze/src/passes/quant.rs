@@ -266,6 +266,7 @@ fn to_qlinear(
         bias: l.bias,
         layout: q.layout,
         act,
+        input_codes: None,
     });
     Ok(())
 }
@@ -285,6 +286,7 @@ fn to_qconv2d(model: &mut Model, node: &str, q: &QWeight, input_scale: Option<f3
         padding: c.padding,
         bias: c.bias,
         layout: q.layout,
+        input_codes: None,
     });
     Ok(())
 }

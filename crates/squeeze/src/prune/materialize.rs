@@ -60,6 +60,7 @@ fn to_csr(model: &mut Model, node: &str, w: &[f32]) -> Result<bool> {
         in_features,
         out_features,
         bias,
+        quant: None,
     }) = model.graph.nodes[idx].op
     else {
         return Ok(false);

@@ -18,6 +18,7 @@
 
 pub mod calibrate;
 pub mod gptq;
+pub mod qat;
 
 use crate::error::Result;
 pub use crate::math::qlayout as layout;

@@ -97,6 +97,7 @@ fn linear(i: usize, o: usize) -> Op {
         in_features: i,
         out_features: o,
         bias: true,
+        quant: None,
     })
 }
 

@@ -28,6 +28,11 @@ mod avx2_panel;
 mod avx512_blocked;
 #[cfg(target_arch = "x86_64")]
 mod avx512_panel;
+pub mod bits;
+#[cfg(target_arch = "x86_64")]
+mod bits_avx2;
+#[cfg(target_arch = "x86_64")]
+mod bits_avx512;
 pub mod panel;
 pub mod panel_blocked;
 pub mod quantize;

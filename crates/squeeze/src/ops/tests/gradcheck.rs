@@ -84,7 +84,9 @@ fn grad_conv2d_fast_kernel() {
 
 /// Rectangular kernels with per-axis stride and padding (the two halves of a spatially
 /// factorized convolution): (kernel h, w), (stride h, w), (pad h, w).
-const RECT_CASES: [((usize, usize), (usize, usize), (usize, usize)); 4] = [
+/// (kernel, stride, padding) per axis.
+type RectCase = ((usize, usize), (usize, usize), (usize, usize));
+const RECT_CASES: [RectCase; 4] = [
     ((3, 1), (2, 1), (1, 0)),
     ((1, 3), (1, 2), (0, 1)),
     ((3, 2), (1, 1), (1, 0)),

@@ -4,6 +4,7 @@
 //! lower ones). They use the integration tests' helpers and name the crate `squeeze`, as
 //! those do.
 
+mod bits;
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 mod encoder_grad;

@@ -1,0 +1,126 @@
+//! AVX2 micro-kernel of [`super::bits::PackedBits::product`]: the int8 panel kernel's
+//! tiles (`avx2_panel`: up to 6 tokens, 4 with sign transfer, × one 16-channel panel,
+//! `vpmaddubsw` + `vpmaddwd`), with each group's 64 weights made in two registers from
+//! their sign word — each byte picks its word byte (`vpshufb`), tests its bit (AND, compare)
+//! and becomes −1 or +1 (OR 1) — and, for ternary weights, ANDed with the same expansion
+//! of the non-zero word.
+
+use std::arch::x86_64::*;
+
+use super::NR;
+
+/// Every panel against every token.
+///
+/// # Safety
+/// AVX2 is available; `a`/`abs` hold `m` rows of stride `lda` with at least `nq·4` bytes
+/// each; `signs` (and `nonzero`, unless empty) hold `nq` words per panel; `out` has `m`
+/// rows of stride `ldo` with room for every panel's 16 columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub unsafe fn product(
+    (a, abs): (&[i8], &[u8]),
+    (m, lda): (usize, usize),
+    (signs, nonzero): (&[u64], &[u64]),
+    nq: usize,
+    signed: bool,
+    out: &mut [i32],
+    ldo: usize,
+) {
+    let np = signs.len() / nq.max(1);
+    let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
+    for p in 0..np {
+        let s = signs.as_ptr().add(p * nq);
+        let nz = (!nonzero.is_empty()).then(|| nonzero.as_ptr().add(p * nq));
+        let mut i = 0;
+        while i < m {
+            let at = (ap.add(i * lda), bp.add(i * lda));
+            let o = op.add(i * ldo + p * NR);
+            let w = (s, nz);
+            let left = m - i;
+            i += match (signed, left) {
+                (false, 6..) => tile::<6, false>(at, lda, w, nq, o, ldo),
+                (false, 5) => tile::<5, false>(at, lda, w, nq, o, ldo),
+                (false, 4..) => tile::<4, false>(at, lda, w, nq, o, ldo),
+                (false, 3) => tile::<3, false>(at, lda, w, nq, o, ldo),
+                (false, 2) => tile::<2, false>(at, lda, w, nq, o, ldo),
+                (false, _) => tile::<1, false>(at, lda, w, nq, o, ldo),
+                (true, 4..) => tile::<4, true>(at, lda, w, nq, o, ldo),
+                (true, 3) => tile::<3, true>(at, lda, w, nq, o, ldo),
+                (true, 2) => tile::<2, true>(at, lda, w, nq, o, ldo),
+                (true, _) => tile::<1, true>(at, lda, w, nq, o, ldo),
+            };
+        }
+    }
+}
+
+/// 32 bytes from 32 bits: 0xFF where bit `i` of `bits` is set, 0 elsewhere.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn expand(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // byte i takes byte i / 8 of the word (each 128-bit lane holds the whole word)
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let b = _mm256_and_si256(_mm256_shuffle_epi8(v, pick), bit);
+    _mm256_cmpeq_epi8(b, bit)
+}
+
+/// The panel's 64 weights of group `q` as two registers of ±1/0 bytes (channels 0–7,
+/// then 8–15).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn weights(sign: u64, nonzero: Option<u64>) -> [__m256i; 2] {
+    let one = _mm256_set1_epi8(1);
+    let mut w = [
+        _mm256_or_si256(expand(sign as u32), one),
+        _mm256_or_si256(expand((sign >> 32) as u32), one),
+    ];
+    if let Some(nz) = nonzero {
+        w[0] = _mm256_and_si256(w[0], expand(nz as u32));
+        w[1] = _mm256_and_si256(w[1], expand((nz >> 32) as u32));
+    }
+    w
+}
+
+/// T tokens (codes and magnitudes) × one panel → `out` rows of 16 i32; returns T.
+#[target_feature(enable = "avx2")]
+unsafe fn tile<const T: usize, const SIGNED: bool>(
+    (a, abs): (*const i8, *const u8),
+    lda: usize,
+    (signs, nonzero): (*const u64, Option<*const u64>),
+    nq: usize,
+    out: *mut i32,
+    ldo: usize,
+) -> usize {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; T];
+    for q in 0..nq {
+        let wv = weights(*signs.add(q), nonzero.map(|p| *p.add(q)));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let u = _mm256_set1_epi32((abs.add(t * lda + 4 * q) as *const i32).read_unaligned());
+            let s = match SIGNED {
+                true => _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned()),
+                false => ones,
+            };
+            for (acc, wr) in acc.iter_mut().zip(&wv) {
+                let x = if SIGNED {
+                    _mm256_sign_epi8(*wr, s)
+                } else {
+                    *wr
+                };
+                // |a| ≤ 127 times a level in {−1, 0, 1}: pair sums fit i16 exactly
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+                *acc = _mm256_add_epi32(*acc, p);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        for (v, r) in acc.iter().enumerate() {
+            _mm256_storeu_si256(out.add(t * ldo + 8 * v) as *mut __m256i, *r);
+        }
+    }
+    T
+}
