@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quantization-aware training and binary/ternary weights on the real workloads: makes
 # every model of results/quant.json's QAT keys with `squeeze compress`, then measures each
-# against its original with `squeeze bench quant` (interleaved in one process). Run with
+# against its original with `squeeze bench quant` (interleaved in one process) and adds
+# what the run recorded (scripts/qat_results.py). Run the bench phase with
 # no other job on the machine. Usage: bash scripts/qat-experiments.sh [make|bench] [KEY...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ for k in "${keys[@]}"; do
     $SQ compress "$(base "$k")" --recipe "recipes/$k.toml" --out "runs/qat/$k" --force
   fi
   if [ "$phase" != make ]; then
-    $SQ bench quant --model "$(base "$k")" --quantized "runs/qat/$k" --key "$k" --python none --rounds 7 --made-by "$make"
+    $SQ bench quant --model "$(base "$k")" --quantized "runs/qat/$k" --key "$k" --python none --rounds 15 --made-by "$make"
+    python3 scripts/qat_results.py "$k"
   fi
 done

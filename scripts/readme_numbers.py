@@ -504,13 +504,23 @@ def lowrank_notes():
     return readme_lowrank.notes(load)
 
 
+def qat():
+    import readme_qat
+    return readme_qat.block(load, table)
+
+
+def qat_notes():
+    import readme_qat
+    return readme_qat.notes(load)
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
           "emulated-avx512": emulated, "quant-notes": quant_notes,
           "distill-notes": distill_notes, "prune-notes": prune_notes,
           "structured": structured, "structured-notes": structured_notes,
-          "lowrank": lowrank, "lowrank-notes": lowrank_notes}
+          "lowrank": lowrank, "lowrank-notes": lowrank_notes, "qat": qat, "qat-notes": qat_notes}
 
 
 # Numbers in README prose that are not measurements (targets, defaults, shapes, versions,

@@ -16,7 +16,9 @@
 //! committed `zoo/vgg-lowrank` (per-layer SVD ranks chosen by `squeeze search` for a third
 //! of the FLOPs, fine-tuned) beside `zoo/vgg`; the pruned table adds `zoo/mlp` factorized by
 //! truncated SVD, and the STS-B table MiniLM with its encoder Linears factorized by whitened
-//! SVD (no fine-tuning).
+//! SVD (no fine-tuning). A sixth puts the committed quantization-aware-trained vgg models
+//! — 4-bit LSQ, ternary, binary, their layers materialized as int4 codes or packed levels
+//! — beside `zoo/vgg` and its post-training 4-bit form made here.
 //! It grows as compression techniques land.
 
 use std::path::{Path, PathBuf};
@@ -85,6 +87,14 @@ const TEXT_RECIPES: &[(&str, &str)] = &[
     ("minilm-int8-dynamic", "recipes/minilm-int8-dynamic.toml"),
     ("minilm-heads-ffn-30", "recipes/minilm-heads-ffn-30.toml"),
     ("minilm-whiten-30", "recipes/minilm-whiten-30.toml"),
+];
+
+/// The committed quantization-aware-trained vgg models (each made by its recipe, which
+/// trains).
+const QAT: [(&str, &str); 3] = [
+    ("zoo/vgg-qat-int4", "4-bit weights and inputs, trained with LSQ"),
+    ("zoo/vgg-ternary", "ternary weights (TWN), 8-bit inputs, fine-tuned"),
+    ("zoo/vgg-binary", "binary weights (XNOR scaling), 8-bit inputs, fine-tuned"),
 ];
 
 /// The committed searched low-rank vgg (made by `squeeze search`, which fine-tunes).
@@ -197,6 +207,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     say("measuring the low-rank and original models together".into());
     let m = measure(&low, &a)?;
     report.push(("Fashion-MNIST, low-rank factorization", low, m));
+    let quant = quantized_part(&a, &mut say)?;
+    say(format!(
+        "measuring the {} quantized and original models together",
+        quant.len()
+    ));
+    let m = measure(&quant, &a)?;
+    report.push(("Fashion-MNIST, 4-bit, ternary and binary weights", quant, m));
     if let Some((rows, m)) = text_part(&a, &mut say)? {
         report.push(("STS-B", rows, m));
     }
@@ -285,6 +302,20 @@ fn committed(dir: &Path, what: &str) -> Result<Row> {
         what,
         model,
     })
+}
+
+/// The committed quantization-aware-trained vgg models (4-bit LSQ, ternary, binary)
+/// beside `zoo/vgg` and its post-training 4-bit form, made here (no training).
+fn quantized_part(a: &DemoArgs, say: &mut impl FnMut(String)) -> Result<Vec<Row>> {
+    say("the committed 4-bit, ternary and binary vgg beside zoo/vgg".into());
+    let base = committed(Path::new("zoo/vgg"), "the original")?;
+    say("applying recipes/vgg-ptq-int4.toml".into());
+    let ptq = apply(a, &base.model, "vgg-ptq-int4", "recipes/vgg-ptq-int4.toml")?;
+    let mut rows = vec![base, ptq];
+    for (dir, what) in QAT {
+        rows.push(committed(Path::new(dir), what)?);
+    }
+    Ok(rows)
 }
 
 /// The committed students beside their teachers.

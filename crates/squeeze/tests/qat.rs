@@ -47,7 +47,7 @@ fn logits(m: &Model, x: &Tensor) -> Tensor {
 
 #[test]
 fn materialized_layers_compute_what_the_simulated_ones_did() {
-    let x = common::batch(6, 11).relu().unwrap();
+    let x = common::batch(40, 11).relu().unwrap(); // > one 32-row block of the blinear kernel
     for (w, bits) in [
         (WeightQuant::Lsq, 4),
         (WeightQuant::Lsq, 2),
@@ -120,4 +120,52 @@ fn bad_qat_options_name_the_file_and_field() {
             "`{opt}`: {e}"
         );
     }
+}
+
+/// Runs a one-pass `qat` recipe on `m` (no data directory: errors come before any).
+fn apply(m: Model, pass: &str) -> String {
+    let text = format!("[[passes]]\ntype = \"qat\"\n{pass}\n");
+    let r = Recipe::parse(&text, Path::new("qat.toml")).unwrap();
+    let mut ctx = r.context(Path::new("/no-such-dir"), &common::tmpdir("qat-apply"));
+    match squeeze::passes::run_recipe(m, &r, &mut ctx) {
+        Ok(_) => panic!("`{pass}` ran"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_layers_and_models_without_weight_layers_are_named() {
+    let e = apply(model(), "layers = [\"features.3.conv\", \"fc9\"]");
+    assert!(e.contains("`fc9`") && e.contains("layers"), "{e}");
+    let e = apply(model(), "layers = [\"features.3.bn\"]");
+    assert!(e.contains("features.3.bn") && e.contains("batch_norm"), "{e}");
+    // a graph with no Linear or Conv2d layer at all
+    let mut g = squeeze::graph::Graph::new("flat", &[1, 28, 28]);
+    g.push("flatten", Op::Flatten, &[squeeze::graph::INPUT]);
+    let m = Model {
+        graph: g,
+        params: Default::default(),
+        assets: Default::default(),
+    };
+    let e = apply(m, "weights = \"binary\"");
+    assert!(e.contains("no Linear or Conv2d layer"), "{e}");
+}
+
+#[test]
+fn packed_levels_of_the_wrong_length_are_refused_naming_the_tensor() {
+    let mut m = model();
+    let q = fq(WeightQuant::Ternary, 2);
+    attach(&mut m, "features.7.conv", q, Some(0.05)).unwrap();
+    let (m, _) = materialize(m).unwrap();
+    let dir = common::tmpdir("qat-bad-bits");
+    squeeze::checkpoint::save(&m, &dir).unwrap();
+    // the file written again with one row byte cut from the packed levels
+    let file = dir.join("model.safetensors");
+    let mut ts = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let name = "features.7.conv.weight_bits";
+    let t = ts[name].clone();
+    ts.insert(name.to_string(), t.narrow(1, 0, t.dim(1).unwrap() - 1).unwrap());
+    candle_core::safetensors::save(&ts, &file).unwrap();
+    let e = squeeze::checkpoint::load(&dir).unwrap_err().to_string();
+    assert!(e.contains(name), "{e}");
 }

@@ -9,6 +9,7 @@
 //! pinned on both sides.
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
@@ -109,6 +110,9 @@ impl LayerKind for BLinear {
     }
 }
 
+/// Input rows per parallel task of the product.
+const ROWS_PER_TASK: usize = 32;
+
 /// `[m, n]` outputs of rows `xs` (`[m, k]`): codes at step `sa`, the bit-plane product,
 /// `acc·α_j·sa + b_j`.
 fn product(
@@ -132,15 +136,14 @@ fn product(
     let signed = codes.iter().any(|c| *c < 0);
     let ldo = w.panels() * NR;
     let mut acc = vec![0i32; m * ldo];
-    w.product(
-        isa,
-        (&codes, &abs),
-        (m, lda),
-        signed,
-        0..w.panels(),
-        &mut acc,
-        ldo,
-    )?;
+    // blocks of rows in parallel, each against every panel
+    acc.par_chunks_mut(ROWS_PER_TASK * ldo)
+        .zip(codes.par_chunks(ROWS_PER_TASK * lda))
+        .zip(abs.par_chunks(ROWS_PER_TASK * lda))
+        .try_for_each(|((acc, a), b)| {
+            let rows = a.len() / lda;
+            w.product(isa, (a, b), (rows, lda), signed, 0..w.panels(), acc, ldo)
+        })?;
     let mut y = vec![0f32; m * n];
     for (yr, ar) in y.chunks_exact_mut(n).zip(acc.chunks_exact(ldo)) {
         for (j, o) in yr.iter_mut().enumerate() {

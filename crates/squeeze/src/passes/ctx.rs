@@ -139,7 +139,7 @@ impl PassCtx {
         self.original.get_or_insert_with(|| m.clone());
     }
 
-    fn images(&mut self) -> Result<&FashionMnist> {
+    pub(crate) fn images(&mut self) -> Result<&FashionMnist> {
         if self.images.is_none() {
             self.images = Some(FashionMnist::load(&self.data_dir)?);
         }

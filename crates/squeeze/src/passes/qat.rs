@@ -223,6 +223,17 @@ impl Qat {
     }
 }
 
+/// An image classifier's test accuracy (reported, never used to choose anything): the
+/// simulated model's before materializing and the integer model's after; `None` for
+/// text encoders.
+fn test_accuracy(model: &Model, ctx: &mut PassCtx) -> Result<Option<f64>> {
+    if model.graph.is_text() {
+        return Ok(None);
+    }
+    let test = &ctx.images()?.test;
+    crate::eval::accuracy(&model.graph, &model.params, test, 500).map(Some)
+}
+
 /// Keeps the learned steps above [`MIN_STEP`] after every optimizer step.
 struct PositiveSteps;
 
@@ -276,7 +287,9 @@ impl Pass for Qat {
         };
         let simulated = hist.last().and_then(|h| h.valid_accuracy);
         let folded = super::bn_fold::fold_all(&mut model)?;
+        let simulated_test = test_accuracy(&model, ctx)?;
         let (model, done) = materialize(model)?;
+        let materialized_test = test_accuracy(&model, ctx)?;
         let scheme = match self.weights {
             WeightQuant::Binary => "binary".to_string(),
             WeightQuant::Ternary => "ternary".to_string(),
@@ -303,7 +316,10 @@ impl Pass for Qat {
         let details = serde_json::json!({
             "weights": self.weights, "bits": bits, "act_bits": self.act_bits,
             "layers": done, "folded": folded,
-            "simulated_valid_accuracy": simulated, "history": hist,
+            "simulated_valid_accuracy": simulated,
+            "simulated_test_accuracy": simulated_test,
+            "materialized_test_accuracy": materialized_test,
+            "history": hist,
         });
         super::done(model, self.name(), label, details)
     }

@@ -84,7 +84,6 @@ fn grad_conv2d_fast_kernel() {
 
 /// Rectangular kernels with per-axis stride and padding (the two halves of a spatially
 /// factorized convolution): (kernel h, w), (stride h, w), (pad h, w).
-/// (kernel, stride, padding) per axis.
 type RectCase = ((usize, usize), (usize, usize), (usize, usize));
 const RECT_CASES: [RectCase; 4] = [
     ((3, 1), (2, 1), (1, 0)),
