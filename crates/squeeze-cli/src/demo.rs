@@ -92,9 +92,18 @@ const TEXT_RECIPES: &[(&str, &str)] = &[
 /// The committed quantization-aware-trained vgg models (each made by its recipe, which
 /// trains).
 const QAT: [(&str, &str); 3] = [
-    ("zoo/vgg-qat-int4", "4-bit weights and inputs, trained with LSQ"),
-    ("zoo/vgg-ternary", "ternary weights (TWN), 8-bit inputs, fine-tuned"),
-    ("zoo/vgg-binary", "binary weights (XNOR scaling), 8-bit inputs, fine-tuned"),
+    (
+        "zoo/vgg-qat-int4",
+        "4-bit weights and inputs, trained with LSQ",
+    ),
+    (
+        "zoo/vgg-ternary",
+        "ternary weights (TWN), 8-bit inputs, fine-tuned",
+    ),
+    (
+        "zoo/vgg-binary",
+        "binary weights (XNOR scaling), 8-bit inputs, fine-tuned",
+    ),
 ];
 
 /// The committed searched low-rank vgg (made by `squeeze search`, which fine-tunes).

@@ -138,7 +138,10 @@ fn bad_layers_and_models_without_weight_layers_are_named() {
     let e = apply(model(), "layers = [\"features.3.conv\", \"fc9\"]");
     assert!(e.contains("`fc9`") && e.contains("layers"), "{e}");
     let e = apply(model(), "layers = [\"features.3.bn\"]");
-    assert!(e.contains("features.3.bn") && e.contains("batch_norm"), "{e}");
+    assert!(
+        e.contains("features.3.bn") && e.contains("batch_norm"),
+        "{e}"
+    );
     // a graph with no Linear or Conv2d layer at all
     let mut g = squeeze::graph::Graph::new("flat", &[1, 28, 28]);
     g.push("flatten", Op::Flatten, &[squeeze::graph::INPUT]);
@@ -164,7 +167,10 @@ fn packed_levels_of_the_wrong_length_are_refused_naming_the_tensor() {
     let mut ts = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
     let name = "features.7.conv.weight_bits";
     let t = ts[name].clone();
-    ts.insert(name.to_string(), t.narrow(1, 0, t.dim(1).unwrap() - 1).unwrap());
+    ts.insert(
+        name.to_string(),
+        t.narrow(1, 0, t.dim(1).unwrap() - 1).unwrap(),
+    );
     candle_core::safetensors::save(&ts, &file).unwrap();
     let e = squeeze::checkpoint::load(&dir).unwrap_err().to_string();
     assert!(e.contains(name), "{e}");

@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
-use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::math::bits::BitWeight;
@@ -51,24 +51,8 @@ impl LayerKind for BConv2d {
         Inputs::Values
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        positive("in_channels", self.in_channels)?;
-        positive("out_channels", self.out_channels)?;
-        positive("kernel", self.kernel)?;
-        positive("stride", self.stride)?;
         super::check_input_codes(Some(self.input_codes), 127)?;
-        let s = arity(ins, 1)?;
-        if s.len() != 3 || s[0] != self.in_channels {
-            return Err(format!(
-                "input {s:?}, expected [{}, H, W]",
-                self.in_channels
-            ));
-        }
-        let (h, w) = (s[1] + 2 * self.padding, s[2] + 2 * self.padding);
-        if h < self.kernel || w < self.kernel {
-            return Err(format!("kernel {} larger than padded input", self.kernel));
-        }
-        let (k, st) = (self.kernel, self.stride);
-        Ok(vec![self.out_channels, (h - k) / st + 1, (w - k) / st + 1])
+        super::integer_conv_shape(&self.geometry(), ins)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
         let co = self.out_channels;
@@ -96,7 +80,7 @@ impl LayerKind for BConv2d {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let sa = f32_values(cx.param("input_scale")?)?[0];
-        let x = &super::clip_input(cx.x(), Some(self.input_codes), sa)?;
+        let x = cx.x();
         let scales = f32_values(cx.param("weight_scale")?)?;
         let bias = match self.bias {
             true => Some(f32_values(cx.param("bias")?)?),
@@ -115,6 +99,7 @@ impl LayerKind for BConv2d {
                 scales,
             };
             crate::math::bits::check_rows(&w.data, self.ternary, &self.what(cx))?;
+            let x = &super::clip_input(x, Some(self.input_codes), sa)?;
             let y = qconv::simulated_dense(&g, x, w.dequantize(), sa, bias.as_deref(), relu)?;
             return match pool {
                 Some((k, s)) => crate::ops::pool::max_pool2d(&y, k, s),
@@ -130,7 +115,15 @@ impl LayerKind for BConv2d {
             bits.id(),
             &scales,
         )?;
-        qconv::forward(&g, x, &packed, sa, bias.as_deref(), (relu, pool))
+        qconv::forward(
+            &g,
+            x,
+            &packed,
+            sa,
+            bias.as_deref(),
+            (relu, pool),
+            Some(self.input_codes),
+        )
     }
     fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         None

@@ -359,3 +359,25 @@ pub(crate) fn clip_input(x: &Tensor, codes: Option<[i8; 2]>, step: f32) -> Resul
         None => Ok(x.clone()),
     }
 }
+
+/// Output shape of an integer convolution (`qconv2d`, `bconv2d`) of geometry `g` on its
+/// one `[C, H, W]` input, every attribute checked.
+pub(crate) fn integer_conv_shape(
+    g: &crate::ops::qconv::Geometry,
+    ins: &[&[usize]],
+) -> std::result::Result<Vec<usize>, String> {
+    positive("in_channels", g.in_channels)?;
+    positive("out_channels", g.out_channels)?;
+    positive("kernel", g.kernel)?;
+    positive("stride", g.stride)?;
+    let s = arity(ins, 1)?;
+    if s.len() != 3 || s[0] != g.in_channels {
+        return Err(format!("input {s:?}, expected [{}, H, W]", g.in_channels));
+    }
+    let (h, w) = (s[1] + 2 * g.padding, s[2] + 2 * g.padding);
+    if h < g.kernel || w < g.kernel {
+        return Err(format!("kernel {} larger than padded input", g.kernel));
+    }
+    let (k, st) = (g.kernel, g.stride);
+    Ok(vec![g.out_channels, (h - k) / st + 1, (w - k) / st + 1])
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
 use super::with_node_view;
-use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::math::qlayout::{Layout, Scales};
@@ -32,7 +32,7 @@ pub struct QConv2d {
     /// int8 (per-channel or per-tensor scales) or symmetric int4 (per channel).
     pub layout: Layout,
     /// The input's code range `[lowest, highest]` when narrower than ±127 (a layer
-    /// trained with low-bit activations): the input is clipped to it before the kernel.
+    /// trained with low-bit activations): the kernel clips the input codes to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_codes: Option<[i8; 2]>,
 }
@@ -56,10 +56,6 @@ impl LayerKind for QConv2d {
         Inputs::Values
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        positive("in_channels", self.in_channels)?;
-        positive("out_channels", self.out_channels)?;
-        positive("kernel", self.kernel)?;
-        positive("stride", self.stride)?;
         let int4 = self.layout.bits == 4 && self.layout.scales == Scales::Channel;
         if !(self.layout.bits == 8 || int4)
             || self.layout.zero_point
@@ -73,19 +69,7 @@ impl LayerKind for QConv2d {
         }
         super::check_input_codes(self.input_codes, 127)?;
         self.layout.check(self.cols())?;
-        let s = arity(ins, 1)?;
-        if s.len() != 3 || s[0] != self.in_channels {
-            return Err(format!(
-                "input {s:?}, expected [{}, H, W]",
-                self.in_channels
-            ));
-        }
-        let (h, w) = (s[1] + 2 * self.padding, s[2] + 2 * self.padding);
-        if h < self.kernel || w < self.kernel {
-            return Err(format!("kernel {} larger than padded input", self.kernel));
-        }
-        let (k, st) = (self.kernel, self.stride);
-        Ok(vec![self.out_channels, (h - k) / st + 1, (w - k) / st + 1])
+        super::integer_conv_shape(&self.geometry(), ins)
     }
     fn tensors(&self) -> Vec<TensorSpec> {
         let (co, k) = (self.out_channels, self.kernel);
@@ -106,7 +90,7 @@ impl LayerKind for QConv2d {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let sa = f32_values(cx.param("input_scale")?)?[0];
-        let x = &super::clip_input(cx.x(), self.input_codes, sa)?;
+        let x = cx.x();
         let bias = match self.bias {
             true => Some(f32_values(cx.param("bias")?)?),
             false => None,
@@ -116,6 +100,7 @@ impl LayerKind for QConv2d {
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
             let g = self.geometry();
             if x.track_op() || x.dtype() != DType::F32 {
+                let x = &super::clip_input(x, self.input_codes, sa)?;
                 let y = qconv::simulated(&g, x, w, sa, bias.as_deref(), relu)?;
                 return match pool {
                     Some((k, s)) => crate::ops::pool::max_pool2d(&y, k, s),
@@ -124,7 +109,15 @@ impl LayerKind for QConv2d {
             }
             let what = format!("{}.weight_q", cx.node.name);
             let packed = qconv::pack(cx.packs, &g, &self.layout, &what, codes_id, w)?;
-            qconv::forward(&g, x, &packed, sa, bias.as_deref(), (relu, pool))
+            qconv::forward(
+                &g,
+                x,
+                &packed,
+                sa,
+                bias.as_deref(),
+                (relu, pool),
+                self.input_codes,
+            )
         })
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {

@@ -59,8 +59,8 @@ pub struct QLinear {
     pub layout: Layout,
     pub act: ActQuant,
     /// Static activations: the input's code range `[lowest, highest]` when narrower than
-    /// the kernel's ±64 (a layer trained with low-bit activations); the input is clipped
-    /// to it before the kernel.
+    /// the kernel's ±64 (a layer trained with low-bit activations); the kernel clips the
+    /// input codes to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_codes: Option<[i8; 2]>,
 }
@@ -133,13 +133,7 @@ impl LayerKind for QLinear {
         super::pinned_rows(cx, node, ins, (self.out_features, self.bias), why)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let x = &match self.input_codes {
-            Some(_) => {
-                let s = crate::params::f32_values(cx.param("input_scale")?)?[0];
-                super::clip_input(cx.x(), self.input_codes, s)?
-            }
-            None => cx.x().clone(),
-        };
+        let x = cx.x();
         let dims = x.dims().to_vec();
         let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
         let b = if self.bias {
@@ -155,7 +149,10 @@ impl LayerKind for QLinear {
             })?;
             return Ok(y.reshape(with_last(&dims, self.out_features))?);
         }
-        let y = self.with_view(cx, |w, static_scale| self.simulated(&x2, w, static_scale))?;
+        let y = self.with_view(cx, |w, static_scale| {
+            let x2 = super::clip_input(&x2, self.input_codes, static_scale.unwrap_or(0.0))?;
+            self.simulated(&x2, w, static_scale)
+        })?;
         let y = match b {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
@@ -218,7 +215,13 @@ impl QLinear {
             if self.layout.bits == 8 || self.act == ActQuant::Static {
                 let block = if static_scale.is_some() { k } else { ACT_BLOCK };
                 let packed = panels(packs, codes, w, block)?;
-                let q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
+                let mut q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
+                if let Some([lo, hi]) = self.input_codes {
+                    // a narrower code range (low-bit inputs): clip the offset codes, as
+                    // clipping the values would (the bounds are integers)
+                    let (lo, hi) = ((lo + LINEAR_ACT_MAX) as u8, (hi + LINEAR_ACT_MAX) as u8);
+                    q.codes.iter_mut().for_each(|c| *c = (*c).clamp(lo, hi));
+                }
                 let part = PackedPart {
                     w: &packed,
                     scales: w.scales,

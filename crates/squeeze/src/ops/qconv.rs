@@ -277,7 +277,8 @@ pub fn pack_bits(
 }
 
 /// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`,
-/// then the max-pool (window, stride) when one is fused (`[N, out, Ho', Wo']`).
+/// then the max-pool (window, stride) when one is fused (`[N, out, Ho', Wo']`). The
+/// input's codes lie in `input_codes` (`[lowest, highest]`; default ±127).
 pub fn forward(
     g: &Geometry,
     x: &Tensor,
@@ -285,6 +286,7 @@ pub fn forward(
     sa: f32,
     bias: Option<&[f32]>,
     (relu, pool): (bool, Option<(usize, usize)>),
+    input_codes: Option<[i8; 2]>,
 ) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (ho, wo) = g.out_hw(c, h, wd)?;
@@ -298,6 +300,7 @@ pub fn forward(
         None => None,
     };
     let (co, m, chw) = (g.out_channels, ho * wo, c * h * wd);
+    let codes = input_codes.unwrap_or([-127, 127]);
     let lda = PackedI8::row_len(g.cols());
     let isa = crate::isa::active()?;
     let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
@@ -329,7 +332,7 @@ pub fn forward(
         let image = |(i, yi): (usize, &mut [f32])| -> Result<()> {
             with_scratch(|s| {
                 let x = &xs[i * chw..(i + 1) * chw];
-                let signed = image_cols(g, isa, x, inv, (c, h, wd), (ho, wo), lda, s)?;
+                let signed = image_cols(g, isa, x, (inv, codes), (c, h, wd), (ho, wo), lda, s)?;
                 let a = (
                     &s.cols[..],
                     if signed { &s.abs[..] } else { cast_u8(&s.cols) },
@@ -364,7 +367,7 @@ fn image_cols(
     g: &Geometry,
     isa: crate::isa::Isa,
     x: &[f32],
-    inv: f32,
+    (inv, [lo, hi]): (f32, [i8; 2]),
     (c, h, w): (usize, usize, usize),
     (ho, wo): (usize, usize),
     lda: usize,
@@ -373,7 +376,13 @@ fn image_cols(
     let chw = c * h * w;
     s.codes.resize(chw, 0);
     // the magnitudes that matter are the im2col rows' (below)
-    qgemm::quantize_row(isa, x, (inv, 127), &mut s.codes, None);
+    let lim = hi.max(lo.saturating_neg());
+    qgemm::quantize_row(isa, x, (inv, lim), &mut s.codes, None);
+    if lo > -lim || hi < lim {
+        // a narrower code range (low-bit inputs): clipping the rounded codes equals
+        // rounding the clipped values, the bounds being integers
+        s.codes.iter_mut().for_each(|v| *v = (*v).clamp(lo, hi));
+    }
     let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
     s.hwc.resize(chw, 0);
     panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
 use crate::math::bits::{check_rows, level_at, row_bytes};
 
-use super::panel::{PackedI8, KG};
+use super::panel::{check_product, KG};
 use super::NR;
 
 /// A binary or ternary `[n, k]` weight in bit-plane panels.
@@ -100,7 +100,7 @@ impl PackedBits {
     }
 
     /// `out[i·ldo + j] = Σ_c a[i·lda + c]·t(NR·panels.start + j, c)`: the contract of
-    /// [`PackedI8::product`], with the levels `t` of this weight — except that the
+    /// [`super::panel::PackedI8::product`], with the levels `t` of this weight — except that the
     /// columns of padding channels (past `n`) hold no meaning for binary weights.
     #[allow(clippy::too_many_arguments)]
     pub fn product(
@@ -114,23 +114,15 @@ impl PackedBits {
         ldo: usize,
     ) -> Result<()> {
         let isa = isa::require(isa)?;
-        let (kr, cols) = (PackedI8::row_len(self.k), panels.len() * NR);
-        let fits = lda >= kr
-            && ldo >= cols
-            && a.len() >= m.saturating_sub(1) * lda + kr
-            && abs.len() >= m.saturating_sub(1) * lda + kr
-            && out.len() >= m.saturating_sub(1) * ldo + cols;
-        if panels.start > panels.end || panels.end > self.panels() || (m > 0 && !fits) {
-            return Err(Error::Data(format!(
-                "packed bit product of {m} rows (stride {lda}) with panels {panels:?} of a \
-                 [{}, {}] weight: operands of {} and {} bytes, output of {} (stride {ldo})",
-                self.n,
-                self.k,
-                a.len(),
-                abs.len(),
-                out.len()
-            )));
-        }
+        let what = if self.ternary { "ternary" } else { "binary" };
+        check_product(
+            what,
+            (self.n, self.k),
+            (a.len(), abs.len()),
+            (m, lda),
+            &panels,
+            (out.len(), ldo),
+        )?;
         let nq = self.k.div_ceil(KG);
         let words = panels.start * nq..panels.end * nq;
         let planes = match self.ternary {

@@ -92,24 +92,14 @@ impl PackedI8 {
         ldo: usize,
     ) -> Result<()> {
         let isa = isa::require(isa)?;
-        let (kr, cols) = (Self::row_len(self.k), panels.len() * NR);
-        let fits = lda >= kr
-            && ldo >= cols
-            && a.len() >= m.saturating_sub(1) * lda + kr
-            && abs.len() >= m.saturating_sub(1) * lda + kr
-            && out.len() >= m.saturating_sub(1) * ldo + cols;
-        // panels past the weight's last (or reversed) are an error even for no rows
-        if panels.start > panels.end || panels.end > self.panels() || (m > 0 && !fits) {
-            return Err(Error::Data(format!(
-                "packed int8 product of {m} rows (stride {lda}) with panels {panels:?} of a \
-                 [{}, {}] weight: operands of {} and {} bytes, output of {} (stride {ldo})",
-                self.n,
-                self.k,
-                a.len(),
-                abs.len(),
-                out.len()
-            )));
-        }
+        check_product(
+            "int8",
+            (self.n, self.k),
+            (a.len(), abs.len()),
+            (m, lda),
+            &panels,
+            (out.len(), ldo),
+        )?;
         let nq = Self::groups(self.k);
         let psize = nq * NR * KG;
         let data = &self.data[panels.start * psize..panels.end * psize];
@@ -160,6 +150,33 @@ impl PackedI8 {
             }
         }
     }
+}
+
+/// The operands of a panel product of `m` rows (stride `lda`) with `panels` of an
+/// `[n, k]` weight fit: rows of at least `row_len(k)` bytes, room for every panel's
+/// columns in an output of stride `ldo`; panels past the weight's last (or reversed) are
+/// an error even for no rows. `what` names the weight's form in the error.
+pub(super) fn check_product(
+    what: &str,
+    (n, k): (usize, usize),
+    (a, abs): (usize, usize),
+    (m, lda): (usize, usize),
+    panels: &std::ops::Range<usize>,
+    (out, ldo): (usize, usize),
+) -> Result<()> {
+    let (kr, cols) = (PackedI8::row_len(k), panels.len() * NR);
+    let fits = lda >= kr
+        && ldo >= cols
+        && a >= m.saturating_sub(1) * lda + kr
+        && abs >= m.saturating_sub(1) * lda + kr
+        && out >= m.saturating_sub(1) * ldo + cols;
+    if panels.start > panels.end || panels.end > n.div_ceil(NR) || (m > 0 && !fits) {
+        return Err(Error::Data(format!(
+            "packed {what} product of {m} rows (stride {lda}) with panels {panels:?} of a \
+             [{n}, {k}] weight: operands of {a} and {abs} bytes, output of {out} (stride {ldo})"
+        )));
+    }
+    Ok(())
 }
 
 /// Codes `code(j, c)` of an `[n, k]` weight in the panel layout: for panel `p` and

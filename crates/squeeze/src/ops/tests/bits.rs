@@ -44,52 +44,51 @@ fn lsq_step_gradient_matches_a_finite_difference() {
     let auto = common::values_of::<f64>(g.get(sv.as_tensor()).unwrap())[0];
     let fd = (sum_lsq(&x, s + FD_STEP, q) - sum_lsq(&x, s - FD_STEP, q)) / (2.0 * FD_STEP);
     // LSQ's gradient, written out: round(v/s) − v/s inside, ±Q outside
-    let by_hand: f64 = x
-        .iter()
-        .map(|&v| {
-            let r = v as f64 / s;
-            if r <= -q.0 {
-                -q.0
-            } else if r >= q.1 {
-                q.1
-            } else {
-                r.round() - r
-            }
-        })
-        .sum();
+    let by_hand = per_value(&x, s, q.1, |r| r.round() - r);
     assert!(
         (auto - by_hand).abs() < 1e-9,
         "autograd {auto} vs LSQ's formula {by_hand}"
     );
     // the finite difference sees the piecewise-constant rounding as flat: it measures
-    // only the clipped values' ±Q and the s·round(v/s) slope of the others
-    let flat: f64 = x
-        .iter()
-        .map(|&v| {
-            let r = v as f64 / s;
-            if r <= -q.0 {
-                -q.0
-            } else if r >= q.1 {
-                q.1
-            } else {
-                r.round()
-            }
-        })
-        .sum();
+    // the clipped values' ±Q and the slope round(v/s) of the others
+    let flat = per_value(&x, s, q.1, f64::round);
     assert!(
         (fd - flat).abs() < FD_TOL,
         "finite difference {fd} vs {flat}"
     );
+    // LSQ is exactly the finite difference of the quantizer with each rounding residual
+    // frozen at s (the straight-through surrogate): v + s'·(round(v/s) − v/s) inside
+    let surrogate = |s2: f64| -> f64 {
+        x.iter()
+            .map(|&v| {
+                let (v, r) = (v as f64, v as f64 / s);
+                if r.abs() >= q.1 {
+                    s2 * q.1.copysign(r)
+                } else {
+                    v + s2 * (r.round() - r)
+                }
+            })
+            .sum()
+    };
+    let fd_ste = (surrogate(s + FD_STEP) - surrogate(s - FD_STEP)) / (2.0 * FD_STEP);
     assert!(
-        (auto
-            - (flat
-                - x.iter()
-                    .filter(|v| (**v as f64 / s).abs() < 7.0)
-                    .map(|v| *v as f64 / s)
-                    .sum::<f64>()))
-        .abs()
-            < 1e-9
+        (fd_ste - auto).abs() < FD_TOL,
+        "surrogate finite difference {fd_ste} vs {auto}"
     );
+}
+
+/// Σ over `x` of `inside(v/s)` for values within ±`q` steps, `±q` for clipped ones.
+fn per_value(x: &[f32], s: f64, q: f64, inside: impl Fn(f64) -> f64) -> f64 {
+    x.iter()
+        .map(|&v| {
+            let r = v as f64 / s;
+            if r.abs() >= q {
+                q.copysign(r)
+            } else {
+                inside(r)
+            }
+        })
+        .sum()
 }
 
 #[test]
