@@ -32,7 +32,8 @@ def block(load, table):
                      f"{e['baseline_throughput_b256']:,.0f} → {e['throughput_b256']:,.0f} "
                      f"({e['throughput_b256'] / e['baseline_throughput_b256']:.2f}×)",
                      f"{e['finetune_seconds'] / 60:.1f} min"])
-    cpus = sorted({e["cpu"] for k, _ in ROWS if (e := q.get(k)) and e.get("cpu")})
+    cpus = sorted({f"{e['cpu']}, {e['threads']} threads" for k, _ in ROWS
+                   if (e := q.get(k)) and e.get("cpu")})
     head = ["key", "what", "f32", "quantized (pt)", "materialized − simulated (pt)",
             "quantized layers' weights vs f32", "file KB", "batch-1 ms", "batch-256 img/s", "training"]
     return _minus(table(head, rows) + "\n\nTest accuracy on Fashion-MNIST; speeds against the f32 "
