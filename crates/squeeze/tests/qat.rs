@@ -83,6 +83,19 @@ fn materialized_layers_compute_what_the_simulated_ones_did() {
         if let Some(Op::QConv2d(c)) = mat.graph.node("features.7.conv").map(|n| &n.op) {
             assert_eq!(c.layout.bits, 4, "288-column rows are stored as int4");
         }
+        // every packed level counts as a parameter; ternary zeros are not non-zero
+        let cost = squeeze::eval::static_cost(&mat).unwrap();
+        let before = squeeze::eval::static_cost(&model()).unwrap();
+        assert!(cost.nonzero_params <= cost.params && cost.params + 200 >= before.params);
+        let packed = squeeze::quant::nonzero_quantized(&mat).unwrap();
+        let levels = 32 * 8 * 9 + 32 * 32 * 9 + 10 * 1568; // the three quantized layers
+        match w {
+            WeightQuant::Binary => assert_eq!(packed, levels, "every binary level is ±1"),
+            _ => assert!(
+                packed > levels / 4 && packed <= levels,
+                "{packed} of {levels}"
+            ),
+        }
         let got = logits(&mat, &x);
         let scale = common::values_of::<f32>(&want)
             .iter()

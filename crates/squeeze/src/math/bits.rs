@@ -165,6 +165,18 @@ pub fn level_at(row: &[u8], c: usize, ternary: bool) -> i8 {
     }
 }
 
+/// Non-zero levels among stored rows (`rows × row_bytes` bytes of `cols` levels each).
+pub fn nonzero(data: &[u8], rows: usize, cols: usize, ternary: bool) -> usize {
+    if !ternary {
+        return rows * cols;
+    }
+    let rb = row_bytes(cols, ternary);
+    data.chunks(rb.max(1))
+        .take(rows)
+        .map(|row| (0..cols).filter(|&c| level_at(row, c, true) != 0).count())
+        .sum()
+}
+
 /// Every byte of stored ternary rows is a valid base-3 number (< 3⁵); the error names
 /// `what` and the first bad byte.
 pub fn check_rows(data: &[u8], ternary: bool, what: &str) -> Result<()> {

@@ -15,14 +15,13 @@ use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::summary;
-use super::prune::real_rows;
 use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::fake_quant::{FakeQuant, WeightQuant};
 use crate::model::Model;
 use crate::ops::qgemm::quantize::LINEAR_ACT_MAX;
-use crate::quant::calibrate::{Clip, RangeStats};
+use crate::quant::calibrate::Clip;
 use crate::quant::qat::{attach, materialize, MIN_STEP};
 use crate::train::Hooks;
 
@@ -188,28 +187,14 @@ impl Qat {
         nodes: &[String],
         ctx: &mut PassCtx,
     ) -> Result<HashMap<String, (f32, u8, bool)>> {
-        let mut stats: HashMap<String, (RangeStats, f32)> = HashMap::new();
-        ctx.capture(model, nodes, |batch, taps| {
-            for n in nodes {
-                let tap = taps
-                    .get(n)
-                    .ok_or_else(|| Error::Graph(format!("no tap for `{n}`")))?;
-                let x: Vec<f32> = real_rows(batch, &tap.inputs[0])?.flatten_all()?.to_vec1()?;
-                let e = stats
-                    .entry(n.clone())
-                    .or_insert((RangeStats::default(), 0.0));
-                e.0.add(&x);
-                e.1 = x.iter().fold(e.1, |a, &v| a.min(v));
-            }
-            Ok(())
-        })?;
+        let stats = super::quant::input_ranges(model, nodes, ctx)?;
         let mut out = HashMap::new();
-        for (n, (s, min)) in stats {
+        for (n, s) in stats {
             let lim = match model.graph.node(&n).map(|n| &n.op) {
                 Some(Op::Linear(_)) => LINEAR_ACT_MAX as u32,
                 _ => 127,
             };
-            let signed = min < 0.0;
+            let signed = s.min < 0.0;
             let levels = if signed {
                 (1u32 << (self.act_bits - 1)) - 1
             } else {
@@ -293,6 +278,7 @@ impl Pass for Qat {
         let scheme = match self.weights {
             WeightQuant::Binary => "binary".to_string(),
             WeightQuant::Ternary => "ternary".to_string(),
+            _ if !self.train => format!("{bits}-bit"),
             w => format!(
                 "{bits}-bit {}",
                 if w == WeightQuant::Lsq { "LSQ" } else { "STE" }

@@ -216,17 +216,7 @@ impl Quantize {
         nodes: &[String],
         ctx: &mut PassCtx,
     ) -> Result<HashMap<String, f32>> {
-        let mut stats: HashMap<String, RangeStats> = HashMap::new();
-        ctx.capture(model, nodes, |batch, taps| {
-            for n in nodes {
-                let tap = taps
-                    .get(n)
-                    .ok_or_else(|| Error::Graph(format!("no tap for `{n}`")))?;
-                let x: Vec<f32> = real_rows(batch, &tap.inputs[0])?.flatten_all()?.to_vec1()?;
-                stats.entry(n.clone()).or_default().add(&x);
-            }
-            Ok(())
-        })?;
+        let stats = input_ranges(model, nodes, ctx)?;
         // a Linear layer's codes are in ±64 (its kernel's offset form), a convolution's ±127
         let lim = |n: &str| match model.graph.node(n).map(|n| &n.op) {
             Some(Op::Linear(_)) => LINEAR_ACT_MAX,
@@ -240,6 +230,26 @@ impl Quantize {
             })
             .collect())
     }
+}
+
+/// The range statistics of each node's input over the calibration batches.
+pub(crate) fn input_ranges(
+    model: &Model,
+    nodes: &[String],
+    ctx: &mut PassCtx,
+) -> Result<HashMap<String, RangeStats>> {
+    let mut stats: HashMap<String, RangeStats> = HashMap::new();
+    ctx.capture(model, nodes, |batch, taps| {
+        for n in nodes {
+            let tap = taps
+                .get(n)
+                .ok_or_else(|| Error::Graph(format!("no tap for `{n}`")))?;
+            let x: Vec<f32> = real_rows(batch, &tap.inputs[0])?.flatten_all()?.to_vec1()?;
+            stats.entry(n.clone()).or_default().add(&x);
+        }
+        Ok(())
+    })?;
+    Ok(stats)
 }
 
 /// A Linear node's weight values and its rows.

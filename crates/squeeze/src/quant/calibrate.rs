@@ -17,10 +17,13 @@ pub enum Clip {
     Mse,
 }
 
-/// Calibration statistics of one layer input: the largest |x| and a bounded sample of |x|.
+/// Calibration statistics of one layer input: the largest |x|, the smallest x and a
+/// bounded sample of |x|.
 #[derive(Debug, Clone, Default)]
 pub struct RangeStats {
     pub max: f32,
+    /// The smallest value seen (signed): whether the input goes below zero.
+    pub min: f32,
     sample: Vec<f32>,
     seen: u64,
 }
@@ -36,6 +39,7 @@ impl RangeStats {
             let a = v.abs();
             if a.is_finite() {
                 self.max = self.max.max(a);
+                self.min = self.min.min(*v);
                 if i % stride == 0 && self.sample.len() < SAMPLE {
                     self.sample.push(a);
                 }

@@ -25,10 +25,22 @@ pub use crate::math::qlayout as layout;
 pub use crate::math::qweight::{QView, QWeight};
 
 /// Non-zero weights among the quantized tensors of a model (codes that decode to a
-/// non-zero value): the packed part of its non-zero parameter count.
+/// non-zero value; binary and ternary levels that are not 0): the packed part of its
+/// non-zero parameter count.
 pub fn nonzero_quantized(model: &crate::model::Model) -> Result<usize> {
     let mut total = 0;
     for n in &model.graph.nodes {
+        let (rows, cols, ternary) = match &n.op {
+            crate::graph::Op::BConv2d(b) => (b.out_channels, b.cols(), b.ternary),
+            crate::graph::Op::BLinear(b) => (b.out_features, b.in_features, b.ternary),
+            _ => (0, 0, false),
+        };
+        if rows > 0 {
+            let t = model.params.get(&format!("{}.weight_bits", n.name))?;
+            let data: Vec<u8> = t.flatten_all()?.to_vec1()?;
+            total += crate::math::bits::nonzero(&data, rows, cols, ternary);
+            continue;
+        }
         let Some((layout, (rows, cols))) = n.op.def().quantized_weight() else {
             continue;
         };
