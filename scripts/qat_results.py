@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Adds to each QAT key of results/quant.json (written by `squeeze bench quant`) what
 the compress run recorded in runs/qat/KEY/report.json — the simulated model's test
-accuracy just before materializing and the integer model's after, the trained layers,
+accuracy just before materializing beside the integer model's, the trained layers,
 the fine-tuning seconds — and the stored size of the quantized layers' weights against
 their f32 size (codes or packed levels plus scales, read from the safetensors header).
 Usage: scripts/qat_results.py KEY..."""
@@ -47,7 +47,7 @@ def extra(key):
     rep = json.load(open(f"{d}/report.json"))
     qat = next(p["details"] for p in rep["passes"] if p["pass"] == "qat")
     stored, f32 = layer_compression(d, qat["layers"])
-    sim, mat = qat.get("simulated_test_accuracy"), qat.get("materialized_test_accuracy")
+    sim, mat = qat.get("simulated_test_accuracy"), rep["after"]["accuracy"]
     return {
         "weights": qat["weights"],
         "bits": qat["bits"],

@@ -89,8 +89,8 @@ impl LayerKind for BConv2d {
         let bits = cx.param("weight_bits")?;
         let g = self.geometry();
         let (relu, pool) = (cx.fuse_relu, cx.fuse_pool);
-        let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
         if x.track_op() || x.dtype() != DType::F32 {
+            let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
             let w = BitWeight {
                 rows: self.out_channels,
                 cols: self.cols(),
@@ -107,14 +107,7 @@ impl LayerKind for BConv2d {
             };
         }
         let what = self.what(cx);
-        let packed = qconv::pack_bits(
-            cx.packs,
-            &g,
-            (self.ternary, &rows),
-            &what,
-            bits.id(),
-            &scales,
-        )?;
+        let packed = qconv::pack_bits(cx.packs, &g, (self.ternary, bits), &what, &scales)?;
         qconv::forward(
             &g,
             x,

@@ -77,11 +77,11 @@ impl LayerKind for BLinear {
             false => vec![0.0; n],
         };
         let bits = cx.param("weight_bits")?;
-        let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
         let what = format!("{}.weight_bits", cx.node.name);
         let xs: Vec<f32> = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let m = xs.len() / k.max(1);
         if x2.track_op() || x2.dtype() != DType::F32 {
+            let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
             crate::math::bits::check_rows(&rows, self.ternary, &what)?;
             let w = BitWeight {
                 rows: n,
@@ -100,6 +100,7 @@ impl LayerKind for BLinear {
             return Ok(y.reshape(with_last(&dims, n))?);
         }
         let packed = cx.packs.bits(bits.id(), || {
+            let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
             PackedBits::pack(&what, n, k, self.ternary, &rows)
         })?;
         let y = product(&packed, &xs, (m, k), sa, (&scales, &bias))?;

@@ -235,29 +235,35 @@ pub fn pack(
     })
 }
 
-/// The stored binary/ternary rows (tensor `id`, `[out, in·k·k]` in (channel, kernel row,
-/// kernel column) order) packed as bit-planes in im2col order once per tensor, with each
-/// output channel's scale.
+/// The stored binary/ternary rows (tensor `bits`, `[out, row_bytes]` in (channel, kernel
+/// row, kernel column) order) packed as bit-planes in im2col order once per tensor — its
+/// bytes are read only then — with each output channel's scale.
 pub fn pack_bits(
     cache: &PackCache,
     g: &Geometry,
-    (ternary, rows): (bool, &[u8]),
+    (ternary, bits): (bool, &Tensor),
     what: &str,
-    id: candle_core::TensorId,
     scales: &[f32],
 ) -> Result<Packed> {
     use crate::math::bits::{level_at, pack_row, row_bytes};
     let (co, kk, k2, cin) = (g.out_channels, g.cols(), g.kernel * g.kernel, g.in_channels);
     let rb = row_bytes(kk, ternary);
-    if rows.len() != co * rb || scales.len() != co {
+    if scales.len() != co {
         return Err(Error::Data(format!(
-            "{what}: {} bytes and {} scales for {co} channels of {kk} weights",
-            rows.len(),
+            "{what}: {} scales for {co} channels",
             scales.len()
         )));
     }
-    let panels = cache.bits(id, || {
-        crate::math::bits::check_rows(rows, ternary, what)?;
+    let panels = cache.bits(bits.id(), || {
+        let rows: Vec<u8> = bits.flatten_all()?.to_vec1()?;
+        if rows.len() != co * rb {
+            return Err(Error::Data(format!(
+                "{what}: {} bytes for {co} channels of {kk} weights, expected {}",
+                rows.len(),
+                co * rb
+            )));
+        }
+        crate::math::bits::check_rows(&rows, ternary, what)?;
         // reorder each row into im2col order (kernel row, kernel column, channel)
         let mut reordered = vec![0u8; co * rb];
         let mut t = vec![0i8; kk];

@@ -46,6 +46,8 @@ pub struct Qat {
     #[serde(default = "yes")]
     pub keep_first_last: bool,
     /// The steps' peak learning rate (default: the weights'); it follows the same schedule.
+    /// Applied as a factor on the steps' gradients: exact for SGD, while AdamW normalizes
+    /// the factor away.
     #[serde(default)]
     pub scale_lr: Option<f64>,
     /// Epochs of training (default: `[finetune] epochs`).
@@ -209,8 +211,8 @@ impl Qat {
 }
 
 /// An image classifier's test accuracy (reported, never used to choose anything): the
-/// simulated model's before materializing and the integer model's after; `None` for
-/// text encoders.
+/// simulated model's, just before materializing, to set beside the integer model's that
+/// `compress` measures; `None` for text encoders.
 fn test_accuracy(model: &Model, ctx: &mut PassCtx) -> Result<Option<f64>> {
     if model.graph.is_text() {
         return Ok(None);
@@ -274,7 +276,6 @@ impl Pass for Qat {
         let folded = super::bn_fold::fold_all(&mut model)?;
         let simulated_test = test_accuracy(&model, ctx)?;
         let (model, done) = materialize(model)?;
-        let materialized_test = test_accuracy(&model, ctx)?;
         let scheme = match self.weights {
             WeightQuant::Binary => "binary".to_string(),
             WeightQuant::Ternary => "ternary".to_string(),
@@ -304,7 +305,6 @@ impl Pass for Qat {
             "layers": done, "folded": folded,
             "simulated_valid_accuracy": simulated,
             "simulated_test_accuracy": simulated_test,
-            "materialized_test_accuracy": materialized_test,
             "history": hist,
         });
         super::done(model, self.name(), label, details)

@@ -32,8 +32,6 @@ pub struct PackedBits {
     nonzero: Vec<u64>,
     /// Σ_c level(j, c) per channel, padded to whole panels (the VNNI offset term).
     sums: Vec<i32>,
-    /// The stored rows, for the reference.
-    rows: Vec<u8>,
 }
 
 impl PackedBits {
@@ -85,7 +83,6 @@ impl PackedBits {
             signs,
             nonzero,
             sums,
-            rows: rows.to_vec(),
         })
     }
 
@@ -150,7 +147,7 @@ impl PackedBits {
         Ok(())
     }
 
-    /// The plain loops of [`Self::product`] over the stored levels.
+    /// The plain loops of [`Self::product`], one level at a time from the planes.
     pub fn product_reference(
         &self,
         a: &[i8],
@@ -159,19 +156,30 @@ impl PackedBits {
         out: &mut [i32],
         ldo: usize,
     ) {
-        let rb = row_bytes(self.k, self.ternary);
         for i in 0..m {
             for jj in 0..panels.len() * NR {
                 let j = panels.start * NR + jj;
-                out[i * ldo + jj] = if j < self.n {
-                    let row = &self.rows[j * rb..(j + 1) * rb];
-                    (0..self.k)
-                        .map(|c| a[i * lda + c] as i32 * level_at(row, c, self.ternary) as i32)
-                        .sum()
-                } else {
-                    0
+                out[i * ldo + jj] = match j < self.n {
+                    true => (0..self.k)
+                        .map(|c| a[i * lda + c] as i32 * self.level(j, c) as i32)
+                        .sum(),
+                    false => 0,
                 };
             }
+        }
+    }
+
+    /// The level of weight (`j`, `c`) as the planes hold it.
+    pub fn level(&self, j: usize, c: usize) -> i8 {
+        let nq = self.k.div_ceil(KG);
+        let at = (j / NR) * nq + c / KG;
+        let bit = 1u64 << ((j % NR) * KG + c % KG);
+        if self.ternary && self.nonzero[at] & bit == 0 {
+            0
+        } else if self.signs[at] & bit != 0 {
+            -1
+        } else {
+            1
         }
     }
 }
