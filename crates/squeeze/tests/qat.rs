@@ -188,3 +188,25 @@ fn packed_levels_of_the_wrong_length_are_refused_naming_the_tensor() {
     let e = squeeze::checkpoint::load(&dir).unwrap_err().to_string();
     assert!(e.contains(name), "{e}");
 }
+
+#[test]
+fn binary_convolutions_that_the_kernel_cannot_run_are_refused_when_materializing() {
+    let mut m = model();
+    attach(
+        &mut m,
+        "features.3.conv",
+        fq(WeightQuant::Binary, 1),
+        Some(0.05),
+    )
+    .unwrap();
+    let i = m.graph.index_of("features.3.conv").unwrap();
+    if let Op::Conv2d(c) = &mut m.graph.nodes[i].op {
+        c.width = Some(squeeze::kinds::conv2d::Axis {
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        });
+    }
+    let e = materialize(m).unwrap_err().to_string();
+    assert!(e.contains("features.3.conv") && e.contains("square"), "{e}");
+}

@@ -139,10 +139,21 @@ fn one(model: &mut Model, name: &str, q: FakeQuant, shape: Shape) -> Result<Op> 
         let (qn, qp) = q.act_range();
         [-(qn as i8), qp as i8]
     });
+    let why = |m: String| Error::Graph(format!("materializing `{name}`: {m}"));
+    // checked before any tensor is replaced: both integer forms of a convolution
+    // (int8/int4 codes, packed levels) run the square, ungrouped kernel on quantized inputs
+    if let Shape::Conv(c) = &shape {
+        if input.is_none() || !c.is_square() || c.groups != 1 {
+            return Err(why(
+                "the integer convolution takes square, ungrouped kernels and quantized \
+                 inputs (`act_bits`)"
+                    .into(),
+            ));
+        }
+    }
     for s in ["weight", "weight_step", "input_step"] {
         model.params.remove(&format!("{name}.{s}"));
     }
-    let why = |m: String| Error::Graph(format!("materializing `{name}`: {m}"));
     if let Some(s) = input {
         let t = Tensor::from_vec(vec![s], 1, &Device::Cpu)?;
         model.params.insert(format!("{name}.input_scale"), t);
@@ -217,24 +228,15 @@ fn one(model: &mut Model, name: &str, q: FakeQuant, shape: Shape) -> Result<Op> 
                 input_codes: codes_range,
             })
         }
-        Shape::Conv(c) => {
-            if input.is_none() || !c.is_square() || c.groups != 1 {
-                return Err(why(
-                    "the integer convolution takes square, ungrouped kernels and quantized \
-                     inputs (`act_bits`)"
-                        .into(),
-                ));
-            }
-            Op::QConv2d(QConv2d {
-                in_channels: c.in_channels,
-                out_channels: c.out_channels,
-                kernel: c.kernel,
-                stride: c.stride,
-                padding: c.padding,
-                bias: c.bias,
-                layout,
-                input_codes: codes_range,
-            })
-        }
+        Shape::Conv(c) => Op::QConv2d(QConv2d {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            bias: c.bias,
+            layout,
+            input_codes: codes_range,
+        }),
     })
 }
