@@ -59,7 +59,7 @@ if [[ $what == train || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   dirs() { local d=(); for s in $seeds; do d+=("runs/distill/$1-s$s"); done; local IFS=,; echo "${d[*]}"; }
-  "$sq" bench distill --teacher zoo/vgg \
+  "$sq" bench distill --out results/distill.json --teacher zoo/vgg \
     --variant "student-scratch=$(dirs scratch)" \
     --variant "student-kd=$(dirs kd)" \
     --variant "student-kd-hints=$(dirs kdh)" \
@@ -83,7 +83,7 @@ if [[ $what == condense || $what == all ]]; then
   # a second cosine run of 6 epochs from that one
   run runs/densenet-bc-condense-kd-ft2 distill --teacher runs/densenet-bc-finetune \
     --student runs/densenet-bc-condense-kd-ft --epochs 6 --lr 0.01
-  "$sq" bench distill --teacher runs/densenet-bc-finetune \
+  "$sq" bench distill --out results/distill.json --teacher runs/densenet-bc-finetune \
     --variant condensenet=runs/densenet-bc-condense-kd-ft2 \
     --variant condensenet-same-budget=runs/densenet-bc-condense
 fi
@@ -101,7 +101,7 @@ if [[ $what == text || $what == all ]]; then
   run runs/minilm-3l-wn distill --teacher "$minilm" --student runs/minilm-3l \
     --sentences data/stsb/sts-train.csv --sentences data/wordnet/examples.txt \
     --optimizer adamw --lr 1e-4 --weight-decay 0.01 --epochs 1 --batch-size 32
-  "$sq" bench text --python "${PYTHON:-python3}" \
+  "$sq" bench text --out results/minilm.json --python "${PYTHON:-python3}" \
     --variant distilled-3layer=runs/minilm-3l --variant distilled-3layer-narrow=runs/minilm-3l-narrow \
     --variant distilled-3layer-wordnet=runs/minilm-3l-wn
 fi

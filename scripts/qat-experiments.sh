@@ -19,7 +19,7 @@ for k in "${keys[@]}"; do
     $SQ compress "$(base "$k")" --recipe "recipes/$k.toml" --out "runs/qat/$k" --force
   fi
   if [ "$phase" != make ]; then
-    $SQ bench quant --model "$(base "$k")" --quantized "runs/qat/$k" --key "$k" --python none --rounds 15 --made-by "$make"
+    $SQ bench quant --out results/quant.json --model "$(base "$k")" --quantized "runs/qat/$k" --key "$k" --python none --rounds 15 --made-by "$make"
     python3 scripts/qat_results.py "$k"
   fi
 done

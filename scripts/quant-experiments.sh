@@ -27,15 +27,15 @@ if [[ $what == bench || $what == all ]]; then
     # lenet5's batch-1 pass takes ~0.1 ms, where this machine's noise moves single
     # rounds by 2x: more rounds for a stable median
     rounds=7; [[ $a == lenet5 ]] && rounds=15
-    "$sq" bench quant --model "zoo/$a" --quantized "runs/quant/$a-int8-static" \
+    "$sq" bench quant --out results/quant.json --model "zoo/$a" --quantized "runs/quant/$a-int8-static" \
       --key "$a-int8-static" --python "$py" --rounds "$rounds" \
       --made-by "squeeze compress zoo/$a --recipe recipes/$a-int8-static.toml --out runs/quant/$a-int8-static"
   done
-  "$sq" bench text --python "$py" \
+  "$sq" bench text --out results/minilm.json --python "$py" \
     --variant int8-dynamic=runs/quant/minilm-int8-dynamic \
     --variant int4-rtn-g128=runs/quant/minilm-int4-rtn-g128 \
     --variant int4-gptq-g128=runs/quant/minilm-int4-gptq-g128 \
     --variant int4-rtn-g64=runs/quant/minilm-int4-rtn-g64 \
     --variant int4-gptq-g64=runs/quant/minilm-int4-gptq-g64
-  "$sq" bench kernels
+  "$sq" bench kernels --out results/kernels.json
 fi

@@ -530,6 +530,7 @@ PROSE_CONSTANTS = [
     "90% sparse", "exactly 0.0", "40 MB", "PyTorch 2.15", "0.99999", "0.01 ×", "default 0.85",
     "8×8", "α = 0.9", "1.5×", "1×1", "WordNet 3.0", "3×3", "2 minutes", "candle 0.11",
     "below 0.7·mean|W|", "digits per byte for ternary: 1.6 bits",
+    "no older than 1.89", "is 1.63",  # rustc versions (set-up), not measurements
 ]
 
 

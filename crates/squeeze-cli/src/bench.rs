@@ -33,24 +33,25 @@ pub enum BenchWhat {
     /// batch-32 throughput vs PyTorch and ONNX Runtime → one key of a results JSON.
     Text(crate::bench_text::TextArgs),
     /// Batch-1 latency of a sentence encoder on each kernel path (AVX-512, AVX2, scalar)
-    /// in one run → results/isa.json.
+    /// in one run → runs/bench/isa.json (`--out` elsewhere).
     Isa(crate::bench_isa::IsaArgs),
     /// Dense vs CSR Linear at batch 1 and 256 over a grid of sparsities (zoo/mlp fc1 and
-    /// MiniLM FFN shapes) → the crossover sparsity, merged into results/prune.json.
+    /// MiniLM FFN shapes) → the crossover sparsity, merged into runs/bench/prune.json
+    /// (`--out` elsewhere).
     Sparse(crate::bench_sparse::SparseArgs),
     /// MiniLM's Linear shapes at 1, 32 and 128 rows (f32 vs dynamic int8 vs int4) and vgg's
     /// 3×3 convolution at 1, 32 and 128 images (f32 vs static int8), on every kernel path →
-    /// results/kernels.json.
+    /// runs/bench/kernels.json (`--out` elsewhere).
     Kernels(crate::bench_kernels::KernelArgs),
     /// An image classifier and its quantized form: accuracy, size, batch-1 latency and
     /// batch-256 throughput side by side, plus PyTorch's static int8 of the same network →
-    /// one key of results/quant.json.
+    /// one key of runs/bench/quant.json (`--out` elsewhere).
     Quant(crate::bench_quant::QuantArgs),
     /// Students (one directory per seed and recipe) against their teacher: mean test
-    /// accuracy, params, FLOPs, latency and throughput side by side → results/distill.json.
+    /// accuracy, params, FLOPs, latency and throughput side by side → runs/bench/distill.json.
     Distill(crate::bench_distill::DistillBenchArgs),
     /// One distillation step of a sentence-encoder student (batch of real sentences) in
-    /// squeeze vs PyTorch → one key of results/distill.json.
+    /// squeeze vs PyTorch → one key of runs/bench/distill.json.
     TrainText(crate::bench_train_text::TrainTextArgs),
 }
 

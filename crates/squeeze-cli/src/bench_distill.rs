@@ -3,10 +3,10 @@
 //! directory per seed): their test accuracies are measured here, one by one, and averaged;
 //! params and FLOPs come from the graph; batch-1 latency and batch-256 throughput of the
 //! teacher and of each variant's first student are timed interleaved in this process.
-//! Every key is merged into the results file (`results/distill.json`); a compact student
-//! trained from the teacher (e.g. `dwsep-vgg`) is one more variant, and a compressed model
-//! against its dense counterpart (`condensenet`) is measured with that counterpart as the
-//! `--teacher`.
+//! Every key is merged into the results file (`--out`, by default
+//! `runs/bench/distill.json`); a compact student trained from the teacher (e.g.
+//! `dwsep-vgg`) is one more variant, and a compressed model against its dense counterpart
+//! (`condensenet`) is measured with that counterpart as the `--teacher`.
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ pub struct DistillBenchArgs {
     /// KEY=DIR[,DIR…]: one variant and its runs (one directory per seed; repeatable).
     #[arg(long = "variant", value_name = "KEY=DIRS", required = true)]
     pub variants: Vec<String>,
-    #[arg(long, default_value = "results/distill.json")]
+    #[arg(long, default_value = "runs/bench/distill.json")]
     pub out: PathBuf,
     /// Interleaved timing rounds.
     #[arg(value_parser = crate::count("rounds"), long, default_value_t = 7)]

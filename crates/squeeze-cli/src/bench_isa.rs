@@ -1,7 +1,8 @@
 //! `squeeze bench isa`: batch-1 latency of a sentence encoder on each kernel path
 //! (AVX-512, AVX2 + FMA, scalar; see [`squeeze::isa`]) in one process, the paths
 //! interleaved round by round on the same real STS-B sentences, medians with their spread.
-//! Paths the CPU lacks are recorded as `null` with the reason. Writes `results/isa.json`.
+//! Paths the CPU lacks are recorded as `null` with the reason. Writes `--out` (by default
+//! `runs/bench/isa.json`; the committed `results/isa.json` only when asked).
 
 use std::path::PathBuf;
 
@@ -32,7 +33,7 @@ pub struct IsaArgs {
     /// Sentences timed one by one per round.
     #[arg(value_parser = crate::count("latency_sentences"), long, default_value_t = 100)]
     pub sentences: usize,
-    #[arg(long, default_value = "results/isa.json")]
+    #[arg(long, default_value = "runs/bench/isa.json")]
     pub out: PathBuf,
 }
 

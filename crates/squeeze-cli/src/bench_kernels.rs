@@ -6,7 +6,7 @@
 //! path the CPU has. Also `vgg`'s 64→64 3×3 convolution at 14×14 over 1, 32 and 128
 //! images: f32 (`conv2d`) against static int8 (`qconv2d`, post-ReLU inputs). Layers and
 //! paths are interleaved round by round; medians with their spread. Writes
-//! `results/kernels.json`.
+//! `--out` (by default `runs/bench/kernels.json`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub struct KernelArgs {
     /// Calls timed per layer, path and round (their median is the round's value).
     #[arg(value_parser = crate::count("reps"), long, default_value_t = 30)]
     pub reps: usize,
-    #[arg(long, default_value = "results/kernels.json")]
+    #[arg(long, default_value = "runs/bench/kernels.json")]
     pub out: PathBuf,
 }
 

@@ -31,7 +31,7 @@ pub struct QuantArgs {
     /// The command that made --quantized, recorded beside the numbers.
     #[arg(long)]
     pub made_by: Option<String>,
-    #[arg(long, default_value = "results/quant.json")]
+    #[arg(long, default_value = "runs/bench/quant.json")]
     pub out: PathBuf,
     /// Interleaved timing rounds.
     #[arg(value_parser = crate::count("rounds"), long, default_value_t = 7)]

@@ -24,7 +24,7 @@ use crate::write_json;
 #[derive(Args)]
 pub struct SparseArgs {
     /// Results file to merge the crossover into (created if missing).
-    #[arg(long, default_value = "results/prune.json")]
+    #[arg(long, default_value = "runs/bench/prune.json")]
     pub out: PathBuf,
     /// Key of the crossover entry in that file.
     #[arg(long, default_value = "sparse-crossover")]
@@ -47,13 +47,11 @@ const MODEL_ROUNDS: usize = 15;
 /// Batch-1 latency (ms) of two whole models, timed by the project's comparison rule
 /// ([`image_speeds`]: interleaved rounds, order rotating): medians and ranges.
 fn whole_models(
-    dense: &std::path::Path,
-    sparse: &std::path::Path,
+    (dense, a): (&std::path::Path, &squeeze::model::Model),
+    (sparse, b): (&std::path::Path, &squeeze::model::Model),
     runs: usize,
 ) -> Result<serde_json::Value> {
-    let a = squeeze::formats::load_any(dense)?;
-    let b = squeeze::formats::load_any(sparse)?;
-    let t = image_speeds(&[&a, &b], MODEL_ROUNDS, runs)?;
+    let t = image_speeds(&[a, b], MODEL_ROUNDS, runs)?;
     let (ta, tb) = (t[0].latency_ms_b1, t[1].latency_ms_b1);
     eprintln!(
         "{} {:.4} [{:.4}–{:.4}] ms vs {} {:.4} [{:.4}–{:.4}] ms at batch 1 ({})",
@@ -139,6 +137,16 @@ fn crossover(rows: &[(f64, f64, f64)]) -> Option<f64> {
 }
 
 pub fn run(a: SparseArgs) -> Result<()> {
+    // the whole models are loaded before minutes of kernel timing, so a wrong path fails
+    // at once
+    let models = match (&a.dense, &a.sparse) {
+        (Some(d), Some(s)) => Some((
+            (d, squeeze::formats::load_any(d)?),
+            (s, squeeze::formats::load_any(s)?),
+        )),
+        _ => None,
+    };
+    read_object(&a.out)?;
     let mut entry = serde_json::Map::new();
     let mut table = serde_json::Map::new();
     for (name, rows, cols) in SHAPES {
@@ -170,8 +178,11 @@ pub fn run(a: SparseArgs) -> Result<()> {
     }
     entry.insert("note".into(), "sparsity at which the CSR kernel becomes faster than the dense path; plain keys at batch 1, _b256 at batch 256; null = dense faster at every grid point up to 0.98".into());
     entry.insert("table".into(), table.into());
-    if let (Some(d), Some(sp)) = (&a.dense, &a.sparse) {
-        entry.insert("whole_model".into(), whole_models(d, sp, a.runs)?);
+    if let Some(((d, dm), (sp, sm))) = &models {
+        entry.insert(
+            "whole_model".into(),
+            whole_models((d, dm), (sp, sm), a.runs)?,
+        );
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     entry.insert("threads".into(), threads.into());
@@ -189,11 +200,19 @@ pub fn run(a: SparseArgs) -> Result<()> {
 
 /// Sets `key` of the JSON object in `path` (created if missing) to `v`.
 pub fn merge_key(path: &std::path::Path, key: &str, v: serde_json::Value) -> Result<()> {
-    let mut obj = match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&t)
-            .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", path.display()))?,
-        Err(_) => serde_json::Map::new(),
-    };
+    let mut obj = read_object(path)?;
     obj.insert(key.into(), v);
     write_json(path, &obj)
+}
+
+/// The JSON object in `path` (empty if the file does not exist): benchmarks call it before
+/// they start, so a results file that is not a JSON object fails at once, not after the
+/// timing.
+pub fn read_object(path: &std::path::Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Map::new()),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
 }

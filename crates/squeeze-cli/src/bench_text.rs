@@ -32,7 +32,7 @@ pub struct TextArgs {
     #[arg(long, default_value = "data/stsb/sts-dev.csv")]
     pub data: PathBuf,
     /// Results file; each encoder's measurements go under its key, other keys are kept.
-    #[arg(long, default_value = "results/minilm.json")]
+    #[arg(long, default_value = "runs/bench/minilm.json")]
     pub out: PathBuf,
     /// Key of --model in the results file.
     #[arg(long, default_value = "f32")]

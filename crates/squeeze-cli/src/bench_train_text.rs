@@ -37,7 +37,7 @@ pub struct TrainTextArgs {
     pub python: String,
     #[arg(long, default_value = "bench/peers/train_text_peer.py")]
     pub peer: PathBuf,
-    #[arg(long, default_value = "results/distill.json")]
+    #[arg(long, default_value = "runs/bench/distill.json")]
     pub out: PathBuf,
     #[arg(long, default_value = "train-text-speed")]
     pub key: String,

@@ -1,8 +1,11 @@
 //! What a run removes if it is interrupted: temporary directories and lock files are
 //! registered here while they exist, and SIGINT, SIGTERM or SIGHUP removes them before the
-//! process exits (128 + the signal's number, as a shell reports it). The signal handler
-//! only writes the signal's number to a pipe; a thread reading that pipe does the removal,
-//! outside signal context.
+//! process exits (128 + the signal's number, as a shell reports it). While a training loop
+//! runs, the first SIGINT or SIGTERM instead asks it to stop before its next step and save
+//! a resumable checkpoint ([`squeeze::train::request_stop`]; the command then returns and
+//! exits 130, see [`crate::interrupt`]); a second signal removes and exits at once. The
+//! signal handler only writes the signal's number to a pipe; a thread reading that pipe
+//! does the rest, outside signal context.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -11,6 +14,11 @@ use std::sync::{Mutex, Once};
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 static INSTALL: Once = Once::new();
+
+/// Installs the signal handling now (commands that train call it first thing).
+pub fn arm() {
+    INSTALL.call_once(install);
+}
 
 /// Removes `path` (a directory or a file) if the process is interrupted.
 pub fn register(path: &Path) {
@@ -58,10 +66,22 @@ fn install() {
     let read = fds[0];
     std::thread::spawn(move || {
         let mut b = 0u8;
-        // SAFETY: reads one byte into `b` from the pipe this thread owns.
-        let n = unsafe { libc::read(read, (&mut b as *mut u8).cast(), 1) };
-        if n != 1 {
-            return;
+        loop {
+            // SAFETY: reads one byte into `b` from the pipe this thread owns.
+            let n = unsafe { libc::read(read, (&mut b as *mut u8).cast(), 1) };
+            if n != 1 {
+                return;
+            }
+            let graceful = [libc::SIGINT, libc::SIGTERM].contains(&(b as libc::c_int));
+            if graceful && squeeze::train::training_active() && !squeeze::train::stop_requested() {
+                squeeze::train::request_stop();
+                eprintln!(
+                    "\nstopping after the current step and saving a checkpoint (signal again \
+                     to quit at once)"
+                );
+                continue;
+            }
+            break;
         }
         let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for p in &paths {

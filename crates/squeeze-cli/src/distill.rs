@@ -137,7 +137,9 @@ pub fn prepare(a: &DistillArgs) -> Result<(Model, crate::outdir::Lock)> {
     let saved = |d: &Path| train::saved_state(d).is_some();
     if a.opts.resume && !saved(&a.out) && !saved(&a.out.join(HINT_STAGE)) {
         bail!(
-            "--resume: {} holds no checkpoint to continue",
+            "--resume: {} holds no checkpoint to continue (the run never started, or was \
+             killed before its first checkpoint): run the same command without --resume to \
+             start it",
             a.out.display()
         );
     }

@@ -47,9 +47,11 @@ pub struct EvalArgs {
     /// batch-1 latency over 20× as many real sentences); 0 skips timing.
     #[arg(value_parser = crate::count("speed_runs"), long, default_value_t = 10)]
     pub speed_runs: usize,
-    /// Also write the metrics to DIR/metrics.json.
+    /// Also write the metrics, with when and on which CPU they were measured, to this JSON
+    /// file (written atomically; `DIR/metrics.json` makes them the model's stored metrics,
+    /// which `report --stored` reads).
     #[arg(long)]
-    pub save: bool,
+    pub out: Option<PathBuf>,
     /// Add the parameters and MACs of every node (JSON key `nodes`, or a second table).
     #[arg(long)]
     pub per_node: bool,
@@ -86,9 +88,9 @@ pub fn eval_model(
             Ok(evaluate(dir, model, Some(&fm.test), speed_runs)?)
         }
         (_, text) => anyhow::bail!(
-            "{}: a {} model cannot be evaluated on this task (use --task {})",
+            "{}: {} model cannot be evaluated on this task (use --task {})",
             dir.display(),
-            if text { "text" } else { "image" },
+            if text { "a text" } else { "an image" },
             if text { "stsb" } else { "fmnist" }
         ),
     }
@@ -96,9 +98,10 @@ pub fn eval_model(
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let mut m = eval_dir(&a.dir, a.task, a.data.as_deref(), a.speed_runs)?;
-    if a.save {
+    if let Some(out) = &a.out {
         m.measured = Some(Measured::now());
-        write_json(&a.dir.join("metrics.json"), &m)?;
+        write_json(out, &m)?;
+        eprintln!("wrote {}", out.display());
     }
     let nodes = if a.per_node {
         let model = load_any(&a.dir)?;
@@ -197,7 +200,9 @@ pub fn stored_metrics(dir: &Path) -> Result<Metrics> {
     let p = dir.join("metrics.json");
     let text = std::fs::read_to_string(&p).with_context(|| {
         format!(
-            "reading {} (evaluate it with `squeeze eval --save`)",
+            "reading {} (evaluate it with `squeeze eval {} --out {}`)",
+            p.display(),
+            dir.display(),
             p.display()
         )
     })?;
@@ -220,8 +225,13 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
                 Ok((format!("{} (stored: {when})", d.display()), m))
             })
             .collect::<Result<Vec<_>>>()?;
-        println!("{}", table(&rows));
-        println!("Stored metrics from separate runs: their speeds are not comparable.");
+        // one footer: no "Speeds: …interleaved" line from the stored runs' own methods
+        println!("{}", table_rows(&rows));
+        println!(
+            "Stored metrics, each from its own run (when and where beside each): their speeds \
+             are not comparable. `squeeze report` without --stored measures the models \
+             together, interleaved."
+        );
         return Ok(());
     }
     if let Some(j) = &a.json {

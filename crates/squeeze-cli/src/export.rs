@@ -1,7 +1,8 @@
 //! `squeeze export`: writes a model in another format. `hf` produces a Hugging Face /
-//! sentence-transformers directory that the Python reference stack loads unchanged; when
-//! the model's per-layer widths cannot be expressed by HF's `BertConfig` (uneven FFN
-//! widths), it says so and writes the native format instead.
+//! sentence-transformers directory that the Python reference stack loads unchanged; a
+//! model HF's `BertConfig` cannot hold (uneven FFN widths, quantized or CSR layers, an
+//! image model) is refused before anything is written, naming the layer and the
+//! alternatives.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     /// Model directory (squeeze checkpoint or HF directory).
     pub dir: PathBuf,
+    /// Output format: `hf` (a directory transformers/sentence-transformers load; float
+    /// BERT encoders only) or `native` (squeeze's checkpoint, any model).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
     /// Output directory (must not be, contain or lie inside the input).
@@ -39,15 +42,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let staged = Staged::begin(&a.out, &[("model", a.dir.as_path())], a.force)?;
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
     let tmp = staged.dir().to_path_buf();
-    let mut format = a.format;
+    let format = a.format;
     if format == ExportFormat::Hf {
         if let Some(why) = hf_bert::export_blocker(&model) {
-            eprintln!(
-                "warning: cannot export as HF: {why}. HF's BertConfig can express pruned \
-                 heads (pruned_heads) but not per-layer FFN widths; writing the squeeze \
-                 native format instead."
+            anyhow::bail!(
+                "{} cannot be exported as a Hugging Face model: {why}. Alternatives: \
+                 `--format native` (squeeze's checkpoint: eval, embed, report and bench read \
+                 it), or export the model from before the pass that made it inexpressible \
+                 (HF's BertConfig holds float weights, pruned heads as `pruned_heads`, but one \
+                 FFN width for every layer)",
+                a.dir.display()
             );
-            format = ExportFormat::Native;
         }
     }
     match format {

@@ -21,8 +21,11 @@ mod distill_text;
 mod embed;
 mod evaluate;
 mod export;
+mod guard;
+mod interrupt;
 mod measure;
 mod outdir;
+mod presets;
 mod search;
 mod search_report;
 mod train;
@@ -31,9 +34,20 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-/// squeeze — make trained networks smaller and faster, and prove it with measurements.
+/// squeeze — make trained networks smaller and faster, and prove it with measurements:
+/// pruning, quantization, low-rank factorization and distillation as passes over one model
+/// view, each result measured against its original in the same run.
 #[derive(Parser)]
-#[command(name = "squeeze", version, about, long_about = None)]
+#[command(
+    name = "squeeze",
+    version,
+    after_help = "Start here:\n  \
+        squeeze eval zoo/vgg                                   accuracy, size, speed\n  \
+        squeeze compress zoo/vgg --preset int8-static --out runs/vgg-int8\n  \
+        squeeze recipes                                        presets and what they measured\n  \
+        squeeze report zoo/vgg runs/vgg-int8                   both side by side\n\
+        The README lists every command; `squeeze COMMAND --help` each one's options."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,6 +72,8 @@ enum Cmd {
     /// Per-layer ratios for a budget (params=, flops=, latency=): a cached sensitivity scan,
     /// the least-loss choice and a uniform one, fine-tuned and written with their recipes.
     Search(search::SearchArgs),
+    /// List the presets of `compress --preset`: what each does and what it measured.
+    Recipes,
     /// Print a side-by-side Markdown table of model directories.
     Report(evaluate::ReportArgs),
     /// Benchmarks against PyTorch (training speed, inference latency/throughput) → JSON.
@@ -93,7 +109,10 @@ fn main() {
     let cli = parse();
     if trains(&cli.cmd) {
         alloc::keep_freed_memory();
+        cleanup::arm();
     }
+    // train and distill resume from their checkpoints; the others start again
+    let resumable = matches!(cli.cmd, Cmd::Train(_) | Cmd::Distill(_));
     // a misspelled or unsupported SQUEEZE_ISA is refused before any work starts
     if let Err(e) = squeeze::isa::active() {
         eprintln!("error: {e}");
@@ -113,10 +132,15 @@ fn main() {
         Cmd::Embed(a) => embed::run(a),
         Cmd::Export(a) => export::run(a),
         Cmd::Report(a) => evaluate::run_report(a),
+        Cmd::Recipes => presets::list(),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),
     };
     if let Err(e) = r {
+        if let Some((code, msg)) = interrupt::report(&e, resumable) {
+            eprintln!("{msg}");
+            std::process::exit(code);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -147,9 +171,13 @@ pub fn made_by(dir: &std::path::Path) -> Option<String> {
     })
 }
 
-/// Writes JSON to `path` atomically.
+/// Writes JSON to `path` atomically, creating its directory.
 pub fn write_json(path: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(v)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
     squeeze::checkpoint::write_atomic(path, &bytes)?;
     Ok(())
 }

@@ -191,6 +191,33 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::Model> {
     Ok(model)
 }
 
+/// `--resume` on a run that holds no checkpoint is an error saying how to start; on a
+/// finished run it says so and does nothing (true).
+pub fn finished_or_absent(out: &std::path::Path, epochs: usize) -> Result<bool> {
+    let Some(state) = train::saved_state(out) else {
+        bail!(
+            "--resume: {} holds no checkpoint to continue (the run never started, or was \
+             killed before its first checkpoint): run the same command without --resume to \
+             start it",
+            out.display()
+        );
+    };
+    // finished, and its model written (a run killed between the two trains zero epochs
+    // and writes it)
+    let written = out.join(squeeze::checkpoint::GRAPH_FILE).is_file();
+    if state.epochs_done >= epochs && state.partial.is_none() && written {
+        eprintln!(
+            "{}: the run is finished ({} of {epochs} epochs); nothing to resume. To train \
+             longer, raise --epochs with --resume; to start a new run from it, --init {}",
+            out.display(),
+            state.epochs_done,
+            out.display()
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = config(&a.opts, &a.arch)?;
     let mut inputs = vec![("--data", a.data.data.as_path())];
@@ -198,6 +225,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         inputs.push(("--init", i.as_path()));
     }
     let _lock = a.opts.claim_out(&a.out, &inputs)?;
+    if a.opts.resume && finished_or_absent(&a.out, cfg.epochs)? {
+        return Ok(());
+    }
     let opts = a.size.zoo();
     let mut model = initial_model(&a, &opts)?;
     let data = FashionMnist::load(&a.data.data)?;

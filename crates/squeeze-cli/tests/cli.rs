@@ -333,3 +333,181 @@ fn distill_trains_resumes_strips_its_regressors_and_refuses_bad_options() {
     let m = checkpoint::load(&staged).unwrap();
     assert!(m.graph.nodes.iter().all(|n| !n.name.contains("regressor")));
 }
+
+#[test]
+fn export_to_hf_refuses_what_hf_cannot_hold_and_writes_nothing() {
+    let d = tmp("export-hf");
+    let m = model_dir(&d);
+    let out = d.join("cnn-hf");
+    let (ok, _, err) = run(&[
+        "export",
+        m.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "an image model exported as HF BERT: {err}");
+    assert!(
+        err.contains("not a BERT encoder") && err.contains("--format native"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused export left {}", out.display());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `--max-drop` on the committed zoo/mlp: one-shot 90% magnitude pruning loses tens of
+/// points and is refused, naming the pass and the fine-tuned recipe, with nothing written;
+/// the gradual (AGP) recipe it points to stays within the limit and is written.
+#[test]
+fn max_drop_refuses_a_one_shot_loss_and_passes_the_fine_tuned_recipe() {
+    if !have_data() {
+        return;
+    }
+    let d = tmp("max-drop");
+    let r = repo();
+    let compress = |recipe: &str, out: &Path| {
+        run(&[
+            "compress",
+            r.join("zoo/mlp").to_str().unwrap(),
+            "--recipe",
+            r.join(recipe).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-drop",
+            "0.5",
+            "--rounds",
+            "0",
+        ])
+    };
+    let refused = d.join("oneshot");
+    let (ok, _, err) = compress("recipes/mlp-magnitude-90-oneshot.toml", &refused);
+    assert!(!ok, "a 90% one-shot prune passed --max-drop 0.5: {err}");
+    assert!(
+        err.contains("--max-drop 0.5")
+            && err.contains("cost most is passes[0] `magnitude`")
+            && err.contains("recipes/mlp-agp-90.toml"),
+        "{err}"
+    );
+    assert!(!refused.exists(), "a refused model was written");
+    let kept = d.join("agp");
+    let (ok, _, err) = compress("recipes/mlp-agp-90.toml", &kept);
+    assert!(ok, "{err}");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("report.json")).unwrap()).unwrap();
+    let drop = rep["max_drop"]["drop"].as_f64().unwrap();
+    assert!(drop <= 0.5, "report.json records a drop of {drop}");
+    assert_eq!(rep["max_drop"]["after_each_pass"].as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn presets_resolve_by_model_kind_and_unknown_ones_are_named() {
+    let (ok, out, err) = run(&["recipes"]);
+    assert!(ok, "{err}");
+    for p in ["int8", "int8-static", "int4", "sparse-50", "2of4", "deep-compression"] {
+        assert!(out.contains(&format!("\n{p}\n")), "`squeeze recipes` lacks {p}:\n{out}");
+    }
+    let d = tmp("preset");
+    let m = model_dir(&d);
+    let o = d.join("o");
+    let args = |p: &'static str| {
+        vec![
+            "compress".to_string(),
+            m.to_str().unwrap().into(),
+            "--preset".into(),
+            p.into(),
+            "--out".into(),
+            o.to_str().unwrap().into(),
+        ]
+    };
+    let run_s = |a: Vec<String>| run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run_s(args("int9"));
+    assert!(!ok && err.contains("unknown preset `int9`") && err.contains("deep-compression"), "{err}");
+    let (ok, _, err) = run_s(args("2of4"));
+    assert!(!ok && err.contains("no recipe for image models") && err.contains("int8"), "{err}");
+    assert!(!o.exists());
+    let (ok, _, err) = run(&["compress", m.to_str().unwrap(), "--out", o.to_str().unwrap()]);
+    assert!(!ok && err.contains("--recipe"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// SIGINT inside an epoch: the run saves a checkpoint at its position, prints the exact
+/// `--resume` command and exits 130; resuming finishes with weights identical to an
+/// uninterrupted run (augmentation draws replayed); `--resume` on the finished run and
+/// on a directory without a checkpoint say what they are.
+#[test]
+fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
+    use std::io::{BufRead, BufReader};
+    if !have_data() {
+        return;
+    }
+    let d = tmp("sigint");
+    let train = |out: &Path| -> Vec<String> {
+        // the MLP trains deterministically (a convolution's threaded gradient sums do
+        // not); padding-crop augmentation makes the resumed epoch replay its random draws
+        [
+            "train", "--arch", "mlp", "--augment-pad", "2", "--epochs", "3", "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let (a, b) = (d.join("interrupted"), d.join("straight"));
+    let mut child = bin()
+        .args(train(&a))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err += &line;
+        err.push('\n');
+        // the first progress line of the second epoch: mid-epoch
+        if line.starts_with("epoch 2/3 step") {
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            break;
+        }
+    }
+    for line in lines {
+        err += &line.unwrap();
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let resume = format!("{} --resume", train(&a).join(" "));
+    assert!(err.contains("continue with:") && err.contains(&resume), "{err}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.join("checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(state["partial"]["batches"].is_u64(), "no mid-epoch position: {state}");
+    let mut args = train(&a);
+    args.push("--resume".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, e) = run(&argv);
+    assert!(ok, "{e}");
+    let straight: Vec<String> = train(&b);
+    let (ok, _, e) = run(&straight.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{e}");
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(weights(&a) == weights(&b), "the resumed run's weights differ");
+    let (ok, _, e) = run(&argv);
+    assert!(ok && e.contains("the run is finished"), "{e}");
+    let mut fresh = train(&d.join("never"));
+    fresh.push("--resume".into());
+    let (ok, _, e) = run(&fresh.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && e.contains("without --resume"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}

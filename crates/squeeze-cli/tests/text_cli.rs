@@ -1,6 +1,6 @@
 //! The text-encoder commands end to end on a tiny random BERT with a hand-written WordPiece
 //! tokenizer: `embed` (.npy and .jsonl, in input order), `eval --task stsb`, `export
-//! --format hf` (and its fallback to the native format for uneven FFN widths), and the
+//! --format hf` (and its refusal, with nothing written, for uneven FFN widths), and the
 //! errors for an unknown output extension and a malformed STS-B line.
 
 use std::path::{Path, PathBuf};
@@ -248,7 +248,7 @@ fn export_hf(model: &str, out: &str, force: bool) -> (bool, String, String) {
 }
 
 #[test]
-fn export_hf_or_falls_back_to_native_with_a_reason() {
+fn export_hf_writes_hf_or_refuses_with_a_reason() {
     let d = tmp("export");
     let model = tiny_model(&d, true);
     let out = d.join("hf");
@@ -266,13 +266,13 @@ fn export_hf_or_falls_back_to_native_with_a_reason() {
     let (ok, _, err) = export_hf(model.to_str().unwrap(), out.to_str().unwrap(), false);
     assert!(!ok && err.contains("--force"), "{err}");
     let uneven = tiny_model(&d, false);
-    let out2 = d.join("fallback");
+    let out2 = d.join("refused");
     let (ok, _, err) = export_hf(uneven.to_str().unwrap(), out2.to_str().unwrap(), false);
     assert!(
-        ok && err.contains("FFN widths differ") && err.contains("native"),
+        !ok && err.contains("FFN widths differ") && err.contains("--format native"),
         "{err}"
     );
-    assert!(out2.join("model.json").is_file() && out2.join("tokenizer.json").is_file());
+    assert!(!out2.exists(), "a refused export wrote {}", out2.display());
     let (ok, _, err) = export_hf(model.to_str().unwrap(), model.to_str().unwrap(), true);
     assert!(!ok && err.contains("never overwrites"), "{err}");
 }

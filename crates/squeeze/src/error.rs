@@ -56,6 +56,17 @@ pub enum Error {
 
     #[error("training: {0}")]
     Train(String),
+
+    #[error(
+        "interrupted in epoch {epoch}, after step {step} of {steps}: a resumable checkpoint \
+         is in {}", checkpoint.display()
+    )]
+    Interrupted {
+        checkpoint: PathBuf,
+        epoch: usize,
+        step: usize,
+        steps: usize,
+    },
 }
 
 /// Result alias used across the library.

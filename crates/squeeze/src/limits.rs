@@ -135,6 +135,12 @@ pub const LIMITS: &[Limit] = &[
         "Network Slimming's L1 weight on γ",
     ),
     real("momentum", (0.0, false), (1.0, true), "SGD momentum"),
+    real(
+        "max_drop",
+        (0.0, false),
+        (100.0, false),
+        "quality points a compressed model may lose",
+    ),
     real("beta1", (0.0, false), (1.0, true), "AdamW β₁"),
     real("beta2", (0.0, false), (1.0, true), "AdamW β₂"),
     real("eps", (0.0, true), (1.0, false), "AdamW ε"),

@@ -347,3 +347,35 @@ fn the_cache_slot_keeps_what_is_used_and_drops_the_least_recent() {
     // an entry not used since is gone and is built anew
     assert_eq!(*slot.get_or(1, make(7)).unwrap(), 7);
 }
+
+#[test]
+fn a_misspelled_recipe_field_is_reported_at_its_line() {
+    let text = "[finetune]\nepochs = 1\n\n[[passes]]\ntype = \"magnitude\"\nsparsity = 0.5\n\n\
+                [[passes]]\ntype = \"materialize\"\nmin_sparsty = 0.8\n";
+    let e = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+    assert!(
+        e.contains("r.toml")
+            && e.contains("line 10")
+            && e.contains("`min_sparsty` (passes[1])")
+            && e.contains("expected `min_sparsity`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn saved_weights_get_the_usual_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmpdir("perms");
+    let m = zoo::build("mlp", &ZooOpts::default(), 0).unwrap();
+    checkpoint::save(&m, &dir).unwrap();
+    // a file created the ordinary way shows what the umask allows
+    std::fs::write(dir.join("plain"), b"x").unwrap();
+    let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(checkpoint::WEIGHTS_FILE),
+        mode("plain"),
+        "model.safetensors has mode {:o}, an ordinary file {:o}",
+        mode(checkpoint::WEIGHTS_FILE),
+        mode("plain")
+    );
+}

@@ -46,9 +46,14 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Saves tensors as safetensors at `path`, atomically.
 pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let tmp = tmp_path(path);
+    // the safetensors writer creates its file private (0600); an ordinary file gets 0666
+    // less the umask, which the finished file is given
+    std::fs::write(&tmp, []).map_err(|e| Error::io(&tmp, e))?;
+    let usual = std::fs::metadata(&tmp).map_err(|e| Error::io(&tmp, e))?.permissions();
     let map: std::collections::HashMap<String, Tensor> = tensors.clone().into_iter().collect();
     candle_core::safetensors::save(&map, &tmp)
         .map_err(|e| Error::file(&tmp, format!("cannot write safetensors: {e}")))?;
+    std::fs::set_permissions(&tmp, usual).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 

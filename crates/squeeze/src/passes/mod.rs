@@ -248,7 +248,7 @@ impl Recipe {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let r: Recipe = toml::from_str(text).map_err(|e| Error::Recipe {
             path: path.into(),
-            msg: e.to_string(),
+            msg: locate_unknown_field(text, &e.to_string()),
         })?;
         let raw: toml::Value = toml::from_str(text).map_err(|e| Error::Recipe {
             path: path.into(),
@@ -289,6 +289,35 @@ impl Recipe {
     }
 }
 
+/// The TOML reader reports an unknown field of a `[[passes]]` entry at the entry's header
+/// (a pass is read through its `type` tag); this names the line of the field itself and
+/// the entry it is in.
+fn locate_unknown_field(text: &str, msg: &str) -> String {
+    let Some(field) = msg
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+    else {
+        return msg.to_string();
+    };
+    let mut entry = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("[[passes]]") {
+            entry = Some(entry.map_or(0, |e| e + 1));
+        } else if t.starts_with('[') {
+            entry = None;
+        }
+        let key = t.split('=').next().unwrap_or("").trim();
+        if t.contains('=') && key == field {
+            let what = msg.lines().last().unwrap_or(msg).trim();
+            let place = entry.map_or(String::new(), |e| format!(" (passes[{e}])"));
+            return format!("line {}, field `{field}`{place}: {what}", i + 1);
+        }
+    }
+    msg.to_string()
+}
+
 impl Recipe {
     /// A context for this recipe's passes: Fashion-MNIST from `data_dir`, fine-tuning
     /// checkpoints under `work_dir`.
@@ -304,9 +333,21 @@ impl Recipe {
 
 /// Applies every pass of `recipe` in order, checking the model after each.
 pub fn run_recipe(
+    model: Model,
+    recipe: &Recipe,
+    ctx: &mut PassCtx,
+) -> Result<(Model, Vec<PassRecord>)> {
+    run_recipe_observed(model, recipe, ctx, &mut |_, _| Ok(()))
+}
+
+/// [`run_recipe`], calling `observe` with each pass's record and the model it left (an
+/// accuracy guard measures there which pass cost most); an error from `observe` stops
+/// the recipe.
+pub fn run_recipe_observed(
     mut model: Model,
     recipe: &Recipe,
     ctx: &mut PassCtx,
+    observe: &mut dyn FnMut(&PassRecord, &Model) -> Result<()>,
 ) -> Result<(Model, Vec<PassRecord>)> {
     model.check()?;
     ctx.set_original(&model);
@@ -320,6 +361,7 @@ pub fn run_recipe(
         m.check()
             .map_err(|e| Error::pass(pass.name(), format!("left an inconsistent model: {e}")))?;
         model = m;
+        observe(&rec, &model)?;
         log.push(rec);
     }
     Ok((model, log))

@@ -156,7 +156,7 @@ impl Quantize {
                         Op::Conv2d(_) => "a conv2d layer (convolutions are quantized with \
                                           `bits = 8` and `activations = \"static\"`)"
                             .into(),
-                        op => format!("a {}", op.kind()),
+                        op => format!("a `{}` node", op.kind()),
                     };
                     return Err(Error::pass(
                         self.name(),

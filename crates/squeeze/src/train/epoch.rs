@@ -1,10 +1,13 @@
 //! One epoch of a training run: seeded shuffling, batches (augmented where the source
 //! allows), the scheduled learning rate, a step each, and progress — a bar on a terminal,
-//! a log line every tenth of the epoch otherwise.
+//! a log line every tenth of the epoch otherwise. A stop request ([`super::request_stop`])
+//! ends the epoch before its next step with its position; a resumed epoch replays the
+//! random draws of the batches already done (shuffle and augmentation), so it continues
+//! exactly where it stopped.
 
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::{fmt_acc, train_step, EpochLog, Hooks, Optimizer, Run};
+use super::{fmt_acc, stop_requested, train_step, EpochLog, Hooks, Optimizer, PartialEpoch, Run};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::ParamStore;
@@ -20,6 +23,12 @@ fn progress(len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
     pb
 }
 
+/// How an epoch ended: all its batches, or stopped before one of them.
+pub(super) enum EpochEnd {
+    Done(EpochLog),
+    Stopped(PartialEpoch),
+}
+
 /// One epoch of a run in progress.
 pub(super) struct Epoch<'a, 'r> {
     pub model: &'a Model,
@@ -33,7 +42,8 @@ pub(super) struct Epoch<'a, 'r> {
 }
 
 impl Epoch<'_, '_> {
-    pub fn run(&mut self, hooks: &mut dyn Hooks) -> Result<EpochLog> {
+    /// Trains the epoch's batches from `from`'s position (the start when `None`).
+    pub fn run(&mut self, hooks: &mut dyn Hooks, from: Option<&PartialEpoch>) -> Result<EpochEnd> {
         let (cfg, epoch, per_epoch) = (self.run.cfg, self.epoch, self.per_epoch);
         let start = std::time::Instant::now();
         let mut order: Vec<usize> = (0..self.n).collect();
@@ -42,9 +52,32 @@ impl Epoch<'_, '_> {
         order.shuffle(&mut rng);
         let pb = progress(per_epoch, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, Some(0usize), 0usize);
+        let (skip, before) = from.map_or((0, 0.0), |p| {
+            (loss_sum, correct, seen) = (p.loss_sum, p.correct, p.seen);
+            (p.batches, p.seconds)
+        });
+        let seconds = |start: std::time::Instant| before + start.elapsed().as_secs_f64();
         let total = per_epoch * cfg.epochs;
         for (b, idx) in order.chunks(cfg.batch_size.max(1)).enumerate() {
             let aug = (cfg.augment_pad > 0).then_some((&mut rng, cfg.augment_pad));
+            if b < skip {
+                // done before the interruption: only its augmentation draws are replayed
+                if aug.is_some() {
+                    self.run.train.batch(idx, aug)?;
+                }
+                pb.inc(1);
+                continue;
+            }
+            if stop_requested() {
+                pb.finish_and_clear();
+                return Ok(EpochEnd::Stopped(PartialEpoch {
+                    batches: b,
+                    loss_sum,
+                    correct,
+                    seen,
+                    seconds: seconds(start),
+                }));
+            }
             let batch = self.run.train.batch(idx, aug)?;
             let step = epoch * per_epoch + b;
             let lr = cfg.optimizer.lr() * cfg.schedule.factor(step, total, per_epoch);
@@ -66,7 +99,7 @@ impl Epoch<'_, '_> {
             // without a terminal the bar is hidden: log a line every tenth of the epoch instead
             let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
             if b % 10 == 0 || log_line {
-                let ips = seen as f64 / start.elapsed().as_secs_f64();
+                let ips = seen as f64 / seconds(start);
                 let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));
                 let msg = format!("loss {:.4} acc {acc} {ips:.0} ex/s", loss_sum / seen as f64);
                 if log_line {
@@ -80,8 +113,8 @@ impl Epoch<'_, '_> {
             }
         }
         pb.finish_and_clear();
-        let secs = start.elapsed().as_secs_f64();
-        Ok(EpochLog {
+        let secs = seconds(start);
+        Ok(EpochEnd::Done(EpochLog {
             epoch: epoch + 1,
             loss: loss_sum / seen as f64,
             train_accuracy: correct.map(|c| c as f64 / seen as f64),
@@ -89,6 +122,6 @@ impl Epoch<'_, '_> {
             valid_loss: None,
             seconds: secs,
             images_per_s: seen as f64 / secs,
-        })
+        }))
     }
 }

@@ -34,7 +34,7 @@ use crate::kinds::batch_norm::BatchNorm;
 use crate::model::Model;
 use crate::ops::batchnorm::BatchStats;
 use crate::params::ParamStore;
-use epoch::Epoch;
+use epoch::{Epoch, EpochEnd};
 
 /// Everything that determines a training run: the one struct of training options that
 /// `squeeze train` and `squeeze distill` build from their flags and a recipe's
@@ -130,6 +130,60 @@ pub struct TrainState {
     /// Size and checksum of every other file of the checkpoint (see [`commit`]).
     #[serde(default)]
     pub files: std::collections::BTreeMap<String, commit::FileSum>,
+    /// Where epoch `epochs_done + 1` stopped when the run was interrupted inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// An epoch stopped part-way ([`request_stop`]): the position in its data order and the
+/// running sums of its log, so that a resumed run continues it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialEpoch {
+    /// Batches of the epoch's order already trained on.
+    pub batches: usize,
+    pub loss_sum: f64,
+    pub correct: Option<usize>,
+    pub seen: usize,
+    pub seconds: f64,
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every training run of this process to stop before its next step, save a
+/// resumable checkpoint (mid-epoch, with its data-order position) and return
+/// [`Error::Interrupted`]. It only sets a flag, so a signal handler may call it.
+pub fn request_stop() {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`request_stop`] was called.
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether a training loop ([`fit`]) is running in this process: only then does a stop
+/// request end in a checkpoint.
+pub fn training_active() -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::SeqCst) > 0
+}
+
+/// Counts one running [`fit`] while it lives.
+struct Active;
+
+impl Active {
+    fn start() -> Self {
+        ACTIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Hooks of a compression method into training.
@@ -246,6 +300,7 @@ pub fn train(
 
 /// Trains `model` in place as `run` says (any data source and objective).
 pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<EpochLog>> {
+    let _active = Active::start();
     let cfg = run.cfg;
     cfg.validate()?;
     let mut state = TrainState {
@@ -254,6 +309,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
         optimizer_step: 0,
         history: vec![],
         files: Default::default(),
+        partial: None,
     };
     let mut opt_state = None;
     if run.resume {
@@ -278,6 +334,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
     }
     let per_epoch = n.div_ceil(cfg.batch_size.max(1));
     for epoch in state.epochs_done..cfg.epochs {
+        let from = state.partial.take();
         let mut ep = Epoch {
             model,
             params: &mut params,
@@ -287,7 +344,23 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             epoch,
             per_epoch,
         };
-        let log = ep.run(hooks)?;
+        let log = match ep.run(hooks, from.as_ref())? {
+            EpochEnd::Done(log) => log,
+            EpochEnd::Stopped(p) => {
+                let step = p.batches;
+                state.partial = Some(p);
+                state.epochs_done = epoch;
+                state.optimizer_step = opt.step;
+                model.params = detached(&params)?;
+                commit::save(run.out, model, &state, &opt.state())?;
+                return Err(Error::Interrupted {
+                    checkpoint: checkpoint_dir(run.out),
+                    epoch: epoch + 1,
+                    step,
+                    steps: per_epoch,
+                });
+            }
+        };
         let (valid_accuracy, valid_loss) =
             validate(model, &detached(&params)?, run.valid, run.objective)?;
         let log = EpochLog {
