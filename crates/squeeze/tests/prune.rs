@@ -471,3 +471,59 @@ fn materialized_and_shared_models_give_the_simulated_logits_after_a_save_and_loa
     let _ = std::fs::remove_dir_all(&sdir);
     let _ = DType::F32;
 }
+
+/// `materialize` without `min_sparsity` stores a layer as CSR only where the (cached)
+/// measurement on this CPU says CSR is faster: the cache decides each layer, the decision
+/// and its speed-ups are recorded, and either storage computes the masked model's logits.
+#[test]
+fn measured_csr_choice_follows_the_per_cpu_cache_and_keeps_the_logits() {
+    use squeeze::prune::csr_choice::{cache_key, Choice};
+    use squeeze::prune::materialize::{materialize_by, CsrRule};
+    let dir = common::tmpdir("csr-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    // SAFETY: no other test of this binary reads SQUEEZE_CACHE_DIR
+    unsafe { std::env::set_var("SQUEEZE_CACHE_DIR", &dir) };
+    let sim = sparse_mlp();
+    let x = Tensor::from_vec(
+        uniform(2 * 784, 5).into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+        (2, 1, 28, 28),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let want = predict(&sim.graph, &sim.params, &x).unwrap();
+    let shapes = [("fc1", 300, 784), ("fc2", 100, 300), ("fc3", 10, 100)];
+    for csr in [true, false] {
+        let mut cache = std::collections::BTreeMap::new();
+        for (_, rows, cols) in shapes {
+            let c = Choice {
+                csr,
+                speedup_b1: if csr { 1.5 } else { 0.5 },
+                speedup_b256: if csr { 1.2 } else { 0.6 },
+                cached: false,
+            };
+            cache.insert(cache_key(rows, cols, 0.9).unwrap(), c);
+        }
+        std::fs::write(
+            dir.join("csr-choice.json"),
+            serde_json::to_vec(&cache).unwrap(),
+        )
+        .unwrap();
+        let mut m = sim.clone();
+        let folded = materialize_by(&mut m, CsrRule::Measured).unwrap();
+        for f in &folded {
+            let c = f.measured.as_ref().expect("a measured decision is recorded");
+            assert!(c.cached, "{} was timed, not read from the cache", f.weight);
+            assert_eq!(f.csr, csr, "{}", f.weight);
+        }
+        let sparse_nodes = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind() == "sparse_linear")
+            .count();
+        assert_eq!(sparse_nodes, if csr { 3 } else { 0 });
+        let got = predict(&m.graph, &m.params, &x).unwrap();
+        assert!(max_abs(&got, &want) < LOGIT_TOL);
+    }
+    unsafe { std::env::remove_var("SQUEEZE_CACHE_DIR") };
+}

@@ -10,7 +10,7 @@ use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::math::codec::Codec;
 use crate::model::Model;
-use crate::prune::materialize::materialize;
+use crate::prune::materialize::{materialize_by, CsrRule};
 use crate::prune::share::{kmeans, Clusters, ShareHook};
 use crate::prune::{self, targets};
 
@@ -99,26 +99,23 @@ impl Pass for Share {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Materialize {
-    #[serde(default = "default_min_sparsity")]
-    pub min_sparsity: f64,
-}
-
-fn default_min_sparsity() -> f64 {
-    0.85
+    /// Linear layers at least this sparse become CSR; absent: those that time faster as
+    /// CSR on this CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sparsity: Option<f64>,
 }
 
 impl Declared for Materialize {
-    const HELP: &'static str = "fold masks into weights; Linear layers at least `min_sparsity` \
-        (0.85) sparse become CSR `sparse_linear` nodes";
+    const HELP: &'static str = "fold masks into weights; a sparse Linear layer becomes a CSR \
+        `sparse_linear` node where CSR times faster than dense on this CPU at batch 1 and 256 \
+        (measured per layer, cached per CPU), or where it is at least `min_sparsity` sparse if \
+        given";
     const EXAMPLE: &'static str = "min_sparsity = 0.8";
     fn build(&self) -> Result<Box<dyn Pass>> {
-        if !(0.0..=1.0).contains(&self.min_sparsity) {
+        if let Some(m) = self.min_sparsity.filter(|m| !(0.0..=1.0).contains(m)) {
             return Err(Error::pass(
                 "materialize",
-                format!(
-                    "`min_sparsity` must be in [0, 1], got {}",
-                    self.min_sparsity
-                ),
+                format!("`min_sparsity` must be in [0, 1], got {m}"),
             ));
         }
         Ok(Box::new(self.clone()))
@@ -131,12 +128,32 @@ impl Pass for Materialize {
     }
 
     fn apply(&self, mut model: Model, _ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
-        let folded = materialize(&mut model, self.min_sparsity)?;
+        let rule = self
+            .min_sparsity
+            .map_or(CsrRule::Measured, CsrRule::AtLeast);
+        let folded = materialize_by(&mut model, rule)?;
         let csr = folded.iter().filter(|f| f.csr).count();
-        let label = format!(
+        let mut label = format!(
             "{} masks folded into their weights, {csr} layers stored as CSR",
             folded.len()
         );
+        let timed: Vec<String> = folded
+            .iter()
+            .filter_map(|f| {
+                let c = f.measured.as_ref().filter(|c| c.speedup_b1 > 0.0)?;
+                Some(format!(
+                    "{} {:.0}% sparse: CSR {:.2}× dense's speed at batch 1, {:.2}× at 256 → {}",
+                    f.weight.trim_end_matches(".weight"),
+                    100.0 * f.sparsity,
+                    c.speedup_b1,
+                    c.speedup_b256,
+                    if f.csr { "CSR" } else { "dense" }
+                ))
+            })
+            .collect();
+        if !timed.is_empty() {
+            label += &format!(" (measured on this CPU: {})", timed.join("; "));
+        }
         let details = serde_json::json!({ "min_sparsity": self.min_sparsity, "weights": folded });
         super::done(model, self.name(), label, details)
     }

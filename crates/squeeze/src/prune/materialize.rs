@@ -1,8 +1,9 @@
 //! Materialization of a simulated sparse model: masks are folded into the weights and
-//! disappear, and a masked Linear whose sparsity is at least `min_sparsity` becomes a
-//! `sparse_linear` node (CSR), which is smaller on disk and faster at batch 1 beyond the
-//! crossover that `squeeze bench sparse` measures. Weights stored with a codec (shared
-//! weights) stay dense in memory: their codec already stores only the non-zeros.
+//! disappear, and a masked Linear becomes a `sparse_linear` node (CSR) where that is
+//! faster — either by a fixed rule (sparsity at least `min_sparsity`) or measured on this
+//! CPU ([`super::csr_choice`]); otherwise it stays dense with its zeros. Weights stored
+//! with a codec (shared weights) stay dense in memory: their codec already stores only
+//! the non-zeros.
 
 use candle_core::{Device, Tensor};
 
@@ -12,6 +13,7 @@ use crate::kinds::linear::Linear;
 use crate::kinds::sparse_linear::SparseLinear;
 use crate::model::Model;
 use crate::ops::sparse::CsrOwned;
+use super::csr_choice::{choose, Choice};
 
 /// What happened to one masked weight.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,11 +22,29 @@ pub struct Folded {
     pub sparsity: f64,
     /// Became a `sparse_linear` node.
     pub csr: bool,
+    /// The measurement behind the decision ([`CsrRule::Measured`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Choice>,
+}
+
+/// Which sparse Linear layers become CSR.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CsrRule {
+    /// Those at least this sparse.
+    AtLeast(f64),
+    /// Those that time faster as CSR on this CPU at batch 1 and 256.
+    Measured,
 }
 
 /// Folds every mask of `model` into its weight; Linear weights at least `min_sparsity`
 /// sparse (and without a codec) become CSR.
 pub fn materialize(model: &mut Model, min_sparsity: f64) -> Result<Vec<Folded>> {
+    materialize_by(model, CsrRule::AtLeast(min_sparsity))
+}
+
+/// Folds every mask of `model` into its weight; Linear weights (without a codec) become
+/// CSR where `rule` says.
+pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
     let mut out = Vec::new();
     for name in std::mem::take(&mut model.graph.masks) {
         let mask = model
@@ -39,16 +59,39 @@ pub fn materialize(model: &mut Model, min_sparsity: f64) -> Result<Vec<Folded>> 
             values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
         model.params.insert(name.clone(), w);
         let node = name.strip_suffix(".weight").unwrap_or(&name).to_string();
-        let csr = sparsity >= min_sparsity
-            && !model.graph.codecs.contains_key(&name)
-            && to_csr(model, &node, &values)?;
+        let linear = !model.graph.codecs.contains_key(&name) && linear_shape(model, &node).is_some();
+        let (wanted, measured) = match (rule, linear_shape(model, &node)) {
+            (_, _) if !linear => (false, None),
+            (CsrRule::AtLeast(min), _) => (sparsity >= min, None),
+            (CsrRule::Measured, Some((rows, cols))) => {
+                let c = choose(&values, rows, cols, sparsity)?;
+                (c.csr, Some(c))
+            }
+            (CsrRule::Measured, None) => (false, None),
+        };
+        let csr = wanted && to_csr(model, &node, &values)?;
         out.push(Folded {
             weight: name,
             sparsity,
             csr,
+            measured,
         });
     }
     Ok(out)
+}
+
+/// (out, in) of node `node` if it is a plain (not fake-quantized) Linear.
+fn linear_shape(model: &Model, node: &str) -> Option<(usize, usize)> {
+    let idx = model.graph.index_of(node)?;
+    match &model.graph.nodes[idx].op {
+        Op::Linear(Linear {
+            in_features,
+            out_features,
+            quant: None,
+            ..
+        }) => Some((*out_features, *in_features)),
+        _ => None,
+    }
 }
 
 /// Replaces Linear node `node` by its CSR form; false if it is not a Linear.

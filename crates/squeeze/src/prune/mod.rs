@@ -12,6 +12,7 @@
 pub mod agp;
 pub mod channel;
 pub mod condense;
+pub mod csr_choice;
 pub mod materialize;
 pub mod obd;
 pub mod obs;
