@@ -105,21 +105,32 @@ def passes():
 
 
 def demo():
-    rows = []
+    """One row per demo model; Δ quality and × ratios against the first row of its table
+    (the original it was made from); params are logical, non-zero and the file say what is
+    stored."""
+    rows, first = [], {}
     for r in load("demo")["rows"]:
         m, t = r["metrics"], r["metrics"]["timing"]
         lat = t["latency_ms_b1"]
-        if m.get("spearman") is not None:
-            q, thr = f"{m['spearman']:.2f} (STS-B ρ)", f"{m['throughput_b32']:,.0f} (b32)"
-        else:
-            q, thr = f"{m['accuracy'] * 100:.2f}%", f"{m['throughput_b256']:,.0f} (b256)"
+        text = m.get("spearman") is not None
+        qv = m["spearman"] if text else m["accuracy"] * 100
+        f = first.setdefault(r["workload"], (qv, m))
+        q = f"{qv:.2f} (STS-B ρ)" if text else f"{qv:.2f}%"
+        thr = f"{m['throughput_b32']:,.0f} (b32)" if text else f"{m['throughput_b256']:,.0f} (b256)"
+        fm = f[1]
+        ratio = lat["median"] / fm["timing"]["latency_ms_b1"]["median"]
+        same = f[1] is m
         rows.append([r["workload"], f"`{r['model']}`", r["what"], q,
+                     "ref" if same else f"{qv - f[0]:+.2f}",
                      f"{m['params']:,} ({m['nonzero_params']:,} non-zero)",
                      f"{m['size_bytes'] / 1024:,.1f}",
-                     f"{lat['median']:.3f} [{lat['min']:.3f}–{lat['max']:.3f}]", thr])
-    return table(["table", "model", "what made it", "quality", "params", "size, KB",
-                  "batch-1 latency, ms (median [range] of the interleaved rounds)",
-                  "throughput, /s"], rows)
+                     "ref" if same else f"{m['size_bytes'] / fm['size_bytes']:.2f}×",
+                     f"{lat['median']:.3f} [{lat['min']:.3f}–{lat['max']:.3f}]",
+                     "ref" if same else f"{ratio:.2f}×" + (" (slower)" if ratio > 1 else ""),
+                     thr])
+    return table(["table", "model", "what made it", "quality", "Δ quality", "params", "size, KB",
+                  "× size", "batch-1 latency, ms (median [range] of the interleaved rounds)",
+                  "× time b1", "throughput, /s"], rows)
 
 
 def setup_time():
@@ -133,7 +144,14 @@ def setup_time():
     if b:
         text += (f" (before the two commands shared one build: {b['test_s'] / 60:.0f} + "
                  f"{b['demo_s'] / 60:.0f} min, {b['target_bytes'] / 1e9:.1f} GB)")
-    return text + ". Measured by `" + d["command"] + "` → `results/setup-time.json`."
+    text += ". Measured by `" + d["command"] + "` → `results/setup-time.json`."
+    for cpu, n in sorted(d.get("newcomer", {}).items()):
+        text += (f"\n\nA new user's first day (`{n['command']}`: a clean clone, {n['build']}; "
+                 f"the test command, the demo, every command of the Commands section, the test "
+                 f"command again, the checkout clean after each) on {cpu}: test "
+                 f"{n['test_s'] / 60:.0f} min, demo {n['demo_s'] / 60:.0f} min, README commands "
+                 f"{n['readme_commands_s'] / 60:.0f} min, test again {n['test_again_s'] / 60:.0f} min.")
+    return text
 
 
 def prune():

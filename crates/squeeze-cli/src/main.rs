@@ -16,6 +16,7 @@ mod bench_train_text;
 mod cleanup;
 mod compress;
 mod demo;
+mod demo_page;
 mod distill;
 mod distill_text;
 mod embed;
@@ -25,6 +26,7 @@ mod guard;
 mod interrupt;
 mod measure;
 mod outdir;
+mod plot;
 mod presets;
 mod search;
 mod search_report;
@@ -167,8 +169,20 @@ pub fn made_by(dir: &std::path::Path) -> Option<String> {
     .find_map(|f| {
         let text = std::fs::read_to_string(dir.join(f)).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["command"].as_str().map(String::from)
+        v["command"].as_str().map(public_command)
     })
+}
+
+/// A recorded command line as a user types it: the program path it was run by (a build
+/// directory, an absolute path) becomes `squeeze`.
+pub fn public_command(cmd: &str) -> String {
+    match cmd.split_once(' ') {
+        Some((prog, rest)) if prog == "squeeze" || prog.ends_with("/squeeze") => {
+            format!("squeeze {rest}")
+        }
+        None if cmd.ends_with("/squeeze") => "squeeze".into(),
+        _ => cmd.to_string(),
+    }
 }
 
 /// Writes JSON to `path` atomically, creating its directory.

@@ -194,7 +194,8 @@ fn initial_model(a: &TrainArgs, opts: &ZooOpts) -> Result<squeeze::Model> {
 /// `--resume` on a run that holds no checkpoint is an error saying how to start; on a
 /// finished run it says so and does nothing (true).
 pub fn finished_or_absent(out: &std::path::Path, epochs: usize) -> Result<bool> {
-    let Some(state) = train::saved_state(out) else {
+    // a torn checkpoint is an error of its own (recover names the file)
+    let Some(state) = train::recover(out)? else {
         bail!(
             "--resume: {} holds no checkpoint to continue (the run never started, or was \
              killed before its first checkpoint): run the same command without --resume to \

@@ -117,7 +117,9 @@ fn train_init_checks_the_architecture_and_protects_its_input() {
     let d = tmp("init");
     let m = model_dir(&d);
     let ms = m.to_str().unwrap();
-    let (ok, _, err) = run(&["train", "--arch", "mlp", "--init", ms, "--out", "/tmp/x"]);
+    let x = d.join("x");
+    let x = x.to_str().unwrap();
+    let (ok, _, err) = run(&["train", "--arch", "mlp", "--init", ms, "--out", x]);
     assert!(
         !ok && err.contains("holds a `cnn` model") && err.contains("--arch mlp"),
         "{err}"
@@ -127,7 +129,7 @@ fn train_init_checks_the_architecture_and_protects_its_input() {
     ]);
     assert!(!ok && err.contains("never overwrites its input"), "{err}");
     let (ok, _, err) = run(&[
-        "train", "--arch", "cnn", "--init", ms, "--depth", "2", "--out", "/tmp/x",
+        "train", "--arch", "cnn", "--init", ms, "--depth", "2", "--out", x,
     ]);
     assert!(!ok && err.contains("--depth"), "{err}");
 }
@@ -224,11 +226,16 @@ fn compress_and_report_on_real_data() {
         table.contains("Speeds: 2 models timed in one process"),
         "{table}"
     );
-    // stored metrics only on request, labelled with date and machine
+    // against the first row: Δ quality and ratios; no per-model peak RSS from one process
+    assert!(
+        table.contains("| Δ quality |") && table.contains("| × time b1 |") && !table.contains("peak RSS"),
+        "{table}"
+    );
+    // stored metrics only on request, labelled with date and machine, with one footer
     let (ok, table, err) = run(&["report", out.to_str().unwrap(), "--stored"]);
     assert!(ok, "{err}");
     assert!(
-        table.contains("(stored: 20") && table.contains("not comparable"),
+        table.contains("(stored: 20") && table.contains("not comparable") && !table.contains("Speeds:"),
         "{table}"
     );
 }

@@ -51,8 +51,14 @@ impl LayerKind for SparseLinear {
             dtype: Dtype::U32,
             ..TensorSpec::f32(name, vec![n], TensorRole::Index)
         };
+        // the values stand for the whole out×in weight (its logical parameters, as for a
+        // dense Linear); only the non-zeros are stored
+        let values = TensorSpec {
+            logical: vec![self.out_features, self.in_features],
+            ..TensorSpec::f32("values", vec![self.nnz], TensorRole::Packed)
+        };
         let mut t = vec![
-            TensorSpec::f32("values", vec![self.nnz], TensorRole::Packed),
+            values,
             u32_of("indices", self.nnz),
             u32_of("indptr", self.out_features.saturating_add(1)),
         ];

@@ -95,6 +95,34 @@ impl Pass for Share {
     }
 }
 
+/// One clause for the timed layers that went (`to_csr`) or did not go to CSR: how many,
+/// and the range of CSR's speed relative to dense at batch 1 and 256.
+fn measured_summary(folded: &[crate::prune::materialize::Folded], to_csr: bool) -> Option<String> {
+    let c: Vec<_> = folded
+        .iter()
+        .filter(|f| f.csr == to_csr)
+        .filter_map(|f| f.measured.as_ref().filter(|c| c.speedup_b1 > 0.0))
+        .collect();
+    if c.is_empty() {
+        return None;
+    }
+    let range = |v: Vec<f64>| {
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(0.0, f64::max);
+        match (hi - lo).abs() < 0.005 {
+            true => format!("{lo:.2}×"),
+            false => format!("{lo:.2}–{hi:.2}×"),
+        }
+    };
+    Some(format!(
+        "{} layer(s) {} (CSR {} dense's speed at batch 1, {} at 256)",
+        c.len(),
+        if to_csr { "→ CSR" } else { "kept dense" },
+        range(c.iter().map(|c| c.speedup_b1).collect()),
+        range(c.iter().map(|c| c.speedup_b256).collect()),
+    ))
+}
+
 /// Masks folded; sufficiently sparse Linear layers become CSR.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,19 +165,9 @@ impl Pass for Materialize {
             "{} masks folded into their weights, {csr} layers stored as CSR",
             folded.len()
         );
-        let timed: Vec<String> = folded
+        let timed: Vec<String> = [true, false]
             .iter()
-            .filter_map(|f| {
-                let c = f.measured.as_ref().filter(|c| c.speedup_b1 > 0.0)?;
-                Some(format!(
-                    "{} {:.0}% sparse: CSR {:.2}× dense's speed at batch 1, {:.2}× at 256 → {}",
-                    f.weight.trim_end_matches(".weight"),
-                    100.0 * f.sparsity,
-                    c.speedup_b1,
-                    c.speedup_b256,
-                    if f.csr { "CSR" } else { "dense" }
-                ))
-            })
+            .filter_map(|&to_csr| measured_summary(&folded, to_csr))
             .collect();
         if !timed.is_empty() {
             label += &format!(" (measured on this CPU: {})", timed.join("; "));

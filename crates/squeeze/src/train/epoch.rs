@@ -39,6 +39,8 @@ pub(super) struct Epoch<'a, 'r> {
     pub n: usize,
     pub epoch: usize,
     pub per_epoch: usize,
+    /// The run's one bar in compact progress ([`super::set_progress_label`]).
+    pub bar: Option<&'a indicatif::ProgressBar>,
 }
 
 impl Epoch<'_, '_> {
@@ -50,7 +52,15 @@ impl Epoch<'_, '_> {
         let mut rng =
             StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         order.shuffle(&mut rng);
-        let pb = progress(per_epoch, epoch, cfg.epochs);
+        let own = progress(per_epoch, epoch, cfg.epochs);
+        let pb = match self.bar {
+            Some(b) => {
+                own.finish_and_clear();
+                b.clone()
+            }
+            None => own,
+        };
+        let compact = self.bar.is_some();
         let (mut loss_sum, mut correct, mut seen) = (0.0, Some(0usize), 0usize);
         let (skip, before) = from.map_or((0, 0.0), |p| {
             (loss_sum, correct, seen) = (p.loss_sum, p.correct, p.seen);
@@ -69,7 +79,9 @@ impl Epoch<'_, '_> {
                 continue;
             }
             if stop_requested() {
-                pb.finish_and_clear();
+                if !compact {
+                    pb.finish_and_clear();
+                }
                 return Ok(EpochEnd::Stopped(PartialEpoch {
                     batches: b,
                     loss_sum,
@@ -97,7 +109,8 @@ impl Epoch<'_, '_> {
             seen += idx.len();
             pb.inc(1);
             // without a terminal the bar is hidden: log a line every tenth of the epoch instead
-            let log_line = pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
+            let log_line =
+                !compact && pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
             if b % 10 == 0 || log_line {
                 let ips = seen as f64 / seconds(start);
                 let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));
@@ -112,7 +125,9 @@ impl Epoch<'_, '_> {
                 pb.set_message(msg);
             }
         }
-        pb.finish_and_clear();
+        if !compact {
+            pb.finish_and_clear();
+        }
         let secs = seconds(start);
         Ok(EpochEnd::Done(EpochLog {
             epoch: epoch + 1,

@@ -162,6 +162,30 @@ pub fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+static LABEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Compact progress for the training runs that follow: with a label, each run shows one
+/// bar over all its steps (prefixed by the label; hidden without a terminal) and prints a
+/// single line when it ends, instead of a bar per epoch and a line per epoch. `None`
+/// restores the detailed form.
+pub fn set_progress_label(label: Option<String>) {
+    *LABEL.lock().unwrap_or_else(|e| e.into_inner()) = label;
+}
+
+fn progress_label() -> Option<String> {
+    LABEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The one bar of a compact run.
+fn run_bar(label: &str, steps: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(steps as u64);
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("=> "));
+    pb.set_prefix(label.to_string());
+    pb
+}
+
 static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Whether a training loop ([`fit`]) is running in this process: only then does a stop
@@ -333,6 +357,11 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
         return Err(Error::Train("the training set is empty".into()));
     }
     let per_epoch = n.div_ceil(cfg.batch_size.max(1));
+    let label = progress_label();
+    let bar = label
+        .as_deref()
+        .map(|l| run_bar(l, per_epoch * cfg.epochs.saturating_sub(state.epochs_done)));
+    let started = std::time::Instant::now();
     for epoch in state.epochs_done..cfg.epochs {
         let from = state.partial.take();
         let mut ep = Epoch {
@@ -343,6 +372,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             n,
             epoch,
             per_epoch,
+            bar: bar.as_ref(),
         };
         let log = match ep.run(hooks, from.as_ref())? {
             EpochEnd::Done(log) => log,
@@ -368,7 +398,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             valid_loss: Some(valid_loss),
             ..log
         };
-        eprintln!(
+        let line = format!(
             "epoch {}/{}: loss {:.4}  train acc {}  valid acc {}  valid loss {valid_loss:.4}  {:.1}s  {:.0} ex/s",
             epoch + 1,
             cfg.epochs,
@@ -378,6 +408,10 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             log.seconds,
             log.images_per_s
         );
+        match &bar {
+            Some(b) => b.set_message(line),
+            None => eprintln!("{line}"),
+        }
         state.history.push(log);
         state.epochs_done = epoch + 1;
         state.optimizer_step = opt.step;
@@ -386,6 +420,20 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
         if hooks.should_stop(state.epochs_done) {
             break;
         }
+    }
+    if let (Some(b), Some(l)) = (&bar, &label) {
+        b.finish_and_clear();
+        let last = state.history.last();
+        eprintln!(
+            "      {l}: trained {} epoch(s) in {:.0} s, validation {} {}",
+            state.history.len(),
+            started.elapsed().as_secs_f64(),
+            if last.and_then(|h| h.valid_accuracy).is_some() { "accuracy" } else { "loss" },
+            last.map_or("-".into(), |h| match h.valid_accuracy {
+                Some(a) => format!("{a:.4}"),
+                None => h.valid_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            })
+        );
     }
     model.params = detached(&params)?;
     Ok(state.history)
