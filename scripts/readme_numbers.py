@@ -120,7 +120,7 @@ def demo():
         fm = f[1]
         ratio = lat["median"] / fm["timing"]["latency_ms_b1"]["median"]
         same = f[1] is m
-        rows.append([r["workload"], f"`{r['model']}`", r["what"], q,
+        rows.append([r["workload"], f"`{r['model']}`", r["what"] + (r.get("slower") or ""), q,
                      "ref" if same else f"{qv - f[0]:+.2f}",
                      f"{m['params']:,} ({m['nonzero_params']:,} non-zero)",
                      f"{m['size_bytes'] / 1024:,.1f}",

@@ -65,7 +65,8 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let text = model.graph.is_text();
     let (recipe_text, recipe_name) = match (&a.recipe, &a.preset) {
         (Some(r), _) => (
-            std::fs::read_to_string(r).with_context(|| format!("reading recipe {}", r.display()))?,
+            std::fs::read_to_string(r)
+                .with_context(|| format!("reading recipe {}", r.display()))?,
             r.display().to_string(),
         ),
         (None, Some(p)) => {

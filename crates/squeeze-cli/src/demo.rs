@@ -448,11 +448,13 @@ fn slower_why(r: &Row, m: &Metrics, first: &Metrics) -> Option<String> {
         return None;
     }
     let name = r.dir.file_name()?.to_str()?;
-    let why = SAME_SPEED
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or("not expected from its method: rerun `squeeze report` on the two to check it is not noise", |(_, w)| w);
-    Some(format!(" **Slower than the original at batch 1 ({ratio:.2}×)**: {why}."))
+    let why = SAME_SPEED.iter().find(|(n, _)| *n == name).map_or(
+        "not expected from its method: rerun `squeeze report` on the two to check it is not noise",
+        |(_, w)| w,
+    );
+    Some(format!(
+        " **Slower than the original at batch 1 ({ratio:.2}×)**: {why}."
+    ))
 }
 
 /// Prints one table per workload (with a line per row saying what made it) and writes the
@@ -476,13 +478,17 @@ fn write_report(dir: &Path, report: &[(&str, Vec<Row>, Vec<Metrics>)]) -> Result
         for (r, m) in rows.iter().zip(metrics) {
             json.push(serde_json::json!({
                 "workload": workload, "model": r.dir, "what": r.what, "metrics": m,
+                "slower": slower_why(r, m, &metrics[0]),
             }));
         }
     }
     let tables: Vec<(&str, Vec<(String, Metrics)>)> = report
         .iter()
         .map(|(w, rows, ms)| {
-            let named = rows.iter().map(|r| r.dir.display().to_string()).zip(ms.iter().cloned());
+            let named = rows
+                .iter()
+                .map(|r| r.dir.display().to_string())
+                .zip(ms.iter().cloned());
             (*w, named.collect())
         })
         .collect();
@@ -495,7 +501,10 @@ fn write_report(dir: &Path, report: &[(&str, Vec<Row>, Vec<Metrics>)]) -> Result
         }
     };
     for (title, stem) in &plots {
-        md += &format!("![{title}]({}.png)\n\n", stem.file_name().unwrap_or_default().to_string_lossy());
+        md += &format!(
+            "![{title}]({}.png)\n\n",
+            stem.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
     println!("\n{md}");
     squeeze::checkpoint::write_atomic(&dir.join("report.md"), md.as_bytes())?;

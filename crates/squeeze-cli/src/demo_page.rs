@@ -12,11 +12,22 @@ use crate::plot::{self, Point};
 
 /// Writes `pareto-<workload>.{svg,png}` under `dir` for the image and the text models
 /// (each model once, at its first measurement); returns (title, path stem) per plot.
-pub fn plots(dir: &Path, tables: &[(&str, Vec<(String, Metrics)>)]) -> Result<Vec<(String, PathBuf)>> {
+pub fn plots(
+    dir: &Path,
+    tables: &[(&str, Vec<(String, Metrics)>)],
+) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for (slug, title, text) in [
-        ("fashion-mnist", "Fashion-MNIST: test accuracy against file size and batch-1 latency", false),
-        ("stsb", "STS-B dev: Spearman ×100 against file size and batch-1 latency", true),
+        (
+            "fashion-mnist",
+            "Fashion-MNIST: test accuracy against file size and batch-1 latency",
+            false,
+        ),
+        (
+            "stsb",
+            "STS-B dev: Spearman ×100 against file size and batch-1 latency",
+            true,
+        ),
     ] {
         let mut seen = std::collections::BTreeSet::new();
         let points: Vec<Point> = tables
@@ -37,7 +48,11 @@ pub fn plots(dir: &Path, tables: &[(&str, Vec<(String, Metrics)>)]) -> Result<Ve
             continue;
         }
         let stem = dir.join(format!("pareto-{slug}"));
-        let quality = if text { "STS-B Spearman ×100" } else { "test accuracy (%)" };
+        let quality = if text {
+            "STS-B Spearman ×100"
+        } else {
+            "test accuracy (%)"
+        };
         plot::write(&stem, title, &points, quality)?;
         out.push((title.to_string(), stem));
     }
@@ -45,7 +60,9 @@ pub fn plots(dir: &Path, tables: &[(&str, Vec<(String, Metrics)>)]) -> Result<Ve
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Inline Markdown of one line: `code` and **bold**.
@@ -56,7 +73,11 @@ fn inline(s: &str) -> String {
             out += &format!("<code>{part}</code>");
         } else {
             for (j, p) in part.split("**").enumerate() {
-                out += &if j % 2 == 1 { format!("<strong>{p}</strong>") } else { p.to_string() };
+                out += &if j % 2 == 1 {
+                    format!("<strong>{p}</strong>")
+                } else {
+                    p.to_string()
+                };
             }
         }
     }
@@ -65,7 +86,11 @@ fn inline(s: &str) -> String {
 
 fn table_html(lines: &[&str]) -> String {
     let cells = |l: &str| -> Vec<String> {
-        l.trim().trim_matches('|').split('|').map(|c| inline(c.trim())).collect()
+        l.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| inline(c.trim()))
+            .collect()
     };
     let mut h = String::from("<table>\n<tr>");
     for c in cells(lines[0]) {
@@ -139,6 +164,9 @@ mod tests {
         assert!(h.contains("<h2>Fashion-MNIST</h2>"), "{h}");
         assert!(h.contains("<th>model</th><th>quality</th>"), "{h}");
         assert!(h.contains("<td>zoo/vgg</td><td>93.68% acc</td>"), "{h}");
-        assert!(h.contains("<code>zoo/vgg</code>: <strong>the</strong> original &lt;x&gt;"), "{h}");
+        assert!(
+            h.contains("<code>zoo/vgg</code>: <strong>the</strong> original &lt;x&gt;"),
+            "{h}"
+        );
     }
 }

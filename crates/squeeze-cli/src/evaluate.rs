@@ -381,11 +381,18 @@ fn table_rows(rows: &[(String, Metrics)]) -> String {
     for (i, (name, m)) in rows.iter().enumerate() {
         let q = opt_str(quality(m).map(|(v, u)| format!("{v:.2}{u}")));
         let thr = opt_str(throughput(m).map(|(t, b)| format!("{} ({b})", thousands(t as u64))));
-        let size = opt(m.size_bytes.map(|b| b as f64), |b| thousands((b / 1024.0).round() as u64));
-        let (params, nonzero) = (thousands(m.params as u64), thousands(m.nonzero_params as u64));
+        let size = opt(m.size_bytes.map(|b| b as f64), |b| {
+            thousands((b / 1024.0).round() as u64)
+        });
+        let (params, nonzero) = (
+            thousands(m.params as u64),
+            thousands(m.nonzero_params as u64),
+        );
         let mflops = format!("{:.2}", m.flops as f64 / 1e6);
         if single {
-            let rss = opt(m.peak_rss_bytes.map(|b| b as f64), |b| format!("{:.0}", b / 1048576.0));
+            let rss = opt(m.peak_rss_bytes.map(|b| b as f64), |b| {
+                format!("{:.0}", b / 1048576.0)
+            });
             s += &format!(
                 "| {name} | {q} | {params} | {nonzero} | {mflops} | {size} | {} | {thr} | {rss} |\n",
                 latency_cell(m)
@@ -397,8 +404,15 @@ fn table_rows(rows: &[(String, Metrics)]) -> String {
             _ => "–".into(),
         };
         let time = ratio(m.latency_ms_b1, first.latency_ms_b1);
-        let slower = m.latency_ms_b1.zip(first.latency_ms_b1).is_some_and(|(a, b)| a > b);
-        let time = if slower { format!("{time} (slower)") } else { time };
+        let slower = m
+            .latency_ms_b1
+            .zip(first.latency_ms_b1)
+            .is_some_and(|(a, b)| a > b);
+        let time = if slower {
+            format!("{time} (slower)")
+        } else {
+            time
+        };
         if i == 0 {
             s += &format!(
                 "| {name} | {q} | ref | {params} | {nonzero} | {size} | ref | {mflops} | {} | ref | {thr} | ref |\n",

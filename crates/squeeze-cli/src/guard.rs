@@ -54,14 +54,23 @@ impl Guard {
         };
         g.baseline = g.quality(model)?;
         g.last = g.baseline;
-        eprintln!("--max-drop {max_drop}: {} of the input model {:.2}", g.what(), g.baseline);
+        eprintln!(
+            "--max-drop {max_drop}: {} of the input model {:.2}",
+            g.what(),
+            g.baseline
+        );
         Ok(g)
     }
 
     fn what(&self) -> String {
         match &self.held {
-            HeldOut::Images(s) => format!("validation accuracy (%, {} held-out training images)", s.len()),
-            HeldOut::Pairs(p) => format!("Spearman ×100 on {} held-out STS-B training pairs", p.len()),
+            HeldOut::Images(s) => format!(
+                "validation accuracy (%, {} held-out training images)",
+                s.len()
+            ),
+            HeldOut::Pairs(p) => {
+                format!("Spearman ×100 on {} held-out STS-B training pairs", p.len())
+            }
         }
     }
 
@@ -75,12 +84,10 @@ impl Guard {
 
     /// Measures the model a pass left.
     pub fn observe(&mut self, rec: &PassRecord, m: &Model) -> squeeze::Result<()> {
-        let q = self
-            .quality(m)
-            .map_err(|e| squeeze::Error::Pass {
-                pass: rec.pass.clone(),
-                msg: format!("--max-drop could not measure its result: {e:#}"),
-            })?;
+        let q = self.quality(m).map_err(|e| squeeze::Error::Pass {
+            pass: rec.pass.clone(),
+            msg: format!("--max-drop could not measure its result: {e:#}"),
+        })?;
         eprintln!(
             "--max-drop: after `{}`: {q:.2} ({:+.2} pt)",
             rec.pass,
@@ -156,7 +163,10 @@ fn fine_tuning_hint(text: &str, recipe: Option<&Path>) -> String {
     let general = "Fine-tuning recovers most of a one-shot loss: give that pass \
                    `finetune_epochs` or follow it with a `finetune` pass (budget in [finetune])";
     match named.or(sibling) {
-        Some(t) => format!("{} is the fine-tuned form of this recipe. {general}.", t.display()),
+        Some(t) => format!(
+            "{} is the fine-tuned form of this recipe. {general}.",
+            t.display()
+        ),
         None => format!("{general}."),
     }
 }

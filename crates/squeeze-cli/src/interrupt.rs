@@ -20,7 +20,10 @@ pub fn report(err: &anyhow::Error, resumable: bool) -> Option<(i32, String)> {
     } else {
         // its fine-tuning checkpoints lived in a scratch directory, removed with the output
         let full = format!("{err:#}");
-        let place = full.split(": a resumable checkpoint").next().unwrap_or(&full);
+        let place = full
+            .split(": a resumable checkpoint")
+            .next()
+            .unwrap_or(&full);
         format!(
             "interrupted: {place}\nnothing was written; `{}` starts again from the beginning \
              when rerun",

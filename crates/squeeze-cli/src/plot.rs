@@ -52,7 +52,12 @@ fn font() -> Result<()> {
 /// cost.
 pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..points.len()).collect();
-    idx.sort_by(|&a, &b| points[a].0.total_cmp(&points[b].0).then(points[b].1.total_cmp(&points[a].1)));
+    idx.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+    });
     let mut best = f64::NEG_INFINITY;
     idx.into_iter()
         .filter(|&i| {
@@ -125,7 +130,12 @@ fn panel(
     Ok(())
 }
 
-fn draw(area: DrawingArea<impl DrawingBackend, Shift>, title: &str, points: &[Point], quality: &str) -> Result<()> {
+fn draw(
+    area: DrawingArea<impl DrawingBackend, Shift>,
+    title: &str,
+    points: &[Point],
+    quality: &str,
+) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing the plot: {e}");
     area.fill(&WHITE).map_err(|e| err(&e))?;
     let area = area
@@ -133,7 +143,13 @@ fn draw(area: DrawingArea<impl DrawingBackend, Shift>, title: &str, points: &[Po
         .map_err(|e| err(&e))?;
     let (left, right) = area.split_horizontally(area.dim_in_pixel().0 / 2);
     panel(&left, points, |p| p.size_kb, "file size (KB, log)", quality)?;
-    panel(&right, points, |p| p.latency_ms, "batch-1 latency (ms, log)", quality)?;
+    panel(
+        &right,
+        points,
+        |p| p.latency_ms,
+        "batch-1 latency (ms, log)",
+        quality,
+    )?;
     area.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -148,9 +164,22 @@ pub fn write(stem: &Path, title: &str, points: &[Point], quality: &str) -> Resul
     let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
     // drawn under temporary names (the bitmap backend reads the format from the
     // extension), then renamed: never a half-written plot
-    let (svg_tmp, png_tmp) = (stem.with_extension("tmp.svg"), stem.with_extension("tmp.png"));
-    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), title, points, quality)?;
-    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), title, points, quality)?;
+    let (svg_tmp, png_tmp) = (
+        stem.with_extension("tmp.svg"),
+        stem.with_extension("tmp.png"),
+    );
+    draw(
+        SVGBackend::new(&svg_tmp, size).into_drawing_area(),
+        title,
+        points,
+        quality,
+    )?;
+    draw(
+        BitMapBackend::new(&png_tmp, size).into_drawing_area(),
+        title,
+        points,
+        quality,
+    )?;
     for (t, f) in [(&svg_tmp, &svg), (&png_tmp, &png)] {
         std::fs::rename(t, f).map_err(|e| anyhow!("cannot write {}: {e}", f.display()))?;
     }
@@ -164,7 +193,13 @@ mod tests {
     #[test]
     fn the_pareto_front_keeps_only_models_no_other_beats_on_both() {
         // (cost, quality): the 2nd is beaten by the 3rd (cheaper and better)
-        let pts = [(1.0, 80.0), (5.0, 85.0), (3.0, 90.0), (10.0, 91.0), (10.0, 89.0)];
+        let pts = [
+            (1.0, 80.0),
+            (5.0, 85.0),
+            (3.0, 90.0),
+            (10.0, 91.0),
+            (10.0, 89.0),
+        ];
         assert_eq!(pareto(&pts), vec![0, 2, 3]);
     }
 }

@@ -46,7 +46,12 @@ pub fn all() -> Vec<Preset> {
                       calibrated (static) int8 inputs, BatchNorm folded; text encoders with \
                       inputs quantized at run time (dynamic). No training.",
             image: variant!("vgg-int8-static.toml", "quant", "vgg-int8-static", "vgg"),
-            text: variant!("minilm-int8-dynamic.toml", "minilm", "int8-dynamic", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-int8-dynamic.toml",
+                "minilm",
+                "int8-dynamic",
+                "all-MiniLM-L6-v2"
+            ),
         },
         Preset {
             name: "int8-static",
@@ -61,7 +66,12 @@ pub fn all() -> Vec<Preset> {
                       first and last layers kept); text encoders weight-only with GPTQ, \
                       groups of 128. No training (see qat-int4 for the trained form).",
             image: variant!("vgg-ptq-int4.toml", "quant", "vgg-ptq-int4", "vgg"),
-            text: variant!("minilm-int4-gptq-g128.toml", "minilm", "int4-gptq-g128", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-int4-gptq-g128.toml",
+                "minilm",
+                "int4-gptq-g128",
+                "all-MiniLM-L6-v2"
+            ),
         },
         Preset {
             name: "qat-int4",
@@ -76,21 +86,36 @@ pub fn all() -> Vec<Preset> {
                       weight updates from 512 calibration sentences), stored sparse. No \
                       fine-tuning.",
             image: None,
-            text: variant!("minilm-sparsegpt-50.toml", "prune", "minilm-sparsegpt-50", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-sparsegpt-50.toml",
+                "prune",
+                "minilm-sparsegpt-50",
+                "all-MiniLM-L6-v2"
+            ),
         },
         Preset {
             name: "2of4",
             summary: "2:4 semi-structured sparsity (two of every four weights kept) by \
                       SparseGPT on the encoder's Linear layers. No fine-tuning.",
             image: None,
-            text: variant!("minilm-sparsegpt-2of4.toml", "prune", "minilm-sparsegpt-2of4", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-sparsegpt-2of4.toml",
+                "prune",
+                "minilm-sparsegpt-2of4",
+                "all-MiniLM-L6-v2"
+            ),
         },
         Preset {
             name: "deep-compression",
             summary: "Deep Compression: gradual magnitude pruning to 94%, 5-bit weight \
                       sharing, Huffman-coded storage; fine-tunes 40 epochs (minutes for an \
                       MLP).",
-            image: variant!("mlp-deep-compression.toml", "prune", "mlp-deep-compression", "mlp"),
+            image: variant!(
+                "mlp-deep-compression.toml",
+                "prune",
+                "mlp-deep-compression",
+                "mlp"
+            ),
             text: None,
         },
         Preset {
@@ -100,7 +125,12 @@ pub fn all() -> Vec<Preset> {
                       fine-tuning); 30% of heads and FFN units for text encoders, with one \
                       epoch of recovery distillation.",
             image: variant!("vgg-slimming.toml", "structured", "vgg-slimming", "vgg"),
-            text: variant!("minilm-heads-ffn-30-recovered.toml", "structured", "minilm-heads-ffn-30-recovered", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-heads-ffn-30-recovered.toml",
+                "structured",
+                "minilm-heads-ffn-30-recovered",
+                "all-MiniLM-L6-v2"
+            ),
         },
         Preset {
             name: "lowrank",
@@ -109,7 +139,12 @@ pub fn all() -> Vec<Preset> {
                       Linear layers at 70% by whitened SVD (calibration sentences), no \
                       fine-tuning.",
             image: variant!("mlp-svd-50.toml", "lowrank", "mlp-svd-50", "mlp"),
-            text: variant!("minilm-whiten-30.toml", "lowrank", "minilm-whiten-30", "all-MiniLM-L6-v2"),
+            text: variant!(
+                "minilm-whiten-30.toml",
+                "lowrank",
+                "minilm-whiten-30",
+                "all-MiniLM-L6-v2"
+            ),
         },
     ]
 }
@@ -125,10 +160,20 @@ pub fn find(name: &str, text_model: bool) -> Result<Variant> {
             names.join(", ")
         );
     };
-    let kind = if text_model { "text encoders" } else { "image models" };
+    let kind = if text_model {
+        "text encoders"
+    } else {
+        "image models"
+    };
     let fits: Vec<&str> = all
         .iter()
-        .filter(|p| if text_model { p.text.is_some() } else { p.image.is_some() })
+        .filter(|p| {
+            if text_model {
+                p.text.is_some()
+            } else {
+                p.image.is_some()
+            }
+        })
         .map(|p| p.name)
         .collect();
     let mut all = all;
@@ -150,16 +195,18 @@ pub fn measured(root: &Path, v: &Variant) -> Option<String> {
     let e = doc.get(v.result.1)?;
     let f = |k: &str| e.get(k).and_then(serde_json::Value::as_f64);
     // text results of minilm.json are measured beside its `f32` entry
-    let base = |k: &str| {
-        f(&format!("baseline_{k}")).or_else(|| doc.get("f32")?.get(k)?.as_f64())
-    };
+    let base = |k: &str| f(&format!("baseline_{k}")).or_else(|| doc.get("f32")?.get(k)?.as_f64());
     let (quality, baseline, unit) = match (f("accuracy"), f("spearman")) {
         // accuracy is a fraction in most results files, a percentage in quant.json
         (Some(a), _) => {
             let pct = |x: f64| if x <= 1.0 { 100.0 * x } else { x };
             (pct(a), pct(f("baseline")?), "% accuracy")
         }
-        (None, Some(s)) => (s, f("baseline").or_else(|| base("spearman"))?, " STS-B Spearman"),
+        (None, Some(s)) => (
+            s,
+            f("baseline").or_else(|| base("spearman"))?,
+            " STS-B Spearman",
+        ),
         _ => return None,
     };
     let mut parts = vec![format!(
@@ -170,12 +217,15 @@ pub fn measured(root: &Path, v: &Variant) -> Option<String> {
     if let (Some(s), Some(b)) = (f("size_bytes"), base("size_bytes")) {
         parts.push(format!("file {:.2}× the original's", s / b));
     }
-    let latency = f("latency_ratio_vs_f32")
-        .or_else(|| Some(f("latency_ms_b1")? / base("latency_ms_b1")?));
+    let latency =
+        f("latency_ratio_vs_f32").or_else(|| Some(f("latency_ms_b1")? / base("latency_ms_b1")?));
     if let Some(r) = latency {
         parts.push(format!("batch-1 time {r:.2}×"));
     }
-    let cpu = e.get("cpu").and_then(|c| c.as_str()).map_or(String::new(), |c| format!(", {c}"));
+    let cpu = e
+        .get("cpu")
+        .and_then(|c| c.as_str())
+        .map_or(String::new(), |c| format!(", {c}"));
     Some(format!(
         "{} [results/{}.json `{}`{cpu}]",
         parts.join(", "),
@@ -195,8 +245,12 @@ pub fn list() -> Result<()> {
         println!("{}\n  {}", p.name, p.summary);
         for (kind, v) in [("image", &p.image), ("text", &p.text)] {
             let Some(v) = v else { continue };
-            let m = measured(Path::new("."), v)
-                .unwrap_or_else(|| format!("measured result in results/{}.json `{}`", v.result.0, v.result.1));
+            let m = measured(Path::new("."), v).unwrap_or_else(|| {
+                format!(
+                    "measured result in results/{}.json `{}`",
+                    v.result.0, v.result.1
+                )
+            });
             println!("  {kind:<5} {}: {m}", v.file);
         }
         println!();

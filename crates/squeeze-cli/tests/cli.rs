@@ -228,14 +228,18 @@ fn compress_and_report_on_real_data() {
     );
     // against the first row: Δ quality and ratios; no per-model peak RSS from one process
     assert!(
-        table.contains("| Δ quality |") && table.contains("| × time b1 |") && !table.contains("peak RSS"),
+        table.contains("| Δ quality |")
+            && table.contains("| × time b1 |")
+            && !table.contains("peak RSS"),
         "{table}"
     );
     // stored metrics only on request, labelled with date and machine, with one footer
     let (ok, table, err) = run(&["report", out.to_str().unwrap(), "--stored"]);
     assert!(ok, "{err}");
     assert!(
-        table.contains("(stored: 20") && table.contains("not comparable") && !table.contains("Speeds:"),
+        table.contains("(stored: 20")
+            && table.contains("not comparable")
+            && !table.contains("Speeds:"),
         "{table}"
     );
 }
@@ -408,7 +412,10 @@ fn max_drop_refuses_a_one_shot_loss_and_passes_the_fine_tuned_recipe() {
         serde_json::from_str(&std::fs::read_to_string(kept.join("report.json")).unwrap()).unwrap();
     let drop = rep["max_drop"]["drop"].as_f64().unwrap();
     assert!(drop <= 0.5, "report.json records a drop of {drop}");
-    assert_eq!(rep["max_drop"]["after_each_pass"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        rep["max_drop"]["after_each_pass"].as_array().unwrap().len(),
+        2
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -416,8 +423,18 @@ fn max_drop_refuses_a_one_shot_loss_and_passes_the_fine_tuned_recipe() {
 fn presets_resolve_by_model_kind_and_unknown_ones_are_named() {
     let (ok, out, err) = run(&["recipes"]);
     assert!(ok, "{err}");
-    for p in ["int8", "int8-static", "int4", "sparse-50", "2of4", "deep-compression"] {
-        assert!(out.contains(&format!("\n{p}\n")), "`squeeze recipes` lacks {p}:\n{out}");
+    for p in [
+        "int8",
+        "int8-static",
+        "int4",
+        "sparse-50",
+        "2of4",
+        "deep-compression",
+    ] {
+        assert!(
+            out.contains(&format!("\n{p}\n")),
+            "`squeeze recipes` lacks {p}:\n{out}"
+        );
     }
     let d = tmp("preset");
     let m = model_dir(&d);
@@ -434,11 +451,22 @@ fn presets_resolve_by_model_kind_and_unknown_ones_are_named() {
     };
     let run_s = |a: Vec<String>| run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let (ok, _, err) = run_s(args("int9"));
-    assert!(!ok && err.contains("unknown preset `int9`") && err.contains("deep-compression"), "{err}");
+    assert!(
+        !ok && err.contains("unknown preset `int9`") && err.contains("deep-compression"),
+        "{err}"
+    );
     let (ok, _, err) = run_s(args("2of4"));
-    assert!(!ok && err.contains("no recipe for image models") && err.contains("int8"), "{err}");
+    assert!(
+        !ok && err.contains("no recipe for image models") && err.contains("int8"),
+        "{err}"
+    );
     assert!(!o.exists());
-    let (ok, _, err) = run(&["compress", m.to_str().unwrap(), "--out", o.to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "compress",
+        m.to_str().unwrap(),
+        "--out",
+        o.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("--recipe"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -458,7 +486,14 @@ fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
         // the MLP trains deterministically (a convolution's threaded gradient sums do
         // not); padding-crop augmentation makes the resumed epoch replay its random draws
         [
-            "train", "--arch", "mlp", "--augment-pad", "2", "--epochs", "3", "--out",
+            "train",
+            "--arch",
+            "mlp",
+            "--augment-pad",
+            "2",
+            "--epochs",
+            "3",
+            "--out",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -494,12 +529,17 @@ fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     let resume = format!("{} --resume", train(&a).join(" "));
-    assert!(err.contains("continue with:") && err.contains(&resume), "{err}");
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(a.join("checkpoint/state.json")).unwrap(),
-    )
-    .unwrap();
-    assert!(state["partial"]["batches"].is_u64(), "no mid-epoch position: {state}");
+    assert!(
+        err.contains("continue with:") && err.contains(&resume),
+        "{err}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert!(
+        state["partial"]["batches"].is_u64(),
+        "no mid-epoch position: {state}"
+    );
     let mut args = train(&a);
     args.push("--resume".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -509,7 +549,10 @@ fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
     let (ok, _, e) = run(&straight.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{e}");
     let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
-    assert!(weights(&a) == weights(&b), "the resumed run's weights differ");
+    assert!(
+        weights(&a) == weights(&b),
+        "the resumed run's weights differ"
+    );
     let (ok, _, e) = run(&argv);
     assert!(ok && e.contains("the run is finished"), "{e}");
     let mut fresh = train(&d.join("never"));

@@ -145,7 +145,9 @@ fn every_readme_command_parses_and_the_cheap_ones_run_as_written() {
     // outputs go under runs/, nowhere else in the working directory
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let linked = ["zoo", "recipes", "data", "tools", "models", "results", "bench"];
+        let linked = [
+            "zoo", "recipes", "data", "tools", "models", "results", "bench",
+        ];
         assert!(
             name == "runs" || linked.contains(&name.as_str()),
             "a README command wrote `{name}` outside runs/"

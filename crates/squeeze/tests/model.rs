@@ -352,7 +352,9 @@ fn the_cache_slot_keeps_what_is_used_and_drops_the_least_recent() {
 fn a_misspelled_recipe_field_is_reported_at_its_line() {
     let text = "[finetune]\nepochs = 1\n\n[[passes]]\ntype = \"magnitude\"\nsparsity = 0.5\n\n\
                 [[passes]]\ntype = \"materialize\"\nmin_sparsty = 0.8\n";
-    let e = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+    let e = Recipe::parse(text, Path::new("r.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("r.toml")
             && e.contains("line 10")

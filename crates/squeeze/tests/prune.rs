@@ -485,7 +485,10 @@ fn measured_csr_choice_follows_the_per_cpu_cache_and_keeps_the_logits() {
     unsafe { std::env::set_var("SQUEEZE_CACHE_DIR", &dir) };
     let sim = sparse_mlp();
     let x = Tensor::from_vec(
-        uniform(2 * 784, 5).into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+        uniform(2 * 784, 5)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect::<Vec<_>>(),
         (2, 1, 28, 28),
         &Device::Cpu,
     )
@@ -511,7 +514,10 @@ fn measured_csr_choice_follows_the_per_cpu_cache_and_keeps_the_logits() {
         let mut m = sim.clone();
         let folded = materialize_by(&mut m, CsrRule::Measured).unwrap();
         for f in &folded {
-            let c = f.measured.as_ref().expect("a measured decision is recorded");
+            let c = f
+                .measured
+                .as_ref()
+                .expect("a measured decision is recorded");
             assert!(c.cached, "{} was timed, not read from the cache", f.weight);
             assert_eq!(f.csr, csr, "{}", f.weight);
         }

@@ -49,7 +49,9 @@ pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(
     // the safetensors writer creates its file private (0600); an ordinary file gets 0666
     // less the umask, which the finished file is given
     std::fs::write(&tmp, []).map_err(|e| Error::io(&tmp, e))?;
-    let usual = std::fs::metadata(&tmp).map_err(|e| Error::io(&tmp, e))?.permissions();
+    let usual = std::fs::metadata(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?
+        .permissions();
     let map: std::collections::HashMap<String, Tensor> = tensors.clone().into_iter().collect();
     candle_core::safetensors::save(&map, &tmp)
         .map_err(|e| Error::file(&tmp, format!("cannot write safetensors: {e}")))?;

@@ -67,7 +67,9 @@ fn read_cache() -> BTreeMap<String, Choice> {
 fn write_cache(cache: &BTreeMap<String, Choice>) {
     let Some(p) = cache_path() else { return };
     let Some(dir) = p.parent() else { return };
-    let Ok(text) = serde_json::to_vec_pretty(cache) else { return };
+    let Ok(text) = serde_json::to_vec_pretty(cache) else {
+        return;
+    };
     let tmp = p.with_extension(format!("{}.tmp", std::process::id()));
     if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, &p);
@@ -92,7 +94,9 @@ fn speedup(w: &[f32], csr: &CsrOwned, (rows, cols): (usize, usize), m: usize) ->
     let dev = Device::Cpu;
     let wt = Tensor::from_vec(w.to_vec(), (rows, cols), &dev)?;
     // inputs of the layer's width with a spread of values (the kernels do not look at them)
-    let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5).collect();
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5)
+        .collect();
     let xt = Tensor::from_vec(x.clone(), (m, cols), &dev)?;
     let runs = if m == 1 { 50 } else { 5 };
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());

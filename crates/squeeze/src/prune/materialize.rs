@@ -7,13 +7,13 @@
 
 use candle_core::{Device, Tensor};
 
+use super::csr_choice::{choose, Choice};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::linear::Linear;
 use crate::kinds::sparse_linear::SparseLinear;
 use crate::model::Model;
 use crate::ops::sparse::CsrOwned;
-use super::csr_choice::{choose, Choice};
 
 /// What happened to one masked weight.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,7 +59,8 @@ pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
             values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
         model.params.insert(name.clone(), w);
         let node = name.strip_suffix(".weight").unwrap_or(&name).to_string();
-        let linear = !model.graph.codecs.contains_key(&name) && linear_shape(model, &node).is_some();
+        let linear =
+            !model.graph.codecs.contains_key(&name) && linear_shape(model, &node).is_some();
         let (wanted, measured) = match (rule, linear_shape(model, &node)) {
             (_, _) if !linear => (false, None),
             (CsrRule::AtLeast(min), _) => (sparsity >= min, None),

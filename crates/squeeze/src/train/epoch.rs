@@ -109,8 +109,7 @@ impl Epoch<'_, '_> {
             seen += idx.len();
             pb.inc(1);
             // without a terminal the bar is hidden: log a line every tenth of the epoch instead
-            let log_line =
-                !compact && pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
+            let log_line = !compact && pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
             if b % 10 == 0 || log_line {
                 let ips = seen as f64 / seconds(start);
                 let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));

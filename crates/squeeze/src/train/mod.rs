@@ -179,8 +179,9 @@ fn progress_label() -> Option<String> {
 /// The one bar of a compact run.
 fn run_bar(label: &str, steps: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     pb.set_style(style.progress_chars("=> "));
     pb.set_prefix(label.to_string());
     pb
@@ -428,7 +429,11 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             "      {l}: trained {} epoch(s) in {:.0} s, validation {} {}",
             state.history.len(),
             started.elapsed().as_secs_f64(),
-            if last.and_then(|h| h.valid_accuracy).is_some() { "accuracy" } else { "loss" },
+            if last.and_then(|h| h.valid_accuracy).is_some() {
+                "accuracy"
+            } else {
+                "loss"
+            },
             last.map_or("-".into(), |h| match h.valid_accuracy {
                 Some(a) => format!("{a:.4}"),
                 None => h.valid_loss.map_or("-".into(), |v| format!("{v:.4}")),
