@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release -p squeeze-cli
-./target/release/squeeze demo "$@"
+# where cargo put it (CARGO_TARGET_DIR moves the build)
+"${CARGO_TARGET_DIR:-target}/release/squeeze" demo "$@"
