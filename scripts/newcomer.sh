@@ -78,7 +78,8 @@ phase test-again bash scripts/test.sh
 cd "$repo"
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 family=$(lscpu | sed -n 's/^CPU family: *//p' | head -1)
-python3 - "$cpu (family $family), $(nproc) threads" "${secs[test]}" "${secs[demo]}" "${secs[commands]}" "${secs[test-again]}" "${NEWCOMER_TARGET:+shared target}" <<'PY'
+isa=AVX2; grep -qw avx512f /proc/cpuinfo && isa=AVX-512
+python3 - "$cpu (family $family, $isa), $(nproc) threads" "${secs[test]}" "${secs[demo]}" "${secs[commands]}" "${secs[test-again]}" "${NEWCOMER_TARGET:+shared target}" <<'PY'
 import json, pathlib, sys
 cpu, test, demo, cmds, again, shared = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
 p = pathlib.Path("results/setup-time.json")
