@@ -76,6 +76,11 @@ phase demo bash scripts/demo.sh
 phase commands commands
 phase test-again bash scripts/test.sh
 cd "$repo"
+# the shared target now holds the workspace crates built from the clone's paths (tests
+# embed their manifest directory): drop them so the checkout rebuilds its own
+if [ -n "${NEWCOMER_TARGET:-}" ]; then
+  cargo clean --release -p squeeze -p squeeze-cli > /dev/null 2>&1 || true
+fi
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 family=$(lscpu | sed -n 's/^CPU family: *//p' | head -1)
 isa=AVX2; grep -qw avx512f /proc/cpuinfo && isa=AVX-512
