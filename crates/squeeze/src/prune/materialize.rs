@@ -59,16 +59,15 @@ pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
             values.iter().filter(|v| **v == 0.0).count() as f64 / values.len().max(1) as f64;
         model.params.insert(name.clone(), w);
         let node = name.strip_suffix(".weight").unwrap_or(&name).to_string();
-        let linear =
-            !model.graph.codecs.contains_key(&name) && linear_shape(model, &node).is_some();
-        let (wanted, measured) = match (rule, linear_shape(model, &node)) {
-            (_, _) if !linear => (false, None),
-            (CsrRule::AtLeast(min), _) => (sparsity >= min, None),
+        // a codec already stores only the non-zeros; only plain Linear layers have a CSR form
+        let shape = linear_shape(model, &node).filter(|_| !model.graph.codecs.contains_key(&name));
+        let (wanted, measured) = match (rule, shape) {
+            (_, None) => (false, None),
+            (CsrRule::AtLeast(min), Some(_)) => (sparsity >= min, None),
             (CsrRule::Measured, Some((rows, cols))) => {
                 let c = choose(&values, rows, cols, sparsity)?;
                 (c.csr, Some(c))
             }
-            (CsrRule::Measured, None) => (false, None),
         };
         let csr = wanted && to_csr(model, &node, &values)?;
         out.push(Folded {

@@ -52,13 +52,9 @@ impl Epoch<'_, '_> {
         let mut rng =
             StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         order.shuffle(&mut rng);
-        let own = progress(per_epoch, epoch, cfg.epochs);
         let pb = match self.bar {
-            Some(b) => {
-                own.finish_and_clear();
-                b.clone()
-            }
-            None => own,
+            Some(b) => b.clone(),
+            None => progress(per_epoch, epoch, cfg.epochs),
         };
         let compact = self.bar.is_some();
         let (mut loss_sum, mut correct, mut seen) = (0.0, Some(0usize), 0usize);
