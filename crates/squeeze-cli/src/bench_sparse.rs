@@ -11,14 +11,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
 use clap::Args;
-use squeeze::eval::{image_speeds, median_time};
-use squeeze::kinds::linear::linear;
-use squeeze::kinds::sparse_linear::csr_product;
+use squeeze::eval::image_speeds;
 use squeeze::math::csr::CsrOwned;
+use squeeze::prune::csr_choice::dense_and_csr_secs;
 
-use crate::measure::median;
 use crate::write_json;
 
 #[derive(Args)]
@@ -106,18 +103,8 @@ fn measure(
         .map(|v| if v.abs() < thr { 0.0 } else { *v })
         .collect();
     let owned = CsrOwned::from_dense(&pruned, rows, cols);
-    let dev = Device::Cpu;
-    let wt = Tensor::from_vec(pruned, (rows, cols), &dev)?;
-    let x = pseudo_random(m * cols, 7);
-    let xt = Tensor::from_vec(x.clone(), (m, cols), &dev)?;
-    let (mut dense, mut sparse) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
-        sparse.push(median_time(3, runs, || {
-            csr_product(&owned, &x, m).map(|_| ())
-        })?);
-    }
-    Ok((median(&mut dense) * 1e3, median(&mut sparse) * 1e3))
+    let (dense, sparse) = dense_and_csr_secs(&pruned, &owned, (rows, cols), m, (ROUNDS, runs))?;
+    Ok((dense * 1e3, sparse * 1e3))
 }
 
 /// First sparsity of the grid where CSR wins, interpolated from the previous point.

@@ -8,7 +8,6 @@ pub mod compare;
 pub use compare::{image_speeds, text_speeds, Spread, Timing};
 
 use std::path::Path;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -188,21 +187,7 @@ pub fn accuracy(g: &Graph, p: &ParamStore, set: &ImageSet, batch: usize) -> Resu
     Ok(correct as f64 / set.len().max(1) as f64)
 }
 
-/// Median wall time in seconds of `runs` calls of `f` after `warmup` calls.
-pub fn median_time(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let runs = runs.max(1);
-    let mut t = Vec::new();
-    for _ in 0..runs {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64());
-    }
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[t.len() / 2])
-}
+pub use crate::math::timing::median_time;
 
 /// Batch-1 latency (ms) and batch-256 throughput (images/s), medians.
 pub fn speed(model: &Model, runs: usize) -> Result<(f64, f64)> {

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::kinds::linear::linear;
 use crate::kinds::sparse_linear::csr_product;
+use crate::math::timing::median_time;
 use crate::ops::sparse::CsrOwned;
 
 /// Below this sparsity CSR is never faster (every CPU measured so far): no timing.
@@ -56,41 +56,89 @@ pub fn cache_key(rows: usize, cols: usize, sparsity: f64) -> Result<String> {
     ))
 }
 
-fn read_cache() -> BTreeMap<String, Choice> {
-    cache_path()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// The decisions of this machine, read once per `materialize` and written back once.
+#[derive(Default)]
+pub struct CsrCache {
+    map: BTreeMap<String, Choice>,
+    changed: bool,
 }
 
-/// Best effort: a cache that cannot be written only means timing again next time.
-fn write_cache(cache: &BTreeMap<String, Choice>) {
-    let Some(p) = cache_path() else { return };
-    let Some(dir) = p.parent() else { return };
-    let Ok(text) = serde_json::to_vec_pretty(cache) else {
-        return;
-    };
-    let tmp = p.with_extension(format!("{}.tmp", std::process::id()));
-    if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
-        let _ = std::fs::rename(&tmp, &p);
+impl CsrCache {
+    /// The cache file's decisions (none if it is absent or unreadable).
+    pub fn load() -> Self {
+        let map = cache_path()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        CsrCache {
+            map,
+            changed: false,
+        }
+    }
+
+    /// Best effort, and only if a layer was timed: a cache that cannot be written only
+    /// means timing again next time.
+    pub fn save(&self) {
+        if !self.changed {
+            return;
+        }
+        let Some(p) = cache_path() else { return };
+        let Some(dir) = p.parent() else { return };
+        let Ok(text) = serde_json::to_vec_pretty(&self.map) else {
+            return;
+        };
+        let tmp = p.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &p);
+        }
+    }
+
+    /// Whether the `rows`×`cols` weight `w` (row-major, `sparsity` of it zero) is faster
+    /// as CSR on this CPU, from the cache or timed now.
+    pub fn choose(&mut self, w: &[f32], rows: usize, cols: usize, sparsity: f64) -> Result<Choice> {
+        if sparsity < NEVER_BELOW {
+            return Ok(Choice {
+                csr: false,
+                speedup_b1: 0.0,
+                speedup_b256: 0.0,
+                cached: false,
+            });
+        }
+        let k = cache_key(rows, cols, sparsity)?;
+        if let Some(c) = self.map.get(&k) {
+            return Ok(Choice {
+                cached: true,
+                ..c.clone()
+            });
+        }
+        let csr = CsrOwned::from_dense(w, rows, cols);
+        let speedup = |m: usize, runs: usize| -> Result<f64> {
+            let (dense, sparse) = dense_and_csr_secs(w, &csr, (rows, cols), m, (ROUNDS, runs))?;
+            Ok(dense / sparse.max(1e-12))
+        };
+        let (b1, b256) = (speedup(1, 50)?, speedup(256, 5)?);
+        let c = Choice {
+            csr: b1 > 1.0 && b256 > 1.0,
+            speedup_b1: b1,
+            speedup_b256: b256,
+            cached: false,
+        };
+        self.map.insert(k, c.clone());
+        self.changed = true;
+        Ok(c)
     }
 }
 
-/// Median seconds of `runs` calls of `f` after one warm-up call.
-fn median_secs(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64());
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
-}
-
-/// Dense time / CSR time of the `rows`×`cols` weight `w` at batch `m`.
-fn speedup(w: &[f32], csr: &CsrOwned, (rows, cols): (usize, usize), m: usize) -> Result<f64> {
+/// Median seconds of the Linear kind's dense path and of the CSR kernel on the
+/// `rows`×`cols` weight `w` (and its CSR form) at batch `m`: `rounds` interleaved rounds
+/// (dense, CSR, dense, …), each the median of `runs` calls after 3 warm-up calls.
+pub fn dense_and_csr_secs(
+    w: &[f32],
+    csr: &CsrOwned,
+    (rows, cols): (usize, usize),
+    m: usize,
+    (rounds, runs): (usize, usize),
+) -> Result<(f64, f64)> {
     let dev = Device::Cpu;
     let wt = Tensor::from_vec(w.to_vec(), (rows, cols), &dev)?;
     // inputs of the layer's width with a spread of values (the kernels do not look at them)
@@ -98,46 +146,14 @@ fn speedup(w: &[f32], csr: &CsrOwned, (rows, cols): (usize, usize), m: usize) ->
         .map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5)
         .collect();
     let xt = Tensor::from_vec(x.clone(), (m, cols), &dev)?;
-    let runs = if m == 1 { 50 } else { 5 };
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        dense.push(median_secs(runs, || linear(&xt, &wt, None).map(|_| ()))?);
-        sparse.push(median_secs(runs, || csr_product(csr, &x, m).map(|_| ()))?);
+    for _ in 0..rounds.max(1) {
+        dense.push(median_time(3, runs, || linear(&xt, &wt, None).map(|_| ()))?);
+        sparse.push(median_time(3, runs, || {
+            csr_product(csr, &x, m).map(|_| ())
+        })?);
     }
     dense.sort_by(f64::total_cmp);
     sparse.sort_by(f64::total_cmp);
-    Ok(dense[ROUNDS / 2] / sparse[ROUNDS / 2].max(1e-12))
-}
-
-/// Whether the `rows`×`cols` weight `w` (row-major, `sparsity` of it zero) is faster as
-/// CSR on this CPU, from the cache or timed now.
-pub fn choose(w: &[f32], rows: usize, cols: usize, sparsity: f64) -> Result<Choice> {
-    if sparsity < NEVER_BELOW {
-        return Ok(Choice {
-            csr: false,
-            speedup_b1: 0.0,
-            speedup_b256: 0.0,
-            cached: false,
-        });
-    }
-    let k = cache_key(rows, cols, sparsity)?;
-    let mut cache = read_cache();
-    if let Some(c) = cache.get(&k) {
-        return Ok(Choice {
-            cached: true,
-            ..c.clone()
-        });
-    }
-    let csr = CsrOwned::from_dense(w, rows, cols);
-    let b1 = speedup(w, &csr, (rows, cols), 1)?;
-    let b256 = speedup(w, &csr, (rows, cols), 256)?;
-    let c = Choice {
-        csr: b1 > 1.0 && b256 > 1.0,
-        speedup_b1: b1,
-        speedup_b256: b256,
-        cached: false,
-    };
-    cache.insert(k, c.clone());
-    write_cache(&cache);
-    Ok(c)
+    Ok((dense[dense.len() / 2], sparse[sparse.len() / 2]))
 }

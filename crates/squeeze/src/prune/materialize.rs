@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::csr_choice::{choose, Choice};
+use super::csr_choice::{Choice, CsrCache};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::kinds::linear::Linear;
@@ -45,6 +45,10 @@ pub fn materialize(model: &mut Model, min_sparsity: f64) -> Result<Vec<Folded>> 
 /// Folds every mask of `model` into its weight; Linear weights (without a codec) become
 /// CSR where `rule` says.
 pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
+    let mut cache = match rule {
+        CsrRule::Measured => CsrCache::load(),
+        CsrRule::AtLeast(_) => CsrCache::default(),
+    };
     let mut out = Vec::new();
     for name in std::mem::take(&mut model.graph.masks) {
         let mask = model
@@ -65,7 +69,7 @@ pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
             (_, None) => (false, None),
             (CsrRule::AtLeast(min), Some(_)) => (sparsity >= min, None),
             (CsrRule::Measured, Some((rows, cols))) => {
-                let c = choose(&values, rows, cols, sparsity)?;
+                let c = cache.choose(&values, rows, cols, sparsity)?;
                 (c.csr, Some(c))
             }
         };
@@ -77,6 +81,7 @@ pub fn materialize_by(model: &mut Model, rule: CsrRule) -> Result<Vec<Folded>> {
             measured,
         });
     }
+    cache.save();
     Ok(out)
 }
 
