@@ -63,8 +63,8 @@ pub fn all() -> Vec<Preset> {
         Preset {
             name: "int4",
             summary: "4-bit weights: image models with 4-bit inputs too (post-training, \
-                      first and last layers kept); text encoders weight-only with GPTQ, \
-                      groups of 128. No training (see qat-int4 for the trained form).",
+                      first and last layers kept); text encoders with GPTQ, groups of 128, \
+                      and int8 activations (an integer product). No training (see qat-int4 for the trained form).",
             image: variant!("vgg-ptq-int4.toml", "quant", "vgg-ptq-int4", "vgg"),
             text: variant!(
                 "minilm-int4-gptq-g128.toml",

@@ -9,7 +9,9 @@
 //! of each row, `ACT_BLOCK`) or `static` int8 (the calibrated `input_scale`: the
 //! clipping value / 64) run the exact int8 kernel of `crate::ops::qgemm::panel_blocked`,
 //! whose codes are in [−64, 64] (`LINEAR_ACT_MAX`);
-//! `none` keeps f32 activations against int4 weights (weight-only; above 64 rows the layer's
+//! `dynamic` with int4 weights quantizes each row in blocks of 32 to codes in ±127 and runs
+//! the integer int4 × int8 kernel of `crate::ops::qgemm::panel_q4` (llama.cpp's Q4_0 ×
+//! Q8_0 scheme); `none` keeps f32 activations against int4 weights (weight-only; above 64 rows the layer's
 //! codes are widened once per call into a transient f32 copy for the f32 product). Any
 //! other caller (f64,
 //! gradients) gets the simulated layer — the dequantized weight and the fake-quantized
@@ -29,6 +31,7 @@ use crate::error::Result;
 use crate::math::qlayout::{signed_code_at, Layout, Scales};
 use crate::ops::pack_cache::PackCache;
 use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
+use crate::ops::qgemm::panel_q4::{quantize_q8, PackedQ4, Q8_BLOCK, Q8_MAX};
 use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
@@ -40,7 +43,8 @@ use crate::params::ParamStore;
 pub enum ActQuant {
     /// f32 activations (weight-only; int4 weights).
     None,
-    /// int8, one scale per 32 inputs of a row chosen at run time.
+    /// int8, one scale per 32 inputs of a row chosen at run time (int8 weights: codes in
+    /// ±64; int4 weights: codes in ±127 and an integer dot product).
     Dynamic,
     /// int8, the calibrated scale `input_scale`.
     Static,
@@ -99,10 +103,12 @@ impl LayerKind for QLinear {
                 return Err("int8 weights take per-channel or per-tensor scales".into())
             }
             (4, ActQuant::Static, Scales::Channel) if !self.layout.zero_point => {}
-            (4, ActQuant::Dynamic | ActQuant::Static, _) => {
+            // int4 rows and blocks are whole chunks of 32: the int8 blocks' length
+            (4, ActQuant::Dynamic, _) => {}
+            (4, ActQuant::Static, _) => {
                 return Err(
-                    "int4 weights are weight-only (`act` = \"none\"), or static with \
-                            symmetric per-channel scales"
+                    "int4 weights are weight-only (`act` = \"none\"), dynamic, or static \
+                     with symmetric per-channel scales"
                         .into(),
                 )
             }
@@ -198,6 +204,13 @@ impl QLinear {
     ) -> Result<Tensor> {
         let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
         let isa = crate::isa::active()?;
+        if self.layout.bits == 4 && self.act == ActQuant::Dynamic {
+            let packed = packs.int4(codes, || PackedQ4::pack(w))?;
+            let y = with_cpu::<f32, _>(x2, |xs| {
+                packed.product(isa, &quantize_q8(isa, xs, k)?, bias)
+            })??;
+            return Ok(Tensor::from_vec(y, (m, n), x2.device())?);
+        }
         if self.layout.bits == 4 && self.act == ActQuant::None && m > Q4_ROWS {
             // many rows: widen the codes once (a transient f32 copy of this one layer) and
             // run the f32 product, instead of widening them again for every token tile
@@ -248,7 +261,10 @@ impl QLinear {
             x2.clone()
         } else {
             let xs: Vec<f32> = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let q = quantize_rows(&xs, k, static_scale, ACT_BLOCK, LINEAR_ACT_MAX);
+            let q = match (self.layout.bits, self.act) {
+                (4, ActQuant::Dynamic) => quantize_rows(&xs, k, None, Q8_BLOCK, Q8_MAX),
+                _ => quantize_rows(&xs, k, static_scale, ACT_BLOCK, LINEAR_ACT_MAX),
+            };
             let deq: Vec<f32> = (0..m * k).map(|i| q.value(i / k, i % k, k)).collect();
             let xq = Tensor::from_vec(deq, (m, k), x2.device())?.to_dtype(x2.dtype())?;
             (x2 + (xq - x2)?.detach())?

@@ -1,6 +1,7 @@
 //! The one cache of packed weights: a model's weights in the layouts the kernels read
 //! ([`super::packed::PackedLinear`] for f32 Linear layers, [`PackedI8`] and
-//! [`PackedBlocked`] for int8, [`PackedBits`] for binary and ternary), made on first use and owned by the caller — a text encoder
+//! [`PackedBlocked`] for int8, [`PackedQ4`] for int4, [`PackedBits`] for binary and
+//! ternary), made on first use and owned by the caller — a text encoder
 //! keeps one for its lifetime, and the interpreter keeps one with the graph it runs — so
 //! nothing stays packed after its model is gone.
 
@@ -13,6 +14,7 @@ use super::packed::PackedLinear;
 use super::qgemm::bits::PackedBits;
 use super::qgemm::panel::PackedI8;
 use super::qgemm::panel_blocked::PackedBlocked;
+use super::qgemm::panel_q4::PackedQ4;
 use crate::error::{Error, Result};
 
 /// Packed weights kept beyond one call, at most this many per form (the oldest go first).
@@ -71,6 +73,7 @@ pub struct PackCache {
     int8: Kept<PackedI8, TensorId>,
     blocked: Kept<PackedBlocked, (TensorId, usize)>,
     bits: Kept<PackedBits, TensorId>,
+    int4: Kept<PackedQ4, TensorId>,
 }
 
 impl std::fmt::Debug for PackCache {
@@ -138,5 +141,15 @@ impl PackCache {
         make: impl FnOnce() -> Result<PackedBlocked>,
     ) -> Result<Arc<PackedBlocked>> {
         self.blocked.get((id, block), make)
+    }
+
+    /// The int4 nibble panels of the stored codes tensor `id` (the int4 × int8 Linear's),
+    /// made by `make` on first use.
+    pub fn int4(
+        &self,
+        id: TensorId,
+        make: impl FnOnce() -> Result<PackedQ4>,
+    ) -> Result<Arc<PackedQ4>> {
+        self.int4.get(id, make)
     }
 }

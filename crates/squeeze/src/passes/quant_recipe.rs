@@ -32,7 +32,7 @@ pub struct QuantizeOptions {
     pub per_tensor: bool,
     #[serde(default)]
     pub zero_point: bool,
-    /// int8: "dynamic" (default) or "static"; int4: "none".
+    /// int8: "dynamic" (default) or "static"; int4: "none" (default) or "dynamic".
     #[serde(default)]
     pub activations: Option<ActQuant>,
     #[serde(default)]
@@ -63,7 +63,8 @@ fn yes() -> bool {
 impl Declared for QuantizeOptions {
     const HELP: &'static str =
         "post-training quantization of Linear weights and embedding tables: \
-        `bits` 8 (`activations` \"dynamic\" or \"static\", `clip` for static) or 4 (weight-only), \
+        `bits` 8 (`activations` \"dynamic\" or \"static\", `clip` for static) or 4 (weight-only, or \
+        `activations` \"dynamic\": int8 codes per 32 inputs and an integer product), \
         scales per channel, `per_tensor` or per `group`, optional `zero_point`; `rounding` \"rtn\" \
         or \"gptq\" (`block`, `damp`, `act_order`)";
     const EXAMPLE: &'static str = "bits = 8, activations = \"dynamic\"";
@@ -132,7 +133,7 @@ impl QuantizeOptions {
     }
 
     /// The activation scheme: int8 weights take dynamic (default) or static activations,
-    /// per channel or per tensor; int4 weights are weight-only.
+    /// per channel or per tensor; int4 weights are weight-only (default) or dynamic.
     fn act(&self) -> Result<ActQuant> {
         let default = if self.bits == 8 {
             ActQuant::Dynamic
@@ -148,8 +149,8 @@ impl QuantizeOptions {
             (8, _, true) => Err(err(
                 "`group`: int8 weights take per-channel or per-tensor scales".into(),
             )),
-            (4, ActQuant::Dynamic | ActQuant::Static, _) => Err(err(
-                "`activations`: int4 weights are weight-only (\"none\")".into(),
+            (4, ActQuant::Static, _) => Err(err(
+                "`activations`: int4 weights take \"none\" (weight-only) or \"dynamic\"".into(),
             )),
             _ => Ok(act),
         }

@@ -25,9 +25,13 @@ mod avx2_blocked;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
+mod avx2_q4;
+#[cfg(target_arch = "x86_64")]
 mod avx512_blocked;
 #[cfg(target_arch = "x86_64")]
 mod avx512_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_q4;
 pub mod bits;
 #[cfg(target_arch = "x86_64")]
 mod bits_avx2;
@@ -35,6 +39,7 @@ mod bits_avx2;
 mod bits_avx512;
 pub mod panel;
 pub mod panel_blocked;
+pub mod panel_q4;
 pub mod quantize;
 mod round;
 

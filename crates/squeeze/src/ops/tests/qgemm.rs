@@ -489,3 +489,67 @@ fn every_row_quantizer_path_equals_the_scalar_rounding_exactly() {
         }
     }
 }
+
+#[test]
+fn int4_int8_panels_match_their_reference_on_every_path() {
+    use qgemm::panel_q4::{quantize_q8, PackedQ4, Q8_MAX};
+    // channels beyond whole panels and half panels, tokens beyond whole tiles, every
+    // int4 layout (rows and blocks are whole chunks of 32 inputs)
+    for &(m, n, k) in &[(1, 5, 64), (3, 16, 128), (9, 37, 256), (17, 24, 384)] {
+        for layout in layouts().into_iter().filter(|l| l.bits == 4) {
+            let q = QWeight::quantize(&weights(n * k, 5 + n as u64), n, k, layout).unwrap();
+            let p = PackedQ4::pack(&q.view()).unwrap();
+            let x = uniform(m * k, 3 + m as u64);
+            // the activation codes are the reference quantizer's, block by block
+            let r = quantize_rows(&x, k, None, 32, Q8_MAX);
+            let a = quantize_q8(isa::Isa::Scalar, &x, k).unwrap();
+            assert_eq!((&a.codes, &a.scales), (&r.codes, &r.scales));
+            let bias = uniform(n, 17);
+            let want = p.product_reference(&a, 0..m, Some(&bias)).unwrap();
+            // the reference is the dequantized weight times the dequantized codes
+            let dq = q.dequantize();
+            for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                let d: f32 = (0..k).map(|c| r.value(i, c, k) * dq[j * k + c]).sum();
+                let (d, g) = (d + bias[j], want[i * n + j]);
+                assert!(
+                    (d - g).abs() <= Q4_TOL * (1.0 + d.abs()),
+                    "{}: {d} vs {g}",
+                    layout.label()
+                );
+            }
+            for path in super::common::isa_paths(module_path!()) {
+                let a = quantize_q8(path, &x, k).unwrap();
+                assert_eq!(a.codes, r.codes, "{}", path.name());
+                let got = p.product(path, &a, Some(&bias)).unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= Q4_TOL * (1.0 + w.abs()),
+                        "{} {} m={m} n={n}: {g} vs {w}",
+                        path.name(),
+                        layout.label()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int4_int8_panels_refuse_what_they_cannot_hold() {
+    use qgemm::panel_q4::{quantize_q8, PackedQ4};
+    use squeeze::quant::layout::{Layout, Scales};
+    // an int8 weight, and rows that are not whole blocks of 32 inputs
+    let q = QWeight::quantize(&weights(4 * 64, 1), 4, 64, Layout::INT8_CHANNEL).unwrap();
+    assert!(PackedQ4::pack(&q.view()).is_err());
+    assert!(quantize_q8(isa::Isa::Scalar, &uniform(48, 1), 48).is_err());
+    // activations of another width
+    let l = Layout {
+        bits: 4,
+        scales: Scales::Group(32),
+        zero_point: false,
+    };
+    let q = QWeight::quantize(&weights(4 * 64, 1), 4, 64, l).unwrap();
+    let p = PackedQ4::pack(&q.view()).unwrap();
+    let a = quantize_q8(isa::Isa::Scalar, &uniform(96, 1), 96).unwrap();
+    assert!(p.product(isa::Isa::Scalar, &a, None).is_err());
+}
