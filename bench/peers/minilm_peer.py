@@ -8,10 +8,15 @@ graph, per-tensor weights; `ort_int8_opt_pc`: the optimized graph, per-channel w
 Each int8 variant also reports the mean cosine of its embeddings to ORT f32's over the
 sentences (`<name>_cosine_to_f32`).
 
-usage: minilm_peer.py MODEL_DIR STS_FILE N_LATENCY [--no-ort]
+usage: minilm_peer.py MODEL_DIR STS_FILE N_LATENCY [--no-ort] [--serve]
 prints one JSON object: <peer>_latency_ms_b1 (median over the first N_LATENCY sentences,
 each embedded alone, tokenization included) and <peer>_throughput_b32 (sentences/s over all
 sentences of the file, 32 at a time), plus the versions used.
+
+With --serve the peers are set up once, a line {"ready": ...} (versions, cosines) is
+printed, and then each line `round` on stdin times every peer once more and prints one
+JSON line of that round's measurements; `quit` ends. `squeeze bench text` drives it so
+that its own encoders and the peers alternate within each round.
 """
 import json
 import os
@@ -122,34 +127,60 @@ def ort_embed(sess, tok):
     return embed
 
 
+def setup(model_dir, texts, no_ort):
+    """The peers' embed functions by name, and what does not change between rounds."""
+    out = {"threads": THREADS, "torch": torch.__version__}
+    peers = {"pytorch": pytorch_peer(model_dir)}
+    if no_ort:
+        return peers, out
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out["onnxruntime"] = ort.__version__
+    with tempfile.TemporaryDirectory() as tmp:
+        # the sessions hold their graphs in memory once made
+        sessions = ort_sessions(model_dir, tmp)
+    ref = None
+    for name, sess in sessions.items():
+        embed = ort_embed(sess, tok)
+        peers[name] = embed
+        e = np.concatenate([embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+        if ref is None:
+            ref = e
+        else:
+            out[f"{name}_cosine_to_f32"] = float((e * ref).sum(1).mean())
+    return peers, out
+
+
+def one_round(peers, texts, n_lat):
+    out = {}
+    for name, embed in peers.items():
+        lat, thr = measure(embed, texts, n_lat)
+        out[f"{name}_latency_ms_b1"] = lat
+        out[f"{name}_throughput_b32"] = thr
+    # the best int8 variant: lowest batch-1 latency, highest batch-32 throughput
+    int8 = [n for n in ["ort_int8", "ort_int8_opt_pc"] if n in peers]
+    if int8:
+        out["ort_best_int8_latency_ms_b1"] = min(out[f"{n}_latency_ms_b1"] for n in int8)
+        out["ort_best_int8_throughput_b32"] = max(out[f"{n}_throughput_b32"] for n in int8)
+    return out
+
+
 def main():
     model_dir, sts, n_lat = sys.argv[1], sys.argv[2], int(sys.argv[3])
     texts = sentences(sts)
-    out = {"threads": THREADS, "torch": torch.__version__}
-    lat, thr = measure(pytorch_peer(model_dir), texts, n_lat)
-    out.update(pytorch_latency_ms_b1=lat, pytorch_throughput_b32=thr)
-    if "--no-ort" not in sys.argv:
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        out["onnxruntime"] = ort.__version__
-        with tempfile.TemporaryDirectory() as tmp:
-            ref = None
-            for name, sess in ort_sessions(model_dir, tmp).items():
-                embed = ort_embed(sess, tok)
-                lat, thr = measure(embed, texts, n_lat)
-                out[f"{name}_latency_ms_b1"] = lat
-                out[f"{name}_throughput_b32"] = thr
-                e = np.concatenate([embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
-                if ref is None:
-                    ref = e
-                else:
-                    out[f"{name}_cosine_to_f32"] = float((e * ref).sum(1).mean())
-        # the best int8 variant: lowest batch-1 latency, highest batch-32 throughput
-        int8 = ["ort_int8", "ort_int8_opt_pc"]
-        out["ort_best_int8_latency_ms_b1"] = min(out[f"{n}_latency_ms_b1"] for n in int8)
-        out["ort_best_int8_throughput_b32"] = max(out[f"{n}_throughput_b32"] for n in int8)
-    print(json.dumps(out))
+    peers, fixed = setup(model_dir, texts, "--no-ort" in sys.argv)
+    if "--serve" not in sys.argv:
+        print(json.dumps({**fixed, **one_round(peers, texts, n_lat)}))
+        return
+    print(json.dumps({"ready": fixed}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        if line.strip() == "round":
+            print(json.dumps({"round": one_round(peers, texts, n_lat)}), flush=True)
+        else:
+            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
 //! `squeeze bench quant`: an image classifier and its quantized form side by side — test
 //! accuracy, size on disk, batch-1 latency and batch-256 throughput (the two models
-//! interleaved round by round in this process, medians with their spread) — then
+//! interleaved round by round in this process, medians with their spread) — and
 //! PyTorch's eager-mode static int8 of the same original network (`bench/peers/
-//! quant_peer.py`, x86/fbgemm engines, the better of the two) in the same run, never
-//! concurrently. The entry is merged into the results file under `--key`.
+//! quant_peer.py`, x86/fbgemm engines, the better of the two), kept running in its own
+//! process and timed after ours in every round, never concurrently; the ratios are the
+//! median and range of the rounds' own ratios. The entry is merged into the results file under `--key`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 use squeeze::checkpoint::size_on_disk;
 use squeeze::data::FashionMnist;
-use squeeze::eval::{accuracy, image_speeds};
+use squeeze::eval::accuracy;
+use squeeze::eval::compare::image_speeds_with;
 use squeeze::formats::load_any;
 
+use crate::peer_server::{medians, spread, PeerServer};
 use crate::DataArg;
 
 #[derive(Args)]
@@ -58,26 +61,59 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "accuracy: {acc_base:.2}% → {acc_q:.2}%; timing {} rounds",
         a.rounds
     );
-    let t = image_speeds(&[&base, &q], a.rounds, a.runs)?;
-    let peer = if a.python == "none" {
-        None
-    } else {
-        let args = [
-            a.model.display().to_string(),
-            a.data.data.display().to_string(),
-            "--runs".into(),
-            (2 * a.runs).to_string(),
-            "--threads".into(),
-            crate::measure::threads().to_string(),
-        ];
-        Some(crate::measure::python(&a.python, &a.peer, &args)?)
+    let mut server = match a.python.as_str() {
+        "none" => None,
+        py => {
+            let args = [
+                a.model.display().to_string(),
+                a.data.data.display().to_string(),
+                "--runs".into(),
+                (2 * a.runs).to_string(),
+                "--threads".into(),
+                crate::measure::threads().to_string(),
+            ];
+            eprintln!(
+                "peer: setting up {} (PyTorch static int8)",
+                a.peer.display()
+            );
+            Some(PeerServer::start(py, &a.peer, &args)?)
+        }
     };
+    let mut rounds = Vec::new();
+    let t = image_speeds_with(&[&base, &q], a.rounds, a.runs, &mut |_| {
+        if let Some((s, _)) = server.as_mut() {
+            let r = s
+                .round()
+                .map_err(|e| squeeze::Error::Data(format!("{e:#}")))?;
+            rounds.push(r);
+        }
+        Ok(())
+    })?;
+    let peer = server.take().map(|(_, ready)| {
+        let mut p = medians(&rounds);
+        if let Value::Object(fixed) = ready {
+            p.extend(fixed);
+        }
+        p.insert("rounds".into(), Value::from(rounds.clone()));
+        Value::Object(p)
+    });
     let get = |k: &str| peer.as_ref().and_then(|p| p[k].as_f64());
     let (lat, thr) = (t[1].latency_ms_b1.median, t[1].throughput.median);
     let (pt_lat, pt_thr) = (
         get("pytorch_int8_latency_ms_b1"),
         get("pytorch_int8_throughput_b256"),
     );
+    // ours against PyTorch's int8, round by round: median and range of the ratios
+    let per_round = |ours: &[f64], key: &str| {
+        let r: Vec<f64> = ours
+            .iter()
+            .zip(&rounds)
+            .filter_map(|(o, p)| p[key].as_f64().map(|p| o / p))
+            .collect();
+        spread(&r)
+    };
+    let lat_r = per_round(&t[1].latency_ms_b1.rounds, "pytorch_int8_latency_ms_b1");
+    let thr_r = per_round(&t[1].throughput.rounds, "pytorch_int8_throughput_b256");
     let measured_by = std::env::args().collect::<Vec<_>>().join(" ");
     let entry = json!({
         "accuracy": acc_q,
@@ -99,8 +135,12 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "pytorch_int8_accuracy": get("pytorch_int8_accuracy"),
         "latency_ratio_vs_f32": lat / t[0].latency_ms_b1.median,
         "throughput_ratio_vs_f32": thr / t[0].throughput.median,
-        "latency_ratio_vs_pytorch_int8": pt_lat.map(|p| lat / p),
-        "throughput_ratio_vs_pytorch_int8": pt_thr.map(|p| thr / p),
+        // the median of the rounds' own ratios (PyTorch timed right after ours in each
+        // round), and their range
+        "latency_ratio_vs_pytorch_int8": lat_r.map(|r| r.0),
+        "latency_ratio_vs_pytorch_int8_range": lat_r.map(|r| [r.1, r.2]),
+        "throughput_ratio_vs_pytorch_int8": thr_r.map(|r| r.0),
+        "throughput_ratio_vs_pytorch_int8_range": thr_r.map(|r| [r.1, r.2]),
         "timing": t[0].method,
         "threads": crate::measure::threads(),
         "cpu": squeeze::isa::cpu_name(),

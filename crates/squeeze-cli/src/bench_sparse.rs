@@ -49,7 +49,7 @@ fn whole_models(
     runs: usize,
 ) -> Result<serde_json::Value> {
     let t = image_speeds(&[a, b], MODEL_ROUNDS, runs)?;
-    let (ta, tb) = (t[0].latency_ms_b1, t[1].latency_ms_b1);
+    let (ta, tb) = (&t[0].latency_ms_b1, &t[1].latency_ms_b1);
     eprintln!(
         "{} {:.4} [{:.4}–{:.4}] ms vs {} {:.4} [{:.4}–{:.4}] ms at batch 1 ({})",
         dense.display(),

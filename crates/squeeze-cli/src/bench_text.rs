@@ -3,9 +3,11 @@
 //! STS-B Spearman/Pearson, mean cosine of its embeddings to `--model`'s (variants), size,
 //! parameters and the peak RSS of a separate `squeeze eval` process; batch-1 latency
 //! (median, tokenization included) and batch-32 throughput, the encoders interleaved round
-//! by round in this process. Then the peers (sentence-transformers on PyTorch, ONNX
-//! Runtime f32 and int8, plain and transformer-optimized) on the same sentences in the
-//! same run, never concurrently, and the Python reference's Spearman. Each encoder's
+//! by round in this process. The peers (sentence-transformers on PyTorch, ONNX Runtime f32
+//! and int8, plain and transformer-optimized) run in one Python process kept alive for
+//! the run and take their turn after ours in every round, never concurrently; ratios
+//! against them are the median (and range) of the rounds' own ratios. Then the Python
+//! reference's Spearman. Each encoder's
 //! entry is merged into the results file under its key, other keys are kept.
 
 use std::path::{Path, PathBuf};
@@ -15,10 +17,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use squeeze::checkpoint::{size_on_disk, Model};
-use squeeze::eval::compare::text_speeds;
+use squeeze::eval::compare::text_speeds_with;
 use squeeze::eval::static_cost;
 use squeeze::formats::load_any;
 use squeeze::text::{stsb, stsb_scores, Encoder};
+
+use crate::peer_server::{medians, spread, PeerServer};
 
 #[derive(Args)]
 pub struct TextArgs {
@@ -90,9 +94,38 @@ pub fn run(a: TextArgs) -> Result<()> {
     }
     let lat_texts = &texts[..a.latency_sentences.min(texts.len())];
     let refs: Vec<&Model> = models.iter().collect();
-    let speeds = text_speeds(&refs, lat_texts, &texts, a.rounds)?;
-    let (peer, reference) = peers(&a)?;
+    let mut server = start_peer(&a)?;
+    let mut rounds = Vec::new();
+    let speeds = text_speeds_with(&refs, (lat_texts, &texts), a.rounds, &mut |_| {
+        if let Some((s, _)) = server.as_mut() {
+            let r = s
+                .round()
+                .map_err(|e| squeeze::Error::Data(format!("{e:#}")))?;
+            rounds.push(r);
+        }
+        Ok(())
+    })?;
+    let peer = server.take().map(|(_, ready)| {
+        let mut p = medians(&rounds);
+        if let Value::Object(fixed) = ready {
+            p.extend(fixed);
+        }
+        p.insert("rounds".into(), Value::from(rounds.clone()));
+        Value::Object(p)
+    });
+    let reference = reference(&a)?;
     let get = |v: &Option<Value>, k: &str| v.as_ref().and_then(|p| p[k].as_f64());
+    // ours against a peer's key, round by round: median and range of the ratios
+    let per_round = |ours: &[f64], key: &str| {
+        let r: Vec<f64> = ours
+            .iter()
+            .zip(&rounds)
+            .filter_map(|(o, p)| p[key].as_f64().map(|p| o / p))
+            .collect();
+        spread(&r)
+    };
+    let ratio = |s: Option<(f64, f64, f64)>| s.map(|(m, _, _)| m);
+    let range = |s: Option<(f64, f64, f64)>| s.map(|(_, lo, hi)| [lo, hi]);
     let base = measured[0].embeddings.clone();
     let mut shown = serde_json::Map::new();
     let base_lat = speeds[0].latency_ms_b1.median;
@@ -102,6 +135,10 @@ pub fn run(a: TextArgs) -> Result<()> {
         let ort8_lat = get(&peer, "ort_best_int8_latency_ms_b1");
         let ort8_thr = get(&peer, "ort_best_int8_throughput_b32");
         let ort_lat = get(&peer, "ort_f32_latency_ms_b1");
+        let lat8 = per_round(&t.latency_ms_b1.rounds, "ort_best_int8_latency_ms_b1");
+        let thr8 = per_round(&t.throughput.rounds, "ort_best_int8_throughput_b32");
+        let lat32 = per_round(&t.latency_ms_b1.rounds, "ort_f32_latency_ms_b1");
+        let thr32 = per_round(&t.throughput.rounds, "ort_f32_throughput_b32");
         let extra = json!({
             "latency_ms_b1": lat,
             "latency_ms_b1_range": [t.latency_ms_b1.min, t.latency_ms_b1.max],
@@ -114,9 +151,16 @@ pub fn run(a: TextArgs) -> Result<()> {
             "ort_f32_throughput_b32": get(&peer, "ort_f32_throughput_b32"),
             "ort_int8_latency_ms_b1": ort8_lat,
             "ort_int8_throughput_b32": ort8_thr,
-            "latency_ratio_vs_ort_int8": ort8_lat.map(|p| lat / p),
-            "throughput_ratio_vs_ort_int8": ort8_thr.map(|p| thr / p),
-            "latency_ratio_vs_ort_f32": ort_lat.map(|p| lat / p),
+            // ratios: the median of the rounds' own ratios, each round's peer timed right
+            // after our encoders, and their range
+            "latency_ratio_vs_ort_int8": ratio(lat8),
+            "latency_ratio_vs_ort_int8_range": range(lat8),
+            "throughput_ratio_vs_ort_int8": ratio(thr8),
+            "throughput_ratio_vs_ort_int8_range": range(thr8),
+            "latency_ratio_vs_ort_f32": ratio(lat32),
+            "latency_ratio_vs_ort_f32_range": range(lat32),
+            "throughput_ratio_vs_ort_f32": ratio(thr32),
+            "throughput_ratio_vs_ort_f32_range": range(thr32),
             "latency_ratio_vs_f32": (i > 0).then(|| lat / base_lat),
             // a distilled student: its teacher (--model) timed in this run, and the
             // distillation's wall time from the student's distill.json
@@ -213,27 +257,46 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-/// The peer run and the Python reference's Spearman (none with `--python none`).
-fn peers(a: &TextArgs) -> Result<(Option<Value>, Option<Value>)> {
+/// The peer process, set up and waiting for its first round (none with `--python
+/// none`), and the line it announced itself with.
+fn start_peer(a: &TextArgs) -> Result<Option<(PeerServer, Value)>> {
     if a.python == "none" {
-        return Ok((None, None));
+        return Ok(None);
     }
-    let refdir = a.reference_model.clone().unwrap_or_else(|| a.model.clone());
+    eprintln!(
+        "peers: setting up {} (PyTorch, ONNX Runtime)",
+        a.peer.display()
+    );
     let mut args = vec![
-        refdir.display().to_string(),
+        reference_dir(a).display().to_string(),
         a.data.display().to_string(),
         a.latency_sentences.to_string(),
     ];
     if a.no_ort {
         args.push("--no-ort".into());
     }
-    let peer = crate::measure::python(&a.python, &a.peer, &args)?;
-    let r = crate::measure::python(
+    Ok(Some(PeerServer::start(&a.python, &a.peer, &args)?))
+}
+
+fn reference_dir(a: &TextArgs) -> PathBuf {
+    a.reference_model.clone().unwrap_or_else(|| a.model.clone())
+}
+
+/// The Python reference's Spearman (none with `--python none`).
+fn reference(a: &TextArgs) -> Result<Option<Value>> {
+    if a.python == "none" {
+        return Ok(None);
+    }
+    let args = [
+        "stsb".to_string(),
+        reference_dir(a).display().to_string(),
+        a.data.display().to_string(),
+    ];
+    Ok(Some(crate::measure::python(
         &a.python,
         &a.reference,
-        &["stsb".into(), args[0].clone(), args[1].clone()],
-    )?;
-    Ok((Some(peer), Some(r)))
+        &args,
+    )?))
 }
 
 /// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.

@@ -26,6 +26,7 @@ mod guard;
 mod interrupt;
 mod measure;
 mod outdir;
+mod peer_server;
 mod plot;
 mod presets;
 mod search;

@@ -13,20 +13,27 @@ use crate::model::Model;
 use crate::text::Encoder;
 
 /// A speed measured over interleaved rounds: the median and the range of the rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// The values in round order (for per-round ratios against a peer timed between
+    /// the rounds); not written to results.
+    #[serde(skip)]
+    pub rounds: Vec<f64>,
 }
 
 impl Spread {
-    fn of(mut v: Vec<f64>) -> Spread {
-        v.sort_by(|a, b| a.total_cmp(b));
+    /// Median, min and max of `v` (not empty), keeping `v` in its order.
+    pub fn of(v: Vec<f64>) -> Spread {
+        let mut sorted = v.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
         Spread {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
+            median: sorted[sorted.len() / 2],
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            rounds: v,
         }
     }
 }
@@ -74,6 +81,17 @@ fn order(n: usize, r: usize) -> impl Iterator<Item = usize> {
 /// Times image models interleaved: per round and model, batch-1 latency (median of
 /// `reps` runs) and batch-256 throughput (median of `reps / 10`, at least 1).
 pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec<Timing>> {
+    image_speeds_with(models, rounds, reps, &mut |_| Ok(()))
+}
+
+/// [`image_speeds`], calling `between(r)` after the models' turn in round `r` (see
+/// [`text_speeds_with`]).
+pub fn image_speeds_with(
+    models: &[&Model],
+    rounds: usize,
+    reps: usize,
+    between: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<Timing>> {
     let (rounds, reps) = (rounds.max(1), reps.max(1));
     let mut lat = vec![Vec::new(); models.len()];
     let mut thr = vec![Vec::new(); models.len()];
@@ -92,6 +110,7 @@ pub fn image_speeds(models: &[&Model], rounds: usize, reps: usize) -> Result<Vec
             let t = median_time(1, (reps / 10).max(1), || predict(g, p, x256).map(|_| ()))?;
             thr[i].push(256.0 / t);
         }
+        between(r)?;
     }
     pb.finish_and_clear();
     let method = format!(
@@ -126,6 +145,22 @@ pub fn text_speeds(
     throughput_texts: &[&str],
     rounds: usize,
 ) -> Result<Vec<Timing>> {
+    text_speeds_with(
+        models,
+        (latency_texts, throughput_texts),
+        rounds,
+        &mut |_| Ok(()),
+    )
+}
+
+/// [`text_speeds`], calling `between(r)` after the models' turn in round `r` (a peer
+/// timed in another process takes its turn there, so that ours and theirs alternate).
+pub fn text_speeds_with(
+    models: &[&Model],
+    (latency_texts, throughput_texts): (&[&str], &[&str]),
+    rounds: usize,
+    between: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<Timing>> {
     let rounds = rounds.max(1);
     let encs = models
         .iter()
@@ -140,6 +175,7 @@ pub fn text_speeds(
             lat[i].push(encs[i].latency_b1(latency_texts)?);
             thr[i].push(encs[i].throughput(throughput_texts, 32)?);
         }
+        between(r)?;
     }
     pb.finish_and_clear();
     let method = format!(
