@@ -189,7 +189,17 @@ fn run_siblings(
 
 /// Eval-mode forward returning only the output, run by [`on_pool`].
 pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-    Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output)
+    let chunk: usize = std::env::var("SQUEEZE_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let n = x.dim(0)?;
+    if chunk == 0 || g.is_text() || n <= chunk {
+        return Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output);
+    }
+    let mut outs = Vec::new();
+    for s in (0..n).step_by(chunk) {
+        let xs = x.narrow(0, s, chunk.min(n - s))?;
+        outs.push(on_pool(|| forward(g, p, &xs, &ForwardOpts::eval()))?.output);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
 }
 
 /// Runs `f` (an inference forward) on a rayon worker, so the kernels' parallel calls split

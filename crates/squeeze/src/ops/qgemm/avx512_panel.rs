@@ -6,6 +6,12 @@
 //! [1, 255]) and each accumulator starts at −128·Σ_c w — the channel sums packed beside
 //! the panels — so the sum is exact either way (AVX-512BW has no `vpsignb` for the AVX2
 //! kernel's sign transfer). Tiles of up to 8 tokens × one panel stay in registers.
+//!
+//! Non-negative codes (every layer after a ReLU) take the wider tiles of [`wide`]: up to
+//! 4 panels × 6 tokens, 24 accumulators, each token's 4 codes broadcast straight from
+//! memory once for all the tile's panels — per group of 4 inputs, 4 + 6 loads feed 24
+//! `vpdpbusd`, where the one-panel tile spends a load, an XOR and a broadcast from a
+//! general register on every one.
 
 use std::arch::x86_64::*;
 
@@ -41,6 +47,9 @@ pub unsafe fn product(
     };
     let g = (lda, nq, xor);
     let op = out.as_mut_ptr();
+    if !signed {
+        return wide::product(src, (m, lda), panels.as_ptr(), (np, nq), op, ldo);
+    }
     for p in 0..np {
         let w = panels.as_ptr().add(p * psize);
         let start = match signed {
@@ -92,4 +101,98 @@ unsafe fn tile<const T: usize>(
         _mm512_storeu_si512(out.add(t * ldo) as *mut __m512i, *acc);
     }
     T
+}
+
+/// The unsigned path's wide tiles (see the module notes).
+mod wide {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// Every panel against every token: `out[i, 16p + ch] = Σ_c a[i, c]·w[16p + ch, c]`.
+    ///
+    /// # Safety
+    /// As [`super::product`] with non-negative codes in `a` (rows of stride `lda`), `np`
+    /// panels of `nq` groups at `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn product(
+        a: *const u8,
+        (m, lda): (usize, usize),
+        w: *const u8,
+        (np, nq): (usize, usize),
+        out: *mut i32,
+        ldo: usize,
+    ) {
+        let psize = nq * NR * 4;
+        let mut p = 0;
+        while p < np {
+            let wp = w.add(p * psize);
+            let g = (lda, nq, psize);
+            let step = match np - p {
+                4.. => rows::<4, 6>(a, m, g, wp, out.add(p * NR), ldo),
+                3 => rows::<3, 8>(a, m, g, wp, out.add(p * NR), ldo),
+                2 => rows::<2, 8>(a, m, g, wp, out.add(p * NR), ldo),
+                _ => rows::<1, 8>(a, m, g, wp, out.add(p * NR), ldo),
+            };
+            p += step;
+        }
+    }
+
+    /// P panels against every token, in tiles of up to T tokens; returns P.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn rows<const P: usize, const T: usize>(
+        a: *const u8,
+        m: usize,
+        g: (usize, usize, usize),
+        w: *const u8,
+        out: *mut i32,
+        ldo: usize,
+    ) -> usize {
+        let mut i = 0;
+        while i < m {
+            let (at, o) = (a.add(i * g.0), out.add(i * ldo));
+            i += match m - i {
+                t if t >= T => tile::<P, T>(at, g, w, o, ldo),
+                7 => tile::<P, 7>(at, g, w, o, ldo),
+                6 => tile::<P, 6>(at, g, w, o, ldo),
+                5 => tile::<P, 5>(at, g, w, o, ldo),
+                4 => tile::<P, 4>(at, g, w, o, ldo),
+                3 => tile::<P, 3>(at, g, w, o, ldo),
+                2 => tile::<P, 2>(at, g, w, o, ldo),
+                _ => tile::<P, 1>(at, g, w, o, ldo),
+            };
+        }
+        P
+    }
+
+    /// T tokens × P panels (at stride `psize`), every group; stores T rows of 16·P i32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const P: usize, const T: usize>(
+        a: *const u8,
+        (lda, nq, psize): (usize, usize, usize),
+        w: *const u8,
+        out: *mut i32,
+        ldo: usize,
+    ) -> usize {
+        let mut acc = [[_mm512_setzero_si512(); P]; T];
+        for q in 0..nq {
+            let mut wv = [_mm512_setzero_si512(); P];
+            for (p, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(w.add(p * psize + q * 64) as *const __m512i);
+            }
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // one broadcast from memory serves the tile's P panels
+                let x = _mm512_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned());
+                for (acc, v) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm512_dpbusd_epi32(*acc, x, *v);
+                }
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            for (p, v) in acc.iter().enumerate() {
+                _mm512_storeu_si512(out.add(t * ldo + p * NR) as *mut __m512i, *v);
+            }
+        }
+        T
+    }
 }

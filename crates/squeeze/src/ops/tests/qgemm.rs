@@ -24,6 +24,9 @@ fn packed_int8_panels_equal_the_reference_exactly() {
         (13, 33, 100),
         (6, 40, 1152),
         (17, 24, 64),
+        // the VNNI kernel's wide tiles: 4 panels + 1, tokens beyond 6
+        (15, 70, 96),
+        (8, 48, 40),
     ] {
         for relu in [false, true] {
             let mut x = uniform(m * k, 7 + k as u64);
