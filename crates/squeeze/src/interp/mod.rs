@@ -189,7 +189,10 @@ fn run_siblings(
 
 /// Eval-mode forward returning only the output, run by [`on_pool`].
 pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-    let chunk: usize = std::env::var("SQUEEZE_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let chunk: usize = std::env::var("SQUEEZE_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let n = x.dim(0)?;
     if chunk == 0 || g.is_text() || n <= chunk {
         return Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output);
