@@ -17,7 +17,7 @@ compress() {  # model recipe
   "$sq" compress "$1" --recipe "recipes/$2.toml" --out "runs/quant/$2" --force --rounds 0
 }
 if [[ $what == compress || $what == all ]]; then
-  for r in minilm-int8-dynamic minilm-int4-{rtn,gptq}-g{128,64}; do
+  for r in minilm-int8-dynamic minilm-int4-{rtn,gptq}-g{128,64} minilm-int4-gptq-g64-weight-only; do
     compress models/all-MiniLM-L6-v2 "$r"
   done
   for a in vgg lenet5; do compress "zoo/$a" "$a-int8-static"; done
@@ -31,11 +31,14 @@ if [[ $what == bench || $what == all ]]; then
       --key "$a-int8-static" --python "$py" --rounds "$rounds" \
       --made-by "squeeze compress zoo/$a --recipe recipes/$a-int8-static.toml --out runs/quant/$a-int8-static"
   done
-  "$sq" bench text --out results/minilm.json --python "$py" \
+  # the peers run in one process beside ours, timed after ours in every round: 5 rounds
+  # give the per-round ratios' median a spread to be read against
+  "$sq" bench text --out results/minilm.json --python "$py" --rounds 5 \
     --variant int8-dynamic=runs/quant/minilm-int8-dynamic \
     --variant int4-rtn-g128=runs/quant/minilm-int4-rtn-g128 \
     --variant int4-gptq-g128=runs/quant/minilm-int4-gptq-g128 \
     --variant int4-rtn-g64=runs/quant/minilm-int4-rtn-g64 \
-    --variant int4-gptq-g64=runs/quant/minilm-int4-gptq-g64
+    --variant int4-gptq-g64=runs/quant/minilm-int4-gptq-g64 \
+    --variant int4-gptq-g64-weight-only=runs/quant/minilm-int4-gptq-g64-weight-only
   "$sq" bench kernels --out results/kernels.json
 fi

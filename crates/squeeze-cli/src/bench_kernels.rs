@@ -2,8 +2,9 @@
 //! fused q/k/v 384×1152, the FFN's 384×1536 and 1536×384) at 1, 32 and 128 rows, run as
 //! the interpreter runs it — f32 (packed panels up to 64 rows, candle's GEMM above, as the
 //! encoder does), dynamic int8 (`qlinear`, per-channel weights, activations quantized per
-//! row, exact integer kernel) and weight-only int4 with 128-weight groups — on every kernel
-//! path the CPU has. Also `vgg`'s 64→64 3×3 convolution at 14×14 over 1, 32 and 128
+//! row, exact integer kernel), weight-only int4 with 128-weight groups and int4 with
+//! 64-weight groups × dynamic int8 activations (the integer int4 product) — on every
+//! kernel path the CPU has. Also `vgg`'s 64→64 3×3 convolution at 14×14 over 1, 32 and 128
 //! images: f32 (`conv2d`) against static int8 (`qconv2d`, post-ReLU inputs). Layers and
 //! paths are interleaved round by round; medians with their spread. Writes
 //! `--out` (by default `runs/bench/kernels.json`).
@@ -52,7 +53,7 @@ const SHAPES: [(&str, usize, usize); 4] = [
     ("ffn_down_1536x384", 384, 1536),
 ];
 const ROWS: [usize; 3] = [1, 32, 128];
-const FORMATS: [&str; 3] = ["f32", "int8", "int4-g128"];
+const FORMATS: [&str; 4] = ["f32", "int8", "int4-g128", "int4-g64-a8"];
 /// `vgg`'s features.10: (name, channels in = out, kernel, input side).
 const CONV: (&str, usize, usize, usize) = ("vgg_conv_64x64_3x3_14x14", 64, 3, 14);
 /// Static int8 input scale of the benchmark convolution (its inputs are ReLU'd N(0, 1)).
@@ -141,15 +142,16 @@ fn layer(format: &str, n: usize, k: usize) -> Result<(Graph, ParamStore, Forward
             })
         }
         _ => {
-            let (layout, act) = if format == "int8" {
-                (Layout::INT8_CHANNEL, ActQuant::Dynamic)
-            } else {
-                let l = Layout {
-                    bits: 4,
-                    scales: Scales::Group(128),
-                    zero_point: false,
-                };
-                (l, ActQuant::None)
+            let int4 = |g| Layout {
+                bits: 4,
+                scales: Scales::Group(g),
+                zero_point: false,
+            };
+            let (layout, act) = match format {
+                "int8" => (Layout::INT8_CHANNEL, ActQuant::Dynamic),
+                // int4 × dynamic int8 activations: the integer product
+                "int4-g64-a8" => (int4(64), ActQuant::Dynamic),
+                _ => (int4(128), ActQuant::None),
             };
             let q = QWeight::quantize(&w, n, k, layout)?;
             let (codes, scales, _) = q.tensors()?;
@@ -227,7 +229,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
     }
     let summary = ratios(&rows, paths[0]);
     let out = json!({
-        "cpu": isa::cpu_name(),
+        "cpu": isa::cpu_kind(),
         "threads": crate::measure::threads(),
         "method": format!("one-node models through the interpreter, {} rounds interleaved over layers and paths; per round the median of {} calls; ms = median of the rounds [min, max]", a.rounds, a.reps),
         "speedup_vs_f32": summary,

@@ -168,6 +168,8 @@ pub fn run(a: TextArgs) -> Result<()> {
             "distill_wall_s": distill_wall_s(&dirs[i].1),
             "cosine_to_f32": (i > 0).then(|| mean_cosine(&base, &m.embeddings)),
             "threads": crate::measure::threads(),
+            "cpu": squeeze::isa::cpu_kind(),
+            "isa": squeeze::isa::active().map(|i| i.name()).unwrap_or("?"),
             "sentences": texts.len(),
             "latency_sentences": lat_texts.len(),
             "timing": t.method,

@@ -171,6 +171,42 @@ pub fn force(isa: Option<Isa>) -> Result<()> {
     Ok(())
 }
 
+/// The CPU model, family and what its vector units are — "AMD EPYC (family 25, model 17;
+/// AVX-512 on 256-bit units, VNNI)" — recorded beside every timing (AMD family 25 is Zen
+/// 3/4, whose AVX-512 runs on 256-bit halves; family 26 is Zen 5, full-width).
+pub fn cpu_kind() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let amd = field("vendor_id") == "AuthenticAMD";
+    let family: u32 = field("cpu family").parse().unwrap_or(0);
+    let units = match (has("avx512f"), amd, family) {
+        (false, _, _) if has("avx2") => "AVX2 + FMA, no AVX-512".to_string(),
+        (false, _, _) => "no AVX2".to_string(),
+        (true, true, 25) => "AVX-512 on 256-bit units".to_string(),
+        (true, true, f) if f >= 26 => "full-width AVX-512".to_string(),
+        (true, _, _) => "AVX-512".to_string(),
+    };
+    let vnni = match (has("avx512_vnni"), has("avx_vnni")) {
+        (true, true) => ", AVX-512 VNNI + AVX-VNNI",
+        (true, false) => ", VNNI",
+        (false, true) => ", AVX-VNNI",
+        (false, false) => ", no VNNI",
+    };
+    format!(
+        "{} (family {family}, model {}; {units}{vnni})",
+        cpu_name(),
+        field("model")
+    )
+}
+
 /// The CPU's model name (from `/proc/cpuinfo`), for benchmark records.
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
