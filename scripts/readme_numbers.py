@@ -220,11 +220,17 @@ def prune():
     return "".join(out)
 
 
+def rng(e, key):
+    """A per-round ratio's median with its range: `0.64× (0.61–1.51)`."""
+    lo, hi = e[key + "_range"]
+    return f"{e[key]:.2f}× ({lo:.2f}–{hi:.2f})"
+
+
 def quant():
     m = load("minilm")
     f = m["f32"]
     keys = [k for k in ["f32", "int8-dynamic", "int4-rtn-g128", "int4-gptq-g128", "int4-rtn-g64",
-                        "int4-gptq-g64"] if k in m]
+                        "int4-gptq-g64", "int4-gptq-g64-weight-only"] if k in m]
     rows = []
     for k in keys:
         e = m[k]
@@ -241,13 +247,15 @@ def quant():
         rows.append([label, "–", "–", f"{cos:.4f}" if cos else "–", "–", "–",
                      f"{p[name + '_latency_ms_b1']:.2f}", f"{p[name + '_throughput_b32']:.0f}"])
     e8 = m.get("int8-dynamic", {})
-    text = table(["encoder", "STS-B ρ×100", "Δ vs f32", "cosine to f32", "file MB (of f32)",
-                  "peak RSS of `eval`, MB", "batch-1 ms", "batch-32 sent/s"], rows)
+    text = (f"Measured on {f['cpu']}, {f['threads']} threads; batch-1 ms and sentences/s are medians "
+            "of the rounds, peers' included.\n\n")
+    text += table(["encoder", "STS-B ρ×100", "Δ vs f32", "cosine to f32", "file MB (of f32)",
+                   "peak RSS of `eval`, MB", "batch-1 ms", "batch-32 sent/s"], rows)
     if e8:
-        text += (f"\n\nIn that run dynamic int8 takes {e8['latency_ratio_vs_ort_int8']:.2f}× the batch-1 time of "
-                 f"ONNX Runtime's best int8 and reaches {e8['throughput_ratio_vs_ort_int8']:.2f}× its "
-                 f"batch-32 throughput; {e8['latency_ratio_vs_f32']:.2f}× our f32's batch-1 time. "
-                 f"Command: `{e8['command']}`.")
+        text += (f"\n\nIn that run, per round (median, range): dynamic int8 takes "
+                 f"{rng(e8, 'latency_ratio_vs_ort_int8')} the batch-1 time of ONNX Runtime's best int8 and "
+                 f"reaches {rng(e8, 'throughput_ratio_vs_ort_int8')} its batch-32 throughput; "
+                 f"{e8['latency_ratio_vs_f32']:.2f}× our f32's batch-1 time. Command: `{e8['command']}`.")
     q = load("quant")
     rows = []
     for k in ["vgg-int8-static", "lenet5-int8-static"]:
@@ -257,21 +265,29 @@ def quant():
         rows.append([k, f"{e['baseline']:.2f}% → {e['accuracy']:.2f}%",
                      f"{e['baseline_size_bytes'] / 1e3:.0f} → {e['size_bytes'] / 1e3:.0f}",
                      f"{e['baseline_latency_ms_b1']:.3f} / {e['latency_ms_b1']:.3f} / {e['pytorch_int8_latency_ms_b1']:.3f}",
-                     f"{e['baseline_throughput_b256']:,.0f} / {e['throughput_b256']:,.0f} / {e['pytorch_int8_throughput_b256']:,.0f}"])
-    text += "\n\n" + table(["model", "test accuracy (f32 → int8)", "KB on disk",
-                             "batch-1 ms: f32 / int8 / PyTorch int8",
-                             "batch-256 img/s: f32 / int8 / PyTorch int8"], rows)
+                     f"{e['baseline_throughput_b256']:,.0f} / {e['throughput_b256']:,.0f} / {e['pytorch_int8_throughput_b256']:,.0f}",
+                     rng(e, "throughput_ratio_vs_pytorch_int8")])
+    v = q["vgg-int8-static"]
+    text += (f"\n\nMeasured on {v['cpu']}, {v['threads']} threads, PyTorch's int8 timed after ours in "
+             "every round:\n\n")
+    text += table(["model", "test accuracy (f32 → int8)", "KB on disk",
+                   "batch-1 ms: f32 / int8 / PyTorch int8",
+                   "batch-256 img/s: f32 / int8 / PyTorch int8",
+                   "batch-256 × PyTorch int8, per round"], rows)
     k = load("kernels")
     sp = k["speedup_vs_f32"]
     cells = []
     for shape in ["attn_out_384x384", "qkv_384x1152", "ffn_up_384x1536", "ffn_down_1536x384"]:
-        cells.append([shape] + [f"{sp[f'{shape}_m{m}']['int8']:.2f}× / {sp[f'{shape}_m{m}']['int4-g128']:.2f}×"
+        cells.append([shape] + [" / ".join(f"{sp[f'{shape}_m{m}'][fmt]:.2f}×"
+                                           for fmt in ["int8", "int4-g128", "int4-g64-a8"])
                                 for m in [1, 32, 128]])
     conv = "vgg_conv_64x64_3x3_14x14"
     if f"{conv}_m1" in sp:
         cells.append([f"{conv} (1, 32, 128 images; static int8, no int4 convolution)"]
-                     + [f"{sp[f'{conv}_m{m}']['int8']:.2f}× / –" for m in [1, 32, 128]])
-    text += "\n\n" + table(["layer (MiniLM shape)", "1 row: int8 / int4 vs f32", "32 rows", "128 rows"], cells)
+                     + [f"{sp[f'{conv}_m{m}']['int8']:.2f}× / – / –" for m in [1, 32, 128]])
+    text += "\n\n" + table(["layer (MiniLM shape)",
+                             "1 row: int8 / int4 weight-only / int4 × int8 vs f32", "32 rows",
+                             "128 rows"], cells)
     text += f"\n\nKernel speed-ups: `{k['command']}` on {k['cpu']}, {k['threads']} threads ({k['method']})."
     return text
 
@@ -359,6 +375,7 @@ def quant_notes():
     lin = [v["int8"] for n, v in sp.items() if not n.startswith("vgg_conv")]
     conv = [v["int8"] for n, v in sp.items() if n.startswith("vgg_conv")]
     g64, r64, g128, r128 = (m[n] for n in ("int4-gptq-g64", "int4-rtn-g64", "int4-gptq-g128", "int4-rtn-g128"))
+    wo = m["int4-gptq-g64-weight-only"]
     out = [
         f"- Dynamic int8 keeps all-MiniLM-L6-v2's STS-B within 0.1 pt ({pt(i8)}) and its embeddings "
         f"at a mean cosine of {i8['cosine_to_f32']:.4f} to f32's. ONNX Runtime's int8 reaches "
@@ -368,38 +385,40 @@ def quant_notes():
         "weights the kernel reads). The fidelity comes from one activation scale per 32 inputs of a token "
         "(llama.cpp's Q8_0 block) rather than one per token: MiniLM has outlier features. The codes span "
         "±64 rather than ±127 (see the kernel below).",
-        "- Speed on the AVX2 machine (no VNNI) of the recorded run: dynamic int8 takes "
-        f"{x(i8['latency_ratio_vs_ort_int8'])} ONNX Runtime's best int8 batch-1 time "
-        f"({i8['latency_ms_b1']:.2f} against {peer['ort_best_int8_latency_ms_b1']:.2f} ms) and runs "
-        f"{x(i8['throughput_b32'] / peer['ort_best_int8_throughput_b32'])} its batch-32 throughput "
-        f"({i8['throughput_b32']:.0f} against {peer['ort_best_int8_throughput_b32']:.0f} sentences/s); against "
-        f"our f32, {x(i8['latency_ratio_vs_f32'])} the batch-1 time and {x(i8['throughput_b32'] / f['throughput_b32'])} "
-        f"the throughput. Our f32 runs {x(f['throughput_b32'] / peer['ort_f32_throughput_b32'])} ONNX Runtime "
-        "f32's batch-32 throughput in this run. Beware this machine's noise: ONNX Runtime runs after our "
-        "encoders in its own process, so its ratios move between runs. Per layer (`results/kernels.json`) "
-        f"int8 runs {min(lin):.1f}–{max(lin):.1f}× our f32 on MiniLM's shapes; on `vgg`'s 3×3 convolution "
-        f"static int8 runs {min(conv):.1f}–{max(conv):.1f}× f32. At batch 1, attention, LayerNorm, GELU and "
-        "tokenization keep their f32 cost.",
-        f"- int4 with 64-weight groups: GPTQ ends {pt(g64)} pt from f32 on STS-B with embedding cosine "
-        f"{g64['cosine_to_f32']:.3f}, where round-to-nearest ends {pt(r64)} pt (cosine {r64['cosine_to_f32']:.3f}). "
-        f"Both files are {max(g64['size_bytes'], r64['size_bytes']) / f['size_bytes'] * 100:.0f}% of f32's. With 128-weight groups GPTQ's cosine is {g128['cosine_to_f32']:.3f} against RTN's "
-        f"{r128['cosine_to_f32']:.3f}, with STS-B {pt(g128)} / {pt(r128)} pt. STS-B moves between runs whose "
-        "embeddings differ only by float rounding, so read the cosine for fidelity. The weight-only int4 "
-        f"kernel (f32 activations, codes widened in registers) is slower than f32 on this machine "
-        f"({g64['latency_ms_b1']:.2f} against {f['latency_ms_b1']:.2f} ms at batch 1).",
+        f"- Speed on {i8['cpu']} in the recorded run; the peers run in one Python process that takes its turn "
+        "after our encoders in every round, and each ratio is the median of the rounds' own ratios (their "
+        f"range in brackets). Dynamic int8 takes {rng(i8, 'latency_ratio_vs_ort_int8')} ONNX Runtime's best "
+        f"int8 batch-1 time ({i8['latency_ms_b1']:.2f} against {peer['ort_best_int8_latency_ms_b1']:.2f} ms) and "
+        f"runs {rng(i8, 'throughput_ratio_vs_ort_int8')} its batch-32 throughput ({i8['throughput_b32']:.0f} "
+        f"against {peer['ort_best_int8_throughput_b32']:.0f} sentences/s); against our f32, "
+        f"{x(i8['latency_ratio_vs_f32'])} the batch-1 time and {x(i8['throughput_b32'] / f['throughput_b32'])} "
+        f"the throughput. Our f32 runs {rng(f, 'throughput_ratio_vs_ort_f32')} ONNX Runtime f32's batch-32 "
+        "throughput. A single round's ratio can be far from the median: ONNX Runtime's own times move "
+        f"between rounds. Per layer (`results/kernels.json`) int8 runs {min(lin):.1f}–{max(lin):.1f}× our f32 "
+        f"on MiniLM's shapes; on `vgg`'s 3×3 convolution static int8 runs {min(conv):.1f}–{max(conv):.1f}× f32.",
+        f"- int4 with 64-weight groups and int8 activations (the integer int4 × int8 product): GPTQ "
+        f"(act-order) ends {pt(g64)} pt from f32 on STS-B with embedding cosine {g64['cosine_to_f32']:.3f}, "
+        f"where round-to-nearest ends {pt(r64)} pt (cosine {r64['cosine_to_f32']:.3f}). Both files are "
+        f"{max(g64['size_bytes'], r64['size_bytes']) / f['size_bytes'] * 100:.0f}% of f32's. With 128-weight "
+        f"groups GPTQ's cosine is {g128['cosine_to_f32']:.3f} against RTN's {r128['cosine_to_f32']:.3f}, with "
+        f"STS-B {pt(g128)} / {pt(r128)} pt. STS-B moves between runs whose embeddings differ only by float "
+        f"rounding, so read the cosine for fidelity. The integer kernel takes {x(g64['latency_ratio_vs_f32'])} "
+        f"our f32's batch-1 time ({g64['latency_ms_b1']:.2f} against {f['latency_ms_b1']:.2f} ms); the same "
+        f"GPTQ weights weight-only (f32 activations, codes widened in registers) take "
+        f"{x(wo['latency_ratio_vs_f32'])} ({wo['latency_ms_b1']:.2f} ms, cosine {wo['cosine_to_f32']:.3f}).",
     ]
     v, l = q["vgg-int8-static"], q["lenet5-int8-static"]
     d = lambda e: f"{e['accuracy'] - e['baseline']:+.2f}".replace("-", "−")
     out.append(
         f"- Static int8 CNNs move accuracy by {d(v)} pt (`vgg`) and {d(l)} pt (`lenet5`). Against our f32 "
-        "and PyTorch's static int8 (its `x86` and `fbgemm` backends, the faster of the two): at batch 1 "
-        f"`vgg` takes {v['latency_ms_b1']:.2f} ms against {v['baseline_latency_ms_b1']:.2f} (f32) and "
-        f"{v['pytorch_int8_latency_ms_b1']:.2f} (PyTorch int8), `lenet5` {l['latency_ms_b1']:.2f} against "
-        f"{l['baseline_latency_ms_b1']:.2f} and {l['pytorch_int8_latency_ms_b1']:.2f}; at batch 256 `vgg` int8 "
-        f"runs {x(v['throughput_ratio_vs_f32'])} our f32 and {x(v['throughput_ratio_vs_pytorch_int8'])} "
-        f"PyTorch's int8, `lenet5` {x(l['throughput_ratio_vs_f32'])} and {x(l['throughput_ratio_vs_pytorch_int8'])}. "
-        "PyTorch is timed after us in its own process, and this machine's rounds spread widely "
-        "(`lenet5` runs 15 rounds because its 0.1 ms pass is easily disturbed).")
+        "and PyTorch's static int8 (its `x86` and `fbgemm` backends, the faster of the two, timed after ours "
+        f"in every round) on {v['cpu']}: at batch 1 `vgg` takes {v['latency_ms_b1']:.2f} ms against "
+        f"{v['baseline_latency_ms_b1']:.2f} (f32) and {v['pytorch_int8_latency_ms_b1']:.2f} (PyTorch int8), "
+        f"`lenet5` {l['latency_ms_b1']:.2f} against {l['baseline_latency_ms_b1']:.2f} and "
+        f"{l['pytorch_int8_latency_ms_b1']:.2f}; at batch 256 `vgg` int8 runs {x(v['throughput_ratio_vs_f32'])} "
+        f"our f32 and {rng(v, 'throughput_ratio_vs_pytorch_int8')} PyTorch's int8, `lenet5` "
+        f"{x(l['throughput_ratio_vs_f32'])} and {rng(l, 'throughput_ratio_vs_pytorch_int8')}. At batch 256 "
+        "PyTorch's fbgemm is still ahead: see `docs/profiling.md` for where our time goes.")
     return "\n".join(out)
 
 

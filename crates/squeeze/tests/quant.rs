@@ -218,6 +218,23 @@ fn quantized_layers_equal_their_simulated_fake_quant_form() {
             },
             ActQuant::None,
         ),
+        // int4 × dynamic int8 (the integer product), asymmetric blocks too
+        (
+            Layout {
+                bits: 4,
+                scales: Scales::Group(64),
+                zero_point: false,
+            },
+            ActQuant::Dynamic,
+        ),
+        (
+            Layout {
+                bits: 4,
+                scales: Scales::Group(32),
+                zero_point: true,
+            },
+            ActQuant::Dynamic,
+        ),
     ];
     for (layout, act) in cases {
         let m = qlinear_model(layout, act, 40, 128);
@@ -299,7 +316,7 @@ fn the_quantize_pass_keeps_the_classifier_in_f32_and_survives_a_save_and_load() 
 const CONV_SIM_TOL: f32 = 1e-3;
 
 #[test]
-fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fused_relu_and_pool() {
+fn static_int8_convolutions_equal_their_simulated_form_with_and_without_fusion_and_int8_handoff() {
     let q = apply(
         small("vgg"),
         "[calibration]\nsource = \"fashion-mnist\"\nsamples = 64\nbatch_size = 16\n\n\
@@ -362,6 +379,19 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fuse
         assert_eq!(absorbed_by(&tapped, pool), None, "{pool}");
         assert_eq!(absorbed_by(&tapped, relu), Some("qconv2d"));
     }
+    // at inference each int8 convolution whose only reader (after its fused ReLU and
+    // pool) is another hands it int8 codes; never in training, nor past a tap
+    let hands = |opts: &ForwardOpts| {
+        let plan = plan_for(&q.graph, opts).unwrap();
+        plan.hands.iter().flatten().count()
+    };
+    assert!(hands(&ForwardOpts::eval()) >= 2, "{}", hands(&ForwardOpts::eval()));
+    assert_eq!(hands(&ForwardOpts::train(0)), 0);
+    let relus_tapped = ForwardOpts {
+        taps: relus.iter().cloned().collect(),
+        ..Default::default()
+    };
+    assert_eq!(hands(&relus_tapped), 0);
     // compiled once per mode and kept with the graph: asking again adds no entry and
     // returns the same plan; a clone starts empty
     let kept = q.graph.cache.len();
@@ -383,7 +413,8 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_the_fuse
         let d =
             max_abs(&got, &sim.to_dtype(DType::F32).unwrap()) / range.to_scalar::<f32>().unwrap();
         assert!(d < CONV_SIM_TOL, "batch {batch}: {d} of the logits' range");
-        // tapping the ReLUs turns the fusion off: the same values, computed in two nodes
+        // tapping the ReLUs turns the fusion and the int8 handoff off: the same values,
+        // computed in two nodes and through f32 between the convolutions
         let opts = squeeze::interp::ForwardOpts {
             taps: relus.iter().cloned().collect(),
             ..Default::default()
@@ -454,7 +485,7 @@ fn bad_quantize_options_are_recipe_errors_that_name_the_field() {
     for (text, want) in [
         ("bits = 3\n", "bits"),
         ("bits = 8\ngroup = 64\n", "group"),
-        ("bits = 4\nactivations = \"dynamic\"\n", "activations"),
+        ("bits = 4\nactivations = \"static\"\n", "activations"),
         ("bits = 8\nactivations = \"none\"\n", "activations"),
         ("bits = 4\ngroup = 48\n", "group"),
         ("bits = 4\ngroup = 64\nper_tensor = true\n", "per_tensor"),

@@ -122,11 +122,16 @@ fn run_graph(
                         }
                         ys.remove(0)
                     }
-                    None => run_node(node, p, (&ins, &packs), opts, &[], &mut rng, &mut out)?,
+                    None => {
+                        let fused = (&[][..], None);
+                        run_node(node, p, (&ins, &packs), opts, fused, &mut rng, &mut out)?
+                    }
                 }
             }
             (None, Step::Run { absorbs }) => {
-                run_node(node, p, (&ins, &packs), opts, absorbs, &mut rng, &mut out)?
+                let hand = plan.hands[i].map(|j| &g.nodes[j]);
+                let fused = (absorbs.as_slice(), hand);
+                run_node(node, p, (&ins, &packs), opts, fused, &mut rng, &mut out)?
             }
             (None, Step::Absorbed { .. }) => unreachable!("handled above"),
         };
@@ -189,20 +194,7 @@ fn run_siblings(
 
 /// Eval-mode forward returning only the output, run by [`on_pool`].
 pub fn predict(g: &Graph, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-    let chunk: usize = std::env::var("SQUEEZE_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let n = x.dim(0)?;
-    if chunk == 0 || g.is_text() || n <= chunk {
-        return Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output);
-    }
-    let mut outs = Vec::new();
-    for s in (0..n).step_by(chunk) {
-        let xs = x.narrow(0, s, chunk.min(n - s))?;
-        outs.push(on_pool(|| forward(g, p, &xs, &ForwardOpts::eval()))?.output);
-    }
-    Ok(Tensor::cat(&outs, 0)?)
+    Ok(on_pool(|| forward(g, p, x, &ForwardOpts::eval()))?.output)
 }
 
 /// Runs `f` (an inference forward) on a rayon worker, so the kernels' parallel calls split
@@ -218,11 +210,12 @@ fn run_node(
     p: &ParamStore,
     (ins, packs): (&[Tensor], &PackCache),
     opts: &ForwardOpts,
-    absorbs: &[Absorb],
+    (absorbs, hand_to): (&[Absorb], Option<&Node>),
     rng: &mut StdRng,
     out: &mut ForwardOut,
 ) -> Result<Tensor> {
     let mut cx = NodeRun {
+        hand_to,
         node,
         params: p,
         ins,

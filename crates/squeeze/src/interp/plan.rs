@@ -1,8 +1,9 @@
 //! The run plan: what the interpreter works out about a graph once per graph and mode
 //! (the shape of tract's `SimplePlan`), instead of on every forward — which nodes apply
 //! their only reader themselves (each kind says what it absorbs:
-//! [`crate::kinds::LayerKind::absorbs`]), which sibling nodes run as one product, and
-//! after which step each value is dropped. Plans are kept in the graph's
+//! [`crate::kinds::LayerKind::absorbs`]), which sibling nodes run as one product, which
+//! int8 convolutions hand int8 codes straight to the next, and after which step each value
+//! is dropped. Plans are kept in the graph's
 //! [`crate::graph::CacheSlot`] under the graph's fingerprint and the mode, so an edited
 //! graph compiles a new one.
 
@@ -32,6 +33,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Values whose last reader is step `i` (the output is never dropped).
     pub drops: Vec<Vec<String>>,
+    /// Per step, the node that reads its output as int8 codes (inference: an int8
+    /// convolution whose only reader is another; [`crate::kinds::LayerKind::hands_codes`]).
+    pub hands: Vec<Option<usize>>,
 }
 
 /// The mode a plan is compiled for: what of the forward options changes the plan.
@@ -79,6 +83,8 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
     };
     let untapped = |j: usize| !taps.contains(g.nodes[j].name.as_str());
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Run { absorbs: vec![] }).collect();
+    // the node whose value is each step's output (the last one it absorbed)
+    let mut tails: Vec<usize> = (0..n).collect();
     for i in 0..n {
         if !matches!(steps[i], Step::Run { .. }) {
             continue;
@@ -101,6 +107,7 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
             tail = only;
         }
         steps[i] = Step::Run { absorbs };
+        tails[i] = tail;
     }
     if !mode.train {
         for group in g.sibling_groups() {
@@ -114,6 +121,24 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
             }
         }
     }
+    // int8 codes from one integer convolution into the next: the only reader, unseen by
+    // taps, running alone
+    let hands = (0..n)
+        .map(|i| {
+            let tail = tails[i];
+            let run = |k: usize| matches!(steps[k], Step::Run { .. });
+            let j = match readers.get(g.nodes[tail].name.as_str()).map(Vec::as_slice) {
+                Some(&[j]) if free(tail) && untapped(j) && g.nodes[j].inputs.len() == 1 => j,
+                _ => return None,
+            };
+            let ok = !mode.train
+                && run(i)
+                && run(j)
+                && g.nodes[i].op.def().hands_codes()
+                && g.nodes[j].op.def().takes_codes();
+            ok.then_some(j)
+        })
+        .collect();
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         for inp in &node.inputs {
@@ -126,5 +151,9 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
             drops[i].push(v.to_string());
         }
     }
-    Plan { steps, drops }
+    Plan {
+        steps,
+        drops,
+        hands,
+    }
 }

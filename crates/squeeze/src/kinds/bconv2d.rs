@@ -116,6 +116,7 @@ impl LayerKind for BConv2d {
             bias.as_deref(),
             (relu, pool),
             Some(self.input_codes),
+            None,
         )
     }
     fn refreshed(&self, _: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {

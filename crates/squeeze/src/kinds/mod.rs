@@ -133,6 +133,16 @@ pub trait LayerKind: std::fmt::Debug {
         let _ = (reader, so_far, train);
         false
     }
+    /// Whether a node of this kind can hand its inference output as int8 codes to a reader
+    /// that takes them ([`LayerKind::takes_codes`]; the run plan decides, and
+    /// [`NodeRun::hand_to`] names the reader).
+    fn hands_codes(&self) -> bool {
+        false
+    }
+    /// Whether a node of this kind reads int8 codes handed over by the node before it.
+    fn takes_codes(&self) -> bool {
+        false
+    }
     /// Whether nodes of this kind that read the same value may run as one product
     /// ([`LayerKind::forward_siblings`]) at inference (an attention layer's q/k/v).
     fn joins_siblings(&self) -> bool {

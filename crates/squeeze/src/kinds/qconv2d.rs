@@ -17,7 +17,7 @@ use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::math::qlayout::{Layout, Scales};
-use crate::ops::qconv::{self, Geometry};
+use crate::ops::qconv::{self, Geometry, Handoff};
 use crate::params::f32_values;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,14 @@ impl LayerKind for QConv2d {
     }
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
         Some((self.layout, (self.out_channels, self.cols())))
+    }
+    /// Its codes go straight into a reading int8 convolution at that one's input step:
+    /// no f32 output, no quantization or transposition there.
+    fn hands_codes(&self) -> bool {
+        true
+    }
+    fn takes_codes(&self) -> bool {
+        true
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values
@@ -97,9 +105,11 @@ impl LayerKind for QConv2d {
         };
         let (dims, relu, pool) = ((self.out_channels, self.cols()), cx.fuse_relu, cx.fuse_pool);
         let codes_id = cx.param("weight_q")?.id();
+        let hand = cx.hand_to.map(|r| handoff(r, cx.params)).transpose()?.flatten();
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
             let g = self.geometry();
-            if x.track_op() || x.dtype() != DType::F32 {
+            let codes_in = x.dtype() == DType::U8;
+            if !codes_in && (x.track_op() || x.dtype() != DType::F32) {
                 let x = &super::clip_input(x, self.input_codes, sa)?;
                 let y = qconv::simulated(&g, x, w, sa, bias.as_deref(), relu)?;
                 return match pool {
@@ -117,6 +127,7 @@ impl LayerKind for QConv2d {
                 bias.as_deref(),
                 (relu, pool),
                 self.input_codes,
+                hand,
             )
         })
     }
@@ -177,4 +188,17 @@ pub(crate) fn example() -> super::Example {
             ),
         ],
     }
+}
+
+/// What `reader` (an int8 convolution) makes of its input: its step inverse and code
+/// range; `None` for another kind.
+fn handoff(reader: &Node, params: &crate::params::ParamStore) -> Result<Option<Handoff>> {
+    let Op::QConv2d(q) = &reader.op else {
+        return Ok(None);
+    };
+    let sa = f32_values(params.get(&format!("{}.input_scale", reader.name))?)?[0];
+    Ok(Some(Handoff {
+        inv: if sa > 0.0 { 1.0 / sa } else { 0.0 },
+        codes: q.input_codes.unwrap_or([-127, 127]),
+    }))
 }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::pack_cache::PackCache;
 use super::qgemm::bits::PackedBits;
-use super::qgemm::quantize::quantize_rows;
+use super::qgemm::quantize::{quantize_rows, round_code_to};
 use super::qgemm::{self, panel, panel::PackedI8, panel::NR};
 use super::with_cpu;
 use crate::error::{Error, Result};
@@ -128,9 +128,9 @@ impl Out {
         self.pool.map_or(m, |p| p.dims().0 * p.dims().1)
     }
 
-    /// The output rows (`[channels, pixels]`, in `y`) of the channels of `panels`: the
-    /// products of the `m` im2col rows (codes and magnitudes, stride `lda`), pooled when a
-    /// pool is fused, rescaled.
+    /// The i32 products of the `m` im2col rows (codes and magnitudes, stride `lda`) with
+    /// the channels of `panels`, pooled when a pool is fused, handed to `epi` as rows of
+    /// the panels' columns: `epi(acc, (rows, stride))`.
     #[allow(clippy::too_many_arguments)]
     fn rows(
         &self,
@@ -140,26 +140,24 @@ impl Out {
         (m, lda): (usize, usize),
         signed: bool,
         panels: std::ops::Range<usize>,
-        y: &mut [f32],
+        epi: &dyn Fn(&[i32], (usize, usize)) -> Result<()>,
     ) -> Result<()> {
         let cols = panels.len() * NR;
-        let j = panels.start * NR..(panels.start * NR + y.len() / self.pixels(m).max(1));
         ACC.with(|acc| -> Result<()> {
             let mut acc = acc.borrow_mut();
             // every element is written by the product: only growth is zero-filled
             let len = acc.len().max(m * cols);
             acc.resize(len, 0);
             w.product(isa, a, (m, lda), signed, panels.clone(), &mut acc, cols)?;
-            let (sc, b) = (&self.scale[j.clone()], &self.bias[j]);
             let Some(p) = self.pool else {
-                return panel::rescale_transposed(isa, &acc, (m, cols), sc, b, self.relu, y);
+                return epi(&acc[..m * cols], (m, cols));
             };
             POOLED.with(|pooled| {
                 let mut pooled = pooled.borrow_mut();
                 let neg = &self.neg[panels.start * NR..][..cols];
                 let (ph, pw) =
                     panel::pool_rows(&acc, (p.ho, p.wo, cols), (p.k, p.s), neg, &mut pooled)?;
-                panel::rescale_transposed(isa, &pooled, (ph * pw, cols), sc, b, self.relu, y)
+                epi(&pooled[..ph * pw * cols], (ph * pw, cols))
             })
         })
     }
@@ -282,9 +280,38 @@ pub fn pack_bits(
     })
 }
 
-/// The int8 kernel over every image: `[N, out, Ho, Wo]`, ReLU applied when `relu`,
-/// then the max-pool (window, stride) when one is fused (`[N, out, Ho', Wo']`). The
-/// input's codes lie in `input_codes` (`[lowest, highest]`; default ±127).
+/// Where an int8 convolution's output goes as int8 codes instead of f32 values: the
+/// reading int8 convolution's input step (`1 / its static scale`, 0 for a zero scale) and
+/// code range. The codes are exactly what that convolution's quantizer makes of the f32
+/// values this one would have written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Handoff {
+    pub inv: f32,
+    pub codes: [i8; 2],
+}
+
+impl Handoff {
+    /// The reader's code of value `v` (its quantizer at its limit, then its range).
+    #[inline]
+    fn code(&self, v: f32) -> i8 {
+        let [lo, hi] = self.codes;
+        round_code_to(v * self.inv, hi.max(lo.saturating_neg())).clamp(lo, hi)
+    }
+}
+
+/// A convolution's input: f32 values `[N, C, H, W]`, or int8 codes handed over by the
+/// int8 convolution before it, channels-last `[N, H, W, C]` (stored as bytes).
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Values(&'a [f32]),
+    Codes(&'a [u8]),
+}
+
+/// The int8 convolution of `x` — f32 `[N, C, H, W]`, or the previous convolution's codes
+/// `[N, H, W, C]` (u8 bytes of i8 codes, see [`Handoff`]) — with the fused ReLU and
+/// max-pool: f32 `[N, Co, Ho, Wo]`, or with `hand` the next convolution's codes
+/// `[N, Ho, Wo, Co]` (no f32 output, no quantization or transposition at the reader).
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     g: &Geometry,
     x: &Tensor,
@@ -293,8 +320,16 @@ pub fn forward(
     bias: Option<&[f32]>,
     (relu, pool): (bool, Option<(usize, usize)>),
     input_codes: Option<[i8; 2]>,
+    hand: Option<Handoff>,
 ) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
+    let codes_in = x.dtype() == DType::U8;
+    let (n, c, h, wd) = match codes_in {
+        true => {
+            let (n, h, w, c) = x.dims4()?;
+            (n, c, h, w)
+        }
+        false => x.dims4()?,
+    };
     let (ho, wo) = g.out_hw(c, h, wd)?;
     let pool = match pool {
         Some((k, s)) if k > 0 && s > 0 && ho >= k && wo >= k => Some(Pool { k, s, ho, wo }),
@@ -305,9 +340,7 @@ pub fn forward(
         }
         None => None,
     };
-    let (co, m, chw) = (g.out_channels, ho * wo, c * h * wd);
-    let codes = input_codes.unwrap_or([-127, 127]);
-    let lda = PackedI8::row_len(g.cols());
+    let co = g.out_channels;
     let isa = crate::isa::active()?;
     let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
     // each output channel's factor from i32 to f32, and its offset
@@ -326,43 +359,186 @@ pub fn forward(
         pool,
         neg,
     };
-    let p = out.pixels(m);
-    let mut y = vec![0f32; n * co * p];
-    // a batch: images in parallel, each on one thread; a single image: its channels'
-    // panels split over the threads (each writes whole output rows)
-    let per_task = match n {
+    let run = Run {
+        g,
+        w,
+        out: &out,
+        isa,
+        quant: (inv, input_codes.unwrap_or([-127, 127])),
+        dims: (n, c, h, wd),
+        hw: (ho, wo),
+    };
+    let (ho, wo) = pool.map_or((ho, wo), |q| q.dims());
+    match (codes_in, hand) {
+        (false, None) => {
+            let y = with_cpu::<f32, _>(x, |xs| run.values(Src::Values(xs)))??;
+            Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
+        }
+        (true, None) => {
+            let y = with_cpu::<u8, _>(x, |xs| run.values(Src::Codes(xs)))??;
+            Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
+        }
+        (false, Some(hd)) => {
+            let y = with_cpu::<f32, _>(x, |xs| run.codes(Src::Values(xs), hd))??;
+            Ok(Tensor::from_vec(y, (n, ho, wo, co), x.device())?)
+        }
+        (true, Some(hd)) => {
+            let y = with_cpu::<u8, _>(x, |xs| run.codes(Src::Codes(xs), hd))??;
+            Ok(Tensor::from_vec(y, (n, ho, wo, co), x.device())?)
+        }
+    }
+}
+
+/// One call of [`forward`]: what every image's work reads.
+struct Run<'a> {
+    g: &'a Geometry,
+    w: &'a Packed,
+    out: &'a Out,
+    isa: crate::isa::Isa,
+    /// The input's step inverse and code range.
+    quant: (f32, [i8; 2]),
+    dims: (usize, usize, usize, usize),
+    hw: (usize, usize),
+}
+
+/// The panels of a single image split over the threads; every panel of a batch's image
+/// on its one thread.
+fn panels_per_task(n: usize, np: usize) -> usize {
+    match n {
         1 => np.div_ceil(rayon::current_num_threads()),
         _ => np,
-    };
-    with_cpu::<f32, _>(x, |xs| {
-        let image = |(i, yi): (usize, &mut [f32])| -> Result<()> {
+    }
+}
+
+impl Run<'_> {
+    /// Runs `each(image, task, i32 rows, (rows, stride), channels)` for every image (in
+    /// parallel) and, within an image, every task's panels (in parallel for one image).
+    fn images(
+        &self,
+        src: Src,
+        each: &(dyn Fn(usize, usize, &[i32], (usize, usize), std::ops::Range<usize>) -> Result<()>
+              + Sync),
+    ) -> Result<()> {
+        let (n, c, h, wd) = self.dims;
+        let (ho, wo) = self.hw;
+        let (m, chw, lda) = (ho * wo, c * h * wd, PackedI8::row_len(self.g.cols()));
+        let np = self.w.panels.panels();
+        let per_task = panels_per_task(n, np);
+        let tasks = np.div_ceil(per_task);
+        let image = |i: usize| -> Result<()> {
             with_scratch(|s| {
-                let x = &xs[i * chw..(i + 1) * chw];
-                let signed = image_cols(g, isa, x, (inv, codes), (c, h, wd), (ho, wo), lda, s)?;
+                let signed = match src {
+                    Src::Values(xs) => {
+                        let x = &xs[i * chw..(i + 1) * chw];
+                        image_cols(self.g, self.isa, x, self.quant, (c, h, wd), (ho, wo), lda, s)?
+                    }
+                    Src::Codes(cs) => {
+                        let x = cast_i8(&cs[i * chw..(i + 1) * chw]);
+                        code_cols(self.g, x, (c, h, wd), (ho, wo), lda, s)
+                    }
+                };
                 let a = (
                     &s.cols[..],
                     if signed { &s.abs[..] } else { cast_u8(&s.cols) },
                 );
-                let task = |(t, yt): (usize, &mut [f32])| {
+                let task = |t: usize| {
                     let panels = t * per_task..((t + 1) * per_task).min(np);
-                    out.rows(isa, &w.panels, a, (m, lda), signed, panels, yt)
+                    let ch = panels.start * NR..(panels.end * NR).min(self.g.out_channels);
+                    let w = &self.w.panels;
+                    self.out.rows(self.isa, w, a, (m, lda), signed, panels, &|acc, rows| {
+                        each(i, t, acc, rows, ch.clone())
+                    })
                 };
                 match n {
-                    1 => yi
-                        .par_chunks_mut(per_task * NR * p)
-                        .enumerate()
-                        .try_for_each(task),
-                    _ => yi
-                        .chunks_mut(per_task * NR * p)
-                        .enumerate()
-                        .try_for_each(task),
+                    1 => (0..tasks).into_par_iter().try_for_each(task),
+                    _ => (0..tasks).try_for_each(task),
                 }
             })
         };
-        y.par_chunks_mut(co * p).enumerate().try_for_each(image)
-    })??;
-    let (ho, wo) = pool.map_or((ho, wo), |q| q.dims());
-    Ok(Tensor::from_vec(y, (n, co, ho, wo), x.device())?)
+        (0..n).into_par_iter().try_for_each(image)
+    }
+
+    /// The f32 output `[N, Co, pixels]`.
+    fn values(&self, src: Src) -> Result<Vec<f32>> {
+        let (n, co) = (self.dims.0, self.g.out_channels);
+        let p = self.out.pixels(self.hw.0 * self.hw.1);
+        let mut y = vec![0f32; n * co * p];
+        let yp = OutPtr(y.as_mut_ptr());
+        let (isa, out) = (self.isa, self.out);
+        self.images(src, &|i, _, acc, (rows, ldo), ch| {
+            // this task's channels of image i: a contiguous run of whole channel rows
+            // SAFETY: tasks own disjoint channel ranges of disjoint images; `y` outlives
+            // the call.
+            let yt = unsafe { yp.slice((i * co + ch.start) * p, ch.len() * p) };
+            let (sc, b) = (&out.scale[ch.clone()], &out.bias[ch]);
+            panel::rescale_transposed(isa, acc, (rows, ldo), sc, b, out.relu, yt)
+        })?;
+        Ok(y)
+    }
+
+    /// The reader's codes `[N, pixels, Co]` (see [`Handoff`]).
+    fn codes(&self, src: Src, hand: Handoff) -> Result<Vec<u8>> {
+        let (n, co) = (self.dims.0, self.g.out_channels);
+        let p = self.out.pixels(self.hw.0 * self.hw.1);
+        let mut y = vec![0u8; n * p * co];
+        let yp = OutPtr(y.as_mut_ptr());
+        let out = self.out;
+        self.images(src, &|i, _, acc, (rows, ldo), ch| {
+            let (sc, b) = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
+            for r in 0..rows {
+                // SAFETY: pixel r's channels `ch` of image i belong to this task alone.
+                let o = unsafe { yp.slice((i * p + r) * co + ch.start, ch.len()) };
+                let a = &acc[r * ldo..][..ch.len()];
+                for (((o, a), s), b) in o.iter_mut().zip(a).zip(sc).zip(b) {
+                    // the f32 path's value (a product, then a sum), then the reader's code
+                    let v = *a as f32 * s + b;
+                    *o = hand.code(if out.relu { v.max(0.0) } else { v }) as u8;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(y)
+    }
+}
+
+/// An output buffer written by the tasks of one call, each its own elements.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: tasks write disjoint elements and the call joins them before the buffer is read.
+unsafe impl<T> Send for OutPtr<T> {}
+unsafe impl<T> Sync for OutPtr<T> {}
+impl<T> OutPtr<T> {
+    /// # Safety
+    /// `at..at + len` is inside the buffer and no other task touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+}
+
+/// One image's im2col rows from int8 codes handed over channels-last (`[H, W, C]`);
+/// their magnitudes in `s.abs` when any is negative (returned).
+fn code_cols(
+    g: &Geometry,
+    x: &[i8],
+    (c, h, w): (usize, usize, usize),
+    (ho, wo): (usize, usize),
+    lda: usize,
+    s: &mut Scratch,
+) -> bool {
+    im2col(g, x, (c, h, w), (ho, wo), lda, &mut s.cols);
+    let signed = x.iter().any(|&v| v < 0);
+    if signed {
+        s.abs.clear();
+        s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
+    }
+    signed
+}
+
+/// Codes stored as bytes.
+fn cast_i8(v: &[u8]) -> &[i8] {
+    // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
 }
 
 /// One image's int8 im2col rows (`[Ho·Wo, lda]`, in `s.cols`) from its f32 values
