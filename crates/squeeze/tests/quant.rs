@@ -385,7 +385,11 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_fusion_a
         let plan = plan_for(&q.graph, opts).unwrap();
         plan.hands.iter().flatten().count()
     };
-    assert!(hands(&ForwardOpts::eval()) >= 2, "{}", hands(&ForwardOpts::eval()));
+    assert!(
+        hands(&ForwardOpts::eval()) >= 2,
+        "{}",
+        hands(&ForwardOpts::eval())
+    );
     assert_eq!(hands(&ForwardOpts::train(0)), 0);
     let relus_tapped = ForwardOpts {
         taps: relus.iter().cloned().collect(),

@@ -105,7 +105,11 @@ impl LayerKind for QConv2d {
         };
         let (dims, relu, pool) = ((self.out_channels, self.cols()), cx.fuse_relu, cx.fuse_pool);
         let codes_id = cx.param("weight_q")?.id();
-        let hand = cx.hand_to.map(|r| handoff(r, cx.params)).transpose()?.flatten();
+        let hand = cx
+            .hand_to
+            .map(|r| handoff(r, cx.params))
+            .transpose()?
+            .flatten();
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |w| {
             let g = self.geometry();
             let codes_in = x.dtype() == DType::U8;

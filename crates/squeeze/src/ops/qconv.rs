@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::pack_cache::PackCache;
 use super::qgemm::bits::PackedBits;
-use super::qgemm::quantize::{quantize_rows, round_code_to};
+use super::qgemm::quantize::quantize_rows;
 use super::qgemm::{self, panel, panel::PackedI8, panel::NR};
 use super::with_cpu;
 use crate::error::{Error, Result};
@@ -290,15 +290,6 @@ pub struct Handoff {
     pub codes: [i8; 2],
 }
 
-impl Handoff {
-    /// The reader's code of value `v` (its quantizer at its limit, then its range).
-    #[inline]
-    fn code(&self, v: f32) -> i8 {
-        let [lo, hi] = self.codes;
-        round_code_to(v * self.inv, hi.max(lo.saturating_neg())).clamp(lo, hi)
-    }
-}
-
 /// A convolution's input: f32 values `[N, C, H, W]`, or int8 codes handed over by the
 /// int8 convolution before it, channels-last `[N, H, W, C]` (stored as bytes).
 #[derive(Clone, Copy)]
@@ -430,7 +421,16 @@ impl Run<'_> {
                 let signed = match src {
                     Src::Values(xs) => {
                         let x = &xs[i * chw..(i + 1) * chw];
-                        image_cols(self.g, self.isa, x, self.quant, (c, h, wd), (ho, wo), lda, s)?
+                        image_cols(
+                            self.g,
+                            self.isa,
+                            x,
+                            self.quant,
+                            (c, h, wd),
+                            (ho, wo),
+                            lda,
+                            s,
+                        )?
                     }
                     Src::Codes(cs) => {
                         let x = cast_i8(&cs[i * chw..(i + 1) * chw]);
@@ -445,9 +445,10 @@ impl Run<'_> {
                     let panels = t * per_task..((t + 1) * per_task).min(np);
                     let ch = panels.start * NR..(panels.end * NR).min(self.g.out_channels);
                     let w = &self.w.panels;
-                    self.out.rows(self.isa, w, a, (m, lda), signed, panels, &|acc, rows| {
-                        each(i, t, acc, rows, ch.clone())
-                    })
+                    self.out
+                        .rows(self.isa, w, a, (m, lda), signed, panels, &|acc, rows| {
+                            each(i, t, acc, rows, ch.clone())
+                        })
                 };
                 match n {
                     1 => (0..tasks).into_par_iter().try_for_each(task),
@@ -481,22 +482,39 @@ impl Run<'_> {
         let (n, co) = (self.dims.0, self.g.out_channels);
         let p = self.out.pixels(self.hw.0 * self.hw.1);
         let mut y = vec![0u8; n * p * co];
-        let yp = OutPtr(y.as_mut_ptr());
-        let out = self.out;
+        // one image's channels split over threads would write the same cache lines of
+        // its channels-last rows: each task writes its own block, gathered below
+        let per_task = panels_per_task(n, self.w.panels.panels()) * NR;
+        let split = per_task < co;
+        let mut blocks = vec![0u8; if split { p * co } else { 0 }];
+        let (yp, bp) = (OutPtr(y.as_mut_ptr()), OutPtr(blocks.as_mut_ptr()));
+        let (isa, out) = (self.isa, self.out);
         self.images(src, &|i, _, acc, (rows, ldo), ch| {
-            let (sc, b) = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
+            let sb = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
             for r in 0..rows {
-                // SAFETY: pixel r's channels `ch` of image i belong to this task alone.
-                let o = unsafe { yp.slice((i * p + r) * co + ch.start, ch.len()) };
+                // SAFETY: pixel r's channels `ch` of image i (or row r of this task's
+                // block) belong to this task alone.
+                let o = unsafe {
+                    match split {
+                        true => bp.slice(ch.start * p + r * ch.len(), ch.len()),
+                        false => yp.slice((i * p + r) * co + ch.start, ch.len()),
+                    }
+                };
+                // the f32 path's value, then the reader's code for it
                 let a = &acc[r * ldo..][..ch.len()];
-                for (((o, a), s), b) in o.iter_mut().zip(a).zip(sc).zip(b) {
-                    // the f32 path's value (a product, then a sum), then the reader's code
-                    let v = *a as f32 * s + b;
-                    *o = hand.code(if out.relu { v.max(0.0) } else { v }) as u8;
-                }
+                panel::requantize_row(isa, a, sb, out.relu, (hand.inv, hand.codes), o);
             }
             Ok(())
         })?;
+        if split {
+            for c0 in (0..co).step_by(per_task) {
+                let len = per_task.min(co - c0);
+                let block = &blocks[c0 * p..][..p * len];
+                for (row, b) in y.chunks_exact_mut(co).zip(block.chunks_exact(len)) {
+                    row[c0..c0 + len].copy_from_slice(b);
+                }
+            }
+        }
         Ok(y)
     }
 }
@@ -527,7 +545,8 @@ fn code_cols(
     s: &mut Scratch,
 ) -> bool {
     im2col(g, x, (c, h, w), (ho, wo), lda, &mut s.cols);
-    let signed = x.iter().any(|&v| v < 0);
+    // a min over the bytes vectorizes (an early-exit search does not)
+    let signed = x.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
     if signed {
         s.abs.clear();
         s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));

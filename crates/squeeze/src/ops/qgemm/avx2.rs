@@ -1,4 +1,6 @@
-//! AVX2 kernels of the row quantizer [`super::quantize::quantize_row`] and of [`super::gemm_q4`].
+//! AVX2 kernels of the row quantizer [`super::quantize::quantize_row`], of the
+//! convolution's requantizing epilogue [`super::panel::requantize_row`] and of
+//! [`super::gemm_q4`].
 
 use std::arch::x86_64::*;
 
@@ -137,5 +139,39 @@ unsafe fn q4_tile<const T: usize>(
     }
     for t in 0..T {
         y[i0 + t] = hsum_f32(tot[t]) - zterm[t];
+    }
+}
+
+/// [`super::panel::requantize_row`] on whole groups of 8 channels (`out.len()` of them).
+///
+/// # Safety
+/// AVX2 is available; `acc`, `scale` and `bias` hold at least `out.len()` values, a
+/// multiple of 8.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn requantize(
+    acc: &[i32],
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, lim, lo, hi): (f32, i8, i8, i8),
+    out: &mut [u8],
+) {
+    let n = out.len();
+    assert!(n.is_multiple_of(8) && acc.len() >= n && scale.len() >= n && bias.len() >= n);
+    let (iv, l) = (_mm256_set1_ps(inv), _mm256_set1_ps(f32::from(lim)));
+    let (lo, hi) = (_mm_set1_epi16(i16::from(lo)), _mm_set1_epi16(i16::from(hi)));
+    let zero = _mm256_setzero_ps();
+    for j in (0..n).step_by(8) {
+        let a = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(j) as *const __m256i));
+        // a product, then a sum: the rescale's rounding
+        let v = _mm256_add_ps(
+            _mm256_mul_ps(a, _mm256_loadu_ps(scale.as_ptr().add(j))),
+            _mm256_loadu_ps(bias.as_ptr().add(j)),
+        );
+        let v = if relu { _mm256_max_ps(v, zero) } else { v };
+        let c = _mm_min_epi16(_mm_max_epi16(codes8(v, iv, l), lo), hi);
+        _mm_storel_epi64(
+            out.as_mut_ptr().add(j) as *mut __m128i,
+            _mm_packs_epi16(c, c),
+        );
     }
 }

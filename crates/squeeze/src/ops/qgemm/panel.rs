@@ -245,6 +245,37 @@ pub fn rescale_transposed(
     Ok(())
 }
 
+/// One output pixel's i32 products of a convolution rescaled as [`rescale_transposed`]
+/// does (`acc·scale + bias`, a product then a sum, then the ReLU) and written as the
+/// reading layer's int8 codes: `round(v·inv)` half away from zero at that layer's limit,
+/// then clamped to its range `[lo, hi]` — exactly what its quantizer makes of the f32
+/// value, on every path (8 channels per step above scalar).
+pub fn requantize_row(
+    isa: Isa,
+    acc: &[i32],
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, [lo, hi]): (f32, [i8; 2]),
+    out: &mut [u8],
+) {
+    let n = out.len();
+    assert!(acc.len() >= n && scale.len() >= n && bias.len() >= n);
+    let lim = hi.max(lo.saturating_neg());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && isa.is_supported() {
+        done = n / 8 * 8;
+        let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
+        // SAFETY: every supported path above scalar implies AVX2; the slices are `done` long.
+        unsafe { super::avx2::requantize(a, (s, b), relu, (inv, lim, lo, hi), &mut out[..done]) };
+    }
+    for j in done..n {
+        let v = acc[j] as f32 * scale[j] + bias[j];
+        let v = if relu { v.max(0.0) } else { v };
+        out[j] = super::quantize::round_code_to(v * inv, lim).clamp(lo, hi) as u8;
+    }
+}
+
 /// A max-pool window over channels-last i32 products, before their rescale: for an image
 /// whose `ho × wo` output pixels are the rows of `acc` (stride `ldo`, `cols` channels),
 /// `pooled[(py·pw + px)·cols + j]` = the max over the `k × k` window at (py·s, px·s) — or

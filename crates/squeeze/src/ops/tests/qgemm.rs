@@ -556,3 +556,47 @@ fn int4_int8_panels_refuse_what_they_cannot_hold() {
     let a = quantize_q8(isa::Isa::Scalar, &uniform(96, 1), 96).unwrap();
     assert!(p.product(isa::Isa::Scalar, &a, None).is_err());
 }
+
+#[test]
+fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
+    use qgemm::panel::requantize_row;
+    // channels beyond whole groups of 8, negative factors, NaN-free extremes and a
+    // narrower code range (low-bit readers)
+    let n = 43;
+    let acc: Vec<i32> = (0..n)
+        .map(|j| (j as i32 * 7919) % 20_001 - 10_000)
+        .collect();
+    let scale: Vec<f32> = uniform(n, 3).iter().map(|v| v * 1e-3).collect();
+    let bias = uniform(n, 5);
+    for (relu, codes) in [
+        (true, [-127, 127]),
+        (false, [-127, 127]),
+        (true, [0, 15]),
+        (false, [-8, 7]),
+    ] {
+        for inv in [0.0, 3.7, 250.0] {
+            let mut want = vec![0u8; n];
+            requantize_row(
+                isa::Isa::Scalar,
+                &acc,
+                (&scale, &bias),
+                relu,
+                (inv, codes),
+                &mut want,
+            );
+            for path in super::common::isa_paths(module_path!()) {
+                let mut got = vec![9u8; n];
+                requantize_row(path, &acc, (&scale, &bias), relu, (inv, codes), &mut got);
+                assert_eq!(got, want, "{} relu={relu} {codes:?} inv={inv}", path.name());
+            }
+            // the scalar form is the rescale, then the reader's quantizer and range
+            let lim = codes[1].max(-codes[0]);
+            for j in 0..n {
+                let v = acc[j] as f32 * scale[j] + bias[j];
+                let v = if relu { v.max(0.0) } else { v };
+                let c = qgemm::quantize::round_code_to(v * inv, lim).clamp(codes[0], codes[1]);
+                assert_eq!(want[j] as i8, c, "channel {j}");
+            }
+        }
+    }
+}
