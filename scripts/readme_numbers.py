@@ -61,7 +61,8 @@ def minilm():
          ["batch-32 throughput (sentences/s)", f"{m['throughput_b32']:.0f}",
           f"{p['pytorch_throughput_b32']:.0f}", f"{p['ort_f32_throughput_b32']:.0f}",
           f"{p['ort_int8_throughput_b32']:.0f}"]]) + (
-        f"\n\nRatios in that run: batch-1 latency {m['latency_ms_b1'] / p['pytorch_latency_ms_b1']:.2f}"
+        f"\n\nMeasured on {m.get('cpu', 'the machine of the run')}, {m['threads']} threads. "
+        f"Ratios in that run: batch-1 latency {m['latency_ms_b1'] / p['pytorch_latency_ms_b1']:.2f}"
         f" × PyTorch (target ≤ 1.0), {m['latency_ms_b1'] / p['ort_f32_latency_ms_b1']:.2f} × ONNX"
         f" Runtime f32; batch-32 throughput {m['throughput_b32'] / p['pytorch_throughput_b32']:.2f}"
         f" × PyTorch, {m['throughput_b32'] / p['ort_f32_throughput_b32']:.2f} × ONNX Runtime f32.")
