@@ -32,6 +32,8 @@ mod avx512_blocked;
 mod avx512_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q4;
+#[cfg(target_arch = "x86_64")]
+mod avx512_quant;
 pub mod bits;
 #[cfg(target_arch = "x86_64")]
 mod bits_avx2;

@@ -249,7 +249,7 @@ pub fn rescale_transposed(
 /// does (`acc·scale + bias`, a product then a sum, then the ReLU) and written as the
 /// reading layer's int8 codes: `round(v·inv)` half away from zero at that layer's limit,
 /// then clamped to its range `[lo, hi]` — exactly what its quantizer makes of the f32
-/// value, on every path (8 channels per step above scalar).
+/// value, on every path (8 channels per step on AVX2, 16 on AVX-512).
 pub fn requantize_row(
     isa: Isa,
     acc: &[i32],
@@ -263,7 +263,14 @@ pub fn requantize_row(
     let lim = hi.max(lo.saturating_neg());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar && isa.is_supported() {
+    if isa == Isa::Avx512 && isa.is_supported() {
+        done = n / 16 * 16;
+        let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
+        // SAFETY: the path's AVX-512F was detected; the slices are `done` long.
+        unsafe {
+            super::avx512_quant::requantize(a, (s, b), relu, (inv, lim, lo, hi), &mut out[..done])
+        };
+    } else if isa != Isa::Scalar && isa.is_supported() {
         done = n / 8 * 8;
         let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
         // SAFETY: every supported path above scalar implies AVX2; the slices are `done` long.

@@ -139,6 +139,11 @@ pub fn quantize_offset(
 /// Largest |v| of `x` (NaN ignored).
 fn max_abs(isa: Isa, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the AVX-512 path implies AVX-512F.
+        return unsafe { super::avx512_quant::max_abs(x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: every path above scalar implies AVX2.
         return unsafe { super::avx2_blocked::max_abs(x) };
@@ -149,6 +154,11 @@ fn max_abs(isa: Isa, x: &[f32]) -> f32 {
 
 /// `codes = round_code_to(x·inv, 64) + 64`.
 fn offset_codes(isa: Isa, x: &[f32], inv: f32, codes: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the AVX-512 path implies AVX-512F; the kernel asserts the length.
+        return unsafe { super::avx512_quant::offset_codes(x, inv, codes) };
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: every path above scalar implies AVX2; the kernel asserts the length.

@@ -78,6 +78,11 @@ pub fn quantize_q8(isa: Isa, x: &[f32], k: usize) -> Result<Q8Rows> {
 /// Largest |v| (NaN ignored), on `isa`.
 fn max_abs(isa: Isa, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the AVX-512 path implies AVX-512F.
+        return unsafe { super::avx512_quant::max_abs(x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: every path above scalar implies AVX2.
         return unsafe { super::avx2_blocked::max_abs(x) };

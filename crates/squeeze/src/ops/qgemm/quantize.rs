@@ -88,8 +88,8 @@ pub fn quantize_rows(x: &[f32], k: usize, fixed: Option<f32>, block: usize, lim:
 }
 
 /// Quantizes one row on path `isa`: codes = round(x·inv) half away from zero, clamped to
-/// ±lim, and their magnitudes when `abs` is given (every path above scalar runs the AVX2
-/// kernel, which equals the scalar [`round_code_to`] exactly).
+/// ±lim, and their magnitudes when `abs` is given (the AVX2 and AVX-512 kernels equal the
+/// scalar [`round_code_to`] exactly).
 pub fn quantize_row(
     isa: Isa,
     x: &[f32],
@@ -97,6 +97,11 @@ pub fn quantize_row(
     codes: &mut [i8],
     mut abs: Option<&mut [u8]>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && isa.is_supported() {
+        // SAFETY: the path's AVX-512F was detected; the kernel asserts the lengths.
+        return unsafe { super::avx512_quant::quantize_row(x, (inv, lim), codes, abs) };
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar && isa.is_supported() {
         // SAFETY: a supported path above scalar implies AVX2; the kernel asserts the

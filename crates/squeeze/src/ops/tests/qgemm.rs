@@ -572,6 +572,7 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
         (true, [-127, 127]),
         (false, [-127, 127]),
         (true, [0, 15]),
+        (false, [0, 15]),
         (false, [-8, 7]),
     ] {
         for inv in [0.0, 3.7, 250.0] {

@@ -1,0 +1,140 @@
+//! AVX-512 forms of the activation quantizers and of the convolution's requantizing
+//! epilogue, 16 values per step where the AVX2 forms (`avx2.rs`, `avx2_blocked.rs`) take
+//! 8: the same arithmetic in the same order — `round(x·inv)` half away from zero as
+//! `trunc(v + ±0.5)` after clamping to ±lim (NaN → lim, as the scalar min/max give), the
+//! rescale as a product then a sum — so every path gives the scalar codes exactly.
+
+use std::arch::x86_64::*;
+
+use super::quantize::{round_code_to, LINEAR_ACT_MAX};
+
+/// Sixteen codes `round(x·inv)` clamped to ±lim, as i32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn codes16(x: __m512, iv: __m512, lim: __m512) -> __m512i {
+    let v = _mm512_mul_ps(x, iv);
+    let v = _mm512_max_ps(
+        _mm512_min_ps(v, lim),
+        _mm512_sub_ps(_mm512_setzero_ps(), lim),
+    );
+    // ±0.5 with v's sign (integer AND/OR: AVX-512F has no float forms without DQ)
+    let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+    let h = _mm512_castsi512_ps(_mm512_or_si512(
+        sign,
+        _mm512_castps_si512(_mm512_set1_ps(0.5)),
+    ));
+    _mm512_cvttps_epi32(_mm512_add_ps(v, h))
+}
+
+/// `super::avx2::quantize_row` on 16 values per step.
+///
+/// # Safety
+/// AVX-512F is available; `codes` (and `abs`) hold at least `x.len()` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn quantize_row(
+    x: &[f32],
+    (inv, lim): (f32, i8),
+    codes: &mut [i8],
+    mut abs: Option<&mut [u8]>,
+) {
+    assert!(codes.len() >= x.len() && abs.as_ref().is_none_or(|a| a.len() >= x.len()));
+    let full = x.len() / 16 * 16;
+    let (iv, lv) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
+    for c in (0..full).step_by(16) {
+        let q = codes16(_mm512_loadu_ps(x.as_ptr().add(c)), iv, lv);
+        _mm_storeu_si128(
+            codes.as_mut_ptr().add(c) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
+        if let Some(a) = abs.as_deref_mut() {
+            let m = _mm512_cvtepi32_epi8(_mm512_abs_epi32(q));
+            _mm_storeu_si128(a.as_mut_ptr().add(c) as *mut __m128i, m);
+        }
+    }
+    for j in full..x.len() {
+        let q = round_code_to(x[j] * inv, lim);
+        codes[j] = q;
+        if let Some(a) = abs.as_deref_mut() {
+            a[j] = q.unsigned_abs();
+        }
+    }
+}
+
+/// `super::avx2_blocked::offset_codes` on 16 values per step.
+///
+/// # Safety
+/// AVX-512F is available; `codes` holds at least `x.len()` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn offset_codes(x: &[f32], inv: f32, codes: &mut [u8]) {
+    assert!(codes.len() >= x.len());
+    let full = x.len() / 16 * 16;
+    let iv = _mm512_set1_ps(inv);
+    let lim = _mm512_set1_ps(f32::from(LINEAR_ACT_MAX));
+    let off = _mm512_set1_epi32(i32::from(LINEAR_ACT_MAX));
+    for c in (0..full).step_by(16) {
+        let q = _mm512_add_epi32(codes16(_mm512_loadu_ps(x.as_ptr().add(c)), iv, lim), off);
+        _mm_storeu_si128(
+            codes.as_mut_ptr().add(c) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
+    }
+    for j in full..x.len() {
+        codes[j] = (round_code_to(x[j] * inv, LINEAR_ACT_MAX) + LINEAR_ACT_MAX) as u8;
+    }
+}
+
+/// `super::avx2_blocked::max_abs` on 16 values per step (NaN ignored).
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn max_abs(x: &[f32]) -> f32 {
+    let full = x.len() / 16 * 16;
+    let mut acc = _mm512_setzero_ps();
+    for c in (0..full).step_by(16) {
+        let v = _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(c)));
+        acc = _mm512_max_ps(v, acc); // a NaN `v` yields `acc`
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    lanes
+        .iter()
+        .chain(&x[full..])
+        .fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `super::avx2::requantize` on 16 channels per step (`out.len()` a multiple of 16).
+///
+/// # Safety
+/// AVX-512F is available; `acc`, `scale` and `bias` hold at least `out.len()` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn requantize(
+    acc: &[i32],
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, lim, lo, hi): (f32, i8, i8, i8),
+    out: &mut [u8],
+) {
+    let n = out.len();
+    assert!(n.is_multiple_of(16) && acc.len() >= n && scale.len() >= n && bias.len() >= n);
+    let (iv, l) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
+    let (lo, hi) = (
+        _mm512_set1_epi32(i32::from(lo)),
+        _mm512_set1_epi32(i32::from(hi)),
+    );
+    let zero = _mm512_setzero_ps();
+    for j in (0..n).step_by(16) {
+        let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr().add(j) as *const __m512i));
+        // a product, then a sum: the rescale's rounding
+        let v = _mm512_add_ps(
+            _mm512_mul_ps(a, _mm512_loadu_ps(scale.as_ptr().add(j))),
+            _mm512_loadu_ps(bias.as_ptr().add(j)),
+        );
+        let v = if relu { _mm512_max_ps(v, zero) } else { v };
+        let c = _mm512_min_epi32(_mm512_max_epi32(codes16(v, iv, l), lo), hi);
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(j) as *mut __m128i,
+            _mm512_cvtepi32_epi8(c),
+        );
+    }
+}
