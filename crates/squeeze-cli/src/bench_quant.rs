@@ -10,14 +10,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use squeeze::checkpoint::size_on_disk;
 use squeeze::data::FashionMnist;
 use squeeze::eval::accuracy;
 use squeeze::eval::compare::image_speeds_with;
 use squeeze::formats::load_any;
 
-use crate::peer_server::{medians, spread, PeerServer};
+use crate::peer_server::{PeerServer, Turns};
 use crate::DataArg;
 
 #[derive(Args)]
@@ -61,7 +61,7 @@ pub fn run(a: QuantArgs) -> Result<()> {
         "accuracy: {acc_base:.2}% → {acc_q:.2}%; timing {} rounds",
         a.rounds
     );
-    let mut server = match a.python.as_str() {
+    let server = match a.python.as_str() {
         "none" => None,
         py => {
             let args = [
@@ -79,24 +79,9 @@ pub fn run(a: QuantArgs) -> Result<()> {
             Some(PeerServer::start(py, &a.peer, &args)?)
         }
     };
-    let mut rounds = Vec::new();
-    let t = image_speeds_with(&[&base, &q], a.rounds, a.runs, &mut |_| {
-        if let Some((s, _)) = server.as_mut() {
-            let r = s
-                .round()
-                .map_err(|e| squeeze::Error::Data(format!("{e:#}")))?;
-            rounds.push(r);
-        }
-        Ok(())
-    })?;
-    let peer = server.take().map(|(_, ready)| {
-        let mut p = medians(&rounds);
-        if let Value::Object(fixed) = ready {
-            p.extend(fixed);
-        }
-        p.insert("rounds".into(), Value::from(rounds.clone()));
-        Value::Object(p)
-    });
+    let mut turns = Turns::new(server);
+    let t = image_speeds_with(&[&base, &q], a.rounds, a.runs, &mut |_| turns.take())?;
+    let peer = turns.finish();
     let get = |k: &str| peer.as_ref().and_then(|p| p[k].as_f64());
     let (lat, thr) = (t[1].latency_ms_b1.median, t[1].throughput.median);
     let (pt_lat, pt_thr) = (
@@ -104,14 +89,7 @@ pub fn run(a: QuantArgs) -> Result<()> {
         get("pytorch_int8_throughput_b256"),
     );
     // ours against PyTorch's int8, round by round: median and range of the ratios
-    let per_round = |ours: &[f64], key: &str| {
-        let r: Vec<f64> = ours
-            .iter()
-            .zip(&rounds)
-            .filter_map(|(o, p)| p[key].as_f64().map(|p| o / p))
-            .collect();
-        spread(&r)
-    };
+    let per_round = |ours: &[f64], key: &str| turns.ratio(ours, key);
     let lat_r = per_round(&t[1].latency_ms_b1.rounds, "pytorch_int8_latency_ms_b1");
     let thr_r = per_round(&t[1].throughput.rounds, "pytorch_int8_throughput_b256");
     let measured_by = std::env::args().collect::<Vec<_>>().join(" ");

@@ -22,7 +22,7 @@ use squeeze::eval::static_cost;
 use squeeze::formats::load_any;
 use squeeze::text::{stsb, stsb_scores, Encoder};
 
-use crate::peer_server::{medians, spread, PeerServer};
+use crate::peer_server::{PeerServer, Turns};
 
 #[derive(Args)]
 pub struct TextArgs {
@@ -94,36 +94,14 @@ pub fn run(a: TextArgs) -> Result<()> {
     }
     let lat_texts = &texts[..a.latency_sentences.min(texts.len())];
     let refs: Vec<&Model> = models.iter().collect();
-    let mut server = start_peer(&a)?;
-    let mut rounds = Vec::new();
-    let speeds = text_speeds_with(&refs, (lat_texts, &texts), a.rounds, &mut |_| {
-        if let Some((s, _)) = server.as_mut() {
-            let r = s
-                .round()
-                .map_err(|e| squeeze::Error::Data(format!("{e:#}")))?;
-            rounds.push(r);
-        }
-        Ok(())
-    })?;
-    let peer = server.take().map(|(_, ready)| {
-        let mut p = medians(&rounds);
-        if let Value::Object(fixed) = ready {
-            p.extend(fixed);
-        }
-        p.insert("rounds".into(), Value::from(rounds.clone()));
-        Value::Object(p)
-    });
+    let server = start_peer(&a)?;
+    let mut turns = Turns::new(server);
+    let speeds = text_speeds_with(&refs, (lat_texts, &texts), a.rounds, &mut |_| turns.take())?;
+    let peer = turns.finish();
     let reference = reference(&a)?;
     let get = |v: &Option<Value>, k: &str| v.as_ref().and_then(|p| p[k].as_f64());
     // ours against a peer's key, round by round: median and range of the ratios
-    let per_round = |ours: &[f64], key: &str| {
-        let r: Vec<f64> = ours
-            .iter()
-            .zip(&rounds)
-            .filter_map(|(o, p)| p[key].as_f64().map(|p| o / p))
-            .collect();
-        spread(&r)
-    };
+    let per_round = |ours: &[f64], key: &str| turns.ratio(ours, key);
     let ratio = |s: Option<(f64, f64, f64)>| s.map(|(m, _, _)| m);
     let range = |s: Option<(f64, f64, f64)>| s.map(|(_, lo, hi)| [lo, hi]);
     let base = measured[0].embeddings.clone();

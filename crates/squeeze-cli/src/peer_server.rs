@@ -93,6 +93,56 @@ impl Drop for PeerServer {
     }
 }
 
+/// A peer that takes its turn after ours in every round of an interleaved timing (no
+/// peer: turns do nothing), and what it measured.
+pub struct Turns {
+    server: Option<(PeerServer, Value)>,
+    rounds: Vec<Value>,
+}
+
+impl Turns {
+    pub fn new(server: Option<(PeerServer, Value)>) -> Self {
+        Turns {
+            server,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// The peer's turn: one round of its timings (the hook between our rounds).
+    pub fn take(&mut self) -> squeeze::Result<()> {
+        if let Some((s, _)) = self.server.as_mut() {
+            let r = s
+                .round()
+                .map_err(|e| squeeze::Error::Data(format!("{e:#}")))?;
+            self.rounds.push(r);
+        }
+        Ok(())
+    }
+
+    /// Ends the peer process; its record: the median of each measurement over the rounds,
+    /// what it announced at set-up, and the rounds themselves.
+    pub fn finish(&mut self) -> Option<Value> {
+        let (_, ready) = self.server.take()?;
+        let mut p = medians(&self.rounds);
+        if let Value::Object(fixed) = ready {
+            p.extend(fixed);
+        }
+        p.insert("rounds".into(), Value::from(self.rounds.clone()));
+        Some(Value::Object(p))
+    }
+
+    /// Ours (one value per round, in round order) over the peer's `key`, round by round:
+    /// the ratios' median, min and max.
+    pub fn ratio(&self, ours: &[f64], key: &str) -> Option<(f64, f64, f64)> {
+        let r: Vec<f64> = ours
+            .iter()
+            .zip(&self.rounds)
+            .filter_map(|(o, p)| p[key].as_f64().map(|p| o / p))
+            .collect();
+        spread(&r)
+    }
+}
+
 /// The median of each numeric key over `rounds` (keys missing from a round are skipped).
 pub fn medians(rounds: &[Value]) -> serde_json::Map<String, Value> {
     let mut keys: Vec<String> = rounds

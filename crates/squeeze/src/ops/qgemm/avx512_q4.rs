@@ -8,8 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panel_q4::{OCTET_BYTES, Q8_BLOCK};
-use super::NR;
+use super::{NR, OCTET_BYTES, Q8_BLOCK};
 
 /// Tokens per tile.
 const TILE: usize = 8;

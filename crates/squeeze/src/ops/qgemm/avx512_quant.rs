@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::quantize::{round_code_to, LINEAR_ACT_MAX};
+use super::round::round_code_to;
 
 /// Sixteen codes `round(x·inv)` clamped to ±lim, as i32.
 #[inline]
@@ -60,26 +60,29 @@ pub unsafe fn quantize_row(
     }
 }
 
-/// `super::avx2_blocked::offset_codes` on 16 values per step.
+/// `super::avx2_blocked::offset_codes` on 16 values per step, for codes in ±`lim`
+/// offset by `lim` (the Linear's ±64).
 ///
 /// # Safety
 /// AVX-512F is available; `codes` holds at least `x.len()` values.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn offset_codes(x: &[f32], inv: f32, codes: &mut [u8]) {
+pub unsafe fn offset_codes(x: &[f32], inv: f32, lim: i8, codes: &mut [u8]) {
     assert!(codes.len() >= x.len());
     let full = x.len() / 16 * 16;
     let iv = _mm512_set1_ps(inv);
-    let lim = _mm512_set1_ps(f32::from(LINEAR_ACT_MAX));
-    let off = _mm512_set1_epi32(i32::from(LINEAR_ACT_MAX));
+    let (lv, off) = (
+        _mm512_set1_ps(f32::from(lim)),
+        _mm512_set1_epi32(i32::from(lim)),
+    );
     for c in (0..full).step_by(16) {
-        let q = _mm512_add_epi32(codes16(_mm512_loadu_ps(x.as_ptr().add(c)), iv, lim), off);
+        let q = _mm512_add_epi32(codes16(_mm512_loadu_ps(x.as_ptr().add(c)), iv, lv), off);
         _mm_storeu_si128(
             codes.as_mut_ptr().add(c) as *mut __m128i,
             _mm512_cvtepi32_epi8(q),
         );
     }
     for j in full..x.len() {
-        codes[j] = (round_code_to(x[j] * inv, LINEAR_ACT_MAX) + LINEAR_ACT_MAX) as u8;
+        codes[j] = (round_code_to(x[j] * inv, lim) + lim) as u8;
     }
 }
 

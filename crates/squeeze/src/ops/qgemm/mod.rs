@@ -56,6 +56,10 @@ pub use crate::math::qweight::QView;
 
 /// Output channels per panel.
 pub const NR: usize = 16;
+/// Inputs per activation scale of the int4 × int8 product (and per integer block sum).
+pub const Q8_BLOCK: usize = 32;
+/// Bytes of one octet of an int4 nibble panel: 16 channels × 8 nibbles.
+const OCTET_BYTES: usize = 64;
 
 /// Multiply-accumulates below which a kernel stays on the calling thread.
 const PAR_MACS: usize = 1 << 18;

@@ -137,7 +137,7 @@ pub fn quantize_offset(
 }
 
 /// Largest |v| of `x` (NaN ignored).
-fn max_abs(isa: Isa, x: &[f32]) -> f32 {
+pub(super) fn max_abs(isa: Isa, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: the AVX-512 path implies AVX-512F.
@@ -157,7 +157,7 @@ fn offset_codes(isa: Isa, x: &[f32], inv: f32, codes: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: the AVX-512 path implies AVX-512F; the kernel asserts the length.
-        return unsafe { super::avx512_quant::offset_codes(x, inv, codes) };
+        return unsafe { super::avx512_quant::offset_codes(x, inv, LINEAR_ACT_MAX, codes) };
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {

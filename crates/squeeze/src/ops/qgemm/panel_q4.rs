@@ -16,18 +16,15 @@
 
 use rayon::prelude::*;
 
-use super::{Ptr, NR};
+use super::{Ptr, NR, OCTET_BYTES};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
 use crate::math::qlayout::code_at;
 use crate::math::qweight::QView;
 
-/// Inputs per activation scale (and per integer block sum).
-pub const Q8_BLOCK: usize = 32;
+pub use super::Q8_BLOCK;
 /// Largest activation code.
 pub const Q8_MAX: i8 = 127;
-/// Bytes of one panel octet: 16 channels × 8 nibbles.
-pub(super) const OCTET_BYTES: usize = 64;
 /// Tokens per parallel task.
 const TOKENS_PER_TASK: usize = 64;
 /// Panels per parallel task.
@@ -67,28 +64,12 @@ pub fn quantize_q8(isa: Isa, x: &[f32], k: usize) -> Result<Q8Rows> {
         .zip(q.codes.chunks_exact_mut(Q8_BLOCK))
         .zip(q.scales.iter_mut().zip(q.sums.iter_mut()));
     for ((v, c), (s, sum)) in blocks {
-        *s = max_abs(isa, v) / f32::from(Q8_MAX);
+        *s = super::panel_blocked::max_abs(isa, v) / f32::from(Q8_MAX);
         let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
         super::quantize_row(isa, v, (inv, Q8_MAX), c, None);
         *sum = c.iter().map(|&c| i32::from(c)).sum();
     }
     Ok(q)
-}
-
-/// Largest |v| (NaN ignored), on `isa`.
-fn max_abs(isa: Isa, x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: the AVX-512 path implies AVX-512F.
-        return unsafe { super::avx512_quant::max_abs(x) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar {
-        // SAFETY: every path above scalar implies AVX2.
-        return unsafe { super::avx2_blocked::max_abs(x) };
-    }
-    let _ = isa;
-    x.iter().fold(0f32, |a, v| a.max(v.abs()))
 }
 
 /// An int4 `[n, k]` weight in nibble panels with its block scales and zero points
