@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
+from serve import serve
 import torch
 
 THREADS = 2
@@ -173,14 +174,7 @@ def main():
     if "--serve" not in sys.argv:
         print(json.dumps({**fixed, **one_round(peers, texts, n_lat)}))
         return
-    print(json.dumps({"ready": fixed}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "quit":
-            break
-        if line.strip() == "round":
-            print(json.dumps({"round": one_round(peers, texts, n_lat)}), flush=True)
-        else:
-            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
+    serve(fixed, lambda: one_round(peers, texts, n_lat))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ import gzip
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
+from serve import serve
 import torch
 import torch.nn as nn
 from safetensors.numpy import load_file
@@ -182,14 +182,7 @@ def main():
     if not a.serve:
         print(json.dumps({**fixed, **one_round(models, x_test, a.runs)}))
         return
-    print(json.dumps({"ready": fixed}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "quit":
-            break
-        if line.strip() == "round":
-            print(json.dumps({"round": one_round(models, x_test, a.runs)}), flush=True)
-        else:
-            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
+    serve(fixed, lambda: one_round(models, x_test, a.runs))
 
 
 if __name__ == "__main__":

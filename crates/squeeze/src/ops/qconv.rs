@@ -545,8 +545,18 @@ fn code_cols(
     s: &mut Scratch,
 ) -> bool {
     im2col(g, x, (c, h, w), (ho, wo), lda, &mut s.cols);
-    // a min over the bytes vectorizes (an early-exit search does not)
-    let signed = x.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
+    magnitudes(any_negative(x), s)
+}
+
+/// Whether any code is negative (a min over the bytes: it vectorizes, where an
+/// early-exit search does not).
+fn any_negative(x: &[i8]) -> bool {
+    x.iter().fold(0i8, |lo, &v| lo.min(v)) < 0
+}
+
+/// With signed codes, the magnitudes of the im2col rows into `s.abs` (the AVX2 kernel's
+/// unsigned operand); returns `signed`.
+fn magnitudes(signed: bool, s: &mut Scratch) -> bool {
     if signed {
         s.abs.clear();
         s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
@@ -584,15 +594,11 @@ fn image_cols(
         // rounding the clipped values, the bounds being integers
         s.codes.iter_mut().for_each(|v| *v = (*v).clamp(lo, hi));
     }
-    let signed = s.codes.iter().fold(0i8, |lo, &v| lo.min(v)) < 0;
+    let signed = any_negative(&s.codes);
     s.hwc.resize(chw, 0);
     panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;
     im2col(g, &s.hwc, (c, h, w), (ho, wo), lda, &mut s.cols);
-    if signed {
-        s.abs.clear();
-        s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
-    }
-    Ok(signed)
+    Ok(magnitudes(signed, s))
 }
 
 /// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols`, from its codes in
