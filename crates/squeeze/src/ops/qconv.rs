@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::pack_cache::PackCache;
 use super::qgemm::bits::PackedBits;
 use super::qgemm::quantize::quantize_rows;
-use super::qgemm::{self, panel, panel::PackedI8, panel::NR};
+use super::qgemm::{self, panel, panel::PackedI8, panel::NR, ConvWindow};
 use super::with_cpu;
 use crate::error::{Error, Result};
 use crate::math::qlayout::{signed_code_at, Layout};
@@ -73,22 +73,47 @@ impl Panels {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The i32 products of the operand's `m` tokens with the channels of `panels`.
     fn product(
         &self,
         isa: crate::isa::Isa,
-        a: (&[i8], &[u8]),
-        (m, lda): (usize, usize),
-        signed: bool,
+        operand: Operand,
+        m: usize,
         panels: std::ops::Range<usize>,
         out: &mut [i32],
         ldo: usize,
     ) -> Result<()> {
-        match self {
-            Panels::I8(w) => w.product(isa, a, (m, lda), signed, panels, out, ldo),
-            Panels::Bits(w) => w.product(isa, a, (m, lda), signed, panels, out, ldo),
+        match (self, operand) {
+            (Panels::I8(w), Operand::Image { img, win }) => {
+                w.product_implicit(isa, img, win, panels, out, ldo)
+            }
+            (Panels::I8(w), Operand::Cols { a, lda, signed }) => {
+                w.product(isa, a, (m, lda), signed, panels, out, ldo)
+            }
+            (Panels::Bits(w), Operand::Cols { a, lda, signed }) => {
+                w.product(isa, a, (m, lda), signed, panels, out, ldo)
+            }
+            (Panels::Bits(_), Operand::Image { .. }) => Err(Error::Graph(
+                "binary/ternary convolutions read im2col rows".into(),
+            )),
         }
     }
+}
+
+/// What one image's product reads: im2col rows (codes, their magnitudes, the row stride,
+/// whether any code is negative), or — the implicit GEMM, non-negative codes on AVX-512
+/// VNNI — the zero-padded channels-last image itself.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    Cols {
+        a: (&'a [i8], &'a [u8]),
+        lda: usize,
+        signed: bool,
+    },
+    Image {
+        img: &'a [u8],
+        win: ConvWindow,
+    },
 }
 
 /// How a block of i32 products becomes f32 outputs: `acc·scale[j] + bias[j]`, then ReLU.
@@ -128,17 +153,14 @@ impl Out {
         self.pool.map_or(m, |p| p.dims().0 * p.dims().1)
     }
 
-    /// The i32 products of the `m` im2col rows (codes and magnitudes, stride `lda`) with
-    /// the channels of `panels`, pooled when a pool is fused, handed to `epi` as rows of
-    /// the panels' columns: `epi(acc, (rows, stride))`.
-    #[allow(clippy::too_many_arguments)]
+    /// The i32 products of the operand's `m` tokens with the channels of `panels`,
+    /// pooled when a pool is fused, handed to `epi` as rows of the panels' columns:
+    /// `epi(acc, (rows, stride))`.
     fn rows(
         &self,
         isa: crate::isa::Isa,
         w: &Panels,
-        a: (&[i8], &[u8]),
-        (m, lda): (usize, usize),
-        signed: bool,
+        (operand, m): (Operand, usize),
         panels: std::ops::Range<usize>,
         epi: &dyn Fn(&[i32], (usize, usize)) -> Result<()>,
     ) -> Result<()> {
@@ -148,7 +170,7 @@ impl Out {
             // every element is written by the product: only growth is zero-filled
             let len = acc.len().max(m * cols);
             acc.resize(len, 0);
-            w.product(isa, a, (m, lda), signed, panels.clone(), &mut acc, cols)?;
+            w.product(isa, operand, m, panels.clone(), &mut acc, cols)?;
             let Some(p) = self.pool else {
                 return epi(&acc[..m * cols], (m, cols));
             };
@@ -190,6 +212,8 @@ struct Scratch {
     hwc: Vec<i8>,
     cols: Vec<i8>,
     abs: Vec<u8>,
+    /// The zero-padded channels-last image of the implicit GEMM.
+    padded: Vec<i8>,
 }
 
 thread_local! {
@@ -416,37 +440,62 @@ impl Run<'_> {
         let np = self.w.panels.panels();
         let per_task = panels_per_task(n, np);
         let tasks = np.div_ceil(per_task);
+        let (pad, k) = (self.g.padding, self.g.kernel);
+        let win = ConvWindow {
+            c,
+            k,
+            stride: self.g.stride,
+            wp: wd + 2 * pad,
+            ho,
+            wo,
+        };
+        // the implicit GEMM for int8 weights on AVX-512 VNNI (else im2col rows)
+        let implicit = matches!(self.w.panels, Panels::I8(_)) && PackedI8::implicit(self.isa, c);
         let image = |i: usize| -> Result<()> {
             with_scratch(|s| {
-                let signed = match src {
+                let Scratch {
+                    codes,
+                    hwc,
+                    cols,
+                    abs,
+                    padded,
+                } = s;
+                let (x, signed) = match src {
                     Src::Values(xs) => {
                         let x = &xs[i * chw..(i + 1) * chw];
-                        image_cols(
-                            self.g,
-                            self.isa,
-                            x,
-                            self.quant,
-                            (c, h, wd),
-                            (ho, wo),
-                            lda,
-                            s,
-                        )?
+                        let signed = image_codes(self.isa, x, self.quant, (c, h, wd), codes, hwc)?;
+                        (&hwc[..], signed)
                     }
                     Src::Codes(cs) => {
                         let x = cast_i8(&cs[i * chw..(i + 1) * chw]);
-                        code_cols(self.g, x, (c, h, wd), (ho, wo), lda, s)
+                        (x, any_negative(x))
                     }
                 };
-                let a = (
-                    &s.cols[..],
-                    if signed { &s.abs[..] } else { cast_u8(&s.cols) },
-                );
+                let operand = if implicit && !signed {
+                    pad_image(x, (c, h, wd), pad, padded);
+                    Operand::Image {
+                        img: cast_u8(padded),
+                        win,
+                    }
+                } else {
+                    im2col(self.g, x, (c, h, wd), (ho, wo), lda, cols);
+                    if signed {
+                        abs.clear();
+                        abs.extend(cols.iter().map(|v| v.unsigned_abs()));
+                    }
+                    let mags = if signed { &abs[..] } else { cast_u8(cols) };
+                    Operand::Cols {
+                        a: (&cols[..], mags),
+                        lda,
+                        signed,
+                    }
+                };
                 let task = |t: usize| {
                     let panels = t * per_task..((t + 1) * per_task).min(np);
                     let ch = panels.start * NR..(panels.end * NR).min(self.g.out_channels);
                     let w = &self.w.panels;
                     self.out
-                        .rows(self.isa, w, a, (m, lda), signed, panels, &|acc, rows| {
+                        .rows(self.isa, w, (operand, m), panels, &|acc, rows| {
                             each(i, t, acc, rows, ch.clone())
                         })
                 };
@@ -534,34 +583,10 @@ impl<T> OutPtr<T> {
     }
 }
 
-/// One image's im2col rows from int8 codes handed over channels-last (`[H, W, C]`);
-/// their magnitudes in `s.abs` when any is negative (returned).
-fn code_cols(
-    g: &Geometry,
-    x: &[i8],
-    (c, h, w): (usize, usize, usize),
-    (ho, wo): (usize, usize),
-    lda: usize,
-    s: &mut Scratch,
-) -> bool {
-    im2col(g, x, (c, h, w), (ho, wo), lda, &mut s.cols);
-    magnitudes(any_negative(x), s)
-}
-
 /// Whether any code is negative (a min over the bytes: it vectorizes, where an
 /// early-exit search does not).
 fn any_negative(x: &[i8]) -> bool {
     x.iter().fold(0i8, |lo, &v| lo.min(v)) < 0
-}
-
-/// With signed codes, the magnitudes of the im2col rows into `s.abs` (the AVX2 kernel's
-/// unsigned operand); returns `signed`.
-fn magnitudes(signed: bool, s: &mut Scratch) -> bool {
-    if signed {
-        s.abs.clear();
-        s.abs.extend(s.cols.iter().map(|v| v.unsigned_abs()));
-    }
-    signed
 }
 
 /// Codes stored as bytes.
@@ -570,35 +595,40 @@ fn cast_i8(v: &[u8]) -> &[i8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
 }
 
-/// One image's int8 im2col rows (`[Ho·Wo, lda]`, in `s.cols`) from its f32 values
-/// `[C, H, W]`: codes at the static scale, reordered channels-last, then gathered;
-/// their magnitudes in `s.abs` when any code is negative (returned).
-#[allow(clippy::too_many_arguments)]
-fn image_cols(
-    g: &Geometry,
+/// One image's int8 codes from its f32 values `[C, H, W]` at the static scale (clipped to
+/// the code range), reordered channels-last into `hwc`; whether any is negative.
+fn image_codes(
     isa: crate::isa::Isa,
     x: &[f32],
     (inv, [lo, hi]): (f32, [i8; 2]),
     (c, h, w): (usize, usize, usize),
-    (ho, wo): (usize, usize),
-    lda: usize,
-    s: &mut Scratch,
+    codes: &mut Vec<i8>,
+    hwc: &mut Vec<i8>,
 ) -> Result<bool> {
     let chw = c * h * w;
-    s.codes.resize(chw, 0);
-    // the magnitudes that matter are the im2col rows' (below)
+    codes.resize(chw, 0);
+    // the magnitudes that matter are the im2col rows' (the caller's)
     let lim = hi.max(lo.saturating_neg());
-    qgemm::quantize_row(isa, x, (inv, lim), &mut s.codes, None);
+    qgemm::quantize_row(isa, x, (inv, lim), codes, None);
     if lo > -lim || hi < lim {
         // a narrower code range (low-bit inputs): clipping the rounded codes equals
         // rounding the clipped values, the bounds being integers
-        s.codes.iter_mut().for_each(|v| *v = (*v).clamp(lo, hi));
+        codes.iter_mut().for_each(|v| *v = (*v).clamp(lo, hi));
     }
-    let signed = any_negative(&s.codes);
-    s.hwc.resize(chw, 0);
-    panel::to_channels_last(isa, &s.codes, (c, h * w), &mut s.hwc)?;
-    im2col(g, &s.hwc, (c, h, w), (ho, wo), lda, &mut s.cols);
-    Ok(magnitudes(signed, s))
+    hwc.resize(chw, 0);
+    panel::to_channels_last(isa, codes, (c, h * w), hwc)?;
+    Ok(any_negative(codes))
+}
+
+/// The channels-last image `x` `[H, W, C]` with `pad` zero rows and columns around it,
+/// into `out` (`[H + 2·pad, W + 2·pad, C]`).
+fn pad_image(x: &[i8], (c, h, w): (usize, usize, usize), pad: usize, out: &mut Vec<i8>) {
+    let wp = w + 2 * pad;
+    out.clear();
+    out.resize((h + 2 * pad) * wp * c, 0);
+    for (r, row) in x.chunks_exact(w * c).enumerate() {
+        out[((r + pad) * wp + pad) * c..][..w * c].copy_from_slice(row);
+    }
 }
 
 /// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols`, from its codes in

@@ -103,11 +103,23 @@ unsafe fn tile<const T: usize>(
     T
 }
 
-/// The unsigned path's wide tiles (see the module notes).
-mod wide {
+/// The unsigned path's wide tiles (see the module notes), over im2col rows or, as an
+/// implicit GEMM, straight over a zero-padded channels-last image.
+pub(super) mod wide {
     use std::arch::x86_64::*;
 
+    use super::super::ConvWindow as Window;
     use super::NR;
+
+    /// Where a tile's tokens read their codes: token `t`'s inputs are `nseg` segments of
+    /// `nqs` groups of 4 bytes, segment `g` at `a + t·tok + g·seg`.
+    #[derive(Clone, Copy)]
+    struct Reads {
+        tok: usize,
+        nqs: usize,
+        nseg: usize,
+        seg: usize,
+    }
 
     /// Every panel against every token: `out[i, 16p + ch] = Σ_c a[i, c]·w[16p + ch, c]`.
     ///
@@ -123,68 +135,128 @@ mod wide {
         out: *mut i32,
         ldo: usize,
     ) {
+        let r = Reads {
+            tok: lda,
+            nqs: nq,
+            nseg: 1,
+            seg: 0,
+        };
+        panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
+            4 => rows::<4, 6>(a, m, r, wp, nq, o, ldo),
+            3 => rows::<3, 8>(a, m, r, wp, nq, o, ldo),
+            2 => rows::<2, 8>(a, m, r, wp, nq, o, ldo),
+            _ => rows::<1, 8>(a, m, r, wp, nq, o, ldo),
+        });
+    }
+
+    /// The same product with token (oh, ow)'s inputs read in place from the padded
+    /// channels-last image `img`: kernel row `ki` is the `k·c` bytes at
+    /// `((oh·stride + ki)·wp + ow·stride)·c` — the im2col row's `ki`-th run, uncopied.
+    ///
+    /// # Safety
+    /// As [`product`], with `img` holding `((ho − 1)·stride + k)` rows of `wp·c` bytes
+    /// and `out` `ho·wo` rows; `k·c` a multiple of 4 and `nq = k·k·c / 4`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn product_implicit(
+        img: *const u8,
+        win: Window,
+        w: *const u8,
+        (np, nq): (usize, usize),
+        out: *mut i32,
+        ldo: usize,
+    ) {
+        let r = Reads {
+            tok: win.stride * win.c,
+            nqs: win.k * win.c / 4,
+            nseg: win.k,
+            seg: win.wp * win.c,
+        };
+        panel_groups(w, (np, nq), out, &mut |step, wp, o| {
+            for oh in 0..win.ho {
+                let a = img.add(oh * win.stride * r.seg);
+                let o = o.add(oh * win.wo * ldo);
+                match step {
+                    4 => rows::<4, 6>(a, win.wo, r, wp, nq, o, ldo),
+                    3 => rows::<3, 8>(a, win.wo, r, wp, nq, o, ldo),
+                    2 => rows::<2, 8>(a, win.wo, r, wp, nq, o, ldo),
+                    _ => rows::<1, 8>(a, win.wo, r, wp, nq, o, ldo),
+                };
+            }
+            step
+        });
+    }
+
+    /// Runs `each(panels in the group, first panel, its output columns)` over groups of
+    /// up to 4 panels.
+    unsafe fn panel_groups(
+        w: *const u8,
+        (np, nq): (usize, usize),
+        out: *mut i32,
+        each: &mut dyn FnMut(usize, *const u8, *mut i32) -> usize,
+    ) {
         let psize = nq * NR * 4;
         let mut p = 0;
         while p < np {
-            let wp = w.add(p * psize);
-            let g = (lda, nq, psize);
-            let step = match np - p {
-                4.. => rows::<4, 6>(a, m, g, wp, out.add(p * NR), ldo),
-                3 => rows::<3, 8>(a, m, g, wp, out.add(p * NR), ldo),
-                2 => rows::<2, 8>(a, m, g, wp, out.add(p * NR), ldo),
-                _ => rows::<1, 8>(a, m, g, wp, out.add(p * NR), ldo),
-            };
-            p += step;
+            p += each((np - p).min(4), w.add(p * psize), out.add(p * NR));
         }
     }
 
-    /// P panels against every token, in tiles of up to T tokens; returns P.
+    /// P panels against `m` tokens (token i's codes from `a + i·tok`), in tiles of up to
+    /// T tokens; returns P.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn rows<const P: usize, const T: usize>(
         a: *const u8,
         m: usize,
-        g: (usize, usize, usize),
+        r: Reads,
         w: *const u8,
+        nq: usize,
         out: *mut i32,
         ldo: usize,
     ) -> usize {
+        let psize = nq * NR * 4;
         let mut i = 0;
         while i < m {
-            let (at, o) = (a.add(i * g.0), out.add(i * ldo));
+            let (at, o) = (a.add(i * r.tok), out.add(i * ldo));
             i += match m - i {
-                t if t >= T => tile::<P, T>(at, g, w, o, ldo),
-                7 => tile::<P, 7>(at, g, w, o, ldo),
-                6 => tile::<P, 6>(at, g, w, o, ldo),
-                5 => tile::<P, 5>(at, g, w, o, ldo),
-                4 => tile::<P, 4>(at, g, w, o, ldo),
-                3 => tile::<P, 3>(at, g, w, o, ldo),
-                2 => tile::<P, 2>(at, g, w, o, ldo),
-                _ => tile::<P, 1>(at, g, w, o, ldo),
+                t if t >= T => tile::<P, T>(at, r, (w, psize), o, ldo),
+                7 => tile::<P, 7>(at, r, (w, psize), o, ldo),
+                6 => tile::<P, 6>(at, r, (w, psize), o, ldo),
+                5 => tile::<P, 5>(at, r, (w, psize), o, ldo),
+                4 => tile::<P, 4>(at, r, (w, psize), o, ldo),
+                3 => tile::<P, 3>(at, r, (w, psize), o, ldo),
+                2 => tile::<P, 2>(at, r, (w, psize), o, ldo),
+                _ => tile::<P, 1>(at, r, (w, psize), o, ldo),
             };
         }
         P
     }
 
-    /// T tokens × P panels (at stride `psize`), every group; stores T rows of 16·P i32.
+    /// T tokens × P panels (at stride `psize`), every group of every segment; stores T
+    /// rows of 16·P i32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tile<const P: usize, const T: usize>(
         a: *const u8,
-        (lda, nq, psize): (usize, usize, usize),
-        w: *const u8,
+        r: Reads,
+        (w, psize): (*const u8, usize),
         out: *mut i32,
         ldo: usize,
     ) -> usize {
         let mut acc = [[_mm512_setzero_si512(); P]; T];
-        for q in 0..nq {
-            let mut wv = [_mm512_setzero_si512(); P];
-            for (p, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(w.add(p * psize + q * 64) as *const __m512i);
-            }
-            for (t, acc) in acc.iter_mut().enumerate() {
-                // one broadcast from memory serves the tile's P panels
-                let x = _mm512_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned());
-                for (acc, v) in acc.iter_mut().zip(&wv) {
-                    *acc = _mm512_dpbusd_epi32(*acc, x, *v);
+        for g in 0..r.nseg {
+            let (ag, wg) = (a.add(g * r.seg), w.add(g * r.nqs * 64));
+            for q in 0..r.nqs {
+                let mut wv = [_mm512_setzero_si512(); P];
+                for (p, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(wg.add(p * psize + q * 64) as *const __m512i);
+                }
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    // one broadcast from memory serves the tile's P panels
+                    let x = (ag.add(t * r.tok + 4 * q) as *const i32).read_unaligned();
+                    let x = _mm512_set1_epi32(x);
+                    for (acc, v) in acc.iter_mut().zip(&wv) {
+                        *acc = _mm512_dpbusd_epi32(*acc, x, *v);
+                    }
                 }
             }
         }

@@ -58,6 +58,20 @@ pub use crate::math::qweight::QView;
 pub const NR: usize = 16;
 /// Inputs per activation scale of the int4 × int8 product (and per integer block sum).
 pub const Q8_BLOCK: usize = 32;
+/// A convolution's output window over its zero-padded channels-last input, for the
+/// implicit-GEMM product ([`panel::PackedI8::product_implicit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvWindow {
+    /// Channels, kernel side, stride, padded input width.
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub wp: usize,
+    /// Output height and width.
+    pub ho: usize,
+    pub wo: usize,
+}
+
 /// Bytes of one octet of an int4 nibble panel: 16 channels × 8 nibbles.
 const OCTET_BYTES: usize = 64;
 

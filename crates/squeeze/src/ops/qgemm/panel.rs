@@ -129,6 +129,65 @@ impl PackedI8 {
         Ok(())
     }
 
+    /// Whether [`Self::product_implicit`] runs on path `isa` for inputs of `c` channels:
+    /// AVX-512 VNNI, and kernel rows of whole groups of 4 inputs (`c` a multiple of 4).
+    pub fn implicit(isa: Isa, c: usize) -> bool {
+        isa::avx512_vnni(isa) && c.is_multiple_of(KG)
+    }
+
+    /// [`Self::product`] of a convolution without im2col rows: the window's `ho·wo`
+    /// tokens read their inputs in place from `img`, the zero-padded channels-last image
+    /// (non-negative codes), kernel row by kernel row — the im2col row's runs, uncopied.
+    pub fn product_implicit(
+        &self,
+        isa: Isa,
+        img: &[u8],
+        win: super::ConvWindow,
+        panels: std::ops::Range<usize>,
+        out: &mut [i32],
+        ldo: usize,
+    ) -> Result<()> {
+        let isa = isa::require(isa)?;
+        let rows = win.ho.saturating_sub(1) * win.stride + win.k;
+        let cols = win.wo.saturating_sub(1) * win.stride + win.k;
+        let m = win.ho * win.wo;
+        let fits = Self::implicit(isa, win.c)
+            && self.k == win.k * win.k * win.c
+            && cols <= win.wp
+            && img.len() >= rows * win.wp * win.c
+            && panels.start <= panels.end
+            && panels.end <= self.panels()
+            && ldo >= panels.len() * NR
+            && out.len() >= m.saturating_sub(1) * ldo + panels.len() * NR;
+        if !fits {
+            return Err(Error::Data(format!(
+                "implicit int8 convolution product of a [{}, {}] weight over {win:?} on {}:                  {} image bytes, panels {panels:?}, output of {} (stride {ldo})",
+                self.n,
+                self.k,
+                isa.name(),
+                img.len(),
+                out.len()
+            )));
+        }
+        let nq = Self::groups(self.k);
+        let psize = nq * NR * KG;
+        let data = &self.data[panels.start * psize..panels.end * psize];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `implicit` checked AVX-512 VNNI; the image, panels and output sizes were
+        // checked above.
+        unsafe {
+            super::avx512_panel::wide::product_implicit(
+                img.as_ptr(),
+                win,
+                data.as_ptr(),
+                (panels.len(), nq),
+                out.as_mut_ptr(),
+                ldo,
+            )
+        };
+        Ok(())
+    }
+
     /// The plain loops of [`Self::product`] over packed panels `data`.
     fn product_reference(
         data: &[u8],

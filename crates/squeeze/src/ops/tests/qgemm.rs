@@ -601,3 +601,85 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
         }
     }
 }
+
+#[test]
+fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
+    use qgemm::panel::PackedI8;
+    use qgemm::ConvWindow;
+    let isa = isa::detected();
+    if !PackedI8::implicit(isa, 4) {
+        eprintln!("NOT RUN on this CPU: the implicit product needs AVX-512 VNNI");
+        return;
+    }
+    // (channels, height, width, kernel, stride, padding, output channels): kernel rows of
+    // 3 and 5, a stride of 2, wide tiles past 4 panels, rows past whole tiles
+    for &(c, h, w, k, s, pad, n) in &[
+        (4, 7, 9, 3, 1, 1, 16),
+        (8, 12, 13, 3, 1, 1, 70),
+        (20, 12, 12, 5, 1, 0, 50),
+        (12, 11, 10, 3, 2, 1, 33),
+    ] {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
+        // non-negative codes in a zero-padded channels-last image
+        let img: Vec<u8> = (0..hp * wp * c)
+            .map(|i| {
+                let (y, x) = (i / c / wp, i / c % wp);
+                let inside = y >= pad && y < pad + h && x >= pad && x < pad + w;
+                if inside {
+                    ((i * 37 + 11) % 128) as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let cols = k * k * c;
+        let wq: Vec<u8> = uniform(n * cols, 3 + n as u64)
+            .into_iter()
+            .map(|v| (v * 127.0).round() as i8 as u8)
+            .collect();
+        let p = PackedI8::pack("w", n, cols, |j, q| wq[j * cols + q]).unwrap();
+        // the im2col rows the implicit product must equal: (ki, kj, ch) order
+        let lda = PackedI8::row_len(cols);
+        let mut rows = vec![0i8; ho * wo * lda];
+        for (oh, ow) in (0..ho).flat_map(|y| (0..wo).map(move |x| (y, x))) {
+            for (ki, kj, ch) in
+                (0..k).flat_map(|a| (0..k).flat_map(move |b| (0..c).map(move |d| (a, b, d))))
+            {
+                let at = ((oh * s + ki) * wp + ow * s + kj) * c + ch;
+                rows[(oh * wo + ow) * lda + (ki * k + kj) * c + ch] = img[at] as i8;
+            }
+        }
+        let np = p.panels();
+        let ldo = np * 16;
+        let mut want = vec![0i32; ho * wo * ldo];
+        let mags: Vec<u8> = rows.iter().map(|v| *v as u8).collect();
+        p.product(
+            isa,
+            (&rows, &mags),
+            (ho * wo, lda),
+            false,
+            0..np,
+            &mut want,
+            ldo,
+        )
+        .unwrap();
+        let win = ConvWindow {
+            c,
+            k,
+            stride: s,
+            wp,
+            ho,
+            wo,
+        };
+        let mut got = vec![7i32; ho * wo * ldo];
+        p.product_implicit(isa, &img, win, 0..np, &mut got, ldo)
+            .unwrap();
+        assert_eq!(got, want, "c={c} k={k} s={s} n={n}");
+        // a window that does not fit the image is an error, not a read past it
+        let wide = ConvWindow { wo: wo + 1, ..win };
+        assert!(p
+            .product_implicit(isa, &img, wide, 0..np, &mut got, ldo)
+            .is_err());
+    }
+}
