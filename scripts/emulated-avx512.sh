@@ -12,7 +12,7 @@
 #     TEST: an integration test of crates/squeeze/tests, or `lib` for the kernels' own
 #     exactness tests inside the crate (src/ops/tests)
 #     e.g. bash scripts/emulated-avx512.sh lib offset_int8 block_scaled
-# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512;
+# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512vnni;
 # either way it records what ran in results/emulated-avx512.json.
 # A boot takes about 2 minutes on a 2-core Zen 3; the tests themselves run ~50x slower than
 # natively. BOCHS_TIMEOUT (seconds, default 1800) bounds the whole run.
@@ -96,7 +96,7 @@ for t in sh mount grep sort tr sleep poweroff; do ln -s busybox "$rootfs/bin/$t"
   echo 'export PATH=/bin'
   echo 'mount -t proc proc /proc'
   echo 'echo "emu-flags: $(grep -o -w -E "avx512f|avx512bw|avx512vl|avx512_vnni" /proc/cpuinfo | sort -u | tr "\n" " ")"'
-  printf 'SQUEEZE_ISA=avx512 RUST_TEST_THREADS=1 /test'
+  printf 'SQUEEZE_ISA=avx512vnni RUST_TEST_THREADS=1 /test'
   for f in "${filters[@]}"; do printf ' %q' "$f"; done
   echo
   echo 'echo "emu-exit: $?"'
@@ -156,7 +156,7 @@ tests = re.findall(r"^test (\S+) \.\.\. (\w+)", out, re.M)
 rec = {
     "command": "bash scripts/emulated-avx512.sh" + (" " + args if args else ""),
     "test_binary": name,
-    "emulated_cpu": "Bochs 3.0, Intel Tiger Lake model (AVX-512F/BW/VL, VNNI), SQUEEZE_ISA=avx512",
+    "emulated_cpu": "Bochs 3.0, Intel Tiger Lake model (AVX-512F/BW/VL, VNNI), SQUEEZE_ISA=avx512vnni",
     "cpu_flags_seen": flags.group(1).split() if flags else [],
     "host_cpu": host,
     "tests": [{"name": t, "result": r} for t, r in tests],

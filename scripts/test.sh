@@ -17,6 +17,9 @@ cargo test --release --workspace
 # the paths below the one this CPU runs by default (that one was the run above)
 paths=(scalar)
 if grep -qw avx512f /proc/cpuinfo; then paths=(avx2 scalar); fi
+# on a VNNI machine the default path is avx512vnni: avx512 runs the integer kernels'
+# non-VNNI forms beside the AVX-512 float ones
+if grep -qw avx512_vnni /proc/cpuinfo; then paths=(avx512 avx2 scalar); fi
 for isa in "${paths[@]}"; do
   echo "== kernel and model tests with SQUEEZE_ISA=$isa"
   SQUEEZE_ISA=$isa cargo test --release -p squeeze --lib \

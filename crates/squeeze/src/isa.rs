@@ -1,10 +1,12 @@
 //! CPU-feature dispatch in one place. squeeze is compiled for baseline x86-64 (never with
 //! a global `target-cpu`); kernels that have vector paths ask [`active`] which one to run:
-//! AVX-512F, AVX2 + FMA, or the portable scalar reference. The best path the CPU supports
-//! is chosen once at run time; `SQUEEZE_ISA=avx512|avx2|scalar` forces a lower one (and is
-//! refused with an error if the CPU lacks it), and [`force`] does the same from code (the
-//! ISA benchmark). Every path is tested against the reference on machines that have it;
-//! `.ci/run` also runs the kernel tests under `SQUEEZE_ISA=avx2` and `scalar`.
+//! AVX-512 with the VNNI integer dot products, AVX-512F without them, AVX2 + FMA, or the
+//! portable scalar reference. The best path the CPU supports is chosen once at run time;
+//! `SQUEEZE_ISA=avx512vnni|avx512|avx2|scalar` forces a lower one (and is refused with an
+//! error if the CPU lacks it), and [`force`] does the same from code (the ISA benchmark).
+//! Every path is tested against the reference on machines that have it; `.ci/run` also
+//! runs the kernel tests under the lower paths the CPU has (`avx512` on a VNNI machine
+//! runs the integer kernels' non-VNNI forms beside the AVX-512 float ones).
 //!
 //! ```
 //! let isa = squeeze::isa::active().unwrap();
@@ -23,8 +25,11 @@ pub enum Isa {
     Scalar,
     /// 256-bit AVX2 with fused multiply-add (AMD Zen 3, Intel Haswell and later).
     Avx2,
-    /// 512-bit AVX-512F (AMD Zen 4, Intel Skylake-SP and later).
+    /// 512-bit AVX-512F (Intel Skylake-SP and later), integer kernels in their AVX2 forms.
     Avx512,
+    /// AVX-512 with the VNNI integer dot products (`vpdpbusd`, with AVX-512BW): AMD Zen 4,
+    /// Intel Ice Lake and later.
+    Avx512Vnni,
 }
 
 /// The environment variable that forces a lower path.
@@ -32,14 +37,20 @@ pub const ENV: &str = "SQUEEZE_ISA";
 
 impl Isa {
     /// Every path, best first.
-    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
+    pub const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
         }
+    }
+
+    /// Whether the path runs AVX-512 (with or without VNNI).
+    pub fn avx512(self) -> bool {
+        matches!(self, Isa::Avx512 | Isa::Avx512Vnni)
     }
 
     /// Parses a path name as `SQUEEZE_ISA` and `--isa` spell it.
@@ -49,7 +60,7 @@ impl Isa {
             .find(|i| i.name() == s.trim())
             .ok_or_else(|| {
                 Error::Data(format!(
-                    "unknown instruction set `{s}`: expected avx512, avx2 or scalar"
+                    "unknown instruction set `{s}`: expected avx512vnni, avx512, avx2 or scalar"
                 ))
             })
     }
@@ -64,6 +75,12 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -74,6 +91,7 @@ impl Isa {
             Isa::Scalar => 1,
             Isa::Avx2 => 2,
             Isa::Avx512 => 3,
+            Isa::Avx512Vnni => 4,
         }
     }
 
@@ -92,21 +110,11 @@ pub fn detected() -> Isa {
     supported()[0]
 }
 
-/// Whether the AVX-512 path may use the VNNI integer dot products (`vpdpbusd`, with
-/// AVX-512BW): AMD Zen 4, Intel Ice Lake and later. Kernels of [`Isa::Avx512`] that have a
-/// VNNI form ask this; without it they run their AVX2 form.
+/// Whether the path may use the VNNI integer dot products (`vpdpbusd`, with AVX-512BW):
+/// [`Isa::Avx512Vnni`], which only a CPU that has them supports. Kernels with a VNNI form
+/// ask this; other paths run their AVX2 form.
 pub fn avx512_vnni(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        isa == Isa::Avx512
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
-    }
+    isa == Isa::Avx512Vnni && isa.is_supported()
 }
 
 /// Set by [`force`]; 0 = not forced.

@@ -99,11 +99,7 @@ fn panel_product(isa: Isa, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [
     if isa != Isa::Scalar {
         // AVX-512 covers the 32 columns in one sweep; AVX2 in two halves of 16 (its 16
         // registers hold 6 tokens × 2 accumulators + 2 weight vectors + a broadcast)
-        let (tile, halves) = if isa == Isa::Avx512 {
-            (TILE, 1)
-        } else {
-            (6, 2)
-        };
+        let (tile, halves) = if isa.avx512() { (TILE, 1) } else { (6, 2) };
         for half in 0..halves {
             let mut t0 = 0;
             while t0 < m {
@@ -114,7 +110,7 @@ fn panel_product(isa: Isa, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [
                 );
                 // SAFETY: `isa` passed isa::require; the kernels assert their slice bounds.
                 unsafe {
-                    if isa == Isa::Avx512 {
+                    if isa.avx512() {
                         avx512::tile_any(t, xs, w, k, os)
                     } else {
                         avx2::tile_any(t, xs, w, k, half, os)

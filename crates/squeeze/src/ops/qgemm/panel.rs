@@ -322,7 +322,7 @@ pub fn requantize_row(
     let lim = hi.max(lo.saturating_neg());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.is_supported() {
+    if isa.avx512() && isa.is_supported() {
         done = n / 16 * 16;
         let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
         // SAFETY: the path's AVX-512F was detected; the slices are `done` long.

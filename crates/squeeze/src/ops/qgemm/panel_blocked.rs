@@ -139,7 +139,7 @@ pub fn quantize_offset(
 /// Largest |v| of `x` (NaN ignored).
 pub(super) fn max_abs(isa: Isa, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa.avx512() {
         // SAFETY: the AVX-512 path implies AVX-512F.
         return unsafe { super::avx512_quant::max_abs(x) };
     }
@@ -155,7 +155,7 @@ pub(super) fn max_abs(isa: Isa, x: &[f32]) -> f32 {
 /// `codes = round_code_to(x·inv, 64) + 64`.
 fn offset_codes(isa: Isa, x: &[f32], inv: f32, codes: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa.avx512() {
         // SAFETY: the AVX-512 path implies AVX-512F; the kernel asserts the length.
         return unsafe { super::avx512_quant::offset_codes(x, inv, LINEAR_ACT_MAX, codes) };
     }

@@ -98,7 +98,7 @@ pub fn quantize_row(
     mut abs: Option<&mut [u8]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.is_supported() {
+    if isa.avx512() && isa.is_supported() {
         // SAFETY: the path's AVX-512F was detected; the kernel asserts the lengths.
         return unsafe { super::avx512_quant::quantize_row(x, (inv, lim), codes, abs) };
     }
