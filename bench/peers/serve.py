@@ -1,9 +1,14 @@
 """The serve loop the peer scripts share (`--serve`): print {"ready": fixed}, then answer
 each `round` line on stdin with {"round": one_round()} until `quit`; `squeeze bench text`
 and `squeeze bench quant` drive it so that their models and the peer's alternate within
-each round."""
+each round. Before answering, the peer idles for SETTLE seconds: ONNX Runtime's and
+OpenMP's worker threads spin for a while after their last task, and must not take the
+cores from the round that follows."""
 import json
 import sys
+import time
+
+SETTLE = 1.0
 
 
 def serve(fixed, one_round):
@@ -13,6 +18,8 @@ def serve(fixed, one_round):
         if cmd == "quit":
             break
         if cmd == "round":
-            print(json.dumps({"round": one_round()}), flush=True)
+            out = one_round()
+            time.sleep(SETTLE)
+            print(json.dumps({"round": out}), flush=True)
         else:
             print(json.dumps({"error": f"unknown command {cmd!r}"}), flush=True)

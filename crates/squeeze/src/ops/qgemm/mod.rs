@@ -11,12 +11,17 @@
 //!   with one scale per 32 inputs, codes in [−64, 64] offset to unsigned bytes (the
 //!   quantized Linear's kernel, `vpmaddubsw` with the offset taken back per block; see
 //!   that module).
-//! - [`gemm_i8_reference`]: the plain integer product both packed kernels are tested
+//! - [`panel_q4::PackedQ4`]: int4 weights kept as nibbles in panels of 16 channels × 8
+//!   inputs against int8 activations (±127 per 32 inputs): an integer product, block
+//!   scales applied per 32 inputs (llama.cpp's Q4_0 × Q8_0; see that module).
+//! - [`gemm_i8_reference`]: the plain integer product both packed int8 kernels are tested
 //!   against, exactly.
 //!
-//! All split their work over threads when the product is large. On the AVX-512 path both
-//! packed int8 kernels use VNNI (`vpdpbusd`) where the CPU has it; the int4 kernel runs
-//! its AVX2 form there.
+//! All split their work over threads when the product is large. On the `avx512vnni` path
+//! the packed kernels use `vpdpbusd` in tiles of several panels with codes broadcast from
+//! memory, and the convolution's product can read a padded channels-last image in place
+//! ([`panel::PackedI8::product_implicit`]); the weight-only int4 kernel runs its AVX2
+//! form on every path above scalar.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
