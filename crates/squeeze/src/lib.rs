@@ -41,6 +41,7 @@ pub mod limits;
 pub mod lowrank;
 pub mod math;
 pub mod model;
+pub mod onnx;
 pub(crate) mod ops;
 pub mod params;
 pub mod passes;

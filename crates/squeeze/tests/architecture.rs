@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("errors", &["error"]),
     (
         "ground: plain data and shared maths",
-        &["isa", "tensor", "math", "params", "data", "limits"],
+        &["isa", "tensor", "math", "params", "data", "limits", "onnx"],
     ),
     ("kernels", &["ops"]),
     ("layer kinds", &["kinds"]),

@@ -9,6 +9,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::Lower;
 use crate::ops::{gelu, relu};
 
 /// `max(0, x)`.
@@ -37,6 +38,9 @@ macro_rules! elementwise {
 }
 
 impl LayerKind for Relu {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        Ok(cx.emit.op("Relu", &[&cx.x()], &cx.out(), vec![]))
+    }
     fn name(&self) -> &'static str {
         "relu"
     }
@@ -50,6 +54,18 @@ impl LayerKind for Relu {
 }
 
 impl LayerKind for Gelu {
+    /// The erf form in the shape ONNX Runtime's fusion recognizes: x · (1 + erf(x/√2)) · ½.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let x = cx.x();
+        let r2 = cx.emit.scalar(&cx.tmp("sqrt2"), std::f32::consts::SQRT_2);
+        let d = cx.emit.op("Div", &[&x, &r2], &cx.tmp("div"), vec![]);
+        let e = cx.emit.op("Erf", &[&d], &cx.tmp("erf"), vec![]);
+        let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
+        let a = cx.emit.op("Add", &[&e, &one], &cx.tmp("add"), vec![]);
+        let m = cx.emit.op("Mul", &[&x, &a], &cx.tmp("mul"), vec![]);
+        let half = cx.emit.scalar(&cx.tmp("half"), 0.5);
+        Ok(cx.emit.op("Mul", &[&m, &half], &cx.out(), vec![]))
+    }
     fn name(&self) -> &'static str {
         "gelu"
     }

@@ -13,6 +13,7 @@ use super::couple::{Coupler, Seg};
 use super::{positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{blocks, int, ints, Lower};
 use crate::ops::attention as kernel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,33 @@ pub struct Attention {
 }
 
 impl LayerKind for Attention {
+    /// Heads split by `Reshape` + `Transpose`, scores scaled by 1/√d and biased by
+    /// (1 − mask)·−10⁹ on the keys, `Softmax`, and the heads merged back.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (h, d) = (self.heads as i64, self.head_dim as i64);
+        let split = cx.emit.axes(&cx.tmp("split_shape"), &[0, 0, h, d]);
+        let heads = |cx: &mut Lower, i: usize, perm: &[i64], what: &str| {
+            let x = cx.ins[i].clone();
+            let r = cx.emit.op("Reshape", &[&x, &split], &cx.tmp(&format!("{what}_split")), vec![]);
+            cx.emit.op("Transpose", &[&r], &cx.tmp(what), vec![ints("perm", perm)])
+        };
+        let q = heads(cx, 0, &[0, 2, 1, 3], "q"); // [N, H, L, D]
+        let k = heads(cx, 1, &[0, 2, 3, 1], "k"); // [N, H, D, L]
+        let v = heads(cx, 2, &[0, 2, 1, 3], "v"); // [N, H, L, D]
+        let s = cx.emit.op("MatMul", &[&q, &k], &cx.tmp("scores"), vec![]);
+        let s = blocks::scale(cx, &s, 1.0 / (self.head_dim as f32).sqrt(), "scaled");
+        let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
+        let padding = cx.emit.op("Sub", &[&one, &cx.ins[3].clone()], &cx.tmp("padding"), vec![]);
+        let bias = blocks::scale(cx, &padding, kernel::MASK_BIAS as f32, "mask_bias");
+        let ax = cx.emit.axes(&cx.tmp("bias_axes"), &[1, 2]);
+        let bias = cx.emit.op("Unsqueeze", &[&bias, &ax], &cx.tmp("key_bias"), vec![]); // [N, 1, 1, L]
+        let s = cx.emit.op("Add", &[&s, &bias], &cx.tmp("biased"), vec![]);
+        let p = cx.emit.op("Softmax", &[&s], &cx.tmp("probs"), vec![int("axis", -1)]);
+        let c = cx.emit.op("MatMul", &[&p, &v], &cx.tmp("context"), vec![]); // [N, H, L, D]
+        let t = cx.emit.op("Transpose", &[&c], &cx.tmp("merge"), vec![ints("perm", &[0, 2, 1, 3])]);
+        let merged = cx.emit.axes(&cx.tmp("merge_shape"), &[0, 0, h * d]);
+        Ok(cx.emit.op("Reshape", &[&t, &merged], &cx.out(), vec![])) // [N, L, H·D]
+    }
     fn name(&self) -> &'static str {
         "attention"
     }

@@ -11,6 +11,7 @@ use super::couple::{Coupler, MemberRole, Seg};
 use super::{arity, positive, Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::Lower;
 use crate::ops::batchnorm;
 use crate::params::ParamStore;
 
@@ -23,6 +24,15 @@ pub struct BatchNorm {
 }
 
 impl LayerKind for BatchNorm {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let mut ins = vec![cx.x()];
+        for t in ["weight", "bias", "running_mean", "running_var"] {
+            ins.push(cx.constant(t)?);
+        }
+        let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+        let eps = crate::onnx::blocks::epsilon(self.eps);
+        Ok(cx.emit.op("BatchNormalization", &refs, &cx.out(), vec![eps]))
+    }
     fn name(&self) -> &'static str {
         "batch_norm"
     }

@@ -18,6 +18,9 @@ use super::couple::{Coupler, Seg};
 use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::blocks::square_conv;
+use crate::onnx::quant::{self as onnx_quant, Decoded};
+use crate::onnx::Lower;
 use crate::math::bits::BitWeight;
 use crate::ops::qconv::{self, Geometry};
 use crate::params::f32_values;
@@ -38,6 +41,15 @@ pub struct BConv2d {
 }
 
 impl LayerKind for BConv2d {
+    /// The QDQ form of [`QConv2d`](super::qconv2d::QConv2d), the levels as int8 codes.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let d = Decoded::from_levels(&self.bit_weight(cx)?);
+        let step = cx.values("input_scale")?.1[0];
+        let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
+        let a = square_conv(k, self.stride, self.padding);
+        let q = (&d.codes[..], [o, i, k, k], &d.scales[..]);
+        onnx_quant::static_conv(cx, q, (step, self.input_codes), self.bias, a)
+    }
     fn name(&self) -> &'static str {
         "bconv2d"
     }
@@ -138,6 +150,15 @@ impl BConv2d {
             stride: self.stride,
             padding: self.padding,
         }
+    }
+
+    /// The packed levels and scales of the node `cx` lowers, checked.
+    fn bit_weight(&self, cx: &Lower) -> Result<BitWeight> {
+        let (_, data) = cx.bytes("weight_bits")?;
+        let (_, scales) = cx.values("weight_scale")?;
+        crate::math::bits::check_rows(&data, self.ternary, &format!("`{}.weight_bits`", cx.node))?;
+        let (rows, cols) = (self.out_channels, self.cols());
+        Ok(BitWeight { rows, cols, ternary: self.ternary, data, scales })
     }
 
     fn what(&self, cx: &NodeRun) -> String {

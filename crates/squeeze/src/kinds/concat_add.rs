@@ -10,6 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{int, Lower};
 use crate::ops::fast;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,12 @@ pub struct Add;
 pub struct Concat;
 
 impl LayerKind for Add {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let ins = cx.ins.clone();
+        let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+        let op = if refs.len() == 2 { "Add" } else { "Sum" };
+        Ok(cx.emit.op(op, &refs, &cx.out(), vec![]))
+    }
     fn name(&self) -> &'static str {
         "add"
     }
@@ -50,6 +57,11 @@ impl LayerKind for Add {
 }
 
 impl LayerKind for Concat {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let ins = cx.ins.clone();
+        let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+        Ok(cx.emit.op("Concat", &refs, &cx.out(), vec![int("axis", 1)]))
+    }
     fn name(&self) -> &'static str {
         "concat"
     }

@@ -15,6 +15,7 @@ use super::fake_quant::FakeQuant;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{blocks, Lower};
 use crate::ops::conv;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,16 @@ impl Conv2d {
     pub fn is_square(&self) -> bool {
         self.width_axis() == self.height_axis()
     }
+    /// The geometry as ONNX's `Conv` attributes.
+    pub fn onnx_attrs(&self) -> blocks::ConvAttrs {
+        let (h, w) = (self.height_axis(), self.width_axis());
+        blocks::ConvAttrs {
+            kernel: [h.kernel, w.kernel],
+            stride: [h.stride, w.stride],
+            padding: [h.padding, w.padding],
+            groups: self.groups,
+        }
+    }
     /// One filter per channel (groups = in = out > 1).
     pub fn is_depthwise(&self) -> bool {
         self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
@@ -69,6 +80,14 @@ impl Conv2d {
 }
 
 impl LayerKind for Conv2d {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        if self.quant.is_some() {
+            return Err(super::fake_quant::not_exportable());
+        }
+        let w = cx.constant("weight")?;
+        let b = cx.bias(self.bias)?;
+        Ok(blocks::conv(cx, &cx.x(), &w, b, self.onnx_attrs()))
+    }
     fn name(&self) -> &'static str {
         "conv2d"
     }

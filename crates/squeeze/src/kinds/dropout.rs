@@ -10,6 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::Lower;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +19,10 @@ pub struct Dropout {
 }
 
 impl LayerKind for Dropout {
+    /// Inference only: the identity.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        Ok(cx.x())
+    }
     fn name(&self) -> &'static str {
         "dropout"
     }

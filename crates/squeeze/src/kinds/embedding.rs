@@ -10,6 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::Lower;
 use crate::ops::embedding as kernel;
 
 /// Which index an [`Embedding`] looks its rows up by.
@@ -33,6 +34,10 @@ pub struct Embedding {
 }
 
 impl LayerKind for Embedding {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let t = cx.constant("weight")?;
+        lookup_onnx(cx, self.lookup, &t)
+    }
     fn name(&self) -> &'static str {
         "embedding"
     }
@@ -95,4 +100,30 @@ pub(crate) fn example() -> super::Example {
         inputs: vec![vec![5]],
         tensors: vec![],
     }
+}
+
+/// Rows of ONNX value `table` (`[num, …]`) looked up by `lookup` in a token graph: by the
+/// `input_ids`, by the `token_type_ids`, or by the positions `0..L` (then `[1, L, …]`).
+pub(crate) fn lookup_onnx(cx: &mut Lower, lookup: Lookup, table: &str) -> Result<String> {
+    let tokens = cx
+        .tokens
+        .cloned()
+        .ok_or_else(|| crate::onnx::refuse("a table lookup outside a token graph"))?;
+    let idx = match lookup {
+        Lookup::Tokens => tokens.ids,
+        Lookup::Segments => tokens
+            .types
+            .ok_or_else(|| crate::onnx::refuse("the graph has no `token_type_ids` input"))?,
+        Lookup::Positions => {
+            let shape = cx.emit.op("Shape", &[&tokens.ids], &cx.tmp("shape"), vec![]);
+            let one = cx.emit.i64s(&cx.tmp("seq_axis"), &[], &[1]);
+            let l = cx.emit.op("Gather", &[&shape, &one], &cx.tmp("seq_len"), vec![]);
+            let (zero, step) = (cx.emit.i64s(&cx.tmp("start"), &[], &[0]), cx.emit.i64s(&cx.tmp("step"), &[], &[1]));
+            let pos = cx.emit.op("Range", &[&zero, &l, &step], &cx.tmp("positions"), vec![]);
+            let rows = cx.emit.op("Gather", &[table, &pos], &cx.tmp("rows"), vec![]);
+            let ax = cx.emit.axes(&cx.tmp("batch_axis"), &[0]);
+            return Ok(cx.emit.op("Unsqueeze", &[&rows, &ax], &cx.out(), vec![]));
+        }
+    };
+    Ok(cx.emit.op("Gather", &[table, &idx], &cx.out(), vec![]))
 }

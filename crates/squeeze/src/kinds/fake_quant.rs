@@ -152,3 +152,12 @@ impl FakeQuant {
         fq::lsq(x, &step, (qn, qp), g)
     }
 }
+
+/// The refusal of a layer still under simulated quantization: its integer form is fixed
+/// only when the `qat` pass materializes it.
+pub(crate) fn not_exportable() -> crate::error::Error {
+    crate::onnx::refuse(
+        "the layer is still under simulated quantization (`quant`): export the model after \
+         the `qat` pass has materialized it (its integer or binary layers export)",
+    )
+}

@@ -7,11 +7,15 @@ use super::couple::{Coupler, Seg};
 use super::{arity, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{int, Lower};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flatten;
 
 impl LayerKind for Flatten {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        Ok(cx.emit.op("Flatten", &[&cx.x()], &cx.out(), vec![int("axis", 1)]))
+    }
     fn name(&self) -> &'static str {
         "flatten"
     }

@@ -14,6 +14,7 @@ use super::Dtype;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::{Error, Result};
+use crate::onnx::{int, Lower};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +24,12 @@ pub struct ChannelGather {
 }
 
 impl LayerKind for ChannelGather {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (dims, idx) = cx.values("index")?;
+        let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let i = cx.emit.i64s(&format!("{}.index", cx.node), &dims, &idx);
+        Ok(cx.emit.op("Gather", &[&cx.x(), &i], &cx.out(), vec![int("axis", 1)]))
+    }
     fn name(&self) -> &'static str {
         "channel_gather"
     }

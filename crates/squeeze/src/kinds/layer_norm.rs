@@ -10,6 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{int, Lower};
 use crate::ops::layer_norm as kernel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,11 @@ pub struct LayerNorm {
 }
 
 impl LayerKind for LayerNorm {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (w, b) = (cx.constant("weight")?, cx.constant("bias")?);
+        let attrs = vec![int("axis", -1), crate::onnx::blocks::epsilon(self.eps)];
+        Ok(cx.emit.op("LayerNormalization", &[&cx.x(), &w, &b], &cx.out(), attrs))
+    }
     fn name(&self) -> &'static str {
         "layer_norm"
     }

@@ -13,6 +13,7 @@ use super::fake_quant::FakeQuant;
 use super::{inference, with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{blocks, Lower};
 use crate::ops::fast;
 use crate::ops::pack_cache::PackCache;
 use crate::params::ParamStore;
@@ -29,6 +30,13 @@ pub struct Linear {
 }
 
 impl LayerKind for Linear {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        if self.quant.is_some() {
+            return Err(super::fake_quant::not_exportable());
+        }
+        let (_, w) = cx.values("weight")?;
+        blocks::linear_f32(cx, &w, (self.out_features, self.in_features), self.bias)
+    }
     fn name(&self) -> &'static str {
         "linear"
     }

@@ -59,6 +59,7 @@ use candle_core::{DType, Tensor};
 use crate::error::Result;
 use crate::math::qlayout::Layout;
 use crate::math::qweight::QView;
+use crate::onnx::Lower;
 use crate::ops::pack_cache::PackCache;
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
@@ -171,6 +172,15 @@ pub trait LayerKind: std::fmt::Debug {
     /// (tables only): a text encoder's longest sequence is its position table's rows.
     fn lookup_table(&self) -> Option<(embedding::Lookup, usize)> {
         None
+    }
+    /// Writes the node's ONNX form through `cx` (`crate::onnx`) and returns the name of
+    /// its output value. A kind without one refuses, saying why (the export names the node).
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let _ = cx;
+        Err(crate::onnx::refuse(format!(
+            "ONNX export has no form for `{}` layers",
+            self.name()
+        )))
     }
     /// Checks the values of node `node`'s tensors in `params` beyond their shapes (a
     /// BatchNorm's variances are not negative); the message names the tensor.

@@ -10,6 +10,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, positive, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{int, ints, Lower};
 use crate::ops::pool;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +62,17 @@ macro_rules! pooling_common {
     };
 }
 
+/// A square window `kernel`, `stride` of ONNX pooling operator `op` (floor mode, no padding).
+fn window(op: &str, cx: &mut Lower, kernel: usize, stride: usize) -> String {
+    let (k, s) = (kernel as i64, stride as i64);
+    let attrs = vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])];
+    cx.emit.op(op, &[&cx.x()], &cx.out(), attrs)
+}
+
 impl LayerKind for MaxPool2d {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        Ok(window("MaxPool", cx, self.kernel, self.stride))
+    }
     pooling_common!();
     fn name(&self) -> &'static str {
         "max_pool2d"
@@ -81,6 +92,9 @@ impl LayerKind for MaxPool2d {
 }
 
 impl LayerKind for AvgPool2d {
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        Ok(window("AveragePool", cx, self.kernel, self.stride))
+    }
     pooling_common!();
     fn name(&self) -> &'static str {
         "avg_pool2d"
@@ -94,6 +108,11 @@ impl LayerKind for AvgPool2d {
 }
 
 impl LayerKind for GlobalAvgPool {
+    /// `GlobalAveragePool` keeps `[N, C, 1, 1]`; a `Flatten` makes it `[N, C]`.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let p = cx.emit.op("GlobalAveragePool", &[&cx.x()], &cx.tmp("pool"), vec![]);
+        Ok(cx.emit.op("Flatten", &[&p], &cx.out(), vec![int("axis", 1)]))
+    }
     pooling_common!();
     fn name(&self) -> &'static str {
         "global_avg_pool"

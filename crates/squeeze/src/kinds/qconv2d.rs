@@ -16,6 +16,9 @@ use super::with_node_view;
 use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::blocks::square_conv;
+use crate::onnx::quant::{self as onnx_quant, Decoded};
+use crate::onnx::Lower;
 use crate::math::qlayout::{Layout, Scales};
 use crate::ops::qconv::{self, Geometry, Handoff};
 use crate::params::f32_values;
@@ -38,6 +41,19 @@ pub struct QConv2d {
 }
 
 impl LayerKind for QConv2d {
+    /// The QDQ form: the input quantized with `input_scale`, the int8 codes (int4 ones
+    /// too, as int8 values) dequantized per output channel, an ordinary `Conv`.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let d = Decoded::read(cx, self.layout, (self.out_channels, self.cols()))?;
+        let scales = d.row_scales().map(<[f32]>::to_vec).ok_or_else(|| {
+            crate::onnx::refuse("grouped scales on a convolution have no ONNX form here")
+        })?;
+        let step = cx.values("input_scale")?.1[0];
+        let range = self.input_codes.unwrap_or([-127, 127]);
+        let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
+        let a = square_conv(k, self.stride, self.padding);
+        onnx_quant::static_conv(cx, (&d.codes, [o, i, k, k], &scales), (step, range), self.bias, a)
+    }
     fn name(&self) -> &'static str {
         "qconv2d"
     }

@@ -13,6 +13,8 @@ use super::with_node_view;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::{Error, Result};
+use crate::onnx::quant::Decoded;
+use crate::onnx::{int, Lower};
 use crate::math::qlayout::Layout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,21 @@ pub struct QEmbedding {
 }
 
 impl LayerKind for QEmbedding {
+    /// The int8 codes (int4 ones as int8 values) and per-block scales stay in the file;
+    /// `Cast` · `Mul` rebuild the f32 table (a constant expression runtimes fold once), then
+    /// the rows are looked up as for [`Embedding`](super::embedding::Embedding).
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let d = Decoded::read(cx, self.layout, (self.num, self.dim))?;
+        let nb = d.cols / d.block;
+        let n = cx.node.to_string();
+        let codes = cx.emit.i8s(&format!("{n}.weight_q"), &[d.rows, nb, d.block], &d.codes);
+        let scales = cx.emit.f32s(&format!("{n}.weight_scale"), &[d.rows, nb, 1], &d.scales);
+        let f = cx.emit.op("Cast", &[&codes], &cx.tmp("codes_f32"), vec![int("to", 1)]);
+        let t = cx.emit.op("Mul", &[&f, &scales], &cx.tmp("blocks"), vec![]);
+        let shape = cx.emit.axes(&cx.tmp("table_shape"), &[d.rows as i64, d.cols as i64]);
+        let t = cx.emit.op("Reshape", &[&t, &shape], &cx.tmp("table"), vec![]);
+        super::embedding::lookup_onnx(cx, self.lookup, &t)
+    }
     fn name(&self) -> &'static str {
         "qembedding"
     }

@@ -28,6 +28,8 @@ use super::with_node_view;
 use super::{with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::quant::{self as onnx_quant, Decoded};
+use crate::onnx::{blocks, Lower};
 use crate::math::qlayout::{signed_code_at, Layout, Scales};
 use crate::ops::pack_cache::PackCache;
 use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
@@ -70,6 +72,27 @@ pub struct QLinear {
 }
 
 impl LayerKind for QLinear {
+    /// Static: the QDQ form. Dynamic int8 with per-channel scales: ONNX Runtime's dynamic
+    /// form (per-tensor uint8 inputs, not our per-32 blocks). int4: `MatMulNBits`. Grouped
+    /// int8 scales have no integer form here: the dequantized f32 weight, noted.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let d = Decoded::read(cx, self.layout, (self.out_features, self.in_features))?;
+        if self.act == ActQuant::Static {
+            let step = cx.values("input_scale")?.1[0];
+            let lim = LINEAR_ACT_MAX;
+            let range = self.input_codes.unwrap_or([-lim, lim]);
+            return onnx_quant::static_linear(cx, &d, (step, range), self.bias);
+        }
+        if self.layout.bits == 4 {
+            return onnx_quant::nbits(cx, &d, self.bias, self.act == ActQuant::Dynamic);
+        }
+        if let Some(s) = d.row_scales().map(<[f32]>::to_vec) {
+            cx.note("int8 inputs quantized per tensor (uint8, ONNX Runtime's dynamic form) where squeeze quantizes each 32 inputs of a row to ±64");
+            return onnx_quant::dynamic_int8(cx, &d, &s, self.bias);
+        }
+        cx.note("grouped int8 weight scales written as the dequantized f32 weight");
+        blocks::linear_f32(cx, &d.dequantize(), (d.rows, d.cols), self.bias)
+    }
     fn name(&self) -> &'static str {
         "qlinear"
     }

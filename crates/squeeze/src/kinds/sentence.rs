@@ -9,6 +9,7 @@ use super::couple::{Coupler, Seg};
 use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{blocks, int, ints, Lower};
 use crate::ops::sentence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,19 @@ pub struct MeanPool;
 pub struct L2Normalize;
 
 impl LayerKind for MeanPool {
+    /// Σ h·mask / max(Σ mask, 10⁻⁹) over the sequence axis.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (h, mask) = (cx.x(), cx.ins[1].clone());
+        let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
+        let m = cx.emit.op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
+        let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
+        let ax1 = cx.emit.axes(&cx.tmp("seq_axis"), &[1]);
+        let keep = vec![int("keepdims", 0)];
+        let sum = cx.emit.op("ReduceSum", &[&hm, &ax1], &cx.tmp("sum"), keep.clone()); // [N, d]
+        let count = cx.emit.op("ReduceSum", &[&m, &ax1], &cx.tmp("count"), keep); // [N, 1]
+        let count = blocks::clip_below(cx, &count, 1e-9, "count_clipped");
+        Ok(cx.emit.op("Div", &[&sum, &count], &cx.out(), vec![]))
+    }
     fn name(&self) -> &'static str {
         "mean_pool"
     }
@@ -40,6 +54,13 @@ impl LayerKind for MeanPool {
 }
 
 impl LayerKind for L2Normalize {
+    /// x / max(‖x‖₂, 10⁻¹²) over the last axis.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let attrs = vec![ints("axes", &[-1]), int("keepdims", 1)];
+        let norm = cx.emit.op("ReduceL2", &[&cx.x()], &cx.tmp("norm"), attrs);
+        let norm = blocks::clip_below(cx, &norm, 1e-12, "norm_clipped");
+        Ok(cx.emit.op("Div", &[&cx.x(), &norm], &cx.out(), vec![]))
+    }
     fn name(&self) -> &'static str {
         "l2_normalize"
     }

@@ -16,6 +16,7 @@ use super::Dtype;
 use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::onnx::{blocks, Lower};
 use crate::math::csr::{Csr, CsrOwned};
 use crate::ops::sparse;
 use crate::ops::with_cpu;
@@ -31,6 +32,27 @@ pub struct SparseLinear {
 }
 
 impl LayerKind for SparseLinear {
+    /// Written dense, its zeros included (ONNX's sparse tensors are not run by ONNX
+    /// Runtime's `MatMul`).
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (_, values) = cx.values("values")?;
+        let (_, indices) = cx.values("indices")?;
+        let (_, indptr) = cx.values("indptr")?;
+        let (rows, cols) = (self.out_features, self.in_features);
+        let mut w = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let (a, b) = (indptr[r] as usize, indptr[r + 1] as usize);
+            for k in a..b.min(values.len()) {
+                let c = indices[k] as usize;
+                if c >= cols {
+                    return Err(crate::onnx::refuse(format!("column index {c} outside {cols} inputs")));
+                }
+                w[r * cols + c] = values[k];
+            }
+        }
+        cx.note("CSR weight written dense with its zeros");
+        blocks::linear_f32(cx, &w, (rows, cols), self.bias)
+    }
     fn name(&self) -> &'static str {
         "sparse_linear"
     }
