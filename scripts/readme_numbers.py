@@ -552,13 +552,29 @@ def qat_notes():
     return readme_qat.notes(load)
 
 
+def onnx():
+    import readme_onnx
+    return readme_onnx.block(load, table)
+
+
+def onnx_notes():
+    import readme_onnx
+    return readme_onnx.notes(load)
+
+
+def family():
+    import readme_onnx
+    return readme_onnx.family(load, table)
+
+
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
           "emulated-avx512": emulated, "quant-notes": quant_notes,
           "distill-notes": distill_notes, "prune-notes": prune_notes,
           "structured": structured, "structured-notes": structured_notes,
-          "lowrank": lowrank, "lowrank-notes": lowrank_notes, "qat": qat, "qat-notes": qat_notes}
+          "lowrank": lowrank, "lowrank-notes": lowrank_notes, "qat": qat, "qat-notes": qat_notes,
+          "onnx": onnx, "onnx-notes": onnx_notes, "family": family}
 
 
 # Numbers in README prose that are not measurements (targets, defaults, shapes, versions,

@@ -8,7 +8,12 @@ graph, per-tensor weights; `ort_int8_opt_pc`: the optimized graph, per-channel w
 Each int8 variant also reports the mean cosine of its embeddings to ORT f32's over the
 sentences (`<name>_cosine_to_f32`).
 
-usage: minilm_peer.py MODEL_DIR STS_FILE N_LATENCY [--no-ort] [--serve]
+usage: minilm_peer.py MODEL_DIR STS_FILE N_LATENCY [--no-ort] [--serve] [--onnx KEY=DIR]...
+
+`--onnx KEY=DIR` adds peer `onnx_KEY`: squeeze's own ONNX export (`squeeze export --format
+onnx`, DIR/model.onnx, which ends in the pooled, normalized embedding) run by ONNX Runtime
+with the same tokenizer, threads and default graph optimizations, and its
+`onnx_KEY_cosine_to_f32` against ORT f32.
 prints one JSON object: <peer>_latency_ms_b1 (median over the first N_LATENCY sentences,
 each embedded alone, tokenization included) and <peer>_throughput_b32 (sentences/s over all
 sentences of the file, 32 at a time), plus the versions used.
@@ -128,7 +133,34 @@ def ort_embed(sess, tok):
     return embed
 
 
-def setup(model_dir, texts, no_ort):
+def squeeze_onnx_peer(path, tok):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(os.path.join(path, "model.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+
+    def embed(batch):
+        enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="np")
+        feed = {"input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64),
+                "token_type_ids": np.zeros_like(enc["input_ids"], dtype=np.int64)}
+        return sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
+    return embed
+
+
+def onnx_args(argv):
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--onnx":
+            key, path = argv[i + 1].split("=", 1)
+            out.append((key, path))
+    return out
+
+
+def setup(model_dir, texts, no_ort, exports=()):
     """The peers' embed functions by name, and what does not change between rounds."""
     out = {"threads": THREADS, "torch": torch.__version__}
     peers = {"pytorch": pytorch_peer(model_dir)}
@@ -141,9 +173,11 @@ def setup(model_dir, texts, no_ort):
     with tempfile.TemporaryDirectory() as tmp:
         # the sessions hold their graphs in memory once made
         sessions = ort_sessions(model_dir, tmp)
+    embeds = {name: ort_embed(sess, tok) for name, sess in sessions.items()}
+    for key, path in exports:
+        embeds[f"onnx_{key}"] = squeeze_onnx_peer(path, tok)
     ref = None
-    for name, sess in sessions.items():
-        embed = ort_embed(sess, tok)
+    for name, embed in embeds.items():
         peers[name] = embed
         e = np.concatenate([embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
         if ref is None:
@@ -170,7 +204,7 @@ def one_round(peers, texts, n_lat):
 def main():
     model_dir, sts, n_lat = sys.argv[1], sys.argv[2], int(sys.argv[3])
     texts = sentences(sts)
-    peers, fixed = setup(model_dir, texts, "--no-ort" in sys.argv)
+    peers, fixed = setup(model_dir, texts, "--no-ort" in sys.argv, onnx_args(sys.argv))
     if "--serve" not in sys.argv:
         print(json.dumps({**fixed, **one_round(peers, texts, n_lat)}))
         return

@@ -63,6 +63,10 @@ pub struct TextArgs {
     /// Skip ONNX Runtime in the peer run.
     #[arg(long)]
     pub no_ort: bool,
+    /// A squeeze ONNX export (`squeeze export --format onnx` directory) timed by ONNX
+    /// Runtime among the peers, as KEY=DIR (repeatable): peer keys `onnx_KEY_*`.
+    #[arg(long = "peer-onnx", value_parser = parse_variant)]
+    pub peer_onnx: Vec<(String, PathBuf)>,
 }
 
 fn parse_variant(s: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -254,6 +258,10 @@ fn start_peer(a: &TextArgs) -> Result<Option<(PeerServer, Value)>> {
     ];
     if a.no_ort {
         args.push("--no-ort".into());
+    }
+    for (key, dir) in &a.peer_onnx {
+        args.push("--onnx".into());
+        args.push(format!("{key}={}", dir.display()));
     }
     Ok(Some(PeerServer::start(&a.python, &a.peer, &args)?))
 }

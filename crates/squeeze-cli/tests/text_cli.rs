@@ -54,6 +54,9 @@ fn tiny_model(d: &Path, uniform: bool) -> PathBuf {
         }
     };
     let shape = BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         vocab: 4 + WORDS.len(),
         max_positions: 16,
         segments: 2,

@@ -177,6 +177,9 @@ fn packed(ternary: bool) -> squeeze::Model {
 fn hf_dir(root: &Path) -> PathBuf {
     let dir = root.join("hf");
     let shape = BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         dropout: 0.0,
         normalize: true,
         ..common::bert_shape(8, &[2, 2])

@@ -129,6 +129,9 @@ fn finetune_trains_a_masked_classifier_within_its_budget_and_keeps_masks() {
 #[test]
 fn a_text_encoder_is_fine_tuned_toward_its_own_input_embeddings() {
     let shape = BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         dropout: 0.0,
         ..common::bert_shape(8, &[2, 2])
     };
@@ -449,6 +452,9 @@ const NARROW_TOL: f32 = 1e-5;
 #[test]
 fn narrowing_cuts_zero_heads_and_ffn_units_without_changing_the_embeddings() {
     let shape = BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         dropout: 0.0,
         ..common::bert_shape(8, &[2, 2])
     };

@@ -124,6 +124,9 @@ fn data_too_small_for_its_metric_is_refused() {
 fn hf_directories_squeeze_cannot_honour_are_refused() {
     let dir = tmpdir("refuse-hf");
     let shape = squeeze::text::bert::BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         dropout: 0.0,
         normalize: true,
         ..common::bert_shape(8, &[2, 2])

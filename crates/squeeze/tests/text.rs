@@ -27,6 +27,9 @@ const PAD_TOL: f32 = 1e-5;
 
 fn tiny_shape() -> BertShape {
     BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         vocab: 30,
         max_positions: 12,
         segments: 2,

@@ -1,14 +1,14 @@
-//! Hugging Face BERT directories (`config.json` + `model.safetensors`, optionally the
+//! Hugging Face encoder directories (`config.json` + `model.safetensors`, optionally the
 //! sentence-transformers files `modules.json`, `1_Pooling/config.json`,
 //! `sentence_bert_config.json` and the tokenizer files) in and out of the squeeze graph.
-//! Import reads the config into a [`BertShape`] and takes the tensors by their HF names
-//! (the graph's node names are HF's), dropping `position_ids` and the unused `pooler`.
-//! Export writes the directory back so that the reference Python stack loads it unchanged.
+//! Import reads the config into a `BertShape` ([`hf_config`]: BERT, RoBERTa, XLM-R and
+//! DistilBERT) and takes the tensors by their HF names (the graph's node names are
+//! BERT's; other families' names are mapped), dropping `position_ids` and the unused
+//! `pooler`. Export writes BERT layouts back so that the reference Python stack loads them
+//! unchanged.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::checkpoint::{self, TEXT_ASSETS};
@@ -17,174 +17,21 @@ use crate::graph::Op;
 use crate::model::Model;
 use crate::params::ParamStore;
 use crate::tensor::{Dtype, TensorRole, TensorSpec};
-use crate::text::bert::{self, BertShape, LayerShape};
+use crate::text::bert;
 
-/// The fields of HF's `BertConfig` that fix the computation (others are ignored).
-#[derive(Debug, Deserialize)]
-struct HfConfig {
-    model_type: String,
-    vocab_size: usize,
-    hidden_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    intermediate_size: usize,
-    max_position_embeddings: usize,
-    #[serde(default = "two")]
-    type_vocab_size: usize,
-    #[serde(default = "bert_eps")]
-    layer_norm_eps: f64,
-    #[serde(default = "gelu")]
-    hidden_act: String,
-    #[serde(default = "absolute")]
-    position_embedding_type: String,
-    #[serde(default)]
-    hidden_dropout_prob: f64,
-    #[serde(default)]
-    pruned_heads: BTreeMap<String, Vec<usize>>,
-}
-
-fn two() -> usize {
-    2
-}
-fn bert_eps() -> f64 {
-    1e-12
-}
-fn gelu() -> String {
-    "gelu".into()
-}
-fn absolute() -> String {
-    "absolute".into()
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
-}
+use super::hf_config;
 
 /// Whether `dir` looks like a HF model directory.
 pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join("config.json").is_file() && dir.join(checkpoint::WEIGHTS_FILE).is_file()
 }
 
-/// Encoder layers whose tensors a weights file holds (`encoder.layer.<i>.`, optionally
-/// under `bert.`): the bound on what a config may claim.
-fn layers_present(tensors: &BTreeMap<String, candle_core::Tensor>) -> usize {
-    tensors
-        .keys()
-        .filter_map(|k| {
-            let k = k.strip_prefix("bert.").unwrap_or(k);
-            let rest = k.strip_prefix("encoder.layer.")?;
-            rest.split('.').next()?.parse::<usize>().ok()
-        })
-        .max()
-        .map_or(0, |m| m + 1)
-}
-
-fn shape_of(dir: &Path, present: usize) -> Result<BertShape> {
-    let cpath = dir.join("config.json");
-    let c: HfConfig = read_json(&cpath)?;
-    let unsupported = |what: String| Err(Error::file(&cpath, what));
-    if c.num_hidden_layers != present {
-        return unsupported(format!(
-            "num_hidden_layers is {}, but model.safetensors holds {present} encoder layers \
-             (to keep fewer, load all {present} and apply the `drop_layers` pass)",
-            c.num_hidden_layers
-        ));
-    }
-    if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
-        return unsupported(format!(
-            "layer_norm_eps {} must be in (0, 1)",
-            c.layer_norm_eps
-        ));
-    }
-    if !(0.0..1.0).contains(&c.hidden_dropout_prob) {
-        return unsupported(format!(
-            "hidden_dropout_prob {} must be in [0, 1)",
-            c.hidden_dropout_prob
-        ));
-    }
-    if c.model_type != "bert" {
-        return unsupported(format!(
-            "model_type `{}`: only `bert` is supported",
-            c.model_type
-        ));
-    }
-    if c.hidden_act != "gelu" {
-        return unsupported(format!(
-            "hidden_act `{}`: only `gelu` (erf) is supported",
-            c.hidden_act
-        ));
-    }
-    if c.position_embedding_type != "absolute" {
-        return unsupported(format!(
-            "position_embedding_type `{}`: only `absolute` is supported",
-            c.position_embedding_type
-        ));
-    }
-    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
-        return unsupported("hidden_size must be a multiple of num_attention_heads".into());
-    }
-    let head_dim = c.hidden_size / c.num_attention_heads;
-    let layers = (0..c.num_hidden_layers)
-        .map(|i| {
-            let pruned = c.pruned_heads.get(&i.to_string()).map_or(0, |v| v.len());
-            LayerShape {
-                heads: c.num_attention_heads.saturating_sub(pruned),
-                head_dim,
-                intermediate: c.intermediate_size,
-            }
-        })
-        .collect();
-    Ok(BertShape {
-        vocab: c.vocab_size,
-        max_positions: c.max_position_embeddings,
-        segments: c.type_vocab_size,
-        hidden: c.hidden_size,
-        eps: c.layer_norm_eps,
-        dropout: c.hidden_dropout_prob,
-        layers,
-        normalize: has_normalize(dir)?,
-    })
-}
-
-/// sentence-transformers directories list a `Normalize` module in `modules.json`; mean
-/// pooling is required when a pooling config exists.
-fn has_normalize(dir: &Path) -> Result<bool> {
-    let ppath = dir.join("1_Pooling/config.json");
-    if ppath.is_file() {
-        let p: serde_json::Map<String, serde_json::Value> = read_json(&ppath)?;
-        let on = |k: &String| p[k].as_bool() != Some(false);
-        let modes: Vec<&String> = p
-            .keys()
-            .filter(|k| k.starts_with("pooling_mode") && on(k))
-            .collect();
-        if modes.len() != 1 || modes[0] != "pooling_mode_mean_tokens" || p[modes[0]] != true {
-            return Err(Error::file(
-                &ppath,
-                format!(
-                    "pooling modes {modes:?} are set: only mean pooling \
-                     (pooling_mode_mean_tokens alone) is supported"
-                ),
-            ));
-        }
-    }
-    let mpath = dir.join("modules.json");
-    if !mpath.is_file() {
-        return Ok(false);
-    }
-    let modules: Vec<serde_json::Value> = read_json(&mpath)?;
-    Ok(modules.iter().any(|m| {
-        m.get("type")
-            .and_then(|t| t.as_str())
-            .is_some_and(|t| t.ends_with(".Normalize"))
-    }))
-}
-
-/// Imports a HF BERT directory (sentence-transformers layout or plain `BertModel`).
+/// Imports a HF encoder directory of the BERT family (sentence-transformers layout or a
+/// plain `BertModel` / `RobertaModel` / `XLMRobertaModel` / `DistilBertModel`).
 pub fn import(dir: &Path) -> Result<Model> {
     let wpath = dir.join(checkpoint::WEIGHTS_FILE);
     let mut tensors = checkpoint::load_tensors(&wpath)?;
-    let shape = shape_of(dir, layers_present(&tensors))?;
+    let shape = hf_config::shape_of(dir, hf_config::layers_present(&tensors))?;
     let graph = bert::build_graph(&shape);
     let cpath = dir.join("config.json");
     graph
@@ -193,11 +40,12 @@ pub fn import(dir: &Path) -> Result<Model> {
     let expected = crate::graph::param_shapes(&graph);
     let mut params = ParamStore::new();
     for name in expected.keys() {
-        // plain BERT checkpoints saved from BertForX prefix every name with `bert.`
-        let t = tensors
-            .remove(name)
-            .or_else(|| tensors.remove(&format!("bert.{name}")))
-            .ok_or_else(|| Error::file(&wpath, format!("tensor `{name}` is missing")))?;
+        // the family's own name, bare or under its task models' prefix (`bert.`, …)
+        let names = hf_config::hf_names(shape.family, name);
+        let t = names
+            .iter()
+            .find_map(|n| tensors.remove(n))
+            .ok_or_else(|| Error::file(&wpath, format!("tensor `{}` is missing", names[1])))?;
         params.insert(name.clone(), t.to_dtype(candle_core::DType::F32)?);
     }
     graph
@@ -244,8 +92,15 @@ pub fn export_blocker(model: &Model) -> Option<String> {
         return Some("the model carries pruning masks: run the `materialize` pass first".into());
     }
     let layers = bert::layer_shapes(&model.graph);
-    if model.graph.arch != "bert" || layers.is_empty() {
+    if layers.is_empty() {
         return Some("the model is not a BERT encoder".into());
+    }
+    if model.graph.arch != "bert" {
+        return Some(format!(
+            "it is a `{}` encoder and HF export writes `BertModel` layouts only (`--format onnx` \
+             exports every family)",
+            model.graph.arch
+        ));
     }
     let numbered: std::collections::BTreeSet<&str> = model
         .graph
@@ -317,7 +172,7 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out.join("1_Pooling")).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &config)?;
     checkpoint::save_tensors(&out.join(checkpoint::WEIGHTS_FILE), model.params.map())?;
-    write_json(&out.join("1_Pooling/config.json"), &pooling_config(hidden))?;
+    write_json(&out.join("1_Pooling/config.json"), &pooling_config(model, hidden))?;
     write_json(&out.join("modules.json"), &modules(model))?;
     for name in TEXT_ASSETS {
         if let Some(bytes) = model.assets.get(*name) {
@@ -356,12 +211,13 @@ fn layer_norm_eps(model: &Model) -> f64 {
     .unwrap_or(1e-12)
 }
 
-fn pooling_config(hidden: usize) -> serde_json::Value {
+fn pooling_config(model: &Model, hidden: usize) -> serde_json::Value {
+    let has = |pick: fn(&Op) -> bool| model.graph.nodes.iter().any(|n| pick(&n.op));
     json!({
         "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": false,
-        "pooling_mode_mean_tokens": true,
-        "pooling_mode_max_tokens": false,
+        "pooling_mode_cls_token": has(|op| matches!(op, Op::ClsPool)),
+        "pooling_mode_mean_tokens": has(|op| matches!(op, Op::MeanPool)),
+        "pooling_mode_max_tokens": has(|op| matches!(op, Op::MaxPoolTokens)),
         "pooling_mode_mean_sqrt_len_tokens": false
     })
 }

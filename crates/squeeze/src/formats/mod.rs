@@ -3,6 +3,7 @@
 //! and `model.safetensors` ([`hf_bert`]).
 
 pub mod hf_bert;
+pub mod hf_config;
 pub mod onnx;
 
 use std::path::Path;

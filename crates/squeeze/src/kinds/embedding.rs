@@ -31,18 +31,44 @@ pub struct Embedding {
     pub num: usize,
     pub dim: usize,
     pub lookup: Lookup,
+    /// Positions only: the row of position 0 (RoBERTa's tables start after the padding
+    /// index: `padding_idx + 1`); 0 elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: usize,
+}
+
+pub(crate) fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// `offset` is a positions table's first row, inside its `num` rows.
+pub(crate) fn check_offset(lookup: Lookup, offset: usize, num: usize) -> std::result::Result<(), String> {
+    match lookup {
+        Lookup::Positions if offset >= num => Err(format!("`offset` {offset} leaves none of the {num} rows")),
+        Lookup::Positions => Ok(()),
+        _ if offset > 0 => Err("`offset` applies to a positions table only".into()),
+        _ => Ok(()),
+    }
+}
+
+/// The rows a lookup can reach: a positions table's rows from its offset on.
+pub(crate) fn reachable(lookup: Lookup, offset: usize, num: usize) -> usize {
+    match lookup {
+        Lookup::Positions => num.saturating_sub(offset),
+        _ => num,
+    }
 }
 
 impl LayerKind for Embedding {
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
         let t = cx.constant("weight")?;
-        lookup_onnx(cx, self.lookup, &t)
+        lookup_onnx(cx, (self.lookup, self.offset), &t)
     }
     fn name(&self) -> &'static str {
         "embedding"
     }
     fn lookup_table(&self) -> Option<(Lookup, usize)> {
-        Some((self.lookup, self.num))
+        Some((self.lookup, reachable(self.lookup, self.offset, self.num)))
     }
     fn inputs(&self) -> Inputs {
         Inputs::TokenIds
@@ -50,6 +76,7 @@ impl LayerKind for Embedding {
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
         positive("num", self.num)?;
         positive("dim", self.dim)?;
+        check_offset(self.lookup, self.offset, self.num)?;
         let s = arity(ins, 1)?;
         if s.len() != 1 {
             return Err(format!("input {s:?}, expected token ids [L]"));
@@ -75,7 +102,10 @@ impl LayerKind for Embedding {
                 kernel::lookup_train(table, cx.x())?
             }
             Lookup::Tokens => kernel::lookup_reference(table, cx.x())?,
-            Lookup::Positions => kernel::positions(table, n, l)?,
+            Lookup::Positions => {
+                let rows = self.num - self.offset;
+                kernel::positions(&table.narrow(0, self.offset, rows)?, n, l)?
+            }
             Lookup::Segments => kernel::positions(&table.narrow(0, 0, 1)?, n, 1)?
                 .broadcast_as((n, l, table.dim(1)?))?,
         })
@@ -96,6 +126,7 @@ pub(crate) fn example() -> super::Example {
             num: 9,
             dim: 4,
             lookup: Lookup::Tokens,
+            offset: 0,
         }),
         inputs: vec![vec![5]],
         tensors: vec![],
@@ -103,8 +134,9 @@ pub(crate) fn example() -> super::Example {
 }
 
 /// Rows of ONNX value `table` (`[num, …]`) looked up by `lookup` in a token graph: by the
-/// `input_ids`, by the `token_type_ids`, or by the positions `0..L` (then `[1, L, …]`).
-pub(crate) fn lookup_onnx(cx: &mut Lower, lookup: Lookup, table: &str) -> Result<String> {
+/// `input_ids`, by the `token_type_ids`, or by the positions `offset..offset + L` (then
+/// `[1, L, …]`; right-padded batches, as squeeze and sentence-transformers pad them).
+pub(crate) fn lookup_onnx(cx: &mut Lower, (lookup, offset): (Lookup, usize), table: &str) -> Result<String> {
     let tokens = cx
         .tokens
         .cloned()
@@ -118,8 +150,11 @@ pub(crate) fn lookup_onnx(cx: &mut Lower, lookup: Lookup, table: &str) -> Result
             let shape = cx.emit.op("Shape", &[&tokens.ids], &cx.tmp("shape"), vec![]);
             let one = cx.emit.i64s(&cx.tmp("seq_axis"), &[], &[1]);
             let l = cx.emit.op("Gather", &[&shape, &one], &cx.tmp("seq_len"), vec![]);
-            let (zero, step) = (cx.emit.i64s(&cx.tmp("start"), &[], &[0]), cx.emit.i64s(&cx.tmp("step"), &[], &[1]));
-            let pos = cx.emit.op("Range", &[&zero, &l, &step], &cx.tmp("positions"), vec![]);
+            let start = cx.emit.i64s(&cx.tmp("start"), &[], &[offset as i64]);
+            let off = cx.emit.i64s(&cx.tmp("offset"), &[], &[offset as i64]);
+            let end = cx.emit.op("Add", &[&l, &off], &cx.tmp("end"), vec![]);
+            let step = cx.emit.i64s(&cx.tmp("step"), &[], &[1]);
+            let pos = cx.emit.op("Range", &[&start, &end, &step], &cx.tmp("positions"), vec![]);
             let rows = cx.emit.op("Gather", &[table, &pos], &cx.tmp("rows"), vec![]);
             let ax = cx.emit.axes(&cx.tmp("batch_axis"), &[0]);
             return Ok(cx.emit.op("Unsqueeze", &[&rows, &ax], &cx.out(), vec![]));

@@ -97,6 +97,10 @@ layer_kinds! {
         Concat => kinds::concat_add::Concat, kinds::concat_add::concat_example,
         /// Mean of the hidden states over the unmasked tokens.
         MeanPool => kinds::sentence::MeanPool, kinds::sentence::mean_pool_example,
+        /// The first (CLS) token's hidden state.
+        ClsPool => kinds::sentence::ClsPool, kinds::sentence::cls_pool_example,
+        /// Maximum of the hidden states over the unmasked tokens.
+        MaxPoolTokens => kinds::sentence::MaxPoolTokens, kinds::sentence::max_pool_tokens_example,
         /// Division by the L2 norm of the last axis.
         L2Normalize => kinds::sentence::L2Normalize, kinds::sentence::l2_example,
     }

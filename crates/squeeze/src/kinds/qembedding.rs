@@ -24,6 +24,9 @@ pub struct QEmbedding {
     pub dim: usize,
     pub lookup: Lookup,
     pub layout: Layout,
+    /// Positions only: the row of position 0 (see [`Embedding`](super::embedding::Embedding)).
+    #[serde(default, skip_serializing_if = "super::embedding::is_zero")]
+    pub offset: usize,
 }
 
 impl LayerKind for QEmbedding {
@@ -40,13 +43,13 @@ impl LayerKind for QEmbedding {
         let t = cx.emit.op("Mul", &[&f, &scales], &cx.tmp("blocks"), vec![]);
         let shape = cx.emit.axes(&cx.tmp("table_shape"), &[d.rows as i64, d.cols as i64]);
         let t = cx.emit.op("Reshape", &[&t, &shape], &cx.tmp("table"), vec![]);
-        super::embedding::lookup_onnx(cx, self.lookup, &t)
+        super::embedding::lookup_onnx(cx, (self.lookup, self.offset), &t)
     }
     fn name(&self) -> &'static str {
         "qembedding"
     }
     fn lookup_table(&self) -> Option<(Lookup, usize)> {
-        Some((self.lookup, self.num))
+        Some((self.lookup, super::embedding::reachable(self.lookup, self.offset, self.num)))
     }
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
         Some((self.layout, (self.num, self.dim)))
@@ -58,6 +61,7 @@ impl LayerKind for QEmbedding {
         positive("num", self.num)?;
         positive("dim", self.dim)?;
         self.layout.check(self.dim)?;
+        super::embedding::check_offset(self.lookup, self.offset, self.num)?;
         let s = arity(ins, 1)?;
         if s.len() != 1 {
             return Err(format!("input {s:?}, expected token ids [L]"));
@@ -80,7 +84,10 @@ impl LayerKind for QEmbedding {
         let (n, l) = cx.x().dims2()?;
         let rows: Vec<u32> = match self.lookup {
             Lookup::Tokens => cx.x().to_dtype(DType::U32)?.flatten_all()?.to_vec1()?,
-            Lookup::Positions => (0..n).flat_map(|_| 0..l as u32).collect(),
+            Lookup::Positions => {
+                let off = self.offset as u32;
+                (0..n).flat_map(|_| off..off + l as u32).collect()
+            }
             Lookup::Segments => vec![0; n * l],
         };
         if let Some(bad) = rows.iter().find(|&&r| r as usize >= self.num) {
@@ -120,6 +127,7 @@ pub(crate) fn example() -> super::Example {
             dim,
             lookup: Lookup::Tokens,
             layout: Layout::INT8_CHANNEL,
+            offset: 0,
         }),
         inputs: vec![vec![5]],
         tensors: vec![("weight_q", codes), ("weight_scale", scales)],

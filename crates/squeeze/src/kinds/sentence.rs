@@ -1,7 +1,8 @@
-//! Sentence-embedding heads (Reimers & Gurevych 2019): masked mean pooling of the hidden
-//! states `[L, d]` over the real tokens → `[d]`, and division by the L2 norm of the last axis.
-//! No tensors, no MACs. Mean pooling passes channels through; L2 normalization pins them
-//! (the norm runs across channels).
+//! Sentence-embedding heads (Reimers & Gurevych 2019): pooling of the hidden states `[L, d]`
+//! into `[d]` — the mean over the real tokens, the first (CLS) token's state, or the
+//! maximum over the real tokens — and division by the L2 norm of the last axis. No tensors,
+//! no MACs. Pooling passes channels through; L2 normalization pins them (the norm runs
+//! across channels).
 
 use candle_core::Tensor;
 
@@ -17,6 +18,76 @@ pub struct MeanPool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L2Normalize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClsPool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPoolTokens;
+
+/// Hidden states `[L, d]` and the mask `[L]`, or an error saying so.
+fn pooled_shape(ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+    if ins.len() != 2 || ins[0].len() != 2 || ins[1] != [ins[0][0]] {
+        return Err(format!("expects hidden [L, d] and mask [L], got {ins:?}"));
+    }
+    Ok(vec![ins[0][1]])
+}
+
+impl LayerKind for ClsPool {
+    fn name(&self) -> &'static str {
+        "cls_pool"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::MaskLast
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        pooled_shape(ins)
+    }
+    no_tensors!();
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        sentence::cls_pool(cx.x())
+    }
+    /// `Gather` of token 0 along the sequence axis.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let zero = cx.emit.i64s(&cx.tmp("first"), &[], &[0]);
+        Ok(cx.emit.op("Gather", &[&cx.x(), &zero], &cx.out(), vec![int("axis", 1)]))
+    }
+}
+
+impl LayerKind for MaxPoolTokens {
+    fn name(&self) -> &'static str {
+        "max_pool_tokens"
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::MaskLast
+    }
+    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+        pooled_shape(ins)
+    }
+    no_tensors!();
+    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+        pass_through(ins)
+    }
+    fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        sentence::max_pool(cx.x(), &cx.ins[1])
+    }
+    /// h·m + (1 − m)·fill, then `ReduceMax` over the sequence axis.
+    fn onnx(&self, cx: &mut Lower) -> Result<String> {
+        let (h, mask) = (cx.x(), cx.ins[1].clone());
+        let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
+        let m = cx.emit.op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
+        let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
+        let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
+        let pad = cx.emit.op("Sub", &[&one, &m], &cx.tmp("padding"), vec![]);
+        let fill = blocks::scale(cx, &pad, sentence::MAX_POOL_FILL as f32, "fill");
+        let x = cx.emit.op("Add", &[&hm, &fill], &cx.tmp("filled"), vec![]);
+        let attrs = vec![ints("axes", &[1]), int("keepdims", 0)];
+        Ok(cx.emit.op("ReduceMax", &[&x], &cx.out(), attrs))
+    }
+}
 
 impl LayerKind for MeanPool {
     /// Σ h·mask / max(Σ mask, 10⁻⁹) over the sequence axis.
@@ -39,10 +110,7 @@ impl LayerKind for MeanPool {
         Inputs::MaskLast
     }
     fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        if ins.len() != 2 || ins[0].len() != 2 || ins[1] != [ins[0][0]] {
-            return Err(format!("expects hidden [L, d] and mask [L], got {ins:?}"));
-        }
-        Ok(vec![ins[0][1]])
+        pooled_shape(ins)
     }
     no_tensors!();
     fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
@@ -87,6 +155,22 @@ impl LayerKind for L2Normalize {
 pub(crate) fn mean_pool_example() -> super::Example {
     super::Example {
         op: Op::MeanPool,
+        inputs: vec![vec![5, 4], vec![5]],
+        tensors: vec![],
+    }
+}
+
+pub(crate) fn cls_pool_example() -> super::Example {
+    super::Example {
+        op: Op::ClsPool,
+        inputs: vec![vec![5, 4], vec![5]],
+        tensors: vec![],
+    }
+}
+
+pub(crate) fn max_pool_tokens_example() -> super::Example {
+    super::Example {
+        op: Op::MaxPoolTokens,
         inputs: vec![vec![5, 4], vec![5]],
         tensors: vec![],
     }

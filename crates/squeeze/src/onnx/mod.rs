@@ -36,6 +36,8 @@ pub struct Emit {
     /// Where the file is not exactly our model: (layer, what).
     pub notes: Vec<(String, String)>,
     taken: BTreeMap<String, usize>,
+    /// Outputs of operators that several nodes share, by operator and input.
+    shared: BTreeMap<String, Vec<String>>,
 }
 
 impl Emit {
@@ -77,6 +79,18 @@ impl Emit {
             domain: domain.to_string(),
         });
         output
+    }
+
+    /// Operator `op` on `input` once per graph: the outputs of an earlier identical call
+    /// (q, k and v quantize the same input once), or a new node named after `outs`.
+    pub fn op_shared(&mut self, op: &str, input: &str, outs: &[&str]) -> Vec<String> {
+        let key = format!("{op}({input})");
+        if let Some(o) = self.shared.get(&key) {
+            return o.clone();
+        }
+        let o = self.op_in("", op, &[input], outs, vec![]);
+        self.shared.insert(key, o.clone());
+        o
     }
 
     fn constant(&mut self, name: &str, dims: &[usize], ty: i32, raw_data: Vec<u8>) -> String {

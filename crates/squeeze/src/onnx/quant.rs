@@ -144,14 +144,13 @@ impl Decoded {
 /// product with the int8 codes `[in, out]` (`MatMulInteger`), then the input's scale
 /// times each output channel's. Our kernel quantizes the input per 32 values of a row to
 /// ±64; the file's per-tensor uint8 codes are a different rounding of the same input.
+/// Readers of one value (q, k, v) share its quantization, as ONNX Runtime's quantizer does.
 pub fn dynamic_int8(cx: &mut Lower, d: &Decoded, scales: &[f32], bias: bool) -> Result<String> {
     let x = cx.x();
-    let q = cx.emit.op_in(
-        "",
+    let q = cx.emit.op_shared(
         "DynamicQuantizeLinear",
-        &[&x],
-        &[&cx.tmp("x_q"), &cx.tmp("x_scale"), &cx.tmp("x_zero")],
-        vec![],
+        &x,
+        &[&format!("{x}/q"), &format!("{x}/scale"), &format!("{x}/zero")],
     );
     let wt = super::blocks::transpose(&d.codes, d.rows, d.cols);
     let w = cx.emit.i8s(&format!("{}.weight_q", cx.node), &[d.cols, d.rows], &wt);

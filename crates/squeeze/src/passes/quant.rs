@@ -354,6 +354,7 @@ fn quantize_embeddings(model: &mut Model) -> Result<Vec<String>> {
             dim: e.dim,
             lookup: e.lookup,
             layout: Layout::INT8_CHANNEL,
+            offset: e.offset,
         });
         done.push(node);
     }

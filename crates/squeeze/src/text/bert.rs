@@ -27,17 +27,62 @@ pub struct LayerShape {
     pub intermediate: usize,
 }
 
+/// Which of the BERT-family layouts a graph follows: the same post-LayerNorm encoder,
+/// differing in their embeddings (RoBERTa and XLM-R: positions offset past the padding
+/// index; DistilBERT: no token types) and in their HF parameter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    #[default]
+    Bert,
+    Roberta,
+    XlmRoberta,
+    Distilbert,
+}
+
+impl Family {
+    /// The graph's `arch` label (and HF's `model_type`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::XlmRoberta => "xlm-roberta",
+            Family::Distilbert => "distilbert",
+        }
+    }
+}
+
+/// How token states become the sentence embedding (sentence-transformers' pooling modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    #[default]
+    Mean,
+    Cls,
+    Max,
+}
+
 /// Everything that fixes a BERT graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertShape {
+    /// The layout (graph label and HF names).
+    #[serde(default)]
+    pub family: Family,
     pub vocab: usize,
     pub max_positions: usize,
+    /// Rows of the position table before position 0 (RoBERTa: `padding_idx + 1`).
+    #[serde(default)]
+    pub position_offset: usize,
+    /// Token-type rows; 0: the model has no token-type table (DistilBERT).
     pub segments: usize,
     pub hidden: usize,
     pub eps: f64,
     pub dropout: f64,
     pub layers: Vec<LayerShape>,
-    /// Append L2 normalization after mean pooling (sentence-transformers `Normalize`).
+    /// The pooling of the token states.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Append L2 normalization after pooling (sentence-transformers `Normalize`).
     pub normalize: bool,
 }
 
@@ -48,33 +93,29 @@ pub fn layer_prefix(i: usize) -> String {
 
 /// Builds the graph of `s`.
 pub fn build_graph(s: &BertShape) -> Graph {
-    let mut g = Graph::new_tokens("bert");
+    let mut g = Graph::new_tokens(s.family.label());
     let h = s.hidden;
-    let emb = |num, lookup| {
+    let emb = |num, lookup, offset| {
         Op::Embedding(Embedding {
             num,
             dim: h,
             lookup,
+            offset,
         })
     };
-    g.push(
+    let mut parts = vec![g.push(
         "embeddings.word_embeddings",
-        emb(s.vocab, Lookup::Tokens),
+        emb(s.vocab, Lookup::Tokens, 0),
         &[INPUT],
-    );
-    let pos = emb(s.max_positions, Lookup::Positions);
-    g.push("embeddings.position_embeddings", pos, &[INPUT]);
-    let seg = emb(s.segments, Lookup::Segments);
-    g.push("embeddings.token_type_embeddings", seg, &[INPUT]);
-    g.push(
-        "embeddings.sum",
-        Op::Add,
-        &[
-            "embeddings.word_embeddings",
-            "embeddings.position_embeddings",
-            "embeddings.token_type_embeddings",
-        ],
-    );
+    )];
+    let pos = emb(s.max_positions, Lookup::Positions, s.position_offset);
+    parts.push(g.push("embeddings.position_embeddings", pos, &[INPUT]));
+    if s.segments > 0 {
+        let seg = emb(s.segments, Lookup::Segments, 0);
+        parts.push(g.push("embeddings.token_type_embeddings", seg, &[INPUT]));
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.push("embeddings.sum", Op::Add, &parts);
     let ln = |eps| Op::LayerNorm(LayerNorm { dim: h, eps });
     g.push("embeddings.LayerNorm", ln(s.eps), &["embeddings.sum"]);
     let mut x = g.push(
@@ -85,7 +126,12 @@ pub fn build_graph(s: &BertShape) -> Graph {
     for (i, l) in s.layers.iter().enumerate() {
         x = push_layer(&mut g, &layer_prefix(i), &x, h, l, s);
     }
-    let pooled = g.push("pooling", Op::MeanPool, &[&x, MASK]);
+    let pool = match s.pooling {
+        Pooling::Mean => Op::MeanPool,
+        Pooling::Cls => Op::ClsPool,
+        Pooling::Max => Op::MaxPoolTokens,
+    };
+    let pooled = g.push("pooling", pool, &[&x, MASK]);
     if s.normalize {
         g.push("normalize", Op::L2Normalize, &[&pooled]);
     }

@@ -17,7 +17,9 @@ const PAD_ID: u32 = 0;
 /// The part of sentence-transformers' `sentence_bert_config.json` that matters here.
 #[derive(Debug, Deserialize)]
 struct SentenceConfig {
-    max_seq_length: usize,
+    /// Absent in sentence-transformers 6 files that keep the tokenizer's own limit.
+    #[serde(default)]
+    max_seq_length: Option<usize>,
 }
 
 /// A loaded tokenizer with its truncation length.
@@ -37,14 +39,15 @@ impl TextTokenizer {
         if let Some(cfg) = assets.get("sentence_bert_config.json") {
             let c: SentenceConfig = serde_json::from_slice(cfg)
                 .map_err(|e| Error::Data(format!("sentence_bert_config.json: {e}")))?;
-            if c.max_seq_length < 2 {
-                return Err(Error::Data(format!(
-                    "sentence_bert_config.json: max_seq_length {} leaves no room for a token \
-                     besides [CLS] and [SEP]",
-                    c.max_seq_length
-                )));
+            if let Some(n) = c.max_seq_length {
+                if n < 2 {
+                    return Err(Error::Data(format!(
+                        "sentence_bert_config.json: max_seq_length {n} leaves no room for a \
+                         token besides [CLS] and [SEP]"
+                    )));
+                }
+                max_len = n.min(max_positions);
             }
-            max_len = c.max_seq_length.min(max_positions);
         }
         check_templates(bytes).map_err(|m| Error::Data(format!("tokenizer.json: {m}")))?;
         let mut inner = Tokenizer::from_bytes(bytes)

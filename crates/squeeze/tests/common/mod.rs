@@ -45,6 +45,9 @@ pub fn bert_shape(hidden: usize, heads: &[usize]) -> squeeze::text::bert::BertSh
         intermediate: 16,
     };
     squeeze::text::bert::BertShape {
+        family: Default::default(),
+        position_offset: 0,
+        pooling: Default::default(),
         vocab: 30,
         max_positions: 16,
         segments: 2,

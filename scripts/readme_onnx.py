@@ -1,0 +1,89 @@
+"""The README's ONNX export block, generated from results/onnx.json (called by
+readme_numbers.py, which passes its `load` and `table`); targets are the issue's, stated
+beside what was measured."""
+
+from readme_structured import _minus, _verdict
+
+IMAGES = (("vgg", "`vgg` f32"), ("vgg-int8-static", "`vgg` static int8 (QDQ)"),
+          ("vgg-slim", "`vgg-slim` (Network Slimming)"), ("vgg-lowrank", "`vgg-lowrank` (spatial SVD)"),
+          ("vgg-binary", "`vgg-binary` (binary weights, QDQ)"), ("lenet5", "`lenet5` f32"))
+
+
+def _rng(e, key):
+    lo, hi = e[f"{key}_range"]
+    return f"{e[key]:.2f}× ({lo:.2f}–{hi:.2f})"
+
+
+def block(load, table):
+    r = load("onnx")
+    rows = []
+    for key, what in IMAGES:
+        e = r["images"].get(key)
+        if not e:
+            continue
+        rows.append([what, f"{e['onnx_bytes'] / 1e3:,.0f}",
+                     f"{e['accuracy_squeeze'] * 100:.2f}%", f"{e['accuracy_onnxruntime'] * 100:.2f}% "
+                     f"({e['accuracy_delta_pt']:+.2f})",
+                     f"{e['squeeze_latency_ms_b1']:.3f} / {e['onnxruntime_latency_ms_b1']:.3f}",
+                     _rng(e, "latency_ratio_squeeze_over_ort"),
+                     f"{e['squeeze_throughput_b256']:,.0f} / {e['onnxruntime_throughput_b256']:,.0f}",
+                     _rng(e, "throughput_ratio_squeeze_over_ort")])
+    img = table(["model", "model.onnx KB", "accuracy, squeeze", "accuracy, ONNX Runtime (pt)",
+                 "batch-1 ms, squeeze / ORT", "latency squeeze ÷ ORT", "batch-256 img/s, squeeze / ORT",
+                 "throughput squeeze ÷ ORT"], rows)
+    rows = []
+    for key, what in (("minilm-f32", "all-MiniLM-L6-v2 f32"), ("minilm-int8", "dynamic int8"),
+                      ("minilm-int4", "int4 GPTQ g64 × int8 (`MatMulNBits`)")):
+        e = r["text"].get(key)
+        if not e:
+            continue
+        rows.append([what, f"{e['onnx_bytes'] / 1e6:.1f}", f"{e['spearman_squeeze']:.2f}",
+                     f"{e['spearman_onnxruntime']:.2f}",
+                     f"{e['cosine_to_squeeze_mean']:.5f} (min {e['cosine_to_squeeze_min']:.5f})",
+                     f"{e['squeeze_latency_ms_b1']:.2f} / {e['onnxruntime_latency_ms_b1']:.2f}",
+                     f"{e['squeeze_throughput_b32']:,.0f} / {e['onnxruntime_throughput_b32']:,.0f}"])
+    txt = table(["encoder", "model.onnx MB", "STS-B dev, squeeze", "STS-B dev, ONNX Runtime",
+                 "cosine to squeeze's embeddings", "batch-1 ms, squeeze / ORT",
+                 "batch-32 sent/s, squeeze / ORT"], rows)
+    return _minus(f"{img}\n\n{txt}\n\nMeasured on {r['cpu']}, 2 threads, ONNX Runtime "
+                  f"{r['onnxruntime']}, {r['rounds']} alternating rounds (median, range of the "
+                  "rounds' ratios).")
+
+
+def notes(load):
+    r = load("onnx")
+    out = []
+    f, q = r["text"].get("minilm-f32"), r["text"].get("minilm-int8")
+    if f:
+        ok = f["cosine_to_squeeze_min"] >= 0.99999
+        out.append(f"- MiniLM f32 under ONNX Runtime: every STS-B dev sentence's embedding has cosine "
+                   f"≥ {f['cosine_to_squeeze_min']:.6f} to squeeze's. Target (≥ 0.99999): {_verdict(ok)}.")
+    if q:
+        d = q["spearman_onnxruntime_minus_f32_export"]
+        out.append(f"- int8 export under ONNX Runtime: STS-B dev {d:+.2f} pt against the f32 export "
+                   f"(target: within 0.3 pt, {_verdict(abs(d) <= 0.3)}); its embeddings' cosine to "
+                   f"squeeze's int8 ones averages {q['cosine_to_squeeze_mean']:.4f} (min "
+                   f"{q['cosine_to_squeeze_min']:.4f}): ONNX's dynamic form quantizes each layer's "
+                   "input per tensor to uint8, squeeze per 32 values of a row.")
+        lat, thr = q["latency_ratio_vs_ort_own_int8"], q["throughput_ratio_vs_ort_own_int8"]
+        out.append(f"- The int8 export against ONNX Runtime's own `quantize_dynamic` of the PyTorch "
+                   f"export (the better of per-tensor and optimized per-channel), both run by ONNX "
+                   f"Runtime in one process: batch-1 time {_rng(q, 'latency_ratio_vs_ort_own_int8')}, "
+                   f"batch-32 throughput {_rng(q, 'throughput_ratio_vs_ort_own_int8')}. Target (no "
+                   f"slower at either): {_verdict(lat <= 1.0 and thr >= 1.0)}.")
+    i = r["images"].get("vgg-int8-static")
+    if i:
+        out.append(f"- Static int8 `vgg` under ONNX Runtime: {i['accuracy_delta_pt']:+.2f} pt test accuracy "
+                   "against squeeze's own run of the same codes (ONNX rounds inputs halfway between "
+                   "two codes to even, squeeze away from zero).")
+    return _minus("\n".join(out))
+
+
+def family(load, table):
+    r = load("family").get("bert-base-int8")
+    if not r:
+        return ""
+    rows = [[f"`{r['command']}`", f"{r['f32_weights_bytes'] / 1e6:.0f} MB → {r['int8_model_bytes'] / 1e6:.0f} MB",
+             f"{r['peak_rss_bytes'] / 1e6:,.0f} MB", f"{r['wall_s']:.0f} s", f"{r['onnx_bytes'] / 1e6:.0f} MB"]]
+    return table(["command", "weights f32 → int8 file", "peak RSS", "wall time", "int8 model.onnx"], rows) + \
+        f"\n\nMeasured on {r['cpu']} by `{r['measured_by']}`."
