@@ -55,6 +55,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         if let Some(why) = hf_bert::export_blocker(&model) {
             anyhow::bail!(
                 "{} cannot be exported as a Hugging Face model: {why}. Alternatives: \
+                 `--format onnx` (every model squeeze makes, for ONNX Runtime or tract), \
                  `--format native` (squeeze's checkpoint: eval, embed, report and bench read \
                  it), or export the model from before the pass that made it inexpressible \
                  (HF's BertConfig holds float weights, pruned heads as `pruned_heads`, but one \

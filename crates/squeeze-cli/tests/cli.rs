@@ -367,6 +367,36 @@ fn export_to_hf_refuses_what_hf_cannot_hold_and_writes_nothing() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+#[test]
+fn export_to_onnx_writes_the_file_and_its_report_refuses_an_opset_and_keeps_what_exists() {
+    let d = tmp("export-onnx");
+    let m = model_dir(&d);
+    let out = d.join("cnn-onnx");
+    let (m, o) = (m.to_str().unwrap(), out.to_str().unwrap());
+    let export = |extra: &[&str]| {
+        let mut a = vec!["export", m, "--format", "onnx", "--out", o];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let (ok, _, err) = export(&["--opset", "13"]);
+    assert!(!ok && err.contains("opset 13"), "{err}");
+    assert!(!out.exists(), "a refused export left {}", out.display());
+    let (ok, _, err) = export(&[]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+    assert!(bytes.len() > 1000);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("export.json")).unwrap()).unwrap();
+    assert_eq!(report["inputs"], serde_json::json!(["input"]));
+    assert_eq!(report["output"], "logits");
+    assert_eq!(report["bytes"], bytes.len());
+    // an existing output is never replaced without --force
+    let (ok, _, err) = export(&[]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(out.join("model.onnx")).unwrap(), bytes);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

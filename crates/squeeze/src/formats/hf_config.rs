@@ -107,20 +107,26 @@ pub fn shape_of(dir: &Path, present: usize) -> Result<BertShape> {
     let cpath = dir.join("config.json");
     let raw: Value = read_json(&cpath)?;
     let fam = family(&cpath, &raw)?;
+    // the layer count is checked against the weights before anything is sized by it
+    let field = match fam {
+        Family::Distilbert => "n_layers",
+        _ => "num_hidden_layers",
+    };
+    let configured = raw.get(field).and_then(Value::as_u64);
+    if configured != Some(present as u64) {
+        let said = configured.map_or_else(|| "missing".to_string(), |n| n.to_string());
+        return Err(Error::file(
+            &cpath,
+            format!(
+                "`{field}` is {said}, but model.safetensors holds {present} encoder layers (to \
+                 keep fewer, load all {present} and apply the `drop_layers` pass)"
+            ),
+        ));
+    }
     let mut s = match fam {
         Family::Distilbert => distil_shape(&cpath, raw)?,
         _ => bert_shape(&cpath, raw, fam)?,
     };
-    if s.layers.len() != present {
-        return Err(Error::file(
-            &cpath,
-            format!(
-                "{} encoder layers configured, but model.safetensors holds {present} (to keep \
-                 fewer, load all {present} and apply the `drop_layers` pass)",
-                s.layers.len()
-            ),
-        ));
-    }
     s.pooling = pooling(dir)?;
     s.normalize = has_normalize(dir)?;
     Ok(s)
