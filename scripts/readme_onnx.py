@@ -94,5 +94,11 @@ def family(load, table):
         return ""
     rows = [[f"`{r['command']}`", f"{r['f32_weights_bytes'] / 1e6:.0f} MB → {r['int8_model_bytes'] / 1e6:.0f} MB",
              f"{r['peak_rss_bytes'] / 1e6:,.0f} MB", f"{r['wall_s']:.0f} s", f"{r['onnx_bytes'] / 1e6:.0f} MB"]]
-    return table(["command", "weights f32 → int8 file", "peak RSS", "wall time", "int8 model.onnx"], rows) + \
+    out = table(["command", "weights f32 → int8 file", "peak RSS", "wall time", "int8 model.onnx"], rows) + \
         f"\n\nMeasured on {r['cpu']} by `{r['measured_by']}`."
+    h = load("family").get("hf-export")
+    if h:
+        cos = ", ".join(f"{k} {v:.7f}" for k, v in h["min_cosine_to_golden"].items())
+        out += (f"\n\nHF export loaded back by sentence-transformers, lowest cosine to the golden "
+                f"embeddings: {cos}.")
+    return out

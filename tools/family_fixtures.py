@@ -16,11 +16,14 @@ every layer, not only the embeddings, moves the output. Nothing is downloaded.
 
   usage: PYTHON tools/family_fixtures.py OUT_DIR   (crates/squeeze/tests/fixtures/family)
          PYTHON tools/family_fixtures.py --bert-base TOKENIZER_DIR OUT_DIR
-The second form writes a randomly initialized encoder of bert-base's size (12 layers,
+         PYTHON tools/family_fixtures.py --check-export EXPORTED_DIR FIXTURE_DIR
+The third form loads a directory `squeeze export --format hf` wrote from a fixture with
+sentence-transformers and prints the lowest cosine of its embeddings to the fixture's
+golden ones (JSON). The second form writes a randomly initialized encoder of bert-base's size (12 layers,
 768 wide, 30522-token vocabulary, HF's default initialization, seeded) as a plain
 `BertModel` directory with the tokenizer files of TOKENIZER_DIR (a model with the same
 vocabulary: all-MiniLM-L6-v2's is bert-base-uncased's) — the input of
-scripts/bert-base-int8.sh.
+scripts/family-experiments.sh.
 """
 import json
 import os
@@ -142,7 +145,21 @@ def bert_base(tok_dir, out):
     print(f"wrote {out}")
 
 
+def check_export(exported, fixture):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    gold = json.loads((fixture / "golden.json").read_text())
+    e = SentenceTransformer(str(exported), device="cpu").encode(gold["sentences"], convert_to_numpy=True)
+    g = np.array(gold["embeddings"], dtype=np.float32)
+    cos = (e * g).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(g, axis=1))
+    print(json.dumps({"exported": str(exported), "min_cosine_to_golden": float(cos.min())}))
+
+
 def main():
+    if sys.argv[1] == "--check-export":
+        check_export(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
+        return
     if sys.argv[1] == "--bert-base":
         bert_base(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
         return

@@ -110,3 +110,26 @@ fn unsupported_layouts_are_errors_that_name_the_field() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn each_family_exports_to_hf_in_its_own_layout_and_loads_back_unchanged() {
+    for name in FAMILIES {
+        let m = load_any(&fixture(name)).unwrap();
+        let out = common::tmpdir(&format!("family-hf-{name}"));
+        squeeze::formats::hf_bert::export(&m, &out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["model_type"], name);
+        let names = squeeze::checkpoint::load_tensors(&out.join("model.safetensors")).unwrap();
+        if name == "distilbert" {
+            assert!(names.contains_key("transformer.layer.0.attention.q_lin.weight"), "{:?}", names.keys());
+        }
+        let back = load_any(&out).unwrap();
+        let (sentences, _) = golden(name);
+        let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let a = Encoder::new(&m).unwrap().embed(&refs, 4, false).unwrap();
+        let b = Encoder::new(&back).unwrap().embed(&refs, 4, false).unwrap();
+        assert_eq!(a, b, "{name}: the re-imported export embeds differently");
+        let _ = std::fs::remove_dir_all(out);
+    }
+}

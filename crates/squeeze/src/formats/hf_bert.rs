@@ -4,8 +4,8 @@
 //! Import reads the config into a `BertShape` ([`hf_config`]: BERT, RoBERTa, XLM-R and
 //! DistilBERT) and takes the tensors by their HF names (the graph's node names are
 //! BERT's; other families' names are mapped), dropping `position_ids` and the unused
-//! `pooler`. Export writes BERT layouts back so that the reference Python stack loads them
-//! unchanged.
+//! `pooler`. Export writes each family's own config and names back so that the reference
+//! Python stack loads the directory unchanged.
 
 use std::path::Path;
 
@@ -17,7 +17,9 @@ use crate::graph::Op;
 use crate::model::Model;
 use crate::params::ParamStore;
 use crate::tensor::{Dtype, TensorRole, TensorSpec};
-use crate::text::bert;
+use crate::graph::Lookup as bert_lookup;
+use crate::text::bert::{self, Family};
+use std::collections::BTreeMap;
 
 use super::hf_config;
 
@@ -92,15 +94,8 @@ pub fn export_blocker(model: &Model) -> Option<String> {
         return Some("the model carries pruning masks: run the `materialize` pass first".into());
     }
     let layers = bert::layer_shapes(&model.graph);
-    if layers.is_empty() {
+    if layers.is_empty() || Family::from_label(&model.graph.arch).is_none() {
         return Some("the model is not a BERT encoder".into());
-    }
-    if model.graph.arch != "bert" {
-        return Some(format!(
-            "it is a `{}` encoder and HF export writes `BertModel` layouts only (`--format onnx` \
-             exports every family)",
-            model.graph.arch
-        ));
     }
     let numbered: std::collections::BTreeSet<&str> = model
         .graph
@@ -132,7 +127,7 @@ pub fn export_blocker(model: &Model) -> Option<String> {
 /// module configs, and the tokenizer files the model carries.
 pub fn export(model: &Model, out: &Path) -> Result<()> {
     if let Some(why) = export_blocker(model) {
-        return Err(Error::Data(format!("cannot export as HF BERT: {why}")));
+        return Err(Error::Data(format!("cannot export as a HF encoder: {why}")));
     }
     let layers = bert::layer_shapes(&model.graph);
     let hidden = hidden_size(model)?;
@@ -149,7 +144,12 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
         }
     }
     let table = |name: &str| -> Result<usize> { Ok(model.params.get(name)?.dim(0)?) };
-    let config = json!({
+    let family = Family::from_label(&model.graph.arch).unwrap_or_default();
+    let segments = match model.params.contains("embeddings.token_type_embeddings.weight") {
+        true => table("embeddings.token_type_embeddings.weight")?,
+        false => 0,
+    };
+    let mut config = json!({
         "architectures": ["BertModel"],
         "model_type": "bert",
         "vocab_size": table("embeddings.word_embeddings.weight")?,
@@ -162,16 +162,23 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
         // squeeze does not model attention-probability dropout; BERT's default
         "attention_probs_dropout_prob": 0.1,
         "max_position_embeddings": table("embeddings.position_embeddings.weight")?,
-        "type_vocab_size": table("embeddings.token_type_embeddings.weight")?,
+        "type_vocab_size": segments,
         "initializer_range": 0.02,
         "layer_norm_eps": layer_norm_eps(model),
         "pad_token_id": 0,
         "position_embedding_type": "absolute",
         "pruned_heads": pruned,
     });
+    hf_config::adapt_config(&mut config, family, position_offset(model));
     std::fs::create_dir_all(out.join("1_Pooling")).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &config)?;
-    checkpoint::save_tensors(&out.join(checkpoint::WEIGHTS_FILE), model.params.map())?;
+    // the family's own parameter names (DistilBERT's differ from the graph's BERT names)
+    let named: BTreeMap<String, candle_core::Tensor> = model
+        .params
+        .iter()
+        .map(|(n, t)| (hf_config::hf_names(family, n).swap_remove(1), t.clone()))
+        .collect();
+    checkpoint::save_tensors(&out.join(checkpoint::WEIGHTS_FILE), &named)?;
     write_json(&out.join("1_Pooling/config.json"), &pooling_config(model, hidden))?;
     write_json(&out.join("modules.json"), &modules(model))?;
     for name in TEXT_ASSETS {
@@ -180,6 +187,15 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first row of the positions table (RoBERTa's `padding_idx + 1`; 0 for BERT).
+fn position_offset(model: &Model) -> usize {
+    first_op(model, |op| match op {
+        Op::Embedding(e) if e.lookup == bert_lookup::Positions => Some(e.offset),
+        _ => None,
+    })
+    .unwrap_or(0)
 }
 
 fn hidden_size(model: &Model) -> Result<usize> {

@@ -332,3 +332,40 @@ pub fn layers_present(tensors: &BTreeMap<String, candle_core::Tensor>) -> usize 
         .max()
         .map_or(0, |m| m + 1)
 }
+
+/// Turns the `BertConfig` JSON export writes into `family`'s: RoBERTa and XLM-R name their
+/// type and padding index (positions start at `position_offset` = `pad_token_id + 1`),
+/// DistilBERT has its own field names.
+pub fn adapt_config(c: &mut Value, family: Family, position_offset: usize) {
+    match family {
+        Family::Bert => {}
+        Family::Roberta | Family::XlmRoberta => {
+            let arch = if family == Family::Roberta { "RobertaModel" } else { "XLMRobertaModel" };
+            c["architectures"] = serde_json::json!([arch]);
+            c["model_type"] = family.label().into();
+            c["pad_token_id"] = position_offset.saturating_sub(1).into();
+            c["bos_token_id"] = 0.into();
+            c["eos_token_id"] = 2.into();
+        }
+        Family::Distilbert => {
+            let f = |k: &str| c[k].clone();
+            *c = serde_json::json!({
+                "architectures": ["DistilBertModel"],
+                "model_type": "distilbert",
+                "vocab_size": f("vocab_size"),
+                "dim": f("hidden_size"),
+                "n_layers": f("num_hidden_layers"),
+                "n_heads": f("num_attention_heads"),
+                "hidden_dim": f("intermediate_size"),
+                "max_position_embeddings": f("max_position_embeddings"),
+                "activation": "gelu",
+                "dropout": f("hidden_dropout_prob"),
+                "attention_dropout": 0.1,
+                "initializer_range": 0.02,
+                "pad_token_id": 0,
+                "sinusoidal_pos_embds": false,
+                "pruned_heads": f("pruned_heads"),
+            });
+        }
+    }
+}

@@ -50,6 +50,13 @@ impl Family {
             Family::Distilbert => "distilbert",
         }
     }
+
+    /// The family a graph `arch` label names.
+    pub fn from_label(arch: &str) -> Option<Family> {
+        [Family::Bert, Family::Roberta, Family::XlmRoberta, Family::Distilbert]
+            .into_iter()
+            .find(|f| f.label() == arch)
+    }
 }
 
 /// How token states become the sentence embedding (sentence-transformers' pooling modes).
