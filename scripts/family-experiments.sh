@@ -51,6 +51,7 @@ res = {"bert-base-int8": {
     "command": "squeeze export crates/squeeze/tests/fixtures/family/FAMILY --format hf --out runs/family/hf-FAMILY",
     "measured_by": "bash scripts/family-experiments.sh PYTHON",
     "min_cosine_to_golden": hf,
+    "cpu": f"{model} (family {family})",
 }}
 json.dump(res, open("results/family.json", "w"), indent=2)
 print(json.dumps(res, indent=2))

@@ -35,6 +35,7 @@ def export_entry(key):
     e = load(f"{key}/export.json")
     src = SOURCE[key]
     return {
+        "cpu": load("text-bench.json")["f32"]["cpu"],
         "command": f"squeeze export {src} --format onnx --out {d}/{key}",
         "model_made_by": MADE_BY.get(key, f"the committed zoo model {src} (zoo/README.md says how it was made)"),
         "measured_by": MEASURED_BY,
@@ -89,6 +90,16 @@ def text(key, bench_key, peer, f32_spearman):
         r = p["rounds"]
         lat = [x["onnx_int8_latency_ms_b1"] / x["ort_best_int8_latency_ms_b1"] for x in r]
         thr = [x["onnx_int8_throughput_b32"] / x["ort_best_int8_throughput_b32"] for x in r]
+        for v in ["ort_int8", "ort_int8_opt_pc"]:
+            lv = [x["onnx_int8_latency_ms_b1"] / x[f"{v}_latency_ms_b1"] for x in r]
+            tv = [x["onnx_int8_throughput_b32"] / x[f"{v}_throughput_b32"] for x in r]
+            out[f"latency_ratio_vs_{v}"] = statistics.median(lv)
+            out[f"latency_ratio_vs_{v}_range"] = spread(lv)
+            out[f"throughput_ratio_vs_{v}"] = statistics.median(tv)
+            out[f"throughput_ratio_vs_{v}_range"] = spread(tv)
+        # how far one file's own batch-1 time moves between rounds: the noise floor
+        own = [x["onnx_int8_latency_ms_b1"] for x in r]
+        out["onnx_int8_latency_round_spread"] = max(own) / min(own)
         out.update({
             "ort_own_int8_latency_ms_b1": p["ort_best_int8_latency_ms_b1"],
             "ort_own_int8_throughput_b32": p["ort_best_int8_throughput_b32"],

@@ -80,6 +80,17 @@ fn a_pruned_layer_is_written_dense_with_its_zeros() {
     assert!(d <= LOGIT_TOL, "masked mlp: {d}");
 }
 
+#[test]
+fn a_csr_layer_is_written_dense() {
+    let mut m = common::masked_mlp(|i| i % 4 == 0);
+    squeeze::prune::materialize::materialize(&mut m, 0.5).unwrap();
+    assert!(m.graph.nodes.iter().any(|n| n.op.kind() == "sparse_linear"));
+    let e = export(&m, OPSET).unwrap();
+    assert!(e.notes.iter().any(|n| n.contains("CSR")), "{:?}", e.notes);
+    let (d, _) = image_round_trip(&m, "CSR mlp");
+    assert!(d <= LOGIT_TOL, "CSR mlp: {d}");
+}
+
 fn zoo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../zoo")
 }
