@@ -71,22 +71,9 @@ fn the_family_fixtures_differ_where_their_layouts_do() {
 /// A copy of fixture `name` with `file` replaced by `text`.
 fn edited(name: &str, file: &str, text: &str) -> PathBuf {
     let dir = common::tmpdir(&format!("family-{name}-{}", file.replace('/', "-")));
-    copy_dir(&fixture(name), &dir);
+    common::copy_dir(&fixture(name), &dir);
     std::fs::write(dir.join(file), text).unwrap();
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }
 
 #[test]

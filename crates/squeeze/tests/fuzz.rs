@@ -198,23 +198,9 @@ fn hf_dir(root: &Path) -> PathBuf {
     dir
 }
 
-/// A copy of directory `from` at `to` (the targets run in parallel, each on its own files).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 fn hf_target(name: &'static str, file: &'static str, hf: &Path) -> Target {
     let dir = hf.with_file_name(name);
-    copy_dir(hf, &dir);
+    common::copy_dir(hf, &dir);
     Target {
         name,
         dir,

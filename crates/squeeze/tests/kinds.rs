@@ -99,7 +99,7 @@ fn hand_macs(kind: &str) -> u64 {
         "blinear" => 21 * 5,                // in 21 × out 5
         "batch_norm" | "max_pool2d" | "avg_pool2d" | "dropout" | "embedding" | "layer_norm"
         | "channel_gather" | "qembedding" | "relu" | "gelu" | "global_avg_pool" | "flatten"
-        | "add" | "concat" | "mean_pool" | "l2_normalize" => 0,
+        | "add" | "concat" | "mean_pool" | "cls_pool" | "max_pool_tokens" | "l2_normalize" => 0,
         k => panic!("no hand count for kind `{k}`: add its line to hand_macs"),
     }
 }

@@ -25,6 +25,26 @@ pub struct ClsPool;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPoolTokens;
 
+/// The methods every pooling kind shares: it reads the hidden states and the mask, gives
+/// `[d]`, owns no tensors and passes channels through.
+macro_rules! pooling_kind {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        fn inputs(&self) -> Inputs {
+            Inputs::MaskLast
+        }
+        fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
+            pooled_shape(ins)
+        }
+        no_tensors!();
+        fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
+            pass_through(ins)
+        }
+    };
+}
+
 /// Hidden states `[L, d]` and the mask `[L]`, or an error saying so.
 fn pooled_shape(ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
     if ins.len() != 2 || ins[0].len() != 2 || ins[1] != [ins[0][0]] {
@@ -34,19 +54,7 @@ fn pooled_shape(ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
 }
 
 impl LayerKind for ClsPool {
-    fn name(&self) -> &'static str {
-        "cls_pool"
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::MaskLast
-    }
-    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        pooled_shape(ins)
-    }
-    no_tensors!();
-    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        pass_through(ins)
-    }
+    pooling_kind!("cls_pool");
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         sentence::cls_pool(cx.x())
     }
@@ -58,19 +66,7 @@ impl LayerKind for ClsPool {
 }
 
 impl LayerKind for MaxPoolTokens {
-    fn name(&self) -> &'static str {
-        "max_pool_tokens"
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::MaskLast
-    }
-    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        pooled_shape(ins)
-    }
-    no_tensors!();
-    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        pass_through(ins)
-    }
+    pooling_kind!("max_pool_tokens");
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         sentence::max_pool(cx.x(), &cx.ins[1])
     }
@@ -103,19 +99,7 @@ impl LayerKind for MeanPool {
         let count = blocks::clip_below(cx, &count, 1e-9, "count_clipped");
         Ok(cx.emit.op("Div", &[&sum, &count], &cx.out(), vec![]))
     }
-    fn name(&self) -> &'static str {
-        "mean_pool"
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::MaskLast
-    }
-    fn out_shape(&self, ins: &[&[usize]]) -> std::result::Result<Vec<usize>, String> {
-        pooled_shape(ins)
-    }
-    no_tensors!();
-    fn couple(&self, _: &mut Coupler, _: &Node, ins: &[Vec<Seg>], _: &[&[usize]]) -> Vec<Seg> {
-        pass_through(ins)
-    }
+    pooling_kind!("mean_pool");
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         sentence::mean_pool(cx.x(), &cx.ins[1])
     }

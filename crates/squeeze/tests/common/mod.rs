@@ -182,3 +182,17 @@ pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
     }
     run
 }
+
+/// A copy of directory `from` at `to`, subdirectories included.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
