@@ -85,7 +85,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
 fn write_onnx(model: &squeeze::Model, dir: &std::path::Path, opset: i64) -> Result<()> {
     let e = onnx::export(model, opset)?;
     let write = |name: &str, bytes: &[u8]| {
-        std::fs::write(dir.join(name), bytes).with_context(|| format!("writing {}", dir.join(name).display()))
+        std::fs::write(dir.join(name), bytes)
+            .with_context(|| format!("writing {}", dir.join(name).display()))
     };
     write("model.onnx", &e.bytes)?;
     for (name, bytes) in &model.assets {
@@ -102,5 +103,8 @@ fn write_onnx(model: &squeeze::Model, dir: &std::path::Path, opset: i64) -> Resu
         "bytes": e.bytes.len(),
         "notes": e.notes,
     });
-    write("export.json", serde_json::to_string_pretty(&report)?.as_bytes())
+    write(
+        "export.json",
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )
 }

@@ -20,18 +20,31 @@ const GOLDEN_COSINE: f64 = 0.99999;
 const FAMILIES: [&str; 4] = ["bert", "roberta", "xlm-roberta", "distilbert"];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/family").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/family")
+        .join(name)
 }
 
 fn golden(name: &str) -> (Vec<String>, Vec<Vec<f32>>) {
     let text = std::fs::read_to_string(fixture(name).join("golden.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let sentences = v["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let sentences = v["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
     let emb = v["embeddings"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     (sentences, emb)
 }
@@ -47,7 +60,11 @@ fn four_bert_family_layouts_match_sentence_transformers() {
         assert_eq!(ours.len(), gold.len());
         for (i, (a, b)) in ours.iter().zip(&gold).enumerate() {
             let c = stsb::cosine(a, b);
-            assert!(c >= GOLDEN_COSINE, "{name}: sentence {i} {:?}: cosine {c}", sentences[i]);
+            assert!(
+                c >= GOLDEN_COSINE,
+                "{name}: sentence {i} {:?}: cosine {c}",
+                sentences[i]
+            );
         }
     }
 }
@@ -57,7 +74,11 @@ fn the_family_fixtures_differ_where_their_layouts_do() {
     // each fixture exercises its own layout: the graphs are not all the same BERT
     let kinds = |name: &str| {
         let m = load_any(&fixture(name)).unwrap();
-        m.graph.nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>()
+        m.graph
+            .nodes
+            .iter()
+            .map(|n| n.op.kind())
+            .collect::<Vec<_>>()
     };
     assert!(kinds("roberta").contains(&"cls_pool"));
     assert!(kinds("xlm-roberta").contains(&"max_pool_tokens"));
@@ -65,7 +86,11 @@ fn the_family_fixtures_differ_where_their_layouts_do() {
     assert!(d.graph.node("embeddings.token_type_embeddings").is_none());
     let r = load_any(&fixture("roberta")).unwrap();
     let pos = r.graph.node("embeddings.position_embeddings").unwrap();
-    assert!(matches!(&pos.op, squeeze::graph::Op::Embedding(e) if e.offset >= 2), "{:?}", pos.op);
+    assert!(
+        matches!(&pos.op, squeeze::graph::Op::Embedding(e) if e.offset >= 2),
+        "{:?}",
+        pos.op
+    );
 }
 
 /// A copy of fixture `name` with `file` replaced by `text`.
@@ -105,11 +130,16 @@ fn each_family_exports_to_hf_in_its_own_layout_and_loads_back_unchanged() {
         let out = common::tmpdir(&format!("family-hf-{name}"));
         squeeze::formats::hf_bert::export(&m, &out).unwrap_or_else(|e| panic!("{name}: {e}"));
         let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(cfg["model_type"], name);
         let names = squeeze::checkpoint::load_tensors(&out.join("model.safetensors")).unwrap();
         if name == "distilbert" {
-            assert!(names.contains_key("transformer.layer.0.attention.q_lin.weight"), "{:?}", names.keys());
+            assert!(
+                names.contains_key("transformer.layer.0.attention.q_lin.weight"),
+                "{:?}",
+                names.keys()
+            );
         }
         let back = load_any(&out).unwrap();
         let (sentences, _) = golden(name);

@@ -37,8 +37,15 @@ fn tract_run(e: &Exported, inputs: Vec<TractTensor>) -> Vec<f32> {
         model = model.with_input_fact(i, fact).unwrap();
     }
     let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-    let out = plan.run(inputs.into_iter().map(|t| t.into()).collect()).unwrap();
-    out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    let out = plan
+        .run(inputs.into_iter().map(|t| t.into()).collect())
+        .unwrap();
+    out[0]
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
 }
 
 fn image_input(x: &Tensor) -> TractTensor {
@@ -48,7 +55,10 @@ fn image_input(x: &Tensor) -> TractTensor {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Exports an image model and compares tract's logits on a batch with ours: the largest
@@ -74,7 +84,12 @@ fn every_zoo_architecture_exports_and_tract_reproduces_its_logits() {
 fn a_pruned_layer_is_written_dense_with_its_zeros() {
     let mut m = common::masked_mlp(|i| i % 3 == 0);
     let w = m.params.get("fc1.weight").unwrap();
-    let mask = m.params.get("fc1.weight.mask").unwrap().to_dtype(DType::F32).unwrap();
+    let mask = m
+        .params
+        .get("fc1.weight.mask")
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     m.params.insert("fc1.weight", (w * mask).unwrap());
     let (d, _) = image_round_trip(&m, "masked mlp");
     assert!(d <= LOGIT_TOL, "masked mlp: {d}");
@@ -105,11 +120,22 @@ fn every_committed_zoo_model_exports_and_tract_reproduces_it() {
         }
         let m = checkpoint::load(&dir).unwrap();
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let quantized = m.graph.nodes.iter().any(|n| n.op.def().tensors().iter().any(|s| s.dtype != squeeze::tensor::Dtype::F32));
+        let quantized = m.graph.nodes.iter().any(|n| {
+            n.op.def()
+                .tensors()
+                .iter()
+                .any(|s| s.dtype != squeeze::tensor::Dtype::F32)
+        });
         let (d, scale) = image_round_trip(&m, &name);
         match quantized {
-            false => assert!(d <= LOGIT_TOL * scale.max(1.0), "{name}: {d} (logits up to {scale})"),
-            true => assert!(d <= QUANT_REL_TOL * scale, "{name}: {d} (logits up to {scale})"),
+            false => assert!(
+                d <= LOGIT_TOL * scale.max(1.0),
+                "{name}: {d} (logits up to {scale})"
+            ),
+            true => assert!(
+                d <= QUANT_REL_TOL * scale,
+                "{name}: {d} (logits up to {scale})"
+            ),
         }
         seen += 1;
     }
@@ -119,13 +145,13 @@ fn every_committed_zoo_model_exports_and_tract_reproduces_it() {
 fn apply(m: Model, text: &str) -> Model {
     let r = Recipe::parse(text, Path::new("q.toml")).unwrap();
     let work = common::tmpdir("onnx-quant");
-    let mut ctx = r
-        .context(Path::new("/no-such-dir"), &work)
-        .with_images(squeeze::data::FashionMnist {
-            train: common::synthetic(96, 1),
-            valid: common::synthetic(32, 2),
-            test: common::synthetic(32, 3),
-        });
+    let mut ctx =
+        r.context(Path::new("/no-such-dir"), &work)
+            .with_images(squeeze::data::FashionMnist {
+                train: common::synthetic(96, 1),
+                valid: common::synthetic(32, 2),
+                test: common::synthetic(32, 3),
+            });
     let (out, _) = run_recipe(m, &r, &mut ctx).unwrap();
     let _ = std::fs::remove_dir_all(work);
     out
@@ -169,7 +195,13 @@ fn text_round_trip_on(m: &Model, ids: &Tensor, mask: &Tensor) -> (Vec<f32>, Vec<
         .output;
     let dims = ids.dims().to_vec();
     let i64s = |t: &Tensor| -> TractTensor {
-        let v: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
         TractTensor::from_shape(&dims, &v).unwrap()
     };
@@ -193,13 +225,20 @@ fn the_bert_family_fixtures_export_and_tract_reproduces_them() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/family");
     for name in ["bert", "roberta", "xlm-roberta", "distilbert"] {
         let m = squeeze::formats::load_any(&root.join(name)).unwrap();
-        let tok = squeeze::text::TextTokenizer::from_assets(&m.assets, squeeze::text::max_positions(&m)).unwrap();
-        let seqs = tok.encode(&["A man is playing a guitar.", "Kids play."]).unwrap();
+        let tok =
+            squeeze::text::TextTokenizer::from_assets(&m.assets, squeeze::text::max_positions(&m))
+                .unwrap();
+        let seqs = tok
+            .encode(&["A man is playing a guitar.", "Kids play."])
+            .unwrap();
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let (ids, mask) = pad_batch(&refs).unwrap();
         let (ours, theirs) = text_round_trip_on(&m, &ids, &mask);
         let d = max_diff(&ours, &theirs);
-        assert!(d <= EMBED_TOL * ours.iter().fold(1f32, |a, v| a.max(v.abs())), "{name}: {d}");
+        assert!(
+            d <= EMBED_TOL * ours.iter().fold(1f32, |a, v| a.max(v.abs())),
+            "{name}: {d}"
+        );
     }
 }
 
@@ -235,17 +274,34 @@ fn quantized_encoders_export_as_integer_onnx_ops_close_to_ours() {
         // quantizes each 32 inputs of a row to ±64: a different rounding, of the same size
         ("int8 dynamic", "bits = 8\nactivations = \"dynamic\"", 1.0),
         // tract runs MatMulNBits on f32 inputs where ours quantizes them per 32 to ±127
-        ("int4 g32 x int8", "bits = 4\ngroup = 32\nactivations = \"dynamic\"", 0.1),
+        (
+            "int4 g32 x int8",
+            "bits = 4\ngroup = 32\nactivations = \"dynamic\"",
+            0.1,
+        ),
         // the same codes on f32 inputs; tract keeps the block scales in f16 (its Q4_0)
-        ("int4 weight-only", "bits = 4\ngroup = 32\nactivations = \"none\"", 0.01),
+        (
+            "int4 weight-only",
+            "bits = 4\ngroup = 32\nactivations = \"none\"",
+            0.01,
+        ),
     ] {
-        let q = apply(base.clone(), &format!("[[passes]]\ntype = \"quantize\"\n{recipe}\n"));
+        let q = apply(
+            base.clone(),
+            &format!("[[passes]]\ntype = \"quantize\"\n{recipe}\n"),
+        );
         let (ours, theirs) = text_round_trip(&q);
         // the file's distance from our quantized model, against quantization's own effect
         let (d, effect) = (max_diff(&ours, &theirs), max_diff(&ours, &f32_ours));
         eprintln!("{what}: file vs ours {d:.2e}, quantization's effect {effect:.2e}");
-        assert!(effect > 1e-3, "{what}: quantization changed nothing ({effect})");
-        assert!(d <= share * effect, "{what}: the file differs from ours by {d}, quantization by {effect}");
+        assert!(
+            effect > 1e-3,
+            "{what}: quantization changed nothing ({effect})"
+        );
+        assert!(
+            d <= share * effect,
+            "{what}: the file differs from ours by {d}, quantization by {effect}"
+        );
     }
 }
 
@@ -263,7 +319,10 @@ fn a_layer_under_simulated_quantization_is_refused_by_name() {
     };
     squeeze::quant::qat::attach(&mut m, "fc1", q, None).unwrap();
     let err = export(&m, OPSET).unwrap_err().to_string();
-    assert!(err.contains("fc1") && err.contains("simulated quantization"), "{err}");
+    assert!(
+        err.contains("fc1") && err.contains("simulated quantization"),
+        "{err}"
+    );
 }
 
 #[test]

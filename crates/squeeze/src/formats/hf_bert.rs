@@ -13,11 +13,11 @@ use serde_json::json;
 
 use crate::checkpoint::{self, TEXT_ASSETS};
 use crate::error::{Error, Result};
+use crate::graph::Lookup as bert_lookup;
 use crate::graph::Op;
 use crate::model::Model;
 use crate::params::ParamStore;
 use crate::tensor::{Dtype, TensorRole, TensorSpec};
-use crate::graph::Lookup as bert_lookup;
 use crate::text::bert::{self, Family};
 use std::collections::BTreeMap;
 
@@ -145,7 +145,10 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
     }
     let table = |name: &str| -> Result<usize> { Ok(model.params.get(name)?.dim(0)?) };
     let family = Family::from_label(&model.graph.arch).unwrap_or_default();
-    let segments = match model.params.contains("embeddings.token_type_embeddings.weight") {
+    let segments = match model
+        .params
+        .contains("embeddings.token_type_embeddings.weight")
+    {
         true => table("embeddings.token_type_embeddings.weight")?,
         false => 0,
     };
@@ -179,7 +182,10 @@ pub fn export(model: &Model, out: &Path) -> Result<()> {
         .map(|(n, t)| (hf_config::hf_names(family, n).swap_remove(1), t.clone()))
         .collect();
     checkpoint::save_tensors(&out.join(checkpoint::WEIGHTS_FILE), &named)?;
-    write_json(&out.join("1_Pooling/config.json"), &pooling_config(model, hidden))?;
+    write_json(
+        &out.join("1_Pooling/config.json"),
+        &pooling_config(model, hidden),
+    )?;
     write_json(&out.join("modules.json"), &modules(model))?;
     for name in TEXT_ASSETS {
         if let Some(bytes) = model.assets.get(*name) {

@@ -82,7 +82,10 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// The family a `config.json` declares, decoders and unknown types refused.
 fn family(cpath: &Path, c: &Value) -> Result<Family> {
     if c.get("is_decoder").and_then(Value::as_bool) == Some(true) {
-        return Err(Error::file(cpath, "`is_decoder` is true: squeeze imports encoders only"));
+        return Err(Error::file(
+            cpath,
+            "`is_decoder` is true: squeeze imports encoders only",
+        ));
     }
     let t = c
         .get("model_type")
@@ -96,7 +99,9 @@ fn family(cpath: &Path, c: &Value) -> Result<Family> {
         other => {
             return Err(Error::file(
                 cpath,
-                format!("`model_type` `{other}` is not supported: squeeze imports {FAMILIES} encoders"),
+                format!(
+                    "`model_type` `{other}` is not supported: squeeze imports {FAMILIES} encoders"
+                ),
             ))
         }
     })
@@ -140,13 +145,22 @@ fn bert_shape(cpath: &Path, v: Value, family: Family) -> Result<BertShape> {
     let c: BertConfig = typed(cpath, v)?;
     let bad = |what: String| Err(Error::file(cpath, what));
     if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
-        return bad(format!("`layer_norm_eps` {} must be in (0, 1)", c.layer_norm_eps));
+        return bad(format!(
+            "`layer_norm_eps` {} must be in (0, 1)",
+            c.layer_norm_eps
+        ));
     }
     if !(0.0..1.0).contains(&c.hidden_dropout_prob) {
-        return bad(format!("`hidden_dropout_prob` {} must be in [0, 1)", c.hidden_dropout_prob));
+        return bad(format!(
+            "`hidden_dropout_prob` {} must be in [0, 1)",
+            c.hidden_dropout_prob
+        ));
     }
     if c.hidden_act != "gelu" {
-        return bad(format!("`hidden_act` `{}`: only `gelu` (erf) is supported", c.hidden_act));
+        return bad(format!(
+            "`hidden_act` `{}`: only `gelu` (erf) is supported",
+            c.hidden_act
+        ));
     }
     if c.position_embedding_type != "absolute" {
         return bad(format!(
@@ -192,7 +206,10 @@ fn distil_shape(cpath: &Path, v: Value) -> Result<BertShape> {
     let c: DistilConfig = typed(cpath, v)?;
     let bad = |what: String| Err(Error::file(cpath, what));
     if c.activation != "gelu" {
-        return bad(format!("`activation` `{}`: only `gelu` (erf) is supported", c.activation));
+        return bad(format!(
+            "`activation` `{}`: only `gelu` (erf) is supported",
+            c.activation
+        ));
     }
     if c.n_heads == 0 || !c.dim.is_multiple_of(c.n_heads) {
         return bad("`dim` must be a multiple of `n_heads`".into());
@@ -236,7 +253,9 @@ fn pooling(dir: &Path) -> Result<Pooling> {
             Some("max") => Ok(Pooling::Max),
             _ => Err(Error::file(
                 &ppath,
-                format!("`pooling_mode` {mode} is not supported: \"mean\", \"cls\" or \"max\" only"),
+                format!(
+                    "`pooling_mode` {mode} is not supported: \"mean\", \"cls\" or \"max\" only"
+                ),
             )),
         };
     }
@@ -324,7 +343,9 @@ pub fn layers_present(tensors: &BTreeMap<String, candle_core::Tensor>) -> usize 
     tensors
         .keys()
         .filter_map(|k| {
-            let at = k.find("encoder.layer.").or_else(|| k.find("transformer.layer."))?;
+            let at = k
+                .find("encoder.layer.")
+                .or_else(|| k.find("transformer.layer."))?;
             let rest = &k[at..];
             let rest = rest.split_once("layer.")?.1;
             rest.split('.').next()?.parse::<usize>().ok()
@@ -340,7 +361,11 @@ pub fn adapt_config(c: &mut Value, family: Family, position_offset: usize) {
     match family {
         Family::Bert => {}
         Family::Roberta | Family::XlmRoberta => {
-            let arch = if family == Family::Roberta { "RobertaModel" } else { "XLMRobertaModel" };
+            let arch = if family == Family::Roberta {
+                "RobertaModel"
+            } else {
+                "XLMRobertaModel"
+            };
             c["architectures"] = serde_json::json!([arch]);
             c["model_type"] = family.label().into();
             c["pad_token_id"] = position_offset.saturating_sub(1).into();

@@ -48,14 +48,28 @@ pub fn export(model: &Model, opset: i64) -> Result<Exported> {
     let mut names: HashMap<String, String> = HashMap::new();
     names.insert(INPUT.into(), inputs[0].name.clone());
     if let Some(t) = &tokens {
-        let mask = emit.op("Cast", &["attention_mask"], "attention_mask_f32", vec![onnx::int("to", 1)]);
+        let mask = emit.op(
+            "Cast",
+            &["attention_mask"],
+            "attention_mask_f32",
+            vec![onnx::int("to", 1)],
+        );
         names.insert(INPUT.into(), t.ids.clone());
         names.insert(MASK.into(), mask);
     }
     for node in &g.nodes {
         let ins = node.inputs.iter().map(|i| names[i].clone()).collect();
-        let in_shapes = inputs_of(node, &shapes)?.iter().map(|s| s.to_vec()).collect();
-        let mut cx = Lower::new(&mut emit, &node.name, (ins, in_shapes), tokens.as_ref(), &model.params);
+        let in_shapes = inputs_of(node, &shapes)?
+            .iter()
+            .map(|s| s.to_vec())
+            .collect();
+        let mut cx = Lower::new(
+            &mut emit,
+            &node.name,
+            (ins, in_shapes),
+            tokens.as_ref(),
+            &model.params,
+        );
         let out = node.op.def().onnx(&mut cx).map_err(|e| Error::Node {
             node: node.name.clone(),
             kind: node.op.kind(),
@@ -71,7 +85,13 @@ pub fn export(model: &Model, opset: i64) -> Result<Exported> {
     Ok(Exported {
         inputs: inputs.iter().map(|i| i.name.clone()).collect(),
         output: output.into(),
-        bytes: onnx::encode(&model_proto(g, emit.nodes, emit.inits, (inputs, out_info), emit.uses_ms)),
+        bytes: onnx::encode(&model_proto(
+            g,
+            emit.nodes,
+            emit.inits,
+            (inputs, out_info),
+            emit.uses_ms,
+        )),
         notes: onnx::grouped(&emit.notes),
     })
 }

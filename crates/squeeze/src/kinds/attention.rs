@@ -31,8 +31,14 @@ impl LayerKind for Attention {
         let split = cx.emit.axes(&cx.tmp("split_shape"), &[0, 0, h, d]);
         let heads = |cx: &mut Lower, i: usize, perm: &[i64], what: &str| {
             let x = cx.ins[i].clone();
-            let r = cx.emit.op("Reshape", &[&x, &split], &cx.tmp(&format!("{what}_split")), vec![]);
-            cx.emit.op("Transpose", &[&r], &cx.tmp(what), vec![ints("perm", perm)])
+            let r = cx.emit.op(
+                "Reshape",
+                &[&x, &split],
+                &cx.tmp(&format!("{what}_split")),
+                vec![],
+            );
+            cx.emit
+                .op("Transpose", &[&r], &cx.tmp(what), vec![ints("perm", perm)])
         };
         let q = heads(cx, 0, &[0, 2, 1, 3], "q"); // [N, H, L, D]
         let k = heads(cx, 1, &[0, 2, 3, 1], "k"); // [N, H, D, L]
@@ -40,14 +46,28 @@ impl LayerKind for Attention {
         let s = cx.emit.op("MatMul", &[&q, &k], &cx.tmp("scores"), vec![]);
         let s = blocks::scale(cx, &s, 1.0 / (self.head_dim as f32).sqrt(), "scaled");
         let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
-        let padding = cx.emit.op("Sub", &[&one, &cx.ins[3].clone()], &cx.tmp("padding"), vec![]);
+        let padding = cx.emit.op(
+            "Sub",
+            &[&one, &cx.ins[3].clone()],
+            &cx.tmp("padding"),
+            vec![],
+        );
         let bias = blocks::scale(cx, &padding, kernel::MASK_BIAS as f32, "mask_bias");
         let ax = cx.emit.axes(&cx.tmp("bias_axes"), &[1, 2]);
-        let bias = cx.emit.op("Unsqueeze", &[&bias, &ax], &cx.tmp("key_bias"), vec![]); // [N, 1, 1, L]
+        let bias = cx
+            .emit
+            .op("Unsqueeze", &[&bias, &ax], &cx.tmp("key_bias"), vec![]); // [N, 1, 1, L]
         let s = cx.emit.op("Add", &[&s, &bias], &cx.tmp("biased"), vec![]);
-        let p = cx.emit.op("Softmax", &[&s], &cx.tmp("probs"), vec![int("axis", -1)]);
+        let p = cx
+            .emit
+            .op("Softmax", &[&s], &cx.tmp("probs"), vec![int("axis", -1)]);
         let c = cx.emit.op("MatMul", &[&p, &v], &cx.tmp("context"), vec![]); // [N, H, L, D]
-        let t = cx.emit.op("Transpose", &[&c], &cx.tmp("merge"), vec![ints("perm", &[0, 2, 1, 3])]);
+        let t = cx.emit.op(
+            "Transpose",
+            &[&c],
+            &cx.tmp("merge"),
+            vec![ints("perm", &[0, 2, 1, 3])],
+        );
         let merged = cx.emit.axes(&cx.tmp("merge_shape"), &[0, 0, h * d]);
         Ok(cx.emit.op("Reshape", &[&t, &merged], &cx.out(), vec![])) // [N, L, H·D]
     }

@@ -31,7 +31,9 @@ impl LayerKind for BatchNorm {
         }
         let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
         let eps = crate::onnx::blocks::epsilon(self.eps);
-        Ok(cx.emit.op("BatchNormalization", &refs, &cx.out(), vec![eps]))
+        Ok(cx
+            .emit
+            .op("BatchNormalization", &refs, &cx.out(), vec![eps]))
     }
     fn name(&self) -> &'static str {
         "batch_norm"

@@ -18,10 +18,10 @@ use super::couple::{Coupler, Seg};
 use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::math::bits::BitWeight;
 use crate::onnx::blocks::square_conv;
 use crate::onnx::quant::{self as onnx_quant, Decoded};
 use crate::onnx::Lower;
-use crate::math::bits::BitWeight;
 use crate::ops::qconv::{self, Geometry};
 use crate::params::f32_values;
 
@@ -158,7 +158,13 @@ impl BConv2d {
         let (_, scales) = cx.values("weight_scale")?;
         crate::math::bits::check_rows(&data, self.ternary, &format!("`{}.weight_bits`", cx.node))?;
         let (rows, cols) = (self.out_channels, self.cols());
-        Ok(BitWeight { rows, cols, ternary: self.ternary, data, scales })
+        Ok(BitWeight {
+            rows,
+            cols,
+            ternary: self.ternary,
+            data,
+            scales,
+        })
     }
 
     fn what(&self, cx: &NodeRun) -> String {

@@ -16,9 +16,9 @@ use super::couple::{Coupler, Seg};
 use super::{with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::math::bits::BitWeight;
 use crate::onnx::quant::{self as onnx_quant, Decoded};
 use crate::onnx::Lower;
-use crate::math::bits::BitWeight;
 use crate::ops::qgemm::bits::PackedBits;
 use crate::ops::qgemm::panel::PackedI8;
 use crate::ops::qgemm::quantize::{quantize_row, quantize_rows};
@@ -44,7 +44,13 @@ impl LayerKind for BLinear {
         let (_, data) = cx.bytes("weight_bits")?;
         let (_, scales) = cx.values("weight_scale")?;
         crate::math::bits::check_rows(&data, self.ternary, &format!("`{}.weight_bits`", cx.node))?;
-        let d = Decoded::from_levels(&BitWeight { rows, cols, ternary: self.ternary, data, scales });
+        let d = Decoded::from_levels(&BitWeight {
+            rows,
+            cols,
+            ternary: self.ternary,
+            data,
+            scales,
+        });
         let step = cx.values("input_scale")?.1[0];
         onnx_quant::static_linear(cx, &d, (step, self.input_codes), self.bias)
     }

@@ -42,9 +42,15 @@ pub(crate) fn is_zero(v: &usize) -> bool {
 }
 
 /// `offset` is a positions table's first row, inside its `num` rows.
-pub(crate) fn check_offset(lookup: Lookup, offset: usize, num: usize) -> std::result::Result<(), String> {
+pub(crate) fn check_offset(
+    lookup: Lookup,
+    offset: usize,
+    num: usize,
+) -> std::result::Result<(), String> {
     match lookup {
-        Lookup::Positions if offset >= num => Err(format!("`offset` {offset} leaves none of the {num} rows")),
+        Lookup::Positions if offset >= num => {
+            Err(format!("`offset` {offset} leaves none of the {num} rows"))
+        }
         Lookup::Positions => Ok(()),
         _ if offset > 0 => Err("`offset` applies to a positions table only".into()),
         _ => Ok(()),
@@ -136,7 +142,11 @@ pub(crate) fn example() -> super::Example {
 /// Rows of ONNX value `table` (`[num, …]`) looked up by `lookup` in a token graph: by the
 /// `input_ids`, by the `token_type_ids`, or by the positions `offset..offset + L` (then
 /// `[1, L, …]`; right-padded batches, as squeeze and sentence-transformers pad them).
-pub(crate) fn lookup_onnx(cx: &mut Lower, (lookup, offset): (Lookup, usize), table: &str) -> Result<String> {
+pub(crate) fn lookup_onnx(
+    cx: &mut Lower,
+    (lookup, offset): (Lookup, usize),
+    table: &str,
+) -> Result<String> {
     let tokens = cx
         .tokens
         .cloned()
@@ -147,15 +157,26 @@ pub(crate) fn lookup_onnx(cx: &mut Lower, (lookup, offset): (Lookup, usize), tab
             .types
             .ok_or_else(|| crate::onnx::refuse("the graph has no `token_type_ids` input"))?,
         Lookup::Positions => {
-            let shape = cx.emit.op("Shape", &[&tokens.ids], &cx.tmp("shape"), vec![]);
+            let shape = cx
+                .emit
+                .op("Shape", &[&tokens.ids], &cx.tmp("shape"), vec![]);
             let one = cx.emit.i64s(&cx.tmp("seq_axis"), &[], &[1]);
-            let l = cx.emit.op("Gather", &[&shape, &one], &cx.tmp("seq_len"), vec![]);
+            let l = cx
+                .emit
+                .op("Gather", &[&shape, &one], &cx.tmp("seq_len"), vec![]);
             let start = cx.emit.i64s(&cx.tmp("start"), &[], &[offset as i64]);
             let off = cx.emit.i64s(&cx.tmp("offset"), &[], &[offset as i64]);
             let end = cx.emit.op("Add", &[&l, &off], &cx.tmp("end"), vec![]);
             let step = cx.emit.i64s(&cx.tmp("step"), &[], &[1]);
-            let pos = cx.emit.op("Range", &[&start, &end, &step], &cx.tmp("positions"), vec![]);
-            let rows = cx.emit.op("Gather", &[table, &pos], &cx.tmp("rows"), vec![]);
+            let pos = cx.emit.op(
+                "Range",
+                &[&start, &end, &step],
+                &cx.tmp("positions"),
+                vec![],
+            );
+            let rows = cx
+                .emit
+                .op("Gather", &[table, &pos], &cx.tmp("rows"), vec![]);
             let ax = cx.emit.axes(&cx.tmp("batch_axis"), &[0]);
             return Ok(cx.emit.op("Unsqueeze", &[&rows, &ax], &cx.out(), vec![]));
         }

@@ -14,7 +14,9 @@ pub struct Flatten;
 
 impl LayerKind for Flatten {
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        Ok(cx.emit.op("Flatten", &[&cx.x()], &cx.out(), vec![int("axis", 1)]))
+        Ok(cx
+            .emit
+            .op("Flatten", &[&cx.x()], &cx.out(), vec![int("axis", 1)]))
     }
     fn name(&self) -> &'static str {
         "flatten"

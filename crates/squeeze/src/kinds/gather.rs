@@ -28,7 +28,9 @@ impl LayerKind for ChannelGather {
         let (dims, idx) = cx.values("index")?;
         let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
         let i = cx.emit.i64s(&format!("{}.index", cx.node), &dims, &idx);
-        Ok(cx.emit.op("Gather", &[&cx.x(), &i], &cx.out(), vec![int("axis", 1)]))
+        Ok(cx
+            .emit
+            .op("Gather", &[&cx.x(), &i], &cx.out(), vec![int("axis", 1)]))
     }
     fn name(&self) -> &'static str {
         "channel_gather"

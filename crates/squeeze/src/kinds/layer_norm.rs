@@ -24,7 +24,9 @@ impl LayerKind for LayerNorm {
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
         let (w, b) = (cx.constant("weight")?, cx.constant("bias")?);
         let attrs = vec![int("axis", -1), crate::onnx::blocks::epsilon(self.eps)];
-        Ok(cx.emit.op("LayerNormalization", &[&cx.x(), &w, &b], &cx.out(), attrs))
+        Ok(cx
+            .emit
+            .op("LayerNormalization", &[&cx.x(), &w, &b], &cx.out(), attrs))
     }
     fn name(&self) -> &'static str {
         "layer_norm"

@@ -110,8 +110,12 @@ impl LayerKind for AvgPool2d {
 impl LayerKind for GlobalAvgPool {
     /// `GlobalAveragePool` keeps `[N, C, 1, 1]`; a `Flatten` makes it `[N, C]`.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        let p = cx.emit.op("GlobalAveragePool", &[&cx.x()], &cx.tmp("pool"), vec![]);
-        Ok(cx.emit.op("Flatten", &[&p], &cx.out(), vec![int("axis", 1)]))
+        let p = cx
+            .emit
+            .op("GlobalAveragePool", &[&cx.x()], &cx.tmp("pool"), vec![]);
+        Ok(cx
+            .emit
+            .op("Flatten", &[&p], &cx.out(), vec![int("axis", 1)]))
     }
     pooling_common!();
     fn name(&self) -> &'static str {

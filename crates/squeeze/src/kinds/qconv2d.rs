@@ -16,10 +16,10 @@ use super::with_node_view;
 use super::{Absorb, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
+use crate::math::qlayout::{Layout, Scales};
 use crate::onnx::blocks::square_conv;
 use crate::onnx::quant::{self as onnx_quant, Decoded};
 use crate::onnx::Lower;
-use crate::math::qlayout::{Layout, Scales};
 use crate::ops::qconv::{self, Geometry, Handoff};
 use crate::params::f32_values;
 
@@ -52,7 +52,13 @@ impl LayerKind for QConv2d {
         let range = self.input_codes.unwrap_or([-127, 127]);
         let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
         let a = square_conv(k, self.stride, self.padding);
-        onnx_quant::static_conv(cx, (&d.codes, [o, i, k, k], &scales), (step, range), self.bias, a)
+        onnx_quant::static_conv(
+            cx,
+            (&d.codes, [o, i, k, k], &scales),
+            (step, range),
+            self.bias,
+            a,
+        )
     }
     fn name(&self) -> &'static str {
         "qconv2d"

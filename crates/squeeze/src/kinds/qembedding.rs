@@ -13,9 +13,9 @@ use super::with_node_view;
 use super::{arity, positive, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::{Error, Result};
+use crate::math::qlayout::Layout;
 use crate::onnx::quant::Decoded;
 use crate::onnx::{int, Lower};
-use crate::math::qlayout::Layout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,19 +37,32 @@ impl LayerKind for QEmbedding {
         let d = Decoded::read(cx, self.layout, (self.num, self.dim))?;
         let nb = d.cols / d.block;
         let n = cx.node.to_string();
-        let codes = cx.emit.i8s(&format!("{n}.weight_q"), &[d.rows, nb, d.block], &d.codes);
-        let scales = cx.emit.f32s(&format!("{n}.weight_scale"), &[d.rows, nb, 1], &d.scales);
-        let f = cx.emit.op("Cast", &[&codes], &cx.tmp("codes_f32"), vec![int("to", 1)]);
+        let codes = cx
+            .emit
+            .i8s(&format!("{n}.weight_q"), &[d.rows, nb, d.block], &d.codes);
+        let scales = cx
+            .emit
+            .f32s(&format!("{n}.weight_scale"), &[d.rows, nb, 1], &d.scales);
+        let f = cx
+            .emit
+            .op("Cast", &[&codes], &cx.tmp("codes_f32"), vec![int("to", 1)]);
         let t = cx.emit.op("Mul", &[&f, &scales], &cx.tmp("blocks"), vec![]);
-        let shape = cx.emit.axes(&cx.tmp("table_shape"), &[d.rows as i64, d.cols as i64]);
-        let t = cx.emit.op("Reshape", &[&t, &shape], &cx.tmp("table"), vec![]);
+        let shape = cx
+            .emit
+            .axes(&cx.tmp("table_shape"), &[d.rows as i64, d.cols as i64]);
+        let t = cx
+            .emit
+            .op("Reshape", &[&t, &shape], &cx.tmp("table"), vec![]);
         super::embedding::lookup_onnx(cx, (self.lookup, self.offset), &t)
     }
     fn name(&self) -> &'static str {
         "qembedding"
     }
     fn lookup_table(&self) -> Option<(Lookup, usize)> {
-        Some((self.lookup, super::embedding::reachable(self.lookup, self.offset, self.num)))
+        Some((
+            self.lookup,
+            super::embedding::reachable(self.lookup, self.offset, self.num),
+        ))
     }
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {
         Some((self.layout, (self.num, self.dim)))

@@ -61,7 +61,9 @@ impl LayerKind for ClsPool {
     /// `Gather` of token 0 along the sequence axis.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
         let zero = cx.emit.i64s(&cx.tmp("first"), &[], &[0]);
-        Ok(cx.emit.op("Gather", &[&cx.x(), &zero], &cx.out(), vec![int("axis", 1)]))
+        Ok(cx
+            .emit
+            .op("Gather", &[&cx.x(), &zero], &cx.out(), vec![int("axis", 1)]))
     }
 }
 
@@ -74,7 +76,9 @@ impl LayerKind for MaxPoolTokens {
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
         let (h, mask) = (cx.x(), cx.ins[1].clone());
         let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
-        let m = cx.emit.op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
+        let m = cx
+            .emit
+            .op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
         let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
         let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
         let pad = cx.emit.op("Sub", &[&one, &m], &cx.tmp("padding"), vec![]);
@@ -90,11 +94,15 @@ impl LayerKind for MeanPool {
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
         let (h, mask) = (cx.x(), cx.ins[1].clone());
         let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
-        let m = cx.emit.op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
+        let m = cx
+            .emit
+            .op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
         let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
         let ax1 = cx.emit.axes(&cx.tmp("seq_axis"), &[1]);
         let keep = vec![int("keepdims", 0)];
-        let sum = cx.emit.op("ReduceSum", &[&hm, &ax1], &cx.tmp("sum"), keep.clone()); // [N, d]
+        let sum = cx
+            .emit
+            .op("ReduceSum", &[&hm, &ax1], &cx.tmp("sum"), keep.clone()); // [N, d]
         let count = cx.emit.op("ReduceSum", &[&m, &ax1], &cx.tmp("count"), keep); // [N, 1]
         let count = blocks::clip_below(cx, &count, 1e-9, "count_clipped");
         Ok(cx.emit.op("Div", &[&sum, &count], &cx.out(), vec![]))

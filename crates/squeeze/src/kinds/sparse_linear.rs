@@ -16,8 +16,8 @@ use super::Dtype;
 use super::{inference, with_last, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
-use crate::onnx::{blocks, Lower};
 use crate::math::csr::{Csr, CsrOwned};
+use crate::onnx::{blocks, Lower};
 use crate::ops::sparse;
 use crate::ops::with_cpu;
 
@@ -45,7 +45,9 @@ impl LayerKind for SparseLinear {
             for k in a..b.min(values.len()) {
                 let c = indices[k] as usize;
                 if c >= cols {
-                    return Err(crate::onnx::refuse(format!("column index {c} outside {cols} inputs")));
+                    return Err(crate::onnx::refuse(format!(
+                        "column index {c} outside {cols} inputs"
+                    )));
                 }
                 w[r * cols + c] = values[k];
             }

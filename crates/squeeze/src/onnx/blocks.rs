@@ -27,7 +27,12 @@ pub fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// A float Linear `y = x Wᵀ + b` from `w` `[out, in]` row-major.
-pub fn linear_f32(cx: &mut Lower, w: &[f32], (out, inp): (usize, usize), bias: bool) -> Result<String> {
+pub fn linear_f32(
+    cx: &mut Lower,
+    w: &[f32],
+    (out, inp): (usize, usize),
+    bias: bool,
+) -> Result<String> {
     let wt = transpose(w, out, inp);
     let name = format!("{}.weight", cx.node);
     let w = cx.emit.f32s(&name, &[inp, out], &wt);
@@ -80,23 +85,41 @@ pub fn conv(cx: &mut Lower, x: &str, w: &str, bias: Option<String>, a: ConvAttrs
 pub fn static_input(cx: &mut Lower, x: &str, step: f32, [lo, hi]: [i8; 2]) -> String {
     let lo_v = cx.emit.scalar(&cx.tmp("clip_lo"), f32::from(lo) * step);
     let hi_v = cx.emit.scalar(&cx.tmp("clip_hi"), f32::from(hi) * step);
-    let c = cx.emit.op("Clip", &[x, &lo_v, &hi_v], &cx.tmp("clip"), vec![]);
+    let c = cx
+        .emit
+        .op("Clip", &[x, &lo_v, &hi_v], &cx.tmp("clip"), vec![]);
     let s = cx.emit.scalar(&cx.tmp("input_scale"), step);
     let z = cx.emit.i8s(&cx.tmp("input_zero"), &[], &[0]);
-    let q = cx.emit.op("QuantizeLinear", &[&c, &s, &z], &cx.tmp("input_q"), vec![]);
-    cx.emit.op("DequantizeLinear", &[&q, &s, &z], &cx.tmp("input_dq"), vec![])
+    let q = cx
+        .emit
+        .op("QuantizeLinear", &[&c, &s, &z], &cx.tmp("input_q"), vec![]);
+    cx.emit.op(
+        "DequantizeLinear",
+        &[&q, &s, &z],
+        &cx.tmp("input_dq"),
+        vec![],
+    )
 }
 
 /// An int8 weight `codes` (dims `dims`) times its scales along `axis` (one scale:
 /// per tensor), as a constant and a `DequantizeLinear`: the file keeps the int8 codes.
-pub fn dequantized(cx: &mut Lower, dims: &[usize], codes: &[i8], scales: &[f32], axis: usize) -> String {
+pub fn dequantized(
+    cx: &mut Lower,
+    dims: &[usize],
+    codes: &[i8],
+    scales: &[f32],
+    axis: usize,
+) -> String {
     let w = cx.emit.i8s(&format!("{}.weight_q", cx.node), dims, codes);
     let (sdims, attrs) = match scales.len() {
         1 => (vec![], vec![]),
         n => (vec![n], vec![int("axis", axis as i64)]),
     };
-    let s = cx.emit.f32s(&format!("{}.weight_scale", cx.node), &sdims, scales);
-    cx.emit.op("DequantizeLinear", &[&w, &s], &cx.tmp("weight"), attrs)
+    let s = cx
+        .emit
+        .f32s(&format!("{}.weight_scale", cx.node), &sdims, scales);
+    cx.emit
+        .op("DequantizeLinear", &[&w, &s], &cx.tmp("weight"), attrs)
 }
 
 /// `Clip(x, min)` with no upper bound.

@@ -250,14 +250,19 @@ impl<'a> Lower<'a> {
     /// Tensor `suffix`'s bytes (packed codes, zero points) with its dims.
     pub fn bytes(&self, suffix: &str) -> Result<(Vec<usize>, Vec<u8>)> {
         let t = self.params.get(&format!("{}.{suffix}", self.node))?;
-        let v = t.flatten_all()?.to_dtype(candle_core::DType::U8)?.to_vec1()?;
+        let v = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::U8)?
+            .to_vec1()?;
         Ok((t.dims().to_vec(), v))
     }
 
     /// Tensor `suffix` written as an f32 constant; returns its name.
     pub fn constant(&mut self, suffix: &str) -> Result<String> {
         let (dims, v) = self.values(suffix)?;
-        Ok(self.emit.f32s(&format!("{}.{suffix}", self.node), &dims, &v))
+        Ok(self
+            .emit
+            .f32s(&format!("{}.{suffix}", self.node), &dims, &v))
     }
 
     /// The `bias` constant when `bias` is set.

@@ -37,7 +37,11 @@ impl Decoded {
             true => Some(cx.bytes("weight_zero")?.1),
             false => None,
         };
-        let (rb, block, nb) = (layout.row_bytes(cols), layout.block_len(cols), layout.blocks_per_row(cols));
+        let (rb, block, nb) = (
+            layout.row_bytes(cols),
+            layout.block_len(cols),
+            layout.blocks_per_row(cols),
+        );
         let blocks: usize = layout.scale_shape(rows, cols).iter().product();
         if bytes.len() != rows * rb || stored_scales.len() != blocks {
             return Err(Error::Kind(format!(
@@ -88,7 +92,9 @@ impl Decoded {
             rows,
             cols,
             block: cols,
-            codes: (0..rows * cols).map(|i| w.level(i / cols, i % cols)).collect(),
+            codes: (0..rows * cols)
+                .map(|i| w.level(i / cols, i % cols))
+                .collect(),
             nibbles: Vec::new(),
             scales: w.scales.clone(),
             zeros: vec![0; rows],
@@ -127,7 +133,10 @@ impl Decoded {
             blobs[i / 2] |= if i % 2 == 0 { n } else { n << 4 };
         }
         let zb = nb.div_ceil(2);
-        let (mut scales, mut zeros) = (Vec::with_capacity(self.rows * nb), vec![0u8; self.rows * zb]);
+        let (mut scales, mut zeros) = (
+            Vec::with_capacity(self.rows * nb),
+            vec![0u8; self.rows * zb],
+        );
         for r in 0..self.rows {
             for b in 0..nb {
                 let old = r * nb_old + b * bs / self.block;
@@ -150,14 +159,29 @@ pub fn dynamic_int8(cx: &mut Lower, d: &Decoded, scales: &[f32], bias: bool) -> 
     let q = cx.emit.op_shared(
         "DynamicQuantizeLinear",
         &x,
-        &[&format!("{x}/q"), &format!("{x}/scale"), &format!("{x}/zero")],
+        &[
+            &format!("{x}/q"),
+            &format!("{x}/scale"),
+            &format!("{x}/zero"),
+        ],
     );
     let wt = super::blocks::transpose(&d.codes, d.rows, d.cols);
-    let w = cx.emit.i8s(&format!("{}.weight_q", cx.node), &[d.cols, d.rows], &wt);
-    let acc = cx.emit.op("MatMulInteger", &[&q[0], &w, &q[2]], &cx.tmp("acc"), vec![]);
-    let f = cx.emit.op("Cast", &[&acc], &cx.tmp("acc_f32"), vec![super::int("to", 1)]);
+    let w = cx
+        .emit
+        .i8s(&format!("{}.weight_q", cx.node), &[d.cols, d.rows], &wt);
+    let acc = cx
+        .emit
+        .op("MatMulInteger", &[&q[0], &w, &q[2]], &cx.tmp("acc"), vec![]);
+    let f = cx.emit.op(
+        "Cast",
+        &[&acc],
+        &cx.tmp("acc_f32"),
+        vec![super::int("to", 1)],
+    );
     let dims: &[usize] = if scales.len() == 1 { &[] } else { &[d.rows] };
-    let ws = cx.emit.f32s(&format!("{}.weight_scale", cx.node), dims, scales);
+    let ws = cx
+        .emit
+        .f32s(&format!("{}.weight_scale", cx.node), dims, scales);
     let s = cx.emit.op("Mul", &[&q[1], &ws], &cx.tmp("scale"), vec![]);
     let b = cx.bias(bias)?;
     match b {
@@ -176,9 +200,15 @@ pub fn nbits(cx: &mut Lower, d: &Decoded, bias: bool, int8_inputs: bool) -> Resu
     let (bs, blobs, scales, zeros) = d.nbits();
     let nb = d.cols / bs;
     let n = cx.node.to_string();
-    let b = cx.emit.u8s(&format!("{n}.weight_q"), &[d.rows, nb, bs / 2], blobs);
-    let s = cx.emit.f32s(&format!("{n}.weight_scale"), &[d.rows * nb], &scales);
-    let z = cx.emit.u8s(&format!("{n}.weight_zero"), &[zeros.len()], zeros);
+    let b = cx
+        .emit
+        .u8s(&format!("{n}.weight_q"), &[d.rows, nb, bs / 2], blobs);
+    let s = cx
+        .emit
+        .f32s(&format!("{n}.weight_scale"), &[d.rows * nb], &scales);
+    let z = cx
+        .emit
+        .u8s(&format!("{n}.weight_zero"), &[zeros.len()], zeros);
     let attrs = vec![
         super::int("K", d.cols as i64),
         super::int("N", d.rows as i64),
@@ -188,7 +218,13 @@ pub fn nbits(cx: &mut Lower, d: &Decoded, bias: bool, int8_inputs: bool) -> Resu
     ];
     let x = cx.x();
     let out = if bias { cx.tmp("matmul") } else { cx.out() };
-    let y = cx.emit.op_in(super::MS_DOMAIN, "MatMulNBits", &[&x, &b, &s, &z], &[&out], attrs);
+    let y = cx.emit.op_in(
+        super::MS_DOMAIN,
+        "MatMulNBits",
+        &[&x, &b, &s, &z],
+        &[&out],
+        attrs,
+    );
     match cx.bias(bias)? {
         None => Ok(y[0].clone()),
         Some(b) => Ok(cx.emit.op("Add", &[&y[0], &b], &cx.out(), vec![])),
@@ -198,7 +234,12 @@ pub fn nbits(cx: &mut Lower, d: &Decoded, bias: bool, int8_inputs: bool) -> Resu
 /// A Linear whose input is quantized statically (`step`, codes `range`) against int8
 /// codes (int4 values are int8 codes too): the QDQ form, the weight `[in, out]` an int8
 /// constant dequantized per output channel.
-pub fn static_linear(cx: &mut Lower, d: &Decoded, (step, range): (f32, [i8; 2]), bias: bool) -> Result<String> {
+pub fn static_linear(
+    cx: &mut Lower,
+    d: &Decoded,
+    (step, range): (f32, [i8; 2]),
+    bias: bool,
+) -> Result<String> {
     let x = cx.x();
     let xq = super::blocks::static_input(cx, &x, step, range);
     let w = match d.row_scales() {
@@ -209,7 +250,8 @@ pub fn static_linear(cx: &mut Lower, d: &Decoded, (step, range): (f32, [i8; 2]),
         None => {
             cx.note("grouped weight scales written as the dequantized f32 weight");
             let wt = super::blocks::transpose(&d.dequantize(), d.rows, d.cols);
-            cx.emit.f32s(&format!("{}.weight", cx.node), &[d.cols, d.rows], &wt)
+            cx.emit
+                .f32s(&format!("{}.weight", cx.node), &[d.cols, d.rows], &wt)
         }
     };
     let b = cx.bias(bias)?;

@@ -53,9 +53,14 @@ impl Family {
 
     /// The family a graph `arch` label names.
     pub fn from_label(arch: &str) -> Option<Family> {
-        [Family::Bert, Family::Roberta, Family::XlmRoberta, Family::Distilbert]
-            .into_iter()
-            .find(|f| f.label() == arch)
+        [
+            Family::Bert,
+            Family::Roberta,
+            Family::XlmRoberta,
+            Family::Distilbert,
+        ]
+        .into_iter()
+        .find(|f| f.label() == arch)
     }
 }
 
