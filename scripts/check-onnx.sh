@@ -8,7 +8,8 @@
 # beside squeeze's, and its speed under ONNX Runtime beside squeeze's runtime, the two
 # alternating for ROUNDS rounds (images: `squeeze eval` then ONNX Runtime; text: `squeeze
 # bench text`, with the exports among its peers, beside ONNX Runtime's own int8
-# quantizations of the PyTorch export). Nothing else may run meanwhile.
+# quantizations of the PyTorch export; then the int8 file against those alone, 15 rounds,
+# bench/peers/onnx_vs_ort.py). Nothing else may run meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${1:?usage: scripts/check-onnx.sh PYTHON [ROUNDS]}"
@@ -62,6 +63,10 @@ rm -f "$out/text-bench.json"
   --variant int4-gptq-g64=runs/quant/minilm-int4-gptq-g64 \
   --peer-onnx f32="$out/minilm-f32" --peer-onnx int8="$out/minilm-int8" \
   --peer-onnx int4="$out/minilm-int4"
+
+# the int8 file against ONNX Runtime's own int8 files alone, over more rounds
+(cd bench/peers && "$py" onnx_vs_ort.py ../../models/all-MiniLM-L6-v2 "../../$out/minilm-int8" \
+  ../../"$sts" 200 15) > "$out/int8-vs-ort.json"
 
 python3 scripts/onnx_results.py "$out" "$rounds" > results/onnx.json.tmp
 mv results/onnx.json.tmp results/onnx.json

@@ -112,6 +112,8 @@ def text(key, bench_key, peer, f32_spearman):
 
 
 bench = load("text-bench.json")
+vs = load("int8-vs-ort.json")
+vs.pop("per_round")
 f32_sp = load("minilm-f32.ort-quality.json")["spearman"]
 res = {
     "what": "squeeze export --format onnx, run by ONNX Runtime beside squeeze's own runtime: "
@@ -129,6 +131,14 @@ res = {
         "minilm-f32": text("minilm-f32", "f32", "f32", f32_sp),
         "minilm-int8": text("minilm-int8", "int8-dynamic", "int8", f32_sp),
         "minilm-int4": text("minilm-int4", "int4-gptq-g64", "int4", f32_sp),
+        # ONNX Runtime alone: our int8 file against each of its own int8 files
+        "minilm-int8-vs-ort-own": {
+            **vs,
+            "command": f"squeeze export {SOURCE['minilm-int8']} --format onnx --out {d}/minilm-int8",
+            "model_made_by": MADE_BY["minilm-int8"],
+            "measured_by": MEASURED_BY + " (bench/peers/onnx_vs_ort.py)",
+            "cpu": bench["f32"]["cpu"],
+        },
     },
 }
 json.dump(res, sys.stdout, indent=2)
