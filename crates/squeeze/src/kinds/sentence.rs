@@ -67,6 +67,17 @@ impl LayerKind for ClsPool {
     }
 }
 
+/// The ONNX mask `[N, L, 1]` of a pooling node and its hidden states times it.
+fn masked_states(cx: &mut Lower) -> (String, String) {
+    let (h, mask) = (cx.x(), cx.ins[1].clone());
+    let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
+    let m = cx
+        .emit
+        .op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
+    let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
+    (m, hm)
+}
+
 impl LayerKind for MaxPoolTokens {
     pooling_kind!("max_pool_tokens");
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
@@ -74,12 +85,7 @@ impl LayerKind for MaxPoolTokens {
     }
     /// h·m + (1 − m)·fill, then `ReduceMax` over the sequence axis.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        let (h, mask) = (cx.x(), cx.ins[1].clone());
-        let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
-        let m = cx
-            .emit
-            .op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
-        let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
+        let (m, hm) = masked_states(cx);
         let one = cx.emit.scalar(&cx.tmp("one"), 1.0);
         let pad = cx.emit.op("Sub", &[&one, &m], &cx.tmp("padding"), vec![]);
         let fill = blocks::scale(cx, &pad, sentence::MAX_POOL_FILL as f32, "fill");
@@ -92,12 +98,7 @@ impl LayerKind for MaxPoolTokens {
 impl LayerKind for MeanPool {
     /// Σ h·mask / max(Σ mask, 10⁻⁹) over the sequence axis.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        let (h, mask) = (cx.x(), cx.ins[1].clone());
-        let ax2 = cx.emit.axes(&cx.tmp("feature_axis"), &[2]);
-        let m = cx
-            .emit
-            .op("Unsqueeze", &[&mask, &ax2], &cx.tmp("mask"), vec![]); // [N, L, 1]
-        let hm = cx.emit.op("Mul", &[&h, &m], &cx.tmp("masked"), vec![]);
+        let (m, hm) = masked_states(cx);
         let ax1 = cx.emit.axes(&cx.tmp("seq_axis"), &[1]);
         let keep = vec![int("keepdims", 0)];
         let sum = cx
