@@ -43,7 +43,8 @@ pub struct BConv2d {
 impl LayerKind for BConv2d {
     /// The QDQ form of [`QConv2d`](super::qconv2d::QConv2d), the levels as int8 codes.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        let d = Decoded::from_levels(&self.bit_weight(cx)?);
+        let dims = (self.out_channels, self.cols());
+        let d = Decoded::read_levels(cx, dims, self.ternary)?;
         let step = cx.values("input_scale")?.1[0];
         let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
         let a = square_conv(k, self.stride, self.padding);
@@ -150,21 +151,6 @@ impl BConv2d {
             stride: self.stride,
             padding: self.padding,
         }
-    }
-
-    /// The packed levels and scales of the node `cx` lowers, checked.
-    fn bit_weight(&self, cx: &Lower) -> Result<BitWeight> {
-        let (_, data) = cx.bytes("weight_bits")?;
-        let (_, scales) = cx.values("weight_scale")?;
-        crate::math::bits::check_rows(&data, self.ternary, &format!("`{}.weight_bits`", cx.node))?;
-        let (rows, cols) = (self.out_channels, self.cols());
-        Ok(BitWeight {
-            rows,
-            cols,
-            ternary: self.ternary,
-            data,
-            scales,
-        })
     }
 
     fn what(&self, cx: &NodeRun) -> String {

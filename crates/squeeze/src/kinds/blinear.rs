@@ -40,17 +40,8 @@ pub struct BLinear {
 impl LayerKind for BLinear {
     /// The QDQ form of a static int8 Linear, the levels as int8 codes.
     fn onnx(&self, cx: &mut Lower) -> Result<String> {
-        let (rows, cols) = (self.out_features, self.in_features);
-        let (_, data) = cx.bytes("weight_bits")?;
-        let (_, scales) = cx.values("weight_scale")?;
-        crate::math::bits::check_rows(&data, self.ternary, &format!("`{}.weight_bits`", cx.node))?;
-        let d = Decoded::from_levels(&BitWeight {
-            rows,
-            cols,
-            ternary: self.ternary,
-            data,
-            scales,
-        });
+        let dims = (self.out_features, self.in_features);
+        let d = Decoded::read_levels(cx, dims, self.ternary)?;
         let step = cx.values("input_scale")?.1[0];
         onnx_quant::static_linear(cx, &d, (step, self.input_codes), self.bias)
     }

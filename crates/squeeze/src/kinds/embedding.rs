@@ -165,8 +165,7 @@ pub(crate) fn lookup_onnx(
                 .emit
                 .op("Gather", &[&shape, &one], &cx.tmp("seq_len"), vec![]);
             let start = cx.emit.i64s(&cx.tmp("start"), &[], &[offset as i64]);
-            let off = cx.emit.i64s(&cx.tmp("offset"), &[], &[offset as i64]);
-            let end = cx.emit.op("Add", &[&l, &off], &cx.tmp("end"), vec![]);
+            let end = cx.emit.op("Add", &[&l, &start], &cx.tmp("end"), vec![]);
             let step = cx.emit.i64s(&cx.tmp("step"), &[], &[1]);
             let pos = cx.emit.op(
                 "Range",

@@ -6,9 +6,10 @@
 //! Runtime's `MatMulNBits` (element `2i` in the low nibble of byte `i` of its block).
 
 use super::Lower;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::math::bits::BitWeight;
 use crate::math::qlayout::{code_at, Layout};
+use crate::math::qweight::QView;
 
 /// A quantized weight `[rows, cols]` as signed codes and per-block scales.
 #[derive(Debug, Clone)]
@@ -42,15 +43,15 @@ impl Decoded {
             layout.block_len(cols),
             layout.blocks_per_row(cols),
         );
-        let blocks: usize = layout.scale_shape(rows, cols).iter().product();
-        if bytes.len() != rows * rb || stored_scales.len() != blocks {
-            return Err(Error::Kind(format!(
-                "quantized weight [{rows}, {cols}] ({}): {} code bytes and {} scales do not fit",
-                layout.label(),
-                bytes.len(),
-                stored_scales.len()
-            )));
-        }
+        let view = QView {
+            layout,
+            rows,
+            cols,
+            codes: &bytes,
+            scales: &stored_scales,
+            zeros: stored_zeros.as_deref(),
+        };
+        view.check()?;
         let mut d = Decoded {
             rows,
             cols,
@@ -64,11 +65,7 @@ impl Decoded {
             let row = &bytes[r * rb..(r + 1) * rb];
             for b in 0..nb {
                 let i = layout.scale_index(r, b, cols);
-                let z = match (&stored_zeros, layout.bits) {
-                    (Some(z), _) => z[i],
-                    (None, 4) => 8,
-                    (None, _) => 0,
-                };
+                let z = view.zero(i) as u8;
                 d.scales.push(stored_scales[i]);
                 d.zeros.push(z);
                 for j in b * block..(b + 1) * block {
@@ -85,8 +82,24 @@ impl Decoded {
         Ok(d)
     }
 
+    /// Node `cx`'s packed binary or ternary levels `[rows, cols]` (`weight_bits`,
+    /// `weight_scale`), checked, as codes with one block per row.
+    pub fn read_levels(cx: &Lower, (rows, cols): (usize, usize), ternary: bool) -> Result<Decoded> {
+        let (_, data) = cx.bytes("weight_bits")?;
+        let (_, scales) = cx.values("weight_scale")?;
+        crate::math::bits::check_rows(&data, ternary, &format!("`{}.weight_bits`", cx.node))?;
+        let w = BitWeight {
+            rows,
+            cols,
+            ternary,
+            data,
+            scales,
+        };
+        Ok(Decoded::from_levels(&w))
+    }
+
     /// Binary or ternary levels as codes, one block per row.
-    pub fn from_levels(w: &BitWeight) -> Decoded {
+    fn from_levels(w: &BitWeight) -> Decoded {
         let (rows, cols) = (w.rows, w.cols);
         Decoded {
             rows,
