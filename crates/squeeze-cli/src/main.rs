@@ -114,6 +114,9 @@ fn main() {
         alloc::keep_freed_memory();
         cleanup::arm();
     }
+    if matches!(cli.cmd, Cmd::Embed(_) | Cmd::Eval(_)) {
+        alloc::small_pages();
+    }
     // train and distill resume from their checkpoints; the others start again
     let resumable = matches!(cli.cmd, Cmd::Train(_) | Cmd::Distill(_));
     // a misspelled or unsupported SQUEEZE_ISA is refused before any work starts

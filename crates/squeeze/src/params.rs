@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
@@ -85,20 +85,25 @@ impl ParamStore {
             if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
                 continue;
             }
-            let v = f32_values(t)?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::Graph(format!(
-                    "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
-                    v[i]
-                )));
-            }
-            if let Some(i) = v.iter().position(|x| x.abs() > MAX_VALUE) {
-                return Err(Error::Graph(format!(
-                    "tensor `{name}` holds {} at flat index {i}, beyond ±{MAX_VALUE:e}: a \
-                     trained network's values are many orders of magnitude smaller, and \
-                     products of such values overflow f32",
-                    v[i]
-                )));
+            let bad = with_f32s(t, |v| {
+                v.iter()
+                    .position(|x| !x.is_finite() || x.abs() > MAX_VALUE)
+                    .map(|i| (i, v[i]))
+            })?;
+            match bad {
+                Some((i, x)) if !x.is_finite() => {
+                    return Err(Error::Graph(format!(
+                        "tensor `{name}` holds a non-finite value ({x}) at flat index {i}"
+                    )))
+                }
+                Some((i, x)) => {
+                    return Err(Error::Graph(format!(
+                        "tensor `{name}` holds {x} at flat index {i}, beyond ±{MAX_VALUE:e}: a \
+                         trained network's values are many orders of magnitude smaller, and \
+                         products of such values overflow f32"
+                    )))
+                }
+                None => {}
             }
         }
         Ok(())
@@ -111,8 +116,7 @@ impl ParamStore {
             if !Dtype::of(t.dtype()).is_some_and(Dtype::is_float) {
                 continue;
             }
-            let v = f32_values(t)?;
-            n += v.iter().filter(|x| **x != 0.0).count();
+            n += with_f32s(t, |v| v.iter().filter(|x| **x != 0.0).count())?;
         }
         Ok(n)
     }
@@ -131,7 +135,46 @@ impl ParamStore {
     }
 }
 
+/// `f` over the elements of `t` in row-major order, as f32: borrowed in place when `t` is
+/// a contiguous f32 CPU tensor (a model's stored weights), so that checking or counting
+/// the weights of a large model costs no copy of its largest tensor; converted otherwise.
+pub fn with_f32s<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.dtype() == DType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&all[a..b]));
+        }
+    }
+    Ok(f(&f32_values(t)?))
+}
+
 /// The elements of `t` in row-major order, as f32.
 pub fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The borrowed view and the copying fallback agree: a stored (contiguous) tensor, a
+    /// contiguous slice with an offset, a transposed (strided) tensor and an f64 tensor
+    /// all visit their elements in row-major order.
+    #[test]
+    fn with_f32s_visits_row_major_values_borrowed_or_copied() -> Result<()> {
+        let t = Tensor::arange(0f32, 12.0, &Device::Cpu)?.reshape((3, 4))?;
+        let seen = |t: &Tensor| with_f32s(t, |v| v.to_vec());
+        assert_eq!(seen(&t)?, f32_values(&t)?);
+        let rows = t.narrow(0, 1, 2)?;
+        assert_eq!(seen(&rows)?, (4..12).map(|x| x as f32).collect::<Vec<_>>());
+        let tt = t.t()?;
+        assert_eq!(seen(&tt)?, f32_values(&tt)?);
+        assert_eq!(seen(&tt)?[..3], [0.0, 4.0, 8.0]);
+        let d = t.to_dtype(DType::F64)?;
+        assert_eq!(seen(&d)?, f32_values(&t)?);
+        Ok(())
+    }
 }
