@@ -10,6 +10,8 @@
 # bench text`, with the exports among its peers, beside ONNX Runtime's own int8
 # quantizations of the PyTorch export; then the int8 file against those alone, 15 rounds,
 # bench/peers/onnx_vs_ort.py). Nothing else may run meanwhile.
+# IMAGES="vgg-slim ..." measures only those image models again (PYTHON then needs only
+# onnxruntime and numpy) and replaces their entries in results/onnx.json, each with its cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${1:?usage: scripts/check-onnx.sh PYTHON [ROUNDS]}"
@@ -22,7 +24,7 @@ cargo build --release -q
 mkdir -p "$out"
 
 # the quantized models, made from their recipes where this checkout has none yet
-for m in "zoo/vgg vgg-int8-static" "models/all-MiniLM-L6-v2 minilm-int8-dynamic" \
+[[ -n "${IMAGES:-}" ]] || for m in "zoo/vgg vgg-int8-static" "models/all-MiniLM-L6-v2 minilm-int8-dynamic" \
          "models/all-MiniLM-L6-v2 minilm-int4-gptq-g64"; do
   set -- $m
   [[ -f runs/quant/$2/model.json ]] ||
@@ -31,8 +33,17 @@ done
 
 images=(vgg=zoo/vgg vgg-int8-static=runs/quant/vgg-int8-static vgg-slim=zoo/vgg-slim
         vgg-lowrank=zoo/vgg-lowrank vgg-binary=zoo/vgg-binary lenet5=zoo/lenet5)
+if [[ -n "${IMAGES:-}" ]]; then
+  picked=()
+  for k in $IMAGES; do
+    for kv in "${images[@]}"; do [[ ${kv%%=*} == "$k" ]] && picked+=("$kv"); done
+  done
+  [[ ${#picked[@]} -gt 0 ]] || { echo "IMAGES: none of '$IMAGES' is an image key" >&2; exit 2; }
+  images=("${picked[@]}")
+fi
 texts=(minilm-f32=models/all-MiniLM-L6-v2 minilm-int8=runs/quant/minilm-int8-dynamic
        minilm-int4=runs/quant/minilm-int4-gptq-g64)
+[[ -z "${IMAGES:-}" ]] || texts=()
 for kv in "${images[@]}" "${texts[@]}"; do
   "$sq" export "${kv#*=}" --format onnx --out "$out/${kv%%=*}" --force
 done
@@ -47,6 +58,14 @@ for kv in "${images[@]}"; do
       > "$out/$k.ort.$r.json"
   done
 done
+
+if [[ -n "${IMAGES:-}" ]]; then
+  # shellcheck disable=SC2086
+  python3 scripts/onnx_results.py "$out" "$rounds" --images $IMAGES > results/onnx.json.tmp
+  mv results/onnx.json.tmp results/onnx.json
+  echo "replaced $IMAGES in results/onnx.json"
+  exit 0
+fi
 
 # text: quality of the exports under ONNX Runtime against squeeze's own embeddings
 awk -F'\t' 'NF >= 7 {print $6; print $7}' "$sts" > "$out/stsb-dev-sentences.txt"

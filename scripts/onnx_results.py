@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Collects the measurements of scripts/check-onnx.sh (in DIR, ROUNDS timing rounds) into
 the JSON of results/onnx.json, printed on stdout.
-  usage: onnx_results.py DIR ROUNDS"""
+  usage: onnx_results.py DIR ROUNDS
+         onnx_results.py DIR ROUNDS --images KEY... (results/onnx.json with only those
+         image entries measured anew, on this machine, the rest kept as they were)"""
 import json
 import statistics
 import sys
 
 d, rounds = sys.argv[1], int(sys.argv[2])
+ONLY = sys.argv[4:] if sys.argv[3:4] == ["--images"] else None
 MEASURED_BY = "bash scripts/check-onnx.sh PYTHON"
 MADE_BY = {
     "vgg-int8-static": "squeeze compress zoo/vgg --recipe recipes/vgg-int8-static.toml --out runs/quant/vgg-int8-static",
@@ -31,11 +34,23 @@ def spread(v):
     return [min(v), max(v)]
 
 
+def this_cpu():
+    """The CPU as `squeeze bench` records it: lscpu's model name, family and model."""
+    import subprocess
+    info = dict(l.split(":", 1) for l in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if ":" in l)
+    get = lambda k: info.get(k, "?").strip()
+    return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')})"
+
+
+CPU = this_cpu() if ONLY else None
+
+
 def export_entry(key):
     e = load(f"{key}/export.json")
     src = SOURCE[key]
     return {
-        "cpu": load("text-bench.json")["f32"]["cpu"],
+        "cpu": CPU or load("text-bench.json")["f32"]["cpu"],
         "command": f"squeeze export {src} --format onnx --out {d}/{key}",
         "model_made_by": MADE_BY.get(key, f"the committed zoo model {src} (zoo/README.md says how it was made)"),
         "measured_by": MEASURED_BY,
@@ -110,6 +125,16 @@ def text(key, bench_key, peer, f32_spearman):
         })
     return out
 
+
+if ONLY:
+    with open("results/onnx.json") as f:
+        res = json.load(f)
+    for k in ONLY:
+        res["images"][k] = {**image(k), "rounds": rounds,
+                            "measured_by": f"IMAGES='{' '.join(ONLY)}' {MEASURED_BY}"}
+    json.dump(res, sys.stdout, indent=2)
+    print()
+    sys.exit(0)
 
 bench = load("text-bench.json")
 vs = load("int8-vs-ort.json")

@@ -21,6 +21,8 @@ def block(load, table):
         e = r["images"].get(key)
         if not e:
             continue
+        if e["cpu"] != r["cpu"]:  # refreshed alone (check-onnx.sh IMAGES=...) on another machine
+            what += f" (on {e['cpu']}, {e.get('rounds', r['rounds'])} rounds)"
         rows.append([what, f"{e['onnx_bytes'] / 1e3:,.0f}",
                      f"{e['accuracy_squeeze'] * 100:.2f}%", f"{e['accuracy_onnxruntime'] * 100:.2f}% "
                      f"({e['accuracy_delta_pt']:+.2f})",

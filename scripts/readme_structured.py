@@ -8,6 +8,13 @@ def _ratio(e, key, inverse=False):
     return b / a if inverse else a / b
 
 
+def _rounds(e):
+    """How many interleaved timing rounds the entry's command ran (`--rounds N`)."""
+    cmd = e["command"].split()
+    n = cmd[cmd.index("--rounds") + 1] if "--rounds" in cmd else "5"
+    return f"speeds interleaved over {n} rounds"
+
+
 def _pt(e):
     metric = "spearman" if "spearman" in e else "accuracy"
     scale = 1 if metric == "spearman" else 100
@@ -93,9 +100,22 @@ def block(load, table):
         out += [f"\n\nall-MiniLM-L6-v2 (STS-B dev Spearman {base:.2f}), whole heads and FFN units removed; "
                 "the fraction is of the encoder's attention and FFN parameters (embeddings excluded); "
                 "speeds against the unpruned encoder in the same run:\n\n", minilm(d, table)]
-    cpus = sorted({e["cpu"] for e in d.values() if e.get("cpu")})
-    out.append(f"\n\nMeasured on {', '.join(cpus)}.")
+    out.append("\n\n" + _machines(d))
     return _minus("".join(out))
+
+
+def _machines(d):
+    """Which CPU measured which rows: each ratio is within one run on one machine, but
+    the machines differ between sessions."""
+    by = {}
+    for k, e in sorted(d.items()):
+        if e.get("cpu"):
+            by.setdefault(e["cpu"], []).append(k)
+    if len(by) == 1:
+        return f"Measured on {next(iter(by))}."
+    most = max(by, key=lambda c: len(by[c]))
+    rest = "; ".join(f"{', '.join(f'`{k}`' for k in ks)} on {c}" for c, ks in by.items() if c != most)
+    return f"Measured on {most}, except {rest}."
 
 
 def _verdict(ok):
@@ -158,12 +178,16 @@ def notes(load):
                    + ".")
     m, r = d.get("minilm-heads-ffn-30"), d.get("minilm-heads-ffn-30-recovered")
     if m:
-        lat, thr = _ratio(m, "latency_ms_b1"), _ratio(m, "throughput")
+        # the speeds of the model the recipe delivers (the recovered one, where it exists:
+        # the same widths, so the same cost), as its own run measured them
+        sp = r or m
+        lat, thr = _ratio(sp, "latency_ms_b1"), _ratio(sp, "throughput")
         checks = [("≤ 1.0 pt after recovery", r is not None and _pt(r) >= -1.0),
                   ("batch-1 latency ≤ 0.75×", lat <= 0.75), ("batch-32 throughput ≥ 1.3×", thr >= 1.3)]
         line = (f"- MiniLM at 30% removed: {_pt(m):+.2f} pt without recovery"
                 + (f", {_pt(r):+.2f} pt after {r['finetune_seconds'] / 60:.1f} min of recovery" if r else "")
-                + f"; batch-1 latency {lat:.2f}× the original's, batch-32 throughput {thr:.2f}×. "
+                + f"; batch-1 latency {lat:.2f}× the original's, batch-32 throughput {thr:.2f}×"
+                + (f" (the recovered encoder, {_rounds(sp)})" if r else "") + ". "
                 f"Targets: {_targets(checks)}.")
         out.append(line)
     return _minus("\n".join(out))

@@ -6,9 +6,11 @@
 //! encoder's training step's profile. Inference commands keep the default: kept memory
 //! raised the peak RSS of `squeeze eval` on int8 MiniLM from 108 to 142 MB.
 //!
-//! `embed` and `eval` also run on 4 KB pages ([`small_pages`]): mimalloc asks for
-//! transparent huge pages, so every partly used 2 MB of its heaps (one per thread) was
-//! resident — 25 MB of a 200 KB model's `embed`, 19 MB of int8 MiniLM's.
+//! `embed` also runs on 4 KB pages ([`small_pages`]): mimalloc asks for transparent huge
+//! pages, so every partly used 2 MB of its heaps (one per thread) was resident — 9 MB of
+//! a 200 KB model's `embed`, 16 MB of int8 MiniLM's. Only `embed`: on 4 KB pages MiniLM's
+//! batch-1 latency was 5–15% longer (the TLB misses of streaming its weights), its
+//! batch-32 throughput unchanged, so `eval`, `report` and the benchmarks keep huge pages.
 
 use std::ffi::c_long;
 

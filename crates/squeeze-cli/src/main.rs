@@ -114,7 +114,7 @@ fn main() {
         alloc::keep_freed_memory();
         cleanup::arm();
     }
-    if matches!(cli.cmd, Cmd::Embed(_) | Cmd::Eval(_)) {
+    if matches!(cli.cmd, Cmd::Embed(_)) {
         alloc::small_pages();
     }
     // train and distill resume from their checkpoints; the others start again
