@@ -187,7 +187,7 @@ def notes(load):
         line = (f"- MiniLM at 30% removed: {_pt(m):+.2f} pt without recovery"
                 + (f", {_pt(r):+.2f} pt after {r['finetune_seconds'] / 60:.1f} min of recovery" if r else "")
                 + f"; batch-1 latency {lat:.2f}× the original's, batch-32 throughput {thr:.2f}×"
-                + (f" (the recovered encoder, {_rounds(sp)})" if r else "") + ". "
+                + (f" (the recovered encoder on {sp['cpu']}, {_rounds(sp)})" if r else "") + ". "
                 f"Targets: {_targets(checks)}.")
         out.append(line)
     return _minus("\n".join(out))
