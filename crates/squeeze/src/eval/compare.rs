@@ -1,7 +1,10 @@
 //! The measurement rule for comparisons: models compared in one table are timed in the
 //! same process, interleaved — each round runs every model once, in an order that rotates
 //! from round to round, so that a noisy neighbour or a clock change hits all of them alike
-//! — and each speed is the median of the rounds, reported with its range.
+//! — and each speed is the median of the rounds, reported with its range. Text encoders
+//! also take turns within a round, sentence by sentence.
+
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -153,8 +156,17 @@ pub fn text_speeds(
     )
 }
 
+/// Sentences embedded per model before a round's timings.
+const TEXT_WARMUP: usize = 5;
+
 /// [`text_speeds`], calling `between(r)` after the models' turn in round `r` (a peer
 /// timed in another process takes its turn there, so that ours and theirs alternate).
+///
+/// Within a round the encoders take turns sentence by sentence (batch by batch for the
+/// throughput), the order rotating at each turn: a text encoder's weights never stay in a
+/// core's cache from one sentence to the next anyway, and a noisy neighbour that slows
+/// the machine for a second then slows every encoder alike instead of the one whose
+/// whole turn it fell in.
 pub fn text_speeds_with(
     models: &[&Model],
     (latency_texts, throughput_texts): (&[&str], &[&str]),
@@ -166,28 +178,82 @@ pub fn text_speeds_with(
         .iter()
         .map(|m| Encoder::new(m))
         .collect::<Result<Vec<_>>>()?;
-    let mut lat = vec![Vec::new(); models.len()];
-    let mut thr = vec![Vec::new(); models.len()];
-    let pb = bar(rounds * models.len(), "encoders");
+    let batches = length_sorted_batches(&encs, throughput_texts, 32)?;
+    let n = encs.len();
+    let mut lat = vec![Vec::new(); n];
+    let mut thr = vec![Vec::new(); n];
+    let pb = bar(rounds, "encoders");
     for r in 0..rounds {
-        for i in order(models.len(), r) {
-            pb.inc(1);
-            lat[i].push(encs[i].latency_b1(latency_texts)?);
-            thr[i].push(encs[i].throughput(throughput_texts, 32)?);
+        pb.inc(1);
+        let embed = |i: usize, texts: &[&str]| encs[i].embed(texts, 32, false).map(|_| ());
+        for t in latency_texts.iter().take(TEXT_WARMUP) {
+            turns(n, r, &mut |i| embed(i, &[t]))?;
+        }
+        let mut b1 = vec![Vec::with_capacity(latency_texts.len()); n];
+        for (j, t) in latency_texts.iter().enumerate() {
+            for (i, s) in turns(n, r + j, &mut |i| embed(i, &[t]))?
+                .into_iter()
+                .enumerate()
+            {
+                b1[i].push(s);
+            }
+        }
+        let mut total = vec![0.0; n];
+        for (j, b) in batches.iter().enumerate() {
+            for (i, s) in turns(n, r + j, &mut |i| embed(i, b))?
+                .into_iter()
+                .enumerate()
+            {
+                total[i] += s;
+            }
+        }
+        for i in 0..n {
+            lat[i].push(1e3 * Spread::of(std::mem::take(&mut b1[i])).median);
+            thr[i].push(throughput_texts.len() as f64 / total[i].max(f64::MIN_POSITIVE));
         }
         between(r)?;
     }
     pb.finish_and_clear();
     let method = format!(
-        "{} timed in one process, interleaved over {} (order rotating); \
-         batch-1 latency = median over {} real sentences per round, throughput at batch 32 \
-         over {}; median [min–max] of the rounds",
+        "{} timed in one process, interleaved over {} and within each round sentence by \
+         sentence and batch by batch (order rotating); batch-1 latency = median over {} real \
+         sentences per round, throughput at batch 32 over {}; median [min–max] of the rounds",
         count(models.len(), "encoder"),
         count(rounds, "round"),
         latency_texts.len(),
         throughput_texts.len()
     );
     Ok(finish(lat, thr, 32, method))
+}
+
+/// Runs `f` once for each of `n` models in the order of turn `turn`; the seconds each took.
+fn turns(n: usize, turn: usize, f: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<f64>> {
+    let mut secs = vec![0.0; n];
+    for i in order(n, turn) {
+        let s = Instant::now();
+        f(i)?;
+        secs[i] = s.elapsed().as_secs_f64();
+    }
+    Ok(secs)
+}
+
+/// `texts` in batches of `batch`, shortest first (by the first encoder's tokenizer), as
+/// [`Encoder::embed`] would batch them.
+fn length_sorted_batches<'t>(
+    encs: &[Encoder],
+    texts: &[&'t str],
+    batch: usize,
+) -> Result<Vec<Vec<&'t str>>> {
+    let Some(first) = encs.first() else {
+        return Ok(Vec::new());
+    };
+    let ids = first.tokenizer.encode(texts)?;
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    Ok(order
+        .chunks(batch.max(1))
+        .map(|c| c.iter().map(|&i| texts[i]).collect())
+        .collect())
 }
 
 /// "1 model", "3 models".

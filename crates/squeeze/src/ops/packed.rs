@@ -1,8 +1,10 @@
-//! Linear weights packed once into 32-column panels for small-batch inference (the panel
-//! layout of GEMM micro-kernels, Goto & van de Geijn 2008): panel p holds, for every input
-//! index k, the 32 weights `W[32p..32p+32][k]` contiguously, so a kernel multiplies a tile of
-//! up to 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no
-//! horizontal sums, every weight loaded once per tile, one sequential stream per panel.
+//! Linear weights packed once into 32-column panels for inference (the panel layout of
+//! GEMM micro-kernels, Goto & van de Geijn 2008): panel p holds, for every input index k,
+//! the 32 weights `W[32p..32p+32][k]` contiguously, so a kernel multiplies a tile of up to
+//! 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no horizontal
+//! sums, every weight loaded once per tile, one sequential stream per panel. Each thread
+//! takes one contiguous range of panels and writes its tiles straight into the output's
+//! columns, bias added; the tiles of a batch are as even as the tile height allows.
 //! [`super::pack_cache::PackCache`] keeps the packed copy of each weight (keyed by
 //! parameter name and checked against the tensor's identity). The reference is
 //! candle's matmul; `ops/tests/gradcheck.rs` compares them.
@@ -62,66 +64,128 @@ impl PackedLinear {
                 self.k
             )));
         }
-        let xs = with_cpu::<f32, _>(x, |s| s.to_vec())?;
-        let bias = match b {
-            Some(b) => with_cpu::<f32, _>(b, |s| s.to_vec())?,
-            None => vec![0.0; self.n],
-        };
-        let np = self.n.div_ceil(COLS);
-        let panel = |p: usize| -> Vec<f32> {
-            let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
-            let mut out = vec![0f32; m * COLS];
-            panel_product(isa, &xs, w, m, k, &mut out);
-            out
-        };
-        let parts: Vec<Vec<f32>> = if m * self.n * k >= 1 << 18 {
-            (0..np).into_par_iter().map(panel).collect()
-        } else {
-            (0..np).map(panel).collect()
-        };
-        let mut y = vec![0f32; m * self.n];
-        for (p, part) in parts.iter().enumerate() {
-            let cols = COLS.min(self.n - p * COLS);
-            for i in 0..m {
-                let dst = &mut y[i * self.n + p * COLS..][..cols];
-                for ((d, v), bb) in dst.iter_mut().zip(&part[i * COLS..]).zip(&bias[p * COLS..]) {
-                    *d = v + bb;
-                }
+        if let Some(b) = b {
+            if b.dims1()? != self.n {
+                return Err(Error::Graph(format!(
+                    "packed linear has {} outputs, its bias {}",
+                    self.n,
+                    b.dims1()?
+                )));
             }
         }
+        let y = with_cpu::<f32, _>(x, |xs| match b {
+            Some(b) => with_cpu::<f32, _>(b, |bs| self.product(isa, xs, Some(bs), m)),
+            None => Ok(self.product(isa, xs, None, m)),
+        })??;
         Ok(Tensor::from_vec(y, (m, self.n), &Device::Cpu)?)
+    }
+
+    /// `b + x Wᵀ` for the m rows of `xs`, row-major [m, n]. The panels are split into one
+    /// contiguous range per thread (a large enough product), and each tile's result goes
+    /// straight from a stack buffer into its columns of the output, bias added.
+    fn product(&self, isa: Isa, xs: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let np = n.div_ceil(COLS);
+        let mut y = vec![0f32; m * n];
+        let out = Out(y.as_mut_ptr());
+        let tiles = tiles(isa, m);
+        let run = |panels: std::ops::Range<usize>| {
+            let mut buf = [0f32; TILE * COLS];
+            for p in panels {
+                let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
+                let (c0, cols) = (p * COLS, COLS.min(n - p * COLS));
+                for &(t0, t) in &tiles {
+                    let tile_out = &mut buf[..t * COLS];
+                    panel_tile(isa, &xs[t0 * k..(t0 + t) * k], w, t, k, tile_out);
+                    for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
+                        // SAFETY: row t0+i, columns c0..c0+cols lie inside y (m·n values),
+                        // and each panel's columns belong to exactly one range
+                        let dst = unsafe { out.row(n * (t0 + i) + c0, cols) };
+                        match bias {
+                            Some(b) => {
+                                for ((d, v), bb) in dst.iter_mut().zip(row).zip(&b[c0..]) {
+                                    *d = v + bb;
+                                }
+                            }
+                            None => dst.copy_from_slice(&row[..cols]),
+                        }
+                    }
+                }
+            }
+        };
+        let parts = if m * n * k >= PAR_MACS {
+            rayon::current_num_threads().min(np)
+        } else {
+            1
+        };
+        if parts <= 1 {
+            run(0..np);
+        } else {
+            (0..parts)
+                .into_par_iter()
+                .for_each(|t| run(t * np / parts..(t + 1) * np / parts));
+        }
+        y
     }
 }
 
-/// out[i·32 + c] = Σ_k x[i][k] · panel[k][c] for all m tokens.
-fn panel_product(isa: Isa, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+/// Multiply-adds from which a product is split over the threads.
+const PAR_MACS: usize = 1 << 18;
+
+/// The output buffer shared by the threads, each writing its own panels' columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: threads write disjoint column ranges of the buffer (see `Out::row`), which
+// outlives them (the parallel loop joins before the buffer is returned).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// `len` values from offset `at`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no other thread touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+}
+
+/// The token tiles (first row, rows) of m rows: as few as the path's tile height allows,
+/// their heights as even as possible — 13 rows are 6 + 7, not 12 + 1, since a tile of a
+/// row or two waits on its few accumulators' latency while streaming the whole panel.
+fn tiles(isa: Isa, m: usize) -> Vec<(usize, usize)> {
+    let height = if isa.avx512() { TILE } else { AVX2_TILE };
+    let count = m.div_ceil(height).max(1);
+    (0..count)
+        .map(|i| (i * m / count, (i + 1) * m / count - i * m / count))
+        .filter(|&(_, t)| t > 0)
+        .collect()
+}
+
+/// Tokens per micro-tile on the AVX2 path (its 16 registers hold 6 tokens × 2
+/// accumulators + 2 weight vectors + a broadcast).
+const AVX2_TILE: usize = 6;
+
+/// out[i·32 + c] = Σ_k x[i][k] · panel[k][c] for the t tokens of one tile.
+fn panel_tile(isa: Isa, x: &[f32], w: &[f32], t: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
-        // AVX-512 covers the 32 columns in one sweep; AVX2 in two halves of 16 (its 16
-        // registers hold 6 tokens × 2 accumulators + 2 weight vectors + a broadcast)
-        let (tile, halves) = if isa.avx512() { (TILE, 1) } else { (6, 2) };
-        for half in 0..halves {
-            let mut t0 = 0;
-            while t0 < m {
-                let t = (m - t0).min(tile);
-                let (xs, os) = (
-                    &x[t0 * k..(t0 + t) * k],
-                    &mut out[t0 * COLS..(t0 + t) * COLS],
-                );
-                // SAFETY: `isa` passed isa::require; the kernels assert their slice bounds.
-                unsafe {
-                    if isa.avx512() {
-                        avx512::tile_any(t, xs, w, k, os)
-                    } else {
-                        avx2::tile_any(t, xs, w, k, half, os)
-                    }
-                };
-                t0 += t;
+        // SAFETY: `isa` passed isa::require; the kernels assert their slice bounds.
+        unsafe {
+            if isa.avx512() {
+                avx512::tile_any(t, x, w, k, out)
+            } else {
+                // AVX2 covers the 32 columns in two halves of 16
+                avx2::tile_any(t, x, w, k, 0, out);
+                avx2::tile_any(t, x, w, k, 1, out);
             }
         }
         return;
     }
-    for i in 0..m {
+    out.fill(0.0);
+    for i in 0..t {
         let o = &mut out[i * COLS..(i + 1) * COLS];
         for (kk, xv) in x[i * k..(i + 1) * k].iter().enumerate() {
             for (oc, wc) in o.iter_mut().zip(&w[kk * COLS..(kk + 1) * COLS]) {
@@ -223,5 +287,33 @@ mod avx2 {
             _mm256_storeu_ps(op.add(t * COLS), lo[t]);
             _mm256_storeu_ps(op.add(t * COLS + 8), hi[t]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiles cover every row once, in order, each at most the path's height, their
+    /// heights differing by at most one.
+    #[test]
+    fn tiles_cover_the_rows_evenly() {
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            let height = if isa.avx512() { TILE } else { AVX2_TILE };
+            for m in 1..100 {
+                let t = tiles(isa, m);
+                assert_eq!(t.len(), m.div_ceil(height), "m={m}");
+                let mut next = 0;
+                for &(t0, h) in &t {
+                    assert_eq!(t0, next, "m={m}");
+                    assert!(h > 0 && h <= height, "m={m}: {h}");
+                    next += h;
+                }
+                assert_eq!(next, m);
+                let (lo, hi) = (t.iter().map(|x| x.1).min(), t.iter().map(|x| x.1).max());
+                assert!(hi.unwrap() - lo.unwrap() <= 1, "m={m}: {t:?}");
+            }
+        }
+        assert_eq!(tiles(Isa::Avx512, 13), vec![(0, 6), (6, 7)]);
     }
 }

@@ -24,7 +24,7 @@ pub use tokenize::{pad_batch, TextTokenizer};
 pub struct Encoder<'a> {
     pub model: &'a Model,
     pub tokenizer: TextTokenizer,
-    /// Packed Linear weights, made on first use (small batches only).
+    /// Packed Linear weights, made on first use.
     packed: Arc<PackCache>,
 }
 

@@ -39,6 +39,25 @@ fn every_supported_isa_path_matches_the_reference() {
             let got = packed.matmul_with(isa, &x, Some(&b)).unwrap();
             assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} packed m={m}");
         }
+        // products large enough to split the panels over the threads, uneven tiles
+        // (13 rows = 6 + 7), a last panel of 21 columns, with and without a bias
+        for m in [13, 25, 100] {
+            let (k, n) = (301, 85);
+            let (x, w, b) = (rand_t(&[m, k], 11), rand_t(&[n, k], 12), rand_t(&[n], 13));
+            let prod = x.matmul(&w.t().unwrap()).unwrap();
+            let packed = PackedLinear::pack(&w).unwrap();
+            let got = packed.matmul_with(isa, &x, Some(&b)).unwrap();
+            let want = prod.broadcast_add(&b).unwrap();
+            assert!(
+                max_abs(&got, &want) < PATH_TOL,
+                "{isa:?} packed m={m} k={k}"
+            );
+            let got = packed.matmul_with(isa, &x, None).unwrap();
+            assert!(
+                max_abs(&got, &prod) < PATH_TOL,
+                "{isa:?} packed m={m}, no bias"
+            );
+        }
         let x = (rand_t(&[3, 5, 24], 4) * 3.0).unwrap();
         let (g, b) = (rand_t(&[24], 5), rand_t(&[24], 6));
         let ln = layer_norm::layer_norm_reference(&x, &g, &b, 1e-12).unwrap();
