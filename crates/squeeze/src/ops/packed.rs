@@ -80,50 +80,52 @@ impl PackedLinear {
         Ok(Tensor::from_vec(y, (m, self.n), &Device::Cpu)?)
     }
 
-    /// `b + x Wᵀ` for the m rows of `xs`, row-major [m, n]. The panels are split into one
-    /// contiguous range per thread (a large enough product), and each tile's result goes
-    /// straight from a stack buffer into its columns of the output, bias added.
+    /// `b + x Wᵀ` for the m rows of `xs`, row-major [m, n]. The work is (panel, tile)
+    /// units in panel order, split into one contiguous, equal range per thread (a large
+    /// enough product) — 33 panels of 2 tiles are 33 units each, not 17 and 16 panels —
+    /// and each tile's result goes straight from a stack buffer into its columns of the
+    /// output, bias added.
     fn product(&self, isa: Isa, xs: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(COLS);
         let mut y = vec![0f32; m * n];
         let out = Out(y.as_mut_ptr());
         let tiles = tiles(isa, m);
-        let run = |panels: std::ops::Range<usize>| {
+        let units = np * tiles.len();
+        let run = |range: std::ops::Range<usize>| {
             let mut buf = [0f32; TILE * COLS];
-            for p in panels {
+            for u in range {
+                let (p, (t0, t)) = (u / tiles.len(), tiles[u % tiles.len()]);
                 let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
                 let (c0, cols) = (p * COLS, COLS.min(n - p * COLS));
-                for &(t0, t) in &tiles {
-                    let tile_out = &mut buf[..t * COLS];
-                    panel_tile(isa, &xs[t0 * k..(t0 + t) * k], w, t, k, tile_out);
-                    for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
-                        // SAFETY: row t0+i, columns c0..c0+cols lie inside y (m·n values),
-                        // and each panel's columns belong to exactly one range
-                        let dst = unsafe { out.row(n * (t0 + i) + c0, cols) };
-                        match bias {
-                            Some(b) => {
-                                for ((d, v), bb) in dst.iter_mut().zip(row).zip(&b[c0..]) {
-                                    *d = v + bb;
-                                }
+                let tile_out = &mut buf[..t * COLS];
+                panel_tile(isa, &xs[t0 * k..(t0 + t) * k], w, t, k, tile_out);
+                for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
+                    // SAFETY: row t0+i, columns c0..c0+cols lie inside y (m·n values), and
+                    // each (panel, tile) unit belongs to exactly one range
+                    let dst = unsafe { out.row(n * (t0 + i) + c0, cols) };
+                    match bias {
+                        Some(b) => {
+                            for ((d, v), bb) in dst.iter_mut().zip(row).zip(&b[c0..]) {
+                                *d = v + bb;
                             }
-                            None => dst.copy_from_slice(&row[..cols]),
                         }
+                        None => dst.copy_from_slice(&row[..cols]),
                     }
                 }
             }
         };
         let parts = if m * n * k >= PAR_MACS {
-            rayon::current_num_threads().min(np)
+            rayon::current_num_threads().min(units)
         } else {
             1
         };
         if parts <= 1 {
-            run(0..np);
+            run(0..units);
         } else {
             (0..parts)
                 .into_par_iter()
-                .for_each(|t| run(t * np / parts..(t + 1) * np / parts));
+                .for_each(|t| run(t * units / parts..(t + 1) * units / parts));
         }
         y
     }
@@ -132,11 +134,11 @@ impl PackedLinear {
 /// Multiply-adds from which a product is split over the threads.
 const PAR_MACS: usize = 1 << 18;
 
-/// The output buffer shared by the threads, each writing its own panels' columns.
+/// The output buffer shared by the threads, each writing its own units' rows and columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
 
-// SAFETY: threads write disjoint column ranges of the buffer (see `Out::row`), which
+// SAFETY: threads write disjoint (rows, columns) blocks of the buffer (see `Out::row`), which
 // outlives them (the parallel loop joins before the buffer is returned).
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
