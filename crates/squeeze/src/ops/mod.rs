@@ -59,6 +59,7 @@ pub mod qgemm;
 pub mod relu;
 pub mod sentence;
 pub mod sparse;
+pub mod team;
 
 #[cfg(test)]
 mod tests;

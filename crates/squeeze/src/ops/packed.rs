@@ -10,7 +10,6 @@
 //! candle's matmul; `ops/tests/gradcheck.rs` compares them.
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use super::with_cpu;
 use crate::error::{Error, Result};
@@ -116,16 +115,14 @@ impl PackedLinear {
             }
         };
         let parts = if m * n * k >= PAR_MACS {
-            rayon::current_num_threads().min(units)
+            super::team::team().size().min(units)
         } else {
             1
         };
         if parts <= 1 {
             run(0..units);
         } else {
-            (0..parts)
-                .into_par_iter()
-                .for_each(|t| run(t * units / parts..(t + 1) * units / parts));
+            super::team::team().run(parts, &|t| run(t * units / parts..(t + 1) * units / parts));
         }
         y
     }
