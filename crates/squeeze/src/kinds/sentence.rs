@@ -110,6 +110,9 @@ impl LayerKind for MeanPool {
     }
     pooling_kind!("mean_pool");
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if super::inference(&[cx.x()]) && cx.x().rank() == 3 {
+            return sentence::mean_pool_inference(cx.x(), &cx.ins[1]);
+        }
         sentence::mean_pool(cx.x(), &cx.ins[1])
     }
 }

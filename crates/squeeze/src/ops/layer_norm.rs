@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fast::{f32_data, lane_sum, PAR_MACS};
+use super::fast::{f32_data, lane_sum};
 use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -70,13 +70,7 @@ pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
 /// LayerNorm of the rows of `x` ([rows, d] flattened) into a new buffer.
 fn layer_norm_rows(isa: Isa, x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let mut y = x.to_vec();
-    let rows_per = (PAR_MACS / d).max(1);
-    if y.len() >= PAR_MACS {
-        y.par_chunks_mut(rows_per * d)
-            .for_each(|c| norm_rows_on(isa, c, d, w, b, eps));
-    } else {
-        norm_rows_on(isa, &mut y, d, w, b, eps);
-    }
+    super::team::rows_mut(&mut y, d, &|_, rows| norm_rows_on(isa, rows, d, w, b, eps));
     y
 }
 

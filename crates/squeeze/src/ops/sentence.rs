@@ -1,11 +1,12 @@
 //! Sentence-embedding pooling (Reimers & Gurevych 2019): the mean of the hidden states
 //! over the unmasked tokens, the first token's state (CLS pooling), the maximum over the
 //! unmasked tokens, and the L2 normalization, composed from candle operations that have a
-//! backward pass.
+//! backward pass; at inference the mean is one pass over the unmasked tokens instead.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
-use crate::error::Result;
+use super::with_cpu;
+use crate::error::{Error, Result};
 
 /// Mean of `h` [N, L, d] over the tokens where `mask` [N, L] is 1 → [N, d].
 pub fn mean_pool(h: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -13,6 +14,41 @@ pub fn mean_pool(h: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let sum = h.broadcast_mul(&m)?.sum(1)?; // [N, d]
     let count = m.sum(1)?.clamp(1e-9, f64::INFINITY)?; // [N, 1]
     Ok(sum.broadcast_div(&count)?)
+}
+
+/// [`mean_pool`] without a backward pass (f32 `h`): one pass over the unmasked tokens,
+/// summed in the same order, so it equals the composition (up to the sign of zero).
+pub fn mean_pool_inference(h: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (n, l, d) = h.dims3()?;
+    if mask.dims() != [n, l] {
+        return Err(Error::Graph(format!(
+            "mean_pool: hidden states {:?} need a mask of [{n}, {l}], got {:?}",
+            h.dims(),
+            mask.dims()
+        )));
+    }
+    let m = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = with_cpu::<f32, _>(h, |hs| {
+        let mut y = vec![0f32; n * d];
+        for (s, ys) in y.chunks_exact_mut(d.max(1)).enumerate() {
+            let mut count = 0f32;
+            for (t, &w) in m[s * l..(s + 1) * l].iter().enumerate() {
+                count += w;
+                if w != 0.0 {
+                    let row = &hs[(s * l + t) * d..(s * l + t + 1) * d];
+                    for (a, v) in ys.iter_mut().zip(row) {
+                        *a += v * w;
+                    }
+                }
+            }
+            let count = count.max(1e-9);
+            for a in ys.iter_mut() {
+                *a /= count;
+            }
+        }
+        y
+    })?;
+    Ok(Tensor::from_vec(y, (n, d), &Device::Cpu)?)
 }
 
 /// The first token's hidden state: `h` [N, L, d] → [N, d].
@@ -39,4 +75,29 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
         .sqrt()?
         .clamp(1e-12, f64::INFINITY)?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass mean equals the composition: padding at the end, holes, a sample
+    /// without tokens.
+    #[test]
+    fn mean_pool_inference_equals_the_composition() {
+        let (n, l, d) = (3, 5, 7);
+        let h: Vec<f32> = (0..n * l * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+            .collect();
+        let h = Tensor::from_vec(h, (n, l, d), &Device::Cpu).unwrap();
+        let m = [1u32, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0];
+        let mask = Tensor::from_vec(m.to_vec(), (n, l), &Device::Cpu).unwrap();
+        let want = mean_pool(&h, &mask).unwrap().to_vec2::<f32>().unwrap();
+        let got = mean_pool_inference(&h, &mask)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(got, want);
+        assert!(mean_pool_inference(&h, &mask.narrow(1, 0, 4).unwrap()).is_err());
+    }
 }

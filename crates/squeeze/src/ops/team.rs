@@ -146,6 +146,48 @@ impl Team {
     }
 }
 
+/// Elements from which [`rows_mut`] splits its work over the team.
+pub const PAR_ELEMS: usize = 1 << 14;
+
+/// Runs `f(first_row, rows)` over `data` (rows of `width` values) split into one range of
+/// whole rows per team member — on the caller alone below [`PAR_ELEMS`] values.
+pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let rows = if width == 0 { 0 } else { data.len() / width };
+    let parts = if data.len() >= PAR_ELEMS {
+        team().size().min(rows)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        return f(0, data);
+    }
+    let base = SendPtr(data.as_mut_ptr());
+    team().run(parts, &|p| {
+        let (r0, r1) = (p * rows / parts, (p + 1) * rows / parts);
+        // SAFETY: parts own disjoint row ranges of `data`, which outlives the job
+        let part =
+            unsafe { std::slice::from_raw_parts_mut(base.at(r0 * width), (r1 - r0) * width) };
+        f(r0, part)
+    });
+}
+
+/// A base pointer shared by the parts of one job, each using its own range.
+struct SendPtr<T>(*mut T);
+
+// SAFETY: used only by `rows_mut`, whose parts touch disjoint ranges.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer `at` values on.
+    ///
+    /// # Safety
+    /// `at` lies inside the allocation.
+    unsafe fn at(&self, at: usize) -> *mut T {
+        self.0.add(at)
+    }
+}
+
 /// Claims and runs parts of `job` until none is left.
 fn work(s: &Shared, job: &Job) {
     loop {
@@ -238,6 +280,22 @@ mod tests {
             for _ in 0..20 {
                 assert!(counts(parts).iter().all(|&c| c == 1), "{parts} parts");
             }
+        }
+    }
+
+    #[test]
+    fn rows_mut_visits_every_row_once_with_its_index() {
+        for (rows, width) in [(0, 4), (1, 3), (7, 5), (5000, 7), (33, 1000)] {
+            let mut v = vec![0usize; rows * width];
+            rows_mut(&mut v, width, &|r0, part| {
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += r0 * width + i + 1;
+                }
+            });
+            assert!(
+                v.iter().enumerate().all(|(i, &x)| x == i + 1),
+                "{rows}x{width}"
+            );
         }
     }
 
