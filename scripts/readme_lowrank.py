@@ -2,7 +2,7 @@
 readme_numbers.py, which passes its `load` and `table`). Rows appear for the experiments
 the file holds; targets are the issue's, stated beside what was measured."""
 
-from readme_structured import _minus, _targets, _verdict
+from readme_structured import _machines, _minus, _targets, _verdict
 
 
 def _ratio(e, key, inverse=False):
@@ -51,11 +51,10 @@ def block(load, table):
                      f"{e['baseline_params']:,} → {e['params']:,}", f"{_ratio(e, 'flops', True):.2f}×",
                      f"{_ratio(e, 'latency_ms_b1'):.2f}×", f"{_ratio(e, 'throughput'):.2f}× (b{e['throughput_batch']})",
                      f"{e['finetune_seconds'] / 60:.1f} min"])
-    cpus = sorted({e["cpu"] for e in d.values() if e.get("cpu")})
     head = ["key", "what", "original", "before fine-tuning (pt)", "after (pt)", "params", "fewer FLOPs",
             "batch-1 latency vs original", "throughput vs original", "fine-tuning"]
     return _minus(table(head, rows) + f"\n\nQuality: test accuracy (Fashion-MNIST) or STS-B dev Spearman; "
-                  f"speeds against the original in the same run. Measured on {', '.join(cpus)}.")
+                  f"speeds against the original in the same run. {_machines(d)}")
 
 
 def notes(load):
