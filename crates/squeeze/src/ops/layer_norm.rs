@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fast::{f32_data, lane_sum};
+use super::fast::{f32_data, lane_sum, PAR_MACS};
 use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -74,6 +74,26 @@ fn layer_norm_rows(isa: Isa, x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32
     y
 }
 
+/// [`layer_norm_rows`] split over rayon (the training forward: the team's spinning
+/// helpers would compete with rayon's workers there).
+fn layer_norm_rows_rayon(
+    isa: Isa,
+    x: &[f32],
+    d: usize,
+    (w, b): (&[f32], &[f32]),
+    eps: f32,
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let rows_per = (PAR_MACS / d).max(1);
+    if y.len() >= PAR_MACS {
+        y.par_chunks_mut(rows_per * d)
+            .for_each(|c| norm_rows_on(isa, c, d, w, b, eps));
+    } else {
+        norm_rows_on(isa, &mut y, d, w, b, eps);
+    }
+    y
+}
+
 struct LayerNormOp {
     eps: f32,
 }
@@ -94,7 +114,7 @@ impl CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = *l1.dims().last().unwrap_or(&1);
         let (x, w, b) = (slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?);
-        let y = layer_norm_rows(grad_isa()?, x, d, w, b, self.eps);
+        let y = layer_norm_rows_rayon(grad_isa()?, x, d, (w, b), self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
