@@ -171,6 +171,26 @@ pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [
     });
 }
 
+/// `f(0) … f(count − 1)`, each index claimed by whichever member is free (the balance
+/// of uneven tasks); the first error, if any.
+pub fn try_each<E: Send>(
+    count: usize,
+    f: &(dyn Fn(usize) -> std::result::Result<(), E> + Sync),
+) -> std::result::Result<(), E> {
+    let first: Mutex<Option<E>> = Mutex::new(None);
+    team().run(count, &|i| {
+        if let Err(e) = f(i) {
+            if let Ok(mut slot) = first.lock() {
+                slot.get_or_insert(e);
+            }
+        }
+    });
+    match first.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A base pointer shared by the parts of one job, each using its own range.
 struct SendPtr<T>(*mut T);
 
@@ -297,6 +317,22 @@ mod tests {
                 "{rows}x{width}"
             );
         }
+    }
+
+    #[test]
+    fn try_each_runs_every_task_and_returns_an_error() {
+        let hits: Vec<AtomicU32> = (0..50).map(|_| AtomicU32::new(0)).collect();
+        let r: std::result::Result<(), usize> = try_each(50, &|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+            if i % 7 == 3 {
+                Err(i)
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(r, Err(i) if i % 7 == 3));
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        assert_eq!(try_each::<()>(5, &|_| Ok(())), Ok(()));
     }
 
     #[test]

@@ -438,7 +438,9 @@ pub fn linear_packed(
     };
     let macs: usize = parts.iter().map(|p| m * p.w.n * p.w.k).sum();
     if macs >= super::PAR_MACS {
-        tasks.par_iter().try_for_each(task)?;
+        // claimed one by one over the spinning team (rayon forks cost microseconds, as
+        // long as a batch-1 task)
+        crate::ops::team::try_each(tasks.len(), &|i| task(&tasks[i]))?;
     } else {
         tasks.iter().try_for_each(task)?;
     }

@@ -14,8 +14,6 @@
 //! and the same f32 steps — within float rounding: the block dot products are exact
 //! integers on every path, only the f32 accumulation order of fused multiply-adds differs.
 
-use rayon::prelude::*;
-
 use super::{Ptr, NR, OCTET_BYTES};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -283,7 +281,7 @@ impl PackedQ4 {
             }
         };
         if m * n * self.k >= super::PAR_MACS {
-            tasks.par_iter().for_each(task);
+            crate::ops::team::team().run(tasks.len(), &|i| task(&tasks[i]));
         } else {
             tasks.iter().for_each(task);
         }
