@@ -3,14 +3,16 @@
 //! the 32 weights `W[32p..32p+32][k]` contiguously, so a kernel multiplies a tile of up to
 //! 12 tokens by a panel with broadcast-FMA into 24 vector accumulators — no horizontal
 //! sums, every weight loaded once per tile, one sequential stream per panel. Each thread
-//! takes one contiguous range of panels and writes its tiles straight into the output's
-//! columns, bias added; the tiles of a batch are as even as the tile height allows.
+//! takes one contiguous range of (panel, tile) units and writes its tiles straight into
+//! the output's columns, bias added; the tiles of a batch are as even as the tile height
+//! allows.
 //! [`super::pack_cache::PackCache`] keeps the packed copy of each weight (keyed by
 //! parameter name and checked against the tensor's identity). The reference is
 //! candle's matmul; `ops/tests/gradcheck.rs` compares them.
 
 use candle_core::{DType, Device, Tensor};
 
+use super::team::Ptr;
 use super::with_cpu;
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -88,7 +90,7 @@ impl PackedLinear {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(COLS);
         let mut y = vec![0f32; m * n];
-        let out = Out(y.as_mut_ptr());
+        let out = Ptr(y.as_mut_ptr());
         let tiles = tiles(isa, m);
         let units = np * tiles.len();
         let run = |range: std::ops::Range<usize>| {
@@ -102,7 +104,7 @@ impl PackedLinear {
                 for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
                     // SAFETY: row t0+i, columns c0..c0+cols lie inside y (m·n values), and
                     // each (panel, tile) unit belongs to exactly one range
-                    let dst = unsafe { out.row(n * (t0 + i) + c0, cols) };
+                    let dst = unsafe { out.slice(n * (t0 + i) + c0, cols) };
                     match bias {
                         Some(b) => {
                             for ((d, v), bb) in dst.iter_mut().zip(row).zip(&b[c0..]) {
@@ -130,26 +132,6 @@ impl PackedLinear {
 
 /// Multiply-adds from which a product is split over the threads.
 const PAR_MACS: usize = 1 << 18;
-
-/// The output buffer shared by the threads, each writing its own units' rows and columns.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: threads write disjoint (rows, columns) blocks of the buffer (see `Out::row`), which
-// outlives them (the parallel loop joins before the buffer is returned).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// `len` values from offset `at`.
-    ///
-    /// # Safety
-    /// The range lies inside the buffer and no other thread touches it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
-    }
-}
 
 /// The token tiles (first row, rows) of m rows: as few as the path's tile height allows,
 /// their heights as even as possible — 13 rows are 6 + 7, not 12 + 1, since a tile of a

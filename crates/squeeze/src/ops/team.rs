@@ -161,12 +161,11 @@ pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [
     if parts <= 1 {
         return f(0, data);
     }
-    let base = SendPtr(data.as_mut_ptr());
+    let base = Ptr(data.as_mut_ptr());
     team().run(parts, &|p| {
         let (r0, r1) = (p * rows / parts, (p + 1) * rows / parts);
         // SAFETY: parts own disjoint row ranges of `data`, which outlives the job
-        let part =
-            unsafe { std::slice::from_raw_parts_mut(base.at(r0 * width), (r1 - r0) * width) };
+        let part = unsafe { base.slice(r0 * width, (r1 - r0) * width) };
         f(r0, part)
     });
 }
@@ -191,20 +190,38 @@ pub fn try_each<E: Send>(
     }
 }
 
-/// A base pointer shared by the parts of one job, each using its own range.
-struct SendPtr<T>(*mut T);
+/// A buffer written by the parts of one job (or the tasks of one kernel call), each its
+/// own elements.
+pub(crate) struct Ptr<T>(pub(crate) *mut T);
 
-// SAFETY: used only by `rows_mut`, whose parts touch disjoint ranges.
-unsafe impl<T: Send> Send for SendPtr<T> {}
-unsafe impl<T: Send> Sync for SendPtr<T> {}
+// (not derived: that would ask `T: Copy`, and a pointer copies whatever it points to)
+impl<T> Clone for Ptr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ptr<T> {}
 
-impl<T> SendPtr<T> {
-    /// The pointer `at` values on.
+// SAFETY: parts write disjoint elements, and the job ends before the buffer is read.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl<T> Ptr<T> {
+    /// The element `i` on.
     ///
     /// # Safety
-    /// `at` lies inside the allocation.
-    unsafe fn at(&self, at: usize) -> *mut T {
-        self.0.add(at)
+    /// `i` is within the buffer and no other part writes it.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+
+    /// Elements `at..at + len`.
+    ///
+    /// # Safety
+    /// The range is inside the buffer and no other part touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
 }
 

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::{Geometry, Handoff, Packed, Panels};
 use crate::error::{Error, Result};
 use crate::ops::qgemm::{self, panel, panel::PackedI8, panel::NR, ConvWindow};
+use crate::ops::team::Ptr;
 
 /// What one image's product reads: im2col rows (codes, their magnitudes, the row stride,
 /// whether any code is negative), or — the implicit GEMM, non-negative codes on AVX-512
@@ -255,7 +256,7 @@ impl Run<'_> {
         let (n, co) = (self.dims.0, self.g.out_channels);
         let p = self.out.pixels(self.hw.0 * self.hw.1);
         let mut y = vec![0f32; n * co * p];
-        let yp = OutPtr(y.as_mut_ptr());
+        let yp = Ptr(y.as_mut_ptr());
         let (isa, out) = (self.isa, self.out);
         self.images(src, &|i, _, acc, (rows, ldo), ch| {
             // this task's channels of image i: a contiguous run of whole channel rows
@@ -278,7 +279,7 @@ impl Run<'_> {
         let per_task = panels_per_task(n, self.w.panels.panels()) * NR;
         let split = per_task < co;
         let mut blocks = vec![0u8; if split { p * co } else { 0 }];
-        let (yp, bp) = (OutPtr(y.as_mut_ptr()), OutPtr(blocks.as_mut_ptr()));
+        let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
         self.images(src, &|i, _, acc, (rows, ldo), ch| {
             let sb = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
@@ -307,21 +308,6 @@ impl Run<'_> {
             }
         }
         Ok(y)
-    }
-}
-
-/// An output buffer written by the tasks of one call, each its own elements.
-#[derive(Clone, Copy)]
-struct OutPtr<T>(*mut T);
-// SAFETY: tasks write disjoint elements and the call joins them before the buffer is read.
-unsafe impl<T> Send for OutPtr<T> {}
-unsafe impl<T> Sync for OutPtr<T> {}
-impl<T> OutPtr<T> {
-    /// # Safety
-    /// `at..at + len` is inside the buffer and no other task touches it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
 }
 

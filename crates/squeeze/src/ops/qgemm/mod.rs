@@ -54,6 +54,7 @@ pub use quantize::quantize_row;
 
 use rayon::prelude::*;
 
+use super::team::Ptr;
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
 use crate::math::qlayout::{code_at, Layout};
@@ -97,21 +98,6 @@ pub fn gemm_i8_reference(a: &[i8], w: &[u8], m: usize, n: usize, k: usize) -> Ve
         }
     }
     out
-}
-
-/// A raw output pointer shared by the tasks of one kernel call, each writing its own
-/// disjoint elements.
-#[derive(Clone, Copy)]
-struct Ptr<T>(*mut T);
-// SAFETY: tasks write disjoint elements and the call joins them before the buffer is read.
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-impl<T> Ptr<T> {
-    /// # Safety
-    /// `i` is within the buffer and no other task writes it.
-    unsafe fn at(self, i: usize) -> *mut T {
-        self.0.add(i)
-    }
 }
 
 /// Per-block sums of each token's activations, `[m, blocks]` (for the zero-point term).
