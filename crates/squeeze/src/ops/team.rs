@@ -152,7 +152,7 @@ pub const PAR_ELEMS: usize = 1 << 14;
 /// Runs `f(first_row, rows)` over `data` (rows of `width` values) split into one range of
 /// whole rows per team member — on the caller alone below [`PAR_ELEMS`] values.
 pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
-    let rows = if width == 0 { 0 } else { data.len() / width };
+    let rows = data.len().checked_div(width).unwrap_or(0);
     let parts = if data.len() >= PAR_ELEMS {
         team().size().min(rows)
     } else {
@@ -271,7 +271,7 @@ fn helper(s: &'static Shared) {
                 break;
             }
             looks += 1;
-            if looks % LOOKS_PER_YIELD == 0 {
+            if looks.is_multiple_of(LOOKS_PER_YIELD) {
                 if idle_since.elapsed() > SPIN {
                     sleep_until_job(s, seen);
                     break;
