@@ -248,9 +248,7 @@ fn length_sorted_batches<'t>(
         return Ok(Vec::new());
     };
     let ids = first.tokenizer.encode(texts)?;
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
-    Ok(order
+    Ok(crate::text::shortest_first(&ids)
         .chunks(batch.max(1))
         .map(|c| c.iter().map(|&i| texts[i]).collect())
         .collect())

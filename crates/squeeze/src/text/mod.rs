@@ -61,8 +61,7 @@ impl<'a> Encoder<'a> {
     /// progress bar when `progress` is set.
     pub fn embed(&self, texts: &[&str], batch: usize, progress: bool) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenizer.encode(texts)?;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
+        let order = shortest_first(&ids);
         let bar = progress.then(|| bar(texts.len() as u64));
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(batch.max(1)) {
@@ -108,6 +107,14 @@ impl<'a> Encoder<'a> {
         self.embed(texts, batch, false)?;
         Ok(texts.len() as f64 / s.elapsed().as_secs_f64())
     }
+}
+
+/// Indices of the token sequences `ids`, shortest first (the order batches are made in, so
+/// that a batch pads little).
+pub fn shortest_first(ids: &[Vec<u32>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    order
 }
 
 /// STS-B Spearman and Pearson (×100) from the embeddings of the pairs' sentences (in the
