@@ -23,6 +23,7 @@ use squeeze::search::refine::Refine;
 use squeeze::search::scan::{self, cost, Cost, HeldOut, Scan, ScanSpec};
 use squeeze::search::select::{amount, choose, closest, predicted};
 use squeeze::search::{Budget, Method};
+use squeeze::train::DataSource;
 
 use crate::outdir::{claim_in_place, Staged};
 use crate::search_report::{loss_text, plots, summary, Candidate};
@@ -62,6 +63,11 @@ pub struct SearchArgs {
     /// held-out slice is its first --pairs pairs).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Training images whose BatchNorm statistics every scored image model is re-estimated
+    /// on before its held-out accuracy is taken (AdaBN, as EagleEye judges candidates);
+    /// 0 scores with the statistics the compression left. Models without BatchNorm ignore it.
+    #[arg(long, default_value_t = 512)]
+    pub adapt_bn: usize,
     /// STS-B train pairs scored for a text encoder.
     #[arg(long, default_value_t = 1000)]
     pub pairs: usize,
@@ -91,7 +97,7 @@ fn cache_dir(given: Option<&Path>) -> PathBuf {
     base.join("squeeze").join("search")
 }
 
-fn held_out(model: &Model, data: Option<&Path>, pairs: usize) -> Result<HeldOut> {
+fn held_out(model: &Model, data: Option<&Path>, pairs: usize, adapt: usize) -> Result<HeldOut> {
     if model.graph.is_text() {
         let path = data.unwrap_or(Path::new(STSB_TRAIN));
         let mut p = squeeze::text::stsb::read(path)
@@ -100,7 +106,16 @@ fn held_out(model: &Model, data: Option<&Path>, pairs: usize) -> Result<HeldOut>
         return Ok(HeldOut::Pairs(p));
     }
     let dir = FashionMnist::dir(data);
-    Ok(HeldOut::Images(FashionMnist::load(&dir)?.valid))
+    let set = FashionMnist::load(&dir)?;
+    let idx: Vec<usize> = (0..adapt.min(set.train.len())).collect();
+    let adapt = idx
+        .chunks(64)
+        .map(|c| DataSource::batch(&set.train, c, None))
+        .collect::<squeeze::Result<Vec<_>>>()?;
+    Ok(HeldOut::Images {
+        valid: set.valid,
+        adapt,
+    })
 }
 
 /// What choosing candidates works with: the model, its scan, the method, the held-out
@@ -307,7 +322,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         );
     }
     let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let h = held_out(&model, a.data.as_deref(), a.pairs)?;
+    let h = held_out(&model, a.data.as_deref(), a.pairs, a.adapt_bn)?;
     let work = a.out.join(".work");
     let images = FashionMnist::dir(if model.graph.is_text() {
         None

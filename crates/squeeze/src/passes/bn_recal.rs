@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::{Declared, Pass, PassCtx, PassRecord};
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::interp::ForwardOpts;
 use crate::model::Model;
+use crate::train::{forward_batch, Batch};
 
 /// The pass (no options).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,49 +71,75 @@ impl Moments {
     }
 }
 
+/// Re-estimates every BatchNorm's running statistics of `model` from `batches`, in graph
+/// order (eval-mode forwards, so each estimate sees the layers before it already
+/// re-estimated); `tick` is called after each layer. Returns the layers and how many values
+/// per channel each estimate averaged.
+pub fn recalibrate_batch_norm(
+    model: &mut Model,
+    batches: &[Batch],
+    mut tick: impl FnMut(),
+) -> Result<(Vec<String>, usize)> {
+    let bns: Vec<String> = model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::BatchNorm(_)))
+        .map(|n| n.name.clone())
+        .collect();
+    let mut samples = 0;
+    for name in &bns {
+        let opts = ForwardOpts {
+            taps: [name.clone()].into_iter().collect(),
+            ..ForwardOpts::eval()
+        };
+        let mut m = Moments::default();
+        for b in batches {
+            let out = forward_batch(&model.graph, &model.params, b, &opts)?;
+            let tap = out
+                .taps
+                .get(name)
+                .ok_or_else(|| Error::Graph(format!("no tap for `{name}`")))?;
+            m.add(&tap.inputs[0])?;
+        }
+        samples = m.count;
+        let (mean, var) = m.finish();
+        let c = mean.len();
+        let dev = candle_core::Device::Cpu;
+        model.params.insert(
+            format!("{name}.running_mean"),
+            Tensor::from_vec(mean, c, &dev)?,
+        );
+        model.params.insert(
+            format!("{name}.running_var"),
+            Tensor::from_vec(var, c, &dev)?,
+        );
+        tick();
+    }
+    Ok((bns, samples))
+}
+
 impl Pass for RecalibrateBatchNorm {
     fn name(&self) -> &'static str {
         "recalibrate_batch_norm"
     }
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
-        let bns: Vec<String> = model
+        let batches = ctx.calibration(&model)?.to_vec();
+        let count = model
             .graph
             .nodes
             .iter()
             .filter(|n| matches!(n.op, Op::BatchNorm(_)))
-            .map(|n| n.name.clone())
-            .collect();
-        let mut samples = 0;
+            .count();
         // a bar on a terminal (hidden otherwise): each layer is a pass over the batches
-        let bar = indicatif::ProgressBar::new(bns.len() as u64);
+        let bar = indicatif::ProgressBar::new(count as u64);
         let style = indicatif::ProgressStyle::with_template(
             "re-estimating BatchNorm [{bar:30}] {pos}/{len} layers",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style.progress_chars("=> "));
-        for name in &bns {
-            bar.inc(1);
-            let mut m = Moments::default();
-            ctx.capture(&model, std::slice::from_ref(name), |_, taps| {
-                let tap = taps
-                    .get(name)
-                    .ok_or_else(|| Error::Graph(format!("no tap for `{name}`")))?;
-                m.add(&tap.inputs[0])
-            })?;
-            samples = m.count;
-            let (mean, var) = m.finish();
-            let c = mean.len();
-            let dev = candle_core::Device::Cpu;
-            model.params.insert(
-                format!("{name}.running_mean"),
-                Tensor::from_vec(mean, c, &dev)?,
-            );
-            model.params.insert(
-                format!("{name}.running_var"),
-                Tensor::from_vec(var, c, &dev)?,
-            );
-        }
+        let (bns, samples) = recalibrate_batch_norm(&mut model, &batches, || bar.inc(1))?;
         bar.finish_and_clear();
         let label = format!("re-estimated {} BatchNorm layers", bns.len());
         let details = serde_json::json!({ "layers": bns, "values_per_channel": samples });

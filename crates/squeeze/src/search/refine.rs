@@ -5,7 +5,9 @@
 //! raises one layer's ratio by `step` and lowers another's by `step`; the move is kept when
 //! the applied model still meets the budget (analytic count, or measured latency) and
 //! scores higher on the held-out slice. It stops when no move helps or after `max_evals`
-//! scored models.
+//! scored models. Since a move trades equal ratio steps of two layers of unequal cost, the
+//! choice can end under its budget; before and after the climb, the budget left unused is
+//! filled ([`Refine::fill`]): the one layer whose raise into it scores best takes it.
 
 use super::scan::{apply, Cost, HeldOut};
 use super::select::amount;
@@ -74,6 +76,7 @@ impl Refine<'_> {
             .map(|l| start.iter().find(|(n, _)| n == l).map_or(1.0, |c| c.1))
             .collect();
         let (mut best, mut evals) = (start_cost, 0);
+        self.fill(layers, &mut keeps, &mut best, ctx, &mut evals, &mut tick)?;
         let lowest = self.step;
         'climb: while evals < self.max_evals {
             for up in 0..layers.len() {
@@ -100,11 +103,71 @@ impl Refine<'_> {
             }
             break;
         }
+        self.fill(layers, &mut keeps, &mut best, ctx, &mut evals, &mut tick)?;
         Ok(Refined {
             choice: to_choice(layers, &keeps),
             cost: best,
             evals,
         })
+    }
+
+    /// Spends the budget `keeps` leaves unused: for every compressed layer, the largest ratio
+    /// (in thousandths) at which the applied model still meets the budget with the others
+    /// as they are; of these raises the best-scoring one is taken — a raise only adds rank
+    /// or channels, which fine-tuning can use, so it is taken even when the score before
+    /// fine-tuning does not rise — and this repeats until no layer can rise by a thousandth.
+    fn fill(
+        &self,
+        layers: &[String],
+        keeps: &mut Vec<f64>,
+        best: &mut Cost,
+        ctx: &mut PassCtx,
+        evals: &mut usize,
+        tick: &mut impl FnMut(usize, f64),
+    ) -> Result<()> {
+        loop {
+            let mut raises: Vec<(Vec<f64>, Cost)> = Vec::new();
+            for i in (0..layers.len()).filter(|i| keeps[*i] < 1.0) {
+                let at = |k: usize| {
+                    let mut t = keeps.clone();
+                    t[i] = k as f64 / 1000.0;
+                    t
+                };
+                // lo meets the budget, hi does not (or is the untouched layer)
+                let (mut lo, mut hi) = ((keeps[i] * 1000.0).round() as usize, 1000usize);
+                while hi - lo > 1 {
+                    let k = (lo + hi) / 2;
+                    if self.fits(layers, &at(k), ctx)? {
+                        lo = k;
+                    } else {
+                        hi = k;
+                    }
+                }
+                if lo as f64 / 1000.0 > keeps[i] + 1e-9 {
+                    if let Some(c) = self.try_cost(layers, &at(lo), ctx)? {
+                        *evals += 1;
+                        tick(*evals, c.score);
+                        raises.push((at(lo), c));
+                    }
+                }
+            }
+            let Some((k, c)) = raises
+                .into_iter()
+                .max_by(|a, b| a.1.score.total_cmp(&b.1.score))
+            else {
+                return Ok(());
+            };
+            (*keeps, *best) = (k, c);
+        }
+    }
+
+    /// Whether the applied model of `keeps` meets the budget (not scored).
+    fn fits(&self, layers: &[String], keeps: &[f64], ctx: &mut PassCtx) -> Result<bool> {
+        let Ok(m) = apply(self.model, self.method, &to_choice(layers, keeps), ctx) else {
+            return Ok(false);
+        };
+        let latency = matches!(self.budget, Budget::Latency(_));
+        Ok(self.meets(&cost_without_score(&m, self.held_out, latency)?))
     }
 }
 

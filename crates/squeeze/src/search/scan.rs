@@ -16,13 +16,18 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::eval::{accuracy, median_time, static_cost};
 use crate::model::Model;
-use crate::passes::{run_recipe, PassCtx, Recipe};
+use crate::passes::{recalibrate_batch_norm, run_recipe, PassCtx, Recipe};
 use crate::text::{stsb, Encoder};
+use crate::train::Batch;
 
 /// Where the held-out score comes from.
 pub enum HeldOut {
-    /// Accuracy on these images (the validation split).
-    Images(ImageSet),
+    /// Accuracy on `valid` (the validation split). With `adapt` batches, each scored model's
+    /// BatchNorm statistics are first re-estimated on them (AdaBN, as EagleEye judges pruned
+    /// candidates, Li et al. 2020): a compressed layer shifts what flows into the
+    /// BatchNorms after it, and a score taken with stale statistics ranks candidates by
+    /// that shift, which fine-tuning removes first, rather than by what they can recover.
+    Images { valid: ImageSet, adapt: Vec<Batch> },
     /// STS-B Spearman on these pairs (train pairs), with a few sentences to time.
     Pairs(Vec<stsb::Pair>),
 }
@@ -31,7 +36,14 @@ impl HeldOut {
     /// The score of `model` (higher is better).
     pub fn score(&self, model: &Model) -> Result<f64> {
         match self {
-            HeldOut::Images(set) => accuracy(&model.graph, &model.params, set, 256),
+            HeldOut::Images { valid, adapt } if adapt.is_empty() || !has_batch_norm(model) => {
+                accuracy(&model.graph, &model.params, valid, 256)
+            }
+            HeldOut::Images { valid, adapt } => {
+                let mut m = model.clone();
+                recalibrate_batch_norm(&mut m, adapt, || {})?;
+                accuracy(&m.graph, &m.params, valid, 256)
+            }
             HeldOut::Pairs(pairs) => Ok(Encoder::new(model)?.stsb(pairs, 32, false)?.1),
         }
     }
@@ -39,8 +51,8 @@ impl HeldOut {
     /// Median batch-1 latency of `model` in milliseconds.
     pub fn latency_ms(&self, model: &Model) -> Result<f64> {
         match self {
-            HeldOut::Images(set) => {
-                let (x, _) = set.batch(&[0], None)?;
+            HeldOut::Images { valid, .. } => {
+                let (x, _) = valid.batch(&[0], None)?;
                 let (g, p) = (&model.graph, &model.params);
                 Ok(1e3 * median_time(10, 200, || crate::interp::predict(g, p, &x).map(|_| ()))?)
             }
@@ -54,10 +66,25 @@ impl HeldOut {
     /// A line saying what the slice is (part of the cache key).
     pub fn describe(&self) -> String {
         match self {
-            HeldOut::Images(s) => format!("accuracy on {} validation images", s.len()),
+            HeldOut::Images { valid, adapt } if adapt.is_empty() => {
+                format!("accuracy on {} validation images", valid.len())
+            }
+            HeldOut::Images { valid, adapt } => format!(
+                "accuracy on {} validation images, BatchNorm re-estimated on {} training images",
+                valid.len(),
+                adapt.iter().map(Batch::len).sum::<usize>()
+            ),
             HeldOut::Pairs(p) => format!("STS-B Spearman on {} train pairs", p.len()),
         }
     }
+}
+
+fn has_batch_norm(model: &Model) -> bool {
+    model
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, crate::graph::Op::BatchNorm(_)))
 }
 
 /// Score and costs of one model.
