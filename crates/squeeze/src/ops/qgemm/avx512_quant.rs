@@ -86,6 +86,58 @@ pub unsafe fn offset_codes(x: &[f32], inv: f32, lim: i8, codes: &mut [u8]) {
     }
 }
 
+/// One row of the quantized Linear's activations in a single call: per block of `block`
+/// inputs the scale `fixed` or `max|block| / lim` (into `scales`) and the codes offset by
+/// `lim` (into `codes`) — [`max_abs`] then [`offset_codes`] block by block, with the same
+/// values, but whole blocks of a multiple of 16 inputs take the range as a register max
+/// and a tree reduction (a max is exact in any order, and a NaN input never enters it),
+/// instead of two calls and a 16-lane scalar fold per block.
+///
+/// # Safety
+/// AVX-512F is available; `codes` holds `x.len()` values and `scales` one per block.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn offset_row(
+    x: &[f32],
+    (block, lim, fixed): (usize, i8, Option<f32>),
+    codes: &mut [u8],
+    scales: &mut [f32],
+) {
+    assert!(block > 0 && codes.len() >= x.len() && scales.len() >= x.len().div_ceil(block));
+    let limf = f32::from(lim);
+    let (lv, off) = (_mm512_set1_ps(limf), _mm512_set1_epi32(i32::from(lim)));
+    for (b, at) in (0..x.len()).step_by(block).enumerate() {
+        let part = &x[at..(at + block).min(x.len())];
+        if !part.len().is_multiple_of(16) {
+            let s = fixed.unwrap_or_else(|| max_abs(part) / limf);
+            scales[b] = s;
+            offset_codes(
+                part,
+                if s > 0.0 { 1.0 / s } else { 0.0 },
+                lim,
+                &mut codes[at..],
+            );
+            continue;
+        }
+        let s = fixed.unwrap_or_else(|| {
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..part.len()).step_by(16) {
+                let v = _mm512_abs_ps(_mm512_loadu_ps(part.as_ptr().add(c)));
+                acc = _mm512_max_ps(v, acc); // a NaN `v` yields `acc`
+            }
+            _mm512_reduce_max_ps(acc) / limf
+        });
+        scales[b] = s;
+        let iv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
+        for c in (0..part.len()).step_by(16) {
+            let q = _mm512_add_epi32(codes16(_mm512_loadu_ps(part.as_ptr().add(c)), iv, lv), off);
+            _mm_storeu_si128(
+                codes.as_mut_ptr().add(at + c) as *mut __m128i,
+                _mm512_cvtepi32_epi8(q),
+            );
+        }
+    }
+}
+
 /// `super::avx2_blocked::max_abs` on 16 values per step (NaN ignored).
 ///
 /// # Safety

@@ -113,6 +113,13 @@ pub fn quantize_offset(
     };
     let lim = f32::from(LINEAR_ACT_MAX);
     let one_row = |(row, (codes, scales)): (&[f32], (&mut [u8], &mut [f32]))| {
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx512() {
+            // SAFETY: the AVX-512 path implies AVX-512F; codes hold kp ≥ k values, scales
+            // one per block.
+            let how = (block, LINEAR_ACT_MAX, fixed);
+            return unsafe { super::avx512_quant::offset_row(row, how, codes, scales) };
+        }
         for ((part, s), at) in row.chunks(block).zip(scales).zip((0..k).step_by(block)) {
             *s = fixed.unwrap_or_else(|| max_abs(isa, part) / lim);
             let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };

@@ -490,6 +490,21 @@ fn every_row_quantizer_path_equals_the_scalar_rounding_exactly() {
             let want = (*c as i16 + OFFSET as i16) as u8;
             assert_eq!(got.codes[j], want, "{path:?} offset code of {}", x[j]);
         }
+        // several rows of whole blocks in rows of a longer stride, the padding left at the
+        // offset (zero): the wide path quantizes a row per call
+        let (m, k, kp) = (3, 96, 100);
+        let x: Vec<f32> = uniform(m * k, 11).iter().map(|v| v * 5.0).collect();
+        let q = quantize_rows(&x, k, None, 32, LINEAR_ACT_MAX);
+        let got = quantize_offset(path, &x, (k, kp), None, 32).unwrap();
+        assert_eq!(got.scales, q.scales, "{path:?} block scales of {m} rows");
+        for (i, c) in (0..m).flat_map(|i| (0..kp).map(move |c| (i, c))) {
+            let want = if c < k {
+                (q.codes[i * k + c] as i16 + OFFSET as i16) as u8
+            } else {
+                OFFSET
+            };
+            assert_eq!(got.codes[i * kp + c], want, "{path:?} row {i} input {c}");
+        }
     }
 }
 
