@@ -36,6 +36,10 @@ for k in "${keys[@]}"; do
       python3 -c 'import sys; t=open(sys.argv[1]).read(); end="[[passes]]\ntype = \"finetune\"\n"; assert t.endswith(end); open(sys.argv[2],"w").write(t[:-len(end)])' \
         "$SEARCH/$c/recipe.toml" "runs/lowrank/$key-oneshot.toml"
       "$BIN" compress zoo/vgg --recipe "runs/lowrank/$key-oneshot.toml" --out "$SEARCH-$c-oneshot" --force --rounds 0
+      # the same candidate fine-tuned with another seed: how far apart the two candidates
+      # are against how far one candidate moves with the seed
+      sed 's/^seed = 0$/seed = 1/' "recipes/$key.toml" > "runs/lowrank/$key-seed1.toml"
+      "$BIN" compress zoo/vgg --recipe "runs/lowrank/$key-seed1.toml" --out "$SEARCH-$c-seed1" --force --rounds 0
     done
     "$BIN" report zoo/vgg "$SEARCH/searched" "$SEARCH/uniform" --rounds 5 --json "$SEARCH.against-original.json"
     continue

@@ -69,6 +69,7 @@ def search_entries():
         cand = next(c for c in rep["candidates"] if c["name"] == name)
         a = next(m["metrics"] for m in run["models"] if m["model"].endswith(f"/{name}"))
         oneshot = json.load(open(f"{SEARCH}-{name}-oneshot/report.json"))["after"]["accuracy"]
+        seed1 = f"{SEARCH}-{name}-seed1/report.json"
         e = {
             "accuracy": a["accuracy"],
             "baseline": base["accuracy"],
@@ -95,6 +96,10 @@ def search_entries():
             "recipe": f"recipes/{key}.toml (written by the search as {SEARCH}/{name}/recipe.toml)",
             "measured_by": run["command"],
         }
+        if os.path.exists(seed1):
+            # the same recipe, fine-tuning seed 1 (its command: the key's recipe with
+            # `seed = 1`, through squeeze compress)
+            e["accuracy_seed1"] = json.load(open(seed1))["after"]["accuracy"]
         if name == "searched":
             e["search_wall_s"] = round(rep["search_wall_s"], 1)
             e["scan_seconds"] = round(rep["scan_seconds"], 1)

@@ -110,4 +110,8 @@ def notes(load):
                    f"{u['flops'] / u['baseline_flops']:.3f} at {_pt(u):+.2f} pt, with equal fine-tuning. The scan took "
                    f"{s['scan_seconds']:.0f} s, the whole search {s['search_wall_s'] / 60:.1f} min. Targets: "
                    f"{_targets([('meets the budget, less loss than uniform', ok), ('scan under 10 minutes', s['scan_seconds'] < 600)])}.")
+        if "accuracy_seed1" in s and "accuracy_seed1" in u:
+            out.append(f"- The same two recipes fine-tuned with seed 1 instead of 0: searched "
+                       f"{_score(s, s['accuracy_seed1'])}, uniform {_score(u, u['accuracy_seed1'])} "
+                       f"(seed 0: {_score(s, s['accuracy'])} and {_score(u, u['accuracy'])}).")
     return _minus("\n".join(out))
