@@ -71,6 +71,17 @@ impl Moments {
     }
 }
 
+/// The BatchNorm nodes of `model`, in graph order.
+pub fn batch_norms(model: &Model) -> Vec<String> {
+    model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::BatchNorm(_)))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
 /// Re-estimates every BatchNorm's running statistics of `model` from `batches`, in graph
 /// order (eval-mode forwards, so each estimate sees the layers before it already
 /// re-estimated); `tick` is called after each layer. Returns the layers and how many values
@@ -80,13 +91,7 @@ pub fn recalibrate_batch_norm(
     batches: &[Batch],
     mut tick: impl FnMut(),
 ) -> Result<(Vec<String>, usize)> {
-    let bns: Vec<String> = model
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm(_)))
-        .map(|n| n.name.clone())
-        .collect();
+    let bns = batch_norms(model);
     let mut samples = 0;
     for name in &bns {
         let opts = ForwardOpts {
@@ -126,12 +131,7 @@ impl Pass for RecalibrateBatchNorm {
 
     fn apply(&self, mut model: Model, ctx: &mut PassCtx) -> Result<(Model, PassRecord)> {
         let batches = ctx.calibration(&model)?.to_vec();
-        let count = model
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::BatchNorm(_)))
-            .count();
+        let count = batch_norms(&model).len();
         // a bar on a terminal (hidden otherwise): each layer is a pass over the batches
         let bar = indicatif::ProgressBar::new(count as u64);
         let style = indicatif::ProgressStyle::with_template(

@@ -24,7 +24,7 @@ mod separable;
 mod share;
 
 pub use bn_fold::FoldBatchNorm;
-pub use bn_recal::{recalibrate_batch_norm, RecalibrateBatchNorm};
+pub use bn_recal::{batch_norms, recalibrate_batch_norm, RecalibrateBatchNorm};
 pub use channels::{ChannelPrune, SlimmingTrain};
 pub use condense::Condense;
 pub use ctx::{

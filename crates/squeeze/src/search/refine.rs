@@ -134,7 +134,7 @@ impl Refine<'_> {
                     t
                 };
                 // lo meets the budget, hi does not (or is the untouched layer)
-                let (mut lo, mut hi) = ((keeps[i] * 1000.0).round() as usize, 1000usize);
+                let (mut lo, mut hi) = ((keeps[i] * 1000.0 + 1e-6).floor() as usize, 1000usize);
                 while hi - lo > 1 {
                     let k = (lo + hi) / 2;
                     if self.fits(layers, &at(k), ctx)? {

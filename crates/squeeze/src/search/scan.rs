@@ -16,7 +16,7 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::eval::{accuracy, median_time, static_cost};
 use crate::model::Model;
-use crate::passes::{recalibrate_batch_norm, run_recipe, PassCtx, Recipe};
+use crate::passes::{batch_norms, recalibrate_batch_norm, run_recipe, PassCtx, Recipe};
 use crate::text::{stsb, Encoder};
 use crate::train::Batch;
 
@@ -36,7 +36,9 @@ impl HeldOut {
     /// The score of `model` (higher is better).
     pub fn score(&self, model: &Model) -> Result<f64> {
         match self {
-            HeldOut::Images { valid, adapt } if adapt.is_empty() || !has_batch_norm(model) => {
+            HeldOut::Images { valid, adapt }
+                if adapt.is_empty() || batch_norms(model).is_empty() =>
+            {
                 accuracy(&model.graph, &model.params, valid, 256)
             }
             HeldOut::Images { valid, adapt } => {
@@ -77,14 +79,6 @@ impl HeldOut {
             HeldOut::Pairs(p) => format!("STS-B Spearman on {} train pairs", p.len()),
         }
     }
-}
-
-fn has_batch_norm(model: &Model) -> bool {
-    model
-        .graph
-        .nodes
-        .iter()
-        .any(|n| matches!(n.op, crate::graph::Op::BatchNorm(_)))
 }
 
 /// Score and costs of one model.
