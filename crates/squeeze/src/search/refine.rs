@@ -39,26 +39,38 @@ impl Refine<'_> {
         amount(self.budget, c) <= self.budget.fraction() * amount(self.budget, self.baseline)
     }
 
-    /// The applied cost of `keeps` (1 = untouched) over `layers`, if the method applies it
-    /// and it meets the budget; the held-out score is only computed then.
+    /// The applied model of `keeps` (1 = untouched) over `layers` and its cost (not yet
+    /// scored), if the method applies it and it meets the budget.
+    fn within(
+        &self,
+        layers: &[String],
+        keeps: &[f64],
+        ctx: &mut PassCtx,
+    ) -> Result<Option<(Model, Cost)>> {
+        // a ratio the method cannot apply (a rank below 1) is a move not taken
+        let Ok(m) = apply(self.model, self.method, &to_choice(layers, keeps), ctx) else {
+            return Ok(None);
+        };
+        let latency = matches!(self.budget, Budget::Latency(_));
+        let c = cost_without_score(&m, self.held_out, latency)?;
+        Ok(self.meets(&c).then_some((m, c)))
+    }
+
+    /// [`Self::within`]'s cost with the held-out score, which is only computed then.
     fn try_cost(
         &self,
         layers: &[String],
         keeps: &[f64],
         ctx: &mut PassCtx,
     ) -> Result<Option<Cost>> {
-        let choice = to_choice(layers, keeps);
-        // a ratio the method cannot apply (a rank below 1) is a move not taken
-        let Ok(m) = apply(self.model, self.method, &choice, ctx) else {
-            return Ok(None);
-        };
-        let latency = matches!(self.budget, Budget::Latency(_));
-        let mut c = cost_without_score(&m, self.held_out, latency)?;
-        if !self.meets(&c) {
-            return Ok(None);
-        }
-        c.score = self.held_out.score(&m)?;
-        Ok(Some(c))
+        self.within(layers, keeps, ctx)?
+            .map(|(m, c)| self.scored(&m, c))
+            .transpose()
+    }
+
+    fn scored(&self, m: &Model, mut c: Cost) -> Result<Cost> {
+        c.score = self.held_out.score(m)?;
+        Ok(c)
     }
 
     /// Hill climbing from `start` (which must meet the budget, with its cost `start_cost`)
@@ -133,22 +145,22 @@ impl Refine<'_> {
                     t[i] = k as f64 / 1000.0;
                     t
                 };
-                // lo meets the budget, hi does not (or is the untouched layer)
+                // lo meets the budget, hi does not (or is the untouched layer); `fit` is
+                // the applied model at lo once the bisection has found one above the start
                 let (mut lo, mut hi) = ((keeps[i] * 1000.0 + 1e-6).floor() as usize, 1000usize);
+                let mut fit = None;
                 while hi - lo > 1 {
                     let k = (lo + hi) / 2;
-                    if self.fits(layers, &at(k), ctx)? {
-                        lo = k;
-                    } else {
-                        hi = k;
+                    match self.within(layers, &at(k), ctx)? {
+                        Some(applied) => (lo, fit) = (k, Some(applied)),
+                        None => hi = k,
                     }
                 }
-                if lo as f64 / 1000.0 > keeps[i] + 1e-9 {
-                    if let Some(c) = self.try_cost(layers, &at(lo), ctx)? {
-                        *evals += 1;
-                        tick(*evals, c.score);
-                        raises.push((at(lo), c));
-                    }
+                if let Some((m, c)) = fit.filter(|_| lo as f64 / 1000.0 > keeps[i] + 1e-9) {
+                    let c = self.scored(&m, c)?;
+                    *evals += 1;
+                    tick(*evals, c.score);
+                    raises.push((at(lo), c));
                 }
             }
             let Some((k, c)) = raises
@@ -159,15 +171,6 @@ impl Refine<'_> {
             };
             (*keeps, *best) = (k, c);
         }
-    }
-
-    /// Whether the applied model of `keeps` meets the budget (not scored).
-    fn fits(&self, layers: &[String], keeps: &[f64], ctx: &mut PassCtx) -> Result<bool> {
-        let Ok(m) = apply(self.model, self.method, &to_choice(layers, keeps), ctx) else {
-            return Ok(false);
-        };
-        let latency = matches!(self.budget, Budget::Latency(_));
-        Ok(self.meets(&cost_without_score(&m, self.held_out, latency)?))
     }
 }
 
