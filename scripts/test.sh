@@ -3,9 +3,9 @@
 # check of rustc, python3 and pip), check that the README's result tables match
 # results/*.json, run every test of the workspace on this CPU's default kernel path, then
 # the kernel and model tests again on each lower instruction-set path this CPU supports
-# (SQUEEZE_ISA=avx2, SQUEEZE_ISA=scalar), so the AVX2 and scalar kernels are exercised
-# even on AVX-512 machines. The kernel tests loop over every path themselves; the model
-# tests run whole layers and models through whichever path is active. The CLI and
+# (SQUEEZE_ISA=avx512vnni on AMX machines, avx512, avx2, scalar), so the lower kernels
+# are exercised even on the newest machines. The kernel tests loop over every path
+# themselves; the model tests run whole layers and models through whichever path is active. The CLI and
 # README-command tests run once: they exercise files and options, not kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,11 @@ if grep -qw avx512f /proc/cpuinfo; then paths=(avx2 scalar); fi
 # on a VNNI machine the default path is avx512vnni: avx512 runs the integer kernels'
 # non-VNNI forms beside the AVX-512 float ones
 if grep -qw avx512_vnni /proc/cpuinfo; then paths=(avx512 avx2 scalar); fi
+# on an AMX machine (Intel Sapphire Rapids and later) the default path is amx: the
+# convolution's VNNI tiles run under avx512vnni
+if grep -qw amx_int8 /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+  paths=(avx512vnni avx512 avx2 scalar)
+fi
 for isa in "${paths[@]}"; do
   echo "== kernel and model tests with SQUEEZE_ISA=$isa"
   SQUEEZE_ISA=$isa cargo test --release -p squeeze --lib \

@@ -1,8 +1,9 @@
 //! CPU-feature dispatch in one place. squeeze is compiled for baseline x86-64 (never with
 //! a global `target-cpu`); kernels that have vector paths ask [`active`] which one to run:
-//! AVX-512 with the VNNI integer dot products, AVX-512F without them, AVX2 + FMA, or the
-//! portable scalar reference. The best path the CPU supports is chosen once at run time;
-//! `SQUEEZE_ISA=avx512vnni|avx512|avx2|scalar` forces a lower one (and is refused with an
+//! AVX-512 VNNI with Intel's AMX-INT8 matrix unit, AVX-512 with the VNNI integer dot
+//! products, AVX-512F without them, AVX2 + FMA, or the portable scalar reference. The best
+//! path the CPU supports is chosen once at run time;
+//! `SQUEEZE_ISA=amx|avx512vnni|avx512|avx2|scalar` forces a lower one (and is refused with an
 //! error if the CPU lacks it), and [`force`] does the same from code (the ISA benchmark).
 //! Every path is tested against the reference on machines that have it; `.ci/run` also
 //! runs the kernel tests under the lower paths the CPU has (`avx512` on a VNNI machine
@@ -30,6 +31,10 @@ pub enum Isa {
     /// AVX-512 with the VNNI integer dot products (`vpdpbusd`, with AVX-512BW): AMD Zen 4,
     /// Intel Ice Lake and later.
     Avx512Vnni,
+    /// [`Isa::Avx512Vnni`] plus the AMX-INT8 tile unit (`tdpbusd`: 16×16 i32 sums of
+    /// 64-byte rows per instruction; Intel Sapphire Rapids and later), which the int8
+    /// convolution's product uses; everything else runs its AVX-512 VNNI form.
+    Amx,
 }
 
 /// The environment variable that forces a lower path.
@@ -37,7 +42,13 @@ pub const ENV: &str = "SQUEEZE_ISA";
 
 impl Isa {
     /// Every path, best first.
-    pub const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar];
+    pub const ALL: [Isa; 5] = [
+        Isa::Amx,
+        Isa::Avx512Vnni,
+        Isa::Avx512,
+        Isa::Avx2,
+        Isa::Scalar,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,12 +56,13 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
         }
     }
 
     /// Whether the path runs AVX-512 (with or without VNNI).
     pub fn avx512(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx)
     }
 
     /// Parses a path name as `SQUEEZE_ISA` and `--isa` spell it.
@@ -60,7 +72,7 @@ impl Isa {
             .find(|i| i.name() == s.trim())
             .ok_or_else(|| {
                 Error::Data(format!(
-                    "unknown instruction set `{s}`: expected avx512vnni, avx512, avx2 or scalar"
+                    "unknown instruction set `{s}`: expected amx, avx512vnni, avx512, avx2 or scalar"
                 ))
             })
     }
@@ -81,6 +93,8 @@ impl Isa {
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512Vnni.is_supported() && amx_granted(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -92,6 +106,7 @@ impl Isa {
             Isa::Avx2 => 2,
             Isa::Avx512 => 3,
             Isa::Avx512Vnni => 4,
+            Isa::Amx => 5,
         }
     }
 
@@ -114,7 +129,47 @@ pub fn detected() -> Isa {
 /// [`Isa::Avx512Vnni`], which only a CPU that has them supports. Kernels with a VNNI form
 /// ask this; other paths run their AVX2 form.
 pub fn avx512_vnni(isa: Isa) -> bool {
-    isa == Isa::Avx512Vnni && isa.is_supported()
+    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && isa.is_supported()
+}
+
+/// Whether the path may use the AMX-INT8 tiles: [`Isa::Amx`] on a CPU that has them and
+/// whose kernel granted this process the tile state.
+pub fn amx(isa: Isa) -> bool {
+    isa == Isa::Amx && isa.is_supported()
+}
+
+/// The CPU has AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25) and Linux granted
+/// this process the 8 KiB tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, required once per process before the first tile instruction,
+/// which would otherwise fault). Asked once.
+#[cfg(target_arch = "x86_64")]
+fn amx_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller).
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        let (tile, int8) = ((leaf.edx >> 24) & 1 == 1, (leaf.edx >> 25) & 1 == 1);
+        #[cfg(target_os = "linux")]
+        {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a request for a permission; it changes no memory of this process.
+            tile && int8
+                && unsafe {
+                    libc::syscall(
+                        libc::SYS_arch_prctl,
+                        ARCH_REQ_XCOMP_PERM,
+                        XFEATURE_XTILEDATA,
+                    )
+                } == 0
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (tile, int8);
+            false
+        }
+    })
 }
 
 /// Set by [`force`]; 0 = not forced.
@@ -208,8 +263,9 @@ pub fn cpu_kind() -> String {
         (false, true) => ", AVX-VNNI",
         (false, false) => ", no VNNI",
     };
+    let amx = if has("amx_int8") { ", AMX-INT8" } else { "" };
     format!(
-        "{} (family {family}, model {}; {units}{vnni})",
+        "{} (family {family}, model {}; {units}{vnni}{amx})",
         cpu_name(),
         field("model")
     )

@@ -90,7 +90,7 @@ fn row_dot(isa: Isa, a: &Csr, r: usize, x: &[f32]) -> f32 {
     // dot_gather's unchecked gathers need.
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 | Isa::Avx512Vnni => return unsafe { dot_avx512(v, c, x) },
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => return unsafe { dot_avx512(v, c, x) },
         Isa::Avx2 => return unsafe { dot_avx2(v, c, x) },
         Isa::Scalar => {}
     }
@@ -105,7 +105,9 @@ fn row_axpy(isa: Isa, a: &Csr, r: usize, xt: &[f32], m: usize, out: &mut [f32]) 
     // SAFETY: as in row_dot.
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 | Isa::Avx512Vnni => return unsafe { axpy_avx512(v, c, xt, m, out) },
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => {
+            return unsafe { axpy_avx512(v, c, xt, m, out) }
+        }
         Isa::Avx2 => return unsafe { axpy_avx2(v, c, xt, m, out) },
         Isa::Scalar => {}
     }

@@ -167,8 +167,8 @@ pub fn layouts() -> Vec<squeeze::quant::layout::Layout> {
     ]
 }
 
-/// The instruction-set paths this CPU runs, saying which it cannot (those are checked on
-/// an emulated CPU by `scripts/emulated-avx512.sh`, never skipped silently).
+/// The instruction-set paths this CPU runs, saying which it cannot (the AVX-512 ones are
+/// checked on an emulated CPU by `scripts/emulated-avx512.sh`; none is skipped silently).
 pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
     use std::io::Write;
     let (run, lack): (Vec<_>, Vec<_>) = squeeze::isa::Isa::ALL
@@ -177,7 +177,8 @@ pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
     if !lack.is_empty() {
         let _ = writeln!(
             std::io::stderr(),
-            "NOT RUN on this CPU ({test}): paths {lack:?} (scripts/emulated-avx512.sh runs them)"
+            "NOT RUN on this CPU ({test}): paths {lack:?} (scripts/emulated-avx512.sh runs the \
+             AVX-512 ones; amx needs a CPU with AMX-INT8)"
         );
     }
     run

@@ -99,7 +99,7 @@ fn dot_block(
     // fault) stay within next.
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 | Isa::Avx512Vnni => {
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => {
             return unsafe { avx512::dot_block(x, w, next, m, k, rows, out) }
         }
         Isa::Avx2 => return unsafe { avx2::dot_block(x, w, next, m, k, rows, out) },

@@ -11,8 +11,9 @@ use crate::ops::qgemm::{self, panel, panel::PackedI8, panel::NR, ConvWindow};
 use crate::ops::team::Ptr;
 
 /// What one image's product reads: im2col rows (codes, their magnitudes, the row stride,
-/// whether any code is negative), or — the implicit GEMM, non-negative codes on AVX-512
-/// VNNI — the zero-padded channels-last image itself.
+/// whether any code is negative), or — the implicit GEMM: any codes on AMX, non-negative
+/// ones of whole groups of channels on AVX-512 VNNI — the zero-padded channels-last image
+/// itself (and whether any code is negative).
 #[derive(Clone, Copy)]
 enum Operand<'a> {
     Cols {
@@ -22,6 +23,7 @@ enum Operand<'a> {
     },
     Image {
         img: &'a [u8],
+        signed: bool,
         win: ConvWindow,
     },
 }
@@ -88,7 +90,7 @@ impl Out {
                 let mut pooled = pooled.borrow_mut();
                 let neg = &self.neg[panels.start * NR..][..cols];
                 let (ph, pw) =
-                    panel::pool_rows(&acc, (p.ho, p.wo, cols), (p.k, p.s), neg, &mut pooled)?;
+                    panel::pool_rows(isa, &acc, (p.ho, p.wo, cols), (p.k, p.s), neg, &mut pooled)?;
                 epi(&pooled[..ph * pw * cols], (ph * pw, cols))
             })
         })
@@ -192,8 +194,10 @@ impl Run<'_> {
             ho,
             wo,
         };
-        // the implicit GEMM for int8 weights on AVX-512 VNNI (else im2col rows)
-        let implicit = matches!(self.w.panels, Panels::I8(_)) && PackedI8::implicit(self.isa, c);
+        // the implicit GEMM for int8 weights on AMX, or on AVX-512 VNNI for non-negative
+        // codes of whole groups of channels (else im2col rows)
+        let int8 = matches!(self.w.panels, Panels::I8(_));
+        let implicit = |signed| int8 && PackedI8::implicit(self.isa, c, signed);
         let image = |i: usize| -> Result<()> {
             with_scratch(|s| {
                 let Scratch {
@@ -214,10 +218,11 @@ impl Run<'_> {
                         (x, any_negative(x))
                     }
                 };
-                let operand = if implicit && !signed {
-                    pad_image(x, (c, h, wd), pad, padded);
+                let operand = if implicit(signed) {
+                    let at = pad_image(x, (c, h, wd), pad, win.slack(), padded);
                     Operand::Image {
-                        img: cast_u8(padded),
+                        img: cast_u8(&padded[at]),
+                        signed,
                         win,
                     }
                 } else {
@@ -349,14 +354,24 @@ fn image_codes(
 }
 
 /// The channels-last image `x` `[H, W, C]` with `pad` zero rows and columns around it,
-/// into `out` (`[H + 2·pad, W + 2·pad, C]`).
-fn pad_image(x: &[i8], (c, h, w): (usize, usize, usize), pad: usize, out: &mut Vec<i8>) {
+/// then `slack` zero bytes, into `out`, starting on a 64-byte boundary (for aligned tile
+/// loads); returns where in `out` (`[H + 2·pad, W + 2·pad, C]` and the slack).
+fn pad_image(
+    x: &[i8],
+    (c, h, w): (usize, usize, usize),
+    pad: usize,
+    slack: usize,
+    out: &mut Vec<i8>,
+) -> std::ops::Range<usize> {
     let wp = w + 2 * pad;
+    let len = (h + 2 * pad) * wp * c + slack;
     out.clear();
-    out.resize((h + 2 * pad) * wp * c, 0);
+    out.resize(len + 64, 0);
+    let at = out.as_ptr().align_offset(64).min(64);
     for (r, row) in x.chunks_exact(w * c).enumerate() {
-        out[((r + pad) * wp + pad) * c..][..w * c].copy_from_slice(row);
+        out[at + ((r + pad) * wp + pad) * c..][..w * c].copy_from_slice(row);
     }
+    at..at + len
 }
 
 /// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols`, from its codes in
@@ -411,8 +426,8 @@ impl Panels {
         ldo: usize,
     ) -> Result<()> {
         match (self, operand) {
-            (Panels::I8(w), Operand::Image { img, win }) => {
-                w.product_implicit(isa, img, win, panels, out, ldo)
+            (Panels::I8(w), Operand::Image { img, signed, win }) => {
+                w.product_implicit(isa, (img, signed), win, panels, out, ldo)
             }
             (Panels::I8(w), Operand::Cols { a, lda, signed }) => {
                 w.product(isa, a, (m, lda), signed, panels, out, ldo)

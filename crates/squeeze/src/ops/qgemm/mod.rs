@@ -20,9 +20,12 @@
 //! All split their work over threads when the product is large. On the `avx512vnni` path
 //! the packed kernels use `vpdpbusd` in tiles of several panels with codes broadcast from
 //! memory, and the convolution's product can read a padded channels-last image in place
-//! ([`panel::PackedI8::product_implicit`]); the weight-only int4 kernel runs its AVX2
-//! form on every path above scalar.
+//! ([`panel::PackedI8::product_implicit`]); on the `amx` path (Intel's AMX-INT8 tiles)
+//! the convolution's product runs on the tile unit (see `amx`), signed first-layer codes
+//! included; the weight-only int4 kernel runs its AVX2 form on every path above scalar.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -76,6 +79,21 @@ pub struct ConvWindow {
     /// Output height and width.
     pub ho: usize,
     pub wo: usize,
+}
+
+impl ConvWindow {
+    /// Readable bytes an image should have after its `(ho − 1)·stride + k` rows for the
+    /// fastest implicit product (the AMX form reads whole tiles of flat positions past
+    /// the last output; those bytes are never used).
+    pub fn slack(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rows = (self.ho.max(1) - 1) * self.stride + self.k;
+            amx::direct_len(self).saturating_sub(rows * self.wp * self.c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    }
 }
 
 /// Bytes of one octet of an int4 nibble panel: 16 channels × 8 nibbles.

@@ -22,6 +22,8 @@ use crate::isa::{self, Isa};
 pub use super::NR;
 /// Inputs per group (one broadcast i32).
 pub(super) const KG: usize = 4;
+/// Zero bytes after the last panel: the most the AMX product's last chunk reads past it.
+const SLACK: usize = 16 * NR * KG;
 
 /// An int8 weight `[n, k]` in panel layout, `n` padded to a multiple of [`NR`] and `k` to
 /// a multiple of 4 with zero codes.
@@ -30,8 +32,15 @@ pub struct PackedI8 {
     pub n: usize,
     pub k: usize,
     data: Vec<u8>,
+    /// Where the panels start in `data`: a 64-byte boundary (the AMX tiles load whole
+    /// cache lines; a misaligned tile load costs about twice as much).
+    start: usize,
     /// Σ_c code(j, c) per channel, padded to whole panels: the VNNI kernel's offset term.
     sums: Vec<i32>,
+    /// For the AMX implicit convolution over kernel rows of `run` bytes that are not whole
+    /// 64-byte chunks: the panels with each kernel row's groups padded with zero groups to
+    /// whole chunks (`run`, bytes, start), made on first use.
+    runs: std::sync::OnceLock<(usize, Vec<u8>, usize)>,
 }
 
 impl PackedI8 {
@@ -52,8 +61,53 @@ impl PackedI8 {
                 *s += v as i8 as i32;
             }
         }
-        let data = panel_bytes(n, k, code);
-        Ok(PackedI8 { n, k, data, sums })
+        let (data, start) = aligned(&panel_bytes(n, k, code));
+        Ok(PackedI8 {
+            n,
+            k,
+            data,
+            start,
+            sums,
+            runs: Default::default(),
+        })
+    }
+
+    /// The panels, then [`SLACK`] zero bytes.
+    fn panel_bytes(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    /// The panels for kernel rows of `run` inputs in whole 64-byte chunks (see `runs`),
+    /// then [`SLACK`] zero bytes; `None` if this weight's inputs are not whole rows of
+    /// `run`. Kernel rows of a multiple of 64 inputs are the panels as packed.
+    fn run_panels(&self, run: usize) -> Option<&[u8]> {
+        const CHUNK: usize = 64;
+        if run == 0 || !self.k.is_multiple_of(run) {
+            return None;
+        }
+        if run.is_multiple_of(CHUNK) {
+            return Some(self.panel_bytes());
+        }
+        let (made, data, start) = self.runs.get_or_init(|| {
+            let (nq, rows) = (Self::groups(self.k), self.k / run);
+            let gp = run.div_ceil(CHUNK) * CHUNK / KG; // groups per padded kernel row
+            let src = self.panel_bytes();
+            // input i of kernel row r of channel ch in panel p: as packed, and re-placed
+            let code =
+                |p: usize, ch: usize, c: usize| src[((p * nq + c / KG) * NR + ch) * KG + c % KG];
+            let mut out = vec![0u8; self.panels() * rows * gp * NR * KG];
+            for (p, r, i) in (0..self.panels())
+                .flat_map(|p| (0..rows).flat_map(move |r| (0..run).map(move |i| (p, r, i))))
+            {
+                let at = (((p * rows + r) * gp + i / KG) * NR) * KG + i % KG;
+                for ch in 0..NR {
+                    out[at + ch * KG] = code(p, ch, r * run + i);
+                }
+            }
+            let (data, start) = aligned(&out);
+            (run, data, start)
+        });
+        (*made == run).then(|| &data[*start..])
     }
 
     /// Bytes of one activation row the kernel reads: `k` rounded up to a multiple of 4
@@ -102,7 +156,22 @@ impl PackedI8 {
         )?;
         let nq = Self::groups(self.k);
         let psize = nq * NR * KG;
-        let data = &self.data[panels.start * psize..panels.end * psize];
+        let data = &self.panel_bytes()[panels.start * psize..panels.end * psize];
+        #[cfg(target_arch = "x86_64")]
+        if isa::amx(isa) {
+            let a = match signed {
+                true => a.as_ptr() as *const u8,
+                false => abs.as_ptr(),
+            };
+            let src = super::amx::Source::Rows { a, lda };
+            let w = self.panel_bytes()[panels.start * psize..].as_ptr();
+            // SAFETY: isa::amx checked the CPU and the tile permission; the lengths were
+            // checked above and `pack` left SLACK bytes after the last panel.
+            unsafe {
+                super::amx::product(src, m, w, (panels.len(), nq), signed, out.as_mut_ptr(), ldo)
+            };
+            return Ok(());
+        }
         #[cfg(target_arch = "x86_64")]
         if isa::avx512_vnni(isa) {
             let sums = &self.sums[panels.start * NR..panels.end * NR];
@@ -129,19 +198,24 @@ impl PackedI8 {
         Ok(())
     }
 
-    /// Whether [`Self::product_implicit`] runs on path `isa` for inputs of `c` channels:
-    /// AVX-512 VNNI, and kernel rows of whole groups of 4 inputs (`c` a multiple of 4).
-    pub fn implicit(isa: Isa, c: usize) -> bool {
-        isa::avx512_vnni(isa) && c.is_multiple_of(KG)
+    /// Whether [`Self::product_implicit`] runs on path `isa` for inputs of `c` channels
+    /// (codes `signed` or not): AMX, any; AVX-512 VNNI, non-negative codes in kernel rows
+    /// of whole groups of 4 inputs (`c` a multiple of 4).
+    pub fn implicit(isa: Isa, c: usize, signed: bool) -> bool {
+        isa::amx(isa) || (isa::avx512_vnni(isa) && c.is_multiple_of(KG) && !signed)
     }
 
     /// [`Self::product`] of a convolution without im2col rows: the window's `ho·wo`
     /// tokens read their inputs in place from `img`, the zero-padded channels-last image
-    /// (non-negative codes), kernel row by kernel row — the im2col row's runs, uncopied.
+    /// (`signed` codes, or non-negative ones), kernel row by kernel row — the im2col
+    /// row's runs, uncopied. On AMX, with stride 1 and [`ConvWindow::slack`] readable
+    /// bytes after the image's rows (which start on a 64-byte boundary, for aligned tile
+    /// loads), the tiles read the image itself; otherwise they read staged windows.
+    #[allow(clippy::too_many_arguments)]
     pub fn product_implicit(
         &self,
         isa: Isa,
-        img: &[u8],
+        (img, signed): (&[u8], bool),
         win: super::ConvWindow,
         panels: std::ops::Range<usize>,
         out: &mut [i32],
@@ -151,7 +225,7 @@ impl PackedI8 {
         let rows = win.ho.saturating_sub(1) * win.stride + win.k;
         let cols = win.wo.saturating_sub(1) * win.stride + win.k;
         let m = win.ho * win.wo;
-        let fits = Self::implicit(isa, win.c)
+        let fits = Self::implicit(isa, win.c, signed)
             && self.k == win.k * win.k * win.c
             && cols <= win.wp
             && img.len() >= rows * win.wp * win.c
@@ -171,9 +245,37 @@ impl PackedI8 {
         }
         let nq = Self::groups(self.k);
         let psize = nq * NR * KG;
-        let data = &self.data[panels.start * psize..panels.end * psize];
+        let data = &self.panel_bytes()[panels.start * psize..panels.end * psize];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `implicit` checked AVX-512 VNNI; the image, panels and output sizes were
+        if isa::amx(isa) && win.stride == 1 && img.len() >= super::amx::direct_len(&win) {
+            if let Some(w) = self.run_panels(win.k * win.c) {
+                let runp = (win.k * win.c).div_ceil(64) * 64;
+                let w = w[panels.start * win.k * runp * NR..].as_ptr();
+                let (op, np) = (out.as_mut_ptr(), panels.len());
+                // SAFETY: isa::amx checked the CPU and the tile permission, `direct_len`
+                // the bytes it reads; the panels and output sizes were checked above and
+                // `run_panels` holds the window's kernel rows in whole chunks, then SLACK.
+                unsafe { super::amx::product_direct((img.as_ptr(), signed), win, w, np, op, ldo) };
+                return Ok(());
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa::amx(isa) {
+            let src = super::amx::Source::Window {
+                img: img.as_ptr(),
+                win,
+            };
+            let w = self.panel_bytes()[panels.start * psize..].as_ptr();
+            // SAFETY: isa::amx checked the CPU and the tile permission; the image, panels
+            // and output sizes were checked above and `pack` left SLACK bytes after the
+            // last panel.
+            unsafe {
+                super::amx::product(src, m, w, (panels.len(), nq), signed, out.as_mut_ptr(), ldo)
+            };
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `implicit` checked AVX-512 VNNI (and non-negative codes); the image, panels and output sizes were
         // checked above.
         unsafe {
             super::avx512_panel::wide::product_implicit(
@@ -236,6 +338,16 @@ pub(super) fn check_product(
         )));
     }
     Ok(())
+}
+
+/// `bytes` copied to a fresh buffer at a 64-byte boundary (the AMX tiles load whole cache
+/// lines; a misaligned tile load costs about twice as much), followed by [`SLACK`] zeros,
+/// which the AMX product's last chunk may read; returns the buffer and where they start.
+fn aligned(bytes: &[u8]) -> (Vec<u8>, usize) {
+    let mut data = vec![0u8; bytes.len() + 64 + SLACK];
+    let start = data.as_ptr().align_offset(64).min(64);
+    data[start..start + bytes.len()].copy_from_slice(bytes);
+    (data, start)
 }
 
 /// Codes `code(j, c)` of an `[n, k]` weight in the panel layout: for panel `p` and
@@ -348,14 +460,17 @@ pub fn requantize_row(
 /// the min where `neg[j]` (a negative rescale factor reverses the order). `y = acc·s + b`
 /// rounded in f32 is monotone in `acc` for a fixed factor, and so is the ReLU after it, so
 /// rescaling the pooled products gives exactly the pool of the rescaled outputs. Returns
-/// the pooled height and width (floor mode, as `max_pool2d`).
+/// the pooled height and width (floor mode, as `max_pool2d`). The same loops compiled per
+/// path (a lane-wise max, min and select on AVX2 and AVX-512).
 pub fn pool_rows(
+    isa: Isa,
     acc: &[i32],
     (ho, wo, ldo): (usize, usize, usize),
     (k, s): (usize, usize),
     neg: &[bool],
     pooled: &mut Vec<i32>,
 ) -> Result<(usize, usize)> {
+    let isa = isa::require(isa)?;
     let cols = neg.len();
     if k == 0 || s == 0 || ho < k || wo < k || ldo < cols || acc.len() < ho * wo * ldo {
         return Err(Error::Data(format!(
@@ -367,6 +482,22 @@ pub fn pool_rows(
     let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
     pooled.clear();
     pooled.resize(ph * pw * cols, 0);
+    pool_on(isa, acc, (wo, ldo), (k, s, pw), neg, pooled);
+    Ok((ph, pw))
+}
+
+isa_variants!(pool_on, pool_body, (acc: &[i32], rows: (usize, usize), win: (usize, usize, usize), neg: &[bool], pooled: &mut [i32]) -> ());
+
+/// The loops of [`pool_rows`] over checked sizes.
+#[inline(always)]
+fn pool_body(
+    acc: &[i32],
+    (wo, ldo): (usize, usize),
+    (k, s, pw): (usize, usize, usize),
+    neg: &[bool],
+    pooled: &mut [i32],
+) {
+    let cols = neg.len();
     for (o, out) in pooled.chunks_exact_mut(cols).enumerate() {
         let (py, px) = (o / pw, o % pw);
         let row = |dy: usize, dx: usize| {
@@ -374,13 +505,15 @@ pub fn pool_rows(
             &acc[at..at + cols]
         };
         out.copy_from_slice(row(0, 0));
-        for (dy, dx) in (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx))).skip(1) {
-            for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
-                *o = if n { (*o).min(v) } else { (*o).max(v) };
+        for dy in 0..k {
+            for dx in 0..k {
+                for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
+                    let (hi, lo) = ((*o).max(v), (*o).min(v));
+                    *o = if n { lo } else { hi };
+                }
             }
         }
     }
-    Ok((ph, pw))
 }
 
 /// `dst[px·c + ci] = src[ci·hw + px]`: an image's codes `[C, H·W]` reordered channels-last

@@ -111,7 +111,7 @@ fn every_supported_isa_path_matches_the_reference() {
 fn unsupported_or_unknown_isa_is_refused_with_a_clear_error() {
     let e = Isa::parse("avx9").unwrap_err().to_string();
     assert!(
-        e.contains("avx9") && e.contains("avx512vnni, avx512, avx2 or scalar"),
+        e.contains("avx9") && e.contains("amx, avx512vnni, avx512, avx2 or scalar"),
         "{e}"
     );
     for isa in Isa::ALL.into_iter().filter(|i| !i.is_supported()) {

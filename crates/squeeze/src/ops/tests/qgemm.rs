@@ -27,6 +27,11 @@ fn packed_int8_panels_equal_the_reference_exactly() {
         // the VNNI kernel's wide tiles: 4 panels + 1, tokens beyond 6
         (15, 70, 96),
         (8, 48, 40),
+        // AMX blocks: 32 tokens + a part of one, 2 panels + 1, inputs past whole
+        // 64-byte chunks; one tile of tokens and a few over
+        (45, 40, 200),
+        (16, 32, 64),
+        (19, 17, 9),
     ] {
         for relu in [false, true] {
             let mut x = uniform(m * k, 7 + k as u64);
@@ -414,9 +419,13 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
         .map(|i| ((i * 37) % 101) as i32 - 50)
         .collect();
     let neg = [false, true, false];
-    for (k, s) in [(2, 2), (3, 2)] {
+    for ((k, s), path) in [(2, 2), (3, 2)].into_iter().flat_map(|w| {
+        super::common::isa_paths(module_path!())
+            .into_iter()
+            .map(move |p| (w, p))
+    }) {
         let mut pooled = vec![9; 3];
-        let (ph, pw) = pool_rows(&acc, (ho, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
+        let (ph, pw) = pool_rows(path, &acc, (ho, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
         assert_eq!((ph, pw), ((ho - k) / s + 1, (wo - k) / s + 1));
         assert_eq!(pooled.len(), ph * pw * 3);
         for (py, px, j) in
@@ -428,14 +437,16 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
             assert_eq!(
                 pooled[(py * pw + px) * 3 + j],
                 want,
-                "k {k} ({py}, {px}) channel {j}"
+                "{} k {k} ({py}, {px}) channel {j}",
+                path.name()
             );
         }
     }
     // a window larger than the image, or too few products, is an error
     let mut pooled = Vec::new();
-    assert!(pool_rows(&acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
-    assert!(pool_rows(&acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
+    let isa = isa::Isa::Scalar;
+    assert!(pool_rows(isa, &acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
+    assert!(pool_rows(isa, &acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
 }
 
 /// Values that probe the rounding: exact halves on both sides of zero, the clamp edges,
@@ -621,19 +632,41 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
 fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
     use qgemm::panel::PackedI8;
     use qgemm::ConvWindow;
-    let isa = isa::detected();
-    if !PackedI8::implicit(isa, 4) {
+    let all = super::common::isa_paths(module_path!());
+    if !all.iter().any(|&i| PackedI8::implicit(i, 4, false)) {
         eprintln!("NOT RUN on this CPU: the implicit product needs AVX-512 VNNI");
         return;
     }
     // (channels, height, width, kernel, stride, padding, output channels): kernel rows of
-    // 3 and 5, a stride of 2, wide tiles past 4 panels, rows past whole tiles
-    for &(c, h, w, k, s, pad, n) in &[
+    // 3 and 5, a stride of 2, wide tiles past 4 panels, rows past whole tiles; then signed
+    // codes (AMX only) of one and of 3 channels, a first layer's input
+    for (&(c, h, w, k, s, pad, n), signed) in [
         (4, 7, 9, 3, 1, 1, 16),
         (8, 12, 13, 3, 1, 1, 70),
         (20, 12, 12, 5, 1, 0, 50),
         (12, 11, 10, 3, 2, 1, 33),
-    ] {
+        // AMX blocks of 32 tokens over several output rows, chunks past a kernel row
+        (32, 9, 9, 3, 1, 1, 40),
+        // kernel rows of whole 64-byte chunks: AMX reads the image unstaged
+        (64, 9, 10, 3, 1, 1, 40),
+        (16, 6, 7, 4, 1, 0, 20),
+    ]
+    .iter()
+    .map(|g| (g, false))
+    .chain(
+        [
+            (1, 28, 28, 3, 1, 1, 32),
+            (3, 9, 11, 3, 1, 1, 20),
+            (1, 9, 9, 3, 2, 1, 20),
+        ]
+        .iter()
+        .map(|g| (g, true)),
+    ) {
+        let paths: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|&i| PackedI8::implicit(i, c, signed))
+            .collect();
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
         // non-negative codes in a zero-padded channels-last image
@@ -641,7 +674,9 @@ fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
             .map(|i| {
                 let (y, x) = (i / c / wp, i / c % wp);
                 let inside = y >= pad && y < pad + h && x >= pad && x < pad + w;
-                if inside {
+                if inside && signed {
+                    ((i * 37 + 11) % 255) as u8 ^ 0x80 // [−127, 127], −128 excluded
+                } else if inside {
                     ((i * 37 + 11) % 128) as u8
                 } else {
                     0
@@ -668,12 +703,12 @@ fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
         let np = p.panels();
         let ldo = np * 16;
         let mut want = vec![0i32; ho * wo * ldo];
-        let mags: Vec<u8> = rows.iter().map(|v| *v as u8).collect();
+        let mags: Vec<u8> = rows.iter().map(|v| v.unsigned_abs()).collect();
         p.product(
-            isa,
+            isa::Isa::Scalar,
             (&rows, &mags),
             (ho * wo, lda),
-            false,
+            signed,
             0..np,
             &mut want,
             ldo,
@@ -687,14 +722,34 @@ fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
             ho,
             wo,
         };
-        let mut got = vec![7i32; ho * wo * ldo];
-        p.product_implicit(isa, &img, win, 0..np, &mut got, ldo)
-            .unwrap();
-        assert_eq!(got, want, "c={c} k={k} s={s} n={n}");
-        // a window that does not fit the image is an error, not a read past it
-        let wide = ConvWindow { wo: wo + 1, ..win };
-        assert!(p
-            .product_implicit(isa, &img, wide, 0..np, &mut got, ldo)
-            .is_err());
+        // the same image followed by the slack the fastest form reads (junk, unused)
+        let mut slacked = img.clone();
+        slacked.resize(img.len() + win.slack(), 0x5a);
+        for (&isa, img) in paths.iter().flat_map(|i| [(i, &img), (i, &slacked)]) {
+            let mut got = vec![7i32; ho * wo * ldo];
+            p.product_implicit(isa, (img, signed), win, 0..np, &mut got, ldo)
+                .unwrap();
+            assert_eq!(
+                got,
+                want,
+                "{} c={c} k={k} s={s} n={n} signed={signed}",
+                isa.name()
+            );
+            // the panels from the second on, alone (a thread's share at batch 1)
+            if np > 1 {
+                let mut part = vec![7i32; ho * wo * ldo];
+                p.product_implicit(isa, (img, signed), win, 1..np, &mut part, ldo)
+                    .unwrap();
+                for i in 0..ho * wo {
+                    let cols = (np - 1) * 16;
+                    assert_eq!(part[i * ldo..][..cols], want[i * ldo + 16..][..cols]);
+                }
+            }
+            // a window that does not fit the image is an error, not a read past it
+            let wide = ConvWindow { wo: wo + 1, ..win };
+            assert!(p
+                .product_implicit(isa, (img, signed), wide, 0..np, &mut got, ldo)
+                .is_err());
+        }
     }
 }
