@@ -66,34 +66,81 @@ impl Out {
     }
 
     /// The i32 products of the operand's `m` tokens with the channels of `panels`,
-    /// pooled when a pool is fused, handed to `epi` as rows of the panels' columns:
-    /// `epi(acc, (rows, stride))`.
+    /// pooled when a pool is fused, handed to `epi` with where its rows are:
+    /// `epi(acc, rows)`.
     fn rows(
         &self,
         isa: crate::isa::Isa,
         w: &Panels,
         (operand, m): (Operand, usize),
         panels: std::ops::Range<usize>,
-        epi: &dyn Fn(&[i32], (usize, usize)) -> Result<()>,
+        epi: &dyn Fn(&[i32], Rows) -> Result<()>,
     ) -> Result<()> {
         let cols = panels.len() * NR;
+        // the rows the product may write (the AMX form: whole blocks of padded rows)
+        let written = match operand {
+            Operand::Image { win, .. } => win.out_rows(),
+            Operand::Cols { .. } => m,
+        };
         ACC.with(|acc| -> Result<()> {
             let mut acc = acc.borrow_mut();
             // every element is written by the product: only growth is zero-filled
-            let len = acc.len().max(m * cols);
+            let len = acc.len().max(written * cols);
             acc.resize(len, 0);
-            w.product(isa, operand, m, panels.clone(), &mut acc, cols)?;
+            let pitch = w.product(isa, operand, m, panels.clone(), &mut acc, cols)?;
             let Some(p) = self.pool else {
-                return epi(&acc[..m * cols], (m, cols));
+                let rows = match (operand, pitch) {
+                    (Operand::Image { win, .. }, Some(pitch)) => Rows {
+                        n: m,
+                        ldo: cols,
+                        wo: win.wo.max(1),
+                        pitch,
+                    },
+                    _ => Rows::packed(m, cols),
+                };
+                return epi(&acc, rows);
             };
             POOLED.with(|pooled| {
                 let mut pooled = pooled.borrow_mut();
                 let neg = &self.neg[panels.start * NR..][..cols];
-                let (ph, pw) =
-                    panel::pool_rows(isa, &acc, (p.ho, p.wo, cols), (p.k, p.s), neg, &mut pooled)?;
-                epi(&pooled[..ph * pw * cols], (ph * pw, cols))
+                let geo = (p.ho, p.wo, pitch.unwrap_or(p.wo), cols);
+                let (ph, pw) = panel::pool_rows(isa, &acc, geo, (p.k, p.s), neg, &mut pooled)?;
+                epi(&pooled[..ph * pw * cols], Rows::packed(ph * pw, cols))
             })
         })
+    }
+}
+
+/// Where a block of i32 products keeps its rows: `n` output pixels of `ldo` columns,
+/// pixel `r` at row [`Rows::at`] — packed (`pitch == wo`), or with the unused rows of the
+/// AMX product's padded width between output rows (`pitch > wo`).
+#[derive(Clone, Copy)]
+pub(super) struct Rows {
+    pub(super) n: usize,
+    pub(super) ldo: usize,
+    wo: usize,
+    pitch: usize,
+}
+
+impl Rows {
+    /// `n` packed rows of stride `ldo`.
+    fn packed(n: usize, ldo: usize) -> Self {
+        Rows {
+            n,
+            ldo,
+            wo: n.max(1),
+            pitch: n.max(1),
+        }
+    }
+
+    /// The row of output pixel `r`.
+    pub(super) fn at(&self, r: usize) -> usize {
+        (r / self.wo) * self.pitch + r % self.wo
+    }
+
+    /// Whether the rows are packed (pixel `r` at row `r`).
+    fn is_packed(&self) -> bool {
+        self.pitch == self.wo
     }
 }
 
@@ -171,13 +218,12 @@ fn panels_per_task(n: usize, np: usize) -> usize {
 }
 
 impl Run<'_> {
-    /// Runs `each(image, task, i32 rows, (rows, stride), channels)` for every image (in
+    /// Runs `each(image, task, i32 products, where their rows are, channels)` for every image (in
     /// parallel) and, within an image, every task's panels (in parallel for one image).
     fn images(
         &self,
         src: Src,
-        each: &(dyn Fn(usize, usize, &[i32], (usize, usize), std::ops::Range<usize>) -> Result<()>
-              + Sync),
+        each: &(dyn Fn(usize, usize, &[i32], Rows, std::ops::Range<usize>) -> Result<()> + Sync),
     ) -> Result<()> {
         let (n, c, h, wd) = self.dims;
         let (ho, wo) = self.hw;
@@ -263,13 +309,21 @@ impl Run<'_> {
         let mut y = vec![0f32; n * co * p];
         let yp = Ptr(y.as_mut_ptr());
         let (isa, out) = (self.isa, self.out);
-        self.images(src, &|i, _, acc, (rows, ldo), ch| {
+        self.images(src, &|i, _, acc, rows, ch| {
             // this task's channels of image i: a contiguous run of whole channel rows
             // SAFETY: tasks own disjoint channel ranges of disjoint images; `y` outlives
             // the call.
             let yt = unsafe { yp.slice((i * co + ch.start) * p, ch.len() * p) };
             let (sc, b) = (&out.scale[ch.clone()], &out.bias[ch]);
-            panel::rescale_transposed(isa, acc, (rows, ldo), sc, b, out.relu, yt)
+            let ldo = rows.ldo;
+            if rows.is_packed() {
+                return panel::rescale_transposed(isa, acc, (rows.n, ldo), sc, b, out.relu, yt);
+            }
+            // rows with unused ones between: packed first
+            let packed: Vec<i32> = (0..rows.n)
+                .flat_map(|r| acc[rows.at(r) * ldo..][..ldo].iter().copied())
+                .collect();
+            panel::rescale_transposed(isa, &packed, (rows.n, ldo), sc, b, out.relu, yt)
         })?;
         Ok(y)
     }
@@ -286,22 +340,23 @@ impl Run<'_> {
         let mut blocks = vec![0u8; if split { p * co } else { 0 }];
         let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
-        self.images(src, &|i, _, acc, (rows, ldo), ch| {
+        self.images(src, &|i, _, acc, rows, ch| {
             let sb = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
-            for r in 0..rows {
-                // SAFETY: pixel r's channels `ch` of image i (or row r of this task's
-                // block) belong to this task alone.
-                let o = unsafe {
-                    match split {
-                        true => bp.slice(ch.start * p + r * ch.len(), ch.len()),
-                        false => yp.slice((i * p + r) * co + ch.start, ch.len()),
-                    }
-                };
-                // the f32 path's value, then the reader's code for it
-                let a = &acc[r * ldo..][..ch.len()];
-                panel::requantize_row(isa, a, sb, out.relu, (hand.inv, hand.codes), o);
-            }
-            Ok(())
+            let (w, n) = (ch.len(), rows.n);
+            let len = n.saturating_sub(1) * if split { w } else { co } + w;
+            // SAFETY: the channels `ch` of image i's pixels (or this task's block) belong
+            // to this task alone; when not split, the task holds every channel, so the
+            // span of its rows is the image's own.
+            let (o, ldout) = unsafe {
+                match split {
+                    true => (bp.slice(ch.start * p, len), w),
+                    false => (yp.slice(i * p * co + ch.start, len), co),
+                }
+            };
+            // the f32 path's value, then the reader's code for it
+            let at = |r: usize| rows.at(r) * rows.ldo;
+            let q = (hand.inv, hand.codes);
+            panel::requantize_rows(isa, (acc, &at, n), sb, out.relu, q, (o, ldout))
         })?;
         if split {
             for c0 in (0..co).step_by(per_task) {
@@ -415,7 +470,9 @@ fn im2col(
 }
 
 impl Panels {
-    /// The i32 products of the operand's `m` tokens with the channels of `panels`.
+    /// The i32 products of the operand's `m` tokens with the channels of `panels`;
+    /// `Some(pitch)` when the rows are pitched (see [`PackedI8::product_implicit`]),
+    /// `None` when packed.
     fn product(
         &self,
         isa: crate::isa::Isa,
@@ -424,17 +481,17 @@ impl Panels {
         panels: std::ops::Range<usize>,
         out: &mut [i32],
         ldo: usize,
-    ) -> Result<()> {
+    ) -> Result<Option<usize>> {
         match (self, operand) {
-            (Panels::I8(w), Operand::Image { img, signed, win }) => {
-                w.product_implicit(isa, (img, signed), win, panels, out, ldo)
-            }
-            (Panels::I8(w), Operand::Cols { a, lda, signed }) => {
-                w.product(isa, a, (m, lda), signed, panels, out, ldo)
-            }
-            (Panels::Bits(w), Operand::Cols { a, lda, signed }) => {
-                w.product(isa, a, (m, lda), signed, panels, out, ldo)
-            }
+            (Panels::I8(w), Operand::Image { img, signed, win }) => w
+                .product_implicit(isa, (img, signed), win, panels, out, ldo)
+                .map(Some),
+            (Panels::I8(w), Operand::Cols { a, lda, signed }) => w
+                .product(isa, a, (m, lda), signed, panels, out, ldo)
+                .map(|_| None),
+            (Panels::Bits(w), Operand::Cols { a, lda, signed }) => w
+                .product(isa, a, (m, lda), signed, panels, out, ldo)
+                .map(|_| None),
             (Panels::Bits(_), Operand::Image { .. }) => Err(Error::Graph(
                 "binary/ternary convolutions read im2col rows".into(),
             )),

@@ -145,15 +145,16 @@ pub(super) unsafe fn product(
 /// stride 1, token (oh, ow) is the flat position `t = oh·wp + ow` of the padded image and
 /// its kernel row `ki` the `k·c` bytes at `(t + ki·wp)·c`, so 16 consecutive flat
 /// positions are one activation tile of row stride `c` (signed codes through `tdpbssd`).
-/// Positions past a row's last
-/// output (`ow ≥ wo`) are computed and dropped. The weights' kernel rows are whole chunks
+/// The output keeps that layout — pixel (oh, ow) is row `oh·wp + ow` of `out`, a pitch of
+/// `wp` — so accumulator tiles are stored straight; the rows of positions past a row's
+/// last output (`ow ≥ wo`), and past the last block's end, hold unused sums. The weights' kernel rows are whole chunks
 /// (`k·c` rounded up to 64 bytes, zero groups after the row's own): a chunk that runs
 /// past a kernel row reads the next pixels' codes and multiplies them by zero.
 ///
 /// # Safety
 /// As [`product`], with `win.stride == 1`, `w` holding `np` panels of `k` kernel rows of
-/// `k·c` inputs padded to whole chunks each (then 1 KiB of readable bytes), and the image readable for
-/// [`direct_len`] bytes.
+/// `k·c` inputs padded to whole chunks each (then 1 KiB of readable bytes), the image
+/// readable for [`direct_len`] bytes and `out` writable for [`direct_rows`] rows.
 pub(super) unsafe fn product_direct(
     (img, signed): (*const u8, bool),
     win: ConvWindow,
@@ -166,10 +167,6 @@ pub(super) unsafe fn product_direct(
     let cs = (win.k * c).div_ceil(CHUNK); // chunks per kernel row
     let flat = (win.ho - 1) * win.wp + win.wo;
     let psize = win.k * cs * ROWS * CHUNK;
-    #[repr(C, align(64))]
-    struct Tiles([i32; 4 * ROWS * NR]);
-    let mut tiles = Tiles([0; 4 * ROWS * NR]);
-    let tp = tiles.0.as_mut_ptr();
     let cfg = Config::new();
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
     let mut t0 = 0;
@@ -207,21 +204,16 @@ pub(super) unsafe fn product_direct(
                     }
                 }
             }
-            store!(0, tp, NR * 4);
-            store!(1, tp.add(ROWS * NR), NR * 4);
-            store!(2, tp.add(2 * ROWS * NR), NR * 4);
-            store!(3, tp.add(3 * ROWS * NR), NR * 4);
-            // the valid positions' rows, to their output pixels
-            for r in 0..rows {
-                let (oh, ow) = ((t0 + r) / win.wp, (t0 + r) % win.wp);
-                if ow >= win.wo {
-                    continue;
-                }
-                let o = out.add((oh * win.wo + ow) * ldo + p * NR);
-                let tile = tp.add((r / ROWS) * 2 * ROWS * NR + (r % ROWS) * NR);
-                std::ptr::copy_nonoverlapping(tile, o, NR);
+            // flat position t's row at t·ldo: the output's pitch is the padded width
+            let (o, st) = (out.add(t0 * ldo + p * NR), ldo * 4);
+            store!(0, o, st);
+            if two_b {
+                store!(1, o.add(NR), st);
+            }
+            if two_a {
+                store!(2, o.add(ROWS * ldo), st);
                 if two_b {
-                    std::ptr::copy_nonoverlapping(tile.add(ROWS * NR), o.add(NR), NR);
+                    store!(3, o.add(ROWS * ldo + NR), st);
                 }
             }
             p += if two_b { 2 } else { 1 };
@@ -237,6 +229,12 @@ pub(super) fn direct_len(win: &ConvWindow) -> usize {
     let flat = (win.ho.max(1) - 1) * win.wp + win.wo;
     let runp = (win.k * win.c).div_ceil(CHUNK) * CHUNK;
     (flat + BLOCK - 2 + (win.k.max(1) - 1) * win.wp) * win.c + runp
+}
+
+/// Rows of `out` [`product_direct`] writes for window `win`: whole blocks of flat
+/// positions (pitch `wp`).
+pub(super) fn direct_rows(win: &ConvWindow) -> usize {
+    ((win.ho.max(1) - 1) * win.wp + win.wo).div_ceil(BLOCK) * BLOCK
 }
 
 /// Copies token `i`'s codes to `dst` (a row: its `kbytes`; a window: its `k·k·c`);

@@ -158,6 +158,48 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
         .fold(0f32, |a, v| a.max(v.abs()))
 }
 
+/// [`requantize`] over `n` rows (row `r` from `acc[src(r)]` to `out[r·ldout]`), each
+/// `scale.len()` channels wide, the last ones under a mask.
+///
+/// # Safety
+/// AVX-512F is available; every row's `scale.len()` products and codes are in bounds.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn requantize_rows(
+    (acc, src, n): (&[i32], &dyn Fn(usize) -> usize, usize),
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, lim, lo, hi): (f32, i8, i8, i8),
+    (out, ldout): (&mut [u8], usize),
+) {
+    let w = scale.len();
+    let (iv, l) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
+    let (lo, hi) = (
+        _mm512_set1_epi32(i32::from(lo)),
+        _mm512_set1_epi32(i32::from(hi)),
+    );
+    let zero = _mm512_setzero_ps();
+    let (sp, bp, op) = (scale.as_ptr(), bias.as_ptr(), out.as_mut_ptr());
+    for r in 0..n {
+        let (a, o) = (acc.as_ptr().add(src(r)), op.add(r * ldout));
+        for j in (0..w).step_by(16) {
+            let k: __mmask16 = if w - j >= 16 {
+                !0
+            } else {
+                (1u16 << (w - j)) - 1
+            };
+            let x = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a.add(j)));
+            // a product, then a sum: the rescale's rounding
+            let v = _mm512_add_ps(
+                _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, sp.add(j))),
+                _mm512_maskz_loadu_ps(k, bp.add(j)),
+            );
+            let v = if relu { _mm512_max_ps(v, zero) } else { v };
+            let c = _mm512_min_epi32(_mm512_max_epi32(codes16(v, iv, l), lo), hi);
+            _mm512_mask_cvtepi32_storeu_epi8(o.add(j) as *mut i8, k, c);
+        }
+    }
+}
+
 /// `super::avx2::requantize` on 16 channels per step (`out.len()` a multiple of 16).
 ///
 /// # Safety

@@ -94,6 +94,16 @@ impl ConvWindow {
         #[cfg(not(target_arch = "x86_64"))]
         0
     }
+
+    /// Rows of output the fastest implicit product may write (at least `ho·wo`; the AMX
+    /// form writes whole blocks of the padded image's flat positions).
+    pub fn out_rows(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        let rows = amx::direct_rows(self);
+        #[cfg(not(target_arch = "x86_64"))]
+        let rows = 0;
+        (self.ho * self.wo).max(rows)
+    }
 }
 
 /// Bytes of one octet of an int4 nibble panel: 16 channels × 8 nibbles.

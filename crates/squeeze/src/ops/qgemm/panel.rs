@@ -208,9 +208,12 @@ impl PackedI8 {
     /// [`Self::product`] of a convolution without im2col rows: the window's `ho·wo`
     /// tokens read their inputs in place from `img`, the zero-padded channels-last image
     /// (`signed` codes, or non-negative ones), kernel row by kernel row — the im2col
-    /// row's runs, uncopied. On AMX, with stride 1 and [`ConvWindow::slack`] readable
-    /// bytes after the image's rows (which start on a 64-byte boundary, for aligned tile
-    /// loads), the tiles read the image itself; otherwise they read staged windows.
+    /// row's runs, uncopied. Returns the output's row pitch: pixel (oh, ow) is row
+    /// `oh·pitch + ow` of `out`. That is `wo` (rows packed), except on AMX with stride 1,
+    /// [`ConvWindow::slack`] readable bytes after the image's rows (which start on a
+    /// 64-byte boundary, for aligned tile loads) and room for [`ConvWindow::out_rows`]
+    /// rows: then the tiles read the image itself and the pitch is the padded width `wp`
+    /// (the rows between hold unused sums). Otherwise AMX reads staged windows.
     #[allow(clippy::too_many_arguments)]
     pub fn product_implicit(
         &self,
@@ -220,7 +223,7 @@ impl PackedI8 {
         panels: std::ops::Range<usize>,
         out: &mut [i32],
         ldo: usize,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let isa = isa::require(isa)?;
         let rows = win.ho.saturating_sub(1) * win.stride + win.k;
         let cols = win.wo.saturating_sub(1) * win.stride + win.k;
@@ -235,7 +238,8 @@ impl PackedI8 {
             && out.len() >= m.saturating_sub(1) * ldo + panels.len() * NR;
         if !fits {
             return Err(Error::Data(format!(
-                "implicit int8 convolution product of a [{}, {}] weight over {win:?} on {}:                  {} image bytes, panels {panels:?}, output of {} (stride {ldo})",
+                "implicit int8 convolution product of a [{}, {}] weight over {win:?} on {}: \
+                 {} image bytes, panels {panels:?}, output of {} (stride {ldo})",
                 self.n,
                 self.k,
                 isa.name(),
@@ -247,16 +251,21 @@ impl PackedI8 {
         let psize = nq * NR * KG;
         let data = &self.panel_bytes()[panels.start * psize..panels.end * psize];
         #[cfg(target_arch = "x86_64")]
-        if isa::amx(isa) && win.stride == 1 && img.len() >= super::amx::direct_len(&win) {
+        let direct = win.stride == 1
+            && img.len() >= super::amx::direct_len(&win)
+            && out.len() >= super::amx::direct_rows(&win) * ldo;
+        #[cfg(target_arch = "x86_64")]
+        if isa::amx(isa) && direct {
             if let Some(w) = self.run_panels(win.k * win.c) {
                 let runp = (win.k * win.c).div_ceil(64) * 64;
                 let w = w[panels.start * win.k * runp * NR..].as_ptr();
                 let (op, np) = (out.as_mut_ptr(), panels.len());
                 // SAFETY: isa::amx checked the CPU and the tile permission, `direct_len`
-                // the bytes it reads; the panels and output sizes were checked above and
-                // `run_panels` holds the window's kernel rows in whole chunks, then SLACK.
+                // the bytes it reads and `direct_rows` the rows it writes; the panels were
+                // checked above and `run_panels` holds the window's kernel rows in whole
+                // chunks, then SLACK.
                 unsafe { super::amx::product_direct((img.as_ptr(), signed), win, w, np, op, ldo) };
-                return Ok(());
+                return Ok(win.wp);
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -272,11 +281,11 @@ impl PackedI8 {
             unsafe {
                 super::amx::product(src, m, w, (panels.len(), nq), signed, out.as_mut_ptr(), ldo)
             };
-            return Ok(());
+            return Ok(win.wo);
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `implicit` checked AVX-512 VNNI (and non-negative codes); the image, panels and output sizes were
-        // checked above.
+        // SAFETY: `implicit` checked AVX-512 VNNI (and non-negative codes); the image,
+        // panels and output sizes were checked above.
         unsafe {
             super::avx512_panel::wide::product_implicit(
                 img.as_ptr(),
@@ -287,7 +296,7 @@ impl PackedI8 {
                 ldo,
             )
         };
-        Ok(())
+        Ok(win.wo)
     }
 
     /// The plain loops of [`Self::product`] over packed panels `data`.
@@ -454,35 +463,94 @@ pub fn requantize_row(
     }
 }
 
+/// [`requantize_row`] over `n` rows: row `r`'s `scale.len()` products start at
+/// `acc[src(r)]`, its codes at `out[r·ldout]`. On AVX-512 one call runs every row, the
+/// last channels under a mask (no scalar tail); the other paths run row by row. The same
+/// codes on every path.
+#[allow(clippy::too_many_arguments)]
+pub fn requantize_rows(
+    isa: Isa,
+    (acc, src, n): (&[i32], &dyn Fn(usize) -> usize, usize),
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, [lo, hi]): (f32, [i8; 2]),
+    (out, ldout): (&mut [u8], usize),
+) -> Result<()> {
+    let w = scale.len();
+    let fits = bias.len() == w
+        && ldout >= w
+        && (n == 0 || out.len() >= (n - 1) * ldout + w)
+        && (0..n).all(|r| src(r) + w <= acc.len());
+    if !fits {
+        return Err(Error::Data(format!(
+            "requantizing {n} rows of {w} channels ({} biases, {} products) into {} codes \
+             (stride {ldout})",
+            bias.len(),
+            acc.len(),
+            out.len()
+        )));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512() && isa.is_supported() {
+        let lim = hi.max(lo.saturating_neg());
+        // SAFETY: the path's AVX-512F was detected; every row's reads and writes were
+        // checked above.
+        unsafe {
+            super::avx512_quant::requantize_rows(
+                (acc, src, n),
+                (scale, bias),
+                relu,
+                (inv, lim, lo, hi),
+                (out, ldout),
+            )
+        };
+        return Ok(());
+    }
+    for r in 0..n {
+        let a = &acc[src(r)..][..w];
+        requantize_row(
+            isa,
+            a,
+            (scale, bias),
+            relu,
+            (inv, [lo, hi]),
+            &mut out[r * ldout..][..w],
+        );
+    }
+    Ok(())
+}
+
 /// A max-pool window over channels-last i32 products, before their rescale: for an image
-/// whose `ho × wo` output pixels are the rows of `acc` (stride `ldo`, `cols` channels),
-/// `pooled[(py·pw + px)·cols + j]` = the max over the `k × k` window at (py·s, px·s) — or
-/// the min where `neg[j]` (a negative rescale factor reverses the order). `y = acc·s + b`
-/// rounded in f32 is monotone in `acc` for a fixed factor, and so is the ReLU after it, so
-/// rescaling the pooled products gives exactly the pool of the rescaled outputs. Returns
-/// the pooled height and width (floor mode, as `max_pool2d`). The same loops compiled per
-/// path (a lane-wise max, min and select on AVX2 and AVX-512).
+/// whose `ho × wo` output pixels are rows of `acc` (stride `ldo`, `cols` channels; pixel
+/// (y, x) at row `y·pitch + x`), `pooled[(py·pw + px)·cols + j]` = the max over the
+/// `k × k` window at (py·s, px·s) — or the min where `neg[j]` (a negative rescale factor
+/// reverses the order). `y = acc·s + b` rounded in f32 is monotone in `acc` for a fixed
+/// factor, and so is the ReLU after it, so rescaling the pooled products gives exactly
+/// the pool of the rescaled outputs. Returns the pooled height and width (floor mode, as
+/// `max_pool2d`). The same loops compiled per path (a lane-wise max, min and select on
+/// AVX2 and AVX-512).
 pub fn pool_rows(
     isa: Isa,
     acc: &[i32],
-    (ho, wo, ldo): (usize, usize, usize),
+    (ho, wo, pitch, ldo): (usize, usize, usize, usize),
     (k, s): (usize, usize),
     neg: &[bool],
     pooled: &mut Vec<i32>,
 ) -> Result<(usize, usize)> {
     let isa = isa::require(isa)?;
     let cols = neg.len();
-    if k == 0 || s == 0 || ho < k || wo < k || ldo < cols || acc.len() < ho * wo * ldo {
+    let fits = ldo >= cols && pitch >= wo && acc.len() >= ((ho.max(1) - 1) * pitch + wo) * ldo;
+    if k == 0 || s == 0 || ho < k || wo < k || !fits {
         return Err(Error::Data(format!(
-            "pooling {ho}×{wo} rows of {cols} channels (stride {ldo}, {} products) with \
-             kernel {k}, stride {s}",
+            "pooling {ho}×{wo} rows of {cols} channels (pitch {pitch}, stride {ldo}, {} \
+             products) with kernel {k}, stride {s}",
             acc.len()
         )));
     }
     let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
     pooled.clear();
     pooled.resize(ph * pw * cols, 0);
-    pool_on(isa, acc, (wo, ldo), (k, s, pw), neg, pooled);
+    pool_on(isa, acc, (pitch, ldo), (k, s, pw), neg, pooled);
     Ok((ph, pw))
 }
 
@@ -492,7 +560,7 @@ isa_variants!(pool_on, pool_body, (acc: &[i32], rows: (usize, usize), win: (usiz
 #[inline(always)]
 fn pool_body(
     acc: &[i32],
-    (wo, ldo): (usize, usize),
+    (pitch, ldo): (usize, usize),
     (k, s, pw): (usize, usize, usize),
     neg: &[bool],
     pooled: &mut [i32],
@@ -501,7 +569,7 @@ fn pool_body(
     for (o, out) in pooled.chunks_exact_mut(cols).enumerate() {
         let (py, px) = (o / pw, o % pw);
         let row = |dy: usize, dx: usize| {
-            let at = ((py * s + dy) * wo + px * s + dx) * ldo;
+            let at = ((py * s + dy) * pitch + px * s + dx) * ldo;
             &acc[at..at + cols]
         };
         out.copy_from_slice(row(0, 0));

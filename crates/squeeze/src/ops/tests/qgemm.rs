@@ -425,7 +425,7 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
             .map(move |p| (w, p))
     }) {
         let mut pooled = vec![9; 3];
-        let (ph, pw) = pool_rows(path, &acc, (ho, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
+        let (ph, pw) = pool_rows(path, &acc, (ho, wo, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
         assert_eq!((ph, pw), ((ho - k) / s + 1, (wo - k) / s + 1));
         assert_eq!(pooled.len(), ph * pw * 3);
         for (py, px, j) in
@@ -445,8 +445,32 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
     // a window larger than the image, or too few products, is an error
     let mut pooled = Vec::new();
     let isa = isa::Isa::Scalar;
-    assert!(pool_rows(isa, &acc, (ho, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
-    assert!(pool_rows(isa, &acc[..10], (ho, wo, ldo), (2, 2), &neg, &mut pooled).is_err());
+    assert!(pool_rows(isa, &acc, (ho, wo, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
+    assert!(pool_rows(
+        isa,
+        &acc[..10],
+        (ho, wo, wo, ldo),
+        (2, 2),
+        &neg,
+        &mut pooled
+    )
+    .is_err());
+    // rows at a pitch wider than the image: the same pools from the same pixels
+    let pitched: Vec<i32> = (0..ho * (wo + 2) * ldo)
+        .map(|i| {
+            let (row, j) = (i / ldo, i % ldo);
+            let (y, x) = (row / (wo + 2), row % (wo + 2));
+            if x < wo {
+                acc[(y * wo + x) * ldo + j]
+            } else {
+                1000
+            }
+        })
+        .collect();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    pool_rows(isa, &acc, (ho, wo, wo, ldo), (2, 2), &neg, &mut a).unwrap();
+    pool_rows(isa, &pitched, (ho, wo, wo + 2, ldo), (2, 2), &neg, &mut b).unwrap();
+    assert_eq!(a, b);
 }
 
 /// Values that probe the rounding: exact halves on both sides of zero, the clamp edges,
@@ -615,6 +639,46 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
                 let mut got = vec![9u8; n];
                 requantize_row(path, &acc, (&scale, &bias), relu, (inv, codes), &mut got);
                 assert_eq!(got, want, "{} relu={relu} {codes:?} inv={inv}", path.name());
+                // several rows at once: 5 rows of the channels from 2 on (a masked tail
+                // on AVX-512), read at a pitch and written at a stride
+                let w = n - 2;
+                let (src, ldout) = (|r: usize| r * 7 % 3 + (r / 2) * 9, w + 5);
+                let mut rows = vec![9u8; 4 * ldout + w];
+                let acc2: Vec<i32> = (0..60).map(|i| acc[i % n] - i as i32).collect();
+                let (s2, b2) = (&scale[2..], &bias[2..]);
+                let q = (inv, codes);
+                qgemm::panel::requantize_rows(
+                    path,
+                    (&acc2, &src, 5),
+                    (s2, b2),
+                    relu,
+                    q,
+                    (&mut rows, ldout),
+                )
+                .unwrap();
+                for r in 0..5 {
+                    let mut one = vec![0u8; w];
+                    requantize_row(
+                        isa::Isa::Scalar,
+                        &acc2[src(r)..],
+                        (s2, b2),
+                        relu,
+                        q,
+                        &mut one,
+                    );
+                    assert_eq!(rows[r * ldout..][..w], one[..], "{} row {r}", path.name());
+                }
+                // a row past the products is an error, not a read past them
+                let far = |r: usize| r * 40;
+                assert!(qgemm::panel::requantize_rows(
+                    path,
+                    (&acc2, &far, 5),
+                    (s2, b2),
+                    relu,
+                    q,
+                    (&mut rows, ldout)
+                )
+                .is_err());
             }
             // the scalar form is the rescale, then the reader's quantizer and range
             let lim = codes[1].max(-codes[0]);
@@ -725,24 +789,36 @@ fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
         // the same image followed by the slack the fastest form reads (junk, unused)
         let mut slacked = img.clone();
         slacked.resize(img.len() + win.slack(), 0x5a);
-        for (&isa, img) in paths.iter().flat_map(|i| [(i, &img), (i, &slacked)]) {
-            let mut got = vec![7i32; ho * wo * ldo];
-            p.product_implicit(isa, (img, signed), win, 0..np, &mut got, ldo)
+        // outputs of ho·wo rows, and of the rows the fastest form writes (pitched rows)
+        let cases = paths.iter().flat_map(|i| {
+            [(i, &img), (i, &slacked)]
+                .into_iter()
+                .flat_map(|(i, m)| [(i, m, ho * wo), (i, m, win.out_rows())])
+        });
+        for (&isa, img, out_rows) in cases {
+            let mut got = vec![7i32; out_rows * ldo];
+            let pitch = p
+                .product_implicit(isa, (img, signed), win, 0..np, &mut got, ldo)
                 .unwrap();
-            assert_eq!(
-                got,
-                want,
-                "{} c={c} k={k} s={s} n={n} signed={signed}",
-                isa.name()
-            );
+            let row = |r: usize| (r / wo) * pitch + r % wo;
+            for r in 0..ho * wo {
+                assert_eq!(
+                    got[row(r) * ldo..][..ldo],
+                    want[r * ldo..][..ldo],
+                    "{} c={c} k={k} s={s} n={n} signed={signed} pitch {pitch} pixel {r}",
+                    isa.name()
+                );
+            }
             // the panels from the second on, alone (a thread's share at batch 1)
             if np > 1 {
-                let mut part = vec![7i32; ho * wo * ldo];
-                p.product_implicit(isa, (img, signed), win, 1..np, &mut part, ldo)
+                let mut part = vec![7i32; out_rows * ldo];
+                let pitch = p
+                    .product_implicit(isa, (img, signed), win, 1..np, &mut part, ldo)
                     .unwrap();
-                for i in 0..ho * wo {
-                    let cols = (np - 1) * 16;
-                    assert_eq!(part[i * ldo..][..cols], want[i * ldo + 16..][..cols]);
+                let cols = (np - 1) * 16;
+                for r in 0..ho * wo {
+                    let at = ((r / wo) * pitch + r % wo) * ldo;
+                    assert_eq!(part[at..][..cols], want[r * ldo + 16..][..cols]);
                 }
             }
             // a window that does not fit the image is an error, not a read past it
