@@ -354,9 +354,9 @@ impl Run<'_> {
                 }
             };
             // the f32 path's value, then the reader's code for it
-            let at = |r: usize| rows.at(r) * rows.ldo;
+            let src = (acc, n, (rows.wo, rows.pitch, rows.ldo));
             let q = (hand.inv, hand.codes);
-            panel::requantize_rows(isa, (acc, &at, n), sb, out.relu, q, (o, ldout))
+            panel::requantize_rows(isa, src, sb, out.relu, q, (o, ldout))
         })?;
         if split {
             for c0 in (0..co).step_by(per_task) {
@@ -418,14 +418,23 @@ fn pad_image(
     slack: usize,
     out: &mut Vec<i8>,
 ) -> std::ops::Range<usize> {
-    let wp = w + 2 * pad;
-    let len = (h + 2 * pad) * wp * c + slack;
-    out.clear();
-    out.resize(len + 64, 0);
-    let at = out.as_ptr().align_offset(64).min(64);
-    for (r, row) in x.chunks_exact(w * c).enumerate() {
-        out[at + ((r + pad) * wp + pad) * c..][..w * c].copy_from_slice(row);
+    let (wp, hp) = (w + 2 * pad, h + 2 * pad);
+    let len = hp * wp * c + slack;
+    // every byte of the range is written below: no clearing pass over the image
+    if out.len() < len + 64 {
+        out.resize(len + 64, 0);
     }
+    let at = out.as_ptr().align_offset(64).min(64);
+    let img = &mut out[at..at + len];
+    let (row, side) = (wp * c, pad * c);
+    img[..pad * row].fill(0);
+    for (r, src) in x.chunks_exact(w * c).enumerate() {
+        let dst = &mut img[(r + pad) * row..][..row];
+        dst[..side].fill(0);
+        dst[side..side + w * c].copy_from_slice(src);
+        dst[side + w * c..].fill(0);
+    }
+    img[(h + pad) * row..].fill(0);
     at..at + len
 }
 

@@ -158,14 +158,15 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
         .fold(0f32, |a, v| a.max(v.abs()))
 }
 
-/// [`requantize`] over `n` rows (row `r` from `acc[src(r)]` to `out[r·ldout]`), each
-/// `scale.len()` channels wide, the last ones under a mask.
+/// [`requantize`] over `n` rows (pixel `r` from row `(r / wo)·pitch + r % wo` of `acc`,
+/// stride `ldo`, to `out[r·ldout]`), each `scale.len()` channels wide, the last ones
+/// under a mask.
 ///
 /// # Safety
 /// AVX-512F is available; every row's `scale.len()` products and codes are in bounds.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn requantize_rows(
-    (acc, src, n): (&[i32], &dyn Fn(usize) -> usize, usize),
+    (acc, n, (wo, pitch, ldo)): (&[i32], usize, (usize, usize, usize)),
     (scale, bias): (&[f32], &[f32]),
     relu: bool,
     (inv, lim, lo, hi): (f32, i8, i8, i8),
@@ -179,8 +180,13 @@ pub unsafe fn requantize_rows(
     );
     let zero = _mm512_setzero_ps();
     let (sp, bp, op) = (scale.as_ptr(), bias.as_ptr(), out.as_mut_ptr());
+    let (mut row, mut x) = (0, 0); // pixel r's row in acc, and its column in the image
     for r in 0..n {
-        let (a, o) = (acc.as_ptr().add(src(r)), op.add(r * ldout));
+        let (a, o) = (acc.as_ptr().add(row * ldo), op.add(r * ldout));
+        (row, x) = match x + 1 == wo {
+            true => (row + 1 + pitch - wo, 0),
+            false => (row + 1, x + 1),
+        };
         for j in (0..w).step_by(16) {
             let k: __mmask16 = if w - j >= 16 {
                 !0

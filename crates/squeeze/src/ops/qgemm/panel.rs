@@ -463,28 +463,32 @@ pub fn requantize_row(
     }
 }
 
-/// [`requantize_row`] over `n` rows: row `r`'s `scale.len()` products start at
-/// `acc[src(r)]`, its codes at `out[r·ldout]`. On AVX-512 one call runs every row, the
-/// last channels under a mask (no scalar tail); the other paths run row by row. The same
-/// codes on every path.
+/// [`requantize_row`] over `n` output pixels whose products are rows of `acc` (stride
+/// `ldo`): pixel `r` at row `(r / wo)·pitch + r % wo` (`pitch == wo`: packed rows), its
+/// `scale.len()` codes at `out[r·ldout]`. On AVX-512 one call runs every row, the last
+/// channels under a mask (no scalar tail); the other paths run row by row. The same codes
+/// on every path.
 #[allow(clippy::too_many_arguments)]
 pub fn requantize_rows(
     isa: Isa,
-    (acc, src, n): (&[i32], &dyn Fn(usize) -> usize, usize),
+    (acc, n, (wo, pitch, ldo)): (&[i32], usize, (usize, usize, usize)),
     (scale, bias): (&[f32], &[f32]),
     relu: bool,
     (inv, [lo, hi]): (f32, [i8; 2]),
     (out, ldout): (&mut [u8], usize),
 ) -> Result<()> {
     let w = scale.len();
+    let last = |n: usize| ((n - 1) / wo * pitch + (n - 1) % wo) * ldo + w;
     let fits = bias.len() == w
         && ldout >= w
-        && (n == 0 || out.len() >= (n - 1) * ldout + w)
-        && (0..n).all(|r| src(r) + w <= acc.len());
+        && ldo >= w
+        && wo > 0
+        && pitch >= wo
+        && (n == 0 || (out.len() >= (n - 1) * ldout + w && acc.len() >= last(n)));
     if !fits {
         return Err(Error::Data(format!(
-            "requantizing {n} rows of {w} channels ({} biases, {} products) into {} codes \
-             (stride {ldout})",
+            "requantizing {n} rows of {w} channels (width {wo}, pitch {pitch}, stride {ldo}; \
+             {} biases, {} products) into {} codes (stride {ldout})",
             bias.len(),
             acc.len(),
             out.len()
@@ -493,11 +497,11 @@ pub fn requantize_rows(
     #[cfg(target_arch = "x86_64")]
     if isa.avx512() && isa.is_supported() {
         let lim = hi.max(lo.saturating_neg());
-        // SAFETY: the path's AVX-512F was detected; every row's reads and writes were
-        // checked above.
+        // SAFETY: the path's AVX-512F was detected; the last row (the furthest, rows
+        // being in order) and the last codes were checked above.
         unsafe {
             super::avx512_quant::requantize_rows(
-                (acc, src, n),
+                (acc, n, (wo, pitch, ldo)),
                 (scale, bias),
                 relu,
                 (inv, lim, lo, hi),
@@ -507,7 +511,7 @@ pub fn requantize_rows(
         return Ok(());
     }
     for r in 0..n {
-        let a = &acc[src(r)..][..w];
+        let a = &acc[((r / wo) * pitch + r % wo) * ldo..][..w];
         requantize_row(
             isa,
             a,

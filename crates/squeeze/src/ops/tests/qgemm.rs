@@ -639,17 +639,18 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
                 let mut got = vec![9u8; n];
                 requantize_row(path, &acc, (&scale, &bias), relu, (inv, codes), &mut got);
                 assert_eq!(got, want, "{} relu={relu} {codes:?} inv={inv}", path.name());
-                // several rows at once: 5 rows of the channels from 2 on (a masked tail
-                // on AVX-512), read at a pitch and written at a stride
+                // several rows at once: 5 pixels of an image 2 wide at a pitch of 3 (the
+                // channels from 2 on, a masked tail on AVX-512), written at a stride
                 let w = n - 2;
-                let (src, ldout) = (|r: usize| r * 7 % 3 + (r / 2) * 9, w + 5);
+                let (geo, ldout) = ((2, 3, w + 1), w + 5);
+                let src = |r: usize| ((r / 2) * 3 + r % 2) * (w + 1);
                 let mut rows = vec![9u8; 4 * ldout + w];
-                let acc2: Vec<i32> = (0..60).map(|i| acc[i % n] - i as i32).collect();
+                let acc2: Vec<i32> = (0..7 * (w + 1)).map(|i| acc[i % n] - i as i32).collect();
                 let (s2, b2) = (&scale[2..], &bias[2..]);
                 let q = (inv, codes);
                 qgemm::panel::requantize_rows(
                     path,
-                    (&acc2, &src, 5),
+                    (&acc2, 5, geo),
                     (s2, b2),
                     relu,
                     q,
@@ -669,10 +670,9 @@ fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
                     assert_eq!(rows[r * ldout..][..w], one[..], "{} row {r}", path.name());
                 }
                 // a row past the products is an error, not a read past them
-                let far = |r: usize| r * 40;
                 assert!(qgemm::panel::requantize_rows(
                     path,
-                    (&acc2, &far, 5),
+                    (&acc2, 6, geo),
                     (s2, b2),
                     relu,
                     q,
