@@ -173,6 +173,8 @@ pub unsafe fn requantize_rows(
     (out, ldout): (&mut [u8], usize),
 ) {
     let w = scale.len();
+    // the code range is ±lim unless the reader's is narrower: then a second clamp
+    let narrow = i32::from(lo) != -i32::from(lim) || hi != lim;
     let (iv, l) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
     let (lo, hi) = (
         _mm512_set1_epi32(i32::from(lo)),
@@ -180,28 +182,34 @@ pub unsafe fn requantize_rows(
     );
     let zero = _mm512_setzero_ps();
     let (sp, bp, op) = (scale.as_ptr(), bias.as_ptr(), out.as_mut_ptr());
-    let (mut row, mut x) = (0, 0); // pixel r's row in acc, and its column in the image
-    for r in 0..n {
-        let (a, o) = (acc.as_ptr().add(row * ldo), op.add(r * ldout));
-        (row, x) = match x + 1 == wo {
-            true => (row + 1 + pitch - wo, 0),
-            false => (row + 1, x + 1),
+    // channel block by channel block, its factors loaded once for every row
+    for j in (0..w).step_by(16) {
+        let k: __mmask16 = if w - j >= 16 {
+            !0
+        } else {
+            (1u16 << (w - j)) - 1
         };
-        for j in (0..w).step_by(16) {
-            let k: __mmask16 = if w - j >= 16 {
-                !0
-            } else {
-                (1u16 << (w - j)) - 1
+        let (sc, bi) = (
+            _mm512_maskz_loadu_ps(k, sp.add(j)),
+            _mm512_maskz_loadu_ps(k, bp.add(j)),
+        );
+        let (mut row, mut x) = (0, 0); // pixel r's row in acc, and its column in the image
+        for r in 0..n {
+            let a = acc.as_ptr().add(row * ldo + j);
+            (row, x) = match x + 1 == wo {
+                true => (row + 1 + pitch - wo, 0),
+                false => (row + 1, x + 1),
             };
-            let x = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a.add(j)));
+            let v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a));
             // a product, then a sum: the rescale's rounding
-            let v = _mm512_add_ps(
-                _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, sp.add(j))),
-                _mm512_maskz_loadu_ps(k, bp.add(j)),
-            );
+            let v = _mm512_add_ps(_mm512_mul_ps(v, sc), bi);
             let v = if relu { _mm512_max_ps(v, zero) } else { v };
-            let c = _mm512_min_epi32(_mm512_max_epi32(codes16(v, iv, l), lo), hi);
-            _mm512_mask_cvtepi32_storeu_epi8(o.add(j) as *mut i8, k, c);
+            let c = codes16(v, iv, l);
+            let c = match narrow {
+                true => _mm512_min_epi32(_mm512_max_epi32(c, lo), hi),
+                false => c,
+            };
+            _mm512_mask_cvtepi32_storeu_epi8(op.add(r * ldout + j) as *mut i8, k, c);
         }
     }
 }

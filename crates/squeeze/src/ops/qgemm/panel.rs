@@ -577,12 +577,10 @@ fn pool_body(
             &acc[at..at + cols]
         };
         out.copy_from_slice(row(0, 0));
-        for dy in 0..k {
-            for dx in 0..k {
-                for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
-                    let (hi, lo) = ((*o).max(v), (*o).min(v));
-                    *o = if n { lo } else { hi };
-                }
+        for (dy, dx) in (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx))).skip(1) {
+            for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
+                let (hi, lo) = ((*o).max(v), (*o).min(v));
+                *o = if n { lo } else { hi };
             }
         }
     }
