@@ -67,12 +67,54 @@ impl Out {
 
     /// The i32 products of the operand's `m` tokens with the channels of `panels`,
     /// pooled when a pool is fused, handed to `epi` with where its rows are:
-    /// `epi(acc, rows)`.
+    /// `epi(acc, rows)`. With `banded`, an image is taken in bands of output rows whose
+    /// products stay in the first-level cache from the product to the epilogue (`epi`
+    /// once per band, `rows.first` its first pixel); otherwise whole.
     fn rows(
         &self,
         isa: crate::isa::Isa,
         w: &Panels,
-        (operand, m): (Operand, usize),
+        (operand, m, banded): (Operand, usize, bool),
+        panels: std::ops::Range<usize>,
+        epi: &dyn Fn(&[i32], Rows) -> Result<()>,
+    ) -> Result<()> {
+        let Operand::Image { img, signed, win } = operand else {
+            return self.band(isa, w, (operand, m, 0), panels, epi);
+        };
+        let step = match banded {
+            true => self.band_rows(&win),
+            false => win.ho,
+        };
+        for oh0 in (0..win.ho).step_by(step.max(1)) {
+            let hb = step.min(win.ho - oh0);
+            let band = Operand::Image {
+                img: &img[oh0 * win.stride * win.wp * win.c..],
+                signed,
+                win: ConvWindow { ho: hb, ..win },
+            };
+            self.band(isa, w, (band, hb * win.wo, oh0), panels.clone(), epi)?;
+        }
+        Ok(())
+    }
+
+    /// Output rows per band of window `win`: about 256 positions of the padded width
+    /// (32 KiB of products for 32 channels), whole pool windows when a pool is fused
+    /// (non-overlapping ones; an overlapping pool takes the image whole).
+    fn band_rows(&self, win: &ConvWindow) -> usize {
+        let rows = (256 / win.wp.max(1)).max(1);
+        match self.pool {
+            None => rows,
+            Some(p) if p.k == p.s => (rows / p.s).max(1) * p.s,
+            Some(_) => win.ho,
+        }
+    }
+
+    /// [`Self::rows`] of one band: `m` tokens from output row `oh0`.
+    fn band(
+        &self,
+        isa: crate::isa::Isa,
+        w: &Panels,
+        (operand, m, oh0): (Operand, usize, usize),
         panels: std::ops::Range<usize>,
         epi: &dyn Fn(&[i32], Rows) -> Result<()>,
     ) -> Result<()> {
@@ -91,31 +133,40 @@ impl Out {
             let Some(p) = self.pool else {
                 let rows = match (operand, pitch) {
                     (Operand::Image { win, .. }, Some(pitch)) => Rows {
+                        first: oh0 * win.wo,
                         n: m,
                         ldo: cols,
                         wo: win.wo.max(1),
                         pitch,
                     },
-                    _ => Rows::packed(m, cols),
+                    (Operand::Image { win, .. }, None) => Rows::packed(oh0 * win.wo, m, cols),
+                    _ => Rows::packed(0, m, cols),
                 };
                 return epi(&acc, rows);
             };
             POOLED.with(|pooled| {
                 let mut pooled = pooled.borrow_mut();
                 let neg = &self.neg[panels.start * NR..][..cols];
-                let geo = (p.ho, p.wo, pitch.unwrap_or(p.wo), cols);
+                let ho = m / p.wo.max(1); // this band's convolution rows
+                if ho < p.k {
+                    return Ok(()); // rows the pool's floor mode drops
+                }
+                let geo = (ho, p.wo, pitch.unwrap_or(p.wo), cols);
                 let (ph, pw) = panel::pool_rows(isa, &acc, geo, (p.k, p.s), neg, &mut pooled)?;
-                epi(&pooled[..ph * pw * cols], Rows::packed(ph * pw, cols))
+                let first = oh0 / p.s * pw;
+                epi(&pooled[..ph * pw * cols], Rows::packed(first, ph * pw, cols))
             })
         })
     }
 }
 
-/// Where a block of i32 products keeps its rows: `n` output pixels of `ldo` columns,
-/// pixel `r` at row [`Rows::at`] — packed (`pitch == wo`), or with the unused rows of the
+/// Where a block of i32 products keeps its rows: `n` output pixels of `ldo` columns from
+/// pixel `first` of the image, pixel `first + r` at row [`Rows::at`] — packed (`pitch == wo`), or with the unused rows of the
 /// AMX product's padded width between output rows (`pitch > wo`).
 #[derive(Clone, Copy)]
 pub(super) struct Rows {
+    /// The image's output pixel the first row is (a band's rows start inside the image).
+    pub(super) first: usize,
     pub(super) n: usize,
     pub(super) ldo: usize,
     wo: usize,
@@ -123,9 +174,10 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    /// `n` packed rows of stride `ldo`.
-    fn packed(n: usize, ldo: usize) -> Self {
+    /// `n` packed rows of stride `ldo`, from output pixel `first`.
+    fn packed(first: usize, n: usize, ldo: usize) -> Self {
         Rows {
+            first,
             n,
             ldo,
             wo: n.max(1),
@@ -133,7 +185,7 @@ impl Rows {
         }
     }
 
-    /// The row of output pixel `r`.
+    /// The row of output pixel `first + r`.
     pub(super) fn at(&self, r: usize) -> usize {
         (r / self.wo) * self.pitch + r % self.wo
     }
@@ -222,7 +274,7 @@ impl Run<'_> {
     /// parallel) and, within an image, every task's panels (in parallel for one image).
     fn images(
         &self,
-        src: Src,
+        (src, banded): (Src, bool),
         each: &(dyn Fn(usize, usize, &[i32], Rows, std::ops::Range<usize>) -> Result<()> + Sync),
     ) -> Result<()> {
         let (n, c, h, wd) = self.dims;
@@ -289,7 +341,7 @@ impl Run<'_> {
                     let ch = panels.start * NR..(panels.end * NR).min(self.g.out_channels);
                     let w = &self.w.panels;
                     self.out
-                        .rows(self.isa, w, (operand, m), panels, &|acc, rows| {
+                        .rows(self.isa, w, (operand, m, banded), panels, &|acc, rows| {
                             each(i, t, acc, rows, ch.clone())
                         })
                 };
@@ -309,7 +361,8 @@ impl Run<'_> {
         let mut y = vec![0f32; n * co * p];
         let yp = Ptr(y.as_mut_ptr());
         let (isa, out) = (self.isa, self.out);
-        self.images(src, &|i, _, acc, rows, ch| {
+        // whole images: a task writes its channels' whole rows of the channels-first output
+        self.images((src, false), &|i, _, acc, rows, ch| {
             // this task's channels of image i: a contiguous run of whole channel rows
             // SAFETY: tasks own disjoint channel ranges of disjoint images; `y` outlives
             // the call.
@@ -340,17 +393,17 @@ impl Run<'_> {
         let mut blocks = vec![0u8; if split { p * co } else { 0 }];
         let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
-        self.images(src, &|i, _, acc, rows, ch| {
+        self.images((src, true), &|i, _, acc, rows, ch| {
             let sb = (&out.scale[ch.clone()], &out.bias[ch.clone()]);
-            let (w, n) = (ch.len(), rows.n);
+            let (w, n, first) = (ch.len(), rows.n, rows.first);
             let len = n.saturating_sub(1) * if split { w } else { co } + w;
-            // SAFETY: the channels `ch` of image i's pixels (or this task's block) belong
-            // to this task alone; when not split, the task holds every channel, so the
-            // span of its rows is the image's own.
+            // SAFETY: the channels `ch` of image i's pixels from `first` (or this task's
+            // block) belong to this task alone; when not split, the task holds every
+            // channel, so the span of its rows is the image's own.
             let (o, ldout) = unsafe {
                 match split {
-                    true => (bp.slice(ch.start * p, len), w),
-                    false => (yp.slice(i * p * co + ch.start, len), co),
+                    true => (bp.slice(ch.start * p + first * w, len), w),
+                    false => (yp.slice((i * p + first) * co + ch.start, len), co),
                 }
             };
             // the f32 path's value, then the reader's code for it
