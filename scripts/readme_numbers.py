@@ -418,8 +418,9 @@ def quant_notes():
         f"`lenet5` {l['latency_ms_b1']:.2f} against {l['baseline_latency_ms_b1']:.2f} and "
         f"{l['pytorch_int8_latency_ms_b1']:.2f}; at batch 256 `vgg` int8 runs {x(v['throughput_ratio_vs_f32'])} "
         f"our f32 and {rng(v, 'throughput_ratio_vs_pytorch_int8')} PyTorch's int8, `lenet5` "
-        f"{x(l['throughput_ratio_vs_f32'])} and {rng(l, 'throughput_ratio_vs_pytorch_int8')}. At batch 256 "
-        "PyTorch's fbgemm is still ahead: see `docs/profiling.md` for where our time goes.")
+        f"{x(l['throughput_ratio_vs_f32'])} and {rng(l, 'throughput_ratio_vs_pytorch_int8')} "
+        f"(our kernel path: `{v['isa']}`). Where a ratio is below 1×, see `docs/profiling.md` for where "
+        "our time goes.")
     return "\n".join(out)
 
 
