@@ -154,7 +154,10 @@ impl Out {
                 let geo = (ho, p.wo, pitch.unwrap_or(p.wo), cols);
                 let (ph, pw) = panel::pool_rows(isa, &acc, geo, (p.k, p.s), neg, &mut pooled)?;
                 let first = oh0 / p.s * pw;
-                epi(&pooled[..ph * pw * cols], Rows::packed(first, ph * pw, cols))
+                epi(
+                    &pooled[..ph * pw * cols],
+                    Rows::packed(first, ph * pw, cols),
+                )
             })
         })
     }
@@ -248,6 +251,11 @@ pub(super) enum Src<'a> {
     Codes(&'a [u8]),
 }
 
+/// What [`Run::images`] does with a task's products: `each(image, task, products, where
+/// their rows are, the task's output channels)`.
+type Each<'a> =
+    dyn Fn(usize, usize, &[i32], Rows, std::ops::Range<usize>) -> Result<()> + Sync + 'a;
+
 /// One call of [`forward`]: what every image's work reads.
 pub(super) struct Run<'a> {
     pub(super) g: &'a Geometry,
@@ -272,11 +280,7 @@ fn panels_per_task(n: usize, np: usize) -> usize {
 impl Run<'_> {
     /// Runs `each(image, task, i32 products, where their rows are, channels)` for every image (in
     /// parallel) and, within an image, every task's panels (in parallel for one image).
-    fn images(
-        &self,
-        (src, banded): (Src, bool),
-        each: &(dyn Fn(usize, usize, &[i32], Rows, std::ops::Range<usize>) -> Result<()> + Sync),
-    ) -> Result<()> {
+    fn images(&self, (src, banded): (Src, bool), each: &Each<'_>) -> Result<()> {
         let (n, c, h, wd) = self.dims;
         let (ho, wo) = self.hw;
         let (m, chw, lda) = (ho * wo, c * h * wd, PackedI8::row_len(self.g.cols()));
