@@ -294,7 +294,14 @@ const BLOCKED_TOL: f32 = 1e-5;
 fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
     use qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart, OFFSET};
     use squeeze::ops::qgemm::quantize::LINEAR_ACT_MAX;
-    for &(m, n, k) in &[(1, 5, 7), (3, 17, 64), (6, 33, 100), (70, 40, 384)] {
+    // AMX: 40 tokens (two whole tiles and a part) and an odd number of blocks
+    for &(m, n, k) in &[
+        (1, 5, 7),
+        (3, 17, 64),
+        (6, 33, 100),
+        (70, 40, 384),
+        (40, 20, 96),
+    ] {
         let mut x = uniform(m * k, 17 + k as u64);
         x[k / 2] = 40.0; // an outlier feature: only its own block's scale grows
         let q = quantize_rows(&x, k, None, 32, LINEAR_ACT_MAX);
