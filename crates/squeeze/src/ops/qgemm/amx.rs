@@ -177,31 +177,12 @@ pub(super) unsafe fn product_direct(
         while p < np {
             let two_b = p + 1 < np;
             let wp = w.add(p * psize);
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem, preserves_flags)
-            );
+            zero_accumulators();
             for ki in 0..win.k {
                 let arow = img.add((t0 + ki * win.wp) * c);
                 for cc in 0..cs {
                     let (a, b) = (arow.add(cc * CHUNK), wp.add((ki * cs + cc) * ROWS * CHUNK));
-                    load!(4, a, c);
-                    load!(6, b, CHUNK);
-                    dot!(signed, 0, 4, 6);
-                    if two_b {
-                        load!(7, b.add(psize), CHUNK);
-                        dot!(signed, 1, 4, 7);
-                    }
-                    if two_a {
-                        load!(5, a.add(ROWS * c), c);
-                        dot!(signed, 2, 5, 6);
-                        if two_b {
-                            dot!(signed, 3, 5, 7);
-                        }
-                    }
+                    chunk((a, c), (b, psize), (two_a, two_b), signed);
                 }
             }
             // flat position t's row at t·ldo: the output's pitch is the padded width
@@ -229,6 +210,45 @@ pub(super) fn direct_len(win: &ConvWindow) -> usize {
     let flat = (win.ho.max(1) - 1) * win.wp + win.wo;
     let runp = (win.k * win.c).div_ceil(CHUNK) * CHUNK;
     (flat + BLOCK - 2 + (win.k.max(1) - 1) * win.wp) * win.c + runp
+}
+
+/// Zeroes the accumulator tiles 0–3.
+#[inline(always)]
+unsafe fn zero_accumulators() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem, preserves_flags)
+    );
+}
+
+/// One 64-byte chunk of a block: activation tiles of 16 rows at `a` (and, with `two_a`,
+/// the next 16 rows) at row stride `lda`; weight tiles at `b` (and, with `two_b`, the next
+/// panel's at `b + psize`); each product added to its accumulator (tile 0: rows 0–15 ×
+/// first panel, 1: × second panel, 2 and 3: rows 16–31).
+#[inline(always)]
+unsafe fn chunk(
+    (a, lda): (*const u8, usize),
+    (b, psize): (*const u8, usize),
+    (two_a, two_b): (bool, bool),
+    signed: bool,
+) {
+    load!(4, a, lda);
+    load!(6, b, CHUNK);
+    dot!(signed, 0, 4, 6);
+    if two_b {
+        load!(7, b.add(psize), CHUNK);
+        dot!(signed, 1, 4, 7);
+    }
+    if two_a {
+        load!(5, a.add(ROWS * lda), lda);
+        dot!(signed, 2, 5, 6);
+        if two_b {
+            dot!(signed, 3, 5, 7);
+        }
+    }
 }
 
 /// Rows of `out` [`product_direct`] writes for window `win`: whole blocks of flat
@@ -274,29 +294,10 @@ unsafe fn block(
     while p < np {
         let two_b = p + 1 < np;
         let wp = w.add(p * psize);
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem, preserves_flags)
-        );
+        zero_accumulators();
         for kc in 0..chunks {
             let (a, b) = (buf.add(kc * CHUNK), wp.add(kc * ROWS * CHUNK));
-            load!(4, a, kp);
-            load!(6, b, CHUNK);
-            dot!(signed, 0, 4, 6);
-            if two_b {
-                load!(7, b.add(psize), CHUNK);
-                dot!(signed, 1, 4, 7);
-            }
-            if two_a {
-                load!(5, a.add(ROWS * kp), kp);
-                dot!(signed, 2, 5, 6);
-                if two_b {
-                    dot!(signed, 3, 5, 7);
-                }
-            }
+            chunk((a, kp), (b, psize), (two_a, two_b), signed);
         }
         let o = out.add(p * NR);
         write::<0>(o, rows.min(ROWS), ldo);
