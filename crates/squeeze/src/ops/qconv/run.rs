@@ -67,9 +67,11 @@ impl Out {
 
     /// The i32 products of the operand's `m` tokens with the channels of `panels`,
     /// pooled when a pool is fused, handed to `epi` with where its rows are:
-    /// `epi(acc, rows)`. With `banded`, an image is taken in bands of output rows whose
-    /// products stay in the first-level cache from the product to the epilogue (`epi`
-    /// once per band, `rows.first` its first pixel); otherwise whole.
+    /// `epi(acc, rows)`. With `banded` (an epilogue writing channels-last codes), an
+    /// image is taken in bands of output rows whose products stay in the first-level
+    /// cache from the product to the epilogue (`epi` once per band, `rows.first` its first
+    /// pixel); otherwise whole, its rows packed (the channels-first f32 epilogue reads
+    /// them so).
     fn rows(
         &self,
         isa: crate::isa::Isa,
@@ -79,7 +81,7 @@ impl Out {
         epi: &dyn Fn(&[i32], Rows) -> Result<()>,
     ) -> Result<()> {
         let Operand::Image { img, signed, win } = operand else {
-            return self.band(isa, w, (operand, m, 0), panels, epi);
+            return self.band(isa, w, (operand, m, 0, true), panels, epi);
         };
         let step = match banded {
             true => self.band_rows(&win),
@@ -92,7 +94,14 @@ impl Out {
                 signed,
                 win: ConvWindow { ho: hb, ..win },
             };
-            self.band(isa, w, (band, hb * win.wo, oh0), panels.clone(), epi)?;
+            let packed = !banded;
+            self.band(
+                isa,
+                w,
+                (band, hb * win.wo, oh0, packed),
+                panels.clone(),
+                epi,
+            )?;
         }
         Ok(())
     }
@@ -109,12 +118,13 @@ impl Out {
         }
     }
 
-    /// [`Self::rows`] of one band: `m` tokens from output row `oh0`.
+    /// [`Self::rows`] of one band: `m` tokens from output row `oh0`; `packed`: rows at a
+    /// pitch are moved together first (in place).
     fn band(
         &self,
         isa: crate::isa::Isa,
         w: &Panels,
-        (operand, m, oh0): (Operand, usize, usize),
+        (operand, m, oh0, packed): (Operand, usize, usize, bool),
         panels: std::ops::Range<usize>,
         epi: &dyn Fn(&[i32], Rows) -> Result<()>,
     ) -> Result<()> {
@@ -129,7 +139,18 @@ impl Out {
             // every element is written by the product: only growth is zero-filled
             let len = acc.len().max(written * cols);
             acc.resize(len, 0);
-            let pitch = w.product(isa, operand, m, panels.clone(), &mut acc, cols)?;
+            let mut pitch = w.product(isa, operand, m, panels.clone(), &mut acc, cols)?;
+            if let (true, None, Some(pt), Operand::Image { win, .. }) =
+                (packed, self.pool, pitch, operand)
+            {
+                // pixel r's row from (r / wo)·pitch + r % wo to r: each image row moves
+                // down (or stays), so a forward pass never overwrites a row still unread
+                for oh in 1..m / win.wo.max(1) {
+                    let from = oh * pt * cols;
+                    acc.copy_within(from..from + win.wo * cols, oh * win.wo * cols);
+                }
+                pitch = None;
+            }
             let Some(p) = self.pool else {
                 let rows = match (operand, pitch) {
                     (Operand::Image { win, .. }, Some(pitch)) => Rows {
@@ -164,7 +185,7 @@ impl Out {
 }
 
 /// Where a block of i32 products keeps its rows: `n` output pixels of `ldo` columns from
-/// pixel `first` of the image, pixel `first + r` at row [`Rows::at`] — packed (`pitch == wo`), or with the unused rows of the
+/// pixel `first` of the image, pixel `first + r` at row `(r / wo)·pitch + r % wo` — packed (`pitch == wo`), or with the unused rows of the
 /// AMX product's padded width between output rows (`pitch > wo`).
 #[derive(Clone, Copy)]
 pub(super) struct Rows {
@@ -186,11 +207,6 @@ impl Rows {
             wo: n.max(1),
             pitch: n.max(1),
         }
-    }
-
-    /// The row of output pixel `first + r`.
-    pub(super) fn at(&self, r: usize) -> usize {
-        (r / self.wo) * self.pitch + r % self.wo
     }
 
     /// Whether the rows are packed (pixel `r` at row `r`).
@@ -372,15 +388,9 @@ impl Run<'_> {
             // the call.
             let yt = unsafe { yp.slice((i * co + ch.start) * p, ch.len() * p) };
             let (sc, b) = (&out.scale[ch.clone()], &out.bias[ch]);
-            let ldo = rows.ldo;
-            if rows.is_packed() {
-                return panel::rescale_transposed(isa, acc, (rows.n, ldo), sc, b, out.relu, yt);
-            }
-            // rows with unused ones between: packed first
-            let packed: Vec<i32> = (0..rows.n)
-                .flat_map(|r| acc[rows.at(r) * ldo..][..ldo].iter().copied())
-                .collect();
-            panel::rescale_transposed(isa, &packed, (rows.n, ldo), sc, b, out.relu, yt)
+            // whole images, packed rows (see Out::rows)
+            debug_assert!(rows.is_packed() && rows.first == 0);
+            panel::rescale_transposed(isa, acc, (rows.n, rows.ldo), sc, b, out.relu, yt)
         })?;
         Ok(y)
     }
