@@ -164,7 +164,7 @@ pub(super) unsafe fn product_direct(
     ldo: usize,
 ) {
     let c = win.c;
-    let cs = (win.k * c).div_ceil(CHUNK); // chunks per kernel row
+    let cs = run_bytes(&win) / CHUNK; // chunks per kernel row
     let flat = (win.ho - 1) * win.wp + win.wo;
     let psize = win.k * cs * ROWS * CHUNK;
     let cfg = Config::new();
@@ -204,12 +204,17 @@ pub(super) unsafe fn product_direct(
     asm!("tilerelease", options(nostack, nomem, preserves_flags));
 }
 
+/// Bytes of a kernel row of window `win` in the weights [`product_direct`] reads: its
+/// `k·c` inputs padded to whole 64-byte chunks.
+pub(super) fn run_bytes(win: &ConvWindow) -> usize {
+    (win.k * win.c).div_ceil(CHUNK) * CHUNK
+}
+
 /// Bytes of the padded image [`product_direct`] reads for window `win`: its last block of
 /// flat positions runs up to 31 past the last output, its last chunk past the kernel row.
 pub(super) fn direct_len(win: &ConvWindow) -> usize {
     let flat = (win.ho.max(1) - 1) * win.wp + win.wo;
-    let runp = (win.k * win.c).div_ceil(CHUNK) * CHUNK;
-    (flat + BLOCK - 2 + (win.k.max(1) - 1) * win.wp) * win.c + runp
+    (flat + BLOCK - 2 + (win.k.max(1) - 1) * win.wp) * win.c + run_bytes(win)
 }
 
 /// Zeroes the accumulator tiles 0–3.

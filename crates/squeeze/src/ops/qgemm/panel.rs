@@ -214,7 +214,6 @@ impl PackedI8 {
     /// 64-byte boundary, for aligned tile loads) and room for [`ConvWindow::out_rows`]
     /// rows: then the tiles read the image itself and the pitch is the padded width `wp`
     /// (the rows between hold unused sums). Otherwise AMX reads staged windows.
-    #[allow(clippy::too_many_arguments)]
     pub fn product_implicit(
         &self,
         isa: Isa,
@@ -257,8 +256,7 @@ impl PackedI8 {
         #[cfg(target_arch = "x86_64")]
         if isa::amx(isa) && direct {
             if let Some(w) = self.run_panels(win.k * win.c) {
-                let runp = (win.k * win.c).div_ceil(64) * 64;
-                let w = w[panels.start * win.k * runp * NR..].as_ptr();
+                let w = w[panels.start * win.k * super::amx::run_bytes(&win) * NR..].as_ptr();
                 let (op, np) = (out.as_mut_ptr(), panels.len());
                 // SAFETY: isa::amx checked the CPU and the tile permission, `direct_len`
                 // the bytes it reads and `direct_rows` the rows it writes; the panels were
