@@ -125,8 +125,7 @@ pub(super) unsafe fn product(
             stage.resize(BLOCK * kp + CHUNK, 0);
         }
         let buf = stage.as_mut_ptr().add(stage.as_ptr().align_offset(CHUNK));
-        let cfg = Config::new();
-        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
+        configure();
         let mut i = 0;
         while i < m {
             let rows = (m - i).min(BLOCK);
@@ -137,7 +136,7 @@ pub(super) unsafe fn product(
             block(buf, (rows, kp), w, (np, nq), signed, out.add(i * ldo), ldo);
             i += rows;
         }
-        asm!("tilerelease", options(nostack, nomem, preserves_flags));
+        release();
     })
 }
 
@@ -165,10 +164,9 @@ pub(super) unsafe fn product_direct(
 ) {
     let c = win.c;
     let cs = run_bytes(&win) / CHUNK; // chunks per kernel row
-    let flat = (win.ho - 1) * win.wp + win.wo;
+    let flat = flat_positions(&win);
     let psize = win.k * cs * ROWS * CHUNK;
-    let cfg = Config::new();
-    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
+    configure();
     let mut t0 = 0;
     while t0 < flat {
         let rows = (flat - t0).min(BLOCK);
@@ -201,6 +199,25 @@ pub(super) unsafe fn product_direct(
         }
         t0 += rows;
     }
+    release();
+}
+
+/// Flat positions of the padded image from the first output to the last: `(ho − 1)·wp
+/// + wo` (those past a row's last output included).
+fn flat_positions(win: &ConvWindow) -> usize {
+    (win.ho.max(1) - 1) * win.wp + win.wo
+}
+
+/// Loads the tile configuration (all 8 tiles 16 rows × 64 bytes) into the unit.
+#[inline(always)]
+unsafe fn configure() {
+    let cfg = Config::new();
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
+}
+
+/// Releases the tiles after a product.
+#[inline(always)]
+unsafe fn release() {
     asm!("tilerelease", options(nostack, nomem, preserves_flags));
 }
 
@@ -213,7 +230,7 @@ pub(super) fn run_bytes(win: &ConvWindow) -> usize {
 /// Bytes of the padded image [`product_direct`] reads for window `win`: its last block of
 /// flat positions runs up to 31 past the last output, its last chunk past the kernel row.
 pub(super) fn direct_len(win: &ConvWindow) -> usize {
-    let flat = (win.ho.max(1) - 1) * win.wp + win.wo;
+    let flat = flat_positions(win);
     (flat + BLOCK - 2 + (win.k.max(1) - 1) * win.wp) * win.c + run_bytes(win)
 }
 
@@ -259,7 +276,7 @@ unsafe fn chunk(
 /// Rows of `out` [`product_direct`] writes for window `win`: whole blocks of flat
 /// positions (pitch `wp`).
 pub(super) fn direct_rows(win: &ConvWindow) -> usize {
-    ((win.ho.max(1) - 1) * win.wp + win.wo).div_ceil(BLOCK) * BLOCK
+    flat_positions(win).div_ceil(BLOCK) * BLOCK
 }
 
 /// Copies token `i`'s codes to `dst` (a row: its `kbytes`; a window: its `k·k·c`);
