@@ -158,7 +158,7 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
         .fold(0f32, |a, v| a.max(v.abs()))
 }
 
-/// [`requantize`] over `n` rows (pixel `r` from row `(r / wo)·pitch + r % wo` of `acc`,
+/// `super::avx2::requantize` on 16 channels per step, over `n` rows (pixel `r` from row `(r / wo)·pitch + r % wo` of `acc`,
 /// stride `ldo`, to `out[r·ldout]`), each `scale.len()` channels wide, the last ones
 /// under a mask.
 ///
@@ -211,41 +211,5 @@ pub unsafe fn requantize_rows(
             };
             _mm512_mask_cvtepi32_storeu_epi8(op.add(r * ldout + j) as *mut i8, k, c);
         }
-    }
-}
-
-/// `super::avx2::requantize` on 16 channels per step (`out.len()` a multiple of 16).
-///
-/// # Safety
-/// AVX-512F is available; `acc`, `scale` and `bias` hold at least `out.len()` values.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn requantize(
-    acc: &[i32],
-    (scale, bias): (&[f32], &[f32]),
-    relu: bool,
-    (inv, lim, lo, hi): (f32, i8, i8, i8),
-    out: &mut [u8],
-) {
-    let n = out.len();
-    assert!(n.is_multiple_of(16) && acc.len() >= n && scale.len() >= n && bias.len() >= n);
-    let (iv, l) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
-    let (lo, hi) = (
-        _mm512_set1_epi32(i32::from(lo)),
-        _mm512_set1_epi32(i32::from(hi)),
-    );
-    let zero = _mm512_setzero_ps();
-    for j in (0..n).step_by(16) {
-        let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr().add(j) as *const __m512i));
-        // a product, then a sum: the rescale's rounding
-        let v = _mm512_add_ps(
-            _mm512_mul_ps(a, _mm512_loadu_ps(scale.as_ptr().add(j))),
-            _mm512_loadu_ps(bias.as_ptr().add(j)),
-        );
-        let v = if relu { _mm512_max_ps(v, zero) } else { v };
-        let c = _mm512_min_epi32(_mm512_max_epi32(codes16(v, iv, l), lo), hi);
-        _mm_storeu_si128(
-            out.as_mut_ptr().add(j) as *mut __m128i,
-            _mm512_cvtepi32_epi8(c),
-        );
     }
 }

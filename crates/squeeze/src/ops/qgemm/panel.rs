@@ -427,7 +427,8 @@ pub fn rescale_transposed(
 /// does (`acc·scale + bias`, a product then a sum, then the ReLU) and written as the
 /// reading layer's int8 codes: `round(v·inv)` half away from zero at that layer's limit,
 /// then clamped to its range `[lo, hi]` — exactly what its quantizer makes of the f32
-/// value, on every path (8 channels per step on AVX2, 16 on AVX-512).
+/// value, on every path (8 channels per step on AVX2; on AVX-512 one row of
+/// [`requantize_rows`]' kernel).
 pub fn requantize_row(
     isa: Isa,
     acc: &[i32],
@@ -442,12 +443,19 @@ pub fn requantize_row(
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.avx512() && isa.is_supported() {
-        done = n / 16 * 16;
-        let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
-        // SAFETY: the path's AVX-512F was detected; the slices are `done` long.
+        // one row of the rows kernel (its last channels under a mask)
+        let (a, s, b) = (&acc[..n], &scale[..n], &bias[..n]);
+        // SAFETY: the path's AVX-512F was detected; the slices are `n` long.
         unsafe {
-            super::avx512_quant::requantize(a, (s, b), relu, (inv, lim, lo, hi), &mut out[..done])
+            super::avx512_quant::requantize_rows(
+                (a, 1, (1, 1, n)),
+                (s, b),
+                relu,
+                (inv, lim, lo, hi),
+                (out, n),
+            )
         };
+        return;
     } else if isa != Isa::Scalar && isa.is_supported() {
         done = n / 8 * 8;
         let (a, s, b) = (&acc[..done], &scale[..done], &bias[..done]);
