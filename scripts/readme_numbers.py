@@ -227,6 +227,13 @@ def rng(e, key):
     return f"{e[key]:.2f}× ({lo:.2f}–{hi:.2f})"
 
 
+def embed_rss(e):
+    """`squeeze embed`'s peak RSS on 100 sentences and its distance above the weights file."""
+    if "embed_peak_rss_bytes" not in e:
+        return "–"
+    return f"{e['embed_peak_rss_bytes'] / 1e6:.1f} ({e['embed_peak_rss_over_weights_bytes'] / 1e6:+.1f})"
+
+
 def quant():
     m = load("minilm")
     f = m["f32"]
@@ -240,18 +247,19 @@ def quant():
                      f"{cos:.4f}" if cos else "–",
                      f"{e['size_bytes'] / 1e6:.1f} ({e['size_bytes'] / f['size_bytes']:.0%})",
                      f"{e['peak_rss_bytes'] / 1e6:.0f} ({e['peak_rss_bytes'] / f['peak_rss_bytes']:.2f}×)",
-                     f"{e['latency_ms_b1']:.2f}", f"{e['throughput_b32']:.0f}"])
+                     embed_rss(e), f"{e['latency_ms_b1']:.2f}", f"{e['throughput_b32']:.0f}"])
     p = f["peer"]
     for name, label in [("ort_f32", "ONNX Runtime f32"), ("ort_int8", "ONNX Runtime int8 (per-tensor)"),
                         ("ort_int8_opt_pc", "ONNX Runtime int8 (optimized graph, per-channel)")]:
         cos = p.get(f"{name}_cosine_to_f32")
-        rows.append([label, "–", "–", f"{cos:.4f}" if cos else "–", "–", "–",
+        rows.append([label, "–", "–", f"{cos:.4f}" if cos else "–", "–", "–", "–",
                      f"{p[name + '_latency_ms_b1']:.2f}", f"{p[name + '_throughput_b32']:.0f}"])
     e8 = m.get("int8-dynamic", {})
     text = (f"Measured on {f['cpu']}, {f['threads']} threads; batch-1 ms and sentences/s are medians "
             "of the rounds, peers' included.\n\n")
     text += table(["encoder", "STS-B ρ×100", "Δ vs f32", "cosine to f32", "file MB (of f32)",
-                   "peak RSS of `eval`, MB", "batch-1 ms", "batch-32 sent/s"], rows)
+                   "peak RSS of `eval`, MB", "peak RSS of `embed`, 100 sentences: MB (over the weights file)",
+                   "batch-1 ms", "batch-32 sent/s"], rows)
     if e8:
         text += (f"\n\nIn that run, per round (median, range): dynamic int8 takes "
                  f"{rng(e8, 'latency_ratio_vs_ort_int8')} the batch-1 time of ONNX Runtime's best int8 and "

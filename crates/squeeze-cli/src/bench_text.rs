@@ -1,7 +1,8 @@
 //! `squeeze bench text`: sentence encoders measured end to end on real STS-B sentences —
 //! the encoder of `--model` and any compressed `--variant KEY=DIR` beside it. For each:
 //! STS-B Spearman/Pearson, mean cosine of its embeddings to `--model`'s (variants), size,
-//! parameters and the peak RSS of a separate `squeeze eval` process; batch-1 latency
+//! parameters, the peak RSS of a separate `squeeze eval` process and that of `squeeze
+//! embed` on 100 of the sentences, beside the weights file's size; batch-1 latency
 //! (median, tokenization included) and batch-32 throughput, the encoders interleaved round
 //! by round in this process. The peers (sentence-transformers on PyTorch, ONNX Runtime f32
 //! and int8, plain and transformer-optimized) run in one Python process kept alive for
@@ -192,6 +193,8 @@ fn quality(
         "peak_rss_bytes": eval_peak_rss(dir, data)?,
         "model": dir.display().to_string(),
     });
+    let mut entry = entry;
+    merge(&mut entry, embed_memory(dir, &stsb::sentences(pairs))?);
     Ok(Measured {
         key: key.into(),
         entry,
@@ -223,6 +226,56 @@ fn eval_peak_rss(dir: &Path, data: &Path) -> Result<Option<u64>> {
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("squeeze eval --json output")?;
     Ok(v["peak_rss_bytes"].as_u64())
+}
+
+/// Sentences `squeeze embed` is measured on (issue 30's memory target).
+const EMBED_SENTENCES: usize = 100;
+
+/// Peak RSS of `squeeze embed DIR` on the first [`EMBED_SENTENCES`] of `texts` (batch 32,
+/// its own process), and how far it is above the weights file.
+fn embed_memory(dir: &Path, texts: &[&str]) -> Result<Value> {
+    let work = std::env::temp_dir().join(format!("squeeze-embed-rss-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let input = work.join("sentences.txt");
+    let n = texts.len().min(EMBED_SENTENCES);
+    std::fs::write(&input, texts[..n].join("\n") + "\n")?;
+    let log = work.join("stderr.txt");
+    let child = Command::new(std::env::current_exe()?)
+        .arg("embed")
+        .arg(dir)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(work.join("e.npy"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("running squeeze embed for its peak RSS")?;
+    let status = child.wait_with_output()?.status;
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&work);
+    if !status.success() {
+        bail!(
+            "squeeze embed {} exited with {status}: {said}",
+            dir.display()
+        );
+    }
+    // its own report (VmHWM): a spawned child's rusage starts from this process's peak
+    let peak = said
+        .split("; peak RSS ")
+        .nth(1)
+        .and_then(|t| t.trim().strip_suffix(" MB"))
+        .and_then(|mb| mb.parse::<f64>().ok())
+        .map(|mb| (mb * 1e6).round() as u64)
+        .with_context(|| format!("squeeze embed did not report its peak RSS: {said}"))?;
+    let weights = std::fs::metadata(dir.join("model.safetensors"))
+        .with_context(|| format!("{}: the weights file", dir.display()))?
+        .len();
+    Ok(json!({
+        "embed_peak_rss_bytes": peak,
+        "embed_peak_rss_over_weights_bytes": peak as i64 - weights as i64,
+        "embed_sentences": n,
+    }))
 }
 
 /// Mean cosine between corresponding embeddings.

@@ -4,10 +4,12 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use squeeze::formats::load_any;
+use squeeze::interp::{keep_packed_only, PackCache};
 use squeeze::text::shorten::Shortener;
 use squeeze::text::Encoder;
 
@@ -53,8 +55,13 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         &[("model", a.dir.as_path()), ("--input", a.input.as_path())],
     )?;
     let _lock = crate::outdir::Lock::take(&a.out)?;
-    let model = load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
-    let enc = Encoder::new(&model)?;
+    let mut model =
+        load_any(&a.dir).with_context(|| format!("loading model {}", a.dir.display()))?;
+    // the kernels' packed form of each weight replaces the stored one: held once
+    let packs = Arc::new(PackCache::default());
+    keep_packed_only(&model.graph, &mut model.params, &packs)?;
+    let enc = Encoder::with_packs(&model, packs)?;
+    crate::alloc::trim_lean_heap(); // what the load and the tokenizer's parse freed
     let owned = read_lines(&a.input, enc.tokenizer.max_len)?;
     let lines: Vec<&str> = owned.iter().map(String::as_str).collect();
     if lines.is_empty() {
@@ -74,8 +81,11 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     crate::cleanup::unregister(&tmp);
     written?;
+    let peak = squeeze::eval::peak_rss_bytes().map_or(String::new(), |b| {
+        format!("; peak RSS {:.1} MB", b as f64 / 1e6)
+    });
     eprintln!(
-        "embedded {} lines ({} dims) into {}",
+        "embedded {} lines ({} dims) into {}{peak}",
         emb.len(),
         emb[0].len(),
         a.out.display()

@@ -115,6 +115,7 @@ fn main() {
         cleanup::arm();
     }
     if matches!(cli.cmd, Cmd::Embed(_)) {
+        alloc::lean_heap();
         alloc::small_pages();
     }
     // train and distill resume from their checkpoints; the others start again

@@ -1,15 +1,16 @@
 //! Post-training quantization (issue 11): the stored format's round trip, GPTQ against
 //! round-to-nearest, quantized layers against their simulated (fake-quant) form, the pass,
-//! and corrupt files. The int8/int4 kernels' exactness tests live with the kernels
+//! a store that keeps only the packed weights, and corrupt files. The int8/int4 kernels' exactness tests live with the kernels
 //! (`src/ops/tests/qgemm.rs`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use squeeze::checkpoint::{self, Model};
 use squeeze::data::FashionMnist;
 use squeeze::graph::{Graph, Op};
-use squeeze::interp::{predict, store_to_dtype};
+use squeeze::interp::{forward, keep_packed_only, predict, store_to_dtype, ForwardOpts, PackCache};
 use squeeze::kinds::qlinear::{ActQuant, QLinear};
 use squeeze::math::hessian::InputStats;
 use squeeze::params::ParamStore;
@@ -434,6 +435,38 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_fusion_a
         let unpooled = squeeze::interp::forward(&q.graph, &q.params, &x, &opts).unwrap();
         assert_eq!(max_abs(&unpooled.output, &got), 0.0, "batch {batch}");
     }
+}
+
+#[test]
+fn a_packed_only_store_predicts_the_same_without_its_weights() {
+    // static int8 layers (their int8 panels) and the f32 classifier (its f32 panels)
+    let recipe = "[calibration]\nsource = \"fashion-mnist\"\nsamples = 32\nbatch_size = 16\n\n\
+                  [[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"static\"\n";
+    let q = apply(small("mlp"), recipe).unwrap();
+    let x = common::batch(6, 5);
+    let opts = |c: &Arc<PackCache>| ForwardOpts {
+        packed: Some(c.clone()),
+        ..ForwardOpts::eval()
+    };
+    let fresh = Arc::new(PackCache::default());
+    let want = forward(&q.graph, &q.params, &x, &opts(&fresh))
+        .unwrap()
+        .output;
+    let (mut p, packs) = (q.params.clone(), Arc::new(PackCache::default()));
+    keep_packed_only(&q.graph, &mut p, &packs).unwrap();
+    let gone: Vec<String> = q
+        .params
+        .names()
+        .into_iter()
+        .filter(|n| !p.contains(n))
+        .collect();
+    assert_eq!(gone, ["fc1.weight_q", "fc2.weight_q", "fc3.weight"]);
+    let got = forward(&q.graph, &p, &x, &opts(&packs)).unwrap().output;
+    assert_eq!(
+        max_abs(&got, &want),
+        0.0,
+        "the same kernels on the same panels"
+    );
 }
 
 #[test]

@@ -1,16 +1,18 @@
 //! The transformer path: a tiny random BERT for the invariants (gradients reach every
 //! parameter and match central differences; padding does not change an embedding; the
-//! packed inference path matches the plain forward; HF
+//! packed inference path matches the plain forward, and so does a store that keeps only
+//! the packed form of its Linear weights; HF
 //! export → import is exact; bad HF directories give clear errors), STS-B parsing and
 //! correlations, and — when `scripts/fetch-minilm.sh` has fetched it — the real
 //! all-MiniLM-L6-v2 against golden embeddings from sentence-transformers.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use squeeze::formats::{hf_bert, load_any};
 use squeeze::graph::trainable_names;
-use squeeze::interp::{forward_tokens, store_to_dtype, ForwardOpts};
+use squeeze::interp::{forward_tokens, keep_packed_only, store_to_dtype, ForwardOpts, PackCache};
 use squeeze::text::bert::{self, BertShape, LayerShape};
 use squeeze::text::{pad_batch, stsb, Encoder};
 use squeeze::Model;
@@ -196,6 +198,82 @@ fn packed_sibling_projections_match_the_plain_forward() {
         let o = forward_tokens(&m.graph, &m.params, &ids, &mask, &packed).unwrap();
         let diff = max_abs(&o.output, &plain.output);
         assert!(diff < PACKED_TOL, "packed forward differs by {diff}");
+    }
+}
+
+/// Packed-only inference runs the packed path's own kernels on the same panels.
+const PACKED_ONLY_TOL: f32 = 0.0;
+
+/// `m` through a one-pass recipe (no data needed: dynamic quantization).
+fn quantized(m: Model, pass: &str) -> Model {
+    let r = squeeze::passes::Recipe::parse(pass, Path::new("q.toml")).unwrap();
+    let work = tmp("text-quant");
+    let mut ctx = r.context(Path::new("/no-such-dir"), &work);
+    let (out, _) = squeeze::passes::run_recipe(m, &r, &mut ctx).unwrap();
+    let _ = std::fs::remove_dir_all(work);
+    out
+}
+
+#[test]
+fn a_packed_only_store_embeds_the_same_without_its_linear_weights() {
+    let dynamic = "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n";
+    let (ids, mask) = ids_mask();
+    // rows of 64 and 128 inputs: two and four of the int8 activation blocks
+    let mut s = common::bert_shape(64, &[2, 2]);
+    for l in &mut s.layers {
+        (l.head_dim, l.intermediate) = (32, 128);
+    }
+    let wide = bert::random(&s, 5).unwrap();
+    for (what, m, stored) in [
+        ("f32", wide.clone(), "weight"),
+        ("int8 dynamic", quantized(wide, dynamic), "weight_q"),
+    ] {
+        let packed = |c: &Arc<PackCache>| ForwardOpts {
+            packed: Some(c.clone()),
+            ..ForwardOpts::eval()
+        };
+        let fresh = Arc::new(PackCache::default());
+        let before = forward_tokens(&m.graph, &m.params, &ids, &mask, &packed(&fresh)).unwrap();
+        let mut p = m.params.clone();
+        let packs = Arc::new(PackCache::default());
+        let dropped = keep_packed_only(&m.graph, &mut p, &packs).unwrap();
+        // exactly the Linear layers' weights left the store, and nothing else
+        let mut layers: Vec<String> = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind().ends_with("linear"))
+            .map(|n| format!("{}.{stored}", n.name))
+            .collect();
+        assert_eq!(layers.len(), 12, "{what}: q, k, v, out and 2 FFN per layer");
+        layers.sort(); // the store's order
+        let gone: Vec<String> = m
+            .params
+            .names()
+            .into_iter()
+            .filter(|n| !p.contains(n))
+            .collect();
+        assert_eq!(gone, layers, "{what}");
+        let bytes: usize = layers
+            .iter()
+            .map(|n| m.params.get(n).unwrap())
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        assert_eq!(dropped, bytes, "{what}");
+        for _ in 0..2 {
+            let after = forward_tokens(&m.graph, &p, &ids, &mask, &packed(&packs)).unwrap();
+            let d = max_abs(&after.output, &before.output);
+            assert!(
+                d <= PACKED_ONLY_TOL,
+                "{what}: packed-only forward differs by {d}"
+            );
+        }
+        // without the packs that stand in for them, the missing weights are named
+        let e = forward_tokens(&m.graph, &p, &ids, &mask, &ForwardOpts::eval()).unwrap_err();
+        let named = layers
+            .iter()
+            .any(|l| e.to_string().contains(&format!("`{l}` is missing")));
+        assert!(named, "{what}: {e}");
     }
 }
 

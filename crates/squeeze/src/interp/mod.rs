@@ -174,6 +174,44 @@ fn packs_for(g: &Graph, opts: &ForwardOpts) -> Result<Arc<PackCache>> {
     }
 }
 
+/// Makes `p` an inference-only store for runs given `packs` (as [`ForwardOpts::packed`]):
+/// each node — or sibling group, as the eval plan groups them — whose kind has a packed
+/// form gets its weights packed into `packs` for good, and the stored originals are
+/// dropped from `p` one node at a time, so the process never holds both forms of the
+/// whole model. Returns the bytes dropped. Afterwards the store saves, trains and
+/// exports no more (the dropped tensors are missing); eval-mode forwards with `packs` run
+/// as before.
+pub fn keep_packed_only(g: &Graph, p: &mut ParamStore, packs: &Arc<PackCache>) -> Result<usize> {
+    let opts = ForwardOpts {
+        packed: Some(packs.clone()),
+        ..ForwardOpts::eval()
+    };
+    let plan = plan::plan_for(g, &opts)?;
+    let mut grouped = vec![false; g.nodes.len()];
+    let mut dropped = 0;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let group = match step {
+            Step::Siblings { group } => group.clone(),
+            Step::Run { .. } if !grouped[i] => vec![i],
+            _ => continue,
+        };
+        group.iter().for_each(|&j| grouped[j] = true);
+        let nodes: Vec<&Node> = group.iter().map(|&j| &g.nodes[j]).collect();
+        let first = nodes[0];
+        let names = first
+            .op
+            .def()
+            .release_packed(&nodes, p, packs)
+            .map_err(|e| Error::at_node(&first.name, first.op.kind(), e))?;
+        for name in names {
+            if let Some(t) = p.remove(&name) {
+                dropped += t.elem_count() * t.dtype().size_in_bytes();
+            }
+        }
+    }
+    Ok(dropped)
+}
+
 /// A sibling group (its first node's kind decides) run as one product, or `None`.
 fn run_siblings(
     g: &Graph,

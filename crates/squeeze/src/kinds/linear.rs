@@ -57,6 +57,14 @@ impl LayerKind for Linear {
             None => Ok(None),
         }
     }
+    fn release_packed(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        packs: &PackCache,
+    ) -> Result<Vec<String>> {
+        release_packed(nodes, params, packs)
+    }
     fn inputs(&self) -> Inputs {
         Inputs::Values
     }
@@ -145,10 +153,38 @@ fn param<'a>(p: &'a ParamStore, node: &Node, name: &str) -> Result<&'a Tensor> {
     p.get(&format!("{}.{name}", node.name))
 }
 
+/// The stored weight names of `nodes`, in order.
+fn weight_names(nodes: &[&Node]) -> Vec<String> {
+    nodes.iter().map(|n| format!("{}.weight", n.name)).collect()
+}
+
+/// Packs the f32 weights of Linear `nodes` (one node, or siblings run as one product) for
+/// good into `cache` and returns their names, which the caller drops from the store;
+/// nothing when a node is fake-quantized or a weight is not a plain f32 tensor.
+pub(crate) fn release_packed(
+    nodes: &[&Node],
+    p: &ParamStore,
+    cache: &PackCache,
+) -> Result<Vec<String>> {
+    let plain = |n: &&Node| matches!(&n.op, Op::Linear(Linear { quant: None, .. }));
+    if !nodes.iter().all(plain) {
+        return Ok(Vec::new());
+    }
+    let names = weight_names(nodes);
+    let ws = names.iter().map(|n| p.get(n)).collect::<Result<Vec<_>>>()?;
+    if !inference(&ws) {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    cache.release_many(&refs, &ws)?;
+    Ok(names)
+}
+
 /// Inference of Linear nodes that all read `x` — one node, or siblings such as an attention
 /// layer's q/k/v — as one packed product over their concatenated weights, split back into
 /// each node's output; `None` where the packed path does not apply (tensors that track
-/// gradients, or are not f32).
+/// gradients, or are not f32). Weights released to the cache ([`release_packed`]) run
+/// from their packed form alone.
 pub(crate) fn packed_linears(
     nodes: &[&Node],
     p: &ParamStore,
@@ -157,36 +193,55 @@ pub(crate) fn packed_linears(
 ) -> Result<Option<Vec<Tensor>>> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let (mut names, mut ws, mut bs) = (Vec::new(), Vec::new(), Vec::new());
-    for node in nodes {
-        let w = param(p, node, "weight")?;
+    let names = weight_names(nodes);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let released = cache.released(&names)?;
+    let stored = match &released {
+        Some(_) => Vec::new(),
+        None => names.iter().map(|n| p.get(n)).collect::<Result<Vec<_>>>()?,
+    };
+    let rows = match &released {
+        Some((rows, _)) => rows.clone(),
+        None => stored
+            .iter()
+            .map(|w| w.dim(0))
+            .collect::<candle_core::Result<_>>()?,
+    };
+    let mut bs = Vec::new();
+    for (node, &n) in nodes.iter().zip(&rows) {
         if let Op::Linear(Linear { bias: true, .. }) = node.op {
             bs.push(param(p, node, "bias")?.clone());
         } else if nodes.len() > 1 {
-            bs.push(Tensor::zeros(w.dim(0)?, DType::F32, w.device())?);
+            bs.push(Tensor::zeros(n, DType::F32, x.device())?);
         }
-        names.push(format!("{}.weight", node.name));
-        ws.push(w);
     }
     let mut all: Vec<&Tensor> = vec![&x2];
-    all.extend(ws.iter().copied().chain(&bs));
+    all.extend(stored.iter().copied().chain(&bs));
     // every batch size: the packed panels beat the general GEMM at 384 rows too (1.1–1.4×
     // on the MiniLM shapes, docs/profiling.md)
     if !inference(&all) {
-        return Ok(None);
+        return match released {
+            Some(_) => Err(crate::error::Error::Graph(format!(
+                "`{}` was packed for inference only and runs on f32 inputs without gradients",
+                names.join("`, `")
+            ))),
+            None => Ok(None),
+        };
     }
     let bias = match &bs[..] {
         [] => None,
         [b] => Some(b.clone()),
         _ => Some(Tensor::cat(&bs, 0)?),
     };
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let y = cache.get_many(&names, &ws)?.matmul(&x2, bias.as_ref())?;
-    let mut outs = Vec::with_capacity(ws.len());
+    let packed = match released {
+        Some((_, packed)) => packed,
+        None => cache.get_many(&names, &stored)?,
+    };
+    let y = packed.matmul(&x2, bias.as_ref())?;
+    let mut outs = Vec::with_capacity(rows.len());
     let mut at = 0;
-    for w in &ws {
-        let n = w.dim(0)?;
-        let part = if ws.len() == 1 {
+    for &n in &rows {
+        let part = if rows.len() == 1 {
             y.clone()
         } else {
             y.narrow(1, at, n)?.contiguous()?

@@ -162,6 +162,20 @@ pub trait LayerKind: std::fmt::Debug {
         let _ = (nodes, params, x, opts, packs);
         Ok(None)
     }
+    /// For an inference-only model: packs the weights of `nodes` (this node first, with
+    /// the siblings the run plan groups it with) into `packs` for good and returns the
+    /// stored tensors the packed form now stands in for, which the caller drops from the
+    /// store; the kind's inference forward then reads the packed form alone. A kind
+    /// without a packed form (or a node it does not pack) returns nothing.
+    fn release_packed(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        packs: &PackCache,
+    ) -> Result<Vec<String>> {
+        let _ = (nodes, params, packs);
+        Ok(Vec::new())
+    }
     /// The quantized weight of a node of this kind: its layout and logical `[rows, cols]`
     /// (quantized kinds only). Reports count its non-zero codes through it, and formats
     /// that store only float weights refuse the node by it.

@@ -102,6 +102,14 @@ impl LayerKind for QLinear {
     fn joins_siblings(&self) -> bool {
         true
     }
+    fn release_packed(
+        &self,
+        nodes: &[&Node],
+        params: &ParamStore,
+        packs: &PackCache,
+    ) -> Result<Vec<String>> {
+        release_panels(nodes, params, packs)
+    }
     fn forward_siblings(
         &self,
         nodes: &[&Node],
@@ -172,6 +180,15 @@ impl LayerKind for QLinear {
         };
         if !x2.track_op() && x2.dtype() == DType::F32 {
             let bias = b.map(crate::params::f32_values).transpose()?;
+            if let Some(panels) = cx.packs.released_int8(&cx.node.name)? {
+                let scales = crate::params::f32_values(cx.param("weight_scale")?)?;
+                let static_scale = self.static_scale(cx)?;
+                let y = with_cpu::<f32, _>(&x2, |xs| {
+                    self.int8_product(xs, (&panels, &scales), static_scale, bias.as_deref())
+                })??;
+                let y = Tensor::from_vec(y, (x2.dim(0)?, self.out_features), x2.device())?;
+                return Ok(y.reshape(with_last(&dims, self.out_features))?);
+            }
             let codes = cx.param("weight_q")?.id();
             let y = self.with_view(cx, |w, static_scale| {
                 self.kernel(cx.packs, &x2, (w, codes), static_scale, bias.as_deref())
@@ -205,14 +222,55 @@ impl QLinear {
         cx: &NodeRun,
         f: impl FnOnce(&QView, Option<f32>) -> Result<R>,
     ) -> Result<R> {
-        let static_scale = match self.act {
-            ActQuant::Static => Some(crate::params::f32_values(cx.param("input_scale")?)?[0]),
-            _ => None,
-        };
+        let static_scale = self.static_scale(cx)?;
         let dims = (self.out_features, self.in_features);
         with_node_view(cx.params, &cx.node.name, self.layout, dims, |v| {
             f(v, static_scale)
         })
+    }
+
+    /// The calibrated input scale of static activations.
+    fn static_scale(&self, cx: &NodeRun) -> Result<Option<f32>> {
+        Ok(match self.act {
+            ActQuant::Static => Some(crate::params::f32_values(cx.param("input_scale")?)?[0]),
+            _ => None,
+        })
+    }
+
+    /// Whether the layer runs the int8 panels ([`PackedBlocked`]), and for activation
+    /// blocks of how many inputs.
+    fn int8_block(&self) -> Option<usize> {
+        match (self.layout.bits, self.act) {
+            (_, ActQuant::Static) => Some(self.in_features),
+            (8, _) => Some(ACT_BLOCK),
+            _ => None,
+        }
+    }
+
+    /// The int8 product of rows `xs` with the layer's `panels` and weight `scales`:
+    /// `[M, out]` f32 with the bias added.
+    fn int8_product(
+        &self,
+        xs: &[f32],
+        (panels, scales): (&PackedBlocked, &[f32]),
+        static_scale: Option<f32>,
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (k, isa) = (self.in_features, crate::isa::active()?);
+        let m = xs.len() / k.max(1);
+        let mut q = quantize_offset(isa, xs, (k, panels.stride()), static_scale, panels.block)?;
+        if let Some([lo, hi]) = self.input_codes {
+            // a narrower code range (low-bit inputs): clip the offset codes, as clipping
+            // the values would (the bounds are integers)
+            let (lo, hi) = ((lo + LINEAR_ACT_MAX) as u8, (hi + LINEAR_ACT_MAX) as u8);
+            q.codes.iter_mut().for_each(|c| *c = (*c).clamp(lo, hi));
+        }
+        let part = PackedPart {
+            w: panels,
+            scales,
+            bias,
+        };
+        Ok(linear_packed(isa, q.rows(), &[part], m)?.remove(0))
     }
 
     /// The int8 / int4 kernels: `[M, out]` f32 with the bias added. `codes`: the identity
@@ -248,22 +306,9 @@ impl QLinear {
             return super::linear::linear(x2, &wt, b.as_ref());
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
-            if self.layout.bits == 8 || self.act == ActQuant::Static {
-                let block = if static_scale.is_some() { k } else { ACT_BLOCK };
+            if let Some(block) = self.int8_block() {
                 let packed = panels(packs, codes, w, block)?;
-                let mut q = quantize_offset(isa, xs, (k, packed.stride()), static_scale, block)?;
-                if let Some([lo, hi]) = self.input_codes {
-                    // a narrower code range (low-bit inputs): clip the offset codes, as
-                    // clipping the values would (the bounds are integers)
-                    let (lo, hi) = ((lo + LINEAR_ACT_MAX) as u8, (hi + LINEAR_ACT_MAX) as u8);
-                    q.codes.iter_mut().for_each(|c| *c = (*c).clamp(lo, hi));
-                }
-                let part = PackedPart {
-                    w: &packed,
-                    scales: w.scales,
-                    bias,
-                };
-                Ok(linear_packed(isa, q.rows(), &[part], m)?.remove(0))
+                self.int8_product(xs, (&packed, w.scales), static_scale, bias)
             } else {
                 qgemm::gemm_q4(isa, xs, w, bias, m)
             }
@@ -356,11 +401,13 @@ pub(crate) fn qlinear_group(
     let mut held = Vec::with_capacity(nodes.len());
     for (n, o) in nodes.iter().zip(&ops) {
         let dims = (o.out_features, o.in_features);
-        let (codes, scales) = (get(n, "weight_q")?, get(n, "weight_scale")?);
-        let scales = crate::params::f32_values(scales)?;
-        let w = with_node_view(p, &n.name, o.layout, dims, |v| {
-            panels(packs, codes.id(), v, ACT_BLOCK)
-        })?;
+        let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
+        let w = match packs.released_int8(&n.name)? {
+            Some(w) => w,
+            None => with_node_view(p, &n.name, o.layout, dims, |v| {
+                panels(packs, get(n, "weight_q")?.id(), v, ACT_BLOCK)
+            })?,
+        };
         let bias = o.bias.then(|| get(n, "bias")).transpose()?;
         held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
     }
@@ -397,4 +444,26 @@ fn panels(packs: &PackCache, id: TensorId, w: &QView, block: usize) -> Result<Ar
             signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
         })
     })
+}
+
+/// Packs the int8 panels of every qlinear node in `nodes` that runs them for good into
+/// `packs` (by node name) and returns the codes tensors they stand in for.
+fn release_panels(nodes: &[&Node], p: &ParamStore, packs: &PackCache) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for n in nodes {
+        let Op::QLinear(o) = &n.op else { continue };
+        let Some(block) = o.int8_block() else {
+            continue;
+        };
+        let dims = (o.out_features, o.in_features);
+        let (rb, layout) = (o.layout.row_bytes(o.in_features), o.layout);
+        let packed = with_node_view(p, &n.name, layout, dims, |w| {
+            PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
+                signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
+            })
+        })?;
+        packs.release_int8(&n.name, Arc::new(packed))?;
+        names.push(format!("{}.weight_q", n.name));
+    }
+    Ok(names)
 }

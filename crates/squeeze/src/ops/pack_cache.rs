@@ -4,6 +4,11 @@
 //! ternary), made on first use and owned by the caller — a text encoder
 //! keeps one for its lifetime, and the interpreter keeps one with the graph it runs — so
 //! nothing stays packed after its model is gone.
+//!
+//! An inference-only model may also hand its weights over: [`PackCache::release_many`]
+//! and [`PackCache::release_int8`] pack them under their parameter names for good, so the
+//! caller can drop the stored originals (`crate::interp::keep_packed_only`) and the
+//! process holds each weight once, in the layout its kernel reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +46,6 @@ impl<T, K: PartialEq + Copy> Kept<T, K> {
 
     /// The packed form under key `id`, made by `make` on first use.
     fn get(&self, id: K, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
-        let poisoned = || Error::Graph("int8 pack cache poisoned".into());
         if let Some((_, p)) = self
             .entries
             .lock()
@@ -70,6 +74,8 @@ impl<T, K: PartialEq + Copy> Kept<T, K> {
 #[derive(Default)]
 pub struct PackCache {
     map: Mutex<HashMap<String, Packed>>,
+    /// Int8 panels that stand in for released codes, by node name.
+    released_int8: Mutex<HashMap<String, Arc<PackedBlocked>>>,
     int8: Kept<PackedI8, TensorId>,
     blocked: Kept<PackedBlocked, (TensorId, usize)>,
     bits: Kept<PackedBits, TensorId>,
@@ -82,8 +88,31 @@ impl std::fmt::Debug for PackCache {
     }
 }
 
-/// A cache entry: the identities of the packed weight tensors, and their packed form.
-type Packed = (Vec<TensorId>, Arc<PackedLinear>);
+/// A cache entry: the packed form of weights, with the identities of the tensors it was
+/// packed from, or `None` once those were released (then it stands in for them).
+struct Packed {
+    ids: Option<Vec<TensorId>>,
+    /// Output rows of each weight, in order.
+    rows: Vec<usize>,
+    packed: Arc<PackedLinear>,
+}
+
+/// The packed row-concatenation of `ws`, with each one's rows.
+fn pack_rows(ws: &[&Tensor]) -> Result<(Vec<usize>, Arc<PackedLinear>)> {
+    let rows = ws
+        .iter()
+        .map(|w| w.dim(0))
+        .collect::<candle_core::Result<_>>()?;
+    let packed = match ws {
+        [w] => PackedLinear::pack(w)?,
+        _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
+    };
+    Ok((rows, Arc::new(packed)))
+}
+
+fn poisoned() -> Error {
+    Error::Graph("pack cache poisoned".into())
+}
 
 impl PackCache {
     /// The packed form of parameter `name`, whose current tensor is `w`.
@@ -96,21 +125,63 @@ impl PackCache {
     pub fn get_many(&self, names: &[&str], ws: &[&Tensor]) -> Result<Arc<PackedLinear>> {
         let key = names.join("+");
         let ids: Vec<TensorId> = ws.iter().map(|w| w.id()).collect();
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| Error::Graph("pack cache poisoned".into()))?;
-        if let Some((known, p)) = map.get(&key) {
-            if *known == ids {
-                return Ok(p.clone());
+        let mut map = self.map.lock().map_err(|_| poisoned())?;
+        if let Some(e) = map.get(&key) {
+            if e.ids.as_ref() == Some(&ids) {
+                return Ok(e.packed.clone());
             }
         }
-        let p = Arc::new(match ws {
-            [w] => PackedLinear::pack(w)?,
-            _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
-        });
-        map.insert(key, (ids, p.clone()));
-        Ok(p)
+        let (rows, packed) = pack_rows(ws)?;
+        let ids = Some(ids);
+        map.insert(
+            key,
+            Packed {
+                ids,
+                rows,
+                packed: packed.clone(),
+            },
+        );
+        Ok(packed)
+    }
+
+    /// Packs weights `ws` (parameters `names`) as [`Self::get_many`] does, for good: the
+    /// packed form then stands in for them, found by [`Self::released`] once the caller
+    /// has dropped the originals.
+    pub fn release_many(&self, names: &[&str], ws: &[&Tensor]) -> Result<()> {
+        let (rows, packed) = pack_rows(ws)?;
+        let mut map = self.map.lock().map_err(|_| poisoned())?;
+        map.insert(
+            names.join("+"),
+            Packed {
+                ids: None,
+                rows,
+                packed,
+            },
+        );
+        Ok(())
+    }
+
+    /// The packed form released weights `names` left behind (as [`Self::release_many`]
+    /// grouped them), with each weight's output rows; `None` if they were not released.
+    pub fn released(&self, names: &[&str]) -> Result<Option<(Vec<usize>, Arc<PackedLinear>)>> {
+        let map = self.map.lock().map_err(|_| poisoned())?;
+        Ok(map
+            .get(&names.join("+"))
+            .filter(|e| e.ids.is_none())
+            .map(|e| (e.rows.clone(), e.packed.clone())))
+    }
+
+    /// Keeps `panels` as the stand-in for node `node`'s released int8 codes.
+    pub fn release_int8(&self, node: &str, panels: Arc<PackedBlocked>) -> Result<()> {
+        let mut m = self.released_int8.lock().map_err(|_| poisoned())?;
+        m.insert(node.to_string(), panels);
+        Ok(())
+    }
+
+    /// The int8 panels that stand in for node `node`'s released codes, if released.
+    pub fn released_int8(&self, node: &str) -> Result<Option<Arc<PackedBlocked>>> {
+        let m = self.released_int8.lock().map_err(|_| poisoned())?;
+        Ok(m.get(node).cloned())
     }
 
     /// The int8 panels of the stored codes tensor `id` (the static convolution's), made

@@ -31,6 +31,12 @@ pub struct Encoder<'a> {
 impl<'a> Encoder<'a> {
     /// Wraps a token graph; fails if the model reads images or has no tokenizer.
     pub fn new(model: &'a Model) -> Result<Self> {
+        Self::with_packs(model, Arc::default())
+    }
+
+    /// [`Self::new`] running on the packed weights `packed` (those of a model made
+    /// inference-only by [`crate::interp::keep_packed_only`]).
+    pub fn with_packs(model: &'a Model, packed: Arc<PackCache>) -> Result<Self> {
         if !model.graph.is_text() {
             return Err(Error::Data(format!(
                 "model `{}` reads images, not text",
@@ -41,7 +47,7 @@ impl<'a> Encoder<'a> {
         Ok(Encoder {
             model,
             tokenizer,
-            packed: Arc::default(),
+            packed,
         })
     }
 
