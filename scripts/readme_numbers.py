@@ -429,6 +429,18 @@ def quant_notes():
         f"{x(l['throughput_ratio_vs_f32'])} and {rng(l, 'throughput_ratio_vs_pytorch_int8')} "
         f"(our kernel path: `{v['isa']}`). Where a ratio is below 1×, see `docs/profiling.md` for where "
         "our time goes.")
+    if "embed_peak_rss_bytes" in i8:
+        mb = lambda e, k: f"{e[k] / 1e6:.1f}"
+        out.append(
+            f"- Memory: `squeeze embed` on {i8['embed_sentences']} STS-B sentences (batch 32) peaks at "
+            f"{mb(f, 'embed_peak_rss_bytes')} MB for f32 ({mb(f, 'embed_peak_rss_over_weights_bytes')} MB "
+            f"above its weights file) and {mb(i8, 'embed_peak_rss_bytes')} MB "
+            f"for dynamic int8 ({mb(i8, 'embed_peak_rss_over_weights_bytes')} MB above). Each Linear weight "
+            "is held once: packed into the layout its kernel reads as the model loads, the stored original "
+            "dropped node by node (`interp::keep_packed_only`), and `embed` allocates from the C library's "
+            "malloc, which hands freed pages back where mimalloc kept them (`docs/profiling.md`). The rest "
+            "above the weights is the binary's pages, the tokenizer and the activations. `eval` keeps both "
+            "forms (it also reports parameters from the stored weights), hence its larger peak.")
     return "\n".join(out)
 
 
