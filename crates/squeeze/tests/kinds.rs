@@ -64,6 +64,7 @@ fn run(op: &Op, params: &squeeze::params::ParamStore, ins: &[Tensor]) -> Tensor 
         packs: &packs,
         fuse_relu: false,
         fuse_pool: None,
+        fuse_gelu: false,
         hand_to: None,
         rng: &mut rng,
         bn_stats: &mut stats,

@@ -278,6 +278,78 @@ fn a_packed_only_store_embeds_the_same_without_its_linear_weights() {
 }
 
 #[test]
+fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
+    use squeeze::interp::{plan_for, Step};
+    let dynamic = "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n";
+    let (ids, mask) = ids_mask();
+    for m in [tiny(), quantized(tiny(), dynamic)] {
+        let gelus: Vec<String> = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind() == "gelu")
+            .map(|n| n.name.clone())
+            .collect();
+        assert_eq!(gelus.len(), 2, "one per layer");
+        let absorbed_by = |opts: &ForwardOpts, name: &str| {
+            let plan = plan_for(&m.graph, opts).unwrap();
+            let i = m.graph.nodes.iter().position(|n| n.name == name).unwrap();
+            match plan.steps[i] {
+                Step::Absorbed { by } => Some(m.graph.nodes[by].op.kind()),
+                _ => None,
+            }
+        };
+        let tapped = ForwardOpts {
+            taps: gelus.iter().cloned().collect(),
+            ..ForwardOpts::eval()
+        };
+        for g in &gelus {
+            let by = absorbed_by(&ForwardOpts::eval(), g);
+            assert!(matches!(by, Some("linear" | "qlinear")), "{g}: {by:?}");
+            assert_eq!(absorbed_by(&ForwardOpts::train(0), g), None, "{g}");
+            assert_eq!(absorbed_by(&tapped, g), None, "{g}");
+        }
+        // in place on the product's output: the same values as the GELU node's own pass
+        for packed in [None, Some(Default::default())] {
+            let fused = ForwardOpts {
+                packed: packed.clone(),
+                ..ForwardOpts::eval()
+            };
+            let apart = ForwardOpts {
+                packed,
+                ..tapped.clone()
+            };
+            let a = forward_tokens(&m.graph, &m.params, &ids, &mask, &fused).unwrap();
+            let b = forward_tokens(&m.graph, &m.params, &ids, &mask, &apart).unwrap();
+            assert_eq!(max_abs(&a.output, &b.output), 0.0);
+        }
+    }
+    // an inference plan over parameters that track gradients applies the GELU as a node
+    // of the graph, not in place: the FFN weights get the gradient the unfused plan gives
+    let m = tiny();
+    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
+    let up = vars
+        .iter()
+        .find(|(n, _)| n == "encoder.layer.0.intermediate.dense.weight")
+        .expect("the FFN's first weight");
+    let grad = |opts: &ForwardOpts| {
+        let out = forward_tokens(&m.graph, &store, &ids, &mask, opts).unwrap();
+        let grads = out.output.sum_all().unwrap().backward().unwrap();
+        grads.get(up.1.as_tensor()).expect("a gradient").clone()
+    };
+    let tapped = ForwardOpts {
+        taps: vec!["encoder.layer.0.intermediate.gelu".into()]
+            .into_iter()
+            .collect(),
+        ..ForwardOpts::eval()
+    };
+    let (fused, apart) = (grad(&ForwardOpts::eval()), grad(&tapped));
+    let s: f32 = apart.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(s > 0.0);
+    assert_eq!(max_abs(&fused, &apart), 0.0);
+}
+
+#[test]
 fn too_long_inputs_and_bad_ids_are_errors_not_panics() {
     let m = tiny();
     let long: Vec<u32> = (0..13).map(|i| i % 30).collect();

@@ -260,9 +260,10 @@ fn run_node(
         opts,
         packs,
         fuse_relu: absorbs.contains(&Absorb::Relu),
+        fuse_gelu: absorbs.contains(&Absorb::Gelu),
         fuse_pool: absorbs.iter().find_map(|a| match *a {
             Absorb::MaxPool { kernel, stride } => Some((kernel, stride)),
-            Absorb::Relu => None,
+            Absorb::Relu | Absorb::Gelu => None,
         }),
         rng,
         bn_stats: &mut out.bn_stats,

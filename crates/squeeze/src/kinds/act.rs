@@ -1,7 +1,9 @@
 //! Element-wise activations: ReLU (one-pass forward and backward, `crate::ops::relu`) and
 //! GELU in BERT's erf form (Hendrycks & Gimpel 2016; inference by a rational erf in one
 //! pass, `crate::ops::fast`, tested against the differentiable composition of
-//! `crate::ops::text`). No tensors; channels pass through unchanged.
+//! `crate::ops::text`). No tensors; channels pass through unchanged. At inference a GELU
+//! that is a Linear's only reader is absorbed by it ([`absorbed_gelu`]): applied in place
+//! to the product's fresh output, which saves a buffer and a copy per FFN.
 
 use candle_core::Tensor;
 
@@ -69,16 +71,39 @@ impl LayerKind for Gelu {
     fn name(&self) -> &'static str {
         "gelu"
     }
+    fn as_absorbed(&self) -> Option<Absorb> {
+        Some(Absorb::Gelu)
+    }
     elementwise!();
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        if super::inference(&[cx.x()]) {
-            gelu::gelu(cx.x())
-        } else if super::all_f32(&[cx.x()]) {
-            gelu::gelu_train(cx.x())
-        } else {
-            gelu::gelu_reference(cx.x())
-        }
+        gelu_of(cx.x())
     }
+}
+
+/// GELU of `x` on the path its tensors allow: the inference kernel, the one-node training
+/// op, or the reference composition (f64).
+fn gelu_of(x: &Tensor) -> Result<Tensor> {
+    if super::inference(&[x]) {
+        gelu::gelu(x)
+    } else if super::all_f32(&[x]) {
+        gelu::gelu_train(x)
+    } else {
+        gelu::gelu_reference(x)
+    }
+}
+
+/// The GELU a Linear absorbed ([`Absorb::Gelu`]), applied to its output `y`: in place
+/// when `y` is an inference value (the product's fresh buffer, read by no one else — the
+/// run plan absorbs only a node's sole reader), else as the GELU node would.
+pub(crate) fn absorbed_gelu(y: Tensor, fuse: bool) -> Result<Tensor> {
+    if !fuse {
+        return Ok(y);
+    }
+    if super::inference(&[&y]) && y.is_contiguous() {
+        gelu::gelu_in_place(&y)?;
+        return Ok(y);
+    }
+    gelu_of(&y)
 }
 
 pub(crate) fn relu_example() -> super::Example {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
 use super::fake_quant::FakeQuant;
-use super::{inference, with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorSpec};
+use super::{inference, with_last, Absorb, ForwardOpts, Inputs, LayerKind, NodeRun, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::onnx::{blocks, Lower};
@@ -42,6 +42,9 @@ impl LayerKind for Linear {
     }
     fn joins_siblings(&self) -> bool {
         self.quant.is_none()
+    }
+    fn absorbs(&self, reader: Absorb, so_far: &[Absorb], train: bool) -> bool {
+        !train && reader == Absorb::Gelu && so_far.is_empty()
     }
     /// With a pack cache (a long-lived text encoder), siblings run as one packed product.
     fn forward_siblings(
@@ -95,6 +98,22 @@ impl LayerKind for Linear {
         cx.new_space(&node.name, self.out_features, self.bias)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let y = self.product(cx)?;
+        super::act::absorbed_gelu(y, cx.fuse_gelu)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
+        let d = dims("weight")?;
+        Some(Op::Linear(Linear {
+            out_features: d[0],
+            in_features: d[1],
+            ..self.clone()
+        }))
+    }
+}
+
+impl Linear {
+    /// `x Wᵀ + b` on the path the tensors and the caller's pack cache allow.
+    fn product(&self, cx: &NodeRun) -> Result<Tensor> {
         if let Some(q) = &self.quant {
             let w = q.weight(cx, cx.param("weight")?)?;
             let x = q.input(cx, cx.x())?;
@@ -116,14 +135,6 @@ impl LayerKind for Linear {
             None
         };
         linear(cx.x(), cx.param("weight")?, b)
-    }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
-        let d = dims("weight")?;
-        Some(Op::Linear(Linear {
-            out_features: d[0],
-            in_features: d[1],
-            ..self.clone()
-        }))
     }
 }
 

@@ -204,10 +204,12 @@ pub trait LayerKind: std::fmt::Debug {
 }
 
 /// A reader that a node can apply itself (fusion): the ReLU after a BatchNorm or an int8
-/// convolution, the max-pool after an int8 convolution (pooled before rescaling).
+/// convolution, the max-pool after an int8 convolution (pooled before rescaling), the
+/// GELU after a Linear (applied in place to the product's fresh output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Absorb {
     Relu,
+    Gelu,
     /// Window and stride of a max-pool.
     MaxPool {
         kernel: usize,

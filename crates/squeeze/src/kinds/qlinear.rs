@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
 use super::with_node_view;
-use super::{with_last, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
+use super::{with_last, Absorb, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::math::qlayout::{signed_code_at, Layout, Scales};
@@ -169,7 +169,25 @@ impl LayerKind for QLinear {
         let why = "a qlinear (quantized) layer is not channel-pruned";
         super::pinned_rows(cx, node, ins, (self.out_features, self.bias), why)
     }
+    fn absorbs(&self, reader: Absorb, so_far: &[Absorb], train: bool) -> bool {
+        !train && reader == Absorb::Gelu && so_far.is_empty()
+    }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        let y = self.product(cx)?;
+        super::act::absorbed_gelu(y, cx.fuse_gelu)
+    }
+    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
+        let out = dims("weight_q")?[0];
+        Some(Op::QLinear(QLinear {
+            out_features: out,
+            ..self.clone()
+        }))
+    }
+}
+
+impl QLinear {
+    /// `x Ŵᵀ + b`: the integer kernel at inference, else the simulated layer.
+    fn product(&self, cx: &NodeRun) -> Result<Tensor> {
         let x = cx.x();
         let dims = x.dims().to_vec();
         let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
@@ -205,16 +223,6 @@ impl LayerKind for QLinear {
         };
         Ok(y.reshape(with_last(&dims, self.out_features))?)
     }
-    fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
-        let out = dims("weight_q")?[0];
-        Some(Op::QLinear(QLinear {
-            out_features: out,
-            ..self.clone()
-        }))
-    }
-}
-
-impl QLinear {
     /// Runs `f` on the checked view of the node's quantized weight and its static input
     /// scale.
     fn with_view<R>(

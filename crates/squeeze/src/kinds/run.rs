@@ -56,6 +56,8 @@ pub struct NodeRun<'a> {
     /// Fusion (inference): an int8 convolution also applies the max-pool (window,
     /// stride) that is the only reader of its output (or of its fused ReLU).
     pub fuse_pool: Option<(usize, usize)>,
+    /// Fusion (inference): a Linear also applies the GELU that is its only reader.
+    pub fuse_gelu: bool,
     /// Inference: the int8 convolution that reads this node's output as int8 codes (the
     /// run plan's handoff; the node then returns those codes, channels-last).
     pub hand_to: Option<&'a Node>,

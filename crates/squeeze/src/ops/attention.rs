@@ -2,14 +2,16 @@
 //! `head_dim`, with the padding mask, its three paths side by side: the reference composed
 //! from candle operations (softmax max-subtracted, masked keys biased by −10⁹), the
 //! inference kernel (one fused loop nest per sample and head, reading the heads in place,
-//! skipping masked keys) and the training op (one autograd node per call; backward per
+//! skipping masked keys, the heads split over the inference team and each writing its
+//! own columns of the output) and the training op (one autograd node per call; backward per
 //! sample and head through softmax's Jacobian dS = P ⊙ (dP − rowsum(dP ⊙ P)), with P
 //! recomputed from q and k).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fast::{dot, f32_data, PAR_MACS};
+use super::fast::{dot, PAR_MACS};
+use super::team::{team, Ptr};
 use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -154,18 +156,51 @@ pub fn attention_with(
 ) -> Result<Tensor> {
     let isa = isa::require(isa)?;
     let (n, l, w) = attention_dims((q, k, v), mask, heads, head_dim)?;
-    let (q, k, v, m) = (f32_data(q)?, f32_data(k)?, f32_data(v)?, f32_data(mask)?);
     let g = Geo {
         l,
         w,
         heads,
         head_dim,
     };
-    let out = attention_rows(isa, (&q, &k, &v), &m, g, n);
+    let mut out = vec![0f32; n * l * w];
+    // the inputs read in place, each head's context written straight into its columns
+    with_cpu::<f32, _>(q, |q| {
+        with_cpu::<f32, _>(k, |k| {
+            with_cpu::<f32, _>(v, |v| {
+                with_cpu::<f32, _>(&mask.to_dtype(DType::F32)?, |m| {
+                    let at = Ptr(out.as_mut_ptr());
+                    let head = |nh: usize| {
+                        let ctx = head_ctx_on(isa, q, k, v, m, g, nh);
+                        // SAFETY: head nh writes only its own columns of its sample's rows
+                        unsafe { put_head(at, &ctx, g, nh) }
+                    };
+                    if n * heads * l * l * head_dim >= PAR_MACS {
+                        team().run(n * heads, &head);
+                    } else {
+                        (0..n * heads).for_each(head);
+                    }
+                })
+            })
+        })
+    })????;
     Ok(Tensor::from_vec(out, (n, l, w), &Device::Cpu)?)
 }
 
-/// The attention core over `n` samples of q, k, v ([N, L, w] flattened) → [N, L, w].
+/// Writes head `nh`'s context `ctx` ([L, head_dim]) into its columns of the output rows
+/// ([N, L, w] at `at`).
+///
+/// # Safety
+/// `at` holds N·L·w values, and no other writer touches these columns of these rows.
+unsafe fn put_head(at: Ptr<f32>, ctx: &[f32], g: Geo, nh: usize) {
+    let (s, h) = (nh / g.heads, nh % g.heads);
+    for (i, c) in ctx.chunks_exact(g.head_dim).enumerate() {
+        let row = at.slice((s * g.l + i) * g.w + h * g.head_dim, g.head_dim);
+        row.copy_from_slice(c);
+    }
+}
+
+/// The attention core over `n` samples of q, k, v ([N, L, w] flattened) → [N, L, w]
+/// (training: heads split over rayon's pool).
 fn attention_rows(
     isa: Isa,
     (q, k, v): (&[f32], &[f32], &[f32]),
@@ -181,12 +216,10 @@ fn attention_rows(
         (0..n * heads).map(per_head).collect()
     };
     let mut out = vec![0f32; n * l * w];
+    let at = Ptr(out.as_mut_ptr());
     for (nh, ctx) in parts.iter().enumerate() {
-        let (s, h) = (nh / heads, nh % heads);
-        for i in 0..l {
-            out[(s * l + i) * w + h * head_dim..][..head_dim]
-                .copy_from_slice(&ctx[i * head_dim..(i + 1) * head_dim]);
-        }
+        // SAFETY: one head at a time, each within the buffer
+        unsafe { put_head(at, ctx, g, nh) }
     }
     out
 }

@@ -69,6 +69,17 @@ pub fn gelu_with(isa: Isa, x: &Tensor) -> Result<Tensor> {
     )?)
 }
 
+/// GELU of every element of the contiguous f32 tensor `y`, in place (every tensor sharing
+/// its storage sees the change), split over the inference team.
+pub fn gelu_in_place(y: &Tensor) -> Result<()> {
+    let isa = isa::active()?;
+    let width = y.dims().last().copied().unwrap_or(1).max(1);
+    super::with_cpu_mut(y, |v| {
+        super::team::rows_mut(v, width, &|_, rows| gelu_on(isa, rows));
+        Ok(())
+    })
+}
+
 /// GELU of every element of `y` in place.
 fn gelu_all(isa: Isa, mut y: Vec<f32>) -> Vec<f32> {
     if y.len() >= PAR_MACS {

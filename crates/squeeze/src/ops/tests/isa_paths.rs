@@ -95,6 +95,23 @@ fn every_supported_isa_path_matches_the_reference() {
             let got = attention::attention_with(isa, &q, &kk, &v, m, 3, 4).unwrap();
             assert!(max_abs(&got, &want) < PATH_TOL, "{isa:?} attention");
         }
+        // enough work (4 samples · 4 heads · 40² · 32) that the heads split over the team,
+        // each writing its own columns of the output
+        let (q, kk, v) = (
+            rand_t(&[4, 40, 128], 11),
+            rand_t(&[4, 40, 128], 12),
+            rand_t(&[4, 40, 128], 13),
+        );
+        let real: Vec<f32> = (0..160)
+            .map(|i| f32::from(u8::from(i % 40 < 40 - i / 40 * 7)))
+            .collect();
+        let m = Tensor::from_vec(real, (4, 40), &Device::Cpu).unwrap();
+        let want = attention::attention_reference(&q, &kk, &v, &m, 4, 32).unwrap();
+        let got = attention::attention_with(isa, &q, &kk, &v, &m, 4, 32).unwrap();
+        assert!(
+            max_abs(&got, &want) < PATH_TOL,
+            "{isa:?} attention, 4 x 40 tokens"
+        );
     }
     let ts = [
         rand_t(&[3, 7], 10),
