@@ -3,7 +3,9 @@
 //! columns and creates a new channel space (weight rows, bias). Forward: candle's matmul
 //! (differentiable, large batches); at inference packed panels (`crate::ops::packed`, any
 //! batch) when the caller keeps a pack cache, else for a few rows the weight-streaming
-//! kernel of `crate::ops::fast` — both tested against the matmul.
+//! kernel of `crate::ops::fast` — both tested against the matmul. An inference-only
+//! model may keep only the packed panels (`crate::interp::keep_packed_only`), and at
+//! inference the layer applies the GELU that is its only reader in place.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,9 @@
 //! gradients) gets the simulated layer — the dequantized weight and the fake-quantized
 //! input, same codes — which is also the reference the kernels are tested against.
 //! Coupling: like Linear, but both sides are pinned (the codes are not channel-pruned).
+//! An inference-only model may hand the int8 panels its codes for good
+//! (`crate::interp::keep_packed_only`): the stored codes are dropped and the kernels read
+//! the panels kept under the node's name.
 
 use std::sync::Arc;
 
