@@ -89,6 +89,26 @@ pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -
     }
 }
 
+/// An f32 output buffer with room for `len` values, every one of which the caller's
+/// kernel writes before anything reads it: not cleared first (a pass over the memory the
+/// kernel then overwrites), but NaN in the crate's unit tests, so a value the kernel
+/// misses shows in their exactness checks. [`written`] gives it its length once full.
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    if cfg!(test) {
+        vec![f32::NAN; len]
+    } else {
+        Vec::with_capacity(len)
+    }
+}
+
+/// Sets the length of a buffer from [`output_buffer`] to `len`.
+///
+/// # Safety
+/// The buffer has room for `len` values and each of them was written.
+pub(crate) unsafe fn written(v: &mut Vec<f32>, len: usize) {
+    v.set_len(len)
+}
+
 /// A library error raised inside a candle custom op, as candle's error type.
 pub(crate) fn op_err(e: Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())

@@ -89,7 +89,7 @@ impl PackedLinear {
     fn product(&self, isa: Isa, xs: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(COLS);
-        let mut y = vec![0f32; m * n];
+        let mut y = super::output_buffer(m * n);
         let out = Ptr(y.as_mut_ptr());
         let tiles = tiles(isa, m);
         let units = np * tiles.len();
@@ -126,6 +126,8 @@ impl PackedLinear {
         } else {
             super::team::team().run(parts, &|t| run(t * units / parts..(t + 1) * units / parts));
         }
+        // SAFETY: the (panel, tile) units cover every row and column of y once
+        unsafe { super::written(&mut y, m * n) };
         y
     }
 }

@@ -412,7 +412,10 @@ pub fn linear_packed(
         }
         full.push((sc, bi));
     }
-    let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.w.n]).collect();
+    let mut outs: Vec<Vec<f32>> = parts
+        .iter()
+        .map(|p| crate::ops::output_buffer(m * p.w.n))
+        .collect();
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
     let tasks: Vec<(usize, usize, usize)> = parts
         .iter()
@@ -450,6 +453,11 @@ pub fn linear_packed(
         crate::ops::team::try_each(tasks.len(), &|i| task(&tasks[i]))?;
     } else {
         tasks.iter().try_for_each(task)?;
+    }
+    for (o, p) in outs.iter_mut().zip(parts) {
+        // SAFETY: the tasks cover every token and every panel of each part, and each
+        // writes all `cols` columns of its rows (checked above, or the call failed)
+        unsafe { crate::ops::written(o, m * p.w.n) };
     }
     Ok(outs)
 }
