@@ -350,15 +350,8 @@ fn static_int8_convolutions_equal_their_simulated_form_with_and_without_fusion_a
     assert!(!pools.is_empty());
     // the run plan: each such pool and its ReLU are absorbed by the convolution at
     // inference; in training, and when the pools are tapped, only the ReLU is
-    use squeeze::interp::{plan_for, ForwardOpts, Step};
-    let absorbed_by = |opts: &ForwardOpts, name: &str| {
-        let plan = plan_for(&q.graph, opts).unwrap();
-        let i = q.graph.nodes.iter().position(|n| n.name == name).unwrap();
-        match plan.steps[i] {
-            Step::Absorbed { by } => Some(q.graph.nodes[by].op.kind()),
-            _ => None,
-        }
-    };
+    use squeeze::interp::plan_for;
+    let absorbed_by = |opts: &ForwardOpts, name: &str| common::absorbed_by(&q.graph, opts, name);
     let tapped = ForwardOpts {
         taps: pools.iter().cloned().collect(),
         ..Default::default()

@@ -279,7 +279,6 @@ fn a_packed_only_store_embeds_the_same_without_its_linear_weights() {
 
 #[test]
 fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
-    use squeeze::interp::{plan_for, Step};
     let dynamic = "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n";
     let (ids, mask) = ids_mask();
     for m in [tiny(), quantized(tiny(), dynamic)] {
@@ -291,14 +290,8 @@ fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
             .map(|n| n.name.clone())
             .collect();
         assert_eq!(gelus.len(), 2, "one per layer");
-        let absorbed_by = |opts: &ForwardOpts, name: &str| {
-            let plan = plan_for(&m.graph, opts).unwrap();
-            let i = m.graph.nodes.iter().position(|n| n.name == name).unwrap();
-            match plan.steps[i] {
-                Step::Absorbed { by } => Some(m.graph.nodes[by].op.kind()),
-                _ => None,
-            }
-        };
+        let absorbed_by =
+            |opts: &ForwardOpts, name: &str| common::absorbed_by(&m.graph, opts, name);
         let tapped = ForwardOpts {
             taps: gelus.iter().cloned().collect(),
             ..ForwardOpts::eval()

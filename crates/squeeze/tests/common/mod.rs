@@ -197,3 +197,19 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The kind of the node that absorbs node `name` in `g`'s run plan for `opts` (a fused
+/// ReLU, max-pool or GELU), or `None` when it runs as its own step.
+pub fn absorbed_by(
+    g: &squeeze::graph::Graph,
+    opts: &squeeze::interp::ForwardOpts,
+    name: &str,
+) -> Option<&'static str> {
+    use squeeze::interp::{plan_for, Step};
+    let plan = plan_for(g, opts).unwrap();
+    let i = g.nodes.iter().position(|n| n.name == name).unwrap();
+    match plan.steps[i] {
+        Step::Absorbed { by } => Some(g.nodes[by].op.kind()),
+        _ => None,
+    }
+}
