@@ -201,7 +201,7 @@ impl QLinear {
         };
         if !x2.track_op() && x2.dtype() == DType::F32 {
             let bias = b.map(crate::params::f32_values).transpose()?;
-            if let Some(panels) = cx.packs.released_int8(&cx.node.name)? {
+            if let Some(panels) = released(cx.params, cx.packs, &cx.node.name)? {
                 let scales = crate::params::f32_values(cx.param("weight_scale")?)?;
                 let static_scale = self.static_scale(cx)?;
                 let y = with_cpu::<f32, _>(&x2, |xs| {
@@ -413,7 +413,7 @@ pub(crate) fn qlinear_group(
     for (n, o) in nodes.iter().zip(&ops) {
         let dims = (o.out_features, o.in_features);
         let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
-        let w = match packs.released_int8(&n.name)? {
+        let w = match released(p, packs, &n.name)? {
             Some(w) => w,
             None => with_node_view(p, &n.name, o.layout, dims, |v| {
                 panels(packs, get(n, "weight_q")?.id(), v, ACT_BLOCK)
@@ -455,6 +455,15 @@ fn panels(packs: &PackCache, id: TensorId, w: &QView, block: usize) -> Result<Ar
             signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
         })
     })
+}
+
+/// The int8 panels that stand in for node `node`'s codes, if they were released (the
+/// cache is asked only when the store no longer holds the codes).
+fn released(p: &ParamStore, packs: &PackCache, node: &str) -> Result<Option<Arc<PackedBlocked>>> {
+    match p.contains(&format!("{node}.weight_q")) {
+        true => Ok(None),
+        false => packs.released_int8(node),
+    }
 }
 
 /// Packs the int8 panels of every qlinear node in `nodes` that runs them for good into
