@@ -181,10 +181,11 @@ fn quality(
 ) -> Result<Measured> {
     eprintln!("{key}: scoring {}", dir.display());
     let enc = Encoder::new(model)?;
-    let embeddings = enc.embed(&stsb::sentences(pairs), 32, true)?;
+    let sentences = stsb::sentences(pairs);
+    let embeddings = enc.embed(&sentences, 32, true)?;
     let (spearman, pearson) = stsb_scores(&embeddings, pairs);
     let cost = static_cost(model)?;
-    let entry = json!({
+    let mut entry = json!({
         "spearman": spearman,
         "pearson": pearson,
         "size_bytes": size_on_disk(dir)?,
@@ -193,8 +194,7 @@ fn quality(
         "peak_rss_bytes": eval_peak_rss(dir, data)?,
         "model": dir.display().to_string(),
     });
-    let mut entry = entry;
-    merge(&mut entry, embed_memory(dir, &stsb::sentences(pairs))?);
+    merge(&mut entry, embed_memory(dir, &sentences)?);
     Ok(Measured {
         key: key.into(),
         entry,
@@ -240,7 +240,7 @@ fn embed_memory(dir: &Path, texts: &[&str]) -> Result<Value> {
     let n = texts.len().min(EMBED_SENTENCES);
     std::fs::write(&input, texts[..n].join("\n") + "\n")?;
     let log = work.join("stderr.txt");
-    let child = Command::new(std::env::current_exe()?)
+    let status = Command::new(std::env::current_exe()?)
         .arg("embed")
         .arg(dir)
         .arg("--input")
@@ -249,9 +249,8 @@ fn embed_memory(dir: &Path, texts: &[&str]) -> Result<Value> {
         .arg(work.join("e.npy"))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log)?)
-        .spawn()
+        .status()
         .context("running squeeze embed for its peak RSS")?;
-    let status = child.wait_with_output()?.status;
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&work);
     if !status.success() {

@@ -449,11 +449,14 @@ pub(crate) fn qlinear_group(
 /// A node's int8 codes in the panel layout for activation blocks of `block` inputs,
 /// packed once per stored tensor `id`.
 fn panels(packs: &PackCache, id: TensorId, w: &QView, block: usize) -> Result<Arc<PackedBlocked>> {
+    packs.int8_blocked((id, block), || pack_panels(w, block))
+}
+
+/// The codes of `w` in the panel layout for activation blocks of `block` inputs.
+fn pack_panels(w: &QView, block: usize) -> Result<PackedBlocked> {
     let (rb, layout) = (w.layout.row_bytes(w.cols), w.layout);
-    packs.int8_blocked((id, block), || {
-        PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
-            signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
-        })
+    PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
+        signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
     })
 }
 
@@ -476,12 +479,7 @@ fn release_panels(nodes: &[&Node], p: &ParamStore, packs: &PackCache) -> Result<
             continue;
         };
         let dims = (o.out_features, o.in_features);
-        let (rb, layout) = (o.layout.row_bytes(o.in_features), o.layout);
-        let packed = with_node_view(p, &n.name, layout, dims, |w| {
-            PackedBlocked::pack(w.rows, w.cols, block, |j, c| {
-                signed_code_at(&layout, &w.codes[j * rb..(j + 1) * rb], c)
-            })
-        })?;
+        let packed = with_node_view(p, &n.name, o.layout, dims, |w| pack_panels(w, block))?;
         packs.release_int8(&n.name, Arc::new(packed))?;
         names.push(format!("{}.weight_q", n.name));
     }

@@ -62,25 +62,32 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// [`gelu`] on path `isa`.
 pub fn gelu_with(isa: Isa, x: &Tensor) -> Result<Tensor> {
     let isa = isa::require(isa)?;
-    Ok(Tensor::from_vec(
-        gelu_all(isa, f32_data(x)?),
-        x.shape(),
-        &Device::Cpu,
-    )?)
+    let mut y = f32_data(x)?;
+    gelu_rows(isa, &mut y, last_dim(x));
+    Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
 }
 
 /// GELU of every element of the contiguous f32 tensor `y`, in place (every tensor sharing
 /// its storage sees the change), split over the inference team.
 pub fn gelu_in_place(y: &Tensor) -> Result<()> {
     let isa = isa::active()?;
-    let width = y.dims().last().copied().unwrap_or(1).max(1);
     super::with_cpu_mut(y, |v| {
-        super::team::rows_mut(v, width, &|_, rows| gelu_on(isa, rows));
+        gelu_rows(isa, v, last_dim(y));
         Ok(())
     })
 }
 
-/// GELU of every element of `y` in place.
+/// The length of `t`'s rows (its last axis; 1 for a scalar).
+fn last_dim(t: &Tensor) -> usize {
+    t.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// GELU of rows of `width` values in place, whole rows split over the inference team.
+fn gelu_rows(isa: Isa, v: &mut [f32], width: usize) {
+    super::team::rows_mut(v, width, &|_, rows| gelu_on(isa, rows));
+}
+
+/// GELU of every element of `y` in place (training: split over rayon's pool).
 fn gelu_all(isa: Isa, mut y: Vec<f32>) -> Vec<f32> {
     if y.len() >= PAR_MACS {
         y.par_chunks_mut(1 << 14).for_each(|c| gelu_on(isa, c));
