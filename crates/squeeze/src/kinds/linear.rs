@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::onnx::{blocks, Lower};
 use crate::ops::fast;
 use crate::ops::pack_cache::PackCache;
+use crate::ops::packed::Then;
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +59,7 @@ impl LayerKind for Linear {
         _: &PackCache,
     ) -> Result<Option<Vec<Tensor>>> {
         match opts.packed.as_deref() {
-            Some(cache) => packed_linears(nodes, params, x, cache),
+            Some(cache) => packed_linears(nodes, params, x, cache, Then::Nothing),
             None => Ok(None),
         }
     }
@@ -100,8 +101,8 @@ impl LayerKind for Linear {
         cx.new_space(&node.name, self.out_features, self.bias)
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let y = self.product(cx)?;
-        super::act::absorbed_gelu(y, cx.fuse_gelu)
+        let (y, fused) = self.product(cx)?;
+        super::act::absorbed_gelu(y, cx.fuse_gelu && !fused)
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let d = dims("weight")?;
@@ -114,8 +115,10 @@ impl LayerKind for Linear {
 }
 
 impl Linear {
-    /// `x Wᵀ + b` on the path the tensors and the caller's pack cache allow.
-    fn product(&self, cx: &NodeRun) -> Result<Tensor> {
+    /// `x Wᵀ + b` on the path the tensors and the caller's pack cache allow, and whether
+    /// the absorbed GELU ([`NodeRun::fuse_gelu`]) was applied inside it (the packed path
+    /// applies it tile by tile).
+    fn product(&self, cx: &NodeRun) -> Result<(Tensor, bool)> {
         if let Some(q) = &self.quant {
             let w = q.weight(cx, cx.param("weight")?)?;
             let x = q.input(cx, cx.x())?;
@@ -124,11 +127,15 @@ impl Linear {
             } else {
                 None
             };
-            return linear(&x, &w, b);
+            return Ok((linear(&x, &w, b)?, false));
         }
         if let Some(cache) = cx.opts.packed.as_deref() {
-            if let Some(mut y) = packed_linears(&[cx.node], cx.params, cx.x(), cache)? {
-                return Ok(y.remove(0));
+            let then = match cx.fuse_gelu {
+                true => Then::Gelu,
+                false => Then::Nothing,
+            };
+            if let Some(mut y) = packed_linears(&[cx.node], cx.params, cx.x(), cache, then)? {
+                return Ok((y.remove(0), cx.fuse_gelu));
             }
         }
         let b = if self.bias {
@@ -136,7 +143,7 @@ impl Linear {
         } else {
             None
         };
-        linear(cx.x(), cx.param("weight")?, b)
+        Ok((linear(cx.x(), cx.param("weight")?, b)?, false))
     }
 }
 
@@ -203,6 +210,7 @@ pub(crate) fn packed_linears(
     p: &ParamStore,
     x: &Tensor,
     cache: &PackCache,
+    then: Then,
 ) -> Result<Option<Vec<Tensor>>> {
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
@@ -254,16 +262,19 @@ pub(crate) fn packed_linears(
         Some((_, packed)) => packed,
         None => cache.get_many(&names, &stored)?,
     };
-    let y = packed.matmul(&x2, bias.as_ref())?;
+    let y = packed.matmul_then(crate::isa::active()?, &x2, bias.as_ref(), then)?;
+    let total = rows.iter().sum();
+    let y = y.reshape(with_last(&dims, total))?;
+    if rows.len() == 1 {
+        return Ok(Some(vec![y]));
+    }
+    // siblings' outputs stay column ranges of the joined product (the attention core
+    // reads them in place; kernels that need dense rows copy)
+    let last = dims.len().saturating_sub(1);
     let mut outs = Vec::with_capacity(rows.len());
     let mut at = 0;
     for &n in &rows {
-        let part = if rows.len() == 1 {
-            y.clone()
-        } else {
-            y.narrow(1, at, n)?.contiguous()?
-        };
-        outs.push(part.reshape(with_last(&dims, n))?);
+        outs.push(y.narrow(last, at, n)?);
         at += n;
     }
     Ok(Some(outs))

@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fast::{dot, PAR_MACS};
+use super::fast::{dot, exp, lane_sum, PAR_MACS};
 use super::team::{team, Ptr};
-use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
+use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu, with_rows};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
 
@@ -75,43 +75,63 @@ pub fn attention(
 #[derive(Clone, Copy)]
 struct Geo {
     l: usize,
+    /// The row width of the output: heads·head_dim.
     w: usize,
+    /// The distance between consecutive rows of q, k and v (w, or more for column ranges
+    /// of one joined q/k/v product).
+    pitch: usize,
     heads: usize,
     head_dim: usize,
 }
 
-/// The context vectors [L, head_dim] of sample·head `nh`, attending over the sample's
-/// real (unmasked) keys only: a masked key's weight, exp(−10⁹·(1 − mask) + …), is 0 in f32
-/// anyway, so skipping padding changes nothing but the work. A sample without any real
-/// key attends over all of them, as the reference does.
-#[inline(always)]
-fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32> {
-    let (l, hd) = (g.l, g.head_dim);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let (s, h) = (nh / g.heads, nh % g.heads);
-    let off = |i: usize| (s * l + i) * g.w + h * hd;
-    let mut keys: Vec<usize> = (0..l).filter(|&j| m[s * l + j] > 0.5).collect();
+/// The keys of sample `s` that take part in its attention, with their additive biases:
+/// its real (unmasked) keys only — a masked key's weight, exp(−10⁹·(1 − mask) + …), is 0 in
+/// f32 anyway, so skipping padding changes nothing but the work. A sample without any
+/// real key attends over all of them, as the reference does.
+fn sample_keys(m: &[f32], l: usize, s: usize) -> (Vec<usize>, Vec<f32>) {
+    let m = &m[s * l..(s + 1) * l];
+    let mut keys: Vec<usize> = (0..l).filter(|&j| m[j] > 0.5).collect();
     if keys.is_empty() {
         keys = (0..l).collect();
     }
+    let bias = keys
+        .iter()
+        .map(|&j| (1.0 - m[j]) * MASK_BIAS as f32)
+        .collect();
+    (keys, bias)
+}
+
+/// The context vectors [L, head_dim] of sample·head `nh` over the sample's `keys` (with
+/// their `bias`, from [`sample_keys`]).
+#[inline(always)]
+fn head_ctx(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: Geo,
+    nh: usize,
+    (keys, bias): (&[usize], &[f32]),
+) -> Vec<f32> {
+    let (l, hd) = (g.l, g.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (s, h) = (nh / g.heads, nh % g.heads);
+    let off = |i: usize| (s * l + i) * g.pitch + h * hd;
     let mut ctx = vec![0f32; l * hd];
     let mut p = vec![0f32; keys.len()];
     for i in 0..l {
         let qi = &q[off(i)..off(i) + hd];
-        for (pj, &j) in p.iter_mut().zip(&keys) {
-            let dot = dot(qi, &k[off(j)..off(j) + hd]);
-            let bias = (1.0 - m[s * l + j]) * MASK_BIAS as f32;
-            *pj = dot * scale + bias;
+        for ((pj, &j), b) in p.iter_mut().zip(keys).zip(bias) {
+            *pj = dot(qi, &k[off(j)..off(j) + hd]) * scale + b;
         }
         let max = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0.0;
+        // one vector pass: the weights' exponentials (polynomial, so it vectorizes) and sum
         for pj in p.iter_mut() {
-            *pj = (*pj - max).exp();
-            z += *pj;
+            *pj = exp(*pj - max);
         }
+        let inv = 1.0 / lane_sum(&p, |x| x);
         let ci = &mut ctx[i * hd..(i + 1) * hd];
-        for (pj, &j) in p.iter().zip(&keys) {
-            let a = pj / z;
+        for (pj, &j) in p.iter().zip(keys) {
+            let a = pj * inv;
             for (c, vv) in ci.iter_mut().zip(&v[off(j)..off(j) + hd]) {
                 *c += a * vv;
             }
@@ -120,7 +140,7 @@ fn head_ctx(q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Ve
     ctx
 }
 
-isa_variants!(head_ctx_on, head_ctx, (q: &[f32], k: &[f32], v: &[f32], m: &[f32], g: Geo, nh: usize) -> Vec<f32>);
+isa_variants!(head_ctx_on, head_ctx, (q: &[f32], k: &[f32], v: &[f32], g: Geo, nh: usize, keys: (&[usize], &[f32])) -> Vec<f32>);
 
 /// (N, L, H·Dh) of an attention core's q, k, v, checked against each other, the heads and
 /// the mask [N, L].
@@ -156,25 +176,37 @@ pub fn attention_with(
 ) -> Result<Tensor> {
     let isa = isa::require(isa)?;
     let (n, l, w) = attention_dims((q, k, v), mask, heads, head_dim)?;
-    let g = Geo {
-        l,
-        w,
-        heads,
-        head_dim,
-    };
+    // q, k, v are read where they lie — column ranges of one joined product included —
+    // unless their row pitches differ
+    let same = |t: &Tensor| super::pitch_of(t) == super::pitch_of(q);
+    if !(same(k) && same(v)) {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        return attention_with(isa, &q, &k, &v, mask, heads, head_dim);
+    }
     let mut out = super::output_buffer(n * l * w);
-    // the inputs read in place, each head's context written straight into its columns
-    with_cpu::<f32, _>(q, |q| {
-        with_cpu::<f32, _>(k, |k| {
-            with_cpu::<f32, _>(v, |v| {
+    // each head's context written straight into its columns
+    with_rows(q, |q, pitch| {
+        with_rows(k, |k, _| {
+            with_rows(v, |v, _| {
                 with_cpu::<f32, _>(&mask.to_dtype(DType::F32)?, |m| {
-                    let at = Ptr(out.as_mut_ptr());
-                    let head = |nh: usize| {
-                        let ctx = head_ctx_on(isa, q, k, v, m, g, nh);
-                        // SAFETY: head nh writes only its own columns of its sample's rows
-                        unsafe { put_head(at, &ctx, g, nh) }
+                    let g = Geo {
+                        l,
+                        w,
+                        pitch,
+                        heads,
+                        head_dim,
                     };
-                    if n * heads * l * l * head_dim >= PAR_MACS {
+                    let at = Ptr(out.as_mut_ptr());
+                    let samples: Vec<_> = (0..n).map(|s| sample_keys(m, l, s)).collect();
+                    let head = |nh: usize| {
+                        let (keys, bias) = &samples[nh / heads];
+                        // SAFETY: head nh writes only its own columns of its sample's rows
+                        if !unsafe { fast_head(isa, (q, k, v), g, nh, (keys, bias), at) } {
+                            let ctx = head_ctx_on(isa, q, k, v, g, nh, (keys, bias));
+                            unsafe { put_head(at, &ctx, g, nh) }
+                        }
+                    };
+                    if n * heads * l * l * head_dim >= TEAM_MACS {
                         team().run(n * heads, &head);
                     } else {
                         (0..n * heads).for_each(head);
@@ -186,6 +218,55 @@ pub fn attention_with(
     // SAFETY: the heads of every sample wrote all their columns of all its rows
     unsafe { super::written(&mut out, n * l * w) };
     Ok(Tensor::from_vec(out, (n, l, w), &Device::Cpu)?)
+}
+
+/// The multiply-adds of an inference call from which its heads split over the team (a
+/// batch-1 sentence of 12 heads × 32 at 12 tokens is 55k).
+const TEAM_MACS: usize = 1 << 14;
+
+/// Head `nh`'s context written straight into its columns at `at` by the AVX-512 kernel,
+/// where the path has it and the head width is 16, 32, …, 128; false (nothing written)
+/// otherwise.
+///
+/// # Safety
+/// `at` holds N·L·w values, and no other writer touches these columns of these rows.
+#[allow(unused_variables)]
+unsafe fn fast_head(
+    isa: Isa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    g: Geo,
+    nh: usize,
+    (keys, bias): (&[usize], &[f32]),
+    at: Ptr<f32>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx) && g.head_dim % 16 == 0 {
+        use super::attention_avx512::{head_ctx as kernel, Head};
+        let h = Head {
+            l: g.l,
+            pitch: g.pitch,
+            w: g.w,
+            sample: nh / g.heads,
+            col: (nh % g.heads) * g.head_dim,
+            keys,
+            bias,
+            scale: 1.0 / (g.head_dim as f32).sqrt(),
+        };
+        // SAFETY: isa::require granted AVX-512F; the caller owns these columns
+        match g.head_dim / 16 {
+            1 => kernel::<1>(q, k, v, &h, at.0),
+            2 => kernel::<2>(q, k, v, &h, at.0),
+            3 => kernel::<3>(q, k, v, &h, at.0),
+            4 => kernel::<4>(q, k, v, &h, at.0),
+            5 => kernel::<5>(q, k, v, &h, at.0),
+            6 => kernel::<6>(q, k, v, &h, at.0),
+            7 => kernel::<7>(q, k, v, &h, at.0),
+            8 => kernel::<8>(q, k, v, &h, at.0),
+            _ => return false,
+        }
+        return true;
+    }
+    false
 }
 
 /// Writes head `nh`'s context `ctx` ([L, head_dim]) into its columns of the output rows
@@ -211,7 +292,11 @@ fn attention_rows(
     n: usize,
 ) -> Vec<f32> {
     let (l, w, heads, head_dim) = (g.l, g.w, g.heads, g.head_dim);
-    let per_head = |nh: usize| head_ctx_on(isa, q, k, v, m, g, nh);
+    let samples: Vec<_> = (0..n).map(|s| sample_keys(m, l, s)).collect();
+    let per_head = |nh: usize| {
+        let (keys, bias) = &samples[nh / heads];
+        head_ctx_on(isa, q, k, v, g, nh, (keys, bias))
+    };
     let parts: Vec<Vec<f32>> = if n * heads * l * l * head_dim >= PAR_MACS {
         (0..n * heads).into_par_iter().map(per_head).collect()
     } else {
@@ -385,6 +470,7 @@ pub fn attention_train(
         g: Geo {
             l,
             w,
+            pitch: w,
             heads,
             head_dim,
         },

@@ -54,6 +54,12 @@ fn gelu_chunk(c: &mut [f32]) {
 
 isa_variants!(gelu_on, gelu_chunk, (c: &mut [f32]) -> ());
 
+/// GELU of every element of `c` in place on path `isa` (which passed `isa::require`),
+/// on the calling thread: the epilogue of a product's tile.
+pub(crate) fn gelu_slice(isa: Isa, c: &mut [f32]) {
+    gelu_on(isa, c)
+}
+
 /// GELU (erf form) of every element, on the active path.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     gelu_with(isa::active()?, x)

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::fast::{f32_data, lane_sum, PAR_MACS};
+use super::team::Ptr;
 use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
 use crate::error::{Error, Result};
 use crate::isa::{self, Isa};
@@ -24,27 +25,27 @@ pub fn layer_norm_reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Res
     Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
 }
 
-/// One LayerNorm row in place.
+/// One LayerNorm row of `x` into `y`.
 #[inline(always)]
-fn norm_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let d = row.len() as f32;
-    let mean = lane_sum(row, |v| v) / d;
-    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d;
+fn norm_row(x: &[f32], y: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let d = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / d;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d;
     let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), bb) in row.iter_mut().zip(w).zip(b) {
-        *v = (*v - mean) * inv * g + bb;
+    for (((o, v), g), bb) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * inv * g + bb;
     }
 }
 
-/// LayerNorm of every row of `y` ([rows, d] flattened) in place.
+/// LayerNorm of every row of `x` ([rows, d] flattened) into `y`.
 #[inline(always)]
-fn norm_rows(y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
-    for row in y.chunks_exact_mut(d) {
-        norm_row(row, w, b, eps);
+fn norm_rows(x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        norm_row(xr, yr, w, b, eps);
     }
 }
 
-isa_variants!(norm_rows_on, norm_rows, (y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
+isa_variants!(norm_rows_on, norm_rows, (x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
 
 /// Layer normalization of every row of x [..., D] in one pass per row, on the active path.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
@@ -69,8 +70,15 @@ pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
 
 /// LayerNorm of the rows of `x` ([rows, d] flattened) into a new buffer.
 fn layer_norm_rows(isa: Isa, x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
-    let mut y = x.to_vec();
-    super::team::rows_mut(&mut y, d, &|_, rows| norm_rows_on(isa, rows, d, w, b, eps));
+    let mut y = super::output_buffer(x.len());
+    let out = Ptr(y.as_mut_ptr());
+    super::team::rows_of(x, d, &|r0, rows| {
+        // SAFETY: each part writes only the output rows of its own input rows
+        let dst = unsafe { out.slice(r0 * d, rows.len()) };
+        norm_rows_on(isa, rows, dst, d, w, b, eps)
+    });
+    // SAFETY: the parts cover every row
+    unsafe { super::written(&mut y, x.len()) };
     y
 }
 
@@ -83,13 +91,14 @@ fn layer_norm_rows_rayon(
     (w, b): (&[f32], &[f32]),
     eps: f32,
 ) -> Vec<f32> {
-    let mut y = x.to_vec();
+    let mut y = vec![0f32; x.len()];
     let rows_per = (PAR_MACS / d).max(1);
     if y.len() >= PAR_MACS {
         y.par_chunks_mut(rows_per * d)
-            .for_each(|c| norm_rows_on(isa, c, d, w, b, eps));
+            .zip(x.par_chunks(rows_per * d))
+            .for_each(|(c, xc)| norm_rows_on(isa, xc, c, d, w, b, eps));
     } else {
-        norm_rows_on(isa, &mut y, d, w, b, eps);
+        norm_rows_on(isa, x, &mut y, d, w, b, eps);
     }
     y
 }

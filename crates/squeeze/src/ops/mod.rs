@@ -41,6 +41,7 @@ macro_rules! isa_variants {
 }
 
 pub mod attention;
+mod attention_avx512;
 pub mod batchnorm;
 pub mod conv;
 mod conv_geo;
@@ -87,6 +88,47 @@ pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -
         Storage::Cpu(cpu) => Ok(f(slice_of::<T>(cpu, layout)?)),
         _ => Err(Error::Graph("only CPU tensors are supported".into())),
     }
+}
+
+/// The distance between consecutive rows of `l` (rows: its last axis) when each row is
+/// dense and the rows lie evenly apart, as in a contiguous tensor (the row length) or in a
+/// column range of a wider one (`narrow` on the last axis: that one's row length).
+fn row_pitch(l: &Layout) -> Option<usize> {
+    let (dims, st) = (l.dims(), l.stride());
+    let r = dims.len();
+    let w = *dims.last()?;
+    if w > 1 && st[r - 1] != 1 {
+        return None;
+    }
+    if r == 1 {
+        return Some(w);
+    }
+    let pitch = st[r - 2];
+    let nested = (0..r - 2).all(|i| dims[i] <= 1 || st[i] == st[i + 1] * dims[i + 1]);
+    (nested && pitch >= w).then_some(pitch)
+}
+
+/// The pitch [`with_rows`] would give `t`'s rows.
+pub(crate) fn pitch_of(t: &Tensor) -> usize {
+    let w = t.dims().last().copied().unwrap_or(1);
+    row_pitch(t.layout()).unwrap_or(w)
+}
+
+/// Runs `f` on the f32 rows of `t` where they lie, without a copy: the values from its
+/// first one, and the pitch between its rows (see [`row_pitch`]); a tensor laid out
+/// otherwise is made contiguous first (pitch = the row length).
+pub(crate) fn with_rows<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let w = t.dims().last().copied().unwrap_or(1);
+    let rows = t.elem_count().checked_div(w).unwrap_or(0);
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some(pitch)) = (&*storage, row_pitch(layout)) {
+            let a = layout.start_offset();
+            let len = rows.checked_sub(1).map_or(0, |r| r * pitch + w);
+            return Ok(f(&cpu.as_slice::<f32>()?[a..a + len], pitch));
+        }
+    }
+    with_cpu::<f32, _>(t, |v| f(v, w))
 }
 
 /// An f32 output buffer with room for `len` values, every one of which the caller's

@@ -57,6 +57,18 @@ impl PackedLinear {
 
     /// [`Self::matmul`] on path `isa` (refused if the CPU lacks it).
     pub fn matmul_with(&self, isa: Isa, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        self.matmul_then(isa, x, b, Then::Nothing)
+    }
+
+    /// [`Self::matmul_with`], then `then` on every output value, each tile's values while
+    /// they are in registers' reach (a GELU after the Linear costs no pass of its own).
+    pub fn matmul_then(
+        &self,
+        isa: Isa,
+        x: &Tensor,
+        b: Option<&Tensor>,
+        then: Then,
+    ) -> Result<Tensor> {
         let isa = isa::require(isa)?;
         let (m, k) = x.dims2()?;
         if k != self.k {
@@ -75,8 +87,8 @@ impl PackedLinear {
             }
         }
         let y = with_cpu::<f32, _>(x, |xs| match b {
-            Some(b) => with_cpu::<f32, _>(b, |bs| self.product(isa, xs, Some(bs), m)),
-            None => Ok(self.product(isa, xs, None, m)),
+            Some(b) => with_cpu::<f32, _>(b, |bs| self.product(isa, xs, Some(bs), m, then)),
+            None => Ok(self.product(isa, xs, None, m, then)),
         })??;
         Ok(Tensor::from_vec(y, (m, self.n), &Device::Cpu)?)
     }
@@ -85,8 +97,15 @@ impl PackedLinear {
     /// units in panel order, split into one contiguous, equal range per thread (a large
     /// enough product) — 33 panels of 2 tiles are 33 units each, not 17 and 16 panels —
     /// and each tile's result goes straight from a stack buffer into its columns of the
-    /// output, bias added.
-    fn product(&self, isa: Isa, xs: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+    /// output, bias added and `then` applied.
+    fn product(
+        &self,
+        isa: Isa,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        then: Then,
+    ) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(COLS);
         let mut y = super::output_buffer(m * n);
@@ -113,6 +132,9 @@ impl PackedLinear {
                         }
                         None => dst.copy_from_slice(&row[..cols]),
                     }
+                    if then == Then::Gelu {
+                        super::gelu::gelu_slice(isa, dst);
+                    }
                 }
             }
         };
@@ -130,6 +152,14 @@ impl PackedLinear {
         unsafe { super::written(&mut y, m * n) };
         y
     }
+}
+
+/// What a packed product applies to its output values after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    Nothing,
+    /// GELU (erf form), as [`super::gelu::gelu`] computes it.
+    Gelu,
 }
 
 /// Multiply-adds from which a product is split over the threads.

@@ -170,6 +170,25 @@ pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [
     });
 }
 
+/// Runs `f(first_row, rows)` over the rows of `data` (`width` values each) as
+/// [`rows_mut`] splits them, read-only: for kernels that write their rows' results
+/// elsewhere.
+pub fn rows_of<T: Sync>(data: &[T], width: usize, f: &(dyn Fn(usize, &[T]) + Sync)) {
+    let rows = data.len().checked_div(width).unwrap_or(0);
+    let parts = if data.len() >= PAR_ELEMS {
+        team().size().min(rows)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        return f(0, data);
+    }
+    team().run(parts, &|p| {
+        let (r0, r1) = (p * rows / parts, (p + 1) * rows / parts);
+        f(r0, &data[r0 * width..r1 * width])
+    });
+}
+
 /// `f(0) … f(count − 1)`, each index claimed by whichever member is free (the balance
 /// of uneven tasks); the first error, if any.
 pub fn try_each<E: Send>(

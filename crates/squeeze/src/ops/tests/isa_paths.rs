@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 
 use super::common::{max_abs, uniform};
 use squeeze::isa::{self, Isa};
-use squeeze::ops::{attention, fast, gelu, layer_norm, packed::PackedLinear};
+use squeeze::ops::packed::{PackedLinear, Then};
+use squeeze::ops::{attention, fast, gelu, layer_norm};
 
 /// Max abs difference between a vector path and the reference.
 const PATH_TOL: f32 = 2e-4;
@@ -112,6 +113,21 @@ fn every_supported_isa_path_matches_the_reference() {
             max_abs(&got, &want) < PATH_TOL,
             "{isa:?} attention, 4 x 40 tokens"
         );
+        attention_head_widths_and_views(isa);
+        // the GELU a packed product applies tile by tile equals GELU after it, bit for bit
+        let (x, w, b) = (
+            rand_t(&[13, 70], 21),
+            rand_t(&[75, 70], 22),
+            rand_t(&[75], 23),
+        );
+        let packed = PackedLinear::pack(&w).unwrap();
+        let then = packed.matmul_then(isa, &x, Some(&b), Then::Gelu).unwrap();
+        let after = gelu::gelu_with(isa, &packed.matmul_with(isa, &x, Some(&b)).unwrap()).unwrap();
+        assert_eq!(
+            max_abs(&then, &after),
+            0.0,
+            "{isa:?} packed product then GELU"
+        );
     }
     let ts = [
         rand_t(&[3, 7], 10),
@@ -122,6 +138,78 @@ fn every_supported_isa_path_matches_the_reference() {
     let got = fast::sum(&[&ts[0], &ts[1], &ts[2]]).unwrap();
     assert!(max_abs(&got, &want) < PATH_TOL, "sum");
     assert!(fast::sum(&[&ts[0], &rand_t(&[7, 3], 1)]).is_err());
+}
+
+/// The attention core at the head widths the AVX-512 kernel takes (16, 32, 64) and one it
+/// leaves to the portable loop (24), over more keys than one 16-lane block (37, with
+/// padding and a sample without real keys), on dense q, k, v and on column ranges of one
+/// joined [N, L, 3·w] product (read in place at its row pitch), the heads over the team.
+fn attention_head_widths_and_views(isa: Isa) {
+    let l = 37;
+    let real: Vec<f32> = (0..3 * l)
+        .map(|i| match i / l {
+            0 => 1.0,
+            1 => f32::from(u8::from(i % l < 20)),
+            _ => 0.0,
+        })
+        .collect();
+    let m = Tensor::from_vec(real, (3, l), &Device::Cpu).unwrap();
+    for (heads, hd) in [(2, 16), (3, 32), (2, 64), (2, 24)] {
+        let w = heads * hd;
+        let joined = (rand_t(&[3, l, 3 * w], 31) * 2.0).unwrap();
+        let part = |i: usize| joined.narrow(2, i * w, w).unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        let dense = |t: &Tensor| t.contiguous().unwrap();
+        let want =
+            attention::attention_reference(&dense(&q), &dense(&k), &dense(&v), &m, heads, hd)
+                .unwrap();
+        let got = attention::attention_with(isa, &dense(&q), &dense(&k), &dense(&v), &m, heads, hd)
+            .unwrap();
+        assert!(
+            max_abs(&got, &want) < PATH_TOL,
+            "{isa:?} attention {heads}x{hd}"
+        );
+        let viewed = attention::attention_with(isa, &q, &k, &v, &m, heads, hd).unwrap();
+        assert_eq!(
+            max_abs(&viewed, &got),
+            0.0,
+            "{isa:?} attention {heads}x{hd} on views"
+        );
+        // a batch-1 sentence: 12 tokens, every key real
+        let one = Tensor::ones((1, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let s = |t: &Tensor| t.narrow(0, 0, 1).unwrap().narrow(1, 0, 12).unwrap();
+        let want = attention::attention_reference(
+            &dense(&s(&q)),
+            &dense(&s(&k)),
+            &dense(&s(&v)),
+            &one,
+            heads,
+            hd,
+        )
+        .unwrap();
+        let got = attention::attention_with(isa, &s(&q), &s(&k), &s(&v), &one, heads, hd).unwrap();
+        assert!(
+            max_abs(&got, &want) < PATH_TOL,
+            "{isa:?} attention 1x12 {heads}x{hd}"
+        );
+    }
+}
+
+/// Relative error of the polynomial exponential against libm.
+const EXP_REL_TOL: f32 = 4e-7;
+
+#[test]
+fn polynomial_exp_matches_libm() {
+    let mut worst = 0f32;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+        let (got, want) = (fast::exp(x), x.exp());
+        worst = worst.max(((got - want) / want).abs());
+    }
+    assert!(worst < EXP_REL_TOL, "worst relative error {worst}");
+    // far below the range: flushed towards 0 (a masked score minus the row's max)
+    assert!(fast::exp(-1e9) < 1.3e-38 && fast::exp(-1e9) >= 0.0);
+    assert_eq!(fast::exp(0.0), 1.0);
 }
 
 #[test]
