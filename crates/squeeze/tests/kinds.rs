@@ -65,6 +65,7 @@ fn run(op: &Op, params: &squeeze::params::ParamStore, ins: &[Tensor]) -> Tensor 
         fuse_relu: false,
         fuse_pool: None,
         fuse_gelu: false,
+        residual: None,
         hand_to: None,
         rng: &mut rng,
         bn_stats: &mut stats,

@@ -278,6 +278,66 @@ fn a_packed_only_store_embeds_the_same_without_its_linear_weights() {
 }
 
 #[test]
+fn the_residual_sum_runs_inside_its_linear_at_inference_and_changes_nothing() {
+    let (ids, mask) = ids_mask();
+    let m = tiny();
+    let named = |kind: &str| -> Vec<String> {
+        let nodes = m.graph.nodes.iter().filter(|n| n.op.kind() == kind);
+        nodes.map(|n| n.name.clone()).collect()
+    };
+    let sums: Vec<String> = named("add")
+        .into_iter()
+        .filter(|n| n.ends_with("residual"))
+        .collect();
+    assert_eq!(sums.len(), 4, "two per layer");
+    let by = |opts: &ForwardOpts, name: &str| common::absorbed_by(&m.graph, opts, name);
+    let tapped = ForwardOpts {
+        taps: sums.iter().cloned().collect(),
+        ..ForwardOpts::eval()
+    };
+    for s in &sums {
+        assert_eq!(by(&ForwardOpts::eval(), s), Some("linear"), "{s}");
+        assert_eq!(by(&ForwardOpts::train(0), s), None, "{s}");
+        assert_eq!(by(&tapped, s), None, "{s}");
+    }
+    // dropout is the identity at inference: absorbed by whatever precedes it, not in train
+    for d in named("dropout") {
+        assert!(by(&ForwardOpts::eval(), &d).is_some(), "{d}");
+        assert_eq!(by(&ForwardOpts::train(0), &d), None, "{d}");
+    }
+    // added in the product's tiles: the same values as the Add node's own pass
+    for packed in [None, Some(Default::default())] {
+        let fused = ForwardOpts {
+            packed: packed.clone(),
+            ..ForwardOpts::eval()
+        };
+        let apart = ForwardOpts {
+            packed,
+            ..tapped.clone()
+        };
+        let a = forward_tokens(&m.graph, &m.params, &ids, &mask, &fused).unwrap();
+        let b = forward_tokens(&m.graph, &m.params, &ids, &mask, &apart).unwrap();
+        assert_eq!(max_abs(&a.output, &b.output), 0.0);
+    }
+    // over parameters that track gradients the sum stays a graph operation: the weights
+    // before it get the gradient the unfused plan gives
+    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
+    let dense = vars
+        .iter()
+        .find(|(n, _)| n == "encoder.layer.0.attention.output.dense.weight")
+        .expect("the attention output's weight");
+    let grad = |opts: &ForwardOpts| {
+        let out = forward_tokens(&m.graph, &store, &ids, &mask, opts).unwrap();
+        let grads = out.output.sum_all().unwrap().backward().unwrap();
+        grads.get(dense.1.as_tensor()).expect("a gradient").clone()
+    };
+    let (fused, apart) = (grad(&ForwardOpts::eval()), grad(&tapped));
+    let s: f32 = apart.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(s > 0.0);
+    assert_eq!(max_abs(&fused, &apart), 0.0);
+}
+
+#[test]
 fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
     let dynamic = "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n";
     let (ids, mask) = ids_mask();

@@ -150,8 +150,9 @@ impl Graph {
     /// A hash of what a run plan depends on: every node's name, inputs and kind, the
     /// output and the input kind (not attribute values, which the plan does not read).
     pub fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::{BuildHasher, Hash, Hasher};
+        // fixed seed: the same graph has the same fingerprint in every process
+        let mut h = foldhash::fast::FixedState::with_seed(0x5145_455a_4531).build_hasher();
         (self.is_text(), &self.output, self.nodes.len()).hash(&mut h);
         for n in &self.nodes {
             (&n.name, &n.inputs, n.op.kind()).hash(&mut h);

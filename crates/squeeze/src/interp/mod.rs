@@ -88,54 +88,77 @@ fn run_graph(
     let plan = plan::plan_for(g, opts)?;
     let packs = packs_for(g, opts)?;
     let x = inputs[0].1.clone();
-    let mut vals: HashMap<String, Tensor> = HashMap::new();
+    // every value in its slot (see `Plan`): the caller's, then one per node
+    let base = plan.externals.len();
+    let mut vals: Vec<Option<Tensor>> = vec![None; base + g.nodes.len()];
     for (name, t) in inputs {
-        vals.insert(name.to_string(), t);
+        if let Some(k) = plan.externals.iter().position(|e| e == name) {
+            vals[k] = Some(t);
+        }
     }
+    let name_of = |v: usize| match v.checked_sub(base) {
+        Some(i) => g.nodes[i].name.as_str(),
+        None => plan.externals[v].as_str(),
+    };
     let mut out = ForwardOut {
         output: x,
         taps: HashMap::new(),
         bn_stats: Vec::new(),
     };
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    // outputs of sibling nodes computed ahead, with their group's first node
-    let mut ahead: HashMap<String, Tensor> = HashMap::new();
+    // outputs of sibling nodes computed ahead, by node
+    let mut ahead: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
     for (i, (node, step)) in g.nodes.iter().zip(&plan.steps).enumerate() {
-        if let Step::Absorbed { .. } = step {
-            // the node that reads into this one already applied it
-            let v = take(&mut vals, &node.inputs[0])?;
-            vals.insert(node.name.clone(), v);
+        if let Step::Absorbed { by } = *step {
+            // the node that reads into this one already applied it: its value moves on
+            // (from the input that is not the residual `by` added)
+            let from = plan.inputs[i]
+                .iter()
+                .copied()
+                .find(|&v| Some(v) != plan.residual[by])
+                .unwrap_or(plan.inputs[i][0]);
+            vals[base + i] = Some(vals[from].take().ok_or_else(|| missing(name_of(from)))?);
+            for &v in &plan.drops[i] {
+                vals[v] = None;
+            }
             continue;
         }
-        let ins = node
-            .inputs
+        let ins = plan.inputs[i]
             .iter()
-            .map(|n| vals.get(n).cloned().ok_or_else(|| missing(n)))
+            .map(|&v| vals[v].clone().ok_or_else(|| missing(name_of(v))))
             .collect::<Result<Vec<_>>>()?;
-        let y = match (ahead.remove(&node.name), step) {
+        let y = match (ahead[i].take(), step) {
             (Some(v), _) => v,
             (None, Step::Siblings { group }) => {
                 match run_siblings(g, group, p, &ins[0], opts, &packs)? {
                     Some(mut ys) => {
                         for (&j, v) in group[1..].iter().zip(ys.drain(1..)) {
-                            ahead.insert(g.nodes[j].name.clone(), v);
+                            ahead[j] = Some(v);
                         }
                         ys.remove(0)
                     }
                     None => {
-                        let fused = (&[][..], None);
+                        let fused = Fused::default();
                         run_node(node, p, (&ins, &packs), opts, fused, &mut rng, &mut out)?
                     }
                 }
             }
             (None, Step::Run { absorbs }) => {
                 let hand = plan.hands[i].map(|j| &g.nodes[j]);
-                let fused = (absorbs.as_slice(), hand);
+                let residual = match plan.residual[i] {
+                    Some(v) => Some(vals[v].clone().ok_or_else(|| missing(name_of(v)))?),
+                    None => None,
+                };
+                let fused = Fused {
+                    absorbs,
+                    hand,
+                    residual: residual.as_ref(),
+                };
                 run_node(node, p, (&ins, &packs), opts, fused, &mut rng, &mut out)?
             }
             (None, Step::Absorbed { .. }) => unreachable!("handled above"),
         };
-        if opts.taps.contains(&node.name) {
+        if plan.tapped[i] {
             out.taps.insert(
                 node.name.clone(),
                 Tap {
@@ -144,23 +167,20 @@ fn run_graph(
                 },
             );
         }
-        for v in &plan.drops[i] {
-            vals.remove(v);
+        for &v in &plan.drops[i] {
+            vals[v] = None;
         }
-        vals.insert(node.name.clone(), y);
+        vals[base + i] = Some(y);
     }
-    out.output = vals
-        .remove(&g.output)
+    out.output = plan
+        .output
+        .and_then(|v| vals[v].take())
         .ok_or_else(|| Error::Graph(format!("output `{}` was not computed", g.output)))?;
     Ok(out)
 }
 
 fn missing(name: &str) -> Error {
     Error::Graph(format!("value `{name}` missing"))
-}
-
-fn take(vals: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    vals.remove(name).ok_or_else(|| missing(name))
 }
 
 /// Where the kernels keep packed weights: the caller's cache, else one kept with the graph
@@ -242,18 +262,29 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// What a node applies besides its own op (the run plan's fusions).
+#[derive(Default)]
+struct Fused<'a> {
+    absorbs: &'a [Absorb],
+    /// The int8 convolution it hands its codes to.
+    hand: Option<&'a Node>,
+    /// The residual it adds ([`Absorb::Residual`]).
+    residual: Option<&'a Tensor>,
+}
+
 /// Runs one node through its kind's definition.
 fn run_node(
     node: &Node,
     p: &ParamStore,
     (ins, packs): (&[Tensor], &PackCache),
     opts: &ForwardOpts,
-    (absorbs, hand_to): (&[Absorb], Option<&Node>),
+    fused: Fused,
     rng: &mut StdRng,
     out: &mut ForwardOut,
 ) -> Result<Tensor> {
+    let absorbs = fused.absorbs;
     let mut cx = NodeRun {
-        hand_to,
+        hand_to: fused.hand,
         node,
         params: p,
         ins,
@@ -261,9 +292,10 @@ fn run_node(
         packs,
         fuse_relu: absorbs.contains(&Absorb::Relu),
         fuse_gelu: absorbs.contains(&Absorb::Gelu),
+        residual: fused.residual,
         fuse_pool: absorbs.iter().find_map(|a| match *a {
             Absorb::MaxPool { kernel, stride } => Some((kernel, stride)),
-            Absorb::Relu | Absorb::Gelu => None,
+            Absorb::Relu | Absorb::Gelu | Absorb::Residual | Absorb::Identity => None,
         }),
         rng,
         bn_stats: &mut out.bn_stats,

@@ -8,7 +8,7 @@
 //! graph compiles a new one.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -27,12 +27,25 @@ pub enum Step {
     Absorbed { by: usize },
 }
 
-/// A compiled graph: one step per node, and the values to drop after each step.
+/// A compiled graph: one step per node, where each value lives, and the values to drop
+/// after each step. Values live in numbered slots: first the values the caller supplies
+/// ([`Plan::externals`]), then one per node in graph order.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    /// Values whose last reader is step `i` (the output is never dropped).
-    pub drops: Vec<Vec<String>>,
+    /// Names of the values the graph reads but no node computes (the caller's inputs),
+    /// slot = index.
+    pub externals: Vec<String>,
+    /// Per node, the slots of its inputs.
+    pub inputs: Vec<Vec<usize>>,
+    /// Slots whose last reader is step `i` (the output's is never dropped).
+    pub drops: Vec<Vec<usize>>,
+    /// Per node, whether a tap captures it.
+    pub tapped: Vec<bool>,
+    /// The slot of the graph's output, if anything computes it.
+    pub output: Option<usize>,
+    /// Per node, the slot of the residual it adds ([`Absorb::Residual`]).
+    pub residual: Vec<Option<usize>>,
     /// Per step, the node that reads its output as int8 codes (inference: an int8
     /// convolution whose only reader is another; [`crate::kinds::LayerKind::hands_codes`]).
     pub hands: Vec<Option<usize>>,
@@ -61,7 +74,7 @@ impl Mode {
 /// The plan of `g` for `opts`, compiled on first use and kept with the graph.
 pub fn plan_for(g: &Graph, opts: &ForwardOpts) -> Result<Arc<Plan>> {
     let mode = Mode::of(opts);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = foldhash::fast::FixedState::with_seed(0x504c_414e).build_hasher();
     (g.fingerprint(), &mode).hash(&mut h);
     g.cache.get_or(h.finish(), || Ok(compile(g, &mode)))
 }
@@ -83,6 +96,9 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
     };
     let untapped = |j: usize| !taps.contains(g.nodes[j].name.as_str());
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Run { absorbs: vec![] }).collect();
+    let produced: HashSet<&str> = g.nodes.iter().map(|m| m.name.as_str()).collect();
+    // the residual input's name of each node that absorbs a residual sum
+    let mut residual_of: Vec<Option<String>> = vec![None; n];
     // the node whose value is each step's output (the last one it absorbed)
     let mut tails: Vec<usize> = (0..n).collect();
     for i in 0..n {
@@ -93,13 +109,45 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
         let (mut tail, mut absorbs) = (i, Vec::new());
         loop {
             let only = match readers.get(g.nodes[tail].name.as_str()).map(Vec::as_slice) {
-                Some(&[j]) if free(tail) && untapped(j) && g.nodes[j].inputs.len() == 1 => j,
+                Some(&[j]) if free(tail) && untapped(j) => j,
                 _ => break,
             };
             let Some(what) = g.nodes[only].op.def().as_absorbed() else {
                 break;
             };
-            if !def.absorbs(what, &absorbs, mode.train) {
+            let ins = &g.nodes[only].inputs;
+            if what == Absorb::Identity {
+                if mode.train || ins.len() != 1 {
+                    break;
+                }
+                steps[only] = Step::Absorbed { by: i };
+                tail = only;
+                continue;
+            }
+            let fits = match what {
+                // the other input of a two-input sum, ready before node i runs
+                Absorb::Residual => {
+                    let other = ins.iter().position(|v| *v != g.nodes[tail].name);
+                    let ready =
+                        |v: &str| g.nodes[..i].iter().any(|m| m.name == v) || !produced.contains(v);
+                    match other {
+                        Some(o)
+                            if ins.len() == 2
+                                && ready(&ins[o])
+                                && ins[1 - o] == g.nodes[tail].name =>
+                        {
+                            residual_of[i] = Some(ins[o].clone());
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                _ => ins.len() == 1,
+            };
+            if !fits || !def.absorbs(what, &absorbs, mode.train) {
+                if what == Absorb::Residual {
+                    residual_of[i] = None;
+                }
                 break;
             }
             absorbs.push(what);
@@ -140,21 +188,56 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
             ok.then_some(j)
         })
         .collect();
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for (i, node) in g.nodes.iter().enumerate() {
+    // slots: the caller's values first, then one per node
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let mut externals = Vec::new();
+    for node in &g.nodes {
         for inp in &node.inputs {
-            last.insert(inp.as_str(), i);
+            if !produced.contains(inp.as_str()) && !slot.contains_key(inp.as_str()) {
+                slot.insert(inp.as_str(), externals.len());
+                externals.push(inp.clone());
+            }
+        }
+    }
+    let base = externals.len();
+    for (i, node) in g.nodes.iter().enumerate() {
+        slot.insert(node.name.as_str(), base + i);
+    }
+    let inputs: Vec<Vec<usize>> = g
+        .nodes
+        .iter()
+        .map(|node| node.inputs.iter().map(|v| slot[v.as_str()]).collect())
+        .collect();
+    let output = slot.get(g.output.as_str()).copied();
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for (i, ins) in inputs.iter().enumerate() {
+        for &v in ins {
+            last.insert(v, i);
         }
     }
     let mut drops = vec![Vec::new(); n];
     for (v, i) in last {
-        if v != g.output {
-            drops[i].push(v.to_string());
+        if Some(v) != output {
+            drops[i].push(v);
         }
     }
+    let residual = residual_of
+        .iter()
+        .map(|r| r.as_deref().map(|v| slot[v]))
+        .collect();
+    let tapped = g
+        .nodes
+        .iter()
+        .map(|node| taps.contains(node.name.as_str()))
+        .collect();
     Plan {
         steps,
+        externals,
+        inputs,
         drops,
+        tapped,
+        output,
+        residual,
         hands,
     }
 }

@@ -58,7 +58,7 @@ impl LayerKind for BConv2d {
         match reader {
             Absorb::Relu => so_far.is_empty(),
             Absorb::MaxPool { .. } => !train && so_far.iter().all(|a| *a == Absorb::Relu),
-            Absorb::Gelu => false,
+            Absorb::Gelu | Absorb::Residual | Absorb::Identity => false,
         }
     }
     fn inputs(&self) -> Inputs {

@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 
 use super::couple::{Coupler, Seg};
-use super::{Inputs, LayerKind, NodeRun};
+use super::{Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::onnx::{int, Lower};
@@ -28,6 +28,9 @@ impl LayerKind for Add {
     }
     fn name(&self) -> &'static str {
         "add"
+    }
+    fn as_absorbed(&self) -> Option<Absorb> {
+        Some(Absorb::Residual)
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values

@@ -7,7 +7,7 @@ use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};
 
 use super::couple::{Coupler, Seg};
-use super::{arity, pass_through, Inputs, LayerKind, NodeRun};
+use super::{arity, pass_through, Absorb, Inputs, LayerKind, NodeRun};
 use super::{Node, Op};
 use crate::error::Result;
 use crate::onnx::Lower;
@@ -25,6 +25,9 @@ impl LayerKind for Dropout {
     }
     fn name(&self) -> &'static str {
         "dropout"
+    }
+    fn as_absorbed(&self) -> Option<Absorb> {
+        Some(Absorb::Identity)
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values

@@ -47,7 +47,7 @@ impl LayerKind for Linear {
         self.quant.is_none()
     }
     fn absorbs(&self, reader: Absorb, so_far: &[Absorb], train: bool) -> bool {
-        !train && reader == Absorb::Gelu && so_far.is_empty()
+        !train && matches!(reader, Absorb::Gelu | Absorb::Residual) && so_far.is_empty()
     }
     /// With a pack cache (a long-lived text encoder), siblings run as one packed product.
     fn forward_siblings(
@@ -102,6 +102,12 @@ impl LayerKind for Linear {
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
         let (y, fused) = self.product(cx)?;
+        // the residual sum as the Add node would have computed it
+        let y = match cx.residual {
+            Some(r) if !fused && inference(&[&y, r]) => fast::sum(&[&y, r])?,
+            Some(r) if !fused => (y + r)?,
+            _ => y,
+        };
         super::act::absorbed_gelu(y, cx.fuse_gelu && !fused)
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
@@ -116,8 +122,8 @@ impl LayerKind for Linear {
 
 impl Linear {
     /// `x Wᵀ + b` on the path the tensors and the caller's pack cache allow, and whether
-    /// the absorbed GELU ([`NodeRun::fuse_gelu`]) was applied inside it (the packed path
-    /// applies it tile by tile).
+    /// the absorbed GELU or residual ([`NodeRun::fuse_gelu`], [`NodeRun::residual`]) was
+    /// applied inside it (the packed path applies them tile by tile).
     fn product(&self, cx: &NodeRun) -> Result<(Tensor, bool)> {
         if let Some(q) = &self.quant {
             let w = q.weight(cx, cx.param("weight")?)?;
@@ -130,12 +136,20 @@ impl Linear {
             return Ok((linear(&x, &w, b)?, false));
         }
         if let Some(cache) = cx.opts.packed.as_deref() {
-            let then = match cx.fuse_gelu {
-                true => Then::Gelu,
-                false => Then::Nothing,
+            let fused = cx.fuse_gelu || cx.residual.is_some();
+            let (node, p, x) = (&[cx.node][..], cx.params, cx.x());
+            let y = match (cx.fuse_gelu, cx.residual) {
+                (_, Some(r)) if super::inference(&[r]) => {
+                    crate::ops::with_cpu::<f32, _>(r, |rs| {
+                        packed_linears(node, p, x, cache, Then::Add(rs))
+                    })??
+                }
+                (_, Some(_)) => None,
+                (true, None) => packed_linears(node, p, x, cache, Then::Gelu)?,
+                (false, None) => packed_linears(node, p, x, cache, Then::Nothing)?,
             };
-            if let Some(mut y) = packed_linears(&[cx.node], cx.params, cx.x(), cache, then)? {
-                return Ok((y.remove(0), cx.fuse_gelu));
+            if let Some(mut y) = y {
+                return Ok((y.remove(0), fused));
             }
         }
         let b = if self.bias {

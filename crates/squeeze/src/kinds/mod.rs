@@ -205,11 +205,18 @@ pub trait LayerKind: std::fmt::Debug {
 
 /// A reader that a node can apply itself (fusion): the ReLU after a BatchNorm or an int8
 /// convolution, the max-pool after an int8 convolution (pooled before rescaling), the
-/// GELU after a Linear (applied in place to the product's fresh output).
+/// GELU after a Linear (applied in the product's tiles), the residual sum after a Linear
+/// (added in the product's tiles: a transformer block's `x + Dense(…)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Absorb {
     Relu,
     Gelu,
+    /// A two-input Add whose other input was computed before the absorbing node
+    /// ([`NodeRun::residual`] carries it).
+    Residual,
+    /// A node that is the identity at inference (dropout): every node absorbs it there,
+    /// and it does not count among what the node absorbed.
+    Identity,
     /// Window and stride of a max-pool.
     MaxPool {
         kernel: usize,

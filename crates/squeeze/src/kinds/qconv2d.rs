@@ -69,7 +69,7 @@ impl LayerKind for QConv2d {
         match reader {
             Absorb::Relu => so_far.is_empty(),
             Absorb::MaxPool { .. } => !train && so_far.iter().all(|a| *a == Absorb::Relu),
-            Absorb::Gelu => false,
+            Absorb::Gelu | Absorb::Residual | Absorb::Identity => false,
         }
     }
     fn quantized_weight(&self) -> Option<(Layout, (usize, usize))> {

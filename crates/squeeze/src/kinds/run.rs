@@ -58,6 +58,9 @@ pub struct NodeRun<'a> {
     pub fuse_pool: Option<(usize, usize)>,
     /// Fusion (inference): a Linear also applies the GELU that is its only reader.
     pub fuse_gelu: bool,
+    /// Fusion (inference): a Linear also adds this, the other input of the residual Add
+    /// that is its only reader ([`super::Absorb::Residual`]).
+    pub residual: Option<&'a Tensor>,
     /// Inference: the int8 convolution that reads this node's output as int8 codes (the
     /// run plan's handoff; the node then returns those codes, channels-last).
     pub hand_to: Option<&'a Node>,

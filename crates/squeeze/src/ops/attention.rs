@@ -207,7 +207,16 @@ pub fn attention_with(
                         }
                     };
                     if n * heads * l * l * head_dim >= TEAM_MACS {
-                        team().run(n * heads, &head);
+                        // one contiguous range of heads (of every sample) per member: the
+                        // range a joined q/k/v product computed on that member
+                        // (`PackedLinear::interleaved`), so the heads are read where they
+                        // were written
+                        let parts = team().size().min(heads);
+                        team().run(parts, &|p| {
+                            for hh in p * heads / parts..(p + 1) * heads / parts {
+                                (0..n).for_each(|s| head(s * heads + hh));
+                            }
+                        });
                     } else {
                         (0..n * heads).for_each(head);
                     }

@@ -45,7 +45,88 @@ fn norm_rows(x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32)
     }
 }
 
-isa_variants!(norm_rows_on, norm_rows, (x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
+isa_variants!(norm_rows_any, norm_rows, (x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) -> ());
+
+/// [`norm_rows`] on path `isa`: the AVX-512 kernel below where the path has it, else the
+/// portable loop compiled for the path.
+fn norm_rows_on(isa: Isa, x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512() {
+        // SAFETY: `isa` passed isa::require, so the CPU has AVX-512F
+        return unsafe { avx512::norm_rows(x, y, d, (w, b), eps) };
+    }
+    norm_rows_any(isa, x, y, d, w, b, eps)
+}
+
+/// LayerNorm rows on 16-lane registers: the mean and the variance each summed in four
+/// independent accumulators (a row's sums are short chains, not one add after another),
+/// tails masked.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Σ f(x) over `x` in 4 × 16 lanes.
+    #[inline(always)]
+    unsafe fn sum(x: &[f32], f: impl Fn(__m512) -> __m512) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let (n, p) = (x.len(), x.as_ptr());
+        let mut i = 0;
+        while i + 64 <= n {
+            for (a, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_add_ps(*acc, f(_mm512_loadu_ps(p.add(i + 16 * a))));
+            }
+            i += 64;
+        }
+        while i < n {
+            let m = tail(n - i);
+            acc[0] = _mm512_mask_add_ps(acc[0], m, acc[0], f(_mm512_maskz_loadu_ps(m, p.add(i))));
+            i += 16;
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// The first `n` (≤ 16 taken) lanes.
+    #[inline(always)]
+    fn tail(n: usize) -> __mmask16 {
+        (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn norm_rows(
+        x: &[f32],
+        y: &mut [f32],
+        d: usize,
+        (w, b): (&[f32], &[f32]),
+        eps: f32,
+    ) {
+        assert!(d > 0 && w.len() >= d && b.len() >= d && y.len() >= x.len() / d * d);
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let mean = sum(xr, |v| v) / d as f32;
+            let m = _mm512_set1_ps(mean);
+            let var = sum(xr, |v| {
+                let c = _mm512_sub_ps(v, m);
+                _mm512_mul_ps(c, c)
+            }) / d as f32;
+            let inv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+            let mut i = 0;
+            while i < d {
+                let k = tail(d - i);
+                let v = _mm512_maskz_loadu_ps(k, xr.as_ptr().add(i));
+                let g = _mm512_maskz_loadu_ps(k, w.as_ptr().add(i));
+                let bb = _mm512_maskz_loadu_ps(k, b.as_ptr().add(i));
+                let o = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(v, m), inv), g),
+                    bb,
+                );
+                _mm512_mask_storeu_ps(yr.as_mut_ptr().add(i), k, o);
+                i += 16;
+            }
+        }
+    }
+}
 
 /// Layer normalization of every row of x [..., D] in one pass per row, on the active path.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {

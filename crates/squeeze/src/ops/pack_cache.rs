@@ -105,6 +105,9 @@ fn pack_rows(ws: &[&Tensor]) -> Result<(Vec<usize>, Arc<PackedLinear>)> {
         .collect::<candle_core::Result<_>>()?;
     let packed = match ws {
         [w] => PackedLinear::pack(w)?,
+        _ if ws.iter().all(|w| w.dims() == ws[0].dims()) => {
+            PackedLinear::pack(&Tensor::cat(ws, 0)?)?.interleaved(ws.len())
+        }
         _ => PackedLinear::pack(&Tensor::cat(ws, 0)?)?,
     };
     Ok((rows, Arc::new(packed)))

@@ -28,6 +28,9 @@ pub struct PackedLinear {
     pub n: usize,
     pub k: usize,
     panels: Vec<f32>,
+    /// The order the products visit the panels in (and so which thread computes which
+    /// columns): panel order, or siblings' panels interleaved ([`Self::interleaved`]).
+    order: Vec<usize>,
 }
 
 impl PackedLinear {
@@ -47,7 +50,29 @@ impl PackedLinear {
                 }
             }
         })?;
-        Ok(PackedLinear { n, k, panels })
+        Ok(PackedLinear {
+            n,
+            k,
+            order: (0..np).collect(),
+            panels,
+        })
+    }
+
+    /// The row-concatenation of `siblings` equal weights packed as one, its panels visited
+    /// sibling by sibling for each panel index (q₀ k₀ v₀ q₁ k₁ v₁ … for a query/key/value
+    /// group) when every sibling fills whole panels: each thread's contiguous share of the
+    /// product then holds all three projections of the same heads (head widths that are
+    /// multiples of 32), and the attention core reads them where they were written. The
+    /// output is the same, value for value.
+    pub fn interleaved(mut self, siblings: usize) -> Self {
+        let np = self.order.len();
+        let each = np / siblings.max(1);
+        if siblings > 1 && each * siblings == np && self.n == np * COLS {
+            self.order = (0..each)
+                .flat_map(|j| (0..siblings).map(move |s| s * each + j))
+                .collect();
+        }
+        self
     }
 
     /// `x Wᵀ + b` for x [M, K] → [M, N], on the active path.
@@ -70,6 +95,16 @@ impl PackedLinear {
         then: Then,
     ) -> Result<Tensor> {
         let isa = isa::require(isa)?;
+        if let Then::Add(r) = then {
+            let m = x.dim(0)?;
+            if r.len() != m * self.n {
+                return Err(Error::Graph(format!(
+                    "packed linear: the residual holds {} values, the output {m}×{}",
+                    r.len(),
+                    self.n
+                )));
+            }
+        }
         let (m, k) = x.dims2()?;
         if k != self.k {
             return Err(Error::Graph(format!(
@@ -115,7 +150,7 @@ impl PackedLinear {
         let run = |range: std::ops::Range<usize>| {
             let mut buf = [0f32; TILE * COLS];
             for u in range {
-                let (p, (t0, t)) = (u / tiles.len(), tiles[u % tiles.len()]);
+                let (p, (t0, t)) = (self.order[u / tiles.len()], tiles[u % tiles.len()]);
                 let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
                 let (c0, cols) = (p * COLS, COLS.min(n - p * COLS));
                 let tile_out = &mut buf[..t * COLS];
@@ -132,8 +167,14 @@ impl PackedLinear {
                         }
                         None => dst.copy_from_slice(&row[..cols]),
                     }
-                    if then == Then::Gelu {
-                        super::gelu::gelu_slice(isa, dst);
+                    match then {
+                        Then::Nothing => {}
+                        Then::Gelu => super::gelu::gelu_slice(isa, dst),
+                        Then::Add(r) => {
+                            for (d, v) in dst.iter_mut().zip(&r[n * (t0 + i) + c0..]) {
+                                *d += v;
+                            }
+                        }
                     }
                 }
             }
@@ -155,11 +196,13 @@ impl PackedLinear {
 }
 
 /// What a packed product applies to its output values after the bias.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Then {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Then<'a> {
     Nothing,
     /// GELU (erf form), as [`super::gelu::gelu`] computes it.
     Gelu,
+    /// Adds these values, laid out as the output ([M, N]): a residual sum.
+    Add(&'a [f32]),
 }
 
 /// Multiply-adds from which a product is split over the threads.

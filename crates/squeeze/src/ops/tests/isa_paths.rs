@@ -128,6 +128,42 @@ fn every_supported_isa_path_matches_the_reference() {
             0.0,
             "{isa:?} packed product then GELU"
         );
+        // … and a residual added in the tiles equals the sum after it, bit for bit
+        let r = rand_t(&[13, 75], 24);
+        let rs = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let then = packed
+            .matmul_then(isa, &x, Some(&b), Then::Add(&rs))
+            .unwrap();
+        let after = (packed.matmul_with(isa, &x, Some(&b)).unwrap() + &r).unwrap();
+        assert_eq!(
+            max_abs(&then, &after),
+            0.0,
+            "{isa:?} packed product then + residual"
+        );
+        assert!(packed
+            .matmul_then(isa, &x, Some(&b), Then::Add(&rs[1..]))
+            .is_err());
+        // siblings' panels interleaved (q₀ k₀ v₀ q₁ …): the same output, bit for bit
+        let w3 = rand_t(&[192, 70], 25);
+        let (plain, mixed) = (
+            PackedLinear::pack(&w3).unwrap(),
+            PackedLinear::pack(&w3).unwrap().interleaved(3),
+        );
+        let x3 = rand_t(&[40, 70], 26);
+        let d = max_abs(
+            &plain.matmul_with(isa, &x3, None).unwrap(),
+            &mixed.matmul_with(isa, &x3, None).unwrap(),
+        );
+        assert_eq!(d, 0.0, "{isa:?} interleaved panels");
+        // LayerNorm rows longer than the AVX-512 kernel's 64-value step, with a tail
+        let x = (rand_t(&[7, 100], 27) * 3.0).unwrap();
+        let (g, b) = (rand_t(&[100], 28), rand_t(&[100], 29));
+        let ln = layer_norm::layer_norm_reference(&x, &g, &b, 1e-12).unwrap();
+        let d = max_abs(
+            &layer_norm::layer_norm_with(isa, &x, &g, &b, 1e-12).unwrap(),
+            &ln,
+        );
+        assert!(d < PATH_TOL, "{isa:?} layer_norm, rows of 100: {d}");
     }
     let ts = [
         rand_t(&[3, 7], 10),
