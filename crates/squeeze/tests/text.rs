@@ -277,9 +277,45 @@ fn a_packed_only_store_embeds_the_same_without_its_linear_weights() {
     }
 }
 
+/// A fused plan (`ForwardOpts::eval`) embeds exactly as the plan in which `tapped`'s taps
+/// keep the fused nodes apart, with and without a pack cache.
+fn fusion_changes_nothing(m: &Model, tapped: &ForwardOpts) {
+    let (ids, mask) = ids_mask();
+    for packed in [None, Some(Default::default())] {
+        let fused = ForwardOpts {
+            packed: packed.clone(),
+            ..ForwardOpts::eval()
+        };
+        let apart = ForwardOpts {
+            packed,
+            ..tapped.clone()
+        };
+        let a = forward_tokens(&m.graph, &m.params, &ids, &mask, &fused).unwrap();
+        let b = forward_tokens(&m.graph, &m.params, &ids, &mask, &apart).unwrap();
+        assert_eq!(max_abs(&a.output, &b.output), 0.0);
+    }
+}
+
+/// Over parameters that track gradients, weight `name` gets the same (non-zero) gradient
+/// from the fused eval plan as from the one `tapped` keeps apart: fusions that would leave
+/// the graph stay graph operations there.
+fn fusion_keeps_the_gradient(m: &Model, name: &str, tapped: &ForwardOpts) {
+    let (ids, mask) = ids_mask();
+    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
+    let w = vars.iter().find(|(n, _)| n == name).expect("the weight");
+    let grad = |opts: &ForwardOpts| {
+        let out = forward_tokens(&m.graph, &store, &ids, &mask, opts).unwrap();
+        let grads = out.output.sum_all().unwrap().backward().unwrap();
+        grads.get(w.1.as_tensor()).expect("a gradient").clone()
+    };
+    let (fused, apart) = (grad(&ForwardOpts::eval()), grad(tapped));
+    let s: f32 = apart.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(s > 0.0);
+    assert_eq!(max_abs(&fused, &apart), 0.0);
+}
+
 #[test]
 fn the_residual_sum_runs_inside_its_linear_at_inference_and_changes_nothing() {
-    let (ids, mask) = ids_mask();
     let m = tiny();
     let named = |kind: &str| -> Vec<String> {
         let nodes = m.graph.nodes.iter().filter(|n| n.op.kind() == kind);
@@ -305,42 +341,15 @@ fn the_residual_sum_runs_inside_its_linear_at_inference_and_changes_nothing() {
         assert!(by(&ForwardOpts::eval(), &d).is_some(), "{d}");
         assert_eq!(by(&ForwardOpts::train(0), &d), None, "{d}");
     }
-    // added in the product's tiles: the same values as the Add node's own pass
-    for packed in [None, Some(Default::default())] {
-        let fused = ForwardOpts {
-            packed: packed.clone(),
-            ..ForwardOpts::eval()
-        };
-        let apart = ForwardOpts {
-            packed,
-            ..tapped.clone()
-        };
-        let a = forward_tokens(&m.graph, &m.params, &ids, &mask, &fused).unwrap();
-        let b = forward_tokens(&m.graph, &m.params, &ids, &mask, &apart).unwrap();
-        assert_eq!(max_abs(&a.output, &b.output), 0.0);
-    }
-    // over parameters that track gradients the sum stays a graph operation: the weights
-    // before it get the gradient the unfused plan gives
-    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
-    let dense = vars
-        .iter()
-        .find(|(n, _)| n == "encoder.layer.0.attention.output.dense.weight")
-        .expect("the attention output's weight");
-    let grad = |opts: &ForwardOpts| {
-        let out = forward_tokens(&m.graph, &store, &ids, &mask, opts).unwrap();
-        let grads = out.output.sum_all().unwrap().backward().unwrap();
-        grads.get(dense.1.as_tensor()).expect("a gradient").clone()
-    };
-    let (fused, apart) = (grad(&ForwardOpts::eval()), grad(&tapped));
-    let s: f32 = apart.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(s > 0.0);
-    assert_eq!(max_abs(&fused, &apart), 0.0);
+    // added in the product's tiles: the same values as the Add node's own pass; over
+    // parameters that track gradients the sum stays a graph operation
+    fusion_changes_nothing(&m, &tapped);
+    fusion_keeps_the_gradient(&m, "encoder.layer.0.attention.output.dense.weight", &tapped);
 }
 
 #[test]
 fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
     let dynamic = "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n";
-    let (ids, mask) = ids_mask();
     for m in [tiny(), quantized(tiny(), dynamic)] {
         let gelus: Vec<String> = m
             .graph
@@ -363,43 +372,21 @@ fn the_ffn_gelu_runs_inside_its_linear_at_inference_and_changes_nothing() {
             assert_eq!(absorbed_by(&tapped, g), None, "{g}");
         }
         // in place on the product's output: the same values as the GELU node's own pass
-        for packed in [None, Some(Default::default())] {
-            let fused = ForwardOpts {
-                packed: packed.clone(),
-                ..ForwardOpts::eval()
-            };
-            let apart = ForwardOpts {
-                packed,
-                ..tapped.clone()
-            };
-            let a = forward_tokens(&m.graph, &m.params, &ids, &mask, &fused).unwrap();
-            let b = forward_tokens(&m.graph, &m.params, &ids, &mask, &apart).unwrap();
-            assert_eq!(max_abs(&a.output, &b.output), 0.0);
-        }
+        fusion_changes_nothing(&m, &tapped);
     }
     // an inference plan over parameters that track gradients applies the GELU as a node
     // of the graph, not in place: the FFN weights get the gradient the unfused plan gives
-    let m = tiny();
-    let (store, vars) = m.params.with_vars(&trainable_names(&m.graph)).unwrap();
-    let up = vars
-        .iter()
-        .find(|(n, _)| n == "encoder.layer.0.intermediate.dense.weight")
-        .expect("the FFN's first weight");
-    let grad = |opts: &ForwardOpts| {
-        let out = forward_tokens(&m.graph, &store, &ids, &mask, opts).unwrap();
-        let grads = out.output.sum_all().unwrap().backward().unwrap();
-        grads.get(up.1.as_tensor()).expect("a gradient").clone()
-    };
     let tapped = ForwardOpts {
         taps: vec!["encoder.layer.0.intermediate.gelu".into()]
             .into_iter()
             .collect(),
         ..ForwardOpts::eval()
     };
-    let (fused, apart) = (grad(&ForwardOpts::eval()), grad(&tapped));
-    let s: f32 = apart.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(s > 0.0);
-    assert_eq!(max_abs(&fused, &apart), 0.0);
+    fusion_keeps_the_gradient(
+        &tiny(),
+        "encoder.layer.0.intermediate.dense.weight",
+        &tapped,
+    );
 }
 
 #[test]

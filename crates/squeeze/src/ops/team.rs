@@ -149,15 +149,20 @@ impl Team {
 /// Elements from which [`rows_mut`] splits its work over the team.
 pub const PAR_ELEMS: usize = 1 << 14;
 
+/// The rows of `len` values `width` wide, and the parts [`rows_mut`] and [`rows_of`]
+/// split them into: one per team member, one below [`PAR_ELEMS`] values.
+fn row_parts(len: usize, width: usize) -> (usize, usize) {
+    let rows = len.checked_div(width).unwrap_or(0);
+    match len >= PAR_ELEMS {
+        true => (rows, team().size().min(rows)),
+        false => (rows, 1),
+    }
+}
+
 /// Runs `f(first_row, rows)` over `data` (rows of `width` values) split into one range of
 /// whole rows per team member — on the caller alone below [`PAR_ELEMS`] values.
 pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
-    let rows = data.len().checked_div(width).unwrap_or(0);
-    let parts = if data.len() >= PAR_ELEMS {
-        team().size().min(rows)
-    } else {
-        1
-    };
+    let (rows, parts) = row_parts(data.len(), width);
     if parts <= 1 {
         return f(0, data);
     }
@@ -174,12 +179,7 @@ pub fn rows_mut<T: Send>(data: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [
 /// [`rows_mut`] splits them, read-only: for kernels that write their rows' results
 /// elsewhere.
 pub fn rows_of<T: Sync>(data: &[T], width: usize, f: &(dyn Fn(usize, &[T]) + Sync)) {
-    let rows = data.len().checked_div(width).unwrap_or(0);
-    let parts = if data.len() >= PAR_ELEMS {
-        team().size().min(rows)
-    } else {
-        1
-    };
+    let (rows, parts) = row_parts(data.len(), width);
     if parts <= 1 {
         return f(0, data);
     }
