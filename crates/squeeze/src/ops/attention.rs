@@ -206,19 +206,22 @@ pub fn attention_with(
                             unsafe { put_head(at, &ctx, g, nh) }
                         }
                     };
-                    if n * heads * l * l * head_dim >= TEAM_MACS {
+                    let parts = team().size();
+                    if n * heads * l * l * head_dim < TEAM_MACS {
+                        (0..n * heads).for_each(head);
+                    } else if heads >= parts {
                         // one contiguous range of heads (of every sample) per member: the
                         // range a joined q/k/v product computed on that member
                         // (`PackedLinear::interleaved`), so the heads are read where they
                         // were written
-                        let parts = team().size().min(heads);
                         team().run(parts, &|p| {
                             for hh in p * heads / parts..(p + 1) * heads / parts {
                                 (0..n).for_each(|s| head(s * heads + hh));
                             }
                         });
                     } else {
-                        (0..n * heads).for_each(head);
+                        // fewer heads than members: every (sample, head) claimed in turn
+                        team().run(n * heads, &head);
                     }
                 })
             })

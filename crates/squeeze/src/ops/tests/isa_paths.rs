@@ -179,7 +179,8 @@ fn every_supported_isa_path_matches_the_reference() {
 /// The attention core at the head widths the AVX-512 kernel takes (16, 32, 64) and one it
 /// leaves to the portable loop (24), over more keys than one 16-lane block (37, with
 /// padding and a sample without real keys), on dense q, k, v and on column ranges of one
-/// joined [N, L, 3·w] product (read in place at its row pitch), the heads over the team.
+/// joined [N, L, 3·w] product (read in place at its row pitch), the heads over the team
+/// (a single head: its samples claimed one by one instead).
 fn attention_head_widths_and_views(isa: Isa) {
     let l = 37;
     let real: Vec<f32> = (0..3 * l)
@@ -190,7 +191,7 @@ fn attention_head_widths_and_views(isa: Isa) {
         })
         .collect();
     let m = Tensor::from_vec(real, (3, l), &Device::Cpu).unwrap();
-    for (heads, hd) in [(2, 16), (3, 32), (2, 64), (2, 24)] {
+    for (heads, hd) in [(2, 16), (3, 32), (2, 64), (2, 24), (1, 32)] {
         let w = heads * hd;
         let joined = (rand_t(&[3, l, 3 * w], 31) * 2.0).unwrap();
         let part = |i: usize| joined.narrow(2, i * w, w).unwrap();
