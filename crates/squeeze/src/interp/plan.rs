@@ -2,8 +2,10 @@
 //! (the shape of tract's `SimplePlan`), instead of on every forward — which nodes apply
 //! their only reader themselves (each kind says what it absorbs:
 //! [`crate::kinds::LayerKind::absorbs`]), which sibling nodes run as one product, which
-//! int8 convolutions hand int8 codes straight to the next, and after which step each value
-//! is dropped. Plans are kept in the graph's
+//! int8 convolutions hand int8 codes straight to the next, in which slot each value lives
+//! and after which step it is dropped (dropout, the identity at inference, is absorbed by
+//! whatever precedes it; a residual sum by the Linear whose only reader it is, its other
+//! input carried as [`Plan::residual`]). Plans are kept in the graph's
 //! [`crate::graph::CacheSlot`] under the graph's fingerprint and the mode, so an edited
 //! graph compiles a new one.
 

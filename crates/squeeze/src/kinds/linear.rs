@@ -5,7 +5,8 @@
 //! batch) when the caller keeps a pack cache, else for a few rows the weight-streaming
 //! kernel of `crate::ops::fast` — both tested against the matmul. An inference-only
 //! model may keep only the packed panels (`crate::interp::keep_packed_only`), and at
-//! inference the layer applies the GELU that is its only reader in place.
+//! inference the layer applies the GELU or the residual sum that is its only reader
+//! inside the packed product's tiles.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,11 @@
 //! The scaled dot-product attention core (Vaswani et al. 2017) over `heads` heads of
 //! `head_dim`, with the padding mask, its three paths side by side: the reference composed
 //! from candle operations (softmax max-subtracted, masked keys biased by −10⁹), the
-//! inference kernel (one fused loop nest per sample and head, reading the heads in place,
-//! skipping masked keys, the heads split over the inference team and each writing its
-//! own columns of the output) and the training op (one autograd node per call; backward per
+//! inference kernel (one fused loop nest per sample and head — on AVX-512 the kernel of
+//! `attention_avx512` for head widths that are multiples of 16 — reading q, k and v where
+//! they lie, column ranges of one joined product included, skipping masked keys, the
+//! heads split over the inference team and each writing its own columns of the output)
+//! and the training op (one autograd node per call; backward per
 //! sample and head through softmax's Jacobian dS = P ⊙ (dP − rowsum(dP ⊙ P)), with P
 //! recomputed from q and k).
 
