@@ -98,7 +98,13 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
     };
     let untapped = |j: usize| !taps.contains(g.nodes[j].name.as_str());
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Run { absorbs: vec![] }).collect();
-    let produced: HashSet<&str> = g.nodes.iter().map(|m| m.name.as_str()).collect();
+    // the node that computes each value (the caller's values have none)
+    let producer: HashMap<&str, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.name.as_str(), k))
+        .collect();
     // the residual input's name of each node that absorbs a residual sum
     let mut residual_of: Vec<Option<String>> = vec![None; n];
     // the node whose value is each step's output (the last one it absorbed)
@@ -126,31 +132,26 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
                 tail = only;
                 continue;
             }
-            let fits = match what {
-                // the other input of a two-input sum, ready before node i runs
-                Absorb::Residual => {
-                    let other = ins.iter().position(|v| *v != g.nodes[tail].name);
-                    let ready =
-                        |v: &str| g.nodes[..i].iter().any(|m| m.name == v) || !produced.contains(v);
-                    match other {
-                        Some(o)
-                            if ins.len() == 2
-                                && ready(&ins[o])
-                                && ins[1 - o] == g.nodes[tail].name =>
-                        {
-                            residual_of[i] = Some(ins[o].clone());
-                            true
-                        }
-                        _ => false,
+            // a residual sum: its other input, which must be ready before node i runs
+            let residual = match what {
+                Absorb::Residual => match ins.iter().position(|v| *v != g.nodes[tail].name) {
+                    Some(o) if ins.len() == 2 && ins[1 - o] == g.nodes[tail].name => {
+                        let ready = producer.get(ins[o].as_str()).is_none_or(|&k| k < i);
+                        ready.then(|| ins[o].clone())
                     }
-                }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let fits = match what {
+                Absorb::Residual => residual.is_some(),
                 _ => ins.len() == 1,
             };
             if !fits || !def.absorbs(what, &absorbs, mode.train) {
-                if what == Absorb::Residual {
-                    residual_of[i] = None;
-                }
                 break;
+            }
+            if residual.is_some() {
+                residual_of[i] = residual;
             }
             absorbs.push(what);
             steps[only] = Step::Absorbed { by: i };
@@ -195,7 +196,7 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
     let mut externals = Vec::new();
     for node in &g.nodes {
         for inp in &node.inputs {
-            if !produced.contains(inp.as_str()) && !slot.contains_key(inp.as_str()) {
+            if !producer.contains_key(inp.as_str()) && !slot.contains_key(inp.as_str()) {
                 slot.insert(inp.as_str(), externals.len());
                 externals.push(inp.clone());
             }

@@ -31,9 +31,10 @@ pub(crate) struct Head<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp16(x: __m512) -> __m512 {
+    use super::fast::{EXP_LN2, EXP_MAX, EXP_MIN, EXP_POLY};
     let x = _mm512_max_ps(
-        _mm512_min_ps(x, _mm512_set1_ps(88.3)),
-        _mm512_set1_ps(-87.3),
+        _mm512_min_ps(x, _mm512_set1_ps(EXP_MAX)),
+        _mm512_set1_ps(EXP_MIN),
     );
     let t = _mm512_fmadd_ps(
         x,
@@ -41,16 +42,10 @@ unsafe fn exp16(x: __m512) -> __m512 {
         _mm512_set1_ps(0.5),
     );
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2.0), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2.1), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let e = _mm512_add_ps(
@@ -67,8 +62,7 @@ unsafe fn exp16(x: __m512) -> __m512 {
 /// The lanes of the key block starting at key `j0` of `nk` that hold keys.
 #[cfg(target_arch = "x86_64")]
 fn lanes(j0: usize, nk: usize) -> __mmask16 {
-    let n = (nk - j0).min(16);
-    ((1u32 << n) - 1) as __mmask16
+    super::fast::avx512::first_lanes(nk - j0)
 }
 
 /// The context of every query row of the head (C·16 wide) into `out` at the head's

@@ -65,6 +65,8 @@ fn norm_rows_on(isa: Isa, x: &[f32], y: &mut [f32], d: usize, w: &[f32], b: &[f3
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use crate::ops::fast::avx512::first_lanes as tail;
+
     /// Σ f(x) over `x` in 4 × 16 lanes.
     #[inline(always)]
     unsafe fn sum(x: &[f32], f: impl Fn(__m512) -> __m512) -> f32 {
@@ -84,12 +86,6 @@ mod avx512 {
         }
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(s)
-    }
-
-    /// The first `n` (≤ 16 taken) lanes.
-    #[inline(always)]
-    fn tail(n: usize) -> __mmask16 {
-        (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16
     }
 
     /// # Safety

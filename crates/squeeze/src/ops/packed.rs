@@ -95,8 +95,8 @@ impl PackedLinear {
         then: Then,
     ) -> Result<Tensor> {
         let isa = isa::require(isa)?;
+        let (m, k) = x.dims2()?;
         if let Then::Add(r) = then {
-            let m = x.dim(0)?;
             if r.len() != m * self.n {
                 return Err(Error::Graph(format!(
                     "packed linear: the residual holds {} values, the output {m}×{}",
@@ -105,7 +105,6 @@ impl PackedLinear {
                 )));
             }
         }
-        let (m, k) = x.dims2()?;
         if k != self.k {
             return Err(Error::Graph(format!(
                 "packed linear expects {} inputs, got {k}",

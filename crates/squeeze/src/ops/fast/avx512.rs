@@ -3,6 +3,12 @@
 
 use std::arch::x86_64::*;
 
+/// The mask of the first `n` of 16 lanes (all of them from 16 on): a vector loop's tail.
+#[inline(always)]
+pub(crate) fn first_lanes(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
 /// Up to 4 weight rows × tokens in blocks of 4: 16 accumulators of 16 lanes.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_block(
@@ -50,7 +56,7 @@ unsafe fn tile<const R: usize, const T: usize>(
     assert!(w.len() >= R * k && x.len() >= (i0 + T) * k && out.len() >= R * m);
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let full = k / 16 * 16;
-    let tail: __mmask16 = ((1u32 << (k - full)) - 1) as __mmask16;
+    let tail = first_lanes(k - full);
     let (wp, xp) = (w.as_ptr(), x.as_ptr().add(i0 * k));
     let mut c = 0;
     while c <= k {
@@ -96,11 +102,7 @@ unsafe fn tile1(x: &[f32], w: &[f32]) -> f32 {
     let mut c = 0;
     while c < k {
         let left = k - c;
-        let mask: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as __mmask16
-        };
+        let mask = first_lanes(left);
         let a = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
         let b = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(c));
         acc = _mm512_fmadd_ps(a, b, acc);

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 
 use super::with_cpu;
 use crate::error::{Error, Result};
@@ -148,26 +148,31 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The range [`exp`] clamps its argument to.
+pub(crate) const EXP_MIN: f32 = -87.3;
+pub(crate) const EXP_MAX: f32 = 88.3;
+/// ln 2 in two parts (high bits exact in f32, then the rest) for the range reduction.
+pub(crate) const EXP_LN2: (f32, f32) = (0.693_359_4, -2.121_944_4e-4);
+/// [`exp`]'s polynomial in the reduced argument (Cephes' `expf`), highest power first:
+/// e^r ≈ 1 + r + r²·P(r).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
 /// e^x for x ≤ 88.3 by Cody–Waite range reduction and a degree-6 polynomial (Cephes'
 /// `expf` coefficients): within 2 ulp of libm on [−87.3, 88.3], flushed towards 0 below
 /// (e^−87.3 ≈ 1.2e−38). Branch-free, so loops over it vectorize on every path.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ];
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let poly = P.iter().fold(0.0, |acc, c| acc * r + c);
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * EXP_LN2.0 - n * EXP_LN2.1;
+    let poly = EXP_POLY.iter().fold(0.0, |acc, c| acc * r + c);
     let e = poly * r * r + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
