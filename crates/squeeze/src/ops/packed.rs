@@ -130,8 +130,8 @@ impl PackedLinear {
     /// `b + x Wᵀ` for the m rows of `xs`, row-major [m, n]. The work is (panel, tile)
     /// units in panel order, split into one contiguous, equal range per thread (a large
     /// enough product) — 33 panels of 2 tiles are 33 units each, not 17 and 16 panels —
-    /// and each tile's result goes straight from a stack buffer into its columns of the
-    /// output, bias added and `then` applied.
+    /// and each tile's result goes into its columns of the output, bias added and `then`
+    /// applied: straight from the registers on AVX-512, through a stack buffer elsewhere.
     fn product(
         &self,
         isa: Isa,
@@ -141,40 +141,33 @@ impl PackedLinear {
         then: Then,
     ) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let np = n.div_ceil(COLS);
         let mut y = super::output_buffer(m * n);
         let out = Ptr(y.as_mut_ptr());
         let tiles = tiles(isa, m);
-        let units = np * tiles.len();
+        let units = self.order.len() * tiles.len();
         let run = |range: std::ops::Range<usize>| {
             let mut buf = [0f32; TILE * COLS];
             for u in range {
-                let (p, (t0, t)) = (self.order[u / tiles.len()], tiles[u % tiles.len()]);
+                let (p, tile) = (self.order[u / tiles.len()], tiles[u % tiles.len()]);
+                let at = Edge {
+                    out,
+                    n,
+                    c0: p * COLS,
+                    cols: COLS.min(n - p * COLS),
+                    bias: bias.map(|b| &b[p * COLS..]),
+                    then,
+                };
                 let w = &self.panels[p * k * COLS..(p + 1) * k * COLS];
-                let (c0, cols) = (p * COLS, COLS.min(n - p * COLS));
-                let tile_out = &mut buf[..t * COLS];
-                panel_tile(isa, &xs[t0 * k..(t0 + t) * k], w, t, k, tile_out);
-                for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
-                    // SAFETY: row t0+i, columns c0..c0+cols lie inside y (m·n values), and
-                    // each (panel, tile) unit belongs to exactly one range
-                    let dst = unsafe { out.slice(n * (t0 + i) + c0, cols) };
-                    match bias {
-                        Some(b) => {
-                            for ((d, v), bb) in dst.iter_mut().zip(row).zip(&b[c0..]) {
-                                *d = v + bb;
-                            }
-                        }
-                        None => dst.copy_from_slice(&row[..cols]),
-                    }
-                    match then {
-                        Then::Nothing => {}
-                        Then::Gelu => super::gelu::gelu_slice(isa, dst),
-                        Then::Add(r) => {
-                            for (d, v) in dst.iter_mut().zip(&r[n * (t0 + i) + c0..]) {
-                                *d += v;
-                            }
-                        }
-                    }
+                // SAFETY: the units are disjoint (panel, tile) pairs, each in one range
+                unsafe {
+                    unit(
+                        isa,
+                        &xs[tile.0 * k..(tile.0 + tile.1) * k],
+                        w,
+                        tile,
+                        &at,
+                        &mut buf,
+                    )
                 }
             }
         };
@@ -194,6 +187,55 @@ impl PackedLinear {
     }
 }
 
+/// One (panel, tile) unit of a product: the tile's `t` rows of `x` (from row t0) times
+/// panel `w`, into its place `at`.
+///
+/// # Safety
+/// `isa` passed `isa::require`; rows t0..t0+t, columns at.c0..at.c0+at.cols of the output
+/// lie inside it ([·, at.n]) and no other unit writes them.
+unsafe fn unit(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    (t0, t): (usize, usize),
+    at: &Edge,
+    buf: &mut [f32; TILE * COLS],
+) {
+    let k = x.len() / t;
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512() {
+        avx512::tile_into(t, x, w, k, t0, at);
+        if at.then == Then::Gelu {
+            for i in t0..t0 + t {
+                super::gelu::gelu_slice(isa, at.out.slice(at.n * i + at.c0, at.cols));
+            }
+        }
+        return;
+    }
+    let tile_out = &mut buf[..t * COLS];
+    panel_tile(isa, x, w, t, k, tile_out);
+    for (i, row) in tile_out.chunks_exact(COLS).enumerate() {
+        let dst = at.out.slice(at.n * (t0 + i) + at.c0, at.cols);
+        match at.bias {
+            Some(b) => {
+                for ((d, v), bb) in dst.iter_mut().zip(row).zip(b) {
+                    *d = v + bb;
+                }
+            }
+            None => dst.copy_from_slice(&row[..at.cols]),
+        }
+        match at.then {
+            Then::Nothing => {}
+            Then::Gelu => super::gelu::gelu_slice(isa, dst),
+            Then::Add(r) => {
+                for (d, v) in dst.iter_mut().zip(&r[at.n * (t0 + i) + at.c0..]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
 /// What a packed product applies to its output values after the bias.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Then<'a> {
@@ -202,6 +244,17 @@ pub enum Then<'a> {
     Gelu,
     /// Adds these values, laid out as the output ([M, N]): a residual sum.
     Add(&'a [f32]),
+}
+
+/// Where a unit's values go: rows of the output `out` ([M, n]), its columns c0..c0+cols,
+/// with the bias from column c0 on, then `then`.
+struct Edge<'a> {
+    out: Ptr<f32>,
+    n: usize,
+    c0: usize,
+    cols: usize,
+    bias: Option<&'a [f32]>,
+    then: Then<'a>,
 }
 
 /// Multiply-adds from which a product is split over the threads.
@@ -228,14 +281,11 @@ fn panel_tile(isa: Isa, x: &[f32], w: &[f32], t: usize, k: usize, out: &mut [f32
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: `isa` passed isa::require; the kernels assert their slice bounds.
+        // (the AVX-512 path writes its tiles in place: `avx512::tile_into`)
         unsafe {
-            if isa.avx512() {
-                avx512::tile_any(t, x, w, k, out)
-            } else {
-                // AVX2 covers the 32 columns in two halves of 16
-                avx2::tile_any(t, x, w, k, 0, out);
-                avx2::tile_any(t, x, w, k, 1, out);
-            }
+            // AVX2 covers the 32 columns in two halves of 16
+            avx2::tile_any(t, x, w, k, 0, out);
+            avx2::tile_any(t, x, w, k, 1, out);
         }
         return;
     }
@@ -255,28 +305,11 @@ mod avx512 {
     use super::COLS;
     use std::arch::x86_64::*;
 
-    /// Dispatches a tile of `t` ≤ 12 tokens to its monomorphized kernel.
+    /// The tile's sums: token t's columns 0..16 in `lo[t]`, 16..32 in `hi[t]`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_any(t: usize, x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
-        match t {
-            1 => tile::<1>(x, w, k, out),
-            2 => tile::<2>(x, w, k, out),
-            3 => tile::<3>(x, w, k, out),
-            4 => tile::<4>(x, w, k, out),
-            5 => tile::<5>(x, w, k, out),
-            6 => tile::<6>(x, w, k, out),
-            7 => tile::<7>(x, w, k, out),
-            8 => tile::<8>(x, w, k, out),
-            9 => tile::<9>(x, w, k, out),
-            10 => tile::<10>(x, w, k, out),
-            11 => tile::<11>(x, w, k, out),
-            _ => tile::<12>(x, w, k, out),
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const T: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
-        assert!(x.len() >= T * k && w.len() >= k * COLS && out.len() >= T * COLS);
+    #[inline]
+    unsafe fn sums<const T: usize>(x: &[f32], w: &[f32], k: usize) -> ([__m512; T], [__m512; T]) {
+        assert!(x.len() >= T * k && w.len() >= k * COLS);
         let mut lo = [_mm512_setzero_ps(); T];
         let mut hi = [_mm512_setzero_ps(); T];
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
@@ -293,10 +326,71 @@ mod avx512 {
                 hi[t] = _mm512_fmadd_ps(xb, w1, hi[t]);
             }
         }
-        let op = out.as_mut_ptr();
+        (lo, hi)
+    }
+
+    /// A tile of `t` ≤ 12 tokens (rows t0.. of the output) written straight into its
+    /// place in `e.out`, bias and a residual (`Then::Add`) added in registers — the same
+    /// sums in the same order as the buffered tile and its epilogue — and columns past
+    /// `e.cols` masked.
+    ///
+    /// # Safety
+    /// AVX-512F; rows t0..t0+t and columns e.c0..e.c0+e.cols of `e.out` (and of `e.add`)
+    /// lie inside the [·, e.n] buffers and belong to this call alone.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_into(
+        t: usize,
+        x: &[f32],
+        w: &[f32],
+        k: usize,
+        t0: usize,
+        e: &super::Edge,
+    ) {
+        match t {
+            1 => into::<1>(x, w, k, t0, e),
+            2 => into::<2>(x, w, k, t0, e),
+            3 => into::<3>(x, w, k, t0, e),
+            4 => into::<4>(x, w, k, t0, e),
+            5 => into::<5>(x, w, k, t0, e),
+            6 => into::<6>(x, w, k, t0, e),
+            7 => into::<7>(x, w, k, t0, e),
+            8 => into::<8>(x, w, k, t0, e),
+            9 => into::<9>(x, w, k, t0, e),
+            10 => into::<10>(x, w, k, t0, e),
+            11 => into::<11>(x, w, k, t0, e),
+            _ => into::<12>(x, w, k, t0, e),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn into<const T: usize>(x: &[f32], w: &[f32], k: usize, t0: usize, e: &super::Edge) {
+        use crate::ops::fast::avx512::first_lanes;
+        let (mut lo, mut hi) = sums::<T>(x, w, k);
+        let (m0, m1) = (first_lanes(e.cols), first_lanes(e.cols.saturating_sub(16)));
+        assert!(e.bias.is_none_or(|b| b.len() >= e.cols));
+        if let Some(b) = e.bias {
+            let b0 = _mm512_maskz_loadu_ps(m0, b.as_ptr());
+            let b1 = _mm512_maskz_loadu_ps(m1, b.as_ptr().add(16));
+            for t in 0..T {
+                lo[t] = _mm512_add_ps(lo[t], b0);
+                hi[t] = _mm512_add_ps(hi[t], b1);
+            }
+        }
+        let add = match e.then {
+            super::Then::Add(r) => Some(r),
+            _ => None,
+        };
+        assert!(add.is_none_or(|r| r.len() >= e.n * (t0 + T)));
         for t in 0..T {
-            _mm512_storeu_ps(op.add(t * COLS), lo[t]);
-            _mm512_storeu_ps(op.add(t * COLS + 16), hi[t]);
+            let at = e.n * (t0 + t) + e.c0;
+            if let Some(r) = add {
+                let r = r.as_ptr().add(at);
+                lo[t] = _mm512_add_ps(lo[t], _mm512_maskz_loadu_ps(m0, r));
+                hi[t] = _mm512_add_ps(hi[t], _mm512_maskz_loadu_ps(m1, r.add(16)));
+            }
+            let o = e.out.at(at);
+            _mm512_mask_storeu_ps(o, m0, lo[t]);
+            _mm512_mask_storeu_ps(o.add(16), m1, hi[t]);
         }
     }
 }
