@@ -66,6 +66,13 @@ impl<'a> Encoder<'a> {
     /// Embeddings of `texts` in input order, `batch` at a time (shortest first), with a
     /// progress bar when `progress` is set.
     pub fn embed(&self, texts: &[&str], batch: usize, progress: bool) -> Result<Vec<Vec<f32>>> {
+        // tokenization and every batch on one pool worker: a call hands the work over
+        // once, not once per batch after the tokenizer has let the pool fall asleep
+        on_pool(|| self.embed_here(texts, batch, progress))
+    }
+
+    /// [`Self::embed`] on the calling thread.
+    fn embed_here(&self, texts: &[&str], batch: usize, progress: bool) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenizer.encode(texts)?;
         let order = shortest_first(&ids);
         let bar = progress.then(|| bar(texts.len() as u64));
