@@ -4,6 +4,7 @@
 //! dangling, right shapes, finite values).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
 
@@ -18,6 +19,14 @@ pub const MAX_VALUE: f32 = 1e8;
 #[derive(Debug, Clone, Default)]
 pub struct ParamStore {
     tensors: BTreeMap<String, Tensor>,
+    /// Which name → tensor map this is ([`Self::stamp`]).
+    stamp: u64,
+}
+
+/// A stamp no store has had yet.
+fn fresh_stamp() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl ParamStore {
@@ -26,7 +35,18 @@ impl ParamStore {
     }
 
     pub fn from_map(tensors: BTreeMap<String, Tensor>) -> Self {
-        ParamStore { tensors }
+        ParamStore {
+            tensors,
+            stamp: fresh_stamp(),
+        }
+    }
+
+    /// Two stores with the same stamp map every name to the same tensor: a store gets a
+    /// new stamp whenever a name is inserted or removed, and a clone keeps its source's
+    /// until then. (What is resolved from a store once — a Linear group's packed
+    /// weights — stays valid while the stamp does.)
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
@@ -40,10 +60,12 @@ impl ParamStore {
     }
 
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.stamp = fresh_stamp();
         self.tensors.insert(name.into(), t);
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.stamp = fresh_stamp();
         self.tensors.remove(name)
     }
 
@@ -75,7 +97,7 @@ impl ParamStore {
         for (k, t) in &self.tensors {
             out.insert(k.clone(), t.copy()?.detach());
         }
-        Ok(ParamStore { tensors: out })
+        Ok(ParamStore::from_map(out))
     }
 
     /// Errors naming the first floating-point tensor that holds a NaN, an infinity or a
@@ -175,6 +197,23 @@ mod tests {
         assert_eq!(seen(&tt)?[..3], [0.0, 4.0, 8.0]);
         let d = t.to_dtype(DType::F64)?;
         assert_eq!(seen(&d)?, f32_values(&t)?);
+        Ok(())
+    }
+
+    /// A clone shares its source's stamp until either changes a name; an insert, a
+    /// removal or a deep copy (new tensors) gives a stamp no other store has.
+    #[test]
+    fn the_stamp_changes_with_every_change_of_names_or_tensors() -> Result<()> {
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu)?;
+        let mut a = ParamStore::from_map(BTreeMap::from([("w".to_string(), t.clone())]));
+        let b = a.clone();
+        assert_eq!(a.stamp(), b.stamp());
+        assert_ne!(a.deep_clone()?.stamp(), a.stamp());
+        a.insert("w", t);
+        assert_ne!(a.stamp(), b.stamp());
+        let before = a.stamp();
+        a.remove("w");
+        assert_ne!(a.stamp(), before);
         Ok(())
     }
 }

@@ -199,6 +199,24 @@ fn packed_sibling_projections_match_the_plain_forward() {
         let diff = max_abs(&o.output, &plain.output);
         assert!(diff < PACKED_TOL, "packed forward differs by {diff}");
     }
+    // a store whose weight and bias were replaced is resolved anew (same cache, same
+    // node names): the packed forward follows the new tensors, not what it kept
+    let mut p = m.params.clone();
+    for name in [
+        "encoder.layer.0.attention.self.key.weight",
+        "encoder.layer.1.intermediate.dense.bias",
+    ] {
+        let t = p.get(name).unwrap().clone();
+        p.insert(name, t.affine(-2.0, 0.3).unwrap());
+    }
+    let want = forward_tokens(&m.graph, &p, &ids, &mask, &ForwardOpts::eval()).unwrap();
+    assert!(max_abs(&want.output, &plain.output) > 10.0 * PACKED_TOL);
+    let o = forward_tokens(&m.graph, &p, &ids, &mask, &packed).unwrap();
+    let diff = max_abs(&o.output, &want.output);
+    assert!(
+        diff < PACKED_TOL,
+        "a replaced weight: packed forward differs by {diff}"
+    );
 }
 
 /// Packed-only inference runs the packed path's own kernels on the same panels.

@@ -18,7 +18,7 @@ use super::{Node, Op};
 use crate::error::Result;
 use crate::onnx::{blocks, Lower};
 use crate::ops::fast;
-use crate::ops::pack_cache::PackCache;
+use crate::ops::pack_cache::{LinearGroup, PackCache};
 use crate::ops::packed::Then;
 use crate::params::ParamStore;
 
@@ -227,8 +227,48 @@ pub(crate) fn packed_linears(
     cache: &PackCache,
     then: Then,
 ) -> Result<Option<Vec<Tensor>>> {
+    let same = |g: &LinearGroup| {
+        g.stamp == p.stamp()
+            && g.nodes.len() == nodes.len()
+            && g.nodes.iter().zip(nodes).all(|(a, n)| *a == n.name)
+    };
+    let group = match cache.group(&nodes[0].name)? {
+        Some(g) if same(&g) && inference(&[x]) => g,
+        _ => match resolve(nodes, p, x, cache)? {
+            Some(g) => cache.keep_group(g)?,
+            None => return Ok(None),
+        },
+    };
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let y = group
+        .packed
+        .matmul_then(crate::isa::active()?, &x2, group.bias.as_ref(), then)?;
+    let total = group.rows.iter().sum();
+    let y = y.reshape(with_last(&dims, total))?;
+    if group.rows.len() == 1 {
+        return Ok(Some(vec![y]));
+    }
+    // siblings' outputs stay column ranges of the joined product (the attention core
+    // reads them in place; kernels that need dense rows copy)
+    let last = dims.len().saturating_sub(1);
+    let mut outs = Vec::with_capacity(group.rows.len());
+    let mut at = 0;
+    for &n in &group.rows {
+        outs.push(y.narrow(last, at, n)?);
+        at += n;
+    }
+    Ok(Some(outs))
+}
+
+/// The packed group of Linear `nodes` reading `x`, resolved from the store (or from the
+/// weights released to the cache); `None` where the packed path does not apply.
+fn resolve(
+    nodes: &[&Node],
+    p: &ParamStore,
+    x: &Tensor,
+    cache: &PackCache,
+) -> Result<Option<LinearGroup>> {
     let names = weight_names(nodes);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // the cache is asked only for weights the store no longer holds
@@ -255,7 +295,7 @@ pub(crate) fn packed_linears(
             bs.push(Tensor::zeros(n, DType::F32, x.device())?);
         }
     }
-    let mut all: Vec<&Tensor> = vec![&x2];
+    let mut all: Vec<&Tensor> = vec![x];
     all.extend(stored.iter().copied().chain(&bs));
     // every batch size: the packed panels beat the general GEMM at 384 rows too (1.1–1.4×
     // on the MiniLM shapes, docs/profiling.md)
@@ -277,22 +317,13 @@ pub(crate) fn packed_linears(
         Some((_, packed)) => packed,
         None => cache.get_many(&names, &stored)?,
     };
-    let y = packed.matmul_then(crate::isa::active()?, &x2, bias.as_ref(), then)?;
-    let total = rows.iter().sum();
-    let y = y.reshape(with_last(&dims, total))?;
-    if rows.len() == 1 {
-        return Ok(Some(vec![y]));
-    }
-    // siblings' outputs stay column ranges of the joined product (the attention core
-    // reads them in place; kernels that need dense rows copy)
-    let last = dims.len().saturating_sub(1);
-    let mut outs = Vec::with_capacity(rows.len());
-    let mut at = 0;
-    for &n in &rows {
-        outs.push(y.narrow(last, at, n)?);
-        at += n;
-    }
-    Ok(Some(outs))
+    Ok(Some(LinearGroup {
+        stamp: p.stamp(),
+        nodes: nodes.iter().map(|n| n.name.clone()).collect(),
+        rows,
+        bias,
+        packed,
+    }))
 }
 
 pub(crate) fn example() -> super::Example {

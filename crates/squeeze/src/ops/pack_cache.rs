@@ -74,6 +74,8 @@ impl<T, K: PartialEq + Copy> Kept<T, K> {
 #[derive(Default)]
 pub struct PackCache {
     map: Mutex<HashMap<String, Packed>>,
+    /// Linear groups resolved once, by their first node's name ([`LinearGroup`]).
+    groups: Mutex<HashMap<String, Arc<LinearGroup>>>,
     /// Int8 panels that stand in for released codes, by node name.
     released_int8: Mutex<HashMap<String, Arc<PackedBlocked>>>,
     int8: Kept<PackedI8, TensorId>,
@@ -86,6 +88,21 @@ impl std::fmt::Debug for PackCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PackCache")
     }
+}
+
+/// What a group of Linear nodes (one, or siblings run as one product) needs at inference,
+/// resolved once against a parameter store and kept while the store's stamp holds (the
+/// caller compares it): the nodes, each one's output rows, their biases joined (zeros for
+/// a node without one) and the packed product. A batch-1 sentence runs 24 or more of
+/// these products; resolving the names, tensors and joined bias each time cost about a
+/// microsecond apiece.
+pub struct LinearGroup {
+    /// The parameter store's stamp the group was resolved against.
+    pub stamp: u64,
+    pub nodes: Vec<String>,
+    pub rows: Vec<usize>,
+    pub bias: Option<Tensor>,
+    pub packed: Arc<PackedLinear>,
 }
 
 /// A cache entry: the packed form of weights, with the identities of the tensors it was
@@ -172,6 +189,21 @@ impl PackCache {
             .get(&names.join("+"))
             .filter(|e| e.ids.is_none())
             .map(|e| (e.rows.clone(), e.packed.clone())))
+    }
+
+    /// The Linear group led by node `first`, as last resolved ([`LinearGroup`]).
+    pub fn group(&self, first: &str) -> Result<Option<Arc<LinearGroup>>> {
+        let m = self.groups.lock().map_err(|_| poisoned())?;
+        Ok(m.get(first).cloned())
+    }
+
+    /// Keeps `g` as the group led by its first node, replacing what was resolved before.
+    pub fn keep_group(&self, g: LinearGroup) -> Result<Arc<LinearGroup>> {
+        let g = Arc::new(g);
+        let first = g.nodes.first().cloned().unwrap_or_default();
+        let mut m = self.groups.lock().map_err(|_| poisoned())?;
+        m.insert(first, g.clone());
+        Ok(g)
     }
 
     /// Keeps `panels` as the stand-in for node `node`'s released int8 codes.
