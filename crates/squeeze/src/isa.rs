@@ -120,9 +120,10 @@ pub fn supported() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
 }
 
-/// The best path this CPU supports.
+/// The best path this CPU supports (found once: every kernel call asks).
 pub fn detected() -> Isa {
-    supported()[0]
+    static BEST: OnceLock<Isa> = OnceLock::new();
+    *BEST.get_or_init(|| supported()[0])
 }
 
 /// Whether the path may use the VNNI integer dot products (`vpdpbusd`, with AVX-512BW):

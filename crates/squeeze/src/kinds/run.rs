@@ -70,10 +70,24 @@ pub struct NodeRun<'a> {
     pub bn_stats: &'a mut Vec<(String, BatchStats)>,
 }
 
+thread_local! {
+    /// The buffer [`NodeRun::param`] spells names in.
+    static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 impl NodeRun<'_> {
     /// The node's tensor `suffix` (e.g. `weight`).
     pub fn param(&self, suffix: &str) -> Result<&Tensor> {
-        self.params.get(&format!("{}.{suffix}", self.node.name))
+        // the name is spelled in a per-thread buffer: a batch-1 sentence asks for
+        // about fifty tensors, and each `format!` was an allocation
+        NAME.with(|n| {
+            let mut n = n.borrow_mut();
+            n.clear();
+            n.push_str(&self.node.name);
+            n.push('.');
+            n.push_str(suffix);
+            self.params.get(&n)
+        })
     }
     /// The first input.
     pub fn x(&self) -> &Tensor {

@@ -88,20 +88,49 @@ pub(crate) unsafe fn head_ctx<const C: usize>(
     let blocks = nk.div_ceil(16);
     let pitch = blocks * 16;
     let row = |i: usize| (h.sample * h.l + i) * h.pitch + h.col;
-    let out_row = |i: usize| (h.sample * h.l + i) * h.w + h.col;
     assert!(h.bias.len() == nk && h.col + hd <= h.w.min(h.pitch));
     assert!(row(h.l - 1) + hd <= q.len().min(k.len()).min(v.len()));
     assert!(h.keys.iter().all(|&j| j < h.l));
-    // the keys transposed: element d of key j at kt[d·pitch + j], padding lanes zero
-    let mut kt = vec![0f32; hd * pitch];
-    for (j, &key) in h.keys.iter().enumerate() {
-        for (d, &x) in k[row(key)..row(key) + hd].iter().enumerate() {
-            kt[d * pitch + j] = x;
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.resize((hd + 2) * pitch, 0.0);
+        let (kt, rest) = s.split_at_mut(hd * pitch);
+        let (bias, p) = rest.split_at_mut(pitch);
+        // the keys transposed: element d of key j at kt[d·pitch + j], padding lanes zero
+        for (j, &key) in h.keys.iter().enumerate() {
+            for (d, &x) in k[row(key)..row(key) + hd].iter().enumerate() {
+                kt[d * pitch + j] = x;
+            }
         }
-    }
-    let mut bias = vec![0f32; pitch];
-    bias[..nk].copy_from_slice(h.bias);
-    let mut p = vec![0f32; pitch];
+        bias[..nk].copy_from_slice(h.bias);
+        // SAFETY: as this function's (AVX-512F, and the caller's columns of `out`)
+        unsafe { queries::<C>((q, v), h, (kt, bias, p), out) };
+    })
+}
+
+thread_local! {
+    /// Each thread's transposed keys, padded biases and weights, reused across heads.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`head_ctx`]'s loop over the query rows, given the transposed key block `kt`, the
+/// padded key biases and room `p` for one row's weights.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn queries<const C: usize>(
+    (q, v): (&[f32], &[f32]),
+    h: &Head,
+    (kt, bias, p): (&[f32], &[f32], &mut [f32]),
+    out: *mut f32,
+) {
+    let nk = h.keys.len();
+    let blocks = nk.div_ceil(16);
+    let pitch = blocks * 16;
+    let hd = C * 16;
+    let row = |i: usize| (h.sample * h.l + i) * h.pitch + h.col;
+    let out_row = |i: usize| (h.sample * h.l + i) * h.w + h.col;
+    assert!(kt.len() >= hd * pitch && bias.len() >= pitch && p.len() >= pitch);
     let scale = _mm512_set1_ps(h.scale);
     for i in 0..h.l {
         let qi = q.as_ptr().add(row(i));

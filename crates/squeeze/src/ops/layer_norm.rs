@@ -4,10 +4,10 @@
 //! vectorized on each instruction-set path), and the training op (one autograd node whose
 //! backward is one pass per row: dx = σ⁻¹·(g − mean g − x̂·mean(g·x̂)), g = dy·γ).
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fast::{f32_data, lane_sum, PAR_MACS};
+use super::fast::{lane_sum, PAR_MACS};
 use super::team::Ptr;
 use super::{cpu_tensor, grad_isa, op_f32s, slice_of, with_cpu};
 use crate::error::{Error, Result};
@@ -140,8 +140,17 @@ pub fn layer_norm_with(isa: Isa, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
             b.dims()
         )));
     }
-    let (w, b) = (f32_data(w)?, f32_data(b)?);
-    let y = with_cpu::<f32, _>(x, |xs| layer_norm_rows(isa, xs, d, &w, &b, eps as f32))?;
+    if w.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return Err(Error::Graph(
+            "layer_norm: the weight and bias must be f32".into(),
+        ));
+    }
+    // γ and β read where they are stored (no copies per call)
+    let y = with_cpu::<f32, _>(w, |w| {
+        with_cpu::<f32, _>(b, |b| {
+            with_cpu::<f32, _>(x, |xs| layer_norm_rows(isa, xs, d, w, b, eps as f32))
+        })
+    })???;
     Ok(Tensor::from_vec(y, x.shape(), &Device::Cpu)?)
 }
 
