@@ -144,6 +144,9 @@ impl LayerKind for L2Normalize {
         ins[0].clone()
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
+        if super::inference(&[cx.x()]) {
+            return sentence::l2_normalize_inference(cx.x());
+        }
         sentence::l2_normalize(cx.x())
     }
 }
