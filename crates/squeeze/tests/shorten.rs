@@ -112,3 +112,126 @@ fn a_huge_line_is_cut_to_a_bounded_size_in_pieces_or_whole() {
     assert!(whole.len() < bound, "{} bytes kept", whole.len());
     assert!(s.finish().len() < bound);
 }
+
+/// ASCII pieces for the direct WordPiece path: words in and out of the vocabularies,
+/// capitals, digits, every kind of ASCII punctuation, control bytes the normalizer drops.
+const ASCII: &[&str] = &[
+    "the",
+    "Cat",
+    "SAT",
+    "running",
+    "unaffable",
+    "xylophonist",
+    "42",
+    "3.14",
+    "2,718",
+    "e-mail",
+    "don't",
+    "#tag",
+    "$100",
+    "50%",
+    "(x)",
+    "{y}",
+    "<z>",
+    "`q`",
+    "~",
+    "^",
+    "|",
+    "\\",
+    "@",
+    "&",
+    "*",
+    "+",
+    "=",
+    "_",
+    "/",
+    ":",
+    ";",
+    "?!",
+    "...",
+    "\u{1}",
+    "\u{7f}",
+    "\u{b}",
+    "\u{c}",
+    "\u{1f}",
+    "zzqqxj",
+];
+
+/// A random ASCII line of `parts` pieces and separators (spaces, tabs, newlines, none);
+/// one line in ten holds an added token (which sends it to the crate).
+fn ascii_line(seed: u64, parts: usize) -> String {
+    let mut r = lcg(seed);
+    let mut next = |n: usize| (r.next().unwrap() >> 33) as usize % n;
+    let mut s = String::new();
+    if seed % 10 == 0 {
+        s.push_str(["[CLS]", "a [MASK]b", "[SEP]"][next(3)]);
+    }
+    for _ in 0..parts {
+        match next(25) {
+            0 => s.push_str(&word(95 + next(10), 'a')),
+            _ => s.push_str(ASCII[next(ASCII.len())]),
+        }
+        s.push_str(["", " ", "  ", "\t", "\n", "\r\n"][next(6)]);
+    }
+    s
+}
+
+/// The direct ASCII path (taken for these tokenizers) gives the crate's ids: random ASCII
+/// lines short and long (truncated at 16 and at 256 tokens), words at WordPiece's 100
+/// characters and past them, and, with the real tokenizer, every STS-B dev sentence.
+#[test]
+fn ascii_lines_take_the_direct_path_with_the_crates_ids() {
+    let words = [
+        "the", "cat", "sat", "run", "##ning", "un", "##aff", "##able", "42", ".",
+    ];
+    let mut files = vec![(
+        "fixture".to_string(),
+        common::tokenizer::tokenizer_json(&words),
+    )];
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    match std::fs::read(real.join("tokenizer.json")) {
+        Ok(bytes) => files.push(("all-MiniLM-L6-v2".into(), bytes)),
+        Err(_) => common::skip("the real tokenizer is missing"),
+    }
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/stsb/sts-dev.csv");
+    let pairs = squeeze::text::stsb::read(&dev).unwrap_or_default();
+    let sentences: Vec<String> = squeeze::text::stsb::sentences(&pairs)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for (what, bytes) in files {
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let direct = squeeze::text::wordpiece::AsciiWordPiece::from_json(&json)
+            .unwrap_or_else(|| panic!("{what}: the direct path should take this tokenizer"));
+        let mut assets = BTreeMap::new();
+        assets.insert("tokenizer.json".to_string(), bytes);
+        for max in [16, 256] {
+            let tok = TextTokenizer::from_assets(&assets, max).unwrap();
+            let lines = (0..300u64)
+                .map(|seed| ascii_line(seed, 1 + seed as usize % 120))
+                .chain(["".into(), " \t ".into(), word(100, 'b'), word(101, 'b')])
+                .chain(sentences.iter().cloned());
+            let mut taken = 0;
+            for l in lines {
+                let crate_ids = tok.encode_whole(&l).unwrap();
+                // the line as given (control bytes included) and through `encode`, which
+                // cuts it first
+                if let Some(ids) = direct.encode(&l, max) {
+                    assert_eq!(ids, crate_ids, "{what}, {max} tokens, direct: {l:?}");
+                    taken += 1;
+                }
+                let got = tok.encode(&[&l]).unwrap().remove(0);
+                assert_eq!(got, crate_ids, "{what}, {max} tokens: {l:?}");
+            }
+            assert!(
+                taken >= 250,
+                "{what}: the direct path took only {taken} lines"
+            );
+        }
+    }
+    // a tokenizer that keeps case is not BERT's pipeline: the crate runs it
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&common::tokenizer::tokenizer_json(&words)).unwrap();
+    json["normalizer"]["lowercase"] = false.into();
+    assert!(squeeze::text::wordpiece::AsciiWordPiece::from_json(&json).is_none());
+}

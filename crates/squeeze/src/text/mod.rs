@@ -7,6 +7,7 @@ pub mod bert;
 pub mod shorten;
 pub mod stsb;
 pub mod tokenize;
+pub mod wordpiece;
 
 use std::sync::Arc;
 use std::time::Instant;

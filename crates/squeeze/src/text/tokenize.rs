@@ -9,6 +9,8 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::wordpiece::AsciiWordPiece;
+
 use crate::error::{Error, Result};
 
 /// Padding id written into batches (BERT's `[PAD]`; masked out, so its value is inert).
@@ -25,6 +27,8 @@ struct SentenceConfig {
 /// A loaded tokenizer with its truncation length.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The direct path for plain ASCII text, where the file describes BERT's pipeline.
+    fast: Option<AsciiWordPiece>,
     pub max_len: usize,
 }
 
@@ -49,7 +53,9 @@ impl TextTokenizer {
                 max_len = n.min(max_positions);
             }
         }
-        check_templates(bytes).map_err(|m| Error::Data(format!("tokenizer.json: {m}")))?;
+        let json: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Data(format!("tokenizer.json: {e}")))?;
+        check_templates(&json).map_err(|m| Error::Data(format!("tokenizer.json: {m}")))?;
         let mut inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Data(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
@@ -68,7 +74,12 @@ impl TextTokenizer {
                 "tokenizer.json: the tokenizer it describes fails on a test sentence".into(),
             ));
         }
-        Ok(TextTokenizer { inner, max_len })
+        let fast = AsciiWordPiece::from_json(&json);
+        Ok(TextTokenizer {
+            inner,
+            fast,
+            max_len,
+        })
     }
 
     /// Token ids of each text (with the special tokens, truncated; a long text is cut to
@@ -77,8 +88,16 @@ impl TextTokenizer {
         texts
             .iter()
             .map(|t| {
+                let cut = super::shorten::usable(t, self.max_len);
+                if let Some(ids) = self
+                    .fast
+                    .as_ref()
+                    .and_then(|f| f.encode(&cut, self.max_len))
+                {
+                    return Ok(ids);
+                }
                 self.inner
-                    .encode_fast(super::shorten::usable(t, self.max_len), true)
+                    .encode_fast(cut, true)
                     .map(|e| e.get_ids().to_vec())
                     .map_err(|e| {
                         let head: String = t.chars().take(80).collect();
@@ -99,8 +118,7 @@ impl TextTokenizer {
 
 /// Every special token a `TemplateProcessing` post-processor places must be one it
 /// defines (the tokenizers crate accepts such a file and panics on the first encode).
-fn check_templates(bytes: &[u8]) -> std::result::Result<(), String> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+fn check_templates(v: &serde_json::Value) -> std::result::Result<(), String> {
     let mut stack = vec![&v["post_processor"]];
     while let Some(p) = stack.pop() {
         if let Some(list) = p.get("processors").and_then(|l| l.as_array()) {
