@@ -138,6 +138,42 @@ pub unsafe fn offset_row(
     }
 }
 
+const _: () = assert!(super::Q8_BLOCK == 32, "q8_blocks reads blocks of 32 values");
+
+/// Int8 activations for the int4 product in one pass (`super::panel_q4::quantize_q8`'s
+/// codes, scales and code sums, bit for bit): per block of 32 values the range in
+/// registers, `s = max|v| / 127`, the codes rounded half away from zero, and their sum —
+/// instead of two dispatched calls and a scalar sum per block.
+///
+/// # Safety
+/// AVX-512F is available; `x.len()` is a multiple of 32, `codes` holds as many values and
+/// `scales` and `sums` one per block.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn q8_blocks(x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+    let blocks = x.len() / 32;
+    assert!(x.len() == blocks * 32 && codes.len() >= x.len());
+    assert!(scales.len() >= blocks && sums.len() >= blocks);
+    let lim = f32::from(super::panel_q4::Q8_MAX);
+    let lv = _mm512_set1_ps(lim);
+    for b in 0..blocks {
+        let (v0, v1) = (
+            _mm512_loadu_ps(x.as_ptr().add(32 * b)),
+            _mm512_loadu_ps(x.as_ptr().add(32 * b + 16)),
+        );
+        // as `max_abs`: a NaN lane yields the running maximum
+        let acc = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_setzero_ps());
+        let acc = _mm512_max_ps(_mm512_abs_ps(v1), acc);
+        let s = _mm512_reduce_max_ps(acc) / lim;
+        scales[b] = s;
+        let iv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
+        let (q0, q1) = (codes16(v0, iv, lv), codes16(v1, iv, lv));
+        let at = codes.as_mut_ptr().add(32 * b) as *mut __m128i;
+        _mm_storeu_si128(at, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(at.add(1), _mm512_cvtepi32_epi8(q1));
+        sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
 /// `super::avx2_blocked::max_abs` on 16 values per step (NaN ignored).
 ///
 /// # Safety

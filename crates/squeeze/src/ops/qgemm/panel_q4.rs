@@ -57,6 +57,12 @@ pub fn quantize_q8(isa: Isa, x: &[f32], k: usize) -> Result<Q8Rows> {
         sums: vec![0; m * nb],
         k,
     };
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512() {
+        // SAFETY: the AVX-512 paths imply AVX-512F; k (so the length) is a multiple of 32
+        unsafe { super::avx512_quant::q8_blocks(x, &mut q.codes, &mut q.scales, &mut q.sums) };
+        return Ok(q);
+    }
     let blocks = x
         .chunks_exact(Q8_BLOCK)
         .zip(q.codes.chunks_exact_mut(Q8_BLOCK))
