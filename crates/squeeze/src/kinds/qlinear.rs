@@ -176,8 +176,8 @@ impl LayerKind for QLinear {
         !train && reader == Absorb::Gelu && so_far.is_empty()
     }
     fn forward(&self, cx: &mut NodeRun) -> Result<Tensor> {
-        let y = self.product(cx)?;
-        super::act::absorbed_gelu(y, cx.fuse_gelu)
+        let (y, fused) = self.product(cx)?;
+        super::act::absorbed_gelu(y, cx.fuse_gelu && !fused)
     }
     fn refreshed(&self, dims: &dyn Fn(&str) -> Option<Vec<usize>>, _: &[&[usize]]) -> Option<Op> {
         let out = dims("weight_q")?[0];
@@ -190,7 +190,9 @@ impl LayerKind for QLinear {
 
 impl QLinear {
     /// `x Ŵᵀ + b`: the integer kernel at inference, else the simulated layer.
-    fn product(&self, cx: &NodeRun) -> Result<Tensor> {
+    /// The layer's output, and whether the absorbed GELU ([`NodeRun::fuse_gelu`]) was
+    /// applied inside the product (the int4 × int8 kernel applies it per task).
+    fn product(&self, cx: &NodeRun) -> Result<(Tensor, bool)> {
         let x = cx.x();
         let dims = x.dims().to_vec();
         let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
@@ -208,13 +210,20 @@ impl QLinear {
                     self.int8_product(xs, (&panels, &scales), static_scale, bias.as_deref())
                 })??;
                 let y = Tensor::from_vec(y, (x2.dim(0)?, self.out_features), x2.device())?;
-                return Ok(y.reshape(with_last(&dims, self.out_features))?);
+                return Ok((y.reshape(with_last(&dims, self.out_features))?, false));
             }
             let codes = cx.param("weight_q")?.id();
-            let y = self.with_view(cx, |w, static_scale| {
-                self.kernel(cx.packs, &x2, (w, codes), static_scale, bias.as_deref())
+            let gelu = cx.fuse_gelu;
+            let (y, fused) = self.with_view(cx, |w, static_scale| {
+                self.kernel(
+                    cx.packs,
+                    &x2,
+                    (w, codes),
+                    static_scale,
+                    (bias.as_deref(), gelu),
+                )
             })?;
-            return Ok(y.reshape(with_last(&dims, self.out_features))?);
+            return Ok((y.reshape(with_last(&dims, self.out_features))?, fused));
         }
         let y = self.with_view(cx, |w, static_scale| {
             let x2 = super::clip_input(&x2, self.input_codes, static_scale.unwrap_or(0.0))?;
@@ -224,7 +233,7 @@ impl QLinear {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
-        Ok(y.reshape(with_last(&dims, self.out_features))?)
+        Ok((y.reshape(with_last(&dims, self.out_features))?, false))
     }
     /// Runs `f` on the checked view of the node's quantized weight and its static input
     /// scale.
@@ -284,24 +293,25 @@ impl QLinear {
         Ok(linear_packed(isa, q.rows(), &[part], m)?.remove(0))
     }
 
-    /// The int8 / int4 kernels: `[M, out]` f32 with the bias added. `codes`: the identity
-    /// of the stored codes tensor, whose int8 panels are packed once.
+    /// The int8 / int4 kernels: `[M, out]` f32 with the bias added, and whether `gelu`
+    /// (an absorbed GELU) was applied too (the int4 × int8 kernel does, per task).
+    /// `codes`: the identity of the stored codes tensor, whose int8 panels are packed once.
     fn kernel(
         &self,
         packs: &PackCache,
         x2: &Tensor,
         (w, codes): (&QView, TensorId),
         static_scale: Option<f32>,
-        bias: Option<&[f32]>,
-    ) -> Result<Tensor> {
+        (bias, gelu): (Option<&[f32]>, bool),
+    ) -> Result<(Tensor, bool)> {
         let (m, k, n) = (x2.dim(0)?, self.in_features, self.out_features);
         let isa = crate::isa::active()?;
         if self.layout.bits == 4 && self.act == ActQuant::Dynamic {
             let packed = packs.int4(codes, || PackedQ4::pack(w))?;
             let y = with_cpu::<f32, _>(x2, |xs| {
-                packed.product(isa, &quantize_q8(isa, xs, k)?, bias)
+                packed.product_then(isa, &quantize_q8(isa, xs, k)?, bias, gelu)
             })??;
-            return Ok(Tensor::from_vec(y, (m, n), x2.device())?);
+            return Ok((Tensor::from_vec(y, (m, n), x2.device())?, gelu));
         }
         if self.layout.bits == 4 && self.act == ActQuant::None && m > Q4_ROWS {
             // many rows: widen the codes once (a transient f32 copy of this one layer) and
@@ -314,7 +324,7 @@ impl QLinear {
             let b = bias
                 .map(|b| Tensor::from_vec(b.to_vec(), n, x2.device()))
                 .transpose()?;
-            return super::linear::linear(x2, &wt, b.as_ref());
+            return Ok((super::linear::linear(x2, &wt, b.as_ref())?, false));
         }
         let y = with_cpu::<f32, _>(x2, |xs| {
             if let Some(block) = self.int8_block() {
@@ -324,7 +334,7 @@ impl QLinear {
                 qgemm::gemm_q4(isa, xs, w, bias, m)
             }
         })??;
-        Ok(Tensor::from_vec(y, (m, n), x2.device())?)
+        Ok((Tensor::from_vec(y, (m, n), x2.device())?, false))
     }
 
     /// The simulated layer in the input's dtype: fake-quantized input (the kernel's codes,

@@ -255,6 +255,18 @@ impl PackedQ4 {
     /// Every row of `a` against every channel: `[m, n]` with the bias added, tiles of
     /// tokens × panels in parallel when the product is large.
     pub fn product(&self, isa: Isa, a: &Q8Rows, bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        self.product_then(isa, a, bias, false)
+    }
+
+    /// [`Self::product`], then GELU (erf form) on each task's block of the output while
+    /// it is in cache, with `gelu` (the value for value of GELU after the product).
+    pub fn product_then(
+        &self,
+        isa: Isa,
+        a: &Q8Rows,
+        bias: Option<&[f32]>,
+        gelu: bool,
+    ) -> Result<Vec<f32>> {
         let isa = isa::require(isa)?;
         let m = a.codes.len() / a.k.max(1);
         self.check(a, &(0..m))?;
@@ -284,7 +296,13 @@ impl PackedQ4 {
             // the columns of `panels`, and `out` outlives the call.
             unsafe {
                 let at = o.at(rows.start * n + p0 * NR);
-                self.product_unchecked(isa, a, (rows, panels), &bi, at, n)
+                let (c0, c1) = (p0 * NR, (panels.end * NR).min(n));
+                self.product_unchecked(isa, a, (rows.clone(), panels), &bi, at, n);
+                if gelu {
+                    for r in rows {
+                        crate::ops::gelu::gelu_slice(isa, o.slice(r * n + c0, c1 - c0));
+                    }
+                }
             }
         };
         if m * n * self.k >= super::PAR_MACS {

@@ -588,6 +588,14 @@ fn int4_int8_panels_match_their_reference_on_every_path() {
                 );
                 let a = b;
                 let got = p.product(path, &a, Some(&bias)).unwrap();
+                // GELU applied per task inside the product equals GELU after it, exactly
+                let then = p.product_then(path, &a, Some(&bias), true).unwrap();
+                let t =
+                    candle_core::Tensor::from_vec(got.clone(), (m, n), &candle_core::Device::Cpu)
+                        .unwrap();
+                let after = squeeze::ops::gelu::gelu_with(path, &t).unwrap();
+                let after = after.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(then, after, "{} int4 product then GELU", path.name());
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() <= Q4_TOL * (1.0 + w.abs()),
