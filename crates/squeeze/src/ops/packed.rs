@@ -149,7 +149,7 @@ impl PackedLinear {
             let mut buf = [0f32; TILE * COLS];
             for u in range {
                 let (p, tile) = (self.order[u / tiles.len()], tiles[u % tiles.len()]);
-                let at = Edge {
+                let at = Place {
                     out,
                     n,
                     c0: p * COLS,
@@ -198,7 +198,7 @@ unsafe fn unit(
     x: &[f32],
     w: &[f32],
     (t0, t): (usize, usize),
-    at: &Edge,
+    at: &Place,
     buf: &mut [f32; TILE * COLS],
 ) {
     let k = x.len() / t;
@@ -248,7 +248,7 @@ pub enum Then<'a> {
 
 /// Where a unit's values go: rows of the output `out` ([M, n]), its columns c0..c0+cols,
 /// with the bias from column c0 on, then `then`.
-struct Edge<'a> {
+struct Place<'a> {
     out: Ptr<f32>,
     n: usize,
     c0: usize,
@@ -335,8 +335,8 @@ mod avx512 {
     /// `e.cols` masked.
     ///
     /// # Safety
-    /// AVX-512F; rows t0..t0+t and columns e.c0..e.c0+e.cols of `e.out` (and of `e.add`)
-    /// lie inside the [·, e.n] buffers and belong to this call alone.
+    /// AVX-512F; rows t0..t0+t and columns e.c0..e.c0+e.cols of `e.out` (and of a
+    /// `Then::Add` residual) lie inside the [·, e.n] buffers and belong to this call alone.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_into(
         t: usize,
@@ -344,7 +344,7 @@ mod avx512 {
         w: &[f32],
         k: usize,
         t0: usize,
-        e: &super::Edge,
+        e: &super::Place,
     ) {
         match t {
             1 => into::<1>(x, w, k, t0, e),
@@ -363,7 +363,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn into<const T: usize>(x: &[f32], w: &[f32], k: usize, t0: usize, e: &super::Edge) {
+    unsafe fn into<const T: usize>(x: &[f32], w: &[f32], k: usize, t0: usize, e: &super::Place) {
         use crate::ops::fast::avx512::first_lanes;
         let (mut lo, mut hi) = sums::<T>(x, w, k);
         let (m0, m1) = (first_lanes(e.cols), first_lanes(e.cols.saturating_sub(16)));
