@@ -548,9 +548,35 @@ const GROUP_TOL: f32 = 1e-6;
 
 #[test]
 fn an_int8_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
+    grouped_q_k_v_equal_the_per_node_calls("bits = 8\n", 0.99);
+}
+
+#[test]
+fn an_int4_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
+    // int4 weights with int8 activation blocks: the nibble panels' joined product
+    grouped_q_k_v_equal_the_per_node_calls(
+        "bits = 4\ngroup = 32\nactivations = \"dynamic\"\n",
+        0.95,
+    );
+}
+
+/// A random two-layer encoder quantized by `scheme` runs each layer's q/k/v as one group
+/// whose outputs equal the nodes run one by one; the encoder stays within cosine
+/// `min_cos` of the f32 one.
+fn grouped_q_k_v_equal_the_per_node_calls(scheme: &str, min_cos: f32) {
     use squeeze::interp::{forward_tokens, ForwardOpts};
-    let m = squeeze::text::bert::random(&common::bert_shape(16, &[4, 2]), 5).unwrap();
-    let q = apply(m.clone(), "[[passes]]\ntype = \"quantize\"\nbits = 8\n").unwrap();
+    // inputs of every Linear in whole blocks of 32 (the int4 × int8 product's), heads
+    // of 16 so that a layer's q/k/v span several panels
+    let mut shape = common::bert_shape(64, &[4, 2]);
+    for l in &mut shape.layers {
+        (l.head_dim, l.intermediate) = (16, 96);
+    }
+    let m = squeeze::text::bert::random(&shape, 5).unwrap();
+    let q = apply(
+        m.clone(),
+        &format!("[[passes]]\ntype = \"quantize\"\n{scheme}"),
+    )
+    .unwrap();
     let kinds: Vec<&str> = q.graph.nodes.iter().map(|n| n.op.kind()).collect();
     assert!(
         !kinds.contains(&"linear") && !kinds.contains(&"embedding"),
@@ -588,5 +614,5 @@ fn an_int8_encoder_runs_q_k_v_as_one_call_equal_to_the_per_node_calls() {
     let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
         / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
             * b.iter().map(|y| y * y).sum::<f32>().sqrt());
-    assert!(cos > 0.99, "cosine to f32 {cos}");
+    assert!(cos > min_cos, "{scheme}: cosine to f32 {cos}");
 }

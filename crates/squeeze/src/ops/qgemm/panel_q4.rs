@@ -8,7 +8,10 @@
 //! most 15, so `vpdpbusd` (AVX-512 VNNI) multiplies them with the signed codes directly,
 //! and on AVX2 `vpmaddubsw` pairs (≤ 2·15·127) summed over a whole block stay below 2¹⁵.
 //! Per block: `y += s_a·s_w·(Σ a·n − z·Σ a)`, the zero point `z` (8 for symmetric codes)
-//! taken back with the block's code sum, so no offset is applied per tile.
+//! taken back with the block's code sum, so no offset is applied per tile. Sibling
+//! weights that read the same rows (an attention block's q, k and v) run as one job
+//! ([`products`]), the rows quantized once, each team member taking one contiguous share
+//! of the tasks.
 //!
 //! [`PackedQ4::product`] equals [`PackedQ4::product_reference`] — plain integer loops
 //! and the same f32 steps — within float rounding: the block dot products are exact
@@ -267,51 +270,92 @@ impl PackedQ4 {
         bias: Option<&[f32]>,
         gelu: bool,
     ) -> Result<Vec<f32>> {
-        let isa = isa::require(isa)?;
-        let m = a.codes.len() / a.k.max(1);
-        self.check(a, &(0..m))?;
-        if bias.is_some_and(|b| b.len() != self.n) {
+        let mut ys = products(isa, a, &[Q4Part { w: self, bias }], gelu)?;
+        Ok(ys.remove(0))
+    }
+}
+
+/// One weight of a joined int4 × int8 product ([`products`]) and its bias.
+#[derive(Clone, Copy)]
+pub struct Q4Part<'a> {
+    pub w: &'a PackedQ4,
+    pub bias: Option<&'a [f32]>,
+}
+
+/// The same quantized rows `a` against several weights (an attention block's q, k and
+/// v): one `[m, n]` output per part with its bias added, then GELU where `gelu`, in one
+/// parallel job whose tasks (tokens × panels of every part) are split into one
+/// contiguous share per team member.
+pub fn products(isa: Isa, a: &Q8Rows, parts: &[Q4Part], gelu: bool) -> Result<Vec<Vec<f32>>> {
+    let isa = isa::require(isa)?;
+    let m = a.codes.len() / a.k.max(1);
+    let mut outs = Vec::with_capacity(parts.len());
+    let mut biases = Vec::with_capacity(parts.len());
+    let mut tasks = Vec::new();
+    let mut macs = 0;
+    for part in parts {
+        let w = part.w;
+        w.check(a, &(0..m))?;
+        if part.bias.is_some_and(|b| b.len() != w.n) {
             return Err(Error::Data(format!(
                 "int4 × int8 product: {} biases for {} channels",
-                bias.map_or(0, |b| b.len()),
-                self.n
+                part.bias.map_or(0, |b| b.len()),
+                w.n
             )));
         }
-        let n = self.n;
-        let mut bi = vec![0f32; self.panels() * NR];
-        if let Some(b) = bias {
-            bi[..n].copy_from_slice(b);
+        let mut bi = vec![0f32; w.panels() * NR];
+        if let Some(b) = part.bias {
+            bi[..w.n].copy_from_slice(b);
         }
+        biases.push(bi);
         // every (row, channel) is written by exactly one task (NaN-filled under test)
-        let mut out = crate::ops::output_buffer(m * n);
-        let o = Ptr(out.as_mut_ptr());
-        let tasks: Vec<(usize, usize)> = (0..m.div_ceil(TOKENS_PER_TASK))
-            .flat_map(|t| (0..self.panels().div_ceil(PANELS_PER_TASK)).map(move |c| (t, c)))
-            .collect();
-        let task = |&(t, c): &(usize, usize)| {
-            let rows = t * TOKENS_PER_TASK..((t + 1) * TOKENS_PER_TASK).min(m);
-            let p0 = c * PANELS_PER_TASK;
-            let panels = p0..(p0 + PANELS_PER_TASK).min(self.panels());
-            // SAFETY: `check` passed for all rows; this task alone writes rows `rows` ×
-            // the columns of `panels`, and `out` outlives the call.
-            unsafe {
-                let at = o.at(rows.start * n + p0 * NR);
-                let (c0, c1) = (p0 * NR, (panels.end * NR).min(n));
-                self.product_unchecked(isa, a, (rows.clone(), panels), &bi, at, n);
-                if gelu {
-                    for r in rows {
-                        crate::ops::gelu::gelu_slice(isa, o.slice(r * n + c0, c1 - c0));
-                    }
+        outs.push(crate::ops::output_buffer(m * w.n));
+        macs += m * w.n * w.k;
+    }
+    // tokens, then panel chunks, then parts: with q, k and v of one width a member's
+    // share holds the same heads of all three, which the attention core then reads there
+    let chunks = parts.iter().map(|p| p.w.panels().div_ceil(PANELS_PER_TASK));
+    for t in 0..m.div_ceil(TOKENS_PER_TASK) {
+        for c in 0..chunks.clone().max().unwrap_or(0) {
+            let live = chunks.clone().enumerate().filter(|&(_, n)| c < n);
+            tasks.extend(live.map(|(i, _)| (i, t, c)));
+        }
+    }
+    let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
+    let task = |&(i, t, c): &(usize, usize, usize)| {
+        let (w, n, o) = (parts[i].w, parts[i].w.n, ptrs[i]);
+        let rows = t * TOKENS_PER_TASK..((t + 1) * TOKENS_PER_TASK).min(m);
+        let p0 = c * PANELS_PER_TASK;
+        let panels = p0..(p0 + PANELS_PER_TASK).min(w.panels());
+        // SAFETY: `check` passed for all rows; this task alone writes rows `rows` × the
+        // columns of `panels` of part i's output, and the outputs outlive the call.
+        unsafe {
+            let at = o.at(rows.start * n + p0 * NR);
+            let (c0, c1) = (p0 * NR, (panels.end * NR).min(n));
+            w.product_unchecked(isa, a, (rows.clone(), panels), &biases[i], at, n);
+            if gelu {
+                for r in rows {
+                    crate::ops::gelu::gelu_slice(isa, o.slice(r * n + c0, c1 - c0));
                 }
             }
-        };
-        if m * n * self.k >= super::PAR_MACS {
-            crate::ops::team::team().run(tasks.len(), &|i| task(&tasks[i]));
-        } else {
-            tasks.iter().for_each(task);
         }
-        // SAFETY: the tasks cover every row and channel once
-        unsafe { crate::ops::written(&mut out, m * n) };
-        Ok(out)
+    };
+    if macs >= super::PAR_MACS {
+        // a contiguous share of the tasks per member, as the f32 panels are split:
+        // claiming them one by one from a shared counter costs more than it evens out
+        let team = crate::ops::team::team();
+        let (len, members) = (tasks.len(), team.size().min(tasks.len()));
+        team.run(members, &|t| {
+            tasks[t * len / members..(t + 1) * len / members]
+                .iter()
+                .for_each(task)
+        });
+    } else {
+        tasks.iter().for_each(task);
     }
+    for (out, part) in outs.iter_mut().zip(parts) {
+        // SAFETY: the tasks cover every row and channel of each part once
+        unsafe { crate::ops::written(out, m * part.w.n) };
+    }
+    Ok(outs)
 }

@@ -610,6 +610,43 @@ fn int4_int8_panels_match_their_reference_on_every_path() {
 }
 
 #[test]
+fn joined_int4_products_equal_each_weight_alone() {
+    use qgemm::panel_q4::{products, quantize_q8, PackedQ4, Q4Part};
+    // three weights of different widths (whole panels, a partial one, several tasks) and
+    // enough tokens × channels × inputs that the job is split over the team
+    let (m, k) = (70, 256);
+    let layout = layouts().into_iter().find(|l| l.bits == 4).unwrap();
+    let packed: Vec<(PackedQ4, Vec<f32>)> = [48, 37, 130]
+        .iter()
+        .map(|&n| {
+            let q = QWeight::quantize(&weights(n * k, 11 + n as u64), n, k, layout).unwrap();
+            (
+                PackedQ4::pack(&q.view()).unwrap(),
+                uniform(n, 19 + n as u64),
+            )
+        })
+        .collect();
+    let x = uniform(m * k, 23);
+    for path in super::common::isa_paths(module_path!()) {
+        let a = quantize_q8(path, &x, k).unwrap();
+        let parts: Vec<Q4Part> = packed
+            .iter()
+            .map(|(w, b)| Q4Part {
+                w,
+                bias: Some(b.as_slice()),
+            })
+            .collect();
+        for gelu in [false, true] {
+            let joined = products(path, &a, &parts, gelu).unwrap();
+            for ((w, b), y) in packed.iter().zip(&joined) {
+                let alone = w.product_then(path, &a, Some(b), gelu).unwrap();
+                assert_eq!(y, &alone, "{} n={} gelu={gelu}", path.name(), w.n);
+            }
+        }
+    }
+}
+
+#[test]
 fn int4_int8_panels_refuse_what_they_cannot_hold() {
     use qgemm::panel_q4::{quantize_q8, PackedQ4};
     use squeeze::quant::layout::{Layout, Scales};
