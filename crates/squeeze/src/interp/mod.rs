@@ -108,8 +108,14 @@ fn run_graph(
     let mut rng = StdRng::seed_from_u64(opts.seed);
     // outputs of sibling nodes computed ahead, by node
     let mut ahead: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+    // nodes run inside a chain with their reader (`Plan::chain`): no value of their own
+    let mut unmade = vec![false; g.nodes.len()];
     for (i, (node, step)) in g.nodes.iter().zip(&plan.steps).enumerate() {
         if let Step::Absorbed { by } = *step {
+            if unmade[by] {
+                plan.drops[i].iter().for_each(|&v| vals[v] = None);
+                continue;
+            }
             // the node that reads into this one already applied it: its value moves on
             // (from the input that is not the residual `by` added)
             let from = plan.inputs[i]
@@ -123,10 +129,38 @@ fn run_graph(
             }
             continue;
         }
+        if !plan.tapped[i] {
+            if let Some(y) = ahead[i].take() {
+                // computed with an earlier node (a chain or a sibling group), and no tap
+                // asks for its inputs
+                plan.drops[i].iter().for_each(|&v| vals[v] = None);
+                vals[base + i] = Some(y);
+                continue;
+            }
+        }
         let ins = plan.inputs[i]
             .iter()
             .map(|&v| vals[v].clone().ok_or_else(|| missing(name_of(v))))
             .collect::<Result<Vec<_>>>()?;
+        if let (Some(j), Step::Run { absorbs }) = (plan.chain[i], step) {
+            let residual = match plan.residual[j] {
+                Some(v) => Some(vals[v].clone().ok_or_else(|| missing(name_of(v)))?),
+                None => None,
+            };
+            let gelu = absorbs.contains(&Absorb::Gelu);
+            let pair = [node, &g.nodes[j]];
+            let y = node
+                .op
+                .def()
+                .forward_chain(pair, p, &ins[0], (gelu, residual.as_ref()), opts)
+                .map_err(|e| Error::at_node(&node.name, node.op.kind(), e))?;
+            if let Some(y) = y {
+                ahead[j] = Some(y);
+                unmade[i] = true;
+                plan.drops[i].iter().for_each(|&v| vals[v] = None);
+                continue;
+            }
+        }
         let y = match (ahead[i].take(), step) {
             (Some(v), _) => v,
             (None, Step::Siblings { group }) => {

@@ -51,6 +51,8 @@ pub struct Plan {
     /// Per step, the node that reads its output as int8 codes (inference: an int8
     /// convolution whose only reader is another; [`crate::kinds::LayerKind::hands_codes`]).
     pub hands: Vec<Option<usize>>,
+    /// Per step, the node of the same kind it runs with as one job, if any ([`chains`]).
+    pub chain: Vec<Option<usize>>,
 }
 
 /// The mode a plan is compiled for: what of the forward options changes the plan.
@@ -191,6 +193,17 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
             ok.then_some(j)
         })
         .collect();
+    let chain = match mode.train || !mode.packed {
+        true => vec![None; n],
+        false => chains(
+            g,
+            &steps,
+            &tails,
+            &readers,
+            (&residual_of, &producer),
+            &free,
+        ),
+    };
     // slots: the caller's values first, then one per node
     let mut slot: HashMap<&str, usize> = HashMap::new();
     let mut externals = Vec::new();
@@ -242,5 +255,54 @@ fn compile(g: &Graph, mode: &Mode) -> Plan {
         output,
         residual,
         hands,
+        chain,
     }
+}
+
+/// Pairs of nodes that run as one job at inference with a pack cache
+/// ([`crate::kinds::LayerKind::forward_chain`]): node i of a kind that chains, applying
+/// at most a GELU (and dropouts), whose only reader is node j of the same kind applying
+/// at most a residual sum that is ready before i runs; neither in a sibling group nor in
+/// another pair, nothing between them tapped. Whether the pair does run as one (the
+/// widths) is the kind's call at run time: the plan reads no attribute.
+fn chains(
+    g: &Graph,
+    steps: &[Step],
+    tails: &[usize],
+    readers: &HashMap<&str, Vec<usize>>,
+    (residual_of, producer): (&[Option<String>], &HashMap<&str, usize>),
+    free: &dyn Fn(usize) -> bool,
+) -> Vec<Option<usize>> {
+    let n = g.nodes.len();
+    let mut grouped = vec![false; n];
+    for s in steps {
+        if let Step::Siblings { group } = s {
+            group.iter().for_each(|&j| grouped[j] = true);
+        }
+    }
+    let runs = |k: usize, allowed: &[Absorb]| match &steps[k] {
+        Step::Run { absorbs } => !grouped[k] && absorbs.iter().all(|a| allowed.contains(a)),
+        _ => false,
+    };
+    let mut chain = vec![None; n];
+    let mut taken = vec![false; n];
+    for i in 0..n {
+        if taken[i] || !g.nodes[i].op.def().chains() || !runs(i, &[Absorb::Gelu]) {
+            continue;
+        }
+        let tail = tails[i];
+        let j = match readers.get(g.nodes[tail].name.as_str()).map(Vec::as_slice) {
+            Some(&[j]) if free(tail) && free(j) => j,
+            _ => continue,
+        };
+        let ready = residual_of[j]
+            .as_deref()
+            .is_none_or(|r| producer.get(r).is_none_or(|&k| k < i));
+        let same = g.nodes[j].op.kind() == g.nodes[i].op.kind();
+        if same && g.nodes[j].inputs.len() == 1 && runs(j, &[Absorb::Residual]) && ready {
+            chain[i] = Some(j);
+            (taken[i], taken[j]) = (true, true);
+        }
+    }
+    chain
 }

@@ -19,8 +19,9 @@ use crate::error::Result;
 use crate::onnx::{blocks, Lower};
 use crate::ops::fast;
 use crate::ops::pack_cache::{LinearGroup, PackCache};
-use crate::ops::packed::Then;
+use crate::ops::packed::{chain, Then};
 use crate::params::ParamStore;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +72,24 @@ impl LayerKind for Linear {
         packs: &PackCache,
     ) -> Result<Vec<String>> {
         release_packed(nodes, params, packs)
+    }
+    fn chains(&self) -> bool {
+        self.quant.is_none()
+    }
+    /// With a pack cache, a wide hidden layer between two products (an FFN: 1,536 units
+    /// into 384 outputs) runs as one column-then-row job.
+    fn forward_chain(
+        &self,
+        nodes: [&Node; 2],
+        params: &ParamStore,
+        x: &Tensor,
+        (gelu, residual): (bool, Option<&Tensor>),
+        opts: &ForwardOpts,
+    ) -> Result<Option<Tensor>> {
+        let Some(cache) = opts.packed.as_deref() else {
+            return Ok(None);
+        };
+        packed_chain(nodes, params, x, cache, (gelu, residual))
     }
     fn inputs(&self) -> Inputs {
         Inputs::Values
@@ -227,17 +246,8 @@ pub(crate) fn packed_linears(
     cache: &PackCache,
     then: Then,
 ) -> Result<Option<Vec<Tensor>>> {
-    let same = |g: &LinearGroup| {
-        g.stamp == p.stamp()
-            && g.nodes.len() == nodes.len()
-            && g.nodes.iter().zip(nodes).all(|(a, n)| *a == n.name)
-    };
-    let group = match cache.group(&nodes[0].name)? {
-        Some(g) if same(&g) && inference(&[x]) => g,
-        _ => match resolve(nodes, p, x, cache)? {
-            Some(g) => cache.keep_group(g)?,
-            None => return Ok(None),
-        },
+    let Some(group) = group_of(nodes, p, x, cache)? else {
+        return Ok(None);
     };
     let dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
@@ -259,6 +269,78 @@ pub(crate) fn packed_linears(
         at += n;
     }
     Ok(Some(outs))
+}
+
+/// The packed group of Linear `nodes` reading `x`: the one kept in `cache` while the
+/// store's stamp holds, else resolved anew and kept; `None` where the packed path does
+/// not apply.
+fn group_of(
+    nodes: &[&Node],
+    p: &ParamStore,
+    x: &Tensor,
+    cache: &PackCache,
+) -> Result<Option<Arc<LinearGroup>>> {
+    let same = |g: &LinearGroup| {
+        g.stamp == p.stamp()
+            && g.nodes.len() == nodes.len()
+            && g.nodes.iter().zip(nodes).all(|(a, n)| *a == n.name)
+    };
+    Ok(match cache.group(&nodes[0].name)? {
+        Some(g) if same(&g) && inference(&[x]) => Some(g),
+        _ => match resolve(nodes, p, x, cache)? {
+            Some(g) => Some(cache.keep_group(g)?),
+            None => None,
+        },
+    })
+}
+
+/// Linear `first`, GELU where `gelu`, then Linear `second` (adding `residual`) over the
+/// last axis of `x`, as one job ([`chain::chain`]) — `None` where the packed path does not
+/// apply or the hidden layer is narrower than the output (then the partial outputs that
+/// cross between the cores would outweigh the hidden values they replace).
+fn packed_chain(
+    [first, second]: [&Node; 2],
+    p: &ParamStore,
+    x: &Tensor,
+    cache: &PackCache,
+    (gelu, residual): (bool, Option<&Tensor>),
+) -> Result<Option<Tensor>> {
+    let Some(a) = group_of(&[first], p, x, cache)? else {
+        return Ok(None);
+    };
+    let dims = x.dims().to_vec();
+    // (x stands for the second's input too: only its dtype, device and gradients count)
+    let Some(b) = group_of(&[second], p, x, cache)? else {
+        return Ok(None);
+    };
+    let (n1, n2) = (a.packed.n, b.packed.n);
+    if n1 < n2 || b.packed.k != n1 || residual.is_some_and(|r| !inference(&[r])) {
+        return Ok(None);
+    }
+    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
+    let m = x2.dim(0)?;
+    let bias = |g: &LinearGroup| g.bias.as_ref().map(crate::params::f32_values).transpose();
+    let (ba, bb) = (bias(&a)?, bias(&b)?);
+    let isa = crate::isa::active()?;
+    let then1 = if gelu { Then::Gelu } else { Then::Nothing };
+    let run = |xs: &[f32], r: Option<&[f32]>| {
+        let one = chain::Link {
+            w: &a.packed,
+            bias: ba.as_deref(),
+        };
+        let two = chain::Link {
+            w: &b.packed,
+            bias: bb.as_deref(),
+        };
+        let then2 = r.map_or(Then::Nothing, Then::Add);
+        chain::chain(isa, xs, m, (one, then1), (two, then2))
+    };
+    let y = crate::ops::with_cpu::<f32, _>(&x2, |xs| match residual {
+        Some(r) => crate::ops::with_cpu::<f32, _>(r, |rs| run(xs, Some(rs))),
+        None => Ok(run(xs, None)),
+    })???;
+    let y = Tensor::from_vec(y, (m, n2), x.device())?;
+    Ok(Some(y.reshape(with_last(&dims, n2))?))
 }
 
 /// The packed group of Linear `nodes` reading `x`, resolved from the store (or from the

@@ -162,6 +162,26 @@ pub trait LayerKind: std::fmt::Debug {
         let _ = (nodes, params, x, opts, packs);
         Ok(None)
     }
+    /// Whether a node of this kind and the node of the same kind that reads it (through
+    /// at most a GELU) may run as one job at inference ([`LayerKind::forward_chain`]).
+    fn chains(&self) -> bool {
+        false
+    }
+    /// Inference of `first` (this node, then GELU where `gelu`) and `second` reading it
+    /// (plus `residual` where given) as one job, returning `second`'s output; `None`
+    /// where that does not apply (then each runs alone). A column-then-row split of the
+    /// two products (`crate::ops::packed::chain`).
+    fn forward_chain(
+        &self,
+        nodes: [&Node; 2],
+        params: &ParamStore,
+        x: &Tensor,
+        (gelu, residual): (bool, Option<&Tensor>),
+        opts: &ForwardOpts,
+    ) -> Result<Option<Tensor>> {
+        let _ = (nodes, params, x, gelu, residual, opts);
+        Ok(None)
+    }
     /// For an inference-only model: packs the weights of `nodes` (this node first, with
     /// the siblings the run plan groups it with) into `packs` for good and returns the
     /// stored tensors the packed form now stands in for, which the caller drops from the

@@ -159,6 +159,7 @@ fn every_supported_isa_path_matches_the_reference() {
             &mixed.matmul_with(isa, &x3, None).unwrap(),
         );
         assert_eq!(d, 0.0, "{isa:?} interleaved panels");
+        chained_products(isa);
     }
     let ts = [
         rand_t(&[3, 7], 10),
@@ -169,6 +170,87 @@ fn every_supported_isa_path_matches_the_reference() {
     let got = fast::sum(&[&ts[0], &ts[1], &ts[2]]).unwrap();
     assert!(max_abs(&got, &want) < PATH_TOL, "sum");
     assert!(fast::sum(&[&ts[0], &rand_t(&[7, 3], 1)]).is_err());
+}
+
+/// Relative tolerance of a chained pair against the two products one after the other:
+/// the second product's sums are added in two partial halves.
+const CHAIN_TOL: f32 = 1e-5;
+
+/// Two packed Linears as one column-then-row job (`packed::chain`) equal the first
+/// product, GELU, then the second product plus a residual, one after the other: hidden
+/// widths of a partial panel and of several per team member, a single token and tiles
+/// beyond one, jobs small enough to run inline and large enough to split; and it refuses
+/// a second weight that does not read the first's outputs.
+fn chained_products(isa: Isa) {
+    use squeeze::ops::packed::chain::{chain, Link};
+    for (i, &(m, k, n1, n2)) in [(1, 24, 37, 17), (13, 64, 200, 48), (40, 96, 300, 70)]
+        .iter()
+        .enumerate()
+    {
+        let s = 40 + 10 * i as u64;
+        let (x, w1, b1) = (
+            rand_t(&[m, k], s),
+            rand_t(&[n1, k], s + 1),
+            rand_t(&[n1], s + 2),
+        );
+        let (w2, b2, r) = (
+            rand_t(&[n2, n1], s + 3),
+            rand_t(&[n2], s + 4),
+            rand_t(&[m, n2], s + 5),
+        );
+        let (p1, p2) = (
+            PackedLinear::pack(&w1).unwrap(),
+            PackedLinear::pack(&w2).unwrap(),
+        );
+        let hidden = p1.matmul_then(isa, &x, Some(&b1), Then::Gelu).unwrap();
+        let rs = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = p2
+            .matmul_then(isa, &hidden, Some(&b2), Then::Add(&rs))
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xs, bs1, bs2) = (v(&x), v(&b1), v(&b2));
+        let one = Link {
+            w: &p1,
+            bias: Some(&bs1),
+        };
+        let two = Link {
+            w: &p2,
+            bias: Some(&bs2),
+        };
+        let got = chain(isa, &xs, m, (one, Then::Gelu), (two, Then::Add(&rs))).unwrap();
+        let got = Tensor::from_vec(got, (m, n2), &candle_core::Device::Cpu).unwrap();
+        let scale = want.abs().unwrap().max_keepdim(1).unwrap().max(0).unwrap();
+        let scale = scale.to_vec1::<f32>().unwrap()[0].max(1.0);
+        let d = max_abs(&got, &want);
+        assert!(d <= CHAIN_TOL * scale, "{isa:?} chain m={m} n1={n1}: {d}");
+        // no GELU, no bias, no residual
+        let bare = |w| Link { w, bias: None };
+        let got = chain(
+            isa,
+            &xs,
+            m,
+            (bare(&p1), Then::Nothing),
+            (bare(&p2), Then::Nothing),
+        );
+        let want = p2
+            .matmul_with(isa, &p1.matmul_with(isa, &x, None).unwrap(), None)
+            .unwrap();
+        let got = Tensor::from_vec(got.unwrap(), (m, n2), &candle_core::Device::Cpu).unwrap();
+        let d = max_abs(&got, &want);
+        assert!(
+            d <= CHAIN_TOL * scale,
+            "{isa:?} bare chain m={m} n1={n1}: {d}"
+        );
+        // the first weight twice: its outputs are not the second's inputs
+        let bad = chain(
+            isa,
+            &xs,
+            m,
+            (bare(&p1), Then::Nothing),
+            (bare(&p1), Then::Nothing),
+        );
+        assert!(bad.is_err(), "{isa:?}: {n1} outputs into {k} inputs");
+    }
 }
 
 /// The attention core at the head widths the AVX-512 kernel takes (16, 32, 64) and one it

@@ -12,6 +12,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod chain;
+
 use super::team::Ptr;
 use super::with_cpu;
 use crate::error::{Error, Result};
