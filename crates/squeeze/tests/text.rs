@@ -199,6 +199,21 @@ fn packed_sibling_projections_match_the_plain_forward() {
         let diff = max_abs(&o.output, &plain.output);
         assert!(diff < PACKED_TOL, "packed forward differs by {diff}");
     }
+    // … with each layer's FFN run as one chained job
+    let plan = squeeze::interp::plan_for(&m.graph, &packed).unwrap();
+    let name = |i: usize| m.graph.nodes[i].name.as_str();
+    let chained: Vec<(&str, &str)> = (plan.chain.iter().enumerate())
+        .filter_map(|(i, c)| c.map(|j| (name(i), name(j))))
+        .collect();
+    let ffn = |l| {
+        (
+            format!("encoder.layer.{l}.intermediate.dense"),
+            format!("encoder.layer.{l}.output.dense"),
+        )
+    };
+    let want: Vec<(String, String)> = (0..2).map(ffn).collect();
+    let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(chained, want);
     // a store whose weight and bias were replaced is resolved anew (same cache, same
     // node names): the packed forward follows the new tensors, not what it kept
     let mut p = m.params.clone();
