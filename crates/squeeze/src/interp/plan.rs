@@ -5,7 +5,8 @@
 //! int8 convolutions hand int8 codes straight to the next, in which slot each value lives
 //! and after which step it is dropped (dropout, the identity at inference, is absorbed by
 //! whatever precedes it; a residual sum by the Linear whose only reader it is, its other
-//! input carried as [`Plan::residual`]). Plans are kept in the graph's
+//! input carried as [`Plan::residual`]; with a pack cache, which pairs of nodes run as
+//! one job, [`Plan::chain`]). Plans are kept in the graph's
 //! [`crate::graph::CacheSlot`] under the graph's fingerprint and the mode, so an edited
 //! graph compiles a new one.
 

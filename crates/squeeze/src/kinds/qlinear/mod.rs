@@ -26,6 +26,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, TensorId};
 use serde::{Deserialize, Serialize};
 
+mod group;
+
 use super::couple::{Coupler, Seg};
 use super::with_node_view;
 use super::{with_last, Absorb, ForwardOpts, Inputs, LayerKind, NodeRun, TensorRole, TensorSpec};
@@ -36,11 +38,12 @@ use crate::onnx::quant::{self as onnx_quant, Decoded};
 use crate::onnx::{blocks, Lower};
 use crate::ops::pack_cache::PackCache;
 use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
-use crate::ops::qgemm::panel_q4::{self, quantize_q8, PackedQ4, Q4Part, Q8_BLOCK, Q8_MAX};
+use crate::ops::qgemm::panel_q4::{quantize_q8, PackedQ4, Q8_BLOCK, Q8_MAX};
 use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::ops::qgemm::{self, QView};
 use crate::ops::with_cpu;
 use crate::params::ParamStore;
+pub(crate) use group::qlinear_group;
 
 /// How the layer's input is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,124 +395,6 @@ pub(crate) fn example() -> super::Example {
             ("weight_zero", zeros.expect("asymmetric")),
         ],
     }
-}
-
-/// Inference of sibling dynamic-int8 qlinear nodes reading the same `x` (an attention
-/// block's q/k/v): the rows quantized once and every node's weight rows in one parallel
-/// kernel call; `None` where that does not apply (other schemes, gradients, f64).
-pub(crate) fn qlinear_group(
-    nodes: &[&Node],
-    p: &ParamStore,
-    x: &Tensor,
-    packs: &PackCache,
-) -> Result<Option<Vec<Tensor>>> {
-    let ops: Option<Vec<&QLinear>> = nodes
-        .iter()
-        .map(|n| match &n.op {
-            Op::QLinear(q) if q.act == ActQuant::Dynamic => Some(q),
-            _ => None,
-        })
-        .collect();
-    let Some(ops) = ops else { return Ok(None) };
-    if ops.iter().all(|o| o.layout.bits == 4) {
-        return q4_group(nodes, &ops, p, x, packs);
-    }
-    if ops.iter().any(|o| o.layout.bits != 8) {
-        return Ok(None);
-    }
-    let k = ops[0].in_features;
-    if x.track_op() || x.dtype() != DType::F32 || ops.iter().any(|o| o.in_features != k) {
-        return Ok(None);
-    }
-    let dims = x.dims().to_vec();
-    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let m = x2.dim(0)?;
-    let get = |n: &Node, s: &str| p.get(&format!("{}.{s}", n.name));
-    let mut held = Vec::with_capacity(nodes.len());
-    for (n, o) in nodes.iter().zip(&ops) {
-        let dims = (o.out_features, o.in_features);
-        let scales = crate::params::f32_values(get(n, "weight_scale")?)?;
-        let w = match released(p, packs, &n.name)? {
-            Some(w) => w,
-            None => with_node_view(p, &n.name, o.layout, dims, |v| {
-                panels(packs, get(n, "weight_q")?.id(), v, ACT_BLOCK)
-            })?,
-        };
-        let bias = o.bias.then(|| get(n, "bias")).transpose()?;
-        held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
-    }
-    let isa = crate::isa::active()?;
-    let Some(kp) = held.first().map(|h| h.0.stride()) else {
-        return Ok(None);
-    };
-    let q = with_cpu::<f32, _>(&x2, |xs| quantize_offset(isa, xs, (k, kp), None, ACT_BLOCK))??;
-    let parts: Vec<PackedPart> = held
-        .iter()
-        .map(|(w, scales, bias)| PackedPart {
-            w,
-            scales,
-            bias: bias.as_deref(),
-        })
-        .collect();
-    let ys = linear_packed(isa, q.rows(), &parts, m)?;
-    ys.into_iter()
-        .zip(&ops)
-        .map(|(y, o)| {
-            let t = Tensor::from_vec(y, (m, o.out_features), x.device())?;
-            Ok(t.reshape(with_last(&dims, o.out_features))?)
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// [`qlinear_group`] for int4 × int8 siblings: the rows quantized to int8 blocks once and
-/// every node's nibble panels in one parallel job ([`panel_q4::products`]).
-fn q4_group(
-    nodes: &[&Node],
-    ops: &[&QLinear],
-    p: &ParamStore,
-    x: &Tensor,
-    packs: &PackCache,
-) -> Result<Option<Vec<Tensor>>> {
-    let k = ops[0].in_features;
-    if x.track_op() || x.dtype() != DType::F32 || ops.iter().any(|o| o.in_features != k) {
-        return Ok(None);
-    }
-    let dims = x.dims().to_vec();
-    let x2 = x.flatten_to(dims.len().saturating_sub(2))?; // [M, in]
-    let m = x2.dim(0)?;
-    let mut held = Vec::with_capacity(nodes.len());
-    for (n, o) in nodes.iter().zip(ops) {
-        let dims = (o.out_features, o.in_features);
-        let codes = p.get(&format!("{}.weight_q", n.name))?.id();
-        let w = with_node_view(p, &n.name, o.layout, dims, |v| {
-            packs.int4(codes, || PackedQ4::pack(v))
-        })?;
-        let bias = o
-            .bias
-            .then(|| p.get(&format!("{}.bias", n.name)))
-            .transpose()?;
-        held.push((w, bias.map(crate::params::f32_values).transpose()?));
-    }
-    let isa = crate::isa::active()?;
-    let parts: Vec<Q4Part> = held
-        .iter()
-        .map(|(w, bias)| Q4Part {
-            w,
-            bias: bias.as_deref(),
-        })
-        .collect();
-    let ys = with_cpu::<f32, _>(&x2, |xs| {
-        panel_q4::products(isa, &quantize_q8(isa, xs, k)?, &parts, false)
-    })??;
-    ys.into_iter()
-        .zip(ops)
-        .map(|(y, o)| {
-            let t = Tensor::from_vec(y, (m, o.out_features), x.device())?;
-            Ok(t.reshape(with_last(&dims, o.out_features))?)
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
 }
 
 /// A node's int8 codes in the panel layout for activation blocks of `block` inputs,
