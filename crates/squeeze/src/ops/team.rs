@@ -189,14 +189,23 @@ pub fn rows_of<T: Sync>(data: &[T], width: usize, f: &(dyn Fn(usize, &[T]) + Syn
     });
 }
 
-/// `f(0) … f(count − 1)`, each index claimed by whichever member is free (the balance
-/// of uneven tasks); the first error, if any.
-pub fn try_each<E: Send>(
+/// `f(0) … f(count − 1)` in one contiguous share of the indices per member — the split
+/// of the products' equal tasks, where claiming them one by one from the shared counter
+/// costs more than it evens out.
+pub fn shares(count: usize, f: &(dyn Fn(usize) + Sync)) {
+    let members = team().size().min(count).max(1);
+    team().run(members, &|t| {
+        (t * count / members..(t + 1) * count / members).for_each(f)
+    });
+}
+
+/// [`shares`] of fallible tasks: every task runs; the first error, if any.
+pub fn try_shares<E: Send>(
     count: usize,
     f: &(dyn Fn(usize) -> std::result::Result<(), E> + Sync),
 ) -> std::result::Result<(), E> {
     let first: Mutex<Option<E>> = Mutex::new(None);
-    team().run(count, &|i| {
+    shares(count, &|i| {
         if let Err(e) = f(i) {
             if let Ok(mut slot) = first.lock() {
                 slot.get_or_insert(e);
@@ -356,9 +365,9 @@ mod tests {
     }
 
     #[test]
-    fn try_each_runs_every_task_and_returns_an_error() {
+    fn try_shares_runs_every_task_once_and_returns_an_error() {
         let hits: Vec<AtomicU32> = (0..50).map(|_| AtomicU32::new(0)).collect();
-        let r: std::result::Result<(), usize> = try_each(50, &|i| {
+        let r: std::result::Result<(), usize> = try_shares(50, &|i| {
             hits[i].fetch_add(1, Ordering::Relaxed);
             if i % 7 == 3 {
                 Err(i)
@@ -368,7 +377,10 @@ mod tests {
         });
         assert!(matches!(r, Err(i) if i % 7 == 3));
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-        assert_eq!(try_each::<()>(5, &|_| Ok(())), Ok(()));
+        assert_eq!(try_shares::<()>(5, &|_| Ok(())), Ok(()));
+        // fewer tasks than members, and none
+        assert_eq!(try_shares::<()>(1, &|_| Ok(())), Ok(()));
+        assert_eq!(try_shares::<()>(0, &|_| Err(())), Ok(()));
     }
 
     #[test]

@@ -37,7 +37,9 @@ use crate::math::qlayout::{signed_code_at, Layout, Scales};
 use crate::onnx::quant::{self as onnx_quant, Decoded};
 use crate::onnx::{blocks, Lower};
 use crate::ops::pack_cache::PackCache;
-use crate::ops::qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart};
+use crate::ops::qgemm::panel_blocked::{
+    linear_packed_then, quantize_offset, PackedBlocked, PackedPart,
+};
 use crate::ops::qgemm::panel_q4::{quantize_q8, PackedQ4, Q8_BLOCK, Q8_MAX};
 use crate::ops::qgemm::quantize::{quantize_rows, ACT_BLOCK, LINEAR_ACT_MAX};
 use crate::ops::qgemm::{self, QView};
@@ -209,11 +211,13 @@ impl QLinear {
             if let Some(panels) = released(cx.params, cx.packs, &cx.node.name)? {
                 let scales = crate::params::f32_values(cx.param("weight_scale")?)?;
                 let static_scale = self.static_scale(cx)?;
+                let gelu = cx.fuse_gelu;
                 let y = with_cpu::<f32, _>(&x2, |xs| {
-                    self.int8_product(xs, (&panels, &scales), static_scale, bias.as_deref())
+                    let bias = bias.as_deref();
+                    self.int8_product(xs, (&panels, &scales), static_scale, (bias, gelu))
                 })??;
                 let y = Tensor::from_vec(y, (x2.dim(0)?, self.out_features), x2.device())?;
-                return Ok((y.reshape(with_last(&dims, self.out_features))?, false));
+                return Ok((y.reshape(with_last(&dims, self.out_features))?, gelu));
             }
             let codes = cx.param("weight_q")?.id();
             let gelu = cx.fuse_gelu;
@@ -271,13 +275,13 @@ impl QLinear {
     }
 
     /// The int8 product of rows `xs` with the layer's `panels` and weight `scales`:
-    /// `[M, out]` f32 with the bias added.
+    /// `[M, out]` f32 with the bias added, then GELU where `gelu` (per task, in cache).
     fn int8_product(
         &self,
         xs: &[f32],
         (panels, scales): (&PackedBlocked, &[f32]),
         static_scale: Option<f32>,
-        bias: Option<&[f32]>,
+        (bias, gelu): (Option<&[f32]>, bool),
     ) -> Result<Vec<f32>> {
         let (k, isa) = (self.in_features, crate::isa::active()?);
         let m = xs.len() / k.max(1);
@@ -293,11 +297,12 @@ impl QLinear {
             scales,
             bias,
         };
-        Ok(linear_packed(isa, q.rows(), &[part], m)?.remove(0))
+        Ok(linear_packed_then(isa, q.rows(), &[part], m, gelu)?.remove(0))
     }
 
     /// The int8 / int4 kernels: `[M, out]` f32 with the bias added, and whether `gelu`
-    /// (an absorbed GELU) was applied too (the int4 × int8 kernel does, per task).
+    /// (an absorbed GELU) was applied too (the int8 and int4 × int8 kernels do, per
+    /// task).
     /// `codes`: the identity of the stored codes tensor, whose int8 panels are packed once.
     fn kernel(
         &self,
@@ -329,15 +334,16 @@ impl QLinear {
                 .transpose()?;
             return Ok((super::linear::linear(x2, &wt, b.as_ref())?, false));
         }
-        let y = with_cpu::<f32, _>(x2, |xs| {
-            if let Some(block) = self.int8_block() {
+        let int8 = self.int8_block();
+        let y = with_cpu::<f32, _>(x2, |xs| match int8 {
+            Some(block) => {
                 let packed = panels(packs, codes, w, block)?;
-                self.int8_product(xs, (&packed, w.scales), static_scale, bias)
-            } else {
-                qgemm::gemm_q4(isa, xs, w, bias, m)
+                self.int8_product(xs, (&packed, w.scales), static_scale, (bias, gelu))
             }
+            None => qgemm::gemm_q4(isa, xs, w, bias, m),
         })??;
-        Ok((Tensor::from_vec(y, (m, n), x2.device())?, false))
+        let fused = gelu && int8.is_some();
+        Ok((Tensor::from_vec(y, (m, n), x2.device())?, fused))
     }
 
     /// The simulated layer in the input's dtype: fake-quantized input (the kernel's codes,

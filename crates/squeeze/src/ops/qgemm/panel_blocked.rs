@@ -381,6 +381,18 @@ pub fn linear_packed(
     parts: &[PackedPart],
     m: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    linear_packed_then(isa, rows, parts, m, false)
+}
+
+/// [`linear_packed`], then GELU (erf form) on each task's block of the outputs where
+/// `gelu`, while it is in cache: the value for value of GELU after the product.
+pub fn linear_packed_then(
+    isa: Isa,
+    rows: OffsetRows,
+    parts: &[PackedPart],
+    m: usize,
+    gelu: bool,
+) -> Result<Vec<Vec<f32>>> {
     let isa = isa::require(isa)?;
     let (k, kp) = parts.first().map_or((0, 0), |p| (p.w.k, p.w.stride()));
     let mut full = Vec::with_capacity(parts.len());
@@ -417,17 +429,17 @@ pub fn linear_packed(
         .map(|p| crate::ops::output_buffer(m * p.w.n))
         .collect();
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
-    let tasks: Vec<(usize, usize, usize)> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(p, part)| {
-            let np = part.w.panels();
-            // a task's tokens stay in L2 while the chunks of panels pass
-            (0..m.div_ceil(TOKENS_PER_TASK)).flat_map(move |t| {
-                (0..np.div_ceil(PANELS_PER_TASK)).map(move |c| (p, c * PANELS_PER_TASK, t))
-            })
-        })
-        .collect();
+    // tokens, then chunks of panels (a task's tokens stay in L2 while they pass), then
+    // parts: with q, k and v of one width a member's share holds the same heads of all
+    // three, which the attention core then reads there
+    let chunks = parts.iter().map(|p| p.w.panels().div_ceil(PANELS_PER_TASK));
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    for t in 0..m.div_ceil(TOKENS_PER_TASK) {
+        for c in 0..chunks.clone().max().unwrap_or(0) {
+            let live = chunks.clone().enumerate().filter(|&(_, n)| c < n);
+            tasks.extend(live.map(|(p, _)| (p, c * PANELS_PER_TASK, t)));
+        }
+    }
     let task = |&(p, p0, t): &(usize, usize, usize)| -> Result<()> {
         let part = &parts[p];
         let (n, panels) = (part.w.n, p0..(p0 + PANELS_PER_TASK).min(part.w.panels()));
@@ -441,16 +453,22 @@ pub fn linear_packed(
         // p's `[m, n]` output belong to this task alone, and the outputs outlive the call.
         unsafe {
             let out = ptrs[p].at(tokens.start * n + j0);
+            let cols = (panels.len() * NR).min(n - j0);
             part.w
-                .product_unchecked(isa, rows, (tokens, panels), sb, out, n);
+                .product_unchecked(isa, rows, (tokens.clone(), panels), sb, out, n);
+            if gelu {
+                for r in tokens {
+                    crate::ops::gelu::gelu_slice(isa, ptrs[p].slice(r * n + j0, cols));
+                }
+            }
         }
         Ok(())
     };
     let macs: usize = parts.iter().map(|p| m * p.w.n * p.w.k).sum();
     if macs >= super::PAR_MACS {
-        // claimed one by one over the spinning team (rayon forks cost microseconds, as
-        // long as a batch-1 task)
-        crate::ops::team::try_each(tasks.len(), &|i| task(&tasks[i]))?;
+        // over the spinning team (rayon forks cost microseconds, as long as a batch-1
+        // task), one contiguous share of the tasks per member
+        crate::ops::team::try_shares(tasks.len(), &|i| task(&tasks[i]))?;
     } else {
         tasks.iter().try_for_each(task)?;
     }

@@ -341,15 +341,8 @@ pub fn products(isa: Isa, a: &Q8Rows, parts: &[Q4Part], gelu: bool) -> Result<Ve
         }
     };
     if macs >= super::PAR_MACS {
-        // a contiguous share of the tasks per member, as the f32 panels are split:
-        // claiming them one by one from a shared counter costs more than it evens out
-        let team = crate::ops::team::team();
-        let (len, members) = (tasks.len(), team.size().min(tasks.len()));
-        team.run(members, &|t| {
-            tasks[t * len / members..(t + 1) * len / members]
-                .iter()
-                .for_each(task)
-        });
+        // one contiguous share of the tasks per member, as the f32 panels are split
+        crate::ops::team::shares(tasks.len(), &|i| task(&tasks[i]));
     } else {
         tasks.iter().for_each(task);
     }

@@ -292,7 +292,8 @@ const BLOCKED_TOL: f32 = 1e-5;
 
 #[test]
 fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
-    use qgemm::panel_blocked::{linear_packed, quantize_offset, PackedBlocked, PackedPart, OFFSET};
+    use qgemm::panel_blocked::{linear_packed, linear_packed_then, quantize_offset};
+    use qgemm::panel_blocked::{PackedBlocked, PackedPart, OFFSET};
     use squeeze::ops::qgemm::quantize::LINEAR_ACT_MAX;
     // AMX: 40 tokens (two whole tiles and a part) and an odd number of blocks
     for &(m, n, k) in &[
@@ -347,6 +348,15 @@ fn block_scaled_int8_layers_match_the_dequantized_product_on_every_path() {
                 bias: Some(&bias2),
             };
             let got = linear_packed(path, wq.rows(), &[part, other], m).unwrap();
+            // GELU applied per task inside the product equals GELU after it, exactly
+            let then = linear_packed_then(path, wq.rows(), &[part, other], m, true).unwrap();
+            for (t, g) in then.iter().zip(&got) {
+                let g =
+                    candle_core::Tensor::from_vec(g.clone(), g.len(), &candle_core::Device::Cpu);
+                let g = g.unwrap();
+                let after = squeeze::ops::gelu::gelu_with(path, &g).unwrap();
+                assert_eq!(t, &after.to_vec1::<f32>().unwrap(), "{} GELU", path.name());
+            }
             for (g, (f, b)) in got.iter().zip([(1.0f32, &bias), (2.0, &bias2)]) {
                 for i in 0..m {
                     for j in 0..n {
