@@ -142,7 +142,7 @@ fn train_bench(c: Common) -> Result<()> {
         "ratio": theirs.map(|p| ours / p),
         "squeeze_ms_per_step": t * 1e3,
         "batch": BATCH, "threads": crate::measure::threads(), "peer": peer,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     write_json(&c.out, &out)?;
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -163,7 +163,7 @@ fn infer_bench(c: Common) -> Result<()> {
         "pytorch_latency_ms_b1": pl, "pytorch_throughput_b256": pt,
         "latency_ratio": pl.map(|p| lat / p), "throughput_ratio": pt.map(|p| thr / p),
         "threads": crate::measure::threads(), "peer": peer,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     write_json(&c.out, &out)?;
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -138,7 +138,7 @@ pub fn run(a: DistillBenchArgs) -> Result<()> {
                 "teacher": a.teacher,
                 "threads": crate::measure::threads(),
                 "cpu": squeeze::isa::cpu_name(),
-                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "command": crate::invocation::invocation(),
             }),
         );
     }

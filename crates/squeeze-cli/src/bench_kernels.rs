@@ -234,7 +234,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         "method": format!("one-node models through the interpreter, {} rounds interleaved over layers and paths; per round the median of {} calls; ms = median of the rounds [min, max]", a.rounds, a.reps),
         "speedup_vs_f32": summary,
         "layers": rows,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     write_json(&a.out, &out)?;
     println!("{}", serde_json::to_string_pretty(&out["speedup_vs_f32"])?);

@@ -92,7 +92,7 @@ pub fn run(a: QuantArgs) -> Result<()> {
     let per_round = |ours: &[f64], key: &str| turns.ratio(ours, key);
     let lat_r = per_round(&t[1].latency_ms_b1.rounds, "pytorch_int8_latency_ms_b1");
     let thr_r = per_round(&t[1].throughput.rounds, "pytorch_int8_throughput_b256");
-    let measured_by = std::env::args().collect::<Vec<_>>().join(" ");
+    let measured_by = crate::invocation::invocation();
     let entry = json!({
         "accuracy": acc_q,
         "baseline": acc_base,

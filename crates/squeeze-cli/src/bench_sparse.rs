@@ -173,10 +173,7 @@ pub fn run(a: SparseArgs) -> Result<()> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     entry.insert("threads".into(), threads.into());
-    entry.insert(
-        "command".into(),
-        std::env::args().collect::<Vec<_>>().join(" ").into(),
-    );
+    entry.insert("command".into(), crate::invocation::invocation().into());
     for k in ["mlp_fc1", "mlp_fc1_b256", "minilm_ffn", "minilm_ffn_b256"] {
         println!("{k}: crossover sparsity {}", entry[k]);
     }

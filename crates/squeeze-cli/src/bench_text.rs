@@ -157,7 +157,7 @@ pub fn run(a: TextArgs) -> Result<()> {
             "latency_sentences": lat_texts.len(),
             "timing": t.method,
             "peer": peer,
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "command": crate::invocation::invocation(),
         });
         merge(&mut e, extra);
         eprintln!(

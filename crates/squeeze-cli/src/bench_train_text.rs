@@ -148,7 +148,7 @@ pub fn run(a: TrainTextArgs) -> Result<()> {
         "threads": crate::measure::threads(),
         "cpu": squeeze::isa::cpu_name(),
         "peer": peer,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     let entries = serde_json::Map::from_iter([(a.key.clone(), entry)]);
     crate::measure::merge_results(&a.out, &entries)?;

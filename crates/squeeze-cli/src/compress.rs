@@ -115,7 +115,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("two models measured, not two results"))?;
     let report = serde_json::json!({
         "input": a.dir, "recipe": recipe, "passes": passes, "before": before, "after": after,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
         "max_drop": guard.as_ref().map(Guard::summary),
     });
     write_json(&tmp.join("report.json"), &report)?;

@@ -251,7 +251,7 @@ pub(crate) fn write_outputs(
     mut log: serde_json::Value,
 ) -> Result<()> {
     metrics.measured = Some(squeeze::eval::Measured::now());
-    log["command"] = std::env::args().collect::<Vec<_>>().join(" ").into();
+    log["command"] = crate::invocation::invocation().into();
     write_json(&out.join("distill.json"), &log)?;
     write_json(&out.join("metrics.json"), &metrics)?;
     println!("{}", serde_json::to_string_pretty(&metrics)?);

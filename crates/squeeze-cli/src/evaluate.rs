@@ -268,7 +268,7 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
             .map(|(d, m)| serde_json::json!({ "model": d, "metrics": m }))
             .collect();
         let doc = serde_json::json!({
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "command": crate::invocation::invocation(),
             "measured": Measured::now(), "rounds": a.rounds, "models": models,
         });
         write_json(j, &doc)?;

@@ -16,7 +16,8 @@ pub fn report(err: &anyhow::Error, resumable: bool) -> Option<(i32, String)> {
         if !cmd.iter().any(|a| a == "--resume") {
             cmd.push("--resume".into());
         }
-        format!("interrupted: {err:#}\ncontinue with:\n  {}", cmd.join(" "))
+        let cmd = crate::invocation::line(cmd);
+        format!("interrupted: {err:#}\ncontinue with:\n  {cmd}")
     } else {
         // its fine-tuning checkpoints lived in a scratch directory, removed with the output
         let full = format!("{err:#}");

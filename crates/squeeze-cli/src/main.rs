@@ -24,6 +24,7 @@ mod evaluate;
 mod export;
 mod guard;
 mod interrupt;
+mod invocation;
 mod measure;
 mod outdir;
 mod peer_server;

@@ -411,7 +411,7 @@ pub fn claim_in_place(
 fn write_marker(dir: &Path) -> Result<()> {
     let info = serde_json::json!({
         "written_by": format!("squeeze {}", env!("CARGO_PKG_VERSION")),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     std::fs::write(dir.join(MARKER), serde_json::to_vec_pretty(&info)?)
         .with_context(|| format!("cannot write into {}", dir.display()))

@@ -259,7 +259,7 @@ impl Choosing<'_> {
         c.score = Some(self.held_out.score(&m)?);
         c.seconds = start.elapsed().as_secs_f64();
         checkpoint::save(&m, staged.dir())?;
-        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let command = crate::invocation::invocation();
         write_json(
             &staged.dir().join("candidate.json"),
             &serde_json::json!({ "candidate": c, "passes": passes, "command": command }),
@@ -401,7 +401,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         "model": a.dir, "recipe": a.recipe, "method": method.name(), "budget": a.budget,
         "held_out": h.describe(), "baseline": s.baseline, "scan_seconds": s.seconds,
         "search_wall_s": wall.elapsed().as_secs_f64(), "candidates": cands, "best": best,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": crate::invocation::invocation(),
     });
     write_json(&a.out.join("search.json"), &report)?;
     let md = summary(&s, &a.budget, &cands, best.as_deref());

@@ -254,7 +254,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     squeeze::checkpoint::save(&model, &a.out)?;
     let mut metrics = squeeze::eval::evaluate(&a.out, &model, Some(&data.test), 5)?;
     metrics.measured = Some(squeeze::eval::Measured::now());
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = crate::invocation::invocation();
     write_json(
         &a.out.join("train.json"),
         &serde_json::json!({
