@@ -79,8 +79,7 @@ fn int8_products(
                 panels(packs, get(n, "weight_q")?.id(), v, ACT_BLOCK)
             })?,
         };
-        let bias = o.bias.then(|| get(n, "bias")).transpose()?;
-        held.push((w, scales, bias.map(crate::params::f32_values).transpose()?));
+        held.push((w, scales, bias(p, n, o)?));
     }
     let isa = crate::isa::active()?;
     let kp = held.first().map_or(k, |h| h.0.stride());
@@ -112,11 +111,7 @@ fn q4_products(
         let w = with_node_view(p, &n.name, o.layout, dims, |v| {
             packs.int4(codes, || PackedQ4::pack(v))
         })?;
-        let bias = o
-            .bias
-            .then(|| p.get(&format!("{}.bias", n.name)))
-            .transpose()?;
-        held.push((w, bias.map(crate::params::f32_values).transpose()?));
+        held.push((w, bias(p, n, o)?));
     }
     let isa = crate::isa::active()?;
     let parts: Vec<Q4Part> = held
@@ -132,4 +127,13 @@ fn q4_products(
         &parts,
         false,
     )
+}
+
+/// Node `n`'s bias values, if its layer `o` has one.
+fn bias(p: &ParamStore, n: &Node, o: &QLinear) -> Result<Option<Vec<f32>>> {
+    o.bias
+        .then(|| p.get(&format!("{}.bias", n.name)))
+        .transpose()?
+        .map(crate::params::f32_values)
+        .transpose()
 }
