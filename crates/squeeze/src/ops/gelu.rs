@@ -60,6 +60,23 @@ pub(crate) fn gelu_slice(isa: Isa, c: &mut [f32]) {
     gelu_on(isa, c)
 }
 
+/// GELU in place over rows `rows` × columns `c0..c0 + cols` of the row-major buffer
+/// at `out` (row stride `ld`), on path `isa`: a product task's block of its output, while
+/// it is in cache.
+///
+/// # Safety
+/// The block lies inside the buffer, and no other thread touches it during the call.
+pub(crate) unsafe fn gelu_block(
+    isa: Isa,
+    out: crate::ops::team::Ptr<f32>,
+    rows: std::ops::Range<usize>,
+    (ld, c0, cols): (usize, usize, usize),
+) {
+    for r in rows {
+        gelu_on(isa, out.slice(r * ld + c0, cols));
+    }
+}
+
 /// GELU (erf form) of every element, on the active path.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     gelu_with(isa::active()?, x)

@@ -208,9 +208,7 @@ unsafe fn unit(
     if isa.avx512() {
         avx512::tile_into(t, x, w, k, t0, at);
         if at.then == Then::Gelu {
-            for i in t0..t0 + t {
-                super::gelu::gelu_slice(isa, at.out.slice(at.n * i + at.c0, at.cols));
-            }
+            super::gelu::gelu_block(isa, at.out, t0..t0 + t, (at.n, at.c0, at.cols));
         }
         return;
     }

@@ -111,6 +111,23 @@ const OCTET_BYTES: usize = 64;
 
 /// Multiply-accumulates below which a kernel stays on the calling thread.
 const PAR_MACS: usize = 1 << 18;
+
+/// The tasks of sibling products over the same rows, as (part, block of tokens, chunk of
+/// the part's panels) for `token_blocks` blocks and each part's count of `chunks`: tokens,
+/// then chunks, then parts — with q, k and v of one width, a member's contiguous share of
+/// the tasks holds the same heads of all three, which the attention core then reads
+/// there.
+fn sibling_tasks(token_blocks: usize, chunks: &[usize]) -> Vec<(usize, usize, usize)> {
+    let widest = chunks.iter().copied().max().unwrap_or(0);
+    let mut tasks = Vec::with_capacity(token_blocks * chunks.iter().sum::<usize>());
+    for t in 0..token_blocks {
+        for c in 0..widest {
+            let live = chunks.iter().enumerate().filter(|&(_, &n)| c < n);
+            tasks.extend(live.map(|(p, _)| (p, t, c)));
+        }
+    }
+    tasks
+}
 /// Weight rows per parallel task of the int4 kernel.
 const ROWS_PER_TASK: usize = 16;
 

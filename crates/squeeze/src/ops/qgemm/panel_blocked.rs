@@ -429,17 +429,16 @@ pub fn linear_packed_then(
         .map(|p| crate::ops::output_buffer(m * p.w.n))
         .collect();
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
-    // tokens, then chunks of panels (a task's tokens stay in L2 while they pass), then
-    // parts: with q, k and v of one width a member's share holds the same heads of all
-    // three, which the attention core then reads there
-    let chunks = parts.iter().map(|p| p.w.panels().div_ceil(PANELS_PER_TASK));
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
-    for t in 0..m.div_ceil(TOKENS_PER_TASK) {
-        for c in 0..chunks.clone().max().unwrap_or(0) {
-            let live = chunks.clone().enumerate().filter(|&(_, n)| c < n);
-            tasks.extend(live.map(|(p, _)| (p, c * PANELS_PER_TASK, t)));
-        }
-    }
+    // (a task's tokens stay in L2 while the chunks of panels pass)
+    let chunks: Vec<usize> = parts
+        .iter()
+        .map(|p| p.w.panels().div_ceil(PANELS_PER_TASK))
+        .collect();
+    let tasks: Vec<(usize, usize, usize)> =
+        super::sibling_tasks(m.div_ceil(TOKENS_PER_TASK), &chunks)
+            .into_iter()
+            .map(|(p, t, c)| (p, c * PANELS_PER_TASK, t))
+            .collect();
     let task = |&(p, p0, t): &(usize, usize, usize)| -> Result<()> {
         let part = &parts[p];
         let (n, panels) = (part.w.n, p0..(p0 + PANELS_PER_TASK).min(part.w.panels()));
@@ -457,9 +456,7 @@ pub fn linear_packed_then(
             part.w
                 .product_unchecked(isa, rows, (tokens.clone(), panels), sb, out, n);
             if gelu {
-                for r in tokens {
-                    crate::ops::gelu::gelu_slice(isa, ptrs[p].slice(r * n + j0, cols));
-                }
+                crate::ops::gelu::gelu_block(isa, ptrs[p], tokens, (n, j0, cols));
             }
         }
         Ok(())

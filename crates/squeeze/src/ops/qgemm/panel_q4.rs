@@ -291,7 +291,6 @@ pub fn products(isa: Isa, a: &Q8Rows, parts: &[Q4Part], gelu: bool) -> Result<Ve
     let m = a.codes.len() / a.k.max(1);
     let mut outs = Vec::with_capacity(parts.len());
     let mut biases = Vec::with_capacity(parts.len());
-    let mut tasks = Vec::new();
     let mut macs = 0;
     for part in parts {
         let w = part.w;
@@ -312,15 +311,11 @@ pub fn products(isa: Isa, a: &Q8Rows, parts: &[Q4Part], gelu: bool) -> Result<Ve
         outs.push(crate::ops::output_buffer(m * w.n));
         macs += m * w.n * w.k;
     }
-    // tokens, then panel chunks, then parts: with q, k and v of one width a member's
-    // share holds the same heads of all three, which the attention core then reads there
-    let chunks = parts.iter().map(|p| p.w.panels().div_ceil(PANELS_PER_TASK));
-    for t in 0..m.div_ceil(TOKENS_PER_TASK) {
-        for c in 0..chunks.clone().max().unwrap_or(0) {
-            let live = chunks.clone().enumerate().filter(|&(_, n)| c < n);
-            tasks.extend(live.map(|(i, _)| (i, t, c)));
-        }
-    }
+    let chunks: Vec<usize> = parts
+        .iter()
+        .map(|p| p.w.panels().div_ceil(PANELS_PER_TASK))
+        .collect();
+    let tasks = super::sibling_tasks(m.div_ceil(TOKENS_PER_TASK), &chunks);
     let ptrs: Vec<Ptr<f32>> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
     let task = |&(i, t, c): &(usize, usize, usize)| {
         let (w, n, o) = (parts[i].w, parts[i].w.n, ptrs[i]);
@@ -334,9 +329,7 @@ pub fn products(isa: Isa, a: &Q8Rows, parts: &[Q4Part], gelu: bool) -> Result<Ve
             let (c0, c1) = (p0 * NR, (panels.end * NR).min(n));
             w.product_unchecked(isa, a, (rows.clone(), panels), &biases[i], at, n);
             if gelu {
-                for r in rows {
-                    crate::ops::gelu::gelu_slice(isa, o.slice(r * n + c0, c1 - c0));
-                }
+                crate::ops::gelu::gelu_block(isa, o, rows, (n, c0, c1 - c0));
             }
         }
     };
