@@ -105,11 +105,20 @@ pub fn run(a: CompressArgs) -> Result<()> {
     }
     let tmp = staged.dir().to_path_buf();
     checkpoint::save(&compressed, &tmp)?;
+    // both models as their files hold them, read as any user's later run reads them: the
+    // written model is what was delivered, and the original read afresh carries nothing
+    // the passes left in its caches (its plans and packed weights were made while they
+    // ran, in another state of the heap)
+    drop((compressed, model));
+    let read = |dir: &Path| {
+        load_any(dir).with_context(|| format!("reading {} back for the measurement", dir.display()))
+    };
+    let (original, delivered) = (read(&a.dir)?, read(&tmp)?);
     eprintln!(
         "measuring both models (speeds interleaved over {} rounds)",
         a.rounds
     );
-    let pair = [(a.dir.as_path(), &model), (tmp.as_path(), &compressed)];
+    let pair = [(a.dir.as_path(), &original), (tmp.as_path(), &delivered)];
     let [before, mut after]: [Metrics; 2] = compare(&pair, &images, &stsb_file, a.rounds)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("two models measured, not two results"))?;
