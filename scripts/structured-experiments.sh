@@ -14,7 +14,7 @@ vgg=(vgg-slimming vgg-slimming-int8)
 SLIM=${SLIM:-zoo/vgg-slim}
 for c in l1 taylor bn; do vgg+=("vgg-$c-60" "vgg-$c-60-global"); done
 text=()
-for p in 10 20 30 40 50; do text+=("minilm-heads-ffn-$p" "minilm-heads-ffn-$p-norm" "minilm-heads-ffn-$p-recovered"); done
+for p in 10 20 30 40 50; do text+=("minilm-heads-ffn-$p" "minilm-heads-ffn-$p-global" "minilm-heads-ffn-$p-norm" "minilm-heads-ffn-$p-recovered"); done
 mkdir -p runs/structured
 keys=("$@")
 [ ${#keys[@]} -gt 0 ] || keys=("${vgg[@]}" resnet-channel-50 densenet-channel-40 "${text[@]}")
