@@ -35,7 +35,7 @@ ROWS = (("mlp-svd-50", "`mlp`: SVD of fc1, fc2, 50% of their parameters kept"),
         ("minilm-asvd-30", "MiniLM: the same, ASVD (per-channel RMS^0.5 scaling)"),
         ("minilm-whiten-30", "MiniLM: the same, whitened (SVD-LLM)"),
         ("minilm-whiten-30-recovered", "MiniLM: whitened, then 1 epoch of recovery distillation"),
-        ("minilm-whiten-30-ffn", "MiniLM: the same parameter count from the FFN Linears alone (rank 168), whitened"),
+        ("minilm-whiten-30-ffn", "MiniLM: about the same parameter count from the FFN Linears alone (rank 160), whitened"),
         ("minilm-whiten-30-ffn-recovered", "MiniLM: FFN-only whitened, then the same recovery"))
 
 
