@@ -143,6 +143,24 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     }
 }
 
+/// [`output_buffer`] of bytes (int8 codes): a fixed pattern in the crate's unit tests,
+/// which a missed code differs from in their exactness checks.
+pub(crate) fn output_bytes(len: usize) -> Vec<u8> {
+    if cfg!(test) {
+        vec![0xA5; len]
+    } else {
+        Vec::with_capacity(len)
+    }
+}
+
+/// Sets the length of a buffer from [`output_bytes`] to `len`.
+///
+/// # Safety
+/// The buffer has room for `len` values and each of them was written.
+pub(crate) unsafe fn written_bytes(v: &mut Vec<u8>, len: usize) {
+    v.set_len(len)
+}
+
 /// Sets the length of a buffer from [`output_buffer`] to `len`.
 ///
 /// # Safety

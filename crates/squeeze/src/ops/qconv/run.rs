@@ -378,7 +378,7 @@ impl Run<'_> {
     pub(super) fn values(&self, src: Src) -> Result<Vec<f32>> {
         let (n, co) = (self.dims.0, self.g.out_channels);
         let p = self.out.pixels(self.hw.0 * self.hw.1);
-        let mut y = vec![0f32; n * co * p];
+        let mut y = crate::ops::output_buffer(n * co * p);
         let yp = Ptr(y.as_mut_ptr());
         let (isa, out) = (self.isa, self.out);
         // whole images: a task writes its channels' whole rows of the channels-first output
@@ -392,6 +392,8 @@ impl Run<'_> {
             debug_assert!(rows.is_packed() && rows.first == 0);
             panel::rescale_transposed(isa, acc, (rows.n, rows.ldo), sc, b, out.relu, yt)
         })?;
+        // SAFETY: the tasks wrote every channel row of every image
+        unsafe { crate::ops::written(&mut y, n * co * p) };
         Ok(y)
     }
 
@@ -399,12 +401,14 @@ impl Run<'_> {
     pub(super) fn codes(&self, src: Src, hand: Handoff) -> Result<Vec<u8>> {
         let (n, co) = (self.dims.0, self.g.out_channels);
         let p = self.out.pixels(self.hw.0 * self.hw.1);
-        let mut y = vec![0u8; n * p * co];
+        // every code is written below (the tasks' rows, or the gathered blocks): not
+        // cleared first
+        let mut y = crate::ops::output_bytes(n * p * co);
         // one image's channels split over threads would write the same cache lines of
         // its channels-last rows: each task writes its own block, gathered below
         let per_task = panels_per_task(n, self.w.panels.panels()) * NR;
         let split = per_task < co;
-        let mut blocks = vec![0u8; if split { p * co } else { 0 }];
+        let mut blocks = crate::ops::output_bytes(if split { p * co } else { 0 });
         let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
         self.images((src, true), &|i, _, acc, rows, ch| {
@@ -425,7 +429,17 @@ impl Run<'_> {
             let q = (hand.inv, hand.codes);
             panel::requantize_rows(isa, src, sb, out.relu, q, (o, ldout))
         })?;
+        // SAFETY: the tasks wrote every pixel's channels of every image (of their block
+        // when split, gathered into y below)
+        unsafe {
+            crate::ops::written_bytes(&mut blocks, if split { p * co } else { 0 });
+            if !split {
+                crate::ops::written_bytes(&mut y, n * p * co);
+            }
+        }
         if split {
+            // SAFETY: the loop below writes every channel of every pixel of y's image
+            unsafe { crate::ops::written_bytes(&mut y, n * p * co) };
             for c0 in (0..co).step_by(per_task) {
                 let len = per_task.min(co - c0);
                 let block = &blocks[c0 * p..][..p * len];
