@@ -131,41 +131,38 @@ pub(crate) fn with_rows<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Re
     with_cpu::<f32, _>(t, |v| f(v, w))
 }
 
-/// An f32 output buffer with room for `len` values, every one of which the caller's
-/// kernel writes before anything reads it: not cleared first (a pass over the memory the
-/// kernel then overwrites), but NaN in the crate's unit tests, so a value the kernel
-/// misses shows in their exactness checks. [`written`] gives it its length once full.
-pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+/// An output buffer with room for `len` values, every one of which the caller's kernel
+/// writes before anything reads it: not cleared first (a pass over the memory the kernel
+/// then overwrites), but filled with [`Unwritten::MARK`] in the crate's unit tests, so a
+/// value the kernel misses shows in their exactness checks. [`written`] gives it its
+/// length once full.
+pub(crate) fn output_buffer<T: Unwritten>(len: usize) -> Vec<T> {
     if cfg!(test) {
-        vec![f32::NAN; len]
+        vec![T::MARK; len]
     } else {
         Vec::with_capacity(len)
     }
 }
 
-/// [`output_buffer`] of bytes (int8 codes): a fixed pattern in the crate's unit tests,
-/// which a missed code differs from in their exactness checks.
-pub(crate) fn output_bytes(len: usize) -> Vec<u8> {
-    if cfg!(test) {
-        vec![0xA5; len]
-    } else {
-        Vec::with_capacity(len)
-    }
+/// What an unwritten output value holds in the unit tests: f32 NaN, and for bytes (int8
+/// codes) a pattern a missed code differs from.
+pub(crate) trait Unwritten: Copy {
+    const MARK: Self;
 }
 
-/// Sets the length of a buffer from [`output_bytes`] to `len`.
-///
-/// # Safety
-/// The buffer has room for `len` values and each of them was written.
-pub(crate) unsafe fn written_bytes(v: &mut Vec<u8>, len: usize) {
-    v.set_len(len)
+impl Unwritten for f32 {
+    const MARK: f32 = f32::NAN;
+}
+
+impl Unwritten for u8 {
+    const MARK: u8 = 0xA5;
 }
 
 /// Sets the length of a buffer from [`output_buffer`] to `len`.
 ///
 /// # Safety
 /// The buffer has room for `len` values and each of them was written.
-pub(crate) unsafe fn written(v: &mut Vec<f32>, len: usize) {
+pub(crate) unsafe fn written<T>(v: &mut Vec<T>, len: usize) {
     v.set_len(len)
 }
 

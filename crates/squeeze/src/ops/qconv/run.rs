@@ -403,12 +403,12 @@ impl Run<'_> {
         let p = self.out.pixels(self.hw.0 * self.hw.1);
         // every code is written below (the tasks' rows, or the gathered blocks): not
         // cleared first
-        let mut y = crate::ops::output_bytes(n * p * co);
+        let mut y = crate::ops::output_buffer::<u8>(n * p * co);
         // one image's channels split over threads would write the same cache lines of
         // its channels-last rows: each task writes its own block, gathered below
         let per_task = panels_per_task(n, self.w.panels.panels()) * NR;
         let split = per_task < co;
-        let mut blocks = crate::ops::output_bytes(if split { p * co } else { 0 });
+        let mut blocks = crate::ops::output_buffer::<u8>(if split { p * co } else { 0 });
         let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
         self.images((src, true), &|i, _, acc, rows, ch| {
@@ -432,14 +432,14 @@ impl Run<'_> {
         // SAFETY: the tasks wrote every pixel's channels of every image (of their block
         // when split, gathered into y below)
         unsafe {
-            crate::ops::written_bytes(&mut blocks, if split { p * co } else { 0 });
+            crate::ops::written(&mut blocks, if split { p * co } else { 0 });
             if !split {
-                crate::ops::written_bytes(&mut y, n * p * co);
+                crate::ops::written(&mut y, n * p * co);
             }
         }
         if split {
             // SAFETY: the loop below writes every channel of every pixel of y's image
-            unsafe { crate::ops::written_bytes(&mut y, n * p * co) };
+            unsafe { crate::ops::written(&mut y, n * p * co) };
             for c0 in (0..co).step_by(per_task) {
                 let len = per_task.min(co - c0);
                 let block = &blocks[c0 * p..][..p * len];
