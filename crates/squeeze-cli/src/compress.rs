@@ -105,10 +105,10 @@ pub fn run(a: CompressArgs) -> Result<()> {
     }
     let tmp = staged.dir().to_path_buf();
     checkpoint::save(&compressed, &tmp)?;
-    // both models as their files hold them, read as any user's later run reads them: the
-    // written model is what was delivered, and the original read afresh carries nothing
-    // the passes left in its caches (its plans and packed weights were made while they
-    // ran, in another state of the heap)
+    // both models as their files hold them, read as any user's later run reads them and
+    // both after the passes, so that they are timed alike: the written model is what was
+    // delivered (not the tensors the passes left), and the original is read afresh rather
+    // than kept from before the passes (or from --max-drop's evaluation of it)
     drop((compressed, model));
     let read = |dir: &Path| {
         load_any(dir).with_context(|| format!("reading {} back for the measurement", dir.display()))
