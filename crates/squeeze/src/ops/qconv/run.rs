@@ -429,17 +429,14 @@ impl Run<'_> {
             let q = (hand.inv, hand.codes);
             panel::requantize_rows(isa, src, sb, out.relu, q, (o, ldout))
         })?;
-        // SAFETY: the tasks wrote every pixel's channels of every image (of their block
-        // when split, gathered into y below)
+        // SAFETY: the tasks wrote every pixel's channels of every image: into y, or when
+        // split into their blocks, which the loop below gathers into every code of y
+        // before anything reads it
         unsafe {
             crate::ops::written(&mut blocks, if split { p * co } else { 0 });
-            if !split {
-                crate::ops::written(&mut y, n * p * co);
-            }
+            crate::ops::written(&mut y, n * p * co);
         }
         if split {
-            // SAFETY: the loop below writes every channel of every pixel of y's image
-            unsafe { crate::ops::written(&mut y, n * p * co) };
             for c0 in (0..co).step_by(per_task) {
                 let len = per_task.min(co - c0);
                 let block = &blocks[c0 * p..][..p * len];
