@@ -12,7 +12,7 @@ use crate::ops::team::Ptr;
 
 /// What one image's product reads: im2col rows (codes, their magnitudes, the row stride,
 /// whether any code is negative), or — the implicit GEMM: any codes on AMX, non-negative
-/// ones of whole groups of channels on AVX-512 VNNI — the zero-padded channels-last image
+/// ones of whole groups of channels on AVX-512 VNNI and AVX2 — the zero-padded channels-last image
 /// itself (and whether any code is negative).
 #[derive(Clone, Copy)]
 enum Operand<'a> {
@@ -312,8 +312,8 @@ impl Run<'_> {
             ho,
             wo,
         };
-        // the implicit GEMM for int8 weights on AMX, or on AVX-512 VNNI for non-negative
-        // codes of whole groups of channels (else im2col rows)
+        // the implicit GEMM for int8 weights on AMX, or on AVX-512 VNNI and AVX2 for
+        // non-negative codes of whole groups of channels (else im2col rows)
         let int8 = matches!(self.w.panels, Panels::I8(_));
         let implicit = |signed| int8 && PackedI8::implicit(self.isa, c, signed);
         let image = |i: usize| -> Result<()> {

@@ -1,11 +1,25 @@
 //! AVX2 micro-kernel of [`super::panel::PackedI8::product`]: tiles of up to 6 tokens
 //! (4 with sign transfer, which needs two more registers) × one 16-channel panel, 12 i32
 //! accumulators, one broadcast of 4 activation bytes per token and input group. A last
-//! panel with at most 8 real channels multiplies only its first half.
+//! panel with at most 8 real channels multiplies only its first half. The same tiles run
+//! the implicit GEMM of [`super::panel::PackedI8::product_implicit`] on non-negative
+//! codes: each token reads its kernel rows in place from the padded channels-last image.
 
 use std::arch::x86_64::*;
 
+use super::ConvWindow;
 use super::NR;
+
+/// Where a tile's tokens read their codes: token `t`'s inputs are `nseg` segments of
+/// `nqs` groups of 4 bytes, segment `g` at `t·tok + g·seg` from the row pointers (one
+/// segment for im2col rows; one per kernel row for the implicit GEMM).
+#[derive(Clone, Copy)]
+struct Reads {
+    tok: usize,
+    nqs: usize,
+    nseg: usize,
+    seg: usize,
+}
 
 /// Every panel against every token; see `PackedI8::product` for the contract.
 ///
@@ -25,25 +39,88 @@ pub unsafe fn product(
     out: &mut [i32],
     ldo: usize,
 ) {
+    let r = Reads {
+        tok: lda,
+        nqs: nq,
+        nseg: 1,
+        seg: 0,
+    };
+    let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
+    each_panel((panels, valid), nq, &mut |w, half, p| {
+        token_rows((ap, bp), m, r, (w, half), signed, op.add(p * NR), ldo)
+    });
+}
+
+/// [`product`] as an implicit GEMM over non-negative codes: token (oh, ow)'s kernel row
+/// `ki` is the `k·c` bytes at `((oh·stride + ki)·wp + ow·stride)·c` of `img` — the im2col
+/// row's `ki`-th run, uncopied. The output's rows are packed (`ho·wo` rows of stride
+/// `ldo`).
+///
+/// # Safety
+/// AVX2 is available; `img` holds `((ho − 1)·stride + k)` rows of `wp·c` bytes, `k·c` is
+/// a multiple of 4 and `nq = k·k·c / 4`; `panels` and `valid` as in [`product`]; `out`
+/// has `ho·wo` rows of stride `ldo` with room for every panel's 16 columns.
+pub unsafe fn product_implicit(
+    img: *const u8,
+    win: ConvWindow,
+    (panels, valid): (&[u8], usize),
+    nq: usize,
+    out: *mut i32,
+    ldo: usize,
+) {
+    let r = Reads {
+        tok: win.stride * win.c,
+        nqs: win.k * win.c / 4,
+        nseg: win.k,
+        seg: win.wp * win.c,
+    };
+    each_panel((panels, valid), nq, &mut |w, half, p| {
+        for oh in 0..win.ho {
+            let a = img.add(oh * win.stride * r.seg);
+            let o = out.add(oh * win.wo * ldo + p * NR);
+            // unsigned codes: the signed row pointer is never read
+            token_rows((a as *const i8, a), win.wo, r, (w, half), false, o, ldo);
+        }
+    });
+}
+
+/// Runs `each(panel, whether only its first half is real, its index)` for every panel.
+/// One panel (≤ a few KB) stays in L1 while every token tile streams past it.
+unsafe fn each_panel(
+    (panels, valid): (&[u8], usize),
+    nq: usize,
+    each: &mut dyn FnMut(*const u8, bool, usize),
+) {
     let psize = nq * NR * 4;
     let np = panels.len() / psize.max(1);
-    let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
-    // one panel (≤ a few KB) stays in L1 while every token tile streams past it
     for p in 0..np {
-        let w = panels.as_ptr().add(p * psize);
         // a last panel with at most 8 real channels multiplies only its first half
-        let half = valid <= p * NR + NR / 2;
-        let mut i = 0;
-        while i < m {
-            let at = (ap.add(i * lda), bp.add(i * lda));
-            let o = op.add(i * ldo + p * NR);
-            i += match (half, signed) {
-                (false, false) => tiles::<2, false>(m - i, at, lda, w, nq, o, ldo),
-                (false, true) => tiles::<2, true>(m - i, at, lda, w, nq, o, ldo),
-                (true, false) => tiles::<1, false>(m - i, at, lda, w, nq, o, ldo),
-                (true, true) => tiles::<1, true>(m - i, at, lda, w, nq, o, ldo),
-            };
-        }
+        each(panels.as_ptr().add(p * psize), valid <= p * NR + NR / 2, p);
+    }
+}
+
+/// One panel against `m` tokens (token `i` read at `i·tok` from the row pointers), in
+/// tiles, into `out`'s rows of stride `ldo`.
+#[target_feature(enable = "avx2")]
+unsafe fn token_rows(
+    (ap, bp): (*const i8, *const u8),
+    m: usize,
+    r: Reads,
+    (w, half): (*const u8, bool),
+    signed: bool,
+    out: *mut i32,
+    ldo: usize,
+) {
+    let mut i = 0;
+    while i < m {
+        let at = (ap.add(i * r.tok), bp.add(i * r.tok));
+        let o = out.add(i * ldo);
+        i += match (half, signed) {
+            (false, false) => tiles::<2, false>(m - i, at, r, w, o, ldo),
+            (false, true) => tiles::<2, true>(m - i, at, r, w, o, ldo),
+            (true, false) => tiles::<1, false>(m - i, at, r, w, o, ldo),
+            (true, true) => tiles::<1, true>(m - i, at, r, w, o, ldo),
+        };
     }
 }
 
@@ -53,56 +130,59 @@ pub unsafe fn product(
 unsafe fn tiles<const V: usize, const SIGNED: bool>(
     left: usize,
     at: (*const i8, *const u8),
-    lda: usize,
+    r: Reads,
     w: *const u8,
-    nq: usize,
     o: *mut i32,
     ldo: usize,
 ) -> usize {
     match (SIGNED, left) {
-        (false, 6..) => tile::<6, V, SIGNED>(at, lda, w, nq, o, ldo),
-        (false, 5) => tile::<5, V, SIGNED>(at, lda, w, nq, o, ldo),
-        (_, 4..) => tile::<4, V, SIGNED>(at, lda, w, nq, o, ldo),
-        (_, 3) => tile::<3, V, SIGNED>(at, lda, w, nq, o, ldo),
-        (_, 2) => tile::<2, V, SIGNED>(at, lda, w, nq, o, ldo),
-        _ => tile::<1, V, SIGNED>(at, lda, w, nq, o, ldo),
+        (false, 6..) => tile::<6, V, SIGNED>(at, r, w, o, ldo),
+        (false, 5) => tile::<5, V, SIGNED>(at, r, w, o, ldo),
+        (_, 4..) => tile::<4, V, SIGNED>(at, r, w, o, ldo),
+        (_, 3) => tile::<3, V, SIGNED>(at, r, w, o, ldo),
+        (_, 2) => tile::<2, V, SIGNED>(at, r, w, o, ldo),
+        _ => tile::<1, V, SIGNED>(at, r, w, o, ldo),
     }
 }
 
-/// T tokens (codes and magnitudes from `a`) × the first `V` (1 or 2) 8-channel halves of
-/// panel `w` → `out` rows of 16 i32 (an unused second half stored as zeros); returns T.
+/// T tokens (codes and magnitudes read as `r` says) × the first `V` (1 or 2) 8-channel
+/// halves of panel `w` → `out` rows of 16 i32 (an unused second half stored as zeros);
+/// returns T.
 #[target_feature(enable = "avx2")]
 unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
     (a, abs): (*const i8, *const u8),
-    lda: usize,
+    r: Reads,
     w: *const u8,
-    nq: usize,
     out: *mut i32,
     ldo: usize,
 ) -> usize {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); V]; T];
-    for q in 0..nq {
-        let mut wv = [_mm256_setzero_si256(); V];
-        for (v, r) in wv.iter_mut().enumerate() {
-            *r = _mm256_loadu_si256(w.add(q * 64 + v * 32) as *const __m256i);
-        }
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let u = _mm256_set1_epi32((abs.add(t * lda + 4 * q) as *const i32).read_unaligned());
-            let s = match SIGNED {
-                true => _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned()),
-                false => ones,
-            };
-            for (acc, wr) in acc.iter_mut().zip(&wv) {
-                // the activation's sign moves onto the weight; its magnitude is unsigned
-                let x = if SIGNED {
-                    _mm256_sign_epi8(*wr, s)
-                } else {
-                    *wr
+    for g in 0..r.nseg {
+        let (ag, bg, wg) = (a.add(g * r.seg), abs.add(g * r.seg), w.add(g * r.nqs * 64));
+        for q in 0..r.nqs {
+            let mut wv = [_mm256_setzero_si256(); V];
+            for (v, reg) in wv.iter_mut().enumerate() {
+                *reg = _mm256_loadu_si256(wg.add(q * 64 + v * 32) as *const __m256i);
+            }
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let at = t * r.tok + 4 * q;
+                let u = _mm256_set1_epi32((bg.add(at) as *const i32).read_unaligned());
+                let s = match SIGNED {
+                    true => _mm256_set1_epi32((ag.add(at) as *const i32).read_unaligned()),
+                    false => ones,
                 };
-                // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-                *acc = _mm256_add_epi32(*acc, p);
+                for (acc, wr) in acc.iter_mut().zip(&wv) {
+                    // the activation's sign moves onto the weight; its magnitude is unsigned
+                    let x = if SIGNED {
+                        _mm256_sign_epi8(*wr, s)
+                    } else {
+                        *wr
+                    };
+                    // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+                    *acc = _mm256_add_epi32(*acc, p);
+                }
             }
         }
     }

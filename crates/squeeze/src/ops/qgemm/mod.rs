@@ -19,8 +19,9 @@
 //!
 //! All split their work over threads when the product is large. On the `avx512vnni` path
 //! the packed kernels use `vpdpbusd` in tiles of several panels with codes broadcast from
-//! memory, and the convolution's product can read a padded channels-last image in place
-//! ([`panel::PackedI8::product_implicit`]); on the `amx` path (Intel's AMX-INT8 tiles)
+//! memory. On it and on `avx2` the convolution's product reads non-negative codes in
+//! place from a padded channels-last image ([`panel::PackedI8::product_implicit`]); on
+//! the `amx` path (Intel's AMX-INT8 tiles)
 //! the convolution's product runs on the tile unit (see `amx`), signed first-layer codes
 //! included; the weight-only int4 kernel runs its AVX2 form on every path above scalar.
 

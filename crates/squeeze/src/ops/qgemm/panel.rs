@@ -199,10 +199,11 @@ impl PackedI8 {
     }
 
     /// Whether [`Self::product_implicit`] runs on path `isa` for inputs of `c` channels
-    /// (codes `signed` or not): AMX, any; AVX-512 VNNI, non-negative codes in kernel rows
-    /// of whole groups of 4 inputs (`c` a multiple of 4).
+    /// (codes `signed` or not): AMX, any; AVX-512 VNNI and AVX2, non-negative codes in
+    /// kernel rows of whole groups of 4 inputs (`c` a multiple of 4).
     pub fn implicit(isa: Isa, c: usize, signed: bool) -> bool {
-        isa::amx(isa) || (isa::avx512_vnni(isa) && c.is_multiple_of(KG) && !signed)
+        let simd = cfg!(target_arch = "x86_64") && isa != Isa::Scalar && isa.is_supported();
+        isa::amx(isa) || (simd && c.is_multiple_of(KG) && !signed)
     }
 
     /// [`Self::product`] of a convolution without im2col rows: the window's `ho·wo`
@@ -282,18 +283,40 @@ impl PackedI8 {
             return Ok(win.wo);
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `implicit` checked AVX-512 VNNI (and non-negative codes); the image,
-        // panels and output sizes were checked above.
-        unsafe {
-            super::avx512_panel::wide::product_implicit(
-                img.as_ptr(),
-                win,
-                data.as_ptr(),
-                (panels.len(), nq),
-                out.as_mut_ptr(),
-                ldo,
-            )
-        };
+        if isa::avx512_vnni(isa) {
+            // SAFETY: avx512_vnni checked the CPU features, `implicit` non-negative codes
+            // of whole groups of channels; the image, panels and output sizes were checked
+            // above.
+            unsafe {
+                super::avx512_panel::wide::product_implicit(
+                    img.as_ptr(),
+                    win,
+                    data.as_ptr(),
+                    (panels.len(), nq),
+                    out.as_mut_ptr(),
+                    ldo,
+                )
+            };
+            return Ok(win.wo);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // real channels from the range's first: a last half-empty panel multiplies half
+            let valid = self.n.saturating_sub(panels.start * NR);
+            // SAFETY: `implicit` checked a supported path above scalar (so AVX2) and
+            // non-negative codes of whole groups of channels; the image, panels and output
+            // sizes were checked above.
+            unsafe {
+                super::avx2_panel::product_implicit(
+                    img.as_ptr(),
+                    win,
+                    (data, valid),
+                    nq,
+                    out.as_mut_ptr(),
+                    ldo,
+                )
+            };
+        }
         Ok(win.wo)
     }
 

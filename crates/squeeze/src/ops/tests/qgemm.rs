@@ -767,12 +767,13 @@ fn the_implicit_convolution_product_equals_the_im2col_product_exactly() {
     use qgemm::ConvWindow;
     let all = super::common::isa_paths(module_path!());
     if !all.iter().any(|&i| PackedI8::implicit(i, 4, false)) {
-        eprintln!("NOT RUN on this CPU: the implicit product needs AVX-512 VNNI");
+        eprintln!("NOT RUN on this CPU: the implicit product needs AVX2");
         return;
     }
     // (channels, height, width, kernel, stride, padding, output channels): kernel rows of
-    // 3 and 5, a stride of 2, wide tiles past 4 panels, rows past whole tiles; then signed
-    // codes (AMX only) of one and of 3 channels, a first layer's input
+    // 3 and 5, a stride of 2, wide tiles past 4 panels, rows past whole tiles, a last panel
+    // of at most 8 channels (AVX2 multiplies its first half only); then signed codes (AMX
+    // only) of one and of 3 channels, a first layer's input
     for (&(c, h, w, k, s, pad, n), signed) in [
         (4, 7, 9, 3, 1, 1, 16),
         (8, 12, 13, 3, 1, 1, 70),
