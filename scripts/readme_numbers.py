@@ -583,6 +583,11 @@ def onnx_notes():
     return readme_onnx.notes(load)
 
 
+def kinds():
+    import readme_kinds
+    return readme_kinds.block(table)
+
+
 def family():
     import readme_onnx
     return readme_onnx.family(load, table)
@@ -595,7 +600,7 @@ BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_spe
           "distill-notes": distill_notes, "prune-notes": prune_notes,
           "structured": structured, "structured-notes": structured_notes,
           "lowrank": lowrank, "lowrank-notes": lowrank_notes, "qat": qat, "qat-notes": qat_notes,
-          "onnx": onnx, "onnx-notes": onnx_notes, "family": family}
+          "onnx": onnx, "onnx-notes": onnx_notes, "family": family, "kinds": kinds}
 
 
 # Numbers in README prose that are not measurements (targets, defaults, shapes, versions,
