@@ -7,19 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::ConvWindow;
-use super::NR;
-
-/// Where a tile's tokens read their codes: token `t`'s inputs are `nseg` segments of
-/// `nqs` groups of 4 bytes, segment `g` at `t·tok + g·seg` from the row pointers (one
-/// segment for im2col rows; one per kernel row for the implicit GEMM).
-#[derive(Clone, Copy)]
-struct Reads {
-    tok: usize,
-    nqs: usize,
-    nseg: usize,
-    seg: usize,
-}
+use super::{ConvWindow, Reads, NR};
 
 /// Every panel against every token; see `PackedI8::product` for the contract.
 ///
@@ -39,12 +27,7 @@ pub unsafe fn product(
     out: &mut [i32],
     ldo: usize,
 ) {
-    let r = Reads {
-        tok: lda,
-        nqs: nq,
-        nseg: 1,
-        seg: 0,
-    };
+    let r = Reads::rows(lda, nq);
     let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
     each_panel((panels, valid), nq, &mut |w, half, p| {
         token_rows((ap, bp), m, r, (w, half), signed, op.add(p * NR), ldo)
@@ -68,15 +51,10 @@ pub unsafe fn product_implicit(
     out: *mut i32,
     ldo: usize,
 ) {
-    let r = Reads {
-        tok: win.stride * win.c,
-        nqs: win.k * win.c / 4,
-        nseg: win.k,
-        seg: win.wp * win.c,
-    };
+    let r = Reads::window(&win);
     each_panel((panels, valid), nq, &mut |w, half, p| {
         for oh in 0..win.ho {
-            let a = img.add(oh * win.stride * r.seg);
+            let a = img.add(r.image_row(&win, oh));
             let o = out.add(oh * win.wo * ldo + p * NR);
             // unsigned codes: the signed row pointer is never read
             token_rows((a as *const i8, a), win.wo, r, (w, half), false, o, ldo);
@@ -166,22 +144,10 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
                 *reg = _mm256_loadu_si256(wg.add(q * 64 + v * 32) as *const __m256i);
             }
             for (t, acc) in acc.iter_mut().enumerate() {
-                let at = t * r.tok + 4 * q;
-                let u = _mm256_set1_epi32((bg.add(at) as *const i32).read_unaligned());
-                let s = match SIGNED {
-                    true => _mm256_set1_epi32((ag.add(at) as *const i32).read_unaligned()),
-                    false => ones,
-                };
+                let x = token_codes::<SIGNED>((ag, bg), t * r.tok + 4 * q, ones);
                 for (acc, wr) in acc.iter_mut().zip(&wv) {
-                    // the activation's sign moves onto the weight; its magnitude is unsigned
-                    let x = if SIGNED {
-                        _mm256_sign_epi8(*wr, s)
-                    } else {
-                        *wr
-                    };
                     // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-                    *acc = _mm256_add_epi32(*acc, p);
+                    *acc = sign_dot::<SIGNED>(*acc, x, *wr, ones);
                 }
             }
         }
@@ -194,6 +160,39 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
         }
     }
     T
+}
+
+/// The 4 codes at byte `at` of a token's rows `(a, abs)`, broadcast: their magnitudes and,
+/// when `SIGNED`, the codes themselves for their signs (else `ones`, unused).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn token_codes<const SIGNED: bool>(
+    (a, abs): (*const i8, *const u8),
+    at: usize,
+    ones: __m256i,
+) -> (__m256i, __m256i) {
+    let u = _mm256_set1_epi32((abs.add(at) as *const i32).read_unaligned());
+    let s = match SIGNED {
+        true => _mm256_set1_epi32((a.add(at) as *const i32).read_unaligned()),
+        false => ones,
+    };
+    (u, s)
+}
+
+/// `acc` plus, per channel of 8, the dot product of 4 codes (magnitudes `u`, signs `s`
+/// from [`token_codes`]) with that channel's 4 weight bytes in `w`: the code's sign moves
+/// onto the weight (`vpsignb`, skipped unless `SIGNED`), magnitude × weight pairs by
+/// `vpmaddubsw` (exact while each pair sum fits i16), widened against `ones` (`vpmaddwd`).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn sign_dot<const SIGNED: bool>(
+    acc: __m256i,
+    (u, s): (__m256i, __m256i),
+    w: __m256i,
+    ones: __m256i,
+) -> __m256i {
+    let x = if SIGNED { _mm256_sign_epi8(w, s) } else { w };
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones))
 }
 
 /// `t[j·ldt + i] = acc[i·ldo + j]·scale[j] + bias[j]` (ReLU'd when `relu`) for the

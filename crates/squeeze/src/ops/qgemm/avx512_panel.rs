@@ -108,18 +108,8 @@ unsafe fn tile<const T: usize>(
 pub(super) mod wide {
     use std::arch::x86_64::*;
 
-    use super::super::ConvWindow as Window;
+    use super::super::{ConvWindow as Window, Reads};
     use super::NR;
-
-    /// Where a tile's tokens read their codes: token `t`'s inputs are `nseg` segments of
-    /// `nqs` groups of 4 bytes, segment `g` at `a + t·tok + g·seg`.
-    #[derive(Clone, Copy)]
-    struct Reads {
-        tok: usize,
-        nqs: usize,
-        nseg: usize,
-        seg: usize,
-    }
 
     /// Every panel against every token: `out[i, 16p + ch] = Σ_c a[i, c]·w[16p + ch, c]`.
     ///
@@ -135,12 +125,7 @@ pub(super) mod wide {
         out: *mut i32,
         ldo: usize,
     ) {
-        let r = Reads {
-            tok: lda,
-            nqs: nq,
-            nseg: 1,
-            seg: 0,
-        };
+        let r = Reads::rows(lda, nq);
         panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
             4 => rows::<4, 6>(a, m, r, wp, nq, o, ldo),
             3 => rows::<3, 8>(a, m, r, wp, nq, o, ldo),
@@ -165,15 +150,10 @@ pub(super) mod wide {
         out: *mut i32,
         ldo: usize,
     ) {
-        let r = Reads {
-            tok: win.stride * win.c,
-            nqs: win.k * win.c / 4,
-            nseg: win.k,
-            seg: win.wp * win.c,
-        };
+        let r = Reads::window(&win);
         panel_groups(w, (np, nq), out, &mut |step, wp, o| {
             for oh in 0..win.ho {
-                let a = img.add(oh * win.stride * r.seg);
+                let a = img.add(r.image_row(&win, oh));
                 let o = o.add(oh * win.wo * ldo);
                 match step {
                     4 => rows::<4, 6>(a, win.wo, r, wp, nq, o, ldo),

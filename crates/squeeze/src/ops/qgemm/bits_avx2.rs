@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2_panel::{sign_dot, token_codes};
 use super::NR;
 
 /// Every panel against every token.
@@ -100,20 +101,10 @@ unsafe fn tile<const T: usize, const SIGNED: bool>(
     for q in 0..nq {
         let wv = weights(*signs.add(q), nonzero.map(|p| *p.add(q)));
         for (t, acc) in acc.iter_mut().enumerate() {
-            let u = _mm256_set1_epi32((abs.add(t * lda + 4 * q) as *const i32).read_unaligned());
-            let s = match SIGNED {
-                true => _mm256_set1_epi32((a.add(t * lda + 4 * q) as *const i32).read_unaligned()),
-                false => ones,
-            };
+            let x = token_codes::<SIGNED>((a, abs), t * lda + 4 * q, ones);
             for (acc, wr) in acc.iter_mut().zip(&wv) {
-                let x = if SIGNED {
-                    _mm256_sign_epi8(*wr, s)
-                } else {
-                    *wr
-                };
                 // |a| ≤ 127 times a level in {−1, 0, 1}: pair sums fit i16 exactly
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-                *acc = _mm256_add_epi32(*acc, p);
+                *acc = sign_dot::<SIGNED>(*acc, x, *wr, ones);
             }
         }
     }

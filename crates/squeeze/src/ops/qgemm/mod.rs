@@ -107,6 +107,48 @@ impl ConvWindow {
     }
 }
 
+/// Where a convolution micro-kernel's tile reads its tokens' codes: token `t`'s inputs
+/// are `nseg` segments of `nqs` groups of 4 bytes, segment `g` at `t·tok + g·seg` from the
+/// operand's start. im2col rows are one segment per token; the implicit GEMM reads one
+/// segment per kernel row of the padded channels-last image.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+struct Reads {
+    tok: usize,
+    nqs: usize,
+    nseg: usize,
+    seg: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Reads {
+    /// Rows of `nq` groups at stride `lda`.
+    fn rows(lda: usize, nq: usize) -> Self {
+        Reads {
+            tok: lda,
+            nqs: nq,
+            nseg: 1,
+            seg: 0,
+        }
+    }
+
+    /// The tokens of one output row of `win` (`k·c` a multiple of 4), from the first
+    /// input row that output row reads; [`Self::image_row`] is where that row starts.
+    fn window(win: &ConvWindow) -> Self {
+        Reads {
+            tok: win.stride * win.c,
+            nqs: win.k * win.c / 4,
+            nseg: win.k,
+            seg: win.wp * win.c,
+        }
+    }
+
+    /// The byte offset in the padded image of the first input row of output row `oh`.
+    fn image_row(&self, win: &ConvWindow, oh: usize) -> usize {
+        oh * win.stride * self.seg
+    }
+}
+
 /// Bytes of one octet of an int4 nibble panel: 16 channels × 8 nibbles.
 const OCTET_BYTES: usize = 64;
 
