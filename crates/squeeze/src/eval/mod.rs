@@ -57,7 +57,7 @@ pub struct Metrics {
 pub struct Measured {
     /// Seconds since the Unix epoch (UTC).
     pub unix_time: u64,
-    /// CPU model and thread count.
+    /// CPU model, family and vector units ([`crate::isa::cpu_kind`]) and thread count.
     pub machine: String,
 }
 
@@ -70,7 +70,7 @@ impl Measured {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Measured {
             unix_time,
-            machine: format!("{}, {threads} threads", crate::isa::cpu_name()),
+            machine: format!("{}, {threads} threads", crate::isa::cpu_kind()),
         }
     }
 
