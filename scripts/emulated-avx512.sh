@@ -152,7 +152,21 @@ args = " ".join(x for x in (name, filters) if x)
 out = open(path).read()
 flags = re.search(r"^emu-flags: (.*)$", out, re.M)
 code = re.search(r"^emu-exit: (\d+)$", out, re.M)
-tests = re.findall(r"^test (\S+) \.\.\. (\w+)", out, re.M)
+# a test's outcome ends its "test NAME ... " line, or, when the test wrote to stderr first
+# (a "NOT RUN" line for a path this CPU lacks), stands alone on a later line
+lines = out.split("\n")
+OUTCOMES = ("ok", "FAILED", "ignored")
+tests = []
+for i, line in enumerate(lines):
+    m = re.match(r"^test (\S+) \.\.\. ?(.*)$", line)
+    if not m:
+        continue
+    rest = m.group(2).strip()
+    if rest not in OUTCOMES:
+        later = (x.strip() for x in lines[i + 1:] if x.strip() in OUTCOMES or x.startswith("test "))
+        rest = next(later, "unfinished")
+        rest = rest if rest in OUTCOMES else "unfinished"
+    tests.append((m.group(1), rest))
 rec = {
     "command": "bash scripts/emulated-avx512.sh" + (" " + args if args else ""),
     "test_binary": name,

@@ -536,9 +536,10 @@ def prune_notes():
 def emulated():
     r = load("emulated-avx512")
     status = "all pass" if r["ok"] else "NOT all pass"
+    isa = re.search(r"SQUEEZE_ISA=\w+", r["emulated_cpu"]).group(0)  # the path the run forced
     return (f"`{r['command']}` booted the `{r['test_binary']}` test binary as the init process "
             f"of a Linux kernel in Bochs emulating a Tiger Lake (flags seen: "
-            f"{', '.join(r['cpu_flags_seen'])}), with `SQUEEZE_ISA=avx512`: {r['passed']} of "
+            f"{', '.join(r['cpu_flags_seen'])}), with `{isa}`: {r['passed']} of "
             f"{r['passed'] + r['failed']} tests passed ({status}; host {r['host_cpu']}; "
             f"`results/emulated-avx512.json`).")
 
