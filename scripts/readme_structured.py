@@ -73,9 +73,7 @@ def minilm(d, table):
         if not (cal or glob or norm or rec):
             continue
         sp = lambda e: f"{e['spearman']:.2f} ({_pt(e):+.2f})" if e else "—"
-        # the speeds of the model the recipe delivers (the recovered one, where it exists:
-        # the same widths, so the same cost), as its own run measured them
-        shown = rec or cal
+        shown = _delivered(cal, rec)
         speed = _speed_cells(shown) if shown else ["—", "—"]
         rows.append([f"{pct}%", sp(norm), sp(glob), sp(cal), sp(rec),
                      f"{rec['finetune_seconds'] / 60:.1f} min" if rec else "—",
@@ -84,6 +82,13 @@ def minilm(d, table):
                   "calibrated (Taylor/Fisher), global", "calibrated, uniform", "calibrated, uniform + recovery",
                   "recovery time", "params (calibrated, uniform)", "batch-1 latency, ms (uniform + recovery)",
                   "sentences/s at batch 32 (uniform + recovery)"], rows)
+
+
+def _delivered(pruned, recovered):
+    """The entry whose speeds the README shows for a fraction: the model the recipe
+    delivers, the recovered one where it exists (the same widths, so the same cost), as its
+    own run measured it."""
+    return recovered or pruned
 
 
 def _minus(text):
@@ -196,9 +201,7 @@ def notes(load):
                    f"the attention core's work, which its parameters do not count.")
     m, r = d.get("minilm-heads-ffn-30"), d.get("minilm-heads-ffn-30-recovered")
     if m:
-        # the speeds of the model the recipe delivers (the recovered one, where it exists:
-        # the same widths, so the same cost), as its own run measured them
-        sp = r or m
+        sp = _delivered(m, r)
         lat, thr = _ratio(sp, "latency_ms_b1"), _ratio(sp, "throughput")
         checks = [("≤ 1.0 pt after recovery", r is not None and _pt(r) >= -1.0),
                   ("batch-1 latency ≤ 0.75×", lat <= 0.75), ("batch-32 throughput ≥ 1.3×", thr >= 1.3)]

@@ -401,14 +401,15 @@ impl Run<'_> {
     pub(super) fn codes(&self, src: Src, hand: Handoff) -> Result<Vec<u8>> {
         let (n, co) = (self.dims.0, self.g.out_channels);
         let p = self.out.pixels(self.hw.0 * self.hw.1);
-        // every code is written below (the tasks' rows, or the gathered blocks): not
-        // cleared first
-        let mut y = crate::ops::output_buffer::<u8>(n * p * co);
         // one image's channels split over threads would write the same cache lines of
         // its channels-last rows: each task writes its own block, gathered below
         let per_task = panels_per_task(n, self.w.panels.panels()) * NR;
         let split = per_task < co;
-        let mut blocks = crate::ops::output_buffer::<u8>(if split { p * co } else { 0 });
+        let (total, in_blocks) = (n * p * co, if split { p * co } else { 0 });
+        // every code is written below (the tasks' rows, or the gathered blocks): not
+        // cleared first
+        let mut y = crate::ops::output_buffer::<u8>(total);
+        let mut blocks = crate::ops::output_buffer::<u8>(in_blocks);
         let (yp, bp) = (Ptr(y.as_mut_ptr()), Ptr(blocks.as_mut_ptr()));
         let (isa, out) = (self.isa, self.out);
         self.images((src, true), &|i, _, acc, rows, ch| {
@@ -433,8 +434,8 @@ impl Run<'_> {
         // split into their blocks, which the loop below gathers into every code of y
         // before anything reads it
         unsafe {
-            crate::ops::written(&mut blocks, if split { p * co } else { 0 });
-            crate::ops::written(&mut y, n * p * co);
+            crate::ops::written(&mut blocks, in_blocks);
+            crate::ops::written(&mut y, total);
         }
         if split {
             for c0 in (0..co).step_by(per_task) {
