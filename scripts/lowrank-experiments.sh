@@ -3,7 +3,9 @@
 # factorized model measured against its original in the same process, speeds interleaved
 # over 5 rounds); for a fine-tuned key its `-oneshot` recipe (the same factorization without
 # fine-tuning) is compressed too, for the accuracy before fine-tuning. The search key runs
-# `squeeze search` (both of its candidates become keys). The two vgg factorizations are then
+# `squeeze search` (both of its candidates become keys); vgg-knapsack-flops-33 fine-tunes the
+# search's knapsack choice as is, beside the uniform candidate's recipe run again on the same
+# machine (`-uniform`). The two vgg factorizations are then
 # measured again side by side with zoo/vgg in one `squeeze report` run (their speeds in the
 # results come from it). Then collects everything into results/lowrank.json.
 # Usage: scripts/lowrank-experiments.sh [KEY...] (default: all). Models go to
@@ -16,8 +18,12 @@ mkdir -p runs/lowrank
 keys=("$@")
 [ ${#keys[@]} -gt 0 ] || keys=(mlp-svd-50 vgg-svd-50 vgg-spatial-svd-50 minilm-svd-30 minilm-asvd-30
   minilm-whiten-30 minilm-whiten-30-recovered minilm-whiten-30-ffn minilm-whiten-30-ffn-recovered
-  vgg-search-flops-33)
+  vgg-search-flops-33 vgg-knapsack-flops-33)
 SEARCH=runs/lowrank/vgg-search-flops-33
+# recipe $1 without its last pass (the fine-tuning), written to $2
+oneshot() {
+  python3 -c 'import sys; t=open(sys.argv[1]).read(); end="[[passes]]\ntype = \"finetune\"\n"; assert t.endswith(end); open(sys.argv[2],"w").write(t[:-len(end)])' "$1" "$2"
+}
 for k in "${keys[@]}"; do
   if [ "$k" = vgg-search-flops-33 ]; then
     # the search makes both candidates (searched ratios, one uniform ratio) with equal
@@ -33,8 +39,7 @@ for k in "${keys[@]}"; do
       key=vgg-search-flops-33; [ $c = uniform ] && key=vgg-uniform-flops-33
       { echo "# Written by: $BIN search zoo/vgg --recipe recipes/vgg-search.toml --budget flops=0.33 (its $c candidate)."
         cat "$SEARCH/$c/recipe.toml"; } > "recipes/$key.toml"
-      python3 -c 'import sys; t=open(sys.argv[1]).read(); end="[[passes]]\ntype = \"finetune\"\n"; assert t.endswith(end); open(sys.argv[2],"w").write(t[:-len(end)])' \
-        "$SEARCH/$c/recipe.toml" "runs/lowrank/$key-oneshot.toml"
+      oneshot "$SEARCH/$c/recipe.toml" "runs/lowrank/$key-oneshot.toml"
       "$BIN" compress zoo/vgg --recipe "runs/lowrank/$key-oneshot.toml" --out "$SEARCH-$c-oneshot" --force --rounds 0
       # the same candidate fine-tuned with another seed: how far apart the two candidates
       # are against how far one candidate moves with the seed
@@ -42,6 +47,17 @@ for k in "${keys[@]}"; do
       "$BIN" compress zoo/vgg --recipe "runs/lowrank/$key-seed1.toml" --out "$SEARCH-$c-seed1" --force --rounds 0
     done
     "$BIN" report zoo/vgg "$SEARCH/searched" "$SEARCH/uniform" --rounds 5 --json "$SEARCH.against-original.json"
+    continue
+  fi
+  if [ "$k" = vgg-knapsack-flops-33 ]; then
+    if [ -f "runs/lowrank/$k/report.json" ] && [ -z "${FORCE:-}" ]; then
+      echo "== $k (report present)"; continue
+    fi
+    echo "== $k"
+    oneshot "recipes/$k.toml" "runs/lowrank/$k-oneshot.toml"
+    "$BIN" compress zoo/vgg --recipe "runs/lowrank/$k-oneshot.toml" --out "runs/lowrank/$k-oneshot" --force --rounds 0
+    "$BIN" compress zoo/vgg --recipe recipes/vgg-uniform-flops-33.toml --out "runs/lowrank/$k-uniform" --force --rounds 5
+    "$BIN" compress zoo/vgg --recipe "recipes/$k.toml" --out "runs/lowrank/$k" --force --rounds 5
     continue
   fi
   # the encoders' batch-1 ratio is noisier (a sentence is ~1 ms): 15 rounds

@@ -7,6 +7,7 @@ Usage: scripts/lowrank_results.py KEY..."""
 import json
 import os
 import sys
+import tomllib
 
 from structured_results import against, finetune_seconds, merge_into
 
@@ -23,7 +24,8 @@ def entry(key):
         before_ft = json.load(open(f"{d}-oneshot/report.json"))["after"][metric]
     elif unrecovered and os.path.exists(f"runs/lowrank/{unrecovered}/report.json"):
         before_ft = json.load(open(f"runs/lowrank/{unrecovered}/report.json"))["after"][metric]
-    lr = next(p["details"] for p in passes if p["pass"] == "low_rank")
+    # a recipe may factorize its layers in several low_rank passes (one per layer)
+    lrs = [p["details"] for p in passes if p["pass"] == "low_rank"]
     measured_by = ("the same squeeze compress run: both models in one process, "
                    "speeds interleaved over its --rounds (median)")
     pair = "runs/lowrank/vgg-factorized.against-original.json"
@@ -38,9 +40,9 @@ def entry(key):
         metric: a[metric],
         "baseline": b[metric],
         "accuracy_before_finetune": before_ft,
-        "factorized_params_before": lr["params_before"],
-        "factorized_params_after": lr["params_after"],
-        "ranks": {l["layer"]: l["rank"] for l in lr["layers"]},
+        "factorized_params_before": sum(lr["params_before"] for lr in lrs),
+        "factorized_params_after": sum(lr["params_after"] for lr in lrs),
+        "ranks": {l["layer"]: l["rank"] for lr in lrs for l in lr["layers"]},
         **against(a, b, metric),
         "finetune_seconds": round(finetune_seconds(passes), 1),
         "passes": [f'{p["pass"]}: {p["label"]}' for p in passes],
@@ -48,6 +50,19 @@ def entry(key):
         "command": rep["command"],
         "measured_by": measured_by,
     }
+    if key == "vgg-knapsack-flops-33":
+        # the per-layer fractions kept, from its recipe, and the uniform candidate's recipe
+        # fine-tuned on the same machine beside it
+        recipe = tomllib.load(open(f"recipes/{key}.toml", "rb"))
+        out["ratios"] = {l: p["keep"] for p in recipe["passes"] if p["type"] == "low_rank"
+                         for l in p["layers"]}
+        u = json.load(open(f"{d}-uniform/report.json"))
+        um = json.load(open(f"{d}-uniform/metrics.json")).get("measured", {})
+        out["uniform_same_machine"] = {
+            metric: u["after"][metric], "baseline": u["before"][metric],
+            **against(u["after"], u["before"], metric),
+            "finetune_seconds": round(finetune_seconds(u["passes"]), 1),
+            "cpu": um.get("machine"), "command": u["command"]}
     secs = f"{d}.seconds"
     if os.path.exists(secs):
         out["wall_seconds"] = int(open(secs).read().strip())
