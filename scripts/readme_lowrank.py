@@ -31,6 +31,7 @@ ROWS = (("mlp-svd-50", "`mlp`: SVD of fc1, fc2, 50% of their parameters kept"),
         ("vgg-spatial-svd-50", "`vgg`: the same convolutions, spatial SVD (k×1 then 1×k), 50% kept"),
         ("vgg-search-flops-33", "`vgg`: `squeeze search --budget flops=0.33`, searched per-layer ratios"),
         ("vgg-uniform-flops-33", "`vgg`: the same search's uniform ratio at the same budget"),
+        ("vgg-knapsack-flops-33", "`vgg`: the same search's knapsack choice, fine-tuned without the hill climbing"),
         ("minilm-svd-30", "MiniLM: every encoder Linear, plain SVD, 70% kept"),
         ("minilm-asvd-30", "MiniLM: the same, ASVD (per-channel RMS^0.5 scaling)"),
         ("minilm-whiten-30", "MiniLM: the same, whitened (SVD-LLM)"),
@@ -114,4 +115,23 @@ def notes(load):
             out.append(f"- The same two recipes fine-tuned with seed 1 instead of 0: searched "
                        f"{_score(s, s['accuracy_seed1'])}, uniform {_score(u, u['accuracy_seed1'])} "
                        f"(seed 0: {_score(s, s['accuracy'])} and {_score(u, u['accuracy'])}).")
+    k = d.get("vgg-knapsack-flops-33")
+    if k:
+        ku = k["uniform_same_machine"]
+        cut = ", ".join(f"{n.removesuffix('.conv')} {r}" for n, r in k["ratios"].items())
+        out.append(f"- The knapsack's own choice fine-tuned as is, without the hill climbing "
+                   f"(`recipes/vgg-knapsack-flops-33.toml`; kept: {cut}): {_score(k, k['accuracy'])} "
+                   f"({_pt(k):+.2f} pt) at {k['flops'] / k['baseline_flops']:.3f} of the FLOPs, against the "
+                   f"uniform recipe's {_score(ku, ku['accuracy'])} ({_pt(ku):+.2f} pt) at "
+                   f"{ku['flops'] / ku['baseline_flops']:.3f} re-run on the same machine ({k['cpu']}).")
+        if "earlier_run" in k:
+            e = k["earlier_run"]
+            apart = max(abs(e["accuracy"] - k["accuracy"]), abs(e["uniform_accuracy"] - ku["accuracy"]))
+            gap = min(e["uniform_accuracy"] - e["accuracy"], ku["accuracy"] - k["accuracy"])
+            than = "less" if apart < gap else "not less"
+            out.append(f"- An earlier run of the same two recipes on that machine: knapsack "
+                       f"{_score(k, e['accuracy'])}, uniform {_score(ku, e['uniform_accuracy'])}: the same "
+                       f"recipe and seed end up to {apart * 100:.2f} pt apart from run to run (the "
+                       f"fine-tuning is not reproducible bit for bit there), {than} than the uniform "
+                       f"ratio's lead in either run ({gap * 100:.2f} pt at the least).")
     return _minus("\n".join(out))
