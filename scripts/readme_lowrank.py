@@ -131,7 +131,8 @@ def notes(load):
             than = "less" if apart < gap else "not less"
             out.append(f"- An earlier run of the same two recipes on that machine: knapsack "
                        f"{_score(k, e['accuracy'])}, uniform {_score(ku, e['uniform_accuracy'])}: the same "
-                       f"recipe and seed end up to {apart * 100:.2f} pt apart from run to run (the "
-                       f"fine-tuning is not reproducible bit for bit there), {than} than the uniform "
+                       f"recipe and seed end up to {apart * 100:.2f} pt apart from run to run (a "
+                       f"convolution's gradient is summed over the threads in no fixed order, so its "
+                       f"training is not reproducible bit for bit), {than} than the uniform "
                        f"ratio's lead in either run ({gap * 100:.2f} pt at the least).")
     return _minus("\n".join(out))
