@@ -56,13 +56,9 @@ def entry(key):
         recipe = tomllib.load(open(f"recipes/{key}.toml", "rb"))
         out["ratios"] = {l: p["keep"] for p in recipe["passes"] if p["type"] == "low_rank"
                          for l in p["layers"]}
-        u = json.load(open(f"{d}-uniform/report.json"))
-        um = json.load(open(f"{d}-uniform/metrics.json")).get("measured", {})
-        out["uniform_same_machine"] = {
-            metric: u["after"][metric], "baseline": u["before"][metric],
-            **against(u["after"], u["before"], metric),
-            "finetune_seconds": round(finetune_seconds(u["passes"]), 1),
-            "cpu": um.get("machine"), "command": u["command"]}
+        uniform = entry(f"{key}-uniform")
+        del uniform["accuracy_before_finetune"]  # not made for it (no oneshot run)
+        out["uniform_same_machine"] = uniform
     secs = f"{d}.seconds"
     if os.path.exists(secs):
         out["wall_seconds"] = int(open(secs).read().strip())
