@@ -513,8 +513,7 @@ fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
     }
     let d = tmp("sigint");
     let train = |out: &Path| -> Vec<String> {
-        // the MLP trains deterministically (a convolution's threaded gradient sums do
-        // not); padding-crop augmentation makes the resumed epoch replay its random draws
+        // padding-crop augmentation makes the resumed epoch replay its random draws
         [
             "train",
             "--arch",
@@ -589,5 +588,43 @@ fn sigint_saves_a_mid_epoch_checkpoint_and_resume_is_exact() {
     fresh.push("--resume".into());
     let (ok, _, e) = run(&fresh.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok && e.contains("without --resume"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A seeded convolutional network trains to the same bits twice, and on one thread as on
+/// the default pool: a convolution's weight gradient sums its images in a fixed order.
+#[test]
+fn seeded_conv_training_repeats_to_the_bit_on_any_thread_count() {
+    if !have_data() {
+        return;
+    }
+    let d = tmp("repeat");
+    let train = |name: &str, threads: Option<&str>| {
+        let out = d.join(name);
+        let mut c = bin();
+        c.args([
+            "train",
+            "--arch",
+            "lenet5",
+            "--augment-pad",
+            "2",
+            "--epochs",
+            "1",
+        ])
+        .args(["--limit-train", "2000", "--out"])
+        .arg(&out);
+        if let Some(t) = threads {
+            c.env("RAYON_NUM_THREADS", t);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let first = train("a", None);
+    assert!(first == train("b", None), "two runs' weights differ");
+    assert!(
+        first == train("c", Some("1")),
+        "one thread's weights differ from the default pool's"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

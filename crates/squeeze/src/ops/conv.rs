@@ -3,8 +3,10 @@
 //! hand-written backward (dW = Σₙ dYₙ·colsₙᵀ, dX = col2im(Wᵀ·dYₙ), per group) in place of
 //! candle 0.11's CPU backward (a transposed convolution and a convolution with the whole
 //! image as kernel, the measured hot spot of CNN training) and of its grouped forward
-//! (a convolution per group and a concatenation). Candle's own `conv2d` is the plain
-//! reference it is tested against; depthwise convolutions take [`super::depthwise`].
+//! (a convolution per group and a concatenation). The weight gradient's per-image terms
+//! are summed in a fixed order whatever the thread count, so a seeded training repeats to
+//! the bit. Candle's own `conv2d` is the plain reference it is tested against; depthwise
+//! convolutions take [`super::depthwise`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -146,70 +148,98 @@ fn columns<'a, T: Elem>(g: &Geo, xi: &'a [T], buf: &'a mut [T]) -> &'a [T] {
     buf
 }
 
-/// Per-worker state of the backward: dW partial sum, im2col buffer, dcols buffer.
-type BwdAcc<T> = (Vec<T>, Vec<T>, Vec<T>);
+/// The images of a backward are split into at most this many runs of consecutive images,
+/// whatever the thread count: each run sums its dW partial in image order and the partials
+/// are added in run order, so a seeded training gives the same bits on 1 thread or 16 and
+/// from one run to the next (a work-stealing fold would add them in the order the threads
+/// happened to finish).
+const BWD_RUNS: usize = 16;
+
+/// Per-worker buffers of the backward: im2col and dcols, reused across the runs it takes.
+type BwdBufs<T> = (Vec<T>, Vec<T>);
 
 fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec<T>, Vec<T>) {
     let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
-    let (kg, cg) = g.per_group();
+    let kg = g.per_group().0;
     let mut dx = vec![T::default(); if need_dx { g.n * img } else { g.n }];
     let per_dx = dx.len() / g.n;
-    let fresh = || -> BwdAcc<T> {
-        (
-            vec![T::default(); g.co * kg],
-            vec![T::default(); if g.pointwise() { 0 } else { kk * p }],
-            Vec::new(),
-        )
+    let run = g.n.div_ceil(BWD_RUNS).max(1);
+    let fresh = || -> BwdBufs<T> {
+        let cols = vec![T::default(); if g.pointwise() { 0 } else { kk * p }];
+        (cols, Vec::new())
     };
-    let (dw, _, _) = dx
-        .par_chunks_mut(per_dx)
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(per_dx * run)
         .enumerate()
-        .fold(fresh, |(mut dw, mut cols, mut dcols), (i, dxi)| {
-            let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
-            let cols_i = columns(g, &x[i * img..(i + 1) * img], &mut cols);
-            // a pointwise convolution's dX is its dcols: written in place, no col2im
-            let direct = need_dx && g.pointwise();
-            if need_dx && !direct {
-                dcols.resize(kk * p, T::default());
+        .map_init(fresh, |(cols, dcols), (r, dxr)| {
+            let mut dw = vec![T::default(); g.co * kg];
+            for (j, dxi) in dxr.chunks_mut(per_dx).enumerate() {
+                let i = r * run + j;
+                image_grads(g, (x, w, dy), i, need_dx, (&mut dw, dxi), (cols, dcols));
             }
-            for j in 0..g.groups {
-                let (wj, yj, cj) = (j * cg * kg, j * cg * p, j * kg * p);
-                // dW_j += dYᵢ_j[cg×p] · colsᵢ_jᵀ[p×kg]
-                gemm(
-                    (cg, kg, p),
-                    &mut dw[wj..],
-                    (kg, 1),
-                    true,
-                    &dyi[yj..],
-                    (p, 1),
-                    &cols_i[cj..],
-                    (1, p),
-                );
-                if need_dx {
-                    let dst = if direct { &mut dxi[..] } else { &mut dcols[..] };
-                    // dcolsᵢ_j[kg×p] = W_jᵀ[kg×cg] · dYᵢ_j[cg×p]
-                    gemm(
-                        (kg, p, cg),
-                        &mut dst[cj..],
-                        (p, 1),
-                        false,
-                        &w[wj..],
-                        (1, kg),
-                        &dyi[yj..],
-                        (p, 1),
-                    );
-                }
-            }
-            if need_dx && !direct {
-                col2im(g, &dcols, dxi);
-            }
-            (dw, cols, dcols)
+            dw
         })
-        .reduce(fresh, |(mut a, c, d), (b, _, _)| {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-            (a, c, d)
-        });
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut dw = parts
+        .next()
+        .unwrap_or_else(|| vec![T::default(); g.co * kg]);
+    for b in parts {
+        dw.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
     (dx, dw)
+}
+
+/// Image `i`'s share of the backward: dW += dYᵢ·colsᵢᵀ per group, and (if `need_dx`) its
+/// dXᵢ, through `cols` / `dcols` as scratch.
+fn image_grads<T: Elem>(
+    g: &Geo,
+    (x, w, dy): (&[T], &[T], &[T]),
+    i: usize,
+    need_dx: bool,
+    (dw, dxi): (&mut [T], &mut [T]),
+    (cols, dcols): (&mut Vec<T>, &mut Vec<T>),
+) {
+    let (kk, p, img) = (g.kk(), g.p(), g.c * g.h * g.w);
+    let (kg, cg) = g.per_group();
+    let dyi = &dy[i * g.co * p..(i + 1) * g.co * p];
+    let cols_i = columns(g, &x[i * img..(i + 1) * img], cols);
+    // a pointwise convolution's dX is its dcols: written in place, no col2im
+    let direct = need_dx && g.pointwise();
+    if need_dx && !direct {
+        dcols.resize(kk * p, T::default());
+    }
+    for j in 0..g.groups {
+        let (wj, yj, cj) = (j * cg * kg, j * cg * p, j * kg * p);
+        // dW_j += dYᵢ_j[cg×p] · colsᵢ_jᵀ[p×kg]
+        gemm(
+            (cg, kg, p),
+            &mut dw[wj..],
+            (kg, 1),
+            true,
+            &dyi[yj..],
+            (p, 1),
+            &cols_i[cj..],
+            (1, p),
+        );
+        if need_dx {
+            let dst = if direct { &mut dxi[..] } else { &mut dcols[..] };
+            // dcolsᵢ_j[kg×p] = W_jᵀ[kg×cg] · dYᵢ_j[cg×p]
+            gemm(
+                (kg, p, cg),
+                &mut dst[cj..],
+                (p, 1),
+                false,
+                &w[wj..],
+                (1, kg),
+                &dyi[yj..],
+                (p, 1),
+            );
+        }
+    }
+    if need_dx && !direct {
+        col2im(g, dcols, dxi);
+    }
 }
 
 struct Conv2d {

@@ -271,6 +271,49 @@ fn fast_conv_matches_candle_conv_forward_and_backward() {
     matches_candle_conv((16, 4, 5, 1), &cases, 20);
 }
 
+/// The input and weight gradients of one seeded conv2d, as bits, computed on a rayon pool
+/// of `threads` threads.
+fn conv_grad_bits(threads: usize, n: usize) -> Vec<Vec<u32>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let x = Var::from_tensor(&f32r(&[n, 6, 9, 8], 60)).unwrap();
+        let w = Var::from_tensor(&f32r(&[10, 6, 3, 3], 61)).unwrap();
+        let y = conv::conv2d(x.as_tensor(), w.as_tensor(), (1, 1), (1, 1), 1).unwrap();
+        let r = f32r(y.dims(), 62);
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        [&x, &w]
+            .iter()
+            .map(|v| {
+                let t = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+                t.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// The weight gradient sums the images in a fixed order: its bits do not depend on the
+/// thread count, nor on which thread finishes first (each pool size runs twice), for a
+/// batch that splits into full runs (64), uneven runs (37) and fewer images than runs (5).
+#[test]
+fn conv_gradients_are_bit_identical_on_any_thread_count() {
+    for n in [64, 37, 5] {
+        let one = conv_grad_bits(1, n);
+        for threads in [2, 3, 7, 2, 3, 7] {
+            assert!(
+                conv_grad_bits(threads, n) == one,
+                "{n} images on {threads} threads: the gradients' bits differ from 1 thread's"
+            );
+        }
+    }
+}
+
 #[test]
 fn grouped_conv_matches_candle_grouped_conv_forward_and_backward() {
     let cases = [(1, 1, 3, 9), (2, 1, 3, 8), (1, 0, 1, 8)];
