@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 
 pub use crate::kinds::couple::{ChannelGroup, Coupler, Member, MemberRole, Seg};
 
-use crate::error::Result;
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
 use crate::graph::{infer_shapes, Graph, INPUT, MASK};
 use crate::model::Model;
 use crate::params::ParamStore;
@@ -60,4 +62,30 @@ fn groups_of(g: &Graph, params: Option<&ParamStore>) -> Result<Vec<ChannelGroup>
         sp.pin(s.space, "feeds the model output");
     }
     Ok(sp.into_groups())
+}
+
+/// Sums of `t`'s entries per group channel, read along member `m`'s axis (its offset,
+/// width per channel and index map).
+pub fn channel_sums(m: &Member, t: &Tensor, channels: usize) -> Result<Vec<f64>> {
+    let t = t.to_dtype(DType::F32)?;
+    let t = if m.axis == 0 {
+        t
+    } else {
+        t.transpose(0, m.axis)?.contiguous()?
+    };
+    let per_index: Vec<f32> = if t.rank() == 1 {
+        t.to_vec1()?
+    } else {
+        t.flatten_from(1)?.sum(1)?.to_vec1()?
+    };
+    let mut s = vec![0.0; channels];
+    let positions: Vec<usize> = m.map.clone().unwrap_or_else(|| (0..channels).collect());
+    for (j, &c) in positions.iter().enumerate() {
+        let a = m.offset + j * m.per_channel;
+        let run = per_index.get(a..a + m.per_channel).ok_or_else(|| {
+            Error::Graph(format!("`{}` is narrower than its group says", m.param))
+        })?;
+        s[c] += run.iter().map(|v| *v as f64).sum::<f64>();
+    }
+    Ok(s)
 }

@@ -10,12 +10,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Declared, Pass, PassCtx, PassRecord};
-use crate::coupling::{model_groups, prune_group, ChannelGroup};
+use crate::coupling::{channel_sums, model_groups, prune_group, ChannelGroup};
 use crate::error::{Error, Result};
 use crate::graph::Op;
 use crate::model::Model;
 use crate::prune::channel::allocate::top;
-use crate::prune::channel::score::channel_sums;
 
 /// The pass: heads per attention layer and hidden units per FFN to keep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

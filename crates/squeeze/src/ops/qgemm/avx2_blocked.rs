@@ -184,7 +184,7 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
 /// AVX2 is available; `codes` holds at least `x.len()` values.
 #[target_feature(enable = "avx2")]
 pub unsafe fn offset_codes(x: &[f32], inv: f32, codes: &mut [u8]) {
-    use super::quantize::{round_code_to, LINEAR_ACT_MAX};
+    use super::round::{round_code_to, LINEAR_ACT_MAX};
     assert!(codes.len() >= x.len());
     let full = x.len() / 8 * 8;
     let iv = _mm256_set1_ps(inv);

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::round::round_code_to;
+use super::round::{round_code_to, Q8_MAX};
 
 /// Sixteen codes `round(x·inv)` clamped to ±lim, as i32.
 #[inline]
@@ -153,7 +153,7 @@ pub unsafe fn q8_blocks(x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &
     let blocks = x.len() / 32;
     assert!(x.len() == blocks * 32 && codes.len() >= x.len());
     assert!(scales.len() >= blocks && sums.len() >= blocks);
-    let lim = f32::from(super::panel_q4::Q8_MAX);
+    let lim = f32::from(Q8_MAX);
     let lv = _mm512_set1_ps(lim);
     for b in 0..blocks {
         let (v0, v1) = (

@@ -23,9 +23,8 @@ use crate::isa::{self, Isa};
 use crate::math::qlayout::code_at;
 use crate::math::qweight::QView;
 
+pub use super::round::Q8_MAX;
 pub use super::Q8_BLOCK;
-/// Largest activation code.
-pub const Q8_MAX: i8 = 127;
 /// Tokens per parallel task.
 const TOKENS_PER_TASK: usize = 64;
 /// Panels per parallel task.

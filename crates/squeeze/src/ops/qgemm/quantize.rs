@@ -10,21 +10,13 @@
 //! scalar reference, and [`quantize_rows`], the reference form the simulated layers and
 //! the tests compare with, uses only that.
 
-pub use super::round::round_code_to;
+pub use super::round::{round_code_to, LINEAR_ACT_MAX};
 use crate::isa::Isa;
 
 /// Inputs per scale of dynamic int8 activations: each row (token) is quantized in blocks
 /// of this many consecutive values, each with its own scale — llama.cpp's Q8_0 choice,
 /// which confines a transformer's outlier features to their own block.
 pub const ACT_BLOCK: usize = 32;
-
-/// Largest activation code of the quantized Linear layer. Its kernel multiplies
-/// `u = code + 64 ∈ [0, 128]` (unsigned) with int8 weights in pairs summed in i16, and
-/// `2·128·128 = 2¹⁵` is the most such a pair can reach; the `64·Σw` the offset adds is
-/// taken back per block. Against ±127 this doubles the activation step: on
-/// all-MiniLM-L6-v2 the embeddings' mean cosine to f32 goes from 0.9993 to 0.9989 (STS-B
-/// dev Spearman −0.02 → −0.02 pt), and the kernel does a third fewer instructions.
-pub const LINEAR_ACT_MAX: i8 = 64;
 
 /// Rows of activations quantized to int8: codes, their magnitudes (the kernel's unsigned
 /// operand) and the scales, one per `block` consecutive values of a row (`block` = the

@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::coupling::{ChannelGroup, Member, MemberRole};
+use crate::coupling::{channel_sums, ChannelGroup, Member, MemberRole};
 use crate::error::{Error, Result};
 use crate::graph::{decay_names, Op};
 use crate::interp::ForwardOpts;
@@ -66,32 +66,6 @@ pub fn scores(
         Criterion::Activation => activation(model, groups, batches),
         Criterion::Taylor => super::taylor::scores(model, groups, batches, seed),
     }
-}
-
-/// Sums of `t`'s entries per group channel, read along member `m`'s axis (its offset,
-/// width per channel and index map).
-pub fn channel_sums(m: &Member, t: &Tensor, channels: usize) -> Result<Vec<f64>> {
-    let t = t.to_dtype(DType::F32)?;
-    let t = if m.axis == 0 {
-        t
-    } else {
-        t.transpose(0, m.axis)?.contiguous()?
-    };
-    let per_index: Vec<f32> = if t.rank() == 1 {
-        t.to_vec1()?
-    } else {
-        t.flatten_from(1)?.sum(1)?.to_vec1()?
-    };
-    let mut s = vec![0.0; channels];
-    let positions: Vec<usize> = m.map.clone().unwrap_or_else(|| (0..channels).collect());
-    for (j, &c) in positions.iter().enumerate() {
-        let a = m.offset + j * m.per_channel;
-        let run = per_index.get(a..a + m.per_channel).ok_or_else(|| {
-            Error::Graph(format!("`{}` is narrower than its group says", m.param))
-        })?;
-        s[c] += run.iter().map(|v| *v as f64).sum::<f64>();
-    }
-    Ok(s)
 }
 
 /// The members of `g` holding weights (conv/linear kernels, not biases or buffers).

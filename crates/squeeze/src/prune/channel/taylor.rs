@@ -18,8 +18,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 
-use super::score::channel_sums;
-use crate::coupling::ChannelGroup;
+use crate::coupling::{channel_sums, ChannelGroup};
 use crate::error::Result;
 use crate::graph::trainable_names;
 use crate::interp::ForwardOpts;
