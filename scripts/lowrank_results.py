@@ -4,6 +4,7 @@ model and its original measured in one process, speeds interleaved) and, for fin
 keys, runs/lowrank/KEY-oneshot/report.json (the same factorization before fine-tuning) into
 results/lowrank.json, one key per experiment, merged with the keys already there.
 Usage: scripts/lowrank_results.py KEY..."""
+import hashlib
 import json
 import os
 import sys
@@ -59,6 +60,11 @@ def entry(key):
         uniform = entry(f"{key}-uniform")
         del uniform["accuracy_before_finetune"]  # not made for it (no oneshot run)
         out["uniform_same_machine"] = uniform
+        # the same recipe inside the search: a seeded fine-tuning repeats to the bit
+        made = [f"runs/lowrank/{key}-uniform/model.safetensors", f"{SEARCH}/uniform/model.safetensors"]
+        if all(os.path.exists(f) for f in made):
+            digests = {hashlib.sha256(open(f, "rb").read()).hexdigest() for f in made}
+            out["uniform_weights_equal_search_uniform"] = len(digests) == 1
     secs = f"{d}.seconds"
     if os.path.exists(secs):
         out["wall_seconds"] = int(open(secs).read().strip())

@@ -114,7 +114,9 @@ def notes(load):
         if "accuracy_seed1" in s and "accuracy_seed1" in u:
             out.append(f"- The same two recipes fine-tuned with seed 1 instead of 0: searched "
                        f"{_score(s, s['accuracy_seed1'])}, uniform {_score(u, u['accuracy_seed1'])} "
-                       f"(seed 0: {_score(s, s['accuracy'])} and {_score(u, u['accuracy'])}).")
+                       f"(seed 0: {_score(s, s['accuracy'])} and {_score(u, u['accuracy'])}); over the two "
+                       f"seeds the searched ratios end at {_pt(s, (s['accuracy'] + s['accuracy_seed1']) / 2):+.2f} pt "
+                       f"on average, the uniform ratio at {_pt(u, (u['accuracy'] + u['accuracy_seed1']) / 2):+.2f} pt.")
     k = d.get("vgg-knapsack-flops-33")
     if k:
         ku = k["uniform_same_machine"]
@@ -126,7 +128,8 @@ def notes(load):
                    f"{ku['flops'] / ku['baseline_flops']:.3f} re-run on the same machine ({k['cpu']}).")
         if s and u and ku["cpu"] == u["cpu"]:
             same = ku["accuracy"] == u["accuracy"]
-            how = ("the same accuracy, as a seeded training repeats to the bit" if same else
+            how = ("the same accuracy" + (" and the same weights, bit for bit" if
+                                          k.get("uniform_weights_equal_search_uniform") else "") if same else
                    f"{abs(ku['accuracy'] - u['accuracy']) * 100:.2f} pt apart")
             out.append(f"- The uniform recipe fine-tuned twice on that machine, inside the search and again "
                        f"through `squeeze compress`: {_score(u, u['accuracy'])} and "
