@@ -180,11 +180,8 @@ fn backward<T: Elem>(g: &Geo, x: &[T], w: &[T], dy: &[T], need_dx: bool) -> (Vec
             dw
         })
         .collect();
-    let mut parts = partials.into_iter();
-    let mut dw = parts
-        .next()
-        .unwrap_or_else(|| vec![T::default(); g.co * kg]);
-    for b in parts {
+    let mut dw = vec![T::default(); g.co * kg];
+    for b in partials {
         dw.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
     (dx, dw)
