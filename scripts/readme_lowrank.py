@@ -127,10 +127,12 @@ def notes(load):
                    f"uniform recipe's {_score(ku, ku['accuracy'])} ({_pt(ku):+.2f} pt) at "
                    f"{ku['flops'] / ku['baseline_flops']:.3f} re-run on the same machine ({k['cpu']}).")
         if s and u and ku["cpu"] == u["cpu"]:
-            same = ku["accuracy"] == u["accuracy"]
-            how = ("the same accuracy" + (" and the same weights, bit for bit" if
-                                          k.get("uniform_weights_equal_search_uniform") else "") if same else
-                   f"{abs(ku['accuracy'] - u['accuracy']) * 100:.2f} pt apart")
+            if ku["accuracy"] != u["accuracy"]:
+                how = f"{abs(ku['accuracy'] - u['accuracy']) * 100:.2f} pt apart"
+            elif k.get("uniform_weights_equal_search_uniform"):
+                how = "the same accuracy and the same weights, bit for bit"
+            else:
+                how = "the same accuracy"
             out.append(f"- The uniform recipe fine-tuned twice on that machine, inside the search and again "
                        f"through `squeeze compress`: {_score(u, u['accuracy'])} and "
                        f"{_score(ku, ku['accuracy'])}, {how}.")
