@@ -126,11 +126,12 @@ pub(super) mod wide {
         ldo: usize,
     ) {
         let r = Reads::rows(lda, nq);
+        let at = |i: usize| a.add(i * lda);
         panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
-            4 => rows::<4, 6>(a, m, r, wp, nq, o, ldo),
-            3 => rows::<3, 8>(a, m, r, wp, nq, o, ldo),
-            2 => rows::<2, 8>(a, m, r, wp, nq, o, ldo),
-            _ => rows::<1, 8>(a, m, r, wp, nq, o, ldo),
+            4 => rows::<4, 6>(&at, m, r, wp, nq, o, ldo),
+            3 => rows::<3, 8>(&at, m, r, wp, nq, o, ldo),
+            2 => rows::<2, 8>(&at, m, r, wp, nq, o, ldo),
+            _ => rows::<1, 8>(&at, m, r, wp, nq, o, ldo),
         });
     }
 
@@ -151,18 +152,15 @@ pub(super) mod wide {
         ldo: usize,
     ) {
         let r = Reads::window(&win);
-        panel_groups(w, (np, nq), out, &mut |step, wp, o| {
-            for oh in 0..win.ho {
-                let a = img.add(r.image_row(&win, oh));
-                let o = o.add(oh * win.wo * ldo);
-                match step {
-                    4 => rows::<4, 6>(a, win.wo, r, wp, nq, o, ldo),
-                    3 => rows::<3, 8>(a, win.wo, r, wp, nq, o, ldo),
-                    2 => rows::<2, 8>(a, win.wo, r, wp, nq, o, ldo),
-                    _ => rows::<1, 8>(a, win.wo, r, wp, nq, o, ldo),
-                };
-            }
-            step
+        // token i = (oh, ow): the tiles run on across output rows, so a narrow image
+        // (7 or 14 wide) takes one short tile per panel group rather than one per row
+        let at = |i: usize| img.add(r.image_row(&win, i / win.wo) + (i % win.wo) * r.tok);
+        let m = win.ho * win.wo;
+        panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
+            4 => rows::<4, 6>(&at, m, r, wp, nq, o, ldo),
+            3 => rows::<3, 8>(&at, m, r, wp, nq, o, ldo),
+            2 => rows::<2, 8>(&at, m, r, wp, nq, o, ldo),
+            _ => rows::<1, 8>(&at, m, r, wp, nq, o, ldo),
         });
     }
 
@@ -181,12 +179,12 @@ pub(super) mod wide {
         }
     }
 
-    /// P panels against `m` tokens (token i's codes from `a + i·tok`), in tiles of up to
-    /// T tokens; returns P.
+    /// P panels against `m` tokens (token i's codes from `at(i)`), in tiles of up to T
+    /// tokens; returns P.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline(always)]
     unsafe fn rows<const P: usize, const T: usize>(
-        a: *const u8,
+        at: &dyn Fn(usize) -> *const u8,
         m: usize,
         r: Reads,
         w: *const u8,
@@ -197,26 +195,33 @@ pub(super) mod wide {
         let psize = nq * NR * 4;
         let mut i = 0;
         while i < m {
-            let (at, o) = (a.add(i * r.tok), out.add(i * ldo));
+            let o = out.add(i * ldo);
+            let wp = (w, psize);
             i += match m - i {
-                t if t >= T => tile::<P, T>(at, r, (w, psize), o, ldo),
-                7 => tile::<P, 7>(at, r, (w, psize), o, ldo),
-                6 => tile::<P, 6>(at, r, (w, psize), o, ldo),
-                5 => tile::<P, 5>(at, r, (w, psize), o, ldo),
-                4 => tile::<P, 4>(at, r, (w, psize), o, ldo),
-                3 => tile::<P, 3>(at, r, (w, psize), o, ldo),
-                2 => tile::<P, 2>(at, r, (w, psize), o, ldo),
-                _ => tile::<P, 1>(at, r, (w, psize), o, ldo),
+                t if t >= T => tile::<P, T>(tokens(at, i), r, wp, o, ldo),
+                7 => tile::<P, 7>(tokens(at, i), r, wp, o, ldo),
+                6 => tile::<P, 6>(tokens(at, i), r, wp, o, ldo),
+                5 => tile::<P, 5>(tokens(at, i), r, wp, o, ldo),
+                4 => tile::<P, 4>(tokens(at, i), r, wp, o, ldo),
+                3 => tile::<P, 3>(tokens(at, i), r, wp, o, ldo),
+                2 => tile::<P, 2>(tokens(at, i), r, wp, o, ldo),
+                _ => tile::<P, 1>(tokens(at, i), r, wp, o, ldo),
             };
         }
         P
     }
 
-    /// T tokens × P panels (at stride `psize`), every group of every segment; stores T
-    /// rows of 16·P i32.
+    /// Where tokens `i..i + T` start.
+    #[inline(always)]
+    fn tokens<const T: usize>(at: &dyn Fn(usize) -> *const u8, i: usize) -> [*const u8; T] {
+        std::array::from_fn(|t| at(i + t))
+    }
+
+    /// T tokens (token t's segments from `a[t]`) × P panels (at stride `psize`), every
+    /// group of every segment; stores T rows of 16·P i32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tile<const P: usize, const T: usize>(
-        a: *const u8,
+        a: [*const u8; T],
         r: Reads,
         (w, psize): (*const u8, usize),
         out: *mut i32,
@@ -224,7 +229,7 @@ pub(super) mod wide {
     ) -> usize {
         let mut acc = [[_mm512_setzero_si512(); P]; T];
         for g in 0..r.nseg {
-            let (ag, wg) = (a.add(g * r.seg), w.add(g * r.nqs * 64));
+            let (ag, wg) = (a.map(|a| a.add(g * r.seg)), w.add(g * r.nqs * 64));
             for q in 0..r.nqs {
                 let mut wv = [_mm512_setzero_si512(); P];
                 for (p, v) in wv.iter_mut().enumerate() {
@@ -232,7 +237,7 @@ pub(super) mod wide {
                 }
                 for (t, acc) in acc.iter_mut().enumerate() {
                     // one broadcast from memory serves the tile's P panels
-                    let x = (ag.add(t * r.tok + 4 * q) as *const i32).read_unaligned();
+                    let x = (ag[t].add(4 * q) as *const i32).read_unaligned();
                     let x = _mm512_set1_epi32(x);
                     for (acc, v) in acc.iter_mut().zip(&wv) {
                         *acc = _mm512_dpbusd_epi32(*acc, x, *v);
