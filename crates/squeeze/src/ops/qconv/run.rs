@@ -222,13 +222,6 @@ thread_local! {
     static POOLED: std::cell::RefCell<Vec<i32>> = std::cell::RefCell::default();
 }
 
-/// Zeroes `s`; an empty one costs no call (most im2col edges are empty).
-fn zero(s: &mut [i8]) {
-    if !s.is_empty() {
-        s.fill(0);
-    }
-}
-
 /// Non-negative codes are their own magnitudes.
 fn cast_u8(v: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
@@ -344,14 +337,15 @@ impl Run<'_> {
                         win,
                     }
                 } else {
-                    im2col(self.g, x, (c, h, wd), (ho, wo), lda, cols);
+                    let at = pad_image(x, (c, h, wd), pad, OVERCOPY, padded);
+                    let cols = im2col(&padded[at], &win, lda, cols);
                     if signed {
                         abs.clear();
                         abs.extend(cols.iter().map(|v| v.unsigned_abs()));
                     }
                     let mags = if signed { &abs[..] } else { cast_u8(cols) };
                     Operand::Cols {
-                        a: (&cols[..], mags),
+                        a: (cols, mags),
                         lda,
                         signed,
                     }
@@ -517,44 +511,37 @@ fn pad_image(
     at..at + len
 }
 
-/// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols`, from its codes in
-/// channels-last order `[H, W, C]`: row (oh, ow) holds, kernel row by kernel row, the
-/// C·k codes under the kernel as one contiguous run of the input row (zero in the
-/// padding and beyond the row's `in·k·k` values).
-fn im2col(
-    g: &Geometry,
-    x: &[i8],
-    (c, h, w): (usize, usize, usize),
-    (ho, wo): (usize, usize),
-    lda: usize,
-    cols: &mut Vec<i8>,
-) {
-    let (k, s, pad) = (g.kernel as isize, g.stride, g.padding as isize);
-    let kc = k as usize * c;
-    // every byte is written below (zeros included): no clearing pass
-    cols.resize(ho * wo * lda, 0);
-    for oh in 0..ho {
-        for ow in 0..wo {
-            let row = &mut cols[(oh * wo + ow) * lda..][..lda];
-            let iw0 = (ow * s) as isize - pad;
-            // kernel columns inside the image: iw0 + kj in [lo, hi) ⊂ [0, w)
-            let lo = (-iw0).clamp(0, k) as usize;
-            let hi = ((w as isize - iw0).min(k).max(0) as usize).max(lo);
-            for (ki, seg) in row[..k as usize * kc].chunks_exact_mut(kc).enumerate() {
-                let ih = (oh * s) as isize + ki as isize - pad;
-                if ih < 0 || ih >= h as isize || lo == hi {
-                    seg.fill(0);
-                    continue;
-                }
-                let src = (ih as usize * w + (iw0 + lo as isize) as usize) * c;
-                let n = (hi - lo) * c;
-                zero(&mut seg[..lo * c]);
-                seg[lo * c..hi * c].copy_from_slice(&x[src..src + n]);
-                zero(&mut seg[hi * c..]);
-            }
-            zero(&mut row[k as usize * kc..]);
-        }
+/// Bytes a short run of [`im2col`] copies at once: runs of up to this many codes are
+/// copied whole (one vector move), past their end — into bytes written after them.
+const OVERCOPY: usize = 16;
+
+/// One image's int8 im2col rows `[Ho·Wo, lda]` into `cols` (the rows returned), from its
+/// zero-padded channels-last image `img` (`[H + 2·pad, W + 2·pad, C]`, then at least
+/// [`OVERCOPY`] readable bytes): row (oh, ow) holds, kernel row by kernel row, the C·k
+/// codes under the kernel as one contiguous run of a padded input row, then zeros to
+/// `lda`. A first layer's runs are a few bytes (C = 1, k = 3: three), so they are
+/// copied [`OVERCOPY`] bytes at a time, in order, each over-copy overwritten by what
+/// follows it.
+fn im2col<'a>(img: &[i8], win: &ConvWindow, lda: usize, cols: &'a mut Vec<i8>) -> &'a [i8] {
+    let (kc, m) = (win.k * win.c, win.ho * win.wo);
+    let (row, tok) = (win.wp * win.c, win.stride * win.c);
+    // every byte of the rows is written below (zeros included): no clearing pass; the
+    // slack takes the last run's over-copy
+    if cols.len() < m * lda + OVERCOPY {
+        cols.resize(m * lda + OVERCOPY, 0);
     }
+    for (t, at) in (0..m).map(|t| (t, t * lda)) {
+        let src = t / win.wo * win.stride * row + t % win.wo * tok;
+        for ki in 0..win.k {
+            let (s, d) = (src + ki * row, at + ki * kc);
+            match kc <= OVERCOPY {
+                true => cols[d..d + OVERCOPY].copy_from_slice(&img[s..s + OVERCOPY]),
+                false => cols[d..d + kc].copy_from_slice(&img[s..s + kc]),
+            }
+        }
+        cols[at + win.k * kc..at + lda].fill(0);
+    }
+    &cols[..m * lda]
 }
 
 impl Panels {
