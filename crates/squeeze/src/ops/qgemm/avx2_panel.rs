@@ -29,8 +29,17 @@ pub unsafe fn product(
 ) {
     let r = Reads::rows(lda, nq);
     let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
+    let at = |i: usize| i * lda;
     each_panel((panels, valid), nq, &mut |w, half, p| {
-        token_rows((ap, bp), m, r, (w, half), signed, op.add(p * NR), ldo)
+        token_rows(
+            (ap, bp),
+            (&at, m),
+            r,
+            (w, half),
+            signed,
+            op.add(p * NR),
+            ldo,
+        )
     });
 }
 
@@ -52,13 +61,14 @@ pub unsafe fn product_implicit(
     ldo: usize,
 ) {
     let r = Reads::window(&win);
+    // token i = (oh, ow): the tiles run on across output rows, so a narrow image (7 or
+    // 14 wide) takes one short tile per panel rather than one per row
+    let at = |i: usize| r.image_row(&win, i / win.wo) + (i % win.wo) * r.tok;
+    let m = win.ho * win.wo;
     each_panel((panels, valid), nq, &mut |w, half, p| {
-        for oh in 0..win.ho {
-            let a = img.add(r.image_row(&win, oh));
-            let o = out.add(oh * win.wo * ldo + p * NR);
-            // unsigned codes: the signed row pointer is never read
-            token_rows((a as *const i8, a), win.wo, r, (w, half), false, o, ldo);
-        }
+        // unsigned codes: the signed pointer is never read
+        let (a, o) = (img as *const i8, out.add(p * NR));
+        token_rows((a, img), (&at, m), r, (w, half), false, o, ldo);
     });
 }
 
@@ -77,12 +87,12 @@ unsafe fn each_panel(
     }
 }
 
-/// One panel against `m` tokens (token `i` read at `i·tok` from the row pointers), in
-/// tiles, into `out`'s rows of stride `ldo`.
+/// One panel against `m` tokens (token `i` read at byte `at(i)` of the code and
+/// magnitude pointers), in tiles, into `out`'s rows of stride `ldo`.
 #[target_feature(enable = "avx2")]
 unsafe fn token_rows(
     (ap, bp): (*const i8, *const u8),
-    m: usize,
+    (at, m): (&dyn Fn(usize) -> usize, usize),
     r: Reads,
     (w, half): (*const u8, bool),
     signed: bool,
@@ -91,44 +101,57 @@ unsafe fn token_rows(
 ) {
     let mut i = 0;
     while i < m {
-        let at = (ap.add(i * r.tok), bp.add(i * r.tok));
+        let src = (ap, bp, (at, i));
         let o = out.add(i * ldo);
         i += match (half, signed) {
-            (false, false) => tiles::<2, false>(m - i, at, r, w, o, ldo),
-            (false, true) => tiles::<2, true>(m - i, at, r, w, o, ldo),
-            (true, false) => tiles::<1, false>(m - i, at, r, w, o, ldo),
-            (true, true) => tiles::<1, true>(m - i, at, r, w, o, ldo),
+            (false, false) => tiles::<2, false>(m - i, src, r, w, o, ldo),
+            (false, true) => tiles::<2, true>(m - i, src, r, w, o, ldo),
+            (true, false) => tiles::<1, false>(m - i, src, r, w, o, ldo),
+            (true, true) => tiles::<1, true>(m - i, src, r, w, o, ldo),
         };
     }
 }
+
+/// Where a tile's tokens are: the code and magnitude pointers, and token `i`'s byte
+/// offset `at(i)` from them for the tile's first token `i`.
+type Src<'a> = (*const i8, *const u8, (&'a dyn Fn(usize) -> usize, usize));
 
 /// The next tile of up to 6 tokens (4 with sign transfer) × the panel's `V` registers of
 /// 8 channels; returns its token count.
 #[target_feature(enable = "avx2")]
 unsafe fn tiles<const V: usize, const SIGNED: bool>(
     left: usize,
-    at: (*const i8, *const u8),
+    src: Src,
     r: Reads,
     w: *const u8,
     o: *mut i32,
     ldo: usize,
 ) -> usize {
     match (SIGNED, left) {
-        (false, 6..) => tile::<6, V, SIGNED>(at, r, w, o, ldo),
-        (false, 5) => tile::<5, V, SIGNED>(at, r, w, o, ldo),
-        (_, 4..) => tile::<4, V, SIGNED>(at, r, w, o, ldo),
-        (_, 3) => tile::<3, V, SIGNED>(at, r, w, o, ldo),
-        (_, 2) => tile::<2, V, SIGNED>(at, r, w, o, ldo),
-        _ => tile::<1, V, SIGNED>(at, r, w, o, ldo),
+        (false, 6..) => tile::<6, V, SIGNED>(tokens(src), r, w, o, ldo),
+        (false, 5) => tile::<5, V, SIGNED>(tokens(src), r, w, o, ldo),
+        (_, 4..) => tile::<4, V, SIGNED>(tokens(src), r, w, o, ldo),
+        (_, 3) => tile::<3, V, SIGNED>(tokens(src), r, w, o, ldo),
+        (_, 2) => tile::<2, V, SIGNED>(tokens(src), r, w, o, ldo),
+        _ => tile::<1, V, SIGNED>(tokens(src), r, w, o, ldo),
     }
 }
 
-/// T tokens (codes and magnitudes read as `r` says) × the first `V` (1 or 2) 8-channel
-/// halves of panel `w` → `out` rows of 16 i32 (an unused second half stored as zeros);
-/// returns T.
+/// The code and magnitude pointers of a tile's T tokens.
+#[inline(always)]
+fn tokens<const T: usize>((a, abs, (at, i)): Src) -> [(*const i8, *const u8); T] {
+    std::array::from_fn(|t| {
+        let off = at(i + t);
+        (a.wrapping_add(off), abs.wrapping_add(off))
+    })
+}
+
+/// T tokens (token t's codes and magnitudes from `a[t]`, their segments as `r` says) ×
+/// the first `V` (1 or 2) 8-channel halves of panel `w` → `out` rows of 16 i32 (an unused
+/// second half stored as zeros); returns T.
 #[target_feature(enable = "avx2")]
 unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
-    (a, abs): (*const i8, *const u8),
+    a: [(*const i8, *const u8); T],
     r: Reads,
     w: *const u8,
     out: *mut i32,
@@ -137,14 +160,15 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); V]; T];
     for g in 0..r.nseg {
-        let (ag, bg, wg) = (a.add(g * r.seg), abs.add(g * r.seg), w.add(g * r.nqs * 64));
+        let ag = a.map(|(a, b)| (a.add(g * r.seg), b.add(g * r.seg)));
+        let wg = w.add(g * r.nqs * 64);
         for q in 0..r.nqs {
             let mut wv = [_mm256_setzero_si256(); V];
             for (v, reg) in wv.iter_mut().enumerate() {
                 *reg = _mm256_loadu_si256(wg.add(q * 64 + v * 32) as *const __m256i);
             }
             for (t, acc) in acc.iter_mut().enumerate() {
-                let x = token_codes::<SIGNED>((ag, bg), t * r.tok + 4 * q, ones);
+                let x = token_codes::<SIGNED>(ag[t], 4 * q, ones);
                 for (acc, wr) in acc.iter_mut().zip(&wv) {
                     // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
                     *acc = sign_dot::<SIGNED>(*acc, x, *wr, ones);
