@@ -29,17 +29,8 @@ pub unsafe fn product(
 ) {
     let r = Reads::rows(lda, nq);
     let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
-    let at = |i: usize| i * lda;
     each_panel((panels, valid), nq, &mut |w, half, p| {
-        token_rows(
-            (ap, bp),
-            (&at, m),
-            r,
-            (w, half),
-            signed,
-            op.add(p * NR),
-            ldo,
-        )
+        token_rows((ap, bp), m, r, (w, half), signed, op.add(p * NR), ldo)
     });
 }
 
@@ -61,14 +52,13 @@ pub unsafe fn product_implicit(
     ldo: usize,
 ) {
     let r = Reads::window(&win);
-    // token i = (oh, ow): the tiles run on across output rows, so a narrow image (7 or
-    // 14 wide) takes one short tile per panel rather than one per row
-    let at = |i: usize| r.image_row(&win, i / win.wo) + (i % win.wo) * r.tok;
+    // the tiles run on across output rows, so a narrow image (7 or 14 wide) takes one
+    // short tile per panel rather than one per row
     let m = win.ho * win.wo;
     each_panel((panels, valid), nq, &mut |w, half, p| {
         // unsigned codes: the signed pointer is never read
         let (a, o) = (img as *const i8, out.add(p * NR));
-        token_rows((a, img), (&at, m), r, (w, half), false, o, ldo);
+        token_rows((a, img), m, r, (w, half), false, o, ldo);
     });
 }
 
@@ -87,12 +77,12 @@ unsafe fn each_panel(
     }
 }
 
-/// One panel against `m` tokens (token `i` read at byte `at(i)` of the code and
-/// magnitude pointers), in tiles, into `out`'s rows of stride `ldo`.
+/// One panel against `m` tokens (read from the code and magnitude pointers as `r`
+/// says), in tiles, into `out`'s rows of stride `ldo`.
 #[target_feature(enable = "avx2")]
 unsafe fn token_rows(
     (ap, bp): (*const i8, *const u8),
-    (at, m): (&dyn Fn(usize) -> usize, usize),
+    m: usize,
     r: Reads,
     (w, half): (*const u8, bool),
     signed: bool,
@@ -101,7 +91,7 @@ unsafe fn token_rows(
 ) {
     let mut i = 0;
     while i < m {
-        let src = (ap, bp, (at, i));
+        let src = (ap, bp, i);
         let o = out.add(i * ldo);
         i += match (half, signed) {
             (false, false) => tiles::<2, false>(m - i, src, r, w, o, ldo),
@@ -112,9 +102,8 @@ unsafe fn token_rows(
     }
 }
 
-/// Where a tile's tokens are: the code and magnitude pointers, and token `i`'s byte
-/// offset `at(i)` from them for the tile's first token `i`.
-type Src<'a> = (*const i8, *const u8, (&'a dyn Fn(usize) -> usize, usize));
+/// Where a tile's tokens are: the code and magnitude pointers, and the tile's first token.
+type Src = (*const i8, *const u8, usize);
 
 /// The next tile of up to 6 tokens (4 with sign transfer) × the panel's `V` registers of
 /// 8 channels; returns its token count.
@@ -128,22 +117,20 @@ unsafe fn tiles<const V: usize, const SIGNED: bool>(
     ldo: usize,
 ) -> usize {
     match (SIGNED, left) {
-        (false, 6..) => tile::<6, V, SIGNED>(tokens(src), r, w, o, ldo),
-        (false, 5) => tile::<5, V, SIGNED>(tokens(src), r, w, o, ldo),
-        (_, 4..) => tile::<4, V, SIGNED>(tokens(src), r, w, o, ldo),
-        (_, 3) => tile::<3, V, SIGNED>(tokens(src), r, w, o, ldo),
-        (_, 2) => tile::<2, V, SIGNED>(tokens(src), r, w, o, ldo),
-        _ => tile::<1, V, SIGNED>(tokens(src), r, w, o, ldo),
+        (false, 6..) => tile::<6, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (false, 5) => tile::<5, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 4..) => tile::<4, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 3) => tile::<3, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 2) => tile::<2, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        _ => tile::<1, V, SIGNED>(tokens(src, r), r, w, o, ldo),
     }
 }
 
 /// The code and magnitude pointers of a tile's T tokens.
 #[inline(always)]
-fn tokens<const T: usize>((a, abs, (at, i)): Src) -> [(*const i8, *const u8); T] {
-    std::array::from_fn(|t| {
-        let off = at(i + t);
-        (a.wrapping_add(off), abs.wrapping_add(off))
-    })
+fn tokens<const T: usize>((a, abs, i): Src, r: Reads) -> [(*const i8, *const u8); T] {
+    r.tokens::<T>(i)
+        .map(|at| (a.wrapping_add(at), abs.wrapping_add(at)))
 }
 
 /// T tokens (token t's codes and magnitudes from `a[t]`, their segments as `r` says) ×

@@ -126,12 +126,11 @@ pub(super) mod wide {
         ldo: usize,
     ) {
         let r = Reads::rows(lda, nq);
-        let at = |i: usize| a.add(i * lda);
         panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
-            4 => rows::<4, 6>(&at, m, r, wp, nq, o, ldo),
-            3 => rows::<3, 8>(&at, m, r, wp, nq, o, ldo),
-            2 => rows::<2, 8>(&at, m, r, wp, nq, o, ldo),
-            _ => rows::<1, 8>(&at, m, r, wp, nq, o, ldo),
+            4 => rows::<4, 6>(a, m, r, wp, nq, o, ldo),
+            3 => rows::<3, 8>(a, m, r, wp, nq, o, ldo),
+            2 => rows::<2, 8>(a, m, r, wp, nq, o, ldo),
+            _ => rows::<1, 8>(a, m, r, wp, nq, o, ldo),
         });
     }
 
@@ -152,15 +151,14 @@ pub(super) mod wide {
         ldo: usize,
     ) {
         let r = Reads::window(&win);
-        // token i = (oh, ow): the tiles run on across output rows, so a narrow image
-        // (7 or 14 wide) takes one short tile per panel group rather than one per row
-        let at = |i: usize| img.add(r.image_row(&win, i / win.wo) + (i % win.wo) * r.tok);
+        // the tiles run on across output rows, so a narrow image (7 or 14 wide) takes
+        // one short tile per panel group rather than one per row
         let m = win.ho * win.wo;
         panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
-            4 => rows::<4, 6>(&at, m, r, wp, nq, o, ldo),
-            3 => rows::<3, 8>(&at, m, r, wp, nq, o, ldo),
-            2 => rows::<2, 8>(&at, m, r, wp, nq, o, ldo),
-            _ => rows::<1, 8>(&at, m, r, wp, nq, o, ldo),
+            4 => rows::<4, 6>(img, m, r, wp, nq, o, ldo),
+            3 => rows::<3, 8>(img, m, r, wp, nq, o, ldo),
+            2 => rows::<2, 8>(img, m, r, wp, nq, o, ldo),
+            _ => rows::<1, 8>(img, m, r, wp, nq, o, ldo),
         });
     }
 
@@ -179,12 +177,12 @@ pub(super) mod wide {
         }
     }
 
-    /// P panels against `m` tokens (token i's codes from `at(i)`), in tiles of up to T
+    /// P panels against `m` tokens (read from `a` as `r` says), in tiles of up to T
     /// tokens; returns P.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn rows<const P: usize, const T: usize>(
-        at: &dyn Fn(usize) -> *const u8,
+        a: *const u8,
         m: usize,
         r: Reads,
         w: *const u8,
@@ -198,14 +196,14 @@ pub(super) mod wide {
             let o = out.add(i * ldo);
             let wp = (w, psize);
             i += match m - i {
-                t if t >= T => tile::<P, T>(tokens(at, i), r, wp, o, ldo),
-                7 => tile::<P, 7>(tokens(at, i), r, wp, o, ldo),
-                6 => tile::<P, 6>(tokens(at, i), r, wp, o, ldo),
-                5 => tile::<P, 5>(tokens(at, i), r, wp, o, ldo),
-                4 => tile::<P, 4>(tokens(at, i), r, wp, o, ldo),
-                3 => tile::<P, 3>(tokens(at, i), r, wp, o, ldo),
-                2 => tile::<P, 2>(tokens(at, i), r, wp, o, ldo),
-                _ => tile::<P, 1>(tokens(at, i), r, wp, o, ldo),
+                t if t >= T => tile::<P, T>(tokens(a, r, i), r, wp, o, ldo),
+                7 => tile::<P, 7>(tokens(a, r, i), r, wp, o, ldo),
+                6 => tile::<P, 6>(tokens(a, r, i), r, wp, o, ldo),
+                5 => tile::<P, 5>(tokens(a, r, i), r, wp, o, ldo),
+                4 => tile::<P, 4>(tokens(a, r, i), r, wp, o, ldo),
+                3 => tile::<P, 3>(tokens(a, r, i), r, wp, o, ldo),
+                2 => tile::<P, 2>(tokens(a, r, i), r, wp, o, ldo),
+                _ => tile::<P, 1>(tokens(a, r, i), r, wp, o, ldo),
             };
         }
         P
@@ -213,8 +211,8 @@ pub(super) mod wide {
 
     /// Where tokens `i..i + T` start.
     #[inline(always)]
-    fn tokens<const T: usize>(at: &dyn Fn(usize) -> *const u8, i: usize) -> [*const u8; T] {
-        std::array::from_fn(|t| at(i + t))
+    fn tokens<const T: usize>(a: *const u8, r: Reads, i: usize) -> [*const u8; T] {
+        r.tokens::<T>(i).map(|at| a.wrapping_add(at))
     }
 
     /// T tokens (token t's segments from `a[t]`) × P panels (at stride `psize`), every

@@ -107,10 +107,12 @@ impl ConvWindow {
     }
 }
 
-/// Where a convolution micro-kernel's tile reads its tokens' codes: token `t`'s inputs
-/// are `nseg` segments of `nqs` groups of 4 bytes, segment `g` at `t·tok + g·seg` from the
-/// operand's start. im2col rows are one segment per token; the implicit GEMM reads one
-/// segment per kernel row of the padded channels-last image.
+/// Where a convolution micro-kernel's tile reads its tokens' codes: token `i` = (oh, ow)
+/// = (i / `wrap`, i % `wrap`) starts at `oh·row + ow·tok` from the operand's start, and
+/// its inputs are `nseg` segments of `nqs` groups of 4 bytes, segment `g` at `g·seg`
+/// from there. im2col rows are one segment per token, all in one "row"; the implicit
+/// GEMM reads one segment per kernel row of the padded channels-last image, and a tile
+/// runs on from one output row into the next.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy)]
 struct Reads {
@@ -118,6 +120,8 @@ struct Reads {
     nqs: usize,
     nseg: usize,
     seg: usize,
+    wrap: usize,
+    row: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -129,23 +133,35 @@ impl Reads {
             nqs: nq,
             nseg: 1,
             seg: 0,
+            wrap: usize::MAX,
+            row: 0,
         }
     }
 
-    /// The tokens of one output row of `win` (`k·c` a multiple of 4), from the first
-    /// input row that output row reads; [`Self::image_row`] is where that row starts.
+    /// The `ho·wo` tokens of `win` (`k·c` a multiple of 4) in the padded image.
     fn window(win: &ConvWindow) -> Self {
         Reads {
             tok: win.stride * win.c,
             nqs: win.k * win.c / 4,
             nseg: win.k,
             seg: win.wp * win.c,
+            wrap: win.wo.max(1),
+            row: win.stride * win.wp * win.c,
         }
     }
 
-    /// The byte offset in the padded image of the first input row of output row `oh`.
-    fn image_row(&self, win: &ConvWindow, oh: usize) -> usize {
-        oh * win.stride * self.seg
+    /// The byte offsets of tokens `i..i + T` (one division for the tile, then steps).
+    #[inline(always)]
+    fn tokens<const T: usize>(&self, i: usize) -> [usize; T] {
+        let (mut oh, mut ow) = (i / self.wrap, i % self.wrap);
+        std::array::from_fn(|_| {
+            let at = oh * self.row + ow * self.tok;
+            ow += 1;
+            if ow == self.wrap {
+                (oh, ow) = (oh + 1, 0);
+            }
+            at
+        })
     }
 }
 
