@@ -264,7 +264,7 @@ def quant():
         text += (f"\n\nIn that run, per round (median, range): dynamic int8 takes "
                  f"{rng(e8, 'latency_ratio_vs_ort_int8')} the batch-1 time of ONNX Runtime's best int8 and "
                  f"reaches {rng(e8, 'throughput_ratio_vs_ort_int8')} its batch-32 throughput; "
-                 f"{e8['latency_ratio_vs_f32']:.2f}× our f32's batch-1 time. Command: `{e8['command']}`.")
+                 f"{e8['latency_ratio_vs_f32']:.2f}× our f32's batch-1 time. Command: `{e8.get('measured_by', e8['command'])}`.")
     q = load("quant")
     rows = []
     for k in ["vgg-int8-static", "lenet5-int8-static"]:

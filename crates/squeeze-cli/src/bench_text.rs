@@ -157,7 +157,10 @@ pub fn run(a: TextArgs) -> Result<()> {
             "latency_sentences": lat_texts.len(),
             "timing": t.method,
             "peer": peer,
-            "command": crate::invocation::invocation(),
+            // the command that made this encoder (the benchmark's own for one made
+            // elsewhere, the downloaded original), and the benchmark that measured it
+            "command": made_by(&dirs[i].1).unwrap_or_else(crate::invocation::invocation),
+            "measured_by": crate::invocation::invocation(),
         });
         merge(&mut e, extra);
         eprintln!(
@@ -340,6 +343,17 @@ fn reference(a: &TextArgs) -> Result<Option<Value>> {
 }
 
 /// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.
+/// The command that made the encoder in `dir`, as its own record says: the `command` of
+/// `squeeze compress`'s report.json or of `squeeze distill`'s distill.json; `None` for a
+/// model made elsewhere.
+fn made_by(dir: &std::path::Path) -> Option<String> {
+    ["report.json", "distill.json"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(dir.join(f)).ok()?;
+        let v = serde_json::from_str::<Value>(&text).ok()?;
+        v["command"].as_str().map(String::from)
+    })
+}
+
 fn distill_wall_s(dir: &std::path::Path) -> Option<f64> {
     let text = std::fs::read_to_string(dir.join("distill.json")).ok()?;
     serde_json::from_str::<Value>(&text).ok()?["distill_wall_s"].as_f64()

@@ -1,7 +1,8 @@
 //! The text-encoder commands end to end on a tiny random BERT with a hand-written WordPiece
 //! tokenizer: `embed` (.npy and .jsonl, in input order), `eval --task stsb`, `export
-//! --format hf` (and its refusal, with nothing written, for uneven FFN widths), and the
-//! errors for an unknown output extension and a malformed STS-B line.
+//! --format hf` (and its refusal, with nothing written, for uneven FFN widths), `bench
+//! text`'s record of what made and what measured each encoder, and the errors for an
+//! unknown output extension and a malformed STS-B line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -347,4 +348,73 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
         serde_json::from_str(&std::fs::read_to_string(out.join("distill.json")).unwrap()).unwrap();
     assert_eq!(log["history"].as_array().unwrap().len(), 2);
     assert!(log["distill_wall_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_text_records_what_made_each_encoder_and_what_measured_it() {
+    let d = tmp("bench-text");
+    let model = tiny_model(&d, true);
+    let sts = d.join("sts.csv");
+    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
+    let rows = line(5.0, "a man is playing", "a man is playing")
+        + &line(0.5, "the dog runs", "a woman is playing guitar")
+        + &line(2.0, "a dog", "the man runs");
+    std::fs::write(&sts, rows).unwrap();
+    let recipe = d.join("int8.toml");
+    std::fs::write(
+        &recipe,
+        "[[passes]]\ntype = \"quantize\"\nbits = 8\nactivations = \"dynamic\"\n",
+    )
+    .unwrap();
+    let int8 = d.join("int8");
+    let (m, r, q) = (
+        model.to_str().unwrap(),
+        recipe.to_str().unwrap(),
+        int8.to_str().unwrap(),
+    );
+    let data = sts.to_str().unwrap();
+    let compress = [
+        "compress", m, "--recipe", r, "--out", q, "--data", data, "--rounds", "0",
+    ];
+    let (ok, _, err) = bin(&compress);
+    assert!(ok, "{err}");
+    let out = d.join("bench.json");
+    let variant = format!("int8={q}");
+    let args = [
+        "bench",
+        "text",
+        "--model",
+        m,
+        "--data",
+        data,
+        "--python",
+        "none",
+        "--rounds",
+        "1",
+        "--latency-sentences",
+        "2",
+        "--variant",
+        &variant,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (ok, _, err) = bin(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(int8.join("report.json")).unwrap()).unwrap();
+    // the variant's command is the compress that made it; both name the benchmark that
+    // measured them; the original, made elsewhere, names the benchmark as its command
+    let made = report["command"].as_str().unwrap();
+    assert!(made.contains(" compress ") && made.contains(q), "{made}");
+    assert_eq!(v["int8"]["command"].as_str(), Some(made));
+    for key in ["f32", "int8"] {
+        let by = v[key]["measured_by"].as_str().unwrap_or_default();
+        assert!(
+            by.contains(" bench text ") && by.contains(&variant),
+            "{key}: {by}"
+        );
+    }
+    assert_eq!(v["f32"]["command"], v["f32"]["measured_by"]);
 }
