@@ -67,6 +67,15 @@ def kinds():
     return out
 
 
+def spread(files, name, key, field, fmt):
+    """ " (lo–hi)": the range of a ratio's per-round values, where the run recorded one."""
+    e = files.get(name, {}).get(key) or {}
+    r = e.get(field + "_range") if field.endswith(("_vs_ort_int8", "_vs_ort_f32", "_vs_pytorch_int8")) else None
+    if not r or None in r:
+        return ""
+    return f" ({fmt.format(r[0]).rstrip('×')}–{fmt.format(r[1])})"
+
+
 def cpu(files):
     """The CPU the kind's int8 MiniLM entry names (that of its vgg entry if no MiniLM run)."""
     for name, key in (("minilm", "int8-dynamic"), ("quant", "vgg-int8-static")):
@@ -84,12 +93,15 @@ def block(table):
         cells = []
         for _, f in cols:
             v = value(f, name, key, field)
-            cells.append("–" if v is None else fmt.format(v) + (" ✓" if ok(v) else " ✗"))
+            cells.append("–" if v is None else fmt.format(v) + spread(f, name, key, field, fmt)
+                         + (" ✓" if ok(v) else " ✗"))
         rows.append([label] + cells)
     met = [sum(1 for r in rows if r[i + 1].endswith("✓")) for i in range(len(cols))]
     seen = [sum(1 for r in rows if r[i + 1] != "–") for i in range(len(cols))]
     tally = "; ".join(f"{label}: {m} of {s} met" for (label, _), m, s in zip(cols, met, seen))
     return (table(header, rows) + f"\n\nTargets met per column ({tally}). Ratios are the medians of "
-            "each run's per-round ratios; the runs are `squeeze bench text` and `squeeze bench quant` "
+            "each run's per-round ratios, their range over the rounds in brackets: a target met by "
+            "the median but not by every round is within the machine's variation, and another run of "
+            "the same command can land on the other side of it. The runs are `squeeze bench text` and `squeeze bench quant` "
             "as in `scripts/quant-experiments.sh`, whose `--out` names the folder (each entry's "
             "`command` and `measured_by` say so).")
