@@ -293,12 +293,7 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
     .unwrap();
     let more = d.join("more.txt");
     std::fs::write(&more, "the guitar is old\na cat sleeps\n".repeat(4)).unwrap();
-    let sts = d.join("sts.csv");
-    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
-    let pairs = line(5.0, "a man is playing", "a man is playing")
-        + &line(0.5, "the dog runs", "a woman is playing guitar")
-        + &line(2.0, "a dog", "the man runs");
-    std::fs::write(&sts, pairs).unwrap();
+    let sts = sts_pairs(&d);
     let (t, s, e) = (
         teacher.to_str().unwrap(),
         sentences.to_str().unwrap(),
@@ -350,16 +345,22 @@ fn distill_trains_a_sentence_encoder_on_its_teachers_embeddings() {
     assert!(log["distill_wall_s"].as_f64().unwrap() > 0.0);
 }
 
+/// Three scored STS-B pairs of the tokenizer's words, as `d/sts.csv`.
+fn sts_pairs(d: &Path) -> PathBuf {
+    let sts = d.join("sts.csv");
+    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
+    let pairs = line(5.0, "a man is playing", "a man is playing")
+        + &line(0.5, "the dog runs", "a woman is playing guitar")
+        + &line(2.0, "a dog", "the man runs");
+    std::fs::write(&sts, pairs).unwrap();
+    sts
+}
+
 #[test]
 fn bench_text_records_what_made_each_encoder_and_what_measured_it() {
     let d = tmp("bench-text");
     let model = tiny_model(&d, true);
-    let sts = d.join("sts.csv");
-    let line = |s: f64, a: &str, b: &str| format!("g\tf\t2012\t1\t{s}\t{a}\t{b}\n");
-    let rows = line(5.0, "a man is playing", "a man is playing")
-        + &line(0.5, "the dog runs", "a woman is playing guitar")
-        + &line(2.0, "a dog", "the man runs");
-    std::fs::write(&sts, rows).unwrap();
+    let sts = sts_pairs(&d);
     let recipe = d.join("int8.toml");
     std::fs::write(
         &recipe,
