@@ -69,8 +69,7 @@ def kinds():
 
 def spread(files, name, key, field, fmt):
     """ " (lo–hi)": the range of a ratio's per-round values, where the run recorded one."""
-    e = files.get(name, {}).get(key) or {}
-    r = e.get(field + "_range") if field.endswith(("_vs_ort_int8", "_vs_ort_f32", "_vs_pytorch_int8")) else None
+    r = (files.get(name, {}).get(key) or {}).get(field + "_range")
     if not r or None in r:
         return ""
     return f" ({fmt.format(r[0]).rstrip('×')}–{fmt.format(r[1])})"

@@ -342,7 +342,6 @@ fn reference(a: &TextArgs) -> Result<Option<Value>> {
     )?))
 }
 
-/// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.
 /// The command that made the encoder in `dir`, as its own record says: the `command` of
 /// `squeeze compress`'s report.json or of `squeeze distill`'s distill.json; `None` for a
 /// model made elsewhere.
@@ -354,6 +353,7 @@ fn made_by(dir: &std::path::Path) -> Option<String> {
     })
 }
 
+/// The wall time recorded by `squeeze distill` in `dir`/distill.json, if it made `dir`.
 fn distill_wall_s(dir: &std::path::Path) -> Option<f64> {
     let text = std::fs::read_to_string(dir.join("distill.json")).ok()?;
     serde_json::from_str::<Value>(&text).ok()?["distill_wall_s"].as_f64()
