@@ -203,9 +203,12 @@ pub fn forward(
     // each output channel's factor from i32 to f32, and its offset
     let scale: Vec<f32> = w.scales.iter().map(|s| s * sa).collect();
     let np = w.panels.panels();
-    let neg = match pool {
+    let flip = match pool {
         Some(_) => (0..np * NR)
-            .map(|j| scale.get(j).is_some_and(|f| *f < 0.0))
+            .map(|j| match scale.get(j).is_some_and(|f| *f < 0.0) {
+                true => !0,
+                false => 0,
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -214,7 +217,7 @@ pub fn forward(
         bias: bias.map_or_else(|| vec![0.0; co], |b| b.to_vec()),
         relu,
         pool,
-        neg,
+        flip,
     };
     let run = Run {
         g,

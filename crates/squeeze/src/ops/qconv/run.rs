@@ -34,9 +34,9 @@ pub(super) struct Out {
     pub(super) bias: Vec<f32>,
     pub(super) relu: bool,
     pub(super) pool: Option<Pool>,
-    /// With a pool: per channel of the padded panels, whether its factor is negative
-    /// (which reverses the order the pool keeps).
-    pub(super) neg: Vec<bool>,
+    /// With a pool: per channel of the padded panels, `!0` where its factor is negative
+    /// (which reverses the order the pool keeps), else 0 (see [`panel::pool_rows`]).
+    pub(super) flip: Vec<i32>,
 }
 
 /// A max-pool fused after the convolution (and its ReLU): window `k`, stride `s`, over
@@ -159,21 +159,36 @@ impl Out {
                         ldo: cols,
                         wo: win.wo.max(1),
                         pitch,
+                        pool: None,
                     },
                     (Operand::Image { win, .. }, None) => Rows::packed(oh0 * win.wo, m, cols),
                     _ => Rows::packed(0, m, cols),
                 };
                 return epi(&acc, rows);
             };
+            let ho = m / p.wo.max(1); // this band's convolution rows
+            if ho < p.k {
+                return Ok(()); // rows the pool's floor mode drops
+            }
+            let (ph, pw) = p.dims();
+            if !packed {
+                // the codes' epilogue pools as it requantizes (see Rows::pool)
+                let ph = ((ho - p.k) / p.s + 1).min(ph);
+                let rows = Rows {
+                    first: oh0 / p.s * pw,
+                    n: ph * pw,
+                    ldo: cols,
+                    wo: p.wo,
+                    pitch: pitch.unwrap_or(p.wo),
+                    pool: Some((ho, p.k, p.s)),
+                };
+                return epi(&acc, rows);
+            }
             POOLED.with(|pooled| {
                 let mut pooled = pooled.borrow_mut();
-                let neg = &self.neg[panels.start * NR..][..cols];
-                let ho = m / p.wo.max(1); // this band's convolution rows
-                if ho < p.k {
-                    return Ok(()); // rows the pool's floor mode drops
-                }
+                let flip = &self.flip[panels.start * NR..][..cols];
                 let geo = (ho, p.wo, pitch.unwrap_or(p.wo), cols);
-                let (ph, pw) = panel::pool_rows(isa, &acc, geo, (p.k, p.s), neg, &mut pooled)?;
+                let (ph, pw) = panel::pool_rows(isa, &acc, geo, (p.k, p.s), flip, &mut pooled)?;
                 let first = oh0 / p.s * pw;
                 epi(
                     &pooled[..ph * pw * cols],
@@ -195,6 +210,10 @@ pub(super) struct Rows {
     pub(super) ldo: usize,
     wo: usize,
     pitch: usize,
+    /// A max-pool the epilogue applies as it requantizes: `(ho, k, s)`, the band's
+    /// `ho × wo` convolution pixels (at `pitch`) pooled by window `k`, stride `s`, into
+    /// the `n` pixels from pooled pixel `first`.
+    pool: Option<(usize, usize, usize)>,
 }
 
 impl Rows {
@@ -206,12 +225,13 @@ impl Rows {
             ldo,
             wo: n.max(1),
             pitch: n.max(1),
+            pool: None,
         }
     }
 
     /// Whether the rows are packed (pixel `r` at row `r`).
     fn is_packed(&self) -> bool {
-        self.pitch == self.wo
+        self.pitch == self.wo && self.pool.is_none()
     }
 }
 
@@ -419,10 +439,20 @@ impl Run<'_> {
                     false => (yp.slice((i * p + first) * co + ch.start, len), co),
                 }
             };
-            // the f32 path's value, then the reader's code for it
-            let src = (acc, n, (rows.wo, rows.pitch, rows.ldo));
+            // the f32 path's value (pooled first where a pool is fused), then the reader's
+            // code for it
             let q = (hand.inv, hand.codes);
-            panel::requantize_rows(isa, src, sb, out.relu, q, (o, ldout))
+            let Some((ho, k, s)) = rows.pool else {
+                let src = (acc, n, (rows.wo, rows.pitch, rows.ldo));
+                return panel::requantize_rows(isa, src, sb, out.relu, q, (o, ldout));
+            };
+            let src = (acc, (ho, rows.wo, rows.pitch, rows.ldo));
+            let flip = &out.flip[ch];
+            POOLED.with(|pooled| {
+                let scratch = &mut pooled.borrow_mut();
+                let (o, pool) = ((o, ldout), (k, s, flip));
+                panel::requantize_pooled(isa, src, pool, sb, out.relu, q, o, scratch).map(|_| ())
+            })
         })?;
         // SAFETY: the tasks wrote every pixel's channels of every image: into y, or when
         // split into their blocks, which the loop below gathers into every code of y
@@ -444,10 +474,11 @@ impl Run<'_> {
     }
 }
 
-/// Whether any code is negative (a min over the bytes: it vectorizes, where an
-/// early-exit search does not).
+/// Whether any code is negative: the sign bit of an OR over the bytes. It vectorizes
+/// even in baseline x86-64's SSE2, where an early-exit search does not and a signed byte
+/// minimum takes five instructions per vector.
 fn any_negative(x: &[i8]) -> bool {
-    x.iter().fold(0i8, |lo, &v| lo.min(v)) < 0
+    x.iter().fold(0i8, |acc, &v| acc | v) < 0
 }
 
 /// Codes stored as bytes.

@@ -194,21 +194,56 @@ pub unsafe fn max_abs(x: &[f32]) -> f32 {
         .fold(0f32, |a, v| a.max(v.abs()))
 }
 
-/// `super::avx2::requantize` on 16 channels per step, over `n` rows (pixel `r` from row `(r / wo)·pitch + r % wo` of `acc`,
-/// stride `ldo`, to `out[r·ldout]`), each `scale.len()` channels wide, the last ones
-/// under a mask.
+/// Where a requantizing call reads its products (see [`requantize_rows`]).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub acc: &'a [i32],
+    /// Output pixels (pooled ones with a pool).
+    pub n: usize,
+    /// The output's width (pooled), the products' row pitch and row stride.
+    pub geo: (usize, usize, usize),
+    /// A max-pool before the rescale: window, stride, and per channel 0 or `!0` (an order
+    /// reversed by a negative factor, as `panel::pool_rows` takes it).
+    pub pool: Option<(usize, usize, &'a [i32])>,
+}
+
+/// `super::avx2::requantize` on 16 channels per step, over `src.n` output pixels, each
+/// `scale.len()` channels wide, the last ones under a mask, to `out[r·ldout]`. Pixel `r`
+/// reads row `(r / wo)·pitch + r % wo` of `acc` (stride `ldo`); with a pool, the max of
+/// the `k × k` window whose first row is `(r / wo)·s·pitch + (r % wo)·s`, taken in
+/// registers (so pooled products are never stored). Channel block by channel block, its
+/// factors held in registers for every pixel.
 ///
 /// # Safety
-/// AVX-512F is available; every row's `scale.len()` products and codes are in bounds.
+/// AVX-512F is available; every pixel's `scale.len()` products (its whole window with a
+/// pool) and codes are in bounds; a pool's flips are `scale.len()` long.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn requantize_rows(
-    (acc, n, (wo, pitch, ldo)): (&[i32], usize, (usize, usize, usize)),
+    src: Source,
+    sb: (&[f32], &[f32]),
+    relu: bool,
+    q: (f32, i8, i8, i8),
+    o: (&mut [u8], usize),
+) {
+    match src.pool.is_some() {
+        true => rows_loop::<true>(src, sb, relu, q, o),
+        false => rows_loop::<false>(src, sb, relu, q, o),
+    }
+}
+
+/// [`requantize_rows`]' loops, with a pool or without.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_loop<const POOL: bool>(
+    src: Source,
     (scale, bias): (&[f32], &[f32]),
     relu: bool,
     (inv, lim, lo, hi): (f32, i8, i8, i8),
     (out, ldout): (&mut [u8], usize),
 ) {
     let w = scale.len();
+    let (wo, pitch, ldo) = src.geo;
+    let (k, s, flip) = src.pool.unwrap_or((1, 1, &[]));
     // the code range is ±lim unless the reader's is narrower: then a second clamp
     let narrow = i32::from(lo) != -i32::from(lim) || hi != lim;
     let (iv, l) = (_mm512_set1_ps(inv), _mm512_set1_ps(f32::from(lim)));
@@ -218,25 +253,33 @@ pub unsafe fn requantize_rows(
     );
     let zero = _mm512_setzero_ps();
     let (sp, bp, op) = (scale.as_ptr(), bias.as_ptr(), out.as_mut_ptr());
-    // channel block by channel block, its factors loaded once for every row
     for j in (0..w).step_by(16) {
-        let k: __mmask16 = if w - j >= 16 {
+        let m: __mmask16 = if w - j >= 16 {
             !0
         } else {
             (1u16 << (w - j)) - 1
         };
         let (sc, bi) = (
-            _mm512_maskz_loadu_ps(k, sp.add(j)),
-            _mm512_maskz_loadu_ps(k, bp.add(j)),
+            _mm512_maskz_loadu_ps(m, sp.add(j)),
+            _mm512_maskz_loadu_ps(m, bp.add(j)),
         );
-        let (mut row, mut x) = (0, 0); // pixel r's row in acc, and its column in the image
-        for r in 0..n {
-            let a = acc.as_ptr().add(row * ldo + j);
-            (row, x) = match x + 1 == wo {
-                true => (row + 1 + pitch - wo, 0),
-                false => (row + 1, x + 1),
+        let f = match POOL {
+            true => _mm512_maskz_loadu_epi32(m, flip.as_ptr().add(j)),
+            false => _mm512_setzero_si512(),
+        };
+        let (mut row, mut x) = (0, 0); // pixel r's (first) row in acc, and its column
+        for r in 0..src.n {
+            let a = src.acc.as_ptr().add(row * ldo + j);
+            (row, x) = match (x + 1 == wo, POOL) {
+                (true, false) => (row + 1 + pitch - wo, 0),
+                (true, true) => (row - x * s + s * pitch, 0),
+                (false, _) => (row + s, x + 1),
             };
-            let v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a));
+            let acc = match POOL {
+                true => window_max(a, m, (k, pitch * ldo, ldo), f),
+                false => _mm512_maskz_loadu_epi32(m, a),
+            };
+            let v = _mm512_cvtepi32_ps(acc);
             // a product, then a sum: the rescale's rounding
             let v = _mm512_add_ps(_mm512_mul_ps(v, sc), bi);
             let v = if relu { _mm512_max_ps(v, zero) } else { v };
@@ -245,7 +288,30 @@ pub unsafe fn requantize_rows(
                 true => _mm512_min_epi32(_mm512_max_epi32(c, lo), hi),
                 false => c,
             };
-            _mm512_mask_cvtepi32_storeu_epi8(op.add(r * ldout + j) as *mut i8, k, c);
+            _mm512_mask_cvtepi32_storeu_epi8(op.add(r * ldout + j) as *mut i8, m, c);
         }
     }
+}
+
+/// The max over a `k × k` window (rows `row` apart, columns `col`) of the 16 channels at
+/// `a`, each channel's order reversed where its flip in `f` is `!0` (the max of the
+/// bitwise NOTs, NOT-ed back: the min).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn window_max(
+    a: *const i32,
+    m: __mmask16,
+    (k, row, col): (usize, usize, usize),
+    f: __m512i,
+) -> __m512i {
+    let mut best = _mm512_xor_si512(_mm512_maskz_loadu_epi32(m, a), f);
+    for dy in 0..k {
+        for dx in 0..k {
+            if dy + dx > 0 {
+                let v = _mm512_maskz_loadu_epi32(m, a.add(dy * row + dx * col));
+                best = _mm512_max_epi32(best, _mm512_xor_si512(v, f));
+            }
+        }
+    }
+    _mm512_xor_si512(best, f)
 }

@@ -471,7 +471,12 @@ pub fn requantize_row(
         // SAFETY: the path's AVX-512F was detected; the slices are `n` long.
         unsafe {
             super::avx512_quant::requantize_rows(
-                (a, 1, (1, 1, n)),
+                super::avx512_quant::Source {
+                    acc: a,
+                    n: 1,
+                    geo: (1, 1, n),
+                    pool: None,
+                },
                 (s, b),
                 relu,
                 (inv, lim, lo, hi),
@@ -530,7 +535,12 @@ pub fn requantize_rows(
         // being in order) and the last codes were checked above.
         unsafe {
             super::avx512_quant::requantize_rows(
-                (acc, n, (wo, pitch, ldo)),
+                super::avx512_quant::Source {
+                    acc,
+                    n,
+                    geo: (wo, pitch, ldo),
+                    pool: None,
+                },
                 (scale, bias),
                 relu,
                 (inv, lim, lo, hi),
@@ -553,64 +563,132 @@ pub fn requantize_rows(
     Ok(())
 }
 
+/// [`pool_rows`] then [`requantize_rows`] of the pooled products, in one pass on
+/// AVX-512 (each window's max is taken in registers and rescaled there, so the pooled
+/// products are never stored); the other paths pool into `scratch` first. The same codes
+/// on every path: the pool of `ho × wo` products (pitch, stride `ldo`; window `k`,
+/// stride `s`, order flips `flip`) of `scale.len()` channels, its `ph × pw` pixels' codes
+/// at `out[r·ldout]`. Returns `(ph, pw)`.
+#[allow(clippy::too_many_arguments)]
+pub fn requantize_pooled(
+    isa: Isa,
+    (acc, (ho, wo, pitch, ldo)): (&[i32], (usize, usize, usize, usize)),
+    (k, s, flip): (usize, usize, &[i32]),
+    (scale, bias): (&[f32], &[f32]),
+    relu: bool,
+    (inv, [lo, hi]): (f32, [i8; 2]),
+    (out, ldout): (&mut [u8], usize),
+    scratch: &mut Vec<i32>,
+) -> Result<(usize, usize)> {
+    let w = scale.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512() && isa.is_supported() {
+        // the checks of pool_rows and requantize_rows
+        let fits = ldo >= w
+            && pitch >= wo
+            && flip.len() == w
+            && bias.len() == w
+            && ldout >= w
+            && acc.len() >= ((ho.max(1) - 1) * pitch + wo) * ldo;
+        let flips = flip.iter().all(|f| *f == 0 || *f == !0);
+        if k > 0 && s > 0 && ho >= k && wo >= k && fits && flips {
+            let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
+            if out.len() >= (ph * pw - 1) * ldout + w {
+                let lim = hi.max(lo.saturating_neg());
+                let src = super::avx512_quant::Source {
+                    acc,
+                    n: ph * pw,
+                    geo: (pw, pitch, ldo),
+                    pool: Some((k, s, flip)),
+                };
+                // SAFETY: the path's AVX-512F was detected; every window
+                // lies inside the `ho × wo` products checked above (the last pooled
+                // pixel's window ends at row ((ph−1)·s + k − 1)·pitch + (pw−1)·s + k − 1,
+                // within (ho − 1)·pitch + wo − 1), and the last codes in `out`.
+                unsafe {
+                    super::avx512_quant::requantize_rows(
+                        src,
+                        (scale, bias),
+                        relu,
+                        (inv, lim, lo, hi),
+                        (out, ldout),
+                    )
+                };
+                return Ok((ph, pw));
+            }
+        }
+        // otherwise the steps below name what does not fit
+    }
+    let (ph, pw) = pool_rows(isa, acc, (ho, wo, pitch, ldo), (k, s), flip, scratch)?;
+    let src = (&scratch[..], ph * pw, (pw, pw, w));
+    requantize_rows(isa, src, (scale, bias), relu, (inv, [lo, hi]), (out, ldout))?;
+    Ok((ph, pw))
+}
+
 /// A max-pool window over channels-last i32 products, before their rescale: for an image
 /// whose `ho × wo` output pixels are rows of `acc` (stride `ldo`, `cols` channels; pixel
 /// (y, x) at row `y·pitch + x`), `pooled[(py·pw + px)·cols + j]` = the max over the
-/// `k × k` window at (py·s, px·s) — or the min where `neg[j]` (a negative rescale factor
-/// reverses the order). `y = acc·s + b` rounded in f32 is monotone in `acc` for a fixed
-/// factor, and so is the ReLU after it, so rescaling the pooled products gives exactly
-/// the pool of the rescaled outputs. Returns the pooled height and width (floor mode, as
-/// `max_pool2d`). The same loops compiled per path (a lane-wise max, min and select on
-/// AVX2 and AVX-512).
+/// `k × k` window at (py·s, px·s) — or the min where `flip[j]` is `!0` rather than 0 (a
+/// negative rescale factor reverses the order). `y = acc·s + b` rounded in f32 is
+/// monotone in `acc` for a fixed factor, and so is the ReLU after it, so rescaling the
+/// pooled products gives exactly the pool of the rescaled outputs. Returns the pooled
+/// height and width (floor mode, as `max_pool2d`). The same loops compiled per path.
 pub fn pool_rows(
     isa: Isa,
     acc: &[i32],
     (ho, wo, pitch, ldo): (usize, usize, usize, usize),
     (k, s): (usize, usize),
-    neg: &[bool],
+    flip: &[i32],
     pooled: &mut Vec<i32>,
 ) -> Result<(usize, usize)> {
     let isa = isa::require(isa)?;
-    let cols = neg.len();
+    let cols = flip.len();
     let fits = ldo >= cols && pitch >= wo && acc.len() >= ((ho.max(1) - 1) * pitch + wo) * ldo;
-    if k == 0 || s == 0 || ho < k || wo < k || !fits {
+    if k == 0 || s == 0 || ho < k || wo < k || !fits || flip.iter().any(|f| *f != 0 && *f != !0) {
         return Err(Error::Data(format!(
             "pooling {ho}×{wo} rows of {cols} channels (pitch {pitch}, stride {ldo}, {} \
-             products) with kernel {k}, stride {s}",
+             products) with kernel {k}, stride {s}, order flips of 0 or !0",
             acc.len()
         )));
     }
     let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
     pooled.clear();
     pooled.resize(ph * pw * cols, 0);
-    pool_on(isa, acc, (pitch, ldo), (k, s, pw), neg, pooled);
+    pool_on(isa, acc, (pitch, ldo), (k, s, pw), flip, pooled);
     Ok((ph, pw))
 }
 
-isa_variants!(pool_on, pool_body, (acc: &[i32], rows: (usize, usize), win: (usize, usize, usize), neg: &[bool], pooled: &mut [i32]) -> ());
+isa_variants!(pool_on, pool_body, (acc: &[i32], rows: (usize, usize), win: (usize, usize, usize), flip: &[i32], pooled: &mut [i32]) -> ());
 
-/// The loops of [`pool_rows`] over checked sizes.
+/// The loops of [`pool_rows`] over checked sizes. A channel whose order is reversed is
+/// pooled as its bitwise NOT (`!v = −v − 1`, strictly decreasing in `v`): the max of the
+/// NOTs is the NOT of the min, so every channel takes one XOR and a max per value, with
+/// no select between a max and a min.
 #[inline(always)]
 fn pool_body(
     acc: &[i32],
     (pitch, ldo): (usize, usize),
     (k, s, pw): (usize, usize, usize),
-    neg: &[bool],
+    flip: &[i32],
     pooled: &mut [i32],
 ) {
-    let cols = neg.len();
+    let cols = flip.len();
     for (o, out) in pooled.chunks_exact_mut(cols).enumerate() {
         let (py, px) = (o / pw, o % pw);
         let row = |dy: usize, dx: usize| {
             let at = ((py * s + dy) * pitch + px * s + dx) * ldo;
             &acc[at..at + cols]
         };
-        out.copy_from_slice(row(0, 0));
+        for ((o, &v), &f) in out.iter_mut().zip(row(0, 0)).zip(flip) {
+            *o = v ^ f;
+        }
         for (dy, dx) in (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx))).skip(1) {
-            for ((o, &v), &n) in out.iter_mut().zip(row(dy, dx)).zip(neg) {
-                let (hi, lo) = ((*o).max(v), (*o).min(v));
-                *o = if n { lo } else { hi };
+            for ((o, &v), &f) in out.iter_mut().zip(row(dy, dx)).zip(flip) {
+                *o = (*o).max(v ^ f);
             }
+        }
+        for (o, &f) in out.iter_mut().zip(flip) {
+            *o ^= f;
         }
     }
 }

@@ -430,45 +430,56 @@ fn int4_kernel_paths_match_the_reference() {
 #[test]
 fn pooled_products_keep_the_window_max_or_min_per_channel() {
     use qgemm::panel::pool_rows;
-    // 5×7 pixels of 3 channels (stride 4: a padding column), windows 2/2 and 3/2
-    let (ho, wo, ldo) = (5, 7, 4);
+    // 5×7 pixels of 37 channels (stride 40: padding columns; two whole vectors of 16 and
+    // a tail), windows 2/2 and 3/2; every third channel's order reversed, extremes included
+    let (ho, wo, ldo, cols) = (5, 7, 40, 37);
     let acc: Vec<i32> = (0..ho * wo * ldo)
-        .map(|i| ((i * 37) % 101) as i32 - 50)
+        .map(|i| match i % 29 {
+            0 => i32::MIN,
+            1 => i32::MAX,
+            _ => ((i * 37) % 101) as i32 - 50,
+        })
         .collect();
-    let neg = [false, true, false];
+    let neg: Vec<bool> = (0..cols).map(|j| j % 3 == 1).collect();
+    let flip: Vec<i32> = neg.iter().map(|&n| if n { !0 } else { 0 }).collect();
     for ((k, s), path) in [(2, 2), (3, 2)].into_iter().flat_map(|w| {
         super::common::isa_paths(module_path!())
             .into_iter()
             .map(move |p| (w, p))
     }) {
         let mut pooled = vec![9; 3];
-        let (ph, pw) = pool_rows(path, &acc, (ho, wo, wo, ldo), (k, s), &neg, &mut pooled).unwrap();
+        let (ph, pw) =
+            pool_rows(path, &acc, (ho, wo, wo, ldo), (k, s), &flip, &mut pooled).unwrap();
         assert_eq!((ph, pw), ((ho - k) / s + 1, (wo - k) / s + 1));
-        assert_eq!(pooled.len(), ph * pw * 3);
+        assert_eq!(pooled.len(), ph * pw * cols);
         for (py, px, j) in
-            (0..ph).flat_map(|y| (0..pw).flat_map(move |x| (0..3).map(move |j| (y, x, j))))
+            (0..ph).flat_map(|y| (0..pw).flat_map(move |x| (0..cols).map(move |j| (y, x, j))))
         {
             let window = (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx)));
             let vals = window.map(|(dy, dx)| acc[((py * s + dy) * wo + px * s + dx) * ldo + j]);
             let want = if neg[j] { vals.min() } else { vals.max() }.unwrap();
             assert_eq!(
-                pooled[(py * pw + px) * 3 + j],
+                pooled[(py * pw + px) * cols + j],
                 want,
                 "{} k {k} ({py}, {px}) channel {j}",
                 path.name()
             );
         }
     }
-    // a window larger than the image, or too few products, is an error
+    // a window larger than the image, too few products, or a flip other than 0 and !0 is
+    // an error
     let mut pooled = Vec::new();
     let isa = isa::Isa::Scalar;
-    assert!(pool_rows(isa, &acc, (ho, wo, wo, ldo), (6, 1), &neg, &mut pooled).is_err());
+    let mut bad = flip.clone();
+    bad[4] = 1;
+    assert!(pool_rows(isa, &acc, (ho, wo, wo, ldo), (2, 2), &bad, &mut pooled).is_err());
+    assert!(pool_rows(isa, &acc, (ho, wo, wo, ldo), (6, 1), &flip, &mut pooled).is_err());
     assert!(pool_rows(
         isa,
         &acc[..10],
         (ho, wo, wo, ldo),
         (2, 2),
-        &neg,
+        &flip,
         &mut pooled
     )
     .is_err());
@@ -485,9 +496,64 @@ fn pooled_products_keep_the_window_max_or_min_per_channel() {
         })
         .collect();
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    pool_rows(isa, &acc, (ho, wo, wo, ldo), (2, 2), &neg, &mut a).unwrap();
-    pool_rows(isa, &pitched, (ho, wo, wo + 2, ldo), (2, 2), &neg, &mut b).unwrap();
+    pool_rows(isa, &acc, (ho, wo, wo, ldo), (2, 2), &flip, &mut a).unwrap();
+    pool_rows(isa, &pitched, (ho, wo, wo + 2, ldo), (2, 2), &flip, &mut b).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn the_pooling_epilogue_equals_pooling_then_requantizing_on_every_path() {
+    use qgemm::panel::{pool_rows, requantize_pooled, requantize_rows};
+    // 6×7 convolution pixels at a pitch of 9 (unused rows between), of `w` channels at a
+    // stride of w + 3: a masked tail, and beyond one vector of 64 codes
+    for w in [37, 83] {
+        let (ho, wo, pitch, ldo) = (6, 7, 9, w + 3);
+        let acc: Vec<i32> = (0..ho * pitch * ldo)
+            .map(|i| ((i * 7919) % 20_001) as i32 - 10_000)
+            .collect();
+        let scale: Vec<f32> = uniform(w, 3).iter().map(|v| v * 1e-3).collect();
+        let bias = uniform(w, 5);
+        let flip: Vec<i32> = scale
+            .iter()
+            .map(|f| if *f < 0.0 { !0 } else { 0 })
+            .collect();
+        for ((k, s), relu, codes) in [
+            ((2, 2), true, [-127, 127]),
+            ((3, 2), false, [-127, 127]),
+            ((2, 2), false, [-8, 7]),
+        ] {
+            let q = (3.7, codes);
+            let ldout = w + 5;
+            let mut pooled = Vec::new();
+            let geo = (ho, wo, pitch, ldo);
+            let (ph, pw) =
+                pool_rows(isa::Isa::Scalar, &acc, geo, (k, s), &flip, &mut pooled).unwrap();
+            let mut want = vec![9u8; (ph * pw - 1) * ldout + w];
+            let src = (&pooled[..], ph * pw, (pw, pw, w));
+            let sb = (&scale[..], &bias[..]);
+            requantize_rows(isa::Isa::Scalar, src, sb, relu, q, (&mut want, ldout)).unwrap();
+            for path in super::common::isa_paths(module_path!()) {
+                let mut got = vec![9u8; want.len()];
+                let mut scratch = Vec::new();
+                let pool = (k, s, &flip[..]);
+                let o = (&mut got[..], ldout);
+                let dims = requantize_pooled(path, (&acc, geo), pool, sb, relu, q, o, &mut scratch);
+                assert_eq!(dims.unwrap(), (ph, pw));
+                assert_eq!(got, want, "{} w {w} k {k} relu {relu}", path.name());
+                // too few products, or too few codes, is an error on every path
+                let short = (&acc[..((ho - 1) * pitch + wo) * ldo - 1], geo);
+                let o = (&mut got[..], ldout);
+                assert!(
+                    requantize_pooled(path, short, pool, sb, relu, q, o, &mut scratch).is_err()
+                );
+                let o = (&mut got[..want.len() - 1], ldout);
+                assert!(
+                    requantize_pooled(path, (&acc, geo), pool, sb, relu, q, o, &mut scratch)
+                        .is_err()
+                );
+            }
+        }
+    }
 }
 
 /// Values that probe the rounding: exact halves on both sides of zero, the clamp edges,
@@ -679,9 +745,10 @@ fn int4_int8_panels_refuse_what_they_cannot_hold() {
 #[test]
 fn the_requantizing_epilogue_equals_its_scalar_form_on_every_path() {
     use qgemm::panel::requantize_row;
-    // channels beyond whole groups of 8, negative factors, NaN-free extremes and a
-    // narrower code range (low-bit readers)
-    let n = 43;
+    // channels beyond whole groups of 8 (and of 64: one whole group of the AVX-512BW
+    // form, then a masked one), negative factors, NaN-free extremes and a narrower code
+    // range (low-bit readers)
+    let n = 83;
     let acc: Vec<i32> = (0..n)
         .map(|j| (j as i32 * 7919) % 20_001 - 10_000)
         .collect();
