@@ -338,26 +338,24 @@ impl Run<'_> {
                     abs,
                     padded,
                 } = s;
-                let (x, signed) = match src {
+                let x = match src {
                     Src::Values(xs) => {
                         let x = &xs[i * chw..(i + 1) * chw];
-                        let signed = image_codes(self.isa, x, self.quant, (c, h, wd), codes, hwc)?;
-                        (&hwc[..], signed)
+                        image_codes(self.isa, x, self.quant, (c, h, wd), codes, hwc)?;
+                        &hwc[..]
                     }
-                    Src::Codes(cs) => {
-                        let x = cast_i8(&cs[i * chw..(i + 1) * chw]);
-                        (x, any_negative(x))
-                    }
+                    Src::Codes(cs) => cast_i8(&cs[i * chw..(i + 1) * chw]),
                 };
+                // the slack either reader needs: the implicit GEMM's, im2col's over-copy
+                let slack = win.slack().max(OVERCOPY);
+                let (at, signed) = pad_image(x, (c, h, wd), pad, slack, padded);
                 let operand = if implicit(signed) {
-                    let at = pad_image(x, (c, h, wd), pad, win.slack(), padded);
                     Operand::Image {
                         img: cast_u8(&padded[at]),
                         signed,
                         win,
                     }
                 } else {
-                    let at = pad_image(x, (c, h, wd), pad, OVERCOPY, padded);
                     let cols = im2col(&padded[at], &win, lda, cols);
                     if signed {
                         abs.clear();
@@ -474,13 +472,6 @@ impl Run<'_> {
     }
 }
 
-/// Whether any code is negative: the sign bit of an OR over the bytes. It vectorizes
-/// even in baseline x86-64's SSE2, where an early-exit search does not and a signed byte
-/// minimum takes five instructions per vector.
-fn any_negative(x: &[i8]) -> bool {
-    x.iter().fold(0i8, |acc, &v| acc | v) < 0
-}
-
 /// Codes stored as bytes.
 fn cast_i8(v: &[u8]) -> &[i8] {
     // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
@@ -488,7 +479,7 @@ fn cast_i8(v: &[u8]) -> &[i8] {
 }
 
 /// One image's int8 codes from its f32 values `[C, H, W]` at the static scale (clipped to
-/// the code range), reordered channels-last into `hwc`; whether any is negative.
+/// the code range), reordered channels-last into `hwc`.
 fn image_codes(
     isa: crate::isa::Isa,
     x: &[f32],
@@ -496,7 +487,7 @@ fn image_codes(
     (c, h, w): (usize, usize, usize),
     codes: &mut Vec<i8>,
     hwc: &mut Vec<i8>,
-) -> Result<bool> {
+) -> Result<()> {
     let chw = c * h * w;
     codes.resize(chw, 0);
     // the magnitudes that matter are the im2col rows' (the caller's)
@@ -508,20 +499,22 @@ fn image_codes(
         codes.iter_mut().for_each(|v| *v = (*v).clamp(lo, hi));
     }
     hwc.resize(chw, 0);
-    panel::to_channels_last(isa, codes, (c, h * w), hwc)?;
-    Ok(any_negative(codes))
+    panel::to_channels_last(isa, codes, (c, h * w), hwc)
 }
 
 /// The channels-last image `x` `[H, W, C]` with `pad` zero rows and columns around it,
 /// then `slack` zero bytes, into `out`, starting on a 64-byte boundary (for aligned tile
-/// loads); returns where in `out` (`[H + 2·pad, W + 2·pad, C]` and the slack).
+/// loads); returns where in `out` (`[H + 2·pad, W + 2·pad, C]` and the slack), and
+/// whether any code is negative. That is the sign bit of an OR over the bytes, taken as
+/// they are copied (it vectorizes even in baseline x86-64's SSE2, where an early-exit
+/// search does not and a signed byte minimum takes five instructions a vector).
 fn pad_image(
     x: &[i8],
     (c, h, w): (usize, usize, usize),
     pad: usize,
     slack: usize,
     out: &mut Vec<i8>,
-) -> std::ops::Range<usize> {
+) -> (std::ops::Range<usize>, bool) {
     let (wp, hp) = (w + 2 * pad, h + 2 * pad);
     let len = hp * wp * c + slack;
     // every byte of the range is written below: no clearing pass over the image
@@ -532,14 +525,18 @@ fn pad_image(
     let img = &mut out[at..at + len];
     let (row, side) = (wp * c, pad * c);
     img[..pad * row].fill(0);
+    let mut any = 0i8;
     for (r, src) in x.chunks_exact(w * c).enumerate() {
         let dst = &mut img[(r + pad) * row..][..row];
         dst[..side].fill(0);
-        dst[side..side + w * c].copy_from_slice(src);
+        for (d, &v) in dst[side..side + w * c].iter_mut().zip(src) {
+            *d = v;
+            any |= v;
+        }
         dst[side + w * c..].fill(0);
     }
     img[(h + pad) * row..].fill(0);
-    at..at + len
+    (at..at + len, any < 0)
 }
 
 /// Bytes a short run of [`im2col`] copies at once: runs of up to this many codes are
