@@ -558,14 +558,36 @@ fn im2col<'a>(img: &[i8], win: &ConvWindow, lda: usize, cols: &'a mut Vec<i8>) -
     if cols.len() < m * lda + OVERCOPY {
         cols.resize(m * lda + OVERCOPY, 0);
     }
-    for (t, at) in (0..m).map(|t| (t, t * lda)) {
-        let src = t / win.wo * win.stride * row + t % win.wo * tok;
+    // token t's first input, stepped along its output row, then to the next row
+    let starts =
+        (0..win.ho).flat_map(|oh| (0..win.wo).map(move |ow| oh * win.stride * row + ow * tok));
+    if kc <= OVERCOPY && m > 0 {
+        // the furthest read (the last token's last kernel row) and write, checked once
+        let last = (win.ho - 1) * win.stride * row + (win.wo - 1) * tok + (win.k - 1) * row;
+        assert!(
+            last + OVERCOPY <= img.len()
+                && (m - 1) * lda + (win.k - 1) * kc + OVERCOPY <= cols.len()
+        );
+        assert!(win.k * kc <= lda);
+        let (ip, cp) = (img.as_ptr(), cols.as_mut_ptr());
+        for (src, at) in starts.zip((0..m).map(|t| t * lda)) {
+            // SAFETY: every read is within `last + OVERCOPY` and every write within the
+            // bound checked above (tokens and kernel rows in order, so the last is the
+            // furthest); the zero tail ends at the row's `lda`.
+            unsafe {
+                for ki in 0..win.k {
+                    let v = (ip.add(src + ki * row) as *const [i8; OVERCOPY]).read_unaligned();
+                    (cp.add(at + ki * kc) as *mut [i8; OVERCOPY]).write_unaligned(v);
+                }
+                std::ptr::write_bytes(cp.add(at + win.k * kc), 0, lda - win.k * kc);
+            }
+        }
+        return &cols[..m * lda];
+    }
+    for (src, at) in starts.zip((0..m).map(|t| t * lda)) {
         for ki in 0..win.k {
             let (s, d) = (src + ki * row, at + ki * kc);
-            match kc <= OVERCOPY {
-                true => cols[d..d + OVERCOPY].copy_from_slice(&img[s..s + OVERCOPY]),
-                false => cols[d..d + kc].copy_from_slice(&img[s..s + kc]),
-            }
+            cols[d..d + kc].copy_from_slice(&img[s..s + kc]);
         }
         cols[at + win.k * kc..at + lda].fill(0);
     }
