@@ -170,10 +170,10 @@ impl Out {
             if ho < p.k {
                 return Ok(()); // rows the pool's floor mode drops
             }
-            let (ph, pw) = p.dims();
             if !packed {
-                // the codes' epilogue pools as it requantizes (see Rows::pool)
-                let ph = ((ho - p.k) / p.s + 1).min(ph);
+                // the codes' epilogue pools as it requantizes (see Rows::pool): this
+                // band's pooled rows (whole windows) of the image's pooled width
+                let (ph, pw) = ((ho - p.k) / p.s + 1, p.dims().1);
                 let rows = Rows {
                     first: oh0 / p.s * pw,
                     n: ph * pw,

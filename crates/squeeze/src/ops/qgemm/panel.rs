@@ -583,16 +583,10 @@ pub fn requantize_pooled(
     let w = scale.len();
     #[cfg(target_arch = "x86_64")]
     if isa.avx512() && isa.is_supported() {
-        // the checks of pool_rows and requantize_rows
-        let fits = ldo >= w
-            && pitch >= wo
-            && flip.len() == w
-            && bias.len() == w
-            && ldout >= w
-            && acc.len() >= ((ho.max(1) - 1) * pitch + wo) * ldo;
-        let flips = flip.iter().all(|f| *f == 0 || *f == !0);
-        if k > 0 && s > 0 && ho >= k && wo >= k && fits && flips {
-            let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
+        // the checks of pool_rows, then those of requantize_rows
+        let pooled = pool_dims(acc.len(), (ho, wo, pitch, ldo), (k, s), flip);
+        let fits = flip.len() == w && bias.len() == w && ldout >= w;
+        if let (Some((ph, pw)), true) = (pooled, fits) {
             if out.len() >= (ph * pw - 1) * ldout + w {
                 let lim = hi.max(lo.saturating_neg());
                 let src = super::avx512_quant::Source {
@@ -643,19 +637,34 @@ pub fn pool_rows(
 ) -> Result<(usize, usize)> {
     let isa = isa::require(isa)?;
     let cols = flip.len();
-    let fits = ldo >= cols && pitch >= wo && acc.len() >= ((ho.max(1) - 1) * pitch + wo) * ldo;
-    if k == 0 || s == 0 || ho < k || wo < k || !fits || flip.iter().any(|f| *f != 0 && *f != !0) {
+    let Some((ph, pw)) = pool_dims(acc.len(), (ho, wo, pitch, ldo), (k, s), flip) else {
         return Err(Error::Data(format!(
             "pooling {ho}×{wo} rows of {cols} channels (pitch {pitch}, stride {ldo}, {} \
              products) with kernel {k}, stride {s}, order flips of 0 or !0",
             acc.len()
         )));
-    }
-    let (ph, pw) = ((ho - k) / s + 1, (wo - k) / s + 1);
+    };
     pooled.clear();
     pooled.resize(ph * pw * cols, 0);
     pool_on(isa, acc, (pitch, ldo), (k, s, pw), flip, pooled);
     Ok((ph, pw))
+}
+
+/// The pooled height and width of [`pool_rows`]' operands, or `None` where they do not
+/// fit: `len` products holding `ho × wo` pixels (pitch, stride `ldo`) of `flip.len()`
+/// channels, a window and stride that fit the image, flips of 0 or `!0`.
+fn pool_dims(
+    len: usize,
+    (ho, wo, pitch, ldo): (usize, usize, usize, usize),
+    (k, s): (usize, usize),
+    flip: &[i32],
+) -> Option<(usize, usize)> {
+    let fits = ldo >= flip.len() && pitch >= wo && len >= ((ho.max(1) - 1) * pitch + wo) * ldo;
+    let flips = flip.iter().all(|f| *f == 0 || *f == !0);
+    match k > 0 && s > 0 && ho >= k && wo >= k && fits && flips {
+        true => Some(((ho - k) / s + 1, (wo - k) / s + 1)),
+        false => None,
+    }
 }
 
 isa_variants!(pool_on, pool_body, (acc: &[i32], rows: (usize, usize), win: (usize, usize, usize), flip: &[i32], pooled: &mut [i32]) -> ());
