@@ -2,25 +2,25 @@
 //! convolution's product): a panel's 16 channels × 4 inputs are one 512-bit register and
 //! `vpdpbusd` multiplies a broadcast of a token's 4 activation bytes (unsigned) with it,
 //! adding each channel's 4 products into its i32 lane. Codes after a ReLU are non-negative
-//! and go in as they are. Signed codes go in offset by 128 (`c ⊕ 0x80` = c + 128, in
-//! [1, 255]) and each accumulator starts at −128·Σ_c w — the channel sums packed beside
-//! the panels — so the sum is exact either way (AVX-512BW has no `vpsignb` for the AVX2
-//! kernel's sign transfer). Tiles of up to 8 tokens × one panel stay in registers.
+//! and go in as they are. Signed codes (a first layer's) go in offset by 128 (`c ⊕ 0x80`
+//! = c + 128, in [1, 255]), once, before the product, and each accumulator starts at
+//! −128·Σ_c w — the channel sums packed beside the panels — so the sum is exact either
+//! way (AVX-512BW has no `vpsignb` for the AVX2 kernel's sign transfer).
 //!
-//! Non-negative codes (every layer after a ReLU) take the wider tiles of [`wide`]: up to
-//! 4 panels × 6 tokens, 24 accumulators, each token's 4 codes broadcast straight from
-//! memory once for all the tile's panels — per group of 4 inputs, 4 + 6 loads feed 24
-//! `vpdpbusd`, where the one-panel tile spends a load, an XOR and a broadcast from a
-//! general register on every one.
-
-use std::arch::x86_64::*;
+//! The tiles ([`wide`]) hold up to 4 panels × 6 tokens, 24 accumulators, each token's 4
+//! codes broadcast straight from memory once for all the tile's panels — per group of 4
+//! inputs, 4 + 6 loads feed 24 `vpdpbusd`.
 
 use super::NR;
 
-/// Tokens per tile.
-const TILE: usize = 8;
+thread_local! {
+    /// Each thread's signed codes offset by 128, reused across calls.
+    static OFFSET: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::default();
+}
 
-/// Every panel against every token; the contract of `avx2_panel::product`.
+/// Every panel against every token; the contract of `avx2_panel::product`. Non-negative
+/// codes go to the wide tiles as they are (from `abs`); signed ones are offset once, into
+/// a per-thread buffer, and the wide tiles start from −128·Σw.
 ///
 /// # Safety
 /// AVX-512F, AVX-512BW and AVX-512 VNNI are available; `a`/`abs` hold `m` rows of stride
@@ -38,69 +38,20 @@ pub unsafe fn product(
     out: &mut [i32],
     ldo: usize,
 ) {
-    let psize = nq * NR * 4;
-    let np = panels.len() / psize.max(1);
-    // signed codes are read offset from `a`, non-negative ones as they are from `abs`
-    let (src, xor) = match signed {
-        true => (a.as_ptr() as *const u8, 0x8080_8080),
-        false => (abs.as_ptr(), 0),
-    };
-    let g = (lda, nq, xor);
+    let np = panels.len() / (nq * NR * 4).max(1);
     let op = out.as_mut_ptr();
     if !signed {
-        return wide::product(src, (m, lda), panels.as_ptr(), (np, nq), op, ldo);
+        let w = (panels.as_ptr(), std::ptr::null());
+        return wide::product(abs.as_ptr(), (m, lda), w, (np, nq), op, ldo);
     }
-    for p in 0..np {
-        let w = panels.as_ptr().add(p * psize);
-        let start = match signed {
-            true => _mm512_mullo_epi32(
-                _mm512_loadu_si512(sums.as_ptr().add(p * NR) as *const __m512i),
-                _mm512_set1_epi32(-128),
-            ),
-            false => _mm512_setzero_si512(),
-        };
-        let mut i = 0;
-        while i < m {
-            let at = src.add(i * lda);
-            let o = op.add(i * ldo + p * NR);
-            i += match m - i {
-                8.. => tile::<8>(at, g, w, start, (o, ldo)),
-                7 => tile::<7>(at, g, w, start, (o, ldo)),
-                6 => tile::<6>(at, g, w, start, (o, ldo)),
-                5 => tile::<5>(at, g, w, start, (o, ldo)),
-                4 => tile::<4>(at, g, w, start, (o, ldo)),
-                3 => tile::<3>(at, g, w, start, (o, ldo)),
-                2 => tile::<2>(at, g, w, start, (o, ldo)),
-                _ => tile::<1>(at, g, w, start, (o, ldo)),
-            };
-        }
-    }
-}
-
-/// T (≤ [`TILE`]) tokens of `a` (rows of stride `lda`, each 4-byte group ⊕ `xor`) × the
-/// panel `w` of `nq` groups, accumulators from `start`; stores T rows of 16 i32. Returns T.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const T: usize>(
-    a: *const u8,
-    (lda, nq, xor): (usize, usize, u32),
-    w: *const u8,
-    start: __m512i,
-    (out, ldo): (*mut i32, usize),
-) -> usize {
-    const { assert!(T <= TILE) };
-    let mut acc = [start; T];
-    for q in 0..nq {
-        let wv = _mm512_loadu_si512(w.add(q * 64) as *const __m512i);
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let x = (a.add(t * lda + 4 * q) as *const u32).read_unaligned() ^ xor;
-            // 4 products (unsigned bytes × signed weights) per channel, added in i32
-            *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(x as i32), wv);
-        }
-    }
-    for (t, acc) in acc.iter().enumerate() {
-        _mm512_storeu_si512(out.add(t * ldo) as *mut __m512i, *acc);
-    }
-    T
+    // the codes offset once (c ⊕ 0x80 = c + 128, in [1, 255])
+    OFFSET.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.extend(a.iter().map(|&v| v as u8 ^ 0x80));
+        let w = (panels.as_ptr(), sums.as_ptr());
+        wide::product(buf.as_ptr(), (m, lda), w, (np, nq), op, ldo)
+    })
 }
 
 /// The unsigned path's wide tiles (see the module notes), over im2col rows or, as an
@@ -120,13 +71,13 @@ pub(super) mod wide {
     pub unsafe fn product(
         a: *const u8,
         (m, lda): (usize, usize),
-        w: *const u8,
+        (w, sums): (*const u8, *const i32),
         (np, nq): (usize, usize),
         out: *mut i32,
         ldo: usize,
     ) {
         let r = Reads::rows(lda, nq);
-        panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
+        panel_groups((w, sums), (np, nq), out, &mut |step, wp, o| match step {
             4 => rows::<4, 6>(a, m, r, wp, nq, o, ldo),
             3 => rows::<3, 8>(a, m, r, wp, nq, o, ldo),
             2 => rows::<2, 8>(a, m, r, wp, nq, o, ldo),
@@ -154,6 +105,7 @@ pub(super) mod wide {
         // the tiles run on across output rows, so a narrow image (7 or 14 wide) takes
         // one short tile per panel group rather than one per row
         let m = win.ho * win.wo;
+        let w = (w, std::ptr::null());
         panel_groups(w, (np, nq), out, &mut |step, wp, o| match step {
             4 => rows::<4, 6>(img, m, r, wp, nq, o, ldo),
             3 => rows::<3, 8>(img, m, r, wp, nq, o, ldo),
@@ -165,15 +117,20 @@ pub(super) mod wide {
     /// Runs `each(panels in the group, first panel, its output columns)` over groups of
     /// up to 4 panels.
     unsafe fn panel_groups(
-        w: *const u8,
+        (w, sums): (*const u8, *const i32),
         (np, nq): (usize, usize),
         out: *mut i32,
-        each: &mut dyn FnMut(usize, *const u8, *mut i32) -> usize,
+        each: &mut dyn FnMut(usize, (*const u8, *const i32), *mut i32) -> usize,
     ) {
         let psize = nq * NR * 4;
         let mut p = 0;
         while p < np {
-            p += each((np - p).min(4), w.add(p * psize), out.add(p * NR));
+            let s = if sums.is_null() {
+                sums
+            } else {
+                sums.add(p * NR)
+            };
+            p += each((np - p).min(4), (w.add(p * psize), s), out.add(p * NR));
         }
     }
 
@@ -185,7 +142,7 @@ pub(super) mod wide {
         a: *const u8,
         m: usize,
         r: Reads,
-        w: *const u8,
+        (w, sums): (*const u8, *const i32),
         nq: usize,
         out: *mut i32,
         ldo: usize,
@@ -194,7 +151,7 @@ pub(super) mod wide {
         let mut i = 0;
         while i < m {
             let o = out.add(i * ldo);
-            let wp = (w, psize);
+            let wp = (w, psize, sums);
             i += match m - i {
                 t if t >= T => tile::<P, T>(tokens(a, r, i), r, wp, o, ldo),
                 7 => tile::<P, 7>(tokens(a, r, i), r, wp, o, ldo),
@@ -221,11 +178,19 @@ pub(super) mod wide {
     unsafe fn tile<const P: usize, const T: usize>(
         a: [*const u8; T],
         r: Reads,
-        (w, psize): (*const u8, usize),
+        (w, psize, sums): (*const u8, usize, *const i32),
         out: *mut i32,
         ldo: usize,
     ) -> usize {
-        let mut acc = [[_mm512_setzero_si512(); P]; T];
+        // codes offset by 128 start from −128·Σw per channel (the sums beside the panels)
+        let mut start = [_mm512_setzero_si512(); P];
+        if !sums.is_null() {
+            for (p, s) in start.iter_mut().enumerate() {
+                let v = _mm512_loadu_si512(sums.add(p * NR) as *const __m512i);
+                *s = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), v), 7);
+            }
+        }
+        let mut acc = [start; T];
         for g in 0..r.nseg {
             let (ag, wg) = (a.map(|a| a.add(g * r.seg)), w.add(g * r.nqs * 64));
             for q in 0..r.nqs {
