@@ -54,19 +54,21 @@ pub unsafe fn product(
     })
 }
 
-/// The unsigned path's wide tiles (see the module notes), over im2col rows or, as an
-/// implicit GEMM, straight over a zero-padded channels-last image.
+/// The wide tiles (see the module notes), over im2col rows (signed ones offset by 128)
+/// or, as an implicit GEMM, straight over a zero-padded channels-last image.
 pub(super) mod wide {
     use std::arch::x86_64::*;
 
     use super::super::{ConvWindow as Window, Reads};
     use super::NR;
 
-    /// Every panel against every token: `out[i, 16p + ch] = Σ_c a[i, c]·w[16p + ch, c]`.
+    /// Every panel against every token: `out[i, 16p + ch] = start + Σ_c a[i, c]·w[16p +
+    /// ch, c]`, where `start` is 0, or −128 times the channel's sum in `sums` when that is
+    /// not null (codes offset by 128).
     ///
     /// # Safety
-    /// As [`super::product`] with non-negative codes in `a` (rows of stride `lda`), `np`
-    /// panels of `nq` groups at `w`.
+    /// As [`super::product`] with unsigned codes in `a` (rows of stride `lda`), `np`
+    /// panels of `nq` groups at `w`, and `sums` null or 16 sums per panel.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn product(
         a: *const u8,
