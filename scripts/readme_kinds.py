@@ -84,6 +84,38 @@ def cpu(files):
     return "–"
 
 
+def text_turns(files):
+    """How the kind's MiniLM run took turns between its encoders for the batch-1 timing, read
+    from its `timing` record: "runs" (short runs after an untimed sentence, the encoder's
+    weights warm as the peers' are), "sentences" (the older rule: one sentence each) or None."""
+    t = (files.get("minilm", {}).get("int8-dynamic") or {}).get("timing") or ""
+    if "in runs of" in t:
+        return "runs"
+    if "sentence by sentence" in t:
+        return "sentences"
+    return None
+
+
+def turns_note(cols):
+    """Which columns' MiniLM batch-1 times were taken with which turns."""
+    by = {"runs": [], "sentences": []}
+    for label, f in cols:
+        t = text_turns(f)
+        if t:
+            by[t].append(label)
+    parts = []
+    if by["runs"]:
+        parts.append(", ".join(by["runs"]) + ": our encoders take turns in short runs of "
+                     "sentences, each run after an untimed sentence, so that each is timed with its "
+                     "weights in the caches, as the peers time their sentences one after another")
+    if by["sentences"]:
+        parts.append(", ".join(by["sentences"]) + ": the older rule, one sentence per turn, which "
+                     "timed each of our encoders after the other encoders of the run had evicted its "
+                     "weights while the peers' stayed cached (docs/profiling.md, \"Cold or warm "
+                     "weights in the batch-1 timing\")")
+    return (" MiniLM batch-1 times: " + "; ".join(parts) + ".") if parts else ""
+
+
 def block(table):
     cols = kinds()
     header = ["target (issue 30)"] + [f"{label}: {cpu(f)}" for label, f in cols]
@@ -103,4 +135,4 @@ def block(table):
             "the median but not by every round is within the machine's variation, and another run of "
             "the same command can land on the other side of it. The runs are `squeeze bench text` and `squeeze bench quant` "
             "as in `scripts/quant-experiments.sh`, whose `--out` names the folder (each entry's "
-            "`command` and `measured_by` say so).")
+            "`command` and `measured_by` say so)." + turns_note(cols))

@@ -2,7 +2,7 @@
 //! same process, interleaved — each round runs every model once, in an order that rotates
 //! from round to round, so that a noisy neighbour or a clock change hits all of them alike
 //! — and each speed is the median of the rounds, reported with its range. Text encoders
-//! also take turns within a round, sentence by sentence.
+//! also take turns within a round, in short runs of sentences.
 
 use std::time::Instant;
 
@@ -159,14 +159,19 @@ pub fn text_speeds(
 /// Sentences embedded per model before a round's timings.
 const TEXT_WARMUP: usize = 5;
 
+/// Sentences an encoder embeds in one turn of the batch-1 timing.
+pub const LATENCY_RUN: usize = 20;
+
 /// [`text_speeds`], calling `between(r)` after the models' turn in round `r` (a peer
 /// timed in another process takes its turn there, so that ours and theirs alternate).
 ///
-/// Within a round the encoders take turns sentence by sentence (batch by batch for the
-/// throughput), the order rotating at each turn: a text encoder's weights never stay in a
-/// core's cache from one sentence to the next anyway, and a noisy neighbour that slows
-/// the machine for a second then slows every encoder alike instead of the one whose
-/// whole turn it fell in.
+/// Within a round the encoders take turns in runs of [`LATENCY_RUN`] sentences (batch by
+/// batch for the throughput), the order rotating at each turn, so that a noisy neighbour
+/// that slows the machine for a second slows every encoder alike instead of the one whose
+/// whole turn it fell in. Each run starts with one untimed sentence: the encoder's weights
+/// are then back in the shared cache, as they are for a model that serves sentences one
+/// after another — and for a peer, which times its sentences consecutively. Sentence by
+/// sentence, each encoder would be timed with its weights evicted by the others'.
 pub fn text_speeds_with(
     models: &[&Model],
     (latency_texts, throughput_texts): (&[&str], &[&str]),
@@ -190,12 +195,14 @@ pub fn text_speeds_with(
             turns(n, r, &mut |i| embed(i, &[t]))?;
         }
         let mut b1 = vec![Vec::with_capacity(latency_texts.len()); n];
-        for (j, t) in latency_texts.iter().enumerate() {
-            for (i, s) in turns(n, r + j, &mut |i| embed(i, &[t]))?
-                .into_iter()
-                .enumerate()
-            {
-                b1[i].push(s);
+        for (j, run) in latency_texts.chunks(LATENCY_RUN).enumerate() {
+            for i in order(n, r + j) {
+                embed(i, &run[..1])?;
+                for t in run {
+                    let s = Instant::now();
+                    embed(i, &[t])?;
+                    b1[i].push(s.elapsed().as_secs_f64());
+                }
             }
         }
         let mut total = vec![0.0; n];
@@ -215,9 +222,10 @@ pub fn text_speeds_with(
     }
     pb.finish_and_clear();
     let method = format!(
-        "{} timed in one process, interleaved over {} and within each round sentence by \
-         sentence and batch by batch (order rotating); batch-1 latency = median over {} real \
-         sentences per round, throughput at batch 32 over {}; median [min–max] of the rounds",
+        "{} timed in one process, interleaved over {} and within each round in runs of \
+         {LATENCY_RUN} sentences (each after one untimed sentence) and batch by batch (order \
+         rotating); batch-1 latency = median over {} real sentences per round, throughput at \
+         batch 32 over {}; median [min–max] of the rounds",
         count(models.len(), "encoder"),
         count(rounds, "round"),
         latency_texts.len(),
