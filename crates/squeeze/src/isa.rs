@@ -1,9 +1,10 @@
 //! CPU-feature dispatch in one place. squeeze is compiled for baseline x86-64 (never with
 //! a global `target-cpu`); kernels that have vector paths ask [`active`] which one to run:
 //! AVX-512 VNNI with Intel's AMX-INT8 matrix unit, AVX-512 with the VNNI integer dot
-//! products, AVX-512F without them, AVX2 + FMA, or the portable scalar reference. The best
-//! path the CPU supports is chosen once at run time;
-//! `SQUEEZE_ISA=amx|avx512vnni|avx512|avx2|scalar` forces a lower one (and is refused with an
+//! products, AVX-512F without them, AVX2 + FMA with the VEX-encoded VNNI dot products
+//! (AVX-VNNI), AVX2 + FMA, or the portable scalar reference. The best path the CPU supports
+//! is chosen once at run time;
+//! `SQUEEZE_ISA=amx|avx512vnni|avx512|avxvnni|avx2|scalar` forces a lower one (and is refused with an
 //! error if the CPU lacks it), and [`force`] does the same from code (the ISA benchmark).
 //! Every path is tested against the reference on machines that have it; `.ci/run` also
 //! runs the kernel tests under the lower paths the CPU has (`avx512` on a VNNI machine
@@ -26,6 +27,12 @@ pub enum Isa {
     Scalar,
     /// 256-bit AVX2 with fused multiply-add (AMD Zen 3, Intel Haswell and later).
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-VNNI, the VEX-encoded 256-bit `vpdpbusd` (Intel Alder Lake
+    /// and later client cores, Sierra Forest; AMD Zen 5 has it beside AVX-512): the integer
+    /// kernels' AVX2 tiles with one dot-product instruction where AVX2 takes two or three.
+    /// Chosen where AVX-512 is absent; everything without an integer dot product runs its
+    /// AVX2 form.
+    AvxVnni,
     /// 512-bit AVX-512F (Intel Skylake-SP and later), integer kernels in their AVX2 forms.
     Avx512,
     /// AVX-512 with the VNNI integer dot products (`vpdpbusd`, with AVX-512BW): AMD Zen 4,
@@ -42,10 +49,11 @@ pub const ENV: &str = "SQUEEZE_ISA";
 
 impl Isa {
     /// Every path, best first.
-    pub const ALL: [Isa; 5] = [
+    pub const ALL: [Isa; 6] = [
         Isa::Amx,
         Isa::Avx512Vnni,
         Isa::Avx512,
+        Isa::AvxVnni,
         Isa::Avx2,
         Isa::Scalar,
     ];
@@ -54,6 +62,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Amx => "amx",
@@ -72,7 +81,7 @@ impl Isa {
             .find(|i| i.name() == s.trim())
             .ok_or_else(|| {
                 Error::Data(format!(
-                    "unknown instruction set `{s}`: expected amx, avx512vnni, avx512, avx2 or scalar"
+                    "unknown instruction set `{s}`: expected amx, avx512vnni, avx512, avxvnni, avx2 or scalar"
                 ))
             })
     }
@@ -85,6 +94,8 @@ impl Isa {
             Isa::Avx2 => {
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => Isa::Avx2.is_supported() && std::is_x86_feature_detected!("avxvnni"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
@@ -107,6 +118,7 @@ impl Isa {
             Isa::Avx512 => 3,
             Isa::Avx512Vnni => 4,
             Isa::Amx => 5,
+            Isa::AvxVnni => 6,
         }
     }
 
@@ -131,6 +143,12 @@ pub fn detected() -> Isa {
 /// ask this; other paths run their AVX2 form.
 pub fn avx512_vnni(isa: Isa) -> bool {
     matches!(isa, Isa::Avx512Vnni | Isa::Amx) && isa.is_supported()
+}
+
+/// Whether the path may use the VEX-encoded VNNI dot products on 256-bit registers:
+/// [`Isa::AvxVnni`] on a CPU that has them. The integer kernels' AVX2 tiles ask this.
+pub fn avx_vnni(isa: Isa) -> bool {
+    isa == Isa::AvxVnni && isa.is_supported()
 }
 
 /// Whether the path may use the AMX-INT8 tiles: [`Isa::Amx`] on a CPU that has them and

@@ -30,7 +30,7 @@ macro_rules! isa_variants {
                 // SAFETY: `isa` passed isa::require, so the CPU has these features.
                 match isa {
                     Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => return unsafe { avx512($($arg),*) },
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Avx2 | Isa::AvxVnni => return unsafe { avx2($($arg),*) },
                     Isa::Scalar => {}
                 }
             }

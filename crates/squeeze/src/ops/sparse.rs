@@ -91,7 +91,7 @@ fn row_dot(isa: Isa, a: &Csr, r: usize, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => return unsafe { dot_avx512(v, c, x) },
-        Isa::Avx2 => return unsafe { dot_avx2(v, c, x) },
+        Isa::Avx2 | Isa::AvxVnni => return unsafe { dot_avx2(v, c, x) },
         Isa::Scalar => {}
     }
     let _ = isa;
@@ -108,7 +108,7 @@ fn row_axpy(isa: Isa, a: &Csr, r: usize, xt: &[f32], m: usize, out: &mut [f32]) 
         Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => {
             return unsafe { axpy_avx512(v, c, xt, m, out) }
         }
-        Isa::Avx2 => return unsafe { axpy_avx2(v, c, xt, m, out) },
+        Isa::Avx2 | Isa::AvxVnni => return unsafe { axpy_avx2(v, c, xt, m, out) },
         Isa::Scalar => {}
     }
     let _ = isa;

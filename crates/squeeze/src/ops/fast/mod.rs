@@ -102,7 +102,7 @@ fn dot_block(
         Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => {
             return unsafe { avx512::dot_block(x, w, next, m, k, rows, out) }
         }
-        Isa::Avx2 => return unsafe { avx2::dot_block(x, w, next, m, k, rows, out) },
+        Isa::Avx2 | Isa::AvxVnni => return unsafe { avx2::dot_block(x, w, next, m, k, rows, out) },
         Isa::Scalar => {}
     }
     let _ = (isa, next);

@@ -4,19 +4,73 @@
 //! panel with at most 8 real channels multiplies only its first half. The same tiles run
 //! the implicit GEMM of [`super::panel::PackedI8::product_implicit`] on non-negative
 //! codes: each token reads its kernel rows in place from the padded channels-last image.
+//! On AVX-VNNI (the VEX-encoded 256-bit `vpdpbusd`) the same tiles add each group of 4
+//! codes with one instruction where AVX2 takes `vpmaddubsw`, `vpmaddwd` and `vpaddd`
+//! ([`Dot`]).
 
 use std::arch::x86_64::*;
 
 use super::{ConvWindow, Reads, NR};
 
-/// Every panel against every token; see `PackedI8::product` for the contract.
+/// How a tile adds 4 codes × 4 weights per channel into its i32 accumulators: AVX2's
+/// `vpmaddubsw` + `vpmaddwd` against ones, or one AVX-VNNI `vpdpbusd`. The tiles are
+/// written once over this and compiled into one entry point per form, each with its
+/// target features (the tiles are `#[inline(always)]`, so they take the entry's).
+pub(super) trait Dot {
+    /// `acc` plus, per channel of 8, the dot product of 4 codes (magnitudes `u`, signs `s`
+    /// from [`token_codes`]) with that channel's 4 weight bytes in `w`; the code's sign
+    /// moves onto the weight (`vpsignb`) when `SIGNED`.
+    ///
+    /// # Safety
+    /// The calling entry point enables the form's instructions.
+    unsafe fn dot<const SIGNED: bool>(
+        acc: __m256i,
+        us: (__m256i, __m256i),
+        w: __m256i,
+        ones: __m256i,
+    ) -> __m256i;
+}
+
+/// AVX2: [`sign_dot`].
+pub(super) struct Madd;
+
+/// AVX-VNNI: the sign moved onto the weight as in [`sign_dot`], then `vpdpbusd` (no i16
+/// intermediate: exact for any unsigned code and signed weight).
+pub(super) struct Vnni;
+
+impl Dot for Madd {
+    #[inline(always)]
+    unsafe fn dot<const SIGNED: bool>(
+        acc: __m256i,
+        us: (__m256i, __m256i),
+        w: __m256i,
+        ones: __m256i,
+    ) -> __m256i {
+        sign_dot::<SIGNED>(acc, us, w, ones)
+    }
+}
+
+impl Dot for Vnni {
+    #[inline(always)]
+    unsafe fn dot<const SIGNED: bool>(
+        acc: __m256i,
+        (u, s): (__m256i, __m256i),
+        w: __m256i,
+        _: __m256i,
+    ) -> __m256i {
+        let x = if SIGNED { _mm256_sign_epi8(w, s) } else { w };
+        _mm256_dpbusd_avx_epi32(acc, u, x)
+    }
+}
+
+/// Every panel against every token; see `PackedI8::product` for the contract. `vnni`:
+/// the AVX-VNNI form.
 ///
 /// # Safety
-/// AVX2 is available; `a`/`abs` hold `m` rows of stride `lda` with at least `nq·4` bytes
-/// each, `panels` holds whole panels of `nq·64` bytes, `out` has `m` rows of stride `ldo`
-/// with room for every panel's 16 columns.
+/// AVX2 (and with `vnni`, AVX-VNNI) is available; `a`/`abs` hold `m` rows of stride `lda`
+/// with at least `nq·4` bytes each, `panels` holds whole panels of `nq·64` bytes, `out`
+/// has `m` rows of stride `ldo` with room for every panel's 16 columns.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2")]
 pub unsafe fn product(
     a: &[i8],
     abs: &[u8],
@@ -26,12 +80,15 @@ pub unsafe fn product(
     signed: bool,
     out: &mut [i32],
     ldo: usize,
+    vnni: bool,
 ) {
     let r = Reads::rows(lda, nq);
-    let (ap, bp, op) = (a.as_ptr(), abs.as_ptr(), out.as_mut_ptr());
-    each_panel((panels, valid), nq, &mut |w, half, p| {
-        token_rows((ap, bp), m, r, (w, half), signed, op.add(p * NR), ldo)
-    });
+    let src = (a.as_ptr(), abs.as_ptr());
+    let job = ((panels, valid), nq, m, r, signed, out.as_mut_ptr(), ldo);
+    match vnni {
+        true => panels_vnni(src, job),
+        false => panels_madd(src, job),
+    }
 }
 
 /// [`product`] as an implicit GEMM over non-negative codes: token (oh, ow)'s kernel row
@@ -40,9 +97,10 @@ pub unsafe fn product(
 /// `ldo`).
 ///
 /// # Safety
-/// AVX2 is available; `img` holds `((ho − 1)·stride + k)` rows of `wp·c` bytes, `k·c` is
-/// a multiple of 4 and `nq = k·k·c / 4`; `panels` and `valid` as in [`product`]; `out`
-/// has `ho·wo` rows of stride `ldo` with room for every panel's 16 columns.
+/// AVX2 (and with `vnni`, AVX-VNNI) is available; `img` holds `((ho − 1)·stride + k)` rows
+/// of `wp·c` bytes, `k·c` is a multiple of 4 and `nq = k·k·c / 4`; `panels` and `valid` as
+/// in [`product`]; `out` has `ho·wo` rows of stride `ldo` with room for every panel's 16
+/// columns.
 pub unsafe fn product_implicit(
     img: *const u8,
     win: ConvWindow,
@@ -50,37 +108,56 @@ pub unsafe fn product_implicit(
     nq: usize,
     out: *mut i32,
     ldo: usize,
+    vnni: bool,
 ) {
     let r = Reads::window(&win);
     // the tiles run on across output rows, so a narrow image (7 or 14 wide) takes one
-    // short tile per panel rather than one per row
+    // short tile per panel rather than one per row; unsigned codes: the signed pointer is
+    // never read
     let m = win.ho * win.wo;
-    each_panel((panels, valid), nq, &mut |w, half, p| {
-        // unsigned codes: the signed pointer is never read
-        let (a, o) = (img as *const i8, out.add(p * NR));
-        token_rows((a, img), m, r, (w, half), false, o, ldo);
-    });
+    let job = ((panels, valid), nq, m, r, false, out, ldo);
+    match vnni {
+        true => panels_vnni((img as *const i8, img), job),
+        false => panels_madd((img as *const i8, img), job),
+    }
 }
 
-/// Runs `each(panel, whether only its first half is real, its index)` for every panel.
-/// One panel (≤ a few KB) stays in L1 while every token tile streams past it.
-unsafe fn each_panel(
-    (panels, valid): (&[u8], usize),
-    nq: usize,
-    each: &mut dyn FnMut(*const u8, bool, usize),
+/// What [`each_panel`] runs: the panels (and the real channels from the first), groups of
+/// 4 inputs, tokens, where they are read, whether signed, the output and its stride.
+type Job<'a> = ((&'a [u8], usize), usize, usize, Reads, bool, *mut i32, usize);
+
+/// [`each_panel`] with `vpmaddubsw` + `vpmaddwd`.
+#[target_feature(enable = "avx2")]
+unsafe fn panels_madd(src: (*const i8, *const u8), job: Job<'_>) {
+    each_panel::<Madd>(src, job)
+}
+
+/// [`each_panel`] with AVX-VNNI's `vpdpbusd`.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn panels_vnni(src: (*const i8, *const u8), job: Job<'_>) {
+    each_panel::<Vnni>(src, job)
+}
+
+/// Every panel against the `m` tokens; one panel (≤ a few KB) stays in L1 while every
+/// token tile streams past it. A last panel with at most 8 real channels multiplies only
+/// its first half.
+#[inline(always)]
+unsafe fn each_panel<D: Dot>(
+    (ap, bp): (*const i8, *const u8),
+    ((panels, valid), nq, m, r, signed, out, ldo): Job<'_>,
 ) {
     let psize = nq * NR * 4;
     let np = panels.len() / psize.max(1);
     for p in 0..np {
-        // a last panel with at most 8 real channels multiplies only its first half
-        each(panels.as_ptr().add(p * psize), valid <= p * NR + NR / 2, p);
+        let w = (panels.as_ptr().add(p * psize), valid <= p * NR + NR / 2);
+        token_rows::<D>((ap, bp), m, r, w, signed, out.add(p * NR), ldo);
     }
 }
 
 /// One panel against `m` tokens (read from the code and magnitude pointers as `r`
 /// says), in tiles, into `out`'s rows of stride `ldo`.
-#[target_feature(enable = "avx2")]
-unsafe fn token_rows(
+#[inline(always)]
+unsafe fn token_rows<D: Dot>(
     (ap, bp): (*const i8, *const u8),
     m: usize,
     r: Reads,
@@ -94,10 +171,10 @@ unsafe fn token_rows(
         let src = (ap, bp, i);
         let o = out.add(i * ldo);
         i += match (half, signed) {
-            (false, false) => tiles::<2, false>(m - i, src, r, w, o, ldo),
-            (false, true) => tiles::<2, true>(m - i, src, r, w, o, ldo),
-            (true, false) => tiles::<1, false>(m - i, src, r, w, o, ldo),
-            (true, true) => tiles::<1, true>(m - i, src, r, w, o, ldo),
+            (false, false) => tiles::<D, 2, false>(m - i, src, r, w, o, ldo),
+            (false, true) => tiles::<D, 2, true>(m - i, src, r, w, o, ldo),
+            (true, false) => tiles::<D, 1, false>(m - i, src, r, w, o, ldo),
+            (true, true) => tiles::<D, 1, true>(m - i, src, r, w, o, ldo),
         };
     }
 }
@@ -107,8 +184,8 @@ type Src = (*const i8, *const u8, usize);
 
 /// The next tile of up to 6 tokens (4 with sign transfer) × the panel's `V` registers of
 /// 8 channels; returns its token count.
-#[target_feature(enable = "avx2")]
-unsafe fn tiles<const V: usize, const SIGNED: bool>(
+#[inline(always)]
+unsafe fn tiles<D: Dot, const V: usize, const SIGNED: bool>(
     left: usize,
     src: Src,
     r: Reads,
@@ -117,12 +194,12 @@ unsafe fn tiles<const V: usize, const SIGNED: bool>(
     ldo: usize,
 ) -> usize {
     match (SIGNED, left) {
-        (false, 6..) => tile::<6, V, SIGNED>(tokens(src, r), r, w, o, ldo),
-        (false, 5) => tile::<5, V, SIGNED>(tokens(src, r), r, w, o, ldo),
-        (_, 4..) => tile::<4, V, SIGNED>(tokens(src, r), r, w, o, ldo),
-        (_, 3) => tile::<3, V, SIGNED>(tokens(src, r), r, w, o, ldo),
-        (_, 2) => tile::<2, V, SIGNED>(tokens(src, r), r, w, o, ldo),
-        _ => tile::<1, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (false, 6..) => tile::<D, 6, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (false, 5) => tile::<D, 5, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 4..) => tile::<D, 4, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 3) => tile::<D, 3, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        (_, 2) => tile::<D, 2, V, SIGNED>(tokens(src, r), r, w, o, ldo),
+        _ => tile::<D, 1, V, SIGNED>(tokens(src, r), r, w, o, ldo),
     }
 }
 
@@ -136,8 +213,8 @@ fn tokens<const T: usize>((a, abs, i): Src, r: Reads) -> [(*const i8, *const u8)
 /// T tokens (token t's codes and magnitudes from `a[t]`, their segments as `r` says) ×
 /// the first `V` (1 or 2) 8-channel halves of panel `w` → `out` rows of 16 i32 (an unused
 /// second half stored as zeros); returns T.
-#[target_feature(enable = "avx2")]
-unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
+#[inline(always)]
+unsafe fn tile<D: Dot, const T: usize, const V: usize, const SIGNED: bool>(
     a: [(*const i8, *const u8); T],
     r: Reads,
     w: *const u8,
@@ -157,8 +234,7 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
             for (t, acc) in acc.iter_mut().enumerate() {
                 let x = token_codes::<SIGNED>(ag[t], 4 * q, ones);
                 for (acc, wr) in acc.iter_mut().zip(&wv) {
-                    // |a| ≤ 127 times a code in [−127, 127]: each pair sum fits i16 exactly
-                    *acc = sign_dot::<SIGNED>(*acc, x, *wr, ones);
+                    *acc = D::dot::<SIGNED>(*acc, x, *wr, ones);
                 }
             }
         }
@@ -175,8 +251,7 @@ unsafe fn tile<const T: usize, const V: usize, const SIGNED: bool>(
 
 /// The 4 codes at byte `at` of a token's rows `(a, abs)`, broadcast: their magnitudes and,
 /// when `SIGNED`, the codes themselves for their signs (else `ones`, unused).
-#[inline]
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 pub(super) unsafe fn token_codes<const SIGNED: bool>(
     (a, abs): (*const i8, *const u8),
     at: usize,
@@ -193,9 +268,9 @@ pub(super) unsafe fn token_codes<const SIGNED: bool>(
 /// `acc` plus, per channel of 8, the dot product of 4 codes (magnitudes `u`, signs `s`
 /// from [`token_codes`]) with that channel's 4 weight bytes in `w`: the code's sign moves
 /// onto the weight (`vpsignb`, skipped unless `SIGNED`), magnitude × weight pairs by
-/// `vpmaddubsw` (exact while each pair sum fits i16), widened against `ones` (`vpmaddwd`).
-#[inline]
-#[target_feature(enable = "avx2")]
+/// `vpmaddubsw` (exact while each pair sum fits i16: |a| ≤ 127 times a code in
+/// [−127, 127]), widened against `ones` (`vpmaddwd`).
+#[inline(always)]
 pub(super) unsafe fn sign_dot<const SIGNED: bool>(
     acc: __m256i,
     (u, s): (__m256i, __m256i),

@@ -185,11 +185,23 @@ impl PackedI8 {
         }
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
-            // SAFETY: every path above scalar implies AVX2; the lengths were checked above
-            // (the kernel reads rows of `nq·4` bytes and writes 16 columns per panel).
+            // SAFETY: every path above scalar implies AVX2 (avx_vnni checked AVX-VNNI); the
+            // lengths were checked above (the kernel reads rows of `nq·4` bytes and writes
+            // 16 columns per panel).
             let valid = self.n.saturating_sub(panels.start * NR); // real channels from the range's first
+            let vnni = isa::avx_vnni(isa);
             unsafe {
-                super::avx2_panel::product(a, abs, (m, lda), (data, valid), nq, signed, out, ldo)
+                super::avx2_panel::product(
+                    a,
+                    abs,
+                    (m, lda),
+                    (data, valid),
+                    nq,
+                    signed,
+                    out,
+                    ldo,
+                    vnni,
+                )
             };
             return Ok(());
         }
@@ -303,9 +315,10 @@ impl PackedI8 {
         {
             // real channels from the range's first: a last half-empty panel multiplies half
             let valid = self.n.saturating_sub(panels.start * NR);
-            // SAFETY: `implicit` checked a supported path above scalar (so AVX2) and
-            // non-negative codes of whole groups of channels; the image, panels and output
-            // sizes were checked above.
+            // SAFETY: `implicit` checked a supported path above scalar (so AVX2; avx_vnni
+            // checked AVX-VNNI) and non-negative codes of whole groups of channels; the
+            // image, panels and output sizes were checked above.
+            let vnni = isa::avx_vnni(isa);
             unsafe {
                 super::avx2_panel::product_implicit(
                     img.as_ptr(),
@@ -314,6 +327,7 @@ impl PackedI8 {
                     nq,
                     out.as_mut_ptr(),
                     ldo,
+                    vnni,
                 )
             };
         }
