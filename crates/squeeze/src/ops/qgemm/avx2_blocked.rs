@@ -4,12 +4,14 @@
 //! a sixth token spills an accumulator every step and measured slower). Per group of
 //! 4 inputs: one broadcast of the token's 4 offset codes, then per 8 channels one
 //! `vpmaddubsw` (exact: codes ≤ 128, weights ≥ −128), one `vpmaddwd` against ones and one
-//! `vpaddd`. Each block's accumulators start at the panel's offset corrections; at the
-//! block's end they are converted and accumulated in f32 with the token's block scale. A
-//! last panel with at most 8 real channels multiplies only its first half.
+//! `vpaddd` — on AVX-VNNI one `vpdpbusd` ([`product_vnni`]). Each block's accumulators
+//! start at the panel's offset corrections; at the block's end they are converted and
+//! accumulated in f32 with the token's block scale. A last panel with at most 8 real
+//! channels multiplies only its first half.
 
 use std::arch::x86_64::*;
 
+use super::avx2_panel::{Dot, Madd, Vnni};
 use super::NR;
 
 /// Every panel against every token; see `PackedBlocked::product` for the contract
@@ -24,6 +26,35 @@ use super::NR;
 /// `out` `m` rows of stride `ldo ≥ cols` that no other thread touches during the call.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn product(
+    a: (&[u8], &[f32]),
+    geo: (usize, usize, usize),
+    w: (&[u8], &[i32], usize),
+    sb: (&[f32], &[f32]),
+    out: *mut f32,
+    ldo: usize,
+) {
+    panels::<Madd>(a, geo, w, sb, out, ldo)
+}
+
+/// [`product`] with AVX-VNNI's `vpdpbusd` for each group of 4 codes.
+///
+/// # Safety
+/// As [`product`], and AVX-VNNI is available.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub unsafe fn product_vnni(
+    a: (&[u8], &[f32]),
+    geo: (usize, usize, usize),
+    w: (&[u8], &[i32], usize),
+    sb: (&[f32], &[f32]),
+    out: *mut f32,
+    ldo: usize,
+) {
+    panels::<Vnni>(a, geo, w, sb, out, ldo)
+}
+
+/// [`product`]'s loop over panels and token tiles, in the entry's form `D`.
+#[inline(always)]
+unsafe fn panels<D: Dot>(
     (a, sa): (&[u8], &[f32]),
     (m, k, block): (usize, usize, usize),
     (panels, sums, cols): (&[u8], &[i32], usize),
@@ -55,8 +86,8 @@ pub unsafe fn product(
                 _ => (tmp.as_mut_ptr(), NR),
             };
             let t = match c <= NR / 2 {
-                false => tiles::<2>(m - i, at, &geo, w, sb, o, lo),
-                true => tiles::<1>(m - i, at, &geo, w, sb, o, lo),
+                false => tiles::<D, 2>(m - i, at, &geo, w, sb, o, lo),
+                true => tiles::<D, 1>(m - i, at, &geo, w, sb, o, lo),
             };
             if c < NR {
                 for r in 0..t {
@@ -80,8 +111,8 @@ struct Geo {
 type Panel = (*const u8, *const i32);
 
 /// The next tile of up to 5 tokens; returns its tokens.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tiles<const V: usize>(
+#[inline(always)]
+unsafe fn tiles<D: Dot, const V: usize>(
     left: usize,
     at: (*const u8, *const f32),
     geo: &Geo,
@@ -91,18 +122,18 @@ unsafe fn tiles<const V: usize>(
     ldo: usize,
 ) -> usize {
     match left {
-        5.. => tile::<5, V>(at, geo, w, sb, o, ldo),
-        4 => tile::<4, V>(at, geo, w, sb, o, ldo),
-        3 => tile::<3, V>(at, geo, w, sb, o, ldo),
-        2 => tile::<2, V>(at, geo, w, sb, o, ldo),
-        _ => tile::<1, V>(at, geo, w, sb, o, ldo),
+        5.. => tile::<D, 5, V>(at, geo, w, sb, o, ldo),
+        4 => tile::<D, 4, V>(at, geo, w, sb, o, ldo),
+        3 => tile::<D, 3, V>(at, geo, w, sb, o, ldo),
+        2 => tile::<D, 2, V>(at, geo, w, sb, o, ldo),
+        _ => tile::<D, 1, V>(at, geo, w, sb, o, ldo),
     }
 }
 
 /// T tokens × the first `V` (1 or 2) 8-channel halves of panel `w`, block by block;
 /// stored as `f·scale + bias` (an unused second half as zeros). Returns T.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const T: usize, const V: usize>(
+#[inline(always)]
+unsafe fn tile<D: Dot, const T: usize, const V: usize>(
     (a, sa): (*const u8, *const f32),
     geo: &Geo,
     (w, sums): Panel,
@@ -128,8 +159,7 @@ unsafe fn tile<const T: usize, const V: usize>(
                 for (v, acc) in acc.iter_mut().enumerate() {
                     let wv = _mm256_loadu_si256(wq.add(32 * v) as *const __m256i);
                     // unsigned codes ≤ 128 × weights ≥ −128: pair sums fit i16 exactly
-                    let pairs = _mm256_maddubs_epi16(x, wv);
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                    *acc = D::dot::<false>(*acc, (x, ones), wv, ones);
                 }
             }
         }
