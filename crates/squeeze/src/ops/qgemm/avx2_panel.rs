@@ -124,7 +124,15 @@ pub unsafe fn product_implicit(
 
 /// What [`each_panel`] runs: the panels (and the real channels from the first), groups of
 /// 4 inputs, tokens, where they are read, whether signed, the output and its stride.
-type Job<'a> = ((&'a [u8], usize), usize, usize, Reads, bool, *mut i32, usize);
+type Job<'a> = (
+    (&'a [u8], usize),
+    usize,
+    usize,
+    Reads,
+    bool,
+    *mut i32,
+    usize,
+);
 
 /// [`each_panel`] with `vpmaddubsw` + `vpmaddwd`.
 #[target_feature(enable = "avx2")]

@@ -5,7 +5,9 @@
 //! — 8 pair sums of at most 2·15·127 stay below 2¹⁵ — before one `vpmaddwd` against ones
 //! turns them into one i32 per channel. Each block ends as in the VNNI kernel:
 //! `−z·Σa` added, converted, multiplied by `s_w·s_a` into f32 accumulators. Tiles of up
-//! to 4 tokens keep 4 i16 and 4 f32 accumulators in the 16 registers.
+//! to 4 tokens keep 4 i16 and 4 f32 accumulators in the 16 registers. On AVX-VNNI
+//! ([`product_vnni`]) each register of nibbles is one `vpdpbusd` into i32 accumulators
+//! instead ([`Step`]).
 
 use std::arch::x86_64::*;
 
@@ -19,12 +21,95 @@ const HALF: usize = NR / 2;
 type Acts<'a> = (&'a [i8], &'a [f32], &'a [i32]);
 type Panels<'a> = (&'a [u8], &'a [f32], &'a [i32]);
 
+/// How a tile accumulates a block's nibbles × codes: in i16 pair sums (`vpmaddubsw`),
+/// widened once per block (`vpmaddwd`), or in i32 by AVX-VNNI's `vpdpbusd`.
+trait Step {
+    /// `acc` plus the low nibbles × the first 4 codes and the high ones × the next 4.
+    ///
+    /// # Safety
+    /// The calling entry point enables the form's instructions.
+    unsafe fn step(acc: __m256i, low: (__m256i, __m256i), high: (__m256i, __m256i)) -> __m256i;
+    /// A block's accumulator as one i32 per channel.
+    ///
+    /// # Safety
+    /// As [`Step::step`].
+    unsafe fn widen(acc: __m256i) -> __m256i;
+}
+
+/// AVX2: i16 pair sums, widened at the block's end.
+struct Madd;
+
+/// AVX-VNNI: i32 sums from the start.
+struct Vnni;
+
+impl Step for Madd {
+    #[inline(always)]
+    unsafe fn step(
+        acc: __m256i,
+        (lo, xl): (__m256i, __m256i),
+        (hi, xh): (__m256i, __m256i),
+    ) -> __m256i {
+        let d = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+        _mm256_add_epi16(acc, d)
+    }
+
+    #[inline(always)]
+    unsafe fn widen(acc: __m256i) -> __m256i {
+        _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
+    }
+}
+
+impl Step for Vnni {
+    #[inline(always)]
+    unsafe fn step(
+        acc: __m256i,
+        (lo, xl): (__m256i, __m256i),
+        (hi, xh): (__m256i, __m256i),
+    ) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, xl), hi, xh)
+    }
+
+    #[inline(always)]
+    unsafe fn widen(acc: __m256i) -> __m256i {
+        acc
+    }
+}
+
 /// The contract of `avx512_q4::product`.
 ///
 /// # Safety
 /// AVX2 and FMA are available; otherwise as `avx512_q4::product`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn product(
+    x: Acts,
+    w: Panels,
+    bias: &[f32],
+    geo: (usize, usize, usize, usize),
+    out: *mut f32,
+    ldo: usize,
+) {
+    halves::<Madd>(x, w, bias, geo, out, ldo)
+}
+
+/// [`product`] with AVX-VNNI's `vpdpbusd`.
+///
+/// # Safety
+/// As [`product`], and AVX-VNNI is available.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub unsafe fn product_vnni(
+    x: Acts,
+    w: Panels,
+    bias: &[f32],
+    geo: (usize, usize, usize, usize),
+    out: *mut f32,
+    ldo: usize,
+) {
+    halves::<Vnni>(x, w, bias, geo, out, ldo)
+}
+
+/// [`product`]'s loop over half panels and token tiles, in the entry's form `S`.
+#[inline(always)]
+unsafe fn halves<S: Step>(
     x: Acts,
     w: Panels,
     bias: &[f32],
@@ -60,10 +145,10 @@ pub unsafe fn product(
                 );
                 let o = (out.add(i * ldo + j0), ldo, c, bv);
                 i += match m - i {
-                    4.. => tile::<4>(xt, pw, (k, gb), o),
-                    3 => tile::<3>(xt, pw, (k, gb), o),
-                    2 => tile::<2>(xt, pw, (k, gb), o),
-                    _ => tile::<1>(xt, pw, (k, gb), o),
+                    4.. => tile::<S, 4>(xt, pw, (k, gb), o),
+                    3 => tile::<S, 3>(xt, pw, (k, gb), o),
+                    2 => tile::<S, 2>(xt, pw, (k, gb), o),
+                    _ => tile::<S, 1>(xt, pw, (k, gb), o),
                 };
             }
         }
@@ -71,8 +156,8 @@ pub unsafe fn product(
 }
 
 /// T tokens × one half panel; stores the first `c` of its 8 columns. Returns T.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const T: usize>(
+#[inline(always)]
+unsafe fn tile<S: Step, const T: usize>(
     (codes, sa, asum): (*const i8, *const f32, *const i32),
     (data, sw, zw): (*const u8, *const f32, *const i32),
     (k, gb): (usize, usize),
@@ -80,7 +165,7 @@ unsafe fn tile<const T: usize>(
 ) -> usize {
     const { assert!(T <= TILE) };
     let nb = k / Q8_BLOCK;
-    let (nib, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+    let nib = _mm256_set1_epi8(15);
     let mut f = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let g = b / gb;
@@ -93,16 +178,14 @@ unsafe fn tile<const T: usize>(
                 let xp = codes.add(t * k + 8 * o) as *const i32;
                 let xl = _mm256_set1_epi32(xp.read_unaligned());
                 let xh = _mm256_set1_epi32(xp.add(1).read_unaligned());
-                let d =
-                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                *a = _mm256_add_epi16(*a, d);
+                *a = S::step(*a, (lo, xl), (hi, xh));
             }
         }
         let s = _mm256_loadu_ps(sw.add(g * NR));
         let z = _mm256_loadu_si256(zw.add(g * NR) as *const __m256i);
         for (t, (f, a)) in f.iter_mut().zip(&acc).enumerate() {
             let zt = _mm256_mullo_epi32(z, _mm256_set1_epi32(-*asum.add(t * nb + b)));
-            let d = _mm256_add_epi32(_mm256_madd_epi16(*a, ones), zt);
+            let d = _mm256_add_epi32(S::widen(*a), zt);
             let st = _mm256_mul_ps(s, _mm256_set1_ps(*sa.add(t * nb + b)));
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), st, *f);
         }

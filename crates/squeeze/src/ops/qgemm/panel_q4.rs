@@ -222,12 +222,14 @@ impl PackedQ4 {
         let geo = (m, k, self.group / Q8_BLOCK, cols);
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
-            // SAFETY: above scalar implies AVX2 and FMA; the VNNI form only where
-            // AVX-512F/BW/VNNI were detected. Slices hold exactly these rows and panels.
+            // SAFETY: above scalar implies AVX2 and FMA; the VNNI forms only where
+            // AVX-512F/BW/VNNI or AVX-VNNI were detected. Slices hold exactly these rows and
+            // panels.
             return unsafe {
-                match isa::avx512_vnni(isa) {
-                    true => super::avx512_q4::product(x, w, bias, geo, out, ldo),
-                    false => super::avx2_q4::product(x, w, bias, geo, out, ldo),
+                match (isa::avx512_vnni(isa), isa::avx_vnni(isa)) {
+                    (true, _) => super::avx512_q4::product(x, w, bias, geo, out, ldo),
+                    (false, true) => super::avx2_q4::product_vnni(x, w, bias, geo, out, ldo),
+                    (false, false) => super::avx2_q4::product(x, w, bias, geo, out, ldo),
                 }
             };
         }
