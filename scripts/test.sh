@@ -3,7 +3,7 @@
 # check of rustc, python3 and pip), check that the README's result tables match
 # results/*.json, run every test of the workspace on this CPU's default kernel path, then
 # the kernel and model tests again on each lower instruction-set path this CPU supports
-# (SQUEEZE_ISA=avx512vnni on AMX machines, avx512, avx2, scalar), so the lower kernels
+# (SQUEEZE_ISA=avx512vnni on AMX machines, avx512, avxvnni, avx2, scalar), so the lower kernels
 # are exercised even on the newest machines. The kernel tests loop over every path
 # themselves; the model tests run whole layers and models through whichever path is active. The CLI and
 # README-command tests run once: they exercise files and options, not kernels.
@@ -24,6 +24,17 @@ if grep -qw avx512_vnni /proc/cpuinfo; then paths=(avx512 avx2 scalar); fi
 # convolution's VNNI tiles run under avx512vnni
 if grep -qw amx_int8 /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
   paths=(avx512vnni avx512 avx2 scalar)
+fi
+# AVX-VNNI (the VEX-encoded 256-bit vpdpbusd): beside AVX-512 one more lower path, before
+# avx2; without AVX-512 it is the default path, and avx2 runs the integer kernels' AVX2 forms
+if grep -qw avx_vnni /proc/cpuinfo; then
+  with=()
+  for p in "${paths[@]}"; do
+    if [[ $p == avx2 ]]; then with+=(avxvnni); fi
+    with+=("$p")
+  done
+  if [[ " ${with[*]} " != *" avxvnni "* ]]; then with=(avx2 "${with[@]}"); fi
+  paths=("${with[@]}")
 fi
 for isa in "${paths[@]}"; do
   echo "== kernel and model tests with SQUEEZE_ISA=$isa"

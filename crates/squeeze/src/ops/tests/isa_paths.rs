@@ -330,9 +330,12 @@ fn polynomial_exp_matches_libm() {
 fn unsupported_or_unknown_isa_is_refused_with_a_clear_error() {
     let e = Isa::parse("avx9").unwrap_err().to_string();
     assert!(
-        e.contains("avx9") && e.contains("amx, avx512vnni, avx512, avx2 or scalar"),
+        e.contains("avx9") && e.contains("amx, avx512vnni, avx512, avxvnni, avx2 or scalar"),
         "{e}"
     );
+    for isa in Isa::ALL {
+        assert_eq!(Isa::parse(isa.name()).unwrap(), isa);
+    }
     for isa in Isa::ALL.into_iter().filter(|i| !i.is_supported()) {
         let x = rand_t(&[1, 4], 1);
         let e = fast::linear_with(isa, &x, &x, None)
