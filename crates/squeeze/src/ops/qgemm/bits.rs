@@ -138,8 +138,12 @@ impl PackedBits {
         }
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
-            // SAFETY: every path above scalar implies AVX2; the lengths were checked above.
-            unsafe { super::bits_avx2::product((a, abs), (m, lda), planes, nq, signed, out, ldo) };
+            let vnni = isa::avx_vnni(isa);
+            // SAFETY: every path above scalar implies AVX2 (avx_vnni checked AVX-VNNI); the
+            // lengths were checked above.
+            unsafe {
+                super::bits_avx2::product((a, abs), (m, lda), planes, nq, signed, out, ldo, vnni)
+            };
             return Ok(());
         }
         let _ = (signed, abs);
