@@ -58,8 +58,7 @@ impl Dot for Vnni {
         w: __m256i,
         _: __m256i,
     ) -> __m256i {
-        let x = if SIGNED { _mm256_sign_epi8(w, s) } else { w };
-        _mm256_dpbusd_avx_epi32(acc, u, x)
+        _mm256_dpbusd_avx_epi32(acc, u, signed_weights::<SIGNED>(w, s))
     }
 }
 
@@ -285,8 +284,19 @@ pub(super) unsafe fn sign_dot<const SIGNED: bool>(
     w: __m256i,
     ones: __m256i,
 ) -> __m256i {
-    let x = if SIGNED { _mm256_sign_epi8(w, s) } else { w };
+    let x = signed_weights::<SIGNED>(w, s);
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones))
+}
+
+/// The weights `w` with each code's sign from `s` moved onto them (`vpsignb`: negated
+/// where the code is negative, zeroed where it is 0) when `SIGNED`, else as they are.
+#[inline(always)]
+unsafe fn signed_weights<const SIGNED: bool>(w: __m256i, s: __m256i) -> __m256i {
+    if SIGNED {
+        _mm256_sign_epi8(w, s)
+    } else {
+        w
+    }
 }
 
 /// `t[j·ldt + i] = acc[i·ldo + j]·scale[j] + bias[j]` (ReLU'd when `relu`) for the
