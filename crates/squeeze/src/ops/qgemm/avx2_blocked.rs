@@ -4,7 +4,7 @@
 //! a sixth token spills an accumulator every step and measured slower). Per group of
 //! 4 inputs: one broadcast of the token's 4 offset codes, then per 8 channels one
 //! `vpmaddubsw` (exact: codes ≤ 128, weights ≥ −128), one `vpmaddwd` against ones and one
-//! `vpaddd` — on AVX-VNNI one `vpdpbusd` ([`product_vnni`]). Each block's accumulators
+//! `vpaddd` — on AVX-VNNI one `vpdpbusd` ([`panels_vnni`]). Each block's accumulators
 //! start at the panel's offset corrections; at the block's end they are converted and
 //! accumulated in f32 with the token's block scale. A last panel with at most 8 real
 //! channels multiplies only its first half.
@@ -17,50 +17,55 @@ use super::NR;
 /// Every panel against every token; see `PackedBlocked::product` for the contract
 /// (`sa`: `k.div_ceil(block)` scales per token; `sums`: that many groups of 16 offset
 /// corrections per panel; `scale`/`bias`: zero-padded to whole panels from the range's
-/// first channel; `cols` columns stored per row).
+/// first channel; `cols` columns stored per row). `vnni`: the AVX-VNNI form.
 ///
 /// # Safety
-/// AVX2 and FMA are available; `a` holds `m` rows of `k` offset codes (`k` and `block`
-/// multiples of 4), `sa` `m` rows of scales, `panels` whole panels of `k·16` bytes,
-/// `sums` their `k/block·16` corrections each, `scale`/`bias` 16 values per panel and
-/// `out` `m` rows of stride `ldo ≥ cols` that no other thread touches during the call.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2 and FMA (and with `vnni`, AVX-VNNI) are available; `a` holds `m` rows of `k`
+/// offset codes (`k` and `block` multiples of 4), `sa` `m` rows of scales, `panels` whole
+/// panels of `k·16` bytes, `sums` their `k/block·16` corrections each, `scale`/`bias` 16
+/// values per panel and `out` `m` rows of stride `ldo ≥ cols` that no other thread
+/// touches during the call.
 pub unsafe fn product(
     a: (&[u8], &[f32]),
     geo: (usize, usize, usize),
     w: (&[u8], &[i32], usize),
     sb: (&[f32], &[f32]),
-    out: *mut f32,
-    ldo: usize,
+    (out, ldo): (*mut f32, usize),
+    vnni: bool,
 ) {
-    panels::<Madd>(a, geo, w, sb, out, ldo)
+    let job = (a, geo, w, sb, out, ldo);
+    match vnni {
+        true => panels_vnni(job),
+        false => panels_madd(job),
+    }
 }
 
-/// [`product`] with AVX-VNNI's `vpdpbusd` for each group of 4 codes.
-///
-/// # Safety
-/// As [`product`], and AVX-VNNI is available.
+/// [`product`]'s operands.
+type Job<'a> = (
+    (&'a [u8], &'a [f32]),
+    (usize, usize, usize),
+    (&'a [u8], &'a [i32], usize),
+    (&'a [f32], &'a [f32]),
+    *mut f32,
+    usize,
+);
+
+/// [`panels`] with `vpmaddubsw` + `vpmaddwd`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn panels_madd(job: Job<'_>) {
+    panels::<Madd>(job)
+}
+
+/// [`panels`] with AVX-VNNI's `vpdpbusd`.
 #[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn product_vnni(
-    a: (&[u8], &[f32]),
-    geo: (usize, usize, usize),
-    w: (&[u8], &[i32], usize),
-    sb: (&[f32], &[f32]),
-    out: *mut f32,
-    ldo: usize,
-) {
-    panels::<Vnni>(a, geo, w, sb, out, ldo)
+unsafe fn panels_vnni(job: Job<'_>) {
+    panels::<Vnni>(job)
 }
 
-/// [`product`]'s loop over panels and token tiles, in the entry's form `D`.
+/// Every panel against every token, in the entry's form `D`.
 #[inline(always)]
 unsafe fn panels<D: Dot>(
-    (a, sa): (&[u8], &[f32]),
-    (m, k, block): (usize, usize, usize),
-    (panels, sums, cols): (&[u8], &[i32], usize),
-    (scale, bias): (&[f32], &[f32]),
-    out: *mut f32,
-    ldo: usize,
+    ((a, sa), (m, k, block), (panels, sums, cols), (scale, bias), out, ldo): Job<'_>,
 ) {
     let psize = k * NR;
     let np = panels.len() / psize.max(1);

@@ -6,7 +6,7 @@
 //! turns them into one i32 per channel. Each block ends as in the VNNI kernel:
 //! `−z·Σa` added, converted, multiplied by `s_w·s_a` into f32 accumulators. Tiles of up
 //! to 4 tokens keep 4 i16 and 4 f32 accumulators in the 16 registers. On AVX-VNNI
-//! ([`product_vnni`]) each register of nibbles is one `vpdpbusd` into i32 accumulators
+//! ([`halves_vnni`]) each register of nibbles is one `vpdpbusd` into i32 accumulators
 //! instead ([`Step`]).
 
 use std::arch::x86_64::*;
@@ -75,48 +75,51 @@ impl Step for Vnni {
     }
 }
 
-/// The contract of `avx512_q4::product`.
+/// The contract of `avx512_q4::product`; `vnni`: the AVX-VNNI form.
 ///
 /// # Safety
-/// AVX2 and FMA are available; otherwise as `avx512_q4::product`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2 and FMA (and with `vnni`, AVX-VNNI) are available; otherwise as
+/// `avx512_q4::product`.
 pub unsafe fn product(
     x: Acts,
     w: Panels,
     bias: &[f32],
     geo: (usize, usize, usize, usize),
-    out: *mut f32,
-    ldo: usize,
+    (out, ldo): (*mut f32, usize),
+    vnni: bool,
 ) {
-    halves::<Madd>(x, w, bias, geo, out, ldo)
+    let job = (x, w, bias, geo, out, ldo);
+    match vnni {
+        true => halves_vnni(job),
+        false => halves_madd(job),
+    }
 }
 
-/// [`product`] with AVX-VNNI's `vpdpbusd`.
-///
-/// # Safety
-/// As [`product`], and AVX-VNNI is available.
+/// [`product`]'s operands.
+type Job<'a> = (
+    Acts<'a>,
+    Panels<'a>,
+    &'a [f32],
+    (usize, usize, usize, usize),
+    *mut f32,
+    usize,
+);
+
+/// [`halves`] with `vpmaddubsw` + `vpmaddwd`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn halves_madd(job: Job<'_>) {
+    halves::<Madd>(job)
+}
+
+/// [`halves`] with AVX-VNNI's `vpdpbusd`.
 #[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn product_vnni(
-    x: Acts,
-    w: Panels,
-    bias: &[f32],
-    geo: (usize, usize, usize, usize),
-    out: *mut f32,
-    ldo: usize,
-) {
-    halves::<Vnni>(x, w, bias, geo, out, ldo)
+unsafe fn halves_vnni(job: Job<'_>) {
+    halves::<Vnni>(job)
 }
 
-/// [`product`]'s loop over half panels and token tiles, in the entry's form `S`.
+/// Every half panel against every token, in the entry's form `S`.
 #[inline(always)]
-unsafe fn halves<S: Step>(
-    x: Acts,
-    w: Panels,
-    bias: &[f32],
-    (m, k, gb, cols): (usize, usize, usize, usize),
-    out: *mut f32,
-    ldo: usize,
-) {
+unsafe fn halves<S: Step>((x, w, bias, (m, k, gb, cols), out, ldo): Job<'_>) {
     let (nb, no) = (k / Q8_BLOCK, k / 8);
     let ng = nb / gb;
     let np = bias.len() / NR;

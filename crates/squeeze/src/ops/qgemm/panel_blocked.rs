@@ -321,24 +321,24 @@ impl PackedBlocked {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             let block = if self.block >= k { kp } else { self.block };
-            let kernel = match (isa::avx512_vnni(isa), isa::avx_vnni(isa)) {
-                (true, _) => super::avx512_blocked::product,
-                (false, true) => super::avx2_blocked::product_vnni,
-                (false, false) => super::avx2_blocked::product,
-            };
+            let (a, geo, w, sb) = (
+                (codes, sa),
+                (m, kp, block),
+                (data, sums, cols),
+                (scale, bias),
+            );
             // SAFETY: every path above scalar implies AVX2 and FMA, and the VNNI kernels
             // are chosen only where AVX-512F/BW/VNNI or AVX-VNNI were detected; the caller
             // checked the lengths (rows of `kp` codes and `nb` scales, whole padded panels
             // with `nb·16` sums each, `cols` columns written per row).
             return unsafe {
-                kernel(
-                    (codes, sa),
-                    (m, kp, block),
-                    (data, sums, cols),
-                    (scale, bias),
-                    out,
-                    ldo,
-                )
+                match isa::avx512_vnni(isa) {
+                    true => super::avx512_blocked::product(a, geo, w, sb, out, ldo),
+                    false => {
+                        let vnni = isa::avx_vnni(isa);
+                        super::avx2_blocked::product(a, geo, w, sb, (out, ldo), vnni)
+                    }
+                }
             };
         }
         let _ = isa;

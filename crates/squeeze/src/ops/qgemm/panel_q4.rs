@@ -226,10 +226,12 @@ impl PackedQ4 {
             // AVX-512F/BW/VNNI or AVX-VNNI were detected. Slices hold exactly these rows and
             // panels.
             return unsafe {
-                match (isa::avx512_vnni(isa), isa::avx_vnni(isa)) {
-                    (true, _) => super::avx512_q4::product(x, w, bias, geo, out, ldo),
-                    (false, true) => super::avx2_q4::product_vnni(x, w, bias, geo, out, ldo),
-                    (false, false) => super::avx2_q4::product(x, w, bias, geo, out, ldo),
+                match isa::avx512_vnni(isa) {
+                    true => super::avx512_q4::product(x, w, bias, geo, out, ldo),
+                    false => {
+                        let vnni = isa::avx_vnni(isa);
+                        super::avx2_q4::product(x, w, bias, geo, (out, ldo), vnni)
+                    }
                 }
             };
         }
