@@ -3,9 +3,9 @@
 //! AVX-512 VNNI with Intel's AMX-INT8 matrix unit, AVX-512 with the VNNI integer dot
 //! products, AVX-512F without them, AVX2 + FMA with the VEX-encoded VNNI dot products
 //! (AVX-VNNI), AVX2 + FMA, or the portable scalar reference. The best path the CPU supports
-//! is chosen once at run time;
-//! `SQUEEZE_ISA=amx|avx512vnni|avx512|avxvnni|avx2|scalar` forces a lower one (and is refused with an
-//! error if the CPU lacks it), and [`force`] does the same from code (the ISA benchmark).
+//! is chosen once at run time; `SQUEEZE_ISA=amx|avx512vnni|avx512|avxvnni|avx2|scalar`
+//! forces a lower one (and is refused with an error if the CPU lacks it), and [`force`]
+//! does the same from code (the ISA benchmark).
 //! Every path is tested against the reference on machines that have it; `.ci/run` also
 //! runs the kernel tests under the lower paths the CPU has (`avx512` on a VNNI machine
 //! runs the integer kernels' non-VNNI forms beside the AVX-512 float ones).
