@@ -31,10 +31,12 @@ pub(super) trait Dot {
     ) -> __m256i;
 }
 
-/// AVX2: [`sign_dot`].
+/// AVX2: the code's sign moved onto the weight ([`signed_weights`]), magnitude × weight
+/// pairs by `vpmaddubsw` (exact while each pair sum fits i16: |a| ≤ 127 times a code in
+/// [−127, 127]), widened against `ones` (`vpmaddwd`) and added (`vpaddd`).
 pub(super) struct Madd;
 
-/// AVX-VNNI: the sign moved onto the weight as in [`sign_dot`], then `vpdpbusd` (no i16
+/// AVX-VNNI: the sign moved onto the weight as for [`Madd`], then `vpdpbusd` (no i16
 /// intermediate: exact for any unsigned code and signed weight).
 pub(super) struct Vnni;
 
@@ -42,11 +44,12 @@ impl Dot for Madd {
     #[inline(always)]
     unsafe fn dot<const SIGNED: bool>(
         acc: __m256i,
-        us: (__m256i, __m256i),
+        (u, s): (__m256i, __m256i),
         w: __m256i,
         ones: __m256i,
     ) -> __m256i {
-        sign_dot::<SIGNED>(acc, us, w, ones)
+        let x = signed_weights::<SIGNED>(w, s);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones))
     }
 }
 
@@ -270,22 +273,6 @@ pub(super) unsafe fn token_codes<const SIGNED: bool>(
         false => ones,
     };
     (u, s)
-}
-
-/// `acc` plus, per channel of 8, the dot product of 4 codes (magnitudes `u`, signs `s`
-/// from [`token_codes`]) with that channel's 4 weight bytes in `w`: the code's sign moves
-/// onto the weight (`vpsignb`, skipped unless `SIGNED`), magnitude × weight pairs by
-/// `vpmaddubsw` (exact while each pair sum fits i16: |a| ≤ 127 times a code in
-/// [−127, 127]), widened against `ones` (`vpmaddwd`).
-#[inline(always)]
-pub(super) unsafe fn sign_dot<const SIGNED: bool>(
-    acc: __m256i,
-    (u, s): (__m256i, __m256i),
-    w: __m256i,
-    ones: __m256i,
-) -> __m256i {
-    let x = signed_weights::<SIGNED>(w, s);
-    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones))
 }
 
 /// The weights `w` with each code's sign from `s` moved onto them (`vpsignb`: negated
