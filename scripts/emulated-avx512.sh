@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
-# Runs test binaries on an emulated AVX-512 VNNI CPU, for machines that lack it (Zen 3 and
-# older): the AVX-512 and VNNI kernel paths are otherwise tested only where the hardware
-# has them. The test binary is the init process of a Debian Linux kernel booted in Bochs
-# 3.0 (Debian 13's package; bookworm's 2.7 reports a PKRU save area the kernel rejects and
-# so turns AVX off) emulating an Intel Tiger Lake: AVX-512F/BW/VL and VNNI. Bochs executes
-# every instruction in software: correctness only, never timings. Everything comes from
-# Debian's package archive: Bochs and its glibc from Debian 13, unpacked into target/emu;
-# the kernel image, unpacked there too, and the apt packages below (needs root) from the
-# machine's own Debian 12.
-#   usage: bash scripts/emulated-avx512.sh [TEST [FILTER...]]
+# Runs test binaries on an emulated CPU, for machines that lack its instructions: the
+# AVX-512 VNNI kernel paths (Zen 3 and older lack them) and the AVX-VNNI ones on a CPU
+# without AVX-512 (the VEX-encoded vpdpbusd of Intel's client cores, which no AVX-512
+# machine's `avxvnni` run can show is chosen and correct there) are otherwise tested only
+# where the hardware has them. The test binary is the init process of a Debian Linux
+# kernel booted in Bochs 3.0 (Debian 13's package; bookworm's 2.7 reports a PKRU save area
+# the kernel rejects and so turns AVX off), emulating (EMU_CPU):
+#   tigerlake (default)  Intel Tiger Lake: AVX-512F/BW/VL and VNNI; SQUEEZE_ISA=avx512vnni,
+#                        recorded in results/emulated-avx512.json
+#   arrow_lake           Intel Arrow Lake: AVX2, AVX-VNNI, no AVX-512; SQUEEZE_ISA=avxvnni,
+#                        recorded in results/emulated-avxvnni.json
+# Bochs executes every instruction in software: correctness only, never timings.
+# Everything comes from Debian's package archive: Bochs and its glibc from Debian 13,
+# unpacked into target/emu; the kernel image, unpacked there too, and the apt packages
+# below (needs root) from the machine's own Debian 12.
+#   usage: [EMU_CPU=arrow_lake] bash scripts/emulated-avx512.sh [TEST [FILTER...]]
 #     TEST: an integration test of crates/squeeze/tests, or `lib` for the kernels' own
 #     exactness tests inside the crate (src/ops/tests)
 #     e.g. bash scripts/emulated-avx512.sh lib offset_int8 block_scaled
-# It fails unless the kernel saw avx512_vnni and the tests passed with SQUEEZE_ISA=avx512vnni;
-# either way it records what ran in results/emulated-avx512.json.
+# It fails unless the kernel saw the model's flag (avx512_vnni; avx_vnni and no avx512f)
+# and the tests passed with its SQUEEZE_ISA; either way it records what ran.
 # A boot takes about 2 minutes on a 2-core Zen 3; the tests themselves run ~50x slower than
 # natively. BOCHS_TIMEOUT (seconds, default 1800) bounds the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# per model: Bochs' name, its description, the path forced, the flag the kernel must
+# report (and, for arrow_lake, one it must not), the record
+case "${EMU_CPU:-tigerlake}" in
+  tigerlake)
+    model=tigerlake what="Intel Tiger Lake model (AVX-512F/BW/VL, VNNI)" isa=avx512vnni
+    need_flag=avx512_vnni absent_flag="" record=results/emulated-avx512.json ;;
+  arrow_lake)
+    model=arrow_lake what="Intel Arrow Lake model (AVX2, AVX-VNNI, no AVX-512)" isa=avxvnni
+    need_flag=avx_vnni absent_flag=avx512f record=results/emulated-avxvnni.json ;;
+  *) echo "EMU_CPU=${EMU_CPU}: expected tigerlake or arrow_lake" >&2; exit 2 ;;
+esac
 test_name="${1:-lib}"
 shift || true
 filters=("$@")
@@ -95,8 +112,8 @@ for t in sh mount grep sort tr sleep poweroff; do ln -s busybox "$rootfs/bin/$t"
   echo '#!/bin/sh'
   echo 'export PATH=/bin'
   echo 'mount -t proc proc /proc'
-  echo 'echo "emu-flags: $(grep -o -w -E "avx512f|avx512bw|avx512vl|avx512_vnni" /proc/cpuinfo | sort -u | tr "\n" " ")"'
-  printf 'SQUEEZE_ISA=avx512vnni RUST_TEST_THREADS=1 /test'
+  echo 'echo "emu-flags: $(grep -o -w -E "avx2|avx_vnni|avx512f|avx512bw|avx512vl|avx512_vnni" /proc/cpuinfo | sort -u | tr "\n" " ")"'
+  printf 'SQUEEZE_ISA=%s RUST_TEST_THREADS=1 /test' "$isa"
   for f in "${filters[@]}"; do printf ' %q' "$f"; done
   echo
   echo 'echo "emu-exit: $?"'
@@ -124,7 +141,7 @@ EOF
 grub-mkrescue -o "$emu/boot.iso" "$iso" >/dev/null 2>&1
 cat > "$emu/bochsrc" <<EOF
 megs: 1024
-cpu: model=tigerlake, count=1, ips=400000000
+cpu: model=$model, count=1, ips=400000000
 clock: sync=none, time0=local
 romimage: file=$emu/root-bochsbios/usr/share/bochs/BIOS-bochs-latest
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
@@ -139,15 +156,18 @@ info: action=ignore
 EOF
 echo c > "$emu/continue"
 rm -f "$emu/serial.txt"
-echo "booting $(basename "$bin") in Bochs (Tiger Lake); serial console: $emu/serial.txt" >&2
+echo "booting $(basename "$bin") in Bochs ($model); serial console: $emu/serial.txt" >&2
 timeout "${BOCHS_TIMEOUT:-1800}" "$emu/bochs" -q -f "$emu/bochsrc" -rc "$emu/continue" </dev/null >"$emu/bochs.out" 2>&1 || true
 out=$(tr -d '\r' < "$emu/serial.txt" 2>/dev/null || true)
 grep -a -E '^(emu-flags|running|test |test result|emu-exit)|panicked' <<<"$out" >&2 || true
-# the record: results/emulated-avx512.json (what ran, on which flags, with what outcome)
+# the record (what ran, on which flags, with what outcome)
 printf '%s\n' "$out" > "$emu/serial.clean"
-python3 - "$test_name" "$(lscpu | sed -n 's/^Model name: *//p') (family $(lscpu | sed -n 's/^CPU family: *//p'), model $(lscpu | sed -n 's/^Model: *//p'))" "${filters[*]}" "$emu/serial.clean" <<'PY'
+host="$(lscpu | sed -n 's/^Model name: *//p') (family $(lscpu | sed -n 's/^CPU family: *//p'), model $(lscpu | sed -n 's/^Model: *//p'))"
+emulated="Bochs 3.0, $what, SQUEEZE_ISA=$isa"
+prefix=$([[ -n ${EMU_CPU:-} ]] && echo "EMU_CPU=$EMU_CPU " || true)
+python3 - "$test_name" "$host" "${filters[*]}" "$emu/serial.clean" "$emulated" "$need_flag" "$absent_flag" "$record" "$prefix" <<'PY'
 import json, re, sys
-name, host, filters, path = sys.argv[1:5]
+name, host, filters, path, emulated, need, absent, record, prefix = sys.argv[1:10]
 args = " ".join(x for x in (name, filters) if x)
 out = open(path).read()
 flags = re.search(r"^emu-flags: (.*)$", out, re.M)
@@ -168,9 +188,9 @@ for i, line in enumerate(lines):
         rest = rest if rest in OUTCOMES else "unfinished"
     tests.append((m.group(1), rest))
 rec = {
-    "command": "bash scripts/emulated-avx512.sh" + (" " + args if args else ""),
+    "command": prefix + "bash scripts/emulated-avx512.sh" + (" " + args if args else ""),
     "test_binary": name,
-    "emulated_cpu": "Bochs 3.0, Intel Tiger Lake model (AVX-512F/BW/VL, VNNI), SQUEEZE_ISA=avx512vnni",
+    "emulated_cpu": emulated,
     "cpu_flags_seen": flags.group(1).split() if flags else [],
     "host_cpu": host,
     "tests": [{"name": t, "result": r} for t, r in tests],
@@ -178,9 +198,15 @@ rec = {
     "failed": sum(r != "ok" for _, r in tests),
     "exit": int(code.group(1)) if code else None,
 }
-rec["ok"] = bool(rec["exit"] == 0 and "avx512_vnni" in rec["cpu_flags_seen"] and rec["failed"] == 0 and tests)
-json.dump(rec, open("results/emulated-avx512.json", "w"), indent=2)
+seen = rec["cpu_flags_seen"]
+rec["ok"] = bool(rec["exit"] == 0 and need in seen and (not absent or absent not in seen)
+                 and rec["failed"] == 0 and tests)
+json.dump(rec, open(record, "w"), indent=2)
 PY
-grep -a -q 'emu-flags:.*avx512_vnni' <<<"$out" || { echo "the emulated CPU did not report avx512_vnni" >&2; exit 1; }
+flags=$(grep -a -m1 '^emu-flags:' <<<"$out" || true)
+grep -q -w "$need_flag" <<<"$flags" || { echo "the emulated CPU did not report $need_flag" >&2; exit 1; }
+if [[ -n $absent_flag ]] && grep -q -w "$absent_flag" <<<"$flags"; then
+  echo "the emulated CPU reported $absent_flag, which this model must lack" >&2; exit 1
+fi
 grep -a -q '^emu-exit: 0$' <<<"$out" || { echo "the tests failed or did not finish (see $emu/serial.txt)" >&2; exit 1; }
-echo "passed on the emulated AVX-512 VNNI CPU (results/emulated-avx512.json)" >&2
+echo "passed on the emulated $model with SQUEEZE_ISA=$isa ($record)" >&2

@@ -533,15 +533,16 @@ def prune_notes():
     return "\n".join(out).replace("+-", "−").replace("−-", "−")
 
 
-def emulated():
-    r = load("emulated-avx512")
+def emulated(name="emulated-avx512"):
+    r = load(name)
     status = "all pass" if r["ok"] else "NOT all pass"
     isa = re.search(r"SQUEEZE_ISA=\w+", r["emulated_cpu"]).group(0)  # the path the run forced
+    cpu = re.search(r"Intel ([\w ]+?) model", r["emulated_cpu"]).group(1)  # Bochs' model
     return (f"`{r['command']}` booted the `{r['test_binary']}` test binary as the init process "
-            f"of a Linux kernel in Bochs emulating a Tiger Lake (flags seen: "
-            f"{', '.join(r['cpu_flags_seen'])}), with `{isa}`: {r['passed']} of "
+            f"of a Linux kernel in Bochs emulating {'an' if cpu[0] in 'AEIOU' else 'a'} {cpu} "
+            f"(flags seen: {', '.join(r['cpu_flags_seen'])}), with `{isa}`: {r['passed']} of "
             f"{r['passed'] + r['failed']} tests passed ({status}; host {r['host_cpu']}; "
-            f"`results/emulated-avx512.json`).")
+            f"`results/{name}.json`).")
 
 
 def structured():
@@ -597,7 +598,8 @@ def family():
 BLOCKS = {"setup-time": setup_time, "baselines": baselines, "cnn-speed": cnn_speed, "minilm": minilm, "isa": isa,
           "passes": passes, "demo": demo, "prune": prune, "quant": quant,
           "distill": distill, "reliability": reliability,
-          "emulated-avx512": emulated, "quant-notes": quant_notes,
+          "emulated-avx512": emulated, "emulated-avxvnni": lambda: emulated("emulated-avxvnni"),
+          "quant-notes": quant_notes,
           "distill-notes": distill_notes, "prune-notes": prune_notes,
           "structured": structured, "structured-notes": structured_notes,
           "lowrank": lowrank, "lowrank-notes": lowrank_notes, "qat": qat, "qat-notes": qat_notes,

@@ -167,8 +167,9 @@ pub fn layouts() -> Vec<squeeze::quant::layout::Layout> {
     ]
 }
 
-/// The instruction-set paths this CPU runs, saying which it cannot (the AVX-512 ones are
-/// checked on an emulated CPU by `scripts/emulated-avx512.sh`; none is skipped silently).
+/// The instruction-set paths this CPU runs, saying which it cannot (the AVX-512 ones and
+/// avxvnni are checked on emulated CPUs by `scripts/emulated-avx512.sh`; none is skipped
+/// silently).
 pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
     use std::io::Write;
     let (run, lack): (Vec<_>, Vec<_>) = squeeze::isa::Isa::ALL
@@ -178,7 +179,7 @@ pub fn isa_paths(test: &str) -> Vec<squeeze::isa::Isa> {
         let _ = writeln!(
             std::io::stderr(),
             "NOT RUN on this CPU ({test}): paths {lack:?} (scripts/emulated-avx512.sh runs the \
-             AVX-512 ones; amx needs a CPU with AMX-INT8)"
+             AVX-512 ones, with EMU_CPU=arrow_lake avxvnni; amx needs a CPU with AMX-INT8)"
         );
     }
     run
