@@ -4,8 +4,9 @@
 # over 5 rounds); for a fine-tuned key its `-oneshot` recipe (the same factorization without
 # fine-tuning) is compressed too, for the accuracy before fine-tuning. The search key runs
 # `squeeze search` (both of its candidates become keys); vgg-knapsack-flops-33 fine-tunes the
-# search's knapsack choice as is, beside the uniform candidate's recipe run again on the same
-# machine (`-uniform`). The two vgg factorizations are then
+# search's knapsack choice as is, and vgg-late-flops-33 the opposite allocation, each beside
+# the uniform candidate's recipe run again on the same machine (`-uniform`). The two vgg
+# factorizations are then
 # measured again side by side with zoo/vgg in one `squeeze report` run (their speeds in the
 # results come from it). Then collects everything into results/lowrank.json.
 # Usage: scripts/lowrank-experiments.sh [KEY...] (default: all). Models go to
@@ -18,7 +19,7 @@ mkdir -p runs/lowrank
 keys=("$@")
 [ ${#keys[@]} -gt 0 ] || keys=(mlp-svd-50 vgg-svd-50 vgg-spatial-svd-50 minilm-svd-30 minilm-asvd-30
   minilm-whiten-30 minilm-whiten-30-recovered minilm-whiten-30-ffn minilm-whiten-30-ffn-recovered
-  vgg-search-flops-33 vgg-knapsack-flops-33)
+  vgg-search-flops-33 vgg-knapsack-flops-33 vgg-late-flops-33)
 SEARCH=runs/lowrank/vgg-search-flops-33
 # recipe $1 without its last pass (the fine-tuning), written to $2
 oneshot() {
@@ -49,7 +50,7 @@ for k in "${keys[@]}"; do
     "$BIN" report zoo/vgg "$SEARCH/searched" "$SEARCH/uniform" --rounds 5 --json "$SEARCH.against-original.json"
     continue
   fi
-  if [ "$k" = vgg-knapsack-flops-33 ]; then
+  if [ "$k" = vgg-knapsack-flops-33 ] || [ "$k" = vgg-late-flops-33 ]; then
     if [ -f "runs/lowrank/$k/report.json" ] && [ -z "${FORCE:-}" ]; then
       echo "== $k (report present)"; continue
     fi

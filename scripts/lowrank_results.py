@@ -51,7 +51,7 @@ def entry(key):
         "command": rep["command"],
         "measured_by": measured_by,
     }
-    if key == "vgg-knapsack-flops-33":
+    if key in ALLOCATIONS:
         # the per-layer fractions kept, from its recipe, and the uniform candidate's recipe
         # fine-tuned on the same machine beside it
         recipe = tomllib.load(open(f"recipes/{key}.toml", "rb"))
@@ -72,6 +72,9 @@ def entry(key):
 
 
 SEARCH = "runs/lowrank/vgg-search-flops-33"
+# per-layer allocations at the search's budget other than its own, each fine-tuned beside
+# the uniform candidate's recipe on the same machine
+ALLOCATIONS = ("vgg-knapsack-flops-33", "vgg-late-flops-33")
 
 
 def search_entries():

@@ -32,6 +32,7 @@ ROWS = (("mlp-svd-50", "`mlp`: SVD of fc1, fc2, 50% of their parameters kept"),
         ("vgg-search-flops-33", "`vgg`: `squeeze search --budget flops=0.33`, searched per-layer ratios"),
         ("vgg-uniform-flops-33", "`vgg`: the same search's uniform ratio at the same budget"),
         ("vgg-knapsack-flops-33", "`vgg`: the same search's knapsack choice, fine-tuned without the hill climbing"),
+        ("vgg-late-flops-33", "`vgg`: the opposite allocation at the same budget, the 7×7 convolutions kept the most"),
         ("minilm-svd-30", "MiniLM: every encoder Linear, plain SVD, 70% kept"),
         ("minilm-asvd-30", "MiniLM: the same, ASVD (per-channel RMS^0.5 scaling)"),
         ("minilm-whiten-30", "MiniLM: the same, whitened (SVD-LLM)"),
@@ -117,15 +118,18 @@ def notes(load):
                        f"(seed 0: {_score(s, s['accuracy'])} and {_score(u, u['accuracy'])}); over the two "
                        f"seeds the searched ratios end at {_pt(s, (s['accuracy'] + s['accuracy_seed1']) / 2):+.2f} pt "
                        f"on average, the uniform ratio at {_pt(u, (u['accuracy'] + u['accuracy_seed1']) / 2):+.2f} pt.")
-    k = d.get("vgg-knapsack-flops-33")
-    if k:
+    for key, what in (("vgg-knapsack-flops-33", "The knapsack's own choice fine-tuned as is, without the hill climbing"),
+                      ("vgg-late-flops-33", "The opposite allocation, the two 7×7 convolutions kept the most")):
+        k = d.get(key)
+        if not k:
+            continue
         ku = k["uniform_same_machine"]
         cut = ", ".join(f"{n.removesuffix('.conv')} {r}" for n, r in k["ratios"].items())
-        out.append(f"- The knapsack's own choice fine-tuned as is, without the hill climbing "
-                   f"(`recipes/vgg-knapsack-flops-33.toml`; kept: {cut}): {_score(k, k['accuracy'])} "
-                   f"({_pt(k):+.2f} pt) at {k['flops'] / k['baseline_flops']:.3f} of the FLOPs, against the "
-                   f"uniform recipe's {_score(ku, ku['accuracy'])} ({_pt(ku):+.2f} pt) at "
-                   f"{ku['flops'] / ku['baseline_flops']:.3f} re-run on the same machine ({k['cpu']}).")
+        out.append(f"- {what} (`recipes/{key}.toml`; kept: {cut}; {k['params']:,} parameters): "
+                   f"{_score(k, k['accuracy'])} ({_pt(k):+.2f} pt) at {k['flops'] / k['baseline_flops']:.3f} "
+                   f"of the FLOPs, against the uniform recipe's {_score(ku, ku['accuracy'])} ({_pt(ku):+.2f} pt; "
+                   f"{ku['params']:,} parameters) at {ku['flops'] / ku['baseline_flops']:.3f} re-run on the same "
+                   f"machine ({k['cpu']}).")
         if s and u and ku["cpu"] == u["cpu"]:
             if ku["accuracy"] != u["accuracy"]:
                 how = f"{abs(ku['accuracy'] - u['accuracy']) * 100:.2f} pt apart"
