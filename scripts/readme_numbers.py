@@ -146,12 +146,17 @@ def setup_time():
         text += (f" (before the two commands shared one build: {b['test_s'] / 60:.0f} + "
                  f"{b['demo_s'] / 60:.0f} min, {b['target_bytes'] / 1e9:.1f} GB)")
     text += ". Measured by `" + d["command"] + "` → `results/setup-time.json`."
-    for cpu, n in sorted(d.get("newcomer", {}).items()):
-        text += (f"\n\nA new user's first day (`{n['command']}`: a clean clone, {n['build']}; "
-                 f"the test command, the demo, every command of the Commands section, the test "
-                 f"command again, the checkout clean after each) on {cpu}: test "
-                 f"{n['test_s'] / 60:.0f} min, demo {n['demo_s'] / 60:.0f} min, README commands "
-                 f"{n['readme_commands_s'] / 60:.0f} min, test again {n['test_again_s'] / 60:.0f} min.")
+    runs = sorted(d.get("newcomer", {}).items())
+    if runs:
+        builds = sorted({n["build"] for _, n in runs})
+        text += (f"\n\nA new user's first day (`{runs[0][1]['command']}`: a clean clone, "
+                 f"{' or '.join(builds)}; the test command, the demo, every command of the "
+                 f"Commands section, the test command again, the checkout clean after each), "
+                 f"2 threads: ")
+        text += "; ".join(
+            f"on {cpu.rsplit(', ', 1)[0]} test {n['test_s'] / 60:.0f} min, demo "
+            f"{n['demo_s'] / 60:.0f} min, README commands {n['readme_commands_s'] / 60:.0f} min, "
+            f"test again {n['test_again_s'] / 60:.0f} min" for cpu, n in runs) + "."
     return text
 
 
