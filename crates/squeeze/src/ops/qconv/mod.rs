@@ -21,6 +21,7 @@ use super::qgemm::quantize::quantize_rows;
 use super::qgemm::{panel::PackedI8, panel::NR};
 use super::with_cpu;
 
+mod image;
 mod run;
 use crate::error::{Error, Result};
 use crate::math::qlayout::{signed_code_at, Layout};

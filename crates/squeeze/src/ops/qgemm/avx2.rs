@@ -1,5 +1,5 @@
 //! AVX2 kernels of the row quantizer [`super::quantize::quantize_row`], of the
-//! convolution's requantizing epilogue [`super::panel::requantize_row`] and of
+//! convolution's requantizing epilogue [`super::epilogue::requantize_row`] and of
 //! [`super::gemm_q4`].
 
 use std::arch::x86_64::*;
@@ -142,7 +142,7 @@ unsafe fn q4_tile<const T: usize>(
     }
 }
 
-/// [`super::panel::requantize_row`] on whole groups of 8 channels (`out.len()` of them).
+/// [`super::epilogue::requantize_row`] on whole groups of 8 channels (`out.len()` of them).
 ///
 /// # Safety
 /// AVX2 is available; `acc`, `scale` and `bias` hold at least `out.len()` values, a

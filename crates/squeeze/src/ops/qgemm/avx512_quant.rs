@@ -203,7 +203,7 @@ pub struct Source<'a> {
     /// The output's width (pooled), the products' row pitch and row stride.
     pub geo: (usize, usize, usize),
     /// A max-pool before the rescale: window, stride, and per channel 0 or `!0` (an order
-    /// reversed by a negative factor, as `panel::pool_rows` takes it).
+    /// reversed by a negative factor, as `epilogue::pool_rows` takes it).
     pub pool: Option<(usize, usize, &'a [i32])>,
 }
 

@@ -48,6 +48,7 @@ pub mod bits;
 mod bits_avx2;
 #[cfg(target_arch = "x86_64")]
 mod bits_avx512;
+pub mod epilogue;
 pub mod panel;
 pub mod panel_blocked;
 pub mod panel_q4;

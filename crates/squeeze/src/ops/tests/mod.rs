@@ -8,6 +8,7 @@ mod bits;
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 mod encoder_grad;
+mod epilogue;
 mod gradcheck;
 mod isa_paths;
 mod qgemm;
