@@ -7,7 +7,8 @@
 
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::{fmt_acc, stop_requested, train_step, EpochLog, Hooks, Optimizer, PartialEpoch, Run};
+use super::progress::fmt_acc;
+use super::{stop_requested, train_step, EpochLog, Hooks, Optimizer, PartialEpoch, Run};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::ParamStore;

@@ -10,6 +10,7 @@ pub mod data;
 mod epoch;
 pub mod objective;
 pub mod optim;
+mod progress;
 pub mod schedule;
 pub mod update;
 
@@ -17,6 +18,7 @@ pub use commit::{checkpoint_dir, recover, saved_state};
 pub use data::{forward_batch, Batch, DataSource, SentenceSet};
 pub use objective::{CrossEntropy, EmbeddingLoss, EmbeddingTarget, Objective, StepLoss};
 pub use optim::{Optimizer, OptimizerConfig};
+pub use progress::{request_stop, set_progress_label, stop_requested, training_active};
 pub use schedule::Schedule;
 
 use std::collections::HashSet;
@@ -35,6 +37,7 @@ use crate::model::Model;
 use crate::ops::batchnorm::BatchStats;
 use crate::params::ParamStore;
 use epoch::{Epoch, EpochEnd};
+use progress::{progress_label, run_bar, Active};
 
 /// Everything that determines a training run: the one struct of training options that
 /// `squeeze train` and `squeeze distill` build from their flags and a recipe's
@@ -148,66 +151,17 @@ pub struct PartialEpoch {
     pub seconds: f64,
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Asks every training run of this process to stop before its next step, save a
-/// resumable checkpoint (mid-epoch, with its data-order position) and return
-/// [`Error::Interrupted`]. It only sets a flag, so a signal handler may call it.
-pub fn request_stop() {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Whether [`request_stop`] was called.
-pub fn stop_requested() -> bool {
-    STOP.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-static LABEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// Compact progress for the training runs that follow: with a label, each run shows one
-/// bar over all its steps (prefixed by the label; hidden without a terminal) and prints a
-/// single line when it ends, instead of a bar per epoch and a line per epoch. `None`
-/// restores the detailed form.
-pub fn set_progress_label(label: Option<String>) {
-    *LABEL.lock().unwrap_or_else(|e| e.into_inner()) = label;
-}
-
-fn progress_label() -> Option<String> {
-    LABEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// The one bar of a compact run.
-fn run_bar(label: &str, steps: usize) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(steps as u64);
-    let style =
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(style.progress_chars("=> "));
-    pb.set_prefix(label.to_string());
-    pb
-}
-
-static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Whether a training loop ([`fit`]) is running in this process: only then does a stop
-/// request end in a checkpoint.
-pub fn training_active() -> bool {
-    ACTIVE.load(std::sync::atomic::Ordering::SeqCst) > 0
-}
-
-/// Counts one running [`fit`] while it lives.
-struct Active;
-
-impl Active {
-    fn start() -> Self {
-        ACTIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Active
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+impl TrainState {
+    /// A run's state before its first step.
+    fn fresh(cfg: &TrainConfig) -> Self {
+        TrainState {
+            config: cfg.clone(),
+            epochs_done: 0,
+            optimizer_step: 0,
+            history: vec![],
+            files: Default::default(),
+            partial: None,
+        }
     }
 }
 
@@ -328,21 +282,14 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
     let _active = Active::start();
     let cfg = run.cfg;
     cfg.validate()?;
-    let mut state = TrainState {
-        config: cfg.clone(),
-        epochs_done: 0,
-        optimizer_step: 0,
-        history: vec![],
-        files: Default::default(),
-        partial: None,
+    let (mut state, opt_state) = match run.resume {
+        true => {
+            let (m, s, o) = commit::load(run.out, cfg)?;
+            *model = m;
+            (s, Some(o))
+        }
+        false => (TrainState::fresh(cfg), None),
     };
-    let mut opt_state = None;
-    if run.resume {
-        let (m, s, o) = commit::load(run.out, cfg)?;
-        *model = m;
-        state = s;
-        opt_state = Some(o);
-    }
     let names = trainable_names(&model.graph);
     let (mut params, vars) = model.params.with_vars(&names)?;
     let mut opt = Optimizer::new(cfg.optimizer.clone(), vars, decay_names(model));
@@ -399,20 +346,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             valid_loss: Some(valid_loss),
             ..log
         };
-        let line = format!(
-            "epoch {}/{}: loss {:.4}  train acc {}  valid acc {}  valid loss {valid_loss:.4}  {:.1}s  {:.0} ex/s",
-            epoch + 1,
-            cfg.epochs,
-            log.loss,
-            fmt_acc(log.train_accuracy),
-            fmt_acc(log.valid_accuracy),
-            log.seconds,
-            log.images_per_s
-        );
-        match &bar {
-            Some(b) => b.set_message(line),
-            None => eprintln!("{line}"),
-        }
+        progress::epoch_done(bar.as_ref(), (epoch, cfg.epochs), &log, valid_loss);
         state.history.push(log);
         state.epochs_done = epoch + 1;
         state.optimizer_step = opt.step;
@@ -423,29 +357,10 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
         }
     }
     if let (Some(b), Some(l)) = (&bar, &label) {
-        b.finish_and_clear();
-        let last = state.history.last();
-        eprintln!(
-            "      {l}: trained {} epoch(s) in {:.0} s, validation {} {}",
-            state.history.len(),
-            started.elapsed().as_secs_f64(),
-            if last.and_then(|h| h.valid_accuracy).is_some() {
-                "accuracy"
-            } else {
-                "loss"
-            },
-            last.map_or("-".into(), |h| match h.valid_accuracy {
-                Some(a) => format!("{a:.4}"),
-                None => h.valid_loss.map_or("-".into(), |v| format!("{v:.4}")),
-            })
-        );
+        progress::run_done(b, l, &state.history, started.elapsed().as_secs_f64());
     }
     model.params = detached(&params)?;
     Ok(state.history)
-}
-
-fn fmt_acc(a: Option<f64>) -> String {
-    a.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
 /// Accuracy (classifiers) and mean objective of the model on `valid`, in eval mode.
