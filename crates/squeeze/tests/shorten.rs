@@ -163,7 +163,7 @@ fn ascii_line(seed: u64, parts: usize) -> String {
     let mut r = lcg(seed);
     let mut next = |n: usize| (r.next().unwrap() >> 33) as usize % n;
     let mut s = String::new();
-    if seed % 10 == 0 {
+    if seed.is_multiple_of(10) {
         s.push_str(["[CLS]", "a [MASK]b", "[SEP]"][next(3)]);
     }
     for _ in 0..parts {

@@ -11,7 +11,7 @@
 //! graph compiles a new one.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -79,9 +79,8 @@ impl Mode {
 /// The plan of `g` for `opts`, compiled on first use and kept with the graph.
 pub fn plan_for(g: &Graph, opts: &ForwardOpts) -> Result<Arc<Plan>> {
     let mode = Mode::of(opts);
-    let mut h = foldhash::fast::FixedState::with_seed(0x504c_414e).build_hasher();
-    (g.fingerprint(), &mode).hash(&mut h);
-    g.cache.get_or(h.finish(), || Ok(compile(g, &mode)))
+    let key = foldhash::fast::FixedState::with_seed(0x504c_414e).hash_one((g.fingerprint(), &mode));
+    g.cache.get_or(key, || Ok(compile(g, &mode)))
 }
 
 /// Compiles the plan of `g` (every rule below reads only names, inputs and kinds).

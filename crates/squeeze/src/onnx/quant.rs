@@ -258,7 +258,7 @@ pub fn static_linear(
     let w = match d.row_scales() {
         Some(s) => {
             let wt = super::blocks::transpose(&d.codes, d.rows, d.cols);
-            super::blocks::dequantized(cx, &[d.cols, d.rows], &wt, &s.to_vec(), 1)
+            super::blocks::dequantized(cx, &[d.cols, d.rows], &wt, s, 1)
         }
         None => {
             cx.note("grouped weight scales written as the dequantized f32 weight");

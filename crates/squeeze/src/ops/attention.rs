@@ -254,7 +254,7 @@ unsafe fn fast_head(
     at: Ptr<f32>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx) && g.head_dim % 16 == 0 {
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx) && g.head_dim.is_multiple_of(16) {
         use super::attention_avx512::{head_ctx as kernel, Head};
         let h = Head {
             l: g.l,

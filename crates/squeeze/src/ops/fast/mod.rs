@@ -161,7 +161,7 @@ pub(crate) const EXP_POLY: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5.0e-1, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
 ];
 
 /// e^x for x ≤ 88.3 by Cody–Waite range reduction and a degree-6 polynomial (Cephes'

@@ -51,7 +51,7 @@ pub unsafe fn product(
             out,
             ldo,
         );
-        if np % 2 == 0 {
+        if np.is_multiple_of(2) {
             return;
         }
     }

@@ -241,7 +241,7 @@ impl PackedQ4 {
             i32::from(if c % 8 >= 4 { byte >> 4 } else { byte & 15 })
         };
         for r in 0..m {
-            for jj in 0..cols {
+            for (jj, &bj) in bias[..cols].iter().enumerate() {
                 let (p, ch) = (jj / NR, jj % NR);
                 let mut y = 0f32;
                 for b in 0..nb {
@@ -253,7 +253,7 @@ impl PackedQ4 {
                     y = (d as f32).mul_add(w.1[at] * x.1[r * nb + b], y);
                 }
                 // SAFETY: row r, column jj < cols of the caller's output.
-                unsafe { *out.add(r * ldo + jj) = y + bias[jj] };
+                unsafe { *out.add(r * ldo + jj) = y + bj };
             }
         }
     }
