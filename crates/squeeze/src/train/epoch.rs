@@ -7,7 +7,7 @@
 
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::progress::fmt_acc;
+use super::progress::fmt_opt;
 use super::{stop_requested, train_step, EpochLog, Hooks, Optimizer, PartialEpoch, Run};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -109,7 +109,7 @@ impl Epoch<'_, '_> {
             let log_line = !compact && pb.is_hidden() && b > 0 && b % (per_epoch / 10).max(1) == 0;
             if b % 10 == 0 || log_line {
                 let ips = seen as f64 / seconds(start);
-                let acc = fmt_acc(correct.map(|c| c as f64 / seen as f64));
+                let acc = fmt_opt(correct.map(|c| c as f64 / seen as f64));
                 let msg = format!("loss {:.4} acc {acc} {ips:.0} ex/s", loss_sum / seen as f64);
                 if log_line {
                     eprintln!(

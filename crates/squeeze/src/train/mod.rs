@@ -346,7 +346,7 @@ pub fn fit(model: &mut Model, run: &Run, hooks: &mut dyn Hooks) -> Result<Vec<Ep
             valid_loss: Some(valid_loss),
             ..log
         };
-        progress::epoch_done(bar.as_ref(), (epoch, cfg.epochs), &log, valid_loss);
+        progress::epoch_done(bar.as_ref(), (epoch, cfg.epochs), &log);
         state.history.push(log);
         state.epochs_done = epoch + 1;
         state.optimizer_step = opt.step;

@@ -68,8 +68,8 @@ impl Drop for Active {
     }
 }
 
-/// An accuracy for a progress line, `-` where there is none.
-pub(super) fn fmt_acc(a: Option<f64>) -> String {
+/// An accuracy or loss for a progress line (4 decimals), `-` where there is none.
+pub(super) fn fmt_opt(a: Option<f64>) -> String {
     a.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
@@ -79,14 +79,14 @@ pub(super) fn epoch_done(
     bar: Option<&indicatif::ProgressBar>,
     (epoch, epochs): (usize, usize),
     log: &EpochLog,
-    valid_loss: f64,
 ) {
     let line = format!(
-        "epoch {}/{epochs}: loss {:.4}  train acc {}  valid acc {}  valid loss {valid_loss:.4}  {:.1}s  {:.0} ex/s",
+        "epoch {}/{epochs}: loss {:.4}  train acc {}  valid acc {}  valid loss {}  {:.1}s  {:.0} ex/s",
         epoch + 1,
         log.loss,
-        fmt_acc(log.train_accuracy),
-        fmt_acc(log.valid_accuracy),
+        fmt_opt(log.train_accuracy),
+        fmt_opt(log.valid_accuracy),
+        fmt_opt(log.valid_loss),
         log.seconds,
         log.images_per_s
     );
@@ -106,10 +106,7 @@ pub(super) fn run_done(bar: &indicatif::ProgressBar, label: &str, history: &[Epo
             valid_accuracy: Some(a),
             ..
         }) => ("accuracy", format!("{a:.4}")),
-        Some(h) => (
-            "loss",
-            h.valid_loss.map_or("-".into(), |v| format!("{v:.4}")),
-        ),
+        Some(h) => ("loss", fmt_opt(h.valid_loss)),
         None => ("loss", "-".into()),
     };
     eprintln!(
