@@ -151,10 +151,9 @@ def setup_time():
         builds = sorted({n["build"] for _, n in runs})
         text += (f"\n\nA new user's first day (`{runs[0][1]['command']}`: a clean clone, "
                  f"{' or '.join(builds)}; the test command, the demo, every command of the "
-                 f"Commands section, the test command again, the checkout clean after each), "
-                 f"2 threads: ")
+                 f"Commands section, the test command again, the checkout clean after each) ")
         text += "; ".join(
-            f"on {cpu.rsplit(', ', 1)[0]} test {n['test_s'] / 60:.0f} min, demo "
+            f"on {cpu}: test {n['test_s'] / 60:.0f} min, demo "
             f"{n['demo_s'] / 60:.0f} min, README commands {n['readme_commands_s'] / 60:.0f} min, "
             f"test again {n['test_again_s'] / 60:.0f} min" for cpu, n in runs) + "."
     return text
